@@ -1,0 +1,502 @@
+#!/usr/bin/env bash
+# tests/interop/nix/run.sh -- storesync <-> real Nix 2.8 interop suite.
+#
+# Usage:  tests/interop/nix/run.sh            (as root, Debian 12)
+# Env:    STORESYNC   storesync binary (default: <git toplevel>/target/release/storesync)
+#         KEEP=1      keep the scratch directory (printed at the end) for inspection
+#
+# What it does (details and facts in tests/interop/nix/FACTS.md):
+#   * installs nix-bin (2.8), sqlite3, jq, busybox-static if missing;
+#   * populates a chroot store SRC (`--store local?root=SRC`, DB paths /nix/store/...) with
+#     nix-store --add / --add-fixed, builtins.toFile (with references), an imported source dir,
+#     and 16 builtins.derivation builds (builder /bin/sh, outputs naming inputs' paths, a
+#     self-reference, multi-output, fixed-output flat+recursive, symlink/executable/1 MB outputs).
+#     Nix 2.8 forces a chroot for builds in a chroot store even with `sandbox = false`, so the
+#     host /bin/sh is invisible; we bind the static busybox as /bin/sh with
+#     `extra-sandbox-paths = /bin/sh=/bin/busybox`.
+#   * round trips with `storesync --flavor nix --root ROOT`:
+#       1 full restore into an empty root without DB
+#       2 full restore into a root with an empty DB created by nix-store
+#       3 incremental: snapshot A, add items, snapshot B; restore A then B
+#       4 closure: restore only the closure of one output
+#     plus checks for --dry-run and for a GC holding gc.lock.
+#   * after every restore real Nix checks the restored root: verify --check-contents, -qR,
+#     --references, --referrers, --deriver, --hash, --size, path-info (ca), NAR bytes
+#     (nix-store --dump vs storesync dump-nar), realise of restored .drv does no build,
+#     GC with a root keeps the reachable paths.
+# Prints one PASS/FAIL line per check, exits 1 if any check failed.
+set -euo pipefail
+set -f   # store path names may contain ? (a glob character)
+
+T0=$(date +%s)
+REPO=$(git -C "$(dirname "$0")" rev-parse --show-toplevel 2>/dev/null || true)
+STORESYNC=${STORESYNC:-$REPO/target/release/storesync}
+NPASS=0 NFAIL=0
+FAILED_CHECKS=()
+
+pass() { NPASS=$((NPASS+1)); echo "PASS: $*"; }
+fail() { NFAIL=$((NFAIL+1)); FAILED_CHECKS+=("$*"); echo "FAIL: $*"; }
+note() { echo "NOTE: $*"; }
+check() { # check NAME CMD...   -> PASS/FAIL on CMD's exit status
+    local name=$1; shift
+    if "$@"; then pass "$name"; else fail "$name"; fi
+}
+
+WORK=""
+BGPIDS=()
+cleanup() {
+    local rc=$?
+    for p in "${BGPIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    if [ -n "$WORK" ] && [ -d "$WORK" ]; then
+        if [ "${KEEP:-0}" = 1 ]; then echo "kept scratch dir: $WORK"
+        else chmod -R u+w "$WORK" 2>/dev/null || true; rm -rf "$WORK"; fi
+    fi
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------- prerequisites
+need=()
+command -v nix-store >/dev/null || need+=(nix-bin)
+command -v sqlite3 >/dev/null || need+=(sqlite3)
+command -v jq >/dev/null || need+=(jq)
+dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
+command -v flock >/dev/null || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "installing: ${need[*]}"
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null
+fi
+[ "$(id -u)" = 0 ] || { echo "FAIL: must run as root"; exit 1; }
+nix-store --version | grep -q ' 2\.' || { echo "FAIL: nix-store 2.x needed"; exit 1; }
+if [ ! -x "$STORESYNC" ]; then
+    echo "FAIL: storesync binary not found at $STORESYNC (set STORESYNC)"; exit 1
+fi
+
+# All Nix invocations: no network substituters, builds in the forced chroot with busybox as sh.
+export NIX_CONFIG='substituters =
+sandbox = false
+extra-sandbox-paths = /bin/sh=/bin/busybox
+experimental-features = nix-command'
+export NIX_REMOTE=   # never talk to a daemon
+
+WORK=$(mktemp -d /var/tmp/ss-nix-interop.XXXXXX)
+SRC=$WORK/src          # source root (a chroot store)
+CACHE=$WORK/cache      # storesync cache for round trips 1, 2, 4
+CACHE3=$WORK/cache3    # storesync cache for round trip 3 (snapshots A and B)
+LOGS=$WORK/logs; mkdir -p "$LOGS"
+
+ss() { # ss ROOT ARGS...   (storesync with the nix flavour on ROOT)
+    local root=$1; shift
+    "$STORESYNC" --flavor nix --root "$root" --no-progress "$@"
+}
+nixq() { local root=$1; shift; nix-store --store "local?root=$root" "$@"; }
+all_valid() { # sorted valid paths of ROOT, per real Nix
+    nix path-info --store "local?root=$1" --all 2>/dev/null | sort
+}
+
+# ---------------------------------------------------------------- populate SRC
+echo "== populating source store $SRC"
+mkdir -p "$WORK/in/dir/sub" "$WORK/in/dir/emptydir" "$WORK/in/fdir" "$WORK/in/srcdir"
+printf 'added file\n' > "$WORK/in/added.txt"
+printf 'flat fixed\n' > "$WORK/in/flat.txt"
+printf '#!/bin/sh\necho run\n' > "$WORK/in/dir/run.sh"; chmod 755 "$WORK/in/dir/run.sh"
+printf 'x\n' > "$WORK/in/dir/sub/x"; : > "$WORK/in/dir/empty"; ln -s sub/x "$WORK/in/dir/lnk"
+printf 'r\n' > "$WORK/in/fdir/r"
+printf 'imported source\n' > "$WORK/in/srcdir/s.txt"
+nixq "$SRC" --add "$WORK/in/added.txt" "$WORK/in/dir" > "$LOGS/add.out"
+nixq "$SRC" --add-fixed sha256 "$WORK/in/flat.txt" >> "$LOGS/add.out"
+nixq "$SRC" --add-fixed --recursive sha256 "$WORK/in/fdir" >> "$LOGS/add.out"
+
+# hashes for the fixed-output derivations
+FOD_FLAT=$(printf 'fod\n' | sha256sum | cut -d' ' -f1)
+mkdir -p "$WORK/in/fodrec"; printf 'inside\n' > "$WORK/in/fodrec/f"; ln -s f "$WORK/in/fodrec/l"
+FOD_REC=$(nix-hash --type sha256 "$WORK/in/fodrec")
+
+cat > "$WORK/in/a.nix" <<EOF
+let
+  sys = builtins.currentSystem;
+  mk = name: script: builtins.derivation { inherit name; system = sys; builder = "/bin/sh"; args = [ "-c" script ]; };
+  t1 = builtins.toFile "t1.txt" "first\n";
+  t2 = builtins.toFile "t2.txt" "t2 refers to \${t1}\n";
+  t3 = builtins.toFile "t3.txt" "t3 refers to \${t1} and \${t2}\n";
+  src = ./srcdir;
+in rec {
+  simple = mk "simple" "echo simple > \$out";
+  tree = mk "tree" ''
+    mkdir -p \$out/bin \$out/share/empty
+    printf '#!/bin/sh\necho hi\n' > \$out/bin/hi; chmod +x \$out/bin/hi
+    ln -s hi \$out/bin/hello; : > \$out/emptyfile; echo x > \$out/share/x
+  '';
+  refsimple = mk "refsimple" "echo \${simple} > \$out";
+  chain = mk "chain" "mkdir \$out; echo \${refsimple} > \$out/a; cat \${t2} > \$out/b";
+  selfref = mk "selfref" "mkdir \$out; echo \$out > \$out/me; ln -s \$out/me \$out/link";
+  multi = builtins.derivation {
+    name = "multi"; system = sys; builder = "/bin/sh"; outputs = [ "out" "lib" "dev" ];
+    args = [ "-c" "mkdir \$lib; echo lib > \$lib/l; echo \$lib > \$dev; echo \$dev > \$out" ];
+  };
+  usesdev = mk "usesdev" "echo \${multi.dev} > \$out";
+  noref = mk "noref" "cat \${simple} > /dev/null; echo noref > \$out";
+  big = mk "big" "yes abcdefghijklmno | head -c 1000000 > \$out";
+  symout = mk "symout" "ln -s \${simple} \$out";
+  many = mk "many" ''
+    mkdir -p \$out/a/b/c/d/e
+    for i in \$(seq 1 60); do echo \$i > \$out/f\$i; done
+    echo deep > \$out/a/b/c/d/e/deep; : > \$out/a/b/c/d/e/z
+  '';
+  odd = mk "odd+name-1.0_x?=y" "echo odd > \$out";
+  fod = builtins.derivation {
+    name = "fod"; system = sys; builder = "/bin/sh"; args = [ "-c" "echo fod > \$out" ];
+    outputHashMode = "flat"; outputHashAlgo = "sha256"; outputHash = "$FOD_FLAT";
+  };
+  fodrec = builtins.derivation {
+    name = "fodrec"; system = sys; builder = "/bin/sh";
+    args = [ "-c" "mkdir \$out; echo inside > \$out/f; ln -s f \$out/l" ];
+    outputHashMode = "recursive"; outputHashAlgo = "sha256"; outputHash = "$FOD_REC";
+  };
+  exe = mk "exe" "printf '#!/bin/sh\necho exe\n' > \$out; chmod 555 \$out";
+  withsrc = mk "withsrc" "echo \${src} > \$out; echo \${t3} >> \$out";
+}
+EOF
+cp -r "$WORK/in/srcdir" "$WORK/in/srcdir.b"
+cat > "$WORK/in/b.nix" <<EOF
+let
+  a = import ./a.nix;
+  sys = builtins.currentSystem;
+  mk = name: script: builtins.derivation { inherit name; system = sys; builder = "/bin/sh"; args = [ "-c" script ]; };
+  t4 = builtins.toFile "t4.txt" "t4 is new and refers to \${builtins.toFile "t1.txt" "first\n"}\n";
+in rec {
+  later1 = mk "later1" "echo \${a.chain} > \$out; echo \${t4} >> \$out";
+  later2 = builtins.derivation {
+    name = "later2"; system = sys; builder = "/bin/sh"; outputs = [ "out" "doc" ];
+    args = [ "-c" "echo \${later1} > \$out; echo doc > \$doc" ];
+  };
+  later3 = mk "later3" "mkdir \$out; echo \${later2.doc} > \$out/d; echo \${a.multi.lib} > \$out/l";
+}
+EOF
+
+if ! nix-build --store "local?root=$SRC" "$WORK/in/a.nix" --no-out-link > "$LOGS/build-a.out" 2> "$LOGS/build-a.err"; then
+    cat "$LOGS/build-a.err"; echo "FAIL: building the source store (stage A)"; exit 1
+fi
+# also realise every output of multi-output derivations (nix-build prints only some)
+nix-store --store "local?root=$SRC" -r $(nix-instantiate --store "local?root=$SRC" "$WORK/in/a.nix" 2>/dev/null) \
+    > /dev/null 2>> "$LOGS/build-a.err"
+SRCP_A=$(all_valid "$SRC")
+echo "source stage A: $(echo "$SRCP_A" | wc -l) valid paths" \
+     "($(echo "$SRCP_A" | grep -c '\.drv$') .drv)"
+byname() { echo "$SRCP_A" | grep -E -- "-$1\$" | head -n1; }
+P_CHAIN=$(byname chain)
+[ -n "$P_CHAIN" ] || { echo "FAIL: no chain output in source"; exit 1; }
+
+# Source self-consistency (sanity of the fixture, not of storesync)
+check "source: nix-store --verify --check-contents clean" \
+    nixq "$SRC" --verify --check-contents
+
+# ---------------------------------------------------------------- query helpers
+# qdump ROOT OUTDIR PATHS...: everything real Nix says about each path, one file per path+query
+qdump() {
+    local root=$1 out=$2; shift 2
+    mkdir -p "$out"
+    local p b
+    for p in "$@"; do
+        b=$(basename "$p")
+        nixq "$root" -qR "$p" 2>&1 | sort > "$out/$b.R"
+        nixq "$root" -q --references "$p" 2>&1 | sort > "$out/$b.refs"
+        nixq "$root" -q --referrers "$p" 2>&1 | sort > "$out/$b.referrers"
+    done
+    nixq "$root" -q --hash "$@" > "$out/ALL.hash" 2>&1 || true
+    nixq "$root" -q --size "$@" > "$out/ALL.size" 2>&1 || true
+    nixq "$root" -q --deriver "$@" > "$out/ALL.deriver" 2>&1 || true
+    nix path-info --store "local?root=$root" --json "$@" 2>/dev/null \
+        | jq -S '[.[] | {path, narHash, narSize, references: (.references|sort), deriver, ca}] | sort_by(.path)' \
+        > "$out/ALL.pathinfo" || true
+    nix path-info --store "local?root=$root" --json "$@" 2>/dev/null \
+        | jq -S '[.[] | {path, ultimate, signatures, registrationTime}] | sort_by(.path)' \
+        > "$out/ALL.meta" || true
+}
+
+# check_root LABEL ROOT SRCQ EXPECTED_FILE [GCROOT]
+#   EXPECTED_FILE: sorted list of paths that must be exactly the valid set of ROOT
+#   SRCQ: qdump of the source for (a superset of) those paths
+check_root() {
+    local L=$1 R=$2 SQ=$3 EXPF=$4 GCROOT=${5:-}
+    local DQ=$WORK/q-$L; rm -rf "$DQ"
+    local -a EXP; mapfile -t EXP < "$EXPF"
+    local db=$R/nix/var/nix/db
+
+    # --- DB file level (facts: schema file is "10" without newline, WAL)
+    if [ -f "$db/schema" ] && [ "$(od -An -c "$db/schema" | tr -d ' \n')" = 10 ]; then
+        pass "$L: schema file is exactly '10' (as Nix writes it)"
+    else fail "$L: schema file is not exactly '10': $(od -An -c "$db/schema" 2>&1 | head -1)"; fi
+    local jm; jm=$(sqlite3 "$db/db.sqlite" 'PRAGMA journal_mode' 2>&1 || true)
+    if [ "$jm" = wal ]; then pass "$L: journal_mode=wal"; else fail "$L: journal_mode is '$jm', Nix uses wal"; fi
+    local ic; ic=$(sqlite3 "$db/db.sqlite" 'PRAGMA integrity_check; PRAGMA foreign_key_check;' 2>&1 || true)
+    if [ "$ic" = ok ]; then pass "$L: sqlite integrity_check ok, no foreign key violations"
+    else fail "$L: sqlite integrity/foreign keys: $(echo "$ic" | head -3 | tr '\n' ' ')"; fi
+
+    # --- valid set
+    all_valid "$R" > "$DQ.valid" 2> "$DQ.valid.err" || true
+    if cmp -s "$DQ.valid" "$EXPF"; then pass "$L: valid paths per Nix == expected (${#EXP[@]})"
+    else fail "$L: valid paths per Nix differ from expected: $(diff "$EXPF" "$DQ.valid" | grep '^[<>]' | head -5 | tr '\n' ' ') $(head -c 300 "$DQ.valid.err")"; fi
+
+    # --- verify --check-contents
+    local verr=$DQ.verify.err
+    if nixq "$R" --verify --check-contents > "$DQ.verify.out" 2> "$verr" \
+        && ! grep -vE '^(reading the Nix store|checking path existence|checking link hashes|checking store hashes)\.\.\.$' "$verr" | grep -q .; then
+        pass "$L: nix-store --verify --check-contents clean"
+    else fail "$L: nix-store --verify --check-contents: $(grep -vE '^(reading|checking) ' "$verr" | head -5 | tr '\n' ' ')"; fi
+
+    # --- per-path queries, real Nix on both sides
+    qdump "$R" "$DQ" "${EXP[@]}"
+    local q bad p b
+    for q in R refs referrers; do
+        bad=()
+        for p in "${EXP[@]}"; do
+            b=$(basename "$p")
+            if [ "$q" = referrers ]; then  # source referrers restricted to what was restored
+                comm -12 "$SQ/$b.referrers" "$EXPF" > "$DQ/$b.referrers.exp"
+            else cp "$SQ/$b.$q" "$DQ/$b.$q.exp"; fi
+            cmp -s "$DQ/$b.$q.exp" "$DQ/$b.$q" || bad+=("$b")
+        done
+        local qname; case $q in R) qname="-qR";; refs) qname="--query --references";; referrers) qname="--query --referrers";; esac
+        if [ ${#bad[@]} = 0 ]; then pass "$L: nix-store $qname equal to source for all ${#EXP[@]} paths"
+        else fail "$L: nix-store $qname differs for ${#bad[@]} paths, e.g. ${bad[0]}: expected [$(tr '\n' ' ' < "$DQ/${bad[0]}.$q.exp")] got [$(tr '\n' ' ' < "$DQ/${bad[0]}.$q" | head -c 300)]"; fi
+    done
+    for q in hash size deriver; do
+        nixq "$SRC" -q --$q "${EXP[@]}" > "$DQ/ALL.$q.exp" 2>&1 || true
+        if cmp -s "$DQ/ALL.$q.exp" "$DQ/ALL.$q"; then pass "$L: nix-store --query --$q equal to source for all paths"
+        else fail "$L: nix-store --query --$q differs: $(diff "$DQ/ALL.$q.exp" "$DQ/ALL.$q" | grep '^[<>]' | head -4 | tr '\n' ' ')"; fi
+    done
+    nix path-info --store "local?root=$SRC" --json "${EXP[@]}" 2>/dev/null \
+        | jq -S '[.[] | {path, narHash, narSize, references: (.references|sort), deriver, ca}] | sort_by(.path)' > "$DQ/ALL.pathinfo.exp"
+    if cmp -s "$DQ/ALL.pathinfo.exp" "$DQ/ALL.pathinfo"; then pass "$L: nix path-info (narHash narSize references deriver ca) equal to source"
+    else fail "$L: nix path-info differs (incl. ca): $(diff <(jq -c '.[]' "$DQ/ALL.pathinfo.exp") <(jq -c '.[]' "$DQ/ALL.pathinfo") | grep '^[<>]' | head -4 | tr '\n' ' ')"; fi
+    # informational: ultimate / signatures / registrationTime vs source
+    nix path-info --store "local?root=$SRC" --json "${EXP[@]}" 2>/dev/null \
+        | jq -S '[.[] | {path, ultimate, signatures}] | sort_by(.path)' > "$DQ/meta.exp"
+    jq -S '[.[] | {path, ultimate, signatures}]' "$DQ/ALL.meta" > "$DQ/meta.got"
+    cmp -s "$DQ/meta.exp" "$DQ/meta.got" && note "$L: ultimate/signatures same as source" \
+        || note "$L: ultimate/signatures differ from source (not checked): $(diff <(jq -c '.[]' "$DQ/meta.exp") <(jq -c '.[]' "$DQ/meta.got") | grep '^>' | head -2 | tr '\n' ' ')"
+
+    # --- NAR bytes: real nix-store --dump vs storesync dump-nar, and vs the source
+    bad=()
+    local badsrc=()
+    for p in "${EXP[@]}"; do
+        b=$(basename "$p")
+        nix-store --dump "$R$p" > "$DQ/nix.nar" 2>/dev/null || true
+        ss "$R" dump-nar "$p" > "$DQ/ss.nar" 2> "$DQ/ss.nar.err" || true
+        cmp -s "$DQ/nix.nar" "$DQ/ss.nar" || bad+=("$b")
+        nix-store --dump "$SRC$p" | cmp -s - "$DQ/nix.nar" || badsrc+=("$b")
+    done
+    if [ ${#bad[@]} = 0 ]; then pass "$L: nix-store --dump == storesync dump-nar (cmp) for all ${#EXP[@]} paths"
+    else fail "$L: nix-store --dump != storesync dump-nar for ${#bad[@]} paths, e.g. ${bad[0]} ($(head -c 200 "$DQ/ss.nar.err"))"; fi
+    if [ ${#badsrc[@]} = 0 ]; then pass "$L: restored NAR bytes == source NAR bytes for all paths"
+    else fail "$L: restored NAR differs from source for ${#badsrc[@]} paths, e.g. ${badsrc[0]}"; fi
+    rm -f "$DQ/nix.nar" "$DQ/ss.nar"
+
+    # --- canonical metadata (fact: 0444/0555 files, 0555 dirs, root:root, mtime 1)
+    local noncanon
+    noncanon=$(for p in "${EXP[@]}"; do
+        find "$R$p" \( -type d ! -perm 0555 \) -o \( -type f ! -perm 0444 ! -perm 0555 \) \
+            -o \( ! -user root \) -o \( ! -newermt @0 \) -o \( -newermt @1 \) 2>/dev/null
+    done | head -5)
+    if [ -z "$noncanon" ]; then pass "$L: store items canonical (root, 0444/0555, mtime 1)"
+    else fail "$L: non-canonical store files: $(for f in $noncanon; do stat -c '%n %a %U %Y' "$f"; done | tr '\n' ';')"; fi
+    local smode; smode=$(stat -c '%a %U:%G' "$R/nix/store")
+    [ "$smode" = "1775 root:nixbld" ] && pass "$L: store dir 1775 root:nixbld" \
+        || note "$L: store dir is '$smode' (Nix creates 1775 root:nixbld)"
+
+    # --- restored .drv: realise must do no build (max-jobs 0 makes any build an error)
+    local drvs=() d okd=0 badd=()
+    for p in "${EXP[@]}"; do case $p in *.drv) drvs+=("$p");; esac; done
+    for d in "${drvs[@]}"; do
+        if nixq "$R" --realise "$d" --option max-jobs 0 > "$DQ/realise.out" 2> "$DQ/realise.err" \
+            && ! grep -qE 'will be built|building' "$DQ/realise.err"; then okd=$((okd+1))
+        else badd+=("$(basename "$d"): $(grep -v 'add-root' "$DQ/realise.err" | head -2 | tr '\n' ' ')"); fi
+    done
+    if [ ${#drvs[@]} = 0 ]; then note "$L: no .drv restored, realise check not applicable"
+    elif [ ${#badd[@]} = 0 ]; then pass "$L: nix-store --realise of all $okd restored .drv did no build (max-jobs 0)"
+    else fail "$L: nix-store --realise needed a build for ${#badd[@]}/${#drvs[@]} .drv: ${badd[0]}"; fi
+
+    # --- GC with a root: reachable paths stay (destructive; last)
+    if [ -n "$GCROOT" ]; then
+        rm -rf "$R/nix/var/nix/gcroots/auto"
+        mkdir -p "$R/nix/var/nix/gcroots"
+        ln -sfn "$GCROOT" "$R/nix/var/nix/gcroots/storesync-test"
+        local keep; keep=$(nixq "$SRC" -qR "$GCROOT" | sort)
+        if nixq "$R" --gc > "$DQ.gc.out" 2> "$DQ.gc.err"; then
+            local after missing
+            after=$(all_valid "$R")
+            missing=$(comm -23 <(echo "$keep") <(echo "$after"))
+            local gone=0; for p in $keep; do [ -e "$R$p" ] || [ -L "$R$p" ] || gone=$((gone+1)); done
+            if [ -z "$missing" ] && [ $gone = 0 ] \
+                && nixq "$R" --verify --check-contents 2>&1 | grep -vqE '^(reading|checking) ' ; then
+                fail "$L: after GC verify not clean: $(nixq "$R" --verify --check-contents 2>&1 | grep -vE '^(reading|checking) ' | head -3 | tr '\n' ' ')"
+            elif [ -z "$missing" ] && [ $gone = 0 ]; then
+                pass "$L: nix-store --gc kept all $(echo "$keep" | wc -l) reachable paths of the root ($(tail -1 "$DQ.gc.err"))"
+            else fail "$L: nix-store --gc removed reachable paths: $(echo $missing | head -c 300) files gone=$gone"; fi
+        else fail "$L: nix-store --gc failed: $(tail -3 "$DQ.gc.err" | tr '\n' ' ')"; fi
+    fi
+}
+
+jarr() { jq -r ".$2 // [] | .[]" "$1" 2>/dev/null | sort; }  # jarr FILE KEY -> sorted array lines
+jlen() { jq -r ".$2 // [] | length" "$1" 2>/dev/null || echo "?"; }
+
+echo "$SRCP_A" > "$WORK/expected-A"
+qdump "$SRC" "$WORK/srcq-A" $SRCP_A
+
+# ---------------------------------------------------------------- save (A) into caches
+echo "== save"
+if ss "$SRC" --json save --cache "$CACHE" > "$LOGS/save1.json" 2> "$LOGS/save1.err"; then
+    pass "save: storesync save of all valid paths exit 0"
+else fail "save: storesync save exit $? : $(tail -3 "$LOGS/save1.err" | tr '\n' ' ')"; fi
+SNAP1=$(jq -r '.snapshot // empty' "$LOGS/save1.json" 2>/dev/null || true)
+n=$(jlen "$LOGS/save1.json" paths)
+[ "$n" = "$(echo "$SRCP_A" | wc -l)" ] && pass "save: --json paths count == Nix valid paths ($n)" \
+    || fail "save: --json paths=$n, Nix has $(echo "$SRCP_A" | wc -l) valid paths ($(head -c 300 "$LOGS/save1.json"))"
+if [ "$(jarr "$LOGS/save1.json" paths)" = "$SRCP_A" ]; then pass "save: --json paths == Nix valid paths (as /nix/store/... paths)"
+else fail "save: --json paths list differs from nix path-info --all, e.g. $(diff <(echo "$SRCP_A") <(jarr "$LOGS/save1.json" paths) | grep '^[<>]' | head -2 | tr '\n' ' ')"; fi
+if ss "$SRC" --json verify --cache "$CACHE" > "$LOGS/verify1.out" 2> "$LOGS/verify1.err"; then pass "save: storesync verify of the cache exit 0"
+else fail "save: storesync verify exit non-zero: $(tail -2 "$LOGS/verify1.err" | tr '\n' ' ')"; fi
+
+# ---------------------------------------------------------------- round trip 1
+echo "== round trip 1: full restore into an empty root without DB"
+D1=$WORK/dst1; mkdir -p "$D1"
+# --dry-run first: must not write anything
+if ss "$D1" --json restore --cache "$CACHE" --dry-run > "$LOGS/rt1-dry.json" 2> "$LOGS/rt1-dry.err"; then
+    rows=0; [ -e "$D1/nix/var/nix/db/db.sqlite" ] && rows=$(sqlite3 "$D1/nix/var/nix/db/db.sqlite" 'select count(*) from ValidPaths' 2>&1)
+    if [ -z "$(ls -A "$D1/nix/store" 2>/dev/null | grep -v '^\.links$')" ] && [ "$rows" = 0 ]; then
+        pass "rt1: restore --dry-run wrote no store path and registered nothing"
+    else fail "rt1: restore --dry-run wrote into the root: $(ls "$D1/nix/store" | head -3 | tr '\n' ' ')"; fi
+else fail "rt1: restore --dry-run exit non-zero: $(tail -2 "$LOGS/rt1-dry.err" | tr '\n' ' ')"; fi
+rm -rf "$D1"; mkdir -p "$D1"
+if ss "$D1" --json restore --cache "$CACHE" > "$LOGS/rt1.json" 2> "$LOGS/rt1.err"; then
+    pass "rt1: storesync restore exit 0"
+else fail "rt1: storesync restore exit non-zero: $(tail -3 "$LOGS/rt1.err" | tr '\n' ' ')"; fi
+[ "$(jarr "$LOGS/rt1.json" restored)" = "$SRCP_A" ] \
+    && pass "rt1: --json restored == all $(echo "$SRCP_A" | wc -l) source paths" \
+    || fail "rt1: --json restored ($(jlen "$LOGS/rt1.json" restored)) != source paths ($(echo "$SRCP_A" | wc -l)); failed=$(jlen "$LOGS/rt1.json" failed) $(head -c 200 "$LOGS/rt1.json")"
+check_root rt1 "$D1" "$WORK/srcq-A" "$WORK/expected-A" "$P_CHAIN"
+
+# ---------------------------------------------------------------- round trip 2
+echo "== round trip 2: restore into a root whose empty DB was created by nix-store"
+D2=$WORK/dst2; mkdir -p "$D2"
+nixq "$D2" --verify > /dev/null 2>&1   # creates db.sqlite (0 rows), schema, big-lock, reserved ...
+[ "$(sqlite3 "$D2/nix/var/nix/db/db.sqlite" 'select count(*) from ValidPaths')" = 0 ] || fail "rt2: setup: DB not empty"
+if ss "$D2" --json restore --cache "$CACHE" > "$LOGS/rt2.json" 2> "$LOGS/rt2.err"; then
+    pass "rt2: storesync restore exit 0"
+else fail "rt2: storesync restore exit non-zero: $(tail -3 "$LOGS/rt2.err" | tr '\n' ' ')"; fi
+[ "$(jarr "$LOGS/rt2.json" restored)" = "$SRCP_A" ] \
+    && pass "rt2: --json restored == all source paths" \
+    || fail "rt2: --json restored ($(jlen "$LOGS/rt2.json" restored)) != source paths ($(echo "$SRCP_A" | wc -l))"
+check_root rt2 "$D2" "$WORK/srcq-A" "$WORK/expected-A" "$(byname usesdev)"
+# a second restore of the same cache is a no-op
+if ss "$D2" --json restore --cache "$CACHE" > "$LOGS/rt2b.json" 2> "$LOGS/rt2b.err"; then
+    r=$(jlen "$LOGS/rt2b.json" restored)
+    [ "$r" = 0 ] && pass "rt2: restoring again writes nothing (restored=0, already_valid=$(jlen "$LOGS/rt2b.json" already_valid))" \
+        || fail "rt2: restoring again restored=$r paths (expected 0)"
+else fail "rt2: second restore exit non-zero: $(tail -3 "$LOGS/rt2b.err" | tr '\n' ' ')"; fi
+
+# ---------------------------------------------------------------- round trip 4 (closure)
+echo "== round trip 4: restore only the closure of $P_CHAIN"
+D4=$WORK/dst4; mkdir -p "$D4"
+nixq "$SRC" -qR "$P_CHAIN" | sort > "$WORK/expected-closure"
+if ss "$D4" --json restore --cache "$CACHE" "$P_CHAIN" > "$LOGS/rt4.json" 2> "$LOGS/rt4.err"; then
+    pass "rt4: storesync restore PATH exit 0"
+else fail "rt4: storesync restore PATH exit non-zero: $(tail -3 "$LOGS/rt4.err" | tr '\n' ' ')"; fi
+[ "$(jarr "$LOGS/rt4.json" restored)" = "$(cat "$WORK/expected-closure")" ] \
+    && pass "rt4: --json restored == nix-store -qR closure ($(wc -l < "$WORK/expected-closure") paths)" \
+    || fail "rt4: --json restored [$(jarr "$LOGS/rt4.json" restored | tr '\n' ' ')] != closure [$(tr '\n' ' ' < "$WORK/expected-closure")]"
+check_root rt4 "$D4" "$WORK/srcq-A" "$WORK/expected-closure" "$P_CHAIN"
+
+# ---------------------------------------------------------------- store busy (GC holds gc.lock)
+echo "== store busy: a GC holds gc.lock exclusively (flock, as nix-store --gc does)"
+D5=$WORK/dst5; mkdir -p "$D5"
+nixq "$D5" --verify > /dev/null 2>&1
+flock -x "$D5/nix/var/nix/gc.lock" sleep 3 & BGPIDS+=($!); LOCKPID=$!
+sleep 0.5
+set +e
+timeout 60 "$STORESYNC" --flavor nix --root "$D5" --no-progress --json restore --cache "$CACHE" "$(byname simple)" > "$LOGS/busy.json" 2> "$LOGS/busy.err"
+rc=$?
+set -e
+if [ $rc = 3 ] && [ "$(sqlite3 "$D5/nix/var/nix/db/db.sqlite" 'select count(*) from ValidPaths')" = 0 ]; then
+    pass "busy: restore while gc.lock is held exclusively exits 3 and registers nothing"
+else fail "busy: restore while a GC holds gc.lock: exit $rc (expected 3), rows=$(sqlite3 "$D5/nix/var/nix/db/db.sqlite" 'select count(*) from ValidPaths'); $(tail -2 "$LOGS/busy.err" | tr '\n' ' ')"; fi
+wait "$LOCKPID" 2>/dev/null || true
+flock -x "$D5/nix/var/nix/gc.lock" sleep 2 & BGPIDS+=($!)
+sleep 0.3
+set +e
+timeout 60 "$STORESYNC" --flavor nix --root "$D5" --no-progress --json restore --cache "$CACHE" --wait "$(byname simple)" > "$LOGS/busyw.json" 2> "$LOGS/busyw.err"
+rc=$?
+set -e
+if [ $rc = 0 ] && nixq "$D5" -q --hash "$(byname simple)" >/dev/null 2>&1; then
+    pass "busy: restore --wait waits for gc.lock and then restores (exit 0)"
+else fail "busy: restore --wait with gc.lock held for 2 s: exit $rc; $(tail -2 "$LOGS/busyw.err" | tr '\n' ' ')"; fi
+
+# ---------------------------------------------------------------- round trip 3 (incremental)
+echo "== round trip 3: incremental (snapshot A, add items, snapshot B)"
+if ss "$SRC" --json save --cache "$CACHE3" > "$LOGS/saveA.json" 2> "$LOGS/saveA.err"; then pass "rt3: save snapshot A exit 0"
+else fail "rt3: save snapshot A exit non-zero: $(tail -3 "$LOGS/saveA.err" | tr '\n' ' ')"; fi
+SNAPA=$(jq -r '.snapshot // empty' "$LOGS/saveA.json" 2>/dev/null || true)
+# add items: new file, new toFile with a reference to an old one, 3 new derivations (4 outputs)
+printf 'added after A\n' > "$WORK/in/added-b.txt"
+nixq "$SRC" --add "$WORK/in/added-b.txt" > /dev/null
+if ! nix-build --store "local?root=$SRC" "$WORK/in/b.nix" --no-out-link > "$LOGS/build-b.out" 2> "$LOGS/build-b.err"; then
+    cat "$LOGS/build-b.err"; fail "rt3: building stage B"; fi
+nix-store --store "local?root=$SRC" -r $(nix-instantiate --store "local?root=$SRC" "$WORK/in/b.nix" 2>/dev/null) > /dev/null 2>> "$LOGS/build-b.err"
+SRCP_B=$(all_valid "$SRC")
+echo "$SRCP_B" > "$WORK/expected-B"
+NEWP=$(comm -13 <(echo "$SRCP_A") <(echo "$SRCP_B"))
+echo "source stage B: $(echo "$SRCP_B" | wc -l) valid paths, $(echo "$NEWP" | wc -l) new"
+if ss "$SRC" --json save --cache "$CACHE3" > "$LOGS/saveB.json" 2> "$LOGS/saveB.err"; then pass "rt3: save snapshot B exit 0"
+else fail "rt3: save snapshot B exit non-zero: $(tail -3 "$LOGS/saveB.err" | tr '\n' ' ')"; fi
+SNAPB=$(jq -r '.snapshot // empty' "$LOGS/saveB.json" 2>/dev/null || true)
+[ -n "$SNAPA" ] && [ -n "$SNAPB" ] && [ "$SNAPA" != "$SNAPB" ] && pass "rt3: two distinct snapshot ids ($SNAPA, $SNAPB)" \
+    || fail "rt3: snapshot ids A='$SNAPA' B='$SNAPB'"
+[ "$(jarr "$LOGS/saveB.json" new_paths)" = "$NEWP" ] \
+    && pass "rt3: save B --json new_paths == the $(echo "$NEWP" | wc -l) paths added after A" \
+    || fail "rt3: save B new_paths [$(jarr "$LOGS/saveB.json" new_paths | tr '\n' ' ' | head -c 300)] != added [$(echo $NEWP | head -c 300)]"
+if ss "$SRC" ls --cache "$CACHE3" > "$LOGS/ls3.out" 2>&1; then pass "rt3: storesync ls exit 0"; else fail "rt3: storesync ls: $(tail -2 "$LOGS/ls3.out")"; fi
+
+qdump "$SRC" "$WORK/srcq-B" $SRCP_B
+D3=$WORK/dst3; mkdir -p "$D3"
+if ss "$D3" --json restore --cache "$CACHE3" --snapshot "$SNAPA" > "$LOGS/rt3a.json" 2> "$LOGS/rt3a.err"; then
+    pass "rt3: restore --snapshot A exit 0"
+else fail "rt3: restore --snapshot A exit non-zero: $(tail -3 "$LOGS/rt3a.err" | tr '\n' ' ')"; fi
+[ "$(all_valid "$D3")" = "$SRCP_A" ] && pass "rt3: after A, valid set == source stage A" \
+    || fail "rt3: after A, valid set ($(all_valid "$D3" | wc -l)) != stage A ($(echo "$SRCP_A" | wc -l))"
+# state of old paths before B: inodes of every file, ValidPaths rows (all columns), Refs, DerivationOutputs
+snapstate() {
+    (cd "$D3/nix/store" && for p in $SRCP_A; do find "./$(basename "$p")" -printf '%i %y %m %T@ %p\n'; done) | sort -k5
+    sqlite3 "$D3/nix/var/nix/db/db.sqlite" "select * from ValidPaths order by id" | awk -F'|' 'NR==FNR{a[$0];next} ($2 in a)' "$WORK/expected-A" -
+}
+snapstate > "$WORK/rt3-before"
+sqlite3 "$D3/nix/var/nix/db/db.sqlite" 'select * from Refs order by 1,2' > "$WORK/rt3-refs-before"
+sqlite3 "$D3/nix/var/nix/db/db.sqlite" 'select * from DerivationOutputs order by 1,2' > "$WORK/rt3-do-before"
+sleep 1.1   # so a rewrite would show in registrationTime
+if ss "$D3" --json restore --cache "$CACHE3" --snapshot "$SNAPB" > "$LOGS/rt3b.json" 2> "$LOGS/rt3b.err"; then
+    pass "rt3: restore --snapshot B exit 0"
+else fail "rt3: restore --snapshot B exit non-zero: $(tail -3 "$LOGS/rt3b.err" | tr '\n' ' ')"; fi
+nr=$(jlen "$LOGS/rt3b.json" restored); na=$(jlen "$LOGS/rt3b.json" already_valid)
+[ "$(jarr "$LOGS/rt3b.json" restored)" = "$NEWP" ] \
+    && pass "rt3: restore B --json restored = exactly the $nr new paths (already_valid=$na)" \
+    || fail "rt3: restore B --json restored=$nr already_valid=$na, expected restored = the $(echo "$NEWP" | wc -l) new paths"
+[ "$na" = "$(echo "$SRCP_A" | wc -l)" ] && pass "rt3: restore B --json already_valid = the $na old paths" \
+    || fail "rt3: restore B already_valid=$na, expected $(echo "$SRCP_A" | wc -l)"
+snapstate > "$WORK/rt3-after"
+if cmp -s "$WORK/rt3-before" "$WORK/rt3-after"; then
+    pass "rt3: old paths untouched by B (inodes/modes/mtimes of all files, ValidPaths rows incl. id and registrationTime)"
+else fail "rt3: old paths changed by restore B: $(diff "$WORK/rt3-before" "$WORK/rt3-after" | grep '^[<>]' | head -4 | tr '\n' ' ')"; fi
+comm -23 "$WORK/rt3-refs-before" <(sqlite3 "$D3/nix/var/nix/db/db.sqlite" 'select * from Refs order by 1,2') | grep -q . \
+    && fail "rt3: Refs rows of old paths changed by B" || pass "rt3: Refs rows of old paths kept"
+comm -23 "$WORK/rt3-do-before" <(sqlite3 "$D3/nix/var/nix/db/db.sqlite" 'select * from DerivationOutputs order by 1,2') | grep -q . \
+    && fail "rt3: DerivationOutputs rows of old paths changed by B" || pass "rt3: DerivationOutputs rows of old paths kept"
+check_root rt3 "$D3" "$WORK/srcq-B" "$WORK/expected-B" "$(echo "$SRCP_B" | grep -- '-later3$')"
+
+# ---------------------------------------------------------------- summary
+T1=$(date +%s)
+echo
+echo "== $NPASS passed, $NFAIL failed, $((T1-T0)) s"
+for c in "${FAILED_CHECKS[@]}"; do echo "   failed: ${c:0:200}"; done
+[ "$NFAIL" = 0 ]
