@@ -1,0 +1,512 @@
+//! The content-addressed cache: blobs (file contents, keyed by BLAKE3), trees (one per store
+//! path), packs (zstd frames of objects, tens of MiB each), index files (object → pack range)
+//! and snapshots (the paths of one save). The byte layout is specified in docs/FORMAT.md.
+//!
+//! Invariants: every object read is checked against its id before it is used (a solo blob
+//! streams, so its check comes at the end and callers discard what they wrote on error);
+//! objects are durable (packs and index fsynced and renamed into place) before a snapshot
+//! naming them is written; nothing is ever modified in place.
+
+pub mod index;
+mod packer;
+pub mod snapshot;
+pub mod storage;
+pub mod tree;
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::io::{self, Read};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+pub use index::{IndexFile, Location};
+pub use packer::{PackStats, Packer};
+pub use snapshot::{Snapshot, SnapshotPath};
+pub use storage::{LocalDir, Storage, StorageError};
+pub use tree::{Entry, Node};
+
+/// Version of the cache format (docs/FORMAT.md); written in every file header.
+pub const FORMAT_VERSION: u32 = 1;
+/// Magic of pack files.
+pub const PACK_MAGIC: &[u8; 8] = b"STSYPACK";
+/// Magic of index files.
+pub const INDEX_MAGIC: &[u8; 8] = b"STSYINDX";
+/// Magic of snapshot files.
+pub const SNAPSHOT_MAGIC: &[u8; 8] = b"STSYSNAP";
+/// Objects this large or larger get a zstd frame of their own.
+pub const SOLO_THRESHOLD: u64 = 256 * 1024;
+/// A frame of small objects is closed once it holds this many bytes.
+pub const FRAME_TARGET: u64 = 1024 * 1024;
+/// A pack is closed once it is this large.
+pub const PACK_TARGET: u64 = 32 * 1024 * 1024;
+/// Upper bound of a decompressed frame of small objects.
+pub const MAX_BATCH_FRAME: u64 = FRAME_TARGET + SOLO_THRESHOLD;
+/// Upper bound of decoded index and snapshot bodies.
+const MAX_DECODED: usize = 1 << 31;
+
+/// Errors of the cache; each names the file or object.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("cache is damaged: {0} (run `storesync verify`)")]
+    Corrupt(String),
+    #[error("object {0} is not in the cache (the cache is incomplete; run `storesync verify`)")]
+    Missing(ObjectId),
+    #[error("no snapshot matches `{0}` (see `storesync ls`)")]
+    NoSnapshot(String),
+    #[error("snapshot prefix `{0}` is ambiguous")]
+    AmbiguousSnapshot(String),
+    #[error("the cache holds no snapshot yet (run `storesync save` first)")]
+    Empty,
+}
+
+/// A BLAKE3 digest naming a blob, tree, pack, index or snapshot.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ObjectId(pub [u8; 32]);
+
+impl ObjectId {
+    /// BLAKE3 of `data`.
+    pub fn of(data: &[u8]) -> Self {
+        ObjectId(*blake3::hash(data).as_bytes())
+    }
+    /// Lower-case hex.
+    pub fn hex(&self) -> String {
+        crate::nar::hex(&self.0)
+    }
+    /// Parse 64 hex digits.
+    pub fn parse(s: &str) -> Option<Self> {
+        crate::nar::parse_hex::<32>(s).map(ObjectId)
+    }
+}
+
+impl fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.hex())
+    }
+}
+
+impl fmt::Debug for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ObjectId({})", &self.hex()[..16])
+    }
+}
+
+/// What an object holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ObjectKind {
+    /// File contents.
+    Blob,
+    /// An encoded [`Node`].
+    Tree,
+}
+
+pub(crate) fn encode_bincode<T: Serialize>(v: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(v, bincode::config::standard()).expect("in-memory encoding")
+}
+
+pub(crate) fn decode_bincode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    let cfg = bincode::config::standard().with_limit::<MAX_DECODED>();
+    match bincode::serde::decode_from_slice(bytes, cfg) {
+        Ok((v, n)) if n == bytes.len() => Ok(v),
+        Ok(_) => Err("trailing bytes after the encoded value".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Wrap a body in the envelope of index and snapshot files: magic, version, flags, body,
+/// BLAKE3 of all that. Returns (checksum, bytes); the checksum names the file.
+pub(crate) fn seal(magic: &[u8; 8], body: &[u8]) -> (ObjectId, Vec<u8>) {
+    let mut out = Vec::with_capacity(body.len() + 48);
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(body);
+    let sum = ObjectId::of(&out);
+    out.extend_from_slice(&sum.0);
+    (sum, out)
+}
+
+/// Check and strip the envelope.
+pub(crate) fn unseal<'a>(magic: &[u8; 8], bytes: &'a [u8], what: &str) -> Result<(ObjectId, &'a [u8]), CacheError> {
+    let bad = |why: &str| CacheError::Corrupt(format!("{what}: {why}"));
+    if bytes.len() < 48 || &bytes[..8] != magic {
+        return Err(bad("not a storesync file of this kind (bad magic or truncated)"));
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if version != FORMAT_VERSION {
+        return Err(bad(&format!("format version {version}, this storesync reads {FORMAT_VERSION}")));
+    }
+    let (content, sum) = bytes.split_at(bytes.len() - 32);
+    let computed = ObjectId::of(content);
+    if computed.0 != sum {
+        return Err(bad("checksum mismatch (truncated or modified)"));
+    }
+    Ok((computed, &content[16..]))
+}
+
+struct FrameCache {
+    frames: HashMap<(u32, u64), Arc<Vec<u8>>>,
+    order: VecDeque<(u32, u64)>,
+    bytes: usize,
+}
+
+const FRAME_CACHE_BYTES: usize = 48 * 1024 * 1024;
+
+/// An opened cache.
+pub struct Cache {
+    storage: Box<dyn Storage>,
+    packs: Vec<ObjectId>,
+    index: HashMap<ObjectId, Location>,
+    frames: Mutex<FrameCache>,
+    /// Problems found while loading (damaged index files skipped); shown by the CLI.
+    pub warnings: Vec<String>,
+}
+
+impl Cache {
+    /// Open (creating if needed) a cache directory and load its index.
+    ///
+    /// # Errors
+    /// [`CacheError::Storage`] when the directory cannot be read.
+    pub fn open_dir(dir: &Path) -> Result<Self, CacheError> {
+        Self::open(Box::new(LocalDir::open(dir)?))
+    }
+
+    /// Open a cache on any storage and load its index. Damaged index files are skipped with a
+    /// warning (their objects count as absent), as are entries whose pack is missing.
+    ///
+    /// # Errors
+    /// [`CacheError::Storage`] when listing fails.
+    pub fn open(storage: Box<dyn Storage>) -> Result<Self, CacheError> {
+        let mut cache = Cache {
+            storage,
+            packs: Vec::new(),
+            index: HashMap::new(),
+            frames: Mutex::new(FrameCache {
+                frames: HashMap::new(),
+                order: VecDeque::new(),
+                bytes: 0,
+            }),
+            warnings: Vec::new(),
+        };
+        let mut pack_no: HashMap<ObjectId, Option<u32>> = HashMap::new();
+        for key in cache.storage.list("index")? {
+            let file = match cache.read_index_file(&key) {
+                Ok(f) => f,
+                Err(e) => {
+                    cache.warnings.push(format!("skipping index {key}: {e}"));
+                    continue;
+                }
+            };
+            let mut local = Vec::with_capacity(file.packs.len());
+            for p in &file.packs {
+                let no = match pack_no.get(p) {
+                    Some(no) => *no,
+                    None => {
+                        let key = pack_key(p);
+                        let no = if cache.storage.size(&key)?.is_some() {
+                            cache.packs.push(*p);
+                            Some(cache.packs.len() as u32 - 1)
+                        } else {
+                            cache.warnings.push(format!("pack {key} named by an index is missing"));
+                            None
+                        };
+                        pack_no.insert(*p, no);
+                        no
+                    }
+                };
+                local.push(no);
+            }
+            for (id, mut loc) in file.entries {
+                if let Some(Some(no)) = local.get(loc.pack as usize) {
+                    loc.pack = *no;
+                    cache.index.entry(id).or_insert(loc);
+                }
+            }
+        }
+        Ok(cache)
+    }
+
+    fn read_index_file(&self, key: &str) -> Result<IndexFile, CacheError> {
+        let bytes = self.storage.read(key)?;
+        let what = self.storage.describe(key);
+        let (sum, body) = unseal(INDEX_MAGIC, &bytes, &what)?;
+        if key != index_key(&sum) {
+            return Err(CacheError::Corrupt(format!("{what}: name does not match its checksum")));
+        }
+        decode_bincode(body).map_err(|e| CacheError::Corrupt(format!("{what}: {e}")))
+    }
+
+    /// The storage backend.
+    pub fn storage(&self) -> &dyn Storage {
+        self.storage.as_ref()
+    }
+
+    /// Whether an object is in the index.
+    pub fn contains(&self, id: &ObjectId) -> bool {
+        self.index.contains_key(id)
+    }
+
+    /// Where an object is.
+    pub fn location(&self, id: &ObjectId) -> Option<Location> {
+        self.index.get(id).copied()
+    }
+
+    /// Number of indexed objects.
+    pub fn object_count(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Every indexed object.
+    pub fn objects(&self) -> impl Iterator<Item = (&ObjectId, &Location)> {
+        self.index.iter()
+    }
+
+    /// Pack ids in the merged table.
+    pub fn packs(&self) -> &[ObjectId] {
+        &self.packs
+    }
+
+    fn frame(&self, loc: &Location) -> Result<Arc<Vec<u8>>, CacheError> {
+        let key = (loc.pack, loc.frame_offset);
+        if let Some(f) = self.frames.lock().expect("frame cache").frames.get(&key) {
+            return Ok(f.clone());
+        }
+        let pack = pack_key(&self.packs[loc.pack as usize]);
+        let mut compressed = Vec::with_capacity(loc.frame_len as usize);
+        self.storage
+            .read_range(&pack, loc.frame_offset, loc.frame_len)?
+            .read_to_end(&mut compressed)
+            .map_err(|e| StorageError(self.storage.describe(&pack), e))?;
+        let data = zstd::bulk::decompress(&compressed, MAX_BATCH_FRAME as usize).map_err(|e| {
+            CacheError::Corrupt(format!(
+                "{}: frame at offset {}: {e}",
+                self.storage.describe(&pack),
+                loc.frame_offset
+            ))
+        })?;
+        let data = Arc::new(data);
+        let mut fc = self.frames.lock().expect("frame cache");
+        if fc.frames.insert(key, data.clone()).is_none() {
+            fc.order.push_back(key);
+            fc.bytes += data.len();
+            while fc.bytes > FRAME_CACHE_BYTES {
+                let Some(old) = fc.order.pop_front() else { break };
+                if let Some(f) = fc.frames.remove(&old) {
+                    fc.bytes -= f.len();
+                }
+            }
+        }
+        Ok(data)
+    }
+
+    /// Read an object that fits in memory (a tree or a small blob), checked against its id.
+    ///
+    /// # Errors
+    /// [`CacheError::Missing`], or [`CacheError::Corrupt`] when the bytes do not match.
+    pub fn read_small(&self, id: &ObjectId) -> Result<Vec<u8>, CacheError> {
+        let mut out = Vec::new();
+        self.stream(id, &mut |chunk| {
+            out.extend_from_slice(chunk);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Stream an object's bytes to `sink` in chunks. A small object is checked before `sink`
+    /// sees it; a large one streams and is checked at the end, so on error the caller must
+    /// discard what `sink` received. Trees are checked by [`Cache::read_tree`].
+    ///
+    /// # Errors
+    /// [`CacheError`] for a missing or damaged object; a `sink` error is returned as
+    /// [`CacheError::Storage`] naming the object.
+    pub fn stream(
+        &self,
+        id: &ObjectId,
+        sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    ) -> Result<(), CacheError> {
+        let loc = self.location(id).ok_or(CacheError::Missing(*id))?;
+        let sink_err = |e: io::Error| StorageError(format!("object {id}"), e);
+        if loc.len < SOLO_THRESHOLD {
+            let frame = self.frame(&loc)?;
+            let end = loc.offset.checked_add(loc.len).filter(|&e| e <= frame.len() as u64);
+            let Some(end) = end else {
+                return Err(CacheError::Corrupt(format!("object {id}: range outside its frame")));
+            };
+            let bytes = &frame[loc.offset as usize..end as usize];
+            if loc.kind == ObjectKind::Blob && ObjectId::of(bytes) != *id {
+                return Err(CacheError::Corrupt(format!("blob {id}: content does not match its id")));
+            }
+            return sink(bytes).map_err(|e| sink_err(e).into());
+        }
+        let pack = pack_key(&self.packs[loc.pack as usize]);
+        let raw = self.storage.read_range(&pack, loc.frame_offset, loc.frame_len)?;
+        let mut dec = zstd::stream::read::Decoder::new(raw)
+            .map_err(|e| StorageError(self.storage.describe(&pack), e))?
+            .single_frame();
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0u64;
+        loop {
+            let n = dec.read(&mut buf).map_err(|e| {
+                CacheError::Corrupt(format!("blob {id} in {}: {e}", self.storage.describe(&pack)))
+            })?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+            if total > loc.len {
+                break;
+            }
+            if loc.kind == ObjectKind::Blob {
+                hasher.update(&buf[..n]);
+            }
+            sink(&buf[..n]).map_err(sink_err)?;
+        }
+        if total != loc.len || (loc.kind == ObjectKind::Blob && ObjectId(*hasher.finalize().as_bytes()) != *id) {
+            return Err(CacheError::Corrupt(format!("blob {id}: content does not match its id")));
+        }
+        Ok(())
+    }
+
+    /// Read and validate a tree.
+    ///
+    /// # Errors
+    /// [`CacheError`] when missing or damaged.
+    pub fn read_tree(&self, id: &ObjectId) -> Result<Node, CacheError> {
+        Node::decode(id, &self.read_small(id)?)
+    }
+
+    /// Ids of all snapshots, sorted.
+    ///
+    /// # Errors
+    /// [`CacheError::Storage`].
+    pub fn snapshot_ids(&self) -> Result<Vec<ObjectId>, CacheError> {
+        Ok(self
+            .storage
+            .list("snapshots")?
+            .iter()
+            .filter_map(|k| k.strip_prefix("snapshots/")?.strip_suffix(".snap"))
+            .filter_map(ObjectId::parse)
+            .collect())
+    }
+
+    /// Read one snapshot, checking its checksum, encoding and consistency.
+    ///
+    /// # Errors
+    /// [`CacheError`] naming the snapshot file.
+    pub fn read_snapshot(&self, id: &ObjectId) -> Result<Snapshot, CacheError> {
+        let key = snapshot_key(id);
+        let what = self.storage.describe(&key);
+        let bytes = self.storage.read(&key)?;
+        let (sum, body) = unseal(SNAPSHOT_MAGIC, &bytes, &what)?;
+        if sum != *id {
+            return Err(CacheError::Corrupt(format!("{what}: name does not match its checksum")));
+        }
+        let raw = zstd::bulk::decompress(body, MAX_DECODED)
+            .map_err(|e| CacheError::Corrupt(format!("{what}: {e}")))?;
+        let snap: Snapshot =
+            decode_bincode(&raw).map_err(|e| CacheError::Corrupt(format!("{what}: {e}")))?;
+        snap.validate()
+            .map_err(|e| CacheError::Corrupt(format!("{what}: {e}")))?;
+        Ok(snap)
+    }
+
+    /// All readable snapshots, oldest first; unreadable ones are returned as errors in place.
+    ///
+    /// # Errors
+    /// [`CacheError::Storage`] when listing fails.
+    #[allow(clippy::type_complexity)]
+    pub fn snapshots(&self) -> Result<Vec<(ObjectId, Result<Snapshot, CacheError>)>, CacheError> {
+        let mut all: Vec<_> = self
+            .snapshot_ids()?
+            .into_iter()
+            .map(|id| (id, self.read_snapshot(&id)))
+            .collect();
+        all.sort_by_key(|(id, s)| (s.as_ref().map(|s| s.created).unwrap_or(i64::MIN), *id));
+        Ok(all)
+    }
+
+    /// Find a snapshot by id prefix, or the newest readable one when `prefix` is `None`.
+    ///
+    /// # Errors
+    /// [`CacheError::NoSnapshot`], [`CacheError::AmbiguousSnapshot`], [`CacheError::Empty`],
+    /// or the error reading the chosen snapshot.
+    pub fn find_snapshot(&self, prefix: Option<&str>) -> Result<(ObjectId, Snapshot), CacheError> {
+        match prefix {
+            Some(p) => {
+                let p = p.to_ascii_lowercase();
+                let ids: Vec<_> = self
+                    .snapshot_ids()?
+                    .into_iter()
+                    .filter(|id| id.hex().starts_with(&p))
+                    .collect();
+                match ids.as_slice() {
+                    [] => Err(CacheError::NoSnapshot(p)),
+                    [id] => Ok((*id, self.read_snapshot(id)?)),
+                    _ => Err(CacheError::AmbiguousSnapshot(p)),
+                }
+            }
+            None => {
+                let mut all = self.snapshots()?;
+                let mut last_err = None;
+                while let Some((id, s)) = all.pop() {
+                    match s {
+                        Ok(s) => return Ok((id, s)),
+                        Err(e) => last_err = Some(e),
+                    }
+                }
+                Err(last_err.unwrap_or(CacheError::Empty))
+            }
+        }
+    }
+
+    /// Write a snapshot (after every object it names is durable). Returns its id.
+    ///
+    /// # Errors
+    /// [`CacheError::Storage`].
+    pub fn write_snapshot(&self, snap: &Snapshot) -> Result<ObjectId, CacheError> {
+        let raw = encode_bincode(snap);
+        let body = zstd::bulk::compress(&raw, 3)
+            .map_err(|e| StorageError("snapshot".into(), e))?;
+        let (id, bytes) = seal(SNAPSHOT_MAGIC, &body);
+        self.storage.write(&snapshot_key(&id), &bytes)?;
+        Ok(id)
+    }
+}
+
+/// Key of a pack file.
+pub fn pack_key(id: &ObjectId) -> String {
+    format!("packs/{id}.pack")
+}
+/// Key of an index file.
+pub fn index_key(id: &ObjectId) -> String {
+    format!("index/{id}.idx")
+}
+/// Key of a snapshot file.
+pub fn snapshot_key(id: &ObjectId) -> String {
+    format!("snapshots/{id}.snap")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_detects_damage() {
+        let (sum, bytes) = seal(INDEX_MAGIC, b"body");
+        let (s2, body) = unseal(INDEX_MAGIC, &bytes, "t").unwrap();
+        assert_eq!((s2, body), (sum, &b"body"[..]));
+        assert!(unseal(SNAPSHOT_MAGIC, &bytes, "t").is_err());
+        let mut flipped = bytes.clone();
+        flipped[17] ^= 1;
+        assert!(unseal(INDEX_MAGIC, &flipped, "t").is_err());
+        assert!(unseal(INDEX_MAGIC, &bytes[..bytes.len() - 1], "t").is_err());
+        let mut v2 = bytes.clone();
+        v2[8] = 2;
+        let err = unseal(INDEX_MAGIC, &v2, "t").unwrap_err().to_string();
+        assert!(err.contains("format version 2"), "{err}");
+    }
+}

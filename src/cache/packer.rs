@@ -1,0 +1,235 @@
+//! Appending new objects to packs during a save, from many threads at once.
+//!
+//! Small objects are gathered into frames of about [`FRAME_TARGET`] bytes (so similar small
+//! files compress together); objects of [`SOLO_THRESHOLD`] bytes or more get a frame of their
+//! own and stream through a spooled scratch file, so memory stays bounded whatever the file
+//! size. Compression runs in the calling thread; only the append to the open pack is
+//! serialised. [`Packer::finish`] closes the last pack and writes one index file naming
+//! everything this packer wrote; only then may a snapshot refer to those objects.
+
+use std::collections::HashSet;
+use std::io::{self, Read, Seek, Write};
+use std::sync::Mutex;
+
+use super::{
+    encode_bincode, index_key, pack_key, seal, Cache, CacheError, IndexFile, Location, ObjectId,
+    ObjectKind, StorageError, FORMAT_VERSION, FRAME_TARGET, INDEX_MAGIC, PACK_MAGIC, PACK_TARGET,
+    SOLO_THRESHOLD,
+};
+
+/// What a packer wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PackStats {
+    /// New objects.
+    pub objects: u64,
+    /// Their uncompressed bytes.
+    pub raw_bytes: u64,
+    /// Bytes appended to packs.
+    pub packed_bytes: u64,
+    /// Packs written.
+    pub packs: u64,
+}
+
+#[derive(Default)]
+struct FrameBuilder {
+    buf: Vec<u8>,
+    entries: Vec<(ObjectId, ObjectKind, u64, u64)>,
+}
+
+struct OpenPack {
+    file: tempfile::NamedTempFile,
+    hasher: blake3::Hasher,
+    len: u64,
+    entries: Vec<(ObjectId, Location)>,
+}
+
+#[derive(Default)]
+struct State {
+    open: Option<OpenPack>,
+    done: IndexFile,
+    stats: PackStats,
+}
+
+/// Writes new objects into packs. Share it between threads by reference.
+pub struct Packer<'c> {
+    cache: &'c Cache,
+    level: i32,
+    state: Mutex<State>,
+    builders: Mutex<Vec<FrameBuilder>>,
+    claimed: Mutex<HashSet<ObjectId>>,
+}
+
+impl<'c> Packer<'c> {
+    /// A packer appending to `cache` with zstd `level`.
+    pub fn new(cache: &'c Cache, level: i32) -> Self {
+        Packer {
+            cache,
+            level,
+            state: Mutex::new(State::default()),
+            builders: Mutex::new(Vec::new()),
+            claimed: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// True (once per id) when `id` is neither in the cache nor already added by this packer:
+    /// the caller must then add it.
+    pub fn claim(&self, id: &ObjectId) -> bool {
+        !self.cache.contains(id) && self.claimed.lock().expect("claims").insert(*id)
+    }
+
+    /// Add a claimed object that is in memory.
+    ///
+    /// # Errors
+    /// [`CacheError::Storage`] when the pack cannot be written.
+    pub fn add(&self, kind: ObjectKind, id: ObjectId, data: &[u8]) -> Result<(), CacheError> {
+        if data.len() as u64 >= SOLO_THRESHOLD {
+            return self.add_reader(kind, id, data.len() as u64, &mut &data[..]);
+        }
+        let mut b = self.builders.lock().expect("builders").pop().unwrap_or_default();
+        b.entries.push((id, kind, b.buf.len() as u64, data.len() as u64));
+        b.buf.extend_from_slice(data);
+        let r = if b.buf.len() as u64 >= FRAME_TARGET {
+            self.flush_builder(&mut b)
+        } else {
+            Ok(())
+        };
+        self.builders.lock().expect("builders").push(b);
+        r
+    }
+
+    /// Add a claimed object of `len` bytes read from `r` (streamed, not held in memory).
+    ///
+    /// # Errors
+    /// [`CacheError::Storage`] when reading `r` or writing the pack fails, or when `r` does not
+    /// yield exactly `len` bytes.
+    pub fn add_reader(
+        &self,
+        kind: ObjectKind,
+        id: ObjectId,
+        len: u64,
+        r: &mut dyn Read,
+    ) -> Result<(), CacheError> {
+        let err = |e: io::Error| CacheError::Storage(StorageError(format!("object {id}"), e));
+        let mut spool = tempfile::spooled_tempfile(8 * 1024 * 1024);
+        let mut enc = zstd::stream::write::Encoder::new(&mut spool, self.level).map_err(err)?;
+        enc.include_contentsize(true).map_err(err)?;
+        enc.set_pledged_src_size(Some(len)).map_err(err)?;
+        let copied = io::copy(&mut r.take(len), &mut enc).map_err(err)?;
+        if copied != len {
+            return Err(err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("file shrank while being saved ({copied} of {len} bytes)"),
+            )));
+        }
+        enc.finish().map_err(err)?;
+        let frame_len = spool.stream_position().map_err(err)?;
+        spool.rewind().map_err(err)?;
+        self.append(&mut spool, frame_len, &[(id, kind, 0, len)])
+    }
+
+    fn flush_builder(&self, b: &mut FrameBuilder) -> Result<(), CacheError> {
+        if b.entries.is_empty() {
+            return Ok(());
+        }
+        let compressed = zstd::bulk::compress(&b.buf, self.level)
+            .map_err(|e| CacheError::Storage(StorageError("compressing a frame".into(), e)))?;
+        let r = self.append(&mut &compressed[..], compressed.len() as u64, &b.entries);
+        b.buf.clear();
+        b.entries.clear();
+        r
+    }
+
+    fn append(
+        &self,
+        frame: &mut dyn Read,
+        frame_len: u64,
+        entries: &[(ObjectId, ObjectKind, u64, u64)],
+    ) -> Result<(), CacheError> {
+        let storage = self.cache.storage();
+        let mut st = self.state.lock().expect("pack state");
+        if st.open.is_none() {
+            let mut file = storage.scratch_file()?;
+            let mut header = Vec::with_capacity(16);
+            header.extend_from_slice(PACK_MAGIC);
+            header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+            header.extend_from_slice(&0u32.to_le_bytes());
+            file.write_all(&header)
+                .map_err(|e| StorageError("new pack".into(), e))?;
+            let mut hasher = blake3::Hasher::new();
+            hasher.update(&header);
+            st.open = Some(OpenPack { file, hasher, len: 16, entries: Vec::new() });
+        }
+        let st = &mut *st;
+        let open = st.open.as_mut().expect("opened above");
+        let frame_offset = open.len;
+        let mut buf = vec![0u8; 256 * 1024];
+        let cap = buf.len() as u64;
+        let mut left = frame_len;
+        while left > 0 {
+            let n = frame
+                .read(&mut buf[..left.min(cap) as usize])
+                .and_then(|n| {
+                    if n == 0 {
+                        Err(io::ErrorKind::UnexpectedEof.into())
+                    } else {
+                        Ok(n)
+                    }
+                })
+                .map_err(|e| StorageError("reading a compressed frame".into(), e))?;
+            open.file
+                .write_all(&buf[..n])
+                .map_err(|e| StorageError(open.file.path().display().to_string(), e))?;
+            open.hasher.update(&buf[..n]);
+            left -= n as u64;
+        }
+        open.len += frame_len;
+        for &(id, kind, offset, len) in entries {
+            open.entries.push((
+                id,
+                Location { kind, pack: 0, frame_offset, frame_len, offset, len },
+            ));
+            st.stats.objects += 1;
+            st.stats.raw_bytes += len;
+        }
+        st.stats.packed_bytes += frame_len;
+        if st.open.as_ref().is_some_and(|o| o.len >= PACK_TARGET) {
+            self.close_pack(st)?;
+        }
+        Ok(())
+    }
+
+    fn close_pack(&self, st: &mut State) -> Result<(), CacheError> {
+        let Some(mut open) = st.open.take() else { return Ok(()) };
+        open.file
+            .flush()
+            .map_err(|e| StorageError("flushing a pack".into(), e))?;
+        let id = ObjectId(*open.hasher.finalize().as_bytes());
+        self.cache.storage().commit_file(&pack_key(&id), open.file)?;
+        let pack = st.done.packs.len() as u32;
+        st.done.packs.push(id);
+        st.done
+            .entries
+            .extend(open.entries.into_iter().map(|(id, loc)| (id, Location { pack, ..loc })));
+        st.stats.packs += 1;
+        Ok(())
+    }
+
+    /// Flush pending frames, close the open pack and write the index file. After this returns,
+    /// every object added is durable and a snapshot may name it.
+    ///
+    /// # Errors
+    /// [`CacheError::Storage`].
+    pub fn finish(self) -> Result<PackStats, CacheError> {
+        let builders = std::mem::take(&mut *self.builders.lock().expect("builders"));
+        for mut b in builders {
+            self.flush_builder(&mut b)?;
+        }
+        let mut st = self.state.lock().expect("pack state");
+        self.close_pack(&mut st)?;
+        if !st.done.entries.is_empty() {
+            let (sum, bytes) = seal(INDEX_MAGIC, &encode_bincode(&st.done));
+            self.cache.storage().write(&index_key(&sum), &bytes)?;
+        }
+        Ok(st.stats)
+    }
+}

@@ -1,0 +1,70 @@
+//! Snapshots: the list of store paths a save captured, with everything needed to register
+//! them (the DB's `ValidPaths`, `Refs` and `DerivationOutputs` rows) and the tree of each.
+//! A snapshot is written last, after every object it names is durable.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::ObjectId;
+use crate::db::{DerivationOutput, PathInfo};
+use crate::layout::Flavor;
+use crate::store_path::StorePath;
+
+/// One store path of a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotPath {
+    /// The DB row (hash, size, time, deriver, references, Nix extras).
+    pub info: PathInfo,
+    /// The tree holding its contents.
+    pub tree: ObjectId,
+}
+
+/// A saved closure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Daemon conventions of the source store.
+    pub flavor: Flavor,
+    /// Logical store directory of the source (`/gnu/store`).
+    pub store_dir: String,
+    /// Unix seconds at save.
+    pub created: i64,
+    /// The tool that wrote it (`storesync 0.1.0`).
+    pub tool: String,
+    /// The requested roots; empty when every valid path was saved.
+    pub roots: Vec<StorePath>,
+    /// Paths, references first.
+    pub paths: Vec<SnapshotPath>,
+    /// `DerivationOutputs` rows of the `.drv`s among `paths`.
+    pub derivation_outputs: Vec<DerivationOutput>,
+}
+
+impl Snapshot {
+    /// Check internal consistency: unique paths, every reference inside the snapshot,
+    /// every derivation output row's `.drv` inside it.
+    ///
+    /// # Errors
+    /// A message saying what is inconsistent.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut seen: HashMap<&StorePath, usize> = HashMap::new();
+        for (i, p) in self.paths.iter().enumerate() {
+            if seen.insert(&p.info.path, i).is_some() {
+                return Err(format!("path {} appears twice", p.info.path));
+            }
+        }
+        for p in &self.paths {
+            if let Some(r) = p.info.references.iter().find(|r| !seen.contains_key(r)) {
+                return Err(format!("{} refers to {r}, which is not in the snapshot", p.info.path));
+            }
+        }
+        if let Some(o) = self.derivation_outputs.iter().find(|o| !seen.contains_key(&o.drv)) {
+            return Err(format!("derivation output row for {}, which is not in the snapshot", o.drv));
+        }
+        Ok(())
+    }
+
+    /// Total NAR size of all paths.
+    pub fn nar_bytes(&self) -> u64 {
+        self.paths.iter().map(|p| p.info.nar_size).sum()
+    }
+}

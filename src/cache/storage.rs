@@ -1,0 +1,194 @@
+//! Where cache files live, behind one small trait: a local directory now, an object store
+//! (S3 through `object_store`) later. Keys are `/`-separated relative names such as
+//! `packs/<id>.pack`. Every write is atomic: a reader sees the whole object or nothing.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// An error of a storage backend, naming the key (or file) it failed on.
+#[derive(Debug, thiserror::Error)]
+#[error("cache storage {0}: {1}")]
+pub struct StorageError(pub String, #[source] pub io::Error);
+
+/// The operations the cache needs from a place to keep files.
+pub trait Storage: Send + Sync {
+    /// Read a whole object.
+    fn read(&self, key: &str) -> Result<Vec<u8>, StorageError>;
+    /// A reader over `len` bytes at `offset` of an object.
+    fn read_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Box<dyn Read + Send + '_>, StorageError>;
+    /// Write an object atomically (whole or not at all), durably.
+    fn write(&self, key: &str, data: &[u8]) -> Result<(), StorageError>;
+    /// A local scratch file whose contents [`Storage::commit_file`] can publish.
+    fn scratch_file(&self) -> Result<tempfile::NamedTempFile, StorageError>;
+    /// Publish a finished scratch file as `key`, atomically and durably.
+    fn commit_file(&self, key: &str, file: tempfile::NamedTempFile) -> Result<(), StorageError>;
+    /// Keys under a prefix (a "directory"), sorted.
+    fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError>;
+    /// Size of an object, or `None` when absent.
+    fn size(&self, key: &str) -> Result<Option<u64>, StorageError>;
+    /// A human-readable location for messages.
+    fn describe(&self, key: &str) -> String;
+}
+
+/// A cache kept in a local directory.
+#[derive(Debug)]
+pub struct LocalDir {
+    root: PathBuf,
+}
+
+impl LocalDir {
+    /// Use (and create if needed) `root`.
+    ///
+    /// # Errors
+    /// [`StorageError`] when the directory cannot be created.
+    pub fn open(root: &Path) -> Result<Self, StorageError> {
+        for sub in ["", "packs", "index", "snapshots", "tmp"] {
+            let d = root.join(sub);
+            fs::create_dir_all(&d).map_err(|e| StorageError(d.display().to_string(), e))?;
+        }
+        Ok(LocalDir {
+            root: root.to_owned(),
+        })
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        debug_assert!(!key.split('/').any(|c| c == ".." || c.is_empty()));
+        self.root.join(key)
+    }
+
+    fn err(&self, key: &str) -> impl Fn(io::Error) -> StorageError + '_ {
+        let d = self.describe(key);
+        move |e| StorageError(d.clone(), e)
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Storage for LocalDir {
+    fn read(&self, key: &str) -> Result<Vec<u8>, StorageError> {
+        fs::read(self.path(key)).map_err(self.err(key))
+    }
+
+    fn read_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Box<dyn Read + Send + '_>, StorageError> {
+        let f = File::open(self.path(key)).map_err(self.err(key))?;
+        let size = f.metadata().map_err(self.err(key))?.len();
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(StorageError(
+                self.describe(key),
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("range {offset}+{len} is beyond the end ({size} bytes): truncated file"),
+                ),
+            ));
+        }
+        Ok(Box::new(RangeReader { f, pos: offset, end: offset + len }))
+    }
+
+    fn write(&self, key: &str, data: &[u8]) -> Result<(), StorageError> {
+        let mut tmp = self.scratch_file()?;
+        tmp.write_all(data).map_err(self.err(key))?;
+        self.commit_file(key, tmp)
+    }
+
+    fn scratch_file(&self) -> Result<tempfile::NamedTempFile, StorageError> {
+        tempfile::NamedTempFile::new_in(self.root.join("tmp")).map_err(self.err("tmp"))
+    }
+
+    fn commit_file(&self, key: &str, file: tempfile::NamedTempFile) -> Result<(), StorageError> {
+        let dest = self.path(key);
+        file.as_file().sync_all().map_err(self.err(key))?;
+        file.persist(&dest).map_err(|e| StorageError(self.describe(key), e.error))?;
+        sync_dir(dest.parent().expect("keys have a directory")).map_err(self.err(key))
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let dir = self.path(prefix);
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).map_err(self.err(prefix))? {
+            let e = e.map_err(self.err(prefix))?;
+            if let Some(name) = e.file_name().to_str() {
+                if !name.starts_with('.') {
+                    out.push(format!("{prefix}/{name}"));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn size(&self, key: &str) -> Result<Option<u64>, StorageError> {
+        match fs::metadata(self.path(key)) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.err(key)(e)),
+        }
+    }
+
+    fn describe(&self, key: &str) -> String {
+        self.path(key).display().to_string()
+    }
+}
+
+struct RangeReader {
+    f: File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for RangeReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = buf.len().min((self.end - self.pos) as usize);
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.f.read_at(&mut buf[..want], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The conformance suite every backend must pass.
+    pub fn conformance(s: &dyn Storage) {
+        s.write("snapshots/a", b"hello world").unwrap();
+        assert_eq!(s.read("snapshots/a").unwrap(), b"hello world");
+        let mut r = String::new();
+        s.read_range("snapshots/a", 6, 5).unwrap().read_to_string(&mut r).unwrap();
+        assert_eq!(r, "world");
+        assert!(s.read_range("snapshots/a", 6, 6).is_err());
+        assert_eq!(s.size("snapshots/a").unwrap(), Some(11));
+        assert_eq!(s.size("snapshots/b").unwrap(), None);
+        let mut f = s.scratch_file().unwrap();
+        f.write_all(b"pack").unwrap();
+        s.commit_file("packs/p", f).unwrap();
+        assert_eq!(s.list("packs").unwrap(), vec!["packs/p".to_string()]);
+        assert!(s.read("index/missing").is_err());
+        s.write("snapshots/a", b"replaced").unwrap();
+        assert_eq!(s.read("snapshots/a").unwrap(), b"replaced");
+    }
+
+    #[test]
+    fn local_dir_conforms() {
+        let d = tempfile::tempdir().unwrap();
+        conformance(&LocalDir::open(d.path()).unwrap());
+        // No scratch files are left behind.
+        assert_eq!(fs::read_dir(d.path().join("tmp")).unwrap().count(), 0);
+    }
+}

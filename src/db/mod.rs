@@ -1,0 +1,427 @@
+//! The daemon's SQLite database: read a consistent view of the valid paths, create a DB with
+//! the schema of a flavour, and register restored paths in one transaction.
+//!
+//! Tables, as both daemons define them: `ValidPaths` (one row per valid store path: `hash` is
+//! `sha256:<hex>` of the NAR, `narSize`, `registrationTime`, `deriver`; Nix adds `ultimate`,
+//! `sigs`, `ca`), `Refs` (referrer → reference by row id, self-references included),
+//! `DerivationOutputs` (for each `.drv`, its output names and paths). Guix also has
+//! `FailedPaths`. The schema version lives in the `schema` file beside `db.sqlite`.
+//!
+//! Invariant kept by [`register`]: a path is inserted only after every path it refers to is
+//! valid, and all of a restore's rows land in one transaction or none do.
+
+mod lock;
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+pub use lock::{BigLock, LockError};
+
+use crate::layout::{Flavor, Layout};
+use crate::nar::{hex, parse_hex};
+use crate::store_path::{nixbase32_decode, StoreDir, StorePath};
+
+/// Errors of the DB layer; each names the DB file.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database {0}: {1}")]
+    Sqlite(PathBuf, #[source] rusqlite::Error),
+    #[error("database {0}: {1}")]
+    Io(PathBuf, #[source] io::Error),
+    #[error("database {0} does not exist (is this a {1} store? see --flavor, --root, --db-dir)")]
+    Missing(PathBuf, &'static str),
+    #[error("database {0}: path `{1}` is not a valid store path: {2}")]
+    BadPath(PathBuf, String, crate::store_path::StorePathError),
+    #[error("database {0}: path `{1}` has an unreadable hash `{2}`")]
+    BadHash(PathBuf, String, String),
+    #[error("database {0}: schema version {1} is not supported (want {2}); upgrade with the daemon first")]
+    Schema(PathBuf, String, u32),
+}
+
+/// Everything the DB knows about one valid path. Deriver is kept as the DB spells it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathInfo {
+    /// The store path.
+    pub path: StorePath,
+    /// SHA-256 of the NAR serialisation.
+    pub nar_hash: [u8; 32],
+    /// Length of the NAR serialisation in bytes.
+    pub nar_size: u64,
+    /// `registrationTime`, Unix seconds.
+    pub registration_time: i64,
+    /// The `.drv` that built it, as a full path, if recorded.
+    pub deriver: Option<String>,
+    /// Paths it refers to (may include itself), sorted.
+    pub references: Vec<StorePath>,
+    /// Nix: built locally (`ultimate`).
+    pub ultimate: Option<i64>,
+    /// Nix: space-separated signatures.
+    pub sigs: Option<String>,
+    /// Nix: content-address assertion.
+    pub ca: Option<String>,
+}
+
+/// One `DerivationOutputs` row.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DerivationOutput {
+    /// The `.drv`.
+    pub drv: StorePath,
+    /// Output name, usually `out`.
+    pub id: String,
+    /// Output path, full, as the DB spells it.
+    pub path: String,
+}
+
+/// A consistent read of a store's DB.
+#[derive(Debug, Clone, Default)]
+pub struct DbContents {
+    /// Every valid path, in DB id order.
+    pub paths: Vec<PathInfo>,
+    /// Every `DerivationOutputs` row of a valid `.drv`.
+    pub derivation_outputs: Vec<DerivationOutput>,
+}
+
+fn sql(db: &std::path::Path) -> impl Fn(rusqlite::Error) -> DbError + '_ {
+    move |e| DbError::Sqlite(db.to_owned(), e)
+}
+
+/// Parse the `hash` column: `sha256:` then 64 hex digits (what both daemons write) or 52
+/// nix-base32 characters (older Nix).
+pub fn parse_db_hash(s: &str) -> Option<[u8; 32]> {
+    let h = s.strip_prefix("sha256:")?;
+    match h.len() {
+        64 => parse_hex::<32>(h),
+        52 => nixbase32_decode(h, 32).map(|v| v.try_into().expect("32 bytes")),
+        _ => None,
+    }
+}
+
+/// Format a NAR hash for the `hash` column.
+pub fn format_db_hash(h: &[u8; 32]) -> String {
+    format!("sha256:{}", hex(h))
+}
+
+/// Read the DB read-only, in one read transaction, so a running daemon's writes are either
+/// wholly seen or not at all (the DB is in WAL mode).
+///
+/// # Errors
+/// [`DbError`] naming the DB file: missing, unreadable, or holding a malformed row.
+pub fn read(layout: &Layout) -> Result<DbContents, DbError> {
+    let file = layout.db_file();
+    if !file.exists() {
+        return Err(DbError::Missing(file, layout.flavor.name()));
+    }
+    let conn = Connection::open_with_flags(
+        &file,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sql(&file))?;
+    conn.busy_timeout(Duration::from_secs(60)).map_err(sql(&file))?;
+    conn.execute_batch("begin").map_err(sql(&file))?;
+    let contents = read_in_txn(&conn, &file, &layout.store_dir)?;
+    conn.execute_batch("commit").map_err(sql(&file))?;
+    Ok(contents)
+}
+
+fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    let mut st = conn.prepare(&format!("pragma table_info({table})"))?;
+    let names = st.query_map([], |r| r.get::<_, String>(1))?;
+    for n in names {
+        if n?.eq_ignore_ascii_case(column) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn read_in_txn(
+    conn: &Connection,
+    file: &std::path::Path,
+    store: &StoreDir,
+) -> Result<DbContents, DbError> {
+    let e = sql(file);
+    let nix_columns = has_column(conn, "ValidPaths", "ca").map_err(&e)?;
+    let query = if nix_columns {
+        "select id, path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca from ValidPaths order by id"
+    } else {
+        "select id, path, hash, registrationTime, deriver, narSize, null, null, null from ValidPaths order by id"
+    };
+    let mut by_id: HashMap<i64, usize> = HashMap::new();
+    let mut paths = Vec::new();
+    let mut st = conn.prepare(query).map_err(&e)?;
+    let mut rows = st.query([]).map_err(&e)?;
+    while let Some(r) = rows.next().map_err(&e)? {
+        let id: i64 = r.get(0).map_err(&e)?;
+        let full: String = r.get(1).map_err(&e)?;
+        let hash: String = r.get(2).map_err(&e)?;
+        let path = store
+            .parse(&full)
+            .map_err(|err| DbError::BadPath(file.to_owned(), full.clone(), err))?;
+        let nar_hash = parse_db_hash(&hash)
+            .ok_or_else(|| DbError::BadHash(file.to_owned(), full.clone(), hash.clone()))?;
+        by_id.insert(id, paths.len());
+        paths.push(PathInfo {
+            path,
+            nar_hash,
+            nar_size: r.get::<_, Option<i64>>(5).map_err(&e)?.unwrap_or(0) as u64,
+            registration_time: r.get(3).map_err(&e)?,
+            deriver: r.get(4).map_err(&e)?,
+            references: Vec::new(),
+            ultimate: r.get(6).map_err(&e)?,
+            sigs: r.get(7).map_err(&e)?,
+            ca: r.get(8).map_err(&e)?,
+        });
+    }
+    drop(rows);
+    let mut st = conn
+        .prepare("select referrer, reference from Refs")
+        .map_err(&e)?;
+    let mut rows = st.query([]).map_err(&e)?;
+    while let Some(r) = rows.next().map_err(&e)? {
+        let (a, b): (i64, i64) = (r.get(0).map_err(&e)?, r.get(1).map_err(&e)?);
+        if let (Some(&a), Some(&b)) = (by_id.get(&a), by_id.get(&b)) {
+            let reference = paths[b].path.clone();
+            paths[a].references.push(reference);
+        }
+    }
+    drop(rows);
+    for p in &mut paths {
+        p.references.sort();
+        p.references.dedup();
+    }
+    let mut derivation_outputs = Vec::new();
+    let mut st = conn
+        .prepare("select drv, id, path from DerivationOutputs")
+        .map_err(&e)?;
+    let mut rows = st.query([]).map_err(&e)?;
+    while let Some(r) = rows.next().map_err(&e)? {
+        let drv: i64 = r.get(0).map_err(&e)?;
+        if let Some(&i) = by_id.get(&drv) {
+            derivation_outputs.push(DerivationOutput {
+                drv: paths[i].path.clone(),
+                id: r.get(1).map_err(&e)?,
+                path: r.get(2).map_err(&e)?,
+            });
+        }
+    }
+    derivation_outputs.sort();
+    Ok(DbContents {
+        paths,
+        derivation_outputs,
+    })
+}
+
+/// The schema a flavour's daemon creates.
+pub fn schema_sql(flavor: Flavor) -> &'static str {
+    match flavor {
+        Flavor::Guix => include_str!("guix-schema.sql"),
+        Flavor::Nix => include_str!("nix-schema.sql"),
+    }
+}
+
+/// Open the DB for writing, creating it (DB directory, `db.sqlite` with the flavour's schema
+/// and pragmas, `schema` file) when it does not exist, as the daemon does on first start.
+/// Callers hold the [`BigLock`].
+///
+/// # Errors
+/// [`DbError`] naming the DB: unwritable, or a `schema` version this tool does not know.
+pub fn open_or_create(layout: &Layout) -> Result<Connection, DbError> {
+    let dir = layout.real_db_dir();
+    let file = layout.db_file();
+    let schema_file = dir.join("schema");
+    fs::create_dir_all(&dir).map_err(|e| DbError::Io(dir.clone(), e))?;
+    let want = layout.flavor.schema_version();
+    let create = !file.exists();
+    if !create {
+        let found = fs::read_to_string(&schema_file).unwrap_or_default();
+        if found.trim() != want.to_string() {
+            return Err(DbError::Schema(file, found.trim().to_owned(), want));
+        }
+    }
+    let conn = Connection::open(&file).map_err(sql(&file))?;
+    conn.busy_timeout(Duration::from_secs(3600))
+        .map_err(sql(&file))?;
+    // The pragmas both daemons set on every connection (LocalStore::openDB).
+    conn.execute_batch(
+        "pragma foreign_keys = 1; pragma synchronous = normal; \
+         pragma main.journal_mode = wal; pragma wal_autocheckpoint = 8192;",
+    )
+    .map_err(sql(&file))?;
+    if create {
+        conn.execute_batch(schema_sql(layout.flavor))
+            .map_err(sql(&file))?;
+        // The daemon writes the version without a newline.
+        fs::write(&schema_file, want.to_string())
+            .map_err(|e| DbError::Io(schema_file.clone(), e))?;
+    }
+    Ok(conn)
+}
+
+/// The set of valid paths in an opened DB, as full paths.
+///
+/// # Errors
+/// [`DbError::Sqlite`].
+pub fn valid_paths(conn: &Connection, layout: &Layout) -> Result<HashSet<String>, DbError> {
+    let file = layout.db_file();
+    let e = sql(&file);
+    let mut st = conn.prepare("select path from ValidPaths").map_err(&e)?;
+    let rows = st.query_map([], |r| r.get::<_, String>(0)).map_err(&e)?;
+    rows.collect::<Result<_, _>>().map_err(&e)
+}
+
+/// Register `infos` (in topological order: references first; references outside `infos` must
+/// already be valid) and the `DerivationOutputs` rows of the `.drv`s among them, in one
+/// transaction, with the rows the daemon writes.
+///
+/// # Errors
+/// [`DbError::Sqlite`]; on error nothing is registered.
+pub fn register(
+    conn: &mut Connection,
+    layout: &Layout,
+    infos: &[&PathInfo],
+    derivation_outputs: &[&DerivationOutput],
+) -> Result<(), DbError> {
+    let file = layout.db_file();
+    let e = sql(&file);
+    let store = &layout.store_dir;
+    let nix = layout.flavor == Flavor::Nix;
+    let tx = conn.transaction().map_err(&e)?;
+    {
+        let mut insert_path = if nix {
+            tx.prepare(
+                "insert into ValidPaths (path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca) \
+                 values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+        } else {
+            tx.prepare(
+                "insert into ValidPaths (path, hash, registrationTime, deriver, narSize) \
+                 values (?1, ?2, ?3, ?4, ?5)",
+            )
+        }
+        .map_err(&e)?;
+        let mut id_of = tx
+            .prepare("select id from ValidPaths where path = ?1")
+            .map_err(&e)?;
+        let mut insert_ref = tx
+            .prepare("insert or replace into Refs (referrer, reference) values (?1, ?2)")
+            .map_err(&e)?;
+        let mut insert_out = tx
+            .prepare("insert or replace into DerivationOutputs (drv, id, path) values (?1, ?2, ?3)")
+            .map_err(&e)?;
+        let mut ids: HashMap<&StorePath, i64> = HashMap::new();
+        for info in infos {
+            let full = store.display(&info.path);
+            let hash = format_db_hash(&info.nar_hash);
+            let size = info.nar_size as i64;
+            if nix {
+                insert_path.execute(params![
+                    full,
+                    hash,
+                    info.registration_time,
+                    info.deriver,
+                    size,
+                    info.ultimate,
+                    info.sigs,
+                    info.ca
+                ])
+            } else {
+                insert_path.execute(params![
+                    full,
+                    hash,
+                    info.registration_time,
+                    info.deriver,
+                    size
+                ])
+            }
+            .map_err(&e)?;
+            let id = tx.last_insert_rowid();
+            ids.insert(&info.path, id);
+            for r in &info.references {
+                let rid = match ids.get(r) {
+                    Some(&rid) => rid,
+                    None => id_of
+                        .query_row([store.display(r)], |row| row.get(0))
+                        .optional()
+                        .map_err(&e)?
+                        .ok_or_else(|| {
+                            DbError::Sqlite(
+                                file.clone(),
+                                rusqlite::Error::QueryReturnedNoRows,
+                            )
+                        })?,
+                };
+                insert_ref.execute(params![id, rid]).map_err(&e)?;
+            }
+        }
+        for o in derivation_outputs {
+            if let Some(&drv) = ids.get(&o.drv) {
+                insert_out.execute(params![drv, o.id, o.path]).map_err(&e)?;
+            }
+        }
+    }
+    tx.commit().map_err(&e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn db_hash_forms() {
+        let hex = "40c63728a291614086af0f1111ec30c93d6beb395f708a23f9d7ae70670d84f0";
+        let h = parse_db_hash(&format!("sha256:{hex}")).unwrap();
+        assert_eq!(format_db_hash(&h), format!("sha256:{hex}"));
+        // The same hash as `nix-store -q --hash` prints it (nix-base32), from real Nix 2.8.
+        let b32 = parse_db_hash("sha256:1w441mkp1bnpz4iqlw2z77mnngf963n1248gmy340qcil8l3gij0");
+        assert_eq!(b32, Some(h));
+        assert_eq!(parse_db_hash("md5:00"), None);
+        assert_eq!(parse_db_hash("sha256:xyz"), None);
+    }
+
+    #[test]
+    fn created_db_has_the_daemon_schema() {
+        for flavor in [Flavor::Guix, Flavor::Nix] {
+            let root = tempfile::tempdir().unwrap();
+            let layout = Layout::new(flavor, root.path(), None, None).unwrap();
+            let conn = open_or_create(&layout).unwrap();
+            let schema = fs::read_to_string(layout.real_db_dir().join("schema")).unwrap();
+            assert_eq!(schema, flavor.schema_version().to_string());
+            let mode: String = conn
+                .query_row("pragma journal_mode", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(mode, "wal");
+            let tables: Vec<String> = conn
+                .prepare("select name from sqlite_master where type = 'table' order by name")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let mut want = vec!["DerivationOutputs", "Refs", "ValidPaths", "sqlite_sequence"];
+            if flavor == Flavor::Guix {
+                want.insert(1, "FailedPaths");
+            }
+            assert_eq!(tables, want);
+            assert_eq!(has_column(&conn, "ValidPaths", "ca").unwrap(), flavor == Flavor::Nix);
+            // Reopening does not recreate or fail.
+            drop(conn);
+            open_or_create(&layout).unwrap();
+        }
+    }
+
+    #[test]
+    fn unknown_schema_version_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let layout = Layout::new(Flavor::Guix, root.path(), None, None).unwrap();
+        drop(open_or_create(&layout).unwrap());
+        fs::write(layout.real_db_dir().join("schema"), "6").unwrap();
+        let err = open_or_create(&layout).unwrap_err();
+        assert!(err.to_string().contains("schema version 6"), "{err}");
+    }
+}

@@ -1,0 +1,22 @@
+//! storesync: save a Guix or Nix store into a content-addressed cache and restore only the
+//! missing paths, registered in the daemon's database exactly as the daemon would.
+//!
+//! Start reading at [`save::save`] and [`restore::restore`]; each first builds a plan (a value
+//! that `--dry-run` prints) and then executes it. `docs/DESIGN.md` shows the data flow.
+#![forbid(unsafe_code)]
+
+pub mod cache;
+pub mod closure;
+pub mod db;
+pub mod error;
+pub mod layout;
+pub mod nar;
+pub mod progress;
+pub mod restore;
+pub mod sample;
+pub mod save;
+pub mod store_path;
+pub mod verify;
+
+pub use error::Error;
+pub use layout::{Flavor, Layout};
