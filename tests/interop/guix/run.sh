@@ -1,0 +1,620 @@
+#!/usr/bin/env bash
+# Guix interop suite for storesync: every restore is judged by the real
+# guix-daemon 1.5.0 (Debian sid package) running in a debootstrap chroot.
+#
+#   sudo tests/interop/guix/run.sh          (root required)
+#
+# Environment:
+#   STORESYNC   absolute path of the storesync binary
+#               (default: $(git rev-parse --show-toplevel)/target/release/storesync)
+#   INTEROP_DIR where the chroot and work files live (default /var/tmp/storesync-interop)
+#   GUIX_INTEROP_FAKE=1   checker self-test: "restore" by copying the saved source
+#               state instead of running storesync restore (save/dump-nar still use
+#               storesync when present). Only for developing this script.
+#   KEEP_CHROOT=0  delete the chroot at the end (default keep, for reuse)
+#
+# Prints "PASS: ..." / "FAIL: ..." per check and a closing "N passed, N failed"
+# line; exits 1 if any check failed.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(git -C "$HERE" rev-parse --show-toplevel 2>/dev/null || (cd "$HERE/../../.." && pwd))
+STORESYNC=${STORESYNC:-$REPO/target/release/storesync}
+BASE=${INTEROP_DIR:-/var/tmp/storesync-interop}
+CH=$BASE/guix-chroot
+W=$BASE/guix-work
+MARKER=$CH/.storesync-interop-complete
+FAKE=${GUIX_INTEROP_FAKE:-0}
+T0=$(date +%s)
+
+NPASS=0
+NFAIL=0
+FAILED=()
+log()  { printf '%s [%4ss] %s\n' "--" "$(( $(date +%s) - T0 ))" "$*"; }
+pass() { NPASS=$((NPASS + 1)); echo "PASS: $*"; }
+fail() { NFAIL=$((NFAIL + 1)); FAILED+=("$*"); echo "FAIL: $*"; }
+info() { echo "INFO: $*"; }
+# check_same NAME EXPECTED_FILE ACTUAL_FILE
+check_same() {
+    if diff -u "$2" "$3" > "$W/diff.tmp" 2>&1; then
+        pass "$1 ($(wc -l < "$2") lines identical)"
+    else
+        fail "$1 (differs; first lines of diff -u expected actual:)"
+        head -n 25 "$W/diff.tmp" | sed 's/^/      /'
+    fi
+}
+
+if [ "$(id -u)" != 0 ]; then echo "FAIL: run.sh must run as root" >&2; exit 1; fi
+
+# ---------------------------------------------------------------- teardown
+chroot_pids() {
+    local p r
+    for p in /proc/[0-9]*; do
+        r=$(readlink "$p/root" 2>/dev/null) || continue
+        [ "$r" = "$CH" ] && echo "${p#/proc/}"
+    done
+    return 0
+}
+stop_daemon() {
+    # every process whose root is the chroot: the daemon, its workers, clients
+    local pids i
+    pids=$(chroot_pids)
+    [ -z "$pids" ] && return 0
+    kill $pids 2>/dev/null || true
+    for i in $(seq 1 50); do
+        pids=$(chroot_pids)
+        [ -z "$pids" ] && return 0
+        sleep 0.1
+    done
+    kill -9 $pids 2>/dev/null || true
+    sleep 0.3
+}
+unmount_all() {
+    local m
+    for m in "$CH/dev" "$CH/proc"; do
+        if mountpoint -q "$m" 2>/dev/null; then umount "$m" || umount -l "$m"; fi
+    done
+}
+teardown() {
+    local rc=$?
+    set +e
+    stop_daemon
+    unmount_all
+    if [ "${KEEP_CHROOT:-1}" = 0 ]; then rm -rf --one-file-system "$CH"; fi
+    exit $rc
+}
+trap teardown EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------- setup
+install_host_deps() {
+    local need=()
+    command -v debootstrap >/dev/null || need+=(debootstrap)
+    command -v sqlite3 >/dev/null || need+=(sqlite3)
+    command -v jq >/dev/null || need+=(jq)
+    command -v mountpoint >/dev/null || need+=(util-linux)
+    if [ ${#need[@]} -gt 0 ]; then
+        log "installing host packages: ${need[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    fi
+}
+
+build_chroot() {
+    log "building Debian sid chroot with guix at $CH (takes ~3 min)"
+    unmount_all
+    if grep -q " $CH/" /proc/mounts; then
+        echo "FAIL: something is still mounted under $CH; refusing to delete it" >&2
+        exit 1
+    fi
+    rm -rf --one-file-system "$CH"
+    mkdir -p "$BASE"
+    # debootstrap's resolver misses libgcrypt-dev (guile-gcrypt fails to
+    # configure): it exits non-zero; fixed below with apt-get -f.
+    debootstrap --variant=minbase --include=guix sid "$CH" http://deb.debian.org/debian \
+        > "$BASE/debootstrap.log" 2>&1 || log "debootstrap exit $? (expected: guile-gcrypt), fixing up"
+    [ -x "$CH/usr/bin/guix-daemon" ] || { echo "FAIL: debootstrap did not install guix; see $BASE/debootstrap.log" >&2; exit 1; }
+    cp /etc/resolv.conf "$CH/etc/resolv.conf"
+    mount_chroot
+    chroot "$CH" env DEBIAN_FRONTEND=noninteractive sh -c '
+        set -e
+        apt-get -o Acquire::Check-Valid-Until=false update -qq
+        apt-get install -y -f -qq
+        dpkg --configure -a
+        apt-get install -y -qq sqlite3 busybox-static
+        getent group guix-daemon >/dev/null || groupadd -r guix-daemon
+        getent passwd guix-daemon >/dev/null || useradd -r -g guix-daemon -d /var/empty -s /usr/sbin/nologin guix-daemon
+        guix-daemon --version' > "$BASE/chroot-fixup.log" 2>&1 \
+        || { echo "FAIL: chroot fix-up failed; see $BASE/chroot-fixup.log" >&2; tail -n 20 "$BASE/chroot-fixup.log"; exit 1; }
+    echo "guix 1.5 chroot ok" > "$MARKER"
+}
+
+mount_chroot() {
+    mountpoint -q "$CH/proc" || mount -t proc proc "$CH/proc"
+    mountpoint -q "$CH/dev" || mount --bind /dev "$CH/dev"
+}
+
+ensure_chroot() {
+    if [ -f "$MARKER" ] && [ -x "$CH/usr/bin/guix-daemon" ] && [ -x "$CH/bin/busybox" ] \
+       && [ -x "$CH/usr/bin/sqlite3" ] && grep -q '^guix-daemon:' "$CH/etc/passwd"; then
+        log "reusing chroot $CH"
+        mount_chroot
+    else
+        build_chroot
+    fi
+}
+
+# ---------------------------------------------------------------- daemon
+GD_UID=
+GD_GID=
+in_ch() { chroot "$CH" env LC_ALL=C.UTF-8 HOME=/root "$@"; }
+start_daemon() { # [unprivileged]
+    local i
+    mkdir -p "$CH/var/log/guix"
+    if [ "${1:-}" = unprivileged ]; then
+        chown -R "$GD_UID:$GD_GID" "$CH/var/log/guix"
+        in_ch sh -c 'setpriv --reuid=guix-daemon --regid=guix-daemon --init-groups --inh-caps=+chown --ambient-caps=+chown guix-daemon --disable-chroot --no-substitutes >>/var/log/guix-daemon.log 2>&1 &'
+    else
+        in_ch sh -c 'guix-daemon --disable-chroot --no-substitutes >>/var/log/guix-daemon.log 2>&1 &'
+    fi
+    for i in $(seq 1 100); do
+        [ -S "$CH/var/guix/daemon-socket/socket" ] && return 0
+        sleep 0.1
+    done
+    echo "FAIL: guix-daemon did not create its socket" >&2
+    tail -n 20 "$CH/var/log/guix-daemon.log" >&2
+    return 1
+}
+wipe_state() { # remove /gnu and /var/guix entirely (daemon must be stopped)
+    if [ -d "$CH/gnu" ]; then chmod -R u+w "$CH/gnu"; rm -rf --one-file-system "$CH/gnu"; fi
+    rm -rf --one-file-system "$CH/var/guix" "$CH/var/log/guix"
+}
+empty_state() { # empty /gnu/store and /var/guix (dirs kept)
+    wipe_state
+    mkdir -p "$CH/gnu/store" "$CH/var/guix"
+}
+
+# ---------------------------------------------------------------- storesync
+ss() { "$STORESYNC" --flavor guix --no-progress "$@"; }
+have_storesync() { [ -x "$STORESYNC" ]; }
+
+# ---------------------------------------------------------------- observations
+# read the DB as its owner, so that any -wal/-shm file sqlite creates belongs
+# to the daemon's user (an unprivileged daemon could not open root-owned ones)
+db() {
+    local f=$CH/var/guix/db/db.sqlite
+    setpriv --reuid="$(stat -c %u "$f")" --regid="$(stat -c %g "$f")" --clear-groups \
+        sqlite3 -batch "$f" "$@"
+}
+q_validpaths() { db "select path||' '||hash||' '||narSize||' '||coalesce(deriver,'-') from ValidPaths order by path;"; }
+q_validpaths_full() { db "select path||' '||hash||' '||narSize||' '||coalesce(deriver,'-')||' '||registrationTime from ValidPaths order by path;"; }
+q_paths() { db "select path from ValidPaths order by path;"; }
+q_refs() { db "select a.path||' -> '||b.path from Refs r join ValidPaths a on a.id=r.referrer join ValidPaths b on b.id=r.reference order by 1;"; }
+q_drvouts() { db "select v.path||' '||d.id||' '||d.path from DerivationOutputs d join ValidPaths v on v.id=d.drv order by 1;"; }
+# file metadata of store items (not .links): name type mode mtime size symlink-target
+q_files() {
+    (cd "$CH/gnu/store" && find . -mindepth 1 -path ./.links -prune -o \
+        -printf '%P|%y|%m|%T@|%s|%l\n') | LC_ALL=C sort
+}
+# the daemon's own answers, through the guix CLI, for every path of a list
+write_refs_helper() {
+    cat > "$CH/root/refs-one.sh" <<'EOF'
+#!/bin/sh
+# print "PATH KIND LINE" for guix gc --references/--referrers/--derivers of $1
+p=$1
+for k in references referrers derivers; do
+    if out=$(guix gc --$k "$p" 2>&1); then
+        printf '%s\n' "$out" | sed "/^\$/d; s|^|$p $k |"
+    else
+        printf '%s %s ERROR %s\n' "$p" "$k" "$(printf '%s' "$out" | tr '\n' ' ')"
+    fi
+done
+EOF
+    chmod +x "$CH/root/refs-one.sh"
+}
+q_cli_refs() { # PATHLIST -> stdout
+    write_refs_helper
+    in_ch sh -c 'xargs -P 2 -n 1 /root/refs-one.sh' < "$1" | LC_ALL=C sort
+}
+# keep only lines whose path columns are all in the set (for partial restores)
+filter_to_set() { # SETFILE < in > out   (fields: 1 and 3 checked when store paths)
+    awk 'NR==FNR { s[$1]=1; next }
+         { ok = ($1 in s); if (NF >= 3 && $3 ~ /^\/gnu\/store\// && !($3 in s)) ok = 0;
+           if ($2 == "->" && !($3 in s)) ok = 0;
+           if (ok) print }' "$1" -
+}
+filter_files_to_set() { # SETFILE < q_files output
+    awk -F'|' 'NR==FNR { sub("/gnu/store/", "", $1); s[$1]=1; next }
+               { split($1, a, "/"); if (a[1] in s) print }' "$1" -
+}
+
+snapshot_source() { # DIR: record everything the checks compare against
+    local d=$1
+    mkdir -p "$d"
+    q_paths > "$d/paths"
+    q_validpaths > "$d/validpaths"
+    q_refs > "$d/refs"
+    q_drvouts > "$d/drvouts"
+    q_files > "$d/files"
+    q_cli_refs "$d/paths" > "$d/cli"
+}
+
+# ---------------------------------------------------------------- checks
+# check_state NAME EXPECTED_SET_FILE SOURCE_DIR OWNER_UID
+# The daemon is running on the restored state.
+check_state() {
+    local name=$1 set=$2 src=$3 owner=$4
+    local out=$W/$name
+    mkdir -p "$out"
+
+    # exactly the expected set is valid
+    q_paths > "$out/paths"
+    check_same "[$name] ValidPaths set = expected ($(wc -l < "$set") paths)" "$set" "$out/paths"
+    { ls -A "$CH/gnu/store" | grep -v '^\.links$' || true; } | sed 's|^|/gnu/store/|' | LC_ALL=C sort > "$out/toplevel"
+    check_same "[$name] /gnu/store entries = expected set (no strays)" "$set" "$out/toplevel"
+
+    # guix gc --verify=contents
+    if in_ch guix gc --verify=contents > "$out/verify.out" 2> "$out/verify.err"; then
+        if grep -v -E '^(reading the store|checking path existence|checking hashes)\.\.\.$' "$out/verify.err" > "$out/verify.bad"; then
+            fail "[$name] guix gc --verify=contents printed problems:"; sed 's/^/      /' "$out/verify.bad" | head -n 20
+        else
+            pass "[$name] guix gc --verify=contents: nothing bad ($(tr '\n' ' ' < "$out/verify.err"))"
+        fi
+    else
+        fail "[$name] guix gc --verify=contents exit non-zero:"; sed 's/^/      /' "$out/verify.err" | head -n 20
+    fi
+
+    # DB rows vs source (hash, narSize, deriver), Refs, DerivationOutputs
+    q_validpaths > "$out/validpaths"
+    filter_to_set "$set" < "$src/validpaths" > "$out/validpaths.exp"
+    check_same "[$name] ValidPaths path/hash/narSize/deriver = source" "$out/validpaths.exp" "$out/validpaths"
+    q_refs > "$out/refs"
+    filter_to_set "$set" < "$src/refs" > "$out/refs.exp"
+    check_same "[$name] Refs (by path, incl. self-refs) = source" "$out/refs.exp" "$out/refs"
+    q_drvouts > "$out/drvouts"
+    filter_to_set_drv "$set" < "$src/drvouts" > "$out/drvouts.exp"
+    check_same "[$name] DerivationOutputs (ids ignored) = source" "$out/drvouts.exp" "$out/drvouts"
+    local now bad
+    now=$(date +%s)
+    bad=$(db "select count(*) from ValidPaths where registrationTime <= 0 or registrationTime > $now + 5;")
+    if [ "$bad" = 0 ]; then pass "[$name] registrationTime plausible on all rows"; else fail "[$name] $bad rows with implausible registrationTime"; fi
+
+    # guix gc --references/--referrers/--derivers for every path, via the CLI
+    q_cli_refs "$set" > "$out/cli"
+    filter_to_set "$set" < "$src/cli" > "$out/cli.exp"
+    check_same "[$name] guix gc --references/--referrers/--derivers for $(wc -l < "$set") paths = source" "$out/cli.exp" "$out/cli"
+
+    # files: types, modes, mtimes, sizes, symlink targets
+    q_files > "$out/files"
+    filter_files_to_set "$set" < "$src/files" > "$out/files.exp"
+    check_same "[$name] file types/modes/mtime/size/symlink targets = source" "$out/files.exp" "$out/files"
+    local wrong
+    wrong=$(find "$CH/gnu/store" \( ! -uid "$owner" -o ! -gid "$(stat -c %g "$CH/gnu/store")" \) -printf '%u:%g %p\n' | head -n 5)
+    if [ -z "$wrong" ]; then pass "[$name] every file under /gnu/store owned by uid $owner (store owner)"
+    else fail "[$name] files not owned by store owner uid $owner:"; echo "$wrong" | sed 's/^/      /'; fi
+
+    # /gnu/store/.links: every entry named after the NAR sha256 of its file
+    check_links "$name"
+
+    # NAR bytes: storesync dump-nar == daemon's recorded hash
+    if have_storesync; then
+        local p h got n=0 badn=0
+        while read -r p h _; do
+            n=$((n + 1))
+            got=sha256:$(ss --root "$CH" dump-nar "$p" 2>"$out/dumpnar.err" | sha256sum | cut -d' ' -f1) || true
+            if [ "$got" != "$h" ]; then badn=$((badn + 1)); [ $badn -le 5 ] && echo "      $p: dump-nar $got, daemon $h $(head -c 200 "$out/dumpnar.err")"; fi
+        done < "$out/validpaths"
+        if [ $badn = 0 ]; then pass "[$name] storesync dump-nar | sha256sum = daemon hash for $n paths"
+        else fail "[$name] storesync dump-nar differs from daemon hash for $badn of $n paths"; fi
+    fi
+
+    # guix build X.drv: no build for restored outputs
+    local drvs
+    # .drv files in the set all of whose outputs are in the set
+    drvs=$(awk 'NR==FNR { s[$1]=1; next } ($1 in s) { n[$1]++; if ($3 in s) v[$1]++ }
+                END { for (d in n) if (n[d] == v[d]) print d }' "$set" "$out/drvouts" | sort)
+    if [ -n "$drvs" ]; then
+        local before after
+        before=$(db "select count(*) from ValidPaths;")
+        if in_ch guix build $drvs > "$out/build.out" 2> "$out/build.err"; then
+            after=$(db "select count(*) from ValidPaths;")
+            if grep -q -i -E 'build|substitut|download' "$out/build.err" || [ "$before" != "$after" ]; then
+                fail "[$name] guix build of $(echo "$drvs" | wc -l) .drv did work:"; head -n 10 "$out/build.err" | sed 's/^/      /'
+            else
+                pass "[$name] guix build of $(echo "$drvs" | wc -l) restored .drv: no build, printed $(wc -l < "$out/build.out") outputs"
+            fi
+        else
+            fail "[$name] guix build exit non-zero:"; head -n 10 "$out/build.err" | sed 's/^/      /'
+        fi
+    fi
+}
+filter_to_set_drv() { # drvouts lines "DRV ID OUT": keep when DRV in set
+    awk 'NR==FNR { s[$1]=1; next } ($1 in s)' "$1" -
+}
+check_links() {
+    local name=$1 f nm h n=0 bad=0
+    [ -d "$CH/gnu/store/.links" ] || { info "[$name] no /gnu/store/.links"; return 0; }
+    while read -r f; do
+        nm=$(basename "$f")
+        n=$((n + 1))
+        h=$(in_ch guix hash -S nar -H sha256 "/gnu/store/.links/$nm" 2>&1) || true
+        [ "$h" = "$nm" ] || { bad=$((bad + 1)); echo "      .links/$nm holds a file whose NAR hash is $h"; }
+    done < <(find "$CH/gnu/store/.links" -mindepth 1)
+    if [ $bad = 0 ]; then pass "[$name] $n /gnu/store/.links entries named by their NAR sha256"
+    else fail "[$name] $bad /gnu/store/.links entries misnamed"; fi
+    local big1
+    big1=$(find "$CH/gnu/store" -path "$CH/gnu/store/.links" -prune -o -type f -size +8191c -links 1 -print | wc -l)
+    info "[$name] regular files >= 8192 bytes not hard-linked into .links: $big1"
+}
+
+# check_gc NAME ROOT_OUTPUT ROOT_DRV SOURCE_DIR
+# add a gcroot symlink for ROOT_OUTPUT and `guix build --root` for ROOT_DRV, run
+# guix gc, check everything reachable from them survived.
+check_gc() {
+    local name=$1 rootout=$2 rootdrv=$3 src=$4 out=$W/$1
+    ln -sfn "$rootout" "$CH/var/guix/gcroots/storesync-test-root"
+    local args=("$rootout")
+    if [ -n "$rootdrv" ]; then
+        in_ch guix build --root=/tmp/storesync-test-result "$rootdrv" > "$out/gcbuild.out" 2>&1 \
+            || { fail "[$name] guix build --root failed: $(head -c 300 "$out/gcbuild.out")"; }
+        args+=($(cat "$out/gcbuild.out" | grep '^/gnu/store/' || true))
+    fi
+    # expected survivors: closure of the roots (computed by the daemon before GC)
+    in_ch guix gc -R "${args[@]}" | LC_ALL=C sort -u > "$out/gc.live.exp"
+    if in_ch guix gc > "$out/gc.out" 2> "$out/gc.err"; then
+        local lost
+        lost=$({ grep -h -o "/gnu/store/[^'\`]*" "$out/gc.err" "$out/gc.out" || true; } | LC_ALL=C sort -u | LC_ALL=C comm -12 - "$out/gc.live.exp" | head -n 5)
+        q_paths > "$out/paths.aftergc"
+        local missing
+        missing=$(LC_ALL=C comm -23 "$out/gc.live.exp" "$out/paths.aftergc" | head -n 5)
+        local gone=0 p
+        while read -r p; do [ -e "$CH$p" ] || gone=$((gone + 1)); done < "$out/gc.live.exp"
+        if [ -z "$lost" ] && [ -z "$missing" ] && [ $gone = 0 ]; then
+            pass "[$name] guix gc kept all $(wc -l < "$out/gc.live.exp") paths reachable from test roots (deleted $(grep -c '^deleting .*/gnu/store/' "$out/gc.err" || true) others)"
+        else
+            fail "[$name] guix gc deleted reachable paths: ${lost:-} ${missing:-} ($gone missing on disk)"
+        fi
+        if in_ch guix gc --verify=contents 2>&1 | grep -v -E '^(reading the store|checking path existence|checking hashes)\.\.\.$' > "$out/verify2.bad"; then
+            fail "[$name] verify after gc:"; head -n 10 "$out/verify2.bad" | sed 's/^/      /'
+        else
+            pass "[$name] guix gc --verify=contents clean after gc"
+        fi
+    else
+        fail "[$name] guix gc failed:"; tail -n 10 "$out/gc.err" | sed 's/^/      /'
+    fi
+    rm -f "$CH/var/guix/gcroots/storesync-test-root"
+}
+
+check_db_files() { # NAME OWNER_UID
+    local name=$1 owner=$2 d=$CH/var/guix/db
+    if [ "$(cat "$d/schema" 2>/dev/null)" = 7 ] && [ "$(stat -c %s "$d/schema")" = 1 ]; then
+        pass "[$name] /var/guix/db/schema is '7' (1 byte)"
+    else fail "[$name] /var/guix/db/schema is '$(cat "$d/schema" 2>/dev/null || echo MISSING)' size $(stat -c %s "$d/schema" 2>/dev/null)"; fi
+    local jm
+    jm=$(db "PRAGMA journal_mode;" 2>&1)
+    if [ "$jm" = wal ]; then pass "[$name] DB journal_mode=wal"; else fail "[$name] DB journal_mode=$jm (daemon uses wal)"; fi
+    local wrong
+    wrong=$(find "$CH/var/guix/db" ! -uid "$owner" -printf '%u %p\n')
+    if [ -z "$wrong" ]; then pass "[$name] /var/guix/db files owned by uid $owner"
+    else fail "[$name] /var/guix/db files not owned by uid $owner: $wrong"; fi
+}
+
+# restore wrapper: restore_json NAME [args...] -> sets RJ (json file), RC
+restore_json() {
+    local name=$1; shift
+    RJ=$W/$name.restore.json
+    RC=0
+    if [ "$FAKE" = 1 ]; then
+        echo '{"restored":0,"already_valid":0,"failed":[],"skipped":[]}' > "$RJ"
+        return 0
+    fi
+    ss --root "$CH" --json restore "$@" > "$RJ" 2> "$W/$name.restore.err" || RC=$?
+    return 0
+}
+json_ok() { # NAME EXPECTED_RESTORED EXPECTED_ALREADY (either may be '-')
+    local name=$1 er=$2 ea=$3 r a f s
+    if [ "$FAKE" = 1 ]; then return 0; fi
+    if [ "$RC" != 0 ]; then
+        fail "[$name] storesync restore exit $RC: $(head -c 600 "$W/$name.restore.err") $(head -c 300 "$RJ")"; return 1
+    fi
+    if ! jq -e . "$RJ" > /dev/null 2>&1; then fail "[$name] restore --json output is not JSON: $(head -c 300 "$RJ")"; return 1; fi
+    r=$(jq -r '.restored' "$RJ"); a=$(jq -r '.already_valid' "$RJ")
+    f=$(jq -r '.failed | length' "$RJ"); s=$(jq -r '.skipped | length' "$RJ")
+    if { [ "$er" = - ] || [ "$r" = "$er" ]; } && { [ "$ea" = - ] || [ "$a" = "$ea" ]; } && [ "$f" = 0 ] && [ "$s" = 0 ]; then
+        pass "[$name] storesync restore: restored=$r already_valid=$a failed=0 skipped=0"
+    else
+        fail "[$name] storesync restore json: restored=$r (want $er) already_valid=$a (want $ea) failed=$f skipped=$s: $(head -c 400 "$RJ")"
+    fi
+}
+fake_restore() { # SRCSTATE: copy a saved state (checker self-test only)
+    [ "$FAKE" = 1 ] || return 0
+    wipe_state
+    mkdir -p "$CH/gnu" "$CH/var/guix"
+    cp -a "$1/store" "$CH/gnu/store"
+    cp -a "$1/db" "$CH/var/guix/db"
+}
+
+# ================================================================ main
+install_host_deps
+ensure_chroot
+stop_daemon
+GD_UID=$(awk -F: '$1=="guix-daemon"{print $3}' "$CH/etc/passwd")
+GD_GID=$(awk -F: '$1=="guix-daemon"{print $4}' "$CH/etc/passwd")
+rm -rf "$W"; mkdir -p "$W"
+CACHE=$W/cache
+log "guix: $(in_ch guix-daemon --version | head -n 1); storesync: $STORESYNC"
+if have_storesync; then
+    info "storesync binary: $STORESYNC ($(stat -c '%y' "$STORESYNC" | cut -d. -f1))"
+else
+    fail "storesync binary not found at $STORESYNC (set STORESYNC=/abs/path)"
+    [ "$FAKE" = 1 ] || { echo "$NPASS passed, $NFAIL failed"; exit 1; }
+fi
+
+# ---------------------------------------------------------------- source store
+log "populating the source store through the daemon (generation a)"
+empty_state
+start_daemon
+cp "$HERE/populate.scm" "$CH/root/populate.scm"
+in_ch sh -c 'cd /root && GEN=a OUT=/root/populate-a.list guix repl /root/populate.scm' > "$W/populate-a.log" 2>&1 \
+    || { fail "populate generation a"; tail -n 30 "$W/populate-a.log"; exit 1; }
+snapshot_source "$W/src-a"
+log "source a: $(wc -l < "$W/src-a/paths") valid paths; saving snapshot A (daemon running, idle)"
+SNAP_A=
+if have_storesync; then
+    if ss --root "$CH" --json save --cache "$CACHE" > "$W/save-a.json" 2> "$W/save-a.err"; then
+        SNAP_A=$(jq -r .snapshot "$W/save-a.json")
+        if [ "$(jq -r .paths "$W/save-a.json")" = "$(wc -l < "$W/src-a/paths")" ] && [ "$(jq -r .new_paths "$W/save-a.json")" = "$(wc -l < "$W/src-a/paths")" ]; then
+            pass "save A: snapshot $SNAP_A paths=$(jq -r .paths "$W/save-a.json") new_paths=$(jq -r .new_paths "$W/save-a.json")"
+        else fail "save A json: $(cat "$W/save-a.json") (want paths=new_paths=$(wc -l < "$W/src-a/paths"))"; fi
+    else fail "storesync save A: exit $?: $(head -c 600 "$W/save-a.err")"; fi
+fi
+stop_daemon
+mkdir -p "$W/state-a"; cp -a "$CH/gnu/store" "$W/state-a/store"; cp -a "$CH/var/guix/db" "$W/state-a/db"
+
+log "populating generation b on top"
+start_daemon
+in_ch sh -c 'cd /root && GEN=b OUT=/root/populate-b.list guix repl /root/populate.scm' > "$W/populate-b.log" 2>&1 \
+    || { fail "populate generation b"; tail -n 30 "$W/populate-b.log"; exit 1; }
+snapshot_source "$W/src"
+NA=$(wc -l < "$W/src-a/paths"); NB=$(wc -l < "$W/src/paths")
+CONSUMER=$(awk '$1=="out" && $2 ~ /-consumer-b$/ {print $2}' "$CH/root/populate-b.list")
+CONSUMER_DRV=$(awk '$1=="drv" && $2 ~ /-consumer-b.drv$/ {print $2}' "$CH/root/populate-b.list")
+MULTI_DRV=$(awk '$1=="drv" && $2 ~ /-multi-a-2.drv$/ {print $2}' "$CH/root/populate-a.list")
+in_ch guix gc -R "$CONSUMER" | LC_ALL=C sort > "$W/closure-consumer"
+info "source b: $NB valid paths ($((NB - NA)) new), $(wc -l < "$W/src/drvouts") DerivationOutputs rows, $(grep -c -- ' -> ' "$W/src/refs") Refs, $(find "$CH/gnu/store/.links" -mindepth 1 | wc -l) .links entries; closure of $CONSUMER: $(wc -l < "$W/closure-consumer") paths"
+stop_daemon
+SNAP_B=
+if have_storesync; then
+    if ss --root "$CH" --json save --cache "$CACHE" > "$W/save-b.json" 2> "$W/save-b.err"; then
+        SNAP_B=$(jq -r .snapshot "$W/save-b.json")
+        if [ "$(jq -r .paths "$W/save-b.json")" = "$NB" ] && [ "$(jq -r .new_paths "$W/save-b.json")" = "$((NB - NA))" ]; then
+            pass "save B (daemon stopped): snapshot $SNAP_B paths=$NB new_paths=$((NB - NA))"
+        else fail "save B json: $(cat "$W/save-b.json") (want paths=$NB new_paths=$((NB - NA)))"; fi
+    else fail "storesync save B: exit $?: $(head -c 600 "$W/save-b.err")"; fi
+    if ss --json verify --cache "$CACHE" > "$W/verify-cache.json" 2> "$W/verify-cache.err"; then
+        pass "storesync verify --cache: ok"
+    else fail "storesync verify --cache: exit $?: $(head -c 300 "$W/verify-cache.err") $(head -c 300 "$W/verify-cache.json")"; fi
+fi
+mkdir -p "$W/state-b"; cp -a "$CH/gnu/store" "$W/state-b/store"; cp -a "$CH/var/guix/db" "$W/state-b/db"
+
+# ---------------------------------------------------------------- 1. full, into a root without any state
+log "scenario 1: full restore into an empty root (no /gnu, no /var/guix)"
+wipe_state
+restore_json s1-full --cache "$CACHE"
+fake_restore "$W/state-b"
+if json_ok s1-full "$NB" 0; then
+    check_db_files s1-full 0
+    start_daemon
+    check_state s1-full "$W/src/paths" "$W/src" 0
+    check_gc s1-full "$CONSUMER" "$MULTI_DRV" "$W/src"
+    stop_daemon
+fi
+
+# ---------------------------------------------------------------- 2. fresh install, daemon running idle
+log "scenario 2: restore into a fresh install's state (empty DB), daemon running; busy/--wait/--dry-run"
+empty_state
+start_daemon
+in_ch guix gc --list-live > /dev/null 2>&1   # first client: creates the DB
+[ -f "$CH/var/guix/db/db.sqlite" ] && info "[s2] fresh DB: $(db 'select count(*) from ValidPaths;') valid paths"
+if [ "$FAKE" != 1 ]; then
+    ss --root "$CH" --json restore --cache "$CACHE" --dry-run > "$W/s2.dry.json" 2> "$W/s2.dry.err" && drc=0 || drc=$?
+    if [ $drc = 0 ] && [ "$(db 'select count(*) from ValidPaths;')" = 0 ] && [ -z "$(ls -A "$CH/gnu/store" | grep -v '^\.links$' || true)" ]; then
+        pass "[s2] restore --dry-run exit 0, wrote nothing ($(head -c 200 "$W/s2.dry.json" | tr '\n' ' '))"
+    else fail "[s2] restore --dry-run: exit $drc, ValidPaths $(db 'select count(*) from ValidPaths;'), store: $(ls "$CH/gnu/store" | head -n 3 | tr '\n' ' ') $(head -c 300 "$W/s2.dry.err")"; fi
+    # a connected client holds big-lock (POSIX READ): restore must say busy (exit 3)
+    cat > "$CH/root/hold.scm" <<'EOF'
+(use-modules (guix store))
+(with-store s
+  (valid-path? s "/gnu/store/00000000000000000000000000000000-x")
+  (call-with-output-file "/root/holding" (lambda (p) (display "yes" p)))
+  (sleep (string->number (getenv "HOLD"))))
+EOF
+    rm -f "$CH/root/holding"
+    in_ch sh -c 'HOLD=8 guix repl /root/hold.scm' > /dev/null 2>&1 &
+    HOLDER=$!
+    for i in $(seq 1 100); do [ -f "$CH/root/holding" ] && break; sleep 0.1; done
+    ss --root "$CH" --json restore --cache "$CACHE" > "$W/s2.busy.json" 2> "$W/s2.busy.err" && brc=0 || brc=$?
+    if [ $brc = 3 ] && [ "$(db 'select count(*) from ValidPaths;')" = 0 ]; then
+        pass "[s2] restore while a guix client is connected: exit 3 (busy), nothing registered"
+    else fail "[s2] restore while client connected: exit $brc (want 3), ValidPaths $(db 'select count(*) from ValidPaths;'): $(head -c 300 "$W/s2.busy.err")"; fi
+    t1=$(date +%s)
+    restore_json s2-fresh --cache "$CACHE" --wait
+    t2=$(date +%s)
+    wait $HOLDER 2>/dev/null || true
+    info "[s2] restore --wait returned after $((t2 - t1)) s (client held the store ~8 s)"
+else
+    stop_daemon; fake_restore "$W/state-b"; start_daemon
+fi
+if json_ok s2-fresh "$NB" 0; then
+    check_db_files s2-fresh 0
+    check_state s2-fresh "$W/src/paths" "$W/src" 0
+fi
+stop_daemon
+
+# ---------------------------------------------------------------- 3. incremental A then B
+log "scenario 3: incremental: snapshot A into a fresh root, then B on top"
+wipe_state
+if [ "$FAKE" = 1 ]; then fake_restore "$W/state-a"; else restore_json s3-a --cache "$CACHE" --snapshot "$SNAP_A"; fi
+if json_ok s3-a "$NA" 0; then
+    start_daemon
+    q_paths > "$W/s3-a.paths"
+    check_same "[s3-a] ValidPaths after restoring A = source A" "$W/src-a/paths" "$W/s3-a.paths"
+    if in_ch guix gc --verify=contents 2>&1 | grep -v -E '^(reading the store|checking path existence|checking hashes)\.\.\.$' > "$W/s3-a.verify"; then
+        fail "[s3-a] verify after A: $(head -n 5 "$W/s3-a.verify")"
+    else pass "[s3-a] guix gc --verify=contents clean after A"; fi
+    stop_daemon
+    q_validpaths_full > "$W/s3-a.rows"
+    (cd "$CH/gnu/store" && find . -mindepth 1 -path ./.links -prune -o -printf '%i|%P\n' | LC_ALL=C sort -t'|' -k2) > "$W/s3-a.inodes"
+    sleep 1.1   # so a rewritten registrationTime would differ
+    if [ "$FAKE" = 1 ]; then fake_restore "$W/state-b"; else restore_json s3-b --cache "$CACHE" --snapshot "$SNAP_B"; fi
+    if json_ok s3-b "$((NB - NA))" "$NA"; then
+        q_validpaths_full > "$W/s3-b.rows"
+        awk 'NR==FNR { a[$1]=1; next } ($1 in a)' "$W/s3-a.rows" "$W/s3-b.rows" > "$W/s3-b.oldrows"
+        check_same "[s3-b] ValidPaths rows of A (incl. registrationTime) untouched by B" "$W/s3-a.rows" "$W/s3-b.oldrows"
+        (cd "$CH/gnu/store" && find . -mindepth 1 -path ./.links -prune -o -printf '%i|%P\n' | LC_ALL=C sort -t'|' -k2) > "$W/s3-b.inodes"
+        # inode numbers of A's files unchanged (link counts may grow via .links)
+        awk -F'|' 'NR==FNR { a[$2]=1; next } ($2 in a)' "$W/s3-a.inodes" "$W/s3-b.inodes" > "$W/s3-b.oldinodes"
+        check_same "[s3-b] inode numbers of A's $(wc -l < "$W/s3-a.inodes") files/dirs unchanged" "$W/s3-a.inodes" "$W/s3-b.oldinodes"
+        check_db_files s3-b 0
+        start_daemon
+        check_state s3-b "$W/src/paths" "$W/src" 0
+        stop_daemon
+    fi
+fi
+
+# ---------------------------------------------------------------- 4. closure of one output
+log "scenario 4: restore only the closure of $CONSUMER"
+wipe_state
+if [ "$FAKE" = 1 ]; then fake_restore "$W/state-b"; else restore_json s4-closure --cache "$CACHE" "$CONSUMER"; fi
+if json_ok s4-closure "$(wc -l < "$W/closure-consumer")" 0; then
+    check_db_files s4-closure 0
+    start_daemon
+    check_state s4-closure "$W/closure-consumer" "$W/src" 0
+    check_gc s4-closure "$CONSUMER" "" "$W/src"
+    stop_daemon
+fi
+
+# ---------------------------------------------------------------- 5. unprivileged daemon's store
+log "scenario 5: store owned by guix-daemon (uid $GD_UID), daemon unprivileged"
+empty_state
+chown "$GD_UID:$GD_GID" "$CH/gnu/store" "$CH/var/guix"
+start_daemon unprivileged
+in_ch guix gc --list-live > /dev/null 2>&1   # creates the DB as guix-daemon
+stop_daemon
+restore_json s5-unpriv --cache "$CACHE"
+if [ "$FAKE" = 1 ]; then fake_restore "$W/state-b"; chown -R "$GD_UID:$GD_GID" "$CH/gnu/store" "$CH/var/guix"; fi
+if json_ok s5-unpriv "$NB" 0; then
+    check_db_files s5-unpriv "$GD_UID"
+    start_daemon unprivileged
+    check_state s5-unpriv "$W/src/paths" "$W/src" "$GD_UID"
+    check_gc s5-unpriv "$CONSUMER" "$CONSUMER_DRV" "$W/src"
+    stop_daemon
+fi
+
+# ---------------------------------------------------------------- summary
+log "done in $(( $(date +%s) - T0 )) s"
+if [ $NFAIL -gt 0 ]; then
+    echo "failed checks:"; printf '  - %s\n' "${FAILED[@]}"
+fi
+echo "$NPASS passed, $NFAIL failed"
+[ $NFAIL = 0 ]
