@@ -124,8 +124,14 @@ mod tests {
     #[test]
     fn referrers_of_a_failed_path() {
         let g = sample();
-        assert_eq!(g.referrers_closure([0]), vec![true, true, true, true, false]);
-        assert_eq!(g.referrers_closure([1]), vec![false, true, true, false, false]);
+        assert_eq!(
+            g.referrers_closure([0]),
+            vec![true, true, true, true, false]
+        );
+        assert_eq!(
+            g.referrers_closure([1]),
+            vec![false, true, true, false, false]
+        );
     }
 
     #[test]

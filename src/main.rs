@@ -1,1 +1,33 @@
-fn main() {}
+//! storesync's entry point: parse, run, map errors to exit codes.
+#![forbid(unsafe_code)]
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let parsed = cli::Cli::parse();
+    match cli::run(parsed) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            if let storesync::Error::Io(_, io) = &e {
+                if io.kind() == std::io::ErrorKind::BrokenPipe {
+                    return ExitCode::SUCCESS;
+                }
+            }
+            let mut msg = format!("storesync: error: {e}");
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                let t = s.to_string();
+                if !msg.contains(&t) {
+                    msg.push_str(&format!(": {t}"));
+                }
+                src = s.source();
+            }
+            eprintln!("{msg}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

@@ -30,6 +30,7 @@ pub enum NarError {
 }
 
 /// Writes a NAR stream. Calls must follow the grammar; the helpers below make that easy.
+#[derive(Clone)]
 pub struct NarEncoder<W: Write> {
     w: W,
 }
@@ -145,7 +146,8 @@ impl FileNarHasher {
     /// Start hashing a file of `len` bytes.
     pub fn new(executable: bool, len: u64) -> Self {
         let mut enc = NarEncoder::new(NarHasher::new()).expect("hashing cannot fail");
-        enc.regular_start(executable, len).expect("hashing cannot fail");
+        enc.regular_start(executable, len)
+            .expect("hashing cannot fail");
         FileNarHasher { enc, len }
     }
     /// Feed contents.

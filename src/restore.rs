@@ -1,0 +1,584 @@
+//! `restore`: bring a store up to a snapshot, writing only the paths it lacks.
+//!
+//! 1. [`plan`]: the snapshot's paths (or the closure of the requested ones) that are not valid
+//!    in the target DB, references first. Valid paths are never touched.
+//! 2. [`execute`], under the daemon's big-lock: each missing path is written in parallel under
+//!    a temporary name inside the store directory, with canonical metadata (mtime 1, 0444/0555,
+//!    owner of the store directory), computing the NAR SHA-256 of what was written; only a path
+//!    whose hash matches the snapshot is renamed into place (an invalid leftover at that name is
+//!    moved aside first). Files of 8 KiB or more are shared through `<store>/.links` exactly as
+//!    the daemon's deduplication does, so identical contents become hard links of one file.
+//! 3. Every verified path whose references are all valid is registered in one SQLite
+//!    transaction; a path that failed, and everything referring to it, is removed from disk and
+//!    not registered.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use filetime::FileTime;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::cache::{Cache, Node, ObjectId, Snapshot};
+use crate::closure::Graph;
+use crate::db::{self, BigLock};
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+use crate::nar::{NarEncoder, NarHasher};
+use crate::progress::Progress;
+use crate::store_path::{nixbase32_encode, StorePath};
+
+/// The daemon deduplicates regular files of at least this size into `.links`.
+pub const LINKS_MIN_SIZE: u64 = 8192;
+
+/// Options of a restore.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Snapshot id or unique prefix; newest when `None`.
+    pub snapshot: Option<String>,
+    /// Restore only the closure of these paths (full store paths, or paths inside them).
+    pub roots: Vec<String>,
+    /// Print the plan, change nothing.
+    pub dry_run: bool,
+    /// Block until the big-lock is free instead of failing with "busy".
+    pub wait: bool,
+}
+
+/// What a restore will do.
+#[derive(Debug, Clone)]
+pub struct RestorePlan {
+    /// The snapshot's id.
+    pub snapshot_id: ObjectId,
+    /// The snapshot.
+    pub snapshot: Snapshot,
+    /// Paths of the selected closure (indices into `snapshot.paths`).
+    pub selected: usize,
+    /// Missing paths to write, references first.
+    pub missing: Vec<usize>,
+    /// Selected paths already valid in the target.
+    pub already_valid: usize,
+}
+
+impl RestorePlan {
+    /// NAR bytes to write.
+    pub fn bytes(&self) -> u64 {
+        self.missing
+            .iter()
+            .map(|&i| self.snapshot.paths[i].info.nar_size)
+            .sum()
+    }
+}
+
+/// A path that could not be restored.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    /// The store path.
+    pub path: String,
+    /// Why.
+    pub error: String,
+}
+
+/// What a restore did (or, for a dry run, would do).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RestoreReport {
+    /// Snapshot id.
+    pub snapshot: String,
+    /// True for `--dry-run`.
+    pub dry_run: bool,
+    /// Paths in the selected closure.
+    pub selected: usize,
+    /// Paths already valid in the target, left untouched.
+    pub already_valid: usize,
+    /// Paths to write (dry run) or attempted.
+    pub planned: usize,
+    /// Paths written, verified and registered.
+    pub restored: usize,
+    /// NAR bytes planned.
+    pub bytes: u64,
+    /// File bytes written from the cache.
+    pub bytes_written: u64,
+    /// Files hard-linked to an identical file already in `.links`.
+    pub linked_files: u64,
+    /// Invalid leftovers at a missing path's name, moved aside and replaced.
+    pub replaced_leftovers: usize,
+    /// Paths that failed verification or could not be written.
+    pub failed: Vec<String>,
+    /// Why each failed.
+    pub failures: Vec<Failure>,
+    /// Paths not registered because something they refer to failed.
+    pub skipped: Vec<String>,
+    /// The planned paths, in registration order (dry run) .
+    pub paths: Vec<String>,
+}
+
+/// Choose the paths to write.
+///
+/// # Errors
+/// [`Error::Usage`] when the snapshot is of another flavour or store directory, or a requested
+/// path is not in it.
+pub fn plan(
+    layout: &Layout,
+    snapshot_id: ObjectId,
+    snapshot: Snapshot,
+    valid: &HashSet<String>,
+    roots: &[String],
+) -> Result<RestorePlan> {
+    if snapshot.flavor != layout.flavor || snapshot.store_dir != layout.store_dir.as_str() {
+        return Err(Error::Usage(format!(
+            "snapshot {} is of a {} store at {}, not {} at {} (see --flavor, --store-dir)",
+            &snapshot_id.hex()[..12],
+            snapshot.flavor.name(),
+            snapshot.store_dir,
+            layout.flavor.name(),
+            layout.store_dir.as_str()
+        )));
+    }
+    let index: HashMap<&StorePath, usize> = snapshot
+        .paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (&p.info.path, i))
+        .collect();
+    let graph = Graph::new(
+        snapshot
+            .paths
+            .iter()
+            .map(|p| p.info.references.iter().map(|r| index[r]).collect())
+            .collect(),
+    );
+    let mask = if roots.is_empty() {
+        vec![true; snapshot.paths.len()]
+    } else {
+        let mut starts = Vec::new();
+        for r in roots {
+            let sp = layout
+                .store_dir
+                .parse_prefix(r)
+                .or_else(|_| StorePath::from_base_name(r))
+                .map_err(|e| Error::Usage(format!("{r}: {e}")))?;
+            let i = index.get(&sp).ok_or_else(|| {
+                Error::Usage(format!("{r}: not in snapshot {}", &snapshot_id.hex()[..12]))
+            })?;
+            starts.push(*i);
+        }
+        graph.closure(starts)
+    };
+    let order = graph.topo_order(&mask).map_err(|c| {
+        Error::Integrity(format!(
+            "snapshot has a reference cycle through {}",
+            snapshot.paths[c.0].info.path
+        ))
+    })?;
+    let selected = order.len();
+    let missing: Vec<usize> = order
+        .into_iter()
+        .filter(|&i| !valid.contains(&layout.store_dir.display(&snapshot.paths[i].info.path)))
+        .collect();
+    Ok(RestorePlan {
+        snapshot_id,
+        already_valid: selected - missing.len(),
+        selected,
+        missing,
+        snapshot,
+    })
+}
+
+/// Who owns restored files: the owner of the store directory (the unprivileged `guix-daemon`
+/// user on Guix 1.5 installs); group root when that owner is root, as the daemons do.
+fn store_owner(store: &Path) -> Result<(u32, u32)> {
+    let m = fs::metadata(store).map_err(|e| Error::Io(store.to_owned(), e))?;
+    Ok(if m.uid() == 0 {
+        (0, 0)
+    } else {
+        (m.uid(), m.gid())
+    })
+}
+
+struct Writer<'a> {
+    cache: &'a Cache,
+    links: PathBuf,
+    chown: Option<(u32, u32)>,
+    bytes_written: AtomicU64,
+    linked_files: AtomicU64,
+}
+
+type Enc = NarEncoder<NarHasher>;
+
+fn mtime_one() -> FileTime {
+    FileTime::from_unix_time(1, 0)
+}
+
+impl Writer<'_> {
+    fn finish_node(&self, path: &Path, mode: Option<u32>) -> io::Result<()> {
+        if let Some((u, g)) = self.chown {
+            std::os::unix::fs::lchown(path, Some(u), Some(g))?;
+        }
+        match mode {
+            Some(mode) => {
+                fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+                filetime::set_file_mtime(path, mtime_one())
+            }
+            None => filetime::set_symlink_file_times(path, mtime_one(), mtime_one()),
+        }
+    }
+
+    /// Write `node` at `dest` (which must not exist), feeding the NAR of what was written to `enc`.
+    fn write(&self, node: &Node, dest: &Path, enc: &mut Enc) -> std::result::Result<(), String> {
+        let io = |e: io::Error| format!("{}: {e}", dest.display());
+        match node {
+            Node::Symlink { target } => {
+                std::os::unix::fs::symlink(OsStr::from_bytes(target), dest).map_err(io)?;
+                enc.symlink(target).map_err(io)?;
+                self.finish_node(dest, None).map_err(io)
+            }
+            Node::Directory(entries) => {
+                fs::create_dir(dest).map_err(io)?;
+                enc.directory_start().map_err(io)?;
+                for e in entries {
+                    enc.entry_start(&e.name).map_err(io)?;
+                    self.write(&e.node, &dest.join(OsStr::from_bytes(&e.name)), enc)?;
+                    enc.entry_end().map_err(io)?;
+                }
+                enc.directory_end().map_err(io)?;
+                self.finish_node(dest, Some(0o555)).map_err(io)
+            }
+            Node::Regular {
+                executable,
+                size,
+                blob,
+                file_nar_hash,
+            } => {
+                enc.regular_start(*executable, *size).map_err(io)?;
+                let link = (*size >= LINKS_MIN_SIZE)
+                    .then(|| self.links.join(nixbase32_encode(file_nar_hash)));
+                let linked = match &link {
+                    Some(link) => self.try_link(link, dest, blob, enc).map_err(io)?,
+                    None => false,
+                };
+                if !linked {
+                    self.write_file(dest, *executable, blob, enc)?;
+                    if let Some(link) = &link {
+                        // Another thread may have won the race, or the link count is at its
+                        // limit: either way this copy stays a file of its own.
+                        let _ = fs::hard_link(dest, link);
+                    }
+                }
+                enc.regular_end(*size).map_err(io)
+            }
+        }
+    }
+
+    /// Hard-link an existing `.links` entry to `dest` if its contents match `blob`.
+    fn try_link(
+        &self,
+        link: &Path,
+        dest: &Path,
+        blob: &ObjectId,
+        enc: &mut Enc,
+    ) -> io::Result<bool> {
+        if fs::hard_link(link, dest).is_err() {
+            return Ok(false);
+        }
+        let saved = enc.clone();
+        let mut f = fs::File::open(dest)?;
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 1 << 18];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            enc.contents(&buf[..n])?;
+        }
+        if ObjectId(*hasher.finalize().as_bytes()) == *blob {
+            self.linked_files.fetch_add(1, Ordering::Relaxed);
+            Ok(true)
+        } else {
+            // A damaged `.links` entry: do not use it.
+            *enc = saved;
+            fs::remove_file(dest)?;
+            Ok(false)
+        }
+    }
+
+    fn write_file(
+        &self,
+        dest: &Path,
+        executable: bool,
+        blob: &ObjectId,
+        enc: &mut Enc,
+    ) -> std::result::Result<(), String> {
+        let io = |e: io::Error| format!("{}: {e}", dest.display());
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(dest)
+            .map_err(io)?;
+        let mut written = 0u64;
+        self.cache
+            .stream(blob, &mut |chunk| {
+                f.write_all(chunk)?;
+                written += chunk.len() as u64;
+                enc.contents(chunk)
+            })
+            .map_err(|e| format!("{}: {e}", dest.display()))?;
+        drop(f);
+        self.bytes_written.fetch_add(written, Ordering::Relaxed);
+        self.finish_node(dest, Some(if executable { 0o555 } else { 0o444 }))
+            .map_err(io)
+    }
+}
+
+/// Remove a tree the daemon made read-only (directories 0555).
+pub fn remove_tree(path: &Path) -> io::Result<()> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if meta.is_dir() {
+        fs::set_permissions(path, fs::Permissions::from_mode(0o755))?;
+        for e in fs::read_dir(path)? {
+            remove_tree(&e?.path())?;
+        }
+        fs::remove_dir(path)
+    } else {
+        fs::remove_file(path)
+    }
+}
+
+const TMP_PREFIX: &str = ".storesync-tmp-";
+const TRASH_PREFIX: &str = ".storesync-trash-";
+
+/// Write, verify and register the planned paths. The caller holds the big-lock and passes the
+/// DB connection opened under it.
+///
+/// # Errors
+/// [`Error::Io`] when the store directory cannot be prepared, [`Error::Db`] when registration
+/// fails (then nothing is registered). Per-path failures are reported, not returned.
+pub fn execute(
+    layout: &Layout,
+    cache: &Cache,
+    plan: &RestorePlan,
+    conn: &mut rusqlite::Connection,
+    progress: &dyn Progress,
+) -> Result<RestoreReport> {
+    let snap = &plan.snapshot;
+    let store = layout.real_store_dir();
+    let ioe = |p: &Path| {
+        let p = p.to_owned();
+        move |e| Error::Io(p, e)
+    };
+    fs::create_dir_all(&store).map_err(ioe(&store))?;
+    let owner = store_owner(&store)?;
+    let me = (
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw(),
+    );
+    let chown = (owner != me).then_some(owner);
+    let links = store.join(".links");
+    if !links.exists() {
+        fs::create_dir(&links).map_err(ioe(&links))?;
+        if let Some((u, g)) = chown {
+            std::os::unix::fs::lchown(&links, Some(u), Some(g)).map_err(ioe(&links))?;
+        }
+    }
+    // Leftovers of an interrupted restore: safe to remove, we hold the big-lock.
+    for e in fs::read_dir(&store).map_err(ioe(&store))? {
+        let e = e.map_err(ioe(&store))?;
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(TMP_PREFIX) || name.starts_with(TRASH_PREFIX) {
+            remove_tree(&e.path()).map_err(ioe(&e.path()))?;
+        }
+    }
+    let run = format!("{}-{}", std::process::id(), crate::save::now());
+    let writer = Writer {
+        cache,
+        links,
+        chown,
+        bytes_written: AtomicU64::new(0),
+        linked_files: AtomicU64::new(0),
+    };
+    let leftovers = AtomicU64::new(0);
+    progress.start("restoring paths", plan.bytes());
+    let results: Vec<(usize, std::result::Result<(), String>)> = plan
+        .missing
+        .par_iter()
+        .map(|&i| {
+            let p = &snap.paths[i];
+            let base = p.info.path.base_name();
+            let tmp = store.join(format!("{TMP_PREFIX}{run}-{}", p.info.path.hash_part()));
+            let r = (|| {
+                let tree = cache.read_tree(&p.tree).map_err(|e| e.to_string())?;
+                let mut enc = NarEncoder::new(NarHasher::new()).expect("hashing cannot fail");
+                let written = writer.write(&tree, &tmp, &mut enc);
+                let (hash, size) = enc.into_inner().finish();
+                let verdict = written.and_then(|()| {
+                    if hash != p.info.nar_hash {
+                        Err(format!(
+                            "restored content hashes to sha256:{}, the snapshot says {}",
+                            crate::nar::hex(&hash),
+                            db::format_db_hash(&p.info.nar_hash)
+                        ))
+                    } else if size != p.info.nar_size {
+                        Err(format!(
+                            "restored NAR size {size}, the snapshot says {}",
+                            p.info.nar_size
+                        ))
+                    } else {
+                        Ok(())
+                    }
+                });
+                if let Err(e) = verdict {
+                    let _ = remove_tree(&tmp);
+                    return Err(e);
+                }
+                let dest = store.join(base);
+                if fs::symlink_metadata(&dest).is_ok() {
+                    let trash =
+                        store.join(format!("{TRASH_PREFIX}{run}-{}", p.info.path.hash_part()));
+                    fs::rename(&dest, &trash).map_err(|e| {
+                        format!("{}: moving invalid leftover aside: {e}", dest.display())
+                    })?;
+                    leftovers.fetch_add(1, Ordering::Relaxed);
+                }
+                fs::rename(&tmp, &dest).map_err(|e| format!("{}: {e}", dest.display()))
+            })();
+            progress.advance(p.info.nar_size);
+            (i, r)
+        })
+        .collect();
+    progress.finish();
+
+    let mut report = RestoreReport {
+        snapshot: plan.snapshot_id.hex(),
+        selected: plan.selected,
+        already_valid: plan.already_valid,
+        planned: plan.missing.len(),
+        bytes: plan.bytes(),
+        bytes_written: writer.bytes_written.load(Ordering::Relaxed),
+        linked_files: writer.linked_files.load(Ordering::Relaxed),
+        replaced_leftovers: leftovers.load(Ordering::Relaxed) as usize,
+        ..RestoreReport::default()
+    };
+    let failed: Vec<usize> = results
+        .iter()
+        .filter(|(_, r)| r.is_err())
+        .map(|(i, _)| *i)
+        .collect();
+    for (i, r) in &results {
+        if let Err(e) = r {
+            let path = layout.store_dir.display(&snap.paths[*i].info.path);
+            report.failed.push(path.clone());
+            report.failures.push(crate::restore::Failure {
+                path,
+                error: e.clone(),
+            });
+        }
+    }
+    let index: HashMap<&StorePath, usize> = snap
+        .paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (&p.info.path, i))
+        .collect();
+    let graph = Graph::new(
+        snap.paths
+            .iter()
+            .map(|p| p.info.references.iter().map(|r| index[r]).collect())
+            .collect(),
+    );
+    let bad = graph.referrers_closure(failed.iter().copied());
+    let mut register = Vec::new();
+    for &i in &plan.missing {
+        let path = layout.store_dir.display(&snap.paths[i].info.path);
+        if !bad[i] {
+            register.push(i);
+        } else if !failed.contains(&i) {
+            // Written and verified, but it refers to a path that is not valid: take it off disk.
+            let dest = store.join(snap.paths[i].info.path.base_name());
+            let trash = store.join(format!(
+                "{TRASH_PREFIX}{run}-{}",
+                snap.paths[i].info.path.hash_part()
+            ));
+            if fs::rename(&dest, &trash).is_ok() {
+                let _ = remove_tree(&trash);
+            }
+            report.skipped.push(path);
+        }
+    }
+    // Content first, durably; then the rows that vouch for it.
+    if !register.is_empty() {
+        let dir = fs::File::open(&store).map_err(ioe(&store))?;
+        rustix::fs::syncfs(&dir).map_err(|e| Error::Io(store.clone(), e.into()))?;
+    }
+    let infos: Vec<_> = register.iter().map(|&i| &snap.paths[i].info).collect();
+    let registered: HashSet<&StorePath> = infos.iter().map(|p| &p.path).collect();
+    let outputs: Vec<_> = snap
+        .derivation_outputs
+        .iter()
+        .filter(|o| registered.contains(&o.drv))
+        .collect();
+    db::register(conn, layout, &infos, &outputs)?;
+    report.restored = infos.len();
+    // Old leftovers moved aside: now delete them.
+    for e in fs::read_dir(&store).map_err(ioe(&store))?.flatten() {
+        if e.file_name().to_string_lossy().starts_with(TRASH_PREFIX) {
+            let _ = remove_tree(&e.path());
+        }
+    }
+    Ok(report)
+}
+
+/// Open the target, plan, and (unless a dry run) execute under the big-lock.
+///
+/// # Errors
+/// [`Error::Lock`] when the store is busy, and as [`plan`] and [`execute`].
+pub fn restore(
+    layout: &Layout,
+    cache: &Cache,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<RestoreReport> {
+    let (id, snapshot) = cache.find_snapshot(opts.snapshot.as_deref())?;
+    if opts.dry_run {
+        let valid = if layout.db_file().exists() {
+            db::read(layout)?
+                .paths
+                .iter()
+                .map(|p| layout.store_dir.display(&p.path))
+                .collect()
+        } else {
+            HashSet::new()
+        };
+        let plan = plan(layout, id, snapshot, &valid, &opts.roots)?;
+        return Ok(RestoreReport {
+            snapshot: id.hex(),
+            dry_run: true,
+            selected: plan.selected,
+            already_valid: plan.already_valid,
+            planned: plan.missing.len(),
+            bytes: plan.bytes(),
+            paths: plan
+                .missing
+                .iter()
+                .map(|&i| layout.store_dir.display(&plan.snapshot.paths[i].info.path))
+                .collect(),
+            ..RestoreReport::default()
+        });
+    }
+    let _lock = BigLock::acquire(&layout.big_lock_file(), layout.flavor, opts.wait)?;
+    let mut conn = db::open_or_create(layout)?;
+    let valid = db::valid_paths(&conn, layout)?;
+    let plan = plan(layout, id, snapshot, &valid, &opts.roots)?;
+    execute(layout, cache, &plan, &mut conn, progress)
+}

@@ -170,7 +170,9 @@ impl StoreDir {
         if ok {
             Ok(StoreDir(dir.to_owned()))
         } else {
-            Err(format!("store directory `{dir}` must be an absolute, normalised path"))
+            Err(format!(
+                "store directory `{dir}` must be an absolute, normalised path"
+            ))
         }
     }
     /// The directory as a string.
@@ -253,7 +255,9 @@ mod tests {
         assert_eq!(ok.hash_part(), h);
         assert_eq!(ok.name(), "hello-2.12.1");
         assert!(!ok.is_derivation());
-        assert!(StorePath::from_base_name(&format!("{h}-x.drv")).unwrap().is_derivation());
+        assert!(StorePath::from_base_name(&format!("{h}-x.drv"))
+            .unwrap()
+            .is_derivation());
         for bad in [
             format!("{h}-"),
             format!("{h}-.hidden"),
@@ -280,7 +284,10 @@ mod tests {
         assert!(d.parse(&format!("/nix/store/{h}-x")).is_err());
         assert!(d.parse(&format!("/gnu/store/{h}-x/bin")).is_err());
         assert!(d.parse(&format!("/gnu/storex/{h}-x")).is_err());
-        assert_eq!(d.parse_prefix(&format!("/gnu/store/{h}-x/bin/sh")).unwrap(), p);
+        assert_eq!(
+            d.parse_prefix(&format!("/gnu/store/{h}-x/bin/sh")).unwrap(),
+            p
+        );
         assert!(StoreDir::new("gnu/store").is_err());
         assert!(StoreDir::new("/gnu/store/").is_err());
         assert!(StoreDir::new("/gnu/../store").is_err());

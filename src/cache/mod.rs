@@ -17,7 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io::{self, Read};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -130,14 +130,22 @@ pub(crate) fn seal(magic: &[u8; 8], body: &[u8]) -> (ObjectId, Vec<u8>) {
 }
 
 /// Check and strip the envelope.
-pub(crate) fn unseal<'a>(magic: &[u8; 8], bytes: &'a [u8], what: &str) -> Result<(ObjectId, &'a [u8]), CacheError> {
+pub(crate) fn unseal<'a>(
+    magic: &[u8; 8],
+    bytes: &'a [u8],
+    what: &str,
+) -> Result<(ObjectId, &'a [u8]), CacheError> {
     let bad = |why: &str| CacheError::Corrupt(format!("{what}: {why}"));
     if bytes.len() < 48 || &bytes[..8] != magic {
-        return Err(bad("not a storesync file of this kind (bad magic or truncated)"));
+        return Err(bad(
+            "not a storesync file of this kind (bad magic or truncated)",
+        ));
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
     if version != FORMAT_VERSION {
-        return Err(bad(&format!("format version {version}, this storesync reads {FORMAT_VERSION}")));
+        return Err(bad(&format!(
+            "format version {version}, this storesync reads {FORMAT_VERSION}"
+        )));
     }
     let (content, sum) = bytes.split_at(bytes.len() - 32);
     let computed = ObjectId::of(content);
@@ -153,13 +161,54 @@ struct FrameCache {
     bytes: usize,
 }
 
+#[derive(Default)]
+struct Objects {
+    packs: Vec<ObjectId>,
+    pack_no: HashMap<ObjectId, u32>,
+    index: HashMap<ObjectId, Location>,
+}
+
+impl Objects {
+    /// Merge an index file; `present` says whether a pack exists.
+    fn merge(
+        &mut self,
+        file: IndexFile,
+        present: &mut dyn FnMut(&ObjectId) -> bool,
+    ) -> Vec<String> {
+        let mut missing = Vec::new();
+        let local: Vec<Option<u32>> = file
+            .packs
+            .iter()
+            .map(|p| {
+                if let Some(&no) = self.pack_no.get(p) {
+                    return Some(no);
+                }
+                if !present(p) {
+                    missing.push(format!("pack {} named by an index is missing", pack_key(p)));
+                    return None;
+                }
+                self.packs.push(*p);
+                let no = self.packs.len() as u32 - 1;
+                self.pack_no.insert(*p, no);
+                Some(no)
+            })
+            .collect();
+        for (id, mut loc) in file.entries {
+            if let Some(Some(no)) = local.get(loc.pack as usize) {
+                loc.pack = *no;
+                self.index.entry(id).or_insert(loc);
+            }
+        }
+        missing
+    }
+}
+
 const FRAME_CACHE_BYTES: usize = 48 * 1024 * 1024;
 
 /// An opened cache.
 pub struct Cache {
     storage: Box<dyn Storage>,
-    packs: Vec<ObjectId>,
-    index: HashMap<ObjectId, Location>,
+    objects: RwLock<Objects>,
     frames: Mutex<FrameCache>,
     /// Problems found while loading (damaged index files skipped); shown by the CLI.
     pub warnings: Vec<String>,
@@ -182,8 +231,7 @@ impl Cache {
     pub fn open(storage: Box<dyn Storage>) -> Result<Self, CacheError> {
         let mut cache = Cache {
             storage,
-            packs: Vec::new(),
-            index: HashMap::new(),
+            objects: RwLock::new(Objects::default()),
             frames: Mutex::new(FrameCache {
                 frames: HashMap::new(),
                 order: VecDeque::new(),
@@ -191,39 +239,10 @@ impl Cache {
             }),
             warnings: Vec::new(),
         };
-        let mut pack_no: HashMap<ObjectId, Option<u32>> = HashMap::new();
         for key in cache.storage.list("index")? {
-            let file = match cache.read_index_file(&key) {
-                Ok(f) => f,
-                Err(e) => {
-                    cache.warnings.push(format!("skipping index {key}: {e}"));
-                    continue;
-                }
-            };
-            let mut local = Vec::with_capacity(file.packs.len());
-            for p in &file.packs {
-                let no = match pack_no.get(p) {
-                    Some(no) => *no,
-                    None => {
-                        let key = pack_key(p);
-                        let no = if cache.storage.size(&key)?.is_some() {
-                            cache.packs.push(*p);
-                            Some(cache.packs.len() as u32 - 1)
-                        } else {
-                            cache.warnings.push(format!("pack {key} named by an index is missing"));
-                            None
-                        };
-                        pack_no.insert(*p, no);
-                        no
-                    }
-                };
-                local.push(no);
-            }
-            for (id, mut loc) in file.entries {
-                if let Some(Some(no)) = local.get(loc.pack as usize) {
-                    loc.pack = *no;
-                    cache.index.entry(id).or_insert(loc);
-                }
+            match cache.read_index_file(&key) {
+                Ok(file) => cache.merge_index(file)?,
+                Err(e) => cache.warnings.push(format!("skipping index {key}: {e}")),
             }
         }
         Ok(cache)
@@ -234,9 +253,41 @@ impl Cache {
         let what = self.storage.describe(key);
         let (sum, body) = unseal(INDEX_MAGIC, &bytes, &what)?;
         if key != index_key(&sum) {
-            return Err(CacheError::Corrupt(format!("{what}: name does not match its checksum")));
+            return Err(CacheError::Corrupt(format!(
+                "{what}: name does not match its checksum"
+            )));
         }
         decode_bincode(body).map_err(|e| CacheError::Corrupt(format!("{what}: {e}")))
+    }
+
+    /// Make the objects of an index file (just written by a [`Packer`]) readable.
+    ///
+    /// # Errors
+    /// [`CacheError::Storage`] when checking for a pack fails.
+    pub(crate) fn merge_index(&mut self, file: IndexFile) -> Result<(), CacheError> {
+        let warnings = self.merge_index_shared(file)?;
+        self.warnings.extend(warnings);
+        Ok(())
+    }
+
+    pub(crate) fn merge_index_shared(&self, file: IndexFile) -> Result<Vec<String>, CacheError> {
+        let mut err = None;
+        let storage = &self.storage;
+        let w = self
+            .objects
+            .write()
+            .expect("objects")
+            .merge(file, &mut |p| match storage.size(&pack_key(p)) {
+                Ok(s) => s.is_some(),
+                Err(e) => {
+                    err = Some(e);
+                    false
+                }
+            });
+        match err {
+            Some(e) => Err(e.into()),
+            None => Ok(w),
+        }
     }
 
     /// The storage backend.
@@ -246,27 +297,37 @@ impl Cache {
 
     /// Whether an object is in the index.
     pub fn contains(&self, id: &ObjectId) -> bool {
-        self.index.contains_key(id)
+        self.objects.read().expect("objects").index.contains_key(id)
     }
 
     /// Where an object is.
     pub fn location(&self, id: &ObjectId) -> Option<Location> {
-        self.index.get(id).copied()
+        self.objects.read().expect("objects").index.get(id).copied()
     }
 
     /// Number of indexed objects.
     pub fn object_count(&self) -> usize {
-        self.index.len()
+        self.objects.read().expect("objects").index.len()
     }
 
     /// Every indexed object.
-    pub fn objects(&self) -> impl Iterator<Item = (&ObjectId, &Location)> {
-        self.index.iter()
+    pub fn objects(&self) -> Vec<(ObjectId, Location)> {
+        self.objects
+            .read()
+            .expect("objects")
+            .index
+            .iter()
+            .map(|(i, l)| (*i, *l))
+            .collect()
     }
 
     /// Pack ids in the merged table.
-    pub fn packs(&self) -> &[ObjectId] {
-        &self.packs
+    pub fn packs(&self) -> Vec<ObjectId> {
+        self.objects.read().expect("objects").packs.clone()
+    }
+
+    fn pack_id(&self, no: u32) -> ObjectId {
+        self.objects.read().expect("objects").packs[no as usize]
     }
 
     fn frame(&self, loc: &Location) -> Result<Arc<Vec<u8>>, CacheError> {
@@ -274,7 +335,7 @@ impl Cache {
         if let Some(f) = self.frames.lock().expect("frame cache").frames.get(&key) {
             return Ok(f.clone());
         }
-        let pack = pack_key(&self.packs[loc.pack as usize]);
+        let pack = pack_key(&self.pack_id(loc.pack));
         let mut compressed = Vec::with_capacity(loc.frame_len as usize);
         self.storage
             .read_range(&pack, loc.frame_offset, loc.frame_len)?
@@ -293,7 +354,9 @@ impl Cache {
             fc.order.push_back(key);
             fc.bytes += data.len();
             while fc.bytes > FRAME_CACHE_BYTES {
-                let Some(old) = fc.order.pop_front() else { break };
+                let Some(old) = fc.order.pop_front() else {
+                    break;
+                };
                 if let Some(f) = fc.frames.remove(&old) {
                     fc.bytes -= f.len();
                 }
@@ -331,18 +394,27 @@ impl Cache {
         let sink_err = |e: io::Error| StorageError(format!("object {id}"), e);
         if loc.len < SOLO_THRESHOLD {
             let frame = self.frame(&loc)?;
-            let end = loc.offset.checked_add(loc.len).filter(|&e| e <= frame.len() as u64);
+            let end = loc
+                .offset
+                .checked_add(loc.len)
+                .filter(|&e| e <= frame.len() as u64);
             let Some(end) = end else {
-                return Err(CacheError::Corrupt(format!("object {id}: range outside its frame")));
+                return Err(CacheError::Corrupt(format!(
+                    "object {id}: range outside its frame"
+                )));
             };
             let bytes = &frame[loc.offset as usize..end as usize];
             if loc.kind == ObjectKind::Blob && ObjectId::of(bytes) != *id {
-                return Err(CacheError::Corrupt(format!("blob {id}: content does not match its id")));
+                return Err(CacheError::Corrupt(format!(
+                    "blob {id}: content does not match its id"
+                )));
             }
             return sink(bytes).map_err(|e| sink_err(e).into());
         }
-        let pack = pack_key(&self.packs[loc.pack as usize]);
-        let raw = self.storage.read_range(&pack, loc.frame_offset, loc.frame_len)?;
+        let pack = pack_key(&self.pack_id(loc.pack));
+        let raw = self
+            .storage
+            .read_range(&pack, loc.frame_offset, loc.frame_len)?;
         let mut dec = zstd::stream::read::Decoder::new(raw)
             .map_err(|e| StorageError(self.storage.describe(&pack), e))?
             .single_frame();
@@ -351,7 +423,10 @@ impl Cache {
         let mut total = 0u64;
         loop {
             let n = dec.read(&mut buf).map_err(|e| {
-                CacheError::Corrupt(format!("blob {id} in {}: {e}", self.storage.describe(&pack)))
+                CacheError::Corrupt(format!(
+                    "blob {id} in {}: {e}",
+                    self.storage.describe(&pack)
+                ))
             })?;
             if n == 0 {
                 break;
@@ -365,8 +440,12 @@ impl Cache {
             }
             sink(&buf[..n]).map_err(sink_err)?;
         }
-        if total != loc.len || (loc.kind == ObjectKind::Blob && ObjectId(*hasher.finalize().as_bytes()) != *id) {
-            return Err(CacheError::Corrupt(format!("blob {id}: content does not match its id")));
+        if total != loc.len
+            || (loc.kind == ObjectKind::Blob && ObjectId(*hasher.finalize().as_bytes()) != *id)
+        {
+            return Err(CacheError::Corrupt(format!(
+                "blob {id}: content does not match its id"
+            )));
         }
         Ok(())
     }
@@ -403,7 +482,9 @@ impl Cache {
         let bytes = self.storage.read(&key)?;
         let (sum, body) = unseal(SNAPSHOT_MAGIC, &bytes, &what)?;
         if sum != *id {
-            return Err(CacheError::Corrupt(format!("{what}: name does not match its checksum")));
+            return Err(CacheError::Corrupt(format!(
+                "{what}: name does not match its checksum"
+            )));
         }
         let raw = zstd::bulk::decompress(body, MAX_DECODED)
             .map_err(|e| CacheError::Corrupt(format!("{what}: {e}")))?;
@@ -469,8 +550,7 @@ impl Cache {
     /// [`CacheError::Storage`].
     pub fn write_snapshot(&self, snap: &Snapshot) -> Result<ObjectId, CacheError> {
         let raw = encode_bincode(snap);
-        let body = zstd::bulk::compress(&raw, 3)
-            .map_err(|e| StorageError("snapshot".into(), e))?;
+        let body = zstd::bulk::compress(&raw, 3).map_err(|e| StorageError("snapshot".into(), e))?;
         let (id, bytes) = seal(SNAPSHOT_MAGIC, &body);
         self.storage.write(&snapshot_key(&id), &bytes)?;
         Ok(id)

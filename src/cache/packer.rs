@@ -85,8 +85,14 @@ impl<'c> Packer<'c> {
         if data.len() as u64 >= SOLO_THRESHOLD {
             return self.add_reader(kind, id, data.len() as u64, &mut &data[..]);
         }
-        let mut b = self.builders.lock().expect("builders").pop().unwrap_or_default();
-        b.entries.push((id, kind, b.buf.len() as u64, data.len() as u64));
+        let mut b = self
+            .builders
+            .lock()
+            .expect("builders")
+            .pop()
+            .unwrap_or_default();
+        b.entries
+            .push((id, kind, b.buf.len() as u64, data.len() as u64));
         b.buf.extend_from_slice(data);
         let r = if b.buf.len() as u64 >= FRAME_TARGET {
             self.flush_builder(&mut b)
@@ -157,7 +163,12 @@ impl<'c> Packer<'c> {
                 .map_err(|e| StorageError("new pack".into(), e))?;
             let mut hasher = blake3::Hasher::new();
             hasher.update(&header);
-            st.open = Some(OpenPack { file, hasher, len: 16, entries: Vec::new() });
+            st.open = Some(OpenPack {
+                file,
+                hasher,
+                len: 16,
+                entries: Vec::new(),
+            });
         }
         let st = &mut *st;
         let open = st.open.as_mut().expect("opened above");
@@ -186,7 +197,14 @@ impl<'c> Packer<'c> {
         for &(id, kind, offset, len) in entries {
             open.entries.push((
                 id,
-                Location { kind, pack: 0, frame_offset, frame_len, offset, len },
+                Location {
+                    kind,
+                    pack: 0,
+                    frame_offset,
+                    frame_len,
+                    offset,
+                    len,
+                },
             ));
             st.stats.objects += 1;
             st.stats.raw_bytes += len;
@@ -199,17 +217,23 @@ impl<'c> Packer<'c> {
     }
 
     fn close_pack(&self, st: &mut State) -> Result<(), CacheError> {
-        let Some(mut open) = st.open.take() else { return Ok(()) };
+        let Some(mut open) = st.open.take() else {
+            return Ok(());
+        };
         open.file
             .flush()
             .map_err(|e| StorageError("flushing a pack".into(), e))?;
         let id = ObjectId(*open.hasher.finalize().as_bytes());
-        self.cache.storage().commit_file(&pack_key(&id), open.file)?;
+        self.cache
+            .storage()
+            .commit_file(&pack_key(&id), open.file)?;
         let pack = st.done.packs.len() as u32;
         st.done.packs.push(id);
-        st.done
-            .entries
-            .extend(open.entries.into_iter().map(|(id, loc)| (id, Location { pack, ..loc })));
+        st.done.entries.extend(
+            open.entries
+                .into_iter()
+                .map(|(id, loc)| (id, Location { pack, ..loc })),
+        );
         st.stats.packs += 1;
         Ok(())
     }
@@ -229,6 +253,8 @@ impl<'c> Packer<'c> {
         if !st.done.entries.is_empty() {
             let (sum, bytes) = seal(INDEX_MAGIC, &encode_bincode(&st.done));
             self.cache.storage().write(&index_key(&sum), &bytes)?;
+            self.cache
+                .merge_index_shared(std::mem::take(&mut st.done))?;
         }
         Ok(st.stats)
     }

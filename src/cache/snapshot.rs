@@ -27,7 +27,7 @@ pub struct Snapshot {
     pub flavor: Flavor,
     /// Logical store directory of the source (`/gnu/store`).
     pub store_dir: String,
-    /// Unix seconds at save.
+    /// Unix nanoseconds at save; the newest snapshot is the one with the largest.
     pub created: i64,
     /// The tool that wrote it (`storesync 0.1.0`).
     pub tool: String,
@@ -54,11 +54,21 @@ impl Snapshot {
         }
         for p in &self.paths {
             if let Some(r) = p.info.references.iter().find(|r| !seen.contains_key(r)) {
-                return Err(format!("{} refers to {r}, which is not in the snapshot", p.info.path));
+                return Err(format!(
+                    "{} refers to {r}, which is not in the snapshot",
+                    p.info.path
+                ));
             }
         }
-        if let Some(o) = self.derivation_outputs.iter().find(|o| !seen.contains_key(&o.drv)) {
-            return Err(format!("derivation output row for {}, which is not in the snapshot", o.drv));
+        if let Some(o) = self
+            .derivation_outputs
+            .iter()
+            .find(|o| !seen.contains_key(&o.drv))
+        {
+            return Err(format!(
+                "derivation output row for {}, which is not in the snapshot",
+                o.drv
+            ));
         }
         Ok(())
     }

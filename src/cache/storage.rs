@@ -91,11 +91,17 @@ impl Storage for LocalDir {
                 self.describe(key),
                 io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    format!("range {offset}+{len} is beyond the end ({size} bytes): truncated file"),
+                    format!(
+                        "range {offset}+{len} is beyond the end ({size} bytes): truncated file"
+                    ),
                 ),
             ));
         }
-        Ok(Box::new(RangeReader { f, pos: offset, end: offset + len }))
+        Ok(Box::new(RangeReader {
+            f,
+            pos: offset,
+            end: offset + len,
+        }))
     }
 
     fn write(&self, key: &str, data: &[u8]) -> Result<(), StorageError> {
@@ -111,7 +117,8 @@ impl Storage for LocalDir {
     fn commit_file(&self, key: &str, file: tempfile::NamedTempFile) -> Result<(), StorageError> {
         let dest = self.path(key);
         file.as_file().sync_all().map_err(self.err(key))?;
-        file.persist(&dest).map_err(|e| StorageError(self.describe(key), e.error))?;
+        file.persist(&dest)
+            .map_err(|e| StorageError(self.describe(key), e.error))?;
         sync_dir(dest.parent().expect("keys have a directory")).map_err(self.err(key))
     }
 
@@ -170,7 +177,10 @@ mod tests {
         s.write("snapshots/a", b"hello world").unwrap();
         assert_eq!(s.read("snapshots/a").unwrap(), b"hello world");
         let mut r = String::new();
-        s.read_range("snapshots/a", 6, 5).unwrap().read_to_string(&mut r).unwrap();
+        s.read_range("snapshots/a", 6, 5)
+            .unwrap()
+            .read_to_string(&mut r)
+            .unwrap();
         assert_eq!(r, "world");
         assert!(s.read_range("snapshots/a", 6, 6).is_err());
         assert_eq!(s.size("snapshots/a").unwrap(), Some(11));

@@ -55,10 +55,12 @@ impl Node {
     /// [`CacheError::Corrupt`] when the bytes do not hash to `id` or the tree is malformed.
     pub fn decode(id: &ObjectId, bytes: &[u8]) -> Result<Node, CacheError> {
         if tree_id(bytes) != *id {
-            return Err(CacheError::Corrupt(format!("tree {id}: content does not match its id")));
+            return Err(CacheError::Corrupt(format!(
+                "tree {id}: content does not match its id"
+            )));
         }
-        let node: Node = decode_bincode(bytes)
-            .map_err(|e| CacheError::Corrupt(format!("tree {id}: {e}")))?;
+        let node: Node =
+            decode_bincode(bytes).map_err(|e| CacheError::Corrupt(format!("tree {id}: {e}")))?;
         node.validate(0)
             .map_err(|e| CacheError::Corrupt(format!("tree {id}: {e}")))?;
         Ok(node)
@@ -80,7 +82,10 @@ impl Node {
                 }
                 for (i, e) in entries.iter().enumerate() {
                     if !valid_name(&e.name) {
-                        return Err(format!("bad entry name {:?}", String::from_utf8_lossy(&e.name)));
+                        return Err(format!(
+                            "bad entry name {:?}",
+                            String::from_utf8_lossy(&e.name)
+                        ));
                     }
                     if i > 0 && entries[i - 1].name >= e.name {
                         return Err("entries are not strictly sorted".into());
@@ -120,22 +125,31 @@ mod tests {
 
     fn arb_node() -> impl Strategy<Value = Node> {
         let leaf = prop_oneof![
-            (any::<bool>(), any::<u64>(), any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(
-                |(executable, size, b, h)| Node::Regular {
+            (
+                any::<bool>(),
+                any::<u64>(),
+                any::<[u8; 32]>(),
+                any::<[u8; 32]>()
+            )
+                .prop_map(|(executable, size, b, h)| Node::Regular {
                     executable,
                     size,
                     blob: ObjectId(b),
                     file_nar_hash: h
-                }
-            ),
-            "[a-z/._-]{1,20}".prop_map(|t| Node::Symlink { target: t.into_bytes() }),
+                }),
+            "[a-z/._-]{1,20}".prop_map(|t| Node::Symlink {
+                target: t.into_bytes()
+            }),
         ];
         leaf.prop_recursive(4, 32, 6, |inner| {
             proptest::collection::btree_map("[A-Za-z0-9._-]{1,8}", inner, 0..6).prop_map(|m| {
                 Node::Directory(
                     m.into_iter()
                         .filter(|(k, _)| valid_name(k.as_bytes()))
-                        .map(|(name, node)| Entry { name: name.into_bytes(), node })
+                        .map(|(name, node)| Entry {
+                            name: name.into_bytes(),
+                            node,
+                        })
                         .collect(),
                 )
             })
@@ -152,8 +166,13 @@ mod tests {
 
     #[test]
     fn malformed_trees_are_rejected() {
-        let leaf = Node::Symlink { target: b"x".to_vec() };
-        let e = |n: &[u8]| Entry { name: n.to_vec(), node: leaf.clone() };
+        let leaf = Node::Symlink {
+            target: b"x".to_vec(),
+        };
+        let e = |n: &[u8]| Entry {
+            name: n.to_vec(),
+            node: leaf.clone(),
+        };
         for bad in [
             Node::Directory(vec![e(b"b"), e(b"a")]),
             Node::Directory(vec![e(b"a"), e(b"a")]),

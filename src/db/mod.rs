@@ -122,7 +122,8 @@ pub fn read(layout: &Layout) -> Result<DbContents, DbError> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(sql(&file))?;
-    conn.busy_timeout(Duration::from_secs(60)).map_err(sql(&file))?;
+    conn.busy_timeout(Duration::from_secs(60))
+        .map_err(sql(&file))?;
     conn.execute_batch("begin").map_err(sql(&file))?;
     let contents = read_in_txn(&conn, &file, &layout.store_dir)?;
     conn.execute_batch("commit").map_err(sql(&file))?;
@@ -350,10 +351,7 @@ pub fn register(
                         .optional()
                         .map_err(&e)?
                         .ok_or_else(|| {
-                            DbError::Sqlite(
-                                file.clone(),
-                                rusqlite::Error::QueryReturnedNoRows,
-                            )
+                            DbError::Sqlite(file.clone(), rusqlite::Error::QueryReturnedNoRows)
                         })?,
                 };
                 insert_ref.execute(params![id, rid]).map_err(&e)?;
@@ -408,7 +406,10 @@ mod tests {
                 want.insert(1, "FailedPaths");
             }
             assert_eq!(tables, want);
-            assert_eq!(has_column(&conn, "ValidPaths", "ca").unwrap(), flavor == Flavor::Nix);
+            assert_eq!(
+                has_column(&conn, "ValidPaths", "ca").unwrap(),
+                flavor == Flavor::Nix
+            );
             // Reopening does not recreate or fail.
             drop(conn);
             open_or_create(&layout).unwrap();

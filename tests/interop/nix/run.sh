@@ -411,29 +411,47 @@ else fail "rt4: storesync restore PATH exit non-zero: $(tail -3 "$LOGS/rt4.err" 
     || fail "rt4: --json restored [$(jarr "$LOGS/rt4.json" restored | tr '\n' ' ')] != closure [$(tr '\n' ' ' < "$WORK/expected-closure")]"
 check_root rt4 "$D4" "$WORK/srcq-A" "$WORK/expected-closure" "$P_CHAIN"
 
-# ---------------------------------------------------------------- store busy (GC holds gc.lock)
-echo "== store busy: a GC holds gc.lock exclusively (flock, as nix-store --gc does)"
+# ---------------------------------------------------------------- store busy
+# Fact (FACTS.md): every Nix process holds db/big-lock shared (flock); nix-store --gc holds
+# gc.lock exclusively too. A restore while Nix runs must not write: exit 3, or wait with --wait.
+echo "== store busy: a simulated GC, then a real running nix-build"
 D5=$WORK/dst5; mkdir -p "$D5"
 nixq "$D5" --verify > /dev/null 2>&1
-flock -x "$D5/nix/var/nix/gc.lock" sleep 3 & BGPIDS+=($!); LOCKPID=$!
+rows5() { sqlite3 "$D5/nix/var/nix/db/db.sqlite" 'select count(*) from ValidPaths' 2>&1; }
+P_SIMPLE=$(byname simple)
+flock -s "$D5/nix/var/nix/db/big-lock" flock -x "$D5/nix/var/nix/gc.lock" sleep 3 & BGPIDS+=($!); LOCKPID=$!
 sleep 0.5
 set +e
-timeout 60 "$STORESYNC" --flavor nix --root "$D5" --no-progress --json restore --cache "$CACHE" "$(byname simple)" > "$LOGS/busy.json" 2> "$LOGS/busy.err"
+timeout 60 "$STORESYNC" --flavor nix --root "$D5" --no-progress --json restore --cache "$CACHE" "$P_SIMPLE" > "$LOGS/busy.json" 2> "$LOGS/busy.err"
 rc=$?
 set -e
-if [ $rc = 3 ] && [ "$(sqlite3 "$D5/nix/var/nix/db/db.sqlite" 'select count(*) from ValidPaths')" = 0 ]; then
-    pass "busy: restore while gc.lock is held exclusively exits 3 and registers nothing"
-else fail "busy: restore while a GC holds gc.lock: exit $rc (expected 3), rows=$(sqlite3 "$D5/nix/var/nix/db/db.sqlite" 'select count(*) from ValidPaths'); $(tail -2 "$LOGS/busy.err" | tr '\n' ' ')"; fi
+if [ $rc = 3 ] && [ "$(rows5)" = 0 ] && [ ! -e "$D5$P_SIMPLE" ]; then
+    pass "busy: restore during a GC (big-lock shared + gc.lock exclusive held) exits 3, writes nothing"
+else fail "busy: restore during a GC (big-lock sh + gc.lock ex): exit $rc (expected 3), rows=$(rows5), wrote path: $([ -e "$D5$P_SIMPLE" ] && echo yes || echo no); $(tail -2 "$LOGS/busy.err" | tr '\n' ' ')"; fi
 wait "$LOCKPID" 2>/dev/null || true
-flock -x "$D5/nix/var/nix/gc.lock" sleep 2 & BGPIDS+=($!)
-sleep 0.3
+# a real Nix build running in the root
+cat > "$WORK/in/slow.nix" <<'EOF2'
+builtins.derivation { name = "slow"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "sleep 4; echo slow > $out" ]; }
+EOF2
+nix-build --store "local?root=$D5" "$WORK/in/slow.nix" --no-out-link > "$LOGS/slow.out" 2> "$LOGS/slow.err" & BGPIDS+=($!); SLOWPID=$!
+for _ in $(seq 50); do grep -q "building '" "$LOGS/slow.err" 2>/dev/null && break; sleep 0.1; done
 set +e
-timeout 60 "$STORESYNC" --flavor nix --root "$D5" --no-progress --json restore --cache "$CACHE" --wait "$(byname simple)" > "$LOGS/busyw.json" 2> "$LOGS/busyw.err"
+timeout 60 "$STORESYNC" --flavor nix --root "$D5" --no-progress --json restore --cache "$CACHE" "$P_SIMPLE" > "$LOGS/busy2.json" 2> "$LOGS/busy2.err"
 rc=$?
 set -e
-if [ $rc = 0 ] && nixq "$D5" -q --hash "$(byname simple)" >/dev/null 2>&1; then
-    pass "busy: restore --wait waits for gc.lock and then restores (exit 0)"
-else fail "busy: restore --wait with gc.lock held for 2 s: exit $rc; $(tail -2 "$LOGS/busyw.err" | tr '\n' ' ')"; fi
+if [ $rc = 3 ] && [ ! -e "$D5$P_SIMPLE" ]; then
+    pass "busy: restore while a real nix-build runs in the root exits 3, writes nothing"
+else fail "busy: restore while nix-build runs: exit $rc (expected 3), wrote path: $([ -e "$D5$P_SIMPLE" ] && echo yes || echo no); $(tail -2 "$LOGS/busy2.err" | tr '\n' ' ')"; fi
+set +e
+timeout 120 "$STORESYNC" --flavor nix --root "$D5" --no-progress --json restore --cache "$CACHE" --wait "$P_SIMPLE" > "$LOGS/busyw.json" 2> "$LOGS/busyw.err"
+rc=$?
+wait "$SLOWPID"; slowrc=$?
+set -e
+if [ $rc = 0 ] && [ $slowrc = 0 ] && nixq "$D5" -q --hash "$P_SIMPLE" >/dev/null 2>&1 \
+    && nixq "$D5" -q --hash "$(cat "$LOGS/slow.out")" >/dev/null 2>&1 \
+    && ! nixq "$D5" --verify --check-contents 2>&1 | grep -vqE '^(reading|checking) '; then
+    pass "busy: restore --wait waited for the build, then restored; build result and restored path valid, verify clean"
+else fail "busy: restore --wait during nix-build: storesync exit $rc, nix-build exit $slowrc; $(tail -2 "$LOGS/busyw.err" "$LOGS/slow.err" | tr '\n' ' ')"; fi
 
 # ---------------------------------------------------------------- round trip 3 (incremental)
 echo "== round trip 3: incremental (snapshot A, add items, snapshot B)"
