@@ -35,7 +35,11 @@ NPASS=0 NFAIL=0
 FAILED_CHECKS=()
 
 pass() { NPASS=$((NPASS+1)); echo "PASS: $*"; }
-fail() { NFAIL=$((NFAIL+1)); FAILED_CHECKS+=("$*"); echo "FAIL: $*"; }
+fail() { # full text goes to $WORK/logs/failures.log, the line is cut at 700 characters
+    NFAIL=$((NFAIL+1)); local m="$*"; FAILED_CHECKS+=("$m")
+    [ -n "${LOGS:-}" ] && [ -d "$LOGS" ] && echo "FAIL: $m" >> "$LOGS/failures.log"
+    echo "FAIL: ${m:0:700}"
+}
 note() { echo "NOTE: $*"; }
 check() { # check NAME CMD...   -> PASS/FAIL on CMD's exit status
     local name=$1; shift
