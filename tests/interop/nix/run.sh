@@ -345,8 +345,29 @@ check_root() {
     fi
 }
 
-jarr() { { jq -r ".$2 // [] | .[]" "$1" 2>/dev/null || true; } | sort; }  # jarr FILE KEY -> sorted array lines
-jlen() { jq -r ".$2 // [] | length" "$1" 2>/dev/null || echo "?"; }
+# The CLI spec says restore --json gives arrays of paths; storesync may print counts instead.
+# These helpers accept both: a set comparison for an array, a count comparison for a number.
+jarr() { { jq -r "if (.$2|type) == \"array\" then .$2[] else empty end" "$1" 2>/dev/null || true; } | sort; }
+jlen() { jq -r "if (.$2|type) == \"array\" then (.$2|length) else .$2 end" "$1" 2>/dev/null || echo "?"; }
+jcheck() { # jcheck FILE KEY EXPECTED_LINES
+    case $(jq -r ".$2 | type" "$1" 2>/dev/null || echo invalid) in
+        array)  [ "$(jarr "$1" "$2")" = "$3" ];;
+        number) [ "$(jq -r ".$2" "$1")" = "$(printf '%s\n' "$3" | grep -c .)" ];;
+        *) return 1;;
+    esac
+}
+jdesc() { # how KEY looked, for messages
+    jq -c "if (.$2|type) == \"array\" then {\"$2\": (.$2|length), first: .$2[0:2]} else {\"$2\": .$2} end" "$1" 2>/dev/null | head -c 300 || head -c 200 "$1"
+}
+# dry_plan LABEL ROOT EXPECTED_LINES RESTORE_ARGS...: --dry-run's planned "paths" == expected
+dry_plan() {
+    local L=$1 R=$2 E=$3; shift 3
+    if ss "$R" --json restore "$@" --dry-run > "$LOGS/$L-dry.json" 2> "$LOGS/$L-dry.err"; then
+        if [ "$(jarr "$LOGS/$L-dry.json" paths)" = "$E" ]; then
+            pass "$L: restore --dry-run plans exactly the $(printf '%s\n' "$E" | grep -c .) expected paths"
+        else fail "$L: restore --dry-run planned $(jdesc "$LOGS/$L-dry.json" paths), expected $(printf '%s\n' "$E" | grep -c .) paths: $(diff <(echo "$E") <(jarr "$LOGS/$L-dry.json" paths) | grep '^[<>]' | head -3 | tr '\n' ' ')"; fi
+    else fail "$L: restore --dry-run exit non-zero: $(tail -2 "$LOGS/$L-dry.err" | tr '\n' ' ')"; fi
+}
 
 echo "$SRCP_A" > "$WORK/expected-A"
 qdump "$SRC" "$WORK/srcq-A" $SRCP_A
@@ -360,7 +381,7 @@ SNAP1=$(jq -r '.snapshot // empty' "$LOGS/save1.json" 2>/dev/null || true)
 n=$(jlen "$LOGS/save1.json" paths)
 [ "$n" = "$(echo "$SRCP_A" | wc -l)" ] && pass "save: --json paths count == Nix valid paths ($n)" \
     || fail "save: --json paths=$n, Nix has $(echo "$SRCP_A" | wc -l) valid paths ($(head -c 300 "$LOGS/save1.json"))"
-if [ "$(jarr "$LOGS/save1.json" paths)" = "$SRCP_A" ]; then pass "save: --json paths == Nix valid paths (as /nix/store/... paths)"
+if jcheck "$LOGS/save1.json" paths "$SRCP_A"; then pass "save: --json paths == Nix valid paths ($(jdesc "$LOGS/save1.json" paths))"
 else fail "save: --json paths list differs from nix path-info --all, e.g. $(diff <(echo "$SRCP_A") <(jarr "$LOGS/save1.json" paths) | grep '^[<>]' | head -2 | tr '\n' ' ')"; fi
 if ss "$SRC" --json verify --cache "$CACHE" > "$LOGS/verify1.out" 2> "$LOGS/verify1.err"; then pass "save: storesync verify of the cache exit 0"
 else fail "save: storesync verify exit non-zero: $(tail -2 "$LOGS/verify1.err" | tr '\n' ' ')"; fi
@@ -375,12 +396,19 @@ if ss "$D1" --json restore --cache "$CACHE" --dry-run > "$LOGS/rt1-dry.json" 2> 
         pass "rt1: restore --dry-run wrote no store path and registered nothing"
     else fail "rt1: restore --dry-run wrote into the root: $(ls "$D1/nix/store" | head -3 | tr '\n' ' ')"; fi
 else fail "rt1: restore --dry-run exit non-zero: $(tail -2 "$LOGS/rt1-dry.err" | tr '\n' ' ')"; fi
+[ "$(jarr "$LOGS/rt1-dry.json" paths)" = "$SRCP_A" ] \
+    && pass "rt1: restore --dry-run plans all $(echo "$SRCP_A" | wc -l) source paths" \
+    || fail "rt1: restore --dry-run planned $(jdesc "$LOGS/rt1-dry.json" paths), expected all $(echo "$SRCP_A" | wc -l) source paths"
 rm -rf "$D1"; mkdir -p "$D1"
 if ss "$D1" --json restore --cache "$CACHE" > "$LOGS/rt1.json" 2> "$LOGS/rt1.err"; then
     pass "rt1: storesync restore exit 0"
 else fail "rt1: storesync restore exit non-zero: $(tail -3 "$LOGS/rt1.err" | tr '\n' ' ')"; fi
-[ "$(jarr "$LOGS/rt1.json" restored)" = "$SRCP_A" ] \
-    && pass "rt1: --json restored == all $(echo "$SRCP_A" | wc -l) source paths" \
+shape=$(jq -r '[.restored, .already_valid, .failed, .skipped] | map(type) | join(",")' "$LOGS/rt1.json" 2>&1 || true)
+[ "$shape" = "array,array,array,array" ] \
+    && pass "json: restore --json has arrays restored, already_valid, failed, skipped (CLI spec)" \
+    || fail "json: restore --json types of restored,already_valid,failed,skipped are $shape; the CLI spec says arrays of paths"
+jcheck "$LOGS/rt1.json" restored "$SRCP_A" \
+    && pass "rt1: --json restored == all $(echo "$SRCP_A" | wc -l) source paths ($(jdesc "$LOGS/rt1.json" restored))" \
     || fail "rt1: --json restored ($(jlen "$LOGS/rt1.json" restored)) != source paths ($(echo "$SRCP_A" | wc -l)); failed=$(jlen "$LOGS/rt1.json" failed) $(head -c 200 "$LOGS/rt1.json")"
 check_root rt1 "$D1" "$WORK/srcq-A" "$WORK/expected-A" "$P_CHAIN"
 
@@ -392,7 +420,7 @@ nixq "$D2" --verify > /dev/null 2>&1   # creates db.sqlite (0 rows), schema, big
 if ss "$D2" --json restore --cache "$CACHE" > "$LOGS/rt2.json" 2> "$LOGS/rt2.err"; then
     pass "rt2: storesync restore exit 0"
 else fail "rt2: storesync restore exit non-zero: $(tail -3 "$LOGS/rt2.err" | tr '\n' ' ')"; fi
-[ "$(jarr "$LOGS/rt2.json" restored)" = "$SRCP_A" ] \
+jcheck "$LOGS/rt2.json" restored "$SRCP_A" \
     && pass "rt2: --json restored == all source paths" \
     || fail "rt2: --json restored ($(jlen "$LOGS/rt2.json" restored)) != source paths ($(echo "$SRCP_A" | wc -l))"
 # a second restore of the same cache is a no-op
@@ -407,12 +435,13 @@ check_root rt2 "$D2" "$WORK/srcq-A" "$WORK/expected-A" "$(byname usesdev)"
 echo "== round trip 4: restore only the closure of $P_CHAIN"
 D4=$WORK/dst4; mkdir -p "$D4"
 nixq "$SRC" -qR "$P_CHAIN" | sort > "$WORK/expected-closure"
+dry_plan rt4 "$D4" "$(cat "$WORK/expected-closure")" --cache "$CACHE" "$P_CHAIN"
 if ss "$D4" --json restore --cache "$CACHE" "$P_CHAIN" > "$LOGS/rt4.json" 2> "$LOGS/rt4.err"; then
     pass "rt4: storesync restore PATH exit 0"
 else fail "rt4: storesync restore PATH exit non-zero: $(tail -3 "$LOGS/rt4.err" | tr '\n' ' ')"; fi
-[ "$(jarr "$LOGS/rt4.json" restored)" = "$(cat "$WORK/expected-closure")" ] \
+jcheck "$LOGS/rt4.json" restored "$(cat "$WORK/expected-closure")" \
     && pass "rt4: --json restored == nix-store -qR closure ($(wc -l < "$WORK/expected-closure") paths)" \
-    || fail "rt4: --json restored [$(jarr "$LOGS/rt4.json" restored | tr '\n' ' ')] != closure [$(tr '\n' ' ' < "$WORK/expected-closure")]"
+    || fail "rt4: --json restored $(jdesc "$LOGS/rt4.json" restored) != closure [$(tr '\n' ' ' < "$WORK/expected-closure")]"
 check_root rt4 "$D4" "$WORK/srcq-A" "$WORK/expected-closure" "$P_CHAIN"
 
 # ---------------------------------------------------------------- store busy
@@ -477,9 +506,9 @@ else fail "rt3: save snapshot B exit non-zero: $(tail -3 "$LOGS/saveB.err" | tr 
 SNAPB=$(jq -r '.snapshot // empty' "$LOGS/saveB.json" 2>/dev/null || true)
 [ -n "$SNAPA" ] && [ -n "$SNAPB" ] && [ "$SNAPA" != "$SNAPB" ] && pass "rt3: two distinct snapshot ids ($SNAPA, $SNAPB)" \
     || fail "rt3: snapshot ids A='$SNAPA' B='$SNAPB'"
-[ "$(jarr "$LOGS/saveB.json" new_paths)" = "$NEWP" ] \
+jcheck "$LOGS/saveB.json" new_paths "$NEWP" \
     && pass "rt3: save B --json new_paths == the $(echo "$NEWP" | wc -l) paths added after A" \
-    || fail "rt3: save B new_paths [$(jarr "$LOGS/saveB.json" new_paths | tr '\n' ' ' | head -c 300)] != added [$(echo $NEWP | head -c 300)]"
+    || fail "rt3: save B new_paths $(jdesc "$LOGS/saveB.json" new_paths) != added [$(echo $NEWP | head -c 300)]"
 if ss "$SRC" ls --cache "$CACHE3" > "$LOGS/ls3.out" 2>&1; then pass "rt3: storesync ls exit 0"; else fail "rt3: storesync ls: $(tail -2 "$LOGS/ls3.out")"; fi
 
 qdump "$SRC" "$WORK/srcq-B" $SRCP_B
@@ -498,11 +527,12 @@ snapstate > "$WORK/rt3-before"
 sqlite3 "$D3/nix/var/nix/db/db.sqlite" 'select * from Refs' 2>&1 | sort > "$WORK/rt3-refs-before" || true
 sqlite3 "$D3/nix/var/nix/db/db.sqlite" 'select * from DerivationOutputs' 2>&1 | sort > "$WORK/rt3-do-before" || true
 sleep 1.1   # so a rewrite would show in registrationTime
+dry_plan rt3 "$D3" "$NEWP" --cache "$CACHE3" --snapshot "$SNAPB"
 if ss "$D3" --json restore --cache "$CACHE3" --snapshot "$SNAPB" > "$LOGS/rt3b.json" 2> "$LOGS/rt3b.err"; then
     pass "rt3: restore --snapshot B exit 0"
 else fail "rt3: restore --snapshot B exit non-zero: $(tail -3 "$LOGS/rt3b.err" | tr '\n' ' ')"; fi
 nr=$(jlen "$LOGS/rt3b.json" restored); na=$(jlen "$LOGS/rt3b.json" already_valid)
-[ "$(jarr "$LOGS/rt3b.json" restored)" = "$NEWP" ] \
+jcheck "$LOGS/rt3b.json" restored "$NEWP" \
     && pass "rt3: restore B --json restored = exactly the $nr new paths (already_valid=$na)" \
     || fail "rt3: restore B --json restored=$nr already_valid=$na, expected restored = the $(echo "$NEWP" | wc -l) new paths"
 [ "$na" = "$(echo "$SRCP_A" | wc -l)" ] && pass "rt3: restore B --json already_valid = the $na old paths" \
