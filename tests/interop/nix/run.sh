@@ -161,6 +161,10 @@ in rec {
   };
   exe = mk "exe" "printf '#!/bin/sh\necho exe\n' > \$out; chmod 555 \$out";
   withsrc = mk "withsrc" "echo \${src} > \$out; echo \${t3} >> \$out";
+  # identical file contents with different exec bits in three paths (hard-link dedup traps)
+  samea = mk "samea" "echo same-content > \$out";
+  sameb = mk "sameb" "echo same-content > \$out; chmod 555 \$out";
+  samec = mk "samec" "mkdir \$out; echo same-content > \$out/plain; echo same-content > \$out/exec; chmod +x \$out/exec; ln -s plain \$out/link";
 }
 EOF
 cp -r "$WORK/in/srcdir" "$WORK/in/srcdir.b"
@@ -239,6 +243,29 @@ check_root() {
     local ic; ic=$(sqlite3 "$db/db.sqlite" 'PRAGMA integrity_check; PRAGMA foreign_key_check;' 2>&1 || true)
     if [ "$ic" = ok ]; then pass "$L: sqlite integrity_check ok, no foreign key violations"
     else fail "$L: sqlite integrity/foreign keys: $(echo "$ic" | head -3 | tr '\n' ' ')"; fi
+
+    # --- the DB rows themselves vs the source DB (hash text form, NULLs, ca, Refs, DerivationOutputs)
+    local sdb=$SRC/nix/var/nix/db/db.sqlite ddb=$db/db.sqlite
+    local qv="select path, hash, quote(deriver), narSize, quote(ultimate), quote(sigs), quote(ca) from ValidPaths"
+    local qr="select a.path, b.path from Refs r join ValidPaths a on a.id = r.referrer join ValidPaths b on b.id = r.reference"
+    local qd="select v.path, d.id, d.path from DerivationOutputs d join ValidPaths v on v.id = d.drv"
+    local qt="select path, registrationTime from ValidPaths"
+    infilter() { awk -F'|' -v n="$1" 'NR==FNR{a[$0];next} { ok=1; for (i=1;i<=n;i++) if (!($i in a)) ok=0; if (ok) print }' "$EXPF" -; }
+    sqlite3 "$sdb" "$qv" | infilter 1 | sort > "$DQ.rows.exp"; { sqlite3 "$ddb" "$qv" 2>&1 || true; } | sort > "$DQ.rows"
+    sqlite3 "$sdb" "$qr" | infilter 2 | sort > "$DQ.refs.exp"; { sqlite3 "$ddb" "$qr" 2>&1 || true; } | sort > "$DQ.refsrows"
+    sqlite3 "$sdb" "$qd" | infilter 1 | sort > "$DQ.do.exp"; { sqlite3 "$ddb" "$qd" 2>&1 || true; } | sort > "$DQ.do"
+    if cmp -s "$DQ.rows.exp" "$DQ.rows"; then pass "$L: ValidPaths rows (path hash deriver narSize ultimate sigs ca, NULLs) identical to the source DB"
+    else fail "$L: ValidPaths rows differ from the source DB: $(diff "$DQ.rows.exp" "$DQ.rows" | grep '^[<>]' | head -4 | tr '\n' ' ')"; fi
+    if cmp -s "$DQ.refs.exp" "$DQ.refsrows"; then pass "$L: Refs rows identical to the source DB ($(wc -l < "$DQ.refsrows") pairs, self-references included)"
+    else fail "$L: Refs rows differ from the source DB: $(diff "$DQ.refs.exp" "$DQ.refsrows" | grep '^[<>]' | head -4 | tr '\n' ' ')"; fi
+    if cmp -s "$DQ.do.exp" "$DQ.do"; then pass "$L: DerivationOutputs rows identical to the source DB ($(wc -l < "$DQ.do") rows)"
+    else fail "$L: DerivationOutputs rows differ from the source DB: $(diff "$DQ.do.exp" "$DQ.do" | grep '^[<>]' | head -4 | tr '\n' ' ')"; fi
+    if cmp -s <(sqlite3 "$sdb" "$qt" | infilter 1 | sort) <({ sqlite3 "$ddb" "$qt" 2>&1 || true; } | sort); then
+        note "$L: registrationTime copied from the source"
+    else note "$L: registrationTime differs from the source (set at restore time)"; fi
+    if cmp -s <(sqlite3 "$WORK/nixfresh/nix/var/nix/db/db.sqlite" .schema) <(sqlite3 "$ddb" .schema 2>&1); then
+        pass "$L: sqlite3 .schema text identical to a DB created by Nix 2.8"
+    else fail "$L: sqlite3 .schema differs from a DB created by Nix 2.8 (cosmetic): $(diff <(sqlite3 "$WORK/nixfresh/nix/var/nix/db/db.sqlite" .schema) <(sqlite3 "$ddb" .schema 2>&1) | grep '^[<>]' | head -4 | tr '\n' ' ')"; fi
 
     # --- valid set
     all_valid "$R" > "$DQ.valid" 2> "$DQ.valid.err" || true
@@ -370,6 +397,7 @@ dry_plan() {
 }
 
 echo "$SRCP_A" > "$WORK/expected-A"
+mkdir -p "$WORK/nixfresh"; nixq "$WORK/nixfresh" --verify > /dev/null 2>&1   # a DB exactly as Nix creates it
 qdump "$SRC" "$WORK/srcq-A" $SRCP_A
 
 # ---------------------------------------------------------------- save (A) into caches
@@ -410,6 +438,9 @@ shape=$(jq -r '[.restored, .already_valid, .failed, .skipped] | map(type) | join
 jcheck "$LOGS/rt1.json" restored "$SRCP_A" \
     && pass "rt1: --json restored == all $(echo "$SRCP_A" | wc -l) source paths ($(jdesc "$LOGS/rt1.json" restored))" \
     || fail "rt1: --json restored ($(jlen "$LOGS/rt1.json" restored)) != source paths ($(echo "$SRCP_A" | wc -l)); failed=$(jlen "$LOGS/rt1.json" failed) $(head -c 200 "$LOGS/rt1.json")"
+sm=$(stat -c '%a %U:%G' "$D1/nix/store" 2>&1 || true)
+[ "$sm" = "1775 root:nixbld" ] && pass "rt1: new store dir created 1775 root:nixbld like Nix" \
+    || note "rt1: storesync created the store dir as '$sm'; Nix creates 1775 root:nixbld (and fixes it when it next opens the store)"
 check_root rt1 "$D1" "$WORK/srcq-A" "$WORK/expected-A" "$P_CHAIN"
 
 # ---------------------------------------------------------------- round trip 2
@@ -546,6 +577,46 @@ comm -23 "$WORK/rt3-refs-before" <(sqlite3 "$D3/nix/var/nix/db/db.sqlite" 'selec
 comm -23 "$WORK/rt3-do-before" <(sqlite3 "$D3/nix/var/nix/db/db.sqlite" 'select * from DerivationOutputs' | sort) | grep -q . \
     && fail "rt3: DerivationOutputs rows of old paths changed by B" || pass "rt3: DerivationOutputs rows of old paths kept"
 check_root rt3 "$D3" "$WORK/srcq-B" "$WORK/expected-B" "$(echo "$SRCP_B" | grep -- '-later3$')"
+
+# ---------------------------------------------------------------- leftovers
+echo "== leftovers: restore over invalid junk left in the store (e.g. an interrupted copy)"
+D6=$WORK/dst6; mkdir -p "$D6/nix/store"
+P_REFS=$(byname refsimple)
+printf 'junk\n' > "$D6$(byname simple)"
+mkdir -p "$D6$P_CHAIN/sub"; printf 'junk\n' > "$D6$P_CHAIN/sub/junk"; chmod 0555 "$D6$P_CHAIN/sub"
+mkdir -p "$D6$P_REFS"; printf 'junk\n' > "$D6$P_REFS/x"
+if ss "$D6" --json restore --cache "$CACHE" "$P_CHAIN" > "$LOGS/rt6.json" 2> "$LOGS/rt6.err"; then
+    pass "leftovers: restore over junk exit 0 ($(jq -c '{restored, replaced_leftovers}' "$LOGS/rt6.json" 2>/dev/null))"
+else fail "leftovers: restore over junk exit non-zero: $(tail -3 "$LOGS/rt6.err" | tr '\n' ' ')"; fi
+check_root leftovers "$D6" "$WORK/srcq-A" "$WORK/expected-closure"
+
+# ---------------------------------------------------------------- corrupt source
+echo "== corrupt source: a store file modified after registration"
+SRCC=$WORK/srcc; cp -a "$SRC" "$SRCC"
+P_BAD=$(byname simple)
+chmod u+w "$SRCC$P_BAD"; printf 'tampered\n' >> "$SRCC$P_BAD"; chmod u-w "$SRCC$P_BAD"
+if nixq "$SRCC" --verify --check-contents 2>&1 | grep -q "was modified"; then
+    pass "corrupt: real Nix reports the tampered path: $(nixq "$SRCC" --verify --check-contents 2>&1 | grep -m1 'was modified' | cut -c1-160)"
+else fail "corrupt: fixture: Nix did not report the tampered path"; fi
+set +e
+ss "$SRCC" --json save --cache "$WORK/cache5" > "$LOGS/save5.json" 2> "$LOGS/save5.err"; rc=$?
+set -e
+[ $rc = 1 ] && pass "corrupt: save without --skip-corrupt exits 1 ($(grep -m1 -o 'sha256[^ ]*' "$LOGS/save5.err" | head -c 80)...)" \
+    || fail "corrupt: save of a store with a modified path exit $rc (expected 1): $(tail -2 "$LOGS/save5.err" | tr '\n' ' ')"
+set +e
+ss "$SRCC" --json save --cache "$WORK/cache6" --skip-corrupt > "$LOGS/save6.json" 2> "$LOGS/save6.err"; rc=$?
+set -e
+nixq "$SRCC" -q --referrers-closure "$P_BAD" | sort > "$WORK/bad-closure"
+comm -23 <(echo "$SRCP_B") "$WORK/bad-closure" > "$WORK/expected-skip"
+if [ $rc = 0 ]; then pass "corrupt: save --skip-corrupt exit 0 (corrupt=$(jq -c .corrupt "$LOGS/save6.json" 2>/dev/null | head -c 100), dropped_referrers=$(jlen "$LOGS/save6.json" dropped_referrers))"
+else fail "corrupt: save --skip-corrupt exit $rc: $(tail -2 "$LOGS/save6.err" | tr '\n' ' ')"; fi
+jcheck "$LOGS/save6.json" paths "$(cat "$WORK/expected-skip")" \
+    && pass "corrupt: snapshot = all paths minus the corrupt one and its referrers (nix-store -q --referrers-closure: $(wc -l < "$WORK/bad-closure") paths)" \
+    || fail "corrupt: --skip-corrupt snapshot has $(jdesc "$LOGS/save6.json" paths), expected $(wc -l < "$WORK/expected-skip") (all minus referrers-closure of $P_BAD)"
+D7=$WORK/dst7; mkdir -p "$D7"
+if ss "$D7" --json restore --cache "$WORK/cache6" > "$LOGS/rt7.json" 2> "$LOGS/rt7.err"; then pass "corrupt: restore of the --skip-corrupt snapshot exit 0"
+else fail "corrupt: restore of the --skip-corrupt snapshot: $(tail -2 "$LOGS/rt7.err" | tr '\n' ' ')"; fi
+check_root corrupt "$D7" "$WORK/srcq-B" "$WORK/expected-skip"
 
 # ---------------------------------------------------------------- summary
 T1=$(date +%s)
