@@ -2,7 +2,7 @@
 //! daemon's schema plus store items with files, executables, symlinks, empty files and
 //! directories, a file shared by hard link between two items (as the daemon's `.links`
 //! deduplication leaves it), references (including a self-reference) and a `.drv` with
-//! `DerivationOutputs` rows. `demo` and the tests use it; `generation` 2 simulates an
+//! `DerivationOutputs` rows, and a 320 KiB file (a zstd frame of its own in the cache). `demo` and the tests use it; `generation` 2 simulates an
 //! upgrade: `hello` changes, so it and its `.drv` get new paths while the rest stays.
 
 use std::fs;
@@ -131,12 +131,35 @@ pub fn build(layout: &Layout, generation: u32) -> Result<Vec<StorePath>> {
         },
         &mut items,
     );
+    // 320 KiB of poorly compressible bytes: a blob with a zstd frame of its own.
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let data: Vec<u8> = (0..320 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect();
+    let data = add(
+        Item {
+            name: "sample-data".into(),
+            nodes: vec![
+                ("".into(), Spec::Dir),
+                ("data.bin".into(), Spec::File(data, false)),
+            ],
+            refs: vec![],
+            self_ref: false,
+            deriver: None,
+        },
+        &mut items,
+    );
     let version = format!("2.{generation}");
     let hello_name = format!("hello-{version}");
     let script = HELLO_SH
         .replace("@lib@", &store.display(&lib))
         .replace("@greeting@", &store.display(&greeting))
-        + &format!("echo version {version}\n");
+        + &format!("echo version {version}, data in {}\n", store.display(&data));
     // The .drv names the output path, so the output's path is chosen first, then the .drv.
     let hello_fp = format!("{script}{generation}");
     let hello = path_for(layout, &hello_name, hello_fp.as_bytes());
@@ -177,7 +200,7 @@ pub fn build(layout: &Layout, generation: u32) -> Result<Vec<StorePath>> {
                     Spec::File(format!("{}\n", store.display(&hello)).into_bytes(), false),
                 ),
             ],
-            refs: vec![lib.clone(), greeting.clone()],
+            refs: vec![lib.clone(), greeting.clone(), data.clone()],
             self_ref: true,
             deriver: Some(drv.clone()),
         },

@@ -219,9 +219,15 @@ fn graph_of(db: &DbContents, index: &HashMap<&StorePath, usize>) -> Graph {
 /// Files at least this large stream through in chunks instead of being read whole.
 const STREAM_THRESHOLD: u64 = 4 * 1024 * 1024;
 
+/// (device, inode) of a hard-linked file → its blob and `.links` hash, so it is hashed once.
+type InodeCache = Mutex<HashMap<(u64, u64), (ObjectId, [u8; 32])>>;
+
+/// Per path: its tree and NAR size, or why it is corrupt.
+type Walked = std::result::Result<(ObjectId, u64), String>;
+
 struct Walker<'a> {
     packer: &'a Packer<'a>,
-    inodes: Mutex<HashMap<(u64, u64), (ObjectId, [u8; 32])>>,
+    inodes: InodeCache,
     bytes_read: AtomicU64,
 }
 
@@ -397,7 +403,7 @@ pub fn execute(
         "reading new paths",
         new.iter().map(|&i| db.paths[i].nar_size).sum(),
     );
-    let results: Vec<(usize, Result<(ObjectId, u64), String>)> = new
+    let results: Vec<(usize, Walked)> = new
         .par_iter()
         .map(|&i| {
             let info = &db.paths[i];

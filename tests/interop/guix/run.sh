@@ -436,8 +436,8 @@ fake_restore() { # SRCSTATE: copy a saved state (checker self-test only)
 
 # ================================================================ main
 install_host_deps
-ensure_chroot
 stop_daemon
+ensure_chroot
 GD_UID=$(awk -F: '$1=="guix-daemon"{print $3}' "$CH/etc/passwd")
 GD_GID=$(awk -F: '$1=="guix-daemon"{print $4}' "$CH/etc/passwd")
 rm -rf "$W"; mkdir -p "$W"

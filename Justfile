@@ -1,0 +1,29 @@
+# storesync tasks. `just --list` shows them.
+
+# Run the unit and integration tests (the README's test command).
+test:
+    cargo test
+
+# Format check and clippy with warnings as errors.
+lint:
+    cargo fmt --check
+    cargo clippy --all-targets -- -D warnings
+
+# The main job on the embedded sample store.
+demo:
+    cargo run --release -- demo
+
+# Round trips checked by the real guix-daemon and real Nix (installs them; needs root).
+interop:
+    cargo build --release
+    bash tests/interop/run.sh
+
+# End-to-end benchmark against tar + zstd, and the criterion micro-benchmarks.
+bench:
+    cargo build --release
+    cargo bench --bench e2e
+    cargo bench --bench kernels
+
+# Everything CI runs.
+ci:
+    bash .ci/run

@@ -1,0 +1,547 @@
+//! End-to-end tests of save and restore on generated stores in the daemons' format, through
+//! the library and through the real binary.
+
+mod util;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+
+use predicates::prelude::*;
+use storesync::cache::ObjectKind;
+use storesync::layout::Flavor;
+use storesync::{db, nar, sample};
+use util::{db_rows, inodes, json, tree_listing, World};
+
+fn save_json(w: &World, root: &str) -> serde_json::Value {
+    let out = w
+        .cmd(root)
+        .args(["--json", "save", "--cache"])
+        .arg(w.cache_dir())
+        .assert()
+        .success();
+    json(&out.get_output().stdout)
+}
+
+fn restore_json(w: &World, root: &str, extra: &[&str]) -> (serde_json::Value, i32) {
+    let out = w
+        .cmd(root)
+        .args(["--json", "restore", "--cache"])
+        .arg(w.cache_dir())
+        .args(extra)
+        .output()
+        .unwrap();
+    (json(&out.stdout), out.status.code().unwrap())
+}
+
+fn full_round_trip(flavor: Flavor) {
+    let w = World::new(flavor);
+    let src = w.layout("src");
+    sample::build(&src, 1).unwrap();
+    let s = save_json(&w, "src");
+    assert_eq!(s["paths"], 6);
+    assert_eq!(s["new_paths"], 6);
+    let (r, code) = restore_json(&w, "dst", &[]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["restored"], 6);
+    let dst = w.layout("dst");
+    // The daemon's rows, identical (ids aside).
+    assert_eq!(db_rows(&src), db_rows(&dst));
+    // Every path's files, modes, mtimes and link targets identical, and the NAR hash matches.
+    for p in db::read(&src).unwrap().paths {
+        let a = src.real_store_dir().join(p.path.base_name());
+        let b = dst.real_store_dir().join(p.path.base_name());
+        assert_eq!(tree_listing(&a), tree_listing(&b), "{}", p.path);
+        assert_eq!(nar::hash_path(&b).unwrap().0, p.nar_hash);
+        assert_eq!(fs::symlink_metadata(&b).unwrap().mtime(), 1);
+    }
+    // No temporary names left in the store.
+    for e in fs::read_dir(dst.real_store_dir()).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(!name.starts_with(".storesync"), "{name}");
+    }
+    // The shared 8 KiB+ file is one inode in .links, as the daemon's deduplication leaves it.
+    let lib = fs::read_dir(dst.real_store_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with("libsample-1.0"))
+        .unwrap();
+    let so = fs::metadata(lib.join("lib/libsample.so.1")).unwrap();
+    assert!(
+        so.nlink() >= 3,
+        "lib, hello's copy and .links: {}",
+        so.nlink()
+    );
+}
+
+#[test]
+fn full_round_trip_into_empty_root_guix() {
+    full_round_trip(Flavor::Guix);
+}
+
+#[test]
+fn full_round_trip_into_empty_root_nix() {
+    full_round_trip(Flavor::Nix);
+}
+
+#[test]
+fn created_db_matches_the_real_daemons_schema() {
+    for (flavor, want) in [
+        (Flavor::Guix, include_str!("../fixtures/schema/guix.schema")),
+        (Flavor::Nix, include_str!("../fixtures/schema/nix.schema")),
+    ] {
+        let w = World::new(flavor);
+        sample::build(&w.layout("src"), 1).unwrap();
+        save_json(&w, "src");
+        assert!(!w.root("dst").exists());
+        restore_json(&w, "dst", &[]);
+        let dst = w.layout("dst");
+        let conn = rusqlite::Connection::open(dst.db_file()).unwrap();
+        let got: String = conn
+            .prepare("select sql from sqlite_master where sql is not null order by rowid")
+            .unwrap()
+            .query_map([], |r| r.get::<_, String>(0))
+            .unwrap()
+            .map(|s| s.unwrap() + ";\n")
+            .collect();
+        assert_eq!(got, want, "{flavor:?}");
+        let mode: String = conn
+            .query_row("pragma journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let schema = fs::read(dst.real_db_dir().join("schema")).unwrap();
+        assert_eq!(schema, flavor.schema_version().to_string().as_bytes());
+    }
+}
+
+#[test]
+fn incremental_save_reads_no_unchanged_path() {
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    sample::build(&src, 1).unwrap();
+    let first = save_json(&w, "src");
+    let again = save_json(&w, "src");
+    assert_eq!(again["new_paths"], 0);
+    assert_eq!(again["bytes_read"], 0);
+    assert_eq!(again["unchanged"], true);
+    assert_eq!(again["snapshot"], first["snapshot"]);
+    sample::build(&src, 2).unwrap();
+    let v2 = save_json(&w, "src");
+    assert_eq!(v2["paths"], 8);
+    assert_eq!(
+        v2["new_paths"], 2,
+        "only hello-2.2 and its .drv are new: {v2}"
+    );
+    assert_eq!(v2["unchanged"], false);
+}
+
+#[test]
+fn newer_snapshot_onto_older_store_writes_only_the_difference() {
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    sample::build(&src, 1).unwrap();
+    let v1 = save_json(&w, "src");
+    sample::build(&src, 2).unwrap();
+    save_json(&w, "src");
+    let v1_id = v1["snapshot"].as_str().unwrap().to_string();
+    let (r, _) = restore_json(&w, "dst", &["--snapshot", &v1_id[..10]]);
+    assert_eq!(r["restored"], 6);
+    let dst = w.layout("dst");
+    let before_inodes = inodes(&dst.real_store_dir());
+    let before_rows = db_rows(&dst);
+    let (r, code) = restore_json(&w, "dst", &[]);
+    assert_eq!(code, 0);
+    assert_eq!(r["already_valid"], 6);
+    assert_eq!(r["restored"], 2);
+    let after_inodes = inodes(&dst.real_store_dir());
+    let after_rows = db_rows(&dst);
+    for (name, ino) in &before_inodes {
+        assert_eq!(after_inodes.get(name), Some(ino), "{name} was rewritten");
+        let full = format!("/gnu/store/{name}");
+        assert_eq!(before_rows.paths.get(&full), after_rows.paths.get(&full));
+    }
+    assert_eq!(after_rows, db_rows(&src));
+}
+
+#[test]
+fn no_op_restore_changes_nothing() {
+    let w = World::new(Flavor::Nix);
+    sample::build(&w.layout("src"), 1).unwrap();
+    save_json(&w, "src");
+    restore_json(&w, "dst", &[]);
+    let dst = w.layout("dst");
+    let rows = db_rows(&dst);
+    let listing = tree_listing(&dst.real_store_dir());
+    let (r, code) = restore_json(&w, "dst", &[]);
+    assert_eq!(
+        (code, r["restored"].as_u64(), r["planned"].as_u64()),
+        (0, Some(0), Some(0))
+    );
+    assert_eq!(db_rows(&dst), rows);
+    assert_eq!(tree_listing(&dst.real_store_dir()), listing);
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_changes_nothing() {
+    let w = World::new(Flavor::Guix);
+    sample::build(&w.layout("src"), 1).unwrap();
+    save_json(&w, "src");
+    let (r, code) = restore_json(&w, "dst", &["--dry-run"]);
+    assert_eq!(code, 0);
+    assert_eq!(r["dry_run"], true);
+    assert_eq!(r["planned"], 6);
+    assert_eq!(r["paths"].as_array().unwrap().len(), 6);
+    assert!(r["bytes"].as_u64().unwrap() > 320 * 1024);
+    assert!(
+        !w.root("dst").exists(),
+        "a dry run must not create anything"
+    );
+    w.cmd("dst")
+        .args(["restore", "--dry-run", "--cache"])
+        .arg(w.cache_dir())
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("would restore /gnu/store/")
+                .and(predicate::str::contains("6 to restore")),
+        );
+}
+
+#[test]
+fn restore_only_the_closure_of_a_path() {
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    let paths = sample::build(&src, 1).unwrap();
+    save_json(&w, "src");
+    let lib = paths.iter().find(|p| p.name() == "libsample-1.0").unwrap();
+    let hello = paths.iter().find(|p| p.name() == "hello-2.1").unwrap();
+    let arg = format!("/gnu/store/{hello}/bin/hello");
+    let (r, code) = restore_json(&w, "dst", &[&arg]);
+    assert_eq!(code, 0);
+    // hello, lib, greeting, data; not the .drv nor the tool.
+    assert_eq!(r["restored"], 4, "{r}");
+    let rows = db_rows(&w.layout("dst"));
+    assert!(rows.paths.contains_key(&format!("/gnu/store/{lib}")));
+    assert!(!rows.paths.keys().any(|p| p.ends_with(".drv")));
+}
+
+/// Flip a byte in the middle of the object's frame in its pack.
+fn corrupt_object(w: &World, pick: impl Fn(u64) -> bool) {
+    let cache = w.cache();
+    let (id, loc) = cache
+        .objects()
+        .into_iter()
+        .find(|(_, l)| l.kind == ObjectKind::Blob && pick(l.len))
+        .expect("an object to corrupt");
+    let pack = w.cache_dir().join(storesync::cache::pack_key(
+        &cache.packs()[loc.pack as usize],
+    ));
+    let mut bytes = fs::read(&pack).unwrap();
+    let at = (loc.frame_offset + loc.frame_len / 2) as usize;
+    bytes[at] ^= 0x55;
+    let mut perm = fs::metadata(&pack).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perm.set_readonly(false);
+    fs::set_permissions(&pack, perm).unwrap();
+    fs::write(&pack, bytes).unwrap();
+    eprintln!("corrupted blob {id}");
+}
+
+#[test]
+fn corrupt_blob_skips_its_path_and_referrers_and_restores_the_rest() {
+    let w = World::new(Flavor::Guix);
+    sample::build(&w.layout("src"), 1).unwrap();
+    save_json(&w, "src");
+    corrupt_object(&w, |len| len == 320 * 1024);
+    let (r, code) = restore_json(&w, "dst", &[]);
+    assert_eq!(code, 1);
+    let failed: Vec<&str> = r["failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let skipped: Vec<&str> = r["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0].ends_with("-sample-data"), "{failed:?}");
+    assert_eq!(skipped.len(), 1);
+    assert!(skipped[0].ends_with("-hello-2.1"), "{skipped:?}");
+    assert_eq!(r["restored"], 4);
+    let dst = w.layout("dst");
+    let rows = db_rows(&dst);
+    assert_eq!(rows.paths.len(), 4);
+    // Neither the failed path nor its referrer is on disk or in the DB.
+    for p in failed.iter().chain(&skipped) {
+        assert!(!rows.paths.contains_key(*p));
+        assert!(
+            !dst.root.join(p.trim_start_matches('/')).exists(),
+            "{p} left on disk"
+        );
+    }
+    // Every reference in the DB is to a registered path.
+    for (a, b) in &rows.refs {
+        assert!(rows.paths.contains_key(a) && rows.paths.contains_key(b));
+    }
+    // The text output names the failure.
+    w.cmd("dst2")
+        .args(["restore", "--cache"])
+        .arg(w.cache_dir())
+        .assert()
+        .code(1)
+        .stderr(
+            predicate::str::contains("failed: /gnu/store/")
+                .and(predicate::str::contains("sample-data")),
+        );
+    // verify finds it too.
+    Command::cargo_bin("storesync")
+        .unwrap()
+        .args(["verify", "--cache"])
+        .arg(w.cache_dir())
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("problem:"));
+}
+
+use assert_cmd::Command;
+
+#[test]
+fn busy_big_lock_exits_3() {
+    for flavor in [Flavor::Guix, Flavor::Nix] {
+        let w = World::new(flavor);
+        sample::build(&w.layout("src"), 1).unwrap();
+        save_json(&w, "src");
+        let dst = w.layout("dst");
+        // This process holds the lock as a daemon worker would; the child must see it busy.
+        let lock = db::BigLock::acquire(&dst.big_lock_file(), flavor, false).unwrap();
+        w.cmd("dst")
+            .args(["restore", "--cache"])
+            .arg(w.cache_dir())
+            .assert()
+            .code(3)
+            .stderr(predicate::str::contains("busy").and(predicate::str::contains("big-lock")));
+        drop(lock);
+        w.cmd("dst")
+            .args(["restore", "--cache"])
+            .arg(w.cache_dir())
+            .assert()
+            .success();
+    }
+}
+
+#[test]
+fn invalid_leftover_is_moved_aside_and_replaced() {
+    let w = World::new(Flavor::Guix);
+    let paths = sample::build(&w.layout("src"), 1).unwrap();
+    save_json(&w, "src");
+    let dst = w.layout("dst");
+    let lib = paths.iter().find(|p| p.name() == "libsample-1.0").unwrap();
+    let leftover = dst.real_store_dir().join(lib.base_name());
+    fs::create_dir_all(leftover.join("junk")).unwrap();
+    fs::write(leftover.join("junk/half-written"), b"x").unwrap();
+    let (r, code) = restore_json(&w, "dst", &[]);
+    assert_eq!(code, 0);
+    assert_eq!(r["replaced_leftovers"], 1);
+    assert!(!leftover.join("junk").exists());
+    assert_eq!(
+        nar::hash_path(&leftover).unwrap().0,
+        db::read(&w.layout("src"))
+            .unwrap()
+            .paths
+            .iter()
+            .find(|p| &p.path == lib)
+            .unwrap()
+            .nar_hash
+    );
+}
+
+#[test]
+fn corrupt_store_fails_save_unless_skip_corrupt() {
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    let paths = sample::build(&src, 1).unwrap();
+    let greeting = paths.iter().find(|p| p.name() == "greeting.txt").unwrap();
+    let file = src.real_store_dir().join(greeting.base_name());
+    let mut perm = fs::metadata(&file).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perm.set_readonly(false);
+    fs::set_permissions(&file, perm).unwrap();
+    fs::write(&file, b"tampered\n").unwrap();
+    w.cmd("src")
+        .args(["save", "--cache"])
+        .arg(w.cache_dir())
+        .assert()
+        .code(1)
+        .stderr(
+            predicate::str::contains("greeting.txt")
+                .and(predicate::str::contains("differs from the DB")),
+        );
+    assert!(
+        w.cache().snapshot_ids().unwrap().is_empty(),
+        "no snapshot after a failed save"
+    );
+    let out = w
+        .cmd("src")
+        .args(["--json", "save", "--skip-corrupt", "--cache"])
+        .arg(w.cache_dir())
+        .assert()
+        .success();
+    let s = json(&out.get_output().stdout);
+    assert_eq!(s["corrupt"].as_array().unwrap().len(), 1);
+    // hello and hello.drv refer to the greeting.
+    assert_eq!(s["dropped_referrers"].as_array().unwrap().len(), 2, "{s}");
+    assert_eq!(s["paths"], 3);
+}
+
+#[test]
+fn save_resolves_profile_links_inside_root() {
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    let paths = sample::build(&src, 1).unwrap();
+    let hello = paths.iter().find(|p| p.name() == "hello-2.1").unwrap();
+    // /var/guix/profiles/per-user/alice/guix-profile -> guix-profile-1-link -> /gnu/store/...-hello
+    let prof = src.root.join("var/guix/profiles/per-user/alice");
+    fs::create_dir_all(&prof).unwrap();
+    std::os::unix::fs::symlink(
+        format!("/gnu/store/{hello}"),
+        prof.join("guix-profile-1-link"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("guix-profile-1-link", prof.join("guix-profile")).unwrap();
+    let out = w
+        .cmd("src")
+        .args(["--json", "save", "--cache"])
+        .arg(w.cache_dir())
+        .arg("/var/guix/profiles/per-user/alice/guix-profile")
+        .assert()
+        .success();
+    assert_eq!(json(&out.get_output().stdout)["paths"], 4);
+    w.cmd("src")
+        .args(["save", "--cache"])
+        .arg(w.cache_dir())
+        .arg("/var/guix/nonexistent")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("/var/guix/nonexistent"));
+}
+
+#[test]
+fn damaged_snapshot_and_index_are_reported() {
+    let w = World::new(Flavor::Guix);
+    sample::build(&w.layout("src"), 1).unwrap();
+    let id = save_json(&w, "src")["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let snap = w.cache_dir().join(format!("snapshots/{id}.snap"));
+    let mut b = fs::read(&snap).unwrap();
+    let n = b.len();
+    b.truncate(n - 5);
+    fs::write(&snap, b).unwrap();
+    w.cmd("dst")
+        .args(["restore", "--cache"])
+        .arg(w.cache_dir())
+        .assert()
+        .code(1)
+        .stderr(
+            predicate::str::contains(snap.display().to_string())
+                .and(predicate::str::contains("checksum")),
+        );
+    assert!(!w.root("dst").join("var/guix/db/db.sqlite").exists());
+}
+
+#[test]
+fn demo_runs() {
+    Command::cargo_bin("storesync")
+        .unwrap()
+        .arg("demo")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("demo OK"));
+}
+
+#[test]
+fn help_lists_every_subcommand_and_usage_errors_exit_2() {
+    let out = Command::cargo_bin("storesync")
+        .unwrap()
+        .arg("--help")
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    for sub in [
+        "save",
+        "restore",
+        "ls",
+        "verify",
+        "dump-nar",
+        "demo",
+        "--flavor",
+        "--root",
+        "--json",
+        "Exit codes",
+    ] {
+        assert!(text.contains(sub), "--help lacks {sub}");
+    }
+    Command::cargo_bin("storesync")
+        .unwrap()
+        .args(["restore"])
+        .assert()
+        .code(2);
+    Command::cargo_bin("storesync")
+        .unwrap()
+        .args(["frobnicate"])
+        .assert()
+        .code(2);
+}
+
+#[test]
+fn ls_lists_snapshots_and_paths() {
+    let w = World::new(Flavor::Guix);
+    sample::build(&w.layout("src"), 1).unwrap();
+    let id = save_json(&w, "src")["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    w.cmd("src")
+        .args(["ls", "--cache"])
+        .arg(w.cache_dir())
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(&id[..12]).and(predicate::str::contains("6 paths")));
+    w.cmd("src")
+        .args(["ls", "--cache"])
+        .arg(w.cache_dir())
+        .args(["--snapshot", &id[..8]])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("-libsample-1.0"));
+    w.cmd("src")
+        .args(["ls", "--cache"])
+        .arg(w.cache_dir())
+        .args(["--snapshot", "ffffffffff"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("no snapshot matches"));
+}
+
+#[test]
+fn dump_nar_matches_the_db_hash() {
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    sample::build(&src, 1).unwrap();
+    for p in db::read(&src).unwrap().paths {
+        let out = w
+            .cmd("src")
+            .arg("dump-nar")
+            .arg(format!("/gnu/store/{}", p.path))
+            .assert()
+            .success();
+        let bytes = &out.get_output().stdout;
+        use sha2::Digest;
+        assert_eq!(<[u8; 32]>::from(sha2::Sha256::digest(bytes)), p.nar_hash);
+        assert_eq!(bytes.len() as u64, p.nar_size);
+    }
+}
