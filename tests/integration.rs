@@ -545,3 +545,23 @@ fn dump_nar_matches_the_db_hash() {
         assert_eq!(bytes.len() as u64, p.nar_size);
     }
 }
+
+#[test]
+fn restore_from_a_cache_never_saved_is_a_no_op() {
+    let w = World::new(Flavor::Guix);
+    w.cmd("dst")
+        .args(["restore", "--cache"])
+        .arg(w.cache_dir())
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("holds no snapshot yet"));
+    assert!(!w.cache_dir().exists(), "reading must not create the cache");
+    assert!(!w.root("dst").exists());
+    // An explicit snapshot that does not exist is an error.
+    w.cmd("dst")
+        .args(["restore", "--snapshot", "abc", "--cache"])
+        .arg(w.cache_dir())
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("no snapshot matches `abc`"));
+}

@@ -223,6 +223,14 @@ impl Cache {
         Self::open(Box::new(LocalDir::open(dir)?))
     }
 
+    /// Open a cache directory for reading only; a missing directory is an empty cache.
+    ///
+    /// # Errors
+    /// [`CacheError::Storage`] when the directory cannot be read.
+    pub fn open_dir_read_only(dir: &Path) -> Result<Self, CacheError> {
+        Self::open(Box::new(LocalDir::open_existing(dir)))
+    }
+
     /// Open a cache on any storage and load its index. Damaged index files are skipped with a
     /// warning (their objects count as absent), as are entries whose pack is missing.
     ///

@@ -44,6 +44,14 @@ pub struct LocalDir {
 }
 
 impl LocalDir {
+    /// Use `root` as it is, without creating anything: a directory that does not exist reads as
+    /// an empty cache (a CI cache that was not restored yet).
+    pub fn open_existing(root: &Path) -> Self {
+        LocalDir {
+            root: root.to_owned(),
+        }
+    }
+
     /// Use (and create if needed) `root`.
     ///
     /// # Errors
@@ -125,7 +133,12 @@ impl Storage for LocalDir {
     fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
         let dir = self.path(prefix);
         let mut out = Vec::new();
-        for e in fs::read_dir(&dir).map_err(self.err(prefix))? {
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(self.err(prefix)(e)),
+        };
+        for e in entries {
             let e = e.map_err(self.err(prefix))?;
             if let Some(name) = e.file_name().to_str() {
                 if !name.starts_with('.') {

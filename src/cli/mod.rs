@@ -161,8 +161,12 @@ impl Global {
     }
 }
 
-fn open_cache(arg: &CacheArg, g: &Global) -> Result<Cache> {
-    let cache = Cache::open_dir(&arg.cache)?;
+fn open_cache(arg: &CacheArg, g: &Global, write: bool) -> Result<Cache> {
+    let cache = if write {
+        Cache::open_dir(&arg.cache)?
+    } else {
+        Cache::open_dir_read_only(&arg.cache)?
+    };
     if !g.json {
         for w in &cache.warnings {
             eprintln!("warning: {w}");
@@ -204,7 +208,7 @@ pub fn run(cli: Cli) -> Result<u8> {
     match &cli.command {
         Command::Save(a) => {
             let layout = g.layout()?;
-            let cache = open_cache(&a.cache, g)?;
+            let cache = open_cache(&a.cache, g, true)?;
             let opts = SaveOptions {
                 roots: a.paths.clone(),
                 skip_corrupt: a.skip_corrupt,
@@ -216,7 +220,17 @@ pub fn run(cli: Cli) -> Result<u8> {
         }
         Command::Restore(a) => {
             let layout = g.layout()?;
-            let cache = open_cache(&a.cache, g)?;
+            let cache = open_cache(&a.cache, g, false)?;
+            if cache.snapshot_ids()?.is_empty() && a.snapshot.is_none() {
+                eprintln!(
+                    "storesync: the cache {} holds no snapshot yet: nothing to restore",
+                    a.cache.cache.display()
+                );
+                if g.json {
+                    print_json(&RestoreReport::default());
+                }
+                return Ok(0);
+            }
             let opts = RestoreOptions {
                 snapshot: a.snapshot.clone(),
                 roots: a.paths.clone(),
@@ -228,12 +242,12 @@ pub fn run(cli: Cli) -> Result<u8> {
             Ok(if r.failed.is_empty() { 0 } else { 1 })
         }
         Command::Ls(a) => {
-            let cache = open_cache(&a.cache, g)?;
+            let cache = open_cache(&a.cache, g, false)?;
             ls::run(&cache, a.snapshot.as_deref(), g)?;
             Ok(0)
         }
         Command::Verify(a) => {
-            let cache = open_cache(a, g)?;
+            let cache = open_cache(a, g, false)?;
             let r = verify::verify(&cache, &bars)?;
             if g.json {
                 print_json(&r);
