@@ -172,10 +172,11 @@ in rec {
   };
   exe = mk "exe" "printf '#!/bin/sh\necho exe\n' > \$out; chmod 555 \$out";
   withsrc = mk "withsrc" "echo \${src} > \$out; echo \${t3} >> \$out";
-  # identical file contents with different exec bits in three paths (hard-link dedup traps)
-  samea = mk "samea" "echo same-content > \$out";
-  sameb = mk "sameb" "echo same-content > \$out; chmod 555 \$out";
-  samec = mk "samec" "mkdir \$out; echo same-content > \$out/plain; echo same-content > \$out/exec; chmod +x \$out/exec; ln -s plain \$out/link";
+  # identical 10000-byte contents with different exec bits in three paths (hard-link dedup
+  # traps: storesync links files >= 8 KiB through /nix/store/.links like nix-store --optimise)
+  samea = mk "samea" "yes same | head -c 10000 > \$out";
+  sameb = mk "sameb" "yes same | head -c 10000 > \$out; chmod 555 \$out";
+  samec = mk "samec" "mkdir \$out; yes same | head -c 10000 > \$out/plain; yes same | head -c 10000 > \$out/exec; chmod +x \$out/exec; ln -s plain \$out/link";
 }
 EOF
 cp -r "$WORK/in/srcdir" "$WORK/in/srcdir.b"
@@ -192,6 +193,7 @@ in rec {
     args = [ "-c" "echo \${later1} > \$out; echo doc > \$doc" ];
   };
   later3 = mk "later3" "mkdir \$out; echo \${later2.doc} > \$out/d; echo \${a.multi.lib} > \$out/l";
+  later4 = mk "later4" "mkdir \$out; yes same | head -c 10000 > \$out/same; yes same | head -c 10000 > \$out/samex; chmod +x \$out/samex";
 }
 EOF
 
@@ -457,6 +459,7 @@ shape=$(jq -r '[.restored, .already_valid, .failed, .skipped] | map(type) | join
 jcheck "$LOGS/rt1.json" restored "$SRCP_A" \
     && pass "rt1: --json restored == all $(echo "$SRCP_A" | wc -l) source paths ($(jdesc "$LOGS/rt1.json" restored))" \
     || fail "rt1: --json restored ($(jlen "$LOGS/rt1.json" restored)) != source paths ($(echo "$SRCP_A" | wc -l)); failed=$(jlen "$LOGS/rt1.json" failed) $(head -c 200 "$LOGS/rt1.json")"
+note "rt1: restore linked_files=$(jq -r '.linked_files // "n/a"' "$LOGS/rt1.json" 2>/dev/null), .links entries: $(ls "$D1/nix/store/.links" 2>/dev/null | wc -l)"
 sm=$(stat -c '%a %U:%G' "$D1/nix/store" 2>&1 || true)
 [ "$sm" = "1775 root:nixbld" ] && pass "rt1: new store dir created 1775 root:nixbld like Nix" \
     || note "rt1: storesync created the store dir as '$sm'; Nix creates 1775 root:nixbld (and fixes it when it next opens the store)"
@@ -568,6 +571,10 @@ if ss "$D3" --json restore --cache "$CACHE3" --snapshot "$SNAPA" > "$LOGS/rt3a.j
 else fail "rt3: restore --snapshot A exit non-zero: $(tail -3 "$LOGS/rt3a.err" | tr '\n' ' ')"; fi
 [ "$(all_valid "$D3")" = "$SRCP_A" ] && pass "rt3: after A, valid set == source stage A" \
     || fail "rt3: after A, valid set ($(all_valid "$D3" | wc -l)) != stage A ($(echo "$SRCP_A" | wc -l))"
+# let real Nix hard-link the restored store (nix-store --optimise fills /nix/store/.links), so B
+# is restored next to Nix-made .links entries
+nixq "$D3" --optimise > "$LOGS/optimise.out" 2>&1 && note "rt3: nix-store --optimise after A: $(grep -h 'freed\|saves' "$LOGS/optimise.out" | tail -1)" \
+    || fail "rt3: nix-store --optimise after A failed: $(tail -2 "$LOGS/optimise.out" | tr '\n' ' ')"
 # state of old paths before B: inodes of every file, ValidPaths rows (all columns), Refs, DerivationOutputs
 snapstate() {
     (cd "$D3/nix/store" && for p in $SRCP_A; do find "./$(basename "$p")" -printf '%i %y %m %T@ %p\n' 2>&1 || true; done) | sort -k5
@@ -582,6 +589,7 @@ if ss "$D3" --json restore --cache "$CACHE3" --snapshot "$SNAPB" > "$LOGS/rt3b.j
     pass "rt3: restore --snapshot B exit 0"
 else fail "rt3: restore --snapshot B exit non-zero: $(tail -3 "$LOGS/rt3b.err" | tr '\n' ' ')"; fi
 nr=$(jlen "$LOGS/rt3b.json" restored); na=$(jlen "$LOGS/rt3b.json" already_valid)
+note "rt3: restore B linked_files=$(jq -r '.linked_files // "n/a"' "$LOGS/rt3b.json" 2>/dev/null); files with >1 links in the store: $(find "$D3/nix/store" -maxdepth 3 -type f -links +1 ! -path '*/.links/*' | wc -l)"
 jcheck "$LOGS/rt3b.json" restored "$NEWP" \
     && pass "rt3: restore B --json restored = exactly the $nr new paths (already_valid=$na)" \
     || fail "rt3: restore B --json restored=$nr already_valid=$na, expected restored = the $(echo "$NEWP" | wc -l) new paths"
