@@ -206,6 +206,9 @@ struct Writer<'a> {
     chown: Option<(u32, u32)>,
     bytes_written: AtomicU64,
     linked_files: AtomicU64,
+    /// Striped locks by `.links` name, so two threads writing the same contents at once end up
+    /// sharing one file instead of racing to write two.
+    link_locks: Vec<std::sync::Mutex<()>>,
 }
 
 type Enc = NarEncoder<NarHasher>;
@@ -257,6 +260,11 @@ impl Writer<'_> {
                 enc.regular_start(*executable, *size).map_err(io)?;
                 let link = (*size >= LINKS_MIN_SIZE)
                     .then(|| self.links.join(nixbase32_encode(file_nar_hash)));
+                let _guard = link.as_ref().map(|_| {
+                    self.link_locks[file_nar_hash[0] as usize % self.link_locks.len()]
+                        .lock()
+                        .expect("link lock")
+                });
                 let linked = match &link {
                     Some(link) => self.try_link(link, dest, blob, enc).map_err(io)?,
                     None => false,
@@ -407,6 +415,7 @@ pub fn execute(
         chown,
         bytes_written: AtomicU64::new(0),
         linked_files: AtomicU64::new(0),
+        link_locks: (0..64).map(|_| std::sync::Mutex::new(())).collect(),
     };
     let leftovers = AtomicU64::new(0);
     progress.start("restoring paths", plan.bytes());

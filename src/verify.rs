@@ -32,7 +32,7 @@ pub struct VerifyReport {
 /// Only when the cache cannot be listed; damage is reported in [`VerifyReport::problems`].
 pub fn verify(cache: &Cache, progress: &dyn Progress) -> Result<VerifyReport> {
     let mut report = VerifyReport {
-        problems: cache.warnings.clone(),
+        problems: cache.warnings(),
         ..Default::default()
     };
     let storage = cache.storage();

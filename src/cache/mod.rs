@@ -17,7 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io::{self, Read};
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -163,6 +163,7 @@ struct FrameCache {
 
 #[derive(Default)]
 struct Objects {
+    warnings: Vec<String>,
     packs: Vec<ObjectId>,
     pack_no: HashMap<ObjectId, u32>,
     index: HashMap<ObjectId, Location>,
@@ -205,55 +206,85 @@ impl Objects {
 
 const FRAME_CACHE_BYTES: usize = 48 * 1024 * 1024;
 
-/// An opened cache.
+/// An opened cache. The index is loaded on first use, so commands that need only snapshots
+/// (a no-op restore, `ls`) never read it.
 pub struct Cache {
     storage: Box<dyn Storage>,
-    objects: RwLock<Objects>,
+    objects: OnceLock<RwLock<Objects>>,
     frames: Mutex<FrameCache>,
-    /// Problems found while loading (damaged index files skipped); shown by the CLI.
-    pub warnings: Vec<String>,
 }
 
 impl Cache {
-    /// Open (creating if needed) a cache directory and load its index.
+    /// Open (creating if needed) a cache directory.
     ///
     /// # Errors
-    /// [`CacheError::Storage`] when the directory cannot be read.
+    /// [`CacheError::Storage`] when the directory cannot be created.
     pub fn open_dir(dir: &Path) -> Result<Self, CacheError> {
-        Self::open(Box::new(LocalDir::open(dir)?))
+        Ok(Self::open(Box::new(LocalDir::open(dir)?)))
     }
 
     /// Open a cache directory for reading only; a missing directory is an empty cache.
-    ///
-    /// # Errors
-    /// [`CacheError::Storage`] when the directory cannot be read.
-    pub fn open_dir_read_only(dir: &Path) -> Result<Self, CacheError> {
+    pub fn open_dir_read_only(dir: &Path) -> Self {
         Self::open(Box::new(LocalDir::open_existing(dir)))
     }
 
-    /// Open a cache on any storage and load its index. Damaged index files are skipped with a
-    /// warning (their objects count as absent), as are entries whose pack is missing.
-    ///
-    /// # Errors
-    /// [`CacheError::Storage`] when listing fails.
-    pub fn open(storage: Box<dyn Storage>) -> Result<Self, CacheError> {
-        let mut cache = Cache {
+    /// Open a cache on any storage.
+    pub fn open(storage: Box<dyn Storage>) -> Self {
+        Cache {
             storage,
-            objects: RwLock::new(Objects::default()),
+            objects: OnceLock::new(),
             frames: Mutex::new(FrameCache {
                 frames: HashMap::new(),
                 order: VecDeque::new(),
                 bytes: 0,
             }),
-            warnings: Vec::new(),
+        }
+    }
+
+    fn objs(&self) -> &RwLock<Objects> {
+        self.objects.get_or_init(|| RwLock::new(self.load_index()))
+    }
+
+    /// Merge every index file. Damaged index files are skipped with a warning (their objects
+    /// count as absent), as are entries whose pack is missing.
+    fn load_index(&self) -> Objects {
+        let mut objects = Objects::default();
+        let keys = match self.storage.list("index") {
+            Ok(k) => k,
+            Err(e) => {
+                objects
+                    .warnings
+                    .push(format!("cannot list index files: {e}"));
+                return objects;
+            }
         };
-        for key in cache.storage.list("index")? {
-            match cache.read_index_file(&key) {
-                Ok(file) => cache.merge_index(file)?,
-                Err(e) => cache.warnings.push(format!("skipping index {key}: {e}")),
+        for key in keys {
+            match self.read_index_file(&key) {
+                Ok(file) => {
+                    let w = objects.merge(file, &mut |p| self.pack_present(p));
+                    objects.warnings.extend(w);
+                }
+                Err(e) => objects.warnings.push(format!("skipping index {key}: {e}")),
             }
         }
-        Ok(cache)
+        objects
+    }
+
+    fn pack_present(&self, p: &ObjectId) -> bool {
+        matches!(self.storage.size(&pack_key(p)), Ok(Some(_)))
+    }
+
+    /// Problems found while loading the index (damaged index files, missing packs).
+    pub fn warnings(&self) -> Vec<String> {
+        self.objs().read().expect("objects").warnings.clone()
+    }
+
+    /// Like [`Cache::warnings`], but empty when the index was never loaded.
+    pub fn loaded_warnings(&self) -> Vec<String> {
+        match self.objects.get() {
+            Some(o) => o.read().expect("objects").warnings.clone(),
+            None => Vec::new(),
+        }
     }
 
     fn read_index_file(&self, key: &str) -> Result<IndexFile, CacheError> {
@@ -268,34 +299,11 @@ impl Cache {
         decode_bincode(body).map_err(|e| CacheError::Corrupt(format!("{what}: {e}")))
     }
 
-    /// Make the objects of an index file (just written by a [`Packer`]) readable.
-    ///
-    /// # Errors
-    /// [`CacheError::Storage`] when checking for a pack fails.
-    pub(crate) fn merge_index(&mut self, file: IndexFile) -> Result<(), CacheError> {
-        let warnings = self.merge_index_shared(file)?;
-        self.warnings.extend(warnings);
-        Ok(())
-    }
-
-    pub(crate) fn merge_index_shared(&self, file: IndexFile) -> Result<Vec<String>, CacheError> {
-        let mut err = None;
-        let storage = &self.storage;
-        let w = self
-            .objects
-            .write()
-            .expect("objects")
-            .merge(file, &mut |p| match storage.size(&pack_key(p)) {
-                Ok(s) => s.is_some(),
-                Err(e) => {
-                    err = Some(e);
-                    false
-                }
-            });
-        match err {
-            Some(e) => Err(e.into()),
-            None => Ok(w),
-        }
+    /// Make the objects of an index file just written by a [`Packer`] readable.
+    pub(crate) fn merge_index(&self, file: IndexFile) {
+        let mut objs = self.objs().write().expect("objects");
+        let w = objs.merge(file, &mut |p| self.pack_present(p));
+        objs.warnings.extend(w);
     }
 
     /// The storage backend.
@@ -305,22 +313,22 @@ impl Cache {
 
     /// Whether an object is in the index.
     pub fn contains(&self, id: &ObjectId) -> bool {
-        self.objects.read().expect("objects").index.contains_key(id)
+        self.objs().read().expect("objects").index.contains_key(id)
     }
 
     /// Where an object is.
     pub fn location(&self, id: &ObjectId) -> Option<Location> {
-        self.objects.read().expect("objects").index.get(id).copied()
+        self.objs().read().expect("objects").index.get(id).copied()
     }
 
     /// Number of indexed objects.
     pub fn object_count(&self) -> usize {
-        self.objects.read().expect("objects").index.len()
+        self.objs().read().expect("objects").index.len()
     }
 
     /// Every indexed object.
     pub fn objects(&self) -> Vec<(ObjectId, Location)> {
-        self.objects
+        self.objs()
             .read()
             .expect("objects")
             .index
@@ -331,11 +339,11 @@ impl Cache {
 
     /// Pack ids in the merged table.
     pub fn packs(&self) -> Vec<ObjectId> {
-        self.objects.read().expect("objects").packs.clone()
+        self.objs().read().expect("objects").packs.clone()
     }
 
     fn pack_id(&self, no: u32) -> ObjectId {
-        self.objects.read().expect("objects").packs[no as usize]
+        self.objs().read().expect("objects").packs[no as usize]
     }
 
     fn frame(&self, loc: &Location) -> Result<Arc<Vec<u8>>, CacheError> {

@@ -253,8 +253,7 @@ impl<'c> Packer<'c> {
         if !st.done.entries.is_empty() {
             let (sum, bytes) = seal(INDEX_MAGIC, &encode_bincode(&st.done));
             self.cache.storage().write(&index_key(&sum), &bytes)?;
-            self.cache
-                .merge_index_shared(std::mem::take(&mut st.done))?;
+            self.cache.merge_index(std::mem::take(&mut st.done));
         }
         Ok(st.stats)
     }

@@ -161,18 +161,18 @@ impl Global {
     }
 }
 
-fn open_cache(arg: &CacheArg, g: &Global, write: bool) -> Result<Cache> {
-    let cache = if write {
+fn open_cache(arg: &CacheArg, write: bool) -> Result<Cache> {
+    Ok(if write {
         Cache::open_dir(&arg.cache)?
     } else {
-        Cache::open_dir_read_only(&arg.cache)?
-    };
-    if !g.json {
-        for w in &cache.warnings {
-            eprintln!("warning: {w}");
-        }
+        Cache::open_dir_read_only(&arg.cache)
+    })
+}
+
+fn print_warnings(cache: &Cache) {
+    for w in cache.loaded_warnings() {
+        eprintln!("storesync: warning: {w}");
     }
-    Ok(cache)
 }
 
 fn print_json<T: Serialize>(v: &T) {
@@ -208,19 +208,20 @@ pub fn run(cli: Cli) -> Result<u8> {
     match &cli.command {
         Command::Save(a) => {
             let layout = g.layout()?;
-            let cache = open_cache(&a.cache, g, true)?;
+            let cache = open_cache(&a.cache, true)?;
             let opts = SaveOptions {
                 roots: a.paths.clone(),
                 skip_corrupt: a.skip_corrupt,
                 level: a.level,
             };
-            let r = save::save(&layout, &cache, &opts, &bars)?;
-            print_save(g, &r);
+            let r = save::save(&layout, &cache, &opts, &bars);
+            print_warnings(&cache);
+            print_save(g, &r?);
             Ok(0)
         }
         Command::Restore(a) => {
             let layout = g.layout()?;
-            let cache = open_cache(&a.cache, g, false)?;
+            let cache = open_cache(&a.cache, false)?;
             if cache.snapshot_ids()?.is_empty() && a.snapshot.is_none() {
                 eprintln!(
                     "storesync: the cache {} holds no snapshot yet: nothing to restore",
@@ -237,17 +238,19 @@ pub fn run(cli: Cli) -> Result<u8> {
                 dry_run: a.dry_run,
                 wait: a.wait,
             };
-            let r = restore::restore(&layout, &cache, &opts, &bars)?;
+            let r = restore::restore(&layout, &cache, &opts, &bars);
+            print_warnings(&cache);
+            let r = r?;
             print_restore(g, &r);
             Ok(if r.failed.is_empty() { 0 } else { 1 })
         }
         Command::Ls(a) => {
-            let cache = open_cache(&a.cache, g, false)?;
+            let cache = open_cache(&a.cache, false)?;
             ls::run(&cache, a.snapshot.as_deref(), g)?;
             Ok(0)
         }
         Command::Verify(a) => {
-            let cache = open_cache(a, g, false)?;
+            let cache = open_cache(a, false)?;
             let r = verify::verify(&cache, &bars)?;
             if g.json {
                 print_json(&r);
