@@ -113,7 +113,7 @@ pub struct RestoreReport {
     pub failures: Vec<Failure>,
     /// Paths not registered because something they refer to failed.
     pub skipped: Vec<String>,
-    /// The planned paths, in registration order (dry run) .
+    /// The planned (dry run) or registered paths, references first.
     pub paths: Vec<String>,
 }
 
@@ -539,6 +539,10 @@ pub fn execute(
         .collect();
     db::register(conn, layout, &infos, &outputs)?;
     report.restored = infos.len();
+    report.paths = infos
+        .iter()
+        .map(|p| layout.store_dir.display(&p.path))
+        .collect();
     // Old leftovers moved aside: now delete them.
     for e in fs::read_dir(&store).map_err(ioe(&store))?.flatten() {
         if e.file_name().to_string_lossy().starts_with(TRASH_PREFIX) {

@@ -65,6 +65,8 @@ pub struct SaveReport {
     pub paths: usize,
     /// Paths read from the store (not already cached).
     pub new_paths: usize,
+    /// Their names.
+    pub new_path_names: Vec<String>,
     /// NAR bytes of the snapshot.
     pub nar_bytes: u64,
     /// Bytes of file contents read from the store.
@@ -452,6 +454,10 @@ pub fn execute(
     }
     let mut report = SaveReport {
         new_paths: new.len(),
+        new_path_names: new
+            .iter()
+            .map(|&i| layout.store_dir.display(&db.paths[i].path))
+            .collect(),
         bytes_read,
         new_objects: stats.objects,
         packed_bytes: stats.packed_bytes,

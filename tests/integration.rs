@@ -565,3 +565,53 @@ fn restore_from_a_cache_never_saved_is_a_no_op() {
         .code(1)
         .stderr(predicate::str::contains("no snapshot matches `abc`"));
 }
+
+#[test]
+fn verify_passes_on_a_sound_cache() {
+    let w = World::new(Flavor::Guix);
+    sample::build(&w.layout("src"), 1).unwrap();
+    save_json(&w, "src");
+    let out = Command::cargo_bin("storesync")
+        .unwrap()
+        .args(["--json", "verify", "--cache"])
+        .arg(w.cache_dir())
+        .assert()
+        .success();
+    let v = json(&out.get_output().stdout);
+    assert_eq!(v["problems"].as_array().unwrap().len(), 0);
+    assert_eq!(v["snapshots"], 1);
+    assert!(v["objects"].as_u64().unwrap() >= 10);
+}
+
+/// Guix 1.5 runs the daemon as the unprivileged `guix-daemon` user, owner of /gnu/store: restored
+/// items must belong to it. Needs root to chown (CI runs as root).
+#[test]
+fn restored_items_belong_to_the_store_owner() {
+    if rustix::process::geteuid().as_raw() != 0 {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let w = World::new(Flavor::Guix);
+    sample::build(&w.layout("src"), 1).unwrap();
+    save_json(&w, "src");
+    let dst = w.layout("dst");
+    fs::create_dir_all(dst.real_store_dir()).unwrap();
+    std::os::unix::fs::chown(dst.real_store_dir(), Some(999), Some(998)).unwrap();
+    let (_, code) = restore_json(&w, "dst", &[]);
+    assert_eq!(code, 0);
+    let mut checked = 0;
+    for e in fs::read_dir(dst.real_store_dir()).unwrap() {
+        let top = e.unwrap().path();
+        for (rel, ..) in tree_listing(&top) {
+            let p = if rel.is_empty() {
+                top.clone()
+            } else {
+                top.join(&rel)
+            };
+            let m = fs::symlink_metadata(&p).unwrap();
+            assert_eq!((m.uid(), m.gid()), (999, 998), "{}", p.display());
+            checked += 1;
+        }
+    }
+    assert!(checked > 20);
+}

@@ -605,4 +605,91 @@ mod tests {
         let err = unseal(INDEX_MAGIC, &v2, "t").unwrap_err().to_string();
         assert!(err.contains("format version 2"), "{err}");
     }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        // Blobs of every size class go through the packer and come back byte for byte.
+        #[test]
+        fn blobs_round_trip_through_packs(blobs in proptest::collection::vec(
+            prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..2000),
+                (1usize..4, any::<u8>()).prop_map(|(k, b)| vec![b; k * 200_000]),
+            ],
+            1..12,
+        )) {
+            let dir = tempfile::tempdir().unwrap();
+            let cache = Cache::open_dir(dir.path()).unwrap();
+            let packer = Packer::new(&cache, 3);
+            for b in &blobs {
+                let id = ObjectId::of(b);
+                if packer.claim(&id) {
+                    packer.add(ObjectKind::Blob, id, b).unwrap();
+                }
+            }
+            packer.finish().unwrap();
+            let reopened = Cache::open_dir(dir.path()).unwrap();
+            for b in &blobs {
+                prop_assert_eq!(&reopened.read_small(&ObjectId::of(b)).unwrap(), b);
+            }
+            prop_assert!(reopened.warnings().is_empty());
+        }
+    }
+
+    #[test]
+    fn snapshot_round_trip_and_validation() {
+        use crate::db::{DerivationOutput, PathInfo};
+        use crate::store_path::StorePath;
+        let p = |n: &str| {
+            StorePath::from_base_name(&format!("0123456789abcdfghijklmnpqrsvwxyz-{n}")).unwrap()
+        };
+        let info = |n: &str, refs: Vec<StorePath>| PathInfo {
+            path: p(n),
+            nar_hash: [7; 32],
+            nar_size: 120,
+            registration_time: 1_795_818_122,
+            deriver: Some("/gnu/store/0123456789abcdfghijklmnpqrsvwxyz-x.drv".into()),
+            references: refs,
+            ultimate: Some(1),
+            sigs: Some("cache:abc".into()),
+            ca: None,
+        };
+        let snap = Snapshot {
+            flavor: crate::layout::Flavor::Nix,
+            store_dir: "/nix/store".into(),
+            created: 1,
+            tool: "t".into(),
+            roots: vec![p("b")],
+            paths: vec![
+                SnapshotPath {
+                    info: info("a", vec![]),
+                    tree: ObjectId([1; 32]),
+                },
+                SnapshotPath {
+                    info: info("b", vec![p("a"), p("b")]),
+                    tree: ObjectId([2; 32]),
+                },
+            ],
+            derivation_outputs: vec![DerivationOutput {
+                drv: p("b"),
+                id: "out".into(),
+                path: "/nix/store/x".into(),
+            }],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open_dir(dir.path()).unwrap();
+        let id = cache.write_snapshot(&snap).unwrap();
+        assert_eq!(cache.read_snapshot(&id).unwrap(), snap);
+        assert_eq!(cache.find_snapshot(Some(&id.hex()[..6])).unwrap().1, snap);
+        let mut dangling = snap.clone();
+        dangling.paths.remove(0);
+        assert!(dangling
+            .validate()
+            .unwrap_err()
+            .contains("not in the snapshot"));
+        let mut twice = snap.clone();
+        twice.paths.push(twice.paths[0].clone());
+        assert!(twice.validate().unwrap_err().contains("twice"));
+    }
 }

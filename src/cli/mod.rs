@@ -292,6 +292,11 @@ fn print_save(g: &Global, r: &SaveReport) {
     if g.json {
         return print_json(r);
     }
+    if g.verbose > 0 {
+        for p in &r.new_path_names {
+            println!("saved {p}");
+        }
+    }
     for (p, why) in &r.corrupt {
         eprintln!("corrupt, skipped: {p}: {why}");
     }
@@ -328,6 +333,11 @@ fn print_restore(g: &Global, r: &RestoreReport) {
             human(r.bytes)
         );
         return;
+    }
+    if g.verbose > 0 {
+        for p in &r.paths {
+            println!("restored {p}");
+        }
     }
     for f in &r.failures {
         eprintln!("failed: {}: {}", f.path, f.error);
