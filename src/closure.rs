@@ -4,7 +4,10 @@
 //! Nodes are indices into the caller's list of paths; self-references are allowed (a path may
 //! name itself) and ignored for ordering. Any other cycle is an error: the store forbids it.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+
+use crate::db::PathInfo;
+use crate::store_path::StorePath;
 
 /// A cycle between distinct paths (impossible in a sane store).
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +37,26 @@ impl Graph {
             }
         }
         Graph { refs, referrers }
+    }
+
+    /// The graph of store paths, node `i` being `infos[i]`; references to paths not in the
+    /// list are dropped (they lie outside what is being considered).
+    pub fn of_paths<'a>(infos: impl Iterator<Item = &'a PathInfo> + Clone) -> Self {
+        let index: HashMap<&StorePath, usize> = infos
+            .clone()
+            .enumerate()
+            .map(|(i, p)| (&p.path, i))
+            .collect();
+        Graph::new(
+            infos
+                .map(|p| {
+                    p.references
+                        .iter()
+                        .filter_map(|r| index.get(r).copied())
+                        .collect()
+                })
+                .collect(),
+        )
     }
 
     /// Number of nodes.

@@ -145,13 +145,7 @@ pub fn plan(
         .enumerate()
         .map(|(i, p)| (&p.info.path, i))
         .collect();
-    let graph = Graph::new(
-        snapshot
-            .paths
-            .iter()
-            .map(|p| p.info.references.iter().map(|r| index[r]).collect())
-            .collect(),
-    );
+    let graph = Graph::of_paths(snapshot.paths.iter().map(|p| &p.info));
     let mask = if roots.is_empty() {
         vec![true; snapshot.paths.len()]
     } else {
@@ -494,18 +488,7 @@ pub fn execute(
             });
         }
     }
-    let index: HashMap<&StorePath, usize> = snap
-        .paths
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (&p.info.path, i))
-        .collect();
-    let graph = Graph::new(
-        snap.paths
-            .iter()
-            .map(|p| p.info.references.iter().map(|r| index[r]).collect())
-            .collect(),
-    );
+    let graph = Graph::of_paths(snap.paths.iter().map(|p| &p.info));
     let bad = graph.referrers_closure(failed.iter().copied());
     let mut register = Vec::new();
     for &i in &plan.missing {

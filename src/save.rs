@@ -153,7 +153,7 @@ pub fn plan(layout: &Layout, cache: &Cache, opts: &SaveOptions) -> Result<SavePl
         .enumerate()
         .map(|(i, p)| (&p.path, i))
         .collect();
-    let graph = graph_of(&db, &index);
+    let graph = Graph::of_paths(db.paths.iter());
     let mut roots = Vec::new();
     for r in &opts.roots {
         let sp = resolve_root(layout, r)?;
@@ -202,20 +202,6 @@ pub fn plan(layout: &Layout, cache: &Cache, opts: &SaveOptions) -> Result<SavePl
         new,
         known,
     })
-}
-
-fn graph_of(db: &DbContents, index: &HashMap<&StorePath, usize>) -> Graph {
-    Graph::new(
-        db.paths
-            .iter()
-            .map(|p| {
-                p.references
-                    .iter()
-                    .filter_map(|r| index.get(r).copied())
-                    .collect()
-            })
-            .collect(),
-    )
 }
 
 /// Files at least this large stream through in chunks instead of being read whole.
@@ -484,13 +470,7 @@ pub fn execute(
                 list.join("\n")
             )));
         }
-        let index: HashMap<&StorePath, usize> = db
-            .paths
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (&p.path, i))
-            .collect();
-        let drop = graph_of(&db, &index).referrers_closure(corrupt.iter().map(|c| c.0));
+        let drop = Graph::of_paths(db.paths.iter()).referrers_closure(corrupt.iter().map(|c| c.0));
         for &i in &selected {
             if drop[i] {
                 keep[i] = false;
