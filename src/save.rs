@@ -79,6 +79,8 @@ pub struct SaveReport {
     pub corrupt: Vec<(String, String)>,
     /// Paths dropped because they refer to a corrupt path.
     pub dropped_referrers: Vec<String>,
+    /// Paths deleted (garbage-collected) while the save ran, dropped with their referrers.
+    pub vanished: Vec<String>,
 }
 
 /// Resolve a user-given root to the store path holding it. Symlinks are followed the way the
@@ -452,6 +454,33 @@ pub fn execute(
     let mut keep = vec![false; db.paths.len()];
     for &i in &selected {
         keep[i] = true;
+    }
+    // With the daemon running, a GC may delete a path after the DB was read: that is no
+    // corruption. Such paths (no longer valid now) are dropped with everything referring to them.
+    let mut gone = Vec::new();
+    if !corrupt.is_empty() {
+        let now_valid: std::collections::HashSet<StorePath> = db::read(layout)?
+            .paths
+            .into_iter()
+            .map(|p| p.path)
+            .collect();
+        corrupt.retain(|(i, _)| {
+            let still = now_valid.contains(&db.paths[*i].path);
+            if !still {
+                gone.push(*i);
+            }
+            still
+        });
+    }
+    if !gone.is_empty() {
+        report.vanished = gone
+            .iter()
+            .map(|&i| layout.store_dir.display(&db.paths[i].path))
+            .collect();
+        let drop = Graph::of_paths(db.paths.iter()).referrers_closure(gone.iter().copied());
+        for &i in &selected {
+            keep[i] &= !drop[i];
+        }
     }
     if !corrupt.is_empty() {
         corrupt.sort();

@@ -615,3 +615,39 @@ fn restored_items_belong_to_the_store_owner() {
     }
     assert!(checked > 20);
 }
+
+/// A running daemon may garbage-collect a path between the DB read and the walk: the save then
+/// drops it (and its referrers) instead of calling the store corrupt.
+#[test]
+fn path_collected_during_save_is_dropped_not_corrupt() {
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    let paths = sample::build(&src, 1).unwrap();
+    let cache = w.cache();
+    let opts = storesync::save::SaveOptions {
+        roots: vec![],
+        skip_corrupt: false,
+        level: 3,
+    };
+    let plan = storesync::save::plan(&src, &cache, &opts).unwrap();
+    // "GC" the tool between plan and execute: off disk and out of the DB.
+    let tool = paths.iter().find(|p| p.name() == "sample-tool").unwrap();
+    let conn = rusqlite::Connection::open(src.db_file()).unwrap();
+    conn.execute(
+        "delete from Refs where reference = (select id from ValidPaths where path = ?1)",
+        [format!("/gnu/store/{tool}")],
+    )
+    .unwrap();
+    conn.execute(
+        "delete from ValidPaths where path = ?1",
+        [format!("/gnu/store/{tool}")],
+    )
+    .unwrap();
+    storesync::restore::remove_tree(&src.real_store_dir().join(tool.base_name())).unwrap();
+    let r = storesync::save::execute(&src, &cache, plan, &opts, &storesync::progress::NoProgress)
+        .unwrap();
+    assert_eq!(r.vanished, vec![format!("/gnu/store/{tool}")]);
+    assert!(r.corrupt.is_empty());
+    // The .drv referred to the tool and is dropped with it; 6 - 2 remain.
+    assert_eq!(r.paths, 4, "{r:?}");
+}

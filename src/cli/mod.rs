@@ -300,6 +300,9 @@ fn print_save(g: &Global, r: &SaveReport) {
     for (p, why) in &r.corrupt {
         eprintln!("corrupt, skipped: {p}: {why}");
     }
+    for p in &r.vanished {
+        eprintln!("skipped (deleted by the daemon during the save): {p}");
+    }
     for p in &r.dropped_referrers {
         eprintln!("skipped (refers to a corrupt path): {p}");
     }
