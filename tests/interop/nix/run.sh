@@ -120,7 +120,8 @@ printf '#!/bin/sh\necho run\n' > "$WORK/in/dir/run.sh"; chmod 755 "$WORK/in/dir/
 printf 'x\n' > "$WORK/in/dir/sub/x"; : > "$WORK/in/dir/empty"; ln -s sub/x "$WORK/in/dir/lnk"
 printf 'r\n' > "$WORK/in/fdir/r"
 printf 'imported source\n' > "$WORK/in/srcdir/s.txt"
-nixq "$SRC" --add "$WORK/in/added.txt" "$WORK/in/dir" > "$LOGS/add.out"
+: > "$WORK/in/empty.txt"; mkdir -p "$WORK/in/emptydir"
+nixq "$SRC" --add "$WORK/in/added.txt" "$WORK/in/dir" "$WORK/in/empty.txt" "$WORK/in/emptydir" > "$LOGS/add.out"
 nixq "$SRC" --add-fixed sha256 "$WORK/in/flat.txt" >> "$LOGS/add.out"
 nixq "$SRC" --add-fixed --recursive sha256 "$WORK/in/fdir" >> "$LOGS/add.out"
 
@@ -517,7 +518,7 @@ else fail "busy: restore during a GC (big-lock sh + gc.lock ex): exit $rc (expec
 wait "$LOCKPID" 2>/dev/null || true
 # a real Nix build running in the root
 cat > "$WORK/in/slow.nix" <<'EOF2'
-builtins.derivation { name = "slow"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "sleep 4; echo slow > $out" ]; }
+builtins.derivation { name = "slow"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "sleep 6; echo slow > $out" ]; }
 EOF2
 nix-build --store "local?root=$D5" "$WORK/in/slow.nix" --no-out-link > "$LOGS/slow.out" 2> "$LOGS/slow.err" & BGPIDS+=($!); SLOWPID=$!
 for _ in $(seq 50); do grep -q "building '" "$LOGS/slow.err" 2>/dev/null && break; sleep 0.1; done
@@ -528,6 +529,15 @@ set -e
 if [ $rc = 3 ] && [ ! -e "$D5$P_SIMPLE" ]; then
     pass "busy: restore while a real nix-build runs in the root exits 3, writes nothing"
 else fail "busy: restore while nix-build runs: exit $rc (expected 3), wrote path: $([ -e "$D5$P_SIMPLE" ] && echo yes || echo no); $(tail -2 "$LOGS/busy2.err" | tr '\n' ' ')"; fi
+# save must work while Nix runs (it only reads), and must not pick up the unregistered output
+V5=$(all_valid "$D5")
+set +e
+timeout 60 "$STORESYNC" --flavor nix --root "$D5" --no-progress --json save --cache "$WORK/cache-busy" > "$LOGS/busysave.json" 2> "$LOGS/busysave.err"
+rc=$?
+set -e
+if [ $rc = 0 ] && jcheck "$LOGS/busysave.json" paths "$V5" && kill -0 "$SLOWPID" 2>/dev/null; then
+    pass "busy: save while nix-build runs exits 0 and snapshots exactly the $(echo "$V5" | grep -c .) valid paths (not the output being built)"
+else fail "busy: save while nix-build runs: exit $rc, $(jdesc "$LOGS/busysave.json" paths), Nix valid: $(echo "$V5" | grep -c .); $(tail -2 "$LOGS/busysave.err" | tr '\n' ' ')"; fi
 set +e
 timeout 120 "$STORESYNC" --flavor nix --root "$D5" --no-progress --json restore --cache "$CACHE" --wait "$P_SIMPLE" > "$LOGS/busyw.json" 2> "$LOGS/busyw.err"
 rc=$?
