@@ -576,5 +576,8 @@ pub fn restore(
     let mut conn = db::open_or_create(layout)?;
     let valid = db::valid_paths(&conn, layout)?;
     let plan = plan(layout, id, snapshot, &valid, &opts.roots)?;
-    execute(layout, cache, &plan, &mut conn, progress)
+    let report = execute(layout, cache, &plan, &mut conn, progress);
+    drop(conn);
+    db::give_to_owner(layout)?;
+    report
 }

@@ -597,6 +597,9 @@ fn restored_items_belong_to_the_store_owner() {
     let dst = w.layout("dst");
     fs::create_dir_all(dst.real_store_dir()).unwrap();
     std::os::unix::fs::chown(dst.real_store_dir(), Some(999), Some(998)).unwrap();
+    // As the Debian package leaves a fresh install: /var/guix owned by guix-daemon, no DB yet.
+    fs::create_dir_all(dst.root.join("var/guix")).unwrap();
+    std::os::unix::fs::chown(dst.root.join("var/guix"), Some(999), Some(998)).unwrap();
     let (_, code) = restore_json(&w, "dst", &[]);
     assert_eq!(code, 0);
     let mut checked = 0;
@@ -614,6 +617,11 @@ fn restored_items_belong_to_the_store_owner() {
         }
     }
     assert!(checked > 20);
+    // The daemon, running as that user, must be able to write the DB restore created.
+    for f in ["", "db.sqlite", "schema", "big-lock"] {
+        let m = fs::metadata(dst.real_db_dir().join(f)).unwrap();
+        assert_eq!((m.uid(), m.gid()), (999, 998), "db/{f}");
+    }
 }
 
 /// A running daemon may garbage-collect a path between the DB read and the walk: the save then

@@ -264,6 +264,42 @@ pub fn open_or_create(layout: &Layout) -> Result<Connection, DbError> {
     Ok(conn)
 }
 
+/// Give the DB directory and the daemon's files in it to the owner of the directory above it
+/// (`/var/guix`), when they belong to someone else: Guix 1.5's unprivileged daemon runs as the
+/// `guix-daemon` user that owns `/var/guix` and must be able to write what a root restore
+/// created. Call after the connection is closed. Nothing changes when the owners already agree.
+///
+/// # Errors
+/// [`DbError::Io`] naming the file that could not be chowned.
+pub fn give_to_owner(layout: &Layout) -> Result<(), DbError> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = layout.real_db_dir();
+    let Some(parent) = dir.parent().and_then(|p| fs::metadata(p).ok()) else {
+        return Ok(());
+    };
+    let owner = (parent.uid(), parent.gid());
+    let mut files = vec![dir.clone()];
+    for name in [
+        "db.sqlite",
+        "db.sqlite-wal",
+        "db.sqlite-shm",
+        "schema",
+        "big-lock",
+    ] {
+        files.push(dir.join(name));
+    }
+    for f in files {
+        let Ok(m) = fs::symlink_metadata(&f) else {
+            continue;
+        };
+        if (m.uid(), m.gid()) != owner {
+            std::os::unix::fs::lchown(&f, Some(owner.0), Some(owner.1))
+                .map_err(|e| DbError::Io(f.clone(), e))?;
+        }
+    }
+    Ok(())
+}
+
 /// The set of valid paths in an opened DB, as full paths.
 ///
 /// # Errors
