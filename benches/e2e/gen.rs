@@ -161,7 +161,7 @@ fn read_dpkg() -> Res<Vec<Deb>> {
         .args([
             "-W",
             "-f",
-            "${binary:Package}\\t${Package}\\t${Version}\\t${db:Status-Abbrev}\\t${Depends}, ${Pre-Depends}\\t${Provides}\\n",
+            "${binary:Package}\\t${Package}\\t${Version}\\t${db:Status-Abbrev}\\t${Depends}, ${Pre-Depends}\\n",
         ])
         .output()
         .map_err(|e| format!("dpkg-query: {e} (this generator needs a Debian system)"))?;
@@ -175,7 +175,7 @@ fn read_dpkg() -> Res<Vec<Deb>> {
     let mut debs = Vec::new();
     for line in text.lines() {
         let f: Vec<&str> = line.split('\t').collect();
-        if f.len() < 6 || !f[3].starts_with("ii") {
+        if f.len() < 5 || !f[3].starts_with("ii") {
             continue;
         }
         debs.push(Deb {
@@ -184,8 +184,6 @@ fn read_dpkg() -> Res<Vec<Deb>> {
             version: f[2].to_owned(),
             depends: f[4].to_owned(),
         });
-        // Provides are resolved below through `names`.
-        let _ = f[5];
     }
     debs.sort_by(|a, b| a.binary.cmp(&b.binary));
     Ok(debs)
@@ -353,14 +351,11 @@ fn choose(budget: u64, cap: u64) -> Res<Vec<Pkg>> {
                 match state[d] {
                     St::New => {
                         state[d] = St::Active;
+                        kept[n].push(d); // done before `n` is
                         stack.push((d, 0));
                     }
                     St::Done => kept[n].push(d),
-                    St::Active => {} // back edge: cycle broken here
-                }
-                if state[d] == St::Active && stack.last().map(|s| s.0) == Some(d) {
-                    // pushed: `n` keeps `d` once it is done
-                    kept[n].push(d);
+                    St::Active => {} // back edge: the cycle is broken here
                 }
             } else {
                 state[n] = St::Done;
@@ -420,7 +415,6 @@ fn changed_set(pkgs: &[Pkg], changed: usize) -> Vec<bool> {
 // Naming the paths of one generation.
 
 struct Names {
-    version: String,
     src: StorePath,
     out: StorePath,
     drv: StorePath,
@@ -436,7 +430,10 @@ fn names(pkgs: &[Pkg], changed: Option<usize>) -> Vec<Names> {
             p.version.clone()
         };
         let nv = format!("{}-{}", p.name, version);
-        let src = sp(&path_hash(&["src", &p.name, &version]), &format!("{nv}.tar.gz"));
+        let src = sp(
+            &path_hash(&["src", &p.name, &version]),
+            &format!("{nv}.tar.gz"),
+        );
         let mut parts: Vec<String> = vec!["out".into(), p.name.clone(), version.clone()];
         parts.push(src.base_name().to_owned());
         for &d in &p.deps {
@@ -456,12 +453,8 @@ fn names(pkgs: &[Pkg], changed: Option<usize>) -> Vec<Names> {
             s = full(&src),
             inputs = inputs.join(","),
         );
-        let drv = sp(
-            &path_hash(&["drv", &drv_text]),
-            &format!("{nv}.drv"),
-        );
+        let drv = sp(&path_hash(&["drv", &drv_text]), &format!("{nv}.drv"));
         v.push(Names {
-            version,
             src,
             out,
             drv,
@@ -509,13 +502,7 @@ fn patch_shebang(data: &[u8], interp_dir: &str) -> Option<Vec<u8>> {
 }
 
 /// Write one package's output tree (fresh, from this machine's files).
-fn write_out(
-    p: &Pkg,
-    nm: &Names,
-    dep_outs: &[String],
-    top: &Path,
-    altered: bool,
-) -> Res<()> {
+fn write_out(p: &Pkg, nm: &Names, dep_outs: &[String], top: &Path, altered: bool) -> Res<()> {
     fs::create_dir(top).map_err(ioerr(top))?;
     let me = format!("{STORE}/{}", nm.out.base_name());
     let interp_dir = dep_outs.first().cloned().unwrap_or_else(|| me.clone());
@@ -634,11 +621,11 @@ fn write_source(out_top: &Path, dest: &Path, tmp: &Path) -> Res<()> {
             .map_err(ioerr(&listfile))?;
     }
     drop(f);
-    let status = Command::new("sh")
+    let status = Command::new("bash")
         .args([
             "-c",
-            "set -o pipefail 2>/dev/null; tar --sort=name --mtime=@1 --owner=0 --group=0 --numeric-owner --format=gnu -C \"$1\" --null -T \"$2\" -cf - | gzip -n -6 > \"$3\"",
-            "sh",
+            "set -o pipefail; tar --sort=name --mtime=@1 --owner=0 --group=0 --numeric-owner --format=gnu -C \"$1\" --null -T \"$2\" -cf - | gzip -n -6 > \"$3\"",
+            "bash",
         ])
         .arg(out_top)
         .arg(&listfile)
@@ -747,7 +734,7 @@ fn materialise(
     changed: Option<usize>,
     root: &Path,
     donor: Option<&Path>,
-) -> Res<(Vec<(StorePath, u64)>, Vec<StorePath>)> {
+) -> Res<Vec<(StorePath, u64)>> {
     let layout = Layout::new(Flavor::Guix, root, None, None)?;
     let store = layout.real_store_dir();
     fs::create_dir_all(&store).map_err(ioerr(&store))?;
@@ -762,11 +749,10 @@ fn materialise(
             .is_some_and(|d| d.join(s.base_name()).exists())
     };
     // Outputs, then sources (made from outputs), then .drvs.
-    let fresh: Vec<PathBuf> = (0..pkgs.len())
+    (0..pkgs.len())
         .into_par_iter()
-        .map(|i| -> Res<Vec<PathBuf>> {
+        .map(|i| -> Res<()> {
             let (p, n) = (&pkgs[i], &nm[i]);
-            let mut fresh = Vec::new();
             let out_top = store.join(n.out.base_name());
             if have(&n.out) {
                 mirror(
@@ -776,7 +762,6 @@ fn materialise(
             } else {
                 let dep_outs: Vec<String> = p.deps.iter().map(|&d| full(&nm[d].out)).collect();
                 write_out(p, n, &dep_outs, &out_top, Some(i) == changed)?;
-                fresh.push(out_top.clone());
             }
             let src_top = store.join(n.src.base_name());
             if have(&n.src) {
@@ -786,7 +771,6 @@ fn materialise(
                 )?;
             } else {
                 write_source(&out_top, &src_top, &tmp)?;
-                fresh.push(src_top);
             }
             let drv_top = store.join(n.drv.base_name());
             if have(&n.drv) {
@@ -796,14 +780,10 @@ fn materialise(
                 )?;
             } else {
                 fs::write(&drv_top, &n.drv_text).map_err(ioerr(&drv_top))?;
-                fresh.push(drv_top);
             }
-            Ok(fresh)
+            Ok(())
         })
-        .collect::<Res<Vec<_>>>()?
-        .into_iter()
-        .flatten()
-        .collect();
+        .collect::<Res<()>>()?;
     let _ = fs::remove_dir_all(&tmp);
     // All paths go through .links (mirrored ones get their v2 .links entries too).
     let all_tops: Vec<PathBuf> = nm
@@ -816,7 +796,6 @@ fn materialise(
         .par_iter()
         .map(|t| canonicalise(t).map_err(|e| e.to_string()))
         .collect::<Res<()>>()?;
-    let _ = fresh;
     // NAR hashes and registration, references first.
     let ordered: Vec<(StorePath, Vec<StorePath>, Option<String>)> = nm
         .iter()
@@ -837,9 +816,7 @@ fn materialise(
         .collect();
     let hashes: Vec<([u8; 32], u64)> = ordered
         .par_iter()
-        .map(|(p, _, _)| {
-            nar::hash_path(&store.join(p.base_name())).map_err(|e| e.to_string())
-        })
+        .map(|(p, _, _)| nar::hash_path(&store.join(p.base_name())).map_err(|e| e.to_string()))
         .collect::<Res<_>>()?;
     let infos: Vec<PathInfo> = ordered
         .iter()
@@ -879,14 +856,15 @@ fn materialise(
         conn.execute_batch("pragma wal_checkpoint(TRUNCATE)")
             .map_err(|e| e.to_string())?;
     }
-    let paths = infos.iter().map(|i| (i.path.clone(), i.nar_size)).collect();
-    let versions: Vec<StorePath> = nm.iter().map(|n| n.out.clone()).collect();
-    let _ = nm.iter().map(|n| &n.version).count();
-    Ok((paths, versions))
+    Ok(infos.iter().map(|i| (i.path.clone(), i.nar_size)).collect())
 }
 
 /// Generate (or reuse) v1 and v2 under `dir`. Returns the info and the two roots.
-pub fn ensure(dir: &Path, budget_mb: u64, change: Option<&str>) -> Res<(GenInfo, PathBuf, PathBuf)> {
+pub fn ensure(
+    dir: &Path,
+    budget_mb: u64,
+    change: Option<&str>,
+) -> Res<(GenInfo, PathBuf, PathBuf)> {
     let v1 = dir.join("v1");
     let v2 = dir.join("v2");
     let info_file = dir.join("info.json");
@@ -937,9 +915,9 @@ pub fn ensure(dir: &Path, budget_mb: u64, change: Option<&str>) -> Res<(GenInfo,
         pkgs[changed].name,
         deps[changed]
     );
-    let (p1, _) = materialise(&pkgs, None, &v1, None)?;
+    let p1 = materialise(&pkgs, None, &v1, None)?;
     eprintln!("generator: v1 done in {:.0?}", t0.elapsed());
-    let (p2, _) = materialise(&pkgs, Some(changed), &v2, Some(&v1))?;
+    let p2 = materialise(&pkgs, Some(changed), &v2, Some(&v1))?;
     eprintln!("generator: v2 done in {:.0?}", t0.elapsed());
     let in_v1: BTreeSet<&StorePath> = p1.iter().map(|p| &p.0).collect();
     let new: Vec<&(StorePath, u64)> = p2.iter().filter(|p| !in_v1.contains(&p.0)).collect();

@@ -1,0 +1,691 @@
+//! End-to-end benchmark: `storesync` against `tar` + `zstd` on a store generated from this
+//! machine's Debian packages (see `gen.rs`). Not a timed test: run it by hand.
+//!
+//! ```text
+//! cargo bench --bench e2e                              # ~1 GiB store, 3 runs per scenario
+//! STORESYNC_BENCH_MB=50 cargo bench --bench e2e        # quick smoke run
+//! ```
+//!
+//! Environment:
+//! * `STORESYNC_BENCH_DIR`   work directory [/var/tmp/storesync-bench]; generated stores are
+//!   kept in `gen-<MB>mb/` and reused;
+//! * `STORESYNC_BENCH_MB`    size of package files to put in the store, MiB [1024];
+//! * `STORESYNC_BENCH_RUNS`  runs per scenario and tool, the median is reported [3];
+//! * `STORESYNC_BENCH_CHANGE` the Debian package changed in v2 [a package depended on by about a
+//!   quarter of the store];
+//! * `STORESYNC_BENCH_COLD=1` drop the page cache (`sync; echo 3 > /proc/sys/vm/drop_caches`)
+//!   before every timed run; otherwise runs are warm-cache (after a `sync`);
+//! * `STORESYNC_BIN`         the binary to measure [the one cargo built with this bench].
+//!
+//! Every timed run is preceded by `sync`, so that writes of the previous run are not flushed
+//! during it. storesync fsyncs what it writes (packs, index, snapshot; `syncfs` before
+//! registering restored paths); tar and zstd do not: their times exclude durability.
+//! Wall time is the whole pipeline's; peak RSS is `ru_maxrss` from `wait4` of each process,
+//! summed over the processes of a pipeline (they run at the same time).
+
+mod gen;
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdout, Command, Stdio};
+use std::time::Instant;
+
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    wall: f64,
+    rss_kb: u64,
+}
+
+struct Cfg {
+    dir: PathBuf,
+    mb: u64,
+    runs: usize,
+    change: Option<String>,
+    bin: PathBuf,
+    cold: bool,
+}
+
+fn env(k: &str) -> Option<String> {
+    std::env::var(k).ok().filter(|v| !v.is_empty())
+}
+
+fn die(msg: impl std::fmt::Display) -> ! {
+    eprintln!("e2e bench: {msg}");
+    std::process::exit(1)
+}
+
+enum Out {
+    Null,
+    Capture,
+    File(PathBuf),
+}
+
+/// Run a pipeline; returns wall time, summed peak RSS and the captured stdout.
+fn run(cmds: Vec<Command>, out: Out) -> (Sample, String) {
+    let n = cmds.len();
+    let mut prev: Option<ChildStdout> = None;
+    let mut pids = Vec::new();
+    let mut captured = None;
+    let t0 = Instant::now();
+    for (i, mut c) in cmds.into_iter().enumerate() {
+        match prev.take() {
+            Some(p) => c.stdin(Stdio::from(p)),
+            None => c.stdin(Stdio::null()),
+        };
+        if i + 1 < n {
+            c.stdout(Stdio::piped());
+        } else {
+            match &out {
+                Out::Null => c.stdout(Stdio::null()),
+                Out::Capture => c.stdout(Stdio::piped()),
+                Out::File(f) => c.stdout(Stdio::from(
+                    fs::File::create(f).unwrap_or_else(|e| die(format!("{}: {e}", f.display()))),
+                )),
+            };
+        }
+        let desc = format!("{c:?}");
+        let mut child = c.spawn().unwrap_or_else(|e| die(format!("{desc}: {e}")));
+        if i + 1 < n {
+            prev = child.stdout.take();
+        } else if matches!(out, Out::Capture) {
+            captured = child.stdout.take();
+        }
+        pids.push((child.id() as libc::pid_t, desc));
+    }
+    let mut text = String::new();
+    if let Some(mut o) = captured {
+        let _ = o.read_to_string(&mut text);
+    }
+    let mut rss = 0u64;
+    for (pid, desc) in pids {
+        let mut status = 0;
+        // SAFETY: plain FFI call on a child we spawned and have not waited for.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+        if r != pid {
+            die(format!("wait4 {desc}: {}", std::io::Error::last_os_error()));
+        }
+        if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+            die(format!(
+                "{desc} failed (status {status:#x}); output: {text}"
+            ));
+        }
+        rss += ru.ru_maxrss as u64;
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    (Sample { wall, rss_kb: rss }, text)
+}
+
+fn cmd(prog: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(prog);
+    c.args(args);
+    c
+}
+
+fn sh(line: &str) {
+    let st = Command::new("bash")
+        .args(["-c", line])
+        .status()
+        .unwrap_or_else(|e| die(format!("{line}: {e}")));
+    if !st.success() {
+        die(format!("`{line}` failed"));
+    }
+}
+
+fn q(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
+}
+
+fn rm_rf(p: &Path) {
+    if fs::symlink_metadata(p).is_ok() {
+        fs::remove_dir_all(p).unwrap_or_else(|e| die(format!("rm -rf {}: {e}", p.display())));
+    }
+}
+
+/// Before every timed run: flush dirty pages (and drop the page cache in cold mode).
+fn settle(cfg: &Cfg) {
+    sh("sync");
+    if cfg.cold {
+        fs::write("/proc/sys/vm/drop_caches", "3")
+            .unwrap_or_else(|e| die(format!("dropping the page cache: {e}")));
+    }
+}
+
+fn dir_bytes(p: &Path) -> u64 {
+    let Ok(m) = fs::symlink_metadata(p) else {
+        return 0;
+    };
+    if m.is_dir() {
+        fs::read_dir(p)
+            .map(|rd| rd.flatten().map(|e| dir_bytes(&e.path())).sum())
+            .unwrap_or(0)
+    } else {
+        m.len()
+    }
+}
+
+fn median(v: &[Sample]) -> Sample {
+    let mut w: Vec<f64> = v.iter().map(|s| s.wall).collect();
+    w.sort_by(f64::total_cmp);
+    let mut r: Vec<u64> = v.iter().map(|s| s.rss_kb).collect();
+    r.sort();
+    Sample {
+        wall: w[w.len() / 2],
+        rss_kb: r[r.len() / 2],
+    }
+}
+
+struct Storesync<'a> {
+    cfg: &'a Cfg,
+}
+
+impl Storesync<'_> {
+    fn cmd(&self, root: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.cfg.bin);
+        c.arg("--root")
+            .arg(root)
+            .args(["--no-progress", "--json"])
+            .args(args);
+        c
+    }
+    fn run(&self, root: &Path, args: &[&str]) -> (Sample, serde_json::Value) {
+        let (s, out) = run(vec![self.cmd(root, args)], Out::Capture);
+        let v = serde_json::from_str(&out)
+            .unwrap_or_else(|e| die(format!("storesync printed no JSON ({e}): {out}")));
+        (s, v)
+    }
+}
+
+/// `runs` runs of each, alternating which goes first.
+fn alternate(
+    runs: usize,
+    mut a: impl FnMut(usize) -> Sample,
+    mut b: impl FnMut(usize) -> Sample,
+) -> (Vec<Sample>, Vec<Sample>) {
+    let (mut va, mut vb) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        if i % 2 == 0 {
+            va.push(a(i));
+            vb.push(b(i));
+        } else {
+            vb.push(b(i));
+            va.push(a(i));
+        }
+        eprintln!(
+            "  run {}: storesync {:.2} s {} MB, baseline {:.2} s {} MB",
+            i + 1,
+            va[i].wall,
+            va[i].rss_kb / 1024,
+            vb[i].wall,
+            vb[i].rss_kb / 1024
+        );
+    }
+    (va, vb)
+}
+
+enum Target {
+    Ratio(f64),
+    Seconds(f64),
+}
+
+struct Row {
+    name: &'static str,
+    ss: Vec<Sample>,
+    base: Vec<Sample>,
+    target: Target,
+}
+
+fn tar_c(root: &Path) -> Command {
+    let mut c = Command::new("tar");
+    c.arg("-C")
+        .arg(root)
+        .args(["-cf", "-", "gnu/store", "var/guix/db"]);
+    c
+}
+
+fn tar_x(dest: &Path) -> Command {
+    let mut c = Command::new("tar");
+    c.arg("-C").arg(dest).args(["-xf", "-"]);
+    c
+}
+
+fn extract(tarball: &Path, dest: &Path) -> Sample {
+    let mut z = cmd("zstd", &["-d", "-q", "-c"]);
+    z.arg(tarball);
+    run(vec![z, tar_x(dest)], Out::Null).0
+}
+
+fn machine(cfg: &Cfg) -> String {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let mem = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().next().map(|l| {
+                let kb: u64 = l
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|x| x.parse().ok())
+                    .unwrap_or(0);
+                format!("{:.1} GiB", kb as f64 / 1048576.0)
+            })
+        })
+        .unwrap_or_default();
+    let out = |p: &str, a: &[&str]| {
+        Command::new(p)
+            .args(a)
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned()
+            })
+            .unwrap_or_default()
+    };
+    let fs_type = out(
+        "findmnt",
+        &[
+            "-n",
+            "-o",
+            "FSTYPE,SOURCE",
+            "-T",
+            &cfg.dir.display().to_string(),
+        ],
+    );
+    let commit = out(
+        "git",
+        &[
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "rev-parse",
+            "--short",
+            "HEAD",
+        ],
+    );
+    format!(
+        "{} CPUs ({cpu}), {mem} RAM, kernel {}, work dir {} on {fs_type}; {}; {}; {}; storesync {} at commit {commit}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        out("uname", &["-r"]),
+        cfg.dir.display(),
+        out("tar", &["--version"]),
+        out("zstd", &["--version"]),
+        if cfg.cold {
+            "page cache dropped before every run (cold)"
+        } else {
+            "page cache warm (sync before every run, no drop)"
+        },
+        out(&cfg.bin.display().to_string(), &["--version"]),
+    )
+}
+
+fn main() {
+    let cfg = Cfg {
+        dir: env("STORESYNC_BENCH_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/tmp/storesync-bench")),
+        mb: env("STORESYNC_BENCH_MB")
+            .map(|v| {
+                v.parse()
+                    .unwrap_or_else(|_| die("STORESYNC_BENCH_MB: a number"))
+            })
+            .unwrap_or(1024),
+        runs: env("STORESYNC_BENCH_RUNS")
+            .map(|v| {
+                v.parse()
+                    .unwrap_or_else(|_| die("STORESYNC_BENCH_RUNS: a number"))
+            })
+            .unwrap_or(3)
+            .max(1),
+        change: env("STORESYNC_BENCH_CHANGE"),
+        bin: env("STORESYNC_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_storesync"))),
+        cold: env("STORESYNC_BENCH_COLD").is_some_and(|v| v != "0"),
+    };
+    // `cargo bench` passes `--bench`; a name filter may follow. Neither applies here.
+    for tool in ["tar", "zstd", "cp"] {
+        if Command::new(tool)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_err()
+        {
+            die(format!("`{tool}` is missing (apt-get install -y {tool})"));
+        }
+    }
+    if !cfg.bin.exists() {
+        die(format!(
+            "{} does not exist (cargo build --release, or set STORESYNC_BIN)",
+            cfg.bin.display()
+        ));
+    }
+    let gen_dir = cfg.dir.join(format!("gen-{}mb", cfg.mb));
+    let t0 = Instant::now();
+    let (info, v1, v2) = gen::ensure(&gen_dir, cfg.mb, cfg.change.as_deref())
+        .unwrap_or_else(|e| die(format!("generating the stores: {e}")));
+    eprintln!(
+        "stores ready in {:.0?}: {} packages; v1 {} paths, {:.0} MiB NAR, {} files; v2 changes {} ({} packages), {} new paths, {:.0} MiB NAR",
+        t0.elapsed(),
+        info.packages,
+        info.v1.paths,
+        info.v1.nar_bytes as f64 / 1048576.0,
+        info.v1.regular_files,
+        info.changed_package,
+        info.changed_packages,
+        info.v2_new_paths,
+        info.v2_new_nar_bytes as f64 / 1048576.0
+    );
+    let machine = machine(&cfg);
+    let work = cfg.dir.join("run");
+    rm_rf(&work);
+    fs::create_dir_all(&work).unwrap_or_else(|e| die(format!("{}: {e}", work.display())));
+    let ss = Storesync { cfg: &cfg };
+    let cache = work.join("cache");
+    let cache_v1 = work.join("cache-v1");
+    let cache_v12 = work.join("cache-v12");
+    let tar_v1 = work.join("v1.tar.zst");
+    let tar_v2 = work.join("v2.tar.zst");
+    let tar_tmp = work.join("out.tar.zst");
+    let root = work.join("root");
+    let xroot = work.join("xroot");
+    let root_v1 = work.join("root-v1");
+    let root_v2 = work.join("root-v2");
+    let mut rows = Vec::new();
+    let zstd_c = || cmd("zstd", &["-T0", "-3", "-q", "-c"]);
+
+    // 4. Full save of v1 into an empty cache.
+    eprintln!("full save of v1 into an empty cache");
+    let mut v1_id = String::new();
+    let (a, b) = alternate(
+        cfg.runs,
+        |_| {
+            rm_rf(&cache);
+            settle(&cfg);
+            let (s, j) = ss.run(&v1, &["save", "--cache", &cache.display().to_string()]);
+            v1_id = j["snapshot"].as_str().unwrap_or_default().to_owned();
+            s
+        },
+        |_| {
+            let _ = fs::remove_file(&tar_tmp);
+            settle(&cfg);
+            run(vec![tar_c(&v1), zstd_c()], Out::File(tar_tmp.clone())).0
+        },
+    );
+    fs::rename(&cache, &cache_v1).unwrap_or_else(|e| die(e));
+    fs::rename(&tar_tmp, &tar_v1).unwrap_or_else(|e| die(e));
+    rows.push(Row {
+        name: "4. full save of v1 (empty cache)",
+        ss: a,
+        base: b,
+        target: Target::Ratio(1.0),
+    });
+
+    // 5. Incremental save of v2 into the cache holding v1.
+    eprintln!("incremental save of v2 into the cache holding v1");
+    let mut v2_id = String::new();
+    let (a, b) = alternate(
+        cfg.runs,
+        |_| {
+            rm_rf(&cache);
+            sh(&format!("cp -a {} {}", q(&cache_v1), q(&cache)));
+            settle(&cfg);
+            let (s, j) = ss.run(&v2, &["save", "--cache", &cache.display().to_string()]);
+            v2_id = j["snapshot"].as_str().unwrap_or_default().to_owned();
+            s
+        },
+        |_| {
+            let _ = fs::remove_file(&tar_tmp);
+            settle(&cfg);
+            run(vec![tar_c(&v2), zstd_c()], Out::File(tar_tmp.clone())).0
+        },
+    );
+    fs::rename(&cache, &cache_v12).unwrap_or_else(|e| die(e));
+    fs::rename(&tar_tmp, &tar_v2).unwrap_or_else(|e| die(e));
+    rows.push(Row {
+        name: "5. incremental save of v2 (cache holds v1)",
+        ss: a,
+        base: b,
+        target: Target::Ratio(0.15),
+    });
+    fs::write(work.join("ids.txt"), format!("v1 {v1_id}\nv2 {v2_id}\n")).unwrap_or_else(|e| die(e));
+
+    // 1. Cold restore: empty root <- snapshot v1.
+    eprintln!("cold restore: empty root <- v1");
+    let cache_arg = cache_v12.display().to_string();
+    let (a, b) = alternate(
+        cfg.runs,
+        |_| {
+            rm_rf(&root);
+            settle(&cfg);
+            let (s, j) = ss.run(
+                &root,
+                &["restore", "--cache", &cache_arg, "--snapshot", &v1_id],
+            );
+            check_restore(&j, info.v1.paths);
+            s
+        },
+        |_| {
+            rm_rf(&xroot);
+            fs::create_dir_all(&xroot).unwrap_or_else(|e| die(e));
+            settle(&cfg);
+            extract(&tar_v1, &xroot)
+        },
+    );
+    fs::rename(&root, &root_v1).unwrap_or_else(|e| die(e));
+    rows.push(Row {
+        name: "1. cold restore: empty root <- v1",
+        ss: a,
+        base: b,
+        target: Target::Ratio(0.6),
+    });
+
+    // 2. Warm restore: root holding v1 <- snapshot v2.
+    eprintln!("warm restore: root holding v1 <- v2");
+    let (a, b) = alternate(
+        cfg.runs,
+        |_| {
+            rm_rf(&root);
+            fs::create_dir_all(&root).unwrap_or_else(|e| die(e));
+            // Hard-link copy of the store (restore only adds files and links), real copy of
+            // the DB (written in place).
+            sh(&format!(
+                "cp -al {}/gnu {}/ && cp -a {}/var {}/",
+                q(&root_v1),
+                q(&root),
+                q(&root_v1),
+                q(&root)
+            ));
+            settle(&cfg);
+            let (s, j) = ss.run(
+                &root,
+                &["restore", "--cache", &cache_arg, "--snapshot", &v2_id],
+            );
+            check_restore(&j, info.v2_new_paths);
+            s
+        },
+        |_| {
+            rm_rf(&xroot);
+            fs::create_dir_all(&xroot).unwrap_or_else(|e| die(e));
+            settle(&cfg);
+            extract(&tar_v2, &xroot)
+        },
+    );
+    fs::rename(&root, &root_v2).unwrap_or_else(|e| die(e));
+    rows.push(Row {
+        name: "2. warm restore: root with v1 <- v2",
+        ss: a,
+        base: b,
+        target: Target::Ratio(0.25),
+    });
+
+    // 3. No-op restore: root holding v2 <- snapshot v2.
+    eprintln!("no-op restore: root holding v2 <- v2");
+    let (a, b) = alternate(
+        cfg.runs,
+        |_| {
+            settle(&cfg);
+            let (s, j) = ss.run(
+                &root_v2,
+                &["restore", "--cache", &cache_arg, "--snapshot", &v2_id],
+            );
+            check_restore(&j, 0);
+            s
+        },
+        |_| {
+            rm_rf(&xroot);
+            fs::create_dir_all(&xroot).unwrap_or_else(|e| die(e));
+            settle(&cfg);
+            extract(&tar_v2, &xroot)
+        },
+    );
+    rm_rf(&xroot);
+    rows.push(Row {
+        name: "3. no-op restore: root with v2 <- v2",
+        ss: a,
+        base: b,
+        target: Target::Seconds(0.2),
+    });
+
+    // 6. Sizes.
+    let c1 = dir_bytes(&cache_v1);
+    let c12 = dir_bytes(&cache_v12);
+    let t1 = dir_bytes(&tar_v1);
+    let t2 = dir_bytes(&tar_v2);
+
+    rows.sort_by_key(|r| r.name);
+    let md = report(&cfg, &info, &machine, &rows, (c1, c12, t1, t2));
+    println!("{md}");
+    let file = cfg.dir.join("results.md");
+    fs::write(&file, &md).unwrap_or_else(|e| die(e));
+    eprintln!(
+        "written to {}; caches, tarballs and restored roots stay in {} for profiling",
+        file.display(),
+        work.display()
+    );
+}
+
+fn check_restore(j: &serde_json::Value, want: usize) {
+    let restored = j["restored"].as_u64().unwrap_or(u64::MAX) as usize;
+    let failed = j["failed"].as_array().map_or(1, Vec::len);
+    if restored != want || failed != 0 {
+        die(format!(
+            "restore did not do what was expected ({want} paths): {j}"
+        ));
+    }
+}
+
+fn mb(kb: u64) -> f64 {
+    kb as f64 / 1024.0
+}
+
+fn report(
+    cfg: &Cfg,
+    info: &gen::GenInfo,
+    machine: &str,
+    rows: &[Row],
+    (c1, c12, t1, t2): (u64, u64, u64, u64),
+) -> String {
+    let mib = |b: u64| b as f64 / 1048576.0;
+    let mut s = String::new();
+    let _ = writeln!(s, "Machine: {machine}.\n");
+    let _ = writeln!(
+        s,
+        "Store: {} Debian packages ({} MiB budget), v1 {} paths / {:.0} MiB NAR / {} files ({} symlinks, {:.0} MiB in {} distinct inodes after .links); v2 changes `{}` ({} dependent packages): {} new paths, {:.0} MiB NAR.\n",
+        info.packages,
+        info.budget_mb,
+        info.v1.paths,
+        mib(info.v1.nar_bytes),
+        info.v1.regular_files,
+        info.v1.symlinks,
+        mib(info.v1.inode_bytes),
+        info.v1.inodes,
+        info.changed_package,
+        info.changed_packages,
+        info.v2_new_paths,
+        mib(info.v2_new_nar_bytes),
+    );
+    let _ = writeln!(
+        s,
+        "Median of {} alternating runs; wall seconds; peak RSS MiB (sum over a pipeline's processes).\n",
+        cfg.runs
+    );
+    let _ = writeln!(
+        s,
+        "| scenario | storesync s | tar+zstd s | ratio | target | met | storesync RSS | baseline RSS |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---|---|---:|---:|");
+    for r in rows {
+        let a = median(&r.ss);
+        let b = median(&r.base);
+        let ratio = a.wall / b.wall;
+        let (target, met) = match r.target {
+            Target::Ratio(t) => (format!("≤ {t}×"), ratio <= t),
+            Target::Seconds(t) => (format!("< {t} s"), a.wall < t),
+        };
+        let rss_ok = mb(a.rss_kb) < 150.0;
+        let _ = writeln!(
+            s,
+            "| {} | {:.2} | {:.2} | {:.3} | {target}, RSS < 150 | {}{} | {:.0} | {:.0} |",
+            r.name,
+            a.wall,
+            b.wall,
+            ratio,
+            if met { "yes" } else { "**no**" },
+            if rss_ok { "" } else { ", **RSS no**" },
+            mb(a.rss_kb),
+            mb(b.rss_kb),
+        );
+    }
+    let _ = writeln!(
+        s,
+        "| 6a. cache after v1 vs v1.tar.zst | {:.1} MiB | {:.1} MiB | {:.3} | ≤ 1.0× | {} | | |",
+        mib(c1),
+        mib(t1),
+        c1 as f64 / t1 as f64,
+        if c1 <= t1 { "yes" } else { "**no**" }
+    );
+    let _ = writeln!(
+        s,
+        "| 6b. cache after v1+v2 vs v1.tar.zst | {:.1} MiB | {:.1} MiB | {:.3} | ≤ 1.15× | {} | | |",
+        mib(c12),
+        mib(t1),
+        c12 as f64 / t1 as f64,
+        if c12 as f64 <= 1.15 * t1 as f64 {
+            "yes"
+        } else {
+            "**no**"
+        }
+    );
+    let _ = writeln!(
+        s,
+        "\n(v2.tar.zst: {:.1} MiB.)\n\nAll runs (wall s / RSS MiB):\n",
+        mib(t2)
+    );
+    for r in rows {
+        let f = |v: &[Sample]| {
+            v.iter()
+                .map(|x| format!("{:.2}/{:.0}", x.wall, mb(x.rss_kb)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let _ = writeln!(
+            s,
+            "- {}: storesync {}; baseline {}",
+            r.name,
+            f(&r.ss),
+            f(&r.base)
+        );
+    }
+    s
+}
