@@ -93,7 +93,7 @@ LOGS=$WORK/logs; mkdir -p "$LOGS"
 
 ss() { # ss ROOT ARGS...   (storesync with the nix flavour on ROOT)
     local root=$1; shift
-    "$STORESYNC" --flavor nix --root "$root" --no-progress "$@"
+    "$STORESYNC" --flavor nix --root "$root" --no-progress -v "$@"
 }
 nixq() { local root=$1; shift; nix-store --store "local?root=$root" "$@"; }
 pinfo() { # pinfo ROOT PATHS...: `nix path-info --json` of exactly these paths. A .drv argument
@@ -398,10 +398,17 @@ check_root() {
 # These helpers accept both: a set comparison for an array, a count comparison for a number.
 jarr() { { jq -r "if (.$2|type) == \"array\" then .$2[] else empty end" "$1" 2>/dev/null || true; } | sort; }
 jlen() { jq -r "if (.$2|type) == \"array\" then (.$2|length) else .$2 end" "$1" 2>/dev/null || echo "?"; }
-jcheck() { # jcheck FILE KEY EXPECTED_LINES
+jcheck() { # jcheck FILE KEY EXPECTED_LINES: KEY is an array equal to the expected set, or a
+    # count equal to its size; for a count, the list storesync prints with -v (restore: "paths",
+    # save: "new_path_names") must also equal the expected set when present
+    local list
+    case $2 in restored) list=paths;; new_paths) list=new_path_names;; *) list="";; esac
     case $(jq -r ".$2 | type" "$1" 2>/dev/null || echo invalid) in
         array)  [ "$(jarr "$1" "$2")" = "$3" ];;
-        number) [ "$(jq -r ".$2" "$1")" = "$(printf '%s\n' "$3" | grep -c .)" ];;
+        number) [ "$(jq -r ".$2" "$1")" = "$(printf '%s\n' "$3" | grep -c .)" ] || return 1
+                if [ -n "$list" ] && [ "$(jq -r ".$list | type" "$1")" = array ]; then
+                    [ "$(jarr "$1" "$list")" = "$3" ]
+                fi;;
         *) return 1;;
     esac
 }
