@@ -186,7 +186,7 @@ have_storesync() { [ -x "$STORESYNC" ]; }
 db() {
     local f=$CH/var/guix/db/db.sqlite
     setpriv --reuid="$(stat -c %u "$f")" --regid="$(stat -c %g "$f")" --clear-groups \
-        sqlite3 -batch "$f" "$@"
+        sqlite3 -batch -cmd ".timeout 20000" "$f" "$@"
 }
 q_validpaths() { db "select path||' '||hash||' '||narSize||' '||coalesce(deriver,'-') from ValidPaths order by path;"; }
 q_validpaths_full() { db "select path||' '||hash||' '||narSize||' '||coalesce(deriver,'-')||' '||registrationTime from ValidPaths order by path;"; }
@@ -362,7 +362,7 @@ check_links() {
 check_gc() {
     local name=$1 rootout=$2 rootdrv=$3 src=$4 out=$W/$1
     ln -sfn "$rootout" "$CH/var/guix/gcroots/storesync-test-root"
-    rm -f "$CH/tmp/storesync-test-result"
+    rm -f "$CH"/tmp/storesync-test-result*
     local args=("$rootout")
     if [ -n "$rootdrv" ]; then
         if in_ch guix build --root=/tmp/storesync-test-result "$rootdrv" > "$out/gcbuild.out" 2> "$out/gcbuild.err"; then
