@@ -5,25 +5,35 @@
 # Env:    STORESYNC   storesync binary (default: <git toplevel>/target/release/storesync)
 #         KEEP=1      keep the scratch directory (printed at the end) for inspection
 #
-# What it does (details and facts in tests/interop/nix/FACTS.md):
-#   * installs nix-bin (2.8), sqlite3, jq, busybox-static if missing;
+# What it does (details and facts in tests/interop/nix/FACTS.md; takes about 2 minutes):
+#   * installs nix-bin (2.8), sqlite3, jq, busybox-static, util-linux if missing;
 #   * populates a chroot store SRC (`--store local?root=SRC`, DB paths /nix/store/...) with
-#     nix-store --add / --add-fixed, builtins.toFile (with references), an imported source dir,
-#     and 16 builtins.derivation builds (builder /bin/sh, outputs naming inputs' paths, a
-#     self-reference, multi-output, fixed-output flat+recursive, symlink/executable/1 MB outputs).
+#     nix-store --add (file, tree, empty file, empty dir) / --add-fixed (flat, recursive),
+#     builtins.toFile (with references), an imported source dir, and 19 builtins.derivation
+#     builds, 4 more later for the incremental round trip (builder /bin/sh, outputs naming
+#     inputs' paths, a self-reference, multi-output, fixed-output flat+recursive,
+#     symlink/executable/1 MB outputs, equal 10 KB files with different exec bits, a name
+#     with + ? = characters).
 #     Nix 2.8 forces a chroot for builds in a chroot store even with `sandbox = false`, so the
 #     host /bin/sh is invisible; we bind the static busybox as /bin/sh with
-#     `extra-sandbox-paths = /bin/sh=/bin/busybox`.
+#     `extra-sandbox-paths = /bin/sh=/bin/busybox` (all settings via NIX_CONFIG).
 #   * round trips with `storesync --flavor nix --root ROOT`:
-#       1 full restore into an empty root without DB
-#       2 full restore into a root with an empty DB created by nix-store
-#       3 incremental: snapshot A, add items, snapshot B; restore A then B
-#       4 closure: restore only the closure of one output
-#     plus checks for --dry-run and for a GC holding gc.lock.
-#   * after every restore real Nix checks the restored root: verify --check-contents, -qR,
-#     --references, --referrers, --deriver, --hash, --size, path-info (ca), NAR bytes
-#     (nix-store --dump vs storesync dump-nar), realise of restored .drv does no build,
-#     GC with a root keeps the reachable paths.
+#       rt1 full restore into an empty root without DB (after a --dry-run that must not write)
+#       rt2 full restore into a root with an empty DB created by nix-store; then again (no-op)
+#       rt3 incremental: snapshot A, add items, snapshot B; restore A, nix-store --optimise,
+#           restore B: only the new paths written, old files (inodes) and DB rows untouched
+#       rt4 closure: restore only the closure of one output
+#     and: restore over junk left in the store; save of a store with a tampered file (exit 1,
+#     --skip-corrupt drops it and its referrers); save of one closure; restore from a cache
+#     with damaged packs (failures not registered, closure kept); busy store (a simulated GC,
+#     a real running nix-build: restore exits 3, --wait waits, save works meanwhile).
+#   * after every restore real Nix checks the restored root: verify --check-contents, valid
+#     set (path-info --all), -qR, --references, --referrers, --deriver, --hash, --size,
+#     path-info (narHash narSize references deriver ca), --dump-db, NAR bytes (nix-store
+#     --dump vs storesync dump-nar vs source), canonical modes/mtimes, realise of restored
+#     .drv does no build (max-jobs 0), GC with a root keeps the reachable paths; plus the raw
+#     DB rows (ValidPaths, Refs, DerivationOutputs) vs the source DB and the schema text vs a
+#     DB made by Nix.
 # Prints one PASS/FAIL line per check, exits 1 if any check failed.
 set -euo pipefail
 set -f   # store path names may contain ? (a glob character)
