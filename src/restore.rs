@@ -61,8 +61,14 @@ pub struct RestorePlan {
     pub selected: usize,
     /// Missing paths to write, references first.
     pub missing: Vec<usize>,
-    /// Selected paths already valid in the target.
+    /// Among `missing`, paths the DB calls valid (with the snapshot's hash) but that are absent
+    /// from disk: written again, not registered again.
+    pub repair: Vec<usize>,
+    /// Selected paths already valid in the target and present on disk.
     pub already_valid: usize,
+    /// Paths valid in the DB, absent from disk, and registered with another hash than the
+    /// snapshot's: left alone, reported.
+    pub broken: Vec<String>,
 }
 
 impl RestorePlan {
@@ -115,6 +121,10 @@ pub struct RestoreReport {
     pub skipped: Vec<String>,
     /// The planned (dry run) or registered paths, references first.
     pub paths: Vec<String>,
+    /// Paths the DB called valid but that were missing from disk, written again.
+    pub repaired: Vec<String>,
+    /// Paths the DB calls valid, missing from disk, with a hash other than the snapshot's.
+    pub broken: Vec<String>,
 }
 
 /// Choose the paths to write.
@@ -126,7 +136,7 @@ pub fn plan(
     layout: &Layout,
     snapshot_id: ObjectId,
     snapshot: Snapshot,
-    valid: &HashSet<String>,
+    valid: &HashMap<String, String>,
     roots: &[String],
 ) -> Result<RestorePlan> {
     if snapshot.flavor != layout.flavor || snapshot.store_dir != layout.store_dir.as_str() {
@@ -170,15 +180,33 @@ pub fn plan(
         ))
     })?;
     let selected = order.len();
-    let missing: Vec<usize> = order
-        .into_iter()
-        .filter(|&i| !valid.contains(&layout.store_dir.display(&snapshot.paths[i].info.path)))
-        .collect();
+    let store = layout.real_store_dir();
+    let (mut missing, mut repair, mut broken) = (Vec::new(), Vec::new(), Vec::new());
+    for i in order {
+        let info = &snapshot.paths[i].info;
+        let full = layout.store_dir.display(&info.path);
+        match valid.get(&full) {
+            None => missing.push(i),
+            Some(hash) => {
+                if fs::symlink_metadata(store.join(info.path.base_name())).is_ok() {
+                    continue;
+                }
+                if db::parse_db_hash(hash) == Some(info.nar_hash) {
+                    missing.push(i);
+                    repair.push(i);
+                } else {
+                    broken.push(full);
+                }
+            }
+        }
+    }
     Ok(RestorePlan {
         snapshot_id,
-        already_valid: selected - missing.len(),
+        already_valid: selected - missing.len() - broken.len(),
         selected,
         missing,
+        repair,
+        broken,
         snapshot,
     })
 }
@@ -471,6 +499,7 @@ pub fn execute(
         bytes_written: writer.bytes_written.load(Ordering::Relaxed),
         linked_files: writer.linked_files.load(Ordering::Relaxed),
         replaced_leftovers: leftovers.load(Ordering::Relaxed) as usize,
+        broken: plan.broken.clone(),
         ..RestoreReport::default()
     };
     let failed: Vec<usize> = results
@@ -493,7 +522,11 @@ pub fn execute(
     let mut register = Vec::new();
     for &i in &plan.missing {
         let path = layout.store_dir.display(&snap.paths[i].info.path);
-        if !bad[i] {
+        if plan.repair.contains(&i) {
+            if !failed.contains(&i) {
+                report.repaired.push(path);
+            }
+        } else if !bad[i] {
             register.push(i);
         } else if !failed.contains(&i) {
             // Written and verified, but it refers to a path that is not valid: take it off disk.
@@ -551,15 +584,26 @@ pub fn restore(
             db::read(layout)?
                 .paths
                 .iter()
-                .map(|p| layout.store_dir.display(&p.path))
+                .map(|p| {
+                    (
+                        layout.store_dir.display(&p.path),
+                        db::format_db_hash(&p.nar_hash),
+                    )
+                })
                 .collect()
         } else {
-            HashSet::new()
+            HashMap::new()
         };
         let plan = plan(layout, id, snapshot, &valid, &opts.roots)?;
         return Ok(RestoreReport {
             snapshot: id.hex(),
             dry_run: true,
+            broken: plan.broken.clone(),
+            repaired: plan
+                .repair
+                .iter()
+                .map(|&i| layout.store_dir.display(&plan.snapshot.paths[i].info.path))
+                .collect(),
             selected: plan.selected,
             already_valid: plan.already_valid,
             planned: plan.missing.len(),

@@ -215,7 +215,7 @@ pub fn build(layout: &Layout, generation: u32) -> Result<Vec<StorePath>> {
     let mut outputs = Vec::new();
     let time = crate::save::now();
     for (path, item) in &items {
-        if valid.contains(&store.display(path)) {
+        if valid.contains_key(&store.display(path)) {
             continue;
         }
         let top = real.join(path.base_name());

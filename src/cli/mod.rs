@@ -348,6 +348,15 @@ fn print_restore(g: &Global, r: &RestoreReport) {
     for p in &r.skipped {
         eprintln!("not registered (refers to a failed path): {p}");
     }
+    for p in &r.repaired {
+        eprintln!("repaired (valid in the DB but missing from disk): {p}");
+    }
+    for p in &r.broken {
+        eprintln!(
+            "warning: {p} is valid in the DB with another hash than the snapshot's, but missing \
+             from disk; left alone (run the daemon's verify/repair)"
+        );
+    }
     println!(
         "snapshot {}: {} paths selected, {} already valid, {} restored ({} written, {} files linked), {} failed, {} skipped",
         &r.snapshot[..12],

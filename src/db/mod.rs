@@ -12,7 +12,7 @@
 
 mod lock;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::PathBuf;
@@ -300,21 +300,26 @@ pub fn give_to_owner(layout: &Layout) -> Result<(), DbError> {
     Ok(())
 }
 
-/// The set of valid paths in an opened DB, as full paths.
+/// The valid paths in an opened DB: full path → `hash` column.
 ///
 /// # Errors
 /// [`DbError::Sqlite`].
-pub fn valid_paths(conn: &Connection, layout: &Layout) -> Result<HashSet<String>, DbError> {
+pub fn valid_paths(conn: &Connection, layout: &Layout) -> Result<HashMap<String, String>, DbError> {
     let file = layout.db_file();
     let e = sql(&file);
-    let mut st = conn.prepare("select path from ValidPaths").map_err(&e)?;
-    let rows = st.query_map([], |r| r.get::<_, String>(0)).map_err(&e)?;
+    let mut st = conn
+        .prepare("select path, hash from ValidPaths")
+        .map_err(&e)?;
+    let rows = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(&e)?;
     rows.collect::<Result<_, _>>().map_err(&e)
 }
 
 /// Register `infos` (in topological order: references first; references outside `infos` must
 /// already be valid) and the `DerivationOutputs` rows of the `.drv`s among them, in one
-/// transaction, with the rows the daemon writes.
+/// transaction, with the rows the daemon writes when it imports a path: every column is
+/// copied except Nix's `ultimate`, which is left NULL as `nix copy` leaves it.
 ///
 /// # Errors
 /// [`DbError::Sqlite`]; on error nothing is registered.
@@ -363,7 +368,10 @@ pub fn register(
                     info.registration_time,
                     info.deriver,
                     size,
-                    info.ultimate,
+                    // `ultimate` means "built on this machine": Nix trusts such paths without
+                    // signatures. A restored path was not built here, so, like Nix's own
+                    // copy between stores, it is registered as not ultimate.
+                    None::<i64>,
                     info.sigs,
                     info.ca
                 ])
