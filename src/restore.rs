@@ -211,6 +211,25 @@ pub fn plan(
     })
 }
 
+/// Create a missing store directory the way the daemon would: Guix's package ships it 0755
+/// root:root; Nix makes it 1775 root:nixbld (group from `<root>/etc/group`, when it exists).
+fn create_store_dir(layout: &Layout) -> io::Result<()> {
+    let store = layout.real_store_dir();
+    fs::create_dir_all(&store)?;
+    if layout.flavor == crate::layout::Flavor::Nix {
+        fs::set_permissions(&store, fs::Permissions::from_mode(0o1775))?;
+        let group = fs::read_to_string(layout.root.join("etc/group")).unwrap_or_default();
+        let gid = group.lines().find_map(|l| {
+            let mut f = l.split(':');
+            (f.next() == Some("nixbld")).then(|| f.nth(1)?.parse::<u32>().ok())?
+        });
+        if let Some(gid) = gid {
+            std::os::unix::fs::chown(&store, None, Some(gid))?;
+        }
+    }
+    Ok(())
+}
+
 /// Who owns restored files: the owner of the store directory (the unprivileged `guix-daemon`
 /// user on Guix 1.5 installs); group root when that owner is root, as the daemons do.
 fn store_owner(store: &Path) -> Result<(u32, u32)> {
@@ -407,7 +426,9 @@ pub fn execute(
         let p = p.to_owned();
         move |e| Error::Io(p, e)
     };
-    fs::create_dir_all(&store).map_err(ioe(&store))?;
+    if !store.exists() {
+        create_store_dir(layout).map_err(ioe(&store))?;
+    }
     let owner = store_owner(&store)?;
     let me = (
         rustix::process::geteuid().as_raw(),

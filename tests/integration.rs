@@ -182,6 +182,8 @@ fn valid_path_missing_from_disk_is_written_again() {
     assert_eq!(r["repaired"][0], format!("/nix/store/{lib}"));
     assert_eq!(r["restored"], 0);
     assert_eq!(db_rows(&dst), rows, "a repair registers nothing again");
+    let mode = fs::metadata(dst.real_store_dir()).unwrap().mode() & 0o7777;
+    assert_eq!(mode, 0o1775, "a new Nix store dir is made as Nix makes it");
     let want = db::read(&dst)
         .unwrap()
         .paths
