@@ -275,6 +275,8 @@ snapshot_source() { # DIR: record everything the checks compare against
     q_refs > "$d/refs"
     q_drvouts > "$d/drvouts"
     q_files > "$d/files"
+    db .schema > "$d/schema.sql"
+    db "PRAGMA page_size; PRAGMA auto_vacuum; PRAGMA user_version; PRAGMA encoding;" > "$d/pragmas"
     q_cli_refs "$d/paths" > "$d/cli"
 }
 
@@ -432,6 +434,29 @@ check_gc() {
     return 0
 }
 
+# guix size (query-path-info over a closure) prints the same as on the source
+check_guix_size() { # NAME PATH
+    local name=$1 p=$2
+    if gx size "$p" > "$W/$name.size" 2> "$W/$name.size.err" && diff -u "$W/src/size" "$W/$name.size" > "$W/diff.tmp"; then
+        pass "[$name] guix size $p = source ($(tail -n 1 "$W/$name.size"))"
+    else fail "[$name] guix size differs or failed: $(head -c 300 "$W/$name.size.err") $(head -n 10 "$W/diff.tmp" 2>/dev/null)"; fi
+}
+# the daemon adds and builds new items on top of the restored DB
+check_daemon_writes() { # NAME
+    local name=$1 before after
+    before=$(db "select count(*) from ValidPaths;")
+    if in_ch sh -c 'cd /root && GEN=c NDRV=6 OUT=/root/populate-c.list guix repl /root/populate.scm' > "$W/$name.populate-c.log" 2>&1; then
+        after=$(db "select count(*) from ValidPaths;")
+        local bad
+        bad=$(gx gc --verify=contents 2>&1 | grep -v -E '^(reading the store|checking path existence|checking hashes)\.\.\.$' || true)
+        if [ -z "$bad" ] && [ "$after" -gt "$before" ]; then
+            pass "[$name] daemon built/added $((after - before)) new items on the restored DB (references restored busybox, text items), verify clean"
+        else fail "[$name] after daemon writes: $before -> $after paths, verify: $bad"; fi
+    else
+        fail "[$name] daemon could not add/build on the restored state:"; tail -n 8 "$W/$name.populate-c.log" | sed 's/^/      /'
+    fi
+}
+
 check_db_files() { # NAME OWNER_UID
     local name=$1 owner=$2 d=$CH/var/guix/db
     if [ "$(cat "$d/schema" 2>/dev/null)" = 7 ] && [ "$(stat -c %s "$d/schema")" = 1 ]; then
@@ -444,6 +469,19 @@ check_db_files() { # NAME OWNER_UID
     wrong=$(find "$CH/var/guix/db" ! -uid "$owner" -printf '%u %p\n')
     if [ -z "$wrong" ]; then pass "[$name] /var/guix/db files owned by uid $owner"
     else fail "[$name] /var/guix/db files not owned by uid $owner: $wrong"; fi
+    db .schema > "$W/$name.schema.sql"
+    check_same "[$name] DB .schema identical to the daemon's" "$W/src/schema.sql" "$W/$name.schema.sql"
+    db "PRAGMA page_size; PRAGMA auto_vacuum; PRAGMA user_version; PRAGMA encoding;" > "$W/$name.pragmas"
+    check_same "[$name] DB page_size/auto_vacuum/user_version/encoding = daemon's" "$W/src/pragmas" "$W/$name.pragmas"
+    local ic fk
+    ic=$(db "PRAGMA integrity_check;" 2>&1); fk=$(db "PRAGMA foreign_key_check;" 2>&1)
+    if [ "$ic" = ok ] && [ -z "$fk" ]; then pass "[$name] DB integrity_check ok, foreign_key_check empty"
+    else fail "[$name] DB integrity_check: $ic; foreign_key_check: $(echo "$fk" | head -n 5 | tr '\n' ' ')"; fi
+    local seq maxid
+    seq=$(db "select coalesce((select seq from sqlite_sequence where name='ValidPaths'),0);")
+    maxid=$(db "select coalesce(max(id),0) from ValidPaths;")
+    if [ "$seq" -ge "$maxid" ]; then pass "[$name] sqlite_sequence(ValidPaths)=$seq >= max(id)=$maxid"
+    else fail "[$name] sqlite_sequence(ValidPaths)=$seq < max(id)=$maxid: the daemon would reuse ids"; fi
 }
 
 # restore wrapper: restore_json NAME [args...] -> sets RJ (json file), RC
@@ -528,6 +566,7 @@ CONSUMER=$(awk '$1=="out" && $2 ~ /-consumer-b$/ {print $2}' "$CH/root/populate-
 CONSUMER_DRV=$(awk '$1=="drv" && $2 ~ /-consumer-b.drv$/ {print $2}' "$CH/root/populate-b.list")
 MULTI_DRV=$(awk '$1=="drv" && $2 ~ /-multi-a-2.drv$/ {print $2}' "$CH/root/populate-a.list")
 in_ch guix gc -R "$CONSUMER" | LC_ALL=C sort > "$W/closure-consumer"
+in_ch guix size "$CONSUMER" > "$W/src/size"
 info "source b: $NB valid paths ($((NB - NA)) new), $(wc -l < "$W/src/drvouts") DerivationOutputs rows, $(grep -c -- ' -> ' "$W/src/refs") Refs, $(find "$CH/gnu/store/.links" -mindepth 1 | wc -l) .links entries; closure of $CONSUMER: $(wc -l < "$W/closure-consumer") paths"
 stop_daemon
 SNAP_B=
@@ -553,6 +592,8 @@ if json_ok s1-full "$NB" 0; then
     check_db_files s1-full 0
     start_daemon
     check_state s1-full "$W/src/paths" "$W/src" 0
+    check_guix_size s1-full "$CONSUMER"
+    check_daemon_writes s1-full
     check_gc s1-full "$CONSUMER" "$MULTI_DRV" "$W/src"
     stop_daemon
 fi
@@ -656,6 +697,80 @@ if json_ok s5-unpriv "$NB" 0; then
     check_state s5-unpriv "$W/src/paths" "$W/src" "$GD_UID"
     check_gc s5-unpriv "$CONSUMER" "$CONSUMER_DRV" "$W/src"
     stop_daemon
+fi
+
+# ---------------------------------------------------------------- 5b. unprivileged layout, no DB yet
+log "scenario 5b: /gnu/store and /var/guix owned by guix-daemon, no DB yet (daemon never ran)"
+empty_state
+chown "$GD_UID:$GD_GID" "$CH/gnu/store" "$CH/var/guix"
+restore_json s5b-unpriv-nodb --cache "$CACHE"
+if [ "$FAKE" = 1 ]; then fake_restore "$W/state-b"; chown -R "$GD_UID:$GD_GID" "$CH/gnu/store" "$CH/var/guix"; fi
+if json_ok s5b-unpriv-nodb "$NB" 0; then
+    check_db_files s5b-unpriv-nodb "$GD_UID"
+    wrong=$(find "$CH/gnu/store" ! -uid "$GD_UID" -printf '%u %p\n' | head -n 3)
+    if [ -z "$wrong" ]; then pass "[s5b-unpriv-nodb] every restored file owned by guix-daemon"
+    else fail "[s5b-unpriv-nodb] not owned by guix-daemon: $wrong"; fi
+    start_daemon unprivileged
+    bad=$(gx gc --verify=contents 2>&1 | grep -v -E '^(reading the store|checking path existence|checking hashes)\.\.\.$' || true)
+    if [ -z "$bad" ]; then pass "[s5b-unpriv-nodb] unprivileged daemon: guix gc --verify=contents clean"
+    else fail "[s5b-unpriv-nodb] verify: $bad"; fi
+    check_daemon_writes s5b-unpriv-nodb
+    stop_daemon
+fi
+
+# ---------------------------------------------------------------- 6. debris of an interrupted restore
+log "scenario 6: restore B over A with debris (invalid leftovers) at some of B's paths"
+wipe_state
+if [ "$FAKE" = 1 ]; then fake_restore "$W/state-a"; RC=0; else restore_json s6-a --cache "$CACHE" --snapshot "$SNAP_A"; fi
+if json_ok s6-a "$NA" 0; then
+    # a read-only half-written directory, a junk regular file, and an empty
+    # directory at three of B's (not yet valid) paths
+    mapfile -t DEBRIS < <(LC_ALL=C comm -13 "$W/src-a/paths" "$W/src/paths" | grep -v '\.drv$' | head -n 3)
+    mkdir -p "$CH${DEBRIS[0]}/junk/deeper"; echo partial > "$CH${DEBRIS[0]}/junk/file"
+    chmod -R a-w "$CH${DEBRIS[0]}"
+    rm -rf "$CH${DEBRIS[1]}"; echo "not the real content" > "$CH${DEBRIS[1]}"
+    mkdir -p "$CH${DEBRIS[2]}"
+    info "[s6] debris planted at ${DEBRIS[*]}"
+    if [ "$FAKE" = 1 ]; then fake_restore "$W/state-b"; RC=0; else restore_json s6-debris --cache "$CACHE"; fi
+    if json_ok s6-debris "$((NB - NA))" "$NA"; then
+        start_daemon
+        check_state s6-debris "$W/src/paths" "$W/src" 0
+        stop_daemon
+    fi
+fi
+
+# ---------------------------------------------------------------- 7. save of a corrupt store
+if have_storesync && [ "$FAKE" != 1 ]; then
+    log "scenario 7: save from a store with a corrupted item, with and without --skip-corrupt"
+    CR=$W/corrupt-root
+    rm -rf "$CR"; mkdir -p "$CR/gnu" "$CR/var/guix"
+    cp -a "$W/state-b/store" "$CR/gnu/store"; cp -a "$W/state-b/db" "$CR/var/guix/db"
+    CORRUPT=$(grep -- '-leaf-b.txt$' "$W/src/paths")
+    chmod u+w "$CR$CORRUPT"; printf 'LEAF of generation b\n' > "$CR$CORRUPT"; chmod 444 "$CR$CORRUPT"; touch -d @1 "$CR$CORRUPT"
+    crc=0; ss --root "$CR" --json save --cache "$W/cache-corrupt" > "$W/s7.save.json" 2> "$W/s7.save.err" || crc=$?
+    if [ $crc = 1 ] && grep -q -- "${CORRUPT#/gnu/store/}" "$W/s7.save.err" "$W/s7.save.json"; then
+        pass "[s7] save of a store with a corrupted item: exit 1 and names it ($(grep -h -m1 -- "${CORRUPT#/gnu/store/}" "$W/s7.save.err" "$W/s7.save.json" | head -c 160))"
+    else fail "[s7] save of corrupted store: exit $crc (want 1 naming $CORRUPT): $(head -c 300 "$W/s7.save.err") $(head -c 200 "$W/s7.save.json")"; fi
+    crc=0; ss --root "$CR" --json save --skip-corrupt --cache "$W/cache-corrupt" > "$W/s7.skip.json" 2> "$W/s7.skip.err" || crc=$?
+    if [ $crc = 0 ]; then
+        pass "[s7] save --skip-corrupt: exit 0, paths=$(jq -r .paths "$W/s7.skip.json" 2>/dev/null)"
+        wipe_state
+        restore_json s7-skip --cache "$W/cache-corrupt"
+        if json_ok s7-skip - 0; then
+            q_paths > "$W/s7.paths"
+            if grep -qx -- "$CORRUPT" "$W/s7.paths"; then fail "[s7] corrupt $CORRUPT was restored"
+            else pass "[s7] corrupt item not restored ($(wc -l < "$W/s7.paths") of $NB paths restored)"; fi
+            # closed under references (per the source's Refs)
+            open=$(awk 'NR==FNR { v[$1]=1; next } ($1 in v) && !($3 in v) { print $1 " -> " $3 }' "$W/s7.paths" "$W/src/refs" | head -n 5)
+            if [ -z "$open" ]; then pass "[s7] restored set is closed under references (referrers of the corrupt item left out)"
+            else fail "[s7] restored paths whose references are missing: $open"; fi
+            start_daemon
+            bad=$(gx gc --verify=contents 2>&1 | grep -v -E '^(reading the store|checking path existence|checking hashes)\.\.\.$' || true)
+            if [ -z "$bad" ]; then pass "[s7] guix gc --verify=contents clean on the --skip-corrupt restore"
+            else fail "[s7] verify: $bad"; fi
+            stop_daemon
+        fi
+    else fail "[s7] save --skip-corrupt exit $crc: $(head -c 300 "$W/s7.skip.err")"; fi
 fi
 
 # ---------------------------------------------------------------- summary
