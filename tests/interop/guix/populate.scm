@@ -17,7 +17,8 @@
 ;;;  - NDRV derivations built with busybox; chains whose outputs name their
 ;;;    inputs' paths (reference scanning), self-references, multi-output
 ;;;    derivations (out/lib/doc, lib -> out), single-file outputs, a
-;;;    fixed-output derivation.
+;;;    fixed-output derivation; in generation b a non-deterministic one.
+;;;   NONDET_ONLY=1: only build the non-deterministic derivation.
 
 (use-modules (guix store) (guix derivations) (gcrypt hash) (guix base16)
              (rnrs bytevectors) (ice-9 format) (srfi srfi-1))
@@ -62,6 +63,20 @@
             '("sh" "mkdir" "cat" "ln" "chmod" "cp" "touch" "head" "seq"))
   (define bb (note "busybox" (add-to-store store "busybox-static" #t "sha256" bbdir)))
   (define sh (string-append bb "/bin/sh"))
+
+  ;; a non-deterministic derivation (output differs on every build), part of
+  ;; generation b; NONDET_ONLY=1 builds just it (to build it independently in
+  ;; another store)
+  (define nondet
+    (derivation store "nondet-b" sh (list "-c" "echo $$-$RANDOM-$RANDOM > $out")
+                #:env-vars `(("PATH" . ,(string-append bb "/bin")))
+                #:sources (list bb)))
+  (when (getenv "NONDET_ONLY")
+    (build-derivations store (list nondet))
+    (note "drv" (derivation-file-name nondet))
+    (note "out" (derivation->output-path nondet))
+    (close-port out-port)
+    (exit 0))
 
   ;; --- text items with references
   (define t0 (note "text" (add-text-to-store store (string-append "leaf-" gen ".txt")
@@ -205,7 +220,8 @@
                        #:inputs (list (derivation-input a-simple)))))
         '()))
 
-  (define all-drvs (append simple-drvs multi-drvs (list consumer fo) cross))
+  (define all-drvs (append simple-drvs multi-drvs (list consumer fo) cross
+                          (if (string=? gen "b") (list nondet) '())))
   (build-derivations store all-drvs)
   (for-each (lambda (drv)
               (note "drv" (derivation-file-name drv))

@@ -773,6 +773,42 @@ if have_storesync && [ "$FAKE" != 1 ]; then
     else fail "[s7] save --skip-corrupt exit $crc: $(head -c 300 "$W/s7.skip.err")"; fi
 fi
 
+# ---------------------------------------------------------------- 8. locally built, different content
+log "scenario 8: B over A where the target built B's non-deterministic derivation itself"
+wipe_state
+if [ "$FAKE" = 1 ]; then fake_restore "$W/state-a"; RC=0; else restore_json s8-a --cache "$CACHE" --snapshot "$SNAP_A"; fi
+if json_ok s8-a "$NA" 0; then
+    start_daemon
+    in_ch sh -c 'cd /root && GEN=b NONDET_ONLY=1 OUT=/root/nondet.list guix repl /root/populate.scm' > "$W/s8.nondet.log" 2>&1 \
+        || fail "[s8] building the non-deterministic derivation locally: $(tail -n 3 "$W/s8.nondet.log")"
+    stop_daemon
+    ND_OUT=$(awk '$1=="out" {print $2}' "$CH/root/nondet.list")
+    ND_DRV=$(awk '$1=="drv" {print $2}' "$CH/root/nondet.list")
+    q_validpaths_full | grep -- "^$ND_OUT " > "$W/s8.nd.row" || true
+    ND_INODE=$(stat -c '%i %s' "$CH$ND_OUT")
+    src_hash=$(grep -- "^$ND_OUT " "$W/src/validpaths" | cut -d' ' -f2)
+    if [ "$(cut -d' ' -f2 "$W/s8.nd.row")" = "$src_hash" ]; then
+        info "[s8] local build of $ND_OUT happened to equal the source's; check is weaker"
+    else
+        info "[s8] local $ND_OUT: $(cut -d' ' -f2 "$W/s8.nd.row"), source: $src_hash"
+    fi
+    if [ "$FAKE" = 1 ]; then RC=0; else restore_json s8-b --cache "$CACHE"; fi
+    if json_ok s8-b "$((NB - NA - 2))" "$((NA + 2))"; then
+        q_validpaths_full | grep -- "^$ND_OUT " > "$W/s8.nd.row2" || true
+        check_same "[s8] locally built $ND_OUT: ValidPaths row (hash, registrationTime) kept" "$W/s8.nd.row" "$W/s8.nd.row2"
+        if [ "$(stat -c '%i %s' "$CH$ND_OUT")" = "$ND_INODE" ]; then pass "[s8] locally built output's file untouched (inode, size)"
+        else fail "[s8] locally built output was replaced: $ND_INODE -> $(stat -c '%i %s' "$CH$ND_OUT")"; fi
+        start_daemon
+        bad=$(gx gc --verify=contents 2>&1 | grep -v -E '^(reading the store|checking path existence|checking hashes)\.\.\.$' || true)
+        if [ -z "$bad" ]; then pass "[s8] guix gc --verify=contents clean"
+        else fail "[s8] verify: $bad"; fi
+        if gx build "$ND_DRV" > "$W/s8.build.out" 2> "$W/s8.build.err" && ! grep -q -i build "$W/s8.build.err"; then
+            pass "[s8] guix build $ND_DRV: no build"
+        else fail "[s8] guix build $ND_DRV: $(head -c 300 "$W/s8.build.err")"; fi
+        stop_daemon
+    fi
+fi
+
 # ---------------------------------------------------------------- summary
 log "done in $(( $(date +%s) - T0 )) s"
 if [ $NFAIL -gt 0 ]; then
