@@ -67,16 +67,17 @@
   ;; a non-deterministic derivation (output differs on every build), part of
   ;; generation b; NONDET_ONLY=1 builds just it (to build it independently in
   ;; another store)
-  (define nondet
+  (define (make-nondet)
     (derivation store "nondet-b" sh (list "-c" "echo $$-$RANDOM-$RANDOM > $out")
                 #:env-vars `(("PATH" . ,(string-append bb "/bin")))
                 #:sources (list bb)))
   (when (getenv "NONDET_ONLY")
-    (build-derivations store (list nondet))
-    (note "drv" (derivation-file-name nondet))
-    (note "out" (derivation->output-path nondet))
-    (close-port out-port)
-    (exit 0))
+    (let ((nondet (make-nondet)))
+      (build-derivations store (list nondet))
+      (note "drv" (derivation-file-name nondet))
+      (note "out" (derivation->output-path nondet))
+      (close-port out-port)
+      (exit 0)))
 
   ;; --- text items with references
   (define t0 (note "text" (add-text-to-store store (string-append "leaf-" gen ".txt")
@@ -221,7 +222,7 @@
         '()))
 
   (define all-drvs (append simple-drvs multi-drvs (list consumer fo) cross
-                          (if (string=? gen "b") (list nondet) '())))
+                          (if (string=? gen "b") (list (make-nondet)) '())))
   (build-derivations store all-drvs)
   (for-each (lambda (drv)
               (note "drv" (derivation-file-name drv))
