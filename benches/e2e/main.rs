@@ -35,6 +35,8 @@ use std::time::Instant;
 #[derive(Clone, Copy, Debug)]
 struct Sample {
     wall: f64,
+    /// User + system CPU seconds, summed over the processes.
+    cpu: f64,
     rss_kb: u64,
 }
 
@@ -99,6 +101,7 @@ fn run(cmds: Vec<Command>, out: Out) -> (Sample, String) {
         let _ = o.read_to_string(&mut text);
     }
     let mut rss = 0u64;
+    let mut cpu = 0.0;
     for (pid, desc) in pids {
         let mut status = 0;
         // SAFETY: plain FFI call on a child we spawned and have not waited for.
@@ -113,9 +116,18 @@ fn run(cmds: Vec<Command>, out: Out) -> (Sample, String) {
             ));
         }
         rss += ru.ru_maxrss as u64;
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        cpu += tv(ru.ru_utime) + tv(ru.ru_stime);
     }
     let wall = t0.elapsed().as_secs_f64();
-    (Sample { wall, rss_kb: rss }, text)
+    (
+        Sample {
+            wall,
+            cpu,
+            rss_kb: rss,
+        },
+        text,
+    )
 }
 
 fn cmd(prog: &str, args: &[&str]) -> Command {
@@ -144,6 +156,42 @@ fn rm_rf(p: &Path) {
     }
 }
 
+/// Trees are not deleted between timed runs but moved aside, and deleted only between
+/// scenarios, followed by a pause: on ext4 without a journal (this machine's), the inode
+/// allocator skips inodes deleted less than `dirty_expire_centisecs` ago (`recently_deleted`),
+/// and after an `rm -rf` of a 30 000-file tree, creating files costs up to 10x more system time
+/// for that long. A CI machine restores onto a file system without such a history.
+struct Trash {
+    dir: PathBuf,
+    n: std::cell::Cell<u32>,
+}
+
+impl Trash {
+    fn put(&self, p: &Path) {
+        if fs::symlink_metadata(p).is_ok() {
+            fs::create_dir_all(&self.dir).unwrap_or_else(|e| die(e));
+            let n = self.n.get() + 1;
+            self.n.set(n);
+            fs::rename(p, self.dir.join(n.to_string()))
+                .unwrap_or_else(|e| die(format!("moving {} aside: {e}", p.display())));
+        }
+    }
+    fn empty(&self) {
+        if fs::symlink_metadata(&self.dir).is_err() {
+            return;
+        }
+        rm_rf(&self.dir);
+        sh("sync");
+        let secs = fs::read_to_string("/proc/sys/vm/dirty_expire_centisecs")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map_or(30, |c| c / 100)
+            + 2;
+        eprintln!("  (deleted old trees; waiting {secs} s for ext4's recently-deleted window)");
+        std::thread::sleep(std::time::Duration::from_secs(secs));
+    }
+}
+
 /// Before every timed run: flush dirty pages (and drop the page cache in cold mode).
 fn settle(cfg: &Cfg) {
     sh("sync");
@@ -166,15 +214,28 @@ fn dir_bytes(p: &Path) -> u64 {
     }
 }
 
-fn median(v: &[Sample]) -> Sample {
-    let mut w: Vec<f64> = v.iter().map(|s| s.wall).collect();
-    w.sort_by(f64::total_cmp);
-    let mut r: Vec<u64> = v.iter().map(|s| s.rss_kb).collect();
-    r.sort();
-    Sample {
-        wall: w[w.len() / 2],
-        rss_kb: r[r.len() / 2],
+fn med(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
+}
+
+fn median(v: &[Sample]) -> Sample {
+    Sample {
+        wall: med(v.iter().map(|s| s.wall).collect()),
+        cpu: med(v.iter().map(|s| s.cpu).collect()),
+        rss_kb: med(v.iter().map(|s| s.rss_kb as f64).collect()) as u64,
+    }
+}
+
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 struct Storesync<'a> {
@@ -214,12 +275,15 @@ fn alternate(
             va.push(a(i));
         }
         eprintln!(
-            "  run {}: storesync {:.2} s {} MB, baseline {:.2} s {} MB",
+            "  run {}: storesync {:.2} s ({:.2} s CPU) {} MiB, baseline {:.2} s ({:.2} s CPU) {} MiB; load {}",
             i + 1,
             va[i].wall,
+            va[i].cpu,
             va[i].rss_kb / 1024,
             vb[i].wall,
-            vb[i].rss_kb / 1024
+            vb[i].cpu,
+            vb[i].rss_kb / 1024,
+            loadavg()
         );
     }
     (va, vb)
@@ -319,7 +383,7 @@ fn machine(cfg: &Cfg) -> String {
         out("uname", &["-r"]),
         cfg.dir.display(),
         out("tar", &["--version"]),
-        out("zstd", &["--version"]),
+        out("zstd", &["--version"]).trim_matches(['*', ' ']),
         if cfg.cold {
             "page cache dropped before every run (cold)"
         } else {
@@ -388,7 +452,12 @@ fn main() {
     );
     let machine = machine(&cfg);
     let work = cfg.dir.join("run");
-    rm_rf(&work);
+    let trash = Trash {
+        dir: cfg.dir.join("trash"),
+        n: std::cell::Cell::new(0),
+    };
+    trash.put(&work);
+    trash.empty();
     fs::create_dir_all(&work).unwrap_or_else(|e| die(format!("{}: {e}", work.display())));
     let ss = Storesync { cfg: &cfg };
     let cache = work.join("cache");
@@ -406,11 +475,12 @@ fn main() {
 
     // 4. Full save of v1 into an empty cache.
     eprintln!("full save of v1 into an empty cache");
+    trash.empty();
     let mut v1_id = String::new();
     let (a, b) = alternate(
         cfg.runs,
         |_| {
-            rm_rf(&cache);
+            trash.put(&cache);
             settle(&cfg);
             let (s, j) = ss.run(&v1, &["save", "--cache", &cache.display().to_string()]);
             v1_id = j["snapshot"].as_str().unwrap_or_default().to_owned();
@@ -433,11 +503,12 @@ fn main() {
 
     // 5. Incremental save of v2 into the cache holding v1.
     eprintln!("incremental save of v2 into the cache holding v1");
+    trash.empty();
     let mut v2_id = String::new();
     let (a, b) = alternate(
         cfg.runs,
         |_| {
-            rm_rf(&cache);
+            trash.put(&cache);
             sh(&format!("cp -a {} {}", q(&cache_v1), q(&cache)));
             settle(&cfg);
             let (s, j) = ss.run(&v2, &["save", "--cache", &cache.display().to_string()]);
@@ -462,11 +533,12 @@ fn main() {
 
     // 1. Cold restore: empty root <- snapshot v1.
     eprintln!("cold restore: empty root <- v1");
+    trash.empty();
     let cache_arg = cache_v12.display().to_string();
     let (a, b) = alternate(
         cfg.runs,
         |_| {
-            rm_rf(&root);
+            trash.put(&root);
             settle(&cfg);
             let (s, j) = ss.run(
                 &root,
@@ -476,7 +548,7 @@ fn main() {
             s
         },
         |_| {
-            rm_rf(&xroot);
+            trash.put(&xroot);
             fs::create_dir_all(&xroot).unwrap_or_else(|e| die(e));
             settle(&cfg);
             extract(&tar_v1, &xroot)
@@ -492,10 +564,11 @@ fn main() {
 
     // 2. Warm restore: root holding v1 <- snapshot v2.
     eprintln!("warm restore: root holding v1 <- v2");
+    trash.empty();
     let (a, b) = alternate(
         cfg.runs,
         |_| {
-            rm_rf(&root);
+            trash.put(&root);
             fs::create_dir_all(&root).unwrap_or_else(|e| die(e));
             // Hard-link copy of the store (restore only adds files and links), real copy of
             // the DB (written in place).
@@ -515,7 +588,7 @@ fn main() {
             s
         },
         |_| {
-            rm_rf(&xroot);
+            trash.put(&xroot);
             fs::create_dir_all(&xroot).unwrap_or_else(|e| die(e));
             settle(&cfg);
             extract(&tar_v2, &xroot)
@@ -531,6 +604,7 @@ fn main() {
 
     // 3. No-op restore: root holding v2 <- snapshot v2.
     eprintln!("no-op restore: root holding v2 <- v2");
+    trash.empty();
     let (a, b) = alternate(
         cfg.runs,
         |_| {
@@ -543,13 +617,13 @@ fn main() {
             s
         },
         |_| {
-            rm_rf(&xroot);
+            trash.put(&xroot);
             fs::create_dir_all(&xroot).unwrap_or_else(|e| die(e));
             settle(&cfg);
             extract(&tar_v2, &xroot)
         },
     );
-    rm_rf(&xroot);
+    trash.put(&xroot);
     rows.push(Row {
         name: "3. no-op restore: root with v2 <- v2",
         ss: a,
@@ -563,6 +637,7 @@ fn main() {
     let t1 = dir_bytes(&tar_v1);
     let t2 = dir_bytes(&tar_v2);
 
+    rm_rf(&trash.dir);
     rows.sort_by_key(|r| r.name);
     let md = report(&cfg, &info, &machine, &rows, (c1, c12, t1, t2));
     println!("{md}");
@@ -617,18 +692,26 @@ fn report(
     );
     let _ = writeln!(
         s,
-        "Median of {} alternating runs; wall seconds; peak RSS MiB (sum over a pipeline's processes).\n",
+        "Median of {} alternating runs. Wall seconds; ratio = storesync median / baseline median \
+         (in brackets: median of the per-run-pair ratios, steadier on a busy machine); CPU = user + \
+         system seconds; peak RSS in MiB (a pipeline's processes summed).\n",
         cfg.runs
     );
     let _ = writeln!(
         s,
-        "| scenario | storesync s | tar+zstd s | ratio | target | met | storesync RSS | baseline RSS |"
+        "| scenario | storesync s | tar+zstd s | ratio | target | met | storesync CPU s | baseline CPU s | storesync RSS | baseline RSS |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---|---|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---|---|---:|---:|---:|---:|");
     for r in rows {
         let a = median(&r.ss);
         let b = median(&r.base);
         let ratio = a.wall / b.wall;
+        let paired = med(r
+            .ss
+            .iter()
+            .zip(&r.base)
+            .map(|(x, y)| x.wall / y.wall)
+            .collect());
         let (target, met) = match r.target {
             Target::Ratio(t) => (format!("≤ {t}×"), ratio <= t),
             Target::Seconds(t) => (format!("< {t} s"), a.wall < t),
@@ -636,20 +719,23 @@ fn report(
         let rss_ok = mb(a.rss_kb) < 150.0;
         let _ = writeln!(
             s,
-            "| {} | {:.2} | {:.2} | {:.3} | {target}, RSS < 150 | {}{} | {:.0} | {:.0} |",
+            "| {} | {:.2} | {:.2} | {:.3} ({:.3}) | {target}, RSS < 150 | {}{} | {:.2} | {:.2} | {:.0} | {:.0} |",
             r.name,
             a.wall,
             b.wall,
             ratio,
+            paired,
             if met { "yes" } else { "**no**" },
             if rss_ok { "" } else { ", **RSS no**" },
+            a.cpu,
+            b.cpu,
             mb(a.rss_kb),
             mb(b.rss_kb),
         );
     }
     let _ = writeln!(
         s,
-        "| 6a. cache after v1 vs v1.tar.zst | {:.1} MiB | {:.1} MiB | {:.3} | ≤ 1.0× | {} | | |",
+        "| 6a. cache after v1 vs v1.tar.zst | {:.1} MiB | {:.1} MiB | {:.3} | ≤ 1.0× | {} | | | | |",
         mib(c1),
         mib(t1),
         c1 as f64 / t1 as f64,
@@ -657,7 +743,7 @@ fn report(
     );
     let _ = writeln!(
         s,
-        "| 6b. cache after v1+v2 vs v1.tar.zst | {:.1} MiB | {:.1} MiB | {:.3} | ≤ 1.15× | {} | | |",
+        "| 6b. cache after v1+v2 vs v1.tar.zst | {:.1} MiB | {:.1} MiB | {:.3} | ≤ 1.15× | {} | | | | |",
         mib(c12),
         mib(t1),
         c12 as f64 / t1 as f64,
@@ -669,13 +755,13 @@ fn report(
     );
     let _ = writeln!(
         s,
-        "\n(v2.tar.zst: {:.1} MiB.)\n\nAll runs (wall s / RSS MiB):\n",
+        "\n(v2.tar.zst: {:.1} MiB.)\n\nAll runs (wall s / CPU s / RSS MiB):\n",
         mib(t2)
     );
     for r in rows {
         let f = |v: &[Sample]| {
             v.iter()
-                .map(|x| format!("{:.2}/{:.0}", x.wall, mb(x.rss_kb)))
+                .map(|x| format!("{:.2}/{:.2}/{:.0}", x.wall, x.cpu, mb(x.rss_kb)))
                 .collect::<Vec<_>>()
                 .join(" ")
         };
