@@ -731,8 +731,18 @@ if json_ok s6-a "$NA" 0; then
     rm -rf "$CH${DEBRIS[1]}"; echo "not the real content" > "$CH${DEBRIS[1]}"
     mkdir -p "$CH${DEBRIS[2]}"
     info "[s6] debris planted at ${DEBRIS[*]}"
+    # and one of A's valid paths (with referrers) vanished from disk, row kept
+    VANISHED=$(grep -- '-mid-a.txt$' "$W/src-a/paths")
+    chmod u+w "$CH$VANISHED"; rm -f "$CH$VANISHED"
+    info "[s6] removed valid $VANISHED from disk (DB row kept)"
     if [ "$FAKE" = 1 ]; then fake_restore "$W/state-b"; RC=0; else restore_json s6-debris --cache "$CACHE"; fi
-    if json_ok s6-debris "$((NB - NA))" "$NA"; then
+    if json_ok s6-debris - -; then
+        r=$(jq -r .restored "$RJ"); a=$(jq -r .already_valid "$RJ")
+        if [ "$r" = "$((NB - NA))" ] || [ "$r" = "$((NB - NA + 1))" ]; then
+            pass "[s6-debris] restored=$r already_valid=$a replaced_leftovers=$(jq -r .replaced_leftovers "$RJ") repaired=$(jq -c .repaired "$RJ")"
+        else fail "[s6-debris] restored=$r, want $((NB - NA)) new (+1 rewritten vanished path)"; fi
+        if [ -f "$CH$VANISHED" ]; then pass "[s6-debris] valid-but-vanished $VANISHED written again"
+        else fail "[s6-debris] valid-but-vanished $VANISHED still missing from disk (daemon will report it)"; fi
         start_daemon
         check_state s6-debris "$W/src/paths" "$W/src" 0
         stop_daemon
