@@ -206,8 +206,9 @@ pub fn plan(layout: &Layout, cache: &Cache, opts: &SaveOptions) -> Result<SavePl
     })
 }
 
-/// Files at least this large stream through in chunks instead of being read whole.
-const STREAM_THRESHOLD: u64 = 4 * 1024 * 1024;
+/// Files at least this large stream through in chunks instead of being read whole (memory
+/// stays bounded: one such buffer per worker thread).
+const STREAM_THRESHOLD: u64 = 16 * 1024 * 1024;
 
 /// (device, inode) of a hard-linked file → its blob and `.links` hash, so it is hashed once.
 type InodeCache = Mutex<HashMap<(u64, u64), (ObjectId, [u8; 32])>>;
@@ -389,6 +390,9 @@ pub fn execute(
         bytes_read: AtomicU64::new(0),
     };
     let store = layout.real_store_dir();
+    // Largest first, so one big path does not start last and run alone.
+    let mut new = new;
+    new.sort_by_key(|&i| std::cmp::Reverse(db.paths[i].nar_size));
     progress.start(
         "reading new paths",
         new.iter().map(|&i| db.paths[i].nar_size).sum(),

@@ -35,8 +35,12 @@ pub const PACK_MAGIC: &[u8; 8] = b"STSYPACK";
 pub const INDEX_MAGIC: &[u8; 8] = b"STSYINDX";
 /// Magic of snapshot files.
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"STSYSNAP";
-/// Objects this large or larger get a zstd frame of their own.
+/// Objects this large or larger get zstd frames of their own.
 pub const SOLO_THRESHOLD: u64 = 256 * 1024;
+/// A large object is cut into frames of this much content each: they compress (and could
+/// decompress) in parallel, and one-shot compression of a buffer avoids the slower
+/// streaming path. The level-3 window is 2 MiB, so little ratio is lost.
+pub const CHUNK: usize = 4 * 1024 * 1024;
 /// A frame of small objects is closed once it holds this many bytes.
 pub const FRAME_TARGET: u64 = 1024 * 1024;
 /// A pack is closed once it is this large.
@@ -431,9 +435,9 @@ impl Cache {
         let raw = self
             .storage
             .read_range(&pack, loc.frame_offset, loc.frame_len)?;
+        // One or more frames (see CHUNK); the decoder reads across frame boundaries.
         let mut dec = zstd::stream::read::Decoder::new(raw)
-            .map_err(|e| StorageError(self.storage.describe(&pack), e))?
-            .single_frame();
+            .map_err(|e| StorageError(self.storage.describe(&pack), e))?;
         let mut hasher = blake3::Hasher::new();
         let mut buf = vec![0u8; 256 * 1024];
         let mut total = 0u64;

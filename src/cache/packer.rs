@@ -1,9 +1,9 @@
 //! Appending new objects to packs during a save, from many threads at once.
 //!
 //! Small objects are gathered into frames of about [`FRAME_TARGET`] bytes (so similar small
-//! files compress together); objects of [`SOLO_THRESHOLD`] bytes or more get a frame of their
-//! own and stream through a spooled scratch file, so memory stays bounded whatever the file
-//! size. Compression runs in the calling thread; only the append to the open pack is
+//! files compress together); objects of [`SOLO_THRESHOLD`] bytes or more get frames of their
+//! own, one per [`CHUNK`] of content, compressed in parallel and gathered in a spooled scratch
+//! file, so memory stays bounded whatever the file size. Compression runs in the calling thread; only the append to the open pack is
 //! serialised. [`Packer::finish`] closes the last pack and writes one index file naming
 //! everything this packer wrote; only then may a snapshot refer to those objects.
 
@@ -13,8 +13,8 @@ use std::sync::Mutex;
 
 use super::{
     encode_bincode, index_key, pack_key, seal, Cache, CacheError, IndexFile, Location, ObjectId,
-    ObjectKind, StorageError, FORMAT_VERSION, FRAME_TARGET, INDEX_MAGIC, PACK_MAGIC, PACK_TARGET,
-    SOLO_THRESHOLD,
+    ObjectKind, StorageError, CHUNK, FORMAT_VERSION, FRAME_TARGET, INDEX_MAGIC, PACK_MAGIC,
+    PACK_TARGET, SOLO_THRESHOLD,
 };
 
 /// What a packer wrote.
@@ -28,6 +28,16 @@ pub struct PackStats {
     pub packed_bytes: u64,
     /// Packs written.
     pub packs: u64,
+}
+
+/// Compress `data` as consecutive zstd frames of [`CHUNK`] bytes of content each, in parallel.
+fn compress_chunked(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
+    use rayon::prelude::*;
+    let frames: Vec<Vec<u8>> = data
+        .par_chunks(CHUNK)
+        .map(|c| zstd::bulk::compress(c, level))
+        .collect::<io::Result<_>>()?;
+    Ok(frames.concat())
 }
 
 #[derive(Default)]
@@ -83,7 +93,10 @@ impl<'c> Packer<'c> {
     /// [`CacheError::Storage`] when the pack cannot be written.
     pub fn add(&self, kind: ObjectKind, id: ObjectId, data: &[u8]) -> Result<(), CacheError> {
         if data.len() as u64 >= SOLO_THRESHOLD {
-            return self.add_reader(kind, id, data.len() as u64, &mut &data[..]);
+            let compressed = compress_chunked(data, self.level)
+                .map_err(|e| CacheError::Storage(StorageError(format!("object {id}"), e)))?;
+            let entry = [(id, kind, 0, data.len() as u64)];
+            return self.append(&mut &compressed[..], compressed.len() as u64, &entry);
         }
         let mut b = self
             .builders
@@ -116,18 +129,31 @@ impl<'c> Packer<'c> {
         r: &mut dyn Read,
     ) -> Result<(), CacheError> {
         let err = |e: io::Error| CacheError::Storage(StorageError(format!("object {id}"), e));
-        let mut spool = tempfile::spooled_tempfile(8 * 1024 * 1024);
-        let mut enc = zstd::stream::write::Encoder::new(&mut spool, self.level).map_err(err)?;
-        enc.include_contentsize(true).map_err(err)?;
-        enc.set_pledged_src_size(Some(len)).map_err(err)?;
-        let copied = io::copy(&mut r.take(len), &mut enc).map_err(err)?;
+        let mut spool = tempfile::spooled_tempfile(32 * 1024 * 1024);
+        // A few chunks at a time: bounded memory, and the chunks compress in parallel.
+        let batch = CHUNK * rayon::current_num_threads().clamp(1, 4);
+        let mut buf = Vec::with_capacity(batch.min(len as usize));
+        let mut copied = 0u64;
+        loop {
+            buf.clear();
+            let n = r.take(batch as u64).read_to_end(&mut buf).map_err(err)?;
+            if n == 0 {
+                break;
+            }
+            copied += n as u64;
+            if copied > len {
+                break;
+            }
+            spool
+                .write_all(&compress_chunked(&buf, self.level).map_err(err)?)
+                .map_err(err)?;
+        }
         if copied != len {
             return Err(err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("file shrank while being saved ({copied} of {len} bytes)"),
+                format!("file changed size while being saved ({copied} bytes, expected {len})"),
             )));
         }
-        enc.finish().map_err(err)?;
         let frame_len = spool.stream_position().map_err(err)?;
         spool.rewind().map_err(err)?;
         self.append(&mut spool, frame_len, &[(id, kind, 0, len)])
@@ -251,6 +277,8 @@ impl<'c> Packer<'c> {
         let mut st = self.state.lock().expect("pack state");
         self.close_pack(&mut st)?;
         if !st.done.entries.is_empty() {
+            // One sync makes every pack durable before the index that names them.
+            self.cache.storage().sync()?;
             let (sum, bytes) = seal(INDEX_MAGIC, &encode_bincode(&st.done));
             self.cache.storage().write(&index_key(&sum), &bytes)?;
             self.cache.merge_index(std::mem::take(&mut st.done));

@@ -27,8 +27,11 @@ pub trait Storage: Send + Sync {
     fn write(&self, key: &str, data: &[u8]) -> Result<(), StorageError>;
     /// A local scratch file whose contents [`Storage::commit_file`] can publish.
     fn scratch_file(&self) -> Result<tempfile::NamedTempFile, StorageError>;
-    /// Publish a finished scratch file as `key`, atomically and durably.
+    /// Publish a finished scratch file as `key`, atomically. It is durable only after the next
+    /// [`Storage::sync`] (one sync for many large files beats an fsync each).
     fn commit_file(&self, key: &str, file: tempfile::NamedTempFile) -> Result<(), StorageError>;
+    /// Make every file committed so far durable.
+    fn sync(&self) -> Result<(), StorageError>;
     /// Keys under a prefix (a "directory"), sorted.
     fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError>;
     /// Size of an object, or `None` when absent.
@@ -115,7 +118,11 @@ impl Storage for LocalDir {
     fn write(&self, key: &str, data: &[u8]) -> Result<(), StorageError> {
         let mut tmp = self.scratch_file()?;
         tmp.write_all(data).map_err(self.err(key))?;
-        self.commit_file(key, tmp)
+        tmp.as_file().sync_all().map_err(self.err(key))?;
+        let dest = self.path(key);
+        tmp.persist(&dest)
+            .map_err(|e| StorageError(self.describe(key), e.error))?;
+        sync_dir(dest.parent().expect("keys have a directory")).map_err(self.err(key))
     }
 
     fn scratch_file(&self) -> Result<tempfile::NamedTempFile, StorageError> {
@@ -123,11 +130,14 @@ impl Storage for LocalDir {
     }
 
     fn commit_file(&self, key: &str, file: tempfile::NamedTempFile) -> Result<(), StorageError> {
-        let dest = self.path(key);
-        file.as_file().sync_all().map_err(self.err(key))?;
-        file.persist(&dest)
+        file.persist(self.path(key))
             .map_err(|e| StorageError(self.describe(key), e.error))?;
-        sync_dir(dest.parent().expect("keys have a directory")).map_err(self.err(key))
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), StorageError> {
+        let root = File::open(&self.root).map_err(self.err(""))?;
+        rustix::fs::syncfs(&root).map_err(|e| StorageError(self.describe(""), e.into()))
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
@@ -201,6 +211,7 @@ mod tests {
         let mut f = s.scratch_file().unwrap();
         f.write_all(b"pack").unwrap();
         s.commit_file("packs/p", f).unwrap();
+        s.sync().unwrap();
         assert_eq!(s.list("packs").unwrap(), vec!["packs/p".to_string()]);
         assert!(s.read("index/missing").is_err());
         s.write("snapshots/a", b"replaced").unwrap();
