@@ -136,8 +136,9 @@ impl Storage for LocalDir {
     }
 
     fn sync(&self) -> Result<(), StorageError> {
-        let root = File::open(&self.root).map_err(self.err(""))?;
-        rustix::fs::syncfs(&root).map_err(|e| StorageError(self.describe(""), e.into()))
+        let err = |e: io::Error| StorageError(self.root.display().to_string(), e);
+        let root = File::open(&self.root).map_err(err)?;
+        rustix::fs::syncfs(&root).map_err(|e| err(e.into()))
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
