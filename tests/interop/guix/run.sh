@@ -567,6 +567,7 @@ CONSUMER_DRV=$(awk '$1=="drv" && $2 ~ /-consumer-b.drv$/ {print $2}' "$CH/root/p
 MULTI_DRV=$(awk '$1=="drv" && $2 ~ /-multi-a-2.drv$/ {print $2}' "$CH/root/populate-a.list")
 in_ch guix gc -R "$CONSUMER" | LC_ALL=C sort > "$W/closure-consumer"
 in_ch guix size "$CONSUMER" > "$W/src/size"
+in_ch guix gc -R "$CONSUMER_DRV" | LC_ALL=C sort > "$W/closure-consumer-drv"
 info "source b: $NB valid paths ($((NB - NA)) new), $(wc -l < "$W/src/drvouts") DerivationOutputs rows, $(grep -c -- ' -> ' "$W/src/refs") Refs, $(find "$CH/gnu/store/.links" -mindepth 1 | wc -l) .links entries; closure of $CONSUMER: $(wc -l < "$W/closure-consumer") paths"
 stop_daemon
 SNAP_B=
@@ -593,6 +594,13 @@ if json_ok s1-full "$NB" 0; then
     start_daemon
     check_state s1-full "$W/src/paths" "$W/src" 0
     check_guix_size s1-full "$CONSUMER"
+    info "[s1-full] /gnu/store created by storesync: $(stat -c '%A %U:%G' "$CH/gnu/store"), .links: $(stat -c '%A %U:%G' "$CH/gnu/store/.links" 2>/dev/null || echo none)"
+    # the daemon's own deduplication over the restored store and .links
+    if gx gc --optimize > "$W/s1.optimize.out" 2> "$W/s1.optimize.err"; then
+        bad=$(gx gc --verify=contents 2>&1 | grep -v -E '^(reading the store|checking path existence|checking hashes)\.\.\.$' || true)
+        if [ -z "$bad" ]; then pass "[s1-full] guix gc --optimize ok on restored store ($(grep -v '^$' "$W/s1.optimize.err" | tail -n 1)), verify clean"
+        else fail "[s1-full] verify after guix gc --optimize: $bad"; fi
+    else fail "[s1-full] guix gc --optimize failed: $(tail -n 5 "$W/s1.optimize.err")"; fi
     check_daemon_writes s1-full
     check_gc s1-full "$CONSUMER" "$MULTI_DRV" "$W/src"
     stop_daemon
@@ -679,6 +687,24 @@ if json_ok s4-closure "$(wc -l < "$W/closure-consumer")" 0; then
     start_daemon
     check_state s4-closure "$W/closure-consumer" "$W/src" 0
     check_gc s4-closure "$CONSUMER" "" "$W/src"
+    stop_daemon
+fi
+
+# ---------------------------------------------------------------- 4b. closure of a .drv: buildable
+log "scenario 4b: restore only the closure of $CONSUMER_DRV, then let the daemon build it"
+wipe_state
+LC_ALL=C sort "$W/closure-consumer-drv" > "$W/closure-consumer-drv.sorted"
+if [ "$FAKE" = 1 ]; then fake_restore "$W/state-b"; RC=0; else restore_json s4b-drv --cache "$CACHE" "$CONSUMER_DRV"; fi
+if json_ok s4b-drv "$(wc -l < "$W/closure-consumer-drv.sorted")" 0; then
+    check_db_files s4b-drv 0
+    start_daemon
+    check_state s4b-drv "$W/closure-consumer-drv.sorted" "$W/src" 0
+    if gx build "$CONSUMER_DRV" > "$W/s4b.build.out" 2> "$W/s4b.build.err"; then
+        h=$(db "select hash from ValidPaths where path='$CONSUMER';")
+        if [ "$(cat "$W/s4b.build.out")" = "$CONSUMER" ] && grep -q -- "$h" "$W/src/validpaths"; then
+            pass "[s4b-drv] daemon built the restored $CONSUMER_DRV and its inputs' .drv: $CONSUMER, same hash as the source"
+        else fail "[s4b-drv] build printed $(head -c 200 "$W/s4b.build.out"), hash $h"; fi
+    else fail "[s4b-drv] guix build of restored .drv failed: $(tail -n 5 "$W/s4b.build.err")"; fi
     stop_daemon
 fi
 
