@@ -379,10 +379,15 @@ impl Writer<'_> {
                 enc.contents(chunk)
             })
             .map_err(|e| format!("{}: {e}", dest.display()))?;
-        drop(f);
         self.bytes_written.fetch_add(written, Ordering::Relaxed);
-        self.finish_node(dest, Some(if executable { 0o555 } else { 0o444 }))
-            .map_err(io)
+        // Metadata through the open descriptor: no more path lookups.
+        if let Some((u, g)) = self.chown {
+            std::os::unix::fs::fchown(&f, Some(u), Some(g)).map_err(io)?;
+        }
+        let mode = if executable { 0o555 } else { 0o444 };
+        f.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(io)?;
+        filetime::set_file_handle_times(&f, None, Some(mtime_one())).map_err(io)
     }
 }
 
