@@ -14,7 +14,27 @@
 #   KEEP_CHROOT=0  delete the chroot at the end (default keep, for reuse)
 #
 # Prints "PASS: ..." / "FAIL: ..." per check and a closing "N passed, N failed"
-# line; exits 1 if any check failed.
+# line; exits 1 if any check failed. ~4 min with a reused chroot, ~5 min from
+# scratch (debootstrap of Debian sid + guix).
+#
+# Source store: populate.scm through the daemon (generation a, saved as snapshot
+# A; generation b on top, snapshot B). Scenarios, each judged by the daemon
+# started on the restored /gnu/store + /var/guix/db of the chroot:
+#   1  full restore into a root with no /gnu and no /var/guix
+#   2  fresh install's empty DB, daemon running: --dry-run, exit 3 while a
+#      client is connected, --wait
+#   3  snapshot A into a fresh root, then B on top (only new paths written;
+#      A's inodes and ValidPaths rows incl. registrationTime untouched)
+#   4  closure of one output;  4b closure of a .drv, then the daemon builds it
+#   5  store owned by guix-daemon, unprivileged daemon;  5b same without a DB
+#   6  B over A with invalid leftovers and a valid path vanished from disk
+#   7  save of a store with a corrupted item, with/without --skip-corrupt
+#   8  B over A where the target built B's non-deterministic output itself
+# Checks: guix gc --verify=contents, --references/--referrers/--derivers per
+# path, ValidPaths/Refs/DerivationOutputs vs source, DB schema/pragmas/
+# integrity, file metadata and ownership, .links naming, dump-nar vs daemon
+# hash, guix build doing no work, guix gc with test roots, guix size,
+# guix gc --optimize, the daemon adding/building on the restored DB.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
