@@ -88,6 +88,8 @@ fn run(cmds: Vec<Command>, out: Out) -> (Sample, String) {
             };
         }
         let desc = format!("{c:?}");
+        // Reaped below by wait4, which also reads the child's rusage (clippy cannot see that).
+        #[allow(clippy::zombie_processes)]
         let mut child = c.spawn().unwrap_or_else(|e| die(format!("{desc}: {e}")));
         if i + 1 < n {
             prev = child.stdout.take();
