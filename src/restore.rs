@@ -467,8 +467,11 @@ pub fn execute(
     };
     let leftovers = AtomicU64::new(0);
     progress.start("restoring paths", plan.bytes());
-    let results: Vec<(usize, std::result::Result<(), String>)> = plan
-        .missing
+    // Largest first, so one big path does not start last and run alone. (Registration keeps
+    // the plan's order: references first.)
+    let mut by_size = plan.missing.clone();
+    by_size.sort_by_key(|&i| std::cmp::Reverse(snap.paths[i].info.nar_size));
+    let results: Vec<(usize, std::result::Result<(), String>)> = by_size
         .par_iter()
         .map(|&i| {
             let p = &snap.paths[i];
