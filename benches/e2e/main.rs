@@ -158,11 +158,13 @@ fn rm_rf(p: &Path) {
     }
 }
 
-/// Trees are not deleted between timed runs but moved aside, and deleted only between
-/// scenarios, followed by a pause: on ext4 without a journal (this machine's), the inode
-/// allocator skips inodes deleted less than `dirty_expire_centisecs` ago (`recently_deleted`),
-/// and after an `rm -rf` of a 30 000-file tree, creating files costs up to 10x more system time
-/// for that long. A CI machine restores onto a file system without such a history.
+/// Trees are not deleted between timed runs but moved aside (about 30 GB for the default size
+/// and 5 runs), and deleted before the first timed run (followed by a pause) and after the last:
+/// on ext4 without a journal (this machine's), the inode allocator skips inodes deleted less
+/// than `dirty_expire_centisecs` ago (`recently_deleted`), so after an `rm -rf` of a 30 000-file
+/// tree, creating files costs up to 10x more system time for that long; and with `-o discard`
+/// deleting issues synchronous discards (minutes for 10 GB). A CI machine restores onto a file
+/// system without such a history.
 struct Trash {
     dir: PathBuf,
     n: std::cell::Cell<u32>,
@@ -459,7 +461,7 @@ fn main() {
         n: std::cell::Cell::new(0),
     };
     trash.put(&work);
-    trash.empty();
+    trash.empty(); // the only deletion before timed runs
     fs::create_dir_all(&work).unwrap_or_else(|e| die(format!("{}: {e}", work.display())));
     let ss = Storesync { cfg: &cfg };
     let cache = work.join("cache");
@@ -477,7 +479,6 @@ fn main() {
 
     // 4. Full save of v1 into an empty cache.
     eprintln!("full save of v1 into an empty cache");
-    trash.empty();
     let mut v1_id = String::new();
     let (a, b) = alternate(
         cfg.runs,
@@ -505,7 +506,6 @@ fn main() {
 
     // 5. Incremental save of v2 into the cache holding v1.
     eprintln!("incremental save of v2 into the cache holding v1");
-    trash.empty();
     let mut v2_id = String::new();
     let (a, b) = alternate(
         cfg.runs,
@@ -535,7 +535,6 @@ fn main() {
 
     // 1. Cold restore: empty root <- snapshot v1.
     eprintln!("cold restore: empty root <- v1");
-    trash.empty();
     let cache_arg = cache_v12.display().to_string();
     let (a, b) = alternate(
         cfg.runs,
@@ -566,7 +565,6 @@ fn main() {
 
     // 2. Warm restore: root holding v1 <- snapshot v2.
     eprintln!("warm restore: root holding v1 <- v2");
-    trash.empty();
     let (a, b) = alternate(
         cfg.runs,
         |_| {
@@ -606,7 +604,6 @@ fn main() {
 
     // 3. No-op restore: root holding v2 <- snapshot v2.
     eprintln!("no-op restore: root holding v2 <- v2");
-    trash.empty();
     let (a, b) = alternate(
         cfg.runs,
         |_| {
@@ -639,17 +636,17 @@ fn main() {
     let t1 = dir_bytes(&tar_v1);
     let t2 = dir_bytes(&tar_v2);
 
-    rm_rf(&trash.dir);
     rows.sort_by_key(|r| r.name);
     let md = report(&cfg, &info, &machine, &rows, (c1, c12, t1, t2));
     println!("{md}");
     let file = cfg.dir.join("results.md");
     fs::write(&file, &md).unwrap_or_else(|e| die(e));
     eprintln!(
-        "written to {}; caches, tarballs and restored roots stay in {} for profiling",
+        "written to {}; caches, tarballs and restored roots stay in {} for profiling; deleting old trees",
         file.display(),
         work.display()
     );
+    rm_rf(&trash.dir);
 }
 
 fn check_restore(j: &serde_json::Value, want: usize) {
@@ -695,7 +692,7 @@ fn report(
     let _ = writeln!(
         s,
         "Median of {} alternating runs. Wall seconds; ratio = storesync median / baseline median \
-         (in brackets: median of the per-run-pair ratios, steadier on a busy machine); CPU = user + \
+         (in brackets: median of the per-run-pair ratios, and fastest / fastest, both steadier on a busy machine); CPU = user + \
          system seconds; peak RSS in MiB (a pipeline's processes summed).\n",
         cfg.runs
     );
@@ -714,6 +711,8 @@ fn report(
             .zip(&r.base)
             .map(|(x, y)| x.wall / y.wall)
             .collect());
+        let min = |v: &[Sample]| v.iter().map(|x| x.wall).fold(f64::INFINITY, f64::min);
+        let best = min(&r.ss) / min(&r.base);
         let (target, met) = match r.target {
             Target::Ratio(t) => (format!("≤ {t}×"), ratio <= t),
             Target::Seconds(t) => (format!("< {t} s"), a.wall < t),
@@ -721,12 +720,13 @@ fn report(
         let rss_ok = mb(a.rss_kb) < 150.0;
         let _ = writeln!(
             s,
-            "| {} | {:.2} | {:.2} | {:.3} ({:.3}) | {target}, RSS < 150 | {}{} | {:.2} | {:.2} | {:.0} | {:.0} |",
+            "| {} | {:.2} | {:.2} | {:.3} ({:.3}; best {:.3}) | {target}, RSS < 150 | {}{} | {:.2} | {:.2} | {:.0} | {:.0} |",
             r.name,
             a.wall,
             b.wall,
             ratio,
             paired,
+            best,
             if met { "yes" } else { "**no**" },
             if rss_ok { "" } else { ", **RSS no**" },
             a.cpu,
