@@ -14,7 +14,9 @@
 //! * `STORESYNC_BENCH_CHANGE` the Debian package changed in v2 [a package depended on by about a
 //!   quarter of the store];
 //! * `STORESYNC_BENCH_COLD=1` drop the page cache (`sync; echo 3 > /proc/sys/vm/drop_caches`)
-//!   before every timed run; otherwise runs are warm-cache (after a `sync`);
+//!   before every timed run; otherwise runs are warm-cache: after a `sync`, the run's inputs
+//!   (source store, cache, tarball, target root) are read once so that they are in the page
+//!   cache;
 //! * `STORESYNC_BIN`         the binary to measure [the one cargo built with this bench].
 //!
 //! Every timed run is preceded by `sync`, so that writes of the previous run are not flushed
@@ -197,11 +199,37 @@ impl Trash {
 }
 
 /// Before every timed run: flush dirty pages (and drop the page cache in cold mode).
-fn settle(cfg: &Cfg) {
+/// Warm mode: read every input (file contents and directories) first, so both tools start
+/// with them in the page cache. This VM runs DAMON proactive reclaim (`kdamond`: page out memory
+/// not accessed for about a minute), so "warm" cannot be taken for granted even with free
+/// memory: without this, runs read part of their input from disk, at random.
+fn settle(cfg: &Cfg, inputs: &[&Path]) {
     sh("sync");
     if cfg.cold {
         fs::write("/proc/sys/vm/drop_caches", "3")
             .unwrap_or_else(|e| die(format!("dropping the page cache: {e}")));
+    } else {
+        let mut buf = vec![0u8; 1 << 20];
+        for p in inputs {
+            read_all(p, &mut buf);
+        }
+    }
+}
+
+fn read_all(p: &Path, buf: &mut [u8]) {
+    let Ok(m) = fs::symlink_metadata(p) else {
+        return;
+    };
+    if m.is_dir() {
+        if let Ok(rd) = fs::read_dir(p) {
+            for e in rd.flatten() {
+                read_all(&e.path(), buf);
+            }
+        }
+    } else if m.is_file() {
+        if let Ok(mut f) = fs::File::open(p) {
+            while matches!(f.read(buf), Ok(n) if n > 0) {}
+        }
     }
 }
 
@@ -391,7 +419,7 @@ fn machine(cfg: &Cfg) -> String {
         if cfg.cold {
             "page cache dropped before every run (cold)"
         } else {
-            "page cache warm (sync before every run, no drop)"
+            "page cache warm (sync, then inputs read, before every run)"
         },
         out(&cfg.bin.display().to_string(), &["--version"]),
     )
@@ -484,14 +512,14 @@ fn main() {
         cfg.runs,
         |_| {
             trash.put(&cache);
-            settle(&cfg);
+            settle(&cfg, &[&v1]);
             let (s, j) = ss.run(&v1, &["save", "--cache", &cache.display().to_string()]);
             v1_id = j["snapshot"].as_str().unwrap_or_default().to_owned();
             s
         },
         |_| {
             let _ = fs::remove_file(&tar_tmp);
-            settle(&cfg);
+            settle(&cfg, &[&v1]);
             run(vec![tar_c(&v1), zstd_c()], Out::File(tar_tmp.clone())).0
         },
     );
@@ -512,14 +540,14 @@ fn main() {
         |_| {
             trash.put(&cache);
             sh(&format!("cp -a {} {}", q(&cache_v1), q(&cache)));
-            settle(&cfg);
+            settle(&cfg, &[&v2, &cache]);
             let (s, j) = ss.run(&v2, &["save", "--cache", &cache.display().to_string()]);
             v2_id = j["snapshot"].as_str().unwrap_or_default().to_owned();
             s
         },
         |_| {
             let _ = fs::remove_file(&tar_tmp);
-            settle(&cfg);
+            settle(&cfg, &[&v2]);
             run(vec![tar_c(&v2), zstd_c()], Out::File(tar_tmp.clone())).0
         },
     );
@@ -540,7 +568,7 @@ fn main() {
         cfg.runs,
         |_| {
             trash.put(&root);
-            settle(&cfg);
+            settle(&cfg, &[&cache_v12]);
             let (s, j) = ss.run(
                 &root,
                 &["restore", "--cache", &cache_arg, "--snapshot", &v1_id],
@@ -551,7 +579,7 @@ fn main() {
         |_| {
             trash.put(&xroot);
             fs::create_dir_all(&xroot).unwrap_or_else(|e| die(e));
-            settle(&cfg);
+            settle(&cfg, &[&tar_v1]);
             extract(&tar_v1, &xroot)
         },
     );
@@ -579,7 +607,7 @@ fn main() {
                 q(&root_v1),
                 q(&root)
             ));
-            settle(&cfg);
+            settle(&cfg, &[&cache_v12, &root]);
             let (s, j) = ss.run(
                 &root,
                 &["restore", "--cache", &cache_arg, "--snapshot", &v2_id],
@@ -590,7 +618,7 @@ fn main() {
         |_| {
             trash.put(&xroot);
             fs::create_dir_all(&xroot).unwrap_or_else(|e| die(e));
-            settle(&cfg);
+            settle(&cfg, &[&tar_v2]);
             extract(&tar_v2, &xroot)
         },
     );
@@ -607,7 +635,7 @@ fn main() {
     let (a, b) = alternate(
         cfg.runs,
         |_| {
-            settle(&cfg);
+            settle(&cfg, &[&cache_v12, &root_v2.join("var")]);
             let (s, j) = ss.run(
                 &root_v2,
                 &["restore", "--cache", &cache_arg, "--snapshot", &v2_id],
@@ -618,7 +646,7 @@ fn main() {
         |_| {
             trash.put(&xroot);
             fs::create_dir_all(&xroot).unwrap_or_else(|e| die(e));
-            settle(&cfg);
+            settle(&cfg, &[&tar_v2]);
             extract(&tar_v2, &xroot)
         },
     );
