@@ -7,6 +7,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// glibc's allocator returns large buffers to the kernel on every free; with worker threads
+/// that means page faults and TLB shootdowns for each file's buffers. mimalloc keeps them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let parsed = cli::Cli::parse();
     match cli::run(parsed) {

@@ -208,7 +208,7 @@ pub fn plan(layout: &Layout, cache: &Cache, opts: &SaveOptions) -> Result<SavePl
 
 /// Files at least this large stream through in chunks instead of being read whole (memory
 /// stays bounded: one such buffer per worker thread).
-const STREAM_THRESHOLD: u64 = 16 * 1024 * 1024;
+const STREAM_THRESHOLD: u64 = 8 * 1024 * 1024;
 
 /// (device, inode) of a hard-linked file → its blob and `.links` hash, so it is hashed once.
 type InodeCache = Mutex<HashMap<(u64, u64), (ObjectId, [u8; 32])>>;
@@ -281,31 +281,36 @@ impl Walker<'_> {
         let mut fh = FileNarHasher::new(executable, size);
         let mut small = Vec::new();
         let mut total = 0u64;
-        let mut buf = vec![
-            0u8;
-            if size < STREAM_THRESHOLD {
-                size as usize + 1
-            } else {
-                1 << 20
-            }
-        ];
-        loop {
-            let n = f.read(&mut buf).map_err(io)?;
-            if n == 0 {
-                break;
-            }
-            total += n as u64;
-            if total > size {
-                break;
-            }
-            let chunk = &buf[..n];
-            enc.contents(chunk).map_err(io)?;
+        let mut feed = |chunk: &[u8]| -> io::Result<()> {
+            enc.contents(chunk)?;
             if seen.is_none() {
                 blake.update(chunk);
                 fh.update(chunk);
-                if size < STREAM_THRESHOLD {
-                    small.extend_from_slice(chunk);
+            }
+            Ok(())
+        };
+        if size < STREAM_THRESHOLD {
+            // Read whole (one more byte to notice growth), hash, keep for the packer.
+            small.reserve_exact(size as usize + 1);
+            total = (&mut f)
+                .take(size + 1)
+                .read_to_end(&mut small)
+                .map_err(io)? as u64;
+            if total == size {
+                feed(&small).map_err(io)?;
+            }
+        } else {
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = f.read(&mut buf).map_err(io)?;
+                if n == 0 {
+                    break;
                 }
+                total += n as u64;
+                if total > size {
+                    break;
+                }
+                feed(&buf[..n]).map_err(io)?;
             }
         }
         if total != size {
@@ -399,6 +404,9 @@ pub fn execute(
     );
     let results: Vec<(usize, Walked)> = new
         .par_iter()
+        // One path per task: paths differ in size by orders of magnitude, so rayon's default
+        // splitting into contiguous halves left one thread doing most of the work.
+        .with_max_len(1)
         .map(|&i| {
             let info = &db.paths[i];
             let real = store.join(info.path.base_name());

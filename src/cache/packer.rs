@@ -31,13 +31,11 @@ pub struct PackStats {
 }
 
 /// Compress `data` as consecutive zstd frames of [`CHUNK`] bytes of content each, in parallel.
-fn compress_chunked(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
+fn compress_chunked(data: &[u8], level: i32) -> io::Result<Vec<Vec<u8>>> {
     use rayon::prelude::*;
-    let frames: Vec<Vec<u8>> = data
-        .par_chunks(CHUNK)
+    data.par_chunks(CHUNK)
         .map(|c| zstd::bulk::compress(c, level))
-        .collect::<io::Result<_>>()?;
-    Ok(frames.concat())
+        .collect()
 }
 
 #[derive(Default)]
@@ -94,7 +92,8 @@ impl<'c> Packer<'c> {
     pub fn add(&self, kind: ObjectKind, id: ObjectId, data: &[u8]) -> Result<(), CacheError> {
         if data.len() as u64 >= SOLO_THRESHOLD {
             let compressed = compress_chunked(data, self.level)
-                .map_err(|e| CacheError::Storage(StorageError(format!("object {id}"), e)))?;
+                .map_err(|e| CacheError::Storage(StorageError(format!("object {id}"), e)))?
+                .concat();
             let entry = [(id, kind, 0, data.len() as u64)];
             return self.append(&mut &compressed[..], compressed.len() as u64, &entry);
         }
@@ -129,7 +128,7 @@ impl<'c> Packer<'c> {
         r: &mut dyn Read,
     ) -> Result<(), CacheError> {
         let err = |e: io::Error| CacheError::Storage(StorageError(format!("object {id}"), e));
-        let mut spool = tempfile::spooled_tempfile(32 * 1024 * 1024);
+        let mut spool = tempfile::spooled_tempfile(8 * 1024 * 1024);
         // A few chunks at a time: bounded memory, and the chunks compress in parallel.
         let batch = CHUNK * rayon::current_num_threads().clamp(1, 4);
         let mut buf = Vec::with_capacity(batch.min(len as usize));
@@ -144,9 +143,9 @@ impl<'c> Packer<'c> {
             if copied > len {
                 break;
             }
-            spool
-                .write_all(&compress_chunked(&buf, self.level).map_err(err)?)
-                .map_err(err)?;
+            for frame in compress_chunked(&buf, self.level).map_err(err)? {
+                spool.write_all(&frame).map_err(err)?;
+            }
         }
         if copied != len {
             return Err(err(io::Error::new(
