@@ -250,6 +250,12 @@ struct Writer<'a> {
     /// Striped locks by `.links` name, so two threads writing the same contents at once end up
     /// sharing one file instead of racing to write two.
     link_locks: Vec<std::sync::Mutex<()>>,
+    /// Names present in `.links` (read once, then kept up to date), so no link is attempted
+    /// that cannot succeed.
+    known_links: std::sync::Mutex<HashSet<String>>,
+    /// Running as root: permission checks do not apply, so directories are created with their
+    /// final mode at once instead of being made writable and then read-only.
+    privileged: bool,
 }
 
 type Enc = NarEncoder<NarHasher>;
@@ -272,6 +278,17 @@ impl Writer<'_> {
         }
     }
 
+    /// Owner, mode (unless created with it) and mtime of a directory, after its entries.
+    fn finish_dir(&self, path: &Path, mode: Option<u32>) -> io::Result<()> {
+        if let Some((u, g)) = self.chown {
+            std::os::unix::fs::lchown(path, Some(u), Some(g))?;
+        }
+        if let Some(mode) = mode {
+            fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+        }
+        filetime::set_file_mtime(path, mtime_one())
+    }
+
     /// Write `node` at `dest` (which must not exist), feeding the NAR of what was written to `enc`.
     fn write(&self, node: &Node, dest: &Path, enc: &mut Enc) -> std::result::Result<(), String> {
         let io = |e: io::Error| format!("{}: {e}", dest.display());
@@ -282,7 +299,12 @@ impl Writer<'_> {
                 self.finish_node(dest, None).map_err(io)
             }
             Node::Directory(entries) => {
-                fs::create_dir(dest).map_err(io)?;
+                let mut dir = fs::DirBuilder::new();
+                std::os::unix::fs::DirBuilderExt::mode(
+                    &mut dir,
+                    if self.privileged { 0o555 } else { 0o755 },
+                );
+                dir.create(dest).map_err(io)?;
                 enc.directory_start().map_err(io)?;
                 for e in entries {
                     enc.entry_start(&e.name).map_err(io)?;
@@ -290,7 +312,8 @@ impl Writer<'_> {
                     enc.entry_end().map_err(io)?;
                 }
                 enc.directory_end().map_err(io)?;
-                self.finish_node(dest, Some(0o555)).map_err(io)
+                let mode = (!self.privileged).then_some(0o555);
+                self.finish_dir(dest, mode).map_err(io)
             }
             Node::Regular {
                 executable,
@@ -299,23 +322,27 @@ impl Writer<'_> {
                 file_nar_hash,
             } => {
                 enc.regular_start(*executable, *size).map_err(io)?;
-                let link = (*size >= LINKS_MIN_SIZE)
-                    .then(|| self.links.join(nixbase32_encode(file_nar_hash)));
-                let _guard = link.as_ref().map(|_| {
+                let name = (*size >= LINKS_MIN_SIZE).then(|| nixbase32_encode(file_nar_hash));
+                let _guard = name.as_ref().map(|_| {
                     self.link_locks[file_nar_hash[0] as usize % self.link_locks.len()]
                         .lock()
                         .expect("link lock")
                 });
-                let linked = match &link {
-                    Some(link) => self.try_link(link, dest, blob, enc).map_err(io)?,
-                    None => false,
+                let known = |n: &String| self.known_links.lock().expect("links").contains(n);
+                let linked = match &name {
+                    Some(n) if known(n) => self
+                        .try_link(&self.links.join(n), dest, blob, enc)
+                        .map_err(io)?,
+                    _ => false,
                 };
                 if !linked {
                     self.write_file(dest, *executable, blob, enc)?;
-                    if let Some(link) = &link {
-                        // Another thread may have won the race, or the link count is at its
-                        // limit: either way this copy stays a file of its own.
-                        let _ = fs::hard_link(dest, link);
+                    if let Some(n) = name {
+                        // At its link-count limit, or damaged, an existing entry stays as it is
+                        // and this copy stays a file of its own.
+                        if fs::hard_link(dest, self.links.join(&n)).is_ok() {
+                            self.known_links.lock().expect("links").insert(n);
+                        }
                     }
                 }
                 enc.regular_end(*size).map_err(io)
@@ -457,6 +484,10 @@ pub fn execute(
         }
     }
     let run = format!("{}-{}", std::process::id(), crate::save::now());
+    let known_links = fs::read_dir(&links)
+        .map_err(ioe(&links))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
     let writer = Writer {
         cache,
         links,
@@ -464,6 +495,8 @@ pub fn execute(
         bytes_written: AtomicU64::new(0),
         linked_files: AtomicU64::new(0),
         link_locks: (0..64).map(|_| std::sync::Mutex::new(())).collect(),
+        known_links: std::sync::Mutex::new(known_links),
+        privileged: me.0 == 0,
     };
     let leftovers = AtomicU64::new(0);
     progress.start("restoring paths", plan.bytes());
@@ -473,6 +506,7 @@ pub fn execute(
     by_size.sort_by_key(|&i| std::cmp::Reverse(snap.paths[i].info.nar_size));
     let results: Vec<(usize, std::result::Result<(), String>)> = by_size
         .par_iter()
+        .with_max_len(1) // one path per task: sizes vary too much for contiguous splits
         .map(|&i| {
             let p = &snap.paths[i];
             let base = p.info.path.base_name();

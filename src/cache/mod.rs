@@ -208,7 +208,7 @@ impl Objects {
     }
 }
 
-const FRAME_CACHE_BYTES: usize = 48 * 1024 * 1024;
+const FRAME_CACHE_BYTES: usize = 24 * 1024 * 1024;
 
 /// An opened cache. The index is loaded on first use, so commands that need only snapshots
 /// (a no-op restore, `ls`) never read it.
