@@ -192,7 +192,8 @@ impl Trash {
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
             .map_or(30, |c| c / 100)
-            + 2;
+            * 2
+            + 5; // twice while the inode table block is still dirty
         eprintln!("  (deleted old trees; waiting {secs} s for ext4's recently-deleted window)");
         std::thread::sleep(std::time::Duration::from_secs(secs));
     }
