@@ -239,7 +239,12 @@ q_cli_refs() { # PATHLIST -> stdout
     # guix-daemon 1.5.0 running unprivileged dies (SIGPOLL) when two clients
     # connect concurrently (see FACTS.md): one client at a time there.
     if [ "$DAEMON_MODE" != unprivileged ]; then
-        in_ch sh -c "xargs -P 2 -n 1 /root/refs-one.sh" < "$1" | LC_ALL=C sort
+        # Each query writes its own file: two writers sharing one pipe can interleave inside a
+        # line once a block exceeds PIPE_BUF, and the mangled line would silently drop out.
+        in_ch sh -c 'rm -rf /root/refs.out && mkdir /root/refs.out &&
+            n=0; while read -r p; do n=$((n+1)); printf "%s %s\n" "$n" "$p"; done |
+            xargs -P 2 -n 2 sh -c "/root/refs-one.sh \"\$1\" > /root/refs.out/\$0"' < "$1"
+        cat "$CH"/root/refs.out/* | LC_ALL=C sort
         return
     fi
     local p o
