@@ -278,14 +278,18 @@ impl Walker<'_> {
         enc.regular_start(executable, size).map_err(io)?;
         let mut f = fs::File::open(path).map_err(io)?;
         let mut blake = blake3::Hasher::new();
-        let mut fh = FileNarHasher::new(executable, size);
+        // The `.links` name is only needed for files the daemon deduplicates.
+        let mut fh =
+            (size >= crate::restore::LINKS_MIN_SIZE).then(|| FileNarHasher::new(executable, size));
         let mut small = Vec::new();
         let mut total = 0u64;
         let mut feed = |chunk: &[u8]| -> io::Result<()> {
             enc.contents(chunk)?;
             if seen.is_none() {
                 blake.update(chunk);
-                fh.update(chunk);
+                if let Some(fh) = fh.as_mut() {
+                    fh.update(chunk);
+                }
             }
             Ok(())
         };
@@ -322,7 +326,7 @@ impl Walker<'_> {
             Some(s) => s,
             None => {
                 let id = ObjectId(*blake.finalize().as_bytes());
-                let s = (id, fh.finish());
+                let s = (id, fh.map(FileNarHasher::finish).unwrap_or([0; 32]));
                 if meta.nlink() > 1 {
                     self.inodes.lock().expect("inodes").insert(inode, s);
                 }

@@ -22,6 +22,7 @@ pub enum Node {
         /// BLAKE3 of the contents.
         blob: ObjectId,
         /// SHA-256 of this file's own NAR serialisation: its name under `<store>/.links`.
+        /// All zeros for files under 8192 bytes, which the daemon does not deduplicate.
         file_nar_hash: [u8; 32],
     },
     /// A symbolic link.
