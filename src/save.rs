@@ -208,7 +208,7 @@ pub fn plan(layout: &Layout, cache: &Cache, opts: &SaveOptions) -> Result<SavePl
 
 /// Files at least this large stream through in chunks instead of being read whole (memory
 /// stays bounded: one such buffer per worker thread).
-const STREAM_THRESHOLD: u64 = 8 * 1024 * 1024;
+const STREAM_THRESHOLD: u64 = 4 * 1024 * 1024;
 
 /// (device, inode) of a hard-linked file → its blob and `.links` hash, so it is hashed once.
 type InodeCache = Mutex<HashMap<(u64, u64), (ObjectId, [u8; 32])>>;

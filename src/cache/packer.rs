@@ -128,7 +128,7 @@ impl<'c> Packer<'c> {
         r: &mut dyn Read,
     ) -> Result<(), CacheError> {
         let err = |e: io::Error| CacheError::Storage(StorageError(format!("object {id}"), e));
-        let mut spool = tempfile::spooled_tempfile(8 * 1024 * 1024);
+        let mut spool = tempfile::spooled_tempfile(4 * 1024 * 1024);
         // A few chunks at a time: bounded memory, and the chunks compress in parallel.
         let batch = CHUNK * rayon::current_num_threads().clamp(1, 4);
         let mut buf = Vec::with_capacity(batch.min(len as usize));
