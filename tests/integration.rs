@@ -6,6 +6,7 @@ mod util;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 
+use assert_cmd::Command;
 use predicates::prelude::*;
 use storesync::cache::ObjectKind;
 use storesync::layout::Flavor;
@@ -260,6 +261,13 @@ fn restore_only_the_closure_of_a_path() {
     assert!(!rows.paths.keys().any(|p| p.ends_with(".drv")));
 }
 
+/// Give the owner write permission back (store items and cache files are read-only).
+fn make_writable(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(path).unwrap().permissions().mode();
+    fs::set_permissions(path, fs::Permissions::from_mode(mode | 0o200)).unwrap();
+}
+
 /// Flip a byte in the middle of the object's frame in its pack.
 fn corrupt_object(w: &World, pick: impl Fn(u64) -> bool) {
     let cache = w.cache();
@@ -274,10 +282,7 @@ fn corrupt_object(w: &World, pick: impl Fn(u64) -> bool) {
     let mut bytes = fs::read(&pack).unwrap();
     let at = (loc.frame_offset + loc.frame_len / 2) as usize;
     bytes[at] ^= 0x55;
-    let mut perm = fs::metadata(&pack).unwrap().permissions();
-    #[allow(clippy::permissions_set_readonly_false)]
-    perm.set_readonly(false);
-    fs::set_permissions(&pack, perm).unwrap();
+    make_writable(&pack);
     fs::write(&pack, bytes).unwrap();
     eprintln!("corrupted blob {id}");
 }
@@ -342,8 +347,6 @@ fn corrupt_blob_skips_its_path_and_referrers_and_restores_the_rest() {
         .stdout(predicate::str::contains("problem:"));
 }
 
-use assert_cmd::Command;
-
 #[test]
 fn busy_big_lock_exits_3() {
     for flavor in [Flavor::Guix, Flavor::Nix] {
@@ -401,10 +404,7 @@ fn corrupt_store_fails_save_unless_skip_corrupt() {
     let paths = sample::build(&src, 1).unwrap();
     let greeting = paths.iter().find(|p| p.name() == "greeting.txt").unwrap();
     let file = src.real_store_dir().join(greeting.base_name());
-    let mut perm = fs::metadata(&file).unwrap().permissions();
-    #[allow(clippy::permissions_set_readonly_false)]
-    perm.set_readonly(false);
-    fs::set_permissions(&file, perm).unwrap();
+    make_writable(&file);
     fs::write(&file, b"tampered\n").unwrap();
     w.cmd("src")
         .args(["save", "--cache"])
