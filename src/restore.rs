@@ -66,6 +66,8 @@ pub struct RestorePlan {
     pub repair: Vec<usize>,
     /// Selected paths already valid in the target and present on disk.
     pub already_valid: usize,
+    /// The snapshot's reference graph (node `i` = `snapshot.paths[i]`).
+    pub graph: Graph,
     /// Paths valid in the DB, absent from disk, and registered with another hash than the
     /// snapshot's: left alone, reported.
     pub broken: Vec<String>,
@@ -207,6 +209,7 @@ pub fn plan(
         missing,
         repair,
         broken,
+        graph,
         snapshot,
     })
 }
@@ -265,17 +268,12 @@ fn mtime_one() -> FileTime {
 }
 
 impl Writer<'_> {
-    fn finish_node(&self, path: &Path, mode: Option<u32>) -> io::Result<()> {
+    /// Owner and mtime of a symlink (its mode is always 0777).
+    fn finish_symlink(&self, path: &Path) -> io::Result<()> {
         if let Some((u, g)) = self.chown {
             std::os::unix::fs::lchown(path, Some(u), Some(g))?;
         }
-        match mode {
-            Some(mode) => {
-                fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
-                filetime::set_file_mtime(path, mtime_one())
-            }
-            None => filetime::set_symlink_file_times(path, mtime_one(), mtime_one()),
-        }
+        filetime::set_symlink_file_times(path, mtime_one(), mtime_one())
     }
 
     /// Owner, mode (unless created with it) and mtime of a directory, after its entries.
@@ -296,7 +294,7 @@ impl Writer<'_> {
             Node::Symlink { target } => {
                 std::os::unix::fs::symlink(OsStr::from_bytes(target), dest).map_err(io)?;
                 enc.symlink(target).map_err(io)?;
-                self.finish_node(dest, None).map_err(io)
+                self.finish_symlink(dest).map_err(io)
             }
             Node::Directory(entries) => {
                 let mut dir = fs::DirBuilder::new();
@@ -580,8 +578,7 @@ pub fn execute(
             });
         }
     }
-    let graph = Graph::of_paths(snap.paths.iter().map(|p| &p.info));
-    let bad = graph.referrers_closure(failed.iter().copied());
+    let bad = plan.graph.referrers_closure(failed.iter().copied());
     let mut register = Vec::new();
     for &i in &plan.missing {
         let path = layout.store_dir.display(&snap.paths[i].info.path);

@@ -52,6 +52,7 @@ pub struct SavePlan {
     /// The subset that must be read (not in the cache with the same NAR hash).
     pub new: Vec<usize>,
     known: HashMap<StorePath, ([u8; 32], u64, ObjectId)>,
+    graph: Graph,
 }
 
 /// What a save did.
@@ -203,6 +204,7 @@ pub fn plan(layout: &Layout, cache: &Cache, opts: &SaveOptions) -> Result<SavePl
         selected,
         new,
         known,
+        graph,
     })
 }
 
@@ -391,6 +393,7 @@ pub fn execute(
         selected,
         new,
         known,
+        graph,
     } = plan;
     let packer = Packer::new(cache, opts.level);
     let walker = Walker {
@@ -493,7 +496,7 @@ pub fn execute(
             .iter()
             .map(|&i| layout.store_dir.display(&db.paths[i].path))
             .collect();
-        let drop = Graph::of_paths(db.paths.iter()).referrers_closure(gone.iter().copied());
+        let drop = graph.referrers_closure(gone.iter().copied());
         for &i in &selected {
             keep[i] &= !drop[i];
         }
@@ -515,7 +518,7 @@ pub fn execute(
                 list.join("\n")
             )));
         }
-        let drop = Graph::of_paths(db.paths.iter()).referrers_closure(corrupt.iter().map(|c| c.0));
+        let drop = graph.referrers_closure(corrupt.iter().map(|c| c.0));
         for &i in &selected {
             if drop[i] {
                 keep[i] = false;
