@@ -14,7 +14,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -222,6 +222,10 @@ struct Walker<'a> {
     packer: &'a Packer<'a>,
     inodes: InodeCache,
     bytes_read: AtomicU64,
+    /// `.links` hashes recorded by the cache's trees, read on first need.
+    cached_links: OnceLock<HashMap<(ObjectId, bool), [u8; 32]>>,
+    /// `.links` hashes computed by this save.
+    new_links: Mutex<HashMap<(ObjectId, bool), [u8; 32]>>,
 }
 
 impl Walker<'_> {
@@ -280,18 +284,12 @@ impl Walker<'_> {
         enc.regular_start(executable, size).map_err(io)?;
         let mut f = fs::File::open(path).map_err(io)?;
         let mut blake = blake3::Hasher::new();
-        // The `.links` name is only needed for files the daemon deduplicates.
-        let mut fh =
-            (size >= crate::restore::LINKS_MIN_SIZE).then(|| FileNarHasher::new(executable, size));
         let mut small = Vec::new();
         let mut total = 0u64;
         let mut feed = |chunk: &[u8]| -> io::Result<()> {
             enc.contents(chunk)?;
             if seen.is_none() {
                 blake.update(chunk);
-                if let Some(fh) = fh.as_mut() {
-                    fh.update(chunk);
-                }
             }
             Ok(())
         };
@@ -324,33 +322,67 @@ impl Walker<'_> {
         }
         enc.regular_end(size).map_err(io)?;
         self.bytes_read.fetch_add(size, Ordering::Relaxed);
-        let (blob, file_nar_hash) = match seen {
-            Some(s) => s,
-            None => {
-                let id = ObjectId(*blake.finalize().as_bytes());
-                let s = (id, fh.map(FileNarHasher::finish).unwrap_or([0; 32]));
-                if meta.nlink() > 1 {
-                    self.inodes.lock().expect("inodes").insert(inode, s);
-                }
-                s
+        if let Some((blob, file_nar_hash)) = seen {
+            // Another name of an inode already walked: its contents are packed or claimed.
+            return Ok(Node::Regular {
+                executable,
+                size,
+                blob,
+                file_nar_hash,
+            });
+        }
+        let blob = ObjectId(*blake.finalize().as_bytes());
+        // The `.links` name is only needed for files the daemon deduplicates, and is known
+        // already for contents some tree of the cache (or this save) records.
+        let known = (size >= crate::restore::LINKS_MIN_SIZE)
+            .then(|| self.known_links_hash(&blob, executable))
+            .flatten();
+        let mut links = (size >= crate::restore::LINKS_MIN_SIZE && known.is_none())
+            .then(|| FileNarHasher::new(executable, size));
+        let claimed = self.packer.claim(&blob);
+        if size < STREAM_THRESHOLD {
+            if let Some(fh) = links.as_mut() {
+                fh.update(&small);
             }
-        };
-        if self.packer.claim(&blob) {
-            if size < STREAM_THRESHOLD {
+            if claimed {
                 self.packer.add(ObjectKind::Blob, blob, &small)?;
-            } else {
-                // Second pass over a large file: check it still hashes to the same id.
-                let f = fs::File::open(path).map_err(io)?;
-                let mut r = HashingReader {
-                    inner: f,
-                    hasher: blake3::Hasher::new(),
-                };
+            }
+        } else if claimed || links.is_some() {
+            // Second pass over a large file, to pack it or to compute its `.links` hash;
+            // it must still hash to the same id.
+            let f = fs::File::open(path).map_err(io)?;
+            let mut r = HashingReader {
+                inner: f,
+                hasher: blake3::Hasher::new(),
+                links: links.as_mut(),
+            };
+            if claimed {
                 self.packer
                     .add_reader(ObjectKind::Blob, blob, size, &mut r)?;
-                if ObjectId(*r.hasher.finalize().as_bytes()) != blob {
-                    return Err(NarError::Changed(path.to_owned(), size).into());
-                }
+            } else {
+                io::copy(&mut (&mut r).take(size + 1), &mut io::sink()).map_err(io)?;
             }
+            if ObjectId(*r.hasher.finalize().as_bytes()) != blob {
+                return Err(NarError::Changed(path.to_owned(), size).into());
+            }
+        }
+        let file_nar_hash = match (known, links) {
+            (Some(h), _) => h,
+            (None, Some(fh)) => {
+                let h = fh.finish();
+                self.new_links
+                    .lock()
+                    .expect("new links")
+                    .insert((blob, executable), h);
+                h
+            }
+            (None, None) => [0; 32],
+        };
+        if meta.nlink() > 1 {
+            self.inodes
+                .lock()
+                .expect("inodes")
+                .insert(inode, (blob, file_nar_hash));
         }
         Ok(Node::Regular {
             executable,
@@ -359,17 +391,36 @@ impl Walker<'_> {
             file_nar_hash,
         })
     }
+
+    /// The `.links` hash of contents `blob` with the executable bit `executable`, if a tree of
+    /// the cache or a file already walked by this save records it.
+    fn known_links_hash(&self, blob: &ObjectId, executable: bool) -> Option<[u8; 32]> {
+        let key = (*blob, executable);
+        if self.packer.cache().contains(blob) {
+            let cached = self
+                .cached_links
+                .get_or_init(|| self.packer.cache().links_hashes());
+            if let Some(h) = cached.get(&key) {
+                return Some(*h);
+            }
+        }
+        self.new_links.lock().expect("new links").get(&key).copied()
+    }
 }
 
-struct HashingReader<R> {
+struct HashingReader<'h, R> {
     inner: R,
     hasher: blake3::Hasher,
+    links: Option<&'h mut FileNarHasher>,
 }
 
-impl<R: Read> Read for HashingReader<R> {
+impl<R: Read> Read for HashingReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
+        if let Some(fh) = self.links.as_mut() {
+            fh.update(&buf[..n]);
+        }
         Ok(n)
     }
 }
@@ -400,6 +451,8 @@ pub fn execute(
         packer: &packer,
         inodes: Mutex::new(HashMap::new()),
         bytes_read: AtomicU64::new(0),
+        cached_links: OnceLock::new(),
+        new_links: Mutex::new(HashMap::new()),
     };
     let store = layout.real_store_dir();
     // Largest first, so one big path does not start last and run alone.

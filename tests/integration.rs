@@ -695,3 +695,152 @@ fn path_collected_during_save_is_dropped_not_corrupt() {
     // The .drv referred to the tool and is dropped with it; 6 - 2 remain.
     assert_eq!(r.paths, 4, "{r:?}");
 }
+
+/// Write and register a store path of regular files `(name, contents, executable)`.
+fn add_files_path(layout: &storesync::layout::Layout, base: &str, files: &[(&str, &[u8], bool)]) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = storesync::store_path::StorePath::from_base_name(base).unwrap();
+    let top = layout.real_store_dir().join(base);
+    fs::create_dir(&top).unwrap();
+    for (name, contents, x) in files {
+        let p = top.join(name);
+        fs::write(&p, contents).unwrap();
+        fs::set_permissions(
+            &p,
+            fs::Permissions::from_mode(if *x { 0o555 } else { 0o444 }),
+        )
+        .unwrap();
+    }
+    sample::canonicalise(&top).unwrap();
+    let (nar_hash, nar_size) = nar::hash_path(&top).unwrap();
+    let info = db::PathInfo {
+        path,
+        nar_hash,
+        nar_size,
+        registration_time: 1,
+        deriver: None,
+        references: vec![],
+        ultimate: None,
+        sigs: None,
+        ca: None,
+    };
+    let mut conn = db::open_or_create(layout).unwrap();
+    db::register(&mut conn, layout, &[&info], &[]).unwrap();
+}
+
+/// Every regular file's `.links` hash in a snapshot's trees, checked against the file on disk.
+fn check_links_hashes(cache: &storesync::cache::Cache, store: &std::path::Path) -> usize {
+    use storesync::cache::tree::Node;
+    fn walk(node: &Node, at: &std::path::Path, checked: &mut usize) {
+        match node {
+            Node::Regular {
+                executable,
+                size,
+                file_nar_hash,
+                ..
+            } => {
+                let want = if *size >= storesync::restore::LINKS_MIN_SIZE {
+                    let mut h = nar::FileNarHasher::new(*executable, *size);
+                    h.update(&fs::read(at).unwrap());
+                    *checked += 1;
+                    h.finish()
+                } else {
+                    [0; 32]
+                };
+                assert_eq!(*file_nar_hash, want, "{}", at.display());
+            }
+            Node::Directory(entries) => {
+                for e in entries {
+                    let name = std::ffi::OsStr::from_bytes(&e.name);
+                    walk(&e.node, &at.join(name), checked);
+                }
+            }
+            Node::Symlink { .. } => {}
+        }
+    }
+    use std::os::unix::ffi::OsStrExt;
+    let (_, snap) = cache.find_snapshot(None).unwrap();
+    let mut checked = 0;
+    for p in &snap.paths {
+        let tree = cache.read_tree(&p.tree).unwrap();
+        walk(&tree, &store.join(p.info.path.base_name()), &mut checked);
+    }
+    checked
+}
+
+#[test]
+fn incremental_save_reuses_links_hashes_of_cached_contents_exactly() {
+    // Contents the cache holds already, under the other executable bit, small and streamed
+    // (5 MiB, over the 4 MiB streaming threshold): the `.links` hashes taken from the cache's
+    // trees must be exactly those computed from scratch.
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    sample::build(&src, 1).unwrap();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let large: Vec<u8> = (0..5 * 1024 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 40) as u8
+        })
+        .collect();
+    let medium = large[..20_000].to_vec();
+    add_files_path(
+        &src,
+        "00000000000000000000000000000001-mixed-1",
+        &[("large", &large, false), ("medium", &medium, true)],
+    );
+    save_json(&w, "src");
+    add_files_path(
+        &src,
+        "00000000000000000000000000000002-mixed-2",
+        &[
+            ("large", &large, false),
+            ("large-x", &large, true),
+            ("medium", &medium, true),
+            ("medium-nx", &medium, false),
+        ],
+    );
+    // Trees sit in frames of their own, so the cache's `.links` hashes are cheap to read.
+    let cache = w.cache();
+    let mut kinds = std::collections::HashMap::new();
+    for (_, loc) in cache.objects() {
+        let k = kinds
+            .entry((loc.pack, loc.frame_offset))
+            .or_insert(loc.kind);
+        assert_eq!(*k, loc.kind, "a frame holds blobs and trees");
+    }
+    let known = cache.links_hashes();
+    assert!(known.contains_key(&(storesync::cache::ObjectId::of(&large), false)));
+    drop(cache);
+    let v2 = save_json(&w, "src");
+    assert_eq!(v2["new_paths"], 1, "{v2}");
+    let store = src.real_store_dir();
+    let checked = check_links_hashes(&w.cache(), &store);
+    assert!(
+        checked >= 8,
+        "only {checked} files of 8 KiB or more checked"
+    );
+    // The same store saved into an empty cache gives the same trees.
+    let fresh = w.dir.path().join("fresh-cache");
+    let out = w
+        .cmd("src")
+        .args(["--json", "save", "--cache"])
+        .arg(&fresh)
+        .assert()
+        .success();
+    let full = json(&out.get_output().stdout);
+    let (_, a) = w.cache().find_snapshot(None).unwrap();
+    let (_, b) = storesync::cache::Cache::open_dir(&fresh)
+        .unwrap()
+        .find_snapshot(None)
+        .unwrap();
+    let trees = |s: &storesync::cache::Snapshot| -> Vec<_> {
+        s.paths
+            .iter()
+            .map(|p| (p.info.path.clone(), p.tree))
+            .collect()
+    };
+    assert_eq!(trees(&a), trees(&b), "{full}");
+}

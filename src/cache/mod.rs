@@ -478,6 +478,58 @@ impl Cache {
         Node::decode(id, &self.read_small(id)?)
     }
 
+    /// The `.links` name (file NAR SHA-256) of every (blob, executable) pair that some tree in
+    /// the cache records, for files of [`crate::restore::LINKS_MIN_SIZE`] bytes or more.
+    ///
+    /// A save uses it to skip the second SHA-256 pass over contents the cache already holds:
+    /// the file NAR hash is a function of the contents (named by the blob id) and the
+    /// executable bit. Only frames holding nothing but trees are read (caches written since
+    /// trees got frames of their own), so this never decompresses file contents; trees that
+    /// cannot be read are skipped: the caller hashes those files itself.
+    pub fn links_hashes(&self) -> HashMap<(ObjectId, bool), [u8; 32]> {
+        let mut frames: HashMap<(u32, u64), Vec<ObjectId>> = HashMap::new();
+        let mut mixed = std::collections::HashSet::new();
+        for (id, loc) in self.objects() {
+            let key = (loc.pack, loc.frame_offset);
+            match loc.kind {
+                ObjectKind::Tree => frames.entry(key).or_default().push(id),
+                ObjectKind::Blob => {
+                    mixed.insert(key);
+                }
+            }
+        }
+        let mut map = HashMap::new();
+        let mut stack = Vec::new();
+        for (key, trees) in frames {
+            if mixed.contains(&key) {
+                continue;
+            }
+            for id in trees {
+                let Ok(node) = self.read_tree(&id) else {
+                    continue;
+                };
+                stack.push(node);
+                while let Some(node) = stack.pop() {
+                    match node {
+                        Node::Regular {
+                            executable,
+                            size,
+                            blob,
+                            file_nar_hash,
+                        } if size >= crate::restore::LINKS_MIN_SIZE => {
+                            map.insert((blob, executable), file_nar_hash);
+                        }
+                        Node::Directory(entries) => {
+                            stack.extend(entries.into_iter().map(|e| e.node));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        map
+    }
+
     /// Ids of all snapshots, sorted.
     ///
     /// # Errors

@@ -63,7 +63,9 @@ pub struct Packer<'c> {
     cache: &'c Cache,
     level: i32,
     state: Mutex<State>,
-    builders: Mutex<Vec<FrameBuilder>>,
+    /// Frames being filled, blobs and trees apart: trees get frames of their own, so reading
+    /// every tree of a cache (see [`Cache::links_hashes`]) decompresses no file contents.
+    builders: [Mutex<Vec<FrameBuilder>>; 2],
     claimed: Mutex<HashSet<ObjectId>>,
 }
 
@@ -74,9 +76,14 @@ impl<'c> Packer<'c> {
             cache,
             level,
             state: Mutex::new(State::default()),
-            builders: Mutex::new(Vec::new()),
+            builders: [Mutex::new(Vec::new()), Mutex::new(Vec::new())],
             claimed: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// The cache this packer appends to.
+    pub fn cache(&self) -> &'c Cache {
+        self.cache
     }
 
     /// True (once per id) when `id` is neither in the cache nor already added by this packer:
@@ -97,12 +104,8 @@ impl<'c> Packer<'c> {
             let entry = [(id, kind, 0, data.len() as u64)];
             return self.append(&mut &compressed[..], compressed.len() as u64, &entry);
         }
-        let mut b = self
-            .builders
-            .lock()
-            .expect("builders")
-            .pop()
-            .unwrap_or_default();
+        let pool = &self.builders[kind as usize];
+        let mut b = pool.lock().expect("builders").pop().unwrap_or_default();
         b.entries
             .push((id, kind, b.buf.len() as u64, data.len() as u64));
         b.buf.extend_from_slice(data);
@@ -111,7 +114,7 @@ impl<'c> Packer<'c> {
         } else {
             Ok(())
         };
-        self.builders.lock().expect("builders").push(b);
+        pool.lock().expect("builders").push(b);
         r
     }
 
@@ -269,9 +272,11 @@ impl<'c> Packer<'c> {
     /// # Errors
     /// [`CacheError::Storage`].
     pub fn finish(self) -> Result<PackStats, CacheError> {
-        let builders = std::mem::take(&mut *self.builders.lock().expect("builders"));
-        for mut b in builders {
-            self.flush_builder(&mut b)?;
+        for pool in &self.builders {
+            let builders = std::mem::take(&mut *pool.lock().expect("builders"));
+            for mut b in builders {
+                self.flush_builder(&mut b)?;
+            }
         }
         let mut st = self.state.lock().expect("pack state");
         self.close_pack(&mut st)?;
