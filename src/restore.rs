@@ -390,10 +390,12 @@ impl Writer<'_> {
         enc: &mut Enc,
     ) -> std::result::Result<(), String> {
         let io = |e: io::Error| format!("{}: {e}", dest.display());
+        // Created with its final mode (the umask is 022 during a restore): the descriptor is
+        // writable whatever the mode, and no chmod is needed afterwards.
         let mut f = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o600)
+            .mode(if executable { 0o555 } else { 0o444 })
             .open(dest)
             .map_err(io)?;
         let mut written = 0u64;
@@ -409,9 +411,6 @@ impl Writer<'_> {
         if let Some((u, g)) = self.chown {
             std::os::unix::fs::fchown(&f, Some(u), Some(g)).map_err(io)?;
         }
-        let mode = if executable { 0o555 } else { 0o444 };
-        f.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(io)?;
         filetime::set_file_handle_times(&f, None, Some(mtime_one())).map_err(io)
     }
 }
@@ -434,6 +433,23 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
     }
 }
 
+/// The process umask, set for a scope and put back when dropped.
+struct Umask(rustix::fs::Mode);
+
+impl Umask {
+    fn set(mask: u32) -> Self {
+        Umask(rustix::process::umask(rustix::fs::Mode::from_raw_mode(
+            mask,
+        )))
+    }
+}
+
+impl Drop for Umask {
+    fn drop(&mut self) {
+        rustix::process::umask(self.0);
+    }
+}
+
 const TMP_PREFIX: &str = ".storesync-tmp-";
 const TRASH_PREFIX: &str = ".storesync-trash-";
 
@@ -452,6 +468,8 @@ pub fn execute(
 ) -> Result<RestoreReport> {
     let snap = &plan.snapshot;
     let store = layout.real_store_dir();
+    // Files and directories are created with their final modes, which a umask must not trim.
+    let _umask = Umask::set(0o022);
     let ioe = |p: &Path| {
         let p = p.to_owned();
         move |e| Error::Io(p, e)

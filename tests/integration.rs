@@ -844,3 +844,29 @@ fn incremental_save_reuses_links_hashes_of_cached_contents_exactly() {
     };
     assert_eq!(trees(&a), trees(&b), "{full}");
 }
+
+#[test]
+fn restore_gives_canonical_modes_whatever_the_umask() {
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    sample::build(&src, 1).unwrap();
+    save_json(&w, "src");
+    let bin = assert_cmd::cargo::cargo_bin("storesync");
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("umask 077 && exec \"$0\" --flavor guix --root \"$1\" --no-progress restore --cache \"$2\"")
+        .arg(&bin)
+        .arg(w.root("dst"))
+        .arg(w.cache_dir())
+        .env_remove("GUIX_DATABASE_DIRECTORY")
+        .env_remove("GUIX_STATE_DIRECTORY")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let dst = w.layout("dst");
+    for p in db::read(&src).unwrap().paths {
+        let a = src.real_store_dir().join(p.path.base_name());
+        let b = dst.real_store_dir().join(p.path.base_name());
+        assert_eq!(tree_listing(&a), tree_listing(&b), "{}", p.path);
+    }
+}
