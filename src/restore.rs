@@ -248,7 +248,7 @@ struct Writer<'a> {
     cache: &'a Cache,
     links: PathBuf,
     chown: Option<(u32, u32)>,
-    bytes_written: AtomicU64,
+    bytes_written: std::sync::Arc<AtomicU64>,
     linked_files: AtomicU64,
     /// Striped locks by `.links` name, so two threads writing the same contents at once end up
     /// sharing one file instead of racing to write two.
@@ -433,6 +433,52 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
     }
 }
 
+/// A thread that starts writeback of the store's file system every [`Flusher::EVERY`] bytes
+/// written, so that dirty pages reach the disk while later paths are still being written
+/// instead of all at once in the final `syncfs`. Stops when dropped.
+struct Flusher {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Flusher {
+    const EVERY: u64 = 64 * 1024 * 1024;
+
+    fn start(store: &Path, written: &std::sync::Arc<AtomicU64>) -> Self {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let written = written.clone();
+        let dir = fs::File::open(store).ok();
+        let thread = dir.map(|dir| {
+            std::thread::spawn(move || {
+                let mut synced = 0;
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(std::time::Duration::from_millis(50))
+                {
+                    let now = written.load(Ordering::Relaxed);
+                    if now - synced >= Self::EVERY {
+                        synced = now;
+                        // Best effort: the final `syncfs` reports errors.
+                        let _ = rustix::fs::syncfs(&dir);
+                    }
+                }
+            })
+        });
+        Flusher {
+            stop: Some(stop),
+            thread,
+        }
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// The process umask, set for a scope and put back when dropped.
 struct Umask(rustix::fs::Mode);
 
@@ -508,7 +554,7 @@ pub fn execute(
         cache,
         links,
         chown,
-        bytes_written: AtomicU64::new(0),
+        bytes_written: std::sync::Arc::new(AtomicU64::new(0)),
         linked_files: AtomicU64::new(0),
         link_locks: (0..64).map(|_| std::sync::Mutex::new(())).collect(),
         known_links: std::sync::Mutex::new(known_links),
@@ -520,6 +566,9 @@ pub fn execute(
     // the plan's order: references first.)
     let mut by_size = plan.missing.clone();
     by_size.sort_by_key(|&i| std::cmp::Reverse(snap.paths[i].info.nar_size));
+    // Writeback runs alongside the writes (see `Flusher`), so the `syncfs` that makes the
+    // content durable before registration has little left to wait for.
+    let flusher = Flusher::start(&store, &writer.bytes_written);
     let results: Vec<(usize, std::result::Result<(), String>)> = by_size
         .par_iter()
         .with_max_len(1) // one path per task: sizes vary too much for contiguous splits
@@ -567,6 +616,7 @@ pub fn execute(
             (i, r)
         })
         .collect();
+    drop(flusher);
     progress.finish();
 
     let mut report = RestoreReport {
