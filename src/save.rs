@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::cache::{
-    Cache, Entry, Node, ObjectId, ObjectKind, PackStats, Packer, Snapshot, SnapshotPath,
+    Cache, Entry, Node, ObjectId, ObjectKind, PackStats, Packer, PathFrames, Snapshot, SnapshotPath,
 };
 use crate::closure::Graph;
 use crate::db::{self, DbContents};
@@ -232,12 +232,21 @@ impl Walker<'_> {
     /// Walk one store path: its tree, NAR SHA-256 and NAR size.
     fn walk(&self, real: &Path) -> Result<(Node, [u8; 32], u64)> {
         let mut enc = NarEncoder::new(NarHasher::new()).expect("hashing cannot fail");
-        let node = self.node(real, &mut enc)?;
+        let mut frames = PathFrames::default();
+        let node = self.node(real, &mut enc, &mut frames);
+        // Whatever happened to the walk, the objects claimed so far must reach a pack.
+        self.packer.finish_path(frames)?;
+        let node = node?;
         let (hash, size) = enc.into_inner().finish();
         Ok((node, hash, size))
     }
 
-    fn node(&self, path: &Path, enc: &mut NarEncoder<NarHasher>) -> Result<Node> {
+    fn node(
+        &self,
+        path: &Path,
+        enc: &mut NarEncoder<NarHasher>,
+        frames: &mut PathFrames,
+    ) -> Result<Node> {
         let io = |e| Error::Nar(NarError::Io(path.to_owned(), e));
         let meta = fs::symlink_metadata(path).map_err(io)?;
         let ft = meta.file_type();
@@ -250,7 +259,7 @@ impl Walker<'_> {
             let mut entries = Vec::new();
             for name in sorted_entries(path)? {
                 enc.entry_start(name.as_bytes()).map_err(io)?;
-                let node = self.node(&path.join(&name), enc)?;
+                let node = self.node(&path.join(&name), enc, frames)?;
                 enc.entry_end().map_err(io)?;
                 entries.push(Entry {
                     name: name.as_bytes().to_vec(),
@@ -260,7 +269,7 @@ impl Walker<'_> {
             enc.directory_end().map_err(io)?;
             Ok(Node::Directory(entries))
         } else if ft.is_file() {
-            self.file(path, &meta, enc)
+            self.file(path, &meta, enc, frames)
         } else {
             Err(NarError::FileType(path.to_owned()).into())
         }
@@ -271,6 +280,7 @@ impl Walker<'_> {
         path: &Path,
         meta: &fs::Metadata,
         enc: &mut NarEncoder<NarHasher>,
+        frames: &mut PathFrames,
     ) -> Result<Node> {
         let io = |e| Error::Nar(NarError::Io(path.to_owned(), e));
         let executable = meta.permissions().mode() & 0o100 != 0;
@@ -345,26 +355,40 @@ impl Walker<'_> {
                 fh.update(&small);
             }
             if claimed {
-                self.packer.add(ObjectKind::Blob, blob, &small)?;
+                self.packer
+                    .add_to(frames, ObjectKind::Blob, blob, &small)
+                    .inspect_err(|_| self.packer.unclaim(&blob))?;
             }
         } else if claimed || links.is_some() {
             // Second pass over a large file, to pack it or to compute its `.links` hash;
-            // it must still hash to the same id.
-            let f = fs::File::open(path).map_err(io)?;
-            let mut r = HashingReader {
-                inner: f,
-                hasher: blake3::Hasher::new(),
-                links: links.as_mut(),
-            };
-            if claimed {
-                self.packer
-                    .add_reader(ObjectKind::Blob, blob, size, &mut r)?;
-            } else {
-                io::copy(&mut (&mut r).take(size + 1), &mut io::sink()).map_err(io)?;
+            // it must still hash to the same id (the packer checks what it packs).
+            let second = (|| -> Result<()> {
+                let f = fs::File::open(path).map_err(io)?;
+                let mut r = HashingReader {
+                    inner: f,
+                    hasher: (!claimed).then(blake3::Hasher::new),
+                    links: links.as_mut(),
+                };
+                if claimed {
+                    if !self
+                        .packer
+                        .add_reader(ObjectKind::Blob, blob, size, &mut r)?
+                    {
+                        return Err(NarError::Changed(path.to_owned(), size).into());
+                    }
+                } else {
+                    io::copy(&mut (&mut r).take(size + 1), &mut io::sink()).map_err(io)?;
+                    let h = r.hasher.take().expect("set when not claimed");
+                    if ObjectId(*h.finalize().as_bytes()) != blob {
+                        return Err(NarError::Changed(path.to_owned(), size).into());
+                    }
+                }
+                Ok(())
+            })();
+            if second.is_err() && claimed {
+                self.packer.unclaim(&blob);
             }
-            if ObjectId(*r.hasher.finalize().as_bytes()) != blob {
-                return Err(NarError::Changed(path.to_owned(), size).into());
-            }
+            second?;
         }
         let file_nar_hash = match (known, links) {
             (Some(h), _) => h,
@@ -410,14 +434,16 @@ impl Walker<'_> {
 
 struct HashingReader<'h, R> {
     inner: R,
-    hasher: blake3::Hasher,
+    hasher: Option<blake3::Hasher>,
     links: Option<&'h mut FileNarHasher>,
 }
 
 impl<R: Read> Read for HashingReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(&buf[..n]);
+        }
         if let Some(fh) = self.links.as_mut() {
             fh.update(&buf[..n]);
         }

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use serde::{Deserialize, Serialize};
 
 pub use index::{IndexFile, Location};
-pub use packer::{PackStats, Packer};
+pub use packer::{PackStats, Packer, PathFrames};
 pub use snapshot::{Snapshot, SnapshotPath};
 pub use storage::{LocalDir, Storage, StorageError};
 pub use tree::{Entry, Node};
@@ -645,6 +645,7 @@ pub fn snapshot_key(id: &ObjectId) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
 
     #[test]
     fn envelope_detects_damage() {
@@ -691,6 +692,78 @@ mod tests {
             }
             prop_assert!(reopened.warnings().is_empty());
         }
+    }
+
+    #[test]
+    fn a_path_gets_frames_of_its_own_and_its_tail_is_shared() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open_dir(dir.path()).unwrap();
+        let packer = Packer::new(&cache, 1);
+        // Two paths walked at once, objects interleaved: 300 and 10 objects of 10 KiB.
+        let blob = |p: u8, i: u32| {
+            let mut v = vec![p; 10_000];
+            v[..4].copy_from_slice(&i.to_le_bytes());
+            v
+        };
+        let (mut a, mut b) = (PathFrames::default(), PathFrames::default());
+        let mut ids = (Vec::new(), Vec::new());
+        for i in 0..300 {
+            let x = blob(1, i);
+            assert!(packer.claim(&ObjectId::of(&x)));
+            packer
+                .add_to(&mut a, ObjectKind::Blob, ObjectId::of(&x), &x)
+                .unwrap();
+            ids.0.push(ObjectId::of(&x));
+            if i < 10 {
+                let y = blob(2, i);
+                assert!(packer.claim(&ObjectId::of(&y)));
+                packer
+                    .add_to(&mut b, ObjectKind::Blob, ObjectId::of(&y), &y)
+                    .unwrap();
+                ids.1.push(ObjectId::of(&y));
+            }
+        }
+        packer.finish_path(b).unwrap();
+        packer.finish_path(a).unwrap();
+        packer.finish().unwrap();
+        let cache = Cache::open_dir(dir.path()).unwrap();
+        let frame = |id: &ObjectId| {
+            let l = cache.location(id).unwrap();
+            (l.pack, l.frame_offset)
+        };
+        let a_frames: HashSet<_> = ids.0.iter().map(frame).collect();
+        let b_frames: HashSet<_> = ids.1.iter().map(frame).collect();
+        // 3 MB of A: two full frames of its own, its tail shares the frame holding all of B.
+        assert_eq!(a_frames.len(), 3, "{a_frames:?}");
+        assert_eq!(b_frames.len(), 1);
+        assert_eq!(a_frames.intersection(&b_frames).count(), 1);
+        for id in ids.0.iter().chain(&ids.1) {
+            assert_eq!(ObjectId::of(&cache.read_small(id).unwrap()), *id);
+        }
+    }
+
+    #[test]
+    fn a_blob_that_changed_while_streamed_is_not_packed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open_dir(dir.path()).unwrap();
+        let packer = Packer::new(&cache, 1);
+        let first = vec![1u8; 300_000];
+        let now = vec![2u8; 300_000];
+        let id = ObjectId::of(&first);
+        assert!(packer.claim(&id));
+        let added = packer
+            .add_reader(ObjectKind::Blob, id, now.len() as u64, &mut &now[..])
+            .unwrap();
+        assert!(!added);
+        packer.unclaim(&id);
+        assert!(packer.claim(&id));
+        assert!(packer
+            .add_reader(ObjectKind::Blob, id, first.len() as u64, &mut &first[..])
+            .unwrap());
+        packer.finish().unwrap();
+        let cache = Cache::open_dir(dir.path()).unwrap();
+        assert_eq!(cache.read_small(&id).unwrap(), first);
+        assert_eq!(cache.object_count(), 1);
     }
 
     #[test]

@@ -44,6 +44,13 @@ struct FrameBuilder {
     entries: Vec<(ObjectId, ObjectKind, u64, u64)>,
 }
 
+/// The small objects of one store path, gathered into frames of their own while the path is
+/// walked (see [`Packer::add_to`]): a restore, which writes one path at a time, then
+/// decompresses each frame once instead of once per path sharing it. Hand it back with
+/// [`Packer::finish_path`], whatever happened to the walk.
+#[derive(Default)]
+pub struct PathFrames(FrameBuilder);
+
 struct OpenPack {
     file: tempfile::NamedTempFile,
     hasher: blake3::Hasher,
@@ -54,6 +61,8 @@ struct OpenPack {
 #[derive(Default)]
 struct State {
     open: Option<OpenPack>,
+    /// Why an append failed, if one did.
+    broken: Option<String>,
     done: IndexFile,
     stats: PackStats,
 }
@@ -92,6 +101,68 @@ impl<'c> Packer<'c> {
         !self.cache.contains(id) && self.claimed.lock().expect("claims").insert(*id)
     }
 
+    /// Give up a claim whose object could not be added, so another path holding the same
+    /// contents adds it.
+    pub fn unclaim(&self, id: &ObjectId) {
+        self.claimed.lock().expect("claims").remove(id);
+    }
+
+    /// Add a claimed object that is in memory to the frames of one path: small objects go
+    /// into `frames` (flushed as a frame whenever it holds [`FRAME_TARGET`] bytes), large
+    /// ones get frames of their own at once.
+    ///
+    /// # Errors
+    /// [`CacheError::Storage`] when the pack cannot be written.
+    pub fn add_to(
+        &self,
+        frames: &mut PathFrames,
+        kind: ObjectKind,
+        id: ObjectId,
+        data: &[u8],
+    ) -> Result<(), CacheError> {
+        if data.len() as u64 >= SOLO_THRESHOLD {
+            return self.add(kind, id, data);
+        }
+        let b = &mut frames.0;
+        b.entries
+            .push((id, kind, b.buf.len() as u64, data.len() as u64));
+        b.buf.extend_from_slice(data);
+        if b.buf.len() as u64 >= FRAME_TARGET {
+            self.flush_builder(b)?;
+        }
+        Ok(())
+    }
+
+    /// The end of a path's walk: its last, partly filled frame joins the shared frames (so
+    /// small paths still share frames and compress together).
+    ///
+    /// # Errors
+    /// [`CacheError::Storage`] when the pack cannot be written.
+    pub fn finish_path(&self, frames: PathFrames) -> Result<(), CacheError> {
+        let tail = frames.0;
+        if tail.entries.is_empty() {
+            return Ok(());
+        }
+        let pool = &self.builders[ObjectKind::Blob as usize];
+        let mut b = pool.lock().expect("builders").pop().unwrap_or_default();
+        let mut r = Ok(());
+        if b.buf.len() + tail.buf.len() > FRAME_TARGET as usize {
+            r = self.flush_builder(&mut b);
+        }
+        let base = b.buf.len() as u64;
+        b.buf.extend_from_slice(&tail.buf);
+        b.entries.extend(
+            tail.entries
+                .into_iter()
+                .map(|(id, kind, offset, len)| (id, kind, base + offset, len)),
+        );
+        if r.is_ok() && b.buf.len() as u64 >= FRAME_TARGET {
+            r = self.flush_builder(&mut b);
+        }
+        pool.lock().expect("builders").push(b);
+        r
+    }
+
     /// Add a claimed object that is in memory.
     ///
     /// # Errors
@@ -119,6 +190,8 @@ impl<'c> Packer<'c> {
     }
 
     /// Add a claimed object of `len` bytes read from `r` (streamed, not held in memory).
+    /// Returns false, adding nothing, when a blob read from `r` does not hash to `id` (the
+    /// file changed since it was hashed).
     ///
     /// # Errors
     /// [`CacheError::Storage`] when reading `r` or writing the pack fails, or when `r` does not
@@ -129,13 +202,14 @@ impl<'c> Packer<'c> {
         id: ObjectId,
         len: u64,
         r: &mut dyn Read,
-    ) -> Result<(), CacheError> {
+    ) -> Result<bool, CacheError> {
         let err = |e: io::Error| CacheError::Storage(StorageError(format!("object {id}"), e));
         let mut spool = tempfile::spooled_tempfile(4 * 1024 * 1024);
         // A few chunks at a time: bounded memory, and the chunks compress in parallel.
         let batch = CHUNK * rayon::current_num_threads().clamp(1, 4);
         let mut buf = Vec::with_capacity(batch.min(len as usize));
         let mut copied = 0u64;
+        let mut hasher = blake3::Hasher::new();
         loop {
             buf.clear();
             let n = r.take(batch as u64).read_to_end(&mut buf).map_err(err)?;
@@ -145,6 +219,9 @@ impl<'c> Packer<'c> {
             copied += n as u64;
             if copied > len {
                 break;
+            }
+            if kind == ObjectKind::Blob {
+                hasher.update(&buf);
             }
             for frame in compress_chunked(&buf, self.level).map_err(err)? {
                 spool.write_all(&frame).map_err(err)?;
@@ -156,9 +233,13 @@ impl<'c> Packer<'c> {
                 format!("file changed size while being saved ({copied} bytes, expected {len})"),
             )));
         }
+        if kind == ObjectKind::Blob && ObjectId(*hasher.finalize().as_bytes()) != id {
+            return Ok(false);
+        }
         let frame_len = spool.stream_position().map_err(err)?;
         spool.rewind().map_err(err)?;
-        self.append(&mut spool, frame_len, &[(id, kind, 0, len)])
+        self.append(&mut spool, frame_len, &[(id, kind, 0, len)])?;
+        Ok(true)
     }
 
     fn flush_builder(&self, b: &mut FrameBuilder) -> Result<(), CacheError> {
@@ -173,14 +254,37 @@ impl<'c> Packer<'c> {
         r
     }
 
+    /// Append one frame to the open pack. After a failure the pack's length is unknown (part
+    /// of the frame may be written), so the packer is broken: every later append and
+    /// [`Packer::finish`] fail, and no index names what it wrote.
     fn append(
         &self,
         frame: &mut dyn Read,
         frame_len: u64,
         entries: &[(ObjectId, ObjectKind, u64, u64)],
     ) -> Result<(), CacheError> {
-        let storage = self.cache.storage();
         let mut st = self.state.lock().expect("pack state");
+        if let Some(why) = &st.broken {
+            return Err(CacheError::Storage(StorageError(
+                "pack".into(),
+                io::Error::other(format!("an earlier write failed: {why}")),
+            )));
+        }
+        let r = self.append_locked(&mut st, frame, frame_len, entries);
+        if let Err(e) = &r {
+            st.broken = Some(e.to_string());
+        }
+        r
+    }
+
+    fn append_locked(
+        &self,
+        st: &mut State,
+        frame: &mut dyn Read,
+        frame_len: u64,
+        entries: &[(ObjectId, ObjectKind, u64, u64)],
+    ) -> Result<(), CacheError> {
+        let storage = self.cache.storage();
         if st.open.is_none() {
             let mut file = storage.scratch_file()?;
             let mut header = Vec::with_capacity(16);
@@ -198,7 +302,6 @@ impl<'c> Packer<'c> {
                 entries: Vec::new(),
             });
         }
-        let st = &mut *st;
         let open = st.open.as_mut().expect("opened above");
         let frame_offset = open.len;
         let mut buf = vec![0u8; 256 * 1024];
@@ -279,6 +382,12 @@ impl<'c> Packer<'c> {
             }
         }
         let mut st = self.state.lock().expect("pack state");
+        if let Some(why) = &st.broken {
+            return Err(CacheError::Storage(StorageError(
+                "pack".into(),
+                io::Error::other(format!("an earlier write failed: {why}")),
+            )));
+        }
         self.close_pack(&mut st)?;
         if !st.done.entries.is_empty() {
             // One sync makes every pack durable before the index that names them.
