@@ -1,14 +1,17 @@
 //! Appending new objects to packs during a save, from many threads at once.
 //!
-//! Small objects are gathered into frames of about [`FRAME_TARGET`] bytes (so similar small
-//! files compress together); objects of [`SOLO_THRESHOLD`] bytes or more get frames of their
-//! own, one per [`CHUNK`] of content, compressed in parallel and gathered in a spooled scratch
-//! file, so memory stays bounded whatever the file size. Compression runs in the calling thread; only the append to the open pack is
+//! Small objects are gathered into frames of about [`FRAME_TARGET`] bytes, one store path's
+//! objects together (see [`PathFrames`]), so similar small files compress together and a
+//! restore decompresses each frame once. Objects of [`SOLO_THRESHOLD`] bytes or more get
+//! frames of their own, one per [`CHUNK`] of content, compressed in parallel; objects read
+//! from a stream ([`Packer::add_reader`]) go straight into a pack of their own, so memory
+//! stays bounded whatever the file size and nothing is written twice. Compression runs in the
+//! calling thread with a context kept per thread; only the append to the shared pack is
 //! serialised. [`Packer::finish`] closes the last pack and writes one index file naming
 //! everything this packer wrote; only then may a snapshot refer to those objects.
 
 use std::collections::HashSet;
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, Read, Write};
 use std::sync::Mutex;
 
 use super::{
@@ -30,12 +33,36 @@ pub struct PackStats {
     pub packs: u64,
 }
 
+thread_local! {
+    /// Each thread's compression context, kept between frames: a fresh one per frame costs
+    /// its allocation and the kernel's zeroing of its pages every time.
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn broken(why: &str) -> CacheError {
+    CacheError::Storage(StorageError(
+        "pack".into(),
+        io::Error::other(format!("an earlier write failed: {why}")),
+    ))
+}
+
+/// Compress `data` as one zstd frame at `level` with this thread's context.
+fn compress(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if !matches!(&*c, Some((l, _)) if *l == level) {
+            *c = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        let (_, z) = c.as_mut().expect("set above");
+        z.compress(data)
+    })
+}
+
 /// Compress `data` as consecutive zstd frames of [`CHUNK`] bytes of content each, in parallel.
 fn compress_chunked(data: &[u8], level: i32) -> io::Result<Vec<Vec<u8>>> {
     use rayon::prelude::*;
-    data.par_chunks(CHUNK)
-        .map(|c| zstd::bulk::compress(c, level))
-        .collect()
+    data.par_chunks(CHUNK).map(|c| compress(c, level)).collect()
 }
 
 #[derive(Default)]
@@ -56,6 +83,39 @@ struct OpenPack {
     hasher: blake3::Hasher,
     len: u64,
     entries: Vec<(ObjectId, Location)>,
+}
+
+impl OpenPack {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
+        self.file
+            .write_all(bytes)
+            .map_err(|e| StorageError(self.file.path().display().to_string(), e))?;
+        self.hasher.update(bytes);
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn push_entry(
+        &mut self,
+        id: ObjectId,
+        kind: ObjectKind,
+        frame_offset: u64,
+        frame_len: u64,
+        offset: u64,
+        len: u64,
+    ) {
+        self.entries.push((
+            id,
+            Location {
+                kind,
+                pack: 0,
+                frame_offset,
+                frame_len,
+                offset,
+                len,
+            },
+        ));
+    }
 }
 
 #[derive(Default)]
@@ -173,7 +233,7 @@ impl<'c> Packer<'c> {
                 .map_err(|e| CacheError::Storage(StorageError(format!("object {id}"), e)))?
                 .concat();
             let entry = [(id, kind, 0, data.len() as u64)];
-            return self.append(&mut &compressed[..], compressed.len() as u64, &entry);
+            return self.append(&compressed, &entry);
         }
         let pool = &self.builders[kind as usize];
         let mut b = pool.lock().expect("builders").pop().unwrap_or_default();
@@ -189,9 +249,10 @@ impl<'c> Packer<'c> {
         r
     }
 
-    /// Add a claimed object of `len` bytes read from `r` (streamed, not held in memory).
-    /// Returns false, adding nothing, when a blob read from `r` does not hash to `id` (the
-    /// file changed since it was hashed).
+    /// Add a claimed object of `len` bytes read from `r` (streamed, not held in memory), in a
+    /// pack of its own: its frames are written once, straight into that pack, while other
+    /// threads go on appending to the shared pack. Returns false, adding nothing, when a blob
+    /// read from `r` does not hash to `id` (the file changed since it was hashed).
     ///
     /// # Errors
     /// [`CacheError::Storage`] when reading `r` or writing the pack fails, or when `r` does not
@@ -204,7 +265,8 @@ impl<'c> Packer<'c> {
         r: &mut dyn Read,
     ) -> Result<bool, CacheError> {
         let err = |e: io::Error| CacheError::Storage(StorageError(format!("object {id}"), e));
-        let mut spool = tempfile::spooled_tempfile(4 * 1024 * 1024);
+        let mut pack = self.new_pack()?;
+        let frame_offset = pack.len;
         // A few chunks at a time: bounded memory, and the chunks compress in parallel.
         let batch = CHUNK * rayon::current_num_threads().clamp(1, 4);
         let mut buf = Vec::with_capacity(batch.min(len as usize));
@@ -224,7 +286,7 @@ impl<'c> Packer<'c> {
                 hasher.update(&buf);
             }
             for frame in compress_chunked(&buf, self.level).map_err(err)? {
-                spool.write_all(&frame).map_err(err)?;
+                pack.write(&frame)?;
             }
         }
         if copied != len {
@@ -236,19 +298,40 @@ impl<'c> Packer<'c> {
         if kind == ObjectKind::Blob && ObjectId(*hasher.finalize().as_bytes()) != id {
             return Ok(false);
         }
-        let frame_len = spool.stream_position().map_err(err)?;
-        spool.rewind().map_err(err)?;
-        self.append(&mut spool, frame_len, &[(id, kind, 0, len)])?;
+        let frame_len = pack.len - frame_offset;
+        pack.push_entry(id, kind, frame_offset, frame_len, 0, len);
+        let mut st = self.state.lock().expect("pack state");
+        st.stats.objects += 1;
+        st.stats.raw_bytes += len;
+        st.stats.packed_bytes += frame_len;
+        self.commit_pack(&mut st, pack)?;
         Ok(true)
+    }
+
+    /// A new pack in a scratch file, its header written.
+    fn new_pack(&self) -> Result<OpenPack, CacheError> {
+        let file = self.cache.storage().scratch_file()?;
+        let mut pack = OpenPack {
+            file,
+            hasher: blake3::Hasher::new(),
+            len: 0,
+            entries: Vec::new(),
+        };
+        let mut header = Vec::with_capacity(16);
+        header.extend_from_slice(PACK_MAGIC);
+        header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        header.extend_from_slice(&0u32.to_le_bytes());
+        pack.write(&header)?;
+        Ok(pack)
     }
 
     fn flush_builder(&self, b: &mut FrameBuilder) -> Result<(), CacheError> {
         if b.entries.is_empty() {
             return Ok(());
         }
-        let compressed = zstd::bulk::compress(&b.buf, self.level)
+        let compressed = compress(&b.buf, self.level)
             .map_err(|e| CacheError::Storage(StorageError("compressing a frame".into(), e)))?;
-        let r = self.append(&mut &compressed[..], compressed.len() as u64, &b.entries);
+        let r = self.append(&compressed, &b.entries);
         b.buf.clear();
         b.entries.clear();
         r
@@ -259,18 +342,14 @@ impl<'c> Packer<'c> {
     /// [`Packer::finish`] fail, and no index names what it wrote.
     fn append(
         &self,
-        frame: &mut dyn Read,
-        frame_len: u64,
+        frame: &[u8],
         entries: &[(ObjectId, ObjectKind, u64, u64)],
     ) -> Result<(), CacheError> {
         let mut st = self.state.lock().expect("pack state");
         if let Some(why) = &st.broken {
-            return Err(CacheError::Storage(StorageError(
-                "pack".into(),
-                io::Error::other(format!("an earlier write failed: {why}")),
-            )));
+            return Err(broken(why));
         }
-        let r = self.append_locked(&mut st, frame, frame_len, entries);
+        let r = self.append_locked(&mut st, frame, entries);
         if let Err(e) = &r {
             st.broken = Some(e.to_string());
         }
@@ -280,90 +359,44 @@ impl<'c> Packer<'c> {
     fn append_locked(
         &self,
         st: &mut State,
-        frame: &mut dyn Read,
-        frame_len: u64,
+        frame: &[u8],
         entries: &[(ObjectId, ObjectKind, u64, u64)],
     ) -> Result<(), CacheError> {
-        let storage = self.cache.storage();
         if st.open.is_none() {
-            let mut file = storage.scratch_file()?;
-            let mut header = Vec::with_capacity(16);
-            header.extend_from_slice(PACK_MAGIC);
-            header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-            header.extend_from_slice(&0u32.to_le_bytes());
-            file.write_all(&header)
-                .map_err(|e| StorageError("new pack".into(), e))?;
-            let mut hasher = blake3::Hasher::new();
-            hasher.update(&header);
-            st.open = Some(OpenPack {
-                file,
-                hasher,
-                len: 16,
-                entries: Vec::new(),
-            });
+            st.open = Some(self.new_pack()?);
         }
         let open = st.open.as_mut().expect("opened above");
         let frame_offset = open.len;
-        let mut buf = vec![0u8; 256 * 1024];
-        let cap = buf.len() as u64;
-        let mut left = frame_len;
-        while left > 0 {
-            let n = frame
-                .read(&mut buf[..left.min(cap) as usize])
-                .and_then(|n| {
-                    if n == 0 {
-                        Err(io::ErrorKind::UnexpectedEof.into())
-                    } else {
-                        Ok(n)
-                    }
-                })
-                .map_err(|e| StorageError("reading a compressed frame".into(), e))?;
-            open.file
-                .write_all(&buf[..n])
-                .map_err(|e| StorageError(open.file.path().display().to_string(), e))?;
-            open.hasher.update(&buf[..n]);
-            left -= n as u64;
-        }
-        open.len += frame_len;
+        open.write(frame)?;
+        let frame_len = frame.len() as u64;
         for &(id, kind, offset, len) in entries {
-            open.entries.push((
-                id,
-                Location {
-                    kind,
-                    pack: 0,
-                    frame_offset,
-                    frame_len,
-                    offset,
-                    len,
-                },
-            ));
+            open.push_entry(id, kind, frame_offset, frame_len, offset, len);
             st.stats.objects += 1;
             st.stats.raw_bytes += len;
         }
         st.stats.packed_bytes += frame_len;
-        if st.open.as_ref().is_some_and(|o| o.len >= PACK_TARGET) {
-            self.close_pack(st)?;
+        if open.len >= PACK_TARGET {
+            let full = st.open.take().expect("open");
+            self.commit_pack(st, full)?;
         }
         Ok(())
     }
 
-    fn close_pack(&self, st: &mut State) -> Result<(), CacheError> {
-        let Some(mut open) = st.open.take() else {
-            return Ok(());
-        };
-        open.file
+    /// Publish a finished pack and record its objects for the index.
+    fn commit_pack(&self, st: &mut State, mut pack: OpenPack) -> Result<(), CacheError> {
+        pack.file
             .flush()
             .map_err(|e| StorageError("flushing a pack".into(), e))?;
-        let id = ObjectId(*open.hasher.finalize().as_bytes());
+        let id = ObjectId(*pack.hasher.finalize().as_bytes());
         self.cache
             .storage()
-            .commit_file(&pack_key(&id), open.file)?;
-        let pack = st.done.packs.len() as u32;
+            .commit_file(&pack_key(&id), pack.file)?;
+        let no = st.done.packs.len() as u32;
         st.done.packs.push(id);
         st.done.entries.extend(
-            open.entries
+            pack.entries
                 .into_iter()
-                .map(|(id, loc)| (id, Location { pack, ..loc })),
+                .map(|(id, loc)| (id, Location { pack: no, ..loc })),
         );
         st.stats.packs += 1;
         Ok(())
@@ -383,12 +416,11 @@ impl<'c> Packer<'c> {
         }
         let mut st = self.state.lock().expect("pack state");
         if let Some(why) = &st.broken {
-            return Err(CacheError::Storage(StorageError(
-                "pack".into(),
-                io::Error::other(format!("an earlier write failed: {why}")),
-            )));
+            return Err(broken(why));
         }
-        self.close_pack(&mut st)?;
+        if let Some(open) = st.open.take() {
+            self.commit_pack(&mut st, open)?;
+        }
         if !st.done.entries.is_empty() {
             // One sync makes every pack durable before the index that names them.
             self.cache.storage().sync()?;
