@@ -159,6 +159,23 @@ pub(crate) fn unseal<'a>(
     Ok((computed, &content[16..]))
 }
 
+thread_local! {
+    /// Each thread's decompression context, kept between frames.
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Decompress one frame of at most `capacity` bytes with this thread's context.
+fn decompress(frame: &[u8], capacity: usize) -> io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new()?);
+        }
+        d.as_mut().expect("set above").decompress(frame, capacity)
+    })
+}
+
 struct FrameCache {
     frames: HashMap<(u32, u64), Arc<Vec<u8>>>,
     order: VecDeque<(u32, u64)>,
@@ -361,7 +378,7 @@ impl Cache {
             .read_range(&pack, loc.frame_offset, loc.frame_len)?
             .read_to_end(&mut compressed)
             .map_err(|e| StorageError(self.storage.describe(&pack), e))?;
-        let data = zstd::bulk::decompress(&compressed, MAX_BATCH_FRAME as usize).map_err(|e| {
+        let data = decompress(&compressed, MAX_BATCH_FRAME as usize).map_err(|e| {
             CacheError::Corrupt(format!(
                 "{}: frame at offset {}: {e}",
                 self.storage.describe(&pack),
