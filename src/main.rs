@@ -13,6 +13,10 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // mimalloc asks for transparent huge pages; every 2 MiB page is then zeroed and counted
+    // in full however little of it is used: peak RSS of a 1 GiB restore 108-122 MiB with
+    // them, 73-90 MiB without, at the same speed. Best effort: old kernels lack the call.
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
     let parsed = cli::Cli::parse();
     match cli::run(parsed) {
         Ok(code) => ExitCode::from(code),
