@@ -199,8 +199,10 @@ impl Trash {
     }
 }
 
-/// Before every timed run: flush dirty pages (and drop the page cache in cold mode).
-/// Warm mode: read every input (file contents and directories) first, so both tools start
+/// Before every timed run: flush dirty pages and drop the page cache (when root), so every run
+/// starts with the same free memory: with the page cache full of earlier runs' trees, each
+/// new page costs a reclaim and system time doubled from run to run.
+/// Warm mode: then read every input (file contents and directories), so both tools start
 /// with them in the page cache. This VM runs DAMON proactive reclaim (`kdamond`: page out memory
 /// not accessed for about a minute), so "warm" cannot be taken for granted even with free
 /// memory: without this, runs read part of their input from disk, at random.
@@ -210,6 +212,7 @@ fn settle(cfg: &Cfg, inputs: &[&Path]) {
         fs::write("/proc/sys/vm/drop_caches", "3")
             .unwrap_or_else(|e| die(format!("dropping the page cache: {e}")));
     } else {
+        let _ = fs::write("/proc/sys/vm/drop_caches", "3");
         let mut buf = vec![0u8; 1 << 20];
         for p in inputs {
             read_all(p, &mut buf);
