@@ -15,6 +15,7 @@ pub mod progress;
 pub mod restore;
 pub mod sample;
 pub mod save;
+pub(crate) mod scratch;
 pub mod store_path;
 pub mod verify;
 

@@ -362,7 +362,7 @@ impl Writer<'_> {
         let saved = enc.clone();
         let mut f = fs::File::open(dest)?;
         let mut hasher = blake3::Hasher::new();
-        let mut buf = vec![0u8; 1 << 18];
+        let mut buf = crate::scratch::Scratch::with_len(1 << 18);
         loop {
             let n = f.read(&mut buf)?;
             if n == 0 {

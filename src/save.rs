@@ -294,7 +294,7 @@ impl Walker<'_> {
         enc.regular_start(executable, size).map_err(io)?;
         let mut f = fs::File::open(path).map_err(io)?;
         let mut blake = blake3::Hasher::new();
-        let mut small = Vec::new();
+        let mut small = crate::scratch::Scratch::empty();
         let mut total = 0u64;
         let mut feed = |chunk: &[u8]| -> io::Result<()> {
             enc.contents(chunk)?;
@@ -305,7 +305,7 @@ impl Walker<'_> {
         };
         if size < STREAM_THRESHOLD {
             // Read whole (one more byte to notice growth), hash, keep for the packer.
-            small.reserve_exact(size as usize + 1);
+            small.reserve(size as usize + 1);
             total = (&mut f)
                 .take(size + 1)
                 .read_to_end(&mut small)
@@ -314,7 +314,7 @@ impl Walker<'_> {
                 feed(&small).map_err(io)?;
             }
         } else {
-            let mut buf = vec![0u8; 1 << 20];
+            let mut buf = crate::scratch::Scratch::with_len(1 << 20);
             loop {
                 let n = f.read(&mut buf).map_err(io)?;
                 if n == 0 {

@@ -165,21 +165,28 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-/// Decompress one frame of at most `capacity` bytes with this thread's context.
-fn decompress(frame: &[u8], capacity: usize) -> io::Result<Vec<u8>> {
+/// Decompress one frame into `out` (whose spare capacity bounds the size) with this thread's
+/// context.
+fn decompress_into(frame: &[u8], out: &mut Vec<u8>) -> io::Result<usize> {
     DECOMPRESSOR.with(|d| {
         let mut d = d.borrow_mut();
         if d.is_none() {
             *d = Some(zstd::bulk::Decompressor::new()?);
         }
-        d.as_mut().expect("set above").decompress(frame, capacity)
+        d.as_mut()
+            .expect("set above")
+            .decompress_to_buffer(frame, out)
     })
 }
+
+/// Buffers of evicted frames kept for reuse.
+const SPARE_FRAMES: usize = 4;
 
 struct FrameCache {
     frames: HashMap<(u32, u64), Arc<Vec<u8>>>,
     order: VecDeque<(u32, u64)>,
     bytes: usize,
+    spare: Vec<Vec<u8>>,
 }
 
 #[derive(Default)]
@@ -258,6 +265,7 @@ impl Cache {
                 frames: HashMap::new(),
                 order: VecDeque::new(),
                 bytes: 0,
+                spare: Vec::new(),
             }),
         }
     }
@@ -373,12 +381,22 @@ impl Cache {
             return Ok(f.clone());
         }
         let pack = pack_key(&self.pack_id(loc.pack));
-        let mut compressed = Vec::with_capacity(loc.frame_len as usize);
+        let mut compressed = crate::scratch::Scratch::empty();
         self.storage
             .read_range(&pack, loc.frame_offset, loc.frame_len)?
             .read_to_end(&mut compressed)
             .map_err(|e| StorageError(self.storage.describe(&pack), e))?;
-        let data = decompress(&compressed, MAX_BATCH_FRAME as usize).map_err(|e| {
+        // Into a buffer of an evicted frame if there is one: no fresh pages to fault in.
+        let mut data = self
+            .frames
+            .lock()
+            .expect("frame cache")
+            .spare
+            .pop()
+            .unwrap_or_default();
+        data.clear();
+        data.reserve(MAX_BATCH_FRAME as usize);
+        decompress_into(&compressed, &mut data).map_err(|e| {
             CacheError::Corrupt(format!(
                 "{}: frame at offset {}: {e}",
                 self.storage.describe(&pack),
@@ -396,6 +414,12 @@ impl Cache {
                 };
                 if let Some(f) = fc.frames.remove(&old) {
                     fc.bytes -= f.len();
+                    // Kept for the next frame unless a reader still holds it.
+                    if let Ok(v) = Arc::try_unwrap(f) {
+                        if fc.spare.len() < SPARE_FRAMES {
+                            fc.spare.push(v);
+                        }
+                    }
                 }
             }
         }
@@ -456,7 +480,7 @@ impl Cache {
         let mut dec = zstd::stream::read::Decoder::new(raw)
             .map_err(|e| StorageError(self.storage.describe(&pack), e))?;
         let mut hasher = blake3::Hasher::new();
-        let mut buf = vec![0u8; 256 * 1024];
+        let mut buf = crate::scratch::Scratch::with_len(256 * 1024);
         let mut total = 0u64;
         loop {
             let n = dec.read(&mut buf).map_err(|e| {
