@@ -783,6 +783,71 @@ mod tests {
         }
     }
 
+    /// A local directory whose scratch files cannot be written (as on a full disk).
+    struct Unwritable(LocalDir);
+
+    impl Storage for Unwritable {
+        fn read(&self, key: &str) -> Result<Vec<u8>, StorageError> {
+            self.0.read(key)
+        }
+        fn read_range(
+            &self,
+            key: &str,
+            offset: u64,
+            len: u64,
+        ) -> Result<Box<dyn Read + Send + '_>, StorageError> {
+            self.0.read_range(key, offset, len)
+        }
+        fn write(&self, key: &str, data: &[u8]) -> Result<(), StorageError> {
+            self.0.write(key, data)
+        }
+        fn scratch_file(&self) -> Result<tempfile::NamedTempFile, StorageError> {
+            let (_, path) = self.0.scratch_file()?.into_parts();
+            let read_only = std::fs::File::open(&path).unwrap();
+            Ok(tempfile::NamedTempFile::from_parts(read_only, path))
+        }
+        fn commit_file(
+            &self,
+            key: &str,
+            file: tempfile::NamedTempFile,
+        ) -> Result<(), StorageError> {
+            self.0.commit_file(key, file)
+        }
+        fn sync(&self) -> Result<(), StorageError> {
+            self.0.sync()
+        }
+        fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+            self.0.list(prefix)
+        }
+        fn size(&self, key: &str) -> Result<Option<u64>, StorageError> {
+            self.0.size(key)
+        }
+        fn describe(&self, key: &str) -> String {
+            self.0.describe(key)
+        }
+    }
+
+    #[test]
+    fn a_failed_pack_write_fails_the_save_and_names_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(Box::new(Unwritable(LocalDir::open(dir.path()).unwrap())));
+        let packer = Packer::new(&cache, 1);
+        let big = vec![7u8; 300_000];
+        let id = ObjectId::of(&big);
+        assert!(packer.claim(&id));
+        assert!(packer.add(ObjectKind::Blob, id, &big).is_err());
+        let other = vec![8u8; 300_000];
+        let err = packer
+            .add(ObjectKind::Blob, ObjectId::of(&other), &other)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("an earlier write failed"), "{err}");
+        assert!(packer.finish().is_err());
+        let reopened = Cache::open_dir(dir.path()).unwrap();
+        assert_eq!(reopened.object_count(), 0);
+        assert!(reopened.storage().list("index").unwrap().is_empty());
+    }
+
     #[test]
     fn a_blob_that_changed_while_streamed_is_not_packed() {
         let dir = tempfile::tempdir().unwrap();
