@@ -870,3 +870,64 @@ fn restore_gives_canonical_modes_whatever_the_umask() {
         assert_eq!(tree_listing(&a), tree_listing(&b), "{}", p.path);
     }
 }
+
+#[test]
+fn damaged_links_entry_is_not_propagated() {
+    // A store file shared through `.links` is damaged in the target; a newer snapshot holds a
+    // new path with the same contents: it must get a sound copy of its own, not a link to the
+    // damaged inode.
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    sample::build(&src, 1).unwrap();
+    let v1 = save_json(&w, "src");
+    sample::build(&src, 2).unwrap();
+    save_json(&w, "src");
+    let v1_id = v1["snapshot"].as_str().unwrap().to_string();
+    let (_, code) = restore_json(&w, "dst", &["--snapshot", &v1_id]);
+    assert_eq!(code, 0);
+    let dst = w.layout("dst");
+    let links = dst.real_store_dir().join(".links");
+    let mut damaged = Vec::new();
+    for e in fs::read_dir(&links).unwrap() {
+        let p = e.unwrap().path();
+        let mut bytes = fs::read(&p).unwrap();
+        bytes[100] ^= 0xff;
+        make_writable(&p);
+        fs::write(&p, &bytes).unwrap();
+        damaged.push(fs::metadata(&p).unwrap().ino());
+    }
+    assert!(!damaged.is_empty());
+    let (r, code) = restore_json(&w, "dst", &[]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["restored"], 2, "{r}");
+    let want: std::collections::HashMap<_, _> = db::read(&src)
+        .unwrap()
+        .paths
+        .into_iter()
+        .map(|p| (p.path.clone(), p.nar_hash))
+        .collect();
+    let mut checked_files = 0;
+    for p in r["paths"].as_array().unwrap() {
+        let path = storesync::store_path::StorePath::from_base_name(
+            p.as_str().unwrap().trim_start_matches("/gnu/store/"),
+        )
+        .unwrap();
+        let real = dst.real_store_dir().join(path.base_name());
+        assert_eq!(nar::hash_path(&real).unwrap().0, want[&path], "{path}");
+        let mut stack = vec![real];
+        while let Some(f) = stack.pop() {
+            let m = fs::symlink_metadata(&f).unwrap();
+            if m.is_dir() {
+                stack.extend(fs::read_dir(&f).unwrap().map(|e| e.unwrap().path()));
+            } else if m.is_file() {
+                assert!(
+                    !damaged.contains(&m.ino()),
+                    "{} is a damaged inode",
+                    f.display()
+                );
+                checked_files += 1;
+            }
+        }
+    }
+    assert!(checked_files > 0);
+}
