@@ -288,7 +288,18 @@ impl Writer<'_> {
     }
 
     /// Write `node` at `dest` (which must not exist), feeding the NAR of what was written to `enc`.
-    fn write(&self, node: &Node, dest: &Path, enc: &mut Enc) -> std::result::Result<(), String> {
+    ///
+    /// With `links` set, a file whose `.links` entry exists is hard-linked to it and read back
+    /// into `enc` without a check of its own (`linked` counts them): the path's NAR hash covers
+    /// it, and a path that fails with links is written again without them (see [`execute`]).
+    fn write(
+        &self,
+        node: &Node,
+        dest: &Path,
+        enc: &mut Enc,
+        links: bool,
+        linked: &mut u64,
+    ) -> std::result::Result<(), String> {
         let io = |e: io::Error| format!("{}: {e}", dest.display());
         match node {
             Node::Symlink { target } => {
@@ -306,7 +317,8 @@ impl Writer<'_> {
                 enc.directory_start().map_err(io)?;
                 for e in entries {
                     enc.entry_start(&e.name).map_err(io)?;
-                    self.write(&e.node, &dest.join(OsStr::from_bytes(&e.name)), enc)?;
+                    let at = dest.join(OsStr::from_bytes(&e.name));
+                    self.write(&e.node, &at, enc, links, linked)?;
                     enc.entry_end().map_err(io)?;
                 }
                 enc.directory_end().map_err(io)?;
@@ -327,13 +339,15 @@ impl Writer<'_> {
                         .expect("link lock")
                 });
                 let known = |n: &String| self.known_links.lock().expect("links").contains(n);
-                let linked = match &name {
-                    Some(n) if known(n) => self
-                        .try_link(&self.links.join(n), dest, blob, enc)
-                        .map_err(io)?,
+                let from_links = match &name {
+                    Some(n) if links && known(n) => {
+                        self.link_from(&self.links.join(n), dest, enc).map_err(io)?
+                    }
                     _ => false,
                 };
-                if !linked {
+                if from_links {
+                    *linked += 1;
+                } else {
                     self.write_file(dest, *executable, blob, enc)?;
                     if let Some(n) = name {
                         // At its link-count limit, or damaged, an existing entry stays as it is
@@ -348,38 +362,23 @@ impl Writer<'_> {
         }
     }
 
-    /// Hard-link an existing `.links` entry to `dest` if its contents match `blob`.
-    fn try_link(
-        &self,
-        link: &Path,
-        dest: &Path,
-        blob: &ObjectId,
-        enc: &mut Enc,
-    ) -> io::Result<bool> {
+    /// Hard-link an existing `.links` entry to `dest` and feed its contents to `enc`. Its
+    /// bytes are not checked here: the path's NAR hash is, and a path that fails after linking
+    /// is written again without `.links` (a damaged entry is never propagated).
+    fn link_from(&self, link: &Path, dest: &Path, enc: &mut Enc) -> io::Result<bool> {
         if fs::hard_link(link, dest).is_err() {
             return Ok(false);
         }
-        let saved = enc.clone();
         let mut f = fs::File::open(dest)?;
-        let mut hasher = blake3::Hasher::new();
         let mut buf = crate::scratch::Scratch::with_len(1 << 18);
         loop {
             let n = f.read(&mut buf)?;
             if n == 0 {
                 break;
             }
-            hasher.update(&buf[..n]);
             enc.contents(&buf[..n])?;
         }
-        if ObjectId(*hasher.finalize().as_bytes()) == *blob {
-            self.linked_files.fetch_add(1, Ordering::Relaxed);
-            Ok(true)
-        } else {
-            // A damaged `.links` entry: do not use it.
-            *enc = saved;
-            fs::remove_file(dest)?;
-            Ok(false)
-        }
+        Ok(true)
     }
 
     fn write_file(
@@ -578,29 +577,40 @@ pub fn execute(
             let tmp = store.join(format!("{TMP_PREFIX}{run}-{}", p.info.path.hash_part()));
             let r = (|| {
                 let tree = cache.read_tree(&p.tree).map_err(|e| e.to_string())?;
-                let mut enc = NarEncoder::new(NarHasher::new()).expect("hashing cannot fail");
-                let written = writer.write(&tree, &tmp, &mut enc);
-                let (hash, size) = enc.into_inner().finish();
-                let verdict = written.and_then(|()| {
-                    if hash != p.info.nar_hash {
-                        Err(format!(
-                            "restored content hashes to sha256:{}, the snapshot says {}",
-                            crate::nar::hex(&hash),
-                            db::format_db_hash(&p.info.nar_hash)
-                        ))
-                    } else if size != p.info.nar_size {
-                        Err(format!(
-                            "restored NAR size {size}, the snapshot says {}",
-                            p.info.nar_size
-                        ))
-                    } else {
-                        Ok(())
+                let attempt = |links: bool| {
+                    let mut enc = NarEncoder::new(NarHasher::new()).expect("hashing cannot fail");
+                    let mut linked = 0;
+                    let written = writer.write(&tree, &tmp, &mut enc, links, &mut linked);
+                    let (hash, size) = enc.into_inner().finish();
+                    let verdict = written.and_then(|()| {
+                        if hash != p.info.nar_hash {
+                            Err(format!(
+                                "restored content hashes to sha256:{}, the snapshot says {}",
+                                crate::nar::hex(&hash),
+                                db::format_db_hash(&p.info.nar_hash)
+                            ))
+                        } else if size != p.info.nar_size {
+                            Err(format!(
+                                "restored NAR size {size}, the snapshot says {}",
+                                p.info.nar_size
+                            ))
+                        } else {
+                            Ok(())
+                        }
+                    });
+                    if verdict.is_err() {
+                        let _ = remove_tree(&tmp);
                     }
-                });
-                if let Err(e) = verdict {
-                    let _ = remove_tree(&tmp);
-                    return Err(e);
+                    (verdict, linked)
+                };
+                let (mut verdict, mut linked) = attempt(true);
+                if verdict.is_err() && linked > 0 {
+                    // A damaged `.links` entry (a store file modified in place) or a race:
+                    // everything again from the cache, every blob checked, nothing linked.
+                    (verdict, linked) = attempt(false);
                 }
+                verdict?;
+                writer.linked_files.fetch_add(linked, Ordering::Relaxed);
                 let dest = store.join(base);
                 if fs::symlink_metadata(&dest).is_ok() {
                     let trash =
