@@ -161,7 +161,8 @@ fn rm_rf(p: &Path) {
 }
 
 /// Trees are not deleted between timed runs but moved aside (about 30 GB for the default size
-/// and 5 runs), and deleted before the first timed run (followed by a pause) and after the last:
+/// and 5 runs) and deleted after the last (and before the first, followed by a pause, when an
+/// interrupted run left some):
 /// on ext4 without a journal (this machine's), the inode allocator skips inodes deleted less
 /// than `dirty_expire_centisecs` ago (`recently_deleted`), so after an `rm -rf` of a 30 000-file
 /// tree, creating files costs up to 10x more system time for that long; and with `-o discard`
@@ -188,12 +189,10 @@ impl Trash {
         }
         rm_rf(&self.dir);
         sh("sync");
-        let secs = fs::read_to_string("/proc/sys/vm/dirty_expire_centisecs")
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .map_or(30, |c| c / 100)
-            * 2
-            + 5; // twice while the inode table block is still dirty
+        // fs/ext4/ialloc.c: an inode freed less than RECENTCY_MIN (60 s) ago is skipped, and
+        // less than RECENTCY_MIN + RECENTCY_DIRTY (360 s) ago while its inode table block is
+        // dirty, which it is as soon as new files are created next to it.
+        let secs = 370;
         eprintln!("  (deleted old trees; waiting {secs} s for ext4's recently-deleted window)");
         std::thread::sleep(std::time::Duration::from_secs(secs));
     }
@@ -492,8 +491,10 @@ fn main() {
         dir: cfg.dir.join("trash"),
         n: std::cell::Cell::new(0),
     };
+    // Trees of an earlier, interrupted run are deleted (then a pause); the previous run's
+    // outputs are only moved aside, and deleted with this run's trees at the end.
+    trash.empty();
     trash.put(&work);
-    trash.empty(); // the only deletion before timed runs
     fs::create_dir_all(&work).unwrap_or_else(|e| die(format!("{}: {e}", work.display())));
     let ss = Storesync { cfg: &cfg };
     let cache = work.join("cache");
