@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirEntryExt, MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -226,6 +226,44 @@ struct Walker<'a> {
     cached_links: OnceLock<HashMap<(ObjectId, bool), [u8; 32]>>,
     /// `.links` hashes computed by this save.
     new_links: Mutex<HashMap<(ObjectId, bool), [u8; 32]>>,
+    /// The source store's `.links` directory, and its entries once read.
+    links_dir: PathBuf,
+    source_links: OnceLock<SourceLinks>,
+}
+
+/// The source store's `.links` entries by inode (one directory read, no `stat` per entry).
+#[derive(Default)]
+struct SourceLinks {
+    dev: u64,
+    by_inode: HashMap<u64, [u8; 32]>,
+}
+
+impl SourceLinks {
+    /// Read `dir`; a missing or unreadable directory (an undeduplicated store, as Nix's by
+    /// default) gives an empty map, and names that are not canonical nix-base32 SHA-256s
+    /// (the daemon's temporary names) are skipped.
+    fn read(dir: &Path) -> Self {
+        let (Ok(meta), Ok(entries)) = (fs::metadata(dir), fs::read_dir(dir)) else {
+            return SourceLinks::default();
+        };
+        let mut by_inode = HashMap::new();
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some(hash) = crate::store_path::nixbase32_decode(name, 32) else {
+                continue;
+            };
+            if crate::store_path::nixbase32_encode(&hash) == name {
+                let mut h = [0; 32];
+                h.copy_from_slice(&hash);
+                by_inode.insert(e.ino(), h);
+            }
+        }
+        SourceLinks {
+            dev: meta.dev(),
+            by_inode,
+        }
+    }
 }
 
 impl Walker<'_> {
@@ -345,7 +383,10 @@ impl Walker<'_> {
         // The `.links` name is only needed for files the daemon deduplicates, and is known
         // already for contents some tree of the cache (or this save) records.
         let known = (size >= crate::restore::LINKS_MIN_SIZE)
-            .then(|| self.known_links_hash(&blob, executable))
+            .then(|| {
+                self.source_links_hash(meta)
+                    .or_else(|| self.known_links_hash(&blob, executable))
+            })
             .flatten();
         let mut links = (size >= crate::restore::LINKS_MIN_SIZE && known.is_none())
             .then(|| FileNarHasher::new(executable, size));
@@ -416,6 +457,21 @@ impl Walker<'_> {
         })
     }
 
+    /// The name of the source store's `.links` entry sharing this file's inode, if any: the
+    /// daemon named it by the SHA-256 of the file's NAR when it deduplicated the file, and
+    /// trusts that name itself whenever it links another file to it.
+    fn source_links_hash(&self, meta: &fs::Metadata) -> Option<[u8; 32]> {
+        if meta.nlink() < 2 {
+            return None;
+        }
+        let links = self
+            .source_links
+            .get_or_init(|| SourceLinks::read(&self.links_dir));
+        (links.dev == meta.dev())
+            .then(|| links.by_inode.get(&meta.ino()).copied())
+            .flatten()
+    }
+
     /// The `.links` hash of contents `blob` with the executable bit `executable`, if a tree of
     /// the cache or a file already walked by this save records it.
     fn known_links_hash(&self, blob: &ObjectId, executable: bool) -> Option<[u8; 32]> {
@@ -479,6 +535,8 @@ pub fn execute(
         bytes_read: AtomicU64::new(0),
         cached_links: OnceLock::new(),
         new_links: Mutex::new(HashMap::new()),
+        links_dir: layout.real_store_dir().join(".links"),
+        source_links: OnceLock::new(),
     };
     let store = layout.real_store_dir();
     // Largest first, so one big path does not start last and run alone.

@@ -931,3 +931,69 @@ fn damaged_links_entry_is_not_propagated() {
     }
     assert!(checked_files > 0);
 }
+
+/// Every `.links` hash recorded in a cache's newest snapshot.
+fn recorded_links_hashes(cache: &storesync::cache::Cache) -> Vec<[u8; 32]> {
+    use storesync::cache::tree::Node;
+    let (_, snap) = cache.find_snapshot(None).unwrap();
+    let mut out = Vec::new();
+    for p in &snap.paths {
+        let mut stack = vec![cache.read_tree(&p.tree).unwrap()];
+        while let Some(n) = stack.pop() {
+            match n {
+                Node::Regular { file_nar_hash, .. } if file_nar_hash != [0; 32] => {
+                    out.push(file_nar_hash)
+                }
+                Node::Directory(es) => stack.extend(es.into_iter().map(|e| e.node)),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn save_takes_links_hashes_from_the_source_stores_links_directory() {
+    // A restored store is deduplicated through `.links` as the daemon leaves it; saving it
+    // again must give exactly the trees of the original save.
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    sample::build(&src, 1).unwrap();
+    sample::build(&src, 2).unwrap();
+    save_json(&w, "src");
+    let (_, code) = restore_json(&w, "dst", &[]);
+    assert_eq!(code, 0);
+    let dst = w.layout("dst");
+    let resave = |name: &str| {
+        let dir = w.dir.path().join(name);
+        w.cmd("dst")
+            .args(["--json", "save", "--cache"])
+            .arg(&dir)
+            .assert()
+            .success();
+        storesync::cache::Cache::open_dir(&dir).unwrap()
+    };
+    let trees = |c: &storesync::cache::Cache| -> Vec<_> {
+        let (_, s) = c.find_snapshot(None).unwrap();
+        s.paths.into_iter().map(|p| (p.info.path, p.tree)).collect()
+    };
+    assert_eq!(trees(&resave("again")), trees(&w.cache()));
+    // The name is what is used (the daemon trusts it too): an entry renamed to another valid
+    // name shows up in the trees.
+    let links = dst.real_store_dir().join(".links");
+    let entry = fs::read_dir(&links)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let other = [7u8; 32];
+    let other_name = storesync::store_path::nixbase32_encode(&other);
+    fs::hard_link(&entry, links.join(&other_name)).unwrap();
+    fs::remove_file(&entry).unwrap();
+    let recorded = recorded_links_hashes(&resave("renamed"));
+    assert!(
+        recorded.contains(&other),
+        "the renamed entry's name was not used"
+    );
+}
