@@ -728,42 +728,53 @@ fn add_files_path(layout: &storesync::layout::Layout, base: &str, files: &[(&str
     db::register(&mut conn, layout, &[&info], &[]).unwrap();
 }
 
-/// Every regular file's `.links` hash in a snapshot's trees, checked against the file on disk.
-fn check_links_hashes(cache: &storesync::cache::Cache, store: &std::path::Path) -> usize {
+/// Every regular file of the newest snapshot's trees: (its path under `store`, executable,
+/// size, `.links` hash).
+fn snapshot_files(
+    cache: &storesync::cache::Cache,
+    store: &std::path::Path,
+) -> Vec<(std::path::PathBuf, bool, u64, [u8; 32])> {
+    use std::os::unix::ffi::OsStrExt;
     use storesync::cache::tree::Node;
-    fn walk(node: &Node, at: &std::path::Path, checked: &mut usize) {
-        match node {
-            Node::Regular {
-                executable,
-                size,
-                file_nar_hash,
-                ..
-            } => {
-                let want = if *size >= storesync::restore::LINKS_MIN_SIZE {
-                    let mut h = nar::FileNarHasher::new(*executable, *size);
-                    h.update(&fs::read(at).unwrap());
-                    *checked += 1;
-                    h.finish()
-                } else {
-                    [0; 32]
-                };
-                assert_eq!(*file_nar_hash, want, "{}", at.display());
+    let (_, snap) = cache.find_snapshot(None).unwrap();
+    let mut out = Vec::new();
+    for p in &snap.paths {
+        let top = store.join(p.info.path.base_name());
+        let mut stack = vec![(top, cache.read_tree(&p.tree).unwrap())];
+        while let Some((at, node)) = stack.pop() {
+            match node {
+                Node::Regular {
+                    executable,
+                    size,
+                    file_nar_hash,
+                    ..
+                } => out.push((at, executable, size, file_nar_hash)),
+                Node::Directory(entries) => stack.extend(
+                    entries
+                        .into_iter()
+                        .map(|e| (at.join(std::ffi::OsStr::from_bytes(&e.name)), e.node)),
+                ),
+                Node::Symlink { .. } => {}
             }
-            Node::Directory(entries) => {
-                for e in entries {
-                    let name = std::ffi::OsStr::from_bytes(&e.name);
-                    walk(&e.node, &at.join(name), checked);
-                }
-            }
-            Node::Symlink { .. } => {}
         }
     }
-    use std::os::unix::ffi::OsStrExt;
-    let (_, snap) = cache.find_snapshot(None).unwrap();
+    out
+}
+
+/// Every regular file's `.links` hash in a snapshot's trees, checked against the file on disk;
+/// returns how many files of 8 KiB or more were checked.
+fn check_links_hashes(cache: &storesync::cache::Cache, store: &std::path::Path) -> usize {
     let mut checked = 0;
-    for p in &snap.paths {
-        let tree = cache.read_tree(&p.tree).unwrap();
-        walk(&tree, &store.join(p.info.path.base_name()), &mut checked);
+    for (at, executable, size, file_nar_hash) in snapshot_files(cache, store) {
+        let want = if size >= storesync::restore::LINKS_MIN_SIZE {
+            let mut h = nar::FileNarHasher::new(executable, size);
+            h.update(&fs::read(&at).unwrap());
+            checked += 1;
+            h.finish()
+        } else {
+            [0; 32]
+        };
+        assert_eq!(file_nar_hash, want, "{}", at.display());
     }
     checked
 }
@@ -932,26 +943,6 @@ fn damaged_links_entry_is_not_propagated() {
     assert!(checked_files > 0);
 }
 
-/// Every `.links` hash recorded in a cache's newest snapshot.
-fn recorded_links_hashes(cache: &storesync::cache::Cache) -> Vec<[u8; 32]> {
-    use storesync::cache::tree::Node;
-    let (_, snap) = cache.find_snapshot(None).unwrap();
-    let mut out = Vec::new();
-    for p in &snap.paths {
-        let mut stack = vec![cache.read_tree(&p.tree).unwrap()];
-        while let Some(n) = stack.pop() {
-            match n {
-                Node::Regular { file_nar_hash, .. } if file_nar_hash != [0; 32] => {
-                    out.push(file_nar_hash)
-                }
-                Node::Directory(es) => stack.extend(es.into_iter().map(|e| e.node)),
-                _ => {}
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn save_takes_links_hashes_from_the_source_stores_links_directory() {
     // A restored store is deduplicated through `.links` as the daemon leaves it; saving it
@@ -991,9 +982,9 @@ fn save_takes_links_hashes_from_the_source_stores_links_directory() {
     let other_name = storesync::store_path::nixbase32_encode(&other);
     fs::hard_link(&entry, links.join(&other_name)).unwrap();
     fs::remove_file(&entry).unwrap();
-    let recorded = recorded_links_hashes(&resave("renamed"));
+    let recorded = snapshot_files(&resave("renamed"), &dst.real_store_dir());
     assert!(
-        recorded.contains(&other),
+        recorded.iter().any(|f| f.3 == other),
         "the renamed entry's name was not used"
     );
 }
