@@ -380,8 +380,9 @@ impl Walker<'_> {
             });
         }
         let blob = ObjectId(*blake.finalize().as_bytes());
-        // The `.links` name is only needed for files the daemon deduplicates, and is known
-        // already for contents some tree of the cache (or this save) records.
+        // The `.links` name is only needed for files the daemon deduplicates; it is known
+        // already when the source store's `.links` has this inode, or when some tree of the
+        // cache (or a file this save walked) records these contents.
         let known = (size >= crate::restore::LINKS_MIN_SIZE)
             .then(|| {
                 self.source_links_hash(meta)
