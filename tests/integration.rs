@@ -140,15 +140,21 @@ fn incremental_save_reads_no_unchanged_path() {
     assert_eq!(v2["unchanged"], false);
 }
 
+/// Build and save sample generation 1, then generation 2, into one cache; returns the id of
+/// the first snapshot.
+fn save_two_generations(w: &World, src: &storesync::layout::Layout) -> String {
+    sample::build(src, 1).unwrap();
+    let v1 = save_json(w, "src");
+    sample::build(src, 2).unwrap();
+    save_json(w, "src");
+    v1["snapshot"].as_str().unwrap().to_string()
+}
+
 #[test]
 fn newer_snapshot_onto_older_store_writes_only_the_difference() {
     let w = World::new(Flavor::Guix);
     let src = w.layout("src");
-    sample::build(&src, 1).unwrap();
-    let v1 = save_json(&w, "src");
-    sample::build(&src, 2).unwrap();
-    save_json(&w, "src");
-    let v1_id = v1["snapshot"].as_str().unwrap().to_string();
+    let v1_id = save_two_generations(&w, &src);
     let (r, _) = restore_json(&w, "dst", &["--snapshot", &v1_id[..10]]);
     assert_eq!(r["restored"], 6);
     let dst = w.layout("dst");
@@ -889,11 +895,7 @@ fn damaged_links_entry_is_not_propagated() {
     // damaged inode.
     let w = World::new(Flavor::Guix);
     let src = w.layout("src");
-    sample::build(&src, 1).unwrap();
-    let v1 = save_json(&w, "src");
-    sample::build(&src, 2).unwrap();
-    save_json(&w, "src");
-    let v1_id = v1["snapshot"].as_str().unwrap().to_string();
+    let v1_id = save_two_generations(&w, &src);
     let (_, code) = restore_json(&w, "dst", &["--snapshot", &v1_id]);
     assert_eq!(code, 0);
     let dst = w.layout("dst");
