@@ -495,6 +495,9 @@ impl Drop for Umask {
     }
 }
 
+/// Restore threads per `--jobs` (see [`execute`]).
+pub const WRITERS_PER_JOB: usize = 2;
+
 const TMP_PREFIX: &str = ".storesync-tmp-";
 const TRASH_PREFIX: &str = ".storesync-trash-";
 
@@ -568,64 +571,74 @@ pub fn execute(
     // Writeback runs alongside the writes (see `Flusher`), so the `syncfs` that makes the
     // content durable before registration has little left to wait for.
     let flusher = Flusher::start(&store, &writer.bytes_written);
-    let results: Vec<(usize, std::result::Result<(), String>)> = by_size
-        .par_iter()
-        .with_max_len(1) // one path per task: sizes vary too much for contiguous splits
-        .map(|&i| {
-            let p = &snap.paths[i];
-            let base = p.info.path.base_name();
-            let tmp = store.join(format!("{TMP_PREFIX}{run}-{}", p.info.path.hash_part()));
-            let r = (|| {
-                let tree = cache.read_tree(&p.tree).map_err(|e| e.to_string())?;
-                let attempt = |links: bool| {
-                    let mut enc = NarEncoder::new(NarHasher::new()).expect("hashing cannot fail");
-                    let mut linked = 0;
-                    let written = writer.write(&tree, &tmp, &mut enc, links, &mut linked);
-                    let (hash, size) = enc.into_inner().finish();
-                    let verdict = written.and_then(|()| {
-                        if hash != p.info.nar_hash {
-                            Err(format!(
-                                "restored content hashes to sha256:{}, the snapshot says {}",
-                                crate::nar::hex(&hash),
-                                db::format_db_hash(&p.info.nar_hash)
-                            ))
-                        } else if size != p.info.nar_size {
-                            Err(format!(
-                                "restored NAR size {size}, the snapshot says {}",
-                                p.info.nar_size
-                            ))
-                        } else {
-                            Ok(())
+    // Writers spend much of their time asleep in the file system (reading inode and block
+    // bitmaps of a cold file system, behind writeback in the disk queue): twice as many
+    // threads as jobs keep the cores busy meanwhile.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(WRITERS_PER_JOB * rayon::current_num_threads())
+        .build()
+        .map_err(|e| Error::Io(store.clone(), io::Error::other(e)))?;
+    let results: Vec<(usize, std::result::Result<(), String>)> = pool.install(|| {
+        by_size
+            .par_iter()
+            .with_max_len(1) // one path per task: sizes vary too much for contiguous splits
+            .map(|&i| {
+                let p = &snap.paths[i];
+                let base = p.info.path.base_name();
+                let tmp = store.join(format!("{TMP_PREFIX}{run}-{}", p.info.path.hash_part()));
+                let r = (|| {
+                    let tree = cache.read_tree(&p.tree).map_err(|e| e.to_string())?;
+                    let attempt = |links: bool| {
+                        let mut enc =
+                            NarEncoder::new(NarHasher::new()).expect("hashing cannot fail");
+                        let mut linked = 0;
+                        let written = writer.write(&tree, &tmp, &mut enc, links, &mut linked);
+                        let (hash, size) = enc.into_inner().finish();
+                        let verdict = written.and_then(|()| {
+                            if hash != p.info.nar_hash {
+                                Err(format!(
+                                    "restored content hashes to sha256:{}, the snapshot says {}",
+                                    crate::nar::hex(&hash),
+                                    db::format_db_hash(&p.info.nar_hash)
+                                ))
+                            } else if size != p.info.nar_size {
+                                Err(format!(
+                                    "restored NAR size {size}, the snapshot says {}",
+                                    p.info.nar_size
+                                ))
+                            } else {
+                                Ok(())
+                            }
+                        });
+                        if verdict.is_err() {
+                            let _ = remove_tree(&tmp);
                         }
-                    });
-                    if verdict.is_err() {
-                        let _ = remove_tree(&tmp);
+                        (verdict, linked)
+                    };
+                    let (mut verdict, mut linked) = attempt(true);
+                    if verdict.is_err() && linked > 0 {
+                        // A damaged `.links` entry (a store file modified in place) or a race:
+                        // everything again from the cache, every blob checked, nothing linked.
+                        (verdict, linked) = attempt(false);
                     }
-                    (verdict, linked)
-                };
-                let (mut verdict, mut linked) = attempt(true);
-                if verdict.is_err() && linked > 0 {
-                    // A damaged `.links` entry (a store file modified in place) or a race:
-                    // everything again from the cache, every blob checked, nothing linked.
-                    (verdict, linked) = attempt(false);
-                }
-                verdict?;
-                writer.linked_files.fetch_add(linked, Ordering::Relaxed);
-                let dest = store.join(base);
-                if fs::symlink_metadata(&dest).is_ok() {
-                    let trash =
-                        store.join(format!("{TRASH_PREFIX}{run}-{}", p.info.path.hash_part()));
-                    fs::rename(&dest, &trash).map_err(|e| {
-                        format!("{}: moving invalid leftover aside: {e}", dest.display())
-                    })?;
-                    leftovers.fetch_add(1, Ordering::Relaxed);
-                }
-                fs::rename(&tmp, &dest).map_err(|e| format!("{}: {e}", dest.display()))
-            })();
-            progress.advance(p.info.nar_size);
-            (i, r)
-        })
-        .collect();
+                    verdict?;
+                    writer.linked_files.fetch_add(linked, Ordering::Relaxed);
+                    let dest = store.join(base);
+                    if fs::symlink_metadata(&dest).is_ok() {
+                        let trash =
+                            store.join(format!("{TRASH_PREFIX}{run}-{}", p.info.path.hash_part()));
+                        fs::rename(&dest, &trash).map_err(|e| {
+                            format!("{}: moving invalid leftover aside: {e}", dest.display())
+                        })?;
+                        leftovers.fetch_add(1, Ordering::Relaxed);
+                    }
+                    fs::rename(&tmp, &dest).map_err(|e| format!("{}: {e}", dest.display()))
+                })();
+                progress.advance(p.info.nar_size);
+                (i, r)
+            })
+            .collect()
+    });
     drop(flusher);
     progress.finish();
 

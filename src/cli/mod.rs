@@ -63,7 +63,8 @@ pub struct Global {
     /// GUIX_DATABASE_DIRECTORY, GUIX_STATE_DIRECTORY/db, NIX_STATE_DIR/db].
     #[arg(long, global = true, value_name = "DIR")]
     pub db_dir: Option<String>,
-    /// Worker threads [default: number of CPUs].
+    /// Worker threads [default: number of CPUs]. A restore runs two writer threads per job:
+    /// writers often wait for the file system.
     #[arg(long, short = 'j', global = true, value_name = "N")]
     pub jobs: Option<usize>,
     /// Print a machine-readable JSON summary on stdout.
