@@ -250,9 +250,6 @@ struct Writer<'a> {
     chown: Option<(u32, u32)>,
     bytes_written: std::sync::Arc<AtomicU64>,
     linked_files: AtomicU64,
-    /// Striped locks by `.links` name, so two threads writing the same contents at once end up
-    /// sharing one file instead of racing to write two.
-    link_locks: Vec<std::sync::Mutex<()>>,
     /// Names present in `.links` (read once, then kept up to date), so no link is attempted
     /// that cannot succeed.
     known_links: std::sync::Mutex<HashSet<String>>,
@@ -262,6 +259,19 @@ struct Writer<'a> {
 }
 
 type Enc = NarEncoder<NarHasher>;
+
+/// One attempt at writing a path: how, and what it did.
+struct Attempt {
+    /// Hard-link files from existing `.links` entries.
+    links: bool,
+    /// Check every blob against its id while streaming it (otherwise the path's NAR hash is
+    /// the only check).
+    check_blobs: bool,
+    /// Files hard-linked from `.links`.
+    linked: u64,
+    /// Files written that should get `.links` entries once the path is verified.
+    new_links: Vec<(PathBuf, String)>,
+}
 
 fn mtime_one() -> FileTime {
     FileTime::from_unix_time(1, 0)
@@ -289,16 +299,17 @@ impl Writer<'_> {
 
     /// Write `node` at `dest` (which must not exist), feeding the NAR of what was written to `enc`.
     ///
-    /// With `links` set, a file whose `.links` entry exists is hard-linked to it and read back
-    /// into `enc` without a check of its own (`linked` counts them): the path's NAR hash covers
-    /// it, and a path that fails with links is written again without them (see [`execute`]).
+    /// With `at.links` set, a file whose `.links` entry exists is hard-linked to it and read
+    /// back into `enc` without a check of its own: the path's NAR hash covers it, and a path
+    /// that fails is written again from the cache, every blob checked (see [`execute`]). Files
+    /// written are listed in `at.new_links`; their `.links` entries are made only after the
+    /// path's NAR hash is verified, so an unchecked blob never reaches `.links`.
     fn write(
         &self,
         node: &Node,
         dest: &Path,
         enc: &mut Enc,
-        links: bool,
-        linked: &mut u64,
+        at: &mut Attempt,
     ) -> std::result::Result<(), String> {
         let io = |e: io::Error| format!("{}: {e}", dest.display());
         match node {
@@ -317,8 +328,8 @@ impl Writer<'_> {
                 enc.directory_start().map_err(io)?;
                 for e in entries {
                     enc.entry_start(&e.name).map_err(io)?;
-                    let at = dest.join(OsStr::from_bytes(&e.name));
-                    self.write(&e.node, &at, enc, links, linked)?;
+                    let child = dest.join(OsStr::from_bytes(&e.name));
+                    self.write(&e.node, &child, enc, at)?;
                     enc.entry_end().map_err(io)?;
                 }
                 enc.directory_end().map_err(io)?;
@@ -333,28 +344,19 @@ impl Writer<'_> {
             } => {
                 enc.regular_start(*executable, *size).map_err(io)?;
                 let name = (*size >= LINKS_MIN_SIZE).then(|| nixbase32_encode(file_nar_hash));
-                let _guard = name.as_ref().map(|_| {
-                    self.link_locks[file_nar_hash[0] as usize % self.link_locks.len()]
-                        .lock()
-                        .expect("link lock")
-                });
                 let known = |n: &String| self.known_links.lock().expect("links").contains(n);
                 let from_links = match &name {
-                    Some(n) if links && known(n) => {
+                    Some(n) if at.links && known(n) => {
                         self.link_from(&self.links.join(n), dest, enc).map_err(io)?
                     }
                     _ => false,
                 };
                 if from_links {
-                    *linked += 1;
+                    at.linked += 1;
                 } else {
-                    self.write_file(dest, *executable, blob, enc)?;
+                    self.write_file(dest, *executable, blob, enc, at.check_blobs)?;
                     if let Some(n) = name {
-                        // At its link-count limit, or damaged, an existing entry stays as it is
-                        // and this copy stays a file of its own.
-                        if fs::hard_link(dest, self.links.join(&n)).is_ok() {
-                            self.known_links.lock().expect("links").insert(n);
-                        }
+                        at.new_links.push((dest.to_owned(), n));
                     }
                 }
                 enc.regular_end(*size).map_err(io)
@@ -381,12 +383,23 @@ impl Writer<'_> {
         Ok(true)
     }
 
+    /// Give verified files their `.links` entries. At its link-count limit, or damaged, an
+    /// existing entry stays as it is and the file stays one of its own.
+    fn add_links(&self, files: &[(PathBuf, String)]) {
+        for (file, name) in files {
+            if fs::hard_link(file, self.links.join(name)).is_ok() {
+                self.known_links.lock().expect("links").insert(name.clone());
+            }
+        }
+    }
+
     fn write_file(
         &self,
         dest: &Path,
         executable: bool,
         blob: &ObjectId,
         enc: &mut Enc,
+        check_blob: bool,
     ) -> std::result::Result<(), String> {
         let io = |e: io::Error| format!("{}: {e}", dest.display());
         // Created with its final mode (the umask is 022 during a restore): the descriptor is
@@ -398,13 +411,17 @@ impl Writer<'_> {
             .open(dest)
             .map_err(io)?;
         let mut written = 0u64;
-        self.cache
-            .stream(blob, &mut |chunk| {
-                f.write_all(chunk)?;
-                written += chunk.len() as u64;
-                enc.contents(chunk)
-            })
-            .map_err(|e| format!("{}: {e}", dest.display()))?;
+        let mut sink = |chunk: &[u8]| {
+            f.write_all(chunk)?;
+            written += chunk.len() as u64;
+            enc.contents(chunk)
+        };
+        if check_blob {
+            self.cache.stream(blob, &mut sink)
+        } else {
+            self.cache.stream_unchecked(blob, &mut sink)
+        }
+        .map_err(|e| format!("{}: {e}", dest.display()))?;
         self.bytes_written.fetch_add(written, Ordering::Relaxed);
         // Metadata through the open descriptor: no more path lookups.
         if let Some((u, g)) = self.chown {
@@ -558,7 +575,6 @@ pub fn execute(
         chown,
         bytes_written: std::sync::Arc::new(AtomicU64::new(0)),
         linked_files: AtomicU64::new(0),
-        link_locks: (0..64).map(|_| std::sync::Mutex::new(())).collect(),
         known_links: std::sync::Mutex::new(known_links),
         privileged: me.0 == 0,
     };
@@ -588,11 +604,16 @@ pub fn execute(
                 let tmp = store.join(format!("{TMP_PREFIX}{run}-{}", p.info.path.hash_part()));
                 let r = (|| {
                     let tree = cache.read_tree(&p.tree).map_err(|e| e.to_string())?;
-                    let attempt = |links: bool| {
+                    let attempt = |first: bool| {
                         let mut enc =
                             NarEncoder::new(NarHasher::new()).expect("hashing cannot fail");
-                        let mut linked = 0;
-                        let written = writer.write(&tree, &tmp, &mut enc, links, &mut linked);
+                        let mut at = Attempt {
+                            links: first,
+                            check_blobs: !first,
+                            linked: 0,
+                            new_links: Vec::new(),
+                        };
+                        let written = writer.write(&tree, &tmp, &mut enc, &mut at);
                         let (hash, size) = enc.into_inner().finish();
                         let verdict = written.and_then(|()| {
                             if hash != p.info.nar_hash {
@@ -613,16 +634,19 @@ pub fn execute(
                         if verdict.is_err() {
                             let _ = remove_tree(&tmp);
                         }
-                        (verdict, linked)
+                        (verdict, at)
                     };
-                    let (mut verdict, mut linked) = attempt(true);
-                    if verdict.is_err() && linked > 0 {
-                        // A damaged `.links` entry (a store file modified in place) or a race:
-                        // everything again from the cache, every blob checked, nothing linked.
-                        (verdict, linked) = attempt(false);
+                    // The path's NAR hash is the check of the first attempt. When it fails
+                    // (a damaged blob, or a damaged `.links` entry: a store file modified in
+                    // place), everything again from the cache, every blob checked, so that
+                    // the error names the damaged blob; nothing linked.
+                    let (mut verdict, mut at) = attempt(true);
+                    if verdict.is_err() {
+                        (verdict, at) = attempt(false);
                     }
                     verdict?;
-                    writer.linked_files.fetch_add(linked, Ordering::Relaxed);
+                    writer.add_links(&at.new_links);
+                    writer.linked_files.fetch_add(at.linked, Ordering::Relaxed);
                     let dest = store.join(base);
                     if fs::symlink_metadata(&dest).is_ok() {
                         let trash =

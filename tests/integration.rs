@@ -333,6 +333,21 @@ fn corrupt_blob_skips_its_path_and_referrers_and_restores_the_rest() {
     for (a, b) in &rows.refs {
         assert!(rows.paths.contains_key(a) && rows.paths.contains_key(b));
     }
+    // The damaged blob decodes (zstd stored it raw) to wrong bytes: the error names the blob,
+    // and no `.links` entry holds them, as the daemon would link new files to it.
+    let error = r["failures"][0]["error"].as_str().unwrap();
+    assert!(error.contains("does not match its id"), "{error}");
+    let mut entries = 0;
+    for e in fs::read_dir(dst.real_store_dir().join(".links")).unwrap() {
+        let e = e.unwrap();
+        let hash = nar::hash_path(&e.path()).unwrap().0;
+        assert_eq!(
+            storesync::store_path::nixbase32_encode(&hash),
+            e.file_name().to_str().unwrap()
+        );
+        entries += 1;
+    }
+    assert!(entries > 0);
     // The text output names the failure.
     w.cmd("dst2")
         .args(["restore", "--cache"])

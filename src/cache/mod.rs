@@ -451,7 +451,32 @@ impl Cache {
         id: &ObjectId,
         sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
     ) -> Result<(), CacheError> {
+        self.stream_checking(id, true, sink)
+    }
+
+    /// [`Cache::stream`] without the BLAKE3 check of a blob's bytes against its id (lengths
+    /// and zstd framing are still checked), for a caller that verifies what it received by
+    /// other means before anything depends on it: a restore checks each path's NAR hash, and
+    /// streams again with [`Cache::stream`] to name the damaged blob when that fails.
+    ///
+    /// # Errors
+    /// As [`Cache::stream`], except that a blob whose bytes differ from its id is not one.
+    pub fn stream_unchecked(
+        &self,
+        id: &ObjectId,
+        sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    ) -> Result<(), CacheError> {
+        self.stream_checking(id, false, sink)
+    }
+
+    fn stream_checking(
+        &self,
+        id: &ObjectId,
+        check: bool,
+        sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    ) -> Result<(), CacheError> {
         let loc = self.location(id).ok_or(CacheError::Missing(*id))?;
+        let check = check && loc.kind == ObjectKind::Blob;
         let sink_err = |e: io::Error| StorageError(format!("object {id}"), e);
         if loc.len < SOLO_THRESHOLD {
             let frame = self.frame(&loc)?;
@@ -465,7 +490,7 @@ impl Cache {
                 )));
             };
             let bytes = &frame[loc.offset as usize..end as usize];
-            if loc.kind == ObjectKind::Blob && ObjectId::of(bytes) != *id {
+            if check && ObjectId::of(bytes) != *id {
                 return Err(CacheError::Corrupt(format!(
                     "blob {id}: content does not match its id"
                 )));
@@ -496,14 +521,12 @@ impl Cache {
             if total > loc.len {
                 break;
             }
-            if loc.kind == ObjectKind::Blob {
+            if check {
                 hasher.update(&buf[..n]);
             }
             sink(&buf[..n]).map_err(sink_err)?;
         }
-        if total != loc.len
-            || (loc.kind == ObjectKind::Blob && ObjectId(*hasher.finalize().as_bytes()) != *id)
-        {
+        if total != loc.len || (check && ObjectId(*hasher.finalize().as_bytes()) != *id) {
             return Err(CacheError::Corrupt(format!(
                 "blob {id}: content does not match its id"
             )));
