@@ -253,6 +253,13 @@ struct Writer<'a> {
     /// Names present in `.links` (read once, then kept up to date), so no link is attempted
     /// that cannot succeed.
     known_links: std::sync::Mutex<HashSet<String>>,
+    /// Files written by paths not verified yet, by `.links` name: another path with the same
+    /// contents links to them (its own NAR hash checks the bytes), so duplicates across paths
+    /// written at the same time share one inode, as the daemon's deduplication leaves them.
+    in_flight: std::sync::Mutex<HashMap<String, PathBuf>>,
+    /// Striped locks by `.links` name, so two threads writing the same contents at once end up
+    /// sharing one file instead of racing to write two.
+    link_locks: Vec<std::sync::Mutex<()>>,
     /// Running as root: permission checks do not apply, so directories are created with their
     /// final mode at once instead of being made writable and then read-only.
     privileged: bool,
@@ -344,19 +351,51 @@ impl Writer<'_> {
             } => {
                 enc.regular_start(*executable, *size).map_err(io)?;
                 let name = (*size >= LINKS_MIN_SIZE).then(|| nixbase32_encode(file_nar_hash));
-                let known = |n: &String| self.known_links.lock().expect("links").contains(n);
-                let from_links = match &name {
-                    Some(n) if at.links && known(n) => {
-                        self.link_from(&self.links.join(n), dest, enc).map_err(io)?
+                let _guard = name.as_ref().map(|_| {
+                    self.link_locks[file_nar_hash[0] as usize % self.link_locks.len()]
+                        .lock()
+                        .expect("link lock")
+                });
+                // Where to link from: a `.links` entry, or the same contents written by a
+                // path not verified yet (then this path makes the entry too if it is verified
+                // first).
+                let source = match &name {
+                    Some(n) if at.links => {
+                        if self.known_links.lock().expect("links").contains(n) {
+                            Some((self.links.join(n), false))
+                        } else {
+                            let in_flight = self.in_flight.lock().expect("in flight");
+                            in_flight.get(n).map(|f| (f.clone(), true))
+                        }
                     }
-                    _ => false,
+                    _ => None,
                 };
-                if from_links {
-                    at.linked += 1;
-                } else {
-                    self.write_file(dest, *executable, blob, enc, at.check_blobs)?;
-                    if let Some(n) = name {
-                        at.new_links.push((dest.to_owned(), n));
+                // A source that vanished meanwhile (its path failed, or was renamed into place)
+                // is not linked: the file is written from the cache.
+                let linked_from = match source {
+                    Some((source, in_flight)) => self
+                        .link_from(&source, dest, enc)
+                        .map_err(io)?
+                        .then_some(in_flight),
+                    None => None,
+                };
+                match (linked_from, name) {
+                    (Some(in_flight), name) => {
+                        at.linked += 1;
+                        if let (true, Some(n)) = (in_flight, name) {
+                            at.new_links.push((dest.to_owned(), n));
+                        }
+                    }
+                    (None, name) => {
+                        self.write_file(dest, *executable, blob, enc, at.check_blobs)?;
+                        if let Some(n) = name {
+                            self.in_flight
+                                .lock()
+                                .expect("in flight")
+                                .entry(n.clone())
+                                .or_insert_with(|| dest.to_owned());
+                            at.new_links.push((dest.to_owned(), n));
+                        }
                     }
                 }
                 enc.regular_end(*size).map_err(io)
@@ -364,9 +403,10 @@ impl Writer<'_> {
         }
     }
 
-    /// Hard-link an existing `.links` entry to `dest` and feed its contents to `enc`. Its
-    /// bytes are not checked here: the path's NAR hash is, and a path that fails after linking
-    /// is written again without `.links` (a damaged entry is never propagated).
+    /// Hard-link `link` (a `.links` entry, or a file of a path being written) to `dest` and feed
+    /// its contents to `enc`. Its bytes are not checked here: the path's NAR hash is, and a
+    /// path that fails after linking is written again without links (a damaged entry is
+    /// never propagated).
     fn link_from(&self, link: &Path, dest: &Path, enc: &mut Enc) -> io::Result<bool> {
         if fs::hard_link(link, dest).is_err() {
             return Ok(false);
@@ -389,6 +429,17 @@ impl Writer<'_> {
         for (file, name) in files {
             if fs::hard_link(file, self.links.join(name)).is_ok() {
                 self.known_links.lock().expect("links").insert(name.clone());
+            }
+        }
+    }
+
+    /// Withdraw a path's files from `in_flight` (after [`Writer::add_links`], or before its
+    /// temporary tree is removed).
+    fn release(&self, files: &[(PathBuf, String)]) {
+        let mut in_flight = self.in_flight.lock().expect("in flight");
+        for (file, name) in files {
+            if in_flight.get(name) == Some(file) {
+                in_flight.remove(name);
             }
         }
     }
@@ -576,6 +627,8 @@ pub fn execute(
         bytes_written: std::sync::Arc::new(AtomicU64::new(0)),
         linked_files: AtomicU64::new(0),
         known_links: std::sync::Mutex::new(known_links),
+        in_flight: std::sync::Mutex::new(HashMap::new()),
+        link_locks: (0..64).map(|_| std::sync::Mutex::new(())).collect(),
         privileged: me.0 == 0,
     };
     let leftovers = AtomicU64::new(0);
@@ -632,6 +685,7 @@ pub fn execute(
                             }
                         });
                         if verdict.is_err() {
+                            writer.release(&at.new_links);
                             let _ = remove_tree(&tmp);
                         }
                         (verdict, at)
@@ -646,6 +700,7 @@ pub fn execute(
                     }
                     verdict?;
                     writer.add_links(&at.new_links);
+                    writer.release(&at.new_links);
                     writer.linked_files.fetch_add(at.linked, Ordering::Relaxed);
                     let dest = store.join(base);
                     if fs::symlink_metadata(&dest).is_ok() {
