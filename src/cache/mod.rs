@@ -896,6 +896,45 @@ mod tests {
     }
 
     #[test]
+    fn a_failing_sink_is_reported_and_later_streams_are_whole() {
+        // A large blob abandoned mid-frame (the sink failed, as on a full disk) reports the
+        // sink's error, and nothing of it leaks into the blobs streamed next on this thread.
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open_dir(dir.path()).unwrap();
+        let packer = Packer::new(&cache, 3);
+        let blob = |seed: u32| -> Vec<u8> {
+            (0..1_500_000u32)
+                .map(|i| (i.wrapping_mul(seed) >> 7) as u8)
+                .collect()
+        };
+        let (a, b) = (blob(2_654_435_761), blob(40_503));
+        for x in [&a, &b] {
+            assert!(packer.claim(&ObjectId::of(x)));
+            packer.add(ObjectKind::Blob, ObjectId::of(x), x).unwrap();
+        }
+        packer.finish().unwrap();
+        let cache = Cache::open_dir(dir.path()).unwrap();
+        let fail = &mut |_: &[u8]| Err(io::Error::other("disk full"));
+        let err = cache.stream(&ObjectId::of(&a), fail).unwrap_err();
+        assert!(err.to_string().contains("disk full"), "{err}");
+        for checked in [true, false] {
+            for x in [&b, &a] {
+                let mut got = Vec::new();
+                let sink = &mut |c: &[u8]| {
+                    got.extend_from_slice(c);
+                    Ok(())
+                };
+                if checked {
+                    cache.stream(&ObjectId::of(x), sink).unwrap();
+                } else {
+                    cache.stream_unchecked(&ObjectId::of(x), sink).unwrap();
+                }
+                assert!(got == *x);
+            }
+        }
+    }
+
+    #[test]
     fn snapshot_round_trip_and_validation() {
         use crate::db::{DerivationOutput, PathInfo};
         use crate::store_path::StorePath;
