@@ -24,6 +24,11 @@ bench:
     cargo bench --bench e2e
     cargo bench --bench kernels
 
+# Alternate cold restores of the bench store's v1 with two binaries (needs root; run the
+# e2e bench once first for its cache).
+ab-restore old new pairs="5":
+    bash benches/ab-cold-restore.sh {{old}} {{new}} {{pairs}}
+
 # Everything CI runs.
 ci:
     bash .ci/run
