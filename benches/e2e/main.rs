@@ -334,6 +334,9 @@ struct Row {
     ss: Vec<Sample>,
     base: Vec<Sample>,
     target: Target,
+    /// Wall seconds of each baseline run followed by `sync`, where storesync's own run ends
+    /// durable (restores): for information, next to the target's comparison.
+    base_synced: Vec<f64>,
 }
 
 fn tar_c(root: &Path) -> Command {
@@ -534,6 +537,7 @@ fn main() {
         name: "4. full save of v1 (empty cache)",
         ss: a,
         base: b,
+        base_synced: Vec::new(),
         target: Target::Ratio(1.0),
     });
 
@@ -562,6 +566,7 @@ fn main() {
         name: "5. incremental save of v2 (cache holds v1)",
         ss: a,
         base: b,
+        base_synced: Vec::new(),
         target: Target::Ratio(0.15),
     });
     fs::write(work.join("ids.txt"), format!("v1 {v1_id}\nv2 {v2_id}\n")).unwrap_or_else(|e| die(e));
@@ -569,6 +574,7 @@ fn main() {
     // 1. Cold restore: empty root <- snapshot v1.
     eprintln!("cold restore: empty root <- v1");
     let cache_arg = cache_v12.display().to_string();
+    let synced = std::cell::RefCell::new(Vec::new());
     let (a, b) = alternate(
         cfg.runs,
         |_| {
@@ -585,7 +591,11 @@ fn main() {
             trash.put(&xroot);
             fs::create_dir_all(&xroot).unwrap_or_else(|e| die(e));
             settle(&cfg, &[&tar_v1]);
-            extract(&tar_v1, &xroot)
+            let s = extract(&tar_v1, &xroot);
+            let t = Instant::now();
+            sh("sync");
+            synced.borrow_mut().push(s.wall + t.elapsed().as_secs_f64());
+            s
         },
     );
     fs::rename(&root, &root_v1).unwrap_or_else(|e| die(e));
@@ -593,6 +603,7 @@ fn main() {
         name: "1. cold restore: empty root <- v1",
         ss: a,
         base: b,
+        base_synced: synced.into_inner(),
         target: Target::Ratio(0.6),
     });
 
@@ -632,6 +643,7 @@ fn main() {
         name: "2. warm restore: root with v1 <- v2",
         ss: a,
         base: b,
+        base_synced: Vec::new(),
         target: Target::Ratio(0.25),
     });
 
@@ -660,6 +672,7 @@ fn main() {
         name: "3. no-op restore: root with v2 <- v2",
         ss: a,
         base: b,
+        base_synced: Vec::new(),
         target: Target::Seconds(0.2),
     });
 
@@ -788,11 +801,20 @@ fn report(
             "**no**"
         }
     );
-    let _ = writeln!(
-        s,
-        "\n(v2.tar.zst: {:.1} MiB.)\n\nAll runs (wall s / CPU s / RSS MiB):\n",
-        mib(t2)
-    );
+    let _ = writeln!(s, "\n(v2.tar.zst: {:.1} MiB.)\n", mib(t2));
+    for r in rows.iter().filter(|r| !r.base_synced.is_empty()) {
+        let synced = med(r.base_synced.clone());
+        let _ = writeln!(
+            s,
+            "{}: the baseline followed by `sync` (its writes durable, as storesync's are when it \
+             exits) takes {:.2} s (median); storesync / that = {:.3} (for information; the \
+             target compares with the baseline without `sync`).\n",
+            r.name,
+            synced,
+            median(&r.ss).wall / synced
+        );
+    }
+    let _ = writeln!(s, "All runs (wall s / CPU s / RSS MiB):\n");
     for r in rows {
         let f = |v: &[Sample]| {
             v.iter()
