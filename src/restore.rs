@@ -379,14 +379,14 @@ impl Writer<'_> {
                         .then_some(in_flight),
                     None => None,
                 };
-                match (linked_from, name) {
-                    (Some(in_flight), name) => {
+                match linked_from {
+                    Some(from_in_flight) => {
                         at.linked += 1;
-                        if let (true, Some(n)) = (in_flight, name) {
+                        if let Some(n) = name.filter(|_| from_in_flight) {
                             at.new_links.push((dest.to_owned(), n));
                         }
                     }
-                    (None, name) => {
+                    None => {
                         self.write_file(dest, *executable, blob, enc, at.check_blobs)?;
                         if let Some(n) = name {
                             self.in_flight
