@@ -6,6 +6,8 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Mutex};
+use std::thread::JoinHandle;
 
 /// An error of a storage backend, naming the key (or file) it failed on.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +46,56 @@ pub trait Storage: Send + Sync {
 #[derive(Debug)]
 pub struct LocalDir {
     root: PathBuf,
+    /// Committed files being made durable in the background (see [`Storage::commit_file`]).
+    flusher: Mutex<Option<Flusher>>,
+}
+
+/// A thread that `fdatasync`s committed files one after the other, so that a save's packs
+/// reach the disk while later ones are being compressed, instead of all at once in the final
+/// [`Storage::sync`]. Its first error is reported by that `sync`.
+#[derive(Debug)]
+struct Flusher {
+    files: mpsc::Sender<(File, String)>,
+    thread: JoinHandle<Result<(), StorageError>>,
+}
+
+impl Flusher {
+    fn start() -> io::Result<Self> {
+        let (files, rx) = mpsc::channel::<(File, String)>();
+        let thread = std::thread::Builder::new()
+            .name("pack-flusher".into())
+            .spawn(move || {
+                let mut first_error = Ok(());
+                for (f, name) in rx {
+                    if let Err(e) = f.sync_data() {
+                        if first_error.is_ok() {
+                            first_error = Err(StorageError(name, e));
+                        }
+                    }
+                }
+                first_error
+            })?;
+        Ok(Flusher { files, thread })
+    }
+
+    /// Wait until every file sent is durable.
+    fn finish(self) -> Result<(), StorageError> {
+        drop(self.files);
+        self.thread.join().unwrap_or_else(|_| {
+            Err(StorageError(
+                "pack flusher".into(),
+                io::Error::other("the thread panicked"),
+            ))
+        })
+    }
+}
+
+impl Drop for LocalDir {
+    fn drop(&mut self) {
+        if let Some(f) = self.flusher.get_mut().ok().and_then(Option::take) {
+            let _ = f.finish();
+        }
+    }
 }
 
 impl LocalDir {
@@ -52,6 +104,7 @@ impl LocalDir {
     pub fn open_existing(root: &Path) -> Self {
         LocalDir {
             root: root.to_owned(),
+            flusher: Mutex::default(),
         }
     }
 
@@ -66,6 +119,7 @@ impl LocalDir {
         }
         Ok(LocalDir {
             root: root.to_owned(),
+            flusher: Mutex::default(),
         })
     }
 
@@ -130,12 +184,25 @@ impl Storage for LocalDir {
     }
 
     fn commit_file(&self, key: &str, file: tempfile::NamedTempFile) -> Result<(), StorageError> {
-        file.persist(self.path(key))
+        let file = file
+            .persist(self.path(key))
             .map_err(|e| StorageError(self.describe(key), e.error))?;
+        // Start making it durable now; without the thread, `sync` does it all.
+        let mut flusher = self.flusher.lock().expect("flusher");
+        if flusher.is_none() {
+            *flusher = Flusher::start().ok();
+        }
+        if let Some(f) = flusher.as_ref() {
+            let _ = f.files.send((file, self.describe(key)));
+        }
         Ok(())
     }
 
     fn sync(&self) -> Result<(), StorageError> {
+        let pending = self.flusher.lock().expect("flusher").take();
+        if let Some(f) = pending {
+            f.finish()?;
+        }
         let err = |e: io::Error| StorageError(self.root.display().to_string(), e);
         let root = File::open(&self.root).map_err(err)?;
         rustix::fs::syncfs(&root).map_err(|e| err(e.into()))
@@ -214,6 +281,15 @@ mod tests {
         s.commit_file("packs/p", f).unwrap();
         s.sync().unwrap();
         assert_eq!(s.list("packs").unwrap(), vec!["packs/p".to_string()]);
+        // Commits after a sync are made durable by the next one.
+        for name in ["packs/q", "packs/r"] {
+            let mut f = s.scratch_file().unwrap();
+            f.write_all(name.as_bytes()).unwrap();
+            s.commit_file(name, f).unwrap();
+        }
+        s.sync().unwrap();
+        assert_eq!(s.read("packs/r").unwrap(), b"packs/r");
+        assert_eq!(s.list("packs").unwrap().len(), 3);
         assert!(s.read("index/missing").is_err());
         s.write("snapshots/a", b"replaced").unwrap();
         assert_eq!(s.read("snapshots/a").unwrap(), b"replaced");
