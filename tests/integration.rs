@@ -1036,13 +1036,22 @@ fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 }
 
 #[test]
-fn random_damage_to_the_cache_never_registers_unverified_content() {
+fn random_damage_to_the_cache_never_registers_unverified_content_guix() {
+    random_damage_to_the_cache_never_registers_unverified_content(Flavor::Guix);
+}
+
+#[test]
+fn random_damage_to_the_cache_never_registers_unverified_content_nix() {
+    random_damage_to_the_cache_never_registers_unverified_content(Flavor::Nix);
+}
+
+fn random_damage_to_the_cache_never_registers_unverified_content(flavor: Flavor) {
     // Two snapshots (generations 1 and 2), then many copies of the cache, each damaged at
     // random: bytes flipped, a range zeroed, a file truncated, extended or deleted. Whatever
     // happens, a restore exits 0 or 1 (1 with a message), and afterwards every registered
     // path is on disk with the registered hash and size, every path on disk is registered,
     // no temporary tree is left, and every `.links` entry holds what its name says.
-    let w = World::new(Flavor::Guix);
+    let w = World::new(flavor);
     let v1 = save_two_generations(&w, &w.layout("src"));
     let pristine = files_under(&w.cache_dir());
     // What a restore of each snapshot from the sound cache registers.
@@ -1162,7 +1171,8 @@ fn random_damage_to_the_cache_never_registers_unverified_content() {
                     continue;
                 }
                 assert!(
-                    rows.paths.contains_key(&format!("/gnu/store/{name}")),
+                    rows.paths
+                        .contains_key(&format!("{}/{name}", dst.store_dir.as_str())),
                     "{case_name}: {name} on disk, not registered"
                 );
             }
