@@ -42,6 +42,8 @@ pub enum DbError {
     BadHash(PathBuf, String, String),
     #[error("database {0}: schema version {1} is not supported (want {2}); upgrade with the daemon first")]
     Schema(PathBuf, String, u32),
+    #[error("database {0} exists but its version file {1} is missing or empty: refusing to change a database of unknown schema (let the daemon open it once, or move it aside)")]
+    NoSchema(PathBuf, PathBuf),
 }
 
 /// Everything the DB knows about one valid path. Deriver is kept as the DB spells it.
@@ -241,6 +243,9 @@ pub fn open_or_create(layout: &Layout) -> Result<Connection, DbError> {
     let create = !file.exists();
     if !create {
         let found = fs::read_to_string(&schema_file).unwrap_or_default();
+        if found.trim().is_empty() {
+            return Err(DbError::NoSchema(file, schema_file));
+        }
         if found.trim() != want.to_string() {
             return Err(DbError::Schema(file, found.trim().to_owned(), want));
         }
@@ -468,5 +473,11 @@ mod tests {
         fs::write(layout.real_db_dir().join("schema"), "6").unwrap();
         let err = open_or_create(&layout).unwrap_err();
         assert!(err.to_string().contains("schema version 6"), "{err}");
+        fs::remove_file(layout.real_db_dir().join("schema")).unwrap();
+        let err = open_or_create(&layout).unwrap_err().to_string();
+        assert!(
+            err.contains("db.sqlite exists") && err.contains("/schema is missing"),
+            "{err}"
+        );
     }
 }
