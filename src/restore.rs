@@ -233,6 +233,21 @@ fn create_store_dir(layout: &Layout) -> io::Result<()> {
     Ok(())
 }
 
+/// A store directory that exists must be a directory.
+fn check_store_dir(layout: &Layout) -> Result<()> {
+    let store = layout.real_store_dir();
+    if store.exists() && !store.is_dir() {
+        return Err(Error::Io(
+            store,
+            io::Error::new(
+                io::ErrorKind::NotADirectory,
+                "the store directory is not a directory",
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Who owns restored files: the owner of the store directory (the unprivileged `guix-daemon`
 /// user on Guix 1.5 installs); group root when that owner is root, as the daemons do.
 fn store_owner(store: &Path) -> Result<(u32, u32)> {
@@ -590,6 +605,7 @@ pub fn execute(
         let p = p.to_owned();
         move |e| Error::Io(p, e)
     };
+    check_store_dir(layout)?;
     if !store.exists() {
         create_store_dir(layout).map_err(ioe(&store))?;
     }
@@ -847,6 +863,7 @@ pub fn restore(
         });
     }
     let _lock = BigLock::acquire(&layout.big_lock_file(), layout.flavor, opts.wait)?;
+    check_store_dir(layout)?; // before a DB is created for it
     let mut conn = db::open_or_create(layout)?;
     let valid = db::valid_paths(&conn, layout)?;
     let plan = plan(layout, id, snapshot, &valid, &opts.roots)?;

@@ -1191,3 +1191,33 @@ fn random_damage_to_the_cache_never_registers_unverified_content(flavor: Flavor)
     // The damage is not all harmless: many cases fail somewhere.
     assert!(failed > 10, "{failed} failed, {succeeded} succeeded");
 }
+
+#[test]
+fn a_file_where_a_directory_belongs_is_named() {
+    let w = World::new(Flavor::Guix);
+    sample::build(&w.layout("src"), 1).unwrap();
+    let not_a_dir = w.root("not-a-dir");
+    fs::write(&not_a_dir, b"").unwrap();
+    w.cmd("src")
+        .args(["save", "--cache"])
+        .arg(&not_a_dir)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(format!(
+            "{}: not a directory",
+            not_a_dir.display()
+        )));
+    save_json(&w, "src");
+    fs::create_dir_all(w.root("dst/gnu")).unwrap();
+    fs::write(w.root("dst/gnu/store"), b"").unwrap();
+    w.cmd("dst")
+        .args(["restore", "--cache"])
+        .arg(w.cache_dir())
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(format!(
+            "{}: the store directory is not a directory",
+            w.root("dst/gnu/store").display()
+        )));
+    assert!(!w.root("dst/var/guix/db/db.sqlite").exists());
+}

@@ -113,6 +113,12 @@ impl LocalDir {
     /// # Errors
     /// [`StorageError`] when the directory cannot be created.
     pub fn open(root: &Path) -> Result<Self, StorageError> {
+        if root.exists() && !root.is_dir() {
+            return Err(StorageError(
+                root.display().to_string(),
+                io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+            ));
+        }
         for sub in ["", "packs", "index", "snapshots", "tmp"] {
             let d = root.join(sub);
             fs::create_dir_all(&d).map_err(|e| StorageError(d.display().to_string(), e))?;
