@@ -47,23 +47,23 @@ pub trait Storage: Send + Sync {
 pub struct LocalDir {
     root: PathBuf,
     /// Committed files being made durable in the background (see [`Storage::commit_file`]).
-    flusher: Mutex<Option<Flusher>>,
+    syncer: Mutex<Option<PackSyncer>>,
 }
 
 /// A thread that `fdatasync`s committed files one after the other, so that a save's packs
 /// reach the disk while later ones are being compressed, instead of all at once in the final
 /// [`Storage::sync`]. Its first error is reported by that `sync`.
 #[derive(Debug)]
-struct Flusher {
+struct PackSyncer {
     files: mpsc::Sender<(File, String)>,
     thread: JoinHandle<Result<(), StorageError>>,
 }
 
-impl Flusher {
+impl PackSyncer {
     fn start() -> io::Result<Self> {
         let (files, rx) = mpsc::channel::<(File, String)>();
         let thread = std::thread::Builder::new()
-            .name("pack-flusher".into())
+            .name("pack-syncer".into())
             .spawn(move || {
                 let mut first_error = Ok(());
                 for (f, name) in rx {
@@ -75,7 +75,7 @@ impl Flusher {
                 }
                 first_error
             })?;
-        Ok(Flusher { files, thread })
+        Ok(PackSyncer { files, thread })
     }
 
     /// Wait until every file sent is durable.
@@ -83,7 +83,7 @@ impl Flusher {
         drop(self.files);
         self.thread.join().unwrap_or_else(|_| {
             Err(StorageError(
-                "pack flusher".into(),
+                "pack syncer".into(),
                 io::Error::other("the thread panicked"),
             ))
         })
@@ -92,7 +92,7 @@ impl Flusher {
 
 impl Drop for LocalDir {
     fn drop(&mut self) {
-        if let Some(f) = self.flusher.get_mut().ok().and_then(Option::take) {
+        if let Some(f) = self.syncer.get_mut().ok().and_then(Option::take) {
             let _ = f.finish();
         }
     }
@@ -104,7 +104,7 @@ impl LocalDir {
     pub fn open_existing(root: &Path) -> Self {
         LocalDir {
             root: root.to_owned(),
-            flusher: Mutex::default(),
+            syncer: Mutex::default(),
         }
     }
 
@@ -125,7 +125,7 @@ impl LocalDir {
         }
         Ok(LocalDir {
             root: root.to_owned(),
-            flusher: Mutex::default(),
+            syncer: Mutex::default(),
         })
     }
 
@@ -194,18 +194,18 @@ impl Storage for LocalDir {
             .persist(self.path(key))
             .map_err(|e| StorageError(self.describe(key), e.error))?;
         // Start making it durable now; without the thread, `sync` does it all.
-        let mut flusher = self.flusher.lock().expect("flusher");
-        if flusher.is_none() {
-            *flusher = Flusher::start().ok();
+        let mut syncer = self.syncer.lock().expect("syncer");
+        if syncer.is_none() {
+            *syncer = PackSyncer::start().ok();
         }
-        if let Some(f) = flusher.as_ref() {
+        if let Some(f) = syncer.as_ref() {
             let _ = f.files.send((file, self.describe(key)));
         }
         Ok(())
     }
 
     fn sync(&self) -> Result<(), StorageError> {
-        let pending = self.flusher.lock().expect("flusher").take();
+        let pending = self.syncer.lock().expect("syncer").take();
         if let Some(f) = pending {
             f.finish()?;
         }
