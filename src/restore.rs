@@ -605,7 +605,6 @@ pub fn execute(
         let p = p.to_owned();
         move |e| Error::Io(p, e)
     };
-    check_store_dir(layout)?;
     if !store.exists() {
         create_store_dir(layout).map_err(ioe(&store))?;
     }
