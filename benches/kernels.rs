@@ -15,14 +15,15 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
-use storesync::cache::{Cache, Entry, Node, ObjectId, ObjectKind, Packer};
-use storesync::db::{self, PathInfo};
-use storesync::layout::{Flavor, Layout};
+use storesync::cache::{BlobId, Cache, Entry, Node, ObjectKind, Packer};
+use storesync::db;
 use storesync::nar::{self, FileNarHasher, NarHasher};
 use storesync::progress::NoProgress;
 use storesync::restore::{self, RestoreOptions};
 use storesync::save::{self, SaveOptions};
-use storesync::store_path::StorePath;
+use storesync::store::layout::{Flavor, Layout};
+use storesync::store::path::StorePath;
+use storesync::store::PathInfo;
 
 /// xorshift64*: deterministic pseudo-random bytes.
 struct Rng(u64);
@@ -201,7 +202,7 @@ fn hashing(c: &mut Criterion) {
     let mut g = c.benchmark_group("hash");
     for (name, data) in [("1 MiB", &big), ("4 KiB", &small)] {
         g.throughput(Throughput::Bytes(data.len() as u64));
-        g.bench_function(format!("blake3 {name}"), |b| b.iter(|| ObjectId::of(data)));
+        g.bench_function(format!("blake3 {name}"), |b| b.iter(|| BlobId::of(data)));
         g.bench_function(format!("blake3 incremental 64 KiB updates {name}"), |b| {
             b.iter(|| {
                 let mut h = blake3::Hasher::new();
@@ -243,7 +244,7 @@ fn packer(c: &mut Criterion) {
         })
         .collect();
     objs.extend((0..4).map(|_| binary(&mut rng, 1 << 20)));
-    let ids: Vec<ObjectId> = objs.iter().map(|o| ObjectId::of(o)).collect();
+    let ids: Vec<BlobId> = objs.iter().map(|o| BlobId::of(o)).collect();
     let total: u64 = objs.iter().map(|o| o.len() as u64).sum();
     let mut g = c.benchmark_group("packer");
     g.sample_size(10);
@@ -256,7 +257,7 @@ fn packer(c: &mut Criterion) {
                     let cache = Cache::open_dir(dir.path()).unwrap();
                     let p = Packer::new(&cache, level);
                     for (id, o) in ids.iter().zip(&objs) {
-                        assert!(p.claim(id));
+                        assert!(p.claim(*id));
                         p.add(ObjectKind::Blob, *id, o).unwrap();
                     }
                     p.finish().unwrap();
@@ -295,7 +296,7 @@ fn trees(c: &mut Criterion) {
                                 Node::Regular {
                                     executable: f % 5 == 0,
                                     size: 1000 + f as u64,
-                                    blob: ObjectId(id()),
+                                    blob: BlobId(id()),
                                     file_nar_hash: id(),
                                 }
                             },

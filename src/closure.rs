@@ -6,8 +6,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::db::PathInfo;
-use crate::store_path::StorePath;
+use crate::store::path::StorePath;
+use crate::store::path_info::PathInfo;
 
 /// A cycle between distinct paths (impossible in a sane store).
 #[derive(Debug, thiserror::Error)]

@@ -6,18 +6,19 @@
 #![forbid(unsafe_code)]
 
 pub mod cache;
+pub mod clock;
 pub mod closure;
 pub mod db;
 pub mod error;
-pub mod layout;
+pub mod hex;
 pub mod nar;
 pub mod progress;
 pub mod restore;
 pub mod sample;
 pub mod save;
 pub(crate) mod scratch;
-pub mod store_path;
+pub mod store;
 pub mod verify;
 
 pub use error::Error;
-pub use layout::{Flavor, Layout};
+pub use store::{Flavor, Layout};

@@ -11,11 +11,12 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use crate::db::{self, DerivationOutput, PathInfo};
+use crate::db;
 use crate::error::{Error, Result};
-use crate::layout::Layout;
 use crate::nar;
-use crate::store_path::{compress_hash, nixbase32_encode, StorePath};
+use crate::store::layout::Layout;
+use crate::store::path::{compress_hash, nixbase32_encode, StorePath};
+use crate::store::path_info::{DerivationOutput, PathInfo};
 
 const GREETING: &str = include_str!("../fixtures/sample/greeting.txt");
 const HELLO_SH: &str = include_str!("../fixtures/sample/hello.sh");
@@ -213,7 +214,7 @@ pub fn build(layout: &Layout, generation: u32) -> Result<Vec<StorePath>> {
     let valid = db::valid_paths(&conn, layout)?;
     let mut infos = Vec::new();
     let mut outputs = Vec::new();
-    let time = crate::save::now();
+    let time = crate::clock::now_secs();
     for (path, item) in &items {
         if valid.contains_key(&store.display(path)) {
             continue;
@@ -254,8 +255,9 @@ pub fn build(layout: &Layout, generation: u32) -> Result<Vec<StorePath>> {
             registration_time: time,
             deriver: item.deriver.as_ref().map(|d| store.display(d)),
             references,
-            ultimate: (layout.flavor == crate::layout::Flavor::Nix && item.deriver.is_some())
-                .then_some(1),
+            ultimate: (layout.flavor == crate::store::layout::Flavor::Nix
+                && item.deriver.is_some())
+            .then_some(1),
             sigs: None,
             ca: None,
         });

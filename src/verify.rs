@@ -9,7 +9,7 @@ use std::io::Read;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::cache::{pack_key, Cache, Node, ObjectKind, PACK_MAGIC};
+use crate::cache::{pack_key, BlobId, Cache, Node, ObjectKind, TreeId, PACK_MAGIC};
 use crate::error::Result;
 use crate::progress::Progress;
 
@@ -45,7 +45,7 @@ pub fn verify(cache: &Cache, progress: &dyn Progress) -> Result<VerifyReport> {
             let r = (|| -> std::result::Result<(), String> {
                 let size = storage.size(&key).map_err(|e| e.to_string())?.unwrap_or(0);
                 let mut r = storage
-                    .read_range(&key, 0, size)
+                    .get_range(&key, 0, size)
                     .map_err(|e| e.to_string())?;
                 let mut h = blake3::Hasher::new();
                 let mut buf = vec![0u8; 1 << 20];
@@ -84,8 +84,8 @@ pub fn verify(cache: &Cache, progress: &dyn Progress) -> Result<VerifyReport> {
                 .iter()
                 .filter_map(|(id, loc)| {
                     let r = match loc.kind {
-                        ObjectKind::Blob => cache.stream(id, &mut |_| Ok(())),
-                        ObjectKind::Tree => cache.read_tree(id).map(|_| ()),
+                        ObjectKind::Blob => cache.stream(&BlobId(id.0), &mut |_| Ok(())),
+                        ObjectKind::Tree => cache.read_tree(&TreeId(id.0)).map(|_| ()),
                     };
                     r.err().map(|e| e.to_string())
                 })
@@ -117,7 +117,7 @@ pub fn verify(cache: &Cache, progress: &dyn Progress) -> Result<VerifyReport> {
                 Ok(node) => {
                     let mut missing = Vec::new();
                     Node::for_each_blob(&node, &mut |b, _| {
-                        if !cache.contains(b) {
+                        if !cache.contains(*b) {
                             missing.push(*b);
                         }
                     });

@@ -9,7 +9,7 @@ use std::os::unix::fs::MetadataExt;
 use assert_cmd::Command;
 use predicates::prelude::*;
 use storesync::cache::ObjectKind;
-use storesync::layout::Flavor;
+use storesync::store::layout::Flavor;
 use storesync::{db, nar, sample};
 use util::{db_rows, inodes, json, tree_listing, World};
 
@@ -142,7 +142,7 @@ fn incremental_save_reads_no_unchanged_path() {
 
 /// Build and save sample generation 1, then generation 2, into one cache; returns the id of
 /// the first snapshot.
-fn save_two_generations(w: &World, src: &storesync::layout::Layout) -> String {
+fn save_two_generations(w: &World, src: &storesync::store::layout::Layout) -> String {
     sample::build(src, 1).unwrap();
     let v1 = save_json(w, "src");
     sample::build(src, 2).unwrap();
@@ -183,7 +183,7 @@ fn valid_path_missing_from_disk_is_written_again() {
     let dst = w.layout("dst");
     let rows = db_rows(&dst);
     let lib = paths.iter().find(|p| p.name() == "libsample-1.0").unwrap();
-    storesync::restore::remove_tree(&dst.real_store_dir().join(lib.base_name())).unwrap();
+    storesync::store::fs::remove_tree(&dst.real_store_dir().join(lib.base_name())).unwrap();
     let (r, code) = restore_json(&w, "dst", &[]);
     assert_eq!(code, 0);
     assert_eq!(r["repaired"][0], format!("/nix/store/{lib}"));
@@ -342,7 +342,7 @@ fn corrupt_blob_skips_its_path_and_referrers_and_restores_the_rest() {
         let e = e.unwrap();
         let hash = nar::hash_path(&e.path()).unwrap().0;
         assert_eq!(
-            storesync::store_path::nixbase32_encode(&hash),
+            storesync::store::path::nixbase32_encode(&hash.0),
             e.file_name().to_str().unwrap()
         );
         entries += 1;
@@ -598,7 +598,7 @@ fn dump_nar_matches_the_db_hash() {
             .success();
         let bytes = &out.get_output().stdout;
         use sha2::Digest;
-        assert_eq!(<[u8; 32]>::from(sha2::Sha256::digest(bytes)), p.nar_hash);
+        assert_eq!(<[u8; 32]>::from(sha2::Sha256::digest(bytes)), p.nar_hash.0);
         assert_eq!(bytes.len() as u64, p.nar_size);
     }
 }
@@ -708,7 +708,7 @@ fn path_collected_during_save_is_dropped_not_corrupt() {
         [format!("/gnu/store/{tool}")],
     )
     .unwrap();
-    storesync::restore::remove_tree(&src.real_store_dir().join(tool.base_name())).unwrap();
+    storesync::store::fs::remove_tree(&src.real_store_dir().join(tool.base_name())).unwrap();
     let r = storesync::save::execute(&src, &cache, plan, &opts, &storesync::progress::NoProgress)
         .unwrap();
     assert_eq!(r.vanished, vec![format!("/gnu/store/{tool}")]);
@@ -718,9 +718,13 @@ fn path_collected_during_save_is_dropped_not_corrupt() {
 }
 
 /// Write and register a store path of regular files `(name, contents, executable)`.
-fn add_files_path(layout: &storesync::layout::Layout, base: &str, files: &[(&str, &[u8], bool)]) {
+fn add_files_path(
+    layout: &storesync::store::layout::Layout,
+    base: &str,
+    files: &[(&str, &[u8], bool)],
+) {
     use std::os::unix::fs::PermissionsExt;
-    let path = storesync::store_path::StorePath::from_base_name(base).unwrap();
+    let path = storesync::store::path::StorePath::from_base_name(base).unwrap();
     let top = layout.real_store_dir().join(base);
     fs::create_dir(&top).unwrap();
     for (name, contents, x) in files {
@@ -734,7 +738,7 @@ fn add_files_path(layout: &storesync::layout::Layout, base: &str, files: &[(&str
     }
     sample::canonicalise(&top).unwrap();
     let (nar_hash, nar_size) = nar::hash_path(&top).unwrap();
-    let info = db::PathInfo {
+    let info = storesync::store::PathInfo {
         path,
         nar_hash,
         nar_size,
@@ -787,7 +791,7 @@ fn snapshot_files(
 fn check_links_hashes(cache: &storesync::cache::Cache, store: &std::path::Path) -> usize {
     let mut checked = 0;
     for (at, executable, size, file_nar_hash) in snapshot_files(cache, store) {
-        let want = if size >= storesync::restore::LINKS_MIN_SIZE {
+        let want = if size >= storesync::store::links::LINKS_MIN_SIZE {
             let mut h = nar::FileNarHasher::new(executable, size);
             h.update(&fs::read(&at).unwrap());
             checked += 1;
@@ -844,7 +848,7 @@ fn incremental_save_reuses_links_hashes_of_cached_contents_exactly() {
         assert_eq!(*k, loc.kind, "a frame holds blobs and trees");
     }
     let known = cache.links_hashes();
-    assert!(known.contains_key(&(storesync::cache::ObjectId::of(&large), false)));
+    assert!(known.contains_key(&(storesync::cache::BlobId::of(&large), false)));
     drop(cache);
     let v2 = save_json(&w, "src");
     assert_eq!(v2["new_paths"], 1, "{v2}");
@@ -936,7 +940,7 @@ fn damaged_links_entry_is_not_propagated() {
         .collect();
     let mut checked_files = 0;
     for p in r["paths"].as_array().unwrap() {
-        let path = storesync::store_path::StorePath::from_base_name(
+        let path = storesync::store::path::StorePath::from_base_name(
             p.as_str().unwrap().trim_start_matches("/gnu/store/"),
         )
         .unwrap();
@@ -996,7 +1000,7 @@ fn save_takes_links_hashes_from_the_source_stores_links_directory() {
         .unwrap()
         .path();
     let other = [7u8; 32];
-    let other_name = storesync::store_path::nixbase32_encode(&other);
+    let other_name = storesync::store::path::nixbase32_encode(&other);
     fs::hard_link(&entry, links.join(&other_name)).unwrap();
     fs::remove_file(&entry).unwrap();
     let recorded = snapshot_files(&resave("renamed"), &dst.real_store_dir());
@@ -1149,7 +1153,11 @@ fn random_damage_to_the_cache_never_registers_unverified_content(flavor: Flavor)
             let on_disk = dst.root.join(path.trim_start_matches('/'));
             let (hash, size) = nar::hash_path(&on_disk)
                 .unwrap_or_else(|e| panic!("{case_name}: {path} registered, unreadable: {e}"));
-            assert_eq!(db::parse_db_hash(&row.0), Some(hash), "{case_name}: {path}");
+            assert_eq!(
+                storesync::store::path_info::NarHash::parse_db(&row.0),
+                Some(hash),
+                "{case_name}: {path}"
+            );
             assert_eq!(row.3, size as i64, "{case_name}: {path}");
         }
         for (a, b) in &rows.refs {
@@ -1171,7 +1179,7 @@ fn random_damage_to_the_cache_never_registers_unverified_content(flavor: Flavor)
                 let e = e.unwrap();
                 let hash = nar::hash_path(&e.path()).unwrap().0;
                 assert_eq!(
-                    storesync::store_path::nixbase32_encode(&hash),
+                    storesync::store::path::nixbase32_encode(&hash.0),
                     e.file_name().to_str().unwrap(),
                     "{case_name}"
                 );

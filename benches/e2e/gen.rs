@@ -38,11 +38,13 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use storesync::db::{self, DerivationOutput, PathInfo};
-use storesync::layout::{Flavor, Layout};
+use storesync::db;
 use storesync::nar::{self, FileNarHasher};
 use storesync::sample::canonicalise;
-use storesync::store_path::{compress_hash, nixbase32_encode, StorePath};
+use storesync::store::layout::{Flavor, Layout};
+use storesync::store::path::{compress_hash, nixbase32_encode, StorePath};
+use storesync::store::path_info::NarHash;
+use storesync::store::{DerivationOutput, PathInfo};
 
 /// Bump when the generator's output changes, so stale work dirs are rebuilt.
 pub const GEN_VERSION: u32 = 1;
@@ -814,7 +816,7 @@ fn materialise(
             ]
         })
         .collect();
-    let hashes: Vec<([u8; 32], u64)> = ordered
+    let hashes: Vec<(NarHash, u64)> = ordered
         .par_iter()
         .map(|(p, _, _)| nar::hash_path(&store.join(p.base_name())).map_err(|e| e.to_string()))
         .collect::<Res<_>>()?;

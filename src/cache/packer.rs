@@ -14,10 +14,11 @@ use std::collections::HashSet;
 use std::io::{self, Read, Write};
 use std::sync::Mutex;
 
+use super::format::{encode_bincode, header, seal};
 use super::{
-    encode_bincode, index_key, pack_key, seal, Cache, CacheError, IndexFile, Location, ObjectId,
-    ObjectKind, StorageError, CHUNK, FORMAT_VERSION, FRAME_TARGET, INDEX_MAGIC, PACK_MAGIC,
-    PACK_TARGET, SOLO_THRESHOLD,
+    index_key, pack_key, Cache, CacheError, IndexFile, IndexId, Location, ObjectId, ObjectKind,
+    PackId, StorageError, CHUNK, FRAME_TARGET, INDEX_MAGIC, PACK_MAGIC, PACK_TARGET,
+    SOLO_THRESHOLD,
 };
 
 /// What a packer wrote.
@@ -78,18 +79,18 @@ struct FrameBuilder {
 #[derive(Default)]
 pub struct PathFrames(FrameBuilder);
 
-struct OpenPack {
-    file: tempfile::NamedTempFile,
+struct OpenPack<'c> {
+    file: Box<dyn super::ObjectWriter + 'c>,
     hasher: blake3::Hasher,
     len: u64,
     entries: Vec<(ObjectId, Location)>,
 }
 
-impl OpenPack {
+impl OpenPack<'_> {
     fn write(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
         self.file
             .write_all(bytes)
-            .map_err(|e| StorageError(self.file.path().display().to_string(), e))?;
+            .map_err(|e| StorageError("a new pack".into(), e))?;
         self.hasher.update(bytes);
         self.len += bytes.len() as u64;
         Ok(())
@@ -119,8 +120,8 @@ impl OpenPack {
 }
 
 #[derive(Default)]
-struct State {
-    open: Option<OpenPack>,
+struct State<'c> {
+    open: Option<OpenPack<'c>>,
     /// Why an append failed, if one did.
     broken: Option<String>,
     done: IndexFile,
@@ -131,7 +132,7 @@ struct State {
 pub struct Packer<'c> {
     cache: &'c Cache,
     level: i32,
-    state: Mutex<State>,
+    state: Mutex<State<'c>>,
     /// Frames being filled, blobs and trees apart: trees get frames of their own, so reading
     /// every tree of a cache (see [`Cache::links_hashes`]) decompresses no file contents.
     builders: [Mutex<Vec<FrameBuilder>>; 2],
@@ -157,14 +158,15 @@ impl<'c> Packer<'c> {
 
     /// True (once per id) when `id` is neither in the cache nor already added by this packer:
     /// the caller must then add it.
-    pub fn claim(&self, id: &ObjectId) -> bool {
-        !self.cache.contains(id) && self.claimed.lock().expect("claims").insert(*id)
+    pub fn claim(&self, id: impl Into<ObjectId>) -> bool {
+        let id = id.into();
+        !self.cache.contains(id) && self.claimed.lock().expect("claims").insert(id)
     }
 
     /// Give up a claim whose object could not be added, so another path holding the same
     /// contents adds it.
-    pub fn unclaim(&self, id: &ObjectId) {
-        self.claimed.lock().expect("claims").remove(id);
+    pub fn unclaim(&self, id: impl Into<ObjectId>) {
+        self.claimed.lock().expect("claims").remove(&id.into());
     }
 
     /// Add a claimed object that is in memory to the frames of one path: small objects go
@@ -177,9 +179,10 @@ impl<'c> Packer<'c> {
         &self,
         frames: &mut PathFrames,
         kind: ObjectKind,
-        id: ObjectId,
+        id: impl Into<ObjectId>,
         data: &[u8],
     ) -> Result<(), CacheError> {
+        let id = id.into();
         if data.len() as u64 >= SOLO_THRESHOLD {
             return self.add(kind, id, data);
         }
@@ -227,7 +230,13 @@ impl<'c> Packer<'c> {
     ///
     /// # Errors
     /// [`CacheError::Storage`] when the pack cannot be written.
-    pub fn add(&self, kind: ObjectKind, id: ObjectId, data: &[u8]) -> Result<(), CacheError> {
+    pub fn add(
+        &self,
+        kind: ObjectKind,
+        id: impl Into<ObjectId>,
+        data: &[u8],
+    ) -> Result<(), CacheError> {
+        let id = id.into();
         if data.len() as u64 >= SOLO_THRESHOLD {
             let compressed = compress_chunked(data, self.level)
                 .map_err(|e| CacheError::Storage(StorageError(format!("object {id}"), e)))?
@@ -260,10 +269,11 @@ impl<'c> Packer<'c> {
     pub fn add_reader(
         &self,
         kind: ObjectKind,
-        id: ObjectId,
+        id: impl Into<ObjectId>,
         len: u64,
         r: &mut dyn Read,
     ) -> Result<bool, CacheError> {
+        let id = id.into();
         let err = |e: io::Error| CacheError::Storage(StorageError(format!("object {id}"), e));
         let mut pack = self.new_pack()?;
         let frame_offset = pack.len;
@@ -309,19 +319,15 @@ impl<'c> Packer<'c> {
     }
 
     /// A new pack in a scratch file, its header written.
-    fn new_pack(&self) -> Result<OpenPack, CacheError> {
-        let file = self.cache.storage().scratch_file()?;
+    fn new_pack(&self) -> Result<OpenPack<'c>, CacheError> {
+        let file = self.cache.storage().writer()?;
         let mut pack = OpenPack {
             file,
             hasher: blake3::Hasher::new(),
             len: 0,
             entries: Vec::new(),
         };
-        let mut header = Vec::with_capacity(16);
-        header.extend_from_slice(PACK_MAGIC);
-        header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        header.extend_from_slice(&0u32.to_le_bytes());
-        pack.write(&header)?;
+        pack.write(&header(PACK_MAGIC))?;
         Ok(pack)
     }
 
@@ -358,7 +364,7 @@ impl<'c> Packer<'c> {
 
     fn append_locked(
         &self,
-        st: &mut State,
+        st: &mut State<'c>,
         frame: &[u8],
         entries: &[(ObjectId, ObjectKind, u64, u64)],
     ) -> Result<(), CacheError> {
@@ -383,14 +389,12 @@ impl<'c> Packer<'c> {
     }
 
     /// Publish a finished pack and record its objects for the index.
-    fn commit_pack(&self, st: &mut State, mut pack: OpenPack) -> Result<(), CacheError> {
+    fn commit_pack(&self, st: &mut State<'c>, mut pack: OpenPack<'c>) -> Result<(), CacheError> {
         pack.file
             .flush()
             .map_err(|e| StorageError("flushing a pack".into(), e))?;
-        let id = ObjectId(*pack.hasher.finalize().as_bytes());
-        self.cache
-            .storage()
-            .commit_file(&pack_key(&id), pack.file)?;
+        let id = PackId(*pack.hasher.finalize().as_bytes());
+        pack.file.commit(&pack_key(&id))?;
         let no = st.done.packs.len() as u32;
         st.done.packs.push(id);
         st.done.entries.extend(
@@ -425,7 +429,9 @@ impl<'c> Packer<'c> {
             // One sync makes every pack durable before the index that names them.
             self.cache.storage().sync()?;
             let (sum, bytes) = seal(INDEX_MAGIC, &encode_bincode(&st.done));
-            self.cache.storage().write(&index_key(&sum), &bytes)?;
+            self.cache
+                .storage()
+                .put_if_absent(&index_key(&IndexId(sum)), &bytes)?;
             self.cache.merge_index(std::mem::take(&mut st.done));
         }
         Ok(st.stats)

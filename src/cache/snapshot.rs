@@ -4,24 +4,22 @@
 
 use std::collections::HashMap;
 
-use serde::{Deserialize, Serialize};
-
-use super::ObjectId;
-use crate::db::{DerivationOutput, PathInfo};
-use crate::layout::Flavor;
-use crate::store_path::StorePath;
+use super::TreeId;
+use crate::store::layout::Flavor;
+use crate::store::path::StorePath;
+use crate::store::path_info::{DerivationOutput, PathInfo};
 
 /// One store path of a snapshot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotPath {
     /// The DB row (hash, size, time, deriver, references, Nix extras).
     pub info: PathInfo,
     /// The tree holding its contents.
-    pub tree: ObjectId,
+    pub tree: TreeId,
 }
 
 /// A saved closure.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
     /// Daemon conventions of the source store.
     pub flavor: Flavor,

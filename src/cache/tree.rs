@@ -5,7 +5,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{decode_bincode, encode_bincode, CacheError, ObjectId};
+use std::collections::HashMap;
+
+use super::format::{decode_bincode, encode_bincode};
+use super::{BlobId, Cache, CacheError, ObjectKind, TreeId};
 
 /// Deepest directory nesting accepted in a tree.
 pub const MAX_DEPTH: usize = 256;
@@ -20,7 +23,7 @@ pub enum Node {
         /// Length in bytes.
         size: u64,
         /// BLAKE3 of the contents.
-        blob: ObjectId,
+        blob: BlobId,
         /// SHA-256 of this file's own NAR serialisation: its name under `<store>/.links`.
         /// All zeros for files under 8192 bytes, which the daemon does not deduplicate.
         file_nar_hash: [u8; 32],
@@ -45,7 +48,7 @@ pub struct Entry {
 
 impl Node {
     /// Encode for storage; returns (id, bytes).
-    pub fn encode(&self) -> (ObjectId, Vec<u8>) {
+    pub fn encode(&self) -> (TreeId, Vec<u8>) {
         let bytes = encode_bincode(self);
         (tree_id(&bytes), bytes)
     }
@@ -54,7 +57,7 @@ impl Node {
     ///
     /// # Errors
     /// [`CacheError::Corrupt`] when the bytes do not hash to `id` or the tree is malformed.
-    pub fn decode(id: &ObjectId, bytes: &[u8]) -> Result<Node, CacheError> {
+    pub fn decode(id: &TreeId, bytes: &[u8]) -> Result<Node, CacheError> {
         if tree_id(bytes) != *id {
             return Err(CacheError::Corrupt(format!(
                 "tree {id}: content does not match its id"
@@ -99,7 +102,7 @@ impl Node {
     }
 
     /// Visit every regular file's blob.
-    pub fn for_each_blob(&self, f: &mut impl FnMut(&ObjectId, u64)) {
+    pub fn for_each_blob(&self, f: &mut impl FnMut(&BlobId, u64)) {
         match self {
             Node::Regular { blob, size, .. } => f(blob, *size),
             Node::Symlink { .. } => {}
@@ -113,10 +116,64 @@ pub fn valid_name(name: &[u8]) -> bool {
     !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
 }
 
-fn tree_id(bytes: &[u8]) -> ObjectId {
+fn tree_id(bytes: &[u8]) -> TreeId {
     let mut h = blake3::Hasher::new_derive_key("storesync 2026-11 tree v1");
     h.update(bytes);
-    ObjectId(*h.finalize().as_bytes())
+    TreeId(*h.finalize().as_bytes())
+}
+
+impl Cache {
+    /// The `.links` name (file NAR SHA-256) of every (blob, executable) pair that some tree in
+    /// the cache records, for files of [`crate::store::links::LINKS_MIN_SIZE`] bytes or more.
+    ///
+    /// A save uses it to skip the second SHA-256 pass over contents the cache already holds:
+    /// the file NAR hash is a function of the contents (named by the blob id) and the
+    /// executable bit. Only frames holding nothing but trees are read (caches written since
+    /// trees got frames of their own), so this never decompresses file contents; trees that
+    /// cannot be read are skipped: the caller hashes those files itself.
+    pub fn links_hashes(&self) -> HashMap<(BlobId, bool), [u8; 32]> {
+        let mut frames: HashMap<(u32, u64), Vec<super::ObjectId>> = HashMap::new();
+        let mut mixed = std::collections::HashSet::new();
+        for (id, loc) in self.objects() {
+            let key = (loc.pack, loc.frame_offset);
+            match loc.kind {
+                ObjectKind::Tree => frames.entry(key).or_default().push(id),
+                ObjectKind::Blob => {
+                    mixed.insert(key);
+                }
+            }
+        }
+        let mut map = HashMap::new();
+        let mut stack = Vec::new();
+        for (key, trees) in frames {
+            if mixed.contains(&key) {
+                continue;
+            }
+            for id in trees {
+                let Ok(node) = self.read_tree(&TreeId(id.0)) else {
+                    continue;
+                };
+                stack.push(node);
+                while let Some(node) = stack.pop() {
+                    match node {
+                        Node::Regular {
+                            executable,
+                            size,
+                            blob,
+                            file_nar_hash,
+                        } if size >= crate::store::links::LINKS_MIN_SIZE => {
+                            map.insert((blob, executable), file_nar_hash);
+                        }
+                        Node::Directory(entries) => {
+                            stack.extend(entries.into_iter().map(|e| e.node));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        map
+    }
 }
 
 #[cfg(test)]
@@ -135,7 +192,7 @@ mod tests {
                 .prop_map(|(executable, size, b, h)| Node::Regular {
                     executable,
                     size,
-                    blob: ObjectId(b),
+                    blob: BlobId(b),
                     file_nar_hash: h
                 }),
             "[a-z/._-]{1,20}".prop_map(|t| Node::Symlink {

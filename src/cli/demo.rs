@@ -2,10 +2,10 @@
 
 use storesync::cache::Cache;
 use storesync::error::{Error, Result};
-use storesync::layout::Layout;
 use storesync::progress::Progress;
 use storesync::restore::{self, RestoreOptions};
 use storesync::save::{self, SaveOptions};
+use storesync::store::layout::Layout;
 use storesync::{db, nar, sample, verify};
 
 use super::{human, Global};

@@ -75,7 +75,7 @@ pub fn run(cache: &Cache, snapshot: Option<&str>, g: &Global) -> Result<()> {
                 .map(|p| PathLine {
                     path: format!("{}/{}", s.store_dir, p.info.path),
                     nar_size: p.info.nar_size,
-                    nar_hash: storesync::db::format_db_hash(&p.info.nar_hash),
+                    nar_hash: p.info.nar_hash.to_db(),
                     references: p.info.references.len(),
                 })
                 .collect();

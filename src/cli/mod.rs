@@ -13,9 +13,9 @@ use serde::Serialize;
 
 use storesync::cache::Cache;
 use storesync::error::{Error, Result};
-use storesync::layout::{Flavor, Layout};
 use storesync::restore::{self, RestoreOptions, RestoreReport};
 use storesync::save::{self, SaveOptions, SaveReport};
+use storesync::store::layout::{Flavor, Layout};
 use storesync::verify;
 
 /// Save a Guix or Nix store into a content-addressed cache, and restore only the missing paths,

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::FlockOperation;
 
-use crate::layout::Flavor;
+use crate::store::layout::Flavor;
 
 /// Failure to take the lock.
 #[derive(Debug, thiserror::Error)]

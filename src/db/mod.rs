@@ -19,13 +19,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
-use serde::{Deserialize, Serialize};
 
 pub use lock::{BigLock, LockError};
 
-use crate::layout::{Flavor, Layout};
-use crate::nar::{hex, parse_hex};
-use crate::store_path::{nixbase32_decode, StoreDir, StorePath};
+use crate::store::layout::{Flavor, Layout};
+use crate::store::path::{StoreDir, StorePath};
+use crate::store::path_info::{DerivationOutput, NarHash, PathInfo};
 
 /// Errors of the DB layer; each names the DB file.
 #[derive(Debug, thiserror::Error)]
@@ -37,47 +36,13 @@ pub enum DbError {
     #[error("database {0} does not exist (is this a {1} store? see --flavor, --root, --db-dir)")]
     Missing(PathBuf, &'static str),
     #[error("database {0}: path `{1}` is not a valid store path: {2}")]
-    BadPath(PathBuf, String, crate::store_path::StorePathError),
+    BadPath(PathBuf, String, crate::store::path::StorePathError),
     #[error("database {0}: path `{1}` has an unreadable hash `{2}`")]
     BadHash(PathBuf, String, String),
     #[error("database {0}: schema version {1} is not supported (want {2}); upgrade with the daemon first")]
     Schema(PathBuf, String, u32),
     #[error("database {0} exists but its version file {1} is missing or empty: refusing to change a database of unknown schema (let the daemon open it once, or move it aside)")]
     NoSchema(PathBuf, PathBuf),
-}
-
-/// Everything the DB knows about one valid path. Deriver is kept as the DB spells it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PathInfo {
-    /// The store path.
-    pub path: StorePath,
-    /// SHA-256 of the NAR serialisation.
-    pub nar_hash: [u8; 32],
-    /// Length of the NAR serialisation in bytes.
-    pub nar_size: u64,
-    /// `registrationTime`, Unix seconds.
-    pub registration_time: i64,
-    /// The `.drv` that built it, as a full path, if recorded.
-    pub deriver: Option<String>,
-    /// Paths it refers to (may include itself), sorted.
-    pub references: Vec<StorePath>,
-    /// Nix: built locally (`ultimate`).
-    pub ultimate: Option<i64>,
-    /// Nix: space-separated signatures.
-    pub sigs: Option<String>,
-    /// Nix: content-address assertion.
-    pub ca: Option<String>,
-}
-
-/// One `DerivationOutputs` row.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct DerivationOutput {
-    /// The `.drv`.
-    pub drv: StorePath,
-    /// Output name, usually `out`.
-    pub id: String,
-    /// Output path, full, as the DB spells it.
-    pub path: String,
 }
 
 /// A consistent read of a store's DB.
@@ -91,22 +56,6 @@ pub struct DbContents {
 
 fn sql(db: &std::path::Path) -> impl Fn(rusqlite::Error) -> DbError + '_ {
     move |e| DbError::Sqlite(db.to_owned(), e)
-}
-
-/// Parse the `hash` column: `sha256:` then 64 hex digits (what both daemons write) or 52
-/// nix-base32 characters (older Nix).
-pub fn parse_db_hash(s: &str) -> Option<[u8; 32]> {
-    let h = s.strip_prefix("sha256:")?;
-    match h.len() {
-        64 => parse_hex::<32>(h),
-        52 => nixbase32_decode(h, 32).map(|v| v.try_into().expect("32 bytes")),
-        _ => None,
-    }
-}
-
-/// Format a NAR hash for the `hash` column.
-pub fn format_db_hash(h: &[u8; 32]) -> String {
-    format!("sha256:{}", hex(h))
 }
 
 /// Read the DB read-only, in one read transaction, so a running daemon's writes are either
@@ -166,7 +115,7 @@ fn read_in_txn(
         let path = store
             .parse(&full)
             .map_err(|err| DbError::BadPath(file.to_owned(), full.clone(), err))?;
-        let nar_hash = parse_db_hash(&hash)
+        let nar_hash = NarHash::parse_db(&hash)
             .ok_or_else(|| DbError::BadHash(file.to_owned(), full.clone(), hash.clone()))?;
         by_id.insert(id, paths.len());
         paths.push(PathInfo {
@@ -364,7 +313,7 @@ pub fn register(
         let mut ids: HashMap<&StorePath, i64> = HashMap::new();
         for info in infos {
             let full = store.display(&info.path);
-            let hash = format_db_hash(&info.nar_hash);
+            let hash = info.nar_hash.to_db();
             let size = info.nar_size as i64;
             if nix {
                 insert_path.execute(params![
@@ -422,13 +371,13 @@ mod tests {
     #[test]
     fn db_hash_forms() {
         let hex = "40c63728a291614086af0f1111ec30c93d6beb395f708a23f9d7ae70670d84f0";
-        let h = parse_db_hash(&format!("sha256:{hex}")).unwrap();
-        assert_eq!(format_db_hash(&h), format!("sha256:{hex}"));
+        let h = NarHash::parse_db(&format!("sha256:{hex}")).unwrap();
+        assert_eq!(h.to_db(), format!("sha256:{hex}"));
         // The same hash as `nix-store -q --hash` prints it (nix-base32), from real Nix 2.8.
-        let b32 = parse_db_hash("sha256:1w441mkp1bnpz4iqlw2z77mnngf963n1248gmy340qcil8l3gij0");
+        let b32 = NarHash::parse_db("sha256:1w441mkp1bnpz4iqlw2z77mnngf963n1248gmy340qcil8l3gij0");
         assert_eq!(b32, Some(h));
-        assert_eq!(parse_db_hash("md5:00"), None);
-        assert_eq!(parse_db_hash("sha256:xyz"), None);
+        assert_eq!(NarHash::parse_db("md5:00"), None);
+        assert_eq!(NarHash::parse_db("sha256:xyz"), None);
     }
 
     #[test]

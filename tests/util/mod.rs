@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 use storesync::cache::Cache;
-use storesync::layout::{Flavor, Layout};
+use storesync::store::layout::{Flavor, Layout};
 
 pub struct World {
     pub dir: tempfile::TempDir,

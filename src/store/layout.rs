@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::store_path::{under_root, StoreDir};
+use crate::store::path::{under_root, StoreDir};
 
 /// Which daemon's conventions to follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

@@ -1,0 +1,469 @@
+//! A cache kept in a local directory: `packs/`, `index/`, `snapshots/` and `tmp/` (scratch of
+//! writers in progress, named `<pid>.<random>.tmp` so a later save can tell a killed writer's
+//! leftovers from a live one's).
+//!
+//! Reading never follows a symlink and never opens anything but a regular file (a key
+//! pointing at `/dev/zero` or a FIFO is an error, not a hang). Publishing is a rename of a
+//! fully written scratch file (or a hard link for create-only puts), so readers see whole
+//! files; committed packs are `fdatasync`ed by a background thread so a save's final
+//! [`Storage::sync`] has little left to wait for.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Mutex};
+use std::thread::JoinHandle;
+
+use super::{check_key, ObjectWriter, Storage, StorageError};
+
+/// The subdirectories of a cache directory.
+const SUBDIRS: [&str; 4] = ["packs", "index", "snapshots", "tmp"];
+
+/// A cache kept in a local directory.
+#[derive(Debug)]
+pub struct LocalDir {
+    root: PathBuf,
+    /// Committed files being made durable in the background (see [`ObjectWriter::commit`]).
+    syncer: Mutex<Option<PackSyncer>>,
+}
+
+/// A thread that `fdatasync`s committed files one after the other, so that a save's packs
+/// reach the disk while later ones are being compressed, instead of all at once in the final
+/// [`Storage::sync`]. Its first error is reported by that `sync`.
+#[derive(Debug)]
+struct PackSyncer {
+    files: mpsc::Sender<(File, String)>,
+    thread: JoinHandle<Result<(), StorageError>>,
+}
+
+impl PackSyncer {
+    fn start() -> io::Result<Self> {
+        let (files, rx) = mpsc::channel::<(File, String)>();
+        let thread = std::thread::Builder::new()
+            .name("pack-syncer".into())
+            .spawn(move || {
+                let mut first_error = Ok(());
+                for (f, name) in rx {
+                    if let Err(e) = f.sync_data() {
+                        if first_error.is_ok() {
+                            first_error = Err(StorageError(name, e));
+                        }
+                    }
+                }
+                first_error
+            })?;
+        Ok(PackSyncer { files, thread })
+    }
+
+    /// Wait until every file sent is durable.
+    fn finish(self) -> Result<(), StorageError> {
+        drop(self.files);
+        self.thread.join().unwrap_or_else(|_| {
+            Err(StorageError(
+                "pack syncer".into(),
+                io::Error::other("the thread panicked"),
+            ))
+        })
+    }
+}
+
+impl Drop for LocalDir {
+    fn drop(&mut self) {
+        if let Some(f) = self.syncer.get_mut().ok().and_then(Option::take) {
+            let _ = f.finish();
+        }
+    }
+}
+
+fn not_dir(path: &Path, why: &str) -> StorageError {
+    StorageError(
+        path.display().to_string(),
+        io::Error::new(io::ErrorKind::NotADirectory, why.to_owned()),
+    )
+}
+
+/// Open flags for reading cache files: no symlink followed, no blocking on a FIFO.
+fn read_only_nofollow() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.read(true).custom_flags(
+        (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::CLOEXEC)
+            .bits() as i32,
+    );
+    o
+}
+
+impl LocalDir {
+    /// Use `root` as it is, without creating anything: a directory that does not exist reads as
+    /// an empty cache (a CI cache that was not restored yet).
+    pub fn open_existing(root: &Path) -> Self {
+        LocalDir {
+            root: root.to_owned(),
+            syncer: Mutex::default(),
+        }
+    }
+
+    /// Use (and create if needed) `root` for writing. Scratch files left by writers that were
+    /// killed are removed.
+    ///
+    /// # Errors
+    /// [`StorageError`] when the directory cannot be created, or when it or one of its
+    /// subdirectories is not a directory (a symlink there is refused: writes would land
+    /// elsewhere).
+    pub fn open(root: &Path) -> Result<Self, StorageError> {
+        if root.exists() && !root.is_dir() {
+            return Err(not_dir(root, "not a directory"));
+        }
+        fs::create_dir_all(root).map_err(|e| StorageError(root.display().to_string(), e))?;
+        for sub in SUBDIRS {
+            let d = root.join(sub);
+            match fs::symlink_metadata(&d) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(not_dir(
+                        &d,
+                        "not a directory (a symlink or file where a cache directory belongs)",
+                    ))
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::create_dir(&d).map_err(|e| StorageError(d.display().to_string(), e))?
+                }
+                Err(e) => return Err(StorageError(d.display().to_string(), e)),
+            }
+        }
+        let dir = LocalDir {
+            root: root.to_owned(),
+            syncer: Mutex::default(),
+        };
+        for name in dir.leftovers() {
+            let _ = fs::remove_file(dir.root.join(name));
+        }
+        Ok(dir)
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf, StorageError> {
+        if !check_key(key) {
+            return Err(StorageError(
+                key.to_owned(),
+                io::Error::new(io::ErrorKind::InvalidInput, "not a valid cache key"),
+            ));
+        }
+        Ok(self.root.join(key))
+    }
+
+    fn err(&self, key: &str) -> impl Fn(io::Error) -> StorageError + '_ {
+        let d = self.describe(key);
+        move |e| StorageError(d.clone(), e)
+    }
+
+    /// Open a cache file for reading: a regular file, reached without following a symlink.
+    fn open_regular(&self, key: &str) -> Result<(File, u64), StorageError> {
+        let f = read_only_nofollow()
+            .open(self.path(key)?)
+            .map_err(|e| match e.raw_os_error() {
+                Some(code) if code == rustix::io::Errno::LOOP.raw_os_error() => io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "is a symlink; refusing to follow it",
+                ),
+                _ => e,
+            })
+            .map_err(self.err(key))?;
+        let m = f.metadata().map_err(self.err(key))?;
+        if !m.is_file() {
+            return Err(StorageError(
+                self.describe(key),
+                io::Error::new(io::ErrorKind::InvalidData, "not a regular file"),
+            ));
+        }
+        Ok((f, m.len()))
+    }
+
+    fn scratch(&self) -> Result<tempfile::NamedTempFile, StorageError> {
+        tempfile::Builder::new()
+            .prefix(&format!("{}.", std::process::id()))
+            .suffix(".tmp")
+            .tempfile_in(self.root.join("tmp"))
+            .map_err(self.err("tmp"))
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Whether a process with this id runs (on this machine).
+fn process_alive(pid: i32) -> bool {
+    match rustix::process::Pid::from_raw(pid) {
+        Some(p) => rustix::process::test_kill_process(p) != Err(rustix::io::Errno::SRCH),
+        None => false,
+    }
+}
+
+/// Scratch older than this is a leftover whatever its name says.
+const SCRATCH_MAX_AGE_SECS: i64 = 7 * 24 * 3600;
+
+struct LocalWriter<'a> {
+    dir: &'a LocalDir,
+    file: tempfile::NamedTempFile,
+}
+
+impl Write for LocalWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl ObjectWriter for LocalWriter<'_> {
+    fn commit(self: Box<Self>, key: &str) -> Result<(), StorageError> {
+        let dest = self.dir.path(key)?;
+        let file = self
+            .file
+            .persist(&dest)
+            .map_err(|e| StorageError(self.dir.describe(key), e.error))?;
+        // Start making it durable now; without the thread, `sync` does it all.
+        let mut syncer = self.dir.syncer.lock().expect("syncer");
+        if syncer.is_none() {
+            *syncer = PackSyncer::start().ok();
+        }
+        if let Some(f) = syncer.as_ref() {
+            let _ = f.files.send((file, self.dir.describe(key)));
+        }
+        Ok(())
+    }
+}
+
+impl Storage for LocalDir {
+    fn get(&self, key: &str, max: u64) -> Result<Vec<u8>, StorageError> {
+        let (mut f, size) = self.open_regular(key)?;
+        if size > max {
+            return Err(StorageError(
+                self.describe(key),
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{size} bytes, more than the {max} a file of this kind may have"),
+                ),
+            ));
+        }
+        let mut out = Vec::with_capacity(size as usize);
+        (&mut f)
+            .take(max + 1)
+            .read_to_end(&mut out)
+            .map_err(self.err(key))?;
+        if out.len() as u64 > max {
+            return Err(StorageError(
+                self.describe(key),
+                io::Error::new(io::ErrorKind::InvalidData, "grew while being read"),
+            ));
+        }
+        Ok(out)
+    }
+
+    fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Box<dyn Read + Send + '_>, StorageError> {
+        let (f, size) = self.open_regular(key)?;
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(StorageError(
+                self.describe(key),
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "range {offset}+{len} is beyond the end ({size} bytes): truncated file"
+                    ),
+                ),
+            ));
+        }
+        Ok(Box::new(RangeReader {
+            f,
+            pos: offset,
+            end: offset + len,
+        }))
+    }
+
+    fn put_if_absent(&self, key: &str, data: &[u8]) -> Result<bool, StorageError> {
+        let dest = self.path(key)?;
+        let mut tmp = self.scratch()?;
+        tmp.write_all(data).map_err(self.err(key))?;
+        tmp.as_file().sync_all().map_err(self.err(key))?;
+        match tmp.persist_noclobber(&dest) {
+            Ok(_) => {}
+            Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(StorageError(self.describe(key), e.error)),
+        }
+        sync_dir(dest.parent().expect("keys have a directory")).map_err(self.err(key))?;
+        Ok(true)
+    }
+
+    fn writer(&self) -> Result<Box<dyn ObjectWriter + '_>, StorageError> {
+        Ok(Box::new(LocalWriter {
+            dir: self,
+            file: self.scratch()?,
+        }))
+    }
+
+    fn sync(&self) -> Result<(), StorageError> {
+        let pending = self.syncer.lock().expect("syncer").take();
+        if let Some(f) = pending {
+            f.finish()?;
+        }
+        let err = |e: io::Error| StorageError(self.root.display().to_string(), e);
+        let root = File::open(&self.root).map_err(err)?;
+        rustix::fs::syncfs(&root).map_err(|e| err(e.into()))
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let dir = self.path(prefix)?;
+        let mut out = Vec::new();
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(self.err(prefix)(e)),
+        };
+        for e in entries {
+            let e = e.map_err(self.err(prefix))?;
+            if let Some(name) = e.file_name().to_str() {
+                let key = format!("{prefix}/{name}");
+                if check_key(&key) {
+                    out.push(key);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn size(&self, key: &str) -> Result<Option<u64>, StorageError> {
+        match fs::symlink_metadata(self.path(key)?) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.err(key)(e)),
+        }
+    }
+
+    fn delete(&self, key: &str) -> Result<(), StorageError> {
+        match fs::remove_file(self.path(key)?) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.err(key)(e)),
+        }
+    }
+
+    fn describe(&self, key: &str) -> String {
+        self.root.join(key).display().to_string()
+    }
+
+    fn leftovers(&self) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(self.root.join("tmp")) else {
+            return Vec::new();
+        };
+        let now = crate::clock::now_secs();
+        let mut out = Vec::new();
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name.split('.').next().and_then(|p| p.parse::<i32>().ok());
+            let old = e
+                .metadata()
+                .is_ok_and(|m| now - m.mtime() > SCRATCH_MAX_AGE_SECS);
+            let mine = pid == Some(std::process::id() as i32);
+            if !mine && (old || !pid.is_some_and(process_alive)) {
+                out.push(format!("tmp/{name}"));
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+struct RangeReader {
+    f: File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for RangeReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = buf.len().min((self.end - self.pos) as usize);
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.f.read_at(&mut buf[..want], self.pos)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file shrank while being read",
+            ));
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_dir_conforms() {
+        let d = tempfile::tempdir().unwrap();
+        super::super::conformance(&LocalDir::open(d.path()).unwrap());
+        // No scratch files are left behind.
+        assert_eq!(fs::read_dir(d.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn symlinks_fifos_and_devices_are_not_read() {
+        let d = tempfile::tempdir().unwrap();
+        let s = LocalDir::open(d.path()).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", d.path().join("index/zero.idx")).unwrap();
+        let fifo = d.path().join("snapshots/fifo.snap");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let e = s.get("index/zero.idx", 1 << 20).unwrap_err().to_string();
+        assert!(e.contains("symlink"), "{e}");
+        let e = s
+            .get("snapshots/fifo.snap", 1 << 20)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        assert!(s.get_range("snapshots/fifo.snap", 0, 1).is_err());
+        assert!(s.get("../etc/passwd", 1 << 20).is_err());
+    }
+
+    #[test]
+    fn a_symlinked_subdirectory_is_refused_for_writing() {
+        let d = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        fs::create_dir(d.path().join("c")).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), d.path().join("c/packs")).unwrap();
+        let e = LocalDir::open(&d.path().join("c")).unwrap_err().to_string();
+        assert!(e.contains("packs") && e.contains("symlink"), "{e}");
+    }
+
+    #[test]
+    fn scratch_of_dead_writers_is_a_leftover_and_removed_on_open() {
+        let d = tempfile::tempdir().unwrap();
+        let s = LocalDir::open(d.path()).unwrap();
+        // A pid that cannot be alive (above the kernel's maximum), and a live one: our own
+        // parent process.
+        fs::write(d.path().join("tmp/999999999.abc.tmp"), b"x").unwrap();
+        let parent = rustix::process::getppid().map_or(1, |p| p.as_raw_nonzero().get());
+        fs::write(d.path().join(format!("tmp/{parent}.def.tmp")), b"y").unwrap();
+        assert_eq!(s.leftovers(), vec!["tmp/999999999.abc.tmp".to_string()]);
+        drop(s);
+        let s = LocalDir::open(d.path()).unwrap();
+        assert!(s.leftovers().is_empty());
+        assert_eq!(fs::read_dir(d.path().join("tmp")).unwrap().count(), 1);
+    }
+}

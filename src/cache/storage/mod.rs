@@ -1,0 +1,181 @@
+//! Where cache files live, behind one trait that speaks in objects, so that a local directory
+//! and an object store (S3, the GitHub Actions cache) are interchangeable. Keys are
+//! `/`-separated relative names such as `packs/<id>.pack`; [`check_key`] says which are valid.
+//!
+//! Invariants every backend keeps (and [`conformance`] checks):
+//! - a reader sees a whole object or none: [`ObjectWriter::commit`] and [`Storage::put`]
+//!   publish atomically, and an uncommitted writer leaves nothing visible;
+//! - objects are immutable once published: [`Storage::put_if_absent`] never replaces one;
+//! - [`Storage::get`] never returns more than the `max` bytes the caller can afford, and
+//!   never reads anything but a plain object (no device, FIFO or symlink behind a key);
+//! - [`Storage::delete`] of a missing key succeeds (deletes are idempotent).
+
+mod local;
+
+use std::io::{self, Read, Write};
+
+pub use local::LocalDir;
+
+/// An error of a storage backend, naming the key (or file) it failed on.
+#[derive(Debug, thiserror::Error)]
+#[error("cache storage {0}: {1}")]
+pub struct StorageError(pub String, #[source] pub io::Error);
+
+impl StorageError {
+    /// Whether the object was absent.
+    pub fn is_not_found(&self) -> bool {
+        self.1.kind() == io::ErrorKind::NotFound
+    }
+}
+
+/// An object being written: bytes go to a hidden place until [`ObjectWriter::commit`]
+/// publishes them under a key. Dropping it uncommitted discards them.
+pub trait ObjectWriter: Write + Send {
+    /// Publish what was written as `key` (replacing nothing: content-addressed keys only).
+    /// It is durable after the next [`Storage::sync`] (one sync for many large objects beats
+    /// one each).
+    ///
+    /// # Errors
+    /// [`StorageError`] naming the key.
+    fn commit(self: Box<Self>, key: &str) -> Result<(), StorageError>;
+}
+
+/// The operations the cache needs from a place to keep objects.
+pub trait Storage: Send + Sync {
+    /// Read a whole object of at most `max` bytes.
+    ///
+    /// # Errors
+    /// [`StorageError`]: absent ([`StorageError::is_not_found`]), larger than `max`, not a plain
+    /// object, or unreadable.
+    fn get(&self, key: &str, max: u64) -> Result<Vec<u8>, StorageError>;
+    /// A reader over `len` bytes at `offset` of an object; an error when the object is
+    /// shorter than `offset + len`.
+    ///
+    /// # Errors
+    /// As [`Storage::get`].
+    fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Box<dyn Read + Send + '_>, StorageError>;
+    /// Publish `data` as `key` atomically and durably unless `key` exists; true when written.
+    ///
+    /// # Errors
+    /// [`StorageError`].
+    fn put_if_absent(&self, key: &str, data: &[u8]) -> Result<bool, StorageError>;
+    /// A writer for a large object, published by [`ObjectWriter::commit`].
+    ///
+    /// # Errors
+    /// [`StorageError`].
+    fn writer(&self) -> Result<Box<dyn ObjectWriter + '_>, StorageError>;
+    /// Make every object committed so far durable.
+    ///
+    /// # Errors
+    /// [`StorageError`], including a failure of an earlier background write.
+    fn sync(&self) -> Result<(), StorageError>;
+    /// Keys under a prefix (a "directory" such as `snapshots`), sorted.
+    ///
+    /// # Errors
+    /// [`StorageError`].
+    fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError>;
+    /// Size of an object, or `None` when absent.
+    ///
+    /// # Errors
+    /// [`StorageError`].
+    fn size(&self, key: &str) -> Result<Option<u64>, StorageError>;
+    /// Remove an object; an absent one counts as removed.
+    ///
+    /// # Errors
+    /// [`StorageError`].
+    fn delete(&self, key: &str) -> Result<(), StorageError>;
+    /// A human-readable location for messages.
+    fn describe(&self, key: &str) -> String;
+    /// Scratch left behind by writers that were killed (a local backend's `tmp/` files of
+    /// dead processes), for `verify` to report. Nothing by default.
+    fn leftovers(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// Whether `key` is a valid key: non-empty `/`-separated components of `[A-Za-z0-9._-]`, none
+/// empty, `.` or `..`, nor starting with a dot.
+pub fn check_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.split('/').all(|c| {
+            !c.is_empty()
+                && !c.starts_with('.')
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        })
+}
+
+/// The conformance suite every backend must pass, on an empty store. Public so that each
+/// backend's tests (including those in `tests/`) run the same checks.
+///
+/// # Panics
+/// When the backend does not conform.
+pub fn conformance(s: &dyn Storage) {
+    // Whole objects, create-only.
+    assert!(s.put_if_absent("snapshots/a", b"hello world").unwrap());
+    assert!(!s.put_if_absent("snapshots/a", b"other").unwrap());
+    assert_eq!(s.get("snapshots/a", 100).unwrap(), b"hello world");
+    assert!(s.get("snapshots/a", 5).is_err(), "larger than max");
+    assert!(s.get("snapshots/b", 100).unwrap_err().is_not_found());
+    // Ranges.
+    let mut r = String::new();
+    s.get_range("snapshots/a", 6, 5)
+        .unwrap()
+        .read_to_string(&mut r)
+        .unwrap();
+    assert_eq!(r, "world");
+    assert!(s.get_range("snapshots/a", 6, 6).is_err());
+    assert!(s.get_range("snapshots/a", u64::MAX, 2).is_err());
+    assert_eq!(s.size("snapshots/a").unwrap(), Some(11));
+    assert_eq!(s.size("snapshots/b").unwrap(), None);
+    // Writers: invisible until committed, discarded when dropped.
+    let mut w = s.writer().unwrap();
+    w.write_all(b"pack").unwrap();
+    assert!(s.list("packs").unwrap().is_empty());
+    w.commit("packs/p").unwrap();
+    s.sync().unwrap();
+    assert_eq!(s.list("packs").unwrap(), vec!["packs/p".to_string()]);
+    let mut dropped = s.writer().unwrap();
+    dropped.write_all(b"never").unwrap();
+    drop(dropped);
+    // Commits after a sync are made durable by the next one.
+    for name in ["packs/q", "packs/r"] {
+        let mut w = s.writer().unwrap();
+        w.write_all(name.as_bytes()).unwrap();
+        w.commit(name).unwrap();
+    }
+    s.sync().unwrap();
+    assert_eq!(s.get("packs/r", 100).unwrap(), b"packs/r");
+    assert_eq!(s.list("packs").unwrap().len(), 3);
+    assert!(s.list("nothing-here").unwrap().is_empty());
+    // Deletes are idempotent.
+    s.delete("packs/q").unwrap();
+    s.delete("packs/q").unwrap();
+    assert_eq!(s.size("packs/q").unwrap(), None);
+    assert_eq!(
+        s.list("packs").unwrap(),
+        vec!["packs/p".to_string(), "packs/r".to_string()]
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_rules() {
+        for ok in ["packs/ab.pack", "snapshots/x-y_z.snap", "a"] {
+            assert!(check_key(ok), "{ok}");
+        }
+        for bad in [
+            "", "/a", "a/", "a//b", "../a", "a/../b", "a/.x", "a b", "a\0",
+        ] {
+            assert!(!check_key(bad), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! `restore`: bring a store up to a snapshot, writing only the paths it lacks.
+//!
+//! 1. [`plan`]: the snapshot's paths (or the closure of the requested ones) that are not valid
+//!    in the target DB, references first. Valid paths are never touched.
+//! 2. [`execute`], under the daemon's big-lock: each missing path is written in parallel under
+//!    a temporary name inside the store directory, with canonical metadata (mtime 1, 0444/0555,
+//!    owner of the store directory), computing the NAR SHA-256 of what was written; only a path
+//!    whose hash matches the snapshot is renamed into place (an invalid leftover at that name is
+//!    moved aside first). Files of 8 KiB or more are shared through `<store>/.links` exactly as
+//!    the daemon's deduplication does, so identical contents become hard links of one file.
+//! 3. Every verified path whose references are all valid is registered in one SQLite
+//!    transaction; a path that failed, and everything referring to it, is removed from disk and
+//!    not registered.
+
+mod execute;
+mod extract;
+mod plan;
+
+pub use execute::execute;
+pub use plan::{plan, RestorePlan};
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::cache::Cache;
+use crate::db::{self, BigLock};
+use crate::error::Result;
+use crate::progress::Progress;
+use crate::store::fs::check_store_dir;
+use crate::store::layout::Layout;
+
+/// Options of a restore.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Snapshot id or unique prefix; newest when `None`.
+    pub snapshot: Option<String>,
+    /// Restore only the closure of these paths (full store paths, or paths inside them).
+    pub roots: Vec<String>,
+    /// Print the plan, change nothing.
+    pub dry_run: bool,
+    /// Block until the big-lock is free instead of failing with "busy".
+    pub wait: bool,
+}
+
+/// A path that could not be restored.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    /// The store path.
+    pub path: String,
+    /// Why.
+    pub error: String,
+}
+
+/// What a restore did (or, for a dry run, would do).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RestoreReport {
+    /// Snapshot id.
+    pub snapshot: String,
+    /// True for `--dry-run`.
+    pub dry_run: bool,
+    /// Paths in the selected closure.
+    pub selected: usize,
+    /// Paths already valid in the target, left untouched.
+    pub already_valid: usize,
+    /// Paths to write (dry run) or attempted.
+    pub planned: usize,
+    /// Paths written, verified and registered.
+    pub restored: usize,
+    /// NAR bytes planned.
+    pub bytes: u64,
+    /// File bytes written from the cache.
+    pub bytes_written: u64,
+    /// Files hard-linked to an identical file already in `.links`.
+    pub linked_files: u64,
+    /// Invalid leftovers at a missing path's name, moved aside and replaced.
+    pub replaced_leftovers: usize,
+    /// Paths that failed verification or could not be written.
+    pub failed: Vec<String>,
+    /// Why each failed.
+    pub failures: Vec<Failure>,
+    /// Paths not registered because something they refer to failed.
+    pub skipped: Vec<String>,
+    /// The planned (dry run) or registered paths, references first.
+    pub paths: Vec<String>,
+    /// Paths the DB called valid but that were missing from disk, written again.
+    pub repaired: Vec<String>,
+    /// Paths the DB calls valid, missing from disk, with a hash other than the snapshot's.
+    pub broken: Vec<String>,
+}
+
+/// Restore threads per `--jobs` (see [`execute`]).
+pub const WRITERS_PER_JOB: usize = 2;
+
+const TMP_PREFIX: &str = ".storesync-tmp-";
+const TRASH_PREFIX: &str = ".storesync-trash-";
+
+/// Open the target, plan, and (unless a dry run) execute under the big-lock.
+///
+/// # Errors
+/// [`Error::Lock`] when the store is busy, and as [`plan`] and [`execute`].
+pub fn restore(
+    layout: &Layout,
+    cache: &Cache,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<RestoreReport> {
+    let (id, snapshot) = cache.find_snapshot(opts.snapshot.as_deref())?;
+    if opts.dry_run {
+        let valid = if layout.db_file().exists() {
+            db::read(layout)?
+                .paths
+                .iter()
+                .map(|p| (layout.store_dir.display(&p.path), p.nar_hash.to_db()))
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        let plan = plan(layout, id, snapshot, &valid, &opts.roots)?;
+        return Ok(RestoreReport {
+            snapshot: id.hex(),
+            dry_run: true,
+            broken: plan.broken.clone(),
+            repaired: plan
+                .repair
+                .iter()
+                .map(|&i| layout.store_dir.display(&plan.snapshot.paths[i].info.path))
+                .collect(),
+            selected: plan.selected,
+            already_valid: plan.already_valid,
+            planned: plan.missing.len(),
+            bytes: plan.bytes(),
+            paths: plan
+                .missing
+                .iter()
+                .map(|&i| layout.store_dir.display(&plan.snapshot.paths[i].info.path))
+                .collect(),
+            ..RestoreReport::default()
+        });
+    }
+    let _lock = BigLock::acquire(&layout.big_lock_file(), layout.flavor, opts.wait)?;
+    check_store_dir(layout)?; // before a DB is created for it
+    let mut conn = db::open_or_create(layout)?;
+    let valid = db::valid_paths(&conn, layout)?;
+    let plan = plan(layout, id, snapshot, &valid, &opts.roots)?;
+    let report = execute(layout, cache, &plan, &mut conn, progress);
+    drop(conn);
+    db::give_to_owner(layout)?;
+    report
+}

@@ -1,0 +1,131 @@
+//! Restore's plan: which of a snapshot's paths the target lacks, in the order they must be
+//! registered (references first). A value that `--dry-run` prints; nothing is written here.
+
+use std::collections::HashMap;
+use std::fs;
+
+use crate::cache::Snapshot;
+use crate::cache::SnapshotId;
+use crate::closure::Graph;
+use crate::error::{Error, Result};
+use crate::store::layout::Layout;
+use crate::store::path::StorePath;
+use crate::store::path_info::NarHash;
+
+/// What a restore will do.
+#[derive(Debug, Clone)]
+pub struct RestorePlan {
+    /// The snapshot's id.
+    pub snapshot_id: SnapshotId,
+    /// The snapshot.
+    pub snapshot: Snapshot,
+    /// Paths of the selected closure (indices into `snapshot.paths`).
+    pub selected: usize,
+    /// Missing paths to write, references first.
+    pub missing: Vec<usize>,
+    /// Among `missing`, paths the DB calls valid (with the snapshot's hash) but that are absent
+    /// from disk: written again, not registered again.
+    pub repair: Vec<usize>,
+    /// Selected paths already valid in the target and present on disk.
+    pub already_valid: usize,
+    /// The snapshot's reference graph (node `i` = `snapshot.paths[i]`).
+    pub graph: Graph,
+    /// Paths valid in the DB, absent from disk, and registered with another hash than the
+    /// snapshot's: left alone, reported.
+    pub broken: Vec<String>,
+}
+
+impl RestorePlan {
+    /// NAR bytes to write.
+    pub fn bytes(&self) -> u64 {
+        self.missing
+            .iter()
+            .map(|&i| self.snapshot.paths[i].info.nar_size)
+            .sum()
+    }
+}
+
+/// Choose the paths to write.
+///
+/// # Errors
+/// [`Error::Usage`] when the snapshot is of another flavour or store directory, or a requested
+/// path is not in it.
+pub fn plan(
+    layout: &Layout,
+    snapshot_id: SnapshotId,
+    snapshot: Snapshot,
+    valid: &HashMap<String, String>,
+    roots: &[String],
+) -> Result<RestorePlan> {
+    if snapshot.flavor != layout.flavor || snapshot.store_dir != layout.store_dir.as_str() {
+        return Err(Error::Usage(format!(
+            "snapshot {} is of a {} store at {}, not {} at {} (see --flavor, --store-dir)",
+            &snapshot_id.hex()[..12],
+            snapshot.flavor.name(),
+            snapshot.store_dir,
+            layout.flavor.name(),
+            layout.store_dir.as_str()
+        )));
+    }
+    let index: HashMap<&StorePath, usize> = snapshot
+        .paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (&p.info.path, i))
+        .collect();
+    let graph = Graph::of_paths(snapshot.paths.iter().map(|p| &p.info));
+    let mask = if roots.is_empty() {
+        vec![true; snapshot.paths.len()]
+    } else {
+        let mut starts = Vec::new();
+        for r in roots {
+            let sp = layout
+                .store_dir
+                .parse_prefix(r)
+                .or_else(|_| StorePath::from_base_name(r))
+                .map_err(|e| Error::Usage(format!("{r}: {e}")))?;
+            let i = index.get(&sp).ok_or_else(|| {
+                Error::Usage(format!("{r}: not in snapshot {}", &snapshot_id.hex()[..12]))
+            })?;
+            starts.push(*i);
+        }
+        graph.closure(starts)
+    };
+    let order = graph.topo_order(&mask).map_err(|c| {
+        Error::Integrity(format!(
+            "snapshot has a reference cycle through {}",
+            snapshot.paths[c.0].info.path
+        ))
+    })?;
+    let selected = order.len();
+    let store = layout.real_store_dir();
+    let (mut missing, mut repair, mut broken) = (Vec::new(), Vec::new(), Vec::new());
+    for i in order {
+        let info = &snapshot.paths[i].info;
+        let full = layout.store_dir.display(&info.path);
+        match valid.get(&full) {
+            None => missing.push(i),
+            Some(hash) => {
+                if fs::symlink_metadata(store.join(info.path.base_name())).is_ok() {
+                    continue;
+                }
+                if NarHash::parse_db(hash) == Some(info.nar_hash) {
+                    missing.push(i);
+                    repair.push(i);
+                } else {
+                    broken.push(full);
+                }
+            }
+        }
+    }
+    Ok(RestorePlan {
+        snapshot_id,
+        already_valid: selected - missing.len() - broken.len(),
+        selected,
+        missing,
+        repair,
+        broken,
+        graph,
+        snapshot,
+    })
+}
