@@ -17,6 +17,7 @@ pub mod sample;
 pub mod save;
 pub(crate) mod scratch;
 pub mod store_path;
+pub mod trust;
 pub mod verify;
 
 pub use error::Error;
