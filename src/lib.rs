@@ -18,6 +18,7 @@ pub mod sample;
 pub mod save;
 pub(crate) mod scratch;
 pub mod store;
+pub mod trust;
 pub mod verify;
 
 pub use error::Error;
