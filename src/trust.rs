@@ -223,7 +223,7 @@ pub enum TrustError {
 }
 
 fn short(id: &[u8; 32]) -> String {
-    crate::nar::hex(&id[..6])
+    crate::hex::hex(&id[..6])
 }
 
 fn snapshot_prefix(id: Option<&[u8; 32]>) -> String {
@@ -315,7 +315,7 @@ pub fn snapshot_message(id: &[u8; 32]) -> [u8; 64] {
 
 /// Key of the detached signature file of a snapshot in the cache: `snapshots/<id>.sig`.
 pub fn signature_key(id: &[u8; 32]) -> String {
-    format!("snapshots/{}.sig", crate::nar::hex(id))
+    format!("snapshots/{}.sig", crate::hex::hex(id))
 }
 
 /// A named Ed25519 public key; its text form is `NAME:BASE64(32 bytes)`.
