@@ -6,9 +6,6 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::store::path::StorePath;
-use crate::store::path_info::PathInfo;
-
 /// A cycle between distinct paths (impossible in a sane store).
 #[derive(Debug, thiserror::Error)]
 #[error("reference cycle involving path #{0}")]
@@ -39,19 +36,23 @@ impl Graph {
         Graph { refs, referrers }
     }
 
-    /// The graph of store paths, node `i` being `infos[i]`; references to paths not in the
-    /// list are dropped (they lie outside what is being considered).
-    pub fn of_paths<'a>(infos: impl Iterator<Item = &'a PathInfo> + Clone) -> Self {
-        let index: HashMap<&StorePath, usize> = infos
+    /// The graph of nodes named by keys (store paths, say): node `i` is the `i`th of `nodes`,
+    /// whose second element lists the keys it refers to; references to keys not among the
+    /// nodes are dropped (they lie outside what is being considered).
+    pub fn of_keys<'a, K, R>(nodes: impl Iterator<Item = (&'a K, R)> + Clone) -> Self
+    where
+        K: Eq + std::hash::Hash + 'a,
+        R: IntoIterator<Item = &'a K>,
+    {
+        let index: HashMap<&K, usize> = nodes
             .clone()
             .enumerate()
-            .map(|(i, p)| (&p.path, i))
+            .map(|(i, (k, _))| (k, i))
             .collect();
         Graph::new(
-            infos
-                .map(|p| {
-                    p.references
-                        .iter()
+            nodes
+                .map(|(_, refs)| {
+                    refs.into_iter()
                         .filter_map(|r| index.get(r).copied())
                         .collect()
                 })

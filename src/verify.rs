@@ -24,6 +24,9 @@ pub struct VerifyReport {
     pub snapshots: usize,
     /// Every problem, one line each, naming the file or object.
     pub problems: Vec<String>,
+    /// Scratch files left by writers that were killed (harmless; the next save removes
+    /// them): information, not damage.
+    pub leftovers: Vec<String>,
 }
 
 /// Check the whole cache.
@@ -31,11 +34,16 @@ pub struct VerifyReport {
 /// # Errors
 /// Only when the cache cannot be listed; damage is reported in [`VerifyReport::problems`].
 pub fn verify(cache: &Cache, progress: &dyn Progress) -> Result<VerifyReport> {
+    let storage = cache.storage();
     let mut report = VerifyReport {
         problems: cache.warnings(),
+        leftovers: storage
+            .leftovers()
+            .iter()
+            .map(|k| storage.describe(k))
+            .collect(),
         ..Default::default()
     };
-    let storage = cache.storage();
     progress.start("checking packs", cache.packs().len() as u64);
     let pack_problems: Vec<String> = cache
         .packs()

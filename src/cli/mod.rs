@@ -259,6 +259,11 @@ pub fn run(cli: Cli) -> Result<u8> {
                 for p in &r.problems {
                     println!("problem: {p}");
                 }
+                for l in &r.leftovers {
+                    println!(
+                        "leftover (scratch of a killed writer; the next save removes it): {l}"
+                    );
+                }
                 println!(
                     "checked {} packs, {} objects, {} snapshots: {}",
                     r.packs,

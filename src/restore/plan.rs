@@ -73,7 +73,12 @@ pub fn plan(
         .enumerate()
         .map(|(i, p)| (&p.info.path, i))
         .collect();
-    let graph = Graph::of_paths(snapshot.paths.iter().map(|p| &p.info));
+    let graph = Graph::of_keys(
+        snapshot
+            .paths
+            .iter()
+            .map(|p| (&p.info.path, &p.info.references)),
+    );
     let mask = if roots.is_empty() {
         vec![true; snapshot.paths.len()]
     } else {

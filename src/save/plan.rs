@@ -101,7 +101,7 @@ pub fn plan(layout: &Layout, cache: &Cache, opts: &SaveOptions) -> Result<SavePl
         .enumerate()
         .map(|(i, p)| (&p.path, i))
         .collect();
-    let graph = Graph::of_paths(db.paths.iter());
+    let graph = Graph::of_keys(db.paths.iter().map(|p| (&p.path, &p.references)));
     let mut roots = Vec::new();
     for r in &opts.roots {
         let sp = resolve_root(layout, r)?;
