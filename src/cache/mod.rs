@@ -7,6 +7,7 @@
 //! objects are durable (packs and index fsynced and renamed into place) before a snapshot
 //! naming them is written; nothing is ever modified in place.
 
+mod decode;
 pub mod format;
 mod frames;
 pub mod id;
@@ -22,8 +23,8 @@ use std::sync::{Mutex, OnceLock, RwLock};
 use serde::{Deserialize, Serialize};
 
 use format::{
-    decode_bincode, decode_snapshot, encode_snapshot, seal, unseal, INDEX_MAGIC, MAX_DECODED,
-    MAX_INDEX_FILE, MAX_SNAPSHOT_FILE, SNAPSHOT_MAGIC,
+    decode_bincode, encode_snapshot, seal, unseal, INDEX_MAGIC, MAX_INDEX_FILE, MAX_SNAPSHOT_FILE,
+    SNAPSHOT_MAGIC,
 };
 pub use format::{index_key, pack_key, snapshot_key, FORMAT_VERSION, PACK_MAGIC};
 use frames::FrameCache;
@@ -242,6 +243,13 @@ impl Cache {
     /// # Errors
     /// [`CacheError`] when missing or damaged.
     pub fn read_tree(&self, id: &TreeId) -> Result<Node, CacheError> {
+        if let Some(len) = self.location(*id).map(|l| l.len) {
+            if len > decode::MAX_TREE_BYTES {
+                return Err(CacheError::Corrupt(format!(
+                    "tree {id}: {len} bytes, more than a tree may have"
+                )));
+            }
+        }
         Node::decode(id, &self.read_small(*id)?)
     }
 
@@ -273,10 +281,10 @@ impl Cache {
                 "{what}: name does not match its checksum"
             )));
         }
-        let raw = zstd::bulk::decompress(body, MAX_DECODED)
+        let raw = decode::decompress_bounded(body, decode::snapshot_cap(body.len()))
             .map_err(|e| CacheError::Corrupt(format!("{what}: {e}")))?;
-        let snap =
-            decode_snapshot(&raw).map_err(|e| CacheError::Corrupt(format!("{what}: {e}")))?;
+        let snap = decode::decode_snapshot(&raw)
+            .map_err(|e| CacheError::Corrupt(format!("{what}: {e}")))?;
         snap.validate()
             .map_err(|e| CacheError::Corrupt(format!("{what}: {e}")))?;
         Ok(snap)

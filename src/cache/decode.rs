@@ -1,0 +1,1186 @@
+//! Bounded decoders for what a reader takes from cache files, which whoever can write the cache
+//! controls (and a restore often runs as root). Every decoder here keeps its memory and stack
+//! bounded by its input, never by what the input claims:
+//!
+//! - [`decode_tree_v1`] decodes a tree (format v1, docs/FORMAT.md) without recursion, checking
+//!   the depth before it descends and every length against the bytes left before it allocates,
+//!   and validates as it goes (names, order, symlink targets), so a hostile tree costs neither
+//!   stack nor more memory than its own size calls for.
+//! - [`decompress_bounded`] inflates a snapshot body in a buffer that grows as output arrives
+//!   and stops at a cap ([`snapshot_cap`]).
+//! - [`decode_snapshot`] checks every string length of a snapshot against the bytes left
+//!   before bincode sees it: bincode's serde path allocates a `String`'s claimed length (zero
+//!   filled) before reading it, bounded only by its limit, which is a compile-time constant
+//!   counting decoded sizes (8 per varint), so it cannot be "the body length".
+//!
+//! Index files need nothing of their own: [`super::IndexFile`] holds no string, and serde
+//! preallocates a sequence for at most 1 MiB whatever its length prefix claims
+//! (`serde::de::size_hint::cautious`), then grows it one decoded element (at least 32 input
+//! bytes) at a time; a length prefix claiming more elements than the body holds fails when the
+//! input runs out. So decoding an index body costs at most 2 MiB plus a few times its length.
+
+use std::io::Read;
+
+use super::tree::{valid_name, Entry, Node, MAX_DEPTH};
+use super::Snapshot;
+
+/// Largest decompressed snapshot body accepted, whatever its compressed size. A snapshot is
+/// about 1 KB per store path (base name, hashes, references, deriver, signatures); a whole Guix
+/// or Nix store is around 10^5 paths, so real snapshots are below 200 MB. 1 GiB still leaves
+/// room, within a 64-bit reader's means, for a closure ten times that.
+pub const MAX_SNAPSHOT_BYTES: usize = 1 << 30;
+/// A snapshot body may always inflate to this much, whatever its compressed size: enough for
+/// every snapshot under ~60000 paths however well it compresses, and a bound that costs nothing.
+pub const MIN_SNAPSHOT_CAP: usize = 64 << 20;
+/// Above [`MIN_SNAPSHOT_CAP`], a snapshot body may inflate at most this many times its
+/// compressed size. Snapshot content is dominated by store path base names and hashes, random
+/// nix-base32 and bytes that zstd cannot shrink beyond referring back to earlier copies:
+/// measured ratios are 1.9 (the test suite's snapshots) and 4.1 (a synthetic 50000-path
+/// snapshot, 15 references a path). 256 leaves a margin of 50 and stops a small file from
+/// standing for a large allocation (zstd reaches 32768:1).
+pub const MAX_SNAPSHOT_RATIO: usize = 256;
+/// Largest tree object read. A directory entry takes ~90 bytes (name, kind, size, two ids),
+/// so this is ~3 million files in one store path, over ten times the largest known (TeX Live
+/// trees, ~200000 files); a decoded tree takes up to ~30 times its encoding in memory.
+pub const MAX_TREE_BYTES: u64 = 256 << 20;
+
+/// What an output buffer starts at before it grows with the output.
+const INITIAL_OUTPUT: usize = 64 << 10;
+/// Entries reserved up front for a directory, whatever count it claims; more grow as they come.
+const PREALLOC_ENTRIES: usize = 64;
+/// Fewest bytes a valid directory entry takes: a name (length, at least one byte) and a node
+/// (a kind and at least one byte: an empty directory's count).
+const MIN_ENTRY_BYTES: usize = 4;
+
+/// The most a snapshot body of `compressed` bytes may decompress to:
+/// min([`MAX_SNAPSHOT_BYTES`], max([`MIN_SNAPSHOT_CAP`], [`MAX_SNAPSHOT_RATIO`] × `compressed`)).
+pub fn snapshot_cap(compressed: usize) -> usize {
+    compressed
+        .saturating_mul(MAX_SNAPSHOT_RATIO)
+        .clamp(MIN_SNAPSHOT_CAP, MAX_SNAPSHOT_BYTES)
+}
+
+/// Decompress zstd data (one frame, or several back to back as `zstd::bulk` accepts) into a
+/// buffer that grows (doubling) as output arrives, failing as soon as the output would exceed
+/// `cap` bytes. Nothing larger than min(`cap`, 64 KiB) is reserved up front; memory stays
+/// below 1.5 × `cap` (while the buffer moves) plus 64 KiB plus zstd's window, itself held to
+/// the smallest power of two ≥ `cap` (at most the 128 MiB zstd allows by default): a frame
+/// declaring a larger window is refused.
+///
+/// # Errors
+/// A message for malformed or truncated data, or output beyond `cap`.
+pub fn decompress_bounded(frame: &[u8], cap: usize) -> Result<Vec<u8>, String> {
+    let mut dec =
+        zstd::stream::read::Decoder::with_buffer(frame).map_err(|e| format!("zstd: {e}"))?;
+    let window_log = (usize::BITS - cap.saturating_sub(1).leading_zeros()).clamp(10, 27);
+    dec.window_log_max(window_log)
+        .map_err(|e| format!("zstd: {e}"))?;
+    let mut out: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; INITIAL_OUTPUT.min(cap.saturating_add(1))];
+    loop {
+        let n = match dec.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("zstd: {e}")),
+        };
+        if n > cap - out.len() {
+            return Err(format!("decompresses to more than {cap} bytes"));
+        }
+        if n > out.capacity() - out.len() {
+            // Double, as far as the cap.
+            let want = (out.len() + n)
+                .max(out.capacity().saturating_mul(2))
+                .min(cap);
+            out.try_reserve_exact(want - out.len())
+                .map_err(|e| format!("cannot allocate {want} bytes: {e}"))?;
+        }
+        out.extend_from_slice(&chunk[..n]);
+    }
+    Ok(out)
+}
+
+/// An error at a byte offset of the input.
+fn at(offset: usize, msg: impl std::fmt::Display) -> String {
+    format!("at byte {offset}: {msg}")
+}
+
+/// A cursor over bincode 2 `config::standard()` data (docs/FORMAT.md, "Encodings").
+struct Input<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Input<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Input { bytes, pos: 0 }
+    }
+
+    fn left(&self) -> usize {
+        self.bytes.len() - self.pos
+    }
+
+    /// The next `n` bytes; checked against what is left before anything is allocated.
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], String> {
+        if n > self.left() {
+            return Err(at(
+                self.pos,
+                format!("{what}: {n} bytes needed, {} left", self.left()),
+            ));
+        }
+        let s = &self.bytes[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    fn byte(&mut self, what: &str) -> Result<u8, String> {
+        Ok(self.take(1, what)?[0])
+    }
+
+    /// A varint whose widest form has tag `widest` (251: u16, 252: u32, 253: u64). As bincode
+    /// does, a value in a wider form than it needs (`[251, 5, 0]` for 5) is accepted.
+    fn varint(&mut self, widest: u8, what: &str) -> Result<u64, String> {
+        let start = self.pos;
+        let tag = self.byte(what)?;
+        let width = match tag {
+            0..=250 => return Ok(u64::from(tag)),
+            251 => 2,
+            252 => 4,
+            253 => 8,
+            _ => 0,
+        };
+        if width == 0 || tag > widest {
+            return Err(at(start, format!("{what}: bad integer tag {tag}")));
+        }
+        let mut le = [0u8; 8];
+        le[..width].copy_from_slice(self.take(width, what)?);
+        Ok(u64::from_le_bytes(le))
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32, String> {
+        // At most 4 bytes of value after a tag of 252 or less.
+        Ok(self.varint(252, what)? as u32)
+    }
+
+    fn u64(&mut self, what: &str) -> Result<u64, String> {
+        self.varint(253, what)
+    }
+
+    /// A sequence length (bincode decodes it as a `usize`).
+    fn len(&mut self, what: &str) -> Result<usize, String> {
+        let start = self.pos;
+        let n = self.varint(253, what)?;
+        usize::try_from(n).map_err(|_| at(start, format!("{what}: {n} does not fit in usize")))
+    }
+
+    fn bool(&mut self, what: &str) -> Result<bool, String> {
+        let start = self.pos;
+        match self.byte(what)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            b => Err(at(start, format!("{what}: {b} is not a boolean"))),
+        }
+    }
+
+    fn array32(&mut self, what: &str) -> Result<[u8; 32], String> {
+        Ok(self.take(32, what)?.try_into().expect("32 bytes"))
+    }
+
+    /// A byte vector (or string): its length, then its bytes.
+    fn bytes(&mut self, what: &str) -> Result<&'a [u8], String> {
+        let n = self.len(what)?;
+        self.take(n, what)
+    }
+
+    /// `Option`: a byte 0 (None) or 1 then the value.
+    fn option<T>(
+        &mut self,
+        what: &str,
+        value: impl FnOnce(&mut Self) -> Result<T, String>,
+    ) -> Result<Option<T>, String> {
+        let start = self.pos;
+        match self.byte(what)? {
+            0 => Ok(None),
+            1 => value(self).map(Some),
+            b => Err(at(start, format!("{what}: option tag {b}"))),
+        }
+    }
+}
+
+/// Read a directory entry's name and check it: a valid file name, after `prev` (the previous
+/// entry's name) in byte order.
+fn entry_name(input: &mut Input<'_>, prev: Option<&[u8]>) -> Result<Vec<u8>, String> {
+    let start = input.pos;
+    let name = input.bytes("entry name")?;
+    if !valid_name(name) {
+        return Err(at(
+            start,
+            format!("bad entry name {:?}", String::from_utf8_lossy(name)),
+        ));
+    }
+    if prev.is_some_and(|p| p >= name) {
+        return Err(at(start, "entries are not strictly sorted"));
+    }
+    Ok(name.to_vec())
+}
+
+/// Decode and validate a tree, format v1: exactly what
+/// `bincode::serde::encode_to_vec(&node, bincode::config::standard())` produces for [`Node`]
+/// (docs/FORMAT.md, "Objects"), with an explicit stack instead of recursion.
+///
+/// It accepts exactly what bincode's serde decoding followed by the old recursive validation
+/// accepted (the tests check this), rejecting as soon as it can: a directory nested deeper
+/// than [`MAX_DEPTH`] before descending into it, a length larger than the bytes left before
+/// allocating, a bad or unsorted name, an empty symlink target or one holding NUL, an unknown
+/// kind, a boolean other than 0 or 1, trailing bytes. Memory is bounded by the input's size;
+/// stack use is constant.
+///
+/// # Errors
+/// A message naming the byte offset of the fault.
+pub fn decode_tree_v1(bytes: &[u8]) -> Result<Node, String> {
+    /// A directory being decoded: entries so far, how many are to come, the next one's name.
+    struct Open {
+        entries: Vec<Entry>,
+        left: usize,
+        name: Vec<u8>,
+    }
+    let mut input = Input::new(bytes);
+    // Directories whose entries are being decoded, outermost first; `open.len()` is the depth
+    // of the node decoded next.
+    let mut open: Vec<Open> = Vec::new();
+    'node: loop {
+        let start = input.pos;
+        let mut node = match input.u32("node kind")? {
+            0 => Node::Regular {
+                executable: input.bool("executable bit")?,
+                size: input.u64("file size")?,
+                blob: super::BlobId(input.array32("blob id")?),
+                file_nar_hash: input.array32("file NAR hash")?,
+            },
+            1 => {
+                let at_target = input.pos;
+                let target = input.bytes("symlink target")?;
+                if target.is_empty() || target.contains(&0) {
+                    return Err(at(at_target, "symlink target is empty or holds NUL"));
+                }
+                Node::Symlink {
+                    target: target.to_vec(),
+                }
+            }
+            2 => {
+                if open.len() >= MAX_DEPTH {
+                    return Err(at(
+                        start,
+                        format!("directories nested deeper than {MAX_DEPTH}"),
+                    ));
+                }
+                let at_count = input.pos;
+                let n = input.len("entry count")?;
+                if n > input.left() / MIN_ENTRY_BYTES {
+                    return Err(at(
+                        at_count,
+                        format!("{n} entries claimed, {} bytes left", input.left()),
+                    ));
+                }
+                if n > 0 {
+                    let name = entry_name(&mut input, None)?;
+                    open.push(Open {
+                        entries: Vec::with_capacity(n.min(PREALLOC_ENTRIES)),
+                        left: n,
+                        name,
+                    });
+                    continue 'node;
+                }
+                Node::Directory(Vec::new())
+            }
+            k => return Err(at(start, format!("unknown node kind {k}"))),
+        };
+        // `node` is whole: it is the next entry of the innermost open directory, which may
+        // be whole in turn.
+        loop {
+            let Some(dir) = open.last_mut() else {
+                if input.left() != 0 {
+                    return Err(at(input.pos, "trailing bytes after the tree"));
+                }
+                return Ok(node);
+            };
+            let name = std::mem::take(&mut dir.name);
+            dir.entries.push(Entry { name, node });
+            dir.left -= 1;
+            if dir.left > 0 {
+                let prev = dir.entries.last().map(|e| &e.name[..]);
+                dir.name = entry_name(&mut input, prev)?;
+                continue 'node;
+            }
+            node = Node::Directory(open.pop().expect("open directory").entries);
+        }
+    }
+}
+
+/// Check that every string of an encoded [`Snapshot`] fits in the bytes after its length, so
+/// that bincode, which allocates a string's claimed length before reading it, allocates no
+/// more than the input holds. Walks the layout of docs/FORMAT.md ("Snapshots") without
+/// allocating; anything it rejects bincode would reject too. Trailing bytes are left to
+/// bincode.
+fn check_snapshot_strings(raw: &[u8]) -> Result<(), String> {
+    let mut i = Input::new(raw);
+    i.u32("flavor")?;
+    i.bytes("store directory")?;
+    i.u64("creation time")?;
+    i.bytes("tool")?;
+    for _ in 0..i.len("root count")? {
+        i.bytes("root")?;
+    }
+    // Every round consumes at least one byte or fails, so no count can make a loop long.
+    for _ in 0..i.len("path count")? {
+        i.bytes("store path")?;
+        i.take(32, "NAR hash")?;
+        i.u64("NAR size")?;
+        i.u64("registration time")?;
+        i.option("deriver", |i| i.bytes("deriver").map(drop))?;
+        for _ in 0..i.len("reference count")? {
+            i.bytes("reference")?;
+        }
+        i.option("ultimate", |i| i.u64("ultimate").map(drop))?;
+        i.option("sigs", |i| i.bytes("sigs").map(drop))?;
+        i.option("ca", |i| i.bytes("ca").map(drop))?;
+        i.take(32, "tree id")?;
+    }
+    for _ in 0..i.len("derivation output count")? {
+        i.bytes("derivation")?;
+        i.bytes("output name")?;
+        i.bytes("output path")?;
+    }
+    Ok(())
+}
+
+/// Decode a decompressed snapshot body (not yet [`Snapshot::validate`]d). Allocates no more
+/// than a small multiple of `raw.len()`: the types are flat (no recursion in serde), strings
+/// are checked by [`check_snapshot_strings`] first, and sequences are preallocated for at most
+/// 1 MiB each (see the module documentation).
+///
+/// # Errors
+/// A message for malformed data.
+pub fn decode_snapshot(raw: &[u8]) -> Result<Snapshot, String> {
+    check_snapshot_strings(raw)?;
+    super::format::decode_snapshot(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::format::{decode_bincode, encode_bincode, seal, INDEX_MAGIC, SNAPSHOT_MAGIC};
+    use crate::cache::{
+        snapshot_key, Cache, IndexFile, Location, ObjectId, ObjectKind, SnapshotId, SnapshotPath,
+    };
+    use crate::store::path::StorePath;
+    use crate::store::path_info::{DerivationOutput, NarHash, PathInfo};
+    use proptest::prelude::*;
+    use std::time::{Duration, Instant};
+
+    /// What `Node::decode` did before this module: bincode through serde (recursive), then
+    /// the recursive validation.
+    fn old_tree(bytes: &[u8]) -> Result<Node, String> {
+        let node: Node = decode_bincode(bytes)?;
+        node.validate(0)?;
+        Ok(node)
+    }
+
+    /// Run `f` on a thread with a stack of `bytes`.
+    fn on_stack<T: Send + 'static>(bytes: usize, f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new()
+            .stack_size(bytes)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    fn symlink(t: &[u8]) -> Node {
+        Node::Symlink { target: t.to_vec() }
+    }
+
+    /// A chain of `depth` directories, each holding the next as `d`, around `leaf`.
+    fn chain(depth: usize, leaf: Node) -> Node {
+        let mut node = leaf;
+        for _ in 0..depth {
+            node = Node::Directory(vec![Entry {
+                name: b"d".to_vec(),
+                node,
+            }]);
+        }
+        node
+    }
+
+    fn arb_leaf(valid: bool) -> BoxedStrategy<Node> {
+        let regular = (
+            any::<bool>(),
+            prop_oneof![any::<u64>(), 0u64..300, Just(u64::MAX)],
+            any::<[u8; 32]>(),
+            any::<[u8; 32]>(),
+        )
+            .prop_map(|(executable, size, b, h)| Node::Regular {
+                executable,
+                size,
+                blob: crate::cache::BlobId(b),
+                file_nar_hash: h,
+            });
+        let target = if valid {
+            proptest::collection::vec(1u8..=255, 1..300).boxed()
+        } else {
+            proptest::collection::vec(prop_oneof![1 => Just(0u8), 8 => any::<u8>()], 0..4).boxed()
+        };
+        prop_oneof![regular, target.prop_map(|target| Node::Symlink { target })].boxed()
+    }
+
+    /// Valid trees, some with directories of more than 250 entries (two-byte counts).
+    fn arb_node() -> impl Strategy<Value = Node> {
+        arb_leaf(true).prop_recursive(5, 400, 300, |inner| {
+            proptest::collection::btree_map(
+                proptest::collection::vec(1u8..=255, 1..12),
+                inner,
+                0..300,
+            )
+            .prop_map(|m| {
+                Node::Directory(
+                    m.into_iter()
+                        .filter(|(k, _)| valid_name(k))
+                        .map(|(name, node)| Entry { name, node })
+                        .collect(),
+                )
+            })
+        })
+    }
+
+    /// Trees that may break any rule: bad or unsorted names, bad symlink targets.
+    fn arb_any_node() -> impl Strategy<Value = Node> {
+        let name = prop_oneof![
+            6 => proptest::collection::vec(any::<u8>(), 1..4),
+            1 => prop_oneof![
+                Just(b"".to_vec()),
+                Just(b".".to_vec()),
+                Just(b"..".to_vec()),
+                Just(b"a/b".to_vec()),
+                Just(b"a\0".to_vec()),
+            ],
+        ];
+        arb_leaf(false).prop_recursive(4, 40, 6, move |inner| {
+            proptest::collection::vec((name.clone(), inner), 0..6).prop_map(|v| {
+                Node::Directory(
+                    v.into_iter()
+                        .map(|(name, node)| Entry { name, node })
+                        .collect(),
+                )
+            })
+        })
+    }
+
+    /// A change to an encoding.
+    #[derive(Debug, Clone)]
+    enum Mutation {
+        Flip(usize, u8),
+        Set(usize, u8),
+        Insert(usize, u8),
+        Delete(usize),
+        Truncate(usize),
+    }
+
+    fn arb_mutation() -> impl Strategy<Value = Mutation> {
+        // Bytes that mean something to bincode: small counts and kinds, varint tags.
+        let byte = prop_oneof![any::<u8>(), prop_oneof![0u8..=3, 250u8..=255],];
+        prop_oneof![
+            (any::<usize>(), 0u8..8).prop_map(|(i, b)| Mutation::Flip(i, 1 << b)),
+            (any::<usize>(), byte.clone()).prop_map(|(i, b)| Mutation::Set(i, b)),
+            (any::<usize>(), byte).prop_map(|(i, b)| Mutation::Insert(i, b)),
+            any::<usize>().prop_map(Mutation::Delete),
+            any::<usize>().prop_map(Mutation::Truncate),
+        ]
+    }
+
+    fn mutate(bytes: &mut Vec<u8>, ms: &[Mutation]) {
+        for m in ms {
+            let n = bytes.len();
+            match *m {
+                Mutation::Flip(i, b) if n > 0 => bytes[i % n] ^= b,
+                Mutation::Set(i, b) if n > 0 => bytes[i % n] = b,
+                Mutation::Insert(i, b) => bytes.insert(i % (n + 1), b),
+                Mutation::Delete(i) if n > 0 => {
+                    bytes.remove(i % n);
+                }
+                Mutation::Truncate(i) => bytes.truncate(i % (n + 1)),
+                _ => {}
+            }
+        }
+    }
+
+    /// Arbitrary bytes, biased to those that steer bincode (kinds, small counts, tags).
+    fn arb_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(
+            prop_oneof![any::<u8>(), 0u8..=3, 250u8..=255, Just(b'a')],
+            0..max,
+        )
+    }
+
+    fn agree(bytes: &[u8]) -> Result<(), TestCaseError> {
+        let new = decode_tree_v1(bytes);
+        let old = old_tree(bytes);
+        match (&new, &old) {
+            (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+            (Err(_), Err(_)) => {}
+            _ => prop_assert!(false, "new {new:?} old {old:?} on {bytes:?}"),
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn tree_round_trips(node in arb_node()) {
+            let bytes = encode_bincode(&node);
+            prop_assert_eq!(decode_tree_v1(&bytes).unwrap(), node);
+        }
+
+        #[test]
+        fn tree_decoders_agree_on_any_tree(node in arb_any_node()) {
+            agree(&encode_bincode(&node))?;
+        }
+
+        #[test]
+        fn tree_decoders_agree_on_mutated_trees(
+            node in prop_oneof![arb_any_node().boxed(), arb_node().boxed()],
+            ms in proptest::collection::vec(arb_mutation(), 1..4),
+        ) {
+            let mut bytes = encode_bincode(&node);
+            mutate(&mut bytes, &ms);
+            agree(&bytes)?;
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        #[test]
+        fn tree_decoders_agree_on_any_bytes(bytes in arb_bytes(200)) {
+            agree(&bytes)?;
+        }
+
+    }
+
+    /// Every string of up to 7 bytes made of those that make small trees (kinds, counts, names,
+    /// a varint tag): 335923 of them.
+    #[test]
+    fn tree_decoders_agree_on_all_short_strings() {
+        const ALPHABET: [u8; 6] = [0, 1, 2, b'a', b'b', 251];
+        let mut accepted = 0;
+        let mut bytes = Vec::new();
+        for len in 0..=7u32 {
+            for mut k in 0..ALPHABET.len().pow(len) {
+                bytes.clear();
+                for _ in 0..len {
+                    bytes.push(ALPHABET[k % ALPHABET.len()]);
+                    k /= ALPHABET.len();
+                }
+                let new = decode_tree_v1(&bytes);
+                assert_eq!(
+                    new.as_ref().ok(),
+                    old_tree(&bytes).as_ref().ok(),
+                    "{bytes:?}"
+                );
+                accepted += usize::from(new.is_ok());
+            }
+        }
+        assert!(accepted > 100, "{accepted}");
+    }
+
+    #[test]
+    fn tree_depth_limit_is_the_old_one() {
+        on_stack(64 << 20, || {
+            for depth in [MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1] {
+                for leaf in [symlink(b"x"), Node::Directory(vec![])] {
+                    let bytes = encode_bincode(&chain(depth, leaf.clone()));
+                    let (new, old) = (decode_tree_v1(&bytes), old_tree(&bytes));
+                    assert_eq!(
+                        new.is_ok(),
+                        old.is_ok(),
+                        "{depth} {leaf:?}: {new:?} {old:?}"
+                    );
+                    assert_eq!(new.ok(), old.ok());
+                }
+            }
+            // Directories at depths 0 ..= 255 pass; one at 256 does not.
+            assert!(decode_tree_v1(&encode_bincode(&chain(MAX_DEPTH, symlink(b"x")))).is_ok());
+            let deep = encode_bincode(&chain(MAX_DEPTH, Node::Directory(vec![])));
+            let err = decode_tree_v1(&deep).unwrap_err();
+            assert!(err.contains("nested deeper than 256"), "{err}");
+        });
+    }
+
+    /// 200000 directories, each the one entry `d` of the one before: [2, 1, 1, b'd'] each, then
+    /// an empty directory.
+    fn deep_tree() -> Vec<u8> {
+        let mut bytes = [2u8, 1, 1, b'd'].repeat(200_000);
+        bytes.extend_from_slice(&[2, 0]);
+        bytes
+    }
+
+    #[test]
+    fn a_tree_nested_200000_deep_is_refused_on_a_small_stack() {
+        let bytes = deep_tree();
+        let (err, ok) = on_stack(256 << 10, move || {
+            let err = decode_tree_v1(&bytes).unwrap_err();
+            // The deepest tree allowed decodes, and is dropped, on the same stack.
+            let ok = decode_tree_v1(&bytes[bytes.len() - 4 * MAX_DEPTH + 2..]).is_ok();
+            (err, ok)
+        });
+        assert_eq!(
+            err,
+            format!(
+                "at byte {}: directories nested deeper than {MAX_DEPTH}",
+                4 * MAX_DEPTH
+            )
+        );
+        assert!(ok);
+    }
+
+    #[test]
+    fn tree_faults_name_their_offset() {
+        let e = |name: &[u8]| Entry {
+            name: name.to_vec(),
+            node: symlink(b"t"),
+        };
+        let err = |n: &Node| decode_tree_v1(&encode_bincode(n)).unwrap_err();
+        // [2, 2] then entry "a" at 2, entry "a" at 7.
+        assert_eq!(
+            err(&Node::Directory(vec![e(b"a"), e(b"a")])),
+            "at byte 7: entries are not strictly sorted"
+        );
+        assert_eq!(
+            err(&Node::Directory(vec![e(b"..")])),
+            "at byte 2: bad entry name \"..\""
+        );
+        assert_eq!(
+            err(&symlink(b"")),
+            "at byte 1: symlink target is empty or holds NUL"
+        );
+        let mut trailing = encode_bincode(&symlink(b"x"));
+        trailing.push(0);
+        assert_eq!(
+            decode_tree_v1(&trailing).unwrap_err(),
+            "at byte 3: trailing bytes after the tree"
+        );
+        assert!(decode_tree_v1(&[7])
+            .unwrap_err()
+            .contains("unknown node kind 7"));
+        assert!(decode_tree_v1(&[0, 2])
+            .unwrap_err()
+            .contains("not a boolean"));
+        // Every length is checked against the bytes left before anything is allocated.
+        let huge = [1, 253, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, b'x'];
+        assert_eq!(
+            decode_tree_v1(&huge).unwrap_err(),
+            format!(
+                "at byte 10: symlink target: {} bytes needed, 1 left",
+                i64::MAX
+            )
+        );
+        let many = [2, 252, 0xff, 0xff, 0xff, 0xff, 1, b'a', 2, 0];
+        assert_eq!(
+            decode_tree_v1(&many).unwrap_err(),
+            "at byte 1: 4294967295 entries claimed, 4 bytes left"
+        );
+    }
+
+    #[test]
+    fn varints_decode_as_bincode_does() {
+        // Sizes of a regular file in every varint form, wider forms than needed included.
+        let regular = |size: &[u8]| {
+            let mut v = vec![0, 1];
+            v.extend_from_slice(size);
+            v.extend_from_slice(&[0; 64]);
+            v
+        };
+        for size in [
+            &[250][..],
+            &[251, 251, 0],
+            &[251, 5, 0],
+            &[252, 5, 0, 0, 0],
+            &[253, 5, 0, 0, 0, 0, 0, 0, 0],
+            &[253, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+            &[254, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            &[255],
+        ] {
+            let bytes = regular(size);
+            assert_eq!(
+                decode_tree_v1(&bytes).ok(),
+                old_tree(&bytes).ok(),
+                "{size:?}"
+            );
+        }
+        assert!(decode_tree_v1(&regular(&[251, 5, 0])).is_ok());
+        // A kind (u32) in a u64 form is refused by both.
+        for kind in [
+            &[251, 1, 0][..],
+            &[252, 1, 0, 0, 0],
+            &[253, 1, 0, 0, 0, 0, 0, 0, 0],
+        ] {
+            let mut bytes = kind.to_vec();
+            bytes.extend_from_slice(&[1, b'x']);
+            assert_eq!(
+                decode_tree_v1(&bytes).ok(),
+                old_tree(&bytes).ok(),
+                "{kind:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_tree_object_beyond_the_bound_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open_dir(dir.path()).unwrap();
+        let pack = crate::cache::PackId([1; 32]);
+        let key = crate::cache::pack_key(&pack);
+        cache.storage().put_if_absent(&key, b"STSYPACK").unwrap();
+        let tree = crate::cache::TreeId([2; 32]);
+        let loc = |len| Location {
+            kind: ObjectKind::Tree,
+            pack: 0,
+            frame_offset: 16,
+            frame_len: 60_000,
+            offset: 0,
+            len,
+        };
+        cache.merge_index(IndexFile {
+            packs: vec![pack],
+            entries: vec![(tree.into(), loc(MAX_TREE_BYTES + 1))],
+        });
+        let err = cache.read_tree(&tree).unwrap_err().to_string();
+        assert!(err.contains("more than a tree may have"), "{err}");
+    }
+
+    /// A zstd frame of `blocks` RLE blocks of 128 KiB of zeros, no content size: 4 bytes of
+    /// input per 128 KiB of output.
+    fn rle_bomb(blocks: usize) -> Vec<u8> {
+        let mut f = vec![0x28, 0xb5, 0x2f, 0xfd];
+        // Frame header descriptor: no checksum, no content size, not single segment; window
+        // descriptor: 2^17.
+        f.extend_from_slice(&[0x00, 7 << 3]);
+        for i in 0..blocks {
+            let last = u32::from(i + 1 == blocks);
+            let header = last | (1 << 1) | ((128 << 10) << 3);
+            f.extend_from_slice(&header.to_le_bytes()[..3]);
+            f.push(0);
+        }
+        f
+    }
+
+    /// 1.9 GiB of zeros in 60 KiB.
+    fn bomb() -> Vec<u8> {
+        rle_bomb(((19 << 30) / 10) >> 17)
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_refused_quickly() {
+        let bomb = bomb();
+        assert!(bomb.len() < 64_000, "{}", bomb.len());
+        let cap = snapshot_cap(bomb.len());
+        assert_eq!(cap, MIN_SNAPSHOT_CAP);
+        let t = Instant::now();
+        let err = decompress_bounded(&bomb, cap).unwrap_err();
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        assert_eq!(err, format!("decompresses to more than {cap} bytes"));
+        // A bomb within the cap inflates, exactly as far as it goes.
+        let small = rle_bomb(8);
+        assert_eq!(
+            decompress_bounded(&small, 1 << 20).unwrap(),
+            vec![0; 1 << 20]
+        );
+        assert!(decompress_bounded(&small, (1 << 20) - 1).is_err());
+        // A window beyond the cap is refused before anything is allocated for it.
+        let big_window = zstd::bulk::compress(&vec![7u8; 3 << 20], 3).unwrap();
+        assert!(decompress_bounded(&big_window, 3 << 20).is_ok());
+        assert!(decompress_bounded(&big_window, 1 << 20).is_err());
+    }
+
+    #[test]
+    fn snapshot_caps() {
+        assert_eq!(snapshot_cap(0), MIN_SNAPSHOT_CAP);
+        assert_eq!(snapshot_cap(1 << 20), 256 << 20);
+        assert_eq!(snapshot_cap(usize::MAX), MAX_SNAPSHOT_BYTES);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        // Below the cap, streaming decompression agrees with zstd::bulk on anything.
+        #[test]
+        fn decompressors_agree(
+            data in proptest::collection::vec(prop_oneof![Just(0u8), any::<u8>()], 0..3000),
+            level in 1..5,
+            ms in proptest::collection::vec(arb_mutation(), 0..3),
+        ) {
+            let mut frame = zstd::bulk::compress(&data, level).unwrap();
+            mutate(&mut frame, &ms);
+            let new = decompress_bounded(&frame, 1 << 20);
+            let old = zstd::bulk::decompress(&frame, 1 << 20).map_err(|e| e.to_string());
+            if frame.is_empty() {
+                // bulk takes no frame at all for an empty output; no snapshot is empty.
+                prop_assert!(new.is_err() && old == Ok(vec![]));
+            } else {
+                prop_assert_eq!(new.ok(), old.ok());
+            }
+        }
+    }
+
+    fn arb_store_path() -> impl Strategy<Value = StorePath> {
+        ("[0-9a-df-np-sv-z]{32}", "[a-z0-9][a-z0-9.+-]{0,12}")
+            .prop_map(|(h, n)| StorePath::from_base_name(&format!("{h}-{n}")).unwrap())
+    }
+
+    fn arb_text() -> impl Strategy<Value = String> {
+        prop_oneof!["[ -~]{0,20}", "\\PC{0,300}"]
+    }
+
+    fn arb_snapshot() -> impl Strategy<Value = Snapshot> {
+        let path = (
+            arb_store_path(),
+            any::<[u8; 32]>(),
+            any::<u64>(),
+            any::<i64>(),
+            proptest::option::of(arb_text()),
+            proptest::collection::vec(any::<prop::sample::Index>(), 0..4),
+            proptest::option::of(any::<i64>()),
+            proptest::option::of(arb_text()),
+            proptest::option::of(arb_text()),
+            any::<[u8; 32]>(),
+        )
+            .prop_map(
+                |(
+                    path,
+                    nar_hash,
+                    nar_size,
+                    registration_time,
+                    deriver,
+                    refs,
+                    ultimate,
+                    sigs,
+                    ca,
+                    tree,
+                )| {
+                    let p = SnapshotPath {
+                        info: PathInfo {
+                            path,
+                            nar_hash: NarHash(nar_hash),
+                            nar_size,
+                            registration_time,
+                            deriver,
+                            references: Vec::new(),
+                            ultimate,
+                            sigs,
+                            ca,
+                        },
+                        tree: crate::cache::TreeId(tree),
+                    };
+                    (p, refs)
+                },
+            );
+        let output = (any::<prop::sample::Index>(), arb_text(), arb_text());
+        (
+            any::<bool>(),
+            arb_text(),
+            any::<i64>(),
+            arb_text(),
+            proptest::collection::vec(arb_store_path(), 0..3),
+            proptest::collection::vec(path, 0..6),
+            proptest::collection::vec(output, 0..3),
+        )
+            .prop_map(|(nix, store_dir, created, tool, roots, paths, outputs)| {
+                // References and derivation outputs name paths of the snapshot (with distinct
+                // names, which the hashes make all but certain), so that most snapshots are
+                // valid.
+                let names: Vec<StorePath> =
+                    paths.iter().map(|(p, _)| p.info.path.clone()).collect();
+                let paths = paths
+                    .into_iter()
+                    .map(|(mut p, refs)| {
+                        p.info.references = refs.iter().map(|i| i.get(&names).clone()).collect();
+                        p.info.references.sort();
+                        p
+                    })
+                    .collect();
+                let derivation_outputs = if names.is_empty() {
+                    Vec::new()
+                } else {
+                    outputs
+                        .into_iter()
+                        .map(|(i, id, path)| DerivationOutput {
+                            drv: i.get(&names).clone(),
+                            id,
+                            path,
+                        })
+                        .collect()
+                };
+                Snapshot {
+                    flavor: if nix {
+                        crate::store::layout::Flavor::Nix
+                    } else {
+                        crate::store::layout::Flavor::Guix
+                    },
+                    store_dir,
+                    created,
+                    tool,
+                    roots,
+                    paths,
+                    derivation_outputs,
+                }
+            })
+    }
+
+    /// A snapshot file holding `body` (compressed), under its name in a fresh cache.
+    fn cache_with_snapshot(body: &[u8]) -> (tempfile::TempDir, Cache, SnapshotId) {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open_dir(dir.path()).unwrap();
+        let (id, bytes) = seal(SNAPSHOT_MAGIC, body);
+        let id = SnapshotId(id);
+        cache
+            .storage()
+            .put_if_absent(&snapshot_key(&id), &bytes)
+            .unwrap();
+        (dir, cache, id)
+    }
+
+    /// What `read_snapshot` did before: bulk decompression, bincode, validation.
+    fn old_snapshot(body: &[u8]) -> Result<Snapshot, String> {
+        let raw = zstd::bulk::decompress(body, 16 << 20).map_err(|e| e.to_string())?;
+        let snap = crate::cache::format::decode_snapshot(&raw)?;
+        snap.validate()?;
+        Ok(snap)
+    }
+
+    fn agree_on_snapshot(body: &[u8]) -> Result<(), TestCaseError> {
+        let (_dir, cache, id) = cache_with_snapshot(body);
+        let new = cache.read_snapshot(&id).map_err(|e| e.to_string());
+        let old = old_snapshot(body);
+        match (&new, &old) {
+            (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+            (Err(_), Err(_)) => {}
+            _ => prop_assert!(false, "new {new:?} old {old:?}"),
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn snapshot_decoding_round_trips(snap in arb_snapshot()) {
+            prop_assert!(snap.validate().is_ok());
+            let (_dir, cache, id) =
+                cache_with_snapshot(&zstd::bulk::compress(&crate::cache::format::encode_snapshot(&snap), 3).unwrap());
+            prop_assert_eq!(cache.read_snapshot(&id).unwrap(), snap);
+        }
+
+        #[test]
+        fn snapshot_readers_agree_on_mutated_content(
+            snap in arb_snapshot(),
+            ms in proptest::collection::vec(arb_mutation(), 1..4),
+        ) {
+            let mut raw = crate::cache::format::encode_snapshot(&snap);
+            mutate(&mut raw, &ms);
+            agree_on_snapshot(&zstd::bulk::compress(&raw, 3).unwrap())?;
+            let old = crate::cache::format::decode_snapshot(&raw);
+            prop_assert_eq!(decode_snapshot(&raw).ok(), old.ok());
+        }
+
+        #[test]
+        fn snapshot_readers_agree_on_mutated_bodies(
+            snap in arb_snapshot(),
+            ms in proptest::collection::vec(arb_mutation(), 1..4),
+        ) {
+            let mut body = zstd::bulk::compress(&crate::cache::format::encode_snapshot(&snap), 3).unwrap();
+            mutate(&mut body, &ms);
+            agree_on_snapshot(&body)?;
+        }
+
+        #[test]
+        fn snapshot_decoder_takes_any_bytes(raw in arb_bytes(400)) {
+            let old = crate::cache::format::decode_snapshot(&raw);
+            prop_assert_eq!(decode_snapshot(&raw).ok(), old.ok());
+        }
+    }
+
+    /// Snapshot content whose store directory claims `len` bytes.
+    fn lying_snapshot(len: u64) -> Vec<u8> {
+        let mut raw = vec![0, 253];
+        raw.extend_from_slice(&len.to_le_bytes());
+        raw.extend_from_slice(b"/gnu/store");
+        raw
+    }
+
+    #[test]
+    fn a_string_claiming_more_than_the_snapshot_holds_is_refused() {
+        let err = decode_snapshot(&lying_snapshot((1 << 31) - 100)).unwrap_err();
+        assert_eq!(
+            err,
+            "at byte 10: store directory: 2147483548 bytes needed, 10 left"
+        );
+    }
+
+    fn arb_index() -> impl Strategy<Value = IndexFile> {
+        let loc = (
+            any::<bool>(),
+            prop_oneof![0u32..4, any::<u32>()],
+            any::<u64>(),
+            0u64..1000,
+            any::<u64>(),
+            0u64..1_000_000,
+        )
+            .prop_map(
+                |(tree, pack, frame_offset, frame_len, offset, len)| Location {
+                    kind: if tree {
+                        ObjectKind::Tree
+                    } else {
+                        ObjectKind::Blob
+                    },
+                    pack,
+                    frame_offset,
+                    frame_len,
+                    offset,
+                    len,
+                },
+            );
+        (
+            proptest::collection::vec(any::<[u8; 32]>().prop_map(crate::cache::PackId), 0..4),
+            proptest::collection::vec((any::<[u8; 32]>().prop_map(ObjectId), loc), 0..8),
+        )
+            .prop_map(|(packs, entries)| IndexFile { packs, entries })
+    }
+
+    /// Read an index file holding `body` through [`Cache::read_index_file`].
+    fn read_index(body: &[u8]) -> Result<IndexFile, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open_dir(dir.path()).unwrap();
+        let (id, bytes) = seal(INDEX_MAGIC, body);
+        let key = crate::cache::index_key(&crate::cache::IndexId(id));
+        cache.storage().put_if_absent(&key, &bytes).unwrap();
+        cache.read_index_file(&key).map_err(|e| e.to_string())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn index_files_round_trip_and_survive_mutation(
+            index in arb_index(),
+            ms in proptest::collection::vec(arb_mutation(), 0..4),
+        ) {
+            let mut body = encode_bincode(&index);
+            if ms.is_empty() {
+                prop_assert_eq!(read_index(&body).unwrap(), index);
+            } else {
+                mutate(&mut body, &ms);
+                let _ = read_index(&body);
+            }
+        }
+
+        #[test]
+        fn index_decoder_takes_any_bytes(body in arb_bytes(400)) {
+            let _ = read_index(&body);
+        }
+    }
+
+    /// An index body whose pack table claims `len` entries.
+    fn lying_index(len: u64) -> Vec<u8> {
+        let mut body = vec![253];
+        body.extend_from_slice(&len.to_le_bytes());
+        body.extend_from_slice(&[0; 32]);
+        body
+    }
+
+    /// Everything a hostile cache can hand a reader here, decoded as a reader would. Each
+    /// must fail without allocating what the input claims: the test below runs this in a
+    /// child process limited to 1 GiB of address space, where any of those claims would abort.
+    fn hostile_inputs() {
+        let (_dir, cache, id) = cache_with_snapshot(&bomb());
+        let err = cache.read_snapshot(&id).unwrap_err().to_string();
+        assert!(
+            err.contains("decompresses to more than 67108864 bytes"),
+            "{err}"
+        );
+        let body = zstd::bulk::compress(&lying_snapshot((1 << 31) - 100), 3).unwrap();
+        let (_dir, cache, id) = cache_with_snapshot(&body);
+        let err = cache.read_snapshot(&id).unwrap_err().to_string();
+        assert!(err.contains("store directory"), "{err}");
+        assert!(read_index(&lying_index(u64::MAX >> 8)).is_err());
+        assert!(decode_tree_v1(&deep_tree()).is_err());
+    }
+
+    const CHILD: &str = "STORESYNC_TEST_DECODE_CHILD";
+
+    /// The child's side of [`hostile_inputs_fit_in_1_gib_of_address_space`]; does nothing in a
+    /// plain test run.
+    #[test]
+    fn hostile_inputs_child() {
+        match std::env::var(CHILD).as_deref() {
+            Ok("bounded") => hostile_inputs(),
+            // These prove the limit bites: what `read_snapshot` did with the bomb, and what
+            // bincode does with a lying string (it allocates its claimed length, up to its
+            // limit, 1 GiB since the wire structs moved to `format`).
+            Ok("control-bomb") => {
+                let _ = zstd::bulk::decompress(&bomb(), 1 << 31);
+            }
+            Ok("control-string") => {
+                let _ = crate::cache::format::decode_snapshot(&lying_snapshot((1 << 30) - 100));
+            }
+            // And what `Node::decode` did with the deep tree.
+            Ok("control-deep") => {
+                let _ = old_tree(&deep_tree());
+            }
+            _ => {}
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn hostile_inputs_fit_in_1_gib_of_address_space() {
+        let run = |mode: &str| {
+            std::process::Command::new("sh")
+                .args(["-c", "ulimit -v 1048576 && exec \"$@\"", "sh"])
+                .arg(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "cache::decode::tests::hostile_inputs_child",
+                    "--test-threads=1",
+                    "--nocapture",
+                ])
+                .env(CHILD, mode)
+                .output()
+                .unwrap()
+        };
+        let out = run("bounded");
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
+        for (control, why) in [
+            (
+                "control-bomb",
+                "memory allocation of 2147483648 bytes failed",
+            ),
+            (
+                "control-string",
+                "memory allocation of 1073741724 bytes failed",
+            ),
+            ("control-deep", "has overflowed its stack"),
+        ] {
+            let out = run(control);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success() && stderr.contains(why),
+                "{control}: {stderr}"
+            );
+        }
+    }
+}
