@@ -655,30 +655,33 @@ fn save_killed_at_random_instants_leaves_a_usable_cache() {
     assert_eq!(r.code(), Some(0), "{}", r.stderr);
     build_generation(&src, 2);
     let rows_v2 = db_rows(&src);
-    // How long uninterrupted saves take: from nothing, and on top of generation 1.
-    let full = logs.run(save_cmd(&w, "src", &w.root("timing-full")), "timing");
-    assert_eq!(full.code(), Some(0), "{}", full.stderr);
-    let timing_incr = w.root("timing-incr");
-    cp_a(&gen1_cache, &timing_incr);
-    let incr = logs.run(save_cmd(&w, "src", &timing_incr), "timing");
-    assert_eq!(incr.code(), Some(0), "{}", incr.stderr);
+    // How long uninterrupted saves take, from nothing and on top of generation 1 (the
+    // quicker of two runs: the first one may pay for a cold start).
+    let timed = |k: usize, base: Option<&Path>| -> Duration {
+        let cache = w.root(&format!("timing-{k}"));
+        if let Some(base) = base {
+            cp_a(base, &cache);
+        }
+        let r = logs.run(save_cmd(&w, "src", &cache), "timing");
+        assert_eq!(r.code(), Some(0), "{}", r.stderr);
+        remove(&cache);
+        r.elapsed
+    };
+    let full = timed(0, None).min(timed(1, None));
+    let incr = timed(2, Some(&gen1_cache)).min(timed(3, Some(&gen1_cache)));
     eprintln!(
         "save of {} paths ({} MiB) takes {:?} from nothing, {:?} on top of generation 1",
         rows_v2.paths.len(),
         rows_v2.paths.values().map(|r| r.3).sum::<i64>() >> 20,
-        full.elapsed,
-        incr.elapsed
+        full,
+        incr
     );
     let mut rng = Rng::new(seed);
     let (mut killed, mut with_tmp_leftovers, mut tmp_left_after_rerun) = (0, 0, 0);
     let mut unindexed_packs = 0;
     for case in 0..cases() {
         let incremental = case % 2 == 1;
-        let span = if incremental {
-            incr.elapsed
-        } else {
-            full.elapsed
-        };
+        let span = if incremental { incr } else { full };
         let delay = kill_delay(&mut rng, span, case);
         let ctx = format!(
             "seed {seed:#x}, case {case} ({} save killed after {delay:?} of {span:?})",
@@ -802,15 +805,20 @@ fn restore_killed(flavor: Flavor, onto_older: bool) {
             cp_a(&w.root("base"), &w.root(root));
         }
     };
-    prepare("timing");
-    let timing = logs.run(restore_cmd(&w, "timing", &cache, &[]), "timing");
-    assert_eq!(timing.code(), Some(0), "{}", timing.stderr);
-    let span = timing.elapsed;
+    // How long an uninterrupted restore takes (the quicker of two runs).
+    let mut span = TIMEOUT;
+    for k in 0..2 {
+        let root = format!("timing-{k}");
+        prepare(&root);
+        let r = logs.run(restore_cmd(&w, &root, &cache, &[]), "timing");
+        assert_eq!(r.code(), Some(0), "{}", r.stderr);
+        span = span.min(r.elapsed);
+        remove(&w.root(&root));
+    }
     eprintln!(
         "restore of {} paths takes {span:?}",
-        timing.json()["restored"]
+        rows_v2.paths.len() - if onto_older { GEN1_ITEMS } else { 0 }
     );
-    remove(&w.root("timing"));
     let mut rng = Rng::new(seed ^ if onto_older { 0x01d } else { 0 });
     let (mut killed, mut left, mut registered_some) = (0, 0, 0);
     for case in 0..cases() {
