@@ -13,6 +13,12 @@ lint:
 demo:
     cargo run --release -- demo
 
+# Crash-safety tests (tests/crash.rs) with many kills, release build. Another seed:
+# STORESYNC_CRASH_SEED=7 just soak. Mounting tmpfs needs root: without it the out-of-space
+# tests are skipped and the rest run on the disk (slower).
+soak cases="200":
+    STORESYNC_CRASH_CASES={{cases}} cargo test --release --test crash -- --nocapture
+
 # Round trips checked by the real guix-daemon and real Nix (installs them; needs root).
 interop:
     cargo build --release

@@ -168,3 +168,21 @@ pub fn inodes(store: &Path) -> BTreeMap<String, u64> {
 pub fn json(out: &[u8]) -> serde_json::Value {
     serde_json::from_slice(out).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(out)))
 }
+
+impl World {
+    /// [`World::cmd`] as a plain `std::process::Command`, for a child that is spawned and then
+    /// killed or waited for with a timeout.
+    pub fn std_cmd(&self, root: &str) -> std::process::Command {
+        let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("storesync"));
+        c.arg("--flavor")
+            .arg(self.flavor.name())
+            .arg("--root")
+            .arg(self.root(root))
+            .arg("--no-progress")
+            .env_remove("GUIX_DATABASE_DIRECTORY")
+            .env_remove("GUIX_STATE_DIRECTORY")
+            .env_remove("NIX_STORE_DIR")
+            .env_remove("NIX_STATE_DIR");
+        c
+    }
+}
