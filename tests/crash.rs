@@ -24,11 +24,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use storesync::db::{self, PathInfo};
-use storesync::layout::{Flavor, Layout};
+use storesync::db;
 use storesync::nar;
-use storesync::restore::remove_tree;
-use storesync::store_path::{nixbase32_encode, StorePath};
+use storesync::store::fs::remove_tree;
+use storesync::store::layout::{Flavor, Layout};
+use storesync::store::path::{nixbase32_encode, StorePath};
+use storesync::store::PathInfo;
 use util::{db_rows, DbRows, World};
 
 // ---------------------------------------------------------------------------------------------
@@ -553,7 +554,7 @@ fn check_registered(layout: &Layout, source: &DbRows, ctx: &str) -> DbRows {
         let (hash, size) = nar::hash_path(&store_entry(layout, path))
             .unwrap_or_else(|e| panic!("{ctx}: {path} is registered but not on disk: {e}"));
         assert_eq!(
-            db::parse_db_hash(&row.0),
+            storesync::store::path_info::NarHash::parse_db(&row.0),
             Some(hash),
             "{ctx}: {path} is registered, its content does not match"
         );
@@ -592,8 +593,8 @@ fn check_dump_nar(w: &World, logs: &Logs, root: &str, rows: &DbRows, pick: u64, 
     use sha2::Digest;
     let hash: [u8; 32] = sha2::Sha256::digest(&r.stdout).into();
     assert_eq!(
-        db::parse_db_hash(&row.0),
-        Some(hash),
+        storesync::store::path_info::NarHash::parse_db(&row.0),
+        Some(storesync::store::path_info::NarHash(hash)),
         "{ctx}: dump-nar {path} differs from the DB hash"
     );
 }
@@ -628,7 +629,7 @@ fn check_clean(layout: &Layout, rows: &DbRows, ctx: &str) {
         let e = e.unwrap();
         let hash = nar::hash_path(&e.path()).unwrap().0;
         assert_eq!(
-            nixbase32_encode(&hash),
+            nixbase32_encode(&hash.0),
             e.file_name().to_string_lossy(),
             "{ctx}: a .links entry does not hold what its name says"
         );
