@@ -14,7 +14,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use storesync::cache::{
-    BlobId, Cache, Entry, Node, ObjectKind, Packer, Snapshot, SnapshotPath, FORMAT_VERSION,
+    BlobId, Cache, Entry, IndexId, Node, ObjectKind, Packer, Snapshot, SnapshotPath, FORMAT_VERSION,
 };
 use storesync::nar;
 use storesync::store::path_info::NarHash;
@@ -157,8 +157,9 @@ fn sp(base: &str) -> StorePath {
     StorePath::from_base_name(base).unwrap()
 }
 
-/// The snapshot the golden cache holds; NAR hashes are those of the laid-out store.
-fn snapshot(store: &Path) -> Snapshot {
+/// The snapshot the golden cache of `version` holds; NAR hashes are those of the laid-out
+/// store; `indexes` are the index files a v2 snapshot names.
+fn snapshot(store: &Path, version: u32, indexes: Vec<IndexId>) -> Snapshot {
     let trees = trees();
     let info = |base: &str, refs: &[&str], deriver: Option<&str>| {
         let (nar_hash, nar_size) = nar::hash_path(&store.join(base)).unwrap();
@@ -178,6 +179,14 @@ fn snapshot(store: &Path) -> Snapshot {
         }
     };
     Snapshot {
+        version,
+        key: if version >= 2 {
+            "guix-golden-x86_64".into()
+        } else {
+            String::new()
+        },
+        indexes,
+        parent: None,
         flavor: Flavor::Guix,
         store_dir: "/gnu/store".into(),
         created: CREATED,
@@ -216,8 +225,10 @@ fn write_cache(dir: &Path, store: &Path) -> storesync::cache::SnapshotId {
             packer.add(ObjectKind::Tree, id, &bytes).unwrap();
         }
     }
-    packer.finish().unwrap();
-    cache.write_snapshot(&snapshot(store)).unwrap()
+    let index = packer.finish().unwrap().index.unwrap();
+    cache
+        .write_snapshot(&snapshot(store, FORMAT_VERSION, vec![index]))
+        .unwrap()
 }
 
 /// Every file of a cache directory (but `tmp/`), by relative path.
@@ -286,7 +297,30 @@ fn golden_cache_reads_to_known_values(version: u32) {
     let (_keep, store) = golden_store();
     let cache = Cache::open_dir_read_only(&fixture(version));
     let (id, snap) = cache.find_snapshot(None).unwrap();
-    assert_eq!(snap, snapshot(&store), "v{version} snapshot {id}");
+    let indexes = if version >= 2 {
+        cache
+            .storage()
+            .list("index")
+            .unwrap()
+            .iter()
+            .map(|k| {
+                IndexId::parse(
+                    k.strip_prefix("index/")
+                        .unwrap()
+                        .strip_suffix(".idx")
+                        .unwrap(),
+                )
+                .unwrap()
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    assert_eq!(
+        snap,
+        snapshot(&store, version, indexes),
+        "v{version} snapshot {id}"
+    );
     for (base, tree) in trees() {
         let p = snap.paths.iter().find(|p| p.info.path == sp(base)).unwrap();
         assert_eq!(
@@ -313,12 +347,26 @@ fn golden_v1_cache_reads_to_known_values() {
 }
 
 #[test]
+fn golden_v2_cache_reads_to_known_values() {
+    golden_cache_reads_to_known_values(2);
+}
+
+#[test]
 fn golden_v1_cache_restores_into_an_empty_store_with_the_daemons_hashes() {
+    golden_cache_restores(1);
+}
+
+#[test]
+fn golden_v2_cache_restores_into_an_empty_store_with_the_daemons_hashes() {
+    golden_cache_restores(2);
+}
+
+fn golden_cache_restores(version: u32) {
     let w = World::new(Flavor::Guix);
     let (_keep, store) = golden_store();
     w.cmd("dst")
         .args(["restore", "--cache"])
-        .arg(fixture(1))
+        .arg(fixture(version))
         .assert()
         .success();
     let dst = w.layout("dst");

@@ -493,7 +493,7 @@ fn damaged_snapshot_and_index_are_reported() {
         .as_str()
         .unwrap()
         .to_string();
-    let snap = w.cache_dir().join(format!("snapshots/{id}.snap"));
+    let snap = util::snapshot_file(&w.cache_dir(), &id);
     let mut b = fs::read(&snap).unwrap();
     let n = b.len();
     b.truncate(n - 5);

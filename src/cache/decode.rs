@@ -328,6 +328,11 @@ fn check_snapshot_strings(raw: &[u8]) -> Result<(), String> {
     i.bytes("store directory")?;
     i.u64("creation time")?;
     i.bytes("tool")?;
+    check_manifest(&mut i)
+}
+
+/// The roots, paths and derivation outputs, as v1 bodies end and v2 manifests are.
+fn check_manifest(i: &mut Input<'_>) -> Result<(), String> {
     for _ in 0..i.len("root count")? {
         i.bytes("root")?;
     }
@@ -354,16 +359,42 @@ fn check_snapshot_strings(raw: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// Decode a decompressed snapshot body (not yet [`Snapshot::validate`]d). Allocates no more
-/// than a small multiple of `raw.len()`: the types are flat (no recursion in serde), strings
-/// are checked by [`check_snapshot_strings`] first, and sequences are preallocated for at most
-/// 1 MiB each (see the module documentation).
+/// Decode a decompressed v1 snapshot body (not yet [`Snapshot::validate`]d). Allocates no
+/// more than a small multiple of `raw.len()`: the types are flat (no recursion in serde),
+/// strings are checked by [`check_snapshot_strings`] first, and sequences are preallocated
+/// for at most 1 MiB each (see the module documentation).
 ///
 /// # Errors
 /// A message for malformed data.
 pub fn decode_snapshot(raw: &[u8]) -> Result<Snapshot, String> {
     check_snapshot_strings(raw)?;
-    super::format::decode_snapshot(raw)
+    super::format::decode_snapshot_v1(raw)
+}
+
+/// Decode the head of a v2 snapshot, its strings checked against the bytes left first.
+///
+/// # Errors
+/// A message for malformed data.
+pub fn decode_head_v2(raw: &[u8]) -> Result<super::format::SnapshotHead, String> {
+    let mut i = Input::new(raw);
+    i.bytes("key")?;
+    i.u64("creation time")?;
+    i.bytes("tool")?;
+    i.u32("flavor")?;
+    i.bytes("store directory")?;
+    super::format::decode_head_v2(raw)
+}
+
+/// Decode the decompressed manifest of a v2 snapshot under its head, strings checked first.
+///
+/// # Errors
+/// A message for malformed data, or a manifest that is not the one the head names.
+pub fn decode_manifest_v2(
+    head: super::format::SnapshotHead,
+    raw: &[u8],
+) -> Result<Snapshot, String> {
+    check_manifest(&mut Input::new(raw))?;
+    super::format::decode_manifest_v2(head, raw)
 }
 
 #[cfg(test)]
@@ -750,10 +781,13 @@ mod tests {
             offset: 0,
             len,
         };
-        cache.merge_index(IndexFile {
-            packs: vec![pack],
-            entries: vec![(tree.into(), loc(MAX_TREE_BYTES + 1))],
-        });
+        cache.merge_index(
+            crate::cache::IndexId([3; 32]),
+            IndexFile {
+                packs: vec![pack],
+                entries: vec![(tree.into(), loc(MAX_TREE_BYTES + 1))],
+            },
+        );
         let err = cache.read_tree(&tree).unwrap_err().to_string();
         assert!(err.contains("more than a tree may have"), "{err}");
     }
@@ -920,6 +954,10 @@ mod tests {
                         .collect()
                 };
                 Snapshot {
+                    version: 1,
+                    key: String::new(),
+                    indexes: Vec::new(),
+                    parent: None,
                     flavor: if nix {
                         crate::store::layout::Flavor::Nix
                     } else {
@@ -939,7 +977,7 @@ mod tests {
     fn cache_with_snapshot(body: &[u8]) -> (tempfile::TempDir, Cache, SnapshotId) {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open_dir(dir.path()).unwrap();
-        let (id, bytes) = seal(SNAPSHOT_MAGIC, body);
+        let (id, bytes) = seal(SNAPSHOT_MAGIC, 1, body);
         let id = SnapshotId(id);
         cache
             .storage()
@@ -951,7 +989,7 @@ mod tests {
     /// What `read_snapshot` did before: bulk decompression, bincode, validation.
     fn old_snapshot(body: &[u8]) -> Result<Snapshot, String> {
         let raw = zstd::bulk::decompress(body, 16 << 20).map_err(|e| e.to_string())?;
-        let snap = crate::cache::format::decode_snapshot(&raw)?;
+        let snap = crate::cache::format::decode_snapshot_v1(&raw)?;
         snap.validate()?;
         Ok(snap)
     }
@@ -975,7 +1013,7 @@ mod tests {
         fn snapshot_decoding_round_trips(snap in arb_snapshot()) {
             prop_assert!(snap.validate().is_ok());
             let (_dir, cache, id) =
-                cache_with_snapshot(&zstd::bulk::compress(&crate::cache::format::encode_snapshot(&snap), 3).unwrap());
+                cache_with_snapshot(&zstd::bulk::compress(&crate::cache::format::encode_snapshot_v1(&snap), 3).unwrap());
             prop_assert_eq!(cache.read_snapshot(&id).unwrap(), snap);
         }
 
@@ -984,10 +1022,10 @@ mod tests {
             snap in arb_snapshot(),
             ms in proptest::collection::vec(arb_mutation(), 1..4),
         ) {
-            let mut raw = crate::cache::format::encode_snapshot(&snap);
+            let mut raw = crate::cache::format::encode_snapshot_v1(&snap);
             mutate(&mut raw, &ms);
             agree_on_snapshot(&zstd::bulk::compress(&raw, 3).unwrap())?;
-            let old = crate::cache::format::decode_snapshot(&raw);
+            let old = crate::cache::format::decode_snapshot_v1(&raw);
             prop_assert_eq!(decode_snapshot(&raw).ok(), old.ok());
         }
 
@@ -996,14 +1034,14 @@ mod tests {
             snap in arb_snapshot(),
             ms in proptest::collection::vec(arb_mutation(), 1..4),
         ) {
-            let mut body = zstd::bulk::compress(&crate::cache::format::encode_snapshot(&snap), 3).unwrap();
+            let mut body = zstd::bulk::compress(&crate::cache::format::encode_snapshot_v1(&snap), 3).unwrap();
             mutate(&mut body, &ms);
             agree_on_snapshot(&body)?;
         }
 
         #[test]
         fn snapshot_decoder_takes_any_bytes(raw in arb_bytes(400)) {
-            let old = crate::cache::format::decode_snapshot(&raw);
+            let old = crate::cache::format::decode_snapshot_v1(&raw);
             prop_assert_eq!(decode_snapshot(&raw).ok(), old.ok());
         }
     }
@@ -1059,7 +1097,7 @@ mod tests {
     fn read_index(body: &[u8]) -> Result<IndexFile, String> {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open_dir(dir.path()).unwrap();
-        let (id, bytes) = seal(INDEX_MAGIC, body);
+        let (id, bytes) = seal(INDEX_MAGIC, 1, body);
         let key = crate::cache::index_key(&crate::cache::IndexId(id));
         cache.storage().put_if_absent(&key, &bytes).unwrap();
         cache.read_index_file(&key).map_err(|e| e.to_string())
@@ -1129,7 +1167,7 @@ mod tests {
                 let _ = zstd::bulk::decompress(&bomb(), 1 << 31);
             }
             Ok("control-string") => {
-                let _ = crate::cache::format::decode_snapshot(&lying_snapshot((1 << 30) - 100));
+                let _ = crate::cache::format::decode_snapshot_v1(&lying_snapshot((1 << 30) - 100));
             }
             // And what `Node::decode` did with the deep tree.
             Ok("control-deep") => {

@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::id::{SnapshotId, TreeId};
+use super::id::{IndexId, SnapshotId, TreeId};
 use super::snapshot::{Snapshot, SnapshotPath};
 use super::CacheError;
 use crate::store::layout::Flavor;
@@ -17,7 +17,9 @@ use crate::store::path::StorePath;
 use crate::store::path_info::{DerivationOutput, NarHash, PathInfo};
 
 /// Version of the cache format this tool writes; written in every file header.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest version this tool reads.
+pub const OLDEST_READ_VERSION: u32 = 1;
 /// Magic of pack files.
 pub const PACK_MAGIC: &[u8; 8] = b"STSYPACK";
 /// Magic of index files.
@@ -49,26 +51,31 @@ pub(crate) fn decode_bincode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Re
     }
 }
 
-/// A file header: magic, version, flags.
+/// A file header of the version written: magic, version, flags.
 pub(crate) fn header(magic: &[u8; 8]) -> [u8; HEADER_LEN] {
+    header_of(magic, FORMAT_VERSION)
+}
+
+fn header_of(magic: &[u8; 8], version: u32) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[..8].copy_from_slice(magic);
-    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[8..12].copy_from_slice(&version.to_le_bytes());
     h
 }
 
-/// Wrap a body in the envelope of index and snapshot files: header, body, BLAKE3 of all
-/// that. Returns (checksum, bytes); the checksum names the file.
-pub(crate) fn seal(magic: &[u8; 8], body: &[u8]) -> ([u8; 32], Vec<u8>) {
+/// Wrap a body in the envelope of index and snapshot files: header (of `version`), body,
+/// BLAKE3 of all that. Returns (checksum, bytes); the checksum names the file.
+pub(crate) fn seal(magic: &[u8; 8], version: u32, body: &[u8]) -> ([u8; 32], Vec<u8>) {
     let mut out = Vec::with_capacity(body.len() + HEADER_LEN + 32);
-    out.extend_from_slice(&header(magic));
+    out.extend_from_slice(&header_of(magic, version));
     out.extend_from_slice(body);
     let sum = *blake3::hash(&out).as_bytes();
     out.extend_from_slice(&sum);
     (sum, out)
 }
 
-/// Check and strip the envelope; `what` names the file in errors.
+/// Check and strip the envelope; `what` names the file in errors. Returns (checksum,
+/// version, body).
 ///
 /// # Errors
 /// [`CacheError::Corrupt`] for a wrong magic, an unknown version, or a checksum mismatch.
@@ -76,7 +83,7 @@ pub(crate) fn unseal<'a>(
     magic: &[u8; 8],
     bytes: &'a [u8],
     what: &str,
-) -> Result<([u8; 32], &'a [u8]), CacheError> {
+) -> Result<([u8; 32], u32, &'a [u8]), CacheError> {
     let bad = |why: &str| CacheError::Corrupt(format!("{what}: {why}"));
     if bytes.len() < HEADER_LEN + 32 || &bytes[..8] != magic {
         return Err(bad(
@@ -84,9 +91,10 @@ pub(crate) fn unseal<'a>(
         ));
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if version != FORMAT_VERSION {
+    if !(OLDEST_READ_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(bad(&format!(
-            "format version {version}, this storesync reads {FORMAT_VERSION}"
+            "format version {version}, this storesync reads {OLDEST_READ_VERSION} to \
+             {FORMAT_VERSION}"
         )));
     }
     let (content, sum) = bytes.split_at(bytes.len() - 32);
@@ -94,7 +102,7 @@ pub(crate) fn unseal<'a>(
     if computed != sum {
         return Err(bad("checksum mismatch (truncated or modified)"));
     }
-    Ok((computed, &content[HEADER_LEN..]))
+    Ok((computed, version, &content[HEADER_LEN..]))
 }
 
 /// Snapshot body, format version 1.
@@ -149,57 +157,62 @@ fn store_paths(v: Vec<String>) -> Result<Vec<StorePath>, String> {
     v.into_iter().map(store_path).collect()
 }
 
-/// Encode a snapshot body (before compression).
-pub(crate) fn encode_snapshot(s: &Snapshot) -> Vec<u8> {
-    let wire = SnapshotV1 {
-        flavor: match s.flavor {
-            Flavor::Guix => FlavorV1::Guix,
-            Flavor::Nix => FlavorV1::Nix,
-        },
-        store_dir: s.store_dir.clone(),
-        created: s.created,
-        tool: s.tool.clone(),
-        roots: s.roots.iter().map(|r| r.to_string()).collect(),
-        paths: s
-            .paths
-            .iter()
-            .map(|p| SnapshotPathV1 {
-                info: PathInfoV1 {
-                    path: p.info.path.to_string(),
-                    nar_hash: p.info.nar_hash.0,
-                    nar_size: p.info.nar_size,
-                    registration_time: p.info.registration_time,
-                    deriver: p.info.deriver.clone(),
-                    references: p.info.references.iter().map(|r| r.to_string()).collect(),
-                    ultimate: p.info.ultimate,
-                    sigs: p.info.sigs.clone(),
-                    ca: p.info.ca.clone(),
-                },
-                tree: p.tree.0,
-            })
-            .collect(),
-        derivation_outputs: s
-            .derivation_outputs
-            .iter()
-            .map(|o| DerivationOutputV1 {
-                drv: o.drv.to_string(),
-                id: o.id.clone(),
-                path: o.path.clone(),
-            })
-            .collect(),
-    };
-    encode_bincode(&wire)
+fn flavor_to_wire(f: Flavor) -> FlavorV1 {
+    match f {
+        Flavor::Guix => FlavorV1::Guix,
+        Flavor::Nix => FlavorV1::Nix,
+    }
 }
 
-/// Decode a snapshot body (after decompression). Store path names are validated here; the
-/// snapshot's consistency by [`Snapshot::validate`].
-///
-/// # Errors
-/// A message saying what is malformed.
-pub(crate) fn decode_snapshot(raw: &[u8]) -> Result<Snapshot, String> {
-    let w: SnapshotV1 = decode_bincode(raw)?;
-    let mut paths = Vec::with_capacity(w.paths.len());
-    for p in w.paths {
+fn flavor_from_wire(f: FlavorV1) -> Flavor {
+    match f {
+        FlavorV1::Guix => Flavor::Guix,
+        FlavorV1::Nix => Flavor::Nix,
+    }
+}
+
+fn paths_to_wire(s: &Snapshot) -> (Vec<String>, Vec<SnapshotPathV1>, Vec<DerivationOutputV1>) {
+    let roots = s.roots.iter().map(|r| r.to_string()).collect();
+    let paths = s
+        .paths
+        .iter()
+        .map(|p| SnapshotPathV1 {
+            info: PathInfoV1 {
+                path: p.info.path.to_string(),
+                nar_hash: p.info.nar_hash.0,
+                nar_size: p.info.nar_size,
+                registration_time: p.info.registration_time,
+                deriver: p.info.deriver.clone(),
+                references: p.info.references.iter().map(|r| r.to_string()).collect(),
+                ultimate: p.info.ultimate,
+                sigs: p.info.sigs.clone(),
+                ca: p.info.ca.clone(),
+            },
+            tree: p.tree.0,
+        })
+        .collect();
+    let outputs = s
+        .derivation_outputs
+        .iter()
+        .map(|o| DerivationOutputV1 {
+            drv: o.drv.to_string(),
+            id: o.id.clone(),
+            path: o.path.clone(),
+        })
+        .collect();
+    (roots, paths, outputs)
+}
+
+/// The store paths, rows and trees of a snapshot, as both versions carry them.
+type Manifest = (Vec<StorePath>, Vec<SnapshotPath>, Vec<DerivationOutput>);
+
+fn paths_from_wire(
+    roots: Vec<String>,
+    wire_paths: Vec<SnapshotPathV1>,
+    wire_outputs: Vec<DerivationOutputV1>,
+) -> Result<Manifest, String> {
+    let mut paths = Vec::with_capacity(wire_paths.len());
+    for p in wire_paths {
         let i = p.info;
         paths.push(SnapshotPath {
             info: PathInfo {
@@ -216,26 +229,280 @@ pub(crate) fn decode_snapshot(raw: &[u8]) -> Result<Snapshot, String> {
             tree: TreeId(p.tree),
         });
     }
-    let mut derivation_outputs = Vec::with_capacity(w.derivation_outputs.len());
-    for o in w.derivation_outputs {
-        derivation_outputs.push(DerivationOutput {
+    let mut outputs = Vec::with_capacity(wire_outputs.len());
+    for o in wire_outputs {
+        outputs.push(DerivationOutput {
             drv: store_path(o.drv)?,
             id: o.id,
             path: o.path,
         });
     }
-    Ok(Snapshot {
-        flavor: match w.flavor {
-            FlavorV1::Guix => Flavor::Guix,
-            FlavorV1::Nix => Flavor::Nix,
-        },
-        store_dir: w.store_dir,
-        created: w.created,
-        tool: w.tool,
-        roots: store_paths(w.roots)?,
+    Ok((store_paths(roots)?, paths, outputs))
+}
+
+/// Encode a snapshot body of format v1 (before compression); kept for tests of the v1 reader.
+#[cfg(test)]
+pub(crate) fn encode_snapshot_v1(s: &Snapshot) -> Vec<u8> {
+    let (roots, paths, derivation_outputs) = paths_to_wire(s);
+    encode_bincode(&SnapshotV1 {
+        flavor: flavor_to_wire(s.flavor),
+        store_dir: s.store_dir.clone(),
+        created: s.created,
+        tool: s.tool.clone(),
+        roots,
         paths,
         derivation_outputs,
     })
+}
+
+/// Decode a snapshot body of format v1 (after decompression). Store path names are validated
+/// here; the snapshot's consistency by [`Snapshot::validate`].
+///
+/// # Errors
+/// A message saying what is malformed.
+pub(crate) fn decode_snapshot_v1(raw: &[u8]) -> Result<Snapshot, String> {
+    let w: SnapshotV1 = decode_bincode(raw)?;
+    let (roots, paths, derivation_outputs) =
+        paths_from_wire(w.roots, w.paths, w.derivation_outputs)?;
+    Ok(Snapshot {
+        version: 1,
+        key: String::new(),
+        flavor: flavor_from_wire(w.flavor),
+        store_dir: w.store_dir,
+        created: w.created,
+        tool: w.tool,
+        indexes: Vec::new(),
+        parent: None,
+        roots,
+        paths,
+        derivation_outputs,
+    })
+}
+
+/// The head of a v2 snapshot file: what choosing a snapshot needs, readable without the rest.
+#[derive(Serialize, Deserialize)]
+struct SnapshotHeadV2 {
+    key: String,
+    created: i64,
+    tool: String,
+    flavor: FlavorV1,
+    store_dir: String,
+    paths: u64,
+    nar_bytes: u64,
+    manifest: [u8; 32],
+    indexes: Vec<[u8; 32]>,
+    parent: Option<[u8; 32]>,
+}
+
+/// The manifest of a v2 snapshot: the paths, their rows and trees.
+#[derive(Serialize, Deserialize)]
+struct ManifestV2 {
+    roots: Vec<String>,
+    paths: Vec<SnapshotPathV1>,
+    derivation_outputs: Vec<DerivationOutputV1>,
+}
+
+/// What the head of a snapshot says, without its paths: enough to choose a snapshot by key
+/// and date, and to know which index files locate its objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotHead {
+    /// Format version of the file.
+    pub version: u32,
+    /// The key it was saved under (`save --key`); empty when none.
+    pub key: String,
+    /// Unix nanoseconds at save.
+    pub created: i64,
+    /// The tool that wrote it.
+    pub tool: String,
+    /// Daemon conventions of the source store.
+    pub flavor: Flavor,
+    /// Logical store directory of the source.
+    pub store_dir: String,
+    /// Number of store paths.
+    pub paths: u64,
+    /// Total NAR bytes of the paths.
+    pub nar_bytes: u64,
+    /// The index files locating every object the snapshot needs (v2; empty for v1: all).
+    pub indexes: Vec<IndexId>,
+    /// The snapshot this one was saved on top of, if any.
+    pub parent: Option<SnapshotId>,
+    /// Domain-separated BLAKE3 of the manifest (v2), what the signing id commits to.
+    pub manifest: [u8; 32],
+}
+
+/// Largest key a snapshot may be saved under, in bytes.
+pub const MAX_KEY_LEN: usize = 512;
+/// Largest head of a v2 snapshot file.
+pub const MAX_HEAD_LEN: u32 = 16 << 20;
+
+const MANIFEST_CONTEXT: &str = "storesync 2026-12 snapshot manifest v2";
+const SIGNING_CONTEXT: &str = "storesync 2026-12 snapshot signing v2";
+
+/// Check a snapshot key: at most [`MAX_KEY_LEN`] bytes, no control characters.
+///
+/// # Errors
+/// A message saying why the key is refused.
+pub fn check_key(key: &str) -> Result<(), String> {
+    if key.len() > MAX_KEY_LEN {
+        return Err(format!(
+            "a key is at most {MAX_KEY_LEN} bytes ({} given)",
+            key.len()
+        ));
+    }
+    if key.chars().any(char::is_control) {
+        return Err("a key holds no control characters".into());
+    }
+    Ok(())
+}
+
+impl SnapshotHead {
+    /// What a signature over this snapshot signs: a BLAKE3 (derive-key mode) over the key,
+    /// creation time, flavour, store directory and manifest, not over the index list (which a
+    /// garbage collection may rewrite). For a v1 snapshot, the file's checksum.
+    pub fn signing_id(&self, file_id: &SnapshotId) -> [u8; 32] {
+        if self.version < 2 {
+            return file_id.0;
+        }
+        let mut h = blake3::Hasher::new_derive_key(SIGNING_CONTEXT);
+        h.update(&encode_bincode(&(
+            &self.key,
+            self.created,
+            flavor_to_wire(self.flavor),
+            &self.store_dir,
+            self.manifest,
+        )));
+        *h.finalize().as_bytes()
+    }
+}
+
+fn manifest_id(raw: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key(MANIFEST_CONTEXT);
+    h.update(raw);
+    *h.finalize().as_bytes()
+}
+
+/// Encode a whole v2 snapshot file. Returns (id, name under `snapshots/`, bytes).
+///
+/// Layout after the 16-byte header: the head's length (u32 LE), the head (bincode), the
+/// manifest (one zstd frame of its bincode), and the BLAKE3 of everything before it.
+pub(crate) fn encode_snapshot_v2(s: &Snapshot, level: i32) -> (SnapshotId, String, Vec<u8>) {
+    let (roots, paths, derivation_outputs) = paths_to_wire(s);
+    let raw = encode_bincode(&ManifestV2 {
+        roots,
+        paths,
+        derivation_outputs,
+    });
+    let head = encode_bincode(&SnapshotHeadV2 {
+        key: s.key.clone(),
+        created: s.created,
+        tool: s.tool.clone(),
+        flavor: flavor_to_wire(s.flavor),
+        store_dir: s.store_dir.clone(),
+        paths: s.paths.len() as u64,
+        nar_bytes: s.nar_bytes(),
+        manifest: manifest_id(&raw),
+        indexes: s.indexes.iter().map(|i| i.0).collect(),
+        parent: s.parent.map(|p| p.0),
+    });
+    let frame = zstd::bulk::compress(&raw, level).expect("in-memory compression");
+    let mut body = Vec::with_capacity(4 + head.len() + frame.len());
+    body.extend_from_slice(&(head.len() as u32).to_le_bytes());
+    body.extend_from_slice(&head);
+    body.extend_from_slice(&frame);
+    let (sum, bytes) = seal(SNAPSHOT_MAGIC, 2, &body);
+    let id = SnapshotId(sum);
+    (id, snapshot_key_v2(s.created, &id), bytes)
+}
+
+/// Split the body of a v2 snapshot file (after [`unseal`]) into its head and manifest frame.
+pub(crate) fn split_v2(body: &[u8]) -> Result<(&[u8], &[u8]), String> {
+    if body.len() < 4 {
+        return Err("truncated before the head's length".into());
+    }
+    let len = u32::from_le_bytes(body[..4].try_into().expect("4 bytes"));
+    if len > MAX_HEAD_LEN || len as usize > body.len() - 4 {
+        return Err(format!("head of {len} bytes does not fit"));
+    }
+    Ok(body[4..].split_at(len as usize))
+}
+
+/// Decode a v2 head (its strings already checked by the caller against the bytes left).
+pub(crate) fn decode_head_v2(raw: &[u8]) -> Result<SnapshotHead, String> {
+    let h: SnapshotHeadV2 = decode_bincode(raw)?;
+    check_key(&h.key)?;
+    Ok(SnapshotHead {
+        version: 2,
+        key: h.key,
+        created: h.created,
+        tool: h.tool,
+        flavor: flavor_from_wire(h.flavor),
+        store_dir: h.store_dir,
+        paths: h.paths,
+        nar_bytes: h.nar_bytes,
+        indexes: h.indexes.into_iter().map(IndexId).collect(),
+        parent: h.parent.map(SnapshotId),
+        manifest: h.manifest,
+    })
+}
+
+/// Decode a v2 manifest (decompressed; strings checked by the caller) under its head.
+pub(crate) fn decode_manifest_v2(head: SnapshotHead, raw: &[u8]) -> Result<Snapshot, String> {
+    if manifest_id(raw) != head.manifest {
+        return Err("manifest does not match the head's digest".into());
+    }
+    let m: ManifestV2 = decode_bincode(raw)?;
+    if m.paths.len() as u64 != head.paths {
+        return Err(format!(
+            "head says {} paths, manifest holds {}",
+            head.paths,
+            m.paths.len()
+        ));
+    }
+    let (roots, paths, derivation_outputs) =
+        paths_from_wire(m.roots, m.paths, m.derivation_outputs)?;
+    let snap = Snapshot {
+        version: 2,
+        key: head.key,
+        flavor: head.flavor,
+        store_dir: head.store_dir,
+        created: head.created,
+        tool: head.tool,
+        indexes: head.indexes,
+        parent: head.parent,
+        roots,
+        paths,
+        derivation_outputs,
+    };
+    if snap.nar_bytes() != head.nar_bytes {
+        return Err("head's NAR byte count differs from the manifest's".into());
+    }
+    Ok(snap)
+}
+
+/// The head of a snapshot already decoded whole (v1 files carry no separate head).
+pub fn head_of(s: &Snapshot) -> SnapshotHead {
+    SnapshotHead {
+        version: s.version,
+        key: s.key.clone(),
+        created: s.created,
+        tool: s.tool.clone(),
+        flavor: s.flavor,
+        store_dir: s.store_dir.clone(),
+        paths: s.paths.len() as u64,
+        nar_bytes: s.nar_bytes(),
+        indexes: s.indexes.clone(),
+        parent: s.parent,
+        manifest: if s.version >= 2 {
+            let (roots, paths, derivation_outputs) = paths_to_wire(s);
+            manifest_id(&encode_bincode(&ManifestV2 {
+                roots,
+                paths,
+                derivation_outputs,
+            }))
+        } else {
+            [0; 32]
+        },
+    }
 }
 
 /// Key of a pack file.
@@ -246,9 +513,27 @@ pub fn pack_key(id: &super::PackId) -> String {
 pub fn index_key(id: &super::IndexId) -> String {
     format!("index/{id}.idx")
 }
-/// Key of a snapshot file.
+/// Key of a v1 snapshot file.
 pub fn snapshot_key(id: &SnapshotId) -> String {
     format!("snapshots/{id}.snap")
+}
+/// Key of a v2 snapshot file: its creation time first (16 hex digits), so a listing sorts
+/// by date and says it without a read.
+pub fn snapshot_key_v2(created: i64, id: &SnapshotId) -> String {
+    format!("snapshots/{:016x}-{id}.snap", created.max(0) as u64)
+}
+
+/// Parse a key under `snapshots/`: (creation time if the name says it, id).
+pub fn parse_snapshot_key(key: &str) -> Option<(Option<i64>, SnapshotId)> {
+    let name = key.strip_prefix("snapshots/")?.strip_suffix(".snap")?;
+    match name.split_once('-') {
+        None => Some((None, SnapshotId::parse(name)?)),
+        Some((t, id)) if t.len() == 16 => {
+            let created = u64::from_str_radix(t, 16).ok()?;
+            Some((Some(i64::try_from(created).ok()?), SnapshotId::parse(id)?))
+        }
+        Some(_) => None,
+    }
 }
 
 #[cfg(test)]
@@ -257,17 +542,17 @@ mod tests {
 
     #[test]
     fn envelope_detects_damage() {
-        let (sum, bytes) = seal(INDEX_MAGIC, b"body");
-        let (s2, body) = unseal(INDEX_MAGIC, &bytes, "t").unwrap();
-        assert_eq!((s2, body), (sum, &b"body"[..]));
+        let (sum, bytes) = seal(INDEX_MAGIC, 1, b"body");
+        let (s2, v, body) = unseal(INDEX_MAGIC, &bytes, "t").unwrap();
+        assert_eq!((s2, v, body), (sum, 1, &b"body"[..]));
         assert!(unseal(SNAPSHOT_MAGIC, &bytes, "t").is_err());
         let mut flipped = bytes.clone();
         flipped[17] ^= 1;
         assert!(unseal(INDEX_MAGIC, &flipped, "t").is_err());
         assert!(unseal(INDEX_MAGIC, &bytes[..bytes.len() - 1], "t").is_err());
         let mut v2 = bytes.clone();
-        v2[8] = 2;
+        v2[8] = 3;
         let err = unseal(INDEX_MAGIC, &v2, "t").unwrap_err().to_string();
-        assert!(err.contains("format version 2"), "{err}");
+        assert!(err.contains("format version 3"), "{err}");
     }
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{pack_key, ObjectId, ObjectKind, PackId};
+use super::{pack_key, IndexId, ObjectId, ObjectKind, PackId};
 
 /// One object's location.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +42,8 @@ pub(super) struct Objects {
     pub(super) packs: Vec<PackId>,
     pub(super) pack_no: HashMap<PackId, u32>,
     pub(super) index: HashMap<ObjectId, Location>,
+    /// The index files merged.
+    pub(super) files: Vec<IndexId>,
 }
 
 impl Objects {

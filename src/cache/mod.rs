@@ -23,16 +23,15 @@ use std::sync::{Mutex, OnceLock, RwLock};
 use serde::{Deserialize, Serialize};
 
 use format::{
-    decode_bincode, encode_snapshot, seal, unseal, INDEX_MAGIC, MAX_INDEX_FILE, MAX_SNAPSHOT_FILE,
-    SNAPSHOT_MAGIC,
+    decode_bincode, unseal, INDEX_MAGIC, MAX_INDEX_FILE, MAX_SNAPSHOT_FILE, SNAPSHOT_MAGIC,
 };
-pub use format::{index_key, pack_key, snapshot_key, FORMAT_VERSION, PACK_MAGIC};
+pub use format::{index_key, pack_key, snapshot_key, SnapshotHead, FORMAT_VERSION, PACK_MAGIC};
 use frames::FrameCache;
 pub use id::{BlobId, IndexId, ObjectId, PackId, SnapshotId, TreeId};
 use index::Objects;
 pub use index::{IndexFile, Location};
 pub use packer::{PackStats, Packer, PathFrames};
-pub use snapshot::{Snapshot, SnapshotPath};
+pub use snapshot::{Snapshot, SnapshotPath, SnapshotRef};
 pub use storage::{LocalDir, ObjectWriter, Storage, StorageError};
 pub use tree::{Entry, Node};
 
@@ -130,6 +129,13 @@ impl Cache {
                 Ok(file) => {
                     let w = objects.merge(file, &mut |p| self.pack_present(p));
                     objects.warnings.extend(w);
+                    if let Some(id) = key
+                        .strip_prefix("index/")
+                        .and_then(|k| k.strip_suffix(".idx"))
+                        .and_then(IndexId::parse)
+                    {
+                        objects.files.push(id);
+                    }
                 }
                 Err(e) => objects.warnings.push(format!("skipping index {key}: {e}")),
             }
@@ -173,7 +179,7 @@ impl Cache {
     fn read_index_file(&self, key: &str) -> Result<IndexFile, CacheError> {
         let bytes = self.storage.get(key, MAX_INDEX_FILE)?;
         let what = self.storage.describe(key);
-        let (sum, body) = unseal(INDEX_MAGIC, &bytes, &what)?;
+        let (sum, _version, body) = unseal(INDEX_MAGIC, &bytes, &what)?;
         if key != index_key(&IndexId(sum)) {
             return Err(CacheError::Corrupt(format!(
                 "{what}: name does not match its checksum"
@@ -183,10 +189,11 @@ impl Cache {
     }
 
     /// Make the objects of an index file just written by a [`Packer`] readable.
-    pub(crate) fn merge_index(&self, file: IndexFile) {
+    pub(crate) fn merge_index(&self, id: IndexId, file: IndexFile) {
         let mut objs = self.objs().write().expect("objects");
         let w = objs.merge(file, &mut |p| self.pack_present(p));
         objs.warnings.extend(w);
+        objs.files.push(id);
     }
 
     /// The storage backend.
@@ -253,41 +260,137 @@ impl Cache {
         Node::decode(id, &self.read_small(*id)?)
     }
 
-    /// Ids of all snapshots, sorted.
+    /// Every snapshot file of the cache, oldest first as far as names tell (v2 names carry
+    /// the creation time; v1 names sort before them, by id). Reads nothing but the listing.
+    ///
+    /// # Errors
+    /// [`CacheError::Storage`].
+    pub fn list_snapshots(&self) -> Result<Vec<SnapshotRef>, CacheError> {
+        let mut out: Vec<SnapshotRef> = self
+            .storage
+            .list("snapshots")?
+            .into_iter()
+            .filter_map(|key| {
+                let (created, id) = format::parse_snapshot_key(&key)?;
+                Some(SnapshotRef { id, created, key })
+            })
+            .collect();
+        out.sort_by_key(|r| (r.created, r.id));
+        Ok(out)
+    }
+
+    /// Ids of all snapshots, in the order of [`Cache::list_snapshots`].
     ///
     /// # Errors
     /// [`CacheError::Storage`].
     pub fn snapshot_ids(&self) -> Result<Vec<SnapshotId>, CacheError> {
-        Ok(self
-            .storage
-            .list("snapshots")?
-            .iter()
-            .filter_map(|k| k.strip_prefix("snapshots/")?.strip_suffix(".snap"))
-            .filter_map(SnapshotId::parse)
-            .collect())
+        Ok(self.list_snapshots()?.into_iter().map(|r| r.id).collect())
     }
 
-    /// Read one snapshot, checking its checksum, encoding and consistency.
+    /// Read one snapshot by id, checking its checksum, encoding and consistency.
+    ///
+    /// # Errors
+    /// [`CacheError`] naming the snapshot file; [`CacheError::NoSnapshot`] when absent.
+    pub fn read_snapshot(&self, id: &SnapshotId) -> Result<Snapshot, CacheError> {
+        let r = self
+            .list_snapshots()?
+            .into_iter()
+            .find(|r| r.id == *id)
+            .ok_or_else(|| CacheError::NoSnapshot(id.hex()))?;
+        self.read_snapshot_ref(&r)
+    }
+
+    /// Read the snapshot file `r`, checking its checksum, encoding and consistency.
     ///
     /// # Errors
     /// [`CacheError`] naming the snapshot file.
-    pub fn read_snapshot(&self, id: &SnapshotId) -> Result<Snapshot, CacheError> {
-        let key = snapshot_key(id);
-        let what = self.storage.describe(&key);
-        let bytes = self.storage.get(&key, MAX_SNAPSHOT_FILE)?;
-        let (sum, body) = unseal(SNAPSHOT_MAGIC, &bytes, &what)?;
-        if sum != id.0 {
-            return Err(CacheError::Corrupt(format!(
-                "{what}: name does not match its checksum"
-            )));
+    pub fn read_snapshot_ref(&self, r: &SnapshotRef) -> Result<Snapshot, CacheError> {
+        let what = self.storage.describe(&r.key);
+        let corrupt = |e: String| CacheError::Corrupt(format!("{what}: {e}"));
+        let bytes = self.storage.get(&r.key, MAX_SNAPSHOT_FILE)?;
+        let (sum, version, body) = unseal(SNAPSHOT_MAGIC, &bytes, &what)?;
+        if sum != r.id.0 {
+            return Err(corrupt("name does not match its checksum".into()));
         }
-        let raw = decode::decompress_bounded(body, decode::snapshot_cap(body.len()))
-            .map_err(|e| CacheError::Corrupt(format!("{what}: {e}")))?;
-        let snap = decode::decode_snapshot(&raw)
-            .map_err(|e| CacheError::Corrupt(format!("{what}: {e}")))?;
-        snap.validate()
-            .map_err(|e| CacheError::Corrupt(format!("{what}: {e}")))?;
+        let snap = if version == 1 {
+            if r.created.is_some() {
+                return Err(corrupt("a v1 snapshot under a v2 name".into()));
+            }
+            let raw = decode::decompress_bounded(body, decode::snapshot_cap(body.len()))
+                .map_err(corrupt)?;
+            decode::decode_snapshot(&raw).map_err(corrupt)?
+        } else {
+            let (head, frame) = format::split_v2(body).map_err(corrupt)?;
+            let head = decode::decode_head_v2(head).map_err(corrupt)?;
+            if r.created != Some(head.created.max(0)) {
+                return Err(corrupt("name does not match its creation time".into()));
+            }
+            let raw = decode::decompress_bounded(frame, decode::snapshot_cap(frame.len()))
+                .map_err(corrupt)?;
+            decode::decode_manifest_v2(head, &raw).map_err(corrupt)?
+        };
+        snap.validate().map_err(corrupt)?;
         Ok(snap)
+    }
+
+    /// The head of the snapshot file `r`: key, date, flavour, counts, index files. For a v2
+    /// file this reads only the head (two ranged reads), UNCHECKED: use it to choose, then
+    /// read the chosen snapshot whole with [`Cache::read_snapshot_ref`], which checks it. A
+    /// v1 file is read and checked whole.
+    ///
+    /// # Errors
+    /// [`CacheError`] naming the snapshot file.
+    pub fn read_head(&self, r: &SnapshotRef) -> Result<SnapshotHead, CacheError> {
+        if r.created.is_none() {
+            return Ok(format::head_of(&self.read_snapshot_ref(r)?));
+        }
+        let what = self.storage.describe(&r.key);
+        let corrupt = |e: String| CacheError::Corrupt(format!("{what}: {e}"));
+        let read = |offset: u64, len: u64| -> Result<Vec<u8>, CacheError> {
+            let mut out = Vec::new();
+            std::io::Read::read_to_end(&mut self.storage.get_range(&r.key, offset, len)?, &mut out)
+                .map_err(|e| StorageError(what.clone(), e))?;
+            Ok(out)
+        };
+        let start = read(0, format::HEADER_LEN as u64 + 4)?;
+        if &start[..8] != SNAPSHOT_MAGIC || start[8..12] != 2u32.to_le_bytes() {
+            return Err(corrupt("not a v2 snapshot file".into()));
+        }
+        let len = u32::from_le_bytes(start[16..20].try_into().expect("4 bytes"));
+        if len > format::MAX_HEAD_LEN {
+            return Err(corrupt(format!("head of {len} bytes")));
+        }
+        let head = read(format::HEADER_LEN as u64 + 4, u64::from(len))?;
+        decode::decode_head_v2(&head).map_err(corrupt)
+    }
+
+    /// Read only the index files `ids` (those a v2 snapshot names) from now on, instead of
+    /// every index file of the cache: a restore then never lists nor downloads the others.
+    /// Missing or damaged ones are warnings; their objects count as absent.
+    pub fn use_indexes(&self, ids: &[IndexId]) {
+        let mut objects = Objects::default();
+        for id in ids {
+            let key = index_key(id);
+            match self.read_index_file(&key) {
+                Ok(file) => {
+                    let w = objects.merge(file, &mut |p| self.pack_present(p));
+                    objects.warnings.extend(w);
+                    objects.files.push(*id);
+                }
+                Err(e) => objects.warnings.push(format!("index {key}: {e}")),
+            }
+        }
+        match self.objects.get() {
+            Some(o) => *o.write().expect("objects") = objects,
+            None => {
+                let _ = self.objects.set(RwLock::new(objects));
+            }
+        }
+    }
+
+    /// The index files whose objects are readable now.
+    pub fn index_files(&self) -> Vec<IndexId> {
+        self.objs().read().expect("objects").files.clone()
     }
 
     /// All readable snapshots, oldest first; unreadable ones are returned as errors in place.
@@ -337,8 +440,9 @@ impl Cache {
         let limit = crate::clock::now_nanos().saturating_add(FUTURE_MARGIN_NANOS);
         let mut best: Option<(SnapshotId, Snapshot)> = None;
         let mut last_err = None;
-        for id in self.snapshot_ids()? {
-            match self.read_snapshot(&id) {
+        for r in self.list_snapshots()? {
+            let id = r.id;
+            match self.read_snapshot_ref(&r) {
                 Ok(s) if s.created > limit => self.warn(format!(
                     "snapshot {} is dated in the future ({} ns); not taken as the newest",
                     id.short(),
@@ -367,11 +471,8 @@ impl Cache {
     /// # Errors
     /// [`CacheError::Storage`].
     pub fn write_snapshot(&self, snap: &Snapshot) -> Result<SnapshotId, CacheError> {
-        let raw = encode_snapshot(snap);
-        let body = zstd::bulk::compress(&raw, 3).map_err(|e| StorageError("snapshot".into(), e))?;
-        let (id, bytes) = seal(SNAPSHOT_MAGIC, &body);
-        let id = SnapshotId(id);
-        self.storage.put_if_absent(&snapshot_key(&id), &bytes)?;
+        let (id, key, bytes) = format::encode_snapshot_v2(snap, 3);
+        self.storage.put_if_absent(&key, &bytes)?;
         Ok(id)
     }
 }
@@ -625,6 +726,10 @@ mod tests {
             ca: None,
         };
         let snap = Snapshot {
+            version: 2,
+            key: "nix-x86_64-linux-abc".into(),
+            indexes: vec![IndexId([9; 32])],
+            parent: Some(SnapshotId([8; 32])),
             flavor: crate::store::layout::Flavor::Nix,
             store_dir: "/nix/store".into(),
             created: 1,

@@ -32,6 +32,8 @@ pub struct PackStats {
     pub packed_bytes: u64,
     /// Packs written.
     pub packs: u64,
+    /// The index file written, naming them (none when nothing was new).
+    pub index: Option<IndexId>,
 }
 
 thread_local! {
@@ -428,11 +430,17 @@ impl<'c> Packer<'c> {
         if !st.done.entries.is_empty() {
             // One sync makes every pack durable before the index that names them.
             self.cache.storage().sync()?;
-            let (sum, bytes) = seal(INDEX_MAGIC, &encode_bincode(&st.done));
+            let (sum, bytes) = seal(
+                INDEX_MAGIC,
+                super::FORMAT_VERSION,
+                &encode_bincode(&st.done),
+            );
             self.cache
                 .storage()
                 .put_if_absent(&index_key(&IndexId(sum)), &bytes)?;
-            self.cache.merge_index(std::mem::take(&mut st.done));
+            self.cache
+                .merge_index(IndexId(sum), std::mem::take(&mut st.done));
+            st.stats.index = Some(IndexId(sum));
         }
         Ok(st.stats)
     }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::TreeId;
+use super::{IndexId, SnapshotId, TreeId};
 use crate::store::layout::Flavor;
 use crate::store::path::StorePath;
 use crate::store::path_info::{DerivationOutput, PathInfo};
@@ -18,9 +18,25 @@ pub struct SnapshotPath {
     pub tree: TreeId,
 }
 
+/// A snapshot file found by listing: its id, its creation time when the name says it (v2),
+/// and its storage key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRef {
+    /// The file's checksum.
+    pub id: SnapshotId,
+    /// Creation time from the name (v2 names; `None` for v1).
+    pub created: Option<i64>,
+    /// Where it is stored.
+    pub key: String,
+}
+
 /// A saved closure.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
+    /// Format version of the file it was read from (or will be written as).
+    pub version: u32,
+    /// The key it was saved under (`save --key`, like actions/cache's key); empty when none.
+    pub key: String,
     /// Daemon conventions of the source store.
     pub flavor: Flavor,
     /// Logical store directory of the source (`/gnu/store`).
@@ -29,6 +45,11 @@ pub struct Snapshot {
     pub created: i64,
     /// The tool that wrote it (`storesync 0.1.0`).
     pub tool: String,
+    /// Index files locating every object the paths need (v2); empty for a v1 snapshot,
+    /// whose objects are found through every index file of the cache.
+    pub indexes: Vec<IndexId>,
+    /// The snapshot this one was saved on top of, if any.
+    pub parent: Option<SnapshotId>,
     /// The requested roots; empty when every valid path was saved.
     pub roots: Vec<StorePath>,
     /// Paths, references first.
@@ -69,6 +90,17 @@ impl Snapshot {
             ));
         }
         Ok(())
+    }
+
+    /// Whether `other` captures the same thing: key, store, roots, paths with their rows and
+    /// trees, derivation outputs (not when, by which tool, nor where its objects are listed).
+    pub fn same_contents(&self, other: &Snapshot) -> bool {
+        self.key == other.key
+            && self.flavor == other.flavor
+            && self.store_dir == other.store_dir
+            && self.roots == other.roots
+            && self.paths == other.paths
+            && self.derivation_outputs == other.derivation_outputs
     }
 
     /// Total NAR size of all paths.

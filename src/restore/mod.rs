@@ -106,6 +106,10 @@ pub fn restore(
     progress: &dyn Progress,
 ) -> Result<RestoreReport> {
     let (id, snapshot) = cache.find_snapshot(opts.snapshot.as_deref())?;
+    if snapshot.version >= 2 {
+        // Only the index files this snapshot names: nothing else is listed or read.
+        cache.use_indexes(&snapshot.indexes);
+    }
     if opts.dry_run {
         let valid = if layout.db_file().exists() {
             db::read(layout)?

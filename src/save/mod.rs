@@ -247,24 +247,26 @@ pub fn execute(
         .filter(|o| kept.contains(&o.drv))
         .cloned()
         .collect();
+    let newest = cache.find_snapshot(None).ok();
     let snapshot = Snapshot {
+        version: crate::cache::FORMAT_VERSION,
+        key: String::new(),
         flavor: layout.flavor,
         store_dir: layout.store_dir.as_str().to_owned(),
         created: crate::clock::now_nanos(),
         tool: format!("storesync {}", env!("CARGO_PKG_VERSION")),
+        // Every index file read: a superset of those locating the objects named (a
+        // garbage collection narrows it).
+        indexes: cache.index_files(),
+        parent: newest.as_ref().map(|(id, _)| *id),
         roots: roots.into_iter().filter(|r| kept.contains(r)).collect(),
         paths,
         derivation_outputs,
     };
     report.paths = snapshot.paths.len();
     report.nar_bytes = snapshot.nar_bytes();
-    if let Ok((id, newest)) = cache.find_snapshot(None) {
-        let same = Snapshot {
-            created: newest.created,
-            tool: newest.tool.clone(),
-            ..snapshot.clone()
-        };
-        if same == newest {
+    if let Some((id, newest)) = newest {
+        if newest.same_contents(&snapshot) {
             report.snapshot = id.hex();
             report.unchanged = true;
             return Ok(report);

@@ -186,3 +186,12 @@ impl World {
         c
     }
 }
+
+/// The file of snapshot `id` (full hex) in a cache directory, whatever its format's naming.
+pub fn snapshot_file(cache: &Path, id: &str) -> PathBuf {
+    fs::read_dir(cache.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().contains(id))
+        .unwrap_or_else(|| panic!("no snapshot file for {id}"))
+}
