@@ -462,6 +462,84 @@ impl Cache {
         best.ok_or(last_err.unwrap_or(CacheError::Empty))
     }
 
+    /// Choose a snapshot as actions/cache chooses an entry: the newest whose key equals `key`;
+    /// else, for each of `restore_keys` in order, the newest whose key starts with it (the
+    /// first prefix that matches any wins). Only heads are read (newest first, stopping at the
+    /// first match); the chosen snapshot is then read whole and checked. Snapshots dated
+    /// beyond now plus [`FUTURE_MARGIN_NANOS`] are passed over, as are those `accept`
+    /// refuses (given the file id and head: a signature check), each with the reason.
+    ///
+    /// # Errors
+    /// [`CacheError::NoSnapshot`] when nothing matches (with what was passed over), or the
+    /// error reading the chosen snapshot.
+    pub fn find_by_key(
+        &self,
+        key: &str,
+        restore_keys: &[String],
+        accept: &dyn Fn(&SnapshotId, &SnapshotHead) -> Result<(), String>,
+    ) -> Result<KeyMatch, CacheError> {
+        let limit = crate::clock::now_nanos().saturating_add(FUTURE_MARGIN_NANOS);
+        let mut refs = self.list_snapshots()?;
+        refs.reverse(); // newest first, as far as names tell
+        let mut heads = Vec::new();
+        let mut passed_over = Vec::new();
+        for r in refs {
+            match self.read_head(&r) {
+                Ok(h) if h.created > limit => passed_over.push(format!(
+                    "snapshot {}: dated in the future ({} ns)",
+                    r.id.short(),
+                    h.created
+                )),
+                Ok(h) => heads.push((r, h)),
+                Err(e) => passed_over.push(format!("snapshot {}: {e}", r.id.short())),
+            }
+        }
+        // v1 names do not sort by date: order by the heads' dates, newest first.
+        heads.sort_by(|a, b| (b.1.created, b.0.id).cmp(&(a.1.created, a.0.id)));
+        let wanted =
+            std::iter::once((key, true)).chain(restore_keys.iter().map(|k| (k.as_str(), false)));
+        for (want, exact) in wanted {
+            for (r, h) in &heads {
+                let hit = if exact {
+                    h.key == want
+                } else {
+                    h.key.starts_with(want)
+                };
+                if !hit {
+                    continue;
+                }
+                if let Err(why) = accept(&r.id, h) {
+                    passed_over.push(format!("snapshot {} ({}): {why}", r.id.short(), h.key));
+                    continue;
+                }
+                match self.read_snapshot_ref(r) {
+                    Ok(snapshot) if snapshot.key == h.key && snapshot.created == h.created => {
+                        return Ok(KeyMatch {
+                            id: r.id,
+                            snapshot,
+                            matched_key: h.key.clone(),
+                            exact,
+                            passed_over,
+                        });
+                    }
+                    Ok(_) => passed_over.push(format!(
+                        "snapshot {}: its head differs from its checked contents",
+                        r.id.short()
+                    )),
+                    Err(e) => passed_over.push(format!("snapshot {}: {e}", r.id.short())),
+                }
+            }
+        }
+        let mut what = format!("key `{key}`");
+        for k in restore_keys {
+            what.push_str(&format!(", prefix `{k}`"));
+        }
+        if !passed_over.is_empty() {
+            what.push_str(&format!(" (passed over: {})", passed_over.join("; ")));
+        }
+        Err(CacheError::NoSnapshot(what))
+    }
+
     fn warn(&self, w: String) {
         self.extra_warnings.lock().expect("warnings").push(w);
     }
@@ -475,6 +553,21 @@ impl Cache {
         self.storage.put_if_absent(&key, &bytes)?;
         Ok(id)
     }
+}
+
+/// The snapshot [`Cache::find_by_key`] chose, and why.
+#[derive(Debug, Clone)]
+pub struct KeyMatch {
+    /// Its id.
+    pub id: SnapshotId,
+    /// The snapshot, read whole and checked.
+    pub snapshot: Snapshot,
+    /// Its key.
+    pub matched_key: String,
+    /// True when the key matched exactly, false when through a restore-key prefix.
+    pub exact: bool,
+    /// Snapshots that matched but were not used, each with the reason.
+    pub passed_over: Vec<String>,
 }
 
 /// How far in the future a snapshot's `created` may be and still count as the newest.
@@ -765,5 +858,98 @@ mod tests {
         let mut twice = snap.clone();
         twice.paths.push(twice.paths[0].clone());
         assert!(twice.validate().unwrap_err().contains("twice"));
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+    use crate::store::layout::Flavor;
+
+    fn snap(key: &str, created: i64) -> Snapshot {
+        Snapshot {
+            version: FORMAT_VERSION,
+            key: key.into(),
+            flavor: Flavor::Guix,
+            store_dir: "/gnu/store".into(),
+            created,
+            tool: "t".into(),
+            indexes: Vec::new(),
+            parent: None,
+            roots: Vec::new(),
+            paths: Vec::new(),
+            derivation_outputs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn keys_resolve_as_actions_cache_resolves_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open_dir(dir.path()).unwrap();
+        let now = crate::clock::now_nanos();
+        for (k, t) in [
+            ("guix-linux-aaa", now - 50),
+            ("guix-linux-bbb", now - 40),
+            ("guix-linux-aaa", now - 30),
+            ("guix-mac-ccc", now - 20),
+            ("guix-linux-zzz", now + 2 * FUTURE_MARGIN_NANOS),
+        ] {
+            cache.write_snapshot(&snap(k, t)).unwrap();
+        }
+        let any = |_: &SnapshotId, _: &SnapshotHead| Ok(());
+        let m = cache.find_by_key("guix-linux-aaa", &[], &any).unwrap();
+        assert!(m.exact);
+        assert_eq!(m.snapshot.created, now - 30, "the newest of that key");
+        let keys = ["guix-linux-".to_string(), "guix-".to_string()];
+        let m = cache.find_by_key("guix-linux-new", &keys, &any).unwrap();
+        assert!(!m.exact);
+        assert_eq!(m.matched_key, "guix-linux-aaa");
+        assert!(m.passed_over.iter().any(|p| p.contains("future")), "{m:?}");
+        // The first prefix that matches wins, even when a later one matches something newer.
+        let m = cache
+            .find_by_key("x", &["guix-linux-b".into(), "guix-".into()], &any)
+            .unwrap();
+        assert_eq!(m.matched_key, "guix-linux-bbb");
+        // Refused snapshots are passed over with the reason.
+        let only_old = |_: &SnapshotId, h: &SnapshotHead| {
+            (h.created < now - 35)
+                .then_some(())
+                .ok_or_else(|| "not signed".to_string())
+        };
+        let m = cache.find_by_key("guix-linux-aaa", &[], &only_old).unwrap();
+        assert_eq!(m.snapshot.created, now - 50);
+        assert!(m.passed_over.iter().any(|p| p.contains("not signed")));
+        let err = cache
+            .find_by_key("nope", &["mac".into()], &any)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("key `nope`, prefix `mac`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_head_read_alone_matches_the_checked_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open_dir(dir.path()).unwrap();
+        let mut s = snap("k", 7);
+        s.indexes = vec![IndexId([4; 32])];
+        let id = cache.write_snapshot(&s).unwrap();
+        let r = cache.list_snapshots().unwrap().pop().unwrap();
+        assert_eq!(r.id, id);
+        assert_eq!(r.created, Some(7));
+        let head = cache.read_head(&r).unwrap();
+        assert_eq!(head, format::head_of(&cache.read_snapshot_ref(&r).unwrap()));
+        assert_eq!(head.indexes, vec![IndexId([4; 32])]);
+        // A snapshot renamed to another date is refused when read whole.
+        let moved = dir.path().join(format::snapshot_key_v2(8, &id));
+        fs_rename(&dir.path().join(&r.key), &moved);
+        let r = cache.list_snapshots().unwrap().pop().unwrap();
+        let err = cache.read_snapshot_ref(&r).unwrap_err().to_string();
+        assert!(err.contains("creation time"), "{err}");
+    }
+
+    fn fs_rename(a: &Path, b: &Path) {
+        std::fs::rename(a, b).unwrap();
     }
 }
