@@ -495,7 +495,7 @@ impl Cache {
             }
         }
         // v1 names do not sort by date: order by the heads' dates, newest first.
-        heads.sort_by(|a, b| (b.1.created, b.0.id).cmp(&(a.1.created, a.0.id)));
+        heads.sort_by_key(|(r, h)| std::cmp::Reverse((h.created, r.id)));
         let wanted =
             std::iter::once((key, true)).chain(restore_keys.iter().map(|k| (k.as_str(), false)));
         for (want, exact) in wanted {
