@@ -10,6 +10,7 @@
 mod decode;
 pub mod format;
 mod frames;
+pub mod gc;
 pub mod id;
 pub mod index;
 mod packer;
@@ -129,11 +130,7 @@ impl Cache {
                 Ok(file) => {
                     let w = objects.merge(file, &mut |p| self.pack_present(p));
                     objects.warnings.extend(w);
-                    if let Some(id) = key
-                        .strip_prefix("index/")
-                        .and_then(|k| k.strip_suffix(".idx"))
-                        .and_then(IndexId::parse)
-                    {
+                    if let Some(id) = format::parse_index_key(&key) {
                         objects.files.push(id);
                     }
                 }
@@ -271,8 +268,13 @@ impl Cache {
             .list("snapshots")?
             .into_iter()
             .filter_map(|key| {
-                let (created, id) = format::parse_snapshot_key(&key)?;
-                Some(SnapshotRef { id, created, key })
+                let n = format::parse_snapshot_key(&key)?;
+                Some(SnapshotRef {
+                    id: n.id,
+                    created: n.created,
+                    file_sum: n.file_sum,
+                    key,
+                })
             })
             .collect();
         out.sort_by_key(|r| (r.created, r.id));
@@ -309,12 +311,9 @@ impl Cache {
         let corrupt = |e: String| CacheError::Corrupt(format!("{what}: {e}"));
         let bytes = self.storage.get(&r.key, MAX_SNAPSHOT_FILE)?;
         let (sum, version, body) = unseal(SNAPSHOT_MAGIC, &bytes, &what)?;
-        if sum != r.id.0 {
-            return Err(corrupt("name does not match its checksum".into()));
-        }
         let snap = if version == 1 {
-            if r.created.is_some() {
-                return Err(corrupt("a v1 snapshot under a v2 name".into()));
+            if r.created.is_some() || sum != r.id.0 {
+                return Err(corrupt("name does not match its checksum".into()));
             }
             let raw = decode::decompress_bounded(body, decode::snapshot_cap(body.len()))
                 .map_err(corrupt)?;
@@ -322,8 +321,14 @@ impl Cache {
         } else {
             let (head, frame) = format::split_v2(body).map_err(corrupt)?;
             let head = decode::decode_head_v2(head).map_err(corrupt)?;
+            if r.file_sum.is_none_or(|s| s[..] != sum[..8]) {
+                return Err(corrupt("name does not match its checksum".into()));
+            }
             if r.created != Some(head.created.max(0)) {
                 return Err(corrupt("name does not match its creation time".into()));
+            }
+            if head.id(&sum) != r.id {
+                return Err(corrupt("name does not match its contents' id".into()));
             }
             let raw = decode::decompress_bounded(frame, decode::snapshot_cap(frame.len()))
                 .map_err(corrupt)?;
@@ -552,6 +557,16 @@ impl Cache {
         let (id, key, bytes) = format::encode_snapshot_v2(snap, 3);
         self.storage.put_if_absent(&key, &bytes)?;
         Ok(id)
+    }
+
+    /// [`Cache::write_snapshot`], returning the storage key written.
+    ///
+    /// # Errors
+    /// [`CacheError::Storage`].
+    pub(crate) fn write_snapshot_file(&self, snap: &Snapshot) -> Result<String, CacheError> {
+        let (_, key, bytes) = format::encode_snapshot_v2(snap, 3);
+        self.storage.put_if_absent(&key, &bytes)?;
+        Ok(key)
     }
 }
 
@@ -942,7 +957,11 @@ mod key_tests {
         assert_eq!(head, format::head_of(&cache.read_snapshot_ref(&r).unwrap()));
         assert_eq!(head.indexes, vec![IndexId([4; 32])]);
         // A snapshot renamed to another date is refused when read whole.
-        let moved = dir.path().join(format::snapshot_key_v2(8, &id));
+        let moved = dir.path().join(r.key.replacen(
+            &format!("{:016x}", 7),
+            &format!("{:016x}", 8),
+            1,
+        ));
         fs_rename(&dir.path().join(&r.key), &moved);
         let r = cache.list_snapshots().unwrap().pop().unwrap();
         let err = cache.read_snapshot_ref(&r).unwrap_err().to_string();

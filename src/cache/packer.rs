@@ -345,6 +345,20 @@ impl<'c> Packer<'c> {
         r
     }
 
+    /// Append an already compressed frame holding `entries` (id, kind, offset and length in
+    /// the decompressed frame), as it was in another pack: a garbage collection moves live
+    /// frames without decompressing them.
+    ///
+    /// # Errors
+    /// [`CacheError::Storage`] when the pack cannot be written.
+    pub fn copy_frame(
+        &self,
+        frame: &[u8],
+        entries: &[(ObjectId, ObjectKind, u64, u64)],
+    ) -> Result<(), CacheError> {
+        self.append(frame, entries)
+    }
+
     /// Append one frame to the open pack. After a failure the pack's length is unknown (part
     /// of the frame may be written), so the packer is broken: every later append and
     /// [`Packer::finish`] fail, and no index names what it wrote.
@@ -414,6 +428,16 @@ impl<'c> Packer<'c> {
     /// # Errors
     /// [`CacheError::Storage`].
     pub fn finish(self) -> Result<PackStats, CacheError> {
+        self.finish_with(IndexFile::default())
+    }
+
+    /// [`Packer::finish`], the index file also naming the objects of `extra` (objects already
+    /// in durable packs, as a garbage collection consolidates index files). An index is
+    /// written when either holds anything.
+    ///
+    /// # Errors
+    /// [`CacheError::Storage`].
+    pub fn finish_with(self, extra: IndexFile) -> Result<PackStats, CacheError> {
         for pool in &self.builders {
             let builders = std::mem::take(&mut *pool.lock().expect("builders"));
             for mut b in builders {
@@ -427,6 +451,19 @@ impl<'c> Packer<'c> {
         if let Some(open) = st.open.take() {
             self.commit_pack(&mut st, open)?;
         }
+        let base = st.done.packs.len() as u32;
+        st.done.packs.extend(extra.packs);
+        st.done
+            .entries
+            .extend(extra.entries.into_iter().map(|(id, loc)| {
+                (
+                    id,
+                    Location {
+                        pack: base + loc.pack,
+                        ..loc
+                    },
+                )
+            }));
         if !st.done.entries.is_empty() {
             // One sync makes every pack durable before the index that names them.
             self.cache.storage().sync()?;

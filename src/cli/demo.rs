@@ -33,6 +33,7 @@ pub fn run(g: &Global, keep: bool, progress: &dyn Progress) -> Result<u8> {
     );
     let cache = Cache::open_dir(&cache_dir)?;
     let opts = SaveOptions {
+        key: String::new(),
         roots: vec![],
         skip_corrupt: false,
         level: 3,

@@ -211,6 +211,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             let layout = g.layout()?;
             let cache = open_cache(&a.cache, true)?;
             let opts = SaveOptions {
+                key: String::new(),
                 roots: a.paths.clone(),
                 skip_corrupt: a.skip_corrupt,
                 level: a.level,

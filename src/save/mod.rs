@@ -36,6 +36,8 @@ pub struct SaveOptions {
     pub skip_corrupt: bool,
     /// zstd level for new blobs.
     pub level: i32,
+    /// The key the snapshot is saved under (like actions/cache's `key`); may be empty.
+    pub key: String,
 }
 
 /// What a save did.
@@ -250,7 +252,7 @@ pub fn execute(
     let newest = cache.find_snapshot(None).ok();
     let snapshot = Snapshot {
         version: crate::cache::FORMAT_VERSION,
-        key: String::new(),
+        key: opts.key.clone(),
         flavor: layout.flavor,
         store_dir: layout.store_dir.as_str().to_owned(),
         created: crate::clock::now_nanos(),
@@ -286,6 +288,7 @@ pub fn save(
     opts: &SaveOptions,
     progress: &dyn Progress,
 ) -> Result<SaveReport> {
+    crate::cache::format::check_key(&opts.key).map_err(|e| Error::Usage(format!("--key: {e}")))?;
     let p = plan(layout, cache, opts)?;
     execute(layout, cache, p, opts, progress)
 }

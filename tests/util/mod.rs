@@ -195,3 +195,39 @@ pub fn snapshot_file(cache: &Path, id: &str) -> PathBuf {
         .find(|p| p.file_name().unwrap().to_string_lossy().contains(id))
         .unwrap_or_else(|| panic!("no snapshot file for {id}"))
 }
+
+/// Write and register a store path of regular files `(name, contents, executable)`.
+pub fn add_files_path(
+    layout: &storesync::store::layout::Layout,
+    base: &str,
+    files: &[(&str, &[u8], bool)],
+) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = storesync::store::path::StorePath::from_base_name(base).unwrap();
+    let top = layout.real_store_dir().join(base);
+    fs::create_dir(&top).unwrap();
+    for (name, contents, x) in files {
+        let p = top.join(name);
+        fs::write(&p, contents).unwrap();
+        fs::set_permissions(
+            &p,
+            fs::Permissions::from_mode(if *x { 0o555 } else { 0o444 }),
+        )
+        .unwrap();
+    }
+    storesync::sample::canonicalise(&top).unwrap();
+    let (nar_hash, nar_size) = storesync::nar::hash_path(&top).unwrap();
+    let info = storesync::store::PathInfo {
+        path,
+        nar_hash,
+        nar_size,
+        registration_time: 1,
+        deriver: None,
+        references: vec![],
+        ultimate: None,
+        sigs: None,
+        ca: None,
+    };
+    let mut conn = storesync::db::open_or_create(layout).unwrap();
+    storesync::db::register(&mut conn, layout, &[&info], &[]).unwrap();
+}

@@ -1,4 +1,5 @@
-//! A cache kept in a local directory: `packs/`, `index/`, `snapshots/` and `tmp/` (scratch of
+//! A cache kept in a local directory: `packs/`, `index/`, `snapshots/`, `gc/` (lists of
+//! retired files) and `tmp/` (scratch of
 //! writers in progress, named `<pid>.<random>.tmp` so a later save can tell a killed writer's
 //! leftovers from a live one's).
 //!
@@ -18,7 +19,7 @@ use std::thread::JoinHandle;
 use super::{check_key, ObjectWriter, Storage, StorageError};
 
 /// The subdirectories of a cache directory.
-const SUBDIRS: [&str; 4] = ["packs", "index", "snapshots", "tmp"];
+const SUBDIRS: [&str; 5] = ["packs", "index", "snapshots", "tmp", "gc"];
 
 /// A cache kept in a local directory.
 #[derive(Debug)]
