@@ -188,6 +188,8 @@ fn a_dry_run_changes_nothing_and_a_grace_period_defers_deletion() {
     policy.dry_run = false;
     let report = gc(&w.cache(), &policy, &NoProgress).unwrap();
     assert_eq!(report.files_deleted, 0, "{report:?}");
+    let v = storesync::verify::verify(&w.cache(), &NoProgress).unwrap();
+    assert!(v.problems.is_empty() && v.garbage_files > 0, "{v:?}");
     assert_eq!(w.cache().list_snapshots().unwrap().len(), 1);
     let kept = w.cache().list_snapshots().unwrap()[0].id.hex();
     restores(&w, &kept, "dst");
