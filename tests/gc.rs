@@ -167,12 +167,10 @@ fn a_dry_run_changes_nothing_and_a_grace_period_defers_deletion() {
     let src = w.layout("src");
     sample::build(&src, 1).unwrap();
     save(&w, "k");
-    util::add_files_path(
-        &src,
-        &format!("{}-y", hash_part(3)),
-        &[("f", &noise(3, 100_000), false)],
-    );
-    save(&w, "k");
+    let y = format!("{}-y", hash_part(3));
+    util::add_files_path(&src, &y, &[("f", &noise(3, 100_000), false)]);
+    // The second snapshot holds only y: dropping the first leaves the sample's pack dead.
+    save_roots(&w, "k", vec![format!("/gnu/store/{y}")]);
     let listing = || util::tree_listing(&w.cache_dir());
     let before = listing();
     let mut policy = GcPolicy {
