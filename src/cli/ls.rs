@@ -1,11 +1,32 @@
 //! `storesync ls`.
 
+use std::io::{self, Write};
+
+use clap::Args;
 use serde::Serialize;
-use storesync::cache::Cache;
 use storesync::error::Result;
 
-use super::{human, print_json, Global};
+use super::output::{human, render, short, warn};
+use super::{CacheArg, Global};
 
+pub const EXAMPLES: &str = "\
+Examples:
+  storesync ls --cache ~/.cache/storesync
+  # the paths of one snapshot (any unique prefix of its id), largest last:
+  storesync ls --cache ~/.cache/storesync --snapshot 3f2a9c | sort -h
+
+Exit codes: 0 listed, 1 no such snapshot or an unreadable cache, 2 usage.";
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    #[command(flatten)]
+    pub cache: CacheArg,
+    /// Show the paths of this snapshot (id or unique prefix).
+    #[arg(long, value_name = "ID")]
+    pub snapshot: Option<String>,
+}
+
+/// One snapshot of the listing.
 #[derive(Serialize)]
 struct SnapshotLine {
     id: String,
@@ -17,6 +38,7 @@ struct SnapshotLine {
     roots: Vec<String>,
 }
 
+/// One path of a snapshot.
 #[derive(Serialize)]
 struct PathLine {
     path: String,
@@ -25,8 +47,9 @@ struct PathLine {
     references: usize,
 }
 
-pub fn run(cache: &Cache, snapshot: Option<&str>, g: &Global) -> Result<()> {
-    match snapshot {
+pub fn run(g: &Global, a: &LsArgs) -> Result<u8> {
+    let cache = a.cache.open_read_only();
+    match &a.snapshot {
         None => {
             let mut lines = Vec::new();
             for (id, s) in cache.snapshots()? {
@@ -44,28 +67,10 @@ pub fn run(cache: &Cache, snapshot: Option<&str>, g: &Global) -> Result<()> {
                             .map(|r| format!("{}/{r}", s.store_dir))
                             .collect(),
                     }),
-                    Err(e) => eprintln!("warning: snapshot {id}: {e}"),
+                    Err(e) => warn(format_args!("snapshot {id}: {e}")),
                 }
             }
-            if g.json {
-                print_json(&lines);
-            } else {
-                for l in &lines {
-                    println!(
-                        "{}  {}  {:4} {:>6} paths {:>10}  {}",
-                        &l.id[..12],
-                        l.created,
-                        l.flavor,
-                        l.paths,
-                        human(l.nar_bytes),
-                        if l.roots.is_empty() {
-                            "(all valid paths)".to_string()
-                        } else {
-                            l.roots.join(" ")
-                        }
-                    );
-                }
-            }
+            render(g.format(), &lines, snapshots_text)?;
         }
         Some(prefix) => {
             let (_, s) = cache.find_snapshot(Some(prefix))?;
@@ -79,14 +84,35 @@ pub fn run(cache: &Cache, snapshot: Option<&str>, g: &Global) -> Result<()> {
                     references: p.info.references.len(),
                 })
                 .collect();
-            if g.json {
-                print_json(&lines);
-            } else {
-                for l in &lines {
-                    println!("{:>10}  {}", human(l.nar_size), l.path);
-                }
-            }
+            render(g.format(), &lines, paths_text)?;
         }
+    }
+    Ok(0)
+}
+
+fn snapshots_text(out: &mut dyn Write, lines: &Vec<SnapshotLine>) -> io::Result<()> {
+    for l in lines {
+        writeln!(
+            out,
+            "{}  {}  {:4} {:>6} paths {:>10}  {}",
+            short(&l.id),
+            l.created,
+            l.flavor,
+            l.paths,
+            human(l.nar_bytes),
+            if l.roots.is_empty() {
+                "(all valid paths)".to_string()
+            } else {
+                l.roots.join(" ")
+            }
+        )?;
+    }
+    Ok(())
+}
+
+fn paths_text(out: &mut dyn Write, lines: &Vec<PathLine>) -> io::Result<()> {
+    for l in lines {
+        writeln!(out, "{:>10}  {}", human(l.nar_size), l.path)?;
     }
     Ok(())
 }

@@ -138,7 +138,7 @@ pub fn execute(
             match r {
                 Ok(r) => (i, r),
                 Err(Error::Nar(e)) => (i, Err(e.to_string())),
-                Err(e) => (i, Err(format!("{e}"))),
+                Err(e) => (i, Err(crate::error::Chain(&e).to_string())),
             }
         })
         .collect();

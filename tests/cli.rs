@@ -1,0 +1,131 @@
+//! The command line through the real binary: help texts, exit codes, error messages, `--json`
+//! output, dry runs, and signed snapshots.
+
+mod util;
+
+use std::io::Read;
+use std::process::Stdio;
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use storesync::sample;
+use storesync::store::layout::Flavor;
+use util::{add_files_path, json, noise, World};
+
+const SUBCOMMANDS: [&str; 6] = ["save", "restore", "ls", "verify", "dump-nar", "demo"];
+
+fn bin() -> Command {
+    Command::cargo_bin("storesync").unwrap()
+}
+
+#[test]
+fn every_subcommand_help_has_examples() {
+    for sub in SUBCOMMANDS {
+        let out = bin().args([sub, "--help"]).assert().success();
+        let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+        assert!(text.contains("Examples:"), "{sub} --help:\n{text}");
+        assert!(text.contains("Exit codes"), "{sub} --help:\n{text}");
+        assert!(text.contains(&format!("storesync {sub}")) || text.contains(sub));
+    }
+}
+
+#[test]
+fn flavor_is_parsed_by_the_cli_and_a_bad_one_exits_2() {
+    bin()
+        .args(["--flavor", "debian", "ls", "--cache", "/nonexistent"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("guix").and(predicate::str::contains("nix")));
+    let w = World::new(Flavor::Nix);
+    sample::build(&w.layout("src"), 1).unwrap();
+    // STORESYNC_FLAVOR picks the Nix layout: the DB is found under nix/var/nix/db.
+    bin()
+        .env("STORESYNC_FLAVOR", "nix")
+        .arg("--root")
+        .arg(w.root("src"))
+        .args(["--no-progress", "save", "--cache"])
+        .arg(w.cache_dir())
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("6 paths"));
+}
+
+/// `storesync dump-nar P | head -c 10`: the reader closes the pipe early; storesync's writes
+/// fail with EPIPE deep inside the NAR writer, and that is no error.
+#[test]
+fn dump_nar_into_a_closed_pipe_exits_0() {
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    let base = "0123456789abcdfghijklmnpqrsvwxyz-big";
+    add_files_path(&src, base, &[("data", &noise(1, 4 << 20), false)], &[]);
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("storesync"))
+        .arg("--root")
+        .arg(w.root("src"))
+        .args(["dump-nar", &format!("/gnu/store/{base}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 10];
+    stdout.read_exact(&mut first).unwrap();
+    assert_eq!(&first[..8], &13u64.to_le_bytes()); // "nix-archive-1"
+    drop(stdout);
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "stderr: {err}");
+    assert!(err.is_empty(), "{err}");
+}
+
+#[test]
+fn an_error_prints_each_cause_once() {
+    let w = World::new(Flavor::Guix);
+    let missing = "/gnu/store/0123456789abcdfghijklmnpqrsvwxyz-missing";
+    let out = w
+        .cmd("src")
+        .args(["dump-nar", missing])
+        .assert()
+        .code(1)
+        .get_output()
+        .stderr
+        .clone();
+    let err = String::from_utf8(out).unwrap();
+    assert!(err.starts_with("storesync: error: "), "{err}");
+    assert!(err.contains("-missing"), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // A usage error: exit 2, and the message names the argument.
+    w.cmd("src")
+        .args(["dump-nar", "/tmp/not-a-store-path"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("/tmp/not-a-store-path"));
+}
+
+#[test]
+fn json_output_is_one_value_on_stdout() {
+    let w = World::new(Flavor::Guix);
+    sample::build(&w.layout("src"), 1).unwrap();
+    let out = w
+        .cmd("src")
+        .args(["--json", "save", "--cache"])
+        .arg(w.cache_dir())
+        .assert()
+        .success();
+    let s = json(&out.get_output().stdout);
+    assert_eq!(s["paths"], 6);
+    let out = w
+        .cmd("src")
+        .args(["--json", "ls", "--cache"])
+        .arg(w.cache_dir())
+        .assert()
+        .success();
+    let l = json(&out.get_output().stdout);
+    assert_eq!(l[0]["id"], s["snapshot"]);
+}
