@@ -129,3 +129,61 @@ fn json_output_is_one_value_on_stdout() {
     let l = json(&out.get_output().stdout);
     assert_eq!(l[0]["id"], s["snapshot"]);
 }
+
+#[test]
+fn save_dry_run_lists_new_paths_and_writes_nothing() {
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    sample::build(&src, 1).unwrap();
+    // A cache never written: the dry run must not even create its directory.
+    let out = w
+        .cmd("src")
+        .args(["--json", "save", "--dry-run", "--cache"])
+        .arg(w.cache_dir())
+        .assert()
+        .success();
+    let s = json(&out.get_output().stdout);
+    assert_eq!(s["dry_run"], true);
+    assert_eq!(s["paths"], 6);
+    assert_eq!(s["new_paths"], 6);
+    assert_eq!(s["cached_paths"], 0);
+    assert_eq!(s["new_path_names"].as_array().unwrap().len(), 6);
+    assert!(s["nar_bytes_to_read"].as_u64().unwrap() > 0);
+    assert_eq!(s["nar_bytes_to_read"], s["nar_bytes"]);
+    assert!(!w.cache_dir().exists(), "a dry run created the cache");
+    // After a save, only a path added since is new; the cache is left as it was.
+    w.cmd("src")
+        .args(["save", "--cache"])
+        .arg(w.cache_dir())
+        .assert()
+        .success();
+    let base = "0123456789abcdfghijklmnpqrsvwxyz-added-1.0";
+    add_files_path(&src, base, &[("f", b"new contents\n", false)], &[]);
+    let before = util::tree_listing(&w.cache_dir());
+    let out = w
+        .cmd("src")
+        .args(["save", "--dry-run", "--cache"])
+        .arg(w.cache_dir())
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(
+        text.contains(&format!("would save /gnu/store/{base}")),
+        "{text}"
+    );
+    assert_eq!(text.matches("would save").count(), 1, "{text}");
+    assert!(text.contains("6 already cached, 1 to read"), "{text}");
+    assert_eq!(util::tree_listing(&w.cache_dir()), before);
+    // With roots: the closure of one path.
+    let out = w
+        .cmd("src")
+        .args(["--json", "save", "--dry-run", "--cache"])
+        .arg(w.cache_dir())
+        .arg(format!("/gnu/store/{base}"))
+        .assert()
+        .success();
+    let s = json(&out.get_output().stdout);
+    assert_eq!(s["paths"], 1);
+    assert_eq!(s["roots"][0], format!("/gnu/store/{base}"));
+    assert_eq!(s["new_path_names"][0], format!("/gnu/store/{base}"));
+}

@@ -10,7 +10,7 @@
 mod plan;
 mod walk;
 
-pub use plan::{plan, resolve_root, SavePlan};
+pub use plan::{plan, resolve_root, SavePlan, SavePlanSummary};
 use walk::{Walked, Walker};
 
 use std::collections::HashMap;
