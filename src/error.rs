@@ -32,6 +32,13 @@ pub enum Error {
     Nar(#[from] NarError),
     #[error(transparent)]
     Trust(#[from] TrustError),
+    /// A save could not write to the cache (a full disk, a read-only file system,
+    /// permissions): it was aborted before writing a snapshot.
+    #[error(
+        "cannot write to the cache, so the save was aborted and no snapshot written (what was \
+         already indexed stays usable by the next save)"
+    )]
+    CacheWrite(#[source] CacheError),
     /// An I/O error on a file of the store or the system (not of the cache); displays the
     /// path, the cause is the source.
     #[error("{0}")]

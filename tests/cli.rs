@@ -187,3 +187,76 @@ fn save_dry_run_lists_new_paths_and_writes_nothing() {
     assert_eq!(s["roots"][0], format!("/gnu/store/{base}"));
     assert_eq!(s["new_path_names"][0], format!("/gnu/store/{base}"));
 }
+
+/// A tmpfs mounted for the length of a test (needs root; `None` where mounting fails).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, options: &str) -> Option<Self> {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(at)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(at.to_owned()))
+    }
+
+    fn remount(&self, options: &str) {
+        let s = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{options}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(s.success());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Security issue item 7: ENOSPC or EROFS in the cache is not a corrupt store: the save stops
+/// with the cache file and the cause, and --skip-corrupt does not turn it into a snapshot
+/// without the paths that did not fit.
+#[test]
+fn a_full_or_read_only_cache_aborts_the_save_and_is_no_corruption() {
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    sample::build(&src, 1).unwrap();
+    let base = "0123456789abcdfghijklmnpqrsvwxyz-big";
+    add_files_path(&src, base, &[("data", &noise(2, 5 << 20), false)], &[]);
+    let Some(mount) = Tmpfs::mount(&w.cache_dir(), "size=1m") else {
+        eprintln!("skipped: cannot mount a tmpfs (needs root)");
+        return;
+    };
+    let check = |extra: &[&str], cause: &str| {
+        let out = w
+            .cmd("src")
+            .args(["save", "--cache"])
+            .arg(w.cache_dir())
+            .args(extra)
+            .assert()
+            .code(1)
+            .get_output()
+            .clone();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(err.contains(cause), "{err}");
+        assert!(err.contains(&w.cache_dir().display().to_string()), "{err}");
+        assert!(err.contains("no snapshot written"), "{err}");
+        assert!(!err.contains("corrupt"), "{err}");
+        assert!(out.stdout.is_empty());
+        assert!(w.cache().snapshot_ids().unwrap().is_empty());
+    };
+    check(&[], "No space left on device");
+    check(&["--skip-corrupt"], "No space left on device");
+    mount.remount("ro");
+    check(&[], "Read-only file system");
+    check(&["--skip-corrupt"], "Read-only file system");
+}

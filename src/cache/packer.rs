@@ -90,7 +90,7 @@ impl OpenPack<'_> {
     fn write(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
         self.file
             .write_all(bytes)
-            .map_err(|e| StorageError("a new pack".into(), e))?;
+            .map_err(|e| StorageError(format!("new pack {}", self.file.describe()), e))?;
         self.hasher.update(bytes);
         self.len += bytes.len() as u64;
         Ok(())
@@ -392,7 +392,7 @@ impl<'c> Packer<'c> {
     fn commit_pack(&self, st: &mut State<'c>, mut pack: OpenPack<'c>) -> Result<(), CacheError> {
         pack.file
             .flush()
-            .map_err(|e| StorageError("flushing a pack".into(), e))?;
+            .map_err(|e| StorageError(format!("new pack {}", pack.file.describe()), e))?;
         let id = PackId(*pack.hasher.finalize().as_bytes());
         pack.file.commit(&pack_key(&id))?;
         let no = st.done.packs.len() as u32;

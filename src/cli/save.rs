@@ -63,11 +63,14 @@ pub fn run(g: &Global, a: &SaveArgs, progress: &dyn Progress) -> Result<u8> {
     for (p, why) in &r.corrupt {
         eprintln!("corrupt, skipped: {p}: {why}");
     }
+    for (p, why) in &r.unreadable {
+        eprintln!("unreadable, skipped: {p}: {why}");
+    }
     for p in &r.vanished {
         eprintln!("skipped (deleted by the daemon during the save): {p}");
     }
     for p in &r.dropped_referrers {
-        eprintln!("skipped (refers to a corrupt path): {p}");
+        eprintln!("skipped (refers to a path not saved): {p}");
     }
     render(g.format(), &r, |out, r| text(out, r, g.verbose > 0))?;
     Ok(0)

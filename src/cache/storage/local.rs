@@ -217,6 +217,9 @@ impl Write for LocalWriter<'_> {
 }
 
 impl ObjectWriter for LocalWriter<'_> {
+    fn describe(&self) -> String {
+        self.file.path().display().to_string()
+    }
     fn commit(self: Box<Self>, key: &str) -> Result<(), StorageError> {
         let dest = self.dir.path(key)?;
         let file = self

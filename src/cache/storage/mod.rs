@@ -38,6 +38,10 @@ pub trait ObjectWriter: Write + Send {
     /// # Errors
     /// [`StorageError`] naming the key.
     fn commit(self: Box<Self>, key: &str) -> Result<(), StorageError>;
+    /// Where the bytes go until committed, for messages (a local backend's scratch file).
+    fn describe(&self) -> String {
+        "a new object of the cache".into()
+    }
 }
 
 /// The operations the cache needs from a place to keep objects.
