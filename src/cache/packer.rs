@@ -137,6 +137,9 @@ pub struct Packer<'c> {
     /// every tree of a cache (see [`Cache::links_hashes`]) decompresses no file contents.
     builders: [Mutex<Vec<FrameBuilder>>; 2],
     claimed: Mutex<HashSet<ObjectId>>,
+    /// Ids whose claim was given up ([`Packer::unclaim`]): another walk may have named such an
+    /// object meanwhile, trusting the claim (see [`Packer::given_up`]).
+    given_up: Mutex<HashSet<ObjectId>>,
 }
 
 impl<'c> Packer<'c> {
@@ -148,6 +151,7 @@ impl<'c> Packer<'c> {
             state: Mutex::new(State::default()),
             builders: [Mutex::new(Vec::new()), Mutex::new(Vec::new())],
             claimed: Mutex::new(HashSet::new()),
+            given_up: Mutex::new(HashSet::new()),
         }
     }
 
@@ -165,8 +169,25 @@ impl<'c> Packer<'c> {
 
     /// Give up a claim whose object could not be added, so another path holding the same
     /// contents adds it.
+    ///
+    /// A path walked while the claim was held was told (by [`Packer::claim`]) that the object
+    /// would be added, and may name it in its tree: after [`Packer::finish`], the caller must
+    /// check the objects of [`Packer::given_up`] and walk such paths again.
     pub fn unclaim(&self, id: impl Into<ObjectId>) {
-        self.claimed.lock().expect("claims").remove(&id.into());
+        let id = id.into();
+        self.claimed.lock().expect("claims").remove(&id);
+        self.given_up.lock().expect("given up").insert(id);
+    }
+
+    /// Every id whose claim was given up at some point (it may have been claimed and added
+    /// again since: check [`Cache::contains`] after [`Packer::finish`]).
+    pub fn given_up(&self) -> Vec<ObjectId> {
+        self.given_up
+            .lock()
+            .expect("given up")
+            .iter()
+            .copied()
+            .collect()
     }
 
     /// Add a claimed object that is in memory to the frames of one path: small objects go

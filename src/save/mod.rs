@@ -13,7 +13,7 @@ mod walk;
 pub use plan::{plan, resolve_root, SavePlan, SavePlanSummary};
 use walk::Walker;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::cache::{
-    Cache, CacheError, ObjectKind, PackStats, Packer, Snapshot, SnapshotPath, TreeId,
+    Cache, CacheError, ObjectId, ObjectKind, PackStats, Packer, Snapshot, SnapshotPath, TreeId,
 };
 use crate::db;
 use crate::error::{Error, Result};
@@ -91,6 +91,26 @@ pub fn execute(
     opts: &SaveOptions,
     progress: &dyn Progress,
 ) -> Result<SaveReport> {
+    execute_with(layout, cache, plan, opts, progress, &|_, _| {})
+}
+
+/// When [`execute_with`] calls its seam (tests use it to stage races).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// The first packer exists; no path was walked yet.
+    BeforeWalk,
+    /// Every path was walked once; the packer is not finished.
+    AfterWalk,
+}
+
+fn execute_with(
+    layout: &Layout,
+    cache: &Cache,
+    plan: SavePlan,
+    opts: &SaveOptions,
+    progress: &dyn Progress,
+    seam: &dyn Fn(Stage, &Packer),
+) -> Result<SaveReport> {
     let SavePlan {
         db,
         roots,
@@ -99,46 +119,64 @@ pub fn execute(
         known,
         graph,
     } = plan;
-    let packer = Packer::new(cache, opts.level);
-    let walker = Walker {
-        packer: &packer,
-        inodes: Mutex::new(HashMap::new()),
-        bytes_read: AtomicU64::new(0),
-        cached_links: OnceLock::new(),
-        new_links: Mutex::new(HashMap::new()),
-        links_dir: layout.real_store_dir().join(".links"),
-        source_links: OnceLock::new(),
-    };
-    let store = layout.real_store_dir();
     // Largest first, so one big path does not start last and run alone.
     let mut new = new;
     new.sort_by_key(|&i| std::cmp::Reverse(db.paths[i].nar_size));
-    progress.start(
-        "reading new paths",
-        new.iter().map(|&i| db.paths[i].nar_size).sum(),
-    );
-    let results: std::result::Result<Vec<_>, CacheError> = new
-        .par_iter()
-        // One path per task: paths differ in size by orders of magnitude, so rayon's default
-        // splitting into contiguous halves left one thread doing most of the work.
-        .with_max_len(1)
-        .map(|&i| {
-            let info = &db.paths[i];
-            // An error (the cache cannot take what we write) stops every walk.
-            let r = walk_one(&walker, &store, info);
-            progress.advance(info.nar_size);
-            r.map(|w| (i, w))
-        })
-        .collect();
-    progress.finish();
-    let bytes_read = walker.bytes_read.load(Ordering::Relaxed);
-    drop(walker);
-    let results = results.map_err(Error::CacheWrite)?;
-    let stats: PackStats = packer.finish().map_err(Error::CacheWrite)?;
+    let mut outcomes: HashMap<usize, Walked> = HashMap::new();
+    let (mut bytes_read, mut stats) = (0, PackStats::default());
+    // Walk the new paths in parallel. A large blob is claimed by the first walk that meets it
+    // and streamed into a pack; a walk meeting it meanwhile names it in its tree, trusting
+    // the claim. When the claimant gives the claim up (its path changed or vanished), the
+    // blob may end up in no pack: such paths are walked again, one at a time, so that no
+    // claim is pending while another path is walked. (Waiting for the claimant's outcome
+    // instead could deadlock: rayon may run the waiting walk on the claimant's own thread
+    // while the claimant waits for its compression tasks.)
+    let mut todo = new.clone();
+    for round in 0.. {
+        let packer = Packer::new(cache, opts.level);
+        let parallel = round == 0;
+        if parallel {
+            seam(Stage::BeforeWalk, &packer);
+            progress.start(
+                "reading new paths",
+                todo.iter().map(|&i| db.paths[i].nar_size).sum(),
+            );
+        }
+        let walked = walk_paths(layout, &db, &packer, &todo, parallel, progress);
+        if parallel {
+            progress.finish();
+            seam(Stage::AfterWalk, &packer);
+        }
+        let (results, read) = walked.map_err(Error::CacheWrite)?;
+        bytes_read += read;
+        let given_up = packer.given_up();
+        let s = packer.finish().map_err(Error::CacheWrite)?;
+        stats.objects += s.objects;
+        stats.raw_bytes += s.raw_bytes;
+        stats.packed_bytes += s.packed_bytes;
+        stats.packs += s.packs;
+        let missing: HashSet<ObjectId> = given_up
+            .into_iter()
+            .filter(|id| !cache.contains(*id))
+            .collect();
+        todo = naming_any(cache, &results, &missing)?;
+        outcomes.extend(results);
+        if todo.is_empty() {
+            break;
+        }
+        if !parallel {
+            let i = todo[0];
+            return Err(Error::Integrity(format!(
+                "{} names an object that no pack holds after a sequential walk; no snapshot \
+                 written (please report this bug)",
+                layout.store_dir.display(&db.paths[i].path)
+            )));
+        }
+    }
     let mut walked: HashMap<usize, (TreeId, u64)> = HashMap::new();
     // Paths that could not be saved, and why (content or source errors).
     let mut failed = Vec::new();
-    for (i, r) in results {
+    for (i, r) in outcomes {
         match r {
             Ok(t) => {
                 walked.insert(i, t);
@@ -164,7 +202,7 @@ pub fn execute(
     // With the daemon running, a GC may delete a path after the DB was read: that is no
     // corruption. Such paths (no longer valid now) are dropped with everything referring to them.
     if !failed.is_empty() {
-        let now_valid: std::collections::HashSet<StorePath> = db::read(layout)?
+        let now_valid: HashSet<StorePath> = db::read(layout)?
             .paths
             .into_iter()
             .map(|p| p.path)
@@ -210,7 +248,7 @@ pub fn execute(
         info.nar_size = size;
         paths.push(SnapshotPath { info, tree });
     }
-    let kept: std::collections::HashSet<&StorePath> = paths.iter().map(|p| &p.info.path).collect();
+    let kept: HashSet<&StorePath> = paths.iter().map(|p| &p.info.path).collect();
     let derivation_outputs = db
         .derivation_outputs
         .iter()
@@ -306,6 +344,81 @@ fn walk_one(
         walker.packer.add(ObjectKind::Tree, id, &bytes)?;
     }
     Ok(Ok((id, size)))
+}
+
+/// Walk `paths` with a fresh [`Walker`] on `packer`, all at once or one after the other.
+/// Returns each path's outcome and the bytes of file contents read.
+///
+/// # Errors
+/// [`CacheError`] when the cache cannot be written (the walks stop).
+fn walk_paths(
+    layout: &Layout,
+    db: &db::DbContents,
+    packer: &Packer,
+    paths: &[usize],
+    parallel: bool,
+    progress: &dyn Progress,
+) -> std::result::Result<(Vec<(usize, Walked)>, u64), CacheError> {
+    let walker = Walker {
+        packer,
+        inodes: Mutex::new(HashMap::new()),
+        bytes_read: AtomicU64::new(0),
+        cached_links: OnceLock::new(),
+        new_links: Mutex::new(HashMap::new()),
+        links_dir: layout.real_store_dir().join(".links"),
+        source_links: OnceLock::new(),
+    };
+    let store = layout.real_store_dir();
+    let one = |&i: &usize| {
+        let info = &db.paths[i];
+        let r = walk_one(&walker, &store, info);
+        if parallel {
+            progress.advance(info.nar_size);
+        }
+        r.map(|w| (i, w))
+    };
+    let results = if parallel {
+        paths
+            .par_iter()
+            // One path per task: paths differ in size by orders of magnitude, so rayon's
+            // default splitting into contiguous halves left one thread doing most of the work.
+            .with_max_len(1)
+            .map(one)
+            .collect::<std::result::Result<Vec<_>, _>>()?
+    } else {
+        paths
+            .iter()
+            .map(one)
+            .collect::<std::result::Result<Vec<_>, _>>()?
+    };
+    Ok((results, walker.bytes_read.load(Ordering::Relaxed)))
+}
+
+/// The paths walked successfully whose tree names one of `missing`.
+///
+/// # Errors
+/// [`CacheError`] when a tree just written cannot be read back.
+fn naming_any(
+    cache: &Cache,
+    results: &[(usize, Walked)],
+    missing: &HashSet<ObjectId>,
+) -> std::result::Result<Vec<usize>, CacheError> {
+    let mut out = Vec::new();
+    if missing.is_empty() {
+        return Ok(out);
+    }
+    for (i, r) in results {
+        let Ok((tree, _)) = r else { continue };
+        let mut names = false;
+        cache
+            .read_tree(tree)?
+            .for_each_blob(&mut |b, _| names |= missing.contains(&ObjectId::from(*b)));
+        if names {
+            out.push(*i);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
 }
 
 /// The error of a save that found corrupt or unreadable paths without `skip_corrupt`.
@@ -505,6 +618,62 @@ mod tests {
         };
         let mut conn = db::open_or_create(layout).unwrap();
         db::register(&mut conn, layout, &[&info], &[]).unwrap();
+    }
+
+    /// Security issue item 7, last bullet: path A claims a large (streamed) blob, path B
+    /// meets the same contents meanwhile and names the blob in its tree trusting the claim,
+    /// then A gives the claim up (A changed, or vanished). The seam plays A: it claims the
+    /// blob before the walks and gives it up after them. The snapshot must not name a blob
+    /// that no pack holds: B is walked again and packs it.
+    #[test]
+    fn a_large_blob_given_up_by_one_walk_is_packed_for_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(Flavor::Guix, &dir.path().join("src"), None, None).unwrap();
+        crate::sample::build(&layout, 1).unwrap();
+        add_path(&layout, "b", &[("shared", 5 << 20)]);
+        let b = layout
+            .real_store_dir()
+            .join("0123456789abcdfghijklmnpqrsvwxyz-b/shared");
+        let blob = crate::cache::BlobId::of(&std::fs::read(b).unwrap());
+        let cache = Cache::open_dir(&dir.path().join("cache")).unwrap();
+        let opts = SaveOptions {
+            roots: vec![],
+            skip_corrupt: true,
+            level: 1,
+        };
+        let p = plan(&layout, &cache, &opts).unwrap();
+        let r = execute_with(
+            &layout,
+            &cache,
+            p,
+            &opts,
+            &NoProgress,
+            &|stage, packer| match stage {
+                Stage::BeforeWalk => assert!(packer.claim(blob)),
+                Stage::AfterWalk => packer.unclaim(blob),
+            },
+        )
+        .unwrap();
+        assert_eq!(r.paths, 7, "{r:?}");
+        let cache = Cache::open_dir(&dir.path().join("cache")).unwrap();
+        assert!(cache.contains(blob), "the shared blob is in no pack");
+        assert_eq!(
+            crate::cache::BlobId::of(&cache.read_small(blob).unwrap()),
+            blob
+        );
+        let (_, snap) = cache.find_snapshot(None).unwrap();
+        for sp in &snap.paths {
+            cache
+                .read_tree(&sp.tree)
+                .unwrap()
+                .for_each_blob(&mut |id, _| {
+                    assert!(
+                        cache.contains(*id),
+                        "{}: blob {id} is in no pack",
+                        sp.info.path
+                    );
+                });
+        }
     }
 
     #[test]
