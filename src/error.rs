@@ -32,6 +32,13 @@ pub enum Error {
     Nar(#[from] NarError),
     #[error(transparent)]
     Trust(#[from] TrustError),
+    /// Trusted keys were given and no snapshot of the cache passed the signature check;
+    /// one message per snapshot, each naming it and saying why.
+    #[error(
+        "no snapshot of the cache is signed by a trusted key, so none is used; passed over:\n  {}",
+        .0.join("\n  ")
+    )]
+    NoTrustedSnapshot(Vec<String>),
     /// A save could not write to the cache (a full disk, a read-only file system,
     /// permissions): it was aborted before writing a snapshot.
     #[error(

@@ -12,7 +12,7 @@ use storesync::sample;
 use storesync::store::layout::Flavor;
 use util::{add_files_path, json, noise, World};
 
-const SUBCOMMANDS: [&str; 6] = ["save", "restore", "ls", "verify", "dump-nar", "demo"];
+const SUBCOMMANDS: [&str; 7] = ["save", "restore", "ls", "verify", "dump-nar", "demo", "key"];
 
 fn bin() -> Command {
     Command::cargo_bin("storesync").unwrap()
@@ -20,12 +20,16 @@ fn bin() -> Command {
 
 #[test]
 fn every_subcommand_help_has_examples() {
-    for sub in SUBCOMMANDS {
-        let out = bin().args([sub, "--help"]).assert().success();
+    let subs = SUBCOMMANDS.iter().map(|s| vec![*s]);
+    for sub in subs.chain([vec!["key", "generate"]]) {
+        let out = bin().args(&sub).arg("--help").assert().success();
         let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
-        assert!(text.contains("Examples:"), "{sub} --help:\n{text}");
-        assert!(text.contains("Exit codes"), "{sub} --help:\n{text}");
-        assert!(text.contains(&format!("storesync {sub}")) || text.contains(sub));
+        assert!(text.contains("Examples:"), "{sub:?} --help:\n{text}");
+        assert!(text.contains("Exit codes"), "{sub:?} --help:\n{text}");
+        assert!(
+            text.contains(&format!("storesync {}", sub.join(" "))),
+            "{text}"
+        );
     }
 }
 
@@ -259,4 +263,339 @@ fn a_full_or_read_only_cache_aborts_the_save_and_is_no_corruption() {
     mount.remount("ro");
     check(&[], "Read-only file system");
     check(&["--skip-corrupt"], "Read-only file system");
+}
+
+/// A key pair made by `storesync key generate` in `w`'s directory: (secret file, public file).
+fn key_pair(w: &World, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (sec, public) = (
+        w.dir.path().join(format!("{name}.sec")),
+        w.dir.path().join(format!("{name}.pub")),
+    );
+    bin()
+        .args(["key", "generate", "--name", name, "--secret"])
+        .arg(&sec)
+        .arg("--public")
+        .arg(&public)
+        .assert()
+        .success();
+    (sec, public)
+}
+
+fn save_with(w: &World, extra: &[&std::ffi::OsStr]) -> serde_json::Value {
+    let out = w
+        .cmd("src")
+        .args(["--json", "save", "--cache"])
+        .arg(w.cache_dir())
+        .args(extra)
+        .assert()
+        .success();
+    json(&out.get_output().stdout)
+}
+
+fn os(s: &std::path::Path) -> &std::ffi::OsStr {
+    s.as_os_str()
+}
+
+#[test]
+fn key_generate_writes_a_key_pair_and_never_overwrites() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::new(Flavor::Guix);
+    let (sec, public) = (w.dir.path().join("k.sec"), w.dir.path().join("k.pub"));
+    let out = bin()
+        .args(["--json", "key", "generate", "--secret"])
+        .arg(&sec)
+        .arg("--public")
+        .arg(&public)
+        .assert()
+        .success();
+    let j = json(&out.get_output().stdout);
+    let text = std::fs::read_to_string(&public).unwrap();
+    assert_eq!(j["public_key"].as_str().unwrap(), text.trim());
+    let name = j["name"].as_str().unwrap();
+    assert!(text.starts_with(&format!("{name}:")), "{text}");
+    // The default name is the host name (when it is a valid key name).
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    if !host.trim().is_empty() {
+        assert_eq!(name, host.trim());
+    }
+    let secret = storesync::trust::load_secret_key(sec.to_str().unwrap()).unwrap();
+    assert_eq!(secret.public().to_string(), text.trim());
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&sec), 0o600);
+    assert_eq!(mode(&public), 0o644);
+    // The secret never reaches stdout.
+    let secret_text = std::fs::read_to_string(&sec).unwrap();
+    let b64 = secret_text.trim().split(':').nth(1).unwrap();
+    assert!(!String::from_utf8_lossy(&out.get_output().stdout).contains(b64));
+    // Existing files are never replaced.
+    bin()
+        .args(["key", "generate", "--secret"])
+        .arg(&sec)
+        .arg("--public")
+        .arg(w.dir.path().join("other.pub"))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("k.sec"));
+    assert_eq!(std::fs::read_to_string(&sec).unwrap(), secret_text);
+    assert!(!w.dir.path().join("other.pub").exists());
+}
+
+#[test]
+fn signed_save_restores_with_the_right_key_only() {
+    let w = World::new(Flavor::Guix);
+    sample::build(&w.layout("src"), 1).unwrap();
+    let (sec, public) = key_pair(&w, "ci-1");
+    let (_, other) = key_pair(&w, "intruder");
+    let s = save_with(&w, &["--sign-key".as_ref(), os(&sec)]);
+    assert_eq!(s["signed_by"], "ci-1");
+    let id = s["snapshot"].as_str().unwrap().to_owned();
+    let sig = w.cache_dir().join(format!("snapshots/{id}.sig"));
+    assert!(sig.exists());
+    // Another key: refused, naming the snapshot, and nothing is written.
+    let out = w
+        .cmd("dst")
+        .args(["restore", "--cache"])
+        .arg(w.cache_dir())
+        .arg("--trusted-key")
+        .arg(&other)
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&id[..12]), "{err}");
+    assert!(err.contains("not trusted"), "{err}");
+    assert!(!w.root("dst").exists(), "a refused restore wrote something");
+    // The same through --snapshot.
+    w.cmd("dst")
+        .args(["restore", "--snapshot", &id[..8], "--cache"])
+        .arg(w.cache_dir())
+        .arg("--trusted-key")
+        .arg(&other)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(&id[..12]).and(predicate::str::contains("not trusted")));
+    // The right key, as a file and as key text among others.
+    let key_text = std::fs::read_to_string(&public).unwrap();
+    let out = w
+        .cmd("dst")
+        .args(["--json", "restore", "--cache"])
+        .arg(w.cache_dir())
+        .arg("--trusted-key")
+        .arg(&other)
+        .arg("--trusted-key")
+        .arg(key_text.trim())
+        .assert()
+        .success();
+    let r = json(&out.get_output().stdout);
+    assert_eq!(r["snapshot"].as_str().unwrap(), id);
+    assert_eq!(r["signed_by"], "ci-1");
+    assert_eq!(r["restored"], 6);
+    // ls and verify agree.
+    w.cmd("src")
+        .args(["ls", "--cache"])
+        .arg(w.cache_dir())
+        .arg("--trusted-key")
+        .arg(&public)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(&id[..12]).and(predicate::str::contains("ci-1")));
+    w.cmd("src")
+        .args(["verify", "--cache"])
+        .arg(w.cache_dir())
+        .arg("--trusted-key")
+        .arg(&public)
+        .assert()
+        .success();
+    w.cmd("src")
+        .args(["verify", "--cache"])
+        .arg(w.cache_dir())
+        .arg("--trusted-key")
+        .arg(&other)
+        .assert()
+        .code(1)
+        .stdout(
+            predicate::str::contains("problem: snapshot").and(predicate::str::contains(&id[..12])),
+        );
+}
+
+#[test]
+fn a_tampered_signature_is_refused() {
+    let w = World::new(Flavor::Guix);
+    sample::build(&w.layout("src"), 1).unwrap();
+    let (sec, public) = key_pair(&w, "ci-1");
+    let id = save_with(&w, &["--sign-key".as_ref(), os(&sec)])["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let sig = w.cache_dir().join(format!("snapshots/{id}.sig"));
+    let text = std::fs::read_to_string(&sig).unwrap();
+    // Flip one character of the base64 signature (keeping it base64 of the same length).
+    let at = text.find(':').unwrap() + 5;
+    let mut bytes = text.into_bytes();
+    bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+    std::fs::write(&sig, &bytes).unwrap();
+    w.cmd("dst")
+        .args(["restore", "--cache"])
+        .arg(w.cache_dir())
+        .arg("--trusted-key")
+        .arg(&public)
+        .assert()
+        .code(1)
+        .stderr(
+            predicate::str::contains(&id[..12]).and(predicate::str::contains("does not verify")),
+        );
+    // A signature file that is not one at all.
+    std::fs::write(&sig, b"garbage\n").unwrap();
+    w.cmd("dst")
+        .args(["restore", "--cache"])
+        .arg(w.cache_dir())
+        .arg("--trusted-key")
+        .arg(&public)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(&id[..12]).and(predicate::str::contains("malformed")));
+    assert!(!w.root("dst").exists());
+}
+
+#[test]
+fn the_newest_unsigned_snapshot_is_passed_over_for_an_older_signed_one() {
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    sample::build(&src, 1).unwrap();
+    let (sec, public) = key_pair(&w, "ci-1");
+    let signed = save_with(&w, &["--sign-key".as_ref(), os(&sec)])["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    sample::build(&src, 2).unwrap();
+    let unsigned = save_with(&w, &[])["snapshot"].as_str().unwrap().to_owned();
+    assert_ne!(signed, unsigned);
+    let out = w
+        .cmd("dst")
+        .args(["--json", "restore", "--cache"])
+        .arg(w.cache_dir())
+        .arg("--trusted-key")
+        .arg(&public)
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let r = json(&out.stdout);
+    assert_eq!(r["snapshot"].as_str().unwrap(), signed);
+    let passed = r["passed_over"].as_array().unwrap();
+    assert_eq!(passed.len(), 1, "{r}");
+    assert!(passed[0].as_str().unwrap().contains(&unsigned[..12]));
+    assert!(passed[0].as_str().unwrap().contains("not signed"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("passed over") && err.contains(&unsigned[..12]),
+        "{err}"
+    );
+    // Without keys the newest is taken; ls with the key lists only the signed one.
+    let out = w
+        .cmd("src")
+        .args(["--json", "ls", "--cache"])
+        .arg(w.cache_dir())
+        .arg("--trusted-key")
+        .arg(&public)
+        .assert()
+        .success();
+    let l = json(&out.get_output().stdout);
+    assert_eq!(l.as_array().unwrap().len(), 1);
+    assert_eq!(l[0]["id"].as_str().unwrap(), signed);
+    assert_eq!(l[0]["signed_by"], "ci-1");
+    // Saving again unchanged with the key signs the existing newest snapshot.
+    let again = save_with(&w, &["--sign-key".as_ref(), os(&sec)]);
+    assert_eq!(again["unchanged"], true);
+    assert_eq!(again["snapshot"].as_str().unwrap(), unsigned);
+    let out = w
+        .cmd("dst")
+        .args(["--json", "restore", "--dry-run", "--cache"])
+        .arg(w.cache_dir())
+        .arg("--trusted-key")
+        .arg(&public)
+        .assert()
+        .success();
+    let r = json(&out.get_output().stdout);
+    assert_eq!(r["snapshot"].as_str().unwrap(), unsigned);
+    assert_eq!(r["passed_over"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn keys_from_the_environment() {
+    let w = World::new(Flavor::Guix);
+    sample::build(&w.layout("src"), 1).unwrap();
+    let (sec, public) = key_pair(&w, "ci-1");
+    let (_, other) = key_pair(&w, "intruder");
+    // STORESYNC_SIGN_KEY holding the key text (as a CI secret would).
+    let secret_text = std::fs::read_to_string(&sec).unwrap();
+    let out = w
+        .cmd("src")
+        .env("STORESYNC_SIGN_KEY", secret_text.trim())
+        .args(["--json", "save", "--cache"])
+        .arg(w.cache_dir())
+        .assert()
+        .success();
+    let s = json(&out.get_output().stdout);
+    assert_eq!(s["signed_by"], "ci-1");
+    // --help must not show the secret in the environment.
+    w.cmd("src")
+        .env("STORESYNC_SIGN_KEY", secret_text.trim())
+        .args(["save", "--help"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(secret_text.trim()).not());
+    // STORESYNC_TRUSTED_KEYS: a list of key files or texts.
+    let list = format!("{},{}", other.display(), public.display());
+    w.cmd("dst")
+        .env("STORESYNC_TRUSTED_KEYS", &list)
+        .args(["restore", "--cache"])
+        .arg(w.cache_dir())
+        .assert()
+        .success();
+    w.cmd("dst2")
+        .env("STORESYNC_TRUSTED_KEYS", other.as_os_str())
+        .args(["restore", "--cache"])
+        .arg(w.cache_dir())
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("not trusted"));
+    // Set but empty (an undefined CI variable) must not turn checks off.
+    w.cmd("dst2")
+        .env("STORESYNC_TRUSTED_KEYS", "")
+        .args(["restore", "--cache"])
+        .arg(w.cache_dir())
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("STORESYNC_TRUSTED_KEYS"));
+    assert!(!w.root("dst2").exists());
+}
+
+/// With trusted keys, an unsigned snapshot is refused on its signature alone: its body is
+/// never read (a damaged or hostile body is not even decoded).
+#[test]
+fn an_unsigned_snapshot_is_refused_before_its_body_is_read() {
+    let w = World::new(Flavor::Guix);
+    sample::build(&w.layout("src"), 1).unwrap();
+    let (_, public) = key_pair(&w, "ci-1");
+    let id = save_with(&w, &[])["snapshot"].as_str().unwrap().to_owned();
+    let snap = w.cache_dir().join(format!("snapshots/{id}.snap"));
+    std::fs::write(&snap, b"not a snapshot at all").unwrap();
+    let out = w
+        .cmd("dst")
+        .args(["restore", "--cache"])
+        .arg(w.cache_dir())
+        .arg("--trusted-key")
+        .arg(&public)
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&id[..12]) && err.contains("not signed"),
+        "{err}"
+    );
+    assert!(!err.contains("checksum") && !err.contains("magic"), "{err}");
 }

@@ -4,14 +4,16 @@ use std::io::{self, Write};
 
 use clap::Args;
 use serde::Serialize;
-use storesync::error::Result;
+use storesync::error::{Chain, Result};
 
-use super::output::{human, render, short, warn};
-use super::{CacheArg, Global};
+use super::output::{human, note, render, short, warn};
+use super::{CacheArg, Global, TrustArgs};
 
 pub const EXAMPLES: &str = "\
 Examples:
   storesync ls --cache ~/.cache/storesync
+  # only the snapshots a restore given this key would accept:
+  storesync ls --cache ~/.cache/storesync --trusted-key ci-key.pub
   # the paths of one snapshot (any unique prefix of its id), largest last:
   storesync ls --cache ~/.cache/storesync --snapshot 3f2a9c | sort -h
 
@@ -24,6 +26,8 @@ pub struct LsArgs {
     /// Show the paths of this snapshot (id or unique prefix).
     #[arg(long, value_name = "ID")]
     pub snapshot: Option<String>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
 }
 
 /// One snapshot of the listing.
@@ -36,6 +40,8 @@ struct SnapshotLine {
     paths: usize,
     nar_bytes: u64,
     roots: Vec<String>,
+    /// With trusted keys: the key whose signature verified.
+    signed_by: Option<String>,
 }
 
 /// One path of a snapshot.
@@ -48,12 +54,25 @@ struct PathLine {
 }
 
 pub fn run(g: &Global, a: &LsArgs) -> Result<u8> {
+    let keys = a.trust.keys()?;
     let cache = a.cache.open_read_only();
     match &a.snapshot {
         None => {
             let mut lines = Vec::new();
-            for (id, s) in cache.snapshots()? {
-                match s {
+            for id in cache.snapshot_ids()? {
+                // With trusted keys, nothing of a snapshot is read before its signature passes.
+                let signed_by = if keys.is_empty() {
+                    None
+                } else {
+                    match cache.check_signature(&id, &keys) {
+                        Ok(k) => Some(k),
+                        Err(e) => {
+                            note(format_args!("passed over: {}", Chain(&e)));
+                            continue;
+                        }
+                    }
+                };
+                match cache.read_snapshot(&id) {
                     Ok(s) => lines.push(SnapshotLine {
                         id: id.hex(),
                         created: s.created / 1_000_000_000,
@@ -66,14 +85,20 @@ pub fn run(g: &Global, a: &LsArgs) -> Result<u8> {
                             .iter()
                             .map(|r| format!("{}/{r}", s.store_dir))
                             .collect(),
+                        signed_by,
                     }),
                     Err(e) => warn(format_args!("snapshot {id}: {e}")),
                 }
             }
+            lines.sort_by_key(|l| (l.created, l.id.clone()));
             render(g.format(), &lines, snapshots_text)?;
         }
         Some(prefix) => {
-            let (_, s) = cache.find_snapshot(Some(prefix))?;
+            let s = if keys.is_empty() {
+                cache.find_snapshot(Some(prefix))?.1
+            } else {
+                cache.find_signed_snapshot(Some(prefix), &keys)?.snapshot
+            };
             let lines: Vec<PathLine> = s
                 .paths
                 .iter()
@@ -106,6 +131,9 @@ fn snapshots_text(out: &mut dyn Write, lines: &Vec<SnapshotLine>) -> io::Result<
                 l.roots.join(" ")
             }
         )?;
+        if let Some(k) = &l.signed_by {
+            writeln!(out, "              signed by trusted key `{k}`")?;
+        }
     }
     Ok(())
 }

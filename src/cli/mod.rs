@@ -4,6 +4,7 @@
 
 mod demo;
 mod dump_nar;
+mod key;
 mod ls;
 pub mod output;
 mod progress;
@@ -18,6 +19,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use storesync::cache::Cache;
 use storesync::error::{Error, Result};
 use storesync::store::layout::{Flavor, Layout};
+use storesync::trust::TrustedKeys;
 
 use output::Format;
 
@@ -150,6 +152,10 @@ pub enum Command {
     /// verify it, and print what happened.
     #[command(after_help = demo::EXAMPLES)]
     Demo(demo::DemoArgs),
+    /// Make the Ed25519 keys that sign snapshots (`save --sign-key`) and check them
+    /// (`restore --trusted-key`).
+    #[command(after_help = key::EXAMPLES)]
+    Key(key::KeyArgs),
 }
 
 /// `--cache DIR`.
@@ -158,6 +164,30 @@ pub struct CacheArg {
     /// The cache directory.
     #[arg(long, value_name = "DIR", env = "STORESYNC_CACHE")]
     pub cache: PathBuf,
+}
+
+/// `--trusted-key`, for the commands that choose or read snapshots.
+#[derive(Args, Debug)]
+pub struct TrustArgs {
+    /// Use only snapshots signed by this public key: key text NAME:BASE64 or the path of a
+    /// file holding it (repeatable; also STORESYNC_TRUSTED_KEYS, keys or files separated by
+    /// commas or spaces). A snapshot's signature is checked before the snapshot is read;
+    /// unsigned or wrongly signed snapshots are refused.
+    #[arg(long = "trusted-key", value_name = "FILE|KEY")]
+    pub trusted_keys: Vec<String>,
+}
+
+impl TrustArgs {
+    /// The keys of `--trusted-key` and of STORESYNC_TRUSTED_KEYS (none: no checks).
+    ///
+    /// # Errors
+    /// [`Error::Trust`] for a key that cannot be read or parsed, or a variable that is set
+    /// but names no key.
+    pub fn keys(&self) -> Result<TrustedKeys> {
+        let mut keys = TrustedKeys::from_args(&self.trusted_keys)?;
+        keys.extend(TrustedKeys::from_env()?);
+        Ok(keys)
+    }
 }
 
 impl CacheArg {
@@ -202,5 +232,6 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Verify(a) => verify::run(g, a, &bars),
         Command::DumpNar(a) => dump_nar::run(g, a),
         Command::Demo(a) => demo::run(g, a, &bars),
+        Command::Key(a) => key::run(g, a),
     }
 }

@@ -8,7 +8,7 @@ use storesync::progress::Progress;
 use storesync::restore::{self, RestoreOptions, RestoreReport};
 
 use super::output::{human, note, render, short};
-use super::{print_warnings, CacheArg, Global};
+use super::{print_warnings, CacheArg, Global, TrustArgs};
 
 pub const EXAMPLES: &str = "\
 Examples:
@@ -16,6 +16,8 @@ Examples:
   sudo storesync restore --cache ~/.cache/storesync
   # what would be written, changing nothing:
   storesync restore --cache /mnt/team-cache --dry-run
+  # only a snapshot signed by the CI key (see `storesync key generate`):
+  sudo storesync restore --cache ~/.cache/storesync --trusted-key ci-key.pub
   # only the closure of one path, from a given snapshot, into an image being prepared:
   sudo storesync --root /mnt/image restore --cache /mnt/team-cache --snapshot 3f2a9c \\
       /gnu/store/...-hello-2.12
@@ -36,12 +38,15 @@ pub struct RestoreArgs {
     /// Wait for the daemon's big-lock instead of exiting with code 3.
     #[arg(long)]
     pub wait: bool,
+    #[command(flatten)]
+    pub trust: TrustArgs,
     /// Restore only the closure of these store paths.
     pub paths: Vec<String>,
 }
 
 pub fn run(g: &Global, a: &RestoreArgs, progress: &dyn Progress) -> Result<u8> {
     let layout = g.layout()?;
+    let trusted = a.trust.keys()?;
     let cache = a.cache.open_read_only();
     if cache.snapshot_ids()?.is_empty() && a.snapshot.is_none() {
         note(format_args!(
@@ -58,10 +63,14 @@ pub fn run(g: &Global, a: &RestoreArgs, progress: &dyn Progress) -> Result<u8> {
         roots: a.paths.clone(),
         dry_run: a.dry_run,
         wait: a.wait,
+        trusted,
     };
     let r = restore::restore(&layout, &cache, &opts, progress);
     print_warnings(&cache);
     let r = r?;
+    for p in &r.passed_over {
+        note(format_args!("passed over: {p}"));
+    }
     if !r.dry_run {
         for f in &r.failures {
             eprintln!("failed: {}: {}", f.path, f.error);
@@ -84,6 +93,13 @@ pub fn run(g: &Global, a: &RestoreArgs, progress: &dyn Progress) -> Result<u8> {
 }
 
 fn text(out: &mut dyn Write, r: &RestoreReport, verbose: bool) -> io::Result<()> {
+    if let Some(k) = &r.signed_by {
+        writeln!(
+            out,
+            "snapshot {} is signed by trusted key `{k}`",
+            short(&r.snapshot)
+        )?;
+    }
     if r.dry_run {
         for p in &r.paths {
             writeln!(out, "would restore {p}")?;

@@ -3,9 +3,12 @@
 use std::io::{self, Write};
 
 use clap::Args;
+use serde::Serialize;
+use storesync::cache::SnapshotId;
 use storesync::error::Result;
 use storesync::progress::Progress;
 use storesync::save::{self, SaveOptions, SavePlanSummary, SaveReport};
+use storesync::trust;
 
 use super::output::{human, render, short};
 use super::{print_warnings, CacheArg, Global};
@@ -18,6 +21,8 @@ Examples:
   storesync save --cache /mnt/team-cache /var/guix/profiles/per-user/alice/guix-profile
   # which paths a save would read, writing nothing (not even the cache directory):
   storesync save --cache ~/.cache/storesync --dry-run
+  # signed, so that restores given the public key (--trusted-key) accept it:
+  storesync save --cache ~/.cache/storesync --sign-key /etc/storesync/ci-key.sec
   # a Nix store, dropping paths whose content does not match the DB:
   storesync --flavor nix save --cache /tmp/c --skip-corrupt
 
@@ -34,6 +39,16 @@ pub struct SaveArgs {
     /// Print which paths would be read (those not in the cache yet) and write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Sign the snapshot with this secret key (key text NAME:BASE64 or, better, the path of
+    /// a key file; see `storesync key generate`): writes snapshots/<id>.sig next to it. An
+    /// unchanged snapshot is signed too.
+    #[arg(
+        long,
+        value_name = "FILE|KEY",
+        env = "STORESYNC_SIGN_KEY",
+        hide_env_values = true
+    )]
+    pub sign_key: Option<String>,
     /// zstd compression level for new contents.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
     pub level: i32,
@@ -43,6 +58,12 @@ pub struct SaveArgs {
 
 pub fn run(g: &Global, a: &SaveArgs, progress: &dyn Progress) -> Result<u8> {
     let layout = g.layout()?;
+    // A bad key fails before anything is read or written.
+    let key = a
+        .sign_key
+        .as_deref()
+        .map(trust::load_secret_key)
+        .transpose()?;
     let opts = SaveOptions {
         roots: a.paths.clone(),
         skip_corrupt: a.skip_corrupt,
@@ -72,11 +93,35 @@ pub fn run(g: &Global, a: &SaveArgs, progress: &dyn Progress) -> Result<u8> {
     for p in &r.dropped_referrers {
         eprintln!("skipped (refers to a path not saved): {p}");
     }
-    render(g.format(), &r, |out, r| text(out, r, g.verbose > 0))?;
+    // The snapshot is the commit point; its signature follows it (a restore that trusts
+    // only signed snapshots passes over it until then).
+    let signed_by = match &key {
+        Some(k) => {
+            let id = SnapshotId::parse(&r.snapshot).expect("a snapshot id");
+            cache.add_signature(&id, k.sign_snapshot(&id.0))?;
+            Some(k.name().to_owned())
+        }
+        None => None,
+    };
+    let saved = Saved {
+        report: &r,
+        signed_by,
+    };
+    render(g.format(), &saved, |out, s| text(out, s, g.verbose > 0))?;
     Ok(0)
 }
 
-fn text(out: &mut dyn Write, r: &SaveReport, verbose: bool) -> io::Result<()> {
+/// `save --json`: the library's report and who signed the snapshot.
+#[derive(Serialize)]
+struct Saved<'a> {
+    #[serde(flatten)]
+    report: &'a SaveReport,
+    /// The name of the key that signed the snapshot (`--sign-key`).
+    signed_by: Option<String>,
+}
+
+fn text(out: &mut dyn Write, s: &Saved, verbose: bool) -> io::Result<()> {
+    let r = s.report;
     if verbose {
         for p in &r.new_path_names {
             writeln!(out, "saved {p}")?;
@@ -93,7 +138,11 @@ fn text(out: &mut dyn Write, r: &SaveReport, verbose: bool) -> io::Result<()> {
         human(r.bytes_read),
         r.new_objects,
         human(r.packed_bytes)
-    )
+    )?;
+    if let Some(name) = &s.signed_by {
+        writeln!(out, "signed by `{name}`")?;
+    }
+    Ok(())
 }
 
 fn dry_run_text(out: &mut dyn Write, s: &SavePlanSummary) -> io::Result<()> {

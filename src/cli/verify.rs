@@ -3,16 +3,18 @@
 use std::io::{self, Write};
 
 use clap::Args;
-use storesync::error::Result;
+use storesync::error::{Chain, Result};
 use storesync::progress::Progress;
 use storesync::verify::{self, VerifyReport};
 
 use super::output::render;
-use super::{CacheArg, Global};
+use super::{CacheArg, Global, TrustArgs};
 
 pub const EXAMPLES: &str = "\
 Examples:
   storesync verify --cache ~/.cache/storesync
+  # also list every snapshot that a restore given this key would refuse:
+  storesync verify --cache ~/.cache/storesync --trusted-key ci-key.pub
   # problems as JSON, for a CI step that keeps a log:
   storesync --json verify --cache ~/.cache/storesync > verify.json
 
@@ -22,11 +24,21 @@ Exit codes: 0 no problem, 1 problems found (each listed) or an error, 2 usage.";
 pub struct VerifyArgs {
     #[command(flatten)]
     pub cache: CacheArg,
+    #[command(flatten)]
+    pub trust: TrustArgs,
 }
 
 pub fn run(g: &Global, a: &VerifyArgs, progress: &dyn Progress) -> Result<u8> {
+    let keys = a.trust.keys()?;
     let cache = a.cache.open_read_only();
-    let r = verify::verify(&cache, progress)?;
+    let mut r = verify::verify(&cache, progress)?;
+    if !keys.is_empty() {
+        for id in cache.snapshot_ids()? {
+            if let Err(e) = cache.check_signature(&id, &keys) {
+                r.problems.push(Chain(&e).to_string());
+            }
+        }
+    }
     render(g.format(), &r, text)?;
     Ok(if r.problems.is_empty() { 0 } else { 1 })
 }

@@ -46,7 +46,9 @@ impl World {
             .env_remove("GUIX_DATABASE_DIRECTORY")
             .env_remove("GUIX_STATE_DIRECTORY")
             .env_remove("NIX_STORE_DIR")
-            .env_remove("NIX_STATE_DIR");
+            .env_remove("NIX_STATE_DIR")
+            .env_remove("STORESYNC_TRUSTED_KEYS")
+            .env_remove("STORESYNC_SIGN_KEY");
         c
     }
 }

@@ -303,6 +303,17 @@ impl Storage for LocalDir {
         Ok(true)
     }
 
+    fn put(&self, key: &str, data: &[u8]) -> Result<(), StorageError> {
+        let dest = self.path(key)?;
+        let mut tmp = self.scratch()?;
+        tmp.write_all(data).map_err(self.err(key))?;
+        tmp.as_file().sync_all().map_err(self.err(key))?;
+        // rename(2) replaces atomically; a symlink at `dest` is replaced, not followed.
+        tmp.persist(&dest)
+            .map_err(|e| StorageError(self.describe(key), e.error))?;
+        sync_dir(dest.parent().expect("keys have a directory")).map_err(self.err(key))
+    }
+
     fn writer(&self) -> Result<Box<dyn ObjectWriter + '_>, StorageError> {
         Ok(Box::new(LocalWriter {
             dir: self,
