@@ -338,6 +338,16 @@ fn key_generate_writes_a_key_pair_and_never_overwrites() {
         .stderr(predicate::str::contains("k.sec"));
     assert_eq!(std::fs::read_to_string(&sec).unwrap(), secret_text);
     assert!(!w.dir.path().join("other.pub").exists());
+    // A name that cannot be a key name is a usage error.
+    bin()
+        .args(["key", "generate", "--name", "a:b", "--secret"])
+        .arg(w.dir.path().join("n.sec"))
+        .arg("--public")
+        .arg(w.dir.path().join("n.pub"))
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--name"));
+    assert!(!w.dir.path().join("n.sec").exists());
 }
 
 #[test]

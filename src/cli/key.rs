@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use storesync::error::Result;
+use storesync::error::{Error, Result};
 use storesync::trust;
 
 use super::output::render;
@@ -68,7 +68,10 @@ pub fn run(g: &Global, a: &KeyArgs) -> Result<u8> {
 
 fn generate(g: &Global, a: &GenerateArgs) -> Result<u8> {
     let name = a.name.clone().unwrap_or_else(default_name);
-    let (secret, public) = trust::generate(&name)?;
+    let (secret, public) = trust::generate(&name).map_err(|e| match e {
+        trust::TrustError::BadName { .. } => Error::Usage(format!("--name: {e}")),
+        e => e.into(),
+    })?;
     secret.write_key_files(&a.secret, &a.public)?;
     let out = Generated {
         name,

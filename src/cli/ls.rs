@@ -73,24 +73,29 @@ pub fn run(g: &Global, a: &LsArgs) -> Result<u8> {
                     }
                 };
                 match cache.read_snapshot(&id) {
-                    Ok(s) => lines.push(SnapshotLine {
-                        id: id.hex(),
-                        created: s.created / 1_000_000_000,
-                        flavor: s.flavor.name().into(),
-                        store_dir: s.store_dir.clone(),
-                        paths: s.paths.len(),
-                        nar_bytes: s.nar_bytes(),
-                        roots: s
-                            .roots
-                            .iter()
-                            .map(|r| format!("{}/{r}", s.store_dir))
-                            .collect(),
-                        signed_by,
-                    }),
+                    Ok(s) => lines.push((
+                        s.created,
+                        SnapshotLine {
+                            id: id.hex(),
+                            created: s.created / 1_000_000_000,
+                            flavor: s.flavor.name().into(),
+                            store_dir: s.store_dir.clone(),
+                            paths: s.paths.len(),
+                            nar_bytes: s.nar_bytes(),
+                            roots: s
+                                .roots
+                                .iter()
+                                .map(|r| format!("{}/{r}", s.store_dir))
+                                .collect(),
+                            signed_by,
+                        },
+                    )),
                     Err(e) => warn(format_args!("snapshot {id}: {e}")),
                 }
             }
-            lines.sort_by_key(|l| (l.created, l.id.clone()));
+            // Oldest first (by the nanosecond timestamps; listed in seconds).
+            lines.sort_by(|a, b| (a.0, &a.1.id).cmp(&(b.0, &b.1.id)));
+            let lines: Vec<SnapshotLine> = lines.into_iter().map(|(_, l)| l).collect();
             render(g.format(), &lines, snapshots_text)?;
         }
         Some(prefix) => {
