@@ -120,9 +120,10 @@ fn choose(
 /// Open the target, plan, and (unless a dry run) execute under the big-lock.
 ///
 /// # Errors
-/// [`crate::Error::Lock`] when the store is busy; with trusted keys, [`crate::Error::Trust`] for a chosen
-/// snapshot that fails the signature check and [`crate::Error::NoTrustedSnapshot`] when no snapshot
-/// passes; and as [`plan`] and [`execute`].
+/// [`crate::Error::Lock`] when the store is busy; with trusted keys,
+/// [`crate::Error::Trust`] for a chosen snapshot that fails the signature check and
+/// [`crate::Error::NoTrustedSnapshot`] when no snapshot passes; and as [`plan`] and
+/// [`execute`].
 pub fn restore(
     layout: &Layout,
     cache: &Cache,
