@@ -100,7 +100,7 @@ fn ten_generations_with_keep_last_2_and_a_budget_stay_within_it() {
     let mut kept_ids = vec![first];
     for g in 2..=10u64 {
         let name = format!("{}-gen-{g}", hash_part(g));
-        util::add_files_path(&src, &name, &[("data", &noise(g, 300_000), false)]);
+        util::add_files_path(&src, &name, &[("data", &noise(g, 300_000), false)], &[]);
         // Each generation is the sample plus its own new path, as an upgrade replaces one.
         let mut roots = sample_roots.clone();
         roots.push(format!("/gnu/store/{name}"));
@@ -141,7 +141,12 @@ fn the_newest_snapshot_of_each_key_is_kept_and_other_keys_are_untouched() {
     let src = w.layout("src");
     sample::build(&src, 1).unwrap();
     save(&w, "nix-a");
-    util::add_files_path(&src, &format!("{}-x", hash_part(1)), &[("f", b"x", false)]);
+    util::add_files_path(
+        &src,
+        &format!("{}-x", hash_part(1)),
+        &[("f", b"x", false)],
+        &[],
+    );
     save(&w, "nix-a");
     save(&w, "other-b");
     let policy = GcPolicy {
@@ -168,7 +173,7 @@ fn a_dry_run_changes_nothing_and_a_grace_period_defers_deletion() {
     sample::build(&src, 1).unwrap();
     save(&w, "k");
     let y = format!("{}-y", hash_part(3));
-    util::add_files_path(&src, &y, &[("f", &noise(3, 100_000), false)]);
+    util::add_files_path(&src, &y, &[("f", &noise(3, 100_000), false)], &[]);
     // The second snapshot holds only y: dropping the first leaves the sample's pack dead.
     save_roots(&w, "k", vec![format!("/gnu/store/{y}")]);
     let listing = || util::tree_listing(&w.cache_dir());
@@ -210,7 +215,7 @@ fn a_save_that_started_before_a_collection_keeps_what_its_snapshot_needs() {
     // A second save plans (reads the index and the snapshots) before a collection runs that
     // drops every snapshot it could reuse objects from...
     let name = format!("{}-late", hash_part(5));
-    util::add_files_path(&src, &name, &[("f", &noise(5, 50_000), false)]);
+    util::add_files_path(&src, &name, &[("f", &noise(5, 50_000), false)], &[]);
     let cache = w.cache();
     let opts = SaveOptions {
         key: "other".into(),

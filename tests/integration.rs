@@ -791,6 +791,7 @@ fn incremental_save_reuses_links_hashes_of_cached_contents_exactly() {
         &src,
         "00000000000000000000000000000001-mixed-1",
         &[("large", &large, false), ("medium", &medium, true)],
+        &[],
     );
     save_json(&w, "src");
     util::add_files_path(
@@ -802,6 +803,7 @@ fn incremental_save_reuses_links_hashes_of_cached_contents_exactly() {
             ("medium", &medium, true),
             ("medium-nx", &medium, false),
         ],
+        &[],
     );
     // Trees sit in frames of their own, so the cache's `.links` hashes are cheap to read.
     let cache = w.cache();

@@ -92,7 +92,7 @@ impl OpenPack<'_> {
     fn write(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
         self.file
             .write_all(bytes)
-            .map_err(|e| StorageError("a new pack".into(), e))?;
+            .map_err(|e| StorageError(format!("new pack {}", self.file.describe()), e))?;
         self.hasher.update(bytes);
         self.len += bytes.len() as u64;
         Ok(())
@@ -139,6 +139,9 @@ pub struct Packer<'c> {
     /// every tree of a cache (see [`Cache::links_hashes`]) decompresses no file contents.
     builders: [Mutex<Vec<FrameBuilder>>; 2],
     claimed: Mutex<HashSet<ObjectId>>,
+    /// Ids whose claim was given up ([`Packer::unclaim`]): another walk may have named such an
+    /// object meanwhile, trusting the claim (see [`Packer::given_up`]).
+    given_up: Mutex<HashSet<ObjectId>>,
 }
 
 impl<'c> Packer<'c> {
@@ -150,6 +153,7 @@ impl<'c> Packer<'c> {
             state: Mutex::new(State::default()),
             builders: [Mutex::new(Vec::new()), Mutex::new(Vec::new())],
             claimed: Mutex::new(HashSet::new()),
+            given_up: Mutex::new(HashSet::new()),
         }
     }
 
@@ -167,8 +171,25 @@ impl<'c> Packer<'c> {
 
     /// Give up a claim whose object could not be added, so another path holding the same
     /// contents adds it.
+    ///
+    /// A path walked while the claim was held was told (by [`Packer::claim`]) that the object
+    /// would be added, and may name it in its tree: after [`Packer::finish`], the caller must
+    /// check the objects of [`Packer::given_up`] and walk such paths again.
     pub fn unclaim(&self, id: impl Into<ObjectId>) {
-        self.claimed.lock().expect("claims").remove(&id.into());
+        let id = id.into();
+        self.claimed.lock().expect("claims").remove(&id);
+        self.given_up.lock().expect("given up").insert(id);
+    }
+
+    /// Every id whose claim was given up at some point (it may have been claimed and added
+    /// again since: check [`Cache::contains`] after [`Packer::finish`]).
+    pub fn given_up(&self) -> Vec<ObjectId> {
+        self.given_up
+            .lock()
+            .expect("given up")
+            .iter()
+            .copied()
+            .collect()
     }
 
     /// Add a claimed object that is in memory to the frames of one path: small objects go
@@ -408,7 +429,7 @@ impl<'c> Packer<'c> {
     fn commit_pack(&self, st: &mut State<'c>, mut pack: OpenPack<'c>) -> Result<(), CacheError> {
         pack.file
             .flush()
-            .map_err(|e| StorageError("flushing a pack".into(), e))?;
+            .map_err(|e| StorageError(format!("new pack {}", pack.file.describe()), e))?;
         let id = PackId(*pack.hasher.finalize().as_bytes());
         pack.file.commit(&pack_key(&id))?;
         let no = st.done.packs.len() as u32;

@@ -218,6 +218,9 @@ impl Write for LocalWriter<'_> {
 }
 
 impl ObjectWriter for LocalWriter<'_> {
+    fn describe(&self) -> String {
+        self.file.path().display().to_string()
+    }
     fn commit(self: Box<Self>, key: &str) -> Result<(), StorageError> {
         let dest = self.dir.path(key)?;
         let file = self
@@ -299,6 +302,17 @@ impl Storage for LocalDir {
         }
         sync_dir(dest.parent().expect("keys have a directory")).map_err(self.err(key))?;
         Ok(true)
+    }
+
+    fn put(&self, key: &str, data: &[u8]) -> Result<(), StorageError> {
+        let dest = self.path(key)?;
+        let mut tmp = self.scratch()?;
+        tmp.write_all(data).map_err(self.err(key))?;
+        tmp.as_file().sync_all().map_err(self.err(key))?;
+        // rename(2) replaces atomically; a symlink at `dest` is replaced, not followed.
+        tmp.persist(&dest)
+            .map_err(|e| StorageError(self.describe(key), e.error))?;
+        sync_dir(dest.parent().expect("keys have a directory")).map_err(self.err(key))
     }
 
     fn writer(&self) -> Result<Box<dyn ObjectWriter + '_>, StorageError> {
