@@ -4,6 +4,7 @@
 
 mod demo;
 mod dump_nar;
+mod gc;
 mod key;
 mod ls;
 pub mod output;
@@ -152,6 +153,10 @@ pub enum Command {
     /// verify it, and print what happened.
     #[command(after_help = demo::EXAMPLES)]
     Demo(demo::DemoArgs),
+    /// Drop snapshots a retention policy does not keep, and the data only they need, within
+    /// a size budget.
+    #[command(after_help = gc::EXAMPLES)]
+    Gc(gc::GcArgs),
     /// Make the Ed25519 keys that sign snapshots (`save --sign-key`) and check them
     /// (`restore --trusted-key`).
     #[command(after_help = key::EXAMPLES)]
@@ -232,6 +237,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Verify(a) => verify::run(g, a, &bars),
         Command::DumpNar(a) => dump_nar::run(g, a),
         Command::Demo(a) => demo::run(g, a, &bars),
+        Command::Gc(a) => gc::run(g, a, &bars),
         Command::Key(a) => key::run(g, a),
     }
 }
