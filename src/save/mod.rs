@@ -120,6 +120,7 @@ fn execute_with(
         new,
         known,
         graph,
+        base,
     } = plan;
     // Largest first, so one big path does not start last and run alone.
     let mut new = new;
@@ -257,7 +258,6 @@ fn execute_with(
         .filter(|o| kept.contains(&o.drv))
         .cloned()
         .collect();
-    let newest = cache.find_snapshot(None).ok();
     let snapshot = Snapshot {
         version: crate::cache::FORMAT_VERSION,
         key: opts.key.clone(),
@@ -265,18 +265,18 @@ fn execute_with(
         store_dir: layout.store_dir.as_str().to_owned(),
         created: crate::clock::now_nanos(),
         tool: format!("storesync {}", env!("CARGO_PKG_VERSION")),
-        // Every index file read: a superset of those locating the objects named (a
-        // garbage collection narrows it).
+        // The base snapshot's index files (the only ones read, see `plan::base_snapshot`)
+        // and the one this save wrote: together they locate every object named.
         indexes: cache.index_files(),
-        parent: newest.as_ref().map(|(id, _)| *id),
+        parent: base.as_ref().map(|(id, _)| *id),
         roots: roots.into_iter().filter(|r| kept.contains(r)).collect(),
         paths,
         derivation_outputs,
     };
     report.paths = snapshot.paths.len();
     report.nar_bytes = snapshot.nar_bytes();
-    if let Some((id, newest)) = newest {
-        if newest.same_contents(&snapshot) {
+    if let Some((id, base)) = base {
+        if base.same_contents(&snapshot) {
             report.snapshot = id.hex();
             report.unchanged = true;
             return Ok(report);

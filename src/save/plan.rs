@@ -8,8 +8,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::Serialize;
 
 use super::SaveOptions;
-use crate::cache::Cache;
-use crate::cache::TreeId;
+use crate::cache::{Cache, Snapshot, SnapshotId, TreeId};
 use crate::closure::Graph;
 use crate::db::{self, DbContents};
 use crate::error::{Error, Result};
@@ -29,6 +28,35 @@ pub struct SavePlan {
     pub new: Vec<usize>,
     pub(super) known: HashMap<StorePath, (NarHash, u64, TreeId)>,
     pub(super) graph: Graph,
+    /// The snapshot this save builds on (see [`base_snapshot`]), whose paths need no read.
+    pub base: Option<(SnapshotId, Snapshot)>,
+}
+
+/// The snapshot a save builds on: the newest saved under the same key, else the newest of
+/// the same store. Only its head and body are read (heads of the others), so a save costs the
+/// same whatever the number of snapshots; its paths are the ones not read again, and (for v2)
+/// its index files the only ones loaded, so the new snapshot names exactly those plus the
+/// one this save writes.
+///
+/// # Errors
+/// [`Error::Cache`] when the snapshots cannot be listed.
+pub fn base_snapshot(
+    layout: &Layout,
+    cache: &Cache,
+    key: &str,
+) -> Result<Option<(SnapshotId, Snapshot)>> {
+    let same_store = |_: &SnapshotId, h: &crate::cache::SnapshotHead| {
+        if h.flavor == layout.flavor && h.store_dir == layout.store_dir.as_str() {
+            Ok(())
+        } else {
+            Err("another store".to_string())
+        }
+    };
+    match cache.find_by_key(key, &[String::new()], &same_store) {
+        Ok(m) => Ok(Some((m.id, m.snapshot))),
+        Err(crate::cache::CacheError::NoSnapshot(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The printable part of a [`SavePlan`]: what `save --dry-run` shows (`--json` prints it as
@@ -168,16 +196,19 @@ pub fn plan(layout: &Layout, cache: &Cache, opts: &SaveOptions) -> Result<SavePl
     let selected = graph
         .topo_order(&mask)
         .map_err(|c| Error::Integrity(format!("reference cycle through {}", db.paths[c.0].path)))?;
-    let mut known = HashMap::new();
-    for (_, snap) in cache.snapshots()? {
-        let Ok(snap) = snap else { continue };
-        if snap.flavor != layout.flavor || snap.store_dir != layout.store_dir.as_str() {
-            continue;
+    let base = base_snapshot(layout, cache, &opts.key)?;
+    if let Some((_, b)) = &base {
+        if b.version >= 2 {
+            cache.use_indexes(&b.indexes);
         }
-        for p in snap.paths {
-            if cache.contains(p.tree) {
-                known.insert(p.info.path, (p.info.nar_hash, p.info.nar_size, p.tree));
-            }
+    }
+    let mut known = HashMap::new();
+    for p in base.iter().flat_map(|(_, b)| &b.paths) {
+        if cache.contains(p.tree) {
+            known.insert(
+                p.info.path.clone(),
+                (p.info.nar_hash, p.info.nar_size, p.tree),
+            );
         }
     }
     let new = selected
@@ -196,5 +227,6 @@ pub fn plan(layout: &Layout, cache: &Cache, opts: &SaveOptions) -> Result<SavePl
         new,
         known,
         graph,
+        base,
     })
 }
