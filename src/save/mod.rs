@@ -42,6 +42,8 @@ pub struct SaveOptions {
     pub level: i32,
     /// The key the snapshot is saved under (like actions/cache's `key`); may be empty.
     pub key: String,
+    /// Also save the closure of the daemon's GC roots (what `guix gc` would keep).
+    pub gc_roots: bool,
 }
 
 /// What a save did.
@@ -575,6 +577,7 @@ mod tests {
             let dir = LocalDir::open(&cache_dir).unwrap();
             let cache = Cache::open(Box::new(Full { dir, room }));
             let opts = SaveOptions {
+                gc_roots: false,
                 key: String::new(),
                 roots: vec![],
                 skip_corrupt,
@@ -643,6 +646,7 @@ mod tests {
         let blob = crate::cache::BlobId::of(&std::fs::read(b).unwrap());
         let cache = Cache::open_dir(&dir.path().join("cache")).unwrap();
         let opts = SaveOptions {
+            gc_roots: false,
             key: String::new(),
             roots: vec![],
             skip_corrupt: true,

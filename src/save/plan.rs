@@ -162,6 +162,67 @@ pub fn resolve_root(layout: &Layout, arg: &str) -> Result<StorePath> {
     Err(bad("too many levels of symbolic links".into()))
 }
 
+/// The store paths the daemon's garbage collector keeps: every symlink under the GC roots
+/// directory (`<state>/gcroots`, beside the DB directory: `/var/guix/gcroots`,
+/// `/nix/var/nix/gcroots`) that leads into the store, followed as [`resolve_root`] follows
+/// links (inside `--root`), through the profiles and the `auto/` indirections the roots
+/// directory links to; dangling roots are skipped, as the daemon skips them. Directories are
+/// walked to a bounded depth, each once.
+///
+/// # Errors
+/// [`Error::Io`] when the roots directory cannot be read.
+pub fn gc_roots(layout: &Layout) -> Result<Vec<String>> {
+    let state = std::path::Path::new(&layout.db_dir_logical)
+        .parent()
+        .unwrap_or(std::path::Path::new("/"))
+        .join("gcroots");
+    let mut found = std::collections::BTreeSet::new();
+    let mut seen_dirs = std::collections::HashSet::new();
+    let mut stack = vec![(state.to_string_lossy().into_owned(), 0usize)];
+    while let Some((logical, depth)) = stack.pop() {
+        let real = crate::store::path::under_root(&layout.root, &logical);
+        let entries = match fs::read_dir(&real) {
+            Ok(e) => e,
+            Err(e) if depth == 0 && e.kind() == std::io::ErrorKind::NotFound => break,
+            Err(e) if depth == 0 => return Err(Error::Io(real, e)),
+            Err(_) => continue,
+        };
+        if !seen_dirs.insert(real.clone()) {
+            continue;
+        }
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let child = format!("{logical}/{}", name.to_string_lossy());
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_symlink() {
+                match resolve_root(layout, &child) {
+                    Ok(sp) => {
+                        found.insert(layout.store_dir.display(&sp));
+                    }
+                    // A link to a directory of links (the profiles directory): walk it,
+                    // re-rooted like every absolute target.
+                    Err(_) if depth < 8 => {
+                        let target = fs::read_link(e.path()).unwrap_or_default();
+                        let next = if target.is_absolute() {
+                            target.to_string_lossy().into_owned()
+                        } else {
+                            format!("{logical}/{}", target.to_string_lossy())
+                        };
+                        let real = crate::store::path::under_root(&layout.root, &next);
+                        if fs::symlink_metadata(&real).is_ok_and(|m| m.is_dir()) {
+                            stack.push((next, depth + 1));
+                        }
+                    }
+                    Err(_) => {} // dangling, or outside the store
+                }
+            } else if ft.is_dir() && depth < 8 {
+                stack.push((child, depth + 1));
+            }
+        }
+    }
+    Ok(found.into_iter().collect())
+}
+
 /// Read the DB and the cache and decide what to save.
 ///
 /// # Errors
@@ -177,7 +238,27 @@ pub fn plan(layout: &Layout, cache: &Cache, opts: &SaveOptions) -> Result<SavePl
         .collect();
     let graph = Graph::of_keys(db.paths.iter().map(|p| (&p.path, &p.references)));
     let mut roots = Vec::new();
-    for r in &opts.roots {
+    let mut requested = opts.roots.clone();
+    if opts.gc_roots {
+        let from_gc = gc_roots(layout)?;
+        if from_gc.is_empty() {
+            return Err(Error::Usage(format!(
+                "--gc-roots: no GC root leads into the store under {}",
+                crate::store::path::under_root(&layout.root, &layout.db_dir_logical)
+                    .parent()
+                    .map(|p| p.join("gcroots").display().to_string())
+                    .unwrap_or_default()
+            )));
+        }
+        // Roots the daemon keeps but that are not valid (being built) are not saved.
+        requested.extend(from_gc.into_iter().filter(|r| {
+            layout
+                .store_dir
+                .parse(r)
+                .is_ok_and(|sp| index.contains_key(&sp))
+        }));
+    }
+    for r in &requested {
         let sp = resolve_root(layout, r)?;
         if !index.contains_key(&sp) {
             return Err(Error::Usage(format!(
