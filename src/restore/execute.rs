@@ -156,16 +156,16 @@ pub fn execute(
                 let r = (|| {
                     let tree = cache.read_tree(&p.tree).map_err(|e| e.to_string())?;
                     let attempt = |first: bool| {
-                        let mut enc =
-                            NarEncoder::new(NarHasher::new()).expect("hashing cannot fail");
+                        let mut hasher = NarHasher::new();
+                        let enc = NarEncoder::new(&mut hasher).expect("hashing cannot fail");
                         let mut at = Attempt {
                             links: first,
                             check_blobs: !first,
                             linked: 0,
                             new_links: Vec::new(),
                         };
-                        let written = writer.write(&tree, &tmp, &mut enc, &mut at);
-                        let (hash, size) = enc.into_inner().finish();
+                        let written = writer.write(&tree, &tmp, enc, &mut at);
+                        let (hash, size) = hasher.finish();
                         let verdict = written.and_then(|()| {
                             if hash != p.info.nar_hash {
                                 Err(format!(

@@ -14,7 +14,7 @@ use filetime::FileTime;
 
 use crate::cache::BlobId;
 use crate::cache::{Cache, Node};
-use crate::nar::{NarEncoder, NarHasher};
+use crate::nar::{FileWriter, NarEncoder, NarHasher};
 use crate::store::links::LINKS_MIN_SIZE;
 use crate::store::path::nixbase32_encode;
 
@@ -39,7 +39,7 @@ pub(super) struct Writer<'a> {
     pub(super) privileged: bool,
 }
 
-type Enc = NarEncoder<NarHasher>;
+type Enc<'a> = NarEncoder<'a, NarHasher>;
 
 /// One attempt at writing a path: how, and what it did.
 pub(super) struct Attempt {
@@ -89,7 +89,7 @@ impl Writer<'_> {
         &self,
         node: &Node,
         dest: &Path,
-        enc: &mut Enc,
+        enc: Enc<'_>,
         at: &mut Attempt,
     ) -> std::result::Result<(), String> {
         let io = |e: io::Error| format!("{}: {e}", dest.display());
@@ -106,14 +106,13 @@ impl Writer<'_> {
                     if self.privileged { 0o555 } else { 0o755 },
                 );
                 dir.create(dest).map_err(io)?;
-                enc.directory_start().map_err(io)?;
+                let mut d = enc.directory().map_err(io)?;
                 for e in entries {
-                    enc.entry_start(&e.name).map_err(io)?;
+                    let child_enc = d.entry(&e.name).map_err(io)?;
                     let child = dest.join(OsStr::from_bytes(&e.name));
-                    self.write(&e.node, &child, enc, at)?;
-                    enc.entry_end().map_err(io)?;
+                    self.write(&e.node, &child, child_enc, at)?;
                 }
-                enc.directory_end().map_err(io)?;
+                d.close().map_err(io)?;
                 let mode = (!self.privileged).then_some(0o555);
                 self.finish_dir(dest, mode).map_err(io)
             }
@@ -123,7 +122,7 @@ impl Writer<'_> {
                 blob,
                 file_nar_hash,
             } => {
-                enc.regular_start(*executable, *size).map_err(io)?;
+                let mut fw = enc.regular(*executable, *size).map_err(io)?;
                 let name = (*size >= LINKS_MIN_SIZE).then(|| nixbase32_encode(file_nar_hash));
                 let _guard = name.as_ref().map(|_| {
                     self.link_locks[file_nar_hash[0] as usize % self.link_locks.len()]
@@ -148,7 +147,7 @@ impl Writer<'_> {
                 // is not linked: the file is written from the cache.
                 let linked_from = match source {
                     Some((source, in_flight)) => self
-                        .link_from(&source, dest, enc)
+                        .link_from(&source, dest, &mut fw)
                         .map_err(io)?
                         .then_some(in_flight),
                     None => None,
@@ -161,7 +160,7 @@ impl Writer<'_> {
                         }
                     }
                     None => {
-                        self.write_file(dest, *executable, blob, enc, at.check_blobs)?;
+                        self.write_file(dest, *executable, *size, blob, &mut fw, at.check_blobs)?;
                         if let Some(n) = name {
                             self.in_flight
                                 .lock()
@@ -172,7 +171,7 @@ impl Writer<'_> {
                         }
                     }
                 }
-                enc.regular_end(*size).map_err(io)
+                fw.finish().map_err(io)
             }
         }
     }
@@ -181,18 +180,25 @@ impl Writer<'_> {
     /// its contents to `enc`. Its bytes are not checked here: the path's NAR hash is, and a
     /// path that fails after linking is written again without links (a damaged entry is
     /// never propagated).
-    fn link_from(&self, link: &Path, dest: &Path, enc: &mut Enc) -> io::Result<bool> {
+    fn link_from(
+        &self,
+        link: &Path,
+        dest: &Path,
+        fw: &mut FileWriter<'_, NarHasher>,
+    ) -> io::Result<bool> {
         if fs::hard_link(link, dest).is_err() {
             return Ok(false);
         }
-        let mut f = fs::File::open(dest)?;
+        let f = fs::File::open(dest)?;
+        // At most the declared size: the writer refuses more, and the caller's `finish` less.
+        let mut f = f.take(fw.remaining());
         let mut buf = crate::scratch::Scratch::with_len(1 << 18);
         loop {
             let n = f.read(&mut buf)?;
             if n == 0 {
                 break;
             }
-            enc.contents(&buf[..n])?;
+            fw.write(&buf[..n])?;
         }
         Ok(true)
     }
@@ -222,8 +228,9 @@ impl Writer<'_> {
         &self,
         dest: &Path,
         executable: bool,
+        size: u64,
         blob: &BlobId,
-        enc: &mut Enc,
+        fw: &mut FileWriter<'_, NarHasher>,
         check_blob: bool,
     ) -> std::result::Result<(), String> {
         let io = |e: io::Error| format!("{}: {e}", dest.display());
@@ -235,19 +242,47 @@ impl Writer<'_> {
             .mode(if executable { 0o555 } else { 0o444 })
             .open(dest)
             .map_err(io)?;
-        let mut written = 0u64;
+        // Into the NAR first: it refuses bytes beyond the declared size, so they never reach
+        // the disk (a tiny cache declaring a 10-byte file cannot fill it). The sink's own
+        // error is kept: the cache would report it as one of its storage.
+        let mut refused = None;
         let mut sink = |chunk: &[u8]| {
-            f.write_all(chunk)?;
-            written += chunk.len() as u64;
-            enc.contents(chunk)
+            if fw.write(chunk).is_err() {
+                refused = Some(format!(
+                    "blob {blob} holds more than the {size} bytes the tree declares"
+                ));
+                return Err(io::Error::other("refused"));
+            }
+            f.write_all(chunk)
+                .inspect_err(|e| refused = Some(e.to_string()))?;
+            self.bytes_written
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            Ok(())
         };
-        if check_blob {
+        let streamed = if check_blob {
             self.cache.stream(blob, &mut sink)
         } else {
             self.cache.stream_unchecked(blob, &mut sink)
+        };
+        if let Some(why) = refused {
+            return Err(format!("{}: {why}", dest.display()));
         }
-        .map_err(|e| format!("{}: {e}", dest.display()))?;
-        self.bytes_written.fetch_add(written, Ordering::Relaxed);
+        streamed.map_err(|e| format!("{}: {e}", dest.display()))?;
+        if fw.remaining() != 0 {
+            return Err(format!(
+                "{}: blob {blob} holds {} bytes, the tree declares {size}",
+                dest.display(),
+                size - fw.remaining()
+            ));
+        }
+        // The disk holds what the NAR says: as many bytes as declared.
+        let on_disk = f.metadata().map_err(io)?.len();
+        if on_disk != size {
+            return Err(format!(
+                "{}: {on_disk} bytes on disk where {size} were written",
+                dest.display()
+            ));
+        }
         // Metadata through the open descriptor: no more path lookups.
         if let Some((u, g)) = self.chown {
             std::os::unix::fs::fchown(&f, Some(u), Some(g)).map_err(io)?;

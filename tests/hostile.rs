@@ -1,0 +1,192 @@
+//! Restores from hostile caches and into hostile targets. Every cache here is valid format-v1
+//! (ids, envelopes and index entries all correct, see `util::write_cache`): only the content
+//! lies, as it can in a cache anyone with the repository token may have written. Each test
+//! names the check it holds; docs/SECURITY.md lists them.
+
+mod util;
+
+use std::path::Path;
+
+use storesync::cache::{BlobId, Cache, Node};
+use storesync::progress::{NoProgress, Progress};
+use storesync::restore::{RestoreOptions, RestoreReport};
+use storesync::store::layout::{Flavor, Layout};
+use util::{
+    assert_registered_paths_are_on_disk, base_name, dir_node, file_node, nar_of, nar_str, row_for,
+    write_cache, Blobs, World,
+};
+
+fn restore_lib(
+    layout: &Layout,
+    cache_dir: &Path,
+    snapshot: Option<&str>,
+    progress: &dyn Progress,
+) -> storesync::error::Result<RestoreReport> {
+    let cache = Cache::open_dir(cache_dir).unwrap();
+    let opts = RestoreOptions {
+        snapshot: snapshot.map(Into::into),
+        ..RestoreOptions::default()
+    };
+    storesync::restore::restore(layout, &cache, &opts, progress)
+}
+
+fn restore(layout: &Layout, cache_dir: &Path) -> storesync::error::Result<RestoreReport> {
+    restore_lib(layout, cache_dir, None, &NoProgress)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. What is registered is what is on disk: bytes counted against the declared size.
+
+/// What the encoder of the old restore hashed: the declared size and executable bit from the
+/// tree, and whatever bytes the blob holds.
+fn nar_as_declared(node: &Node, blobs: &Blobs) -> Vec<u8> {
+    fn walk(n: &Node, blobs: &Blobs, out: &mut Vec<u8>) {
+        nar_str(out, b"(");
+        nar_str(out, b"type");
+        match n {
+            Node::Regular {
+                executable,
+                size,
+                blob,
+                ..
+            } => {
+                nar_str(out, b"regular");
+                if *executable {
+                    nar_str(out, b"executable");
+                    nar_str(out, b"");
+                }
+                nar_str(out, b"contents");
+                out.extend_from_slice(&size.to_le_bytes());
+                out.extend_from_slice(&blobs[blob]);
+                out.extend(std::iter::repeat_n(0u8, ((8 - size % 8) % 8) as usize));
+            }
+            Node::Symlink { .. } => unreachable!(),
+            Node::Directory(entries) => {
+                nar_str(out, b"directory");
+                for e in entries {
+                    for s in [&b"entry"[..], b"(", b"name", &e.name, b"node"] {
+                        nar_str(out, s);
+                    }
+                    walk(&e.node, blobs, out);
+                    nar_str(out, b")");
+                }
+            }
+        }
+        nar_str(out, b")");
+    }
+    let mut out = Vec::new();
+    nar_str(&mut out, b"nix-archive-1");
+    walk(node, blobs, &mut out);
+    out
+}
+
+/// The NAR bytes between file `a`'s contents and file `b`'s contents in a directory of two
+/// regular files `a` and `b` (`a`'s size a multiple of 8: no padding).
+fn between_a_and_b(size_b: u64) -> Vec<u8> {
+    let mut x = Vec::new();
+    for s in [
+        ")", ")", "entry", "(", "name", "b", "node", "(", "type", "regular", "contents",
+    ] {
+        nar_str(&mut x, s.as_bytes());
+    }
+    x.extend_from_slice(&size_b.to_le_bytes());
+    x
+}
+
+fn regular(size: u64, contents: &[u8], blobs: &mut Blobs) -> Node {
+    let blob = BlobId::of(contents);
+    blobs.insert(blob, contents.to_vec());
+    Node::Regular {
+        executable: false,
+        size,
+        blob,
+        file_nar_hash: [0; 32],
+    }
+}
+
+#[test]
+fn blob_bytes_beyond_or_short_of_the_declared_size_cannot_forge_a_nar() {
+    // Two genuine paths, each a directory of files `a` and `b`, and a tree for each whose
+    // blobs hold NAR syntax: one blob short of its declared size, the other long by as much,
+    // so that declared sizes plus blob bytes hash exactly like the genuine NAR while the disk
+    // would hold other files.
+    let w = World::new(Flavor::Guix);
+    let mut genuine_blobs = Blobs::new();
+    let mut blobs = Blobs::new();
+    let mut paths = Vec::new();
+    // `a` short: genuine a = A ++ X (256 bytes), b = 40 bytes; hostile a = A, b = X ++ b.
+    let x = between_a_and_b(40);
+    let a = [vec![b'a'; 256 - x.len()], x.clone()].concat();
+    let b = vec![b'b'; 40];
+    let genuine = dir_node(vec![
+        ("a", file_node(&mut genuine_blobs, false, &a)),
+        ("b", file_node(&mut genuine_blobs, false, &b)),
+    ]);
+    let hostile = dir_node(vec![
+        ("a", regular(256, &a[..256 - x.len()], &mut blobs)),
+        (
+            "b",
+            regular(40, &[x.clone(), b.clone()].concat(), &mut blobs),
+        ),
+    ]);
+    paths.push((genuine, hostile, base_name(1, "short-a")));
+    // `a` long: genuine a = 64 bytes, b = X ++ tail; hostile a = a ++ X, b = tail.
+    let tail = vec![b'd'; 40];
+    let x = between_a_and_b((between_a_and_b(0).len() + tail.len()) as u64);
+    let a = vec![b'c'; 64];
+    let b = [x.clone(), tail.clone()].concat();
+    let genuine = dir_node(vec![
+        ("a", file_node(&mut genuine_blobs, false, &a)),
+        ("b", file_node(&mut genuine_blobs, false, &b)),
+    ]);
+    let hostile = dir_node(vec![
+        (
+            "a",
+            regular(64, &[a.clone(), x.clone()].concat(), &mut blobs),
+        ),
+        ("b", regular(b.len() as u64, &tail, &mut blobs)),
+    ]);
+    paths.push((genuine, hostile, base_name(2, "long-a")));
+    let mut rows = Vec::new();
+    for (genuine, hostile, base) in &paths {
+        let nar = nar_of(genuine, &genuine_blobs);
+        // The forgery is real: what the old restore hashed is the genuine NAR.
+        assert_eq!(nar_as_declared(hostile, &blobs), nar, "{base}");
+        rows.push((row_for(base, &nar), hostile.clone()));
+    }
+    write_cache(&w.cache_dir(), w.flavor, &rows, &blobs, vec![]);
+    let dst = w.layout("dst");
+    let r = restore(&dst, &w.cache_dir()).unwrap();
+    assert_eq!(r.restored, 0, "{r:?}");
+    assert_eq!(r.failed.len(), 2, "{r:?}");
+    for f in &r.failures {
+        assert!(f.error.contains("bytes"), "{}", f.error);
+    }
+    assert_registered_paths_are_on_disk(&dst);
+    for (_, _, base) in &paths {
+        assert!(!dst.real_store_dir().join(base).exists(), "{base} on disk");
+    }
+}
+
+#[test]
+fn a_blob_longer_than_its_declared_size_is_not_written_past_it() {
+    // A tiny cache declaring a 10-byte file whose blob is 16 MiB (of zeros: it compresses to
+    // almost nothing) must not make the restore write 16 MiB, let alone twice.
+    let w = World::new(Flavor::Guix);
+    let mut blobs = Blobs::new();
+    let mut genuine_blobs = Blobs::new();
+    let genuine = file_node(&mut genuine_blobs, false, &[0u8; 10]);
+    let hostile = regular(10, &vec![0u8; 16 << 20], &mut blobs);
+    let base = base_name(3, "tiny");
+    let row = row_for(&base, &nar_of(&genuine, &genuine_blobs));
+    write_cache(&w.cache_dir(), w.flavor, &[(row, hostile)], &blobs, vec![]);
+    let dst = w.layout("dst");
+    let r = restore(&dst, &w.cache_dir()).unwrap();
+    assert_eq!(r.failed.len(), 1, "{r:?}");
+    assert!(
+        r.failures[0].error.contains("10 bytes"),
+        "{}",
+        r.failures[0].error
+    );
+    assert!(r.bytes_written <= 10, "{} bytes written", r.bytes_written);
+}
