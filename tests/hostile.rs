@@ -11,6 +11,7 @@ use storesync::cache::{BlobId, Cache, Node};
 use storesync::progress::{NoProgress, Progress};
 use storesync::restore::{RestoreOptions, RestoreReport};
 use storesync::store::layout::{Flavor, Layout};
+use storesync::store::DerivationOutput;
 use util::{
     assert_registered_paths_are_on_disk, base_name, dir_node, file_node, nar_of, nar_str, row_for,
     write_cache, Blobs, World,
@@ -189,4 +190,62 @@ fn a_blob_longer_than_its_declared_size_is_not_written_past_it() {
         r.failures[0].error
     );
     assert!(r.bytes_written <= 10, "{} bytes written", r.bytes_written);
+}
+// ---------------------------------------------------------------------------------------------
+// 3. Two paths, one hash part.
+
+#[test]
+fn two_paths_with_one_hash_part_are_refused() {
+    let w = World::new(Flavor::Guix);
+    let mut blobs = Blobs::new();
+    let x = file_node(&mut blobs, false, b"x");
+    let y = file_node(&mut blobs, false, b"y");
+    let rows = vec![
+        (row_for(&base_name(9, "x"), &nar_of(&x, &blobs)), x),
+        (row_for(&base_name(9, "y"), &nar_of(&y, &blobs)), y),
+    ];
+    write_cache(&w.cache_dir(), w.flavor, &rows, &blobs, vec![]);
+    let dst = w.layout("dst");
+    let err = restore(&dst, &w.cache_dir()).unwrap_err().to_string();
+    assert!(err.contains("hash part"), "{err}");
+    assert!(!dst.real_store_dir().join(base_name(9, "x")).exists());
+    assert!(!dst.db_file().exists());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Derivers and derivation outputs are store paths of the snapshot's store.
+
+#[test]
+fn deriver_or_derivation_output_outside_the_store_is_refused() {
+    for case in ["deriver", "output"] {
+        let w = World::new(Flavor::Guix);
+        let mut blobs = Blobs::new();
+        let drv = file_node(&mut blobs, false, b"Derive()");
+        let out = file_node(&mut blobs, false, b"out");
+        let drv_base = base_name(12, "x.drv");
+        let mut drv_row = row_for(&drv_base, &nar_of(&drv, &blobs));
+        let mut out_row = row_for(&base_name(13, "x"), &nar_of(&out, &blobs));
+        let mut outputs = vec![DerivationOutput {
+            drv: drv_row.path.clone(),
+            id: "out".into(),
+            path: format!("/gnu/store/{}", out_row.path),
+        }];
+        let bad = "/gnu/store/../../etc/passwd";
+        match case {
+            "deriver" => out_row.deriver = Some(bad.into()),
+            _ => outputs[0].path = bad.into(),
+        }
+        drv_row.deriver = None;
+        write_cache(
+            &w.cache_dir(),
+            w.flavor,
+            &[(drv_row, drv), (out_row, out)],
+            &blobs,
+            outputs,
+        );
+        let dst = w.layout("dst");
+        let err = restore(&dst, &w.cache_dir()).unwrap_err().to_string();
+        assert!(err.contains(bad), "{case}: {err}");
+        assert!(!dst.db_file().exists(), "{case}");
+    }
 }

@@ -18,7 +18,7 @@ use crate::store::layout::Layout;
 use crate::store::path::StorePath;
 
 use super::extract::{Attempt, Writer};
-use super::{RestorePlan, RestoreReport, TMP_PREFIX, TRASH_PREFIX, WRITERS_PER_JOB};
+use super::{RestorePlan, RestoreReport, ScratchNames, TMP_PREFIX, TRASH_PREFIX, WRITERS_PER_JOB};
 use crate::store::fs::{create_store_dir, remove_tree, store_owner, Umask};
 
 /// A thread that starts writeback of the store's file system every [`Flusher::EVERY`] bytes
@@ -113,7 +113,7 @@ pub fn execute(
             remove_tree(&e.path()).map_err(ioe(&e.path()))?;
         }
     }
-    let run = format!("{}-{}", std::process::id(), crate::clock::now_secs());
+    let names = ScratchNames::new();
     let known_links = fs::read_dir(&links)
         .map_err(ioe(&links))?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -152,7 +152,7 @@ pub fn execute(
             .map(|&i| {
                 let p = &snap.paths[i];
                 let base = p.info.path.base_name();
-                let tmp = store.join(format!("{TMP_PREFIX}{run}-{}", p.info.path.hash_part()));
+                let tmp = store.join(names.next(TMP_PREFIX, base));
                 let r = (|| {
                     let tree = cache.read_tree(&p.tree).map_err(|e| e.to_string())?;
                     let attempt = |first: bool| {
@@ -202,8 +202,7 @@ pub fn execute(
                     writer.linked_files.fetch_add(at.linked, Ordering::Relaxed);
                     let dest = store.join(base);
                     if fs::symlink_metadata(&dest).is_ok() {
-                        let trash =
-                            store.join(format!("{TRASH_PREFIX}{run}-{}", p.info.path.hash_part()));
+                        let trash = store.join(names.next(TRASH_PREFIX, base));
                         fs::rename(&dest, &trash).map_err(|e| {
                             format!("{}: moving invalid leftover aside: {e}", dest.display())
                         })?;
@@ -259,10 +258,7 @@ pub fn execute(
         } else if !failed.contains(&i) {
             // Written and verified, but it refers to a path that is not valid: take it off disk.
             let dest = store.join(snap.paths[i].info.path.base_name());
-            let trash = store.join(format!(
-                "{TRASH_PREFIX}{run}-{}",
-                snap.paths[i].info.path.hash_part()
-            ));
+            let trash = store.join(names.next(TRASH_PREFIX, snap.paths[i].info.path.base_name()));
             if fs::rename(&dest, &trash).is_ok() {
                 let _ = remove_tree(&trash);
             }

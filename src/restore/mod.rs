@@ -95,6 +95,41 @@ pub const WRITERS_PER_JOB: usize = 2;
 const TMP_PREFIX: &str = ".storesync-tmp-";
 const TRASH_PREFIX: &str = ".storesync-trash-";
 
+/// Names of a run's temporary and moved-aside trees in the store directory: unique per run
+/// (a random run id) and per use (a counter), whatever the snapshot holds, and readable (the
+/// store path's base name, cut so that the whole fits the 255-byte limit of a name).
+struct ScratchNames {
+    run: String,
+    counter: std::sync::atomic::AtomicU64,
+}
+
+impl ScratchNames {
+    fn new() -> Self {
+        let mut r = [0u8; 8];
+        let run = match getrandom::fill(&mut r) {
+            Ok(()) => crate::hex::hex(&r),
+            // Unique enough without randomness: nothing else writes these names under the
+            // big-lock, and leftovers are removed first.
+            Err(_) => format!("{}-{}", std::process::id(), crate::clock::now_nanos()),
+        };
+        ScratchNames {
+            run,
+            counter: Default::default(),
+        }
+    }
+
+    /// A fresh name with `prefix` for `base`.
+    fn next(&self, prefix: &str, base: &str) -> String {
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut name = format!("{prefix}{}-{n}-{base}", self.run);
+        // Base names are ASCII: any cut is at a character boundary.
+        name.truncate(255);
+        name
+    }
+}
+
 /// Open the target, plan, and (unless a dry run) execute under the big-lock.
 ///
 /// # Errors
@@ -147,4 +182,29 @@ pub fn restore(
     drop(conn);
     db::give_to_owner(layout)?;
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scratch_names_are_unique_per_path_and_per_run() {
+        let base = format!("{}-{}", "0".repeat(32), "n".repeat(211));
+        let (a, b) = (ScratchNames::new(), ScratchNames::new());
+        let names = [
+            a.next(TMP_PREFIX, &base),
+            a.next(TMP_PREFIX, &base),
+            a.next(TRASH_PREFIX, &base),
+            b.next(TMP_PREFIX, &base),
+        ];
+        for (i, n) in names.iter().enumerate() {
+            assert!(n.len() <= 255, "{n}");
+            assert!(n.starts_with(".storesync-"), "{n}");
+            for m in &names[i + 1..] {
+                assert_ne!(n, m);
+            }
+        }
+        assert!(a.next(TMP_PREFIX, "x-y").ends_with("-x-y"));
+    }
 }
