@@ -5,7 +5,10 @@
 
 mod util;
 
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use storesync::cache::{BlobId, Cache, Node};
 use storesync::progress::{NoProgress, Progress};
@@ -13,8 +16,8 @@ use storesync::restore::{RestoreOptions, RestoreReport};
 use storesync::store::layout::{Flavor, Layout};
 use storesync::store::DerivationOutput;
 use util::{
-    assert_registered_paths_are_on_disk, base_name, dir_node, file_node, nar_of, nar_str, row_for,
-    write_cache, Blobs, World,
+    assert_registered_paths_are_on_disk, base_name, dir_node, dir_state, file_node, nar_of,
+    nar_str, row_for, write_cache, Blobs, World,
 };
 
 fn restore_lib(
@@ -210,6 +213,145 @@ fn two_paths_with_one_hash_part_are_refused() {
     assert!(err.contains("hash part"), "{err}");
     assert!(!dst.real_store_dir().join(base_name(9, "x")).exists());
     assert!(!dst.db_file().exists());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Nothing outside the store and DB directories is touched, whatever is a symlink.
+
+/// Pseudo-random bytes (xorshift), distinct per seed.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect()
+}
+
+/// A cache of one genuine path `base` holding `node`.
+fn one_path_cache(w: &World, base: &str, node: &Node, blobs: &Blobs) -> String {
+    let row = row_for(base, &nar_of(node, blobs));
+    write_cache(
+        &w.cache_dir(),
+        w.flavor,
+        &[(row, node.clone())],
+        blobs,
+        vec![],
+    )
+}
+
+/// A small genuine store path: a directory with a script and a file of 10 KiB.
+fn sample_path(n: u64) -> (String, Node, Blobs) {
+    let mut blobs = Blobs::new();
+    let node = dir_node(vec![
+        (
+            "bin",
+            dir_node(vec![("run", file_node(&mut blobs, true, b"#!/bin/sh\n"))]),
+        ),
+        ("data", file_node(&mut blobs, false, &noise(n, 10_240))),
+    ]);
+    (base_name(n, "sample"), node, blobs)
+}
+
+/// A world with a one-path cache, a `dst` root and an `outside` directory holding a file.
+fn world_with_outside() -> (World, Layout, std::path::PathBuf) {
+    let w = World::new(Flavor::Guix);
+    let (base, node, blobs) = sample_path(10);
+    one_path_cache(&w, &base, &node, &blobs);
+    let outside = w.root("outside");
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("precious"), b"precious").unwrap();
+    fs::set_permissions(&outside, fs::Permissions::from_mode(0o700)).unwrap();
+    let dst = w.layout("dst");
+    (w, dst, outside)
+}
+
+#[test]
+fn symlinked_store_dir_is_refused() {
+    let (w, dst, outside) = world_with_outside();
+    fs::create_dir_all(dst.real_store_dir().parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&outside, dst.real_store_dir()).unwrap();
+    let before = dir_state(&outside);
+    let err = restore(&dst, &w.cache_dir()).unwrap_err().to_string();
+    assert!(err.contains("symlink"), "{err}");
+    assert_eq!(dir_state(&outside), before);
+}
+
+#[test]
+fn symlinked_leftovers_are_removed_not_followed() {
+    // Leftovers of an interrupted restore, and an invalid leftover at a path's own name, that
+    // are symlinks to a directory outside or hold such symlinks: removed, never followed.
+    let (w, dst, outside) = world_with_outside();
+    let (_, snap) = Cache::open_dir(&w.cache_dir())
+        .unwrap()
+        .find_snapshot(None)
+        .unwrap();
+    let store = dst.real_store_dir();
+    fs::create_dir_all(&store).unwrap();
+    let link = |name: &str| std::os::unix::fs::symlink(&outside, store.join(name)).unwrap();
+    link(".storesync-tmp-old");
+    link(".storesync-trash-old");
+    link(snap.paths[0].info.path.base_name());
+    fs::create_dir_all(store.join(".storesync-tmp-dir/sub")).unwrap();
+    std::os::unix::fs::symlink(&outside, store.join(".storesync-tmp-dir/sub/out")).unwrap();
+    let before = dir_state(&outside);
+    let r = restore(&dst, &w.cache_dir()).unwrap();
+    assert_eq!(r.restored, 1, "{r:?}");
+    assert_eq!(r.replaced_leftovers, 1);
+    assert_eq!(dir_state(&outside), before);
+    assert_registered_paths_are_on_disk(&dst);
+    let names: Vec<_> = fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with(".storesync"))
+        .collect();
+    assert!(names.is_empty(), "{names:?}");
+}
+
+#[test]
+fn remove_tree_never_follows_a_directory_swapped_for_a_symlink() {
+    // A tree being removed whose subdirectories are swapped for symlinks to a directory
+    // outside while the removal runs (as the owner of a leftover could): the outside
+    // directory keeps its files and its mode.
+    // The outside files have the names of the files in the tree: a removal by path through a
+    // swapped directory would delete them.
+    let w = World::new(Flavor::Guix);
+    let outside = w.root("outside");
+    fs::create_dir_all(&outside).unwrap();
+    for f in 0..100 {
+        fs::write(outside.join(format!("f{f}")), b"x").unwrap();
+    }
+    fs::set_permissions(&outside, fs::Permissions::from_mode(0o700)).unwrap();
+    let before = dir_state(&outside);
+    for round in 0..8 {
+        let victim = w.root(&format!("victim-{round}"));
+        for d in 0..40 {
+            let sub = victim.join(format!("d{d}"));
+            fs::create_dir_all(&sub).unwrap();
+            for f in 0..100 {
+                fs::write(sub.join(format!("f{f}")), b"y").unwrap();
+            }
+        }
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !done.load(Ordering::Relaxed) {
+                    for d in 0..40 {
+                        let sub = victim.join(format!("d{d}"));
+                        if fs::rename(&sub, victim.join(format!("moved-{d}"))).is_ok() {
+                            let _ = std::os::unix::fs::symlink(&outside, &sub);
+                        }
+                    }
+                }
+            });
+            let _ = storesync::store::fs::remove_tree(&victim);
+            done.store(true, Ordering::Relaxed);
+        });
+        assert_eq!(dir_state(&outside), before, "round {round}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -19,7 +20,7 @@ use crate::store::path::StorePath;
 
 use super::extract::{Attempt, Writer};
 use super::{RestorePlan, RestoreReport, ScratchNames, TMP_PREFIX, TRASH_PREFIX, WRITERS_PER_JOB};
-use crate::store::fs::{create_store_dir, remove_tree, store_owner, Umask};
+use crate::store::fs::{entry_names, open_store_dir, remove_at, remove_tree, store_owner, Umask};
 
 /// A thread that starts writeback of the store's file system every [`Flusher::EVERY`] bytes
 /// written, so that dirty pages reach the disk while later paths are still being written
@@ -88,10 +89,8 @@ pub fn execute(
         let p = p.to_owned();
         move |e| Error::Io(p, e)
     };
-    if !store.exists() {
-        create_store_dir(layout).map_err(ioe(&store))?;
-    }
-    let owner = store_owner(&store)?;
+    let store_fd = open_store_dir(layout)?;
+    let owner = store_owner(&store_fd).map_err(ioe(&store))?;
     let me = (
         rustix::process::geteuid().as_raw(),
         rustix::process::getegid().as_raw(),
@@ -105,12 +104,11 @@ pub fn execute(
         }
     }
     // Leftovers of an interrupted restore: safe to remove, we hold the big-lock.
-    for e in fs::read_dir(&store).map_err(ioe(&store))? {
-        let e = e.map_err(ioe(&store))?;
-        let name = e.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with(TMP_PREFIX) || name.starts_with(TRASH_PREFIX) {
-            remove_tree(&e.path()).map_err(ioe(&e.path()))?;
+    for name in entry_names(&store_fd).map_err(ioe(&store))? {
+        let name = std::ffi::OsStr::from_bytes(name.to_bytes());
+        let s = name.to_string_lossy();
+        if s.starts_with(TMP_PREFIX) || s.starts_with(TRASH_PREFIX) {
+            remove_at(&store_fd, name).map_err(ioe(&store.join(name)))?;
         }
     }
     let names = ScratchNames::new();
