@@ -6,18 +6,20 @@
 mod util;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use storesync::cache::{BlobId, Cache, Node};
 use storesync::progress::{NoProgress, Progress};
 use storesync::restore::{RestoreOptions, RestoreReport};
 use storesync::store::layout::{Flavor, Layout};
+use storesync::store::path::nixbase32_encode;
 use storesync::store::DerivationOutput;
 use util::{
-    assert_registered_paths_are_on_disk, base_name, dir_node, dir_state, file_node, nar_of,
-    nar_str, row_for, write_cache, Blobs, World,
+    assert_registered_paths_are_on_disk, base_name, dir_node, dir_state, file_nar_hash, file_node,
+    nar_of, nar_str, row_for, write_cache, Blobs, World,
 };
 
 fn restore_lib(
@@ -194,29 +196,9 @@ fn a_blob_longer_than_its_declared_size_is_not_written_past_it() {
     );
     assert!(r.bytes_written <= 10, "{} bytes written", r.bytes_written);
 }
-// ---------------------------------------------------------------------------------------------
-// 3. Two paths, one hash part.
-
-#[test]
-fn two_paths_with_one_hash_part_are_refused() {
-    let w = World::new(Flavor::Guix);
-    let mut blobs = Blobs::new();
-    let x = file_node(&mut blobs, false, b"x");
-    let y = file_node(&mut blobs, false, b"y");
-    let rows = vec![
-        (row_for(&base_name(9, "x"), &nar_of(&x, &blobs)), x),
-        (row_for(&base_name(9, "y"), &nar_of(&y, &blobs)), y),
-    ];
-    write_cache(&w.cache_dir(), w.flavor, &rows, &blobs, vec![]);
-    let dst = w.layout("dst");
-    let err = restore(&dst, &w.cache_dir()).unwrap_err().to_string();
-    assert!(err.contains("hash part"), "{err}");
-    assert!(!dst.real_store_dir().join(base_name(9, "x")).exists());
-    assert!(!dst.db_file().exists());
-}
 
 // ---------------------------------------------------------------------------------------------
-// 4. Nothing outside the store and DB directories is touched, whatever is a symlink.
+// 2. `.links`: entries named by the bytes written; entries linked from checked first.
 
 /// Pseudo-random bytes (xorshift), distinct per seed.
 fn noise(seed: u64, len: usize) -> Vec<u8> {
@@ -255,6 +237,189 @@ fn sample_path(n: u64) -> (String, Node, Blobs) {
     ]);
     (base_name(n, "sample"), node, blobs)
 }
+
+/// Every `.links` entry holds what its name says.
+fn assert_links_entries_are_sound(store: &Path) {
+    let Ok(entries) = fs::read_dir(store.join(".links")) else {
+        return;
+    };
+    for e in entries {
+        let e = e.unwrap();
+        let hash = storesync::nar::hash_path(&e.path()).unwrap().0;
+        assert_eq!(
+            nixbase32_encode(&hash.0),
+            e.file_name().to_str().unwrap(),
+            "a .links entry holds other bytes than its name says"
+        );
+    }
+}
+
+#[test]
+fn links_entries_are_named_by_the_bytes_written_not_by_the_tree() {
+    // A genuine path whose tree gives its large file the `.links` name of OTHER contents: the
+    // daemon would link every later file with those contents to this one.
+    let w = World::new(Flavor::Guix);
+    let mut blobs = Blobs::new();
+    let contents = noise(7, 20_000);
+    let other = noise(8, 20_000);
+    let Node::Regular {
+        executable,
+        size,
+        blob,
+        ..
+    } = file_node(&mut blobs, false, &contents)
+    else {
+        unreachable!()
+    };
+    let lying = Node::Regular {
+        executable,
+        size,
+        blob,
+        file_nar_hash: file_nar_hash(false, &other),
+    };
+    let node = dir_node(vec![("f", lying)]);
+    let base = base_name(4, "lying-links-name");
+    one_path_cache(&w, &base, &node, &blobs);
+    let dst = w.layout("dst");
+    let r = restore(&dst, &w.cache_dir()).unwrap();
+    assert_eq!(r.failed.len(), 1, "{r:?}");
+    assert!(r.failures[0].error.contains(".links"), "{:?}", r.failures);
+    assert_links_entries_are_sound(&dst.real_store_dir());
+    let poisoned = nixbase32_encode(&file_nar_hash(false, &other));
+    assert!(!dst.real_store_dir().join(".links").join(poisoned).exists());
+    assert_registered_paths_are_on_disk(&dst);
+}
+
+#[test]
+fn unusable_links_entries_are_not_linked() {
+    // The target's `.links` holds, under the name of a file about to be restored, something
+    // that is not that file: a symlink to a file outside with the right bytes, a FIFO, the
+    // right bytes with the executable bit, the right bytes owned by another user, the right
+    // bytes and more. None may be linked; the file is written from the cache.
+    let mut cases = vec!["symlink", "fifo", "executable", "longer"];
+    if rustix::process::geteuid().is_root() {
+        cases.push("other owner");
+    }
+    for case in cases {
+        let w = World::new(Flavor::Guix);
+        let (base, node, blobs) = sample_path(5);
+        one_path_cache(&w, &base, &node, &blobs);
+        let contents = noise(5, 10_240);
+        let name = nixbase32_encode(&file_nar_hash(false, &contents));
+        let dst = w.layout("dst");
+        let links = dst.real_store_dir().join(".links");
+        fs::create_dir_all(&links).unwrap();
+        let entry = links.join(&name);
+        let outside = w.root("outside");
+        fs::create_dir_all(&outside).unwrap();
+        let plain = |p: &Path, bytes: &[u8], mode: u32| {
+            fs::write(p, bytes).unwrap();
+            fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+        };
+        match case {
+            "symlink" => {
+                plain(&outside.join("f"), &contents, 0o444);
+                std::os::unix::fs::symlink(outside.join("f"), &entry).unwrap();
+            }
+            "fifo" => rustix::fs::mknodat(
+                rustix::fs::CWD,
+                &entry,
+                rustix::fs::FileType::Fifo,
+                rustix::fs::Mode::from_raw_mode(0o444),
+                0,
+            )
+            .unwrap(),
+            "executable" => plain(&entry, &contents, 0o555),
+            "longer" => plain(&entry, &[&contents[..], b"more"].concat(), 0o444),
+            "other owner" => {
+                plain(&entry, &contents, 0o444);
+                std::os::unix::fs::chown(&entry, Some(4242), Some(4242)).unwrap();
+            }
+            _ => unreachable!(),
+        }
+        let before = dir_state(&outside);
+        let entry_before = fs::symlink_metadata(&entry).unwrap();
+        // A FIFO would block a reader forever: run the binary, with a deadline.
+        let out = w
+            .cmd("dst")
+            .args(["--json", "restore", "--cache"])
+            .arg(w.cache_dir())
+            .timeout(Duration::from_secs(60))
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{case}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_registered_paths_are_on_disk(&dst);
+        let file = dst.real_store_dir().join(&base).join("data");
+        let m = fs::symlink_metadata(&file).unwrap();
+        assert!(m.is_file(), "{case}");
+        assert_ne!(m.ino(), entry_before.ino(), "{case}: linked to the entry");
+        let me = rustix::process::geteuid().as_raw();
+        assert_eq!((m.uid(), m.mode() & 0o7777), (me, 0o444), "{case}");
+        assert_eq!(dir_state(&outside), before, "{case}: outside changed");
+    }
+}
+
+#[test]
+fn links_dir_that_is_a_symlink_or_not_a_directory_is_refused() {
+    let mut cases = vec!["symlink", "file"];
+    if rustix::process::geteuid().is_root() {
+        cases.push("other owner");
+    }
+    for case in cases {
+        let w = World::new(Flavor::Guix);
+        let (base, node, blobs) = sample_path(6);
+        one_path_cache(&w, &base, &node, &blobs);
+        let dst = w.layout("dst");
+        let store = dst.real_store_dir();
+        fs::create_dir_all(&store).unwrap();
+        let outside = w.root("outside");
+        fs::create_dir_all(&outside).unwrap();
+        let links = store.join(".links");
+        match case {
+            "symlink" => std::os::unix::fs::symlink(&outside, &links).unwrap(),
+            "file" => fs::write(&links, b"").unwrap(),
+            "other owner" => {
+                fs::create_dir(&links).unwrap();
+                std::os::unix::fs::chown(&links, Some(4242), Some(4242)).unwrap();
+            }
+            _ => unreachable!(),
+        }
+        let before = dir_state(&outside);
+        let err = restore(&dst, &w.cache_dir()).unwrap_err().to_string();
+        assert!(err.contains(".links"), "{case}: {err}");
+        assert_eq!(dir_state(&outside), before, "{case}: outside changed");
+        assert!(!store.join(&base).exists(), "{case}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Two paths, one hash part.
+
+#[test]
+fn two_paths_with_one_hash_part_are_refused() {
+    let w = World::new(Flavor::Guix);
+    let mut blobs = Blobs::new();
+    let x = file_node(&mut blobs, false, b"x");
+    let y = file_node(&mut blobs, false, b"y");
+    let rows = vec![
+        (row_for(&base_name(9, "x"), &nar_of(&x, &blobs)), x),
+        (row_for(&base_name(9, "y"), &nar_of(&y, &blobs)), y),
+    ];
+    write_cache(&w.cache_dir(), w.flavor, &rows, &blobs, vec![]);
+    let dst = w.layout("dst");
+    let err = restore(&dst, &w.cache_dir()).unwrap_err().to_string();
+    assert!(err.contains("hash part"), "{err}");
+    assert!(!dst.real_store_dir().join(base_name(9, "x")).exists());
+    assert!(!dst.db_file().exists());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Nothing outside the store and DB directories is touched, whatever is a symlink.
 
 /// A world with a one-path cache, a `dst` root and an `outside` directory holding a file.
 fn world_with_outside() -> (World, Layout, std::path::PathBuf) {
@@ -314,10 +479,9 @@ fn symlinked_leftovers_are_removed_not_followed() {
 #[test]
 fn remove_tree_never_follows_a_directory_swapped_for_a_symlink() {
     // A tree being removed whose subdirectories are swapped for symlinks to a directory
-    // outside while the removal runs (as the owner of a leftover could): the outside
-    // directory keeps its files and its mode.
-    // The outside files have the names of the files in the tree: a removal by path through a
-    // swapped directory would delete them.
+    // outside while the removal is inside them (as the owner of a leftover could): the
+    // outside directory keeps its files, which have the names of the files in the tree (a
+    // removal by path through a swapped directory would delete them), and its mode.
     let w = World::new(Flavor::Guix);
     let outside = w.root("outside");
     fs::create_dir_all(&outside).unwrap();
@@ -326,9 +490,10 @@ fn remove_tree_never_follows_a_directory_swapped_for_a_symlink() {
     }
     fs::set_permissions(&outside, fs::Permissions::from_mode(0o700)).unwrap();
     let before = dir_state(&outside);
-    for round in 0..8 {
+    let mut swaps = 0;
+    for round in 0..3 {
         let victim = w.root(&format!("victim-{round}"));
-        for d in 0..40 {
+        for d in 0..20 {
             let sub = victim.join(format!("d{d}"));
             fs::create_dir_all(&sub).unwrap();
             for f in 0..100 {
@@ -336,22 +501,112 @@ fn remove_tree_never_follows_a_directory_swapped_for_a_symlink() {
             }
         }
         let done = AtomicBool::new(false);
-        std::thread::scope(|s| {
-            s.spawn(|| {
+        swaps += std::thread::scope(|s| {
+            let racer = s.spawn(|| {
+                let mut swapped = [false; 20];
                 while !done.load(Ordering::Relaxed) {
-                    for d in 0..40 {
+                    for (d, swapped) in swapped.iter_mut().enumerate() {
                         let sub = victim.join(format!("d{d}"));
-                        if fs::rename(&sub, victim.join(format!("moved-{d}"))).is_ok() {
+                        // Swapped once the removal has started emptying it.
+                        let emptying = !*swapped
+                            && fs::read_dir(&sub).is_ok_and(|e| e.count() < 100)
+                            && fs::symlink_metadata(&sub).is_ok_and(|m| m.is_dir());
+                        if emptying && fs::rename(&sub, victim.join(format!("moved-{d}"))).is_ok() {
                             let _ = std::os::unix::fs::symlink(&outside, &sub);
+                            *swapped = true;
+                        }
+                    }
+                }
+                swapped.iter().filter(|s| **s).count()
+            });
+            let _ = storesync::store::fs::remove_tree(&victim);
+            done.store(true, Ordering::Relaxed);
+            racer.join().unwrap()
+        });
+        assert_eq!(dir_state(&outside), before, "round {round}");
+    }
+    assert!(
+        swaps > 0,
+        "the racing thread never swapped a directory being removed"
+    );
+}
+
+#[test]
+fn directory_swapped_for_a_symlink_during_restore_writes_nothing_outside() {
+    // While a path is written under its temporary name, a racing thread swaps a directory of
+    // it for a symlink to a directory outside (as another local user who could reach it
+    // would): the files of that directory must not land outside.
+    let w = World::new(Flavor::Guix);
+    let mut blobs = Blobs::new();
+    let files: Vec<(String, Node)> = (0..1500)
+        .map(|i| {
+            let name = format!("f{i:05}");
+            let node = file_node(&mut blobs, false, name.as_bytes());
+            (name, node)
+        })
+        .collect();
+    let node = dir_node(vec![(
+        "d",
+        dir_node(files.iter().map(|(n, f)| (n.as_str(), f.clone())).collect()),
+    )]);
+    let base = base_name(11, "many-files");
+    one_path_cache(&w, &base, &node, &blobs);
+    let outside = w.root("outside");
+    let mut swapped = 0;
+    for round in 0..5 {
+        fs::create_dir_all(&outside).unwrap();
+        let before = dir_state(&outside);
+        let dst = w.layout(&format!("dst-{round}"));
+        let store = dst.real_store_dir();
+        fs::create_dir_all(&store).unwrap();
+        let done = AtomicBool::new(false);
+        let swaps = AtomicUsize::new(0);
+        let r = std::thread::scope(|s| {
+            s.spawn(|| {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let mut seen = std::collections::HashSet::new();
+                while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let Ok(entries) = fs::read_dir(&store) else {
+                        continue;
+                    };
+                    for e in entries.flatten() {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        if !name.starts_with(".storesync-tmp-") || seen.contains(&name) {
+                            continue;
+                        }
+                        let d = e.path().join("d");
+                        if fs::symlink_metadata(&d).is_ok_and(|m| m.is_dir())
+                            && fs::rename(&d, e.path().join("d-moved")).is_ok()
+                        {
+                            let _ = std::os::unix::fs::symlink(&outside, &d);
+                            swaps.fetch_add(1, Ordering::Relaxed);
+                            seen.insert(name);
                         }
                     }
                 }
             });
-            let _ = storesync::store::fs::remove_tree(&victim);
+            let r = restore(&dst, &w.cache_dir());
             done.store(true, Ordering::Relaxed);
+            r
         });
-        assert_eq!(dir_state(&outside), before, "round {round}");
+        assert_eq!(
+            dir_state(&outside),
+            before,
+            "round {round}: outside changed"
+        );
+        let r = r.unwrap();
+        eprintln!("round {round}: {swaps:?} swaps; failures: {:?}", r.failures);
+        // A directory swapped while written fails its attempt; what is registered is on disk.
+        assert_registered_paths_are_on_disk(&dst);
+        swapped += swaps.load(Ordering::Relaxed);
+        if swapped > 0 {
+            break;
+        }
     }
+    assert!(
+        swapped > 0,
+        "the racing thread never caught a temporary tree"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -12,10 +12,12 @@
 //!    transaction; a path that failed, and everything referring to it, is removed from disk and
 //!    not registered.
 
+mod error;
 mod execute;
 mod extract;
 mod plan;
 
+pub use error::PathError;
 pub use execute::execute;
 pub use plan::{plan, RestorePlan};
 
