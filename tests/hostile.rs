@@ -446,6 +446,62 @@ fn symlinked_store_dir_is_refused() {
 }
 
 #[test]
+fn symlinked_db_dir_is_refused() {
+    let (w, dst, outside) = world_with_outside();
+    fs::create_dir_all(dst.real_db_dir().parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&outside, dst.real_db_dir()).unwrap();
+    let before = dir_state(&outside);
+    let err = restore(&dst, &w.cache_dir()).unwrap_err().to_string();
+    assert!(err.contains("symlink"), "{err}");
+    assert_eq!(dir_state(&outside), before);
+}
+
+/// Each of the DB directory's state files as a symlink to a file outside: refused, named,
+/// and the file outside unchanged. `db.sqlite` and its WAL files are tried with a DB
+/// present, `schema` and `big-lock` without one too.
+#[test]
+fn symlinked_db_state_files_are_refused() {
+    for (name, with_db) in [
+        ("big-lock", false),
+        ("schema", false),
+        ("schema", true),
+        ("db.sqlite", true),
+        ("db.sqlite-wal", true),
+        ("db.sqlite-shm", true),
+    ] {
+        let (w, dst, outside) = world_with_outside();
+        let case = format!("{name} (DB present: {with_db})");
+        if with_db {
+            // A real DB (from a first restore), its paths taken off so there is work to do.
+            restore(&dst, &w.cache_dir()).unwrap();
+            let conn = rusqlite::Connection::open(dst.db_file()).unwrap();
+            conn.execute_batch("delete from Refs; delete from ValidPaths;")
+                .unwrap();
+            drop(conn);
+            storesync::store::fs::remove_tree(&dst.real_store_dir()).unwrap();
+        }
+        let db = dst.real_db_dir();
+        fs::create_dir_all(&db).unwrap();
+        let victim = outside.join(name);
+        if name == "db.sqlite" {
+            // A database outside: the symlinked DB must not be written through.
+            fs::rename(db.join(name), &victim).unwrap();
+        } else if with_db || name != "big-lock" {
+            fs::write(&victim, b"precious").unwrap();
+        }
+        let _ = fs::remove_file(db.join(name));
+        std::os::unix::fs::symlink(&victim, db.join(name)).unwrap();
+        let before = dir_state(&outside);
+        let err = restore(&dst, &w.cache_dir()).unwrap_err().to_string();
+        assert!(
+            err.contains(name) && err.contains("symlink"),
+            "{case}: {err}"
+        );
+        assert_eq!(dir_state(&outside), before, "{case}: outside changed");
+    }
+}
+
+#[test]
 fn symlinked_leftovers_are_removed_not_followed() {
     // Leftovers of an interrupted restore, and an invalid leftover at a path's own name, that
     // are symlinks to a directory outside or hold such symlinks: removed, never followed.

@@ -43,6 +43,102 @@ pub enum DbError {
     Schema(PathBuf, String, u32),
     #[error("database {0} exists but its version file {1} is missing or empty: refusing to change a database of unknown schema (let the daemon open it once, or move it aside)")]
     NoSchema(PathBuf, PathBuf),
+    #[error("{0} is a symlink or of the wrong type: refusing to use it (the DB directory and the daemon's files in it must not be links elsewhere)")]
+    NotAFile(PathBuf),
+}
+
+/// The files the daemon keeps in its DB directory.
+const STATE_FILES: [&str; 5] = [
+    "db.sqlite",
+    "db.sqlite-wal",
+    "db.sqlite-shm",
+    "schema",
+    "big-lock",
+];
+
+/// `path`, if it exists, is itself (not a symlink) and of the kind expected: the DB
+/// directory a directory, the files in it regular files.
+pub(crate) fn check_not_symlink(path: &std::path::Path) -> Result<(), DbError> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => Err(DbError::NotAFile(path.to_owned())),
+        Ok(m)
+            if path
+                .file_name()
+                .is_some_and(|n| STATE_FILES.iter().any(|f| n == *f)) =>
+        {
+            if m.is_file() {
+                Ok(())
+            } else {
+                Err(DbError::NotAFile(path.to_owned()))
+            }
+        }
+        Ok(m) if !m.is_dir() && !m.is_file() => Err(DbError::NotAFile(path.to_owned())),
+        _ => Ok(()),
+    }
+}
+
+/// The DB file to open, after checking that the DB directory and every state file in it are
+/// not symlinks: the directory's own path with its parents resolved (they are the system's),
+/// so that SQLite, opened with `SQLITE_OPEN_NOFOLLOW`, refuses any symlink it meets.
+fn checked_db_file(layout: &Layout) -> Result<PathBuf, DbError> {
+    let dir = layout.real_db_dir();
+    check_not_symlink(&dir)?;
+    for f in STATE_FILES {
+        check_not_symlink(&dir.join(f))?;
+    }
+    let real = fs::canonicalize(&dir).map_err(|e| DbError::Io(dir.clone(), e))?;
+    Ok(real.join("db.sqlite"))
+}
+
+/// Open a state file of the DB directory for reading, never through a symlink.
+fn read_state_file(path: &std::path::Path) -> Result<Option<String>, DbError> {
+    use std::io::Read;
+    let fd = match rustix::fs::open(
+        path,
+        rustix::fs::OFlags::RDONLY
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::NONBLOCK
+            | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(rustix::io::Errno::LOOP) => return Err(DbError::NotAFile(path.to_owned())),
+        Err(e) => return Err(DbError::Io(path.to_owned(), e.into())),
+    };
+    let mut f = fs::File::from(fd);
+    if !f
+        .metadata()
+        .map_err(|e| DbError::Io(path.to_owned(), e))?
+        .is_file()
+    {
+        return Err(DbError::NotAFile(path.to_owned()));
+    }
+    let mut s = String::new();
+    f.read_to_string(&mut s)
+        .map_err(|e| DbError::Io(path.to_owned(), e))?;
+    Ok(Some(s))
+}
+
+/// Write a state file of the DB directory, never through a symlink.
+fn write_state_file(path: &std::path::Path, contents: &[u8]) -> Result<(), DbError> {
+    use std::io::Write;
+    let fd = rustix::fs::open(
+        path,
+        rustix::fs::OFlags::WRONLY
+            | rustix::fs::OFlags::CREATE
+            | rustix::fs::OFlags::TRUNC
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::from_raw_mode(0o644),
+    )
+    .map_err(|e| match e {
+        rustix::io::Errno::LOOP => DbError::NotAFile(path.to_owned()),
+        e => DbError::Io(path.to_owned(), e.into()),
+    })?;
+    fs::File::from(fd)
+        .write_all(contents)
+        .map_err(|e| DbError::Io(path.to_owned(), e))
 }
 
 /// A consistent read of a store's DB.
@@ -68,9 +164,12 @@ pub fn read(layout: &Layout) -> Result<DbContents, DbError> {
     if !file.exists() {
         return Err(DbError::Missing(file, layout.flavor.name()));
     }
+    let real = checked_db_file(layout)?;
     let conn = Connection::open_with_flags(
-        &file,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        &real,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW,
     )
     .map_err(sql(&file))?;
     conn.busy_timeout(Duration::from_secs(60))
@@ -188,10 +287,11 @@ pub fn open_or_create(layout: &Layout) -> Result<Connection, DbError> {
     let file = layout.db_file();
     let schema_file = dir.join("schema");
     fs::create_dir_all(&dir).map_err(|e| DbError::Io(dir.clone(), e))?;
+    let real = checked_db_file(layout)?;
     let want = layout.flavor.schema_version();
-    let create = !file.exists();
+    let create = fs::symlink_metadata(&file).is_err();
     if !create {
-        let found = fs::read_to_string(&schema_file).unwrap_or_default();
+        let found = read_state_file(&schema_file)?.unwrap_or_default();
         if found.trim().is_empty() {
             return Err(DbError::NoSchema(file, schema_file));
         }
@@ -199,7 +299,14 @@ pub fn open_or_create(layout: &Layout) -> Result<Connection, DbError> {
             return Err(DbError::Schema(file, found.trim().to_owned(), want));
         }
     }
-    let conn = Connection::open(&file).map_err(sql(&file))?;
+    let conn = Connection::open_with_flags(
+        &real,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+    )
+    .map_err(sql(&file))?;
     conn.busy_timeout(Duration::from_secs(3600))
         .map_err(sql(&file))?;
     // The pragmas both daemons set on every connection (LocalStore::openDB).
@@ -212,8 +319,7 @@ pub fn open_or_create(layout: &Layout) -> Result<Connection, DbError> {
         conn.execute_batch(schema_sql(layout.flavor))
             .map_err(sql(&file))?;
         // The daemon writes the version without a newline.
-        fs::write(&schema_file, want.to_string())
-            .map_err(|e| DbError::Io(schema_file.clone(), e))?;
+        write_state_file(&schema_file, want.to_string().as_bytes())?;
     }
     Ok(conn)
 }
@@ -233,15 +339,7 @@ pub fn give_to_owner(layout: &Layout) -> Result<(), DbError> {
     };
     let owner = (parent.uid(), parent.gid());
     let mut files = vec![dir.clone()];
-    for name in [
-        "db.sqlite",
-        "db.sqlite-wal",
-        "db.sqlite-shm",
-        "schema",
-        "big-lock",
-    ] {
-        files.push(dir.join(name));
-    }
+    files.extend(STATE_FILES.iter().map(|name| dir.join(name)));
     for f in files {
         let Ok(m) = fs::symlink_metadata(&f) else {
             continue;
