@@ -9,6 +9,7 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use storesync::cache::{BlobId, Cache, Node};
@@ -18,8 +19,8 @@ use storesync::store::layout::{Flavor, Layout};
 use storesync::store::path::nixbase32_encode;
 use storesync::store::DerivationOutput;
 use util::{
-    assert_registered_paths_are_on_disk, base_name, dir_node, dir_state, file_nar_hash, file_node,
-    nar_of, nar_str, row_for, write_cache, Blobs, World,
+    assert_registered_paths_are_on_disk, base_name, db_rows, dir_node, dir_state, file_nar_hash,
+    file_node, nar_of, nar_str, row_for, write_cache, Blobs, World,
 };
 
 fn restore_lib(
@@ -701,4 +702,132 @@ fn deriver_or_derivation_output_outside_the_store_is_refused() {
         assert!(err.contains(bad), "{case}: {err}");
         assert!(!dst.db_file().exists(), "{case}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Target failures stop the restore; a locked DB is reported, and waited for a bounded time.
+
+#[test]
+fn full_store_stops_the_restore_at_the_first_failure() {
+    // The store is a 256 KiB tmpfs (in a private mount namespace); a dozen paths of 64 KiB
+    // each cannot all fit. Once the disk is full no path can be written: the restore must
+    // stop there, not try every remaining path twice.
+    let usable = rustix::process::geteuid().is_root()
+        && std::process::Command::new("unshare")
+            .args(["-m", "true"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !usable {
+        eprintln!("skipped: needs root and unshare -m");
+        return;
+    }
+    let w = World::new(Flavor::Guix);
+    let mut blobs = Blobs::new();
+    let rows: Vec<_> = (0..12)
+        .map(|i| {
+            let node = file_node(&mut blobs, false, &noise(100 + i, 64 * 1024));
+            (
+                row_for(&base_name(100 + i, "big"), &nar_of(&node, &blobs)),
+                node,
+            )
+        })
+        .collect();
+    write_cache(&w.cache_dir(), w.flavor, &rows, &blobs, vec![]);
+    let dst = w.layout("dst");
+    fs::create_dir_all(dst.real_store_dir()).unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("storesync");
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c"])
+        .arg(
+            "mount --make-rprivate / && mount -t tmpfs -o size=256k tmpfs \"$1\" && shift && exec \"$@\"",
+        )
+        .arg("sh")
+        .arg(dst.real_store_dir())
+        .arg(&bin)
+        .args(["--flavor", "guix", "--root"])
+        .arg(&dst.root)
+        .args(["--no-progress", "--jobs", "1", "--json", "restore", "--cache"])
+        .arg(w.cache_dir())
+        .env_remove("GUIX_DATABASE_DIRECTORY")
+        .env_remove("GUIX_STATE_DIRECTORY")
+        .env_remove("NIX_STORE_DIR")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let r = util::json(&out.stdout);
+    let failed = r["failed"].as_array().unwrap().len();
+    let not_attempted = r["not_attempted"].as_array().map_or(0, |a| a.len());
+    let restored = r["restored"].as_u64().unwrap() as usize;
+    // Two writer threads for one job: at most two paths attempted once the disk is full.
+    assert!(failed <= 2, "{r}");
+    assert!(not_attempted >= 12 - 2 - restored - failed, "{r}");
+    assert_eq!(restored + failed + not_attempted, 12, "{r}");
+    assert!(
+        r["failures"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("No space left on device"),
+        "{r}"
+    );
+}
+
+/// Notes received, with when.
+struct Notes {
+    start: Instant,
+    notes: Mutex<Vec<(Duration, String)>>,
+}
+
+impl Progress for Notes {
+    fn note(&self, msg: &str) {
+        self.notes
+            .lock()
+            .unwrap()
+            .push((self.start.elapsed(), msg.to_owned()));
+    }
+}
+
+#[test]
+fn db_locked_by_another_writer_is_reported_within_seconds() {
+    let w = World::new(Flavor::Guix);
+    let (base, node, blobs) = sample_path(20);
+    let first = one_path_cache(&w, &base, &node, &blobs);
+    let (base2, node2, blobs2) = sample_path(21);
+    let mut all = blobs.clone();
+    all.extend(blobs2.clone());
+    write_cache(
+        &w.cache_dir(),
+        w.flavor,
+        &[
+            (row_for(&base, &nar_of(&node, &blobs)), node.clone()),
+            (row_for(&base2, &nar_of(&node2, &blobs2)), node2),
+        ],
+        &all,
+        vec![],
+    );
+    let dst = w.layout("dst");
+    restore_lib(&dst, &w.cache_dir(), Some(&first), &NoProgress).unwrap();
+    // Another process writing the DB: this test's own connection, holding the write lock.
+    let other = rusqlite::Connection::open(dst.db_file()).unwrap();
+    other.execute_batch("begin immediate").unwrap();
+    let notes = Notes {
+        start: Instant::now(),
+        notes: Mutex::new(Vec::new()),
+    };
+    let held = Duration::from_secs(6);
+    let r = std::thread::scope(|s| {
+        let h = s.spawn(|| restore_lib(&dst, &w.cache_dir(), None, &notes));
+        std::thread::sleep(held);
+        other.execute_batch("commit").unwrap();
+        h.join().unwrap()
+    });
+    let r = r.unwrap();
+    assert_eq!(r.restored, 1, "{r:?}");
+    let notes = notes.notes.into_inner().unwrap();
+    let waiting = notes
+        .iter()
+        .find(|(_, m)| m.contains("waiting for the DB lock"))
+        .unwrap_or_else(|| panic!("no note about the lock: {notes:?}"));
+    assert!(waiting.0 < held, "{notes:?}");
+    assert_eq!(db_rows(&dst).paths.len(), 2);
 }

@@ -159,6 +159,9 @@ pub fn execute(
         privileged: me.0 == 0,
     };
     let leftovers = AtomicU64::new(0);
+    // Set by the first failure that will fail every path (a full or read-only store): no
+    // path starts after it.
+    let stopped = std::sync::atomic::AtomicBool::new(false);
     progress.start("restoring paths", plan.bytes());
     // Largest first, so one big path does not start last and run alone. (Registration keeps
     // the plan's order: references first.)
@@ -174,12 +177,17 @@ pub fn execute(
         .num_threads(WRITERS_PER_JOB * rayon::current_num_threads())
         .build()
         .map_err(|e| Error::Io(store.clone(), io::Error::other(e)))?;
-    let results: Vec<(usize, std::result::Result<(), PathError>)> = pool.install(|| {
+    // Per path: `None` when not attempted because the restore stopped.
+    let results: Vec<(usize, Option<std::result::Result<(), PathError>>)> = pool.install(|| {
         by_size
             .par_iter()
             .with_max_len(1) // one path per task: sizes vary too much for contiguous splits
             .map(|&i| {
                 let p = &snap.paths[i];
+                if stopped.load(Ordering::Relaxed) {
+                    progress.advance(p.info.nar_size);
+                    return (i, None);
+                }
                 let base = p.info.path.base_name();
                 let shown = store.join(base);
                 let tmp = names.next(TMP_PREFIX, base);
@@ -255,11 +263,14 @@ pub fn execute(
                     rustix::fs::renameat(&store_fd, tmp.as_str(), &store_fd, base)
                         .map_err(|e| target(e.into()))
                 })();
-                if r.is_err() {
+                if let Err(e) = &r {
                     let _ = remove_at(&store_fd, &tmp);
+                    if e.stops_restore() {
+                        stopped.store(true, Ordering::Relaxed);
+                    }
                 }
                 progress.advance(p.info.nar_size);
-                (i, r)
+                (i, Some(r))
             })
             .collect()
     });
@@ -280,30 +291,50 @@ pub fn execute(
     };
     let failed: Vec<usize> = results
         .iter()
-        .filter(|(_, r)| r.is_err())
+        .filter(|(_, r)| matches!(r, Some(Err(_))))
         .map(|(i, _)| *i)
         .collect();
+    let not_attempted: Vec<usize> = results
+        .iter()
+        .filter(|(_, r)| r.is_none())
+        .map(|(i, _)| *i)
+        .collect();
+    report.not_attempted = not_attempted
+        .iter()
+        .map(|&i| layout.store_dir.display(&snap.paths[i].info.path))
+        .collect();
+    let mut told_stop = false;
     for (i, r) in &results {
-        if let Err(e) = r {
+        if let Some(Err(e)) = r {
             let path = layout.store_dir.display(&snap.paths[*i].info.path);
+            let mut error = e.to_string();
+            if e.stops_restore() && !told_stop && !not_attempted.is_empty() {
+                error += &format!(
+                    " (the store cannot be written: the restore stopped, {} more paths not attempted)",
+                    not_attempted.len()
+                );
+                told_stop = true;
+            }
             report.failed.push(path.clone());
-            report.failures.push(crate::restore::Failure {
-                path,
-                error: e.to_string(),
-            });
+            report
+                .failures
+                .push(crate::restore::Failure { path, error });
         }
     }
-    let bad = plan.graph.referrers_closure(failed.iter().copied());
+    let written = |i: usize| !failed.contains(&i) && !not_attempted.contains(&i);
+    let bad = plan
+        .graph
+        .referrers_closure(failed.iter().chain(&not_attempted).copied());
     let mut register = Vec::new();
     for &i in &plan.missing {
         let path = layout.store_dir.display(&snap.paths[i].info.path);
         if plan.repair.contains(&i) {
-            if !failed.contains(&i) {
+            if written(i) {
                 report.repaired.push(path);
             }
         } else if !bad[i] {
             register.push(i);
-        } else if !failed.contains(&i) {
+        } else if written(i) {
             // Written and verified, but it refers to a path that is not valid: take it off disk.
             let base = snap.paths[i].info.path.base_name();
             let trash = names.next(TRASH_PREFIX, base);
@@ -324,7 +355,11 @@ pub fn execute(
         .iter()
         .filter(|o| registered.contains(&o.drv))
         .collect();
-    db::register(conn, layout, &infos, &outputs)?;
+    let wait = db::LockWait {
+        limit: db::DB_LOCK_WAIT,
+        waiting: &|m| progress.note(m),
+    };
+    db::register_waiting(conn, layout, &infos, &outputs, &wait)?;
     report.restored = infos.len();
     report.paths = infos
         .iter()

@@ -83,6 +83,9 @@ pub struct RestoreReport {
     pub failures: Vec<Failure>,
     /// Paths not registered because something they refer to failed.
     pub skipped: Vec<String>,
+    /// Paths not attempted because the restore stopped at a failure that would fail every
+    /// path (a full, read-only or unwritable store; the first such failure is in `failures`).
+    pub not_attempted: Vec<String>,
     /// The planned (dry run) or registered paths, references first.
     pub paths: Vec<String>,
     /// Paths the DB called valid but that were missing from disk, written again.
@@ -177,8 +180,12 @@ pub fn restore(
     }
     let _lock = BigLock::acquire(&layout.big_lock_file(), layout.flavor, opts.wait)?;
     check_store_dir(layout)?; // before a DB is created for it
-    let mut conn = db::open_or_create(layout)?;
-    let valid = db::valid_paths(&conn, layout)?;
+    let wait = db::LockWait {
+        limit: db::DB_LOCK_WAIT,
+        waiting: &|m| progress.note(m),
+    };
+    let mut conn = db::open_or_create_waiting(layout, &wait)?;
+    let valid = db::valid_paths_waiting(&conn, layout, &wait)?;
     let plan = plan(layout, id, snapshot, &valid, &opts.roots)?;
     let report = execute(layout, cache, &plan, &mut conn, progress);
     drop(conn);
