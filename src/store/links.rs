@@ -265,8 +265,8 @@ impl LinksDir {
     }
 
     /// Hard-link to `name` in `dir` a file holding the contents `.links` calls `hash` (a
-    /// file of `size` bytes, `executable` or not): an entry of `.links`, or a file this
-    /// restore wrote. Returns the linked file opened for reading (the caller reads at most
+    /// file of `size` bytes, `executable` or not): an entry of `.links`, or else a file this
+    /// restore wrote (staged). Returns the linked file opened for reading (the caller reads at most
     /// `size` bytes of it into the path's NAR hash, which checks the bytes) and where it came
     /// from; `None` when no usable source exists, and nothing was linked.
     ///
@@ -280,30 +280,32 @@ impl LinksDir {
         dir: BorrowedFd<'_>,
         name: &OsStr,
     ) -> io::Result<Option<(fs::File, LinkSource)>> {
-        let (from, source) = if self.known.lock().expect("known").contains(hash) {
-            (&self.dir, LinkSource::Links)
-        } else if self.staged.lock().expect("staged").contains(hash) {
-            (&self.staging, LinkSource::Staged)
-        } else {
-            return Ok(None);
-        };
         let entry = nixbase32_encode(hash);
-        let Some((file, st)) = self.open_checked(from, &entry, size, executable)? else {
-            return Ok(None);
-        };
-        match rustix::fs::linkat(from, entry.as_str(), dir, name, AtFlags::empty()) {
-            Ok(()) => {}
-            Err(e) if unusable_source(e) => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let in_links = self.known.lock().expect("known").contains(hash);
+        let staged = self.staged.lock().expect("staged").contains(hash);
+        let sources = [
+            (in_links, &self.dir, LinkSource::Links),
+            (staged, &self.staging, LinkSource::Staged),
+        ];
+        for (_, from, source) in sources.into_iter().filter(|s| s.0) {
+            let Some((file, st)) = self.open_checked(from, &entry, size, executable)? else {
+                continue;
+            };
+            match rustix::fs::linkat(from, entry.as_str(), dir, name, AtFlags::empty()) {
+                Ok(()) => {}
+                Err(e) if unusable_source(e) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            // The name linked must be the inode checked (it cannot have been swapped between:
+            // only whoever owns the directory can, but this costs one `stat`).
+            let linked = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+            if (linked.st_dev, linked.st_ino) != (st.st_dev, st.st_ino) {
+                rustix::fs::unlinkat(dir, name, AtFlags::empty())?;
+                continue;
+            }
+            return Ok(Some((file, source)));
         }
-        // The name linked must be the inode checked (it cannot have been swapped between:
-        // only whoever owns the directory can, but this costs one `stat`).
-        let linked = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
-        if (linked.st_dev, linked.st_ino) != (st.st_dev, st.st_ino) {
-            rustix::fs::unlinkat(dir, name, AtFlags::empty())?;
-            return Ok(None);
-        }
-        Ok(Some((file, source)))
+        Ok(None)
     }
 
     /// Stage the file `name` in `dir`, just written, whose own bytes give the `.links` name
@@ -360,5 +362,72 @@ impl Drop for LinksDir {
     /// The staging directory goes (best effort: a later restore removes it as a leftover).
     fn drop(&mut self) {
         let _ = remove_at(&self.store, &self.staging_name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn links_only_from_checked_sources_and_adds_staged_entries() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = tmp.path().join("store");
+        fs::create_dir(&store).unwrap();
+        let fd = crate::store::fs::open_dir_at(rustix::fs::CWD, &store).unwrap();
+        let me = (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        );
+        let links =
+            LinksDir::open(fd.as_fd(), &store, ".storesync-tmp-t-links", me, false).unwrap();
+        let contents = vec![b'x'; 9000];
+        fs::write(store.join("a"), &contents).unwrap();
+        fs::set_permissions(store.join("a"), fs::Permissions::from_mode(0o444)).unwrap();
+        let mut h = crate::nar::FileNarHasher::new(false, contents.len() as u64);
+        h.update(&contents);
+        let h = h.finish();
+        let size = contents.len() as u64;
+        let ino = |n: &str| fs::symlink_metadata(store.join(n)).unwrap().ino();
+        // Nothing known: nothing linked.
+        assert!(links
+            .link_to(&h, size, false, fd.as_fd(), OsStr::new("b"))
+            .unwrap()
+            .is_none());
+        links.stage(&h, fd.as_fd(), OsStr::new("a")).unwrap();
+        let (_, source) = links
+            .link_to(&h, size, false, fd.as_fd(), OsStr::new("b"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(source, LinkSource::Staged);
+        assert_eq!(ino("b"), ino("a"));
+        // Another executable bit or size: not this file.
+        for (size, x) in [(size, true), (size + 1, false)] {
+            assert!(links
+                .link_to(&h, size, x, fd.as_fd(), OsStr::new("c"))
+                .unwrap()
+                .is_none());
+        }
+        assert!(fs::symlink_metadata(store.join("c")).is_err());
+        links.add(&h);
+        let name = nixbase32_encode(&h);
+        assert_eq!(ino(&format!(".links/{name}")), ino("a"));
+        let (_, source) = links
+            .link_to(&h, size, false, fd.as_fd(), OsStr::new("d"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(source, LinkSource::Links);
+        // An entry that became a symlink is passed over for the staged file.
+        fs::remove_file(store.join(".links").join(&name)).unwrap();
+        std::os::unix::fs::symlink(store.join("a"), store.join(".links").join(&name)).unwrap();
+        let (_, source) = links
+            .link_to(&h, size, false, fd.as_fd(), OsStr::new("e"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(source, LinkSource::Staged);
+        drop(links);
+        assert!(fs::symlink_metadata(store.join(".storesync-tmp-t-links")).is_err());
     }
 }
