@@ -995,14 +995,14 @@ mod tests {
         use crate::store::path::StorePath;
         use crate::store::path_info::{DerivationOutput, NarHash, PathInfo};
         let p = |n: &str| {
-            StorePath::from_base_name(&format!("0123456789abcdfghijklmnpqrsvwxyz-{n}")).unwrap()
+            StorePath::from_base_name(&format!("0123456789abcdfghijklmnpqrsvwxy{n}-{n}")).unwrap()
         };
         let info = |n: &str, refs: Vec<StorePath>| PathInfo {
             path: p(n),
             nar_hash: NarHash([7; 32]),
             nar_size: 120,
             registration_time: 1_795_818_122,
-            deriver: Some("/gnu/store/0123456789abcdfghijklmnpqrsvwxyz-x.drv".into()),
+            deriver: Some("/nix/store/0123456789abcdfghijklmnpqrsvwxyz-x.drv".into()),
             references: refs,
             ultimate: Some(1),
             sigs: Some("cache:abc".into()),
@@ -1031,7 +1031,7 @@ mod tests {
             derivation_outputs: vec![DerivationOutput {
                 drv: p("b"),
                 id: "out".into(),
-                path: "/nix/store/x".into(),
+                path: "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-x".into(),
             }],
         };
         let dir = tempfile::tempdir().unwrap();

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use super::{IndexId, SnapshotId, TreeId};
 use crate::store::layout::Flavor;
-use crate::store::path::StorePath;
+use crate::store::path::{StoreDir, StorePath};
 use crate::store::path_info::{DerivationOutput, PathInfo};
 
 /// One store path of a snapshot.
@@ -62,16 +62,33 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Check internal consistency: unique paths, every reference inside the snapshot,
-    /// every derivation output row's `.drv` inside it.
+    /// Check internal consistency: unique paths, unique hash parts (the daemons find a path
+    /// by its hash part, and restore names temporary trees after it), every reference inside
+    /// the snapshot, every derivation output row's `.drv` inside it, and every deriver and
+    /// derivation output a path of the snapshot's store directory (the daemon opens them).
     ///
     /// # Errors
-    /// A message saying what is inconsistent.
+    /// A message saying what is inconsistent, naming the path and the value.
     pub fn validate(&self) -> Result<(), String> {
+        let store = StoreDir::new(&self.store_dir)?;
         let mut seen: HashMap<&StorePath, usize> = HashMap::new();
+        let mut hash_parts: HashMap<&str, &StorePath> = HashMap::new();
         for (i, p) in self.paths.iter().enumerate() {
-            if seen.insert(&p.info.path, i).is_some() {
-                return Err(format!("path {} appears twice", p.info.path));
+            let path = &p.info.path;
+            if seen.insert(path, i).is_some() {
+                return Err(format!("path {path} appears twice"));
+            }
+            if let Some(other) = hash_parts.insert(path.hash_part(), path) {
+                return Err(format!(
+                    "paths {other} and {path} share the hash part {}",
+                    path.hash_part()
+                ));
+            }
+            // An empty deriver is how the daemons spell "unknown" when it is not NULL.
+            if let Some(d) = p.info.deriver.as_deref().filter(|d| !d.is_empty()) {
+                store.parse(d).map_err(|e| {
+                    format!("{path}: deriver `{d}` is not a path of the store: {e}")
+                })?;
             }
         }
         for p in &self.paths {
@@ -82,15 +99,19 @@ impl Snapshot {
                 ));
             }
         }
-        if let Some(o) = self
-            .derivation_outputs
-            .iter()
-            .find(|o| !seen.contains_key(&o.drv))
-        {
-            return Err(format!(
-                "derivation output row for {}, which is not in the snapshot",
-                o.drv
-            ));
+        for o in &self.derivation_outputs {
+            if !seen.contains_key(&o.drv) {
+                return Err(format!(
+                    "derivation output row for {}, which is not in the snapshot",
+                    o.drv
+                ));
+            }
+            store.parse(&o.path).map_err(|e| {
+                format!(
+                    "{}: output `{}` at `{}` is not a path of the store: {e}",
+                    o.drv, o.id, o.path
+                )
+            })?;
         }
         Ok(())
     }
@@ -109,5 +130,97 @@ impl Snapshot {
     /// Total NAR size of all paths.
     pub fn nar_bytes(&self) -> u64 {
         self.paths.iter().map(|p| p.info.nar_size).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::path_info::NarHash;
+
+    fn path(base: &str) -> SnapshotPath {
+        SnapshotPath {
+            info: PathInfo {
+                path: StorePath::from_base_name(base).unwrap(),
+                nar_hash: NarHash([0; 32]),
+                nar_size: 0,
+                registration_time: 0,
+                deriver: None,
+                references: vec![],
+                ultimate: None,
+                sigs: None,
+                ca: None,
+            },
+            tree: TreeId([0; 32]),
+        }
+    }
+
+    fn snapshot(paths: Vec<SnapshotPath>) -> Snapshot {
+        Snapshot {
+            version: 2,
+            key: String::new(),
+            indexes: Vec::new(),
+            parent: None,
+            flavor: Flavor::Guix,
+            store_dir: "/gnu/store".into(),
+            created: 0,
+            tool: String::new(),
+            roots: vec![],
+            paths,
+            derivation_outputs: vec![],
+        }
+    }
+
+    const H1: &str = "00000000000000000000000000000001";
+    const H2: &str = "00000000000000000000000000000002";
+
+    #[test]
+    fn one_hash_part_for_two_paths_is_refused() {
+        let s = snapshot(vec![path(&format!("{H1}-x")), path(&format!("{H1}-y"))]);
+        let err = s.validate().unwrap_err();
+        assert!(err.contains("share the hash part"), "{err}");
+        assert!(
+            snapshot(vec![path(&format!("{H1}-x")), path(&format!("{H2}-x"))])
+                .validate()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn derivers_and_outputs_must_be_paths_of_the_store() {
+        let drv = format!("{H1}-x.drv");
+        let good = format!("/gnu/store/{H2}-x");
+        for bad in [
+            "/etc/passwd",
+            "/gnu/store/../../etc/passwd",
+            "/nix/store/00000000000000000000000000000002-x",
+            "/gnu/store/00000000000000000000000000000002-x/bin",
+            "relative",
+        ] {
+            let mut p = path(&drv);
+            p.info.deriver = Some(bad.into());
+            let err = snapshot(vec![p]).validate().unwrap_err();
+            assert!(err.contains(bad) && err.contains(&drv), "{err}");
+            let mut s = snapshot(vec![path(&drv)]);
+            s.derivation_outputs.push(DerivationOutput {
+                drv: StorePath::from_base_name(&drv).unwrap(),
+                id: "out".into(),
+                path: bad.into(),
+            });
+            let err = s.validate().unwrap_err();
+            assert!(err.contains(bad) && err.contains(&drv), "{err}");
+        }
+        let mut p = path(&drv);
+        p.info.deriver = Some(good.clone());
+        let mut s = snapshot(vec![p]);
+        s.derivation_outputs.push(DerivationOutput {
+            drv: StorePath::from_base_name(&drv).unwrap(),
+            id: "out".into(),
+            path: good,
+        });
+        s.validate().unwrap();
+        let mut p = path(&drv);
+        p.info.deriver = Some(String::new());
+        snapshot(vec![p]).validate().unwrap();
     }
 }

@@ -3,12 +3,11 @@
 //! paths are written and registered. Guix takes it with fcntl record locks (POSIX), Nix with
 //! flock(2); the two kinds do not conflict with each other, so the flavour decides.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::FlockOperation;
+use rustix::fs::{FlockOperation, Mode, OFlags};
 
 use crate::store::layout::Flavor;
 
@@ -19,6 +18,8 @@ pub enum LockError {
     Busy(PathBuf),
     #[error("locking {0}: {1}")]
     Io(PathBuf, #[source] io::Error),
+    #[error("{0} is a symlink or of the wrong type: refusing to use it (the DB directory and the daemon's files in it must not be links elsewhere)")]
+    NotAFile(PathBuf),
 }
 
 /// The held big-lock; released on drop.
@@ -37,15 +38,25 @@ impl BigLock {
         let io = |e: io::Error| LockError::Io(path.to_owned(), e);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
+            super::check_not_symlink(dir).map_err(|e| match e {
+                super::DbError::NotAFile(p) => LockError::NotAFile(p),
+                e => LockError::Io(dir.to_owned(), io::Error::other(e.to_string())),
+            })?;
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(io)?;
+        // Never through a symlink: the lock file is created if absent.
+        let fd = rustix::fs::open(
+            path,
+            OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| match e {
+            rustix::io::Errno::LOOP => LockError::NotAFile(path.to_owned()),
+            e => io(e.into()),
+        })?;
+        let file = File::from(fd);
+        if !file.metadata().map_err(io)?.is_file() {
+            return Err(LockError::NotAFile(path.to_owned()));
+        }
         let op = if wait {
             FlockOperation::LockExclusive
         } else {

@@ -16,9 +16,9 @@ use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 
 pub use lock::{BigLock, LockError};
 
@@ -43,6 +43,104 @@ pub enum DbError {
     Schema(PathBuf, String, u32),
     #[error("database {0} exists but its version file {1} is missing or empty: refusing to change a database of unknown schema (let the daemon open it once, or move it aside)")]
     NoSchema(PathBuf, PathBuf),
+    #[error("database {0} stayed locked by another process for {1} s: gave up (stop the other writer, such as a daemon's client or an sqlite3 shell, then run again)")]
+    Busy(PathBuf, u64),
+    #[error("{0} is a symlink or of the wrong type: refusing to use it (the DB directory and the daemon's files in it must not be links elsewhere)")]
+    NotAFile(PathBuf),
+}
+
+/// The files the daemon keeps in its DB directory.
+const STATE_FILES: [&str; 5] = [
+    "db.sqlite",
+    "db.sqlite-wal",
+    "db.sqlite-shm",
+    "schema",
+    "big-lock",
+];
+
+/// `path`, if it exists, is itself (not a symlink) and of the kind expected: the DB
+/// directory a directory, the files in it regular files.
+pub(crate) fn check_not_symlink(path: &std::path::Path) -> Result<(), DbError> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => Err(DbError::NotAFile(path.to_owned())),
+        Ok(m)
+            if path
+                .file_name()
+                .is_some_and(|n| STATE_FILES.iter().any(|f| n == *f)) =>
+        {
+            if m.is_file() {
+                Ok(())
+            } else {
+                Err(DbError::NotAFile(path.to_owned()))
+            }
+        }
+        Ok(m) if !m.is_dir() && !m.is_file() => Err(DbError::NotAFile(path.to_owned())),
+        _ => Ok(()),
+    }
+}
+
+/// The DB file to open, after checking that the DB directory and every state file in it are
+/// not symlinks: the directory's own path with its parents resolved (they are the system's),
+/// so that SQLite, opened with `SQLITE_OPEN_NOFOLLOW`, refuses any symlink it meets.
+fn checked_db_file(layout: &Layout) -> Result<PathBuf, DbError> {
+    let dir = layout.real_db_dir();
+    check_not_symlink(&dir)?;
+    for f in STATE_FILES {
+        check_not_symlink(&dir.join(f))?;
+    }
+    let real = fs::canonicalize(&dir).map_err(|e| DbError::Io(dir.clone(), e))?;
+    Ok(real.join("db.sqlite"))
+}
+
+/// Open a state file of the DB directory for reading, never through a symlink.
+fn read_state_file(path: &std::path::Path) -> Result<Option<String>, DbError> {
+    use std::io::Read;
+    let fd = match rustix::fs::open(
+        path,
+        rustix::fs::OFlags::RDONLY
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::NONBLOCK
+            | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(rustix::io::Errno::LOOP) => return Err(DbError::NotAFile(path.to_owned())),
+        Err(e) => return Err(DbError::Io(path.to_owned(), e.into())),
+    };
+    let mut f = fs::File::from(fd);
+    if !f
+        .metadata()
+        .map_err(|e| DbError::Io(path.to_owned(), e))?
+        .is_file()
+    {
+        return Err(DbError::NotAFile(path.to_owned()));
+    }
+    let mut s = String::new();
+    f.read_to_string(&mut s)
+        .map_err(|e| DbError::Io(path.to_owned(), e))?;
+    Ok(Some(s))
+}
+
+/// Write a state file of the DB directory, never through a symlink.
+fn write_state_file(path: &std::path::Path, contents: &[u8]) -> Result<(), DbError> {
+    use std::io::Write;
+    let fd = rustix::fs::open(
+        path,
+        rustix::fs::OFlags::WRONLY
+            | rustix::fs::OFlags::CREATE
+            | rustix::fs::OFlags::TRUNC
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::from_raw_mode(0o644),
+    )
+    .map_err(|e| match e {
+        rustix::io::Errno::LOOP => DbError::NotAFile(path.to_owned()),
+        e => DbError::Io(path.to_owned(), e.into()),
+    })?;
+    fs::File::from(fd)
+        .write_all(contents)
+        .map_err(|e| DbError::Io(path.to_owned(), e))
 }
 
 /// A consistent read of a store's DB.
@@ -52,6 +150,104 @@ pub struct DbContents {
     pub paths: Vec<PathInfo>,
     /// Every `DerivationOutputs` row of a valid `.drv`.
     pub derivation_outputs: Vec<DerivationOutput>,
+}
+
+/// How long a restore waits, by default, for a write lock on the DB that another process holds.
+pub const DB_LOCK_WAIT: Duration = Duration::from_secs(600);
+
+/// How long SQLite waits for a lock each time before [`LockWait`] takes over (says why it
+/// waits, and keeps count).
+const BUSY_STEP: Duration = Duration::from_millis(500);
+
+/// Waiting for a lock on the DB that another process holds (a daemon's client writing, an
+/// sqlite3 shell): bounded, and said as soon as it starts.
+pub struct LockWait<'a> {
+    /// Give up after waiting this long ([`DbError::Busy`]).
+    pub limit: Duration,
+    /// Told once, when a wait starts, with a message saying so.
+    pub waiting: &'a (dyn Fn(&str) + Sync),
+}
+
+fn say_nothing(_: &str) {}
+
+impl Default for LockWait<'_> {
+    /// [`DB_LOCK_WAIT`], silently.
+    fn default() -> Self {
+        LockWait {
+            limit: DB_LOCK_WAIT,
+            waiting: &say_nothing,
+        }
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked)
+    )
+}
+
+impl LockWait<'_> {
+    /// Run `f` (on a connection whose busy timeout is [`BUSY_STEP`]) until it is not refused
+    /// for a lock, or until [`LockWait::limit`] has passed.
+    fn retry<T>(
+        &self,
+        file: &std::path::Path,
+        mut f: impl FnMut() -> rusqlite::Result<T>,
+    ) -> Result<T, DbError> {
+        let start = Instant::now();
+        let mut told = false;
+        loop {
+            match f() {
+                Err(e) if is_busy(&e) => {
+                    if start.elapsed() >= self.limit {
+                        return Err(DbError::Busy(file.to_owned(), self.limit.as_secs()));
+                    }
+                    if !told {
+                        (self.waiting)(&format!(
+                            "waiting for the DB lock held by another process on {} (up to {} s)",
+                            file.display(),
+                            self.limit.as_secs()
+                        ));
+                        told = true;
+                    }
+                }
+                r => return r.map_err(sql(file)),
+            }
+        }
+    }
+}
+
+/// A write transaction begun with `begin immediate` (the write lock taken at once, waited
+/// for by [`LockWait`]); rolled back when dropped uncommitted.
+struct WriteTxn<'c> {
+    conn: &'c Connection,
+    done: bool,
+}
+
+impl<'c> WriteTxn<'c> {
+    fn begin(
+        conn: &'c Connection,
+        file: &std::path::Path,
+        wait: &LockWait<'_>,
+    ) -> Result<Self, DbError> {
+        wait.retry(file, || conn.execute_batch("begin immediate"))?;
+        Ok(WriteTxn { conn, done: false })
+    }
+
+    fn commit(mut self, file: &std::path::Path, wait: &LockWait<'_>) -> Result<(), DbError> {
+        wait.retry(file, || self.conn.execute_batch("commit"))?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for WriteTxn<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.conn.execute_batch("rollback");
+        }
+    }
 }
 
 fn sql(db: &std::path::Path) -> impl Fn(rusqlite::Error) -> DbError + '_ {
@@ -68,9 +264,12 @@ pub fn read(layout: &Layout) -> Result<DbContents, DbError> {
     if !file.exists() {
         return Err(DbError::Missing(file, layout.flavor.name()));
     }
+    let real = checked_db_file(layout)?;
     let conn = Connection::open_with_flags(
-        &file,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        &real,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW,
     )
     .map_err(sql(&file))?;
     conn.busy_timeout(Duration::from_secs(60))
@@ -184,14 +383,23 @@ pub fn schema_sql(flavor: Flavor) -> &'static str {
 /// # Errors
 /// [`DbError`] naming the DB: unwritable, or a `schema` version this tool does not know.
 pub fn open_or_create(layout: &Layout) -> Result<Connection, DbError> {
+    open_or_create_waiting(layout, &LockWait::default())
+}
+
+/// [`open_or_create`], waiting for a lock another process holds as `wait` says.
+///
+/// # Errors
+/// As [`open_or_create`]; [`DbError::Busy`] when the lock stayed held.
+pub fn open_or_create_waiting(layout: &Layout, wait: &LockWait<'_>) -> Result<Connection, DbError> {
     let dir = layout.real_db_dir();
     let file = layout.db_file();
     let schema_file = dir.join("schema");
     fs::create_dir_all(&dir).map_err(|e| DbError::Io(dir.clone(), e))?;
+    let real = checked_db_file(layout)?;
     let want = layout.flavor.schema_version();
-    let create = !file.exists();
+    let create = fs::symlink_metadata(&file).is_err();
     if !create {
-        let found = fs::read_to_string(&schema_file).unwrap_or_default();
+        let found = read_state_file(&schema_file)?.unwrap_or_default();
         if found.trim().is_empty() {
             return Err(DbError::NoSchema(file, schema_file));
         }
@@ -199,21 +407,29 @@ pub fn open_or_create(layout: &Layout) -> Result<Connection, DbError> {
             return Err(DbError::Schema(file, found.trim().to_owned(), want));
         }
     }
-    let conn = Connection::open(&file).map_err(sql(&file))?;
-    conn.busy_timeout(Duration::from_secs(3600))
-        .map_err(sql(&file))?;
-    // The pragmas both daemons set on every connection (LocalStore::openDB).
-    conn.execute_batch(
-        "pragma foreign_keys = 1; pragma synchronous = normal; \
-         pragma main.journal_mode = wal; pragma wal_autocheckpoint = 8192;",
+    let conn = Connection::open_with_flags(
+        &real,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW,
     )
     .map_err(sql(&file))?;
+    conn.busy_timeout(BUSY_STEP).map_err(sql(&file))?;
+    // The pragmas both daemons set on every connection (LocalStore::openDB).
+    wait.retry(&file, || {
+        conn.execute_batch(
+            "pragma foreign_keys = 1; pragma synchronous = normal; \
+             pragma main.journal_mode = wal; pragma wal_autocheckpoint = 8192;",
+        )
+    })?;
     if create {
+        let txn = WriteTxn::begin(&conn, &file, wait)?;
         conn.execute_batch(schema_sql(layout.flavor))
             .map_err(sql(&file))?;
+        txn.commit(&file, wait)?;
         // The daemon writes the version without a newline.
-        fs::write(&schema_file, want.to_string())
-            .map_err(|e| DbError::Io(schema_file.clone(), e))?;
+        write_state_file(&schema_file, want.to_string().as_bytes())?;
     }
     Ok(conn)
 }
@@ -233,15 +449,7 @@ pub fn give_to_owner(layout: &Layout) -> Result<(), DbError> {
     };
     let owner = (parent.uid(), parent.gid());
     let mut files = vec![dir.clone()];
-    for name in [
-        "db.sqlite",
-        "db.sqlite-wal",
-        "db.sqlite-shm",
-        "schema",
-        "big-lock",
-    ] {
-        files.push(dir.join(name));
-    }
+    files.extend(STATE_FILES.iter().map(|name| dir.join(name)));
     for f in files {
         let Ok(m) = fs::symlink_metadata(&f) else {
             continue;
@@ -259,15 +467,24 @@ pub fn give_to_owner(layout: &Layout) -> Result<(), DbError> {
 /// # Errors
 /// [`DbError::Sqlite`].
 pub fn valid_paths(conn: &Connection, layout: &Layout) -> Result<HashMap<String, String>, DbError> {
+    valid_paths_waiting(conn, layout, &LockWait::default())
+}
+
+/// [`valid_paths`], waiting for a lock another process holds as `wait` says.
+///
+/// # Errors
+/// [`DbError::Sqlite`]; [`DbError::Busy`] when the lock stayed held.
+pub fn valid_paths_waiting(
+    conn: &Connection,
+    layout: &Layout,
+    wait: &LockWait<'_>,
+) -> Result<HashMap<String, String>, DbError> {
     let file = layout.db_file();
-    let e = sql(&file);
-    let mut st = conn
-        .prepare("select path, hash from ValidPaths")
-        .map_err(&e)?;
-    let rows = st
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .map_err(&e)?;
-    rows.collect::<Result<_, _>>().map_err(&e)
+    wait.retry(&file, || {
+        let mut st = conn.prepare("select path, hash from ValidPaths")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<Result<_, _>>()
+    })
 }
 
 /// Register `infos` (in topological order: references first; references outside `infos` must
@@ -283,31 +500,51 @@ pub fn register(
     infos: &[&PathInfo],
     derivation_outputs: &[&DerivationOutput],
 ) -> Result<(), DbError> {
+    register_waiting(
+        conn,
+        layout,
+        infos,
+        derivation_outputs,
+        &LockWait::default(),
+    )
+}
+
+/// [`register`], waiting for the write lock another process holds as `wait` says.
+///
+/// # Errors
+/// As [`register`]; [`DbError::Busy`] when the lock stayed held (nothing is registered).
+pub fn register_waiting(
+    conn: &mut Connection,
+    layout: &Layout,
+    infos: &[&PathInfo],
+    derivation_outputs: &[&DerivationOutput],
+    wait: &LockWait<'_>,
+) -> Result<(), DbError> {
     let file = layout.db_file();
     let e = sql(&file);
     let store = &layout.store_dir;
     let nix = layout.flavor == Flavor::Nix;
-    let tx = conn.transaction().map_err(&e)?;
+    let tx = WriteTxn::begin(conn, &file, wait)?;
     {
         let mut insert_path = if nix {
-            tx.prepare(
+            conn.prepare(
                 "insert into ValidPaths (path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca) \
                  values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )
         } else {
-            tx.prepare(
+            conn.prepare(
                 "insert into ValidPaths (path, hash, registrationTime, deriver, narSize) \
                  values (?1, ?2, ?3, ?4, ?5)",
             )
         }
         .map_err(&e)?;
-        let mut id_of = tx
+        let mut id_of = conn
             .prepare("select id from ValidPaths where path = ?1")
             .map_err(&e)?;
-        let mut insert_ref = tx
+        let mut insert_ref = conn
             .prepare("insert or replace into Refs (referrer, reference) values (?1, ?2)")
             .map_err(&e)?;
-        let mut insert_out = tx
+        let mut insert_out = conn
             .prepare("insert or replace into DerivationOutputs (drv, id, path) values (?1, ?2, ?3)")
             .map_err(&e)?;
         let mut ids: HashMap<&StorePath, i64> = HashMap::new();
@@ -339,7 +576,7 @@ pub fn register(
                 ])
             }
             .map_err(&e)?;
-            let id = tx.last_insert_rowid();
+            let id = conn.last_insert_rowid();
             ids.insert(&info.path, id);
             for r in &info.references {
                 let rid = match ids.get(r) {
@@ -361,7 +598,7 @@ pub fn register(
             }
         }
     }
-    tx.commit().map_err(&e)
+    tx.commit(&file, wait)
 }
 
 #[cfg(test)]
@@ -412,6 +649,37 @@ mod tests {
             drop(conn);
             open_or_create(&layout).unwrap();
         }
+    }
+
+    #[test]
+    fn a_db_locked_by_another_writer_is_waited_for_a_bounded_time_and_said() {
+        let root = tempfile::tempdir().unwrap();
+        let layout = Layout::new(Flavor::Guix, root.path(), None, None).unwrap();
+        drop(open_or_create(&layout).unwrap());
+        let other = Connection::open(layout.db_file()).unwrap();
+        other.execute_batch("begin immediate").unwrap();
+        let said = std::sync::Mutex::new(Vec::new());
+        let note = |m: &str| said.lock().unwrap().push(m.to_owned());
+        let wait = LockWait {
+            limit: Duration::from_secs(1),
+            waiting: &note,
+        };
+        let mut conn = open_or_create_waiting(&layout, &wait).unwrap();
+        let start = Instant::now();
+        let err = register_waiting(&mut conn, &layout, &[], &[], &wait).unwrap_err();
+        let waited = start.elapsed();
+        assert!(matches!(err, DbError::Busy(..)), "{err}");
+        assert!(
+            err.to_string().contains("locked by another process"),
+            "{err}"
+        );
+        assert!(waited >= Duration::from_secs(1), "{waited:?}");
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
+        other.execute_batch("rollback").unwrap();
+        register_waiting(&mut conn, &layout, &[], &[], &wait).unwrap();
+        let said = said.lock().unwrap();
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(said[0].contains("waiting for the DB lock"), "{said:?}");
     }
 
     #[test]

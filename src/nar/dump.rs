@@ -28,13 +28,13 @@ pub fn sorted_entries(dir: &Path) -> Result<Vec<std::ffi::OsString>, NarError> {
 ///
 /// # Errors
 /// [`NarError`] naming the file that could not be read or is of an unsupported type.
-pub fn dump_path<W: Write>(path: &Path, w: W) -> Result<W, NarError> {
-    let mut enc = NarEncoder::new(w).map_err(|e| NarError::Io(path.to_owned(), e))?;
-    dump_node(path, &mut enc)?;
-    Ok(enc.into_inner())
+pub fn dump_path<W: Write>(path: &Path, mut w: W) -> Result<W, NarError> {
+    let enc = NarEncoder::new(&mut w).map_err(|e| NarError::Io(path.to_owned(), e))?;
+    dump_node(path, enc)?;
+    Ok(w)
 }
 
-fn dump_node<W: Write>(path: &Path, enc: &mut NarEncoder<W>) -> Result<(), NarError> {
+fn dump_node<W: Write>(path: &Path, enc: NarEncoder<'_, W>) -> Result<(), NarError> {
     let io = |e| NarError::Io(path.to_owned(), e);
     let meta = fs::symlink_metadata(path).map_err(io)?;
     let ft = meta.file_type();
@@ -42,23 +42,22 @@ fn dump_node<W: Write>(path: &Path, enc: &mut NarEncoder<W>) -> Result<(), NarEr
         let target = fs::read_link(path).map_err(io)?;
         enc.symlink(target.as_os_str().as_bytes()).map_err(io)
     } else if ft.is_dir() {
-        enc.directory_start().map_err(io)?;
+        let mut dir = enc.directory().map_err(io)?;
         for name in sorted_entries(path)? {
-            enc.entry_start(name.as_bytes()).map_err(io)?;
-            dump_node(&path.join(&name), enc)?;
-            enc.entry_end().map_err(io)?;
+            let entry = dir.entry(name.as_bytes()).map_err(io)?;
+            dump_node(&path.join(&name), entry)?;
         }
-        enc.directory_end().map_err(io)
+        dir.close().map_err(io)
     } else if ft.is_file() {
         let len = meta.len();
         let exec = meta.permissions().mode() & 0o100 != 0;
-        enc.regular_start(exec, len).map_err(io)?;
+        let mut file = enc.regular(exec, len).map_err(io)?;
         let mut f = fs::File::open(path).map_err(io)?;
-        let copied = io::copy(&mut (&mut f).take(len), enc.inner_mut()).map_err(io)?;
+        let copied = io::copy(&mut (&mut f).take(len), &mut file).map_err(io)?;
         if copied != len {
             return Err(NarError::Changed(path.to_owned(), len));
         }
-        enc.regular_end(len).map_err(io)
+        file.finish().map_err(io)
     } else {
         Err(NarError::FileType(path.to_owned()))
     }

@@ -1,25 +1,31 @@
 //! Executing a restore plan: every missing path written in parallel and verified, the
 //! verified ones made durable and registered in one transaction, the rest removed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::ffi::OsStr;
 use std::fs;
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;
+use rustix::fs::AtFlags;
 
 use crate::cache::Cache;
 use crate::db;
 use crate::error::{Error, Result};
 use crate::nar::{NarEncoder, NarHasher};
 use crate::progress::Progress;
+use crate::store::fs::{entry_names, open_store_dir, remove_at, store_owner, Umask};
 use crate::store::layout::Layout;
+use crate::store::links::{LinksDir, LinksError};
 use crate::store::path::StorePath;
 
+use super::error::PathError;
 use super::extract::{Attempt, Writer};
-use super::{RestorePlan, RestoreReport, TMP_PREFIX, TRASH_PREFIX, WRITERS_PER_JOB};
-use crate::store::fs::{create_store_dir, remove_tree, store_owner, Umask};
+use super::{RestorePlan, RestoreReport, ScratchNames, TMP_PREFIX, TRASH_PREFIX, WRITERS_PER_JOB};
 
 /// A thread that starts writeback of the store's file system every [`Flusher::EVERY`] bytes
 /// written, so that dirty pages reach the disk while later paths are still being written
@@ -32,10 +38,10 @@ struct Flusher {
 impl Flusher {
     const EVERY: u64 = 64 * 1024 * 1024;
 
-    fn start(store: &Path, written: &std::sync::Arc<AtomicU64>) -> Self {
+    fn start(store: &OwnedFd, written: &std::sync::Arc<AtomicU64>) -> Self {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let written = written.clone();
-        let dir = fs::File::open(store).ok();
+        let dir = store.try_clone().ok().map(fs::File::from);
         let thread = dir.map(|dir| {
             std::thread::spawn(move || {
                 let mut synced = 0;
@@ -67,12 +73,43 @@ impl Drop for Flusher {
     }
 }
 
+/// Raise the soft limit of open files to the hard one (at most 65536): a path is written
+/// holding a descriptor of each directory from its top to the one being written, on each of
+/// the writer threads.
+fn raise_open_files_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    if let (Some(cur), Some(max)) = (lim.current, lim.maximum) {
+        let want = max.min(1 << 16);
+        if cur < want {
+            let _ = setrlimit(
+                Resource::Nofile,
+                Rlimit {
+                    current: Some(want),
+                    maximum: Some(max),
+                },
+            );
+        }
+    }
+}
+
+fn links_error(e: LinksError) -> Error {
+    match e {
+        LinksError::Io(p, e) => Error::Io(p, e),
+        e => Error::Io(e.path().to_owned(), io::Error::other(e.reason())),
+    }
+}
+
 /// Write, verify and register the planned paths. The caller holds the big-lock and passes the
 /// DB connection opened under it.
 ///
+/// Everything in the store is done relative to a descriptor of the store directory (opened
+/// without following a symlink) and of each directory made: see [`crate::store::fs`].
+///
 /// # Errors
-/// [`Error::Io`] when the store directory cannot be prepared, [`Error::Db`] when registration
-/// fails (then nothing is registered). Per-path failures are reported, not returned.
+/// [`Error::Io`] when the store directory or its `.links` cannot be prepared (a symlink, not
+/// a directory, not writable), [`Error::Db`] when registration fails (then nothing is
+/// registered). Per-path failures are reported, not returned.
 pub fn execute(
     layout: &Layout,
     cache: &Cache,
@@ -84,52 +121,47 @@ pub fn execute(
     let store = layout.real_store_dir();
     // Files and directories are created with their final modes, which a umask must not trim.
     let _umask = Umask::set(0o022);
+    raise_open_files_limit();
     let ioe = |p: &Path| {
         let p = p.to_owned();
         move |e| Error::Io(p, e)
     };
-    if !store.exists() {
-        create_store_dir(layout).map_err(ioe(&store))?;
-    }
-    let owner = store_owner(&store)?;
+    let store_fd = open_store_dir(layout)?;
+    let owner = store_owner(&store_fd).map_err(ioe(&store))?;
     let me = (
         rustix::process::geteuid().as_raw(),
         rustix::process::getegid().as_raw(),
     );
     let chown = (owner != me).then_some(owner);
-    let links = store.join(".links");
-    if !links.exists() {
-        fs::create_dir(&links).map_err(ioe(&links))?;
-        if let Some((u, g)) = chown {
-            std::os::unix::fs::lchown(&links, Some(u), Some(g)).map_err(ioe(&links))?;
-        }
-    }
     // Leftovers of an interrupted restore: safe to remove, we hold the big-lock.
-    for e in fs::read_dir(&store).map_err(ioe(&store))? {
-        let e = e.map_err(ioe(&store))?;
-        let name = e.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with(TMP_PREFIX) || name.starts_with(TRASH_PREFIX) {
-            remove_tree(&e.path()).map_err(ioe(&e.path()))?;
+    for name in entry_names(&store_fd).map_err(ioe(&store))? {
+        let name = OsStr::from_bytes(name.to_bytes());
+        let s = name.to_string_lossy();
+        if s.starts_with(TMP_PREFIX) || s.starts_with(TRASH_PREFIX) {
+            remove_at(&store_fd, name).map_err(ioe(&store.join(name)))?;
         }
     }
-    let run = format!("{}-{}", std::process::id(), crate::clock::now_secs());
-    let known_links = fs::read_dir(&links)
-        .map_err(ioe(&links))?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .collect();
+    let names = ScratchNames::new();
+    let links = LinksDir::open(
+        store_fd.as_fd(),
+        &store,
+        &names.next(TMP_PREFIX, "links"),
+        chown.unwrap_or(me),
+        chown.is_some(),
+    )
+    .map_err(links_error)?;
     let writer = Writer {
         cache,
-        links,
+        links: &links,
         chown,
         bytes_written: std::sync::Arc::new(AtomicU64::new(0)),
         linked_files: AtomicU64::new(0),
-        known_links: std::sync::Mutex::new(known_links),
-        in_flight: std::sync::Mutex::new(HashMap::new()),
-        link_locks: (0..64).map(|_| std::sync::Mutex::new(())).collect(),
         privileged: me.0 == 0,
     };
     let leftovers = AtomicU64::new(0);
+    // Set by the first failure that will fail every path (a full or read-only store): no
+    // path starts after it.
+    let stopped = std::sync::atomic::AtomicBool::new(false);
     progress.start("restoring paths", plan.bytes());
     // Largest first, so one big path does not start last and run alone. (Registration keeps
     // the plan's order: references first.)
@@ -137,7 +169,7 @@ pub fn execute(
     by_size.sort_by_key(|&i| std::cmp::Reverse(snap.paths[i].info.nar_size));
     // Writeback runs alongside the writes (see `Flusher`), so the `syncfs` that makes the
     // content durable before registration has little left to wait for.
-    let flusher = Flusher::start(&store, &writer.bytes_written);
+    let flusher = Flusher::start(&store_fd, &writer.bytes_written);
     // Writers spend much of their time asleep in the file system (reading inode and block
     // bitmaps of a cold file system, behind writeback in the disk queue): twice as many
     // threads as jobs keep the cores busy meanwhile.
@@ -145,74 +177,100 @@ pub fn execute(
         .num_threads(WRITERS_PER_JOB * rayon::current_num_threads())
         .build()
         .map_err(|e| Error::Io(store.clone(), io::Error::other(e)))?;
-    let results: Vec<(usize, std::result::Result<(), String>)> = pool.install(|| {
+    // Per path: `None` when not attempted because the restore stopped.
+    let results: Vec<(usize, Option<std::result::Result<(), PathError>>)> = pool.install(|| {
         by_size
             .par_iter()
             .with_max_len(1) // one path per task: sizes vary too much for contiguous splits
             .map(|&i| {
                 let p = &snap.paths[i];
+                if stopped.load(Ordering::Relaxed) {
+                    progress.advance(p.info.nar_size);
+                    return (i, None);
+                }
                 let base = p.info.path.base_name();
-                let tmp = store.join(format!("{TMP_PREFIX}{run}-{}", p.info.path.hash_part()));
+                let shown = store.join(base);
+                let tmp = names.next(TMP_PREFIX, base);
                 let r = (|| {
-                    let tree = cache.read_tree(&p.tree).map_err(|e| e.to_string())?;
+                    let tree = cache
+                        .read_tree(&p.tree)
+                        .map_err(|e| PathError::cache(&shown, e))?;
                     let attempt = |first: bool| {
-                        let mut enc =
-                            NarEncoder::new(NarHasher::new()).expect("hashing cannot fail");
+                        let mut hasher = NarHasher::new();
+                        let enc = NarEncoder::new(&mut hasher).expect("hashing cannot fail");
                         let mut at = Attempt {
                             links: first,
                             check_blobs: !first,
                             linked: 0,
                             new_links: Vec::new(),
                         };
-                        let written = writer.write(&tree, &tmp, &mut enc, &mut at);
-                        let (hash, size) = enc.into_inner().finish();
+                        let written = writer.write(
+                            &tree,
+                            store_fd.as_fd(),
+                            OsStr::new(&tmp),
+                            &shown,
+                            enc,
+                            &mut at,
+                        );
+                        let (hash, size) = hasher.finish();
                         let verdict = written.and_then(|()| {
                             if hash != p.info.nar_hash {
-                                Err(format!(
+                                Err(PathError::Content(format!(
                                     "restored content hashes to {}, the snapshot says {}",
                                     hash,
                                     p.info.nar_hash.to_db()
-                                ))
+                                )))
                             } else if size != p.info.nar_size {
-                                Err(format!(
+                                Err(PathError::Content(format!(
                                     "restored NAR size {size}, the snapshot says {}",
                                     p.info.nar_size
-                                ))
+                                )))
                             } else {
                                 Ok(())
                             }
                         });
                         if verdict.is_err() {
-                            writer.release(&at.new_links);
-                            let _ = remove_tree(&tmp);
+                            let _ = remove_at(&store_fd, &tmp);
                         }
                         (verdict, at)
                     };
                     // The path's NAR hash is the check of the first attempt. When it fails
                     // (a damaged blob, or a damaged `.links` entry: a store file modified in
                     // place), everything again from the cache, every blob checked, so that
-                    // the error names the damaged blob; nothing linked.
+                    // the error names the damaged blob; nothing linked. Not when the cache
+                    // lacks an object, or the store cannot be written at all.
                     let (mut verdict, mut at) = attempt(true);
-                    if verdict.is_err() {
+                    if verdict.as_ref().is_err_and(PathError::worth_retrying) {
                         (verdict, at) = attempt(false);
                     }
                     verdict?;
-                    writer.add_links(&at.new_links);
-                    writer.release(&at.new_links);
+                    for h in &at.new_links {
+                        links.add(h);
+                    }
                     writer.linked_files.fetch_add(at.linked, Ordering::Relaxed);
-                    let dest = store.join(base);
-                    if fs::symlink_metadata(&dest).is_ok() {
-                        let trash =
-                            store.join(format!("{TRASH_PREFIX}{run}-{}", p.info.path.hash_part()));
-                        fs::rename(&dest, &trash).map_err(|e| {
-                            format!("{}: moving invalid leftover aside: {e}", dest.display())
-                        })?;
+                    let target = PathError::target(&shown);
+                    if rustix::fs::statat(&store_fd, base, AtFlags::SYMLINK_NOFOLLOW).is_ok() {
+                        let trash = names.next(TRASH_PREFIX, base);
+                        rustix::fs::renameat(&store_fd, base, &store_fd, trash.as_str()).map_err(
+                            |e| {
+                                target(io::Error::other(format!(
+                                    "moving an invalid leftover aside: {e}"
+                                )))
+                            },
+                        )?;
                         leftovers.fetch_add(1, Ordering::Relaxed);
                     }
-                    fs::rename(&tmp, &dest).map_err(|e| format!("{}: {e}", dest.display()))
+                    rustix::fs::renameat(&store_fd, tmp.as_str(), &store_fd, base)
+                        .map_err(|e| target(e.into()))
                 })();
+                if let Err(e) = &r {
+                    let _ = remove_at(&store_fd, &tmp);
+                    if e.stops_restore() {
+                        stopped.store(true, Ordering::Relaxed);
+                    }
+                }
                 progress.advance(p.info.nar_size);
-                (i, r)
+                (i, Some(r))
             })
             .collect()
     });
@@ -233,46 +291,62 @@ pub fn execute(
     };
     let failed: Vec<usize> = results
         .iter()
-        .filter(|(_, r)| r.is_err())
+        .filter(|(_, r)| matches!(r, Some(Err(_))))
         .map(|(i, _)| *i)
         .collect();
+    let not_attempted: Vec<usize> = results
+        .iter()
+        .filter(|(_, r)| r.is_none())
+        .map(|(i, _)| *i)
+        .collect();
+    report.not_attempted = not_attempted
+        .iter()
+        .map(|&i| layout.store_dir.display(&snap.paths[i].info.path))
+        .collect();
+    let mut told_stop = false;
     for (i, r) in &results {
-        if let Err(e) = r {
+        if let Some(Err(e)) = r {
             let path = layout.store_dir.display(&snap.paths[*i].info.path);
+            let mut error = e.to_string();
+            if e.stops_restore() && !told_stop && !not_attempted.is_empty() {
+                error += &format!(
+                    " (the store cannot be written: the restore stopped, {} more paths not attempted)",
+                    not_attempted.len()
+                );
+                told_stop = true;
+            }
             report.failed.push(path.clone());
-            report.failures.push(crate::restore::Failure {
-                path,
-                error: e.clone(),
-            });
+            report
+                .failures
+                .push(crate::restore::Failure { path, error });
         }
     }
-    let bad = plan.graph.referrers_closure(failed.iter().copied());
+    let written = |i: usize| !failed.contains(&i) && !not_attempted.contains(&i);
+    let bad = plan
+        .graph
+        .referrers_closure(failed.iter().chain(&not_attempted).copied());
     let mut register = Vec::new();
     for &i in &plan.missing {
         let path = layout.store_dir.display(&snap.paths[i].info.path);
         if plan.repair.contains(&i) {
-            if !failed.contains(&i) {
+            if written(i) {
                 report.repaired.push(path);
             }
         } else if !bad[i] {
             register.push(i);
-        } else if !failed.contains(&i) {
+        } else if written(i) {
             // Written and verified, but it refers to a path that is not valid: take it off disk.
-            let dest = store.join(snap.paths[i].info.path.base_name());
-            let trash = store.join(format!(
-                "{TRASH_PREFIX}{run}-{}",
-                snap.paths[i].info.path.hash_part()
-            ));
-            if fs::rename(&dest, &trash).is_ok() {
-                let _ = remove_tree(&trash);
+            let base = snap.paths[i].info.path.base_name();
+            let trash = names.next(TRASH_PREFIX, base);
+            if rustix::fs::renameat(&store_fd, base, &store_fd, trash.as_str()).is_ok() {
+                let _ = remove_at(&store_fd, &trash);
             }
             report.skipped.push(path);
         }
     }
     // Content first, durably; then the rows that vouch for it.
     if !register.is_empty() {
-        let dir = fs::File::open(&store).map_err(ioe(&store))?;
-        rustix::fs::syncfs(&dir).map_err(|e| Error::Io(store.clone(), e.into()))?;
+        rustix::fs::syncfs(&store_fd).map_err(|e| Error::Io(store.clone(), e.into()))?;
     }
     let infos: Vec<_> = register.iter().map(|&i| &snap.paths[i].info).collect();
     let registered: HashSet<&StorePath> = infos.iter().map(|p| &p.path).collect();
@@ -281,16 +355,21 @@ pub fn execute(
         .iter()
         .filter(|o| registered.contains(&o.drv))
         .collect();
-    db::register(conn, layout, &infos, &outputs)?;
+    let wait = db::LockWait {
+        limit: db::DB_LOCK_WAIT,
+        waiting: &|m| progress.note(m),
+    };
+    db::register_waiting(conn, layout, &infos, &outputs, &wait)?;
     report.restored = infos.len();
     report.paths = infos
         .iter()
         .map(|p| layout.store_dir.display(&p.path))
         .collect();
     // Old leftovers moved aside: now delete them.
-    for e in fs::read_dir(&store).map_err(ioe(&store))?.flatten() {
-        if e.file_name().to_string_lossy().starts_with(TRASH_PREFIX) {
-            let _ = remove_tree(&e.path());
+    for name in entry_names(&store_fd).map_err(ioe(&store))? {
+        let name = OsStr::from_bytes(name.to_bytes());
+        if name.to_string_lossy().starts_with(TRASH_PREFIX) {
+            let _ = remove_at(&store_fd, name);
         }
     }
     Ok(report)

@@ -1,121 +1,143 @@
 //! Writing one store path from its tree: directories, symlinks and files under a temporary
 //! name, with the daemon's canonical metadata, feeding the NAR of what was written to a hasher.
+//!
+//! Everything is created relative to a descriptor of the directory it goes in (the store
+//! directory for the top, then each directory as it is made), with `O_NOFOLLOW` / `O_EXCL`:
+//! a directory swapped for a symlink meanwhile is never written through, and one swapped at
+//! all fails the path. The NAR hashed is that of the bytes as they are written: each chunk
+//! goes to the path's [`FileWriter`] (which refuses bytes beyond the declared size) before
+//! it goes to the disk, and the size on disk is checked after.
 
-use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use filetime::FileTime;
+use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 
+use super::error::PathError;
 use crate::cache::BlobId;
 use crate::cache::{Cache, Node};
-use crate::nar::{NarEncoder, NarHasher};
-use crate::store::links::LINKS_MIN_SIZE;
+use crate::nar::{FileNarHasher, FileWriter, NarEncoder, NarHasher};
+use crate::store::fs::open_dir_at;
+use crate::store::links::{LinkSource, LinksDir, LINKS_MIN_SIZE};
 use crate::store::path::nixbase32_encode;
 
 pub(super) struct Writer<'a> {
     pub(super) cache: &'a Cache,
-    pub(super) links: PathBuf,
+    pub(super) links: &'a LinksDir,
     pub(super) chown: Option<(u32, u32)>,
-    pub(super) bytes_written: std::sync::Arc<AtomicU64>,
+    pub(super) bytes_written: Arc<AtomicU64>,
     pub(super) linked_files: AtomicU64,
-    /// Names present in `.links` (read once, then kept up to date), so no link is attempted
-    /// that cannot succeed.
-    pub(super) known_links: std::sync::Mutex<HashSet<String>>,
-    /// Files written by paths not verified yet, by `.links` name: another path with the same
-    /// contents links to them (its own NAR hash checks the bytes), so duplicates across paths
-    /// written at the same time share one inode, as the daemon's deduplication leaves them.
-    pub(super) in_flight: std::sync::Mutex<HashMap<String, PathBuf>>,
-    /// Striped locks by `.links` name, so two threads writing the same contents at once end up
-    /// sharing one file instead of racing to write two.
-    pub(super) link_locks: Vec<std::sync::Mutex<()>>,
     /// Running as root: permission checks do not apply, so directories are created with their
     /// final mode at once instead of being made writable and then read-only.
     pub(super) privileged: bool,
 }
 
-type Enc = NarEncoder<NarHasher>;
+type Enc<'a> = NarEncoder<'a, NarHasher>;
 
 /// One attempt at writing a path: how, and what it did.
 pub(super) struct Attempt {
-    /// Hard-link files from existing `.links` entries.
+    /// Hard-link files from `.links` entries and from files staged by other paths.
     pub(super) links: bool,
     /// Check every blob against its id while streaming it (otherwise the path's NAR hash is
     /// the only check).
     pub(super) check_blobs: bool,
-    /// Files hard-linked from `.links`.
+    /// Files hard-linked from `.links` or from staged files.
     pub(super) linked: u64,
-    /// Files written that should get `.links` entries once the path is verified.
-    pub(super) new_links: Vec<(PathBuf, String)>,
+    /// `.links` names of staged files this path holds: entries to add once it is verified.
+    pub(super) new_links: Vec<[u8; 32]>,
 }
 
 fn mtime_one() -> FileTime {
     FileTime::from_unix_time(1, 0)
 }
 
+/// A chunk refused by the path's NAR: more bytes than the tree declares.
+fn too_long(shown: &Path, blob: &BlobId, size: u64) -> PathError {
+    PathError::Content(format!(
+        "{}: blob {blob} holds more than the {size} bytes the tree declares",
+        shown.display()
+    ))
+}
+
+/// A NAR writer error: the tree or its contents are malformed (the hasher cannot fail).
+fn malformed(shown: &Path) -> impl Fn(io::Error) -> PathError + '_ {
+    move |e| PathError::Content(format!("{}: {e}", shown.display()))
+}
+
 impl Writer<'_> {
-    /// Owner and mtime of a symlink (its mode is always 0777).
-    fn finish_symlink(&self, path: &Path) -> io::Result<()> {
-        if let Some((u, g)) = self.chown {
-            std::os::unix::fs::lchown(path, Some(u), Some(g))?;
-        }
-        filetime::set_symlink_file_times(path, mtime_one(), mtime_one())
-    }
-
-    /// Owner, mode (unless created with it) and mtime of a directory, after its entries.
-    fn finish_dir(&self, path: &Path, mode: Option<u32>) -> io::Result<()> {
-        if let Some((u, g)) = self.chown {
-            std::os::unix::fs::lchown(path, Some(u), Some(g))?;
-        }
-        if let Some(mode) = mode {
-            fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
-        }
-        filetime::set_file_mtime(path, mtime_one())
-    }
-
-    /// Write `node` at `dest` (which must not exist), feeding the NAR of what was written to `enc`.
+    /// Write `node` as `name` in `dir` (which must not exist), feeding the NAR of what was
+    /// written to `enc`; `shown` names it in errors (its final place in the store).
     ///
-    /// With `at.links` set, a file whose `.links` entry exists is hard-linked to it and read
-    /// back into `enc` without a check of its own: the path's NAR hash covers it, and a path
-    /// that fails is written again from the cache, every blob checked (see [`execute`]). Files
-    /// written are listed in `at.new_links`; their `.links` entries are made only after the
-    /// path's NAR hash is verified, so an unchecked blob never reaches `.links`.
+    /// With `at.links` set, a file whose contents have a usable `.links` entry (or were
+    /// written by another path of this restore) is hard-linked to it and read back into
+    /// `enc` without a check of its own: the path's NAR hash covers it, and a path that fails
+    /// is written again from the cache, every blob checked (see [`super::execute`]). A file
+    /// written is named by its own bytes (its file NAR hash), which must be the name the tree
+    /// gives it; it is staged under that name, and gets its `.links` entry only once the path
+    /// is verified, so an unchecked blob never reaches `.links`.
     pub(super) fn write(
         &self,
         node: &Node,
-        dest: &Path,
-        enc: &mut Enc,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        shown: &Path,
+        enc: Enc<'_>,
         at: &mut Attempt,
-    ) -> std::result::Result<(), String> {
-        let io = |e: io::Error| format!("{}: {e}", dest.display());
+    ) -> Result<(), PathError> {
+        let target = PathError::target(shown);
         match node {
-            Node::Symlink { target } => {
-                std::os::unix::fs::symlink(OsStr::from_bytes(target), dest).map_err(io)?;
-                enc.symlink(target).map_err(io)?;
-                self.finish_symlink(dest).map_err(io)
+            Node::Symlink { target: to } => {
+                rustix::fs::symlinkat(to.as_slice(), dir, name).map_err(|e| target(e.into()))?;
+                enc.symlink(to).map_err(malformed(shown))?;
+                self.finish_symlink(dir, name).map_err(target)
             }
             Node::Directory(entries) => {
-                let mut dir = fs::DirBuilder::new();
-                std::os::unix::fs::DirBuilderExt::mode(
-                    &mut dir,
-                    if self.privileged { 0o555 } else { 0o755 },
-                );
-                dir.create(dest).map_err(io)?;
-                enc.directory_start().map_err(io)?;
+                let mode = if self.privileged { 0o555 } else { 0o755 };
+                rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(mode))
+                    .map_err(|e| target(e.into()))?;
+                let sub = open_dir_at(dir, name).map_err(&target)?;
+                let made = rustix::fs::fstat(&sub).map_err(|e| target(e.into()))?;
+                let mut d = enc.directory().map_err(malformed(shown))?;
                 for e in entries {
-                    enc.entry_start(&e.name).map_err(io)?;
-                    let child = dest.join(OsStr::from_bytes(&e.name));
-                    self.write(&e.node, &child, enc, at)?;
-                    enc.entry_end().map_err(io)?;
+                    let child_enc = d.entry(&e.name).map_err(malformed(shown))?;
+                    let child_name = OsStr::from_bytes(&e.name);
+                    let child_shown = shown.join(child_name);
+                    self.write(
+                        &e.node,
+                        sub.as_fd(),
+                        child_name,
+                        &child_shown,
+                        child_enc,
+                        at,
+                    )?;
                 }
-                enc.directory_end().map_err(io)?;
-                let mode = (!self.privileged).then_some(0o555);
-                self.finish_dir(dest, mode).map_err(io)
+                d.close().map_err(malformed(shown))?;
+                let sub = fs::File::from(sub);
+                if let Some((u, g)) = self.chown {
+                    std::os::unix::fs::fchown(&sub, Some(u), Some(g)).map_err(&target)?;
+                }
+                if !self.privileged {
+                    rustix::fs::fchmod(&sub, Mode::from_raw_mode(0o555))
+                        .map_err(|e| target(e.into()))?;
+                }
+                filetime::set_file_handle_times(&sub, None, Some(mtime_one())).map_err(&target)?;
+                // Its entries were written through `sub`: it must still be the directory at
+                // `name`, or they are not in the tree that is renamed into place.
+                let now = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| target(e.into()))?;
+                if (now.st_dev, now.st_ino) != (made.st_dev, made.st_ino) {
+                    return Err(target(io::Error::other(
+                        "replaced by something else while being written",
+                    )));
+                }
+                Ok(())
             }
             Node::Regular {
                 executable,
@@ -123,135 +145,174 @@ impl Writer<'_> {
                 blob,
                 file_nar_hash,
             } => {
-                enc.regular_start(*executable, *size).map_err(io)?;
-                let name = (*size >= LINKS_MIN_SIZE).then(|| nixbase32_encode(file_nar_hash));
-                let _guard = name.as_ref().map(|_| {
-                    self.link_locks[file_nar_hash[0] as usize % self.link_locks.len()]
-                        .lock()
-                        .expect("link lock")
-                });
-                // Where to link from: a `.links` entry, or the same contents written by a
-                // path not verified yet (then this path makes the entry too if it is verified
-                // first).
-                let source = match &name {
-                    Some(n) if at.links => {
-                        if self.known_links.lock().expect("links").contains(n) {
-                            Some((self.links.join(n), false))
-                        } else {
-                            let in_flight = self.in_flight.lock().expect("in flight");
-                            in_flight.get(n).map(|f| (f.clone(), true))
-                        }
-                    }
-                    _ => None,
-                };
-                // A source that vanished meanwhile (its path failed, or was renamed into place)
-                // is not linked: the file is written from the cache.
-                let linked_from = match source {
-                    Some((source, in_flight)) => self
-                        .link_from(&source, dest, enc)
-                        .map_err(io)?
-                        .then_some(in_flight),
-                    None => None,
-                };
-                match linked_from {
-                    Some(from_in_flight) => {
+                let mut fw = enc.regular(*executable, *size).map_err(malformed(shown))?;
+                let big = *size >= LINKS_MIN_SIZE;
+                let _guard = big.then(|| self.links.lock(file_nar_hash));
+                if big && at.links {
+                    let linked = self
+                        .links
+                        .link_to(file_nar_hash, *size, *executable, dir, name)
+                        .map_err(&target)?;
+                    if let Some((file, source)) = linked {
+                        Self::read_linked(file, &mut fw).map_err(&target)?;
+                        fw.finish().map_err(|e| {
+                            PathError::Content(format!(
+                                "{}: linked from {}: {e}",
+                                shown.display(),
+                                self.links.path().display()
+                            ))
+                        })?;
                         at.linked += 1;
-                        if let Some(n) = name.filter(|_| from_in_flight) {
-                            at.new_links.push((dest.to_owned(), n));
+                        if source == LinkSource::Staged {
+                            at.new_links.push(*file_nar_hash);
                         }
-                    }
-                    None => {
-                        self.write_file(dest, *executable, blob, enc, at.check_blobs)?;
-                        if let Some(n) = name {
-                            self.in_flight
-                                .lock()
-                                .expect("in flight")
-                                .entry(n.clone())
-                                .or_insert_with(|| dest.to_owned());
-                            at.new_links.push((dest.to_owned(), n));
-                        }
+                        return Ok(());
                     }
                 }
-                enc.regular_end(*size).map_err(io)
+                let own = self.write_file(
+                    dir,
+                    name,
+                    shown,
+                    *executable,
+                    *size,
+                    blob,
+                    &mut fw,
+                    at.check_blobs,
+                )?;
+                fw.finish().map_err(malformed(shown))?;
+                if let Some(own) = own {
+                    if own != *file_nar_hash {
+                        return Err(PathError::Content(format!(
+                            "{}: the tree names this file {} in .links, its bytes say {}",
+                            shown.display(),
+                            nixbase32_encode(file_nar_hash),
+                            nixbase32_encode(&own)
+                        )));
+                    }
+                    self.links.stage(&own, dir, name).map_err(&target)?;
+                    at.new_links.push(own);
+                }
+                Ok(())
             }
         }
     }
 
-    /// Hard-link `link` (a `.links` entry, or a file of a path being written) to `dest` and feed
-    /// its contents to `enc`. Its bytes are not checked here: the path's NAR hash is, and a
-    /// path that fails after linking is written again without links (a damaged entry is
-    /// never propagated).
-    fn link_from(&self, link: &Path, dest: &Path, enc: &mut Enc) -> io::Result<bool> {
-        if fs::hard_link(link, dest).is_err() {
-            return Ok(false);
+    /// Owner and mtime of the symlink `name` in `dir` (its mode is always 0777).
+    fn finish_symlink(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+        if let Some((u, g)) = self.chown {
+            // No descriptor of a symlink can be chowned; this path reaches it through the
+            // directory's descriptor (/proc's link to it), and lchown does not follow it.
+            let via = Path::new("/proc/self/fd")
+                .join(dir.as_raw_fd().to_string())
+                .join(name);
+            std::os::unix::fs::lchown(via, Some(u), Some(g))?;
         }
-        let mut f = fs::File::open(dest)?;
+        let one = Timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        };
+        let times = Timestamps {
+            last_access: one,
+            last_modification: one,
+        };
+        Ok(rustix::fs::utimensat(
+            dir,
+            name,
+            &times,
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?)
+    }
+
+    /// Feed at most the declared size of a linked file to `fw` (the caller's `finish` checks
+    /// that no fewer came).
+    fn read_linked(file: fs::File, fw: &mut FileWriter<'_, NarHasher>) -> io::Result<()> {
+        let mut f = file.take(fw.remaining());
         let mut buf = crate::scratch::Scratch::with_len(1 << 18);
         loop {
             let n = f.read(&mut buf)?;
             if n == 0 {
-                break;
+                return Ok(());
             }
-            enc.contents(&buf[..n])?;
-        }
-        Ok(true)
-    }
-
-    /// Give verified files their `.links` entries. At its link-count limit, or damaged, an
-    /// existing entry stays as it is and the file stays one of its own.
-    pub(super) fn add_links(&self, files: &[(PathBuf, String)]) {
-        for (file, name) in files {
-            if fs::hard_link(file, self.links.join(name)).is_ok() {
-                self.known_links.lock().expect("links").insert(name.clone());
-            }
+            fw.write(&buf[..n])?;
         }
     }
 
-    /// Withdraw a path's files from `in_flight` (after [`Writer::add_links`], or before its
-    /// temporary tree is removed).
-    pub(super) fn release(&self, files: &[(PathBuf, String)]) {
-        let mut in_flight = self.in_flight.lock().expect("in flight");
-        for (file, name) in files {
-            if in_flight.get(name) == Some(file) {
-                in_flight.remove(name);
-            }
-        }
-    }
-
+    /// Write the file `name` in `dir` from the blob, through `fw`. Returns the file's own
+    /// `.links` name (the SHA-256 of its NAR, computed from the bytes written) for files of
+    /// [`LINKS_MIN_SIZE`] bytes or more.
+    #[allow(clippy::too_many_arguments)]
     fn write_file(
         &self,
-        dest: &Path,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        shown: &Path,
         executable: bool,
+        size: u64,
         blob: &BlobId,
-        enc: &mut Enc,
+        fw: &mut FileWriter<'_, NarHasher>,
         check_blob: bool,
-    ) -> std::result::Result<(), String> {
-        let io = |e: io::Error| format!("{}: {e}", dest.display());
+    ) -> Result<Option<[u8; 32]>, PathError> {
+        let target = PathError::target(shown);
         // Created with its final mode (the umask is 022 during a restore): the descriptor is
         // writable whatever the mode, and no chmod is needed afterwards.
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(if executable { 0o555 } else { 0o444 })
-            .open(dest)
-            .map_err(io)?;
-        let mut written = 0u64;
+        let fd = rustix::fs::openat(
+            dir,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(if executable { 0o555 } else { 0o444 }),
+        )
+        .map_err(|e| target(e.into()))?;
+        let mut f = fs::File::from(fd);
+        let mut own = (size >= LINKS_MIN_SIZE).then(|| FileNarHasher::new(executable, size));
+        // Into the NAR first: it refuses bytes beyond the declared size, so they never reach
+        // the disk (a tiny cache declaring a 10-byte file cannot fill it). The sink's own
+        // error is kept: the cache would report it as one of its storage.
+        let mut refused = None;
         let mut sink = |chunk: &[u8]| {
-            f.write_all(chunk)?;
-            written += chunk.len() as u64;
-            enc.contents(chunk)
+            if fw.write(chunk).is_err() {
+                refused = Some(too_long(shown, blob, size));
+                return Err(io::Error::other("refused"));
+            }
+            if let Err(e) = f.write_all(chunk) {
+                let kept = io::Error::new(e.kind(), e.to_string());
+                refused = Some(target(e));
+                return Err(kept);
+            }
+            if let Some(h) = own.as_mut() {
+                h.update(chunk);
+            }
+            self.bytes_written
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            Ok(())
         };
-        if check_blob {
+        let streamed = if check_blob {
             self.cache.stream(blob, &mut sink)
         } else {
             self.cache.stream_unchecked(blob, &mut sink)
+        };
+        if let Some(e) = refused {
+            return Err(e);
         }
-        .map_err(|e| format!("{}: {e}", dest.display()))?;
-        self.bytes_written.fetch_add(written, Ordering::Relaxed);
-        // Metadata through the open descriptor: no more path lookups.
+        streamed.map_err(|e| PathError::cache(shown, e))?;
+        if fw.remaining() != 0 {
+            return Err(PathError::Content(format!(
+                "{}: blob {blob} holds {} bytes, the tree declares {size}",
+                shown.display(),
+                size - fw.remaining()
+            )));
+        }
+        // The disk holds what the NAR says: as many bytes as declared.
+        let on_disk = f.metadata().map_err(&target)?.len();
+        if on_disk != size {
+            return Err(target(io::Error::other(format!(
+                "{on_disk} bytes on disk where {size} were written"
+            ))));
+        }
+        // Metadata through the open descriptor: no more lookups.
         if let Some((u, g)) = self.chown {
-            std::os::unix::fs::fchown(&f, Some(u), Some(g)).map_err(io)?;
+            std::os::unix::fs::fchown(&f, Some(u), Some(g)).map_err(&target)?;
         }
-        filetime::set_file_handle_times(&f, None, Some(mtime_one())).map_err(io)
+        filetime::set_file_handle_times(&f, None, Some(mtime_one())).map_err(&target)?;
+        Ok(own.and_then(FileNarHasher::try_finish))
     }
 }

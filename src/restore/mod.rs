@@ -12,10 +12,12 @@
 //!    transaction; a path that failed, and everything referring to it, is removed from disk and
 //!    not registered.
 
+mod error;
 mod execute;
 mod extract;
 mod plan;
 
+pub use error::PathError;
 pub use execute::execute;
 pub use plan::{plan, RestorePlan};
 
@@ -89,6 +91,9 @@ pub struct RestoreReport {
     pub failures: Vec<Failure>,
     /// Paths not registered because something they refer to failed.
     pub skipped: Vec<String>,
+    /// Paths not attempted because the restore stopped at a failure that would fail every
+    /// path (a full, read-only or unwritable store; the first such failure is in `failures`).
+    pub not_attempted: Vec<String>,
     /// The planned (dry run) or registered paths, references first.
     pub paths: Vec<String>,
     /// Paths the DB called valid but that were missing from disk, written again.
@@ -169,6 +174,41 @@ fn choose_by_id(
     Ok((s.id, s.snapshot, Some(s.signed_by), s.passed_over))
 }
 
+/// Names of a run's temporary and moved-aside trees in the store directory: unique per run
+/// (a random run id) and per use (a counter), whatever the snapshot holds, and readable (the
+/// store path's base name, cut so that the whole fits the 255-byte limit of a name).
+struct ScratchNames {
+    run: String,
+    counter: std::sync::atomic::AtomicU64,
+}
+
+impl ScratchNames {
+    fn new() -> Self {
+        let mut r = [0u8; 8];
+        let run = match getrandom::fill(&mut r) {
+            Ok(()) => crate::hex::hex(&r),
+            // Unique enough without randomness: nothing else writes these names under the
+            // big-lock, and leftovers are removed first.
+            Err(_) => format!("{}-{}", std::process::id(), crate::clock::now_nanos()),
+        };
+        ScratchNames {
+            run,
+            counter: Default::default(),
+        }
+    }
+
+    /// A fresh name with `prefix` for `base`.
+    fn next(&self, prefix: &str, base: &str) -> String {
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut name = format!("{prefix}{}-{n}-{base}", self.run);
+        // Base names are ASCII: any cut is at a character boundary.
+        name.truncate(255);
+        name
+    }
+}
+
 /// Open the target, plan, and (unless a dry run) execute under the big-lock.
 ///
 /// # Errors
@@ -243,11 +283,40 @@ fn restore_snapshot(
     }
     let _lock = BigLock::acquire(&layout.big_lock_file(), layout.flavor, opts.wait)?;
     check_store_dir(layout)?; // before a DB is created for it
-    let mut conn = db::open_or_create(layout)?;
-    let valid = db::valid_paths(&conn, layout)?;
+    let wait = db::LockWait {
+        limit: db::DB_LOCK_WAIT,
+        waiting: &|m| progress.note(m),
+    };
+    let mut conn = db::open_or_create_waiting(layout, &wait)?;
+    let valid = db::valid_paths_waiting(&conn, layout, &wait)?;
     let plan = plan(layout, id, snapshot, &valid, &opts.roots)?;
     let report = execute(layout, cache, &plan, &mut conn, progress);
     drop(conn);
     db::give_to_owner(layout)?;
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scratch_names_are_unique_per_path_and_per_run() {
+        let base = format!("{}-{}", "0".repeat(32), "n".repeat(211));
+        let (a, b) = (ScratchNames::new(), ScratchNames::new());
+        let names = [
+            a.next(TMP_PREFIX, &base),
+            a.next(TMP_PREFIX, &base),
+            a.next(TRASH_PREFIX, &base),
+            b.next(TMP_PREFIX, &base),
+        ];
+        for (i, n) in names.iter().enumerate() {
+            assert!(n.len() <= 255, "{n}");
+            assert!(n.starts_with(".storesync-"), "{n}");
+            for m in &names[i + 1..] {
+                assert_ne!(n, m);
+            }
+        }
+        assert!(a.next(TMP_PREFIX, "x-y").ends_with("-x-y"));
+    }
 }

@@ -39,20 +39,21 @@ pub(super) struct Walker<'a, 'c> {
 impl Walker<'_, '_> {
     /// Walk one store path: its tree, NAR SHA-256 and NAR size.
     pub(super) fn walk(&self, real: &Path) -> Result<(Node, NarHash, u64)> {
-        let mut enc = NarEncoder::new(NarHasher::new()).expect("hashing cannot fail");
+        let mut hasher = NarHasher::new();
+        let enc = NarEncoder::new(&mut hasher).expect("hashing cannot fail");
         let mut frames = PathFrames::default();
-        let node = self.node(real, &mut enc, &mut frames);
+        let node = self.node(real, enc, &mut frames);
         // Whatever happened to the walk, the objects claimed so far must reach a pack.
         self.packer.finish_path(frames)?;
         let node = node?;
-        let (hash, size) = enc.into_inner().finish();
+        let (hash, size) = hasher.finish();
         Ok((node, hash, size))
     }
 
     fn node(
         &self,
         path: &Path,
-        enc: &mut NarEncoder<NarHasher>,
+        enc: NarEncoder<'_, NarHasher>,
         frames: &mut PathFrames,
     ) -> Result<Node> {
         let io = |e| Error::Nar(NarError::Io(path.to_owned(), e));
@@ -63,18 +64,17 @@ impl Walker<'_, '_> {
             enc.symlink(&target).map_err(io)?;
             Ok(Node::Symlink { target })
         } else if ft.is_dir() {
-            enc.directory_start().map_err(io)?;
+            let mut dir = enc.directory().map_err(io)?;
             let mut entries = Vec::new();
             for name in sorted_entries(path)? {
-                enc.entry_start(name.as_bytes()).map_err(io)?;
-                let node = self.node(&path.join(&name), enc, frames)?;
-                enc.entry_end().map_err(io)?;
+                let entry = dir.entry(name.as_bytes()).map_err(io)?;
+                let node = self.node(&path.join(&name), entry, frames)?;
                 entries.push(Entry {
                     name: name.as_bytes().to_vec(),
                     node,
                 });
             }
-            enc.directory_end().map_err(io)?;
+            dir.close().map_err(io)?;
             Ok(Node::Directory(entries))
         } else if ft.is_file() {
             self.file(path, &meta, enc, frames)
@@ -87,7 +87,7 @@ impl Walker<'_, '_> {
         &self,
         path: &Path,
         meta: &fs::Metadata,
-        enc: &mut NarEncoder<NarHasher>,
+        enc: NarEncoder<'_, NarHasher>,
         frames: &mut PathFrames,
     ) -> Result<Node> {
         let io = |e| Error::Nar(NarError::Io(path.to_owned(), e));
@@ -99,13 +99,13 @@ impl Walker<'_, '_> {
         } else {
             None
         };
-        enc.regular_start(executable, size).map_err(io)?;
+        let mut enc = enc.regular(executable, size).map_err(io)?;
         let mut f = fs::File::open(path).map_err(io)?;
         let mut blake = blake3::Hasher::new();
         let mut small = crate::scratch::Scratch::empty();
         let mut total = 0u64;
         let mut feed = |chunk: &[u8]| -> io::Result<()> {
-            enc.contents(chunk)?;
+            enc.write(chunk)?;
             if seen.is_none() {
                 blake.update(chunk);
             }
@@ -138,7 +138,7 @@ impl Walker<'_, '_> {
         if total != size {
             return Err(NarError::Changed(path.to_owned(), size).into());
         }
-        enc.regular_end(size).map_err(io)?;
+        enc.finish().map_err(io)?;
         self.bytes_read.fetch_add(size, Ordering::Relaxed);
         if let Some((blob, file_nar_hash)) = seen {
             // Another name of an inode already walked: its contents are packed or claimed.

@@ -247,3 +247,227 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+// ---------------------------------------------------------------------------------------------
+// Hostile caches: valid format-v1 files (every envelope, index entry and object id correct)
+// holding whatever trees and blobs a test chooses, so that only the content lies.
+
+/// File contents by blob id.
+pub type Blobs = std::collections::HashMap<storesync::cache::BlobId, Vec<u8>>;
+
+/// Append a NAR string: little-endian u64 length, the bytes, zero padding to 8.
+pub fn nar_str(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s);
+    out.extend(std::iter::repeat_n(0u8, (8 - s.len() % 8) % 8));
+}
+
+/// The NAR of `node` with contents from `blobs`, written here independently of the library's
+/// encoder (a genuine tree's NAR: each file's blob must hold exactly its declared size).
+pub fn nar_of(node: &storesync::cache::Node, blobs: &Blobs) -> Vec<u8> {
+    fn walk(n: &storesync::cache::Node, blobs: &Blobs, out: &mut Vec<u8>) {
+        use storesync::cache::Node;
+        nar_str(out, b"(");
+        nar_str(out, b"type");
+        match n {
+            Node::Regular {
+                executable,
+                size,
+                blob,
+                ..
+            } => {
+                nar_str(out, b"regular");
+                if *executable {
+                    nar_str(out, b"executable");
+                    nar_str(out, b"");
+                }
+                nar_str(out, b"contents");
+                let c = &blobs[blob];
+                assert_eq!(c.len() as u64, *size, "nar_of wants a genuine tree");
+                nar_str(out, c);
+            }
+            Node::Symlink { target } => {
+                nar_str(out, b"symlink");
+                nar_str(out, b"target");
+                nar_str(out, target);
+            }
+            Node::Directory(entries) => {
+                nar_str(out, b"directory");
+                for e in entries {
+                    nar_str(out, b"entry");
+                    nar_str(out, b"(");
+                    nar_str(out, b"name");
+                    nar_str(out, &e.name);
+                    nar_str(out, b"node");
+                    walk(&e.node, blobs, out);
+                    nar_str(out, b")");
+                }
+            }
+        }
+        nar_str(out, b")");
+    }
+    let mut out = Vec::new();
+    nar_str(&mut out, b"nix-archive-1");
+    walk(node, blobs, &mut out);
+    out
+}
+
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
+/// The `.links` name of a file: SHA-256 of the NAR of the file alone.
+pub fn file_nar_hash(executable: bool, contents: &[u8]) -> [u8; 32] {
+    let mut h = std::collections::HashMap::new();
+    let blob = storesync::cache::BlobId::of(contents);
+    h.insert(blob, contents.to_vec());
+    sha256(&nar_of(
+        &storesync::cache::Node::Regular {
+            executable,
+            size: contents.len() as u64,
+            blob,
+            file_nar_hash: [0; 32],
+        },
+        &h,
+    ))
+}
+
+/// A regular file node for `contents` (added to `blobs`), with its true `.links` name when it
+/// is 8 KiB or more, as a save records it.
+pub fn file_node(blobs: &mut Blobs, executable: bool, contents: &[u8]) -> storesync::cache::Node {
+    let blob = storesync::cache::BlobId::of(contents);
+    blobs.insert(blob, contents.to_vec());
+    let big = contents.len() as u64 >= storesync::store::links::LINKS_MIN_SIZE;
+    storesync::cache::Node::Regular {
+        executable,
+        size: contents.len() as u64,
+        blob,
+        file_nar_hash: if big {
+            file_nar_hash(executable, contents)
+        } else {
+            [0; 32]
+        },
+    }
+}
+
+/// A directory node; entries are sorted here.
+pub fn dir_node(mut entries: Vec<(&str, storesync::cache::Node)>) -> storesync::cache::Node {
+    entries.sort_by(|a, b| a.0.cmp(b.0));
+    storesync::cache::Node::Directory(
+        entries
+            .into_iter()
+            .map(|(name, node)| storesync::cache::Entry {
+                name: name.as_bytes().to_vec(),
+                node,
+            })
+            .collect(),
+    )
+}
+
+/// A store path base name: hash part `n` in decimal digits (valid nix-base32), then `name`.
+pub fn base_name(n: u64, name: &str) -> String {
+    format!("{n:032}-{name}")
+}
+
+/// A DB row for `base` vouching for the NAR `nar` (hash and size), no references.
+pub fn row_for(base: &str, nar: &[u8]) -> storesync::store::PathInfo {
+    storesync::store::PathInfo {
+        path: storesync::store::StorePath::from_base_name(base).unwrap(),
+        nar_hash: storesync::store::path_info::NarHash(sha256(nar)),
+        nar_size: nar.len() as u64,
+        registration_time: 1_700_000_000,
+        deriver: None,
+        references: Vec::new(),
+        ultimate: None,
+        sigs: None,
+        ca: None,
+    }
+}
+
+/// Write every blob and every path's tree into the cache at `dir` (ids all correct), then one
+/// snapshot of `paths` (references first) for `flavor`'s default store. Returns its id in hex.
+pub fn write_cache(
+    dir: &Path,
+    flavor: Flavor,
+    paths: &[(storesync::store::PathInfo, storesync::cache::Node)],
+    blobs: &Blobs,
+    derivation_outputs: Vec<storesync::store::DerivationOutput>,
+) -> String {
+    use storesync::cache::{ObjectKind, Packer, Snapshot, SnapshotPath};
+    let cache = Cache::open_dir(dir).unwrap();
+    let packer = Packer::new(&cache, 3);
+    for (id, bytes) in blobs {
+        if packer.claim(*id) {
+            packer.add(ObjectKind::Blob, *id, bytes).unwrap();
+        }
+    }
+    let mut snap_paths = Vec::new();
+    for (info, node) in paths {
+        let (tree, bytes) = node.encode();
+        if packer.claim(tree) {
+            packer.add(ObjectKind::Tree, tree, &bytes).unwrap();
+        }
+        snap_paths.push(SnapshotPath {
+            info: info.clone(),
+            tree,
+        });
+    }
+    packer.finish().unwrap();
+    let snap = Snapshot {
+        version: storesync::cache::FORMAT_VERSION,
+        key: String::new(),
+        indexes: cache.index_files(),
+        parent: None,
+        flavor,
+        store_dir: flavor.default_store_dir().to_string(),
+        created: storesync::clock::now_nanos(),
+        tool: "hostile test".into(),
+        roots: Vec::new(),
+        paths: snap_paths,
+        derivation_outputs,
+    };
+    cache.write_snapshot(&snap).unwrap().hex()
+}
+
+/// What a directory holds, to compare before and after: every node's kind, mode, mtime, size
+/// or link target (see [`tree_listing`]) and the SHA-256 of every regular file. An absent
+/// directory is an empty listing.
+pub fn dir_state(dir: &Path) -> Vec<(String, String, u32, i64, String, [u8; 32])> {
+    if fs::symlink_metadata(dir).is_err() {
+        return Vec::new();
+    }
+    tree_listing(dir)
+        .into_iter()
+        .map(|(rel, kind, mode, mtime, extra)| {
+            let p = if rel.is_empty() {
+                dir.to_owned()
+            } else {
+                dir.join(&rel)
+            };
+            let sum = if kind == "file" {
+                sha256(&fs::read(p).unwrap())
+            } else {
+                [0; 32]
+            };
+            (rel, kind, mode, mtime, extra, sum)
+        })
+        .collect()
+}
+
+/// Every registered path of `layout` is on disk with the registered NAR hash and size.
+pub fn assert_registered_paths_are_on_disk(layout: &Layout) {
+    if !layout.db_file().exists() {
+        return;
+    }
+    for (path, row) in db_rows(layout).paths {
+        let on_disk = layout.root.join(path.trim_start_matches('/'));
+        let (hash, size) = storesync::nar::hash_path(&on_disk)
+            .unwrap_or_else(|e| panic!("{path} registered, unreadable: {e}"));
+        assert_eq!(
+            storesync::store::path_info::NarHash::parse_db(&row.0),
+            Some(hash),
+            "{path}: registered hash is not what is on disk"
+        );
+        assert_eq!(row.3, size as i64, "{path}");
+    }
+}

@@ -1,0 +1,833 @@
+//! Restores from hostile caches and into hostile targets. Every cache here is valid format-v1
+//! (ids, envelopes and index entries all correct, see `util::write_cache`): only the content
+//! lies, as it can in a cache anyone with the repository token may have written. Each test
+//! names the check it holds; docs/SECURITY.md lists them.
+
+mod util;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use storesync::cache::{BlobId, Cache, Node};
+use storesync::progress::{NoProgress, Progress};
+use storesync::restore::{RestoreOptions, RestoreReport};
+use storesync::store::layout::{Flavor, Layout};
+use storesync::store::path::nixbase32_encode;
+use storesync::store::DerivationOutput;
+use util::{
+    assert_registered_paths_are_on_disk, base_name, db_rows, dir_node, dir_state, file_nar_hash,
+    file_node, nar_of, nar_str, row_for, write_cache, Blobs, World,
+};
+
+fn restore_lib(
+    layout: &Layout,
+    cache_dir: &Path,
+    snapshot: Option<&str>,
+    progress: &dyn Progress,
+) -> storesync::error::Result<RestoreReport> {
+    let cache = Cache::open_dir(cache_dir).unwrap();
+    let opts = RestoreOptions {
+        snapshot: snapshot.map(Into::into),
+        ..RestoreOptions::default()
+    };
+    storesync::restore::restore(layout, &cache, &opts, progress)
+}
+
+fn restore(layout: &Layout, cache_dir: &Path) -> storesync::error::Result<RestoreReport> {
+    restore_lib(layout, cache_dir, None, &NoProgress)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. What is registered is what is on disk: bytes counted against the declared size.
+
+/// What the encoder of the old restore hashed: the declared size and executable bit from the
+/// tree, and whatever bytes the blob holds.
+fn nar_as_declared(node: &Node, blobs: &Blobs) -> Vec<u8> {
+    fn walk(n: &Node, blobs: &Blobs, out: &mut Vec<u8>) {
+        nar_str(out, b"(");
+        nar_str(out, b"type");
+        match n {
+            Node::Regular {
+                executable,
+                size,
+                blob,
+                ..
+            } => {
+                nar_str(out, b"regular");
+                if *executable {
+                    nar_str(out, b"executable");
+                    nar_str(out, b"");
+                }
+                nar_str(out, b"contents");
+                out.extend_from_slice(&size.to_le_bytes());
+                out.extend_from_slice(&blobs[blob]);
+                out.extend(std::iter::repeat_n(0u8, ((8 - size % 8) % 8) as usize));
+            }
+            Node::Symlink { .. } => unreachable!(),
+            Node::Directory(entries) => {
+                nar_str(out, b"directory");
+                for e in entries {
+                    for s in [&b"entry"[..], b"(", b"name", &e.name, b"node"] {
+                        nar_str(out, s);
+                    }
+                    walk(&e.node, blobs, out);
+                    nar_str(out, b")");
+                }
+            }
+        }
+        nar_str(out, b")");
+    }
+    let mut out = Vec::new();
+    nar_str(&mut out, b"nix-archive-1");
+    walk(node, blobs, &mut out);
+    out
+}
+
+/// The NAR bytes between file `a`'s contents and file `b`'s contents in a directory of two
+/// regular files `a` and `b` (`a`'s size a multiple of 8: no padding).
+fn between_a_and_b(size_b: u64) -> Vec<u8> {
+    let mut x = Vec::new();
+    for s in [
+        ")", ")", "entry", "(", "name", "b", "node", "(", "type", "regular", "contents",
+    ] {
+        nar_str(&mut x, s.as_bytes());
+    }
+    x.extend_from_slice(&size_b.to_le_bytes());
+    x
+}
+
+fn regular(size: u64, contents: &[u8], blobs: &mut Blobs) -> Node {
+    let blob = BlobId::of(contents);
+    blobs.insert(blob, contents.to_vec());
+    Node::Regular {
+        executable: false,
+        size,
+        blob,
+        file_nar_hash: [0; 32],
+    }
+}
+
+#[test]
+fn blob_bytes_beyond_or_short_of_the_declared_size_cannot_forge_a_nar() {
+    // Two genuine paths, each a directory of files `a` and `b`, and a tree for each whose
+    // blobs hold NAR syntax: one blob short of its declared size, the other long by as much,
+    // so that declared sizes plus blob bytes hash exactly like the genuine NAR while the disk
+    // would hold other files.
+    let w = World::new(Flavor::Guix);
+    let mut genuine_blobs = Blobs::new();
+    let mut blobs = Blobs::new();
+    let mut paths = Vec::new();
+    // `a` short: genuine a = A ++ X (256 bytes), b = 40 bytes; hostile a = A, b = X ++ b.
+    let x = between_a_and_b(40);
+    let a = [vec![b'a'; 256 - x.len()], x.clone()].concat();
+    let b = vec![b'b'; 40];
+    let genuine = dir_node(vec![
+        ("a", file_node(&mut genuine_blobs, false, &a)),
+        ("b", file_node(&mut genuine_blobs, false, &b)),
+    ]);
+    let hostile = dir_node(vec![
+        ("a", regular(256, &a[..256 - x.len()], &mut blobs)),
+        (
+            "b",
+            regular(40, &[x.clone(), b.clone()].concat(), &mut blobs),
+        ),
+    ]);
+    paths.push((genuine, hostile, base_name(1, "short-a")));
+    // `a` long: genuine a = 64 bytes, b = X ++ tail; hostile a = a ++ X, b = tail.
+    let tail = vec![b'd'; 40];
+    let x = between_a_and_b((between_a_and_b(0).len() + tail.len()) as u64);
+    let a = vec![b'c'; 64];
+    let b = [x.clone(), tail.clone()].concat();
+    let genuine = dir_node(vec![
+        ("a", file_node(&mut genuine_blobs, false, &a)),
+        ("b", file_node(&mut genuine_blobs, false, &b)),
+    ]);
+    let hostile = dir_node(vec![
+        (
+            "a",
+            regular(64, &[a.clone(), x.clone()].concat(), &mut blobs),
+        ),
+        ("b", regular(b.len() as u64, &tail, &mut blobs)),
+    ]);
+    paths.push((genuine, hostile, base_name(2, "long-a")));
+    let mut rows = Vec::new();
+    for (genuine, hostile, base) in &paths {
+        let nar = nar_of(genuine, &genuine_blobs);
+        // The forgery is real: what the old restore hashed is the genuine NAR.
+        assert_eq!(nar_as_declared(hostile, &blobs), nar, "{base}");
+        rows.push((row_for(base, &nar), hostile.clone()));
+    }
+    write_cache(&w.cache_dir(), w.flavor, &rows, &blobs, vec![]);
+    let dst = w.layout("dst");
+    let r = restore(&dst, &w.cache_dir()).unwrap();
+    assert_eq!(r.restored, 0, "{r:?}");
+    assert_eq!(r.failed.len(), 2, "{r:?}");
+    for f in &r.failures {
+        assert!(f.error.contains("bytes"), "{}", f.error);
+    }
+    assert_registered_paths_are_on_disk(&dst);
+    for (_, _, base) in &paths {
+        assert!(!dst.real_store_dir().join(base).exists(), "{base} on disk");
+    }
+}
+
+#[test]
+fn a_blob_longer_than_its_declared_size_is_not_written_past_it() {
+    // A tiny cache declaring a 10-byte file whose blob is 16 MiB (of zeros: it compresses to
+    // almost nothing) must not make the restore write 16 MiB, let alone twice.
+    let w = World::new(Flavor::Guix);
+    let mut blobs = Blobs::new();
+    let mut genuine_blobs = Blobs::new();
+    let genuine = file_node(&mut genuine_blobs, false, &[0u8; 10]);
+    let hostile = regular(10, &vec![0u8; 16 << 20], &mut blobs);
+    let base = base_name(3, "tiny");
+    let row = row_for(&base, &nar_of(&genuine, &genuine_blobs));
+    write_cache(&w.cache_dir(), w.flavor, &[(row, hostile)], &blobs, vec![]);
+    let dst = w.layout("dst");
+    let r = restore(&dst, &w.cache_dir()).unwrap();
+    assert_eq!(r.failed.len(), 1, "{r:?}");
+    assert!(
+        r.failures[0].error.contains("10 bytes"),
+        "{}",
+        r.failures[0].error
+    );
+    assert!(r.bytes_written <= 10, "{} bytes written", r.bytes_written);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. `.links`: entries named by the bytes written; entries linked from checked first.
+
+/// Pseudo-random bytes (xorshift), distinct per seed.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect()
+}
+
+/// A cache of one genuine path `base` holding `node`.
+fn one_path_cache(w: &World, base: &str, node: &Node, blobs: &Blobs) -> String {
+    let row = row_for(base, &nar_of(node, blobs));
+    write_cache(
+        &w.cache_dir(),
+        w.flavor,
+        &[(row, node.clone())],
+        blobs,
+        vec![],
+    )
+}
+
+/// A small genuine store path: a directory with a script and a file of 10 KiB.
+fn sample_path(n: u64) -> (String, Node, Blobs) {
+    let mut blobs = Blobs::new();
+    let node = dir_node(vec![
+        (
+            "bin",
+            dir_node(vec![("run", file_node(&mut blobs, true, b"#!/bin/sh\n"))]),
+        ),
+        ("data", file_node(&mut blobs, false, &noise(n, 10_240))),
+    ]);
+    (base_name(n, "sample"), node, blobs)
+}
+
+/// Every `.links` entry holds what its name says.
+fn assert_links_entries_are_sound(store: &Path) {
+    let Ok(entries) = fs::read_dir(store.join(".links")) else {
+        return;
+    };
+    for e in entries {
+        let e = e.unwrap();
+        let hash = storesync::nar::hash_path(&e.path()).unwrap().0;
+        assert_eq!(
+            nixbase32_encode(&hash.0),
+            e.file_name().to_str().unwrap(),
+            "a .links entry holds other bytes than its name says"
+        );
+    }
+}
+
+#[test]
+fn links_entries_are_named_by_the_bytes_written_not_by_the_tree() {
+    // A genuine path whose tree gives its large file the `.links` name of OTHER contents: the
+    // daemon would link every later file with those contents to this one.
+    let w = World::new(Flavor::Guix);
+    let mut blobs = Blobs::new();
+    let contents = noise(7, 20_000);
+    let other = noise(8, 20_000);
+    let Node::Regular {
+        executable,
+        size,
+        blob,
+        ..
+    } = file_node(&mut blobs, false, &contents)
+    else {
+        unreachable!()
+    };
+    let lying = Node::Regular {
+        executable,
+        size,
+        blob,
+        file_nar_hash: file_nar_hash(false, &other),
+    };
+    let node = dir_node(vec![("f", lying)]);
+    let base = base_name(4, "lying-links-name");
+    one_path_cache(&w, &base, &node, &blobs);
+    let dst = w.layout("dst");
+    let r = restore(&dst, &w.cache_dir()).unwrap();
+    assert_eq!(r.failed.len(), 1, "{r:?}");
+    assert!(r.failures[0].error.contains(".links"), "{:?}", r.failures);
+    assert_links_entries_are_sound(&dst.real_store_dir());
+    let poisoned = nixbase32_encode(&file_nar_hash(false, &other));
+    assert!(!dst.real_store_dir().join(".links").join(poisoned).exists());
+    assert_registered_paths_are_on_disk(&dst);
+}
+
+#[test]
+fn unusable_links_entries_are_not_linked() {
+    // The target's `.links` holds, under the name of a file about to be restored, something
+    // that is not that file: a symlink to a file outside with the right bytes, a FIFO, the
+    // right bytes with the executable bit, the right bytes owned by another user, the right
+    // bytes and more. None may be linked; the file is written from the cache.
+    let mut cases = vec!["symlink", "fifo", "executable", "longer"];
+    if rustix::process::geteuid().is_root() {
+        cases.push("other owner");
+    }
+    for case in cases {
+        let w = World::new(Flavor::Guix);
+        let (base, node, blobs) = sample_path(5);
+        one_path_cache(&w, &base, &node, &blobs);
+        let contents = noise(5, 10_240);
+        let name = nixbase32_encode(&file_nar_hash(false, &contents));
+        let dst = w.layout("dst");
+        let links = dst.real_store_dir().join(".links");
+        fs::create_dir_all(&links).unwrap();
+        let entry = links.join(&name);
+        let outside = w.root("outside");
+        fs::create_dir_all(&outside).unwrap();
+        let plain = |p: &Path, bytes: &[u8], mode: u32| {
+            fs::write(p, bytes).unwrap();
+            fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+        };
+        match case {
+            "symlink" => {
+                plain(&outside.join("f"), &contents, 0o444);
+                std::os::unix::fs::symlink(outside.join("f"), &entry).unwrap();
+            }
+            "fifo" => rustix::fs::mknodat(
+                rustix::fs::CWD,
+                &entry,
+                rustix::fs::FileType::Fifo,
+                rustix::fs::Mode::from_raw_mode(0o444),
+                0,
+            )
+            .unwrap(),
+            "executable" => plain(&entry, &contents, 0o555),
+            "longer" => plain(&entry, &[&contents[..], b"more"].concat(), 0o444),
+            "other owner" => {
+                plain(&entry, &contents, 0o444);
+                std::os::unix::fs::chown(&entry, Some(4242), Some(4242)).unwrap();
+            }
+            _ => unreachable!(),
+        }
+        let before = dir_state(&outside);
+        let entry_before = fs::symlink_metadata(&entry).unwrap();
+        // A FIFO would block a reader forever: run the binary, with a deadline.
+        let out = w
+            .cmd("dst")
+            .args(["--json", "restore", "--cache"])
+            .arg(w.cache_dir())
+            .timeout(Duration::from_secs(60))
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{case}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_registered_paths_are_on_disk(&dst);
+        let file = dst.real_store_dir().join(&base).join("data");
+        let m = fs::symlink_metadata(&file).unwrap();
+        assert!(m.is_file(), "{case}");
+        assert_ne!(m.ino(), entry_before.ino(), "{case}: linked to the entry");
+        let me = rustix::process::geteuid().as_raw();
+        assert_eq!((m.uid(), m.mode() & 0o7777), (me, 0o444), "{case}");
+        assert_eq!(dir_state(&outside), before, "{case}: outside changed");
+    }
+}
+
+#[test]
+fn links_dir_that_is_a_symlink_or_not_a_directory_is_refused() {
+    let mut cases = vec!["symlink", "file"];
+    if rustix::process::geteuid().is_root() {
+        cases.push("other owner");
+    }
+    for case in cases {
+        let w = World::new(Flavor::Guix);
+        let (base, node, blobs) = sample_path(6);
+        one_path_cache(&w, &base, &node, &blobs);
+        let dst = w.layout("dst");
+        let store = dst.real_store_dir();
+        fs::create_dir_all(&store).unwrap();
+        let outside = w.root("outside");
+        fs::create_dir_all(&outside).unwrap();
+        let links = store.join(".links");
+        match case {
+            "symlink" => std::os::unix::fs::symlink(&outside, &links).unwrap(),
+            "file" => fs::write(&links, b"").unwrap(),
+            "other owner" => {
+                fs::create_dir(&links).unwrap();
+                std::os::unix::fs::chown(&links, Some(4242), Some(4242)).unwrap();
+            }
+            _ => unreachable!(),
+        }
+        let before = dir_state(&outside);
+        let err = storesync::error::Chain(&restore(&dst, &w.cache_dir()).unwrap_err()).to_string();
+        assert!(err.contains(".links"), "{case}: {err}");
+        assert_eq!(dir_state(&outside), before, "{case}: outside changed");
+        assert!(!store.join(&base).exists(), "{case}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Two paths, one hash part.
+
+#[test]
+fn two_paths_with_one_hash_part_are_refused() {
+    let w = World::new(Flavor::Guix);
+    let mut blobs = Blobs::new();
+    let x = file_node(&mut blobs, false, b"x");
+    let y = file_node(&mut blobs, false, b"y");
+    let rows = vec![
+        (row_for(&base_name(9, "x"), &nar_of(&x, &blobs)), x),
+        (row_for(&base_name(9, "y"), &nar_of(&y, &blobs)), y),
+    ];
+    write_cache(&w.cache_dir(), w.flavor, &rows, &blobs, vec![]);
+    let dst = w.layout("dst");
+    let err = storesync::error::Chain(&restore(&dst, &w.cache_dir()).unwrap_err()).to_string();
+    assert!(err.contains("hash part"), "{err}");
+    assert!(!dst.real_store_dir().join(base_name(9, "x")).exists());
+    assert!(!dst.db_file().exists());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Nothing outside the store and DB directories is touched, whatever is a symlink.
+
+/// A world with a one-path cache, a `dst` root and an `outside` directory holding a file.
+fn world_with_outside() -> (World, Layout, std::path::PathBuf) {
+    let w = World::new(Flavor::Guix);
+    let (base, node, blobs) = sample_path(10);
+    one_path_cache(&w, &base, &node, &blobs);
+    let outside = w.root("outside");
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("precious"), b"precious").unwrap();
+    fs::set_permissions(&outside, fs::Permissions::from_mode(0o700)).unwrap();
+    let dst = w.layout("dst");
+    (w, dst, outside)
+}
+
+#[test]
+fn symlinked_store_dir_is_refused() {
+    let (w, dst, outside) = world_with_outside();
+    fs::create_dir_all(dst.real_store_dir().parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&outside, dst.real_store_dir()).unwrap();
+    let before = dir_state(&outside);
+    let err = storesync::error::Chain(&restore(&dst, &w.cache_dir()).unwrap_err()).to_string();
+    assert!(err.contains("symlink"), "{err}");
+    assert_eq!(dir_state(&outside), before);
+}
+
+#[test]
+fn symlinked_db_dir_is_refused() {
+    let (w, dst, outside) = world_with_outside();
+    fs::create_dir_all(dst.real_db_dir().parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&outside, dst.real_db_dir()).unwrap();
+    let before = dir_state(&outside);
+    let err = storesync::error::Chain(&restore(&dst, &w.cache_dir()).unwrap_err()).to_string();
+    assert!(err.contains("symlink"), "{err}");
+    assert_eq!(dir_state(&outside), before);
+}
+
+/// Each of the DB directory's state files as a symlink to a file outside: refused, named,
+/// and the file outside unchanged. `db.sqlite` and its WAL files are tried with a DB
+/// present, `schema` and `big-lock` without one too.
+#[test]
+fn symlinked_db_state_files_are_refused() {
+    for (name, with_db) in [
+        ("big-lock", false),
+        ("schema", false),
+        ("schema", true),
+        ("db.sqlite", true),
+        ("db.sqlite-wal", true),
+        ("db.sqlite-shm", true),
+    ] {
+        let (w, dst, outside) = world_with_outside();
+        let case = format!("{name} (DB present: {with_db})");
+        if with_db {
+            // A real DB (from a first restore), its paths taken off so there is work to do.
+            restore(&dst, &w.cache_dir()).unwrap();
+            let conn = rusqlite::Connection::open(dst.db_file()).unwrap();
+            conn.execute_batch("delete from Refs; delete from ValidPaths;")
+                .unwrap();
+            drop(conn);
+            storesync::store::fs::remove_tree(&dst.real_store_dir()).unwrap();
+        }
+        let db = dst.real_db_dir();
+        fs::create_dir_all(&db).unwrap();
+        let victim = outside.join(name);
+        if name == "db.sqlite" {
+            // A database outside: the symlinked DB must not be written through.
+            fs::rename(db.join(name), &victim).unwrap();
+        } else if with_db || name != "big-lock" {
+            fs::write(&victim, b"precious").unwrap();
+        }
+        let _ = fs::remove_file(db.join(name));
+        std::os::unix::fs::symlink(&victim, db.join(name)).unwrap();
+        let before = dir_state(&outside);
+        let err = storesync::error::Chain(&restore(&dst, &w.cache_dir()).unwrap_err()).to_string();
+        assert!(
+            err.contains(name) && err.contains("symlink"),
+            "{case}: {err}"
+        );
+        assert_eq!(dir_state(&outside), before, "{case}: outside changed");
+    }
+}
+
+#[test]
+fn symlinked_leftovers_are_removed_not_followed() {
+    // Leftovers of an interrupted restore, and an invalid leftover at a path's own name, that
+    // are symlinks to a directory outside or hold such symlinks: removed, never followed.
+    let (w, dst, outside) = world_with_outside();
+    let (_, snap) = Cache::open_dir(&w.cache_dir())
+        .unwrap()
+        .find_snapshot(None)
+        .unwrap();
+    let store = dst.real_store_dir();
+    fs::create_dir_all(&store).unwrap();
+    let link = |name: &str| std::os::unix::fs::symlink(&outside, store.join(name)).unwrap();
+    link(".storesync-tmp-old");
+    link(".storesync-trash-old");
+    link(snap.paths[0].info.path.base_name());
+    fs::create_dir_all(store.join(".storesync-tmp-dir/sub")).unwrap();
+    std::os::unix::fs::symlink(&outside, store.join(".storesync-tmp-dir/sub/out")).unwrap();
+    let before = dir_state(&outside);
+    let r = restore(&dst, &w.cache_dir()).unwrap();
+    assert_eq!(r.restored, 1, "{r:?}");
+    assert_eq!(r.replaced_leftovers, 1);
+    assert_eq!(dir_state(&outside), before);
+    assert_registered_paths_are_on_disk(&dst);
+    let names: Vec<_> = fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with(".storesync"))
+        .collect();
+    assert!(names.is_empty(), "{names:?}");
+}
+
+#[test]
+fn remove_tree_never_follows_a_directory_swapped_for_a_symlink() {
+    // A tree being removed whose subdirectories are swapped for symlinks to a directory
+    // outside while the removal is inside them (as the owner of a leftover could): the
+    // outside directory keeps its files, which have the names of the files in the tree (a
+    // removal by path through a swapped directory would delete them), and its mode.
+    let w = World::new(Flavor::Guix);
+    let outside = w.root("outside");
+    fs::create_dir_all(&outside).unwrap();
+    for f in 0..100 {
+        fs::write(outside.join(format!("f{f}")), b"x").unwrap();
+    }
+    fs::set_permissions(&outside, fs::Permissions::from_mode(0o700)).unwrap();
+    let before = dir_state(&outside);
+    let mut swaps = 0;
+    for round in 0..3 {
+        let victim = w.root(&format!("victim-{round}"));
+        for d in 0..20 {
+            let sub = victim.join(format!("d{d}"));
+            fs::create_dir_all(&sub).unwrap();
+            for f in 0..100 {
+                fs::write(sub.join(format!("f{f}")), b"y").unwrap();
+            }
+        }
+        let done = AtomicBool::new(false);
+        swaps += std::thread::scope(|s| {
+            let racer = s.spawn(|| {
+                let mut swapped = [false; 20];
+                while !done.load(Ordering::Relaxed) {
+                    for (d, swapped) in swapped.iter_mut().enumerate() {
+                        let sub = victim.join(format!("d{d}"));
+                        // Swapped once the removal has started emptying it.
+                        let emptying = !*swapped
+                            && fs::read_dir(&sub).is_ok_and(|e| e.count() < 100)
+                            && fs::symlink_metadata(&sub).is_ok_and(|m| m.is_dir());
+                        if emptying && fs::rename(&sub, victim.join(format!("moved-{d}"))).is_ok() {
+                            let _ = std::os::unix::fs::symlink(&outside, &sub);
+                            *swapped = true;
+                        }
+                    }
+                }
+                swapped.iter().filter(|s| **s).count()
+            });
+            let _ = storesync::store::fs::remove_tree(&victim);
+            done.store(true, Ordering::Relaxed);
+            racer.join().unwrap()
+        });
+        assert_eq!(dir_state(&outside), before, "round {round}");
+    }
+    assert!(
+        swaps > 0,
+        "the racing thread never swapped a directory being removed"
+    );
+}
+
+#[test]
+fn directory_swapped_for_a_symlink_during_restore_writes_nothing_outside() {
+    // While a path is written under its temporary name, a racing thread swaps a directory of
+    // it for a symlink to a directory outside (as another local user who could reach it
+    // would): the files of that directory must not land outside.
+    let w = World::new(Flavor::Guix);
+    let mut blobs = Blobs::new();
+    let files: Vec<(String, Node)> = (0..1500)
+        .map(|i| {
+            let name = format!("f{i:05}");
+            let node = file_node(&mut blobs, false, name.as_bytes());
+            (name, node)
+        })
+        .collect();
+    let node = dir_node(vec![(
+        "d",
+        dir_node(files.iter().map(|(n, f)| (n.as_str(), f.clone())).collect()),
+    )]);
+    let base = base_name(11, "many-files");
+    one_path_cache(&w, &base, &node, &blobs);
+    let outside = w.root("outside");
+    let mut swapped = 0;
+    for round in 0..5 {
+        fs::create_dir_all(&outside).unwrap();
+        let before = dir_state(&outside);
+        let dst = w.layout(&format!("dst-{round}"));
+        let store = dst.real_store_dir();
+        fs::create_dir_all(&store).unwrap();
+        let done = AtomicBool::new(false);
+        let swaps = AtomicUsize::new(0);
+        let r = std::thread::scope(|s| {
+            s.spawn(|| {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let mut seen = std::collections::HashSet::new();
+                while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let Ok(entries) = fs::read_dir(&store) else {
+                        continue;
+                    };
+                    for e in entries.flatten() {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        if !name.starts_with(".storesync-tmp-") || seen.contains(&name) {
+                            continue;
+                        }
+                        let d = e.path().join("d");
+                        if fs::symlink_metadata(&d).is_ok_and(|m| m.is_dir())
+                            && fs::rename(&d, e.path().join("d-moved")).is_ok()
+                        {
+                            let _ = std::os::unix::fs::symlink(&outside, &d);
+                            swaps.fetch_add(1, Ordering::Relaxed);
+                            seen.insert(name);
+                        }
+                    }
+                }
+            });
+            let r = restore(&dst, &w.cache_dir());
+            done.store(true, Ordering::Relaxed);
+            r
+        });
+        assert_eq!(
+            dir_state(&outside),
+            before,
+            "round {round}: outside changed"
+        );
+        let r = r.unwrap();
+        eprintln!("round {round}: {swaps:?} swaps; failures: {:?}", r.failures);
+        // A directory swapped while written fails its attempt; what is registered is on disk.
+        assert_registered_paths_are_on_disk(&dst);
+        swapped += swaps.load(Ordering::Relaxed);
+        if swapped > 0 {
+            break;
+        }
+    }
+    assert!(
+        swapped > 0,
+        "the racing thread never caught a temporary tree"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Derivers and derivation outputs are store paths of the snapshot's store.
+
+#[test]
+fn deriver_or_derivation_output_outside_the_store_is_refused() {
+    for case in ["deriver", "output"] {
+        let w = World::new(Flavor::Guix);
+        let mut blobs = Blobs::new();
+        let drv = file_node(&mut blobs, false, b"Derive()");
+        let out = file_node(&mut blobs, false, b"out");
+        let drv_base = base_name(12, "x.drv");
+        let mut drv_row = row_for(&drv_base, &nar_of(&drv, &blobs));
+        let mut out_row = row_for(&base_name(13, "x"), &nar_of(&out, &blobs));
+        let mut outputs = vec![DerivationOutput {
+            drv: drv_row.path.clone(),
+            id: "out".into(),
+            path: format!("/gnu/store/{}", out_row.path),
+        }];
+        let bad = "/gnu/store/../../etc/passwd";
+        match case {
+            "deriver" => out_row.deriver = Some(bad.into()),
+            _ => outputs[0].path = bad.into(),
+        }
+        drv_row.deriver = None;
+        write_cache(
+            &w.cache_dir(),
+            w.flavor,
+            &[(drv_row, drv), (out_row, out)],
+            &blobs,
+            outputs,
+        );
+        let dst = w.layout("dst");
+        let err = storesync::error::Chain(&restore(&dst, &w.cache_dir()).unwrap_err()).to_string();
+        assert!(err.contains(bad), "{case}: {err}");
+        assert!(!dst.db_file().exists(), "{case}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Target failures stop the restore; a locked DB is reported, and waited for a bounded time.
+
+#[test]
+fn full_store_stops_the_restore_at_the_first_failure() {
+    // The store is a 256 KiB tmpfs (in a private mount namespace); a dozen paths of 64 KiB
+    // each cannot all fit. Once the disk is full no path can be written: the restore must
+    // stop there, not try every remaining path twice.
+    let usable = rustix::process::geteuid().is_root()
+        && std::process::Command::new("unshare")
+            .args(["-m", "true"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !usable {
+        eprintln!("skipped: needs root and unshare -m");
+        return;
+    }
+    let w = World::new(Flavor::Guix);
+    let mut blobs = Blobs::new();
+    let rows: Vec<_> = (0..12)
+        .map(|i| {
+            let node = file_node(&mut blobs, false, &noise(100 + i, 64 * 1024));
+            (
+                row_for(&base_name(100 + i, "big"), &nar_of(&node, &blobs)),
+                node,
+            )
+        })
+        .collect();
+    write_cache(&w.cache_dir(), w.flavor, &rows, &blobs, vec![]);
+    let dst = w.layout("dst");
+    fs::create_dir_all(dst.real_store_dir()).unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("storesync");
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c"])
+        .arg(
+            "mount --make-rprivate / && mount -t tmpfs -o size=256k tmpfs \"$1\" && shift && exec \"$@\"",
+        )
+        .arg("sh")
+        .arg(dst.real_store_dir())
+        .arg(&bin)
+        .args(["--flavor", "guix", "--root"])
+        .arg(&dst.root)
+        .args(["--no-progress", "--jobs", "1", "--json", "restore", "--cache"])
+        .arg(w.cache_dir())
+        .env_remove("GUIX_DATABASE_DIRECTORY")
+        .env_remove("GUIX_STATE_DIRECTORY")
+        .env_remove("NIX_STORE_DIR")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let r = util::json(&out.stdout);
+    let failed = r["failed"].as_array().unwrap().len();
+    let not_attempted = r["not_attempted"].as_array().map_or(0, |a| a.len());
+    let restored = r["restored"].as_u64().unwrap() as usize;
+    // Two writer threads for one job: at most two paths attempted once the disk is full.
+    assert!(failed <= 2, "{r}");
+    assert!(not_attempted >= 12 - 2 - restored - failed, "{r}");
+    assert_eq!(restored + failed + not_attempted, 12, "{r}");
+    assert!(
+        r["failures"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("No space left on device"),
+        "{r}"
+    );
+}
+
+/// Notes received, with when.
+struct Notes {
+    start: Instant,
+    notes: Mutex<Vec<(Duration, String)>>,
+}
+
+impl Progress for Notes {
+    fn note(&self, msg: &str) {
+        self.notes
+            .lock()
+            .unwrap()
+            .push((self.start.elapsed(), msg.to_owned()));
+    }
+}
+
+#[test]
+fn db_locked_by_another_writer_is_reported_within_seconds() {
+    let w = World::new(Flavor::Guix);
+    let (base, node, blobs) = sample_path(20);
+    let first = one_path_cache(&w, &base, &node, &blobs);
+    let (base2, node2, blobs2) = sample_path(21);
+    let mut all = blobs.clone();
+    all.extend(blobs2.clone());
+    write_cache(
+        &w.cache_dir(),
+        w.flavor,
+        &[
+            (row_for(&base, &nar_of(&node, &blobs)), node.clone()),
+            (row_for(&base2, &nar_of(&node2, &blobs2)), node2),
+        ],
+        &all,
+        vec![],
+    );
+    let dst = w.layout("dst");
+    restore_lib(&dst, &w.cache_dir(), Some(&first), &NoProgress).unwrap();
+    // Another process writing the DB: this test's own connection, holding the write lock.
+    let other = rusqlite::Connection::open(dst.db_file()).unwrap();
+    other.execute_batch("begin immediate").unwrap();
+    let notes = Notes {
+        start: Instant::now(),
+        notes: Mutex::new(Vec::new()),
+    };
+    let held = Duration::from_secs(6);
+    let r = std::thread::scope(|s| {
+        let h = s.spawn(|| restore_lib(&dst, &w.cache_dir(), None, &notes));
+        std::thread::sleep(held);
+        other.execute_batch("commit").unwrap();
+        h.join().unwrap()
+    });
+    let r = r.unwrap();
+    assert_eq!(r.restored, 1, "{r:?}");
+    let notes = notes.notes.into_inner().unwrap();
+    let waiting = notes
+        .iter()
+        .find(|(_, m)| m.contains("waiting for the DB lock"))
+        .unwrap_or_else(|| panic!("no note about the lock: {notes:?}"));
+    assert!(waiting.0 < held, "{notes:?}");
+    assert_eq!(db_rows(&dst).paths.len(), 2);
+}
