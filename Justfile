@@ -35,6 +35,11 @@ bench:
 ab-restore old new pairs="5":
     bash benches/ab-cold-restore.sh {{old}} {{new}} {{pairs}}
 
+# Long property runs of the cache decoders (trees, snapshots, index files, packs' frames)
+# on arbitrary and mutated inputs; failures are saved under proptest-regressions/.
+fuzz scale="100":
+    STORESYNC_FUZZ_SCALE={{scale}} cargo test --release --lib cache::
+
 # Everything CI runs.
 ci:
     bash .ci/run

@@ -10,6 +10,8 @@ pub mod clock;
 pub mod closure;
 pub mod db;
 pub mod error;
+#[cfg(test)]
+mod fuzz;
 pub mod hex;
 pub mod nar;
 pub mod progress;

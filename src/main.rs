@@ -17,25 +17,12 @@ fn main() -> ExitCode {
     // in full however little of it is used: peak RSS of a 1 GiB restore 108-122 MiB with
     // them, 73-90 MiB without, at the same speed. Best effort: old kernels lack the call.
     let _ = rustix::thread::disable_transparent_huge_pages(true);
-    let parsed = cli::Cli::parse();
-    match cli::run(parsed) {
+    match cli::run(cli::Cli::parse()) {
         Ok(code) => ExitCode::from(code),
+        // The reader of our output went away (`| head`): not a failure.
+        Err(e) if cli::output::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            if let storesync::Error::Io(_, io) = &e {
-                if io.kind() == std::io::ErrorKind::BrokenPipe {
-                    return ExitCode::SUCCESS;
-                }
-            }
-            let mut msg = format!("storesync: error: {e}");
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                let t = s.to_string();
-                if !msg.contains(&t) {
-                    msg.push_str(&format!(": {t}"));
-                }
-                src = s.source();
-            }
-            eprintln!("{msg}");
+            eprintln!("{}", cli::output::error_line(&e));
             ExitCode::from(e.exit_code())
         }
     }

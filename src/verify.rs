@@ -27,6 +27,11 @@ pub struct VerifyReport {
     /// Scratch files left by writers that were killed (harmless; the next save removes
     /// them): information, not damage.
     pub leftovers: Vec<String>,
+    /// Packs no snapshot needs, and files waiting in `gc/` lists (what `storesync gc` would
+    /// free): information, not damage.
+    pub garbage_files: usize,
+    /// Their bytes.
+    pub garbage_bytes: u64,
 }
 
 /// Check the whole cache.
@@ -143,6 +148,16 @@ pub fn verify(cache: &Cache, progress: &dyn Progress) -> Result<VerifyReport> {
                     p.info.path
                 )),
             }
+        }
+    }
+    if report.problems.is_empty() {
+        let policy = crate::cache::gc::GcPolicy {
+            dry_run: true,
+            ..Default::default()
+        };
+        if let Ok(g) = crate::cache::gc::gc(cache, &policy, &crate::progress::NoProgress) {
+            report.garbage_files = g.packs_retired;
+            report.garbage_bytes = g.bytes_pending;
         }
     }
     Ok(report)

@@ -1035,8 +1035,6 @@ fn save_out_of_space_says_so_and_leaves_the_cache_usable() {
 }
 
 #[test]
-#[ignore = "fails until security issue item 7 lands: a save out of space while streaming a \
-            file of 4 MiB or more calls the store corrupt and advises --skip-corrupt"]
 fn save_out_of_space_while_streaming_a_large_file_is_no_corruption() {
     // A small store and one 6 MiB file (over the 4 MiB streaming threshold: packed on its own
     // while it is read): the tmpfs takes the small paths, not the large file.

@@ -690,6 +690,7 @@ fn path_collected_during_save_is_dropped_not_corrupt() {
     let paths = sample::build(&src, 1).unwrap();
     let cache = w.cache();
     let opts = storesync::save::SaveOptions {
+        key: String::new(),
         roots: vec![],
         skip_corrupt: false,
         level: 3,
@@ -715,42 +716,6 @@ fn path_collected_during_save_is_dropped_not_corrupt() {
     assert!(r.corrupt.is_empty());
     // The .drv referred to the tool and is dropped with it; 6 - 2 remain.
     assert_eq!(r.paths, 4, "{r:?}");
-}
-
-/// Write and register a store path of regular files `(name, contents, executable)`.
-fn add_files_path(
-    layout: &storesync::store::layout::Layout,
-    base: &str,
-    files: &[(&str, &[u8], bool)],
-) {
-    use std::os::unix::fs::PermissionsExt;
-    let path = storesync::store::path::StorePath::from_base_name(base).unwrap();
-    let top = layout.real_store_dir().join(base);
-    fs::create_dir(&top).unwrap();
-    for (name, contents, x) in files {
-        let p = top.join(name);
-        fs::write(&p, contents).unwrap();
-        fs::set_permissions(
-            &p,
-            fs::Permissions::from_mode(if *x { 0o555 } else { 0o444 }),
-        )
-        .unwrap();
-    }
-    sample::canonicalise(&top).unwrap();
-    let (nar_hash, nar_size) = nar::hash_path(&top).unwrap();
-    let info = storesync::store::PathInfo {
-        path,
-        nar_hash,
-        nar_size,
-        registration_time: 1,
-        deriver: None,
-        references: vec![],
-        ultimate: None,
-        sigs: None,
-        ca: None,
-    };
-    let mut conn = db::open_or_create(layout).unwrap();
-    db::register(&mut conn, layout, &[&info], &[]).unwrap();
 }
 
 /// Every regular file of the newest snapshot's trees: (its path under `store`, executable,
@@ -822,13 +787,14 @@ fn incremental_save_reuses_links_hashes_of_cached_contents_exactly() {
         })
         .collect();
     let medium = large[..20_000].to_vec();
-    add_files_path(
+    util::add_files_path(
         &src,
         "00000000000000000000000000000001-mixed-1",
         &[("large", &large, false), ("medium", &medium, true)],
+        &[],
     );
     save_json(&w, "src");
-    add_files_path(
+    util::add_files_path(
         &src,
         "00000000000000000000000000000002-mixed-2",
         &[
@@ -837,6 +803,7 @@ fn incremental_save_reuses_links_hashes_of_cached_contents_exactly() {
             ("medium", &medium, true),
             ("medium-nx", &medium, false),
         ],
+        &[],
     );
     // Trees sit in frames of their own, so the cache's `.links` hashes are cheap to read.
     let cache = w.cache();

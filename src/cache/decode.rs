@@ -564,7 +564,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
+        #![proptest_config(crate::fuzz::config(512))]
 
         #[test]
         fn tree_round_trips(node in arb_node()) {
@@ -589,7 +589,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(4096))]
+        #![proptest_config(crate::fuzz::config(4096))]
 
         #[test]
         fn tree_decoders_agree_on_any_bytes(bytes in arb_bytes(200)) {
@@ -844,7 +844,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
+        #![proptest_config(crate::fuzz::config(512))]
         // Below the cap, streaming decompression agrees with zstd::bulk on anything.
         #[test]
         fn decompressors_agree(
@@ -1007,7 +1007,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(256))]
+        #![proptest_config(crate::fuzz::config(256))]
 
         #[test]
         fn snapshot_decoding_round_trips(snap in arb_snapshot()) {
@@ -1104,7 +1104,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
+        #![proptest_config(crate::fuzz::config(512))]
 
         #[test]
         fn index_files_round_trip_and_survive_mutation(

@@ -356,12 +356,13 @@ pub fn check_key(key: &str) -> Result<(), String> {
 }
 
 impl SnapshotHead {
-    /// What a signature over this snapshot signs: a BLAKE3 (derive-key mode) over the key,
-    /// creation time, flavour, store directory and manifest, not over the index list (which a
-    /// garbage collection may rewrite). For a v1 snapshot, the file's checksum.
-    pub fn signing_id(&self, file_id: &SnapshotId) -> [u8; 32] {
+    /// The snapshot's id as users and signatures know it. For v2, a BLAKE3 (derive-key mode)
+    /// over the key, creation time, flavour, store directory and manifest, and not over the
+    /// index list, which a garbage collection rewrites: the id and any signature survive a
+    /// collection. For v1, the file's checksum (`file_id`).
+    pub fn id(&self, file_id: &[u8; 32]) -> SnapshotId {
         if self.version < 2 {
-            return file_id.0;
+            return SnapshotId(*file_id);
         }
         let mut h = blake3::Hasher::new_derive_key(SIGNING_CONTEXT);
         h.update(&encode_bincode(&(
@@ -371,7 +372,7 @@ impl SnapshotHead {
             &self.store_dir,
             self.manifest,
         )));
-        *h.finalize().as_bytes()
+        SnapshotId(*h.finalize().as_bytes())
     }
 }
 
@@ -381,7 +382,7 @@ fn manifest_id(raw: &[u8]) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
-/// Encode a whole v2 snapshot file. Returns (id, name under `snapshots/`, bytes).
+/// Encode a whole v2 snapshot file. Returns (id, key under `snapshots/`, bytes).
 ///
 /// Layout after the 16-byte header: the head's length (u32 LE), the head (bincode), the
 /// manifest (one zstd frame of its bincode), and the BLAKE3 of everything before it.
@@ -392,6 +393,7 @@ pub(crate) fn encode_snapshot_v2(s: &Snapshot, level: i32) -> (SnapshotId, Strin
         paths,
         derivation_outputs,
     });
+    let manifest = manifest_id(&raw);
     let head = encode_bincode(&SnapshotHeadV2 {
         key: s.key.clone(),
         created: s.created,
@@ -400,7 +402,7 @@ pub(crate) fn encode_snapshot_v2(s: &Snapshot, level: i32) -> (SnapshotId, Strin
         store_dir: s.store_dir.clone(),
         paths: s.paths.len() as u64,
         nar_bytes: s.nar_bytes(),
-        manifest: manifest_id(&raw),
+        manifest,
         indexes: s.indexes.iter().map(|i| i.0).collect(),
         parent: s.parent.map(|p| p.0),
     });
@@ -410,8 +412,10 @@ pub(crate) fn encode_snapshot_v2(s: &Snapshot, level: i32) -> (SnapshotId, Strin
     body.extend_from_slice(&head);
     body.extend_from_slice(&frame);
     let (sum, bytes) = seal(SNAPSHOT_MAGIC, 2, &body);
-    let id = SnapshotId(sum);
-    (id, snapshot_key_v2(s.created, &id), bytes)
+    let mut head = head_of(s);
+    head.manifest = manifest;
+    let id = head.id(&sum);
+    (id, snapshot_key_v2(s.created, &id, &sum), bytes)
 }
 
 /// Split the body of a v2 snapshot file (after [`unseal`]) into its head and manifest frame.
@@ -518,21 +522,49 @@ pub fn snapshot_key(id: &SnapshotId) -> String {
     format!("snapshots/{id}.snap")
 }
 /// Key of a v2 snapshot file: its creation time first (16 hex digits), so a listing sorts
-/// by date and says it without a read.
-pub fn snapshot_key_v2(created: i64, id: &SnapshotId) -> String {
-    format!("snapshots/{:016x}-{id}.snap", created.max(0) as u64)
+/// by date and says it without a read; then its id (stable across garbage collections);
+/// then the first 16 hex digits of the file's checksum (which a collection's rewrite of the
+/// index list changes).
+pub fn snapshot_key_v2(created: i64, id: &SnapshotId, file_sum: &[u8; 32]) -> String {
+    format!(
+        "snapshots/{:016x}-{id}-{}.snap",
+        created.max(0) as u64,
+        &crate::hex::hex(file_sum)[..16]
+    )
 }
 
-/// Parse a key under `snapshots/`: (creation time if the name says it, id).
-pub fn parse_snapshot_key(key: &str) -> Option<(Option<i64>, SnapshotId)> {
+/// Parse a key under `index/`.
+pub fn parse_index_key(key: &str) -> Option<super::IndexId> {
+    super::IndexId::parse(key.strip_prefix("index/")?.strip_suffix(".idx")?)
+}
+
+/// A snapshot file's key, parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotName {
+    /// Creation time (v2 names).
+    pub created: Option<i64>,
+    /// The snapshot's id.
+    pub id: SnapshotId,
+    /// The first 8 bytes of the file's checksum (v2 names; a v1 file is named by all of it).
+    pub file_sum: Option<[u8; 8]>,
+}
+
+/// Parse a key under `snapshots/`.
+pub fn parse_snapshot_key(key: &str) -> Option<SnapshotName> {
     let name = key.strip_prefix("snapshots/")?.strip_suffix(".snap")?;
-    match name.split_once('-') {
-        None => Some((None, SnapshotId::parse(name)?)),
-        Some((t, id)) if t.len() == 16 => {
-            let created = u64::from_str_radix(t, 16).ok()?;
-            Some((Some(i64::try_from(created).ok()?), SnapshotId::parse(id)?))
-        }
-        Some(_) => None,
+    let parts: Vec<&str> = name.split('-').collect();
+    match parts.as_slice() {
+        [id] => Some(SnapshotName {
+            created: None,
+            id: SnapshotId::parse(id)?,
+            file_sum: None,
+        }),
+        [t, id, sum] if t.len() == 16 && sum.len() == 16 => Some(SnapshotName {
+            created: Some(i64::try_from(u64::from_str_radix(t, 16).ok()?).ok()?),
+            id: SnapshotId::parse(id)?,
+            file_sum: Some(crate::hex::parse_hex::<8>(sum)?),
+        }),
+        _ => None,
     }
 }
 

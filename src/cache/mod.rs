@@ -10,6 +10,7 @@
 mod decode;
 pub mod format;
 mod frames;
+pub mod gc;
 pub mod id;
 pub mod index;
 mod packer;
@@ -141,11 +142,7 @@ impl Cache {
                 Ok(file) => {
                     let w = objects.merge(file, &mut |p| self.pack_present(p));
                     objects.warnings.extend(w);
-                    if let Some(id) = key
-                        .strip_prefix("index/")
-                        .and_then(|k| k.strip_suffix(".idx"))
-                        .and_then(IndexId::parse)
-                    {
+                    if let Some(id) = format::parse_index_key(&key) {
                         objects.files.push(id);
                     }
                 }
@@ -321,12 +318,9 @@ impl Cache {
         let corrupt = |e: String| CacheError::Corrupt(format!("{what}: {e}"));
         let bytes = self.storage.get(&r.key, MAX_SNAPSHOT_FILE)?;
         let (sum, version, body) = unseal(SNAPSHOT_MAGIC, &bytes, &what)?;
-        if sum != r.id.0 {
-            return Err(corrupt("name does not match its checksum".into()));
-        }
         let snap = if version == 1 {
-            if r.created.is_some() {
-                return Err(corrupt("a v1 snapshot under a v2 name".into()));
+            if r.created.is_some() || sum != r.id.0 {
+                return Err(corrupt("name does not match its checksum".into()));
             }
             let raw = decode::decompress_bounded(body, decode::snapshot_cap(body.len()))
                 .map_err(corrupt)?;
@@ -334,8 +328,14 @@ impl Cache {
         } else {
             let (head, frame) = format::split_v2(body).map_err(corrupt)?;
             let head = decode::decode_head_v2(head).map_err(corrupt)?;
+            if r.file_sum.is_none_or(|s| s[..] != sum[..8]) {
+                return Err(corrupt("name does not match its checksum".into()));
+            }
             if r.created != Some(head.created.max(0)) {
                 return Err(corrupt("name does not match its creation time".into()));
+            }
+            if head.id(&sum) != r.id {
+                return Err(corrupt("name does not match its contents' id".into()));
             }
             let raw = decode::decompress_bounded(frame, decode::snapshot_cap(frame.len()))
                 .map_err(corrupt)?;
@@ -577,6 +577,16 @@ impl Cache {
         self.storage.put_snapshot(&key, &snap.key, &bytes)?;
         Ok(id)
     }
+
+    /// [`Cache::write_snapshot`], returning the storage key written.
+    ///
+    /// # Errors
+    /// [`CacheError::Storage`].
+    pub(crate) fn write_snapshot_file(&self, snap: &Snapshot) -> Result<String, CacheError> {
+        let (_, key, bytes) = format::encode_snapshot_v2(snap, 3);
+        self.storage.put_snapshot(&key, &snap.key, &bytes)?;
+        Ok(key)
+    }
 }
 
 /// Snapshot files by name, oldest first as far as names tell; other names are ignored.
@@ -584,8 +594,13 @@ fn snapshot_refs(keys: Vec<String>) -> Vec<SnapshotRef> {
     let mut out: Vec<SnapshotRef> = keys
         .into_iter()
         .filter_map(|key| {
-            let (created, id) = format::parse_snapshot_key(&key)?;
-            Some(SnapshotRef { id, created, key })
+            let n = format::parse_snapshot_key(&key)?;
+            Some(SnapshotRef {
+                id: n.id,
+                created: n.created,
+                file_sum: n.file_sum,
+                key,
+            })
         })
         .collect();
     out.sort_by_key(|r| (r.created, r.id));
@@ -612,6 +627,168 @@ pub struct KeyMatch {
     pub exact: bool,
     /// Snapshots that matched but were not used, each with the reason.
     pub passed_over: Vec<String>,
+}
+
+/// A snapshot whose signature passed the check, as [`Cache::find_signed_snapshot`] chose it.
+#[derive(Debug, Clone)]
+pub struct SignedSnapshot {
+    /// Its id.
+    pub id: SnapshotId,
+    /// Its contents.
+    pub snapshot: Snapshot,
+    /// The name of the trusted key whose signature verified.
+    pub signed_by: String,
+    /// Snapshots refused while choosing the newest (unsigned, not trusted, bad signature,
+    /// unreadable), one message each naming the snapshot.
+    pub passed_over: Vec<String>,
+}
+
+/// Signed snapshots (see [`crate::trust`]): detached signature files `snapshots/<id>.sig`
+/// next to the snapshots they sign. They are not content-addressed: adding a signature
+/// replaces the file with [`Storage::put`]. With trusted keys, a snapshot's signature is
+/// checked before anything of the snapshot itself is read.
+impl Cache {
+    /// The signature file of snapshot `id`, or `None` when it has none.
+    ///
+    /// # Errors
+    /// [`CacheError::Storage`] when it cannot be read or is larger than
+    /// [`crate::trust::MAX_SIG_FILE`].
+    pub fn read_signatures(&self, id: &SnapshotId) -> Result<Option<Vec<u8>>, CacheError> {
+        let key = crate::trust::signature_key(&id.0);
+        match self.storage.get(&key, crate::trust::MAX_SIG_FILE as u64) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Add `sig` to the signature file of snapshot `id` (a signature by the same key name is
+    /// replaced, others are kept). Two writers signing the same snapshot at once may lose one
+    /// signature (the last write wins); the snapshot itself is never touched.
+    ///
+    /// # Errors
+    /// [`crate::Error::Cache`] when the file cannot be read or written,
+    /// [`crate::Error::Trust`] when the existing file is malformed (delete it to start afresh)
+    /// or full.
+    pub fn add_signature(
+        &self,
+        id: &SnapshotId,
+        sig: crate::trust::SignatureLine,
+    ) -> Result<(), crate::Error> {
+        let existing = self.read_signatures(id)?;
+        let bytes = crate::trust::merge(existing.as_deref(), sig).map_err(|e| match e {
+            crate::trust::TrustError::BadSignatureFile { reason, .. } => {
+                crate::trust::TrustError::BadSignatureFile {
+                    id: Some(id.0),
+                    reason,
+                }
+            }
+            e => e,
+        })?;
+        self.storage
+            .put(&crate::trust::signature_key(&id.0), &bytes)
+            .map_err(CacheError::from)?;
+        Ok(())
+    }
+
+    /// Check the signature of snapshot `id` against `keys`, reading only its signature file.
+    /// Returns the name of the key whose signature verified.
+    ///
+    /// # Errors
+    /// [`crate::Error::Trust`] (unsigned, signed only by untrusted keys, a signature that does
+    /// not verify, a malformed file), or [`crate::Error::Cache`] when the signature file
+    /// cannot be read.
+    pub fn check_signature(
+        &self,
+        id: &SnapshotId,
+        keys: &crate::trust::TrustedKeys,
+    ) -> Result<String, crate::Error> {
+        let sigs = self.read_signatures(id)?;
+        Ok(keys.check_snapshot(&id.0, sigs.as_deref())?)
+    }
+
+    /// Like [`Cache::find_snapshot`], taking only snapshots signed by one of `keys` (which
+    /// must not be empty): each snapshot's signature is checked before the snapshot is read.
+    /// The newest is the newest of those that pass; the others that did not pass are listed
+    /// in [`SignedSnapshot::passed_over`].
+    ///
+    /// # Errors
+    /// For a prefix: [`CacheError::NoSnapshot`], [`CacheError::AmbiguousSnapshot`], the
+    /// signature check's error, or the error reading the snapshot. For the newest:
+    /// [`CacheError::Empty`] when there is no snapshot, [`crate::Error::NoTrustedSnapshot`]
+    /// when none passes.
+    pub fn find_signed_snapshot(
+        &self,
+        prefix: Option<&str>,
+        keys: &crate::trust::TrustedKeys,
+    ) -> Result<SignedSnapshot, crate::Error> {
+        assert!(!keys.is_empty(), "find_signed_snapshot without keys");
+        if let Some(p) = prefix {
+            let p = p.to_ascii_lowercase();
+            let ids: Vec<_> = self
+                .snapshot_ids()?
+                .into_iter()
+                .filter(|id| id.hex().starts_with(&p))
+                .collect();
+            let id = match ids.as_slice() {
+                [] => return Err(CacheError::NoSnapshot(p).into()),
+                [id] => *id,
+                _ => return Err(CacheError::AmbiguousSnapshot(p).into()),
+            };
+            let signed_by = self.check_signature(&id, keys)?;
+            let snapshot = self.read_snapshot(&id)?;
+            return Ok(SignedSnapshot {
+                id,
+                snapshot,
+                signed_by,
+                passed_over: Vec::new(),
+            });
+        }
+        let limit = crate::clock::now_nanos().saturating_add(FUTURE_MARGIN_NANOS);
+        let ids = self.snapshot_ids()?;
+        if ids.is_empty() {
+            return Err(CacheError::Empty.into());
+        }
+        let mut best: Option<SignedSnapshot> = None;
+        let mut passed_over = Vec::new();
+        for id in ids {
+            let checked = self
+                .check_signature(&id, keys)
+                .and_then(|signer| Ok((signer, self.read_snapshot(&id)?)));
+            match checked {
+                Err(e) => passed_over.push(match e {
+                    // Trust errors name the snapshot; others name its file.
+                    crate::Error::Trust(_) => crate::error::Chain(&e).to_string(),
+                    e => format!("snapshot {}: {}", id.short(), crate::error::Chain(&e)),
+                }),
+                Ok((_, s)) if s.created > limit => passed_over.push(format!(
+                    "snapshot {} is dated in the future ({} ns); not taken as the newest",
+                    id.short(),
+                    s.created
+                )),
+                Ok((signed_by, snapshot)) => {
+                    let newer = best
+                        .as_ref()
+                        .is_none_or(|b| (snapshot.created, id) > (b.snapshot.created, b.id));
+                    if newer {
+                        best = Some(SignedSnapshot {
+                            id,
+                            snapshot,
+                            signed_by,
+                            passed_over: Vec::new(),
+                        });
+                    }
+                }
+            }
+        }
+        match best {
+            Some(mut b) => {
+                b.passed_over = passed_over;
+                Ok(b)
+            }
+            None => Err(crate::Error::NoTrustedSnapshot(passed_over)),
+        }
+    }
 }
 
 /// How far in the future a snapshot's `created` may be and still count as the newest.
@@ -986,7 +1163,11 @@ mod key_tests {
         assert_eq!(head, format::head_of(&cache.read_snapshot_ref(&r).unwrap()));
         assert_eq!(head.indexes, vec![IndexId([4; 32])]);
         // A snapshot renamed to another date is refused when read whole.
-        let moved = dir.path().join(format::snapshot_key_v2(8, &id));
+        let moved = dir.path().join(r.key.replacen(
+            &format!("{:016x}", 7),
+            &format!("{:016x}", 8),
+            1,
+        ));
         fs_rename(&dir.path().join(&r.key), &moved);
         let r = cache.list_snapshots().unwrap().pop().unwrap();
         let err = cache.read_snapshot_ref(&r).unwrap_err().to_string();

@@ -92,7 +92,7 @@ impl OpenPack<'_> {
     fn write(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
         self.file
             .write_all(bytes)
-            .map_err(|e| StorageError("a new pack".into(), e))?;
+            .map_err(|e| StorageError(format!("new pack {}", self.file.describe()), e))?;
         self.hasher.update(bytes);
         self.len += bytes.len() as u64;
         Ok(())
@@ -139,6 +139,9 @@ pub struct Packer<'c> {
     /// every tree of a cache (see [`Cache::links_hashes`]) decompresses no file contents.
     builders: [Mutex<Vec<FrameBuilder>>; 2],
     claimed: Mutex<HashSet<ObjectId>>,
+    /// Ids whose claim was given up ([`Packer::unclaim`]): another walk may have named such an
+    /// object meanwhile, trusting the claim (see [`Packer::given_up`]).
+    given_up: Mutex<HashSet<ObjectId>>,
 }
 
 impl<'c> Packer<'c> {
@@ -150,6 +153,7 @@ impl<'c> Packer<'c> {
             state: Mutex::new(State::default()),
             builders: [Mutex::new(Vec::new()), Mutex::new(Vec::new())],
             claimed: Mutex::new(HashSet::new()),
+            given_up: Mutex::new(HashSet::new()),
         }
     }
 
@@ -167,8 +171,25 @@ impl<'c> Packer<'c> {
 
     /// Give up a claim whose object could not be added, so another path holding the same
     /// contents adds it.
+    ///
+    /// A path walked while the claim was held was told (by [`Packer::claim`]) that the object
+    /// would be added, and may name it in its tree: after [`Packer::finish`], the caller must
+    /// check the objects of [`Packer::given_up`] and walk such paths again.
     pub fn unclaim(&self, id: impl Into<ObjectId>) {
-        self.claimed.lock().expect("claims").remove(&id.into());
+        let id = id.into();
+        self.claimed.lock().expect("claims").remove(&id);
+        self.given_up.lock().expect("given up").insert(id);
+    }
+
+    /// Every id whose claim was given up at some point (it may have been claimed and added
+    /// again since: check [`Cache::contains`] after [`Packer::finish`]).
+    pub fn given_up(&self) -> Vec<ObjectId> {
+        self.given_up
+            .lock()
+            .expect("given up")
+            .iter()
+            .copied()
+            .collect()
     }
 
     /// Add a claimed object that is in memory to the frames of one path: small objects go
@@ -345,6 +366,20 @@ impl<'c> Packer<'c> {
         r
     }
 
+    /// Append an already compressed frame holding `entries` (id, kind, offset and length in
+    /// the decompressed frame), as it was in another pack: a garbage collection moves live
+    /// frames without decompressing them.
+    ///
+    /// # Errors
+    /// [`CacheError::Storage`] when the pack cannot be written.
+    pub fn copy_frame(
+        &self,
+        frame: &[u8],
+        entries: &[(ObjectId, ObjectKind, u64, u64)],
+    ) -> Result<(), CacheError> {
+        self.append(frame, entries)
+    }
+
     /// Append one frame to the open pack. After a failure the pack's length is unknown (part
     /// of the frame may be written), so the packer is broken: every later append and
     /// [`Packer::finish`] fail, and no index names what it wrote.
@@ -394,7 +429,7 @@ impl<'c> Packer<'c> {
     fn commit_pack(&self, st: &mut State<'c>, mut pack: OpenPack<'c>) -> Result<(), CacheError> {
         pack.file
             .flush()
-            .map_err(|e| StorageError("flushing a pack".into(), e))?;
+            .map_err(|e| StorageError(format!("new pack {}", pack.file.describe()), e))?;
         let id = PackId(*pack.hasher.finalize().as_bytes());
         pack.file.commit(&pack_key(&id))?;
         let no = st.done.packs.len() as u32;
@@ -414,6 +449,16 @@ impl<'c> Packer<'c> {
     /// # Errors
     /// [`CacheError::Storage`].
     pub fn finish(self) -> Result<PackStats, CacheError> {
+        self.finish_with(IndexFile::default())
+    }
+
+    /// [`Packer::finish`], the index file also naming the objects of `extra` (objects already
+    /// in durable packs, as a garbage collection consolidates index files). An index is
+    /// written when either holds anything.
+    ///
+    /// # Errors
+    /// [`CacheError::Storage`].
+    pub fn finish_with(self, extra: IndexFile) -> Result<PackStats, CacheError> {
         for pool in &self.builders {
             let builders = std::mem::take(&mut *pool.lock().expect("builders"));
             for mut b in builders {
@@ -427,6 +472,19 @@ impl<'c> Packer<'c> {
         if let Some(open) = st.open.take() {
             self.commit_pack(&mut st, open)?;
         }
+        let base = st.done.packs.len() as u32;
+        st.done.packs.extend(extra.packs);
+        st.done
+            .entries
+            .extend(extra.entries.into_iter().map(|(id, loc)| {
+                (
+                    id,
+                    Location {
+                        pack: base + loc.pack,
+                        ..loc
+                    },
+                )
+            }));
         if !st.done.entries.is_empty() {
             // One sync makes every pack durable before the index that names them.
             self.cache.storage().sync()?;

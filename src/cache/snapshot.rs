@@ -22,10 +22,13 @@ pub struct SnapshotPath {
 /// and its storage key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotRef {
-    /// The file's checksum.
+    /// The snapshot's id (v1: the file's checksum; v2: its content id, see
+    /// [`super::SnapshotHead::id`]).
     pub id: SnapshotId,
     /// Creation time from the name (v2 names; `None` for v1).
     pub created: Option<i64>,
+    /// The first 8 bytes of the file's checksum, from a v2 name.
+    pub file_sum: Option<[u8; 8]>,
     /// Where it is stored.
     pub key: String,
 }

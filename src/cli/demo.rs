@@ -8,37 +8,69 @@ use storesync::save::{self, SaveOptions};
 use storesync::store::layout::Layout;
 use storesync::{db, nar, sample, verify};
 
-use super::{human, Global};
+use std::io::Write;
 
-pub fn run(g: &Global, keep: bool, progress: &dyn Progress) -> Result<u8> {
+use clap::Args;
+
+use super::output::human;
+use super::Global;
+
+pub const EXAMPLES: &str = "\
+Examples:
+  storesync demo
+  # the Nix flavour, keeping the stores and the cache to look at:
+  storesync --flavor nix demo --keep
+
+Exit codes: 0 the round trip gave identical stores (prints `demo OK`), 1 it did not.";
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Keep the temporary directory and print its location.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+pub fn run(g: &Global, a: &DemoArgs, progress: &dyn Progress) -> Result<u8> {
+    let keep = a.keep;
+    let mut out = std::io::stdout().lock();
+    macro_rules! say {
+        ($out:expr, $($t:tt)*) => {
+            writeln!($out, $($t)*).map_err(super::output::stdout_err)?
+        };
+    }
+    let flavor = g.flavor();
     let tmp = tempfile::Builder::new()
         .prefix("storesync-demo-")
         .tempdir()
         .map_err(|e| Error::Io(std::env::temp_dir(), e))?;
     let dir = tmp.path();
-    let source = Layout::new(g.flavor, &dir.join("source"), None, None).map_err(Error::Usage)?;
-    let target = Layout::new(g.flavor, &dir.join("target"), None, None).map_err(Error::Usage)?;
+    let source = Layout::new(flavor, &dir.join("source"), None, None).map_err(Error::Usage)?;
+    let target = Layout::new(flavor, &dir.join("target"), None, None).map_err(Error::Usage)?;
     let cache_dir = dir.join("cache");
-    println!(
+    say!(
+        out,
         "storesync demo ({} flavour) in {}",
-        g.flavor.name(),
+        flavor.name(),
         dir.display()
     );
 
     let v1 = sample::build(&source, 1)?;
-    println!(
+    say!(
+        out,
         "1. built a sample store: {} paths at {}",
         v1.len(),
         source.real_store_dir().display()
     );
     let cache = Cache::open_dir(&cache_dir)?;
     let opts = SaveOptions {
+        key: String::new(),
         roots: vec![],
         skip_corrupt: false,
         level: 3,
     };
     let r = save::save(&source, &cache, &opts, progress)?;
-    println!(
+    say!(
+        out,
         "2. saved snapshot {}: {} paths ({} NAR), {} objects, {} in packs",
         &r.snapshot[..12],
         r.paths,
@@ -47,12 +79,16 @@ pub fn run(g: &Global, keep: bool, progress: &dyn Progress) -> Result<u8> {
         human(r.packed_bytes)
     );
     let r = restore::restore(&target, &cache, &RestoreOptions::default(), progress)?;
-    println!(
-        "3. restored into an empty root: {} paths restored, {} files hard-linked via .links, {} failed",
-        r.restored, r.linked_files, r.failed.len()
+    say!(
+        out,
+        "3. restored into an empty root: {} paths restored, {} files hard-linked via .links, \
+         {} failed",
+        r.restored,
+        r.linked_files,
+        r.failed.len()
     );
     for f in &r.failures {
-        println!("   failed: {}: {}", f.path, f.error);
+        say!(out, "   failed: {}: {}", f.path, f.error);
     }
     let source_db = db::read(&source)?;
     let target_db = db::read(&target)?;
@@ -68,16 +104,19 @@ pub fn run(g: &Global, keep: bool, progress: &dyn Progress) -> Result<u8> {
             same += 1;
         }
     }
-    println!(
+    say!(
+        out,
         "4. compared: {same}/{} paths have the same NAR hash, references and deriver",
         source_db.paths.len()
     );
 
     sample::build(&source, 2)?;
     let r = save::save(&source, &Cache::open_dir(&cache_dir)?, &opts, progress)?;
-    println!(
+    say!(
+        out,
         "5. upgraded the sample (generation 2) and saved again: {} new paths read of {}",
-        r.new_paths, r.paths
+        r.new_paths,
+        r.paths
     );
     let r = restore::restore(
         &target,
@@ -85,12 +124,15 @@ pub fn run(g: &Global, keep: bool, progress: &dyn Progress) -> Result<u8> {
         &RestoreOptions::default(),
         progress,
     )?;
-    println!(
+    say!(
+        out,
         "6. incremental restore: {} already valid, {} restored",
-        r.already_valid, r.restored
+        r.already_valid,
+        r.restored
     );
     let v = verify::verify(&Cache::open_dir(&cache_dir)?, progress)?;
-    println!(
+    say!(
+        out,
         "7. verified the cache: {} packs, {} objects, {} snapshots, {} problems",
         v.packs,
         v.objects,
@@ -99,8 +141,8 @@ pub fn run(g: &Global, keep: bool, progress: &dyn Progress) -> Result<u8> {
     );
     let ok = same == source_db.paths.len() && r.failed.is_empty() && v.problems.is_empty();
     if keep {
-        println!("kept {}", tmp.keep().display());
+        say!(out, "kept {}", tmp.keep().display());
     }
-    println!("{}", if ok { "demo OK" } else { "demo FAILED" });
+    say!(out, "{}", if ok { "demo OK" } else { "demo FAILED" });
     Ok(if ok { 0 } else { 1 })
 }

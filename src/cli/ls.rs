@@ -1,11 +1,36 @@
 //! `storesync ls`.
 
+use std::io::{self, Write};
+
+use clap::Args;
 use serde::Serialize;
-use storesync::cache::Cache;
-use storesync::error::Result;
+use storesync::error::{Chain, Result};
 
-use super::{human, print_json, Global};
+use super::output::{human, note, render, short, warn};
+use super::{CacheArg, Global, TrustArgs};
 
+pub const EXAMPLES: &str = "\
+Examples:
+  storesync ls --cache ~/.cache/storesync
+  # only the snapshots a restore given this key would accept:
+  storesync ls --cache ~/.cache/storesync --trusted-key ci-key.pub
+  # the paths of one snapshot (any unique prefix of its id), largest last:
+  storesync ls --cache ~/.cache/storesync --snapshot 3f2a9c | sort -h
+
+Exit codes: 0 listed, 1 no such snapshot or an unreadable cache, 2 usage.";
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    #[command(flatten)]
+    pub cache: CacheArg,
+    /// Show the paths of this snapshot (id or unique prefix).
+    #[arg(long, value_name = "ID")]
+    pub snapshot: Option<String>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+}
+
+/// One snapshot of the listing.
 #[derive(Serialize)]
 struct SnapshotLine {
     id: String,
@@ -15,8 +40,11 @@ struct SnapshotLine {
     paths: usize,
     nar_bytes: u64,
     roots: Vec<String>,
+    /// With trusted keys: the key whose signature verified.
+    signed_by: Option<String>,
 }
 
+/// One path of a snapshot.
 #[derive(Serialize)]
 struct PathLine {
     path: String,
@@ -25,50 +53,57 @@ struct PathLine {
     references: usize,
 }
 
-pub fn run(cache: &Cache, snapshot: Option<&str>, g: &Global) -> Result<()> {
-    match snapshot {
+pub fn run(g: &Global, a: &LsArgs) -> Result<u8> {
+    let keys = a.trust.keys()?;
+    let cache = a.cache.open_read_only();
+    match &a.snapshot {
         None => {
             let mut lines = Vec::new();
-            for (id, s) in cache.snapshots()? {
-                match s {
-                    Ok(s) => lines.push(SnapshotLine {
-                        id: id.hex(),
-                        created: s.created / 1_000_000_000,
-                        flavor: s.flavor.name().into(),
-                        store_dir: s.store_dir.clone(),
-                        paths: s.paths.len(),
-                        nar_bytes: s.nar_bytes(),
-                        roots: s
-                            .roots
-                            .iter()
-                            .map(|r| format!("{}/{r}", s.store_dir))
-                            .collect(),
-                    }),
-                    Err(e) => eprintln!("warning: snapshot {id}: {e}"),
-                }
-            }
-            if g.json {
-                print_json(&lines);
-            } else {
-                for l in &lines {
-                    println!(
-                        "{}  {}  {:4} {:>6} paths {:>10}  {}",
-                        &l.id[..12],
-                        l.created,
-                        l.flavor,
-                        l.paths,
-                        human(l.nar_bytes),
-                        if l.roots.is_empty() {
-                            "(all valid paths)".to_string()
-                        } else {
-                            l.roots.join(" ")
+            for id in cache.snapshot_ids()? {
+                // With trusted keys, nothing of a snapshot is read before its signature passes.
+                let signed_by = if keys.is_empty() {
+                    None
+                } else {
+                    match cache.check_signature(&id, &keys) {
+                        Ok(k) => Some(k),
+                        Err(e) => {
+                            note(format_args!("passed over: {}", Chain(&e)));
+                            continue;
                         }
-                    );
+                    }
+                };
+                match cache.read_snapshot(&id) {
+                    Ok(s) => lines.push((
+                        s.created,
+                        SnapshotLine {
+                            id: id.hex(),
+                            created: s.created / 1_000_000_000,
+                            flavor: s.flavor.name().into(),
+                            store_dir: s.store_dir.clone(),
+                            paths: s.paths.len(),
+                            nar_bytes: s.nar_bytes(),
+                            roots: s
+                                .roots
+                                .iter()
+                                .map(|r| format!("{}/{r}", s.store_dir))
+                                .collect(),
+                            signed_by,
+                        },
+                    )),
+                    Err(e) => warn(format_args!("snapshot {id}: {e}")),
                 }
             }
+            // Oldest first (by the nanosecond timestamps; listed in seconds).
+            lines.sort_by(|a, b| (a.0, &a.1.id).cmp(&(b.0, &b.1.id)));
+            let lines: Vec<SnapshotLine> = lines.into_iter().map(|(_, l)| l).collect();
+            render(g.format(), &lines, snapshots_text)?;
         }
         Some(prefix) => {
-            let (_, s) = cache.find_snapshot(Some(prefix))?;
+            let s = if keys.is_empty() {
+                cache.find_snapshot(Some(prefix))?.1
+            } else {
+                cache.find_signed_snapshot(Some(prefix), &keys)?.snapshot
+            };
             let lines: Vec<PathLine> = s
                 .paths
                 .iter()
@@ -79,14 +114,38 @@ pub fn run(cache: &Cache, snapshot: Option<&str>, g: &Global) -> Result<()> {
                     references: p.info.references.len(),
                 })
                 .collect();
-            if g.json {
-                print_json(&lines);
-            } else {
-                for l in &lines {
-                    println!("{:>10}  {}", human(l.nar_size), l.path);
-                }
-            }
+            render(g.format(), &lines, paths_text)?;
         }
+    }
+    Ok(0)
+}
+
+fn snapshots_text(out: &mut dyn Write, lines: &Vec<SnapshotLine>) -> io::Result<()> {
+    for l in lines {
+        writeln!(
+            out,
+            "{}  {}  {:4} {:>6} paths {:>10}  {}",
+            short(&l.id),
+            l.created,
+            l.flavor,
+            l.paths,
+            human(l.nar_bytes),
+            if l.roots.is_empty() {
+                "(all valid paths)".to_string()
+            } else {
+                l.roots.join(" ")
+            }
+        )?;
+        if let Some(k) = &l.signed_by {
+            writeln!(out, "              signed by trusted key `{k}`")?;
+        }
+    }
+    Ok(())
+}
+
+fn paths_text(out: &mut dyn Write, lines: &Vec<PathLine>) -> io::Result<()> {
+    for l in lines {
+        writeln!(out, "{:>10}  {}", human(l.nar_size), l.path)?;
     }
     Ok(())
 }

@@ -1,22 +1,27 @@
 //! The command line: clap definitions, progress bars, text and JSON output, exit codes.
-//! Everything else lives in the library.
+//! Everything else lives in the library. One file per subcommand holds its arguments, its
+//! `--help` examples and how its result is printed; [`output`] prints.
 
 mod demo;
+mod dump_nar;
+mod key;
 mod ls;
+pub mod output;
 mod progress;
+mod restore;
+mod save;
+mod verify;
 
-use std::io::Write;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
-use serde::Serialize;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use storesync::cache::Cache;
 use storesync::error::{Error, Result};
-use storesync::restore::{self, RestoreOptions, RestoreReport};
-use storesync::save::{self, SaveOptions, SaveReport};
 use storesync::store::layout::{Flavor, Layout};
-use storesync::verify;
+use storesync::trust::TrustedKeys;
+
+use output::Format;
 
 /// Save a Guix or Nix store into a content-addressed cache, and restore only the missing paths,
 /// registered in the daemon's database exactly as the daemon would.
@@ -40,6 +45,24 @@ Examples:
 
 Exit codes: 0 success, 1 failure (integrity, I/O), 2 usage, 3 the store is busy.";
 
+/// `--flavor`: the library's [`Flavor`], spelled for the command line.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlavorArg {
+    /// GNU Guix: /gnu/store, /var/guix/db, DB schema 7, fcntl big-lock.
+    Guix,
+    /// Nix: /nix/store, /nix/var/nix/db, DB schema 10, flock big-lock.
+    Nix,
+}
+
+impl From<FlavorArg> for Flavor {
+    fn from(f: FlavorArg) -> Self {
+        match f {
+            FlavorArg::Guix => Flavor::Guix,
+            FlavorArg::Nix => Flavor::Nix,
+        }
+    }
+}
+
 /// Options every subcommand takes.
 #[derive(Args, Debug, Clone)]
 pub struct Global {
@@ -51,7 +74,7 @@ pub struct Global {
         default_value = "guix",
         env = "STORESYNC_FLAVOR"
     )]
-    pub flavor: Flavor,
+    pub flavor: FlavorArg,
     /// Treat DIR as `/`: the store is DIR/gnu/store and the DB DIR/var/guix/db, while paths in
     /// the DB stay /gnu/store/... (a chroot, or an image being prepared).
     #[arg(long, global = true, value_name = "DIR", default_value = "/")]
@@ -67,7 +90,7 @@ pub struct Global {
     /// writers often wait for the file system.
     #[arg(long, short = 'j', global = true, value_name = "N")]
     pub jobs: Option<usize>,
-    /// Print a machine-readable JSON summary on stdout.
+    /// Print a machine-readable JSON summary on stdout (schemas: docs/CLI.md).
     #[arg(long, global = true)]
     pub json: bool,
     /// Do not draw progress bars.
@@ -78,30 +101,64 @@ pub struct Global {
     pub verbose: u8,
 }
 
+impl Global {
+    /// The daemon conventions chosen.
+    pub fn flavor(&self) -> Flavor {
+        self.flavor.into()
+    }
+
+    /// The store to work on.
+    ///
+    /// # Errors
+    /// [`Error::Usage`] for a directory that is not absolute.
+    pub fn layout(&self) -> Result<Layout> {
+        Layout::from_env(
+            self.flavor(),
+            &self.root,
+            self.store_dir.as_deref(),
+            self.db_dir.as_deref(),
+        )
+        .map_err(Error::Usage)
+    }
+
+    /// Text or JSON.
+    pub fn format(&self) -> Format {
+        if self.json {
+            Format::Json
+        } else {
+            Format::Text
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Snapshot the closure of PATHs (default: every valid path) into the cache.
-    Save(SaveArgs),
+    #[command(after_help = save::EXAMPLES)]
+    Save(save::SaveArgs),
     /// Restore a snapshot's missing paths into the store and register them.
-    Restore(RestoreArgs),
+    #[command(after_help = restore::EXAMPLES)]
+    Restore(restore::RestoreArgs),
     /// List snapshots, or the paths of one with their sizes.
-    Ls(LsArgs),
+    #[command(after_help = ls::EXAMPLES)]
+    Ls(ls::LsArgs),
     /// Read every object of the cache and check every hash.
-    Verify(CacheArg),
+    #[command(after_help = verify::EXAMPLES)]
+    Verify(verify::VerifyArgs),
     /// Write the NAR serialisation of a store path (under --root) to stdout.
-    DumpNar {
-        /// A store path, e.g. /gnu/store/...-hello-2.12.
-        path: String,
-    },
+    #[command(after_help = dump_nar::EXAMPLES)]
+    DumpNar(dump_nar::DumpNarArgs),
     /// Build a sample store in a temporary directory, save it, restore it into an empty root,
     /// verify it, and print what happened.
-    Demo {
-        /// Keep the temporary directory and print its location.
-        #[arg(long)]
-        keep: bool,
-    },
+    #[command(after_help = demo::EXAMPLES)]
+    Demo(demo::DemoArgs),
+    /// Make the Ed25519 keys that sign snapshots (`save --sign-key`) and check them
+    /// (`restore --trusted-key`).
+    #[command(after_help = key::EXAMPLES)]
+    Key(key::KeyArgs),
 }
 
+/// `--cache DIR`.
 #[derive(Args, Debug)]
 pub struct CacheArg {
     /// The cache directory.
@@ -109,95 +166,57 @@ pub struct CacheArg {
     pub cache: PathBuf,
 }
 
+/// `--trusted-key`, for the commands that choose or read snapshots.
 #[derive(Args, Debug)]
-pub struct SaveArgs {
-    #[command(flatten)]
-    pub cache: CacheArg,
-    /// Drop paths whose content does not match the DB (and everything referring to them) instead
-    /// of failing; they are listed.
-    #[arg(long)]
-    pub skip_corrupt: bool,
-    /// zstd compression level for new contents.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
-    pub level: i32,
-    /// Store paths, or links to them (profiles, GC roots), resolved inside --root.
-    pub paths: Vec<String>,
+pub struct TrustArgs {
+    /// Use only snapshots signed by this public key: key text NAME:BASE64 or the path of a
+    /// file holding it (repeatable; also STORESYNC_TRUSTED_KEYS, keys or files separated by
+    /// commas or spaces). A snapshot's signature is checked before the snapshot is read;
+    /// unsigned or wrongly signed snapshots are refused.
+    #[arg(long = "trusted-key", value_name = "FILE|KEY")]
+    pub trusted_keys: Vec<String>,
 }
 
-#[derive(Args, Debug)]
-pub struct RestoreArgs {
-    #[command(flatten)]
-    pub cache: CacheArg,
-    /// Snapshot id (or a unique prefix) [default: the newest].
-    #[arg(long, value_name = "ID")]
-    pub snapshot: Option<String>,
-    /// Print what would be written and change nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Wait for the daemon's big-lock instead of exiting with code 3.
-    #[arg(long)]
-    pub wait: bool,
-    /// Restore only the closure of these store paths.
-    pub paths: Vec<String>,
-}
-
-#[derive(Args, Debug)]
-pub struct LsArgs {
-    #[command(flatten)]
-    pub cache: CacheArg,
-    /// Show the paths of this snapshot (id or unique prefix).
-    #[arg(long, value_name = "ID")]
-    pub snapshot: Option<String>,
-}
-
-impl Global {
-    pub fn layout(&self) -> Result<Layout> {
-        Layout::from_env(
-            self.flavor,
-            &self.root,
-            self.store_dir.as_deref(),
-            self.db_dir.as_deref(),
-        )
-        .map_err(Error::Usage)
+impl TrustArgs {
+    /// The keys of `--trusted-key` and of STORESYNC_TRUSTED_KEYS (none: no checks).
+    ///
+    /// # Errors
+    /// [`Error::Trust`] for a key that cannot be read or parsed, or a variable that is set
+    /// but names no key.
+    pub fn keys(&self) -> Result<TrustedKeys> {
+        let mut keys = TrustedKeys::from_args(&self.trusted_keys)?;
+        keys.extend(TrustedKeys::from_env()?);
+        Ok(keys)
     }
 }
 
-fn open_cache(arg: &CacheArg, write: bool) -> Result<Cache> {
-    Ok(if write {
-        Cache::open_dir(&arg.cache)?
-    } else {
-        Cache::open_dir_read_only(&arg.cache)
-    })
+impl CacheArg {
+    /// Open the cache for reading only: nothing is created, a missing directory is an empty
+    /// cache.
+    pub fn open_read_only(&self) -> Cache {
+        Cache::open_dir_read_only(&self.cache)
+    }
+
+    /// Open (creating if needed) the cache for writing.
+    ///
+    /// # Errors
+    /// [`Error::Cache`] when the directory cannot be created or is not a cache directory.
+    pub fn open_for_writing(&self) -> Result<Cache> {
+        Ok(Cache::open_dir(&self.cache)?)
+    }
 }
 
+/// Warnings the cache collected (damaged index files, snapshots passed over).
 fn print_warnings(cache: &Cache) {
     for w in cache.loaded_warnings() {
-        eprintln!("storesync: warning: {w}");
-    }
-}
-
-fn print_json<T: Serialize>(v: &T) {
-    let mut out = std::io::stdout().lock();
-    let _ = serde_json::to_writer_pretty(&mut out, v);
-    let _ = writeln!(out);
-}
-
-pub fn human(bytes: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", units[u])
+        output::warn(w);
     }
 }
 
 /// Run a parsed command; returns the exit code for completed runs with per-path failures.
+///
+/// # Errors
+/// Whatever ends the command; the caller prints it and exits with [`Error::exit_code`].
 pub fn run(cli: Cli) -> Result<u8> {
     let g = &cli.global;
     if let Some(n) = g.jobs {
@@ -207,171 +226,12 @@ pub fn run(cli: Cli) -> Result<u8> {
     }
     let bars = progress::Bars::new(!(g.no_progress || g.json));
     match &cli.command {
-        Command::Save(a) => {
-            let layout = g.layout()?;
-            let cache = open_cache(&a.cache, true)?;
-            let opts = SaveOptions {
-                roots: a.paths.clone(),
-                skip_corrupt: a.skip_corrupt,
-                level: a.level,
-            };
-            let r = save::save(&layout, &cache, &opts, &bars);
-            print_warnings(&cache);
-            print_save(g, &r?);
-            Ok(0)
-        }
-        Command::Restore(a) => {
-            let layout = g.layout()?;
-            let cache = open_cache(&a.cache, false)?;
-            if cache.snapshot_ids()?.is_empty() && a.snapshot.is_none() {
-                eprintln!(
-                    "storesync: the cache {} holds no snapshot yet: nothing to restore",
-                    a.cache.cache.display()
-                );
-                if g.json {
-                    print_json(&RestoreReport::default());
-                }
-                return Ok(0);
-            }
-            let opts = RestoreOptions {
-                snapshot: a.snapshot.clone(),
-                roots: a.paths.clone(),
-                dry_run: a.dry_run,
-                wait: a.wait,
-            };
-            let r = restore::restore(&layout, &cache, &opts, &bars);
-            print_warnings(&cache);
-            let r = r?;
-            print_restore(g, &r);
-            Ok(if r.failed.is_empty() { 0 } else { 1 })
-        }
-        Command::Ls(a) => {
-            let cache = open_cache(&a.cache, false)?;
-            ls::run(&cache, a.snapshot.as_deref(), g)?;
-            Ok(0)
-        }
-        Command::Verify(a) => {
-            let cache = open_cache(a, false)?;
-            let r = verify::verify(&cache, &bars)?;
-            if g.json {
-                print_json(&r);
-            } else {
-                for p in &r.problems {
-                    println!("problem: {p}");
-                }
-                for l in &r.leftovers {
-                    println!(
-                        "leftover (scratch of a killed writer; the next save removes it): {l}"
-                    );
-                }
-                println!(
-                    "checked {} packs, {} objects, {} snapshots: {}",
-                    r.packs,
-                    r.objects,
-                    r.snapshots,
-                    if r.problems.is_empty() {
-                        "all good".to_string()
-                    } else {
-                        format!("{} problems", r.problems.len())
-                    }
-                );
-            }
-            Ok(if r.problems.is_empty() { 0 } else { 1 })
-        }
-        Command::DumpNar { path } => {
-            let layout = g.layout()?;
-            let sp = layout
-                .store_dir
-                .parse(path)
-                .map_err(|e| Error::Usage(e.to_string()))?;
-            let real = layout.real_store_dir().join(sp.base_name());
-            let out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-            let mut out = storesync::nar::dump_path(&real, out)?;
-            out.flush().map_err(|e| Error::Io("<stdout>".into(), e))?;
-            Ok(0)
-        }
-        Command::Demo { keep } => demo::run(g, *keep, &bars),
+        Command::Save(a) => save::run(g, a, &bars),
+        Command::Restore(a) => restore::run(g, a, &bars),
+        Command::Ls(a) => ls::run(g, a),
+        Command::Verify(a) => verify::run(g, a, &bars),
+        Command::DumpNar(a) => dump_nar::run(g, a),
+        Command::Demo(a) => demo::run(g, a, &bars),
+        Command::Key(a) => key::run(g, a),
     }
-}
-
-fn print_save(g: &Global, r: &SaveReport) {
-    if g.json {
-        return print_json(r);
-    }
-    if g.verbose > 0 {
-        for p in &r.new_path_names {
-            println!("saved {p}");
-        }
-    }
-    for (p, why) in &r.corrupt {
-        eprintln!("corrupt, skipped: {p}: {why}");
-    }
-    for p in &r.vanished {
-        eprintln!("skipped (deleted by the daemon during the save): {p}");
-    }
-    for p in &r.dropped_referrers {
-        eprintln!("skipped (refers to a corrupt path): {p}");
-    }
-    println!(
-        "snapshot {}{}: {} paths ({}), {} new paths read ({}), {} new objects ({} packed)",
-        &r.snapshot[..12.min(r.snapshot.len())],
-        if r.unchanged { " (unchanged)" } else { "" },
-        r.paths,
-        human(r.nar_bytes),
-        r.new_paths,
-        human(r.bytes_read),
-        r.new_objects,
-        human(r.packed_bytes)
-    );
-}
-
-fn print_restore(g: &Global, r: &RestoreReport) {
-    if g.json {
-        return print_json(r);
-    }
-    if r.dry_run {
-        for p in &r.paths {
-            println!("would restore {p}");
-        }
-        println!(
-            "dry run, snapshot {}: {} paths selected, {} already valid, {} to restore ({})",
-            &r.snapshot[..12],
-            r.selected,
-            r.already_valid,
-            r.planned,
-            human(r.bytes)
-        );
-        return;
-    }
-    if g.verbose > 0 {
-        for p in &r.paths {
-            println!("restored {p}");
-        }
-    }
-    for f in &r.failures {
-        eprintln!("failed: {}: {}", f.path, f.error);
-    }
-    for p in &r.skipped {
-        eprintln!("not registered (refers to a failed path): {p}");
-    }
-    for p in &r.repaired {
-        eprintln!("repaired (valid in the DB but missing from disk): {p}");
-    }
-    for p in &r.broken {
-        eprintln!(
-            "warning: {p} is valid in the DB with another hash than the snapshot's, but missing \
-             from disk; left alone (run the daemon's verify/repair)"
-        );
-    }
-    println!(
-        "snapshot {}: {} paths selected, {} already valid, {} restored ({} written, {} files linked), {} failed, {} skipped",
-        &r.snapshot[..12],
-        r.selected,
-        r.already_valid,
-        r.restored,
-        human(r.bytes_written),
-        r.linked_files,
-        r.failed.len(),
-        r.skipped.len()
-    );
 }

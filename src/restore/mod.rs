@@ -23,12 +23,13 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::cache::Cache;
+use crate::cache::{Cache, Snapshot, SnapshotId};
 use crate::db::{self, BigLock};
 use crate::error::Result;
 use crate::progress::Progress;
 use crate::store::fs::check_store_dir;
 use crate::store::layout::Layout;
+use crate::trust::TrustedKeys;
 
 /// Options of a restore.
 #[derive(Debug, Clone, Default)]
@@ -41,6 +42,9 @@ pub struct RestoreOptions {
     pub dry_run: bool,
     /// Block until the big-lock is free instead of failing with "busy".
     pub wait: bool,
+    /// Use only a snapshot signed by one of these keys (checked before the snapshot is
+    /// read); none means no signature check.
+    pub trusted: TrustedKeys,
 }
 
 /// A path that could not be restored.
@@ -87,6 +91,10 @@ pub struct RestoreReport {
     pub repaired: Vec<String>,
     /// Paths the DB calls valid, missing from disk, with a hash other than the snapshot's.
     pub broken: Vec<String>,
+    /// With trusted keys: the name of the key whose signature of the snapshot verified.
+    pub signed_by: Option<String>,
+    /// With trusted keys: snapshots refused while choosing the newest, one message each.
+    pub passed_over: Vec<String>,
 }
 
 /// Restore threads per `--jobs` (see [`execute`]).
@@ -95,17 +103,50 @@ pub const WRITERS_PER_JOB: usize = 2;
 const TMP_PREFIX: &str = ".storesync-tmp-";
 const TRASH_PREFIX: &str = ".storesync-trash-";
 
+/// Choose the snapshot: by prefix or the newest; with trusted keys, only one whose signature
+/// passes, checked before anything else of it is read.
+fn choose(
+    cache: &Cache,
+    opts: &RestoreOptions,
+) -> Result<(SnapshotId, Snapshot, Option<String>, Vec<String>)> {
+    if opts.trusted.is_empty() {
+        let (id, s) = cache.find_snapshot(opts.snapshot.as_deref())?;
+        return Ok((id, s, None, Vec::new()));
+    }
+    let s = cache.find_signed_snapshot(opts.snapshot.as_deref(), &opts.trusted)?;
+    Ok((s.id, s.snapshot, Some(s.signed_by), s.passed_over))
+}
+
 /// Open the target, plan, and (unless a dry run) execute under the big-lock.
 ///
 /// # Errors
-/// [`Error::Lock`] when the store is busy, and as [`plan`] and [`execute`].
+/// [`crate::Error::Lock`] when the store is busy; with trusted keys,
+/// [`crate::Error::Trust`] for a chosen snapshot that fails the signature check and
+/// [`crate::Error::NoTrustedSnapshot`] when no snapshot passes; and as [`plan`] and
+/// [`execute`].
 pub fn restore(
     layout: &Layout,
     cache: &Cache,
     opts: &RestoreOptions,
     progress: &dyn Progress,
 ) -> Result<RestoreReport> {
-    let (id, snapshot) = cache.find_snapshot(opts.snapshot.as_deref())?;
+    let (id, snapshot, signed_by, passed_over) = choose(cache, opts)?;
+    let report = restore_snapshot(layout, cache, opts, progress, id, snapshot)?;
+    Ok(RestoreReport {
+        signed_by,
+        passed_over,
+        ..report
+    })
+}
+
+fn restore_snapshot(
+    layout: &Layout,
+    cache: &Cache,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+    id: SnapshotId,
+    snapshot: Snapshot,
+) -> Result<RestoreReport> {
     if snapshot.version >= 2 {
         // Only the index files this snapshot names: nothing else is listed or read.
         cache.use_indexes(&snapshot.indexes);

@@ -10,22 +10,26 @@
 mod plan;
 mod walk;
 
-pub use plan::{plan, resolve_root, SavePlan};
-use walk::{Walked, Walker};
+pub use plan::{plan, resolve_root, SavePlan, SavePlanSummary};
+use walk::Walker;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::cache::{Cache, ObjectKind, PackStats, Packer, Snapshot, SnapshotPath, TreeId};
+use crate::cache::{
+    Cache, CacheError, ObjectId, ObjectKind, PackStats, Packer, Snapshot, SnapshotPath, TreeId,
+};
 use crate::db;
 use crate::error::{Error, Result};
+use crate::nar::NarError;
 use crate::progress::Progress;
 use crate::store::layout::Layout;
 use crate::store::path::StorePath;
+use crate::store::path_info::PathInfo;
 
 /// Options of a save.
 #[derive(Debug, Clone)]
@@ -36,6 +40,8 @@ pub struct SaveOptions {
     pub skip_corrupt: bool,
     /// zstd level for new blobs.
     pub level: i32,
+    /// The key the snapshot is saved under (like actions/cache's `key`); may be empty.
+    pub key: String,
 }
 
 /// What a save did.
@@ -59,9 +65,14 @@ pub struct SaveReport {
     pub new_objects: u64,
     /// Compressed bytes appended to packs.
     pub packed_bytes: u64,
-    /// Corrupt paths found (with --skip-corrupt: dropped), with the reason.
+    /// Corrupt paths found (with --skip-corrupt: dropped), with the reason: their content
+    /// differs from the DB's NAR hash or size, a file changed while read, or a file of a type
+    /// a store cannot hold.
     pub corrupt: Vec<(String, String)>,
-    /// Paths dropped because they refer to a corrupt path.
+    /// Paths that could not be read from the store (with --skip-corrupt: dropped), with the
+    /// error: permissions, I/O errors.
+    pub unreadable: Vec<(String, String)>,
+    /// Paths dropped because they refer to a path not saved (corrupt, unreadable, vanished).
     pub dropped_referrers: Vec<String>,
     /// Paths deleted (garbage-collected) while the save ran, dropped with their referrers.
     pub vanished: Vec<String>,
@@ -70,15 +81,37 @@ pub struct SaveReport {
 /// Save the planned closure: read new paths, write objects, then the snapshot.
 ///
 /// # Errors
-/// [`Error::Integrity`] when a path's content does not match the DB (unless `skip_corrupt`);
-/// [`Error::Cache`] or [`Error::Nar`] for I/O failures, naming the file. No snapshot is
-/// written on error, but objects already packed stay usable by the next save.
+/// [`Error::Integrity`] when a path's content does not match the DB or a path cannot be read
+/// from the store (unless `skip_corrupt`); [`Error::CacheWrite`] as soon as the cache cannot
+/// be written (a full disk, a read-only file system, permissions), whatever `skip_corrupt`
+/// says: that is no fault of the store; [`Error::Db`] when the DB cannot be read again. No
+/// snapshot is written on error, but objects already indexed stay usable by the next save.
 pub fn execute(
     layout: &Layout,
     cache: &Cache,
     plan: SavePlan,
     opts: &SaveOptions,
     progress: &dyn Progress,
+) -> Result<SaveReport> {
+    execute_with(layout, cache, plan, opts, progress, &|_, _| {})
+}
+
+/// When [`execute_with`] calls its seam (tests use it to stage races).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// The first packer exists; no path was walked yet.
+    BeforeWalk,
+    /// Every path was walked once; the packer is not finished.
+    AfterWalk,
+}
+
+fn execute_with(
+    layout: &Layout,
+    cache: &Cache,
+    plan: SavePlan,
+    opts: &SaveOptions,
+    progress: &dyn Progress,
+    seam: &dyn Fn(Stage, &Packer),
 ) -> Result<SaveReport> {
     let SavePlan {
         db,
@@ -88,72 +121,69 @@ pub fn execute(
         known,
         graph,
     } = plan;
-    let packer = Packer::new(cache, opts.level);
-    let walker = Walker {
-        packer: &packer,
-        inodes: Mutex::new(HashMap::new()),
-        bytes_read: AtomicU64::new(0),
-        cached_links: OnceLock::new(),
-        new_links: Mutex::new(HashMap::new()),
-        links_dir: layout.real_store_dir().join(".links"),
-        source_links: OnceLock::new(),
-    };
-    let store = layout.real_store_dir();
     // Largest first, so one big path does not start last and run alone.
     let mut new = new;
     new.sort_by_key(|&i| std::cmp::Reverse(db.paths[i].nar_size));
-    progress.start(
-        "reading new paths",
-        new.iter().map(|&i| db.paths[i].nar_size).sum(),
-    );
-    let results: Vec<(usize, Walked)> = new
-        .par_iter()
-        // One path per task: paths differ in size by orders of magnitude, so rayon's default
-        // splitting into contiguous halves left one thread doing most of the work.
-        .with_max_len(1)
-        .map(|&i| {
-            let info = &db.paths[i];
-            let real = store.join(info.path.base_name());
-            let r = walker.walk(&real).and_then(|(node, hash, size)| {
-                if hash != info.nar_hash {
-                    return Ok(Err(format!(
-                        "NAR hash {} differs from the DB's {}",
-                        hash,
-                        info.nar_hash.to_db()
-                    )));
-                }
-                if info.nar_size != 0 && info.nar_size != size {
-                    return Ok(Err(format!(
-                        "NAR size {size} differs from the DB's {}",
-                        info.nar_size
-                    )));
-                }
-                let (id, bytes) = node.encode();
-                if packer.claim(id) {
-                    packer.add(ObjectKind::Tree, id, &bytes)?;
-                }
-                Ok(Ok((id, size)))
-            });
-            progress.advance(info.nar_size);
-            match r {
-                Ok(r) => (i, r),
-                Err(Error::Nar(e)) => (i, Err(e.to_string())),
-                Err(e) => (i, Err(format!("{e}"))),
-            }
-        })
-        .collect();
-    progress.finish();
-    let bytes_read = walker.bytes_read.load(Ordering::Relaxed);
-    drop(walker);
-    let stats: PackStats = packer.finish()?;
+    let mut outcomes: HashMap<usize, Walked> = HashMap::new();
+    let (mut bytes_read, mut stats) = (0, PackStats::default());
+    // Walk the new paths in parallel. A large blob is claimed by the first walk that meets it
+    // and streamed into a pack; a walk meeting it meanwhile names it in its tree, trusting
+    // the claim. When the claimant gives the claim up (its path changed or vanished), the
+    // blob may end up in no pack: such paths are walked again, one at a time, so that no
+    // claim is pending while another path is walked. (Waiting for the claimant's outcome
+    // instead could deadlock: rayon may run the waiting walk on the claimant's own thread
+    // while the claimant waits for its compression tasks.)
+    let mut todo = new.clone();
+    for round in 0.. {
+        let packer = Packer::new(cache, opts.level);
+        let parallel = round == 0;
+        if parallel {
+            seam(Stage::BeforeWalk, &packer);
+            progress.start(
+                "reading new paths",
+                todo.iter().map(|&i| db.paths[i].nar_size).sum(),
+            );
+        }
+        let walked = walk_paths(layout, &db, &packer, &todo, parallel, progress);
+        if parallel {
+            progress.finish();
+            seam(Stage::AfterWalk, &packer);
+        }
+        let (results, read) = walked.map_err(Error::CacheWrite)?;
+        bytes_read += read;
+        let given_up = packer.given_up();
+        let s = packer.finish().map_err(Error::CacheWrite)?;
+        stats.objects += s.objects;
+        stats.raw_bytes += s.raw_bytes;
+        stats.packed_bytes += s.packed_bytes;
+        stats.packs += s.packs;
+        let missing: HashSet<ObjectId> = given_up
+            .into_iter()
+            .filter(|id| !cache.contains(*id))
+            .collect();
+        todo = naming_any(cache, &results, &missing)?;
+        outcomes.extend(results);
+        if todo.is_empty() {
+            break;
+        }
+        if !parallel {
+            let i = todo[0];
+            return Err(Error::Integrity(format!(
+                "{} names an object that no pack holds after a sequential walk; no snapshot \
+                 written (please report this bug)",
+                layout.store_dir.display(&db.paths[i].path)
+            )));
+        }
+    }
     let mut walked: HashMap<usize, (TreeId, u64)> = HashMap::new();
-    let mut corrupt = Vec::new();
-    for (i, r) in results {
+    // Paths that could not be saved, and why (content or source errors).
+    let mut failed = Vec::new();
+    for (i, r) in outcomes {
         match r {
             Ok(t) => {
                 walked.insert(i, t);
             }
-            Err(why) => corrupt.push((i, why)),
+            Err(e) => failed.push((i, e)),
         }
     }
     let mut report = SaveReport {
@@ -173,57 +203,37 @@ pub fn execute(
     }
     // With the daemon running, a GC may delete a path after the DB was read: that is no
     // corruption. Such paths (no longer valid now) are dropped with everything referring to them.
-    let mut gone = Vec::new();
-    if !corrupt.is_empty() {
-        let now_valid: std::collections::HashSet<StorePath> = db::read(layout)?
+    if !failed.is_empty() {
+        let now_valid: HashSet<StorePath> = db::read(layout)?
             .paths
             .into_iter()
             .map(|p| p.path)
             .collect();
-        corrupt.retain(|(i, _)| {
-            let still = now_valid.contains(&db.paths[*i].path);
-            if !still {
-                gone.push(*i);
+        for (i, e) in &mut failed {
+            if !now_valid.contains(&db.paths[*i].path) {
+                *e = PathError::Vanished;
             }
-            still
-        });
-    }
-    if !gone.is_empty() {
-        report.vanished = gone
-            .iter()
-            .map(|&i| layout.store_dir.display(&db.paths[i].path))
-            .collect();
-        let drop = graph.referrers_closure(gone.iter().copied());
-        for &i in &selected {
-            keep[i] &= !drop[i];
         }
     }
-    if !corrupt.is_empty() {
-        corrupt.sort();
-        report.corrupt = corrupt
-            .iter()
-            .map(|(i, why)| (layout.store_dir.display(&db.paths[*i].path), why.clone()))
-            .collect();
-        if !opts.skip_corrupt {
-            let list: Vec<String> = report
-                .corrupt
-                .iter()
-                .map(|(p, w)| format!("  {p}: {w}"))
-                .collect();
-            return Err(Error::Integrity(format!(
-                "the store is corrupt; no snapshot written (pass --skip-corrupt to save the rest):\n{}",
-                list.join("\n")
-            )));
+    failed.sort_by_key(|(i, _)| layout.store_dir.display(&db.paths[*i].path));
+    let name = |i: usize| layout.store_dir.display(&db.paths[i].path);
+    for (i, e) in &failed {
+        match e {
+            PathError::Vanished => report.vanished.push(name(*i)),
+            PathError::Corrupt(why) => report.corrupt.push((name(*i), why.clone())),
+            PathError::Source(why) => report.unreadable.push((name(*i), why.clone())),
         }
-        let drop = graph.referrers_closure(corrupt.iter().map(|c| c.0));
-        for &i in &selected {
-            if drop[i] {
-                keep[i] = false;
-                if !corrupt.iter().any(|c| c.0 == i) {
-                    report
-                        .dropped_referrers
-                        .push(layout.store_dir.display(&db.paths[i].path));
-                }
+    }
+    let store_failed = !report.corrupt.is_empty() || !report.unreadable.is_empty();
+    if store_failed && !opts.skip_corrupt {
+        return Err(refusal(&report));
+    }
+    let drop = graph.referrers_closure(failed.iter().map(|(i, _)| *i));
+    for &i in &selected {
+        if drop[i] {
+            keep[i] = false;
+            if !failed.iter().any(|(f, _)| *f == i) {
+                report.dropped_referrers.push(name(i));
             }
         }
     }
@@ -240,7 +250,7 @@ pub fn execute(
         info.nar_size = size;
         paths.push(SnapshotPath { info, tree });
     }
-    let kept: std::collections::HashSet<&StorePath> = paths.iter().map(|p| &p.info.path).collect();
+    let kept: HashSet<&StorePath> = paths.iter().map(|p| &p.info.path).collect();
     let derivation_outputs = db
         .derivation_outputs
         .iter()
@@ -250,7 +260,7 @@ pub fn execute(
     let newest = cache.find_snapshot(None).ok();
     let snapshot = Snapshot {
         version: crate::cache::FORMAT_VERSION,
-        key: String::new(),
+        key: opts.key.clone(),
         flavor: layout.flavor,
         store_dir: layout.store_dir.as_str().to_owned(),
         created: crate::clock::now_nanos(),
@@ -272,8 +282,177 @@ pub fn execute(
             return Ok(report);
         }
     }
-    report.snapshot = cache.write_snapshot(&snapshot)?.hex();
+    report.snapshot = cache
+        .write_snapshot(&snapshot)
+        .map_err(Error::CacheWrite)?
+        .hex();
     Ok(report)
+}
+
+/// Why one path could not be saved. A failure to write the cache is none of these: it
+/// aborts the whole save (see [`walk_one`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PathError {
+    /// The content differs from what the DB records (NAR hash or size), a file changed while
+    /// it was read, or a file is of a type a store cannot hold: the store is corrupt.
+    Corrupt(String),
+    /// The path is no longer valid: the daemon deleted it while the save ran.
+    Vanished,
+    /// The store could not be read (permissions, an I/O error), with the error.
+    Source(String),
+}
+
+/// One path's outcome: its tree and NAR size, or why it could not be saved.
+type Walked = std::result::Result<(TreeId, u64), PathError>;
+
+/// Sort an error of a walk: the cache's (returned as the error) or the path's.
+fn classify(e: Error) -> std::result::Result<PathError, CacheError> {
+    match e {
+        Error::Cache(e) | Error::CacheWrite(e) => Err(e),
+        Error::Nar(e @ (NarError::Changed(..) | NarError::FileType(_))) => {
+            Ok(PathError::Corrupt(e.to_string()))
+        }
+        e => Ok(PathError::Source(crate::error::Chain(&e).to_string())),
+    }
+}
+
+/// Walk one new path, check it against the DB, and pack its tree.
+///
+/// # Errors
+/// [`CacheError`] when the cache cannot be written; the path's own failures are in the
+/// [`Walked`].
+fn walk_one(
+    walker: &Walker,
+    store: &std::path::Path,
+    info: &PathInfo,
+) -> std::result::Result<Walked, CacheError> {
+    let (node, hash, size) = match walker.walk(&store.join(info.path.base_name())) {
+        Ok(w) => w,
+        Err(e) => return classify(e).map(Err),
+    };
+    if hash != info.nar_hash {
+        return Ok(Err(PathError::Corrupt(format!(
+            "NAR hash {} differs from the DB's {}",
+            hash,
+            info.nar_hash.to_db()
+        ))));
+    }
+    if info.nar_size != 0 && info.nar_size != size {
+        return Ok(Err(PathError::Corrupt(format!(
+            "NAR size {size} differs from the DB's {}",
+            info.nar_size
+        ))));
+    }
+    let (id, bytes) = node.encode();
+    if walker.packer.claim(id) {
+        walker.packer.add(ObjectKind::Tree, id, &bytes)?;
+    }
+    Ok(Ok((id, size)))
+}
+
+/// Walk `paths` with a fresh [`Walker`] on `packer`, all at once or one after the other.
+/// Returns each path's outcome and the bytes of file contents read.
+///
+/// # Errors
+/// [`CacheError`] when the cache cannot be written (the walks stop).
+fn walk_paths(
+    layout: &Layout,
+    db: &db::DbContents,
+    packer: &Packer,
+    paths: &[usize],
+    parallel: bool,
+    progress: &dyn Progress,
+) -> std::result::Result<(Vec<(usize, Walked)>, u64), CacheError> {
+    let walker = Walker {
+        packer,
+        inodes: Mutex::new(HashMap::new()),
+        bytes_read: AtomicU64::new(0),
+        cached_links: OnceLock::new(),
+        new_links: Mutex::new(HashMap::new()),
+        links_dir: layout.real_store_dir().join(".links"),
+        source_links: OnceLock::new(),
+    };
+    let store = layout.real_store_dir();
+    let one = |&i: &usize| {
+        let info = &db.paths[i];
+        let r = walk_one(&walker, &store, info);
+        if parallel {
+            progress.advance(info.nar_size);
+        }
+        r.map(|w| (i, w))
+    };
+    let results = if parallel {
+        paths
+            .par_iter()
+            // One path per task: paths differ in size by orders of magnitude, so rayon's
+            // default splitting into contiguous halves left one thread doing most of the work.
+            .with_max_len(1)
+            .map(one)
+            .collect::<std::result::Result<Vec<_>, _>>()?
+    } else {
+        paths
+            .iter()
+            .map(one)
+            .collect::<std::result::Result<Vec<_>, _>>()?
+    };
+    Ok((results, walker.bytes_read.load(Ordering::Relaxed)))
+}
+
+/// The paths walked successfully whose tree names one of `missing`.
+///
+/// # Errors
+/// [`CacheError`] when a tree just written cannot be read back.
+fn naming_any(
+    cache: &Cache,
+    results: &[(usize, Walked)],
+    missing: &HashSet<ObjectId>,
+) -> std::result::Result<Vec<usize>, CacheError> {
+    let mut out = Vec::new();
+    if missing.is_empty() {
+        return Ok(out);
+    }
+    for (i, r) in results {
+        let Ok((tree, _)) = r else { continue };
+        let mut names = false;
+        cache
+            .read_tree(tree)?
+            .for_each_blob(&mut |b, _| names |= missing.contains(&ObjectId::from(*b)));
+        if names {
+            out.push(*i);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// The error of a save that found corrupt or unreadable paths without `skip_corrupt`.
+fn refusal(r: &SaveReport) -> Error {
+    let mut what = Vec::new();
+    if !r.corrupt.is_empty() {
+        what.push(format!(
+            "the store is corrupt ({} paths do not match the DB)",
+            r.corrupt.len()
+        ));
+    }
+    if !r.unreadable.is_empty() {
+        what.push(format!("{} store paths cannot be read", r.unreadable.len()));
+    }
+    let mut lines: Vec<String> = r
+        .corrupt
+        .iter()
+        .map(|(p, w)| format!("  {p}: corrupt: {w}"))
+        .collect();
+    lines.extend(
+        r.unreadable
+            .iter()
+            .map(|(p, w)| format!("  {p}: unreadable: {w}")),
+    );
+    Error::Integrity(format!(
+        "{}; no snapshot written (pass --skip-corrupt to save the rest without them and what \
+         refers to them):\n{}",
+        what.join(" and "),
+        lines.join("\n")
+    ))
 }
 
 /// Plan and execute a save.
@@ -286,6 +465,247 @@ pub fn save(
     opts: &SaveOptions,
     progress: &dyn Progress,
 ) -> Result<SaveReport> {
+    crate::cache::format::check_key(&opts.key).map_err(|e| Error::Usage(format!("--key: {e}")))?;
     let p = plan(layout, cache, opts)?;
     execute(layout, cache, p, opts, progress)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::{LocalDir, ObjectWriter, Storage, StorageError};
+    use crate::progress::NoProgress;
+    use crate::store::layout::Flavor;
+    use std::io::{self, Read, Write};
+
+    /// A cache directory on a nearly full disk: an object larger than `room` bytes does not
+    /// fit (its scratch file is created, as it would be, but the write fails with ENOSPC).
+    struct Full {
+        dir: LocalDir,
+        room: usize,
+    }
+
+    struct FullWriter<'a> {
+        inner: Box<dyn ObjectWriter + 'a>,
+        room: usize,
+    }
+
+    fn enospc() -> io::Error {
+        io::Error::from_raw_os_error(28)
+    }
+
+    impl Write for FullWriter<'_> {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if buf.len() > self.room {
+                return Err(enospc());
+            }
+            self.room -= buf.len();
+            self.inner.write(buf)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.inner.flush()
+        }
+    }
+
+    impl ObjectWriter for FullWriter<'_> {
+        fn commit(self: Box<Self>, key: &str) -> std::result::Result<(), StorageError> {
+            self.inner.commit(key)
+        }
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+    }
+
+    impl Storage for Full {
+        fn get(&self, key: &str, max: u64) -> std::result::Result<Vec<u8>, StorageError> {
+            self.dir.get(key, max)
+        }
+        fn get_range(
+            &self,
+            key: &str,
+            offset: u64,
+            len: u64,
+        ) -> std::result::Result<Box<dyn Read + Send + '_>, StorageError> {
+            self.dir.get_range(key, offset, len)
+        }
+        fn put_if_absent(&self, key: &str, data: &[u8]) -> std::result::Result<bool, StorageError> {
+            if data.len() > self.room {
+                return Err(StorageError(self.dir.describe(key), enospc()));
+            }
+            self.dir.put_if_absent(key, data)
+        }
+        fn writer(&self) -> std::result::Result<Box<dyn ObjectWriter + '_>, StorageError> {
+            Ok(Box::new(FullWriter {
+                inner: self.dir.writer()?,
+                room: self.room,
+            }))
+        }
+        fn sync(&self) -> std::result::Result<(), StorageError> {
+            self.dir.sync()
+        }
+        fn list(&self, prefix: &str) -> std::result::Result<Vec<String>, StorageError> {
+            self.dir.list(prefix)
+        }
+        fn size(&self, key: &str) -> std::result::Result<Option<u64>, StorageError> {
+            self.dir.size(key)
+        }
+        fn delete(&self, key: &str) -> std::result::Result<(), StorageError> {
+            self.dir.delete(key)
+        }
+        fn describe(&self, key: &str) -> String {
+            self.dir.describe(key)
+        }
+    }
+
+    /// Security issue item 7: a full (or read-only) cache is no corrupt store. The save stops,
+    /// names the cache file and the cause, and never suggests --skip-corrupt, which must not
+    /// turn a full disk into a snapshot without the paths that did not fit.
+    #[test]
+    fn a_cache_write_error_aborts_the_save_and_is_not_called_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(Flavor::Guix, &dir.path().join("src"), None, None).unwrap();
+        crate::sample::build(&layout, 1).unwrap();
+        // Blobs the walks write at once: a solo one and a streamed one.
+        add_path(&layout, "big", &[("solo", 300_000), ("streamed", 5 << 20)]);
+        let cache_dir = dir.path().join("cache");
+        // No room at all; room for all but the streamed blob's pack (which, once its scratch
+        // file is gone, leaves room for the rest: a save that called the path corrupt would
+        // then write a snapshot without it under --skip-corrupt).
+        for (room, skip_corrupt) in [(0, false), (0, true), (1 << 20, false), (1 << 20, true)] {
+            let dir = LocalDir::open(&cache_dir).unwrap();
+            let cache = Cache::open(Box::new(Full { dir, room }));
+            let opts = SaveOptions {
+                key: String::new(),
+                roots: vec![],
+                skip_corrupt,
+                level: 3,
+            };
+            let e = save(&layout, &cache, &opts, &NoProgress).unwrap_err();
+            assert!(matches!(e, Error::CacheWrite(_)), "{e:?}");
+            let msg = crate::error::Chain(&e).to_string();
+            assert!(msg.contains("No space left on device"), "{msg}");
+            assert!(msg.contains(&cache_dir.display().to_string()), "{msg}");
+            assert!(msg.contains("no snapshot written"), "{msg}");
+            assert!(!msg.contains("corrupt"), "{msg}");
+            assert!(cache.snapshot_ids().unwrap().is_empty());
+        }
+    }
+
+    /// Write and register a store path of files `(name, size)` of incompressible bytes.
+    fn add_path(layout: &Layout, name: &str, files: &[(&str, usize)]) {
+        let base = format!("0123456789abcdfghijklmnpqrsvwxyz-{name}");
+        let top = layout.real_store_dir().join(&base);
+        std::fs::create_dir(&top).unwrap();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for (f, size) in files {
+            // xorshift: bytes zstd cannot shrink
+            let bytes: Vec<u8> = (0..*size)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            std::fs::write(top.join(f), bytes).unwrap();
+        }
+        crate::sample::canonicalise(&top).unwrap();
+        let (nar_hash, nar_size) = crate::nar::hash_path(&top).unwrap();
+        let info = PathInfo {
+            path: StorePath::from_base_name(&base).unwrap(),
+            nar_hash,
+            nar_size,
+            registration_time: 1,
+            deriver: None,
+            references: vec![],
+            ultimate: None,
+            sigs: None,
+            ca: None,
+        };
+        let mut conn = db::open_or_create(layout).unwrap();
+        db::register(&mut conn, layout, &[&info], &[]).unwrap();
+    }
+
+    /// Security issue item 7, last bullet: path A claims a large (streamed) blob, path B
+    /// meets the same contents meanwhile and names the blob in its tree trusting the claim,
+    /// then A gives the claim up (A changed, or vanished). The seam plays A: it claims the
+    /// blob before the walks and gives it up after them. The snapshot must not name a blob
+    /// that no pack holds: B is walked again and packs it.
+    #[test]
+    fn a_large_blob_given_up_by_one_walk_is_packed_for_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(Flavor::Guix, &dir.path().join("src"), None, None).unwrap();
+        crate::sample::build(&layout, 1).unwrap();
+        add_path(&layout, "b", &[("shared", 5 << 20)]);
+        let b = layout
+            .real_store_dir()
+            .join("0123456789abcdfghijklmnpqrsvwxyz-b/shared");
+        let blob = crate::cache::BlobId::of(&std::fs::read(b).unwrap());
+        let cache = Cache::open_dir(&dir.path().join("cache")).unwrap();
+        let opts = SaveOptions {
+            key: String::new(),
+            roots: vec![],
+            skip_corrupt: true,
+            level: 1,
+        };
+        let p = plan(&layout, &cache, &opts).unwrap();
+        let r = execute_with(
+            &layout,
+            &cache,
+            p,
+            &opts,
+            &NoProgress,
+            &|stage, packer| match stage {
+                Stage::BeforeWalk => assert!(packer.claim(blob)),
+                Stage::AfterWalk => packer.unclaim(blob),
+            },
+        )
+        .unwrap();
+        assert_eq!(r.paths, 7, "{r:?}");
+        let cache = Cache::open_dir(&dir.path().join("cache")).unwrap();
+        assert!(cache.contains(blob), "the shared blob is in no pack");
+        assert_eq!(
+            crate::cache::BlobId::of(&cache.read_small(blob).unwrap()),
+            blob
+        );
+        let (_, snap) = cache.find_snapshot(None).unwrap();
+        for sp in &snap.paths {
+            cache
+                .read_tree(&sp.tree)
+                .unwrap()
+                .for_each_blob(&mut |id, _| {
+                    assert!(
+                        cache.contains(*id),
+                        "{}: blob {id} is in no pack",
+                        sp.info.path
+                    );
+                });
+        }
+    }
+
+    #[test]
+    fn walk_errors_are_sorted_into_store_and_cache_errors() {
+        let io = |code| io::Error::from_raw_os_error(code);
+        let nar = |e| Error::Nar(NarError::Io("/gnu/store/x".into(), e));
+        assert!(matches!(
+            classify(nar(io(13))), // EACCES reading the store
+            Ok(PathError::Source(m)) if m.contains("/gnu/store/x") && m.contains("denied")
+        ));
+        assert!(matches!(
+            classify(Error::Nar(NarError::Changed("/gnu/store/x/f".into(), 3))),
+            Ok(PathError::Corrupt(_))
+        ));
+        assert!(matches!(
+            classify(Error::Nar(NarError::FileType("/gnu/store/x/fifo".into()))),
+            Ok(PathError::Corrupt(_))
+        ));
+        for code in [28, 13, 30] {
+            // ENOSPC, EACCES, EROFS in the cache
+            let e = Error::Cache(CacheError::Storage(StorageError(
+                "c/tmp/x".into(),
+                io(code),
+            )));
+            assert!(classify(e).is_err());
+        }
+    }
 }

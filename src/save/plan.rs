@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Component, Path, PathBuf};
 
+use serde::Serialize;
+
 use super::SaveOptions;
 use crate::cache::Cache;
 use crate::cache::TreeId;
@@ -15,7 +17,7 @@ use crate::store::layout::Layout;
 use crate::store::path::StorePath;
 use crate::store::path_info::NarHash;
 
-/// What a save will do.
+/// What a save will do. [`SavePlan::summary`] is the printable part (`save --dry-run`).
 pub struct SavePlan {
     /// The DB as read.
     pub db: DbContents,
@@ -27,6 +29,50 @@ pub struct SavePlan {
     pub new: Vec<usize>,
     pub(super) known: HashMap<StorePath, (NarHash, u64, TreeId)>,
     pub(super) graph: Graph,
+}
+
+/// The printable part of a [`SavePlan`]: what `save --dry-run` shows (`--json` prints it as
+/// is; docs/CLI.md describes the fields).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SavePlanSummary {
+    /// Always true: nothing was read from the store nor written to the cache.
+    pub dry_run: bool,
+    /// The requested roots, resolved to store paths (empty: every valid path).
+    pub roots: Vec<String>,
+    /// Paths of the closure, which the snapshot would list.
+    pub paths: usize,
+    /// NAR bytes of those paths, as the DB records them.
+    pub nar_bytes: u64,
+    /// Paths already in the cache with the same NAR hash (not read).
+    pub cached_paths: usize,
+    /// Paths the save would read from the store.
+    pub new_paths: usize,
+    /// Their names, references first.
+    pub new_path_names: Vec<String>,
+    /// Their NAR bytes, as the DB records them: what the save would read.
+    pub nar_bytes_to_read: u64,
+}
+
+impl SavePlan {
+    /// What this plan would do, in names and numbers.
+    pub fn summary(&self, layout: &Layout) -> SavePlanSummary {
+        let name = |i: &usize| layout.store_dir.display(&self.db.paths[*i].path);
+        let size = |i: &usize| self.db.paths[*i].nar_size;
+        SavePlanSummary {
+            dry_run: true,
+            roots: self
+                .roots
+                .iter()
+                .map(|r| layout.store_dir.display(r))
+                .collect(),
+            paths: self.selected.len(),
+            nar_bytes: self.selected.iter().map(size).sum(),
+            cached_paths: self.selected.len() - self.new.len(),
+            new_paths: self.new.len(),
+            new_path_names: self.new.iter().map(name).collect(),
+            nar_bytes_to_read: self.new.iter().map(size).sum(),
+        }
+    }
 }
 
 /// Resolve a user-given root to the store path holding it. Symlinks are followed the way the

@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use crate::cache::TreeId;
 use crate::cache::{BlobId, Entry, Node, ObjectKind, Packer, PathFrames};
 use crate::error::{Error, Result};
 use crate::nar::{sorted_entries, FileNarHasher, NarEncoder, NarError, NarHasher};
@@ -23,9 +22,6 @@ const STREAM_THRESHOLD: u64 = 4 * 1024 * 1024;
 
 /// (device, inode) of a hard-linked file → its blob and `.links` hash, so it is hashed once.
 type InodeCache = Mutex<HashMap<(u64, u64), (BlobId, [u8; 32])>>;
-
-/// Per path: its tree and NAR size, or why it is corrupt.
-pub(super) type Walked = std::result::Result<(TreeId, u64), String>;
 
 pub(super) struct Walker<'a, 'c> {
     pub(super) packer: &'a Packer<'c>,
@@ -184,13 +180,25 @@ impl Walker<'_, '_> {
                     inner: f,
                     hasher: (!claimed).then(blake3::Hasher::new),
                     links: links.as_mut(),
+                    read: 0,
+                    eof: false,
+                    error: None,
                 };
                 if claimed {
-                    if !self
-                        .packer
-                        .add_reader(ObjectKind::Blob, blob, size, &mut r)?
-                    {
-                        return Err(NarError::Changed(path.to_owned(), size).into());
+                    match self.packer.add_reader(ObjectKind::Blob, blob, size, &mut r) {
+                        Ok(true) => {}
+                        Ok(false) => return Err(NarError::Changed(path.to_owned(), size).into()),
+                        // The packer reports its reader's failures as its own: those are the
+                        // store's (unreadable, or changed size), the rest the cache's.
+                        Err(e) => {
+                            return Err(match r.error.take() {
+                                Some(io) => NarError::Io(path.to_owned(), io).into(),
+                                None if r.changed(size) => {
+                                    NarError::Changed(path.to_owned(), size).into()
+                                }
+                                None => e.into(),
+                            })
+                        }
                     }
                 } else {
                     io::copy(&mut (&mut r).take(size + 1), &mut io::sink()).map_err(io)?;
@@ -267,11 +275,33 @@ struct HashingReader<'h, R> {
     inner: R,
     hasher: Option<blake3::Hasher>,
     links: Option<&'h mut FileNarHasher>,
+    /// Bytes read, whether the end was reached, and the first read error: they tell a
+    /// failure of the store's file from one of the cache.
+    read: u64,
+    eof: bool,
+    error: Option<io::Error>,
+}
+
+impl<R> HashingReader<'_, R> {
+    /// Whether the file turned out to have another size than `size`.
+    fn changed(&self, size: u64) -> bool {
+        self.read > size || (self.eof && self.read != size)
+    }
 }
 
 impl<R: Read> Read for HashingReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let n = match self.inner.read(buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+            Err(e) => {
+                let told = io::Error::new(e.kind(), e.to_string());
+                self.error.get_or_insert(e);
+                return Err(told);
+            }
+        };
+        self.read += n as u64;
+        self.eof |= n == 0 && !buf.is_empty();
         if let Some(h) = self.hasher.as_mut() {
             h.update(&buf[..n]);
         }

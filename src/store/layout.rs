@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::store::path::{under_root, StoreDir};
 
 /// Which daemon's conventions to follow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Flavor {
     /// GNU Guix: /gnu/store, /var/guix/db, DB schema 7, fcntl big-lock.
     Guix,

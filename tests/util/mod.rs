@@ -46,7 +46,9 @@ impl World {
             .env_remove("GUIX_DATABASE_DIRECTORY")
             .env_remove("GUIX_STATE_DIRECTORY")
             .env_remove("NIX_STORE_DIR")
-            .env_remove("NIX_STATE_DIR");
+            .env_remove("NIX_STATE_DIR")
+            .env_remove("STORESYNC_TRUSTED_KEYS")
+            .env_remove("STORESYNC_SIGN_KEY");
         c
     }
 }
@@ -194,4 +196,54 @@ pub fn snapshot_file(cache: &Path, id: &str) -> PathBuf {
         .map(|e| e.unwrap().path())
         .find(|p| p.file_name().unwrap().to_string_lossy().contains(id))
         .unwrap_or_else(|| panic!("no snapshot file for {id}"))
+}
+
+/// Write and register (in `layout`'s DB, created if needed) a store path of regular files
+/// `(name, contents, executable)`, with references `refs` (base names).
+pub fn add_files_path(layout: &Layout, base: &str, files: &[(&str, &[u8], bool)], refs: &[&str]) {
+    use std::os::unix::fs::PermissionsExt;
+    use storesync::store::path::StorePath;
+    let path = StorePath::from_base_name(base).unwrap();
+    let top = layout.real_store_dir().join(base);
+    fs::create_dir_all(&top).unwrap();
+    for (name, contents, x) in files {
+        let p = top.join(name);
+        fs::write(&p, contents).unwrap();
+        fs::set_permissions(
+            &p,
+            fs::Permissions::from_mode(if *x { 0o555 } else { 0o444 }),
+        )
+        .unwrap();
+    }
+    storesync::sample::canonicalise(&top).unwrap();
+    let (nar_hash, nar_size) = storesync::nar::hash_path(&top).unwrap();
+    let info = storesync::store::PathInfo {
+        path,
+        nar_hash,
+        nar_size,
+        registration_time: 1,
+        deriver: None,
+        references: refs
+            .iter()
+            .map(|r| StorePath::from_base_name(r).unwrap())
+            .collect(),
+        ultimate: None,
+        sigs: None,
+        ca: None,
+    };
+    let mut conn = storesync::db::open_or_create(layout).unwrap();
+    storesync::db::register(&mut conn, layout, &[&info], &[]).unwrap();
+}
+
+/// Bytes that zstd cannot shrink much (a simple xorshift stream), `len` of them.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }

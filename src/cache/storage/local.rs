@@ -1,4 +1,5 @@
-//! A cache kept in a local directory: `packs/`, `index/`, `snapshots/` and `tmp/` (scratch of
+//! A cache kept in a local directory: `packs/`, `index/`, `snapshots/`, `gc/` (lists of
+//! retired files) and `tmp/` (scratch of
 //! writers in progress, named `<pid>.<random>.tmp` so a later save can tell a killed writer's
 //! leftovers from a live one's).
 //!
@@ -18,7 +19,7 @@ use std::thread::JoinHandle;
 use super::{check_key, ObjectWriter, Storage, StorageError};
 
 /// The subdirectories of a cache directory.
-const SUBDIRS: [&str; 4] = ["packs", "index", "snapshots", "tmp"];
+const SUBDIRS: [&str; 5] = ["packs", "index", "snapshots", "tmp", "gc"];
 
 /// A cache kept in a local directory.
 #[derive(Debug)]
@@ -217,6 +218,9 @@ impl Write for LocalWriter<'_> {
 }
 
 impl ObjectWriter for LocalWriter<'_> {
+    fn describe(&self) -> String {
+        self.file.path().display().to_string()
+    }
     fn commit(self: Box<Self>, key: &str) -> Result<(), StorageError> {
         let dest = self.dir.path(key)?;
         let file = self
@@ -298,6 +302,17 @@ impl Storage for LocalDir {
         }
         sync_dir(dest.parent().expect("keys have a directory")).map_err(self.err(key))?;
         Ok(true)
+    }
+
+    fn put(&self, key: &str, data: &[u8]) -> Result<(), StorageError> {
+        let dest = self.path(key)?;
+        let mut tmp = self.scratch()?;
+        tmp.write_all(data).map_err(self.err(key))?;
+        tmp.as_file().sync_all().map_err(self.err(key))?;
+        // rename(2) replaces atomically; a symlink at `dest` is replaced, not followed.
+        tmp.persist(&dest)
+            .map_err(|e| StorageError(self.describe(key), e.error))?;
+        sync_dir(dest.parent().expect("keys have a directory")).map_err(self.err(key))
     }
 
     fn writer(&self) -> Result<Box<dyn ObjectWriter + '_>, StorageError> {

@@ -5,7 +5,9 @@
 //! Invariants every backend keeps (and [`conformance`] checks):
 //! - a reader sees a whole object or none: [`ObjectWriter::commit`] and [`Storage::put`]
 //!   publish atomically, and an uncommitted writer leaves nothing visible;
-//! - objects are immutable once published: [`Storage::put_if_absent`] never replaces one;
+//! - objects are immutable once published: [`Storage::put_if_absent`] never replaces one
+//!   (only [`Storage::put`] does, and only signature files, which are not content-addressed,
+//!   are written with it);
 //! - [`Storage::get`] never returns more than the `max` bytes the caller can afford, and
 //!   never reads anything but a plain object (no device, FIFO or symlink behind a key);
 //! - [`Storage::delete`] of a missing key succeeds (deletes are idempotent);
@@ -43,6 +45,10 @@ pub trait ObjectWriter: Write + Send {
     /// # Errors
     /// [`StorageError`] naming the key.
     fn commit(self: Box<Self>, key: &str) -> Result<(), StorageError>;
+    /// Where the bytes go until committed, for messages (a local backend's scratch file).
+    fn describe(&self) -> String {
+        "a new object of the cache".into()
+    }
 }
 
 /// The operations the cache needs from a place to keep objects.
@@ -69,6 +75,25 @@ pub trait Storage: Send + Sync {
     /// # Errors
     /// [`StorageError`].
     fn put_if_absent(&self, key: &str, data: &[u8]) -> Result<bool, StorageError>;
+    /// Publish `data` as `key` atomically and durably, replacing what `key` held: only for
+    /// the few objects that are not content-addressed (a snapshot's signature file). Readers
+    /// see the old object or the new one, never a mix.
+    ///
+    /// The default refuses (`Unsupported`), so a backend that has not implemented it fails
+    /// [`conformance`] rather than compiling with a silent gap.
+    ///
+    /// # Errors
+    /// [`StorageError`].
+    fn put(&self, key: &str, data: &[u8]) -> Result<(), StorageError> {
+        let _ = data;
+        Err(StorageError(
+            self.describe(key),
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this cache backend cannot replace objects",
+            ),
+        ))
+    }
     /// A writer for a large object, published by [`ObjectWriter::commit`].
     ///
     /// # Errors
@@ -159,6 +184,15 @@ pub fn conformance(s: &dyn Storage) {
     assert_eq!(s.get("snapshots/a", 100).unwrap(), b"hello world");
     assert!(s.get("snapshots/a", 5).is_err(), "larger than max");
     assert!(s.get("snapshots/b", 100).unwrap_err().is_not_found());
+    // Replacing puts, for the few objects that are not content-addressed.
+    s.put("snapshots/s.sig", b"one").unwrap();
+    assert_eq!(s.get("snapshots/s.sig", 100).unwrap(), b"one");
+    s.put("snapshots/s.sig", b"two, longer").unwrap();
+    assert_eq!(s.get("snapshots/s.sig", 100).unwrap(), b"two, longer");
+    s.put("snapshots/s.sig", b"3").unwrap();
+    assert_eq!(s.get("snapshots/s.sig", 100).unwrap(), b"3");
+    s.delete("snapshots/s.sig").unwrap();
+    assert!(s.put("../s.sig", b"x").is_err(), "invalid key");
     // Ranges.
     let mut r = String::new();
     s.get_range("snapshots/a", 6, 5)

@@ -1,0 +1,168 @@
+//! `storesync save`.
+
+use std::io::{self, Write};
+
+use clap::Args;
+use serde::Serialize;
+use storesync::cache::SnapshotId;
+use storesync::error::Result;
+use storesync::progress::Progress;
+use storesync::save::{self, SaveOptions, SavePlanSummary, SaveReport};
+use storesync::trust;
+
+use super::output::{human, render, short};
+use super::{print_warnings, CacheArg, Global};
+
+pub const EXAMPLES: &str = "\
+Examples:
+  # every valid path (in CI, after the job; the daemon may still run):
+  sudo storesync save --cache ~/.cache/storesync
+  # the closure of a profile, resolved inside --root:
+  storesync save --cache /mnt/team-cache /var/guix/profiles/per-user/alice/guix-profile
+  # under a key, as actions/cache names entries (restore finds it by key or prefix):
+  storesync save --cache ~/.cache/storesync --key guix-$(guix describe -f channels | sha256sum | cut -c1-16)
+  # which paths a save would read, writing nothing (not even the cache directory):
+  storesync save --cache ~/.cache/storesync --dry-run
+  # signed, so that restores given the public key (--trusted-key) accept it:
+  storesync save --cache ~/.cache/storesync --sign-key /etc/storesync/ci-key.sec
+  # a Nix store, dropping paths whose content does not match the DB:
+  storesync --flavor nix save --cache /tmp/c --skip-corrupt
+
+Exit codes: 0 saved (or unchanged), 1 corrupt store or an I/O error, 2 usage.";
+
+#[derive(Args, Debug)]
+pub struct SaveArgs {
+    #[command(flatten)]
+    pub cache: CacheArg,
+    /// Drop paths whose content does not match the DB (and everything referring to them) instead
+    /// of failing; they are listed.
+    #[arg(long)]
+    pub skip_corrupt: bool,
+    /// Print which paths would be read (those not in the cache yet) and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Sign the snapshot with this secret key (key text NAME:BASE64 or, better, the path of
+    /// a key file; see `storesync key generate`): writes snapshots/<id>.sig next to it. An
+    /// unchanged snapshot is signed too.
+    #[arg(
+        long,
+        value_name = "FILE|KEY",
+        env = "STORESYNC_SIGN_KEY",
+        hide_env_values = true
+    )]
+    pub sign_key: Option<String>,
+    /// Save the snapshot under this key (as actions/cache's `key`: any text up to 512 bytes,
+    /// no control characters), so that `restore --key`/`--restore-key` and `gc` find it.
+    #[arg(long, value_name = "KEY", env = "STORESYNC_KEY")]
+    pub key: Option<String>,
+    /// zstd compression level for new contents.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+    pub level: i32,
+    /// Store paths, or links to them (profiles, GC roots), resolved inside --root.
+    pub paths: Vec<String>,
+}
+
+pub fn run(g: &Global, a: &SaveArgs, progress: &dyn Progress) -> Result<u8> {
+    let layout = g.layout()?;
+    // A bad key fails before anything is read or written.
+    let key = a
+        .sign_key
+        .as_deref()
+        .map(trust::load_secret_key)
+        .transpose()?;
+    let opts = SaveOptions {
+        key: a.key.clone().unwrap_or_default(),
+        roots: a.paths.clone(),
+        skip_corrupt: a.skip_corrupt,
+        level: a.level,
+    };
+    if a.dry_run {
+        let cache = a.cache.open_read_only();
+        let plan = save::plan(&layout, &cache, &opts);
+        print_warnings(&cache);
+        let summary = plan?.summary(&layout);
+        render(g.format(), &summary, dry_run_text)?;
+        return Ok(0);
+    }
+    let cache = a.cache.open_for_writing()?;
+    let r = save::save(&layout, &cache, &opts, progress);
+    print_warnings(&cache);
+    let r = r?;
+    for (p, why) in &r.corrupt {
+        eprintln!("corrupt, skipped: {p}: {why}");
+    }
+    for (p, why) in &r.unreadable {
+        eprintln!("unreadable, skipped: {p}: {why}");
+    }
+    for p in &r.vanished {
+        eprintln!("skipped (deleted by the daemon during the save): {p}");
+    }
+    for p in &r.dropped_referrers {
+        eprintln!("skipped (refers to a path not saved): {p}");
+    }
+    // The snapshot is the commit point; its signature follows it (a restore that trusts
+    // only signed snapshots passes over it until then).
+    let signed_by = match &key {
+        Some(k) => {
+            let id = SnapshotId::parse(&r.snapshot).expect("a snapshot id");
+            cache.add_signature(&id, k.sign_snapshot(&id.0))?;
+            Some(k.name().to_owned())
+        }
+        None => None,
+    };
+    let saved = Saved {
+        report: &r,
+        signed_by,
+    };
+    render(g.format(), &saved, |out, s| text(out, s, g.verbose > 0))?;
+    Ok(0)
+}
+
+/// `save --json`: the library's report and who signed the snapshot.
+#[derive(Serialize)]
+struct Saved<'a> {
+    #[serde(flatten)]
+    report: &'a SaveReport,
+    /// The name of the key that signed the snapshot (`--sign-key`).
+    signed_by: Option<String>,
+}
+
+fn text(out: &mut dyn Write, s: &Saved, verbose: bool) -> io::Result<()> {
+    let r = s.report;
+    if verbose {
+        for p in &r.new_path_names {
+            writeln!(out, "saved {p}")?;
+        }
+    }
+    writeln!(
+        out,
+        "snapshot {}{}: {} paths ({}), {} new paths read ({}), {} new objects ({} packed)",
+        short(&r.snapshot),
+        if r.unchanged { " (unchanged)" } else { "" },
+        r.paths,
+        human(r.nar_bytes),
+        r.new_paths,
+        human(r.bytes_read),
+        r.new_objects,
+        human(r.packed_bytes)
+    )?;
+    if let Some(name) = &s.signed_by {
+        writeln!(out, "signed by `{name}`")?;
+    }
+    Ok(())
+}
+
+fn dry_run_text(out: &mut dyn Write, s: &SavePlanSummary) -> io::Result<()> {
+    for p in &s.new_path_names {
+        writeln!(out, "would save {p}")?;
+    }
+    writeln!(
+        out,
+        "dry run: {} paths selected ({}), {} already cached, {} to read ({}); nothing written",
+        s.paths,
+        human(s.nar_bytes),
+        s.cached_paths,
+        s.new_paths,
+        human(s.nar_bytes_to_read)
+    )
+}

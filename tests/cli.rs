@@ -1,0 +1,611 @@
+//! The command line through the real binary: help texts, exit codes, error messages, `--json`
+//! output, dry runs, and signed snapshots.
+
+mod util;
+
+use std::io::Read;
+use std::process::Stdio;
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use storesync::sample;
+use storesync::store::layout::Flavor;
+use util::{add_files_path, json, noise, World};
+
+const SUBCOMMANDS: [&str; 7] = ["save", "restore", "ls", "verify", "dump-nar", "demo", "key"];
+
+fn bin() -> Command {
+    Command::cargo_bin("storesync").unwrap()
+}
+
+#[test]
+fn every_subcommand_help_has_examples() {
+    let subs = SUBCOMMANDS.iter().map(|s| vec![*s]);
+    for sub in subs.chain([vec!["key", "generate"]]) {
+        let out = bin().args(&sub).arg("--help").assert().success();
+        let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+        assert!(text.contains("Examples:"), "{sub:?} --help:\n{text}");
+        assert!(text.contains("Exit codes"), "{sub:?} --help:\n{text}");
+        assert!(
+            text.contains(&format!("storesync {}", sub.join(" "))),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn flavor_is_parsed_by_the_cli_and_a_bad_one_exits_2() {
+    bin()
+        .args(["--flavor", "debian", "ls", "--cache", "/nonexistent"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("guix").and(predicate::str::contains("nix")));
+    let w = World::new(Flavor::Nix);
+    sample::build(&w.layout("src"), 1).unwrap();
+    // STORESYNC_FLAVOR picks the Nix layout: the DB is found under nix/var/nix/db.
+    bin()
+        .env("STORESYNC_FLAVOR", "nix")
+        .arg("--root")
+        .arg(w.root("src"))
+        .args(["--no-progress", "save", "--cache"])
+        .arg(w.cache_dir())
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("6 paths"));
+}
+
+/// `storesync dump-nar P | head -c 10`: the reader closes the pipe early; storesync's writes
+/// fail with EPIPE deep inside the NAR writer, and that is no error.
+#[test]
+fn dump_nar_into_a_closed_pipe_exits_0() {
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    let base = "0123456789abcdfghijklmnpqrsvwxyz-big";
+    add_files_path(&src, base, &[("data", &noise(1, 4 << 20), false)], &[]);
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("storesync"))
+        .arg("--root")
+        .arg(w.root("src"))
+        .args(["dump-nar", &format!("/gnu/store/{base}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 10];
+    stdout.read_exact(&mut first).unwrap();
+    assert_eq!(&first[..8], &13u64.to_le_bytes()); // "nix-archive-1"
+    drop(stdout);
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "stderr: {err}");
+    assert!(err.is_empty(), "{err}");
+}
+
+#[test]
+fn an_error_prints_each_cause_once() {
+    let w = World::new(Flavor::Guix);
+    let missing = "/gnu/store/0123456789abcdfghijklmnpqrsvwxyz-missing";
+    let out = w
+        .cmd("src")
+        .args(["dump-nar", missing])
+        .assert()
+        .code(1)
+        .get_output()
+        .stderr
+        .clone();
+    let err = String::from_utf8(out).unwrap();
+    assert!(err.starts_with("storesync: error: "), "{err}");
+    assert!(err.contains("-missing"), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // A usage error: exit 2, and the message names the argument.
+    w.cmd("src")
+        .args(["dump-nar", "/tmp/not-a-store-path"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("/tmp/not-a-store-path"));
+}
+
+#[test]
+fn json_output_is_one_value_on_stdout() {
+    let w = World::new(Flavor::Guix);
+    sample::build(&w.layout("src"), 1).unwrap();
+    let out = w
+        .cmd("src")
+        .args(["--json", "save", "--cache"])
+        .arg(w.cache_dir())
+        .assert()
+        .success();
+    let s = json(&out.get_output().stdout);
+    assert_eq!(s["paths"], 6);
+    let out = w
+        .cmd("src")
+        .args(["--json", "ls", "--cache"])
+        .arg(w.cache_dir())
+        .assert()
+        .success();
+    let l = json(&out.get_output().stdout);
+    assert_eq!(l[0]["id"], s["snapshot"]);
+}
+
+#[test]
+fn save_dry_run_lists_new_paths_and_writes_nothing() {
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    sample::build(&src, 1).unwrap();
+    // A cache never written: the dry run must not even create its directory.
+    let out = w
+        .cmd("src")
+        .args(["--json", "save", "--dry-run", "--cache"])
+        .arg(w.cache_dir())
+        .assert()
+        .success();
+    let s = json(&out.get_output().stdout);
+    assert_eq!(s["dry_run"], true);
+    assert_eq!(s["paths"], 6);
+    assert_eq!(s["new_paths"], 6);
+    assert_eq!(s["cached_paths"], 0);
+    assert_eq!(s["new_path_names"].as_array().unwrap().len(), 6);
+    assert!(s["nar_bytes_to_read"].as_u64().unwrap() > 0);
+    assert_eq!(s["nar_bytes_to_read"], s["nar_bytes"]);
+    assert!(!w.cache_dir().exists(), "a dry run created the cache");
+    // After a save, only a path added since is new; the cache is left as it was.
+    w.cmd("src")
+        .args(["save", "--cache"])
+        .arg(w.cache_dir())
+        .assert()
+        .success();
+    let base = "0123456789abcdfghijklmnpqrsvwxyz-added-1.0";
+    add_files_path(&src, base, &[("f", b"new contents\n", false)], &[]);
+    let before = util::tree_listing(&w.cache_dir());
+    let out = w
+        .cmd("src")
+        .args(["save", "--dry-run", "--cache"])
+        .arg(w.cache_dir())
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(
+        text.contains(&format!("would save /gnu/store/{base}")),
+        "{text}"
+    );
+    assert_eq!(text.matches("would save").count(), 1, "{text}");
+    assert!(text.contains("6 already cached, 1 to read"), "{text}");
+    assert_eq!(util::tree_listing(&w.cache_dir()), before);
+    // With roots: the closure of one path.
+    let out = w
+        .cmd("src")
+        .args(["--json", "save", "--dry-run", "--cache"])
+        .arg(w.cache_dir())
+        .arg(format!("/gnu/store/{base}"))
+        .assert()
+        .success();
+    let s = json(&out.get_output().stdout);
+    assert_eq!(s["paths"], 1);
+    assert_eq!(s["roots"][0], format!("/gnu/store/{base}"));
+    assert_eq!(s["new_path_names"][0], format!("/gnu/store/{base}"));
+}
+
+/// A tmpfs mounted for the length of a test (needs root; `None` where mounting fails).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, options: &str) -> Option<Self> {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(at)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(at.to_owned()))
+    }
+
+    fn remount(&self, options: &str) {
+        let s = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{options}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(s.success());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Security issue item 7: ENOSPC or EROFS in the cache is not a corrupt store: the save stops
+/// with the cache file and the cause, and --skip-corrupt does not turn it into a snapshot
+/// without the paths that did not fit.
+#[test]
+fn a_full_or_read_only_cache_aborts_the_save_and_is_no_corruption() {
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    sample::build(&src, 1).unwrap();
+    let base = "0123456789abcdfghijklmnpqrsvwxyz-big";
+    add_files_path(&src, base, &[("data", &noise(2, 5 << 20), false)], &[]);
+    let Some(mount) = Tmpfs::mount(&w.cache_dir(), "size=1m") else {
+        eprintln!("skipped: cannot mount a tmpfs (needs root)");
+        return;
+    };
+    let check = |extra: &[&str], cause: &str| {
+        let out = w
+            .cmd("src")
+            .args(["save", "--cache"])
+            .arg(w.cache_dir())
+            .args(extra)
+            .assert()
+            .code(1)
+            .get_output()
+            .clone();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(err.contains(cause), "{err}");
+        assert!(err.contains(&w.cache_dir().display().to_string()), "{err}");
+        assert!(err.contains("no snapshot written"), "{err}");
+        assert!(!err.contains("corrupt"), "{err}");
+        assert!(out.stdout.is_empty());
+        assert!(w.cache().snapshot_ids().unwrap().is_empty());
+    };
+    check(&[], "No space left on device");
+    check(&["--skip-corrupt"], "No space left on device");
+    mount.remount("ro");
+    check(&[], "Read-only file system");
+    check(&["--skip-corrupt"], "Read-only file system");
+}
+
+/// A key pair made by `storesync key generate` in `w`'s directory: (secret file, public file).
+fn key_pair(w: &World, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (sec, public) = (
+        w.dir.path().join(format!("{name}.sec")),
+        w.dir.path().join(format!("{name}.pub")),
+    );
+    bin()
+        .args(["key", "generate", "--name", name, "--secret"])
+        .arg(&sec)
+        .arg("--public")
+        .arg(&public)
+        .assert()
+        .success();
+    (sec, public)
+}
+
+fn save_with(w: &World, extra: &[&std::ffi::OsStr]) -> serde_json::Value {
+    let out = w
+        .cmd("src")
+        .args(["--json", "save", "--cache"])
+        .arg(w.cache_dir())
+        .args(extra)
+        .assert()
+        .success();
+    json(&out.get_output().stdout)
+}
+
+fn os(s: &std::path::Path) -> &std::ffi::OsStr {
+    s.as_os_str()
+}
+
+#[test]
+fn key_generate_writes_a_key_pair_and_never_overwrites() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::new(Flavor::Guix);
+    let (sec, public) = (w.dir.path().join("k.sec"), w.dir.path().join("k.pub"));
+    let out = bin()
+        .args(["--json", "key", "generate", "--secret"])
+        .arg(&sec)
+        .arg("--public")
+        .arg(&public)
+        .assert()
+        .success();
+    let j = json(&out.get_output().stdout);
+    let text = std::fs::read_to_string(&public).unwrap();
+    assert_eq!(j["public_key"].as_str().unwrap(), text.trim());
+    let name = j["name"].as_str().unwrap();
+    assert!(text.starts_with(&format!("{name}:")), "{text}");
+    // The default name is the host name (when it is a valid key name).
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    if !host.trim().is_empty() {
+        assert_eq!(name, host.trim());
+    }
+    let secret = storesync::trust::load_secret_key(sec.to_str().unwrap()).unwrap();
+    assert_eq!(secret.public().to_string(), text.trim());
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&sec), 0o600);
+    assert_eq!(mode(&public), 0o644);
+    // The secret never reaches stdout.
+    let secret_text = std::fs::read_to_string(&sec).unwrap();
+    let b64 = secret_text.trim().split(':').nth(1).unwrap();
+    assert!(!String::from_utf8_lossy(&out.get_output().stdout).contains(b64));
+    // Existing files are never replaced.
+    bin()
+        .args(["key", "generate", "--secret"])
+        .arg(&sec)
+        .arg("--public")
+        .arg(w.dir.path().join("other.pub"))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("k.sec"));
+    assert_eq!(std::fs::read_to_string(&sec).unwrap(), secret_text);
+    assert!(!w.dir.path().join("other.pub").exists());
+    // A name that cannot be a key name is a usage error.
+    bin()
+        .args(["key", "generate", "--name", "a:b", "--secret"])
+        .arg(w.dir.path().join("n.sec"))
+        .arg("--public")
+        .arg(w.dir.path().join("n.pub"))
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--name"));
+    assert!(!w.dir.path().join("n.sec").exists());
+}
+
+#[test]
+fn signed_save_restores_with_the_right_key_only() {
+    let w = World::new(Flavor::Guix);
+    sample::build(&w.layout("src"), 1).unwrap();
+    let (sec, public) = key_pair(&w, "ci-1");
+    let (_, other) = key_pair(&w, "intruder");
+    let s = save_with(&w, &["--sign-key".as_ref(), os(&sec)]);
+    assert_eq!(s["signed_by"], "ci-1");
+    let id = s["snapshot"].as_str().unwrap().to_owned();
+    let sig = w.cache_dir().join(format!("snapshots/{id}.sig"));
+    assert!(sig.exists());
+    // Another key: refused, naming the snapshot, and nothing is written.
+    let out = w
+        .cmd("dst")
+        .args(["restore", "--cache"])
+        .arg(w.cache_dir())
+        .arg("--trusted-key")
+        .arg(&other)
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&id[..12]), "{err}");
+    assert!(err.contains("not trusted"), "{err}");
+    assert!(!w.root("dst").exists(), "a refused restore wrote something");
+    // The same through --snapshot.
+    w.cmd("dst")
+        .args(["restore", "--snapshot", &id[..8], "--cache"])
+        .arg(w.cache_dir())
+        .arg("--trusted-key")
+        .arg(&other)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(&id[..12]).and(predicate::str::contains("not trusted")));
+    // The right key, as a file and as key text among others.
+    let key_text = std::fs::read_to_string(&public).unwrap();
+    let out = w
+        .cmd("dst")
+        .args(["--json", "restore", "--cache"])
+        .arg(w.cache_dir())
+        .arg("--trusted-key")
+        .arg(&other)
+        .arg("--trusted-key")
+        .arg(key_text.trim())
+        .assert()
+        .success();
+    let r = json(&out.get_output().stdout);
+    assert_eq!(r["snapshot"].as_str().unwrap(), id);
+    assert_eq!(r["signed_by"], "ci-1");
+    assert_eq!(r["restored"], 6);
+    // ls and verify agree.
+    w.cmd("src")
+        .args(["ls", "--cache"])
+        .arg(w.cache_dir())
+        .arg("--trusted-key")
+        .arg(&public)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(&id[..12]).and(predicate::str::contains("ci-1")));
+    w.cmd("src")
+        .args(["verify", "--cache"])
+        .arg(w.cache_dir())
+        .arg("--trusted-key")
+        .arg(&public)
+        .assert()
+        .success();
+    w.cmd("src")
+        .args(["verify", "--cache"])
+        .arg(w.cache_dir())
+        .arg("--trusted-key")
+        .arg(&other)
+        .assert()
+        .code(1)
+        .stdout(
+            predicate::str::contains("problem: snapshot").and(predicate::str::contains(&id[..12])),
+        );
+}
+
+#[test]
+fn a_tampered_signature_is_refused() {
+    let w = World::new(Flavor::Guix);
+    sample::build(&w.layout("src"), 1).unwrap();
+    let (sec, public) = key_pair(&w, "ci-1");
+    let id = save_with(&w, &["--sign-key".as_ref(), os(&sec)])["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let sig = w.cache_dir().join(format!("snapshots/{id}.sig"));
+    let text = std::fs::read_to_string(&sig).unwrap();
+    // Flip one character of the base64 signature (keeping it base64 of the same length).
+    let at = text.find(':').unwrap() + 5;
+    let mut bytes = text.into_bytes();
+    bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+    std::fs::write(&sig, &bytes).unwrap();
+    w.cmd("dst")
+        .args(["restore", "--cache"])
+        .arg(w.cache_dir())
+        .arg("--trusted-key")
+        .arg(&public)
+        .assert()
+        .code(1)
+        .stderr(
+            predicate::str::contains(&id[..12]).and(predicate::str::contains("does not verify")),
+        );
+    // A signature file that is not one at all.
+    std::fs::write(&sig, b"garbage\n").unwrap();
+    w.cmd("dst")
+        .args(["restore", "--cache"])
+        .arg(w.cache_dir())
+        .arg("--trusted-key")
+        .arg(&public)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(&id[..12]).and(predicate::str::contains("malformed")));
+    assert!(!w.root("dst").exists());
+}
+
+#[test]
+fn the_newest_unsigned_snapshot_is_passed_over_for_an_older_signed_one() {
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    sample::build(&src, 1).unwrap();
+    let (sec, public) = key_pair(&w, "ci-1");
+    let signed = save_with(&w, &["--sign-key".as_ref(), os(&sec)])["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    sample::build(&src, 2).unwrap();
+    let unsigned = save_with(&w, &[])["snapshot"].as_str().unwrap().to_owned();
+    assert_ne!(signed, unsigned);
+    let out = w
+        .cmd("dst")
+        .args(["--json", "restore", "--cache"])
+        .arg(w.cache_dir())
+        .arg("--trusted-key")
+        .arg(&public)
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let r = json(&out.stdout);
+    assert_eq!(r["snapshot"].as_str().unwrap(), signed);
+    let passed = r["passed_over"].as_array().unwrap();
+    assert_eq!(passed.len(), 1, "{r}");
+    assert!(passed[0].as_str().unwrap().contains(&unsigned[..12]));
+    assert!(passed[0].as_str().unwrap().contains("not signed"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("passed over") && err.contains(&unsigned[..12]),
+        "{err}"
+    );
+    // Without keys the newest is taken; ls with the key lists only the signed one.
+    let out = w
+        .cmd("src")
+        .args(["--json", "ls", "--cache"])
+        .arg(w.cache_dir())
+        .arg("--trusted-key")
+        .arg(&public)
+        .assert()
+        .success();
+    let l = json(&out.get_output().stdout);
+    assert_eq!(l.as_array().unwrap().len(), 1);
+    assert_eq!(l[0]["id"].as_str().unwrap(), signed);
+    assert_eq!(l[0]["signed_by"], "ci-1");
+    // Saving again unchanged with the key signs the existing newest snapshot.
+    let again = save_with(&w, &["--sign-key".as_ref(), os(&sec)]);
+    assert_eq!(again["unchanged"], true);
+    assert_eq!(again["snapshot"].as_str().unwrap(), unsigned);
+    let out = w
+        .cmd("dst")
+        .args(["--json", "restore", "--dry-run", "--cache"])
+        .arg(w.cache_dir())
+        .arg("--trusted-key")
+        .arg(&public)
+        .assert()
+        .success();
+    let r = json(&out.get_output().stdout);
+    assert_eq!(r["snapshot"].as_str().unwrap(), unsigned);
+    assert_eq!(r["passed_over"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn keys_from_the_environment() {
+    let w = World::new(Flavor::Guix);
+    sample::build(&w.layout("src"), 1).unwrap();
+    let (sec, public) = key_pair(&w, "ci-1");
+    let (_, other) = key_pair(&w, "intruder");
+    // STORESYNC_SIGN_KEY holding the key text (as a CI secret would).
+    let secret_text = std::fs::read_to_string(&sec).unwrap();
+    let out = w
+        .cmd("src")
+        .env("STORESYNC_SIGN_KEY", secret_text.trim())
+        .args(["--json", "save", "--cache"])
+        .arg(w.cache_dir())
+        .assert()
+        .success();
+    let s = json(&out.get_output().stdout);
+    assert_eq!(s["signed_by"], "ci-1");
+    // --help must not show the secret in the environment.
+    w.cmd("src")
+        .env("STORESYNC_SIGN_KEY", secret_text.trim())
+        .args(["save", "--help"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(secret_text.trim()).not());
+    // STORESYNC_TRUSTED_KEYS: a list of key files or texts.
+    let list = format!("{},{}", other.display(), public.display());
+    w.cmd("dst")
+        .env("STORESYNC_TRUSTED_KEYS", &list)
+        .args(["restore", "--cache"])
+        .arg(w.cache_dir())
+        .assert()
+        .success();
+    w.cmd("dst2")
+        .env("STORESYNC_TRUSTED_KEYS", other.as_os_str())
+        .args(["restore", "--cache"])
+        .arg(w.cache_dir())
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("not trusted"));
+    // Set but empty (an undefined CI variable) must not turn checks off.
+    w.cmd("dst2")
+        .env("STORESYNC_TRUSTED_KEYS", "")
+        .args(["restore", "--cache"])
+        .arg(w.cache_dir())
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("STORESYNC_TRUSTED_KEYS"));
+    assert!(!w.root("dst2").exists());
+}
+
+/// With trusted keys, an unsigned snapshot is refused on its signature alone: its body is
+/// never read (a damaged or hostile body is not even decoded).
+#[test]
+fn an_unsigned_snapshot_is_refused_before_its_body_is_read() {
+    let w = World::new(Flavor::Guix);
+    sample::build(&w.layout("src"), 1).unwrap();
+    let (_, public) = key_pair(&w, "ci-1");
+    let id = save_with(&w, &[])["snapshot"].as_str().unwrap().to_owned();
+    let snap = w.cache_dir().join(format!("snapshots/{id}.snap"));
+    std::fs::write(&snap, b"not a snapshot at all").unwrap();
+    let out = w
+        .cmd("dst")
+        .args(["restore", "--cache"])
+        .arg(w.cache_dir())
+        .arg("--trusted-key")
+        .arg(&public)
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&id[..12]) && err.contains("not signed"),
+        "{err}"
+    );
+    assert!(!err.contains("checksum") && !err.contains("magic"), "{err}");
+}
