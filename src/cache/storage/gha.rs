@@ -170,6 +170,21 @@ impl GhaConfig {
     }
 }
 
+/// Open the location `gha://{rest}`: `rest` is the scope (empty: [`DEFAULT_SCOPE`]; a
+/// trailing `/` is ignored), the service comes from the environment
+/// ([`GhaConfig::from_env`]).
+///
+/// # Errors
+/// As [`GhaConfig::from_env`] and [`GhaStore::new`].
+pub fn open_gha(rest: &str) -> Result<GhaStore, StorageError> {
+    let scope = rest.strip_suffix('/').unwrap_or(rest);
+    GhaStore::from_env(if scope.is_empty() {
+        DEFAULT_SCOPE
+    } else {
+        scope
+    })
+}
+
 /// Escape a snapshot's user key for an entry key: bytes of `[A-Za-z0-9._-]` stay, every
 /// other byte becomes `%XX` (upper-case hex). Never produces `/` or `,`; the escape of a
 /// prefix of `k` is a prefix of the escape of `k`.
@@ -201,6 +216,8 @@ struct Inner {
     snapshots: Mutex<HashMap<String, String>>,
     /// When the last REST delete was sent (they are paced one second apart).
     last_delete: Mutex<Option<Instant>>,
+    /// The last stamp of a replacing put (strictly increasing).
+    last_stamp: Mutex<u64>,
 }
 
 /// What the control plane said to a create.
@@ -454,15 +471,29 @@ impl Inner {
         Ok(Some((reply.matched_key, reply.signed_download_url)))
     }
 
-    /// The download URL of exactly the entry `entry` (from an earlier lookup if any).
+    /// The download URL of the entry `entry`, or of its newest replacement
+    /// (`{entry}~{16 hex}`, see [`Storage::put`]); from an earlier lookup if any. One round
+    /// trip, two when the service answers with another entry that starts with `entry`.
     fn url_of(&self, what: &str, entry: &str) -> Result<Option<String>, StorageError> {
         if let Some(u) = self.urls.lock().expect("urls").get(entry) {
             return Ok(Some(u.clone()));
         }
-        Ok(match self.lookup(what, entry, &[])? {
-            Some((matched, url)) if matched == entry => Some(url),
-            _ => None,
-        })
+        let replaced = format!("{entry}~");
+        let found = match self.lookup(what, entry, std::slice::from_ref(&replaced))? {
+            Some((m, url)) if m == entry || is_replacement_of(&m, entry) => Some(url),
+            Some(_) => match self.lookup(what, &replaced, std::slice::from_ref(&replaced))? {
+                Some((m, url)) if is_replacement_of(&m, entry) => Some(url),
+                _ => None,
+            },
+            None => None,
+        };
+        if let Some(u) = &found {
+            self.urls
+                .lock()
+                .expect("urls")
+                .insert(entry.to_owned(), u.clone());
+        }
+        Ok(found)
     }
 
     fn forget(&self, entry: &str) {
@@ -686,6 +717,39 @@ impl Inner {
         })
     }
 
+    /// Delete the entries keyed `entry` (all versions) through the REST API; absent is done.
+    fn rest_delete(&self, what: &str, entry: &str) -> Result<(), StorageError> {
+        let rest = self.rest(what)?;
+        {
+            let mut last = self.last_delete.lock().expect("last delete");
+            if let Some(t) = *last {
+                let since = t.elapsed();
+                if since < Duration::from_secs(1) {
+                    std::thread::sleep(Duration::from_secs(1) - since);
+                }
+            }
+            *last = Some(Instant::now());
+        }
+        let url = format!(
+            "{}/repos/{}/actions/caches",
+            rest.api_url.trim_end_matches('/'),
+            rest.repository
+        );
+        let resp = self.send(what, &|| {
+            self.agent
+                .delete(&url)
+                .header("Authorization", &format!("Bearer {}", rest.token))
+                .header("Accept", "application/vnd.github+json")
+                .query("key", entry)
+                .call()
+        })?;
+        self.forget(entry);
+        match resp.status().as_u16() {
+            200 | 204 | 404 => Ok(()),
+            _ => Err(self.rest_status(what, resp)),
+        }
+    }
+
     fn rest_status(&self, what: &str, resp: http::Response<ureq::Body>) -> StorageError {
         let status = resp.status().as_u16();
         let msg = error_message(status, &body_text(resp));
@@ -702,6 +766,15 @@ impl Inner {
             ),
         )
     }
+}
+
+/// Whether `candidate` is `{entry}~{16 hex digits}`: a replacement written by
+/// [`Storage::put`].
+fn is_replacement_of(candidate: &str, entry: &str) -> bool {
+    candidate
+        .strip_prefix(entry)
+        .and_then(|r| r.strip_prefix('~'))
+        .is_some_and(|v| v.len() == 16 && v.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 fn not_found(what: &str) -> StorageError {
@@ -803,6 +876,7 @@ impl GhaStore {
                 urls: Mutex::default(),
                 snapshots: Mutex::default(),
                 last_delete: Mutex::new(None),
+                last_stamp: Mutex::new(0),
             }),
             uploader: Mutex::default(),
         })
@@ -1041,6 +1115,28 @@ impl Storage for GhaStore {
         )
     }
 
+    /// Entries cannot be replaced: each put is a new entry `{entry}~{time, 16 hex}` and a read
+    /// takes the newest (the service's prefix lookup), so readers see the old object or the
+    /// new one. The old entries stay until deleted (or evicted).
+    fn put(&self, key: &str, data: &[u8]) -> Result<(), StorageError> {
+        let entry = self.entry(key)?;
+        let stamp = {
+            let mut last = self.inner.last_stamp.lock().expect("stamp");
+            *last = (crate::clock::now_nanos().max(0) as u64).max(*last + 1);
+            *last
+        };
+        let what = self.describe(key);
+        self.inner.forget(&entry);
+        self.inner.publish(
+            &what,
+            &format!("{entry}~{stamp:016x}"),
+            data.len() as u64,
+            &mut &data[..],
+        )?;
+        self.inner.forget(&entry);
+        Ok(())
+    }
+
     fn put_snapshot(&self, key: &str, user_key: &str, data: &[u8]) -> Result<bool, StorageError> {
         if !check_key(key) {
             return Err(invalid(key, "not a valid cache key".into()));
@@ -1171,39 +1267,19 @@ impl Storage for GhaStore {
         ))
     }
 
+    /// Through the REST API: the entry, and the replacements [`Storage::put`] made of it;
+    /// each delete at least a second after the one before.
     fn delete(&self, key: &str) -> Result<(), StorageError> {
         let entry = self.entry(key)?;
         let what = self.describe(key);
-        let rest = self.inner.rest(&what)?;
-        {
-            let mut last = self.inner.last_delete.lock().expect("last delete");
-            if let Some(t) = *last {
-                let since = t.elapsed();
-                if since < Duration::from_secs(1) {
-                    std::thread::sleep(Duration::from_secs(1) - since);
-                }
+        self.inner.rest_delete(&what, &entry)?;
+        for e in self.rest_list(&format!("{entry}~"))? {
+            if is_replacement_of(&e.key, &entry) {
+                self.inner.rest_delete(&what, &e.key)?;
             }
-            *last = Some(Instant::now());
         }
-        let url = format!(
-            "{}/repos/{}/actions/caches",
-            rest.api_url.trim_end_matches('/'),
-            rest.repository
-        );
-        let resp = self.inner.send(&what, &|| {
-            self.inner
-                .agent
-                .delete(&url)
-                .header("Authorization", &format!("Bearer {}", rest.token))
-                .header("Accept", "application/vnd.github+json")
-                .query("key", &entry)
-                .call()
-        })?;
         self.inner.forget(&entry);
-        match resp.status().as_u16() {
-            200 | 204 | 404 => Ok(()),
-            _ => Err(self.inner.rest_status(&what, resp)),
-        }
+        Ok(())
     }
 
     fn describe(&self, key: &str) -> String {
