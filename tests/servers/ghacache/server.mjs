@@ -83,9 +83,11 @@ azurite.on('exit', (code) => {
     process.exit(1);
   }
 });
+const pidFile = arg('pid-file');
 function stop() {
   stopping = true;
   try { azurite.kill('SIGTERM'); } catch { /* gone */ }
+  if (pidFile) fs.rmSync(pidFile, { force: true });
   process.exit(0);
 }
 process.on('SIGTERM', stop);
@@ -352,7 +354,6 @@ const server = http.createServer(async (req, res) => {
 });
 server.listen(0, '127.0.0.1', () => {
   const { port } = server.address();
-  const pidFile = arg('pid-file');
   if (pidFile) fs.writeFileSync(pidFile, `${process.pid} ${azurite.pid}\n`);
   process.stdout.write(
     `${JSON.stringify({ url: `http://127.0.0.1:${port}/`, blob: blobEndpoint })}\n`,
