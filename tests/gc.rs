@@ -42,6 +42,7 @@ fn save(w: &World, key: &str) -> String {
 fn save_roots(w: &World, key: &str, roots: Vec<String>) -> String {
     let cache = w.cache();
     let opts = SaveOptions {
+        gc_roots: false,
         key: key.into(),
         roots,
         skip_corrupt: false,
@@ -218,6 +219,7 @@ fn a_save_that_started_before_a_collection_keeps_what_its_snapshot_needs() {
     util::add_files_path(&src, &name, &[("f", &noise(5, 50_000), false)], &[]);
     let cache = w.cache();
     let opts = SaveOptions {
+        gc_roots: false,
         key: "other".into(),
         roots: Vec::new(),
         skip_corrupt: false,
@@ -256,4 +258,159 @@ fn a_save_that_started_before_a_collection_keeps_what_its_snapshot_needs() {
         .unwrap();
         restores(&w, &id, &format!("dst-grace-{grace}"));
     }
+}
+
+fn json_of(out: &std::process::Output) -> serde_json::Value {
+    util::json(&out.stdout)
+}
+
+#[test]
+fn keys_and_restore_keys_from_the_cli_as_actions_cache_resolves_them() {
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    sample::build(&src, 1).unwrap();
+    let cache = w.cache_dir();
+    let save = |key: &str| {
+        let out = w
+            .cmd("src")
+            .args(["--json", "save", "--key", key, "--cache"])
+            .arg(&cache)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        json_of(&out)["snapshot"].as_str().unwrap().to_string()
+    };
+    let a1 = save("guix-linux-aaa");
+    util::add_files_path(
+        &src,
+        &format!("{}-z", hash_part(9)),
+        &[("f", b"z", false)],
+        &[],
+    );
+    let a2 = save("guix-linux-aaa");
+    let b = save("guix-linux-bbb");
+    assert_ne!(a1, a2);
+    let restore = |root: &str, args: &[&str]| {
+        let out = w
+            .cmd(root)
+            .args(["--json", "restore", "--cache"])
+            .arg(&cache)
+            .args(args)
+            .output()
+            .unwrap();
+        (out.status.code(), json_of(&out))
+    };
+    let (code, r) = restore("d1", &["--key", "guix-linux-aaa"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(r["snapshot"], a2.as_str());
+    assert_eq!(r["matched_key"], "guix-linux-aaa");
+    assert_eq!(r["exact_match"], true);
+    let (code, r) = restore(
+        "d2",
+        &["--key", "guix-linux-new", "--restore-key", "guix-linux-"],
+    );
+    assert_eq!(code, Some(0));
+    assert_eq!(r["snapshot"], b.as_str(), "the newest with the prefix");
+    assert_eq!(r["exact_match"], false);
+    // A miss restores nothing and exits 0, or 1 with --fail-on-miss.
+    let (code, r) = restore("d3", &["--key", "nix-", "--restore-key", "mac-"]);
+    assert_eq!((code, r["restored"].as_u64()), (Some(0), Some(0)));
+    let (code, _) = restore("d4", &["--key", "nix-", "--fail-on-miss"]);
+    assert_eq!(code, Some(1));
+    assert!(!w.root("d3").join("var/guix/db/db.sqlite").exists());
+    // ls shows the keys.
+    let out = w
+        .cmd("src")
+        .args(["ls", "--cache"])
+        .arg(&cache)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("guix-linux-aaa").count(), 2, "{text}");
+}
+
+#[test]
+fn save_prune_keeps_a_cache_within_its_budget_and_gc_killed_anywhere_leaves_it_whole() {
+    let w = World::new(Flavor::Nix);
+    let src = w.layout("src");
+    sample::build(&src, 1).unwrap();
+    let cache = w.cache_dir();
+    let mut last = String::new();
+    for g in 0..4u64 {
+        let name = format!("{}-p{g}", hash_part(20 + g));
+        util::add_files_path(&src, &name, &[("d", &noise(20 + g, 200_000), false)], &[]);
+        let out = w
+            .cmd("src")
+            .args([
+                "--json",
+                "save",
+                "--key",
+                "nix-ci",
+                "--prune",
+                "--keep-last",
+                "1",
+            ])
+            .args(["--grace", "0s", "--cache"])
+            .arg(&cache)
+            .arg(format!("/nix/store/{name}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let j = json_of(&out);
+        last = j["snapshot"].as_str().unwrap().to_string();
+        assert_eq!(j["pruned"]["kept"].as_array().unwrap().len(), 1, "{j}");
+    }
+    // Only the newest generation's data is left (200 KB of noise, plus the index and
+    // snapshot files).
+    assert!(pack_bytes(&cache) < 260_000, "{}", pack_bytes(&cache));
+    restores(&w, &last, "dst");
+    // gc killed at increasing instants: the cache always verifies and the kept snapshot
+    // restores; a final run completes.
+    for (i, delay_ms) in [0u64, 2, 5, 10, 20, 40].into_iter().enumerate() {
+        let name = format!("{}-k{i}", hash_part(40 + i as u64));
+        util::add_files_path(
+            &src,
+            &name,
+            &[("d", &noise(40 + i as u64, 100_000), false)],
+            &[],
+        );
+        let out = w
+            .cmd("src")
+            .args(["--json", "save", "--key", "nix-ci", "--cache"])
+            .arg(&cache)
+            .arg(format!("/nix/store/{name}"))
+            .output()
+            .unwrap();
+        let id = json_of(&out)["snapshot"].as_str().unwrap().to_string();
+        let mut child = w
+            .std_cmd("src")
+            .args(["gc", "--keep-last", "1", "--grace", "0s", "--cache"])
+            .arg(&cache)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        let v = storesync::verify::verify(&Cache::open_dir_read_only(&cache), &NoProgress).unwrap();
+        assert!(v.problems.is_empty(), "kill after {delay_ms} ms: {v:?}");
+        restores(&w, &id, &format!("dst-kill-{i}"));
+    }
+    let out = w
+        .cmd("src")
+        .args(["gc", "--keep-last", "1", "--grace", "0s", "--cache"])
+        .arg(&cache)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(w.cache().list_snapshots().unwrap().len(), 1);
 }

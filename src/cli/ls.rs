@@ -34,12 +34,14 @@ pub struct LsArgs {
 #[derive(Serialize)]
 struct SnapshotLine {
     id: String,
+    /// The key it was saved under (empty for none).
+    key: String,
+    /// Unix seconds.
     created: i64,
     flavor: String,
     store_dir: String,
-    paths: usize,
+    paths: u64,
     nar_bytes: u64,
-    roots: Vec<String>,
     /// With trusted keys: the key whose signature verified.
     signed_by: Option<String>,
 }
@@ -59,7 +61,9 @@ pub fn run(g: &Global, a: &LsArgs) -> Result<u8> {
     match &a.snapshot {
         None => {
             let mut lines = Vec::new();
-            for id in cache.snapshot_ids()? {
+            // Heads only: a listing costs one small read per snapshot, whatever its size.
+            for r in cache.list_snapshots()? {
+                let id = r.id;
                 // With trusted keys, nothing of a snapshot is read before its signature passes.
                 let signed_by = if keys.is_empty() {
                     None
@@ -72,21 +76,17 @@ pub fn run(g: &Global, a: &LsArgs) -> Result<u8> {
                         }
                     }
                 };
-                match cache.read_snapshot(&id) {
-                    Ok(s) => lines.push((
-                        s.created,
+                match cache.read_head(&r) {
+                    Ok(h) => lines.push((
+                        h.created,
                         SnapshotLine {
                             id: id.hex(),
-                            created: s.created / 1_000_000_000,
-                            flavor: s.flavor.name().into(),
-                            store_dir: s.store_dir.clone(),
-                            paths: s.paths.len(),
-                            nar_bytes: s.nar_bytes(),
-                            roots: s
-                                .roots
-                                .iter()
-                                .map(|r| format!("{}/{r}", s.store_dir))
-                                .collect(),
+                            key: h.key.clone(),
+                            created: h.created / 1_000_000_000,
+                            flavor: h.flavor.name().into(),
+                            store_dir: h.store_dir.clone(),
+                            paths: h.paths,
+                            nar_bytes: h.nar_bytes,
                             signed_by,
                         },
                     )),
@@ -130,11 +130,7 @@ fn snapshots_text(out: &mut dyn Write, lines: &Vec<SnapshotLine>) -> io::Result<
             l.flavor,
             l.paths,
             human(l.nar_bytes),
-            if l.roots.is_empty() {
-                "(all valid paths)".to_string()
-            } else {
-                l.roots.join(" ")
-            }
+            if l.key.is_empty() { "(no key)" } else { &l.key }
         )?;
         if let Some(k) = &l.signed_by {
             writeln!(out, "              signed by trusted key `{k}`")?;

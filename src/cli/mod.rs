@@ -3,7 +3,9 @@
 //! `--help` examples and how its result is printed; [`output`] prints.
 
 mod demo;
+mod diff;
 mod dump_nar;
+mod gc;
 mod key;
 mod ls;
 pub mod output;
@@ -153,6 +155,14 @@ pub enum Command {
     /// verify it, and print what happened.
     #[command(after_help = demo::EXAMPLES)]
     Demo(demo::DemoArgs),
+    /// Compare two snapshots, or a snapshot and the live store: paths added and removed,
+    /// NAR bytes, and what a restore would download.
+    #[command(after_help = diff::EXAMPLES)]
+    Diff(diff::DiffArgs),
+    /// Drop snapshots a retention policy does not keep, and the data only they need, within
+    /// a size budget.
+    #[command(after_help = gc::EXAMPLES)]
+    Gc(gc::GcArgs),
     /// Make the Ed25519 keys that sign snapshots (`save --sign-key`) and check them
     /// (`restore --trusted-key`).
     #[command(after_help = key::EXAMPLES)]
@@ -252,6 +262,8 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Verify(a) => verify::run(g, a, &bars),
         Command::DumpNar(a) => dump_nar::run(g, a),
         Command::Demo(a) => demo::run(g, a, &bars),
+        Command::Gc(a) => gc::run(g, a, &bars),
+        Command::Diff(a) => diff::run(g, a),
         Command::Key(a) => key::run(g, a),
     }
 }

@@ -14,6 +14,8 @@ pub const EXAMPLES: &str = "\
 Examples:
   # CI, before guix-daemon starts (an absent or empty cache restores nothing):
   sudo storesync restore --cache ~/.cache/storesync
+  # by key, falling back to the newest snapshot of any key with that prefix (actions/cache):
+  sudo storesync restore --cache ~/.cache/storesync --key guix-ci-abc123 --restore-key guix-ci-
   # what would be written, changing nothing:
   storesync restore --cache /mnt/team-cache --dry-run
   # only a snapshot signed by the CI key (see `storesync key generate`):
@@ -38,6 +40,22 @@ pub struct RestoreArgs {
     /// Wait for the daemon's big-lock instead of exiting with code 3.
     #[arg(long)]
     pub wait: bool,
+    /// Restore the newest snapshot saved under this key (`save --key`), as actions/cache's
+    /// `key`; with no such snapshot, the --restore-key prefixes are tried in order.
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "STORESYNC_KEY",
+        conflicts_with = "snapshot"
+    )]
+    pub key: Option<String>,
+    /// A key prefix to fall back to, as actions/cache's `restore-keys` (repeatable, tried in
+    /// order; the newest snapshot whose key starts with the first that matches is used).
+    #[arg(long, value_name = "PREFIX", requires = "key")]
+    pub restore_key: Vec<String>,
+    /// Exit 1 when no snapshot matches (a cache miss exits 0 otherwise, restoring nothing).
+    #[arg(long)]
+    pub fail_on_miss: bool,
     #[command(flatten)]
     pub trust: TrustArgs,
     /// Restore only the closure of these store paths.
@@ -49,6 +67,13 @@ pub fn run(g: &Global, a: &RestoreArgs, progress: &dyn Progress) -> Result<u8> {
     let trusted = a.trust.keys()?;
     let cache = a.cache.open_read_only()?;
     if cache.snapshot_ids()?.is_empty() && a.snapshot.is_none() {
+        if a.fail_on_miss {
+            note(format_args!(
+                "cache miss: the cache {} holds no snapshot (--fail-on-miss)",
+                a.cache.cache.display()
+            ));
+            return Ok(1);
+        }
         note(format_args!(
             "the cache {} holds no snapshot yet: nothing to restore",
             a.cache.cache.display()
@@ -64,10 +89,35 @@ pub fn run(g: &Global, a: &RestoreArgs, progress: &dyn Progress) -> Result<u8> {
         dry_run: a.dry_run,
         wait: a.wait,
         trusted,
+        key: a.key.clone(),
+        restore_keys: a.restore_key.clone(),
     };
     let r = restore::restore(&layout, &cache, &opts, progress);
     print_warnings(&cache);
-    let r = r?;
+    let r = match r {
+        Err(storesync::Error::Cache(storesync::cache::CacheError::NoSnapshot(what)))
+            if a.key.is_some() =>
+        {
+            // A cache miss, as actions/cache has them: nothing restored.
+            note(format_args!("cache miss: no snapshot matches {what}"));
+            if g.json {
+                super::output::print_json(&RestoreReport::default())?;
+            }
+            return Ok(u8::from(a.fail_on_miss));
+        }
+        r => r?,
+    };
+    if let Some(k) = &r.matched_key {
+        note(format_args!(
+            "snapshot {} matched key `{k}`{}",
+            short(&r.snapshot),
+            if r.exact_match {
+                ""
+            } else {
+                " (a --restore-key prefix)"
+            }
+        ));
+    }
     for p in &r.passed_over {
         note(format_args!("passed over: {p}"));
     }

@@ -21,6 +21,10 @@ Examples:
   storesync save --cache /mnt/team-cache /var/guix/profiles/per-user/alice/guix-profile
   # under a key, as actions/cache names entries (restore finds it by key or prefix):
   storesync save --cache ~/.cache/storesync --key guix-$(guix describe -f channels | sha256sum | cut -c1-16)
+  # and keep the cache within a budget (the two newest snapshots of each key, 8 GiB):
+  storesync save --cache ~/.cache/storesync --key guix-ci --prune --keep-last 2 --max-size 8GiB
+  # what the daemon's garbage collector would keep (profiles, auto roots):
+  sudo storesync save --cache ~/.cache/storesync --gc-roots
   # which paths a save would read, writing nothing (not even the cache directory):
   storesync save --cache ~/.cache/storesync --dry-run
   # signed, so that restores given the public key (--trusted-key) accept it:
@@ -58,12 +62,24 @@ pub struct SaveArgs {
     /// zstd compression level for new contents.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
     pub level: i32,
+    /// After saving, collect garbage with the retention rules given (--keep-last,
+    /// --keep-within, --max-size; see `storesync gc`), so one command keeps a CI cache within
+    /// its budget.
+    #[arg(long)]
+    pub prune: bool,
+    #[command(flatten)]
+    pub retention: super::gc::RetentionArgs,
+    /// Also save the closure of the daemon's GC roots (Guix: /var/guix/gcroots, Nix:
+    /// /nix/var/nix/gcroots, and the profiles they link to), i.e. what `guix gc` would keep.
+    #[arg(long)]
+    pub gc_roots: bool,
     /// Store paths, or links to them (profiles, GC roots), resolved inside --root.
     pub paths: Vec<String>,
 }
 
 pub fn run(g: &Global, a: &SaveArgs, progress: &dyn Progress) -> Result<u8> {
     let layout = g.layout()?;
+    super::gc::check_prune(a.prune, &a.retention)?;
     // A bad key fails before anything is read or written.
     let key = a
         .sign_key
@@ -71,6 +87,7 @@ pub fn run(g: &Global, a: &SaveArgs, progress: &dyn Progress) -> Result<u8> {
         .map(trust::load_secret_key)
         .transpose()?;
     let opts = SaveOptions {
+        gc_roots: a.gc_roots,
         key: a.key.clone().unwrap_or_default(),
         roots: a.paths.clone(),
         skip_corrupt: a.skip_corrupt,
@@ -110,11 +127,27 @@ pub fn run(g: &Global, a: &SaveArgs, progress: &dyn Progress) -> Result<u8> {
         }
         None => None,
     };
+    let pruned = if a.prune {
+        Some(storesync::cache::gc::gc(
+            &cache,
+            &a.retention.policy(false),
+            progress,
+        )?)
+    } else {
+        None
+    };
     let saved = Saved {
         report: &r,
         signed_by,
+        pruned,
     };
-    render(g.format(), &saved, |out, s| text(out, s, g.verbose > 0))?;
+    render(g.format(), &saved, |out, s| {
+        text(out, s, g.verbose > 0)?;
+        match &s.pruned {
+            Some(p) => super::gc::text(out, p),
+            None => Ok(()),
+        }
+    })?;
     Ok(0)
 }
 
@@ -125,6 +158,8 @@ struct Saved<'a> {
     report: &'a SaveReport,
     /// The name of the key that signed the snapshot (`--sign-key`).
     signed_by: Option<String>,
+    /// What `--prune` collected.
+    pruned: Option<storesync::cache::gc::GcReport>,
 }
 
 fn text(out: &mut dyn Write, s: &Saved, verbose: bool) -> io::Result<()> {

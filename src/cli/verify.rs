@@ -47,6 +47,20 @@ fn text(out: &mut dyn Write, r: &VerifyReport) -> io::Result<()> {
     for p in &r.problems {
         writeln!(out, "problem: {p}")?;
     }
+    for l in &r.leftovers {
+        writeln!(
+            out,
+            "leftover (scratch of a killed writer; the next save removes it): {l}"
+        )?;
+    }
+    if r.garbage_files > 0 {
+        writeln!(
+            out,
+            "garbage: {} packs no snapshot needs ({}); `storesync gc` frees them",
+            r.garbage_files,
+            super::output::human(r.garbage_bytes)
+        )?;
+    }
     writeln!(
         out,
         "checked {} packs, {} objects, {} snapshots: {}",

@@ -45,6 +45,10 @@ pub struct RestoreOptions {
     /// Use only a snapshot signed by one of these keys (checked before the snapshot is
     /// read); none means no signature check.
     pub trusted: TrustedKeys,
+    /// Choose by key, as actions/cache does: the newest snapshot saved under this key...
+    pub key: Option<String>,
+    /// ...else the newest whose key starts with the first of these that matches any.
+    pub restore_keys: Vec<String>,
 }
 
 /// A path that could not be restored.
@@ -95,6 +99,10 @@ pub struct RestoreReport {
     pub signed_by: Option<String>,
     /// With trusted keys: snapshots refused while choosing the newest, one message each.
     pub passed_over: Vec<String>,
+    /// Chosen by key: the key of the snapshot restored.
+    pub matched_key: Option<String>,
+    /// Chosen by key: true when it equals `--key`, false when a `--restore-key` prefix matched.
+    pub exact_match: bool,
 }
 
 /// Restore threads per `--jobs` (see [`execute`]).
@@ -105,7 +113,51 @@ const TRASH_PREFIX: &str = ".storesync-trash-";
 
 /// Choose the snapshot: by prefix or the newest; with trusted keys, only one whose signature
 /// passes, checked before anything else of it is read.
-fn choose(
+fn choose(cache: &Cache, opts: &RestoreOptions) -> Result<Chosen> {
+    if let Some(key) = &opts.key {
+        let accept = |id: &SnapshotId, _: &crate::cache::SnapshotHead| {
+            if opts.trusted.is_empty() {
+                return Ok(());
+            }
+            cache
+                .check_signature(id, &opts.trusted)
+                .map(drop)
+                .map_err(|e| crate::error::Chain(&e).to_string())
+        };
+        let m = cache.find_by_key(key, &opts.restore_keys, &accept)?;
+        let signed_by = if opts.trusted.is_empty() {
+            None
+        } else {
+            Some(cache.check_signature(&m.id, &opts.trusted)?)
+        };
+        return Ok(Chosen {
+            id: m.id,
+            snapshot: m.snapshot,
+            signed_by,
+            passed_over: m.passed_over,
+            matched_key: Some((m.matched_key, m.exact)),
+        });
+    }
+    let (id, snapshot, signed_by, passed_over) = choose_by_id(cache, opts)?;
+    Ok(Chosen {
+        id,
+        snapshot,
+        signed_by,
+        passed_over,
+        matched_key: None,
+    })
+}
+
+/// The snapshot a restore uses, and how it was chosen.
+struct Chosen {
+    id: SnapshotId,
+    snapshot: Snapshot,
+    signed_by: Option<String>,
+    passed_over: Vec<String>,
+    matched_key: Option<(String, bool)>,
+}
+
+fn choose_by_id(
     cache: &Cache,
     opts: &RestoreOptions,
 ) -> Result<(SnapshotId, Snapshot, Option<String>, Vec<String>)> {
@@ -130,11 +182,17 @@ pub fn restore(
     opts: &RestoreOptions,
     progress: &dyn Progress,
 ) -> Result<RestoreReport> {
-    let (id, snapshot, signed_by, passed_over) = choose(cache, opts)?;
-    let report = restore_snapshot(layout, cache, opts, progress, id, snapshot)?;
+    let c = choose(cache, opts)?;
+    let report = restore_snapshot(layout, cache, opts, progress, c.id, c.snapshot)?;
+    let (matched_key, exact_match) = match c.matched_key {
+        Some((k, exact)) => (Some(k), exact),
+        None => (None, false),
+    };
     Ok(RestoreReport {
-        signed_by,
-        passed_over,
+        signed_by: c.signed_by,
+        passed_over: c.passed_over,
+        matched_key,
+        exact_match,
         ..report
     })
 }
