@@ -536,17 +536,26 @@ impl Inner {
         let url = match url {
             Created::Url(u) => u,
             Created::Exists => {
-                return match self.url_of(what, entry)? {
-                    Some(_) => Ok(false),
-                    None => Err(StorageError(
-                        what.to_owned(),
-                        io::Error::new(
-                            io::ErrorKind::AlreadyExists,
-                            "the entry is reserved by another job that has not finished \
-                             uploading it (or gave up); try again later",
-                        ),
-                    )),
-                };
+                // Readable: done. Not yet: another job (a parallel save of the same object)
+                // may be uploading it right now; give it a few pauses to finish.
+                let mut pause = self.cfg.retry_pause;
+                for attempt in 1..=self.cfg.tries {
+                    if self.url_of(what, entry)?.is_some() {
+                        return Ok(false);
+                    }
+                    if attempt < self.cfg.tries {
+                        std::thread::sleep(pause);
+                        pause *= 2;
+                    }
+                }
+                return Err(StorageError(
+                    what.to_owned(),
+                    io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        "the entry is reserved by another job that has not finished uploading \
+                         it (or gave up); try again later",
+                    ),
+                ));
             }
         };
         self.upload(what, &url, size, source)?;
