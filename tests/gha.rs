@@ -479,6 +479,13 @@ fn cli_round_trip(flavor: Flavor, scope: &str) {
             0,
         ),
     ];
+    let creates = |svc: &Service| {
+        calls(svc, scope)
+            .iter()
+            .filter(|c| c.0 == "CreateCacheEntry")
+            .count()
+    };
+    let created = creates(svc);
     for (root, args, paths) in cases {
         let (r, code, err) = restore_gha(&w, svc, root, scope, args);
         assert_eq!(code, 0, "{root}: {r} {err}");
@@ -488,6 +495,37 @@ fn cli_round_trip(flavor: Flavor, scope: &str) {
             "{root}: {r}"
         );
     }
+    assert_eq!(creates(svc), created, "a restore writes nothing");
+    // ls and verify see the newest snapshots; gc refuses a cache it cannot list.
+    let run = |args: &[&str]| {
+        gha_cmd(&w, svc, "src", scope)
+            .args(args)
+            .arg("--cache")
+            .arg(format!("gha://{scope}"))
+            .output()
+            .unwrap()
+    };
+    let ls = run(&["ls"]);
+    assert!(
+        ls.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ls.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ls.stdout).contains("store-linux-v2"));
+    let verify = run(&["verify"]);
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let gc = run(&["gc", "--dry-run"]);
+    assert!(!gc.status.success());
+    assert!(
+        String::from_utf8_lossy(&gc.stderr).contains("gc needs a cache it can list"),
+        "{}",
+        String::from_utf8_lossy(&gc.stderr)
+    );
 }
 
 #[test]
