@@ -286,10 +286,14 @@ fn other(what: &str, why: String) -> StorageError {
 const TOKEN_EXPIRED: &str = "the runtime token expired or is missing (ACTIONS_RUNTIME_TOKEN): it \
                              lives about 6 hours and only JavaScript actions receive it";
 
-/// Retry-After in seconds (the service sends seconds; an HTTP date is not parsed).
+/// Retry-After in seconds, at least one (the service sends seconds; an HTTP date is not
+/// parsed). Never zero: a stream of "429, Retry-After: 0" must still use up the wait allowed.
 fn retry_after(resp: &http::Response<ureq::Body>) -> Option<Duration> {
     let v = resp.headers().get("retry-after")?.to_str().ok()?;
-    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+    v.trim()
+        .parse::<u64>()
+        .ok()
+        .map(|s| Duration::from_secs(s.max(1)))
 }
 
 fn body_text(resp: http::Response<ureq::Body>) -> String {
