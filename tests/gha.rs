@@ -275,7 +275,19 @@ fn snap(key: &str, created: i64) -> Snapshot {
 #[test]
 fn snapshots_are_found_by_key_and_prefix_as_actions_cache_finds_entries() {
     let Some(svc) = service() else { return };
-    let cache = Cache::open(Box::new(store(svc, "keys")));
+    find_by_key_through(svc, "keys");
+    // The same when the service matches a lookup's `key` exactly only (GitHub documents a
+    // prefix match of the key too; the lookups must not depend on it).
+    admin(
+        svc,
+        "faults",
+        Some(serde_json::json!({"token": "token-keys-exact", "exact_key_only": true})),
+    );
+    find_by_key_through(svc, "keys-exact");
+}
+
+fn find_by_key_through(svc: &Service, scope: &str) {
+    let cache = Cache::open(Box::new(store(svc, scope)));
     let now = storesync::clock::now_nanos();
     for (k, t) in [
         ("guix-linux-aaa", now - 50),
@@ -327,7 +339,7 @@ fn snapshots_are_found_by_key_and_prefix_as_actions_cache_finds_entries() {
         .to_string();
     assert!(e.contains("key `nope`, prefix `nix-`"), "{e}");
     // Without a key: the newest snapshot of the scope.
-    let (_, newest) = Cache::open(Box::new(store(svc, "keys")))
+    let (_, newest) = Cache::open(Box::new(store(svc, scope)))
         .find_snapshot(None)
         .unwrap();
     assert_eq!(newest.created, now - 10);

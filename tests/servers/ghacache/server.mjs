@@ -22,6 +22,8 @@
 //     CreateCacheEntry) 409 although no such entry exists (another job reserved it);
 //   POST /_admin/evict {"prefix": P}  deletes the blobs of entries whose key starts with P
 //     (the entries stay: the lookup succeeds, the download is 404);
+//   POST /_admin/faults {"token": T, "exact_key_only": true}  the lookup's `key` matches
+//     exactly only (GitHub documents it as a prefix too; a client must not depend on that);
 //   GET  /_admin/calls?token=T        the twirp calls made with T: [{method, key, status, at}].
 
 import { spawn } from 'node:child_process';
@@ -138,16 +140,22 @@ function newest(list) {
   return list.reduce((a, b) => (a === null || b.created > a.created ? b : a), null);
 }
 
-function lookup(key, restoreKeys, version) {
+function lookup(key, restoreKeys, version, keyAsPrefix) {
   const live = entries.filter((e) => e.finalized && e.version === version);
   const exact = newest(live.filter((e) => e.key === key));
   if (exact) return exact;
-  for (const prefix of [key, ...restoreKeys]) {
+  for (const prefix of keyAsPrefix ? [key, ...restoreKeys] : restoreKeys) {
     const hit = newest(live.filter((e) => e.key.startsWith(prefix)));
     if (hit) return hit;
   }
   return null;
 }
+
+const FIELDS = {
+  CreateCacheEntry: ['metadata', 'key', 'version'],
+  FinalizeCacheEntryUpload: ['metadata', 'key', 'size_bytes', 'version'],
+  GetCacheEntryDownloadURL: ['metadata', 'key', 'restore_keys', 'version'],
+};
 
 function validKey(key) {
   return typeof key === 'string' && key.length > 0 && key.length <= 512 && !key.includes(',');
@@ -202,6 +210,14 @@ async function twirp(req, res, method) {
     return twirpError(res, 429, 'resource_exhausted', 'too many requests',
       { 'retry-after': String(f.retry_after ?? 1) });
   }
+  // Strict about field names (protojson's names, snake_case), so a client that misspells
+  // one is caught here rather than silently ignored.
+  const known = FIELDS[method];
+  const unknown = known && Object.keys(body).find((k) => !known.includes(k));
+  if (unknown) {
+    record(400);
+    return twirpError(res, 400, 'malformed', `unknown field ${unknown}`);
+  }
   const { key, version } = body;
   if (method === 'CreateCacheEntry') {
     if (!validKey(key) || !version) {
@@ -225,6 +241,11 @@ async function twirp(req, res, method) {
     if (!e) {
       record(404);
       return twirpError(res, 404, 'not_found', 'no reserved cache entry with this key');
+    }
+    // int64 travels as a JSON string (a number is accepted too).
+    if (!/^\d+$/.test(String(body.size_bytes ?? '0'))) {
+      record(400);
+      return twirpError(res, 400, 'malformed', 'size_bytes is not an int64');
     }
     const size = Number(body.size_bytes ?? 0);
     let props;
@@ -251,7 +272,7 @@ async function twirp(req, res, method) {
       record(400);
       return twirpError(res, 400, 'invalid_argument', 'a key is invalid');
     }
-    const e = lookup(key, restoreKeys, version);
+    const e = lookup(key, restoreKeys, version, !f.exact_key_only);
     if (!e) {
       record(200);
       return send(res, 200, {}); // the service omits false: `ok` absent means a miss
@@ -315,7 +336,7 @@ async function admin(req, res, url) {
   const body = req.method === 'POST' ? JSON.parse((await readBody(req)) || '{}') : {};
   if (url.pathname === '/_admin/faults') {
     const f = faults.get(body.token) || {};
-    for (const k of ['rate_limit', 'retry_after', 'unauthorized', 'conflict']) {
+    for (const k of ['rate_limit', 'retry_after', 'unauthorized', 'conflict', 'exact_key_only']) {
       if (body[k] !== undefined) f[k] = body[k];
     }
     faults.set(body.token, f);
