@@ -129,6 +129,18 @@ pub fn gc(
     policy: &GcPolicy,
     progress: &dyn Progress,
 ) -> Result<GcReport, CacheError> {
+    // A backend that cannot list shows only the newest snapshots: marking from those would
+    // take what older snapshots need for garbage.
+    if !cache.storage().can_list() {
+        return Err(CacheError::Storage(StorageError(
+            cache.storage().describe(""),
+            std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "gc needs a cache it can list; the GitHub Actions cache evicts entries by \
+                 itself (7 days unused, 10 GB per repository)",
+            ),
+        )));
+    }
     let now = crate::clock::now_nanos();
     let mut report = GcReport {
         dry_run: policy.dry_run,

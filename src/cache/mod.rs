@@ -113,8 +113,20 @@ impl Cache {
     }
 
     /// Merge every index file. Damaged index files are skipped with a warning (their objects
-    /// count as absent), as are entries whose pack is missing.
+    /// count as absent), as are entries whose pack is missing. On a backend that cannot list,
+    /// the index files the newest snapshot names (those [`Cache::list_snapshots`] finds).
     fn load_index(&self) -> Objects {
+        if !self.storage.can_list() {
+            let newest = self.list_snapshots().map(|refs| refs.last().cloned());
+            return match newest {
+                Ok(Some(r)) => match self.read_head(&r) {
+                    Ok(head) => self.objects_of(&head.indexes),
+                    Err(e) => warned(format!("cannot read the newest snapshot's head: {e}")),
+                },
+                Ok(None) => Objects::default(),
+                Err(e) => warned(format!("cannot find the newest snapshot: {e}")),
+            };
+        }
         let mut objects = Objects::default();
         let keys = match self.storage.list("index") {
             Ok(k) => k,
@@ -260,25 +272,20 @@ impl Cache {
     /// Every snapshot file of the cache, oldest first as far as names tell (v2 names carry
     /// the creation time; v1 names sort before them, by id). Reads nothing but the listing.
     ///
+    /// A backend that cannot list (the GitHub Actions cache) shows only what a lookup by key
+    /// finds: the newest snapshot saved without a key and the newest of all.
+    ///
     /// # Errors
     /// [`CacheError::Storage`].
     pub fn list_snapshots(&self) -> Result<Vec<SnapshotRef>, CacheError> {
-        let mut out: Vec<SnapshotRef> = self
-            .storage
-            .list("snapshots")?
-            .into_iter()
-            .filter_map(|key| {
-                let n = format::parse_snapshot_key(&key)?;
-                Some(SnapshotRef {
-                    id: n.id,
-                    created: n.created,
-                    file_sum: n.file_sum,
-                    key,
-                })
-            })
-            .collect();
-        out.sort_by_key(|r| (r.created, r.id));
-        Ok(out)
+        let keys = if self.storage.can_list() {
+            self.storage.list("snapshots")?
+        } else {
+            self.storage
+                .find_snapshots("", &[String::new()])?
+                .unwrap_or_default()
+        };
+        Ok(snapshot_refs(keys))
     }
 
     /// Ids of all snapshots, in the order of [`Cache::list_snapshots`].
@@ -373,6 +380,17 @@ impl Cache {
     /// every index file of the cache: a restore then never lists nor downloads the others.
     /// Missing or damaged ones are warnings; their objects count as absent.
     pub fn use_indexes(&self, ids: &[IndexId]) {
+        let objects = self.objects_of(ids);
+        match self.objects.get() {
+            Some(o) => *o.write().expect("objects") = objects,
+            None => {
+                let _ = self.objects.set(RwLock::new(objects));
+            }
+        }
+    }
+
+    /// The objects of the index files `ids`; missing or damaged ones are warnings.
+    fn objects_of(&self, ids: &[IndexId]) -> Objects {
         let mut objects = Objects::default();
         for id in ids {
             let key = index_key(id);
@@ -385,12 +403,7 @@ impl Cache {
                 Err(e) => objects.warnings.push(format!("index {key}: {e}")),
             }
         }
-        match self.objects.get() {
-            Some(o) => *o.write().expect("objects") = objects,
-            None => {
-                let _ = self.objects.set(RwLock::new(objects));
-            }
-        }
+        objects
     }
 
     /// The index files whose objects are readable now.
@@ -497,7 +510,12 @@ impl Cache {
         accept: &dyn Fn(&SnapshotId, &SnapshotHead) -> Result<(), String>,
     ) -> Result<KeyMatch, CacheError> {
         let limit = crate::clock::now_nanos().saturating_add(FUTURE_MARGIN_NANOS);
-        let mut refs = self.list_snapshots()?;
+        // A backend that cannot list looks the keys up itself (the newest per key and
+        // prefix); the others list every snapshot and read heads.
+        let mut refs = match self.storage.find_snapshots(key, restore_keys)? {
+            Some(keys) => snapshot_refs(keys),
+            None => self.list_snapshots()?,
+        };
         refs.reverse(); // newest first, as far as names tell
         let mut heads = Vec::new();
         let mut passed_over = Vec::new();
@@ -562,13 +580,14 @@ impl Cache {
         self.extra_warnings.lock().expect("warnings").push(w);
     }
 
-    /// Write a snapshot (after every object it names is durable), create-only. Returns its id.
+    /// Write a snapshot (after every object it names is durable), create-only, findable by
+    /// its key ([`Storage::put_snapshot`]). Returns its id.
     ///
     /// # Errors
     /// [`CacheError::Storage`].
     pub fn write_snapshot(&self, snap: &Snapshot) -> Result<SnapshotId, CacheError> {
         let (id, key, bytes) = format::encode_snapshot_v2(snap, 3);
-        self.storage.put_if_absent(&key, &bytes)?;
+        self.storage.put_snapshot(&key, &snap.key, &bytes)?;
         Ok(id)
     }
 
@@ -578,9 +597,34 @@ impl Cache {
     /// [`CacheError::Storage`].
     pub(crate) fn write_snapshot_file(&self, snap: &Snapshot) -> Result<String, CacheError> {
         let (_, key, bytes) = format::encode_snapshot_v2(snap, 3);
-        self.storage.put_if_absent(&key, &bytes)?;
+        self.storage.put_snapshot(&key, &snap.key, &bytes)?;
         Ok(key)
     }
+}
+
+/// Snapshot files by name, oldest first as far as names tell; other names are ignored.
+fn snapshot_refs(keys: Vec<String>) -> Vec<SnapshotRef> {
+    let mut out: Vec<SnapshotRef> = keys
+        .into_iter()
+        .filter_map(|key| {
+            let n = format::parse_snapshot_key(&key)?;
+            Some(SnapshotRef {
+                id: n.id,
+                created: n.created,
+                file_sum: n.file_sum,
+                key,
+            })
+        })
+        .collect();
+    out.sort_by_key(|r| (r.created, r.id));
+    out
+}
+
+/// Objects holding only a warning.
+fn warned(w: String) -> Objects {
+    let mut o = Objects::default();
+    o.warnings.push(w);
+    o
 }
 
 /// The snapshot [`Cache::find_by_key`] chose, and why.

@@ -33,7 +33,7 @@ pub struct DiffArgs {
 
 pub fn run(g: &Global, a: &DiffArgs) -> Result<u8> {
     let layout = g.layout()?;
-    let cache = a.cache.open_read_only();
+    let cache = a.cache.open_read_only()?;
     let to = Side::parse(a.to.as_deref().unwrap_or("@live"));
     let r = diff::diff(&layout, &cache, &Side::parse(&a.from), &to);
     print_warnings(&cache);

@@ -78,7 +78,7 @@ pub struct GcArgs {
 
 pub fn run(g: &Global, a: &GcArgs, progress: &dyn Progress) -> Result<u8> {
     let cache = if a.dry_run {
-        a.cache.open_read_only()
+        a.cache.open_read_only()?
     } else {
         a.cache.open_for_writing()?
     };

@@ -65,7 +65,7 @@ pub struct RestoreArgs {
 pub fn run(g: &Global, a: &RestoreArgs, progress: &dyn Progress) -> Result<u8> {
     let layout = g.layout()?;
     let trusted = a.trust.keys()?;
-    let cache = a.cache.open_read_only();
+    let cache = a.cache.open_read_only()?;
     if cache.snapshot_ids()?.is_empty() && a.snapshot.is_none() {
         if a.fail_on_miss {
             note(format_args!(

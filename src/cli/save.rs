@@ -94,7 +94,7 @@ pub fn run(g: &Global, a: &SaveArgs, progress: &dyn Progress) -> Result<u8> {
         level: a.level,
     };
     if a.dry_run {
-        let cache = a.cache.open_read_only();
+        let cache = a.cache.open_read_only()?;
         let plan = save::plan(&layout, &cache, &opts);
         print_warnings(&cache);
         let summary = plan?.summary(&layout);

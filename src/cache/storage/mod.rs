@@ -10,12 +10,17 @@
 //!   are written with it);
 //! - [`Storage::get`] never returns more than the `max` bytes the caller can afford, and
 //!   never reads anything but a plain object (no device, FIFO or symlink behind a key);
-//! - [`Storage::delete`] of a missing key succeeds (deletes are idempotent).
+//! - [`Storage::delete`] of a missing key succeeds (deletes are idempotent);
+//! - a snapshot written with [`Storage::put_snapshot`] is found by its user key: through
+//!   [`Storage::find_snapshots`] on a backend that cannot list ([`Storage::can_list`] false:
+//!   the GitHub Actions cache), by listing `snapshots` on the others.
 
+pub mod gha;
 mod local;
 
 use std::io::{self, Read, Write};
 
+pub use gha::GhaStore;
 pub use local::LocalDir;
 
 /// An error of a storage backend, naming the key (or file) it failed on.
@@ -109,6 +114,38 @@ pub trait Storage: Send + Sync {
     /// # Errors
     /// [`StorageError`].
     fn size(&self, key: &str) -> Result<Option<u64>, StorageError>;
+    /// Whether [`Storage::list`] works. A backend that cannot list (the GitHub Actions cache's
+    /// runtime API) finds snapshots with [`Storage::find_snapshots`] instead, and the
+    /// conformance suite checks it without listing. True by default.
+    fn can_list(&self) -> bool {
+        true
+    }
+    /// Publish the snapshot file `key` (create-only, as [`Storage::put_if_absent`]) whose
+    /// snapshot has the user key `user_key`, so that [`Storage::find_snapshots`] finds it.
+    /// By default a plain [`Storage::put_if_absent`]: a listing finds it.
+    ///
+    /// # Errors
+    /// [`StorageError`], also when the backend cannot name an entry this long.
+    fn put_snapshot(&self, key: &str, user_key: &str, data: &[u8]) -> Result<bool, StorageError> {
+        let _ = user_key;
+        self.put_if_absent(key, data)
+    }
+    /// The snapshot files a lookup by key finds, as actions/cache looks up entries: the newest
+    /// written with user key `key`, then for each of `restore_keys` the newest whose user key
+    /// starts with it (keys of files, in that order, without repeats; a miss adds nothing).
+    /// `None` (the default) means "list `snapshots` and read their heads instead"; a backend
+    /// that cannot list answers here.
+    ///
+    /// # Errors
+    /// [`StorageError`].
+    fn find_snapshots(
+        &self,
+        key: &str,
+        restore_keys: &[String],
+    ) -> Result<Option<Vec<String>>, StorageError> {
+        let _ = (key, restore_keys);
+        Ok(None)
+    }
     /// Remove an object; an absent one counts as removed.
     ///
     /// # Errors
@@ -167,13 +204,28 @@ pub fn conformance(s: &dyn Storage) {
     assert!(s.get_range("snapshots/a", u64::MAX, 2).is_err());
     assert_eq!(s.size("snapshots/a").unwrap(), Some(11));
     assert_eq!(s.size("snapshots/b").unwrap(), None);
-    // Writers: invisible until committed, discarded when dropped.
+    // Writers: invisible until committed, discarded when dropped. A backend that cannot list
+    // says so with an error; what a listing would show is checked through `size`.
+    let listed = |prefix: &str| -> Option<Vec<String>> {
+        if s.can_list() {
+            Some(s.list(prefix).unwrap())
+        } else {
+            assert!(s.list(prefix).is_err(), "cannot list, so an error");
+            None
+        }
+    };
     let mut w = s.writer().unwrap();
     w.write_all(b"pack").unwrap();
-    assert!(s.list("packs").unwrap().is_empty());
+    if let Some(l) = listed("packs") {
+        assert!(l.is_empty());
+    }
+    assert_eq!(s.size("packs/p").unwrap(), None);
     w.commit("packs/p").unwrap();
     s.sync().unwrap();
-    assert_eq!(s.list("packs").unwrap(), vec!["packs/p".to_string()]);
+    if let Some(l) = listed("packs") {
+        assert_eq!(l, vec!["packs/p".to_string()]);
+    }
+    assert_eq!(s.get("packs/p", 100).unwrap(), b"pack");
     let mut dropped = s.writer().unwrap();
     dropped.write_all(b"never").unwrap();
     drop(dropped);
@@ -185,16 +237,47 @@ pub fn conformance(s: &dyn Storage) {
     }
     s.sync().unwrap();
     assert_eq!(s.get("packs/r", 100).unwrap(), b"packs/r");
-    assert_eq!(s.list("packs").unwrap().len(), 3);
-    assert!(s.list("nothing-here").unwrap().is_empty());
+    if let Some(l) = listed("packs") {
+        assert_eq!(l.len(), 3);
+    }
+    for (name, size) in [("packs/p", 4), ("packs/q", 7), ("packs/r", 7)] {
+        assert_eq!(s.size(name).unwrap(), Some(size), "{name}");
+    }
+    if let Some(l) = listed("nothing-here") {
+        assert!(l.is_empty());
+    }
     // Deletes are idempotent.
     s.delete("packs/q").unwrap();
     s.delete("packs/q").unwrap();
     assert_eq!(s.size("packs/q").unwrap(), None);
-    assert_eq!(
-        s.list("packs").unwrap(),
-        vec!["packs/p".to_string(), "packs/r".to_string()]
-    );
+    if let Some(l) = listed("packs") {
+        assert_eq!(l, vec!["packs/p".to_string(), "packs/r".to_string()]);
+    }
+    assert_eq!(s.size("packs/p").unwrap(), Some(4));
+    // Snapshots are found by their user key: through `find_snapshots`, or by listing.
+    assert!(s
+        .put_snapshot("snapshots/c", "guix-linux-1", b"snap")
+        .unwrap());
+    assert!(!s
+        .put_snapshot("snapshots/c", "guix-linux-1", b"snap")
+        .unwrap());
+    assert_eq!(s.get("snapshots/c", 100).unwrap(), b"snap");
+    let found = |key: &str, restore: &[&str]| {
+        let restore: Vec<String> = restore.iter().map(|r| r.to_string()).collect();
+        s.find_snapshots(key, &restore).unwrap()
+    };
+    match found("guix-linux-1", &[]) {
+        Some(keys) => {
+            assert_eq!(keys, vec!["snapshots/c".to_string()]);
+            assert_eq!(found("guix-linux-2", &["guix-linux-"]).unwrap(), keys);
+            assert!(
+                found("guix-linux", &[]).unwrap().is_empty(),
+                "a key is no prefix"
+            );
+            assert!(found("guix-linux-2", &["nix-"]).unwrap().is_empty());
+        }
+        None => assert!(s.list("snapshots").unwrap().contains(&"snapshots/c".into())),
+    }
 }
 
 #[cfg(test)]

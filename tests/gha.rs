@@ -1,0 +1,672 @@
+//! The GitHub Actions cache backend (`gha://`) against real components on loopback: Azurite,
+//! Microsoft's Azure Blob emulator, as the data plane, and tests/servers/ghacache/server.mjs
+//! as the control plane (the twirp calls and the REST list/delete), which the official
+//! `@actions/cache` client is shown to accept.
+//!
+//! Needs node and the npm packages of tests/servers/ghacache/package.json installed in
+//! `$STORESYNC_GHA_NODE` (default `target/gha-node`; .ci/run installs them). Without them each
+//! test prints SKIP and passes, unless `STORESYNC_GHA_REQUIRED=1` (CI), which fails instead.
+//! One service is started per test binary and stops when the binary exits (its stdin closes);
+//! each test uses its own scope and runtime token, so the faults it injects stay its own.
+
+mod util;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as StdCommand, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use storesync::cache::storage::gha::{GhaConfig, GhaStore, RestConfig};
+use storesync::cache::storage::{conformance, Storage};
+use storesync::cache::{Cache, Snapshot, SnapshotHead, SnapshotId, FORMAT_VERSION};
+use storesync::sample;
+use storesync::store::layout::Flavor;
+use util::{db_rows, json, World};
+
+struct Service {
+    /// The control plane (also the REST API and the admin calls).
+    url: String,
+    /// Held so that the server's stdin stays open while this process runs.
+    _child: Mutex<Child>,
+    _dir: tempfile::TempDir,
+}
+
+fn node_dir() -> PathBuf {
+    std::env::var_os("STORESYNC_GHA_NODE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/gha-node"))
+}
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/servers/ghacache")
+        .join(name)
+}
+
+fn start() -> Result<Service, String> {
+    let node = node_dir();
+    let azurite = node.join("node_modules/.bin/azurite-blob");
+    for need in [
+        azurite.clone(),
+        node.join("node_modules/@actions/cache/package.json"),
+    ] {
+        if !need.exists() {
+            return Err(format!(
+                "{} is missing (npm install tests/servers/ghacache/package.json there, as \
+                 .ci/run does)",
+                need.display()
+            ));
+        }
+    }
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut cmd = StdCommand::new("node");
+    cmd.arg(script("server.mjs"))
+        .arg("--azurite")
+        .arg(&azurite)
+        .arg("--data")
+        .arg(dir.path().join("azurite"))
+        .env("NODE_PATH", node.join("node_modules"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if let Some(run) = std::env::var_os("STORESYNC_GHA_RUN_DIR") {
+        let pid_file = Path::new(&run).join(format!("server.{}.pids", std::process::id()));
+        cmd.arg("--pid-file").arg(pid_file);
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("node: {e}"))?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped"))
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    let ready: serde_json::Value = serde_json::from_str(&line)
+        .map_err(|e| format!("the test service did not start (said {line:?}): {e}"))?;
+    Ok(Service {
+        url: ready["url"].as_str().expect("url").to_owned(),
+        _child: Mutex::new(child),
+        _dir: dir,
+    })
+}
+
+/// The shared service, or `None` (after printing why) when it cannot run here.
+fn service() -> Option<&'static Service> {
+    static SERVICE: OnceLock<Result<Service, String>> = OnceLock::new();
+    match SERVICE.get_or_init(start) {
+        Ok(s) => Some(s),
+        Err(why) => {
+            assert!(
+                std::env::var("STORESYNC_GHA_REQUIRED").as_deref() != Ok("1"),
+                "STORESYNC_GHA_REQUIRED=1 but the test service cannot start: {why}"
+            );
+            eprintln!("SKIP: the GitHub Actions cache test service cannot start: {why}");
+            None
+        }
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// An admin call of the test service.
+fn admin(svc: &Service, path: &str, body: Option<serde_json::Value>) -> serde_json::Value {
+    let url = format!("{}_admin/{path}", svc.url);
+    let mut resp = match body {
+        Some(b) => agent()
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .send(serde_json::to_vec(&b).unwrap().as_slice())
+            .unwrap(),
+        None => agent().get(&url).call().unwrap(),
+    };
+    assert_eq!(resp.status().as_u16(), 200);
+    serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap()
+}
+
+fn config(svc: &Service, scope: &str) -> GhaConfig {
+    GhaConfig {
+        results_url: svc.url.clone(),
+        runtime_token: format!("token-{scope}"),
+        scope: scope.to_owned(),
+        max_throttle_wait: Duration::from_secs(60),
+        block_size: 64 * 1024,
+        tries: 3,
+        retry_pause: Duration::from_millis(100),
+        rest: Some(RestConfig {
+            api_url: svc.url.clone(),
+            repository: "owner/repo".into(),
+            token: "gh-token".into(),
+        }),
+    }
+}
+
+fn store(svc: &Service, scope: &str) -> GhaStore {
+    GhaStore::new(config(svc, scope)).unwrap()
+}
+
+/// The twirp calls made with a scope's token: (method, status).
+fn calls(svc: &Service, scope: &str) -> Vec<(String, u64)> {
+    admin(svc, &format!("calls?token=token-{scope}"), None)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["method"].as_str().unwrap().to_owned(),
+                c["status"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn gha_store_conforms() {
+    let Some(svc) = service() else { return };
+    let s = GhaStore::new(GhaConfig {
+        block_size: 4, // "hello world" goes up as three blocks and a block list
+        ..config(svc, "conformance")
+    })
+    .unwrap();
+    conformance(&s);
+    // The two deletes went through the REST API at least a second apart.
+    let deletes = admin(svc, "deletes", None);
+    let times: Vec<u64> = deletes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap())
+        .collect();
+    assert!(times.len() >= 2, "{times:?}");
+    assert!(times.windows(2).any(|w| w[1] - w[0] >= 1000), "{times:?}");
+    // Listing is an error naming the REST API; the REST listing sees the entries.
+    let e = s.list("packs").unwrap_err().to_string();
+    assert!(e.contains("cannot list") && e.contains("REST API"), "{e}");
+    let listed: Vec<String> = s
+        .rest_list("conformance/")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    for want in ["conformance/packs/p", "conformance/packs/r"] {
+        assert!(listed.contains(&want.to_string()), "{listed:?}");
+    }
+    assert!(!listed.contains(&"conformance/packs/q".to_string()));
+}
+
+#[test]
+fn large_objects_go_up_in_blocks_and_stream_back_in_ranges() {
+    let Some(svc) = service() else { return };
+    let s = store(svc, "large");
+    let data: Vec<u8> = (0..3_000_017u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let mut w = s.writer().unwrap();
+    for chunk in data.chunks(100_000) {
+        w.write_all(chunk).unwrap();
+    }
+    w.commit("packs/big").unwrap();
+    s.sync().unwrap();
+    assert_eq!(s.size("packs/big").unwrap(), Some(data.len() as u64));
+    let mut got = Vec::new();
+    s.get_range("packs/big", 1_234_567, 1_000_000)
+        .unwrap()
+        .read_to_end(&mut got)
+        .unwrap();
+    assert!(got == data[1_234_567..2_234_567]);
+    assert!(s.get("packs/big", data.len() as u64).unwrap() == data);
+    assert!(s.get("packs/big", data.len() as u64 - 1).is_err());
+    let Err(e) = s.get_range("packs/big", data.len() as u64 - 10, 11) else {
+        panic!("a range beyond the end was served");
+    };
+    assert!(e.to_string().contains("beyond the end"), "{e}");
+}
+
+#[test]
+fn official_client_saves_and_restores_through_the_test_service() {
+    let Some(svc) = service() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let temp = tempfile::tempdir().unwrap();
+    let out = StdCommand::new("node")
+        .arg(script("official_client.mjs"))
+        .arg(node_dir())
+        .arg(work.path())
+        .env("ACTIONS_RESULTS_URL", &svc.url)
+        .env("ACTIONS_RUNTIME_TOKEN", "token-official")
+        .env("ACTIONS_CACHE_SERVICE_V2", "true")
+        .env("GITHUB_SERVER_URL", "https://github.com")
+        .env("RUNNER_TEMP", temp.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("official client: all good"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let methods: Vec<String> = calls(svc, "official").into_iter().map(|c| c.0).collect();
+    for m in [
+        "CreateCacheEntry",
+        "FinalizeCacheEntryUpload",
+        "GetCacheEntryDownloadURL",
+    ] {
+        assert!(methods.contains(&m.to_string()), "{methods:?}");
+    }
+}
+
+fn snap(key: &str, created: i64) -> Snapshot {
+    Snapshot {
+        version: FORMAT_VERSION,
+        key: key.into(),
+        flavor: Flavor::Guix,
+        store_dir: "/gnu/store".into(),
+        created,
+        tool: "t".into(),
+        indexes: Vec::new(),
+        parent: None,
+        roots: Vec::new(),
+        paths: Vec::new(),
+        derivation_outputs: Vec::new(),
+    }
+}
+
+#[test]
+fn snapshots_are_found_by_key_and_prefix_as_actions_cache_finds_entries() {
+    let Some(svc) = service() else { return };
+    find_by_key_through(svc, "keys");
+    // The same when the service matches a lookup's `key` exactly only (GitHub documents a
+    // prefix match of the key too; the lookups must not depend on it).
+    admin(
+        svc,
+        "faults",
+        Some(serde_json::json!({"token": "token-keys-exact", "exact_key_only": true})),
+    );
+    find_by_key_through(svc, "keys-exact");
+}
+
+fn find_by_key_through(svc: &Service, scope: &str) {
+    let cache = Cache::open(Box::new(store(svc, scope)));
+    let now = storesync::clock::now_nanos();
+    for (k, t) in [
+        ("guix-linux-aaa", now - 50),
+        ("guix-linux-bbb", now - 40),
+        ("guix-linux-aaa", now - 30),
+        ("guix-mac-ccc", now - 20),
+        ("guix linux/odd,key%", now - 10),
+    ] {
+        cache.write_snapshot(&snap(k, t)).unwrap();
+    }
+    let any = |_: &SnapshotId, _: &SnapshotHead| Ok(());
+    let m = cache.find_by_key("guix-linux-aaa", &[], &any).unwrap();
+    assert!(m.exact);
+    assert_eq!(m.snapshot.created, now - 30, "the newest of that key");
+    // A key is not a prefix: `guix-linux-a` matches nothing by itself.
+    assert!(cache.find_by_key("guix-linux-a", &[], &any).is_err());
+    let m = cache
+        .find_by_key(
+            "guix-linux-new",
+            &["guix-linux-".into(), "guix-".into()],
+            &any,
+        )
+        .unwrap();
+    assert!(!m.exact);
+    assert_eq!(m.matched_key, "guix-linux-aaa");
+    let m = cache
+        .find_by_key("x", &["guix-linux-b".into(), "guix-".into()], &any)
+        .unwrap();
+    assert_eq!(m.matched_key, "guix-linux-bbb");
+    let m = cache.find_by_key("guix linux/odd,key%", &[], &any).unwrap();
+    assert!(m.exact);
+    // A refused snapshot is passed over, and the next prefix's newest is taken.
+    let not_mac = |_: &SnapshotId, h: &SnapshotHead| {
+        (!h.key.contains("mac"))
+            .then_some(())
+            .ok_or_else(|| "not signed".to_string())
+    };
+    let m = cache
+        .find_by_key("z", &["guix-mac".into(), "guix-linux-".into()], &not_mac)
+        .unwrap();
+    assert_eq!(m.matched_key, "guix-linux-aaa");
+    assert!(
+        m.passed_over.iter().any(|p| p.contains("not signed")),
+        "{m:?}"
+    );
+    let e = cache
+        .find_by_key("nope", &["nix-".into()], &any)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("key `nope`, prefix `nix-`"), "{e}");
+    // Without a key: the newest snapshot of the scope.
+    let (_, newest) = Cache::open(Box::new(store(svc, scope)))
+        .find_snapshot(None)
+        .unwrap();
+    assert_eq!(newest.created, now - 10);
+}
+
+#[test]
+fn throttling_is_waited_out_as_retry_after_says() {
+    let Some(svc) = service() else { return };
+    let s = store(svc, "throttle");
+    admin(
+        svc,
+        "faults",
+        Some(serde_json::json!({"token": "token-throttle", "rate_limit": 2, "retry_after": 1})),
+    );
+    let t = Instant::now();
+    assert!(s.put_if_absent("index/i.idx", b"index").unwrap());
+    let waited = t.elapsed();
+    assert!(waited >= Duration::from_secs(2), "{waited:?}");
+    assert!(waited < Duration::from_secs(20), "{waited:?}");
+    let c = calls(svc, "throttle");
+    assert_eq!(c.iter().filter(|c| c.1 == 429).count(), 2, "{c:?}");
+    assert_eq!(s.get("index/i.idx", 100).unwrap(), b"index");
+    // Past the total wait allowed, it gives up, and says so.
+    let impatient = GhaStore::new(GhaConfig {
+        max_throttle_wait: Duration::from_secs(2),
+        ..config(svc, "throttle")
+    })
+    .unwrap();
+    admin(
+        svc,
+        "faults",
+        Some(serde_json::json!({"token": "token-throttle", "rate_limit": 10, "retry_after": 1})),
+    );
+    let t = Instant::now();
+    let e = impatient.get("index/i.idx", 100).unwrap_err().to_string();
+    assert!(t.elapsed() >= Duration::from_secs(2));
+    assert!(
+        e.contains("throttling") && e.contains("STORESYNC_GHA_MAX_WAIT"),
+        "{e}"
+    );
+    admin(
+        svc,
+        "faults",
+        Some(serde_json::json!({"token": "token-throttle", "rate_limit": 0})),
+    );
+}
+
+#[test]
+fn an_entry_reserved_but_never_finished_is_an_error_not_a_success() {
+    let Some(svc) = service() else { return };
+    let s = store(svc, "conflict");
+    admin(
+        svc,
+        "faults",
+        Some(serde_json::json!({"token": "token-conflict", "conflict": 1})),
+    );
+    let e = s
+        .put_if_absent("index/j.idx", b"x")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("reserved by another job"), "{e}");
+    assert!(s.put_if_absent("index/j.idx", b"x").unwrap());
+    assert!(
+        !s.put_if_absent("index/j.idx", b"x").unwrap(),
+        "409: exists"
+    );
+}
+
+fn gha_cmd(w: &World, svc: &Service, root: &str, scope: &str) -> assert_cmd::Command {
+    let mut c = w.cmd(root);
+    c.env("ACTIONS_RESULTS_URL", &svc.url)
+        .env("ACTIONS_RUNTIME_TOKEN", format!("token-{scope}"))
+        .env_remove("GITHUB_TOKEN")
+        .env_remove("STORESYNC_GHA_MAX_WAIT");
+    c
+}
+
+fn save_gha(w: &World, svc: &Service, scope: &str, extra: &[&str]) -> serde_json::Value {
+    let out = gha_cmd(w, svc, "src", scope)
+        .args(["--json", "save", "--cache"])
+        .arg(format!("gha://{scope}"))
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json(&out.stdout)
+}
+
+fn restore_gha(
+    w: &World,
+    svc: &Service,
+    root: &str,
+    scope: &str,
+    extra: &[&str],
+) -> (serde_json::Value, i32, String) {
+    let out = gha_cmd(w, svc, root, scope)
+        .args(["--json", "restore", "--cache"])
+        .arg(format!("gha://{scope}"))
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        if out.stdout.is_empty() {
+            serde_json::Value::Null
+        } else {
+            json(&out.stdout)
+        },
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn cli_round_trip(flavor: Flavor, scope: &str) {
+    let Some(svc) = service() else { return };
+    let w = World::new(flavor);
+    let src = w.layout("src");
+    sample::build(&src, 1).unwrap();
+    let s = save_gha(&w, svc, scope, &["--key", "store-linux-v1"]);
+    assert_eq!(s["paths"], 6);
+    let (r, code, err) = restore_gha(&w, svc, "dst", scope, &[]);
+    assert_eq!(code, 0, "{r} {err}");
+    assert_eq!(r["restored"], 6);
+    let mut want = db_rows(&src);
+    for row in want.paths.values_mut() {
+        row.4 = None; // Nix's `ultimate`, left NULL on import
+    }
+    assert_eq!(want, db_rows(&w.layout("dst")));
+    // An incremental save uploads only what is new, under another key.
+    sample::build(&src, 2).unwrap();
+    let s2 = save_gha(&w, svc, scope, &["--key", "store-linux-v2"]);
+    assert_eq!(s2["new_paths"], 2, "{s2}");
+    assert_ne!(s2["snapshot"], s["snapshot"]);
+    // Restore by key, by restore-key prefix, the newest, and a miss (nothing, exit 0).
+    let cases: [(&str, &[&str], usize); 4] = [
+        ("by-key", &["--key", "store-linux-v1"], 6),
+        (
+            "by-prefix",
+            &["--key", "store-linux-v9", "--restore-key", "store-linux-"],
+            8,
+        ),
+        ("newest", &[], 8),
+        (
+            "miss",
+            &["--key", "store-mac", "--restore-key", "store-mac-"],
+            0,
+        ),
+    ];
+    let creates = |svc: &Service| {
+        calls(svc, scope)
+            .iter()
+            .filter(|c| c.0 == "CreateCacheEntry")
+            .count()
+    };
+    let created = creates(svc);
+    for (root, args, paths) in cases {
+        let (r, code, err) = restore_gha(&w, svc, root, scope, args);
+        assert_eq!(code, 0, "{root}: {r} {err}");
+        assert_eq!(
+            r["restored"].as_u64().unwrap_or(0),
+            paths as u64,
+            "{root}: {r}"
+        );
+    }
+    assert_eq!(creates(svc), created, "a restore writes nothing");
+    // ls and verify see the newest snapshots; gc refuses a cache it cannot list.
+    let run = |args: &[&str]| {
+        gha_cmd(&w, svc, "src", scope)
+            .args(args)
+            .arg("--cache")
+            .arg(format!("gha://{scope}"))
+            .output()
+            .unwrap()
+    };
+    let ls = run(&["ls"]);
+    assert!(
+        ls.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ls.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ls.stdout).contains("store-linux-v2"));
+    let verify = run(&["verify"]);
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let gc = run(&["gc", "--dry-run"]);
+    assert!(!gc.status.success());
+    assert!(
+        String::from_utf8_lossy(&gc.stderr).contains("gc needs a cache it can list"),
+        "{}",
+        String::from_utf8_lossy(&gc.stderr)
+    );
+}
+
+#[test]
+fn cli_save_and_restore_through_gha_guix() {
+    cli_round_trip(Flavor::Guix, "cli-guix");
+}
+
+#[test]
+fn cli_save_and_restore_through_gha_nix() {
+    cli_round_trip(Flavor::Nix, "cli-nix");
+}
+
+#[test]
+fn an_evicted_pack_fails_only_the_paths_needing_it() {
+    let Some(svc) = service() else { return };
+    let scope = "evicted";
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    sample::build(&src, 1).unwrap();
+    save_gha(&w, svc, scope, &[]);
+    let packs = |svc: &Service| -> Vec<String> {
+        admin(svc, "entries", None)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["key"].as_str().unwrap().to_owned())
+            .filter(|k| k.starts_with("evicted/packs/"))
+            .collect()
+    };
+    let first = packs(svc);
+    sample::build(&src, 2).unwrap();
+    save_gha(&w, svc, scope, &[]);
+    let new: Vec<String> = packs(svc)
+        .into_iter()
+        .filter(|k| !first.contains(k))
+        .collect();
+    assert_eq!(new.len(), 1, "{new:?}");
+    let evicted = admin(svc, "evict", Some(serde_json::json!({"prefix": new[0]})));
+    assert_eq!(evicted["evicted"].as_array().unwrap().len(), 1);
+    let (r, code, err) = restore_gha(&w, svc, "dst", scope, &[]);
+    assert_eq!(code, 1, "{r} {err}");
+    assert!(err.contains("is missing"), "the pack is reported: {err}");
+    assert_eq!(r["restored"], 6, "{r}");
+    let failed: Vec<&str> = r["failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(r["skipped"].as_array().unwrap())
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        failed.iter().any(|p| p.ends_with("-hello-2.2")),
+        "{failed:?}"
+    );
+    assert_eq!(db_rows(&w.layout("dst")).paths.len(), 6);
+    // The text output names what was not restored.
+    let out = gha_cmd(&w, svc, "dst2", scope)
+        .args(["restore", "--cache", "gha://evicted"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("hello-2.2"), "{stderr}");
+}
+
+#[test]
+fn an_evicted_blob_reads_as_not_found() {
+    let Some(svc) = service() else { return };
+    let s = store(svc, "evict-blob");
+    assert!(s.put_if_absent("packs/e.pack", b"0123456789").unwrap());
+    assert_eq!(s.size("packs/e.pack").unwrap(), Some(10));
+    // The entry stays (the lookup succeeds), its blob is gone: 404 BlobNotFound.
+    admin(
+        svc,
+        "evict",
+        Some(serde_json::json!({"prefix": "evict-blob/packs/e.pack"})),
+    );
+    let e = s.get("packs/e.pack", 100).unwrap_err();
+    assert!(e.is_not_found(), "{e}");
+    assert!(e.to_string().contains("evicted"), "{e}");
+    match s.get_range("packs/e.pack", 2, 3) {
+        Err(e) => assert!(e.is_not_found(), "{e}"),
+        Ok(_) => panic!("an evicted blob was served"),
+    }
+    assert_eq!(s.size("packs/e.pack").unwrap(), None);
+}
+
+#[test]
+fn an_expired_token_is_a_clear_error() {
+    let Some(svc) = service() else { return };
+    let scope = "expired";
+    let w = World::new(Flavor::Guix);
+    admin(
+        svc,
+        "faults",
+        Some(serde_json::json!({"token": "token-expired", "unauthorized": 100})),
+    );
+    let out = gha_cmd(&w, svc, "dst", scope)
+        .args(["restore", "--cache", "gha://expired"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the runtime token expired or is missing (ACTIONS_RUNTIME_TOKEN)"),
+        "{stderr}"
+    );
+    admin(
+        svc,
+        "faults",
+        Some(serde_json::json!({"token": "token-expired", "unauthorized": 0})),
+    );
+}
+
+#[test]
+fn without_the_runtime_variables_gha_is_a_clear_error() {
+    // Needs no service: nothing is sent.
+    let w = World::new(Flavor::Guix);
+    let out = w
+        .cmd("dst")
+        .env_remove("ACTIONS_RESULTS_URL")
+        .env_remove("ACTIONS_RUNTIME_TOKEN")
+        .args(["restore", "--cache", "gha://"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stderr.contains("ACTIONS_RUNTIME_TOKEN") && stderr.contains("JavaScript"),
+        "{stderr}"
+    );
+}
