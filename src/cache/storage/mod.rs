@@ -11,10 +11,12 @@
 //! - [`Storage::delete`] of a missing key succeeds (deletes are idempotent).
 
 mod local;
+mod s3;
 
 use std::io::{self, Read, Write};
 
 pub use local::LocalDir;
+pub use s3::S3Store;
 
 /// An error of a storage backend, naming the key (or file) it failed on.
 #[derive(Debug, thiserror::Error)]
