@@ -12,6 +12,7 @@ pub mod format;
 mod frames;
 pub mod id;
 pub mod index;
+pub mod location;
 mod packer;
 pub mod snapshot;
 pub mod storage;

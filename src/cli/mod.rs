@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
+use storesync::cache::location::Location;
 use storesync::cache::Cache;
 use storesync::error::{Error, Result};
 use storesync::restore::{self, RestoreOptions, RestoreReport};
@@ -104,9 +105,10 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct CacheArg {
-    /// The cache directory.
-    #[arg(long, value_name = "DIR", env = "STORESYNC_CACHE")]
-    pub cache: PathBuf,
+    /// Where the cache lives: a directory (DIR or file://DIR), or s3://BUCKET/PREFIX
+    /// (configured from the AWS_* environment; see docs/REMOTE.md).
+    #[arg(long, value_name = "LOCATION", env = "STORESYNC_CACHE", value_parser = Location::parse)]
+    pub cache: Location,
 }
 
 #[derive(Args, Debug)]
@@ -163,11 +165,7 @@ impl Global {
 }
 
 fn open_cache(arg: &CacheArg, write: bool) -> Result<Cache> {
-    Ok(if write {
-        Cache::open_dir(&arg.cache)?
-    } else {
-        Cache::open_dir_read_only(&arg.cache)
-    })
+    Ok(arg.cache.open(write)?)
 }
 
 fn print_warnings(cache: &Cache) {
@@ -226,7 +224,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             if cache.snapshot_ids()?.is_empty() && a.snapshot.is_none() {
                 eprintln!(
                     "storesync: the cache {} holds no snapshot yet: nothing to restore",
-                    a.cache.cache.display()
+                    a.cache.cache
                 );
                 if g.json {
                     print_json(&RestoreReport::default());
