@@ -13,6 +13,7 @@ mod frames;
 pub mod gc;
 pub mod id;
 pub mod index;
+pub mod location;
 mod packer;
 pub mod snapshot;
 pub mod storage;

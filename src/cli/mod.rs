@@ -18,8 +18,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use storesync::cache::storage::gha;
-use storesync::cache::{Cache, CacheError};
+use storesync::cache::location::Location;
+use storesync::cache::Cache;
 use storesync::error::{Error, Result};
 use storesync::store::layout::{Flavor, Layout};
 use storesync::trust::TrustedKeys;
@@ -169,13 +169,14 @@ pub enum Command {
     Key(key::KeyArgs),
 }
 
-/// `--cache DIR`.
+/// `--cache LOCATION`.
 #[derive(Args, Debug)]
 pub struct CacheArg {
-    /// The cache directory, or `gha://SCOPE` for the GitHub Actions cache (SCOPE prefixes
-    /// its entry keys, default `storesync`; see docs/REMOTE.md).
-    #[arg(long, value_name = "DIR", env = "STORESYNC_CACHE")]
-    pub cache: PathBuf,
+    /// Where the cache lives: a directory (DIR or file://DIR), s3://BUCKET/PREFIX (configured
+    /// from the AWS_* environment), or gha://SCOPE for the GitHub Actions cache (SCOPE
+    /// prefixes its entry keys, default `storesync`); see docs/REMOTE.md.
+    #[arg(long, value_name = "LOCATION", env = "STORESYNC_CACHE", value_parser = Location::parse)]
+    pub cache: Location,
 }
 
 /// `--trusted-key`, for the commands that choose or read snapshots.
@@ -203,36 +204,22 @@ impl TrustArgs {
 }
 
 impl CacheArg {
-    /// A remote cache named by `--cache`, if it names one.
-    fn open_remote(&self) -> Result<Option<Cache>> {
-        let Some(rest) = self.cache.to_str().and_then(|c| c.strip_prefix("gha://")) else {
-            return Ok(None);
-        };
-        let store = gha::open_gha(rest).map_err(CacheError::from)?;
-        Ok(Some(Cache::open(Box::new(store))))
-    }
-
     /// Open the cache for reading only: nothing is created, a missing directory is an empty
     /// cache.
     ///
     /// # Errors
     /// [`Error::Cache`] for a remote cache that cannot be reached as configured.
     pub fn open_read_only(&self) -> Result<Cache> {
-        Ok(match self.open_remote()? {
-            Some(c) => c,
-            None => Cache::open_dir_read_only(&self.cache),
-        })
+        Ok(self.cache.open(false)?)
     }
 
     /// Open (creating if needed) the cache for writing.
     ///
     /// # Errors
-    /// [`Error::Cache`] when the directory cannot be created or is not a cache directory.
+    /// [`Error::Cache`] when the directory cannot be created or is not a cache directory, or
+    /// a remote cache cannot be reached as configured.
     pub fn open_for_writing(&self) -> Result<Cache> {
-        Ok(match self.open_remote()? {
-            Some(c) => c,
-            None => Cache::open_dir(&self.cache)?,
-        })
+        Ok(self.cache.open(true)?)
     }
 }
 

@@ -70,13 +70,13 @@ pub fn run(g: &Global, a: &RestoreArgs, progress: &dyn Progress) -> Result<u8> {
         if a.fail_on_miss {
             note(format_args!(
                 "cache miss: the cache {} holds no snapshot (--fail-on-miss)",
-                a.cache.cache.display()
+                a.cache.cache
             ));
             return Ok(1);
         }
         note(format_args!(
             "the cache {} holds no snapshot yet: nothing to restore",
-            a.cache.cache.display()
+            a.cache.cache
         ));
         if g.json {
             super::output::print_json(&RestoreReport::default())?;

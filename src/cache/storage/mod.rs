@@ -17,11 +17,13 @@
 
 pub mod gha;
 mod local;
+mod s3;
 
 use std::io::{self, Read, Write};
 
 pub use gha::GhaStore;
 pub use local::LocalDir;
+pub use s3::S3Store;
 
 /// An error of a storage backend, naming the key (or file) it failed on.
 #[derive(Debug, thiserror::Error)]
