@@ -40,6 +40,17 @@ ab-restore old new pairs="5":
 fuzz scale="100":
     STORESYNC_FUZZ_SCALE={{scale}} cargo test --release --lib cache::
 
+# A self-contained storesync (glibc linked statically) for this machine's architecture,
+# checked with ldd and `storesync demo`, packaged with its man pages and completions:
+# dist/storesync-VERSION-ARCH-linux.tar.gz and its .sha256 (what releases attach).
+dist:
+    bash scripts/dist.sh
+
+# The man pages, generated from the clap definitions: docs/man/storesync.1 and one page per
+# command (storesync-save.1, ...).
+man:
+    cargo run --release --quiet -- man --dir docs/man
+
 # Everything CI runs.
 ci:
     bash .ci/run

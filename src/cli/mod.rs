@@ -2,6 +2,7 @@
 //! Everything else lives in the library. One file per subcommand holds its arguments, its
 //! `--help` examples and how its result is printed; [`output`] prints.
 
+mod completions;
 mod demo;
 mod dump_nar;
 mod gc;
@@ -161,6 +162,12 @@ pub enum Command {
     /// (`restore --trusted-key`).
     #[command(after_help = key::EXAMPLES)]
     Key(key::KeyArgs),
+    /// Write shell completions (bash, zsh, fish, elvish, powershell) to stdout.
+    #[command(after_help = completions::COMPLETIONS_EXAMPLES)]
+    Completions(completions::CompletionsArgs),
+    /// Write the man page (or, with --dir, a page per command).
+    #[command(after_help = completions::MAN_EXAMPLES)]
+    Man(completions::ManArgs),
 }
 
 /// `--cache DIR`.
@@ -239,5 +246,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Demo(a) => demo::run(g, a, &bars),
         Command::Gc(a) => gc::run(g, a, &bars),
         Command::Key(a) => key::run(g, a),
+        Command::Completions(a) => completions::completions(g, a),
+        Command::Man(a) => completions::man(g, a),
     }
 }
