@@ -167,11 +167,10 @@ class Actions {
     }
   }
 
-  /** The step fails with `message` (the process exits 1 when it ends). */
+  /** The step fails with `message` (its entry point then exits 1). */
   fail(message) {
     this.error(message);
     this.failed = true;
-    process.exitCode = 1;
   }
 
   /** Run `fn` inside a collapsed log group. */

@@ -19,6 +19,7 @@ const DEFAULTS = {
   save: 'true',
   'dry-run': 'false',
   grace: '1h',
+  'cache-hit': 'false',
 };
 
 const FLAVORS = ['guix', 'nix'];

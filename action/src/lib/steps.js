@@ -147,11 +147,15 @@ async function gcStep(actions, cfg, bin, deps = {}) {
   return { ok: true, json: r.json };
 }
 
-/** Run an entry point: an exception fails the step with its message. */
+/** Run an entry point: an exception fails the step with its message; a failed step exits 1. */
 function entry(fn) {
   const { Actions } = require('./core');
   const actions = new Actions();
-  fn(actions).catch((e) => actions.fail(e && e.message ? e.message : String(e)));
+  fn(actions)
+    .catch((e) => actions.fail(e && e.message ? e.message : String(e)))
+    .finally(() => {
+      if (actions.failed) process.exitCode = 1;
+    });
 }
 
 module.exports = { storesync, binary, restoreStep, saveStep, gcStep, offersGcRoots, entry };
