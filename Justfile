@@ -51,6 +51,12 @@ dist:
 man:
     cargo run --release --quiet -- man --dir docs/man
 
+# The GitHub Action's tests (node --test; STORESYNC_BIN picks the storesync they run) and
+# the schema checks of action.yml, the workflows and examples/.
+action:
+    cargo build --release
+    STORESYNC_BIN="${CARGO_TARGET_DIR:-target}/release/storesync" bash action/ci.sh
+
 # Everything CI runs.
 ci:
     bash .ci/run

@@ -31,35 +31,40 @@ function storesync(args, opts = {}) {
   return execFileSync(storesyncBin(), ['--no-progress', ...args], { encoding: 'utf8', ...opts });
 }
 
-let demo;
+const demos = {};
 
-/** The demo's directory and its two snapshots (generation 1, generation 2). Made once. */
-function demoFixture() {
-  if (!demo) {
-    const out = storesync(['demo', '--keep']);
+/**
+ * The demo's directory and its two snapshots (generation 1, generation 2), for a flavour
+ * (guix or nix). Made once per flavour.
+ */
+function demoFixture(flavor = 'guix') {
+  if (!demos[flavor]) {
+    const out = storesync(['--flavor', flavor, 'demo', '--keep']);
     const dir = /^kept (.+)$/m.exec(out)[1];
     const snaps = JSON.parse(storesync(['--json', 'ls', '--cache', path.join(dir, 'cache')]));
     if (snaps.length !== 2) throw new Error(`demo left ${snaps.length} snapshots, expected 2`);
-    demo = { dir, cache: path.join(dir, 'cache'), gen1: snaps[0], gen2: snaps[1] };
+    demos[flavor] = { dir, cache: path.join(dir, 'cache'), gen1: snaps[0], gen2: snaps[1] };
     process.on('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
   }
-  return demo;
+  return demos[flavor];
 }
 
 /** Restore generation `gen` (1 or 2) of the sample store into `root` (created if need be). */
-function restoreGeneration(root, gen) {
-  const d = demoFixture();
+function restoreGeneration(root, gen, flavor = 'guix') {
+  const d = demoFixture(flavor);
   fs.mkdirSync(root, { recursive: true });
   const snap = gen === 1 ? d.gen1 : d.gen2;
-  return JSON.parse(storesync(['--root', root, '--json', 'restore', '--cache', d.cache, '--snapshot', snap.id]));
+  return JSON.parse(
+    storesync(['--flavor', flavor, '--root', root, '--json', 'restore', '--cache', d.cache, '--snapshot', snap.id]),
+  );
 }
 
 /** The valid paths of the store under `root`, as a save would see them. */
-function validPaths(root) {
+function validPaths(root, flavor = 'guix') {
   const empty = fs.mkdtempSync(path.join(os.tmpdir(), 'empty-cache-'));
   try {
     const plan = JSON.parse(
-      storesync(['--root', root, '--json', 'save', '--dry-run', '--cache', path.join(empty, 'c')]),
+      storesync(['--flavor', flavor, '--root', root, '--json', 'save', '--dry-run', '--cache', path.join(empty, 'c')]),
     );
     return plan.new_path_names.sort();
   } finally {
