@@ -6,7 +6,6 @@
 const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
 const fs = require('node:fs');
-const os = require('node:os');
 const path = require('node:path');
 const test = require('node:test');
 const zlib = require('node:zlib');
@@ -18,12 +17,7 @@ const { GhaCache } = require('../src/lib/ghacache');
 const { Actions } = require('../src/lib/core');
 const command = require('../src/lib/command');
 const { releaseHost, cacheService } = require('./support/servers');
-
-function tmpdir(t) {
-  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'binary-'));
-  t.after(() => fs.rmSync(d, { recursive: true, force: true }));
-  return d;
-}
+const { tmpdir } = require('./support/store');
 
 /** A stand-in storesync: a script that answers --version. */
 function fakeStoresync(version) {
@@ -52,7 +46,7 @@ function actionsFor(env) {
 }
 
 function setup(t, { version = '0.3.1', files = {}, checksums = {} } = {}) {
-  const dir = tmpdir(t);
+  const dir = tmpdir(t, 'binary-');
   const env = { RUNNER_TOOL_CACHE: path.join(dir, 'tools'), RUNNER_TEMP: path.join(dir, 'temp') };
   fs.mkdirSync(env.RUNNER_TEMP);
   const cfg = { version, repository: 'owner/storesync' };
@@ -227,7 +221,7 @@ test('.sha256 files: sha256sum lines (text or binary mode), or the digest alone'
 });
 
 test('tar: ustar, GNU and pax archives; long names; only a regular file is taken', (t) => {
-  const dir = tmpdir(t);
+  const dir = tmpdir(t, 'binary-');
   for (const format of ['ustar', 'gnu', 'pax']) {
     const got = extractFile(releaseTarball(dir, '1.2.3', { format }), 'storesync');
     assert.equal(got.toString(), fakeStoresync('1.2.3'), format);

@@ -12,21 +12,16 @@
 
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
-const os = require('node:os');
 const path = require('node:path');
 const test = require('node:test');
 
 const { REPO, Job } = require('./support/runner');
 const store = require('./support/store');
 
-function tmpdir(t) {
-  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'action-e2e-'));
-  t.after(() => fs.rmSync(d, { recursive: true, force: true }));
-  return d;
-}
+const { tmpdir } = store;
 
 test('main then post, three runs: a miss saves, a hit skips the save, new paths are saved incrementally', (t) => {
-  const tmp = tmpdir(t);
+  const tmp = tmpdir(t, 'action-e2e-');
   const bin = store.storesyncBin();
   const demo = store.demoFixture();
   const loc = store.cacheLocation(tmp);
@@ -112,7 +107,7 @@ test('main then post, three runs: a miss saves, a hit skips the save, new paths 
 });
 
 test('post does nothing when main did not get as far as running storesync', (t) => {
-  const tmp = tmpdir(t);
+  const tmp = tmpdir(t, 'action-e2e-');
   const workspace = path.join(tmp, 'ws');
   fs.mkdirSync(workspace);
   const job = new Job({ workspace, tmp: path.join(tmp, 'job') });

@@ -8,12 +8,13 @@
 
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
-const os = require('node:os');
 const path = require('node:path');
 const test = require('node:test');
 
 const { REPO, Job, condition, loadYaml } = require('./support/runner');
 const store = require('./support/store');
+
+const { tmpdir } = store;
 
 const NEEDS_NETWORK = {
   'examples/guix-ci.yml': {
@@ -79,15 +80,9 @@ function lastLog(job, name) {
   return e ? e.out : '';
 }
 
-function tmpdir(t) {
-  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'examples-'));
-  t.after(() => fs.rmSync(d, { recursive: true, force: true }));
-  return d;
-}
-
 test('examples/guix-ci.yml: miss and save on main, hit, a new manifest from the old store, a pull request, the weekly gc', (t) => {
   const file = 'examples/guix-ci.yml';
-  const tmp = tmpdir(t);
+  const tmp = tmpdir(t, 'examples-');
   const workspace = path.join(tmp, 'ws');
   fs.mkdirSync(workspace);
   fs.writeFileSync(path.join(workspace, 'manifest.scm'), '(specifications->manifest (list "make" "gcc-toolchain"))\n');
@@ -157,7 +152,7 @@ test('examples/guix-ci.yml: miss and save on main, hit, a new manifest from the 
 
 test('examples/nix-ci.yml: a Nix store, miss and save, then a hit that saves nothing', (t) => {
   const file = 'examples/nix-ci.yml';
-  const tmp = tmpdir(t);
+  const tmp = tmpdir(t, 'examples-');
   const workspace = path.join(tmp, 'ws');
   fs.mkdirSync(workspace);
   fs.writeFileSync(path.join(workspace, 'flake.nix'), '{ outputs = { self, nixpkgs }: { }; }\n');

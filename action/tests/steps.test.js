@@ -6,7 +6,6 @@
 
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
-const os = require('node:os');
 const path = require('node:path');
 const test = require('node:test');
 
@@ -15,11 +14,7 @@ const { readConfig } = require('../src/lib/inputs');
 const steps = require('../src/lib/steps');
 const store = require('./support/store');
 
-function tmpdir(t) {
-  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'steps-'));
-  t.after(() => fs.rmSync(d, { recursive: true, force: true }));
-  return d;
-}
+const { tmpdir } = store;
 
 /** A step's world: inputs as INPUT_* variables, its files, its log. */
 function stepEnv(dir, inputs, extra = {}) {
@@ -45,7 +40,7 @@ function savedCache(dir, key) {
 }
 
 test('not root: storesync runs through sudo -E, the cache service variables named in --preserve-env', async (t) => {
-  const dir = tmpdir(t);
+  const dir = tmpdir(t, 'steps-');
   const { cache } = savedCache(dir, 'k');
   const fake = path.join(dir, 'fakebin');
   fs.mkdirSync(fake);
@@ -79,7 +74,7 @@ test('not root: storesync runs through sudo -E, the cache service variables name
 });
 
 test('a partial restore (damaged cache) is a warning, or with strict a failure; outputs and summary say what failed', async (t) => {
-  const dir = tmpdir(t);
+  const dir = tmpdir(t, 'steps-');
   const { cache } = savedCache(dir, 'k');
   const pack = fs.readdirSync(path.join(cache, 'packs')).map((f) => path.join(cache, 'packs', f))[0];
   const b = fs.readFileSync(pack);
@@ -103,7 +98,7 @@ test('a partial restore (damaged cache) is a warning, or with strict a failure; 
 });
 
 test('fail-on-miss fails the step on a miss; without it a miss is a note', async (t) => {
-  const dir = tmpdir(t);
+  const dir = tmpdir(t, 'steps-');
   const cache = path.join(dir, 'empty-cache');
   for (const failOnMiss of ['true', 'false']) {
     const s = stepEnv(dir, { key: 'guix-x', 'restore-keys': 'guix-', cache, 'fail-on-miss': failOnMiss, root: path.join(dir, 'r') });
@@ -116,7 +111,7 @@ test('fail-on-miss fails the step on a miss; without it a miss is a note', async
 });
 
 test('sign-key signs the save (through the environment, not argv); trusted-keys accept it, other keys refuse it', async (t) => {
-  const dir = tmpdir(t);
+  const dir = tmpdir(t, 'steps-');
   const root = path.join(dir, 'source');
   store.restoreGeneration(root, 1);
   const cache = path.join(dir, 'cache');
@@ -144,7 +139,7 @@ test('sign-key signs the save (through the environment, not argv); trusted-keys 
 });
 
 test('gc-roots on a storesync without save --gc-roots warns and saves every valid path', async (t) => {
-  const dir = tmpdir(t);
+  const dir = tmpdir(t, 'steps-');
   const root = path.join(dir, 'source');
   store.restoreGeneration(root, 1);
   const s = stepEnv(dir, { key: 'k', cache: path.join(dir, 'cache'), root, 'gc-roots': 'true' });
@@ -162,7 +157,7 @@ test('gc-roots on a storesync without save --gc-roots warns and saves every vali
 });
 
 test('a save that storesync rejects (usage) fails the step even without strict; other failures warn', async (t) => {
-  const dir = tmpdir(t);
+  const dir = tmpdir(t, 'steps-');
   const root = path.join(dir, 'source');
   store.restoreGeneration(root, 1);
   const bad = stepEnv(dir, { key: 'k', cache: path.join(dir, 'cache'), root, 'max-size': 'lots' });
@@ -182,7 +177,7 @@ test('a save that storesync rejects (usage) fails the step even without strict; 
 });
 
 test('gc keeps the newest snapshot of each key and reports what it dropped', async (t) => {
-  const dir = tmpdir(t);
+  const dir = tmpdir(t, 'steps-');
   const root = path.join(dir, 'source');
   const cache = path.join(dir, 'cache');
   store.restoreGeneration(root, 1);

@@ -7,7 +7,8 @@
 // STORESYNC_BIN names the storesync to run (default: target/release/storesync, then
 // target/debug/storesync of this repository). STORESYNC_E2E_CACHE picks the cache the runs
 // use: unset, a fresh directory; `gha://` or `gha://SCOPE`, the GitHub Actions cache behind
-// ACTIONS_RESULTS_URL and ACTIONS_RUNTIME_TOKEN (a fresh scope per test run).
+// ACTIONS_RESULTS_URL and ACTIONS_RUNTIME_TOKEN (a fresh scope per test run; GITHUB_API_URL
+// and GITHUB_REPOSITORY, when set, name the REST API that pruning uses).
 
 const crypto = require('node:crypto');
 const fs = require('node:fs');
@@ -78,7 +79,9 @@ function cacheLocation(tmp) {
   if (want.startsWith('gha://')) {
     const scope = want.slice('gha://'.length) || 'e2e';
     const env = {};
-    for (const k of ['ACTIONS_RUNTIME_TOKEN', 'ACTIONS_RESULTS_URL', 'ACTIONS_CACHE_SERVICE_V2']) {
+    // The cache service, and the REST API that pruning lists and deletes entries through.
+    const names = ['ACTIONS_RUNTIME_TOKEN', 'ACTIONS_RESULTS_URL', 'ACTIONS_CACHE_SERVICE_V2'];
+    for (const k of [...names, 'GITHUB_API_URL', 'GITHUB_REPOSITORY', 'STORESYNC_GHA_MAX_WAIT']) {
       if (process.env[k]) env[k] = process.env[k];
     }
     return { cache: `gha://${scope}-${crypto.randomBytes(4).toString('hex')}`, env, listable: false };
@@ -86,9 +89,16 @@ function cacheLocation(tmp) {
   return { cache: path.join(tmp, 'cache'), env: {}, listable: true };
 }
 
+/** A temporary directory removed when test `t` ends. */
+function tmpdir(t, prefix = 'action-test-') {
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  t.after(() => fs.rmSync(d, { recursive: true, force: true }));
+  return d;
+}
+
 /** Snapshots of a directory cache (`ls --json`), oldest first. */
 function snapshots(cache) {
   return JSON.parse(storesync(['--json', 'ls', '--cache', cache]));
 }
 
-module.exports = { storesyncBin, storesync, demoFixture, restoreGeneration, validPaths, cacheLocation, snapshots };
+module.exports = { tmpdir, storesyncBin, storesync, demoFixture, restoreGeneration, validPaths, cacheLocation, snapshots };
