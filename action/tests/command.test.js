@@ -45,6 +45,9 @@ test('save: --prune only with a retention rule, never on a dry run; paths after 
   assert.deepEqual(command.saveArgs(budget), [...g, '--prune', '--keep-last', '2', '--max-size', '4GiB', '--', '/gnu/store/x-a', '-odd']);
   assert.deepEqual(command.saveArgs(budget, { dryRun: true }), [...g, '--dry-run', '--', '/gnu/store/x-a', '-odd']);
   assert.deepEqual(command.saveArgs(base, { gcRoots: true }), [...g, '--gc-roots']);
+  // gha:// cannot be listed, so not collected: GitHub evicts its entries itself.
+  const gha = { ...budget, cache: 'gha://guix', paths: [] };
+  assert.deepEqual(command.saveArgs(gha), [...g.slice(0, 6), 'gha://guix', '--key', base.key]);
 });
 
 test('gc: the retention rules, key prefix, grace and dry run', () => {

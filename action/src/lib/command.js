@@ -79,9 +79,18 @@ function retentionArgs(cfg) {
 }
 
 /**
- * `save`, or with `dryRun` the question "which paths would a save read?". `gcRoots` when
- * the binary offers `--gc-roots` and the input asks for it. The signing key goes through
- * the environment (`signEnv`), never the command line.
+ * Whether `save --prune` can apply the retention inputs to this cache: not to `gha://`,
+ * which storesync cannot list (and so cannot collect); GitHub evicts its entries itself.
+ */
+function canPrune(cache) {
+  return !cache.startsWith('gha://');
+}
+
+/**
+ * `save`, or with `dryRun` the question "which paths would a save read?". `--prune` with the
+ * retention inputs, when there are some and the cache can be pruned. `gcRoots` when the
+ * binary offers `--gc-roots` and the input asks for it. The signing key goes through the
+ * environment, never the command line.
  */
 function saveArgs(cfg, { dryRun = false, gcRoots = false } = {}) {
   const a = [...globalArgs(cfg), 'save', '--cache', cfg.cache, '--key', cfg.key];
@@ -89,7 +98,7 @@ function saveArgs(cfg, { dryRun = false, gcRoots = false } = {}) {
     a.push('--dry-run');
   } else {
     const retention = retentionArgs(cfg);
-    if (retention.length > 0) a.push('--prune', ...retention);
+    if (retention.length > 0 && canPrune(cfg.cache)) a.push('--prune', ...retention);
   }
   if (gcRoots) a.push('--gc-roots');
   return [...a, ...pathArgs(cfg.paths)];
@@ -178,6 +187,7 @@ module.exports = {
   passThrough,
   globalArgs,
   restoreArgs,
+  canPrune,
   saveArgs,
   gcArgs,
   retentionArgs,

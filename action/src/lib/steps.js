@@ -100,6 +100,11 @@ async function saveStep(actions, cfg, bin, { cacheHit }, deps = {}) {
     }
     if (dry.code === 0 && dry.json) actions.info(`${dry.json.new_paths} new paths since the restore: saving`);
   }
+  if (command.retentionArgs(cfg).length > 0 && !command.canPrune(cfg.cache)) {
+    actions.info(
+      'keep-last/max-size: not pruning a gha:// cache (storesync cannot list it); GitHub evicts its entries itself: unused for 7 days, or least recently used beyond 10 GB',
+    );
+  }
   let gcRoots = false;
   if (cfg.gcRoots) {
     gcRoots = await offersGcRoots(bin, deps);

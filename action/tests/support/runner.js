@@ -6,8 +6,8 @@
 // upper-cased with spaces as `_`, hyphens kept), STATE_* from the main step's GITHUB_STATE,
 // and fresh GITHUB_OUTPUT, GITHUB_STATE, GITHUB_ENV, GITHUB_PATH and GITHUB_STEP_SUMMARY
 // files; `run:` steps run under `bash --noprofile --norc -eo pipefail`. `${{ }}`
-// expressions are evaluated for the contexts steps, env, github, runner, secrets and the
-// functions success(), always(), failure(), hashFiles().
+// expressions are evaluated for the contexts steps, env, github, runner, secrets, vars and
+// the functions success(), always(), failure(), hashFiles().
 
 const crypto = require('node:crypto');
 const fs = require('node:fs');
@@ -174,9 +174,9 @@ function condition(expr, ctx) {
 
 class Job {
   /**
-   * @param {{workspace: string, env?: object, github?: object, secrets?: object, tmp?: string}} o
+   * @param {{workspace: string, env?: object, github?: object, secrets?: object, vars?: object, tmp?: string}} o
    */
-  constructor({ workspace, env = {}, github = {}, secrets = {}, tmp }) {
+  constructor({ workspace, env = {}, github = {}, secrets = {}, vars = {}, tmp }) {
     this.tmp = tmp || fs.mkdtempSync(path.join(os.tmpdir(), 'runner-'));
     this.workspace = workspace;
     this.runnerTemp = path.join(this.tmp, 'runner-temp');
@@ -198,6 +198,7 @@ class Job {
       ...github,
     };
     this.secrets = secrets;
+    this.vars = vars;
     this.steps = {};
     this.posts = [];
     this.failed = false;
@@ -212,6 +213,7 @@ class Job {
       runner: { os: 'Linux', arch: 'X64', temp: this.runnerTemp, tool_cache: this.toolCache },
       steps: this.steps,
       secrets: this.secrets,
+      vars: this.vars,
       jobFailed: this.failed,
       workspace: this.workspace,
     };
