@@ -189,6 +189,7 @@ test('a binary that names another version is refused', async (t) => {
     binary.resolveBinary(actions, cfg, { fetchFn: fetch, exec: command.run, platform: 'linux', arch: 'x64', checksums: {} }),
     /says `storesync 0.2.9` \(exit 0\), not storesync 0.3.1/,
   );
+  assert.equal(fs.existsSync(path.join(env.RUNNER_TOOL_CACHE, 'storesync', '0.3.1', 'x86_64.complete')), false);
 });
 
 test('the binary input is used as it is; other platforms and a missing repository are errors', async (t) => {

@@ -132,14 +132,13 @@ async function buildFromSource({ server, repo, version, arch, exec, ghaCache, en
   return { data, source: `built from source (cargo install, tag v${version})` };
 }
 
-/** Write the binary into `dir` as `storesync`, atomically, then mark the directory complete. */
+/** Write the binary into `dir` as `storesync`, atomically. */
 function install(data, dir) {
   fs.mkdirSync(dir, { recursive: true });
   const bin = path.join(dir, 'storesync');
   const tmp = `${bin}.${process.pid}.tmp`;
   fs.writeFileSync(tmp, data, { mode: 0o755 });
   fs.renameSync(tmp, bin);
-  fs.writeFileSync(`${dir}.complete`, '');
   return bin;
 }
 
@@ -213,6 +212,8 @@ async function resolveBinary(actions, cfg, injected = {}) {
   }
   const bin = install(got.data, dir);
   await checkVersion(bin, version, deps.exec);
+  // Only a binary that ran is kept for the next steps on this machine.
+  fs.writeFileSync(`${dir}.complete`, '');
   return { path: bin, source: got.source, version };
 }
 

@@ -45,6 +45,13 @@ function details(summary, lines) {
   return `\n<details><summary>${summary}</summary>\n\n${items}\n\n</details>\n`;
 }
 
+/** Why a storesync run gave no result: it did not start, was killed, or exited non-zero. */
+function failureMessage(r, what) {
+  if (r.error) return `storesync could not start: ${r.error.message}`;
+  const how = r.signal ? `killed by ${r.signal}` : `exit ${r.code}`;
+  return `storesync ${what} failed (${how}); see its message above`;
+}
+
 /**
  * What a restore run means.
  *
@@ -56,7 +63,7 @@ function details(summary, lines) {
  */
 function interpretRestore(r) {
   const j = r.json;
-  if (r.error) return { status: 'error', message: `storesync could not start: ${r.error.message}` };
+  if (r.error) return { status: 'error', message: failureMessage(r, 'restore') };
   if (r.code === 2) return { status: 'usage', message: 'storesync rejected its arguments (exit 2)' };
   if (r.code === 3) {
     return {
@@ -75,8 +82,7 @@ function interpretRestore(r) {
     }
     return { status: j.exact_match ? 'hit' : 'prefix' };
   }
-  const how = r.signal ? `killed by ${r.signal}` : `exit ${r.code}`;
-  return { status: 'error', message: `storesync restore failed (${how}); see its message above` };
+  return { status: 'error', message: failureMessage(r, 'restore') };
 }
 
 /** The step outputs of a restore. */
@@ -187,6 +193,7 @@ function gcSummary({ cache, json, message, ms }) {
 }
 
 module.exports = {
+  failureMessage,
   human,
   duration,
   code,

@@ -12,11 +12,12 @@ function uid() {
 }
 
 /**
- * Run storesync as root with `args` (a `--json` command line) and the extra environment.
+ * Run storesync as root with `args` (a `--json` command line), the `token` input as
+ * GITHUB_TOKEN, and the extra environment.
  * @returns {Promise<{code: number|null, signal: string|null, stdout: string, json: any, error?: Error}>}
  */
-async function storesync(actions, bin, args, { extraEnv = {}, deps = {} } = {}) {
-  const env = command.childEnv(actions.env, extraEnv);
+async function storesync(actions, cfg, bin, args, { extraEnv = {}, deps = {} } = {}) {
+  const env = command.childEnv(actions.env, { GITHUB_TOKEN: cfg.token, ...extraEnv });
   const p = command.privileged(bin, args, { uid: deps.uid ?? uid(), env });
   const r = await (deps.exec || command.run)(p.file, p.args, { env, log: (s) => actions.write(s) });
   return { ...r, json: command.parseJson(r.stdout) };
@@ -41,7 +42,7 @@ async function binary(actions, cfg, deps) {
 async function restoreStep(actions, cfg, bin, deps = {}) {
   const started = Date.now();
   const r = await actions.group(`storesync restore ${cfg.key}`, () =>
-    storesync(actions, bin, command.restoreArgs(cfg), { extraEnv: { GITHUB_TOKEN: cfg.token }, deps }),
+    storesync(actions, cfg, bin, command.restoreArgs(cfg), { deps }),
   );
   const { status, message } = report.interpretRestore(r);
   const outputs = report.restoreOutputs(r.json, status);
@@ -86,10 +87,9 @@ async function offersGcRoots(bin, deps) {
  */
 async function saveStep(actions, cfg, bin, { cacheHit }, deps = {}) {
   const started = Date.now();
-  const extraEnv = { GITHUB_TOKEN: cfg.token };
   if (cacheHit) {
     const dry = await actions.group('storesync save --dry-run (anything new?)', () =>
-      storesync(actions, bin, command.saveArgs(cfg, { dryRun: true }), { extraEnv, deps }),
+      storesync(actions, cfg, bin, command.saveArgs(cfg, { dryRun: true }), { deps }),
     );
     if (dry.code === 0 && dry.json && dry.json.new_paths === 0) {
       const why = `the exact key \`${cfg.key}\` was restored and the store holds no path the cache lacks (${dry.json.paths} paths)`;
@@ -111,13 +111,13 @@ async function saveStep(actions, cfg, bin, { cacheHit }, deps = {}) {
     if (!gcRoots) actions.warning('gc-roots: this storesync has no `save --gc-roots`; saving every valid path');
   }
   const r = await actions.group(`storesync save ${cfg.key}`, () =>
-    storesync(actions, bin, command.saveArgs(cfg, { gcRoots }), {
-      extraEnv: { ...extraEnv, STORESYNC_SIGN_KEY: cfg.signKey },
+    storesync(actions, cfg, bin, command.saveArgs(cfg, { gcRoots }), {
+      extraEnv: { STORESYNC_SIGN_KEY: cfg.signKey },
       deps,
     }),
   );
   const ok = r.code === 0 && r.json && r.json.snapshot;
-  const how = r.error ? `storesync could not start: ${r.error.message}` : `storesync save failed (exit ${r.code}); see its message above`;
+  const how = report.failureMessage(r, 'save');
   actions.summary(report.saveSummary({ key: cfg.key, json: ok ? r.json : undefined, message: how, ms: Date.now() - started }));
   actions.setOutput('saved', String(Boolean(ok)));
   if (!ok) {
@@ -138,10 +138,10 @@ async function saveStep(actions, cfg, bin, { cacheHit }, deps = {}) {
 async function gcStep(actions, cfg, bin, deps = {}) {
   const started = Date.now();
   const r = await actions.group('storesync gc', () =>
-    storesync(actions, bin, command.gcArgs(cfg), { extraEnv: { GITHUB_TOKEN: cfg.token }, deps }),
+    storesync(actions, cfg, bin, command.gcArgs(cfg), { deps }),
   );
   const ok = r.code === 0 && r.json;
-  const how = r.error ? `storesync could not start: ${r.error.message}` : `storesync gc failed (exit ${r.code}); see its message above`;
+  const how = report.failureMessage(r, 'gc');
   actions.summary(report.gcSummary({ cache: cfg.cache, json: ok ? r.json : undefined, message: how, ms: Date.now() - started }));
   if (!ok) {
     actions.fail(how);
