@@ -43,8 +43,9 @@ fuzz scale="100":
 # A self-contained storesync (glibc linked statically) for this machine's architecture,
 # checked with ldd and `storesync demo`, packaged with its man pages and completions:
 # dist/storesync-VERSION-ARCH-linux.tar.gz and its .sha256 (what releases attach).
-dist:
-    bash scripts/dist.sh
+# `just dist aarch64` cross-builds on x86_64 (see scripts/dist.sh for what that needs).
+dist arch="":
+    bash scripts/dist.sh {{arch}}
 
 # The man pages, generated from the clap definitions: docs/man/storesync.1 and one page per
 # command (storesync-save.1, ...).

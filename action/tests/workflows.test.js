@@ -1,7 +1,8 @@
 'use strict';
 // The workflow files as files: every YAML file of ours parses the same with the tests'
 // reader as with PyYAML (when python3 has it), and every `run:` script of the GitHub
-// workflows passes shellcheck as bash (when shellcheck is installed; .ci/run installs it).
+// workflows passes shellcheck as bash (when shellcheck is installed; action/ci.sh installs
+// it), as do scripts/dist.sh and action/ci.sh.
 // Schemas and actionlint run from action/ci.sh.
 
 const assert = require('node:assert/strict');
@@ -96,7 +97,7 @@ test('the reader: block scalars, chomping, folding, flow collections, comments, 
   });
 });
 
-test('every run: script of the GitHub workflows passes shellcheck', (t) => {
+test('every run: script of the GitHub workflows, and scripts/dist.sh and action/ci.sh, pass shellcheck', (t) => {
   if (!has('shellcheck', ['--version'])) {
     t.skip('shellcheck is not installed (apt-get install shellcheck)');
     return;
@@ -117,6 +118,8 @@ test('every run: script of the GitHub workflows passes shellcheck', (t) => {
     }
   }
   assert.ok(files.length >= 10, `${files.length} scripts`);
+  // And the scripts of ours that CI and releases run.
+  files.push(path.join(REPO, 'scripts/dist.sh'), path.join(REPO, 'action/ci.sh'));
   const r = spawnSync('shellcheck', ['-s', 'bash', ...files], { encoding: 'utf8' });
   assert.equal(r.status, 0, r.stdout + r.stderr);
 });
