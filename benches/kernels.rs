@@ -321,6 +321,7 @@ fn save_restore(c: &mut Criterion) {
     let layout = make_store(&dir.path().join("source"));
     let cache_dir = dir.path().join("cache");
     let opts = SaveOptions {
+        gc_roots: false,
         key: String::new(),
         roots: Vec::new(),
         skip_corrupt: false,

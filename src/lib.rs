@@ -9,6 +9,7 @@ pub mod cache;
 pub mod clock;
 pub mod closure;
 pub mod db;
+pub mod diff;
 pub mod error;
 #[cfg(test)]
 mod fuzz;

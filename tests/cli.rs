@@ -3,6 +3,7 @@
 
 mod util;
 
+use std::fs;
 use std::io::Read;
 use std::process::Stdio;
 
@@ -608,4 +609,113 @@ fn an_unsigned_snapshot_is_refused_before_its_body_is_read() {
         "{err}"
     );
     assert!(!err.contains("checksum") && !err.contains("magic"), "{err}");
+}
+
+#[test]
+fn save_gc_roots_takes_the_closure_of_what_the_daemon_would_keep() {
+    use std::os::unix::fs::symlink;
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    let roots = sample::build(&src, 1).unwrap();
+    let root = w.root("src");
+    let a = "0123456789abcdfghijklmnpqrsvwxyz-rooted-a";
+    let b = "1123456789abcdfghijklmnpqrsvwxyz-rooted-b";
+    add_files_path(&src, a, &[("f", b"a\n", false)], &[]);
+    add_files_path(&src, b, &[("f", b"b\n", false)], &[a]);
+    // gcroots/profiles -> /var/guix/profiles, where a user's profile links lead to b; an
+    // auto root leads, through a link outside the store, to a sample root; another is dangling.
+    let gcroots = root.join("var/guix/gcroots");
+    let profiles = root.join("var/guix/profiles/per-user/alice");
+    fs::create_dir_all(gcroots.join("auto")).unwrap();
+    fs::create_dir_all(&profiles).unwrap();
+    symlink("/var/guix/profiles", gcroots.join("profiles")).unwrap();
+    symlink(
+        format!("/gnu/store/{b}"),
+        profiles.join("guix-profile-1-link"),
+    )
+    .unwrap();
+    symlink("guix-profile-1-link", profiles.join("guix-profile")).unwrap();
+    fs::create_dir_all(root.join("home/alice")).unwrap();
+    let sample_root = src.store_dir.display(&roots[0]);
+    symlink(&sample_root, root.join("home/alice/result")).unwrap();
+    symlink("/home/alice/result", gcroots.join("auto/k1")).unwrap();
+    symlink("/home/alice/gone", gcroots.join("auto/k2")).unwrap();
+    let out = w
+        .cmd("src")
+        .args(["--json", "save", "--gc-roots", "--dry-run", "--cache"])
+        .arg(w.cache_dir())
+        .assert()
+        .success();
+    let s = json(&out.get_output().stdout);
+    let names: Vec<String> = s["new_path_names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert!(names.contains(&format!("/gnu/store/{a}")), "{names:?}");
+    assert!(names.contains(&format!("/gnu/store/{b}")), "{names:?}");
+    assert!(names.contains(&sample_root), "{names:?}");
+    assert!(
+        s["paths"].as_u64().unwrap() < 8,
+        "only the closure of the roots: {s}"
+    );
+    // Without any root leading into the store, --gc-roots is a usage error.
+    fs::remove_dir_all(&gcroots).unwrap();
+    w.cmd("src")
+        .args(["save", "--gc-roots", "--cache"])
+        .arg(w.cache_dir())
+        .assert()
+        .code(2);
+}
+
+#[test]
+fn diff_between_snapshots_and_the_live_store() {
+    let w = World::new(Flavor::Nix);
+    let src = w.layout("src");
+    sample::build(&src, 1).unwrap();
+    let save = || {
+        let out = w
+            .cmd("src")
+            .args(["--json", "save", "--key", "k", "--cache"])
+            .arg(w.cache_dir())
+            .assert()
+            .success();
+        json(&out.get_output().stdout)["snapshot"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let first = save();
+    let base = "0123456789abcdfghijklmnpqrsvwxyz-new-1.0";
+    add_files_path(&src, base, &[("f", &noise(7, 100_000), false)], &[]);
+    let second = save();
+    let diff = |args: &[&str], root: &str| {
+        let out = w
+            .cmd(root)
+            .args(["--json", "diff", "--cache"])
+            .arg(w.cache_dir())
+            .args(args)
+            .assert()
+            .success();
+        json(&out.get_output().stdout)
+    };
+    let d = diff(&[&first[..8], "key:k"], "src");
+    assert_eq!(d["to"], second.as_str());
+    assert_eq!(
+        d["added"],
+        serde_json::json!([format!("/nix/store/{base}")])
+    );
+    assert_eq!(d["removed"].as_array().unwrap().len(), 0);
+    let t = d["transfer_bytes"].as_u64().unwrap();
+    assert!(
+        t > 90_000 && t < 120_000,
+        "the new 100 KB of noise, compressed: {t}"
+    );
+    // An empty store lacks everything of the snapshot.
+    let d = diff(&["@live", "key:k"], "empty");
+    assert_eq!(d["added"].as_array().unwrap().len(), 7);
+    // The live source store has nothing the newest snapshot lacks.
+    let d = diff(&["key:k", "@live"], "src");
+    assert_eq!(d["added"].as_array().unwrap().len(), 0);
 }

@@ -42,6 +42,7 @@ fn save(w: &World, key: &str) -> String {
 fn save_roots(w: &World, key: &str, roots: Vec<String>) -> String {
     let cache = w.cache();
     let opts = SaveOptions {
+        gc_roots: false,
         key: key.into(),
         roots,
         skip_corrupt: false,
@@ -218,6 +219,7 @@ fn a_save_that_started_before_a_collection_keeps_what_its_snapshot_needs() {
     util::add_files_path(&src, &name, &[("f", &noise(5, 50_000), false)], &[]);
     let cache = w.cache();
     let opts = SaveOptions {
+        gc_roots: false,
         key: "other".into(),
         roots: Vec::new(),
         skip_corrupt: false,

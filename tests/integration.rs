@@ -690,6 +690,7 @@ fn path_collected_during_save_is_dropped_not_corrupt() {
     let paths = sample::build(&src, 1).unwrap();
     let cache = w.cache();
     let opts = storesync::save::SaveOptions {
+        gc_roots: false,
         key: String::new(),
         roots: vec![],
         skip_corrupt: false,

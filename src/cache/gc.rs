@@ -136,7 +136,17 @@ pub fn gc(
     };
     // 1. Heads, newest first.
     let mut heads: Vec<(SnapshotRef, SnapshotHead)> = Vec::new();
-    for r in cache.list_snapshots()? {
+    // Several files of one snapshot (a collection killed between writing one and deleting
+    // the other): one is kept, the others deleted with the files this run replaces.
+    let mut redundant: Vec<String> = Vec::new();
+    let mut seen: HashSet<SnapshotId> = HashSet::new();
+    let mut refs = cache.list_snapshots()?;
+    refs.reverse();
+    for r in refs {
+        if !seen.insert(r.id) {
+            redundant.push(r.key);
+            continue;
+        }
         let h = cache.read_head(&r)?;
         heads.push((r, h));
     }
@@ -351,6 +361,9 @@ pub fn gc(
     }
     for (r, _) in heads.iter().filter(|(r, _)| dropped_ids.contains(&r.id)) {
         cache.storage().delete(&r.key)?;
+    }
+    for key in &redundant {
+        cache.storage().delete(key)?;
     }
     for id in old_indexes.iter().filter(|i| !keep_index.contains(i)) {
         retire.push(super::index_key(id));

@@ -431,14 +431,27 @@ impl Cache {
     ) -> Result<(SnapshotId, Snapshot), CacheError> {
         if let Some(p) = prefix {
             let p = p.to_ascii_lowercase();
-            let ids: Vec<_> = self
-                .snapshot_ids()?
+            let refs: Vec<SnapshotRef> = self
+                .list_snapshots()?
                 .into_iter()
-                .filter(|id| id.hex().starts_with(&p))
+                .filter(|r| r.id.hex().starts_with(&p))
                 .collect();
+            let mut ids: Vec<SnapshotId> = refs.iter().map(|r| r.id).collect();
+            ids.dedup();
             return match ids.as_slice() {
                 [] => Err(CacheError::NoSnapshot(p)),
-                [id] => Ok((*id, self.read_snapshot(id)?)),
+                // Several files of one snapshot (a collection killed between writing the
+                // new one and deleting the old): any that reads will do.
+                [id] => {
+                    let mut last = None;
+                    for r in refs.iter().rev() {
+                        match self.read_snapshot_ref(r) {
+                            Ok(s) => return Ok((*id, s)),
+                            Err(e) => last = Some(e),
+                        }
+                    }
+                    Err(last.expect("one ref at least"))
+                }
                 _ => Err(CacheError::AmbiguousSnapshot(p)),
             };
         }

@@ -63,6 +63,7 @@ pub fn run(g: &Global, a: &DemoArgs, progress: &dyn Progress) -> Result<u8> {
     );
     let cache = Cache::open_dir(&cache_dir)?;
     let opts = SaveOptions {
+        gc_roots: false,
         key: String::new(),
         roots: vec![],
         skip_corrupt: false,

@@ -4,6 +4,7 @@
 
 mod completions;
 mod demo;
+mod diff;
 mod dump_nar;
 mod gc;
 mod key;
@@ -154,6 +155,10 @@ pub enum Command {
     /// verify it, and print what happened.
     #[command(after_help = demo::EXAMPLES)]
     Demo(demo::DemoArgs),
+    /// Compare two snapshots, or a snapshot and the live store: paths added and removed,
+    /// NAR bytes, and what a restore would download.
+    #[command(after_help = diff::EXAMPLES)]
+    Diff(diff::DiffArgs),
     /// Drop snapshots a retention policy does not keep, and the data only they need, within
     /// a size budget.
     #[command(after_help = gc::EXAMPLES)]
@@ -245,6 +250,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::DumpNar(a) => dump_nar::run(g, a),
         Command::Demo(a) => demo::run(g, a, &bars),
         Command::Gc(a) => gc::run(g, a, &bars),
+        Command::Diff(a) => diff::run(g, a),
         Command::Key(a) => key::run(g, a),
         Command::Completions(a) => completions::completions(g, a),
         Command::Man(a) => completions::man(g, a),

@@ -23,6 +23,8 @@ Examples:
   storesync save --cache ~/.cache/storesync --key guix-$(guix describe -f channels | sha256sum | cut -c1-16)
   # and keep the cache within a budget (the two newest snapshots of each key, 8 GiB):
   storesync save --cache ~/.cache/storesync --key guix-ci --prune --keep-last 2 --max-size 8GiB
+  # what the daemon's garbage collector would keep (profiles, auto roots):
+  sudo storesync save --cache ~/.cache/storesync --gc-roots
   # which paths a save would read, writing nothing (not even the cache directory):
   storesync save --cache ~/.cache/storesync --dry-run
   # signed, so that restores given the public key (--trusted-key) accept it:
@@ -67,6 +69,10 @@ pub struct SaveArgs {
     pub prune: bool,
     #[command(flatten)]
     pub retention: super::gc::RetentionArgs,
+    /// Also save the closure of the daemon's GC roots (Guix: /var/guix/gcroots, Nix:
+    /// /nix/var/nix/gcroots, and the profiles they link to), i.e. what `guix gc` would keep.
+    #[arg(long)]
+    pub gc_roots: bool,
     /// Store paths, or links to them (profiles, GC roots), resolved inside --root.
     pub paths: Vec<String>,
 }
@@ -81,6 +87,7 @@ pub fn run(g: &Global, a: &SaveArgs, progress: &dyn Progress) -> Result<u8> {
         .map(trust::load_secret_key)
         .transpose()?;
     let opts = SaveOptions {
+        gc_roots: a.gc_roots,
         key: a.key.clone().unwrap_or_default(),
         roots: a.paths.clone(),
         skip_corrupt: a.skip_corrupt,

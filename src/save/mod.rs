@@ -42,6 +42,8 @@ pub struct SaveOptions {
     pub level: i32,
     /// The key the snapshot is saved under (like actions/cache's `key`); may be empty.
     pub key: String,
+    /// Also save the closure of the daemon's GC roots (what `guix gc` would keep).
+    pub gc_roots: bool,
 }
 
 /// What a save did.
@@ -120,6 +122,7 @@ fn execute_with(
         new,
         known,
         graph,
+        base,
     } = plan;
     // Largest first, so one big path does not start last and run alone.
     let mut new = new;
@@ -257,7 +260,6 @@ fn execute_with(
         .filter(|o| kept.contains(&o.drv))
         .cloned()
         .collect();
-    let newest = cache.find_snapshot(None).ok();
     let snapshot = Snapshot {
         version: crate::cache::FORMAT_VERSION,
         key: opts.key.clone(),
@@ -265,18 +267,18 @@ fn execute_with(
         store_dir: layout.store_dir.as_str().to_owned(),
         created: crate::clock::now_nanos(),
         tool: format!("storesync {}", env!("CARGO_PKG_VERSION")),
-        // Every index file read: a superset of those locating the objects named (a
-        // garbage collection narrows it).
+        // The base snapshot's index files (the only ones read, see `plan::base_snapshot`)
+        // and the one this save wrote: together they locate every object named.
         indexes: cache.index_files(),
-        parent: newest.as_ref().map(|(id, _)| *id),
+        parent: base.as_ref().map(|(id, _)| *id),
         roots: roots.into_iter().filter(|r| kept.contains(r)).collect(),
         paths,
         derivation_outputs,
     };
     report.paths = snapshot.paths.len();
     report.nar_bytes = snapshot.nar_bytes();
-    if let Some((id, newest)) = newest {
-        if newest.same_contents(&snapshot) {
+    if let Some((id, base)) = base {
+        if base.same_contents(&snapshot) {
             report.snapshot = id.hex();
             report.unchanged = true;
             return Ok(report);
@@ -575,6 +577,7 @@ mod tests {
             let dir = LocalDir::open(&cache_dir).unwrap();
             let cache = Cache::open(Box::new(Full { dir, room }));
             let opts = SaveOptions {
+                gc_roots: false,
                 key: String::new(),
                 roots: vec![],
                 skip_corrupt,
@@ -643,6 +646,7 @@ mod tests {
         let blob = crate::cache::BlobId::of(&std::fs::read(b).unwrap());
         let cache = Cache::open_dir(&dir.path().join("cache")).unwrap();
         let opts = SaveOptions {
+            gc_roots: false,
             key: String::new(),
             roots: vec![],
             skip_corrupt: true,

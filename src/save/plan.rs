@@ -8,8 +8,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::Serialize;
 
 use super::SaveOptions;
-use crate::cache::Cache;
-use crate::cache::TreeId;
+use crate::cache::{Cache, Snapshot, SnapshotId, TreeId};
 use crate::closure::Graph;
 use crate::db::{self, DbContents};
 use crate::error::{Error, Result};
@@ -29,6 +28,35 @@ pub struct SavePlan {
     pub new: Vec<usize>,
     pub(super) known: HashMap<StorePath, (NarHash, u64, TreeId)>,
     pub(super) graph: Graph,
+    /// The snapshot this save builds on (see [`base_snapshot`]), whose paths need no read.
+    pub base: Option<(SnapshotId, Snapshot)>,
+}
+
+/// The snapshot a save builds on: the newest saved under the same key, else the newest of
+/// the same store. Only its head and body are read (heads of the others), so a save costs the
+/// same whatever the number of snapshots; its paths are the ones not read again, and (for v2)
+/// its index files the only ones loaded, so the new snapshot names exactly those plus the
+/// one this save writes.
+///
+/// # Errors
+/// [`Error::Cache`] when the snapshots cannot be listed.
+pub fn base_snapshot(
+    layout: &Layout,
+    cache: &Cache,
+    key: &str,
+) -> Result<Option<(SnapshotId, Snapshot)>> {
+    let same_store = |_: &SnapshotId, h: &crate::cache::SnapshotHead| {
+        if h.flavor == layout.flavor && h.store_dir == layout.store_dir.as_str() {
+            Ok(())
+        } else {
+            Err("another store".to_string())
+        }
+    };
+    match cache.find_by_key(key, &[String::new()], &same_store) {
+        Ok(m) => Ok(Some((m.id, m.snapshot))),
+        Err(crate::cache::CacheError::NoSnapshot(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The printable part of a [`SavePlan`]: what `save --dry-run` shows (`--json` prints it as
@@ -134,6 +162,67 @@ pub fn resolve_root(layout: &Layout, arg: &str) -> Result<StorePath> {
     Err(bad("too many levels of symbolic links".into()))
 }
 
+/// The store paths the daemon's garbage collector keeps: every symlink under the GC roots
+/// directory (`<state>/gcroots`, beside the DB directory: `/var/guix/gcroots`,
+/// `/nix/var/nix/gcroots`) that leads into the store, followed as [`resolve_root`] follows
+/// links (inside `--root`), through the profiles and the `auto/` indirections the roots
+/// directory links to; dangling roots are skipped, as the daemon skips them. Directories are
+/// walked to a bounded depth, each once.
+///
+/// # Errors
+/// [`Error::Io`] when the roots directory cannot be read.
+pub fn gc_roots(layout: &Layout) -> Result<Vec<String>> {
+    let state = std::path::Path::new(&layout.db_dir_logical)
+        .parent()
+        .unwrap_or(std::path::Path::new("/"))
+        .join("gcroots");
+    let mut found = std::collections::BTreeSet::new();
+    let mut seen_dirs = std::collections::HashSet::new();
+    let mut stack = vec![(state.to_string_lossy().into_owned(), 0usize)];
+    while let Some((logical, depth)) = stack.pop() {
+        let real = crate::store::path::under_root(&layout.root, &logical);
+        let entries = match fs::read_dir(&real) {
+            Ok(e) => e,
+            Err(e) if depth == 0 && e.kind() == std::io::ErrorKind::NotFound => break,
+            Err(e) if depth == 0 => return Err(Error::Io(real, e)),
+            Err(_) => continue,
+        };
+        if !seen_dirs.insert(real.clone()) {
+            continue;
+        }
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let child = format!("{logical}/{}", name.to_string_lossy());
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_symlink() {
+                match resolve_root(layout, &child) {
+                    Ok(sp) => {
+                        found.insert(layout.store_dir.display(&sp));
+                    }
+                    // A link to a directory of links (the profiles directory): walk it,
+                    // re-rooted like every absolute target.
+                    Err(_) if depth < 8 => {
+                        let target = fs::read_link(e.path()).unwrap_or_default();
+                        let next = if target.is_absolute() {
+                            target.to_string_lossy().into_owned()
+                        } else {
+                            format!("{logical}/{}", target.to_string_lossy())
+                        };
+                        let real = crate::store::path::under_root(&layout.root, &next);
+                        if fs::symlink_metadata(&real).is_ok_and(|m| m.is_dir()) {
+                            stack.push((next, depth + 1));
+                        }
+                    }
+                    Err(_) => {} // dangling, or outside the store
+                }
+            } else if ft.is_dir() && depth < 8 {
+                stack.push((child, depth + 1));
+            }
+        }
+    }
+    Ok(found.into_iter().collect())
+}
+
 /// Read the DB and the cache and decide what to save.
 ///
 /// # Errors
@@ -149,7 +238,27 @@ pub fn plan(layout: &Layout, cache: &Cache, opts: &SaveOptions) -> Result<SavePl
         .collect();
     let graph = Graph::of_keys(db.paths.iter().map(|p| (&p.path, &p.references)));
     let mut roots = Vec::new();
-    for r in &opts.roots {
+    let mut requested = opts.roots.clone();
+    if opts.gc_roots {
+        let from_gc = gc_roots(layout)?;
+        if from_gc.is_empty() {
+            return Err(Error::Usage(format!(
+                "--gc-roots: no GC root leads into the store under {}",
+                crate::store::path::under_root(&layout.root, &layout.db_dir_logical)
+                    .parent()
+                    .map(|p| p.join("gcroots").display().to_string())
+                    .unwrap_or_default()
+            )));
+        }
+        // Roots the daemon keeps but that are not valid (being built) are not saved.
+        requested.extend(from_gc.into_iter().filter(|r| {
+            layout
+                .store_dir
+                .parse(r)
+                .is_ok_and(|sp| index.contains_key(&sp))
+        }));
+    }
+    for r in &requested {
         let sp = resolve_root(layout, r)?;
         if !index.contains_key(&sp) {
             return Err(Error::Usage(format!(
@@ -168,16 +277,19 @@ pub fn plan(layout: &Layout, cache: &Cache, opts: &SaveOptions) -> Result<SavePl
     let selected = graph
         .topo_order(&mask)
         .map_err(|c| Error::Integrity(format!("reference cycle through {}", db.paths[c.0].path)))?;
-    let mut known = HashMap::new();
-    for (_, snap) in cache.snapshots()? {
-        let Ok(snap) = snap else { continue };
-        if snap.flavor != layout.flavor || snap.store_dir != layout.store_dir.as_str() {
-            continue;
+    let base = base_snapshot(layout, cache, &opts.key)?;
+    if let Some((_, b)) = &base {
+        if b.version >= 2 {
+            cache.use_indexes(&b.indexes);
         }
-        for p in snap.paths {
-            if cache.contains(p.tree) {
-                known.insert(p.info.path, (p.info.nar_hash, p.info.nar_size, p.tree));
-            }
+    }
+    let mut known = HashMap::new();
+    for p in base.iter().flat_map(|(_, b)| &b.paths) {
+        if cache.contains(p.tree) {
+            known.insert(
+                p.info.path.clone(),
+                (p.info.nar_hash, p.info.nar_size, p.tree),
+            );
         }
     }
     let new = selected
@@ -196,5 +308,6 @@ pub fn plan(layout: &Layout, cache: &Cache, opts: &SaveOptions) -> Result<SavePl
         new,
         known,
         graph,
+        base,
     })
 }
