@@ -138,22 +138,38 @@ test('sign-key signs the save (through the environment, not argv); trusted-keys 
   assert.match(refused.text(), /passed over: snapshot [0-9a-f]{12} \(k\): .*signed only by keys not trusted here \(ci-1\)/);
 });
 
-test('gc-roots on a storesync without save --gc-roots warns and saves every valid path', async (t) => {
+test('gc-roots: passed when this storesync offers save --gc-roots (the roots\' closure is saved), a warning otherwise', async (t) => {
   const dir = tmpdir(t, 'steps-');
   const root = path.join(dir, 'source');
   store.restoreGeneration(root, 1);
-  const s = stepEnv(dir, { key: 'k', cache: path.join(dir, 'cache'), root, 'gc-roots': 'true' });
+  // One GC root, as a profile link is: the closure of one path of the sample.
+  const all = store.validPaths(root);
+  const gcroots = path.join(root, 'var', 'guix', 'gcroots');
+  fs.mkdirSync(gcroots, { recursive: true });
+  fs.symlinkSync(all.find((p) => p.endsWith('-greeting.txt')), path.join(gcroots, 'test-root'));
   const bin = store.storesyncBin();
-  assert.equal(await steps.offersGcRoots(bin, {}), false);
+  assert.equal(await steps.offersGcRoots(bin, {}), true);
+  const s = stepEnv(dir, { key: 'k', cache: path.join(dir, 'cache'), root, 'gc-roots': 'true' });
   const r = await steps.saveStep(s.actions, readConfig(s.actions), bin, { cacheHit: false }, { uid: 0 });
-  assert.equal(r.saved, true);
-  assert.equal(r.json.paths, 6);
-  assert.match(s.text(), /::warning::gc-roots: this storesync has no `save --gc-roots`; saving every valid path/);
-  assert.doesNotMatch(s.text(), /\[command\].*--gc-roots/);
-  // A storesync that lists it gets it.
-  const fake = path.join(dir, 'fake-storesync');
-  fs.writeFileSync(fake, '#!/bin/sh\necho "      --gc-roots  Save the closure of the GC roots"\n', { mode: 0o755 });
-  assert.equal(await steps.offersGcRoots(fake, {}), true);
+  assert.equal(r.saved, true, s.text());
+  assert.match(s.text(), /\[command\][^\n]* save --cache [^\n]* --gc-roots\n/);
+  assert.ok(r.json.paths >= 1 && r.json.paths < all.length, `${r.json.paths} of ${all.length}`);
+  assert.doesNotMatch(s.text(), /::warning::gc-roots/);
+
+  // A storesync whose save has no --gc-roots (an older release): a warning, every valid path.
+  const older = path.join(dir, 'older-storesync');
+  fs.writeFileSync(
+    older,
+    `#!/bin/sh\nif [ "$1" = save ] && [ "$2" = --help ]; then echo "  --dry-run"; exit 0; fi\nexec "${bin}" "$@"\n`,
+    { mode: 0o755 },
+  );
+  assert.equal(await steps.offersGcRoots(older, {}), false);
+  const o = stepEnv(dir, { key: 'k2', cache: path.join(dir, 'cache2'), root, 'gc-roots': 'true' });
+  const ro = await steps.saveStep(o.actions, readConfig(o.actions), older, { cacheHit: false }, { uid: 0 });
+  assert.equal(ro.saved, true, o.text());
+  assert.equal(ro.json.paths, all.length);
+  assert.match(o.text(), /::warning::gc-roots: this storesync has no `save --gc-roots`; saving every valid path/);
+  assert.doesNotMatch(o.text(), /\[command\].*--gc-roots/);
 });
 
 test('a save that storesync rejects (usage) fails the step even without strict; other failures warn', async (t) => {
