@@ -40,6 +40,24 @@ ab-restore old new pairs="5":
 fuzz scale="100":
     STORESYNC_FUZZ_SCALE={{scale}} cargo test --release --lib cache::
 
+# A self-contained storesync (glibc linked statically) for this machine's architecture,
+# checked with ldd and `storesync demo`, packaged with its man pages and completions:
+# dist/storesync-VERSION-ARCH-linux.tar.gz and its .sha256 (what releases attach).
+# `just dist aarch64` cross-builds on x86_64 (see scripts/dist.sh for what that needs).
+dist arch="":
+    bash scripts/dist.sh {{arch}}
+
+# The man pages, generated from the clap definitions: docs/man/storesync.1 and one page per
+# command (storesync-save.1, ...).
+man:
+    cargo run --release --quiet -- man --dir docs/man
+
+# The GitHub Action's tests (node --test; STORESYNC_BIN picks the storesync they run) and
+# the schema checks of action.yml, the workflows and examples/.
+action:
+    cargo build --release
+    STORESYNC_BIN="${CARGO_TARGET_DIR:-target}/release/storesync" bash action/ci.sh
+
 # Everything CI runs.
 ci:
     bash .ci/run

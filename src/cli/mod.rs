@@ -2,6 +2,7 @@
 //! Everything else lives in the library. One file per subcommand holds its arguments, its
 //! `--help` examples and how its result is printed; [`output`] prints.
 
+mod completions;
 mod demo;
 mod diff;
 mod dump_nar;
@@ -167,6 +168,12 @@ pub enum Command {
     /// (`restore --trusted-key`).
     #[command(after_help = key::EXAMPLES)]
     Key(key::KeyArgs),
+    /// Write shell completions (bash, zsh, fish, elvish, powershell) to stdout.
+    #[command(after_help = completions::COMPLETIONS_EXAMPLES)]
+    Completions(completions::CompletionsArgs),
+    /// Write the man page (or, with --dir, a page per command).
+    #[command(after_help = completions::MAN_EXAMPLES)]
+    Man(completions::ManArgs),
 }
 
 /// `--cache LOCATION`.
@@ -252,5 +259,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Gc(a) => gc::run(g, a, &bars),
         Command::Diff(a) => diff::run(g, a),
         Command::Key(a) => key::run(g, a),
+        Command::Completions(a) => completions::completions(g, a),
+        Command::Man(a) => completions::man(g, a),
     }
 }

@@ -1,0 +1,199 @@
+'use strict';
+// The storesync command lines the action runs, and how they are run: as root (directly when
+// the action already is root, through sudo otherwise), with the variables the cache backends
+// need passed through sudo by name, stdout captured and parsed as JSON, stderr in the log.
+
+const { spawn } = require('node:child_process');
+
+/**
+ * Variables storesync reads that sudo would drop: the GitHub cache service's (only
+ * JavaScript actions get ACTIONS_RUNTIME_TOKEN and ACTIONS_RESULTS_URL), the REST API's for
+ * deleting entries, the store locations the daemons honour, proxies; and every AWS_* and
+ * STORESYNC_* variable (see `passThrough`).
+ */
+const PASS_THROUGH = [
+  'ACTIONS_RUNTIME_TOKEN',
+  'ACTIONS_RESULTS_URL',
+  'ACTIONS_CACHE_SERVICE_V2',
+  'ACTIONS_CACHE_URL',
+  'GITHUB_TOKEN',
+  'GITHUB_REPOSITORY',
+  'GITHUB_API_URL',
+  'GITHUB_SERVER_URL',
+  'GUIX_DATABASE_DIRECTORY',
+  'GUIX_STATE_DIRECTORY',
+  'NIX_STORE_DIR',
+  'NIX_STATE_DIR',
+  'HTTPS_PROXY',
+  'https_proxy',
+  'HTTP_PROXY',
+  'http_proxy',
+  'NO_PROXY',
+  'no_proxy',
+  'TMPDIR',
+  'RUST_BACKTRACE',
+];
+const PASS_THROUGH_PREFIXES = ['AWS_', 'STORESYNC_'];
+
+/** The names of the variables set in `env` that sudo must keep, sorted. */
+function passThrough(env) {
+  return Object.keys(env)
+    .filter((k) => env[k] !== undefined && env[k] !== '')
+    .filter((k) => PASS_THROUGH.includes(k) || PASS_THROUGH_PREFIXES.some((p) => k.startsWith(p)))
+    .sort();
+}
+
+/** Options every command takes, before the command name. */
+function globalArgs(cfg) {
+  const a = ['--flavor', cfg.flavor];
+  if (cfg.root && cfg.root !== '/') a.push('--root', cfg.root);
+  a.push('--json', '--no-progress');
+  return a;
+}
+
+/** Paths as trailing arguments, after `--` so that none is taken for a flag. */
+function pathArgs(paths) {
+  return paths.length > 0 ? ['--', ...paths] : [];
+}
+
+function restoreArgs(cfg) {
+  return [
+    ...globalArgs(cfg),
+    'restore',
+    '--cache',
+    cfg.cache,
+    '--key',
+    cfg.key,
+    ...cfg.restoreKeys.flatMap((k) => ['--restore-key', k]),
+    ...cfg.trustedKeys.flatMap((k) => ['--trusted-key', k]),
+  ];
+}
+
+/** Retention flags of `gc` and `save --prune`. */
+function retentionArgs(cfg) {
+  const a = [];
+  if (cfg.keepLast !== undefined) a.push('--keep-last', String(cfg.keepLast));
+  if (cfg.keepWithin) a.push('--keep-within', cfg.keepWithin);
+  if (cfg.maxSize) a.push('--max-size', cfg.maxSize);
+  return a;
+}
+
+/**
+ * Whether `save --prune` can apply the retention inputs to this cache: not to `gha://`,
+ * which storesync cannot list (and so cannot collect); GitHub evicts its entries itself.
+ */
+function canPrune(cache) {
+  return !cache.startsWith('gha://');
+}
+
+/**
+ * `save`, or with `dryRun` the question "which paths would a save read?". `--prune` with the
+ * retention inputs, when there are some and the cache can be pruned. `gcRoots` when the
+ * binary offers `--gc-roots` and the input asks for it. The signing key goes through the
+ * environment, never the command line.
+ */
+function saveArgs(cfg, { dryRun = false, gcRoots = false } = {}) {
+  const a = [...globalArgs(cfg), 'save', '--cache', cfg.cache, '--key', cfg.key];
+  if (dryRun) {
+    a.push('--dry-run');
+  } else {
+    const retention = retentionArgs(cfg);
+    if (retention.length > 0 && canPrune(cfg.cache)) a.push('--prune', ...retention);
+  }
+  if (gcRoots) a.push('--gc-roots');
+  return [...a, ...pathArgs(cfg.paths)];
+}
+
+function gcArgs(cfg) {
+  const a = [...globalArgs(cfg), 'gc', '--cache', cfg.cache, ...retentionArgs(cfg)];
+  if (cfg.keyPrefix) a.push('--key-prefix', cfg.keyPrefix);
+  if (cfg.grace) a.push('--grace', cfg.grace);
+  if (cfg.dryRun) a.push('--dry-run');
+  return a;
+}
+
+/**
+ * The environment storesync runs in: the step's, less the inputs and state (the runner's
+ * copies of secrets), plus `extra` (GITHUB_TOKEN from the `token` input, the signing key).
+ */
+function childEnv(env, extra = {}) {
+  const out = {};
+  for (const [k, v] of Object.entries(env)) {
+    if (!k.startsWith('INPUT_') && !k.startsWith('STATE_')) out[k] = v;
+  }
+  for (const [k, v] of Object.entries(extra)) if (v !== undefined && v !== '') out[k] = v;
+  return out;
+}
+
+/**
+ * The process to start for `binary args` as root: itself when `uid` is 0, else sudo,
+ * keeping the environment (-E) and naming the variables the backends need
+ * (--preserve-env=LIST), which a sudoers policy restricting -E still lets through.
+ */
+function privileged(binary, args, { uid, env }) {
+  if (uid === 0) return { file: binary, args };
+  const keep = passThrough(env);
+  return {
+    file: 'sudo',
+    args: ['-E', ...(keep.length > 0 ? [`--preserve-env=${keep.join(',')}`] : []), '--', binary, ...args],
+  };
+}
+
+/** A command line for the log, quoted where a shell would need it. */
+function showCommand(file, args) {
+  const q = (s) => (/^[A-Za-z0-9_@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
+  return [file, ...args].map(q).join(' ');
+}
+
+/**
+ * Run a command; its stderr goes to the log as it comes, its stdout is returned. Resolves
+ * (never rejects) with the exit code, or `error` when it could not start.
+ *
+ * @returns {Promise<{code: number|null, signal: string|null, stdout: string, error?: Error}>}
+ */
+function run(file, args, { env, cwd, log = (s) => process.stdout.write(s), spawnFn = spawn } = {}) {
+  log(`[command]${showCommand(file, args)}\n`);
+  return new Promise((resolve) => {
+    let child;
+    try {
+      child = spawnFn(file, args, { env, cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+    } catch (error) {
+      resolve({ code: null, signal: null, stdout: '', error });
+      return;
+    }
+    const out = [];
+    child.stdout.on('data', (d) => out.push(d));
+    child.stderr.on('data', (d) => log(d.toString()));
+    child.on('error', (error) => resolve({ code: null, signal: null, stdout: '', error }));
+    child.on('close', (code, signal) =>
+      resolve({ code, signal, stdout: Buffer.concat(out).toString('utf8') }),
+    );
+  });
+}
+
+/** The JSON value a `--json` run printed, or undefined when stdout holds none. */
+function parseJson(stdout) {
+  const s = stdout.trim();
+  if (s === '') return undefined;
+  try {
+    return JSON.parse(s);
+  } catch {
+    return undefined;
+  }
+}
+
+module.exports = {
+  PASS_THROUGH,
+  passThrough,
+  globalArgs,
+  restoreArgs,
+  canPrune,
+  saveArgs,
+  gcArgs,
+  retentionArgs,
+  childEnv,
+  privileged,
+  showCommand,
+  run,
+  parseJson,
+};
