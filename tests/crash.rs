@@ -898,8 +898,6 @@ fn restore_killed(flavor: Flavor, onto_older: bool) {
 /// The window in which a restore creates the target DB: killed right after `db.sqlite`
 /// appears (plus a seeded instant under a millisecond), a second restore must still work.
 #[test]
-#[ignore = "fails until creating the DB survives a kill: a restore killed between creating \
-            db.sqlite and writing `schema` leaves a DB that every later restore refuses"]
 fn restore_killed_while_creating_the_db_recovers() {
     let seed = seed();
     let w = scene(Flavor::Guix);

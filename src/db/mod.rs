@@ -407,6 +407,12 @@ pub fn open_or_create_waiting(layout: &Layout, wait: &LockWait<'_>) -> Result<Co
             return Err(DbError::Schema(file, found.trim().to_owned(), want));
         }
     }
+    if create {
+        // The version first: a process killed after creating the DB and before writing the
+        // version would otherwise leave a DB that every later open refuses (no version).
+        // The daemon writes it without a newline.
+        write_state_file(&schema_file, want.to_string().as_bytes())?;
+    }
     let conn = Connection::open_with_flags(
         &real,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -423,13 +429,20 @@ pub fn open_or_create_waiting(layout: &Layout, wait: &LockWait<'_>) -> Result<Co
              pragma main.journal_mode = wal; pragma wal_autocheckpoint = 8192;",
         )
     })?;
-    if create {
+    // A DB created by a process killed before its tables were committed has the version but
+    // no tables: the schema (all `create ... if not exists`) completes it.
+    let has_tables: bool = conn
+        .query_row(
+            "select count(*) > 0 from sqlite_master where type = 'table' and name = 'ValidPaths'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(sql(&file))?;
+    if create || !has_tables {
         let txn = WriteTxn::begin(&conn, &file, wait)?;
         conn.execute_batch(schema_sql(layout.flavor))
             .map_err(sql(&file))?;
         txn.commit(&file, wait)?;
-        // The daemon writes the version without a newline.
-        write_state_file(&schema_file, want.to_string().as_bytes())?;
     }
     Ok(conn)
 }
