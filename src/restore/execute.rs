@@ -321,14 +321,19 @@ pub fn execute(
                 .push(crate::restore::Failure { path, error });
         }
     }
-    let written = |i: usize| !failed.contains(&i) && !not_attempted.contains(&i);
+    // Sets, not scans: a store that lost its files but kept its DB repairs every path.
+    let failed_set: std::collections::HashSet<usize> = failed.iter().copied().collect();
+    let not_attempted_set: std::collections::HashSet<usize> =
+        not_attempted.iter().copied().collect();
+    let repair_set: std::collections::HashSet<usize> = plan.repair.iter().copied().collect();
+    let written = |i: usize| !failed_set.contains(&i) && !not_attempted_set.contains(&i);
     let bad = plan
         .graph
         .referrers_closure(failed.iter().chain(&not_attempted).copied());
     let mut register = Vec::new();
     for &i in &plan.missing {
         let path = layout.store_dir.display(&snap.paths[i].info.path);
-        if plan.repair.contains(&i) {
+        if repair_set.contains(&i) {
             if written(i) {
                 report.repaired.push(path);
             }
