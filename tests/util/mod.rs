@@ -37,19 +37,7 @@ impl World {
     }
     /// The storesync binary with --flavor and --root set.
     pub fn cmd(&self, root: &str) -> Command {
-        let mut c = Command::cargo_bin("storesync").unwrap();
-        c.arg("--flavor")
-            .arg(self.flavor.name())
-            .arg("--root")
-            .arg(self.root(root))
-            .arg("--no-progress")
-            .env_remove("GUIX_DATABASE_DIRECTORY")
-            .env_remove("GUIX_STATE_DIRECTORY")
-            .env_remove("NIX_STORE_DIR")
-            .env_remove("NIX_STATE_DIR")
-            .env_remove("STORESYNC_TRUSTED_KEYS")
-            .env_remove("STORESYNC_SIGN_KEY");
-        c
+        Command::from_std(self.std_cmd(root))
     }
 }
 
@@ -184,7 +172,9 @@ impl World {
             .env_remove("GUIX_DATABASE_DIRECTORY")
             .env_remove("GUIX_STATE_DIRECTORY")
             .env_remove("NIX_STORE_DIR")
-            .env_remove("NIX_STATE_DIR");
+            .env_remove("NIX_STATE_DIR")
+            .env_remove("STORESYNC_TRUSTED_KEYS")
+            .env_remove("STORESYNC_SIGN_KEY");
         c
     }
 }
