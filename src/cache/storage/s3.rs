@@ -795,6 +795,21 @@ impl Storage for S3Store {
         }
     }
 
+    fn put(&self, key: &str, data: &[u8]) -> Result<(), StorageError> {
+        // A single PUT replaces an object atomically: readers see the old or the new one.
+        let inner = &self.inner;
+        let path = inner.path(key)?;
+        inner.check_up(key)?;
+        let payload = PutPayload::from(Bytes::copy_from_slice(data));
+        self.block_on(
+            inner
+                .store
+                .put_opts(&path, payload, PutMode::Overwrite.into()),
+        )
+        .map(drop)
+        .map_err(|e| inner.err(key, e))
+    }
+
     fn writer(&self) -> Result<Box<dyn ObjectWriter + '_>, StorageError> {
         self.upload_failure()?;
         Ok(Box::new(S3Writer {
