@@ -302,12 +302,65 @@ impl Cache {
     /// # Errors
     /// [`CacheError`] naming the snapshot file; [`CacheError::NoSnapshot`] when absent.
     pub fn read_snapshot(&self, id: &SnapshotId) -> Result<Snapshot, CacheError> {
-        let r = self
+        let refs: Vec<SnapshotRef> = self
             .list_snapshots()?
             .into_iter()
-            .find(|r| r.id == *id)
-            .ok_or_else(|| CacheError::NoSnapshot(id.hex()))?;
-        self.read_snapshot_ref(&r)
+            .filter(|r| r.id == *id)
+            .collect();
+        if refs.is_empty() {
+            return Err(CacheError::NoSnapshot(id.hex()));
+        }
+        self.read_any(&refs)
+    }
+
+    /// Read one of `refs`, files of one snapshot (several after a collection killed between
+    /// writing a snapshot's new file and deleting the old one): the newest that reads.
+    fn read_any(&self, refs: &[SnapshotRef]) -> Result<Snapshot, CacheError> {
+        let mut last = None;
+        for r in refs.iter().rev() {
+            match self.read_snapshot_ref(r) {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(CacheError::Empty))
+    }
+
+    /// The snapshot whose id starts with `prefix` (any case), and its files.
+    ///
+    /// # Errors
+    /// [`CacheError::NoSnapshot`], [`CacheError::AmbiguousSnapshot`].
+    fn refs_of_prefix(&self, prefix: &str) -> Result<(SnapshotId, Vec<SnapshotRef>), CacheError> {
+        let p = prefix.to_ascii_lowercase();
+        let refs: Vec<SnapshotRef> = self
+            .list_snapshots()?
+            .into_iter()
+            .filter(|r| r.id.hex().starts_with(&p))
+            .collect();
+        let mut ids: Vec<SnapshotId> = refs.iter().map(|r| r.id).collect();
+        ids.sort();
+        ids.dedup();
+        match ids.as_slice() {
+            [] => Err(CacheError::NoSnapshot(p)),
+            [id] => Ok((*id, refs)),
+            _ => Err(CacheError::AmbiguousSnapshot(p)),
+        }
+    }
+
+    /// Every snapshot file, grouped by snapshot (in the order of [`Cache::list_snapshots`]).
+    fn snapshot_groups(&self) -> Result<Vec<(SnapshotId, Vec<SnapshotRef>)>, CacheError> {
+        let mut groups: Vec<(SnapshotId, Vec<SnapshotRef>)> = Vec::new();
+        let mut at: std::collections::HashMap<SnapshotId, usize> = std::collections::HashMap::new();
+        for r in self.list_snapshots()? {
+            match at.get(&r.id) {
+                Some(&i) => groups[i].1.push(r),
+                None => {
+                    at.insert(r.id, groups.len());
+                    groups.push((r.id, vec![r]));
+                }
+            }
+        }
+        Ok(groups)
     }
 
     /// Read the snapshot file `r`, checking its checksum, encoding and consistency.
@@ -444,30 +497,8 @@ impl Cache {
         prefix: Option<&str>,
     ) -> Result<(SnapshotId, Snapshot), CacheError> {
         if let Some(p) = prefix {
-            let p = p.to_ascii_lowercase();
-            let refs: Vec<SnapshotRef> = self
-                .list_snapshots()?
-                .into_iter()
-                .filter(|r| r.id.hex().starts_with(&p))
-                .collect();
-            let mut ids: Vec<SnapshotId> = refs.iter().map(|r| r.id).collect();
-            ids.dedup();
-            return match ids.as_slice() {
-                [] => Err(CacheError::NoSnapshot(p)),
-                // Several files of one snapshot (a collection killed between writing the
-                // new one and deleting the old): any that reads will do.
-                [id] => {
-                    let mut last = None;
-                    for r in refs.iter().rev() {
-                        match self.read_snapshot_ref(r) {
-                            Ok(s) => return Ok((*id, s)),
-                            Err(e) => last = Some(e),
-                        }
-                    }
-                    Err(last.expect("one ref at least"))
-                }
-                _ => Err(CacheError::AmbiguousSnapshot(p)),
-            };
+            let (id, refs) = self.refs_of_prefix(p)?;
+            return Ok((id, self.read_any(&refs)?));
         }
         let limit = crate::clock::now_nanos().saturating_add(FUTURE_MARGIN_NANOS);
         let mut best: Option<(SnapshotId, Snapshot)> = None;
@@ -738,19 +769,9 @@ impl Cache {
     ) -> Result<SignedSnapshot, crate::Error> {
         assert!(!keys.is_empty(), "find_signed_snapshot without keys");
         if let Some(p) = prefix {
-            let p = p.to_ascii_lowercase();
-            let ids: Vec<_> = self
-                .snapshot_ids()?
-                .into_iter()
-                .filter(|id| id.hex().starts_with(&p))
-                .collect();
-            let id = match ids.as_slice() {
-                [] => return Err(CacheError::NoSnapshot(p).into()),
-                [id] => *id,
-                _ => return Err(CacheError::AmbiguousSnapshot(p).into()),
-            };
+            let (id, refs) = self.refs_of_prefix(p)?;
             let signed_by = self.check_signature(&id, keys)?;
-            let snapshot = self.read_snapshot(&id)?;
+            let snapshot = self.read_any(&refs)?;
             return Ok(SignedSnapshot {
                 id,
                 snapshot,
@@ -759,16 +780,17 @@ impl Cache {
             });
         }
         let limit = crate::clock::now_nanos().saturating_add(FUTURE_MARGIN_NANOS);
-        let ids = self.snapshot_ids()?;
-        if ids.is_empty() {
+        // One listing; each snapshot's signature checked, then one of its files read.
+        let groups = self.snapshot_groups()?;
+        if groups.is_empty() {
             return Err(CacheError::Empty.into());
         }
         let mut best: Option<SignedSnapshot> = None;
         let mut passed_over = Vec::new();
-        for id in ids {
+        for (id, refs) in groups {
             let checked = self
                 .check_signature(&id, keys)
-                .and_then(|signer| Ok((signer, self.read_snapshot(&id)?)));
+                .and_then(|signer| Ok((signer, self.read_any(&refs)?)));
             match checked {
                 Err(e) => passed_over.push(match e {
                     // Trust errors name the snapshot; others name its file.
