@@ -1,0 +1,155 @@
+//! Signed snapshots (see [`crate::trust`]): detached signature files `snapshots/<id>.sig`
+//! next to the snapshots they sign. They are not content-addressed: adding a signature
+//! replaces the file with [`super::Storage::put`]. With trusted keys, a snapshot's signature is
+//! checked before anything of the snapshot itself is read.
+
+use super::{Cache, CacheError, Snapshot, SnapshotId, FUTURE_MARGIN_NANOS};
+
+/// A snapshot whose signature passed the check, as [`Cache::find_signed_snapshot`] chose it.
+#[derive(Debug, Clone)]
+pub struct SignedSnapshot {
+    /// Its id.
+    pub id: SnapshotId,
+    /// Its contents.
+    pub snapshot: Snapshot,
+    /// The name of the trusted key whose signature verified.
+    pub signed_by: String,
+    /// Snapshots refused while choosing the newest (unsigned, not trusted, bad signature,
+    /// unreadable), one message each naming the snapshot.
+    pub passed_over: Vec<String>,
+}
+
+impl Cache {
+    /// The signature file of snapshot `id`, or `None` when it has none.
+    ///
+    /// # Errors
+    /// [`CacheError::Storage`] when it cannot be read or is larger than
+    /// [`crate::trust::MAX_SIG_FILE`].
+    pub fn read_signatures(&self, id: &SnapshotId) -> Result<Option<Vec<u8>>, CacheError> {
+        let key = crate::trust::signature_key(&id.0);
+        match self.storage.get(&key, crate::trust::MAX_SIG_FILE as u64) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Add `sig` to the signature file of snapshot `id` (a signature by the same key name is
+    /// replaced, others are kept). Two writers signing the same snapshot at once may lose one
+    /// signature (the last write wins); the snapshot itself is never touched.
+    ///
+    /// # Errors
+    /// [`crate::Error::Cache`] when the file cannot be read or written,
+    /// [`crate::Error::Trust`] when the existing file is malformed (delete it to start afresh)
+    /// or full.
+    pub fn add_signature(
+        &self,
+        id: &SnapshotId,
+        sig: crate::trust::SignatureLine,
+    ) -> Result<(), crate::Error> {
+        let existing = self.read_signatures(id)?;
+        let bytes = crate::trust::merge(existing.as_deref(), sig).map_err(|e| match e {
+            crate::trust::TrustError::BadSignatureFile { reason, .. } => {
+                crate::trust::TrustError::BadSignatureFile {
+                    id: Some(id.0),
+                    reason,
+                }
+            }
+            e => e,
+        })?;
+        self.storage
+            .put(&crate::trust::signature_key(&id.0), &bytes)
+            .map_err(CacheError::from)?;
+        Ok(())
+    }
+
+    /// Check the signature of snapshot `id` against `keys`, reading only its signature file.
+    /// Returns the name of the key whose signature verified.
+    ///
+    /// # Errors
+    /// [`crate::Error::Trust`] (unsigned, signed only by untrusted keys, a signature that does
+    /// not verify, a malformed file), or [`crate::Error::Cache`] when the signature file
+    /// cannot be read.
+    pub fn check_signature(
+        &self,
+        id: &SnapshotId,
+        keys: &crate::trust::TrustedKeys,
+    ) -> Result<String, crate::Error> {
+        let sigs = self.read_signatures(id)?;
+        Ok(keys.check_snapshot(&id.0, sigs.as_deref())?)
+    }
+
+    /// Like [`Cache::find_snapshot`], taking only snapshots signed by one of `keys` (which
+    /// must not be empty): each snapshot's signature is checked before the snapshot is read.
+    /// The newest is the newest of those that pass; the others that did not pass are listed
+    /// in [`SignedSnapshot::passed_over`].
+    ///
+    /// # Errors
+    /// For a prefix: [`CacheError::NoSnapshot`], [`CacheError::AmbiguousSnapshot`], the
+    /// signature check's error, or the error reading the snapshot. For the newest:
+    /// [`CacheError::Empty`] when there is no snapshot, [`crate::Error::NoTrustedSnapshot`]
+    /// when none passes.
+    pub fn find_signed_snapshot(
+        &self,
+        prefix: Option<&str>,
+        keys: &crate::trust::TrustedKeys,
+    ) -> Result<SignedSnapshot, crate::Error> {
+        assert!(!keys.is_empty(), "find_signed_snapshot without keys");
+        if let Some(p) = prefix {
+            let (id, refs) = self.refs_of_prefix(p)?;
+            let signed_by = self.check_signature(&id, keys)?;
+            let snapshot = self.read_any(&refs)?;
+            return Ok(SignedSnapshot {
+                id,
+                snapshot,
+                signed_by,
+                passed_over: Vec::new(),
+            });
+        }
+        let limit = crate::clock::now_nanos().saturating_add(FUTURE_MARGIN_NANOS);
+        // One listing; each snapshot's signature checked, then one of its files read.
+        let groups = self.snapshot_groups()?;
+        if groups.is_empty() {
+            return Err(CacheError::Empty.into());
+        }
+        let mut best: Option<SignedSnapshot> = None;
+        let mut passed_over = Vec::new();
+        for (id, refs) in groups {
+            let checked = self
+                .check_signature(&id, keys)
+                .and_then(|signer| Ok((signer, self.read_any(&refs)?)));
+            match checked {
+                Err(e) => passed_over.push(match e {
+                    // Trust errors name the snapshot; others name its file.
+                    crate::Error::Trust(_) => crate::error::Chain(&e).to_string(),
+                    e => format!("snapshot {}: {}", id.short(), crate::error::Chain(&e)),
+                }),
+                Ok((_, s)) if s.created > limit => passed_over.push(format!(
+                    "snapshot {} is dated in the future ({} ns); not taken as the newest",
+                    id.short(),
+                    s.created
+                )),
+                Ok((signed_by, snapshot)) => {
+                    let newer = best
+                        .as_ref()
+                        .is_none_or(|b| (snapshot.created, id) > (b.snapshot.created, b.id));
+                    if newer {
+                        best = Some(SignedSnapshot {
+                            id,
+                            snapshot,
+                            signed_by,
+                            passed_over: Vec::new(),
+                        });
+                    }
+                }
+            }
+        }
+        match best {
+            Some(mut b) => {
+                b.passed_over = passed_over;
+                Ok(b)
+            }
+            None => Err(crate::Error::NoTrustedSnapshot(passed_over)),
+        }
+    }
+}
