@@ -214,6 +214,12 @@ fn no_op_restore_changes_nothing() {
     let dst = w.layout("dst");
     let rows = db_rows(&dst);
     let listing = tree_listing(&dst.real_store_dir());
+    // To the nanosecond: seconds alone miss a write made within the same second.
+    let stamp = |p: &std::path::Path| {
+        let m = std::fs::symlink_metadata(p).unwrap();
+        (m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec())
+    };
+    let store_stamp = stamp(&dst.real_store_dir());
     let (r, code) = restore_json(&w, "dst", &[]);
     assert_eq!(
         (code, r["restored"].as_u64(), r["planned"].as_u64()),
@@ -221,6 +227,11 @@ fn no_op_restore_changes_nothing() {
     );
     assert_eq!(db_rows(&dst), rows);
     assert_eq!(tree_listing(&dst.real_store_dir()), listing);
+    assert_eq!(
+        stamp(&dst.real_store_dir()),
+        store_stamp,
+        "the store directory was written"
+    );
 }
 
 #[test]

@@ -117,6 +117,17 @@ pub fn execute(
     conn: &mut rusqlite::Connection,
     progress: &dyn Progress,
 ) -> Result<RestoreReport> {
+    if plan.missing.is_empty() {
+        // Nothing to write: the store directory is not touched at all (no staging directory,
+        // no leftover sweep), so a no-op restore changes nothing, not even an mtime.
+        return Ok(RestoreReport {
+            snapshot: plan.snapshot_id.hex(),
+            selected: plan.selected,
+            already_valid: plan.already_valid,
+            broken: plan.broken.clone(),
+            ..RestoreReport::default()
+        });
+    }
     let snap = &plan.snapshot;
     let store = layout.real_store_dir();
     // Files and directories are created with their final modes, which a umask must not trim.
