@@ -117,20 +117,10 @@ fn an_error_prints_each_cause_once() {
 fn json_output_is_one_value_on_stdout() {
     let w = World::new(Flavor::Guix);
     sample::build(&w.layout("src"), 1).unwrap();
-    let out = w
-        .cmd("src")
-        .args(["--json", "save", "--cache"])
-        .arg(w.cache_dir())
-        .assert()
-        .success();
+    let out = w.on_cache("src", &["--json", "save"]).assert().success();
     let s = json(&out.get_output().stdout);
     assert_eq!(s["paths"], 6);
-    let out = w
-        .cmd("src")
-        .args(["--json", "ls", "--cache"])
-        .arg(w.cache_dir())
-        .assert()
-        .success();
+    let out = w.on_cache("src", &["--json", "ls"]).assert().success();
     let l = json(&out.get_output().stdout);
     assert_eq!(l[0]["id"], s["snapshot"]);
 }
@@ -142,9 +132,7 @@ fn save_dry_run_lists_new_paths_and_writes_nothing() {
     sample::build(&src, 1).unwrap();
     // A cache never written: the dry run must not even create its directory.
     let out = w
-        .cmd("src")
-        .args(["--json", "save", "--dry-run", "--cache"])
-        .arg(w.cache_dir())
+        .on_cache("src", &["--json", "save", "--dry-run"])
         .assert()
         .success();
     let s = json(&out.get_output().stdout);
@@ -157,20 +145,11 @@ fn save_dry_run_lists_new_paths_and_writes_nothing() {
     assert_eq!(s["nar_bytes_to_read"], s["nar_bytes"]);
     assert!(!w.cache_dir().exists(), "a dry run created the cache");
     // After a save, only a path added since is new; the cache is left as it was.
-    w.cmd("src")
-        .args(["save", "--cache"])
-        .arg(w.cache_dir())
-        .assert()
-        .success();
+    w.on_cache("src", &["save"]).assert().success();
     let base = "0123456789abcdfghijklmnpqrsvwxyz-added-1.0";
     add_files_path(&src, base, &[("f", b"new contents\n", false)], &[]);
     let before = util::tree_listing(&w.cache_dir());
-    let out = w
-        .cmd("src")
-        .args(["save", "--dry-run", "--cache"])
-        .arg(w.cache_dir())
-        .assert()
-        .success();
+    let out = w.on_cache("src", &["save", "--dry-run"]).assert().success();
     let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
     assert!(
         text.contains(&format!("would save /gnu/store/{base}")),
@@ -181,9 +160,7 @@ fn save_dry_run_lists_new_paths_and_writes_nothing() {
     assert_eq!(util::tree_listing(&w.cache_dir()), before);
     // With roots: the closure of one path.
     let out = w
-        .cmd("src")
-        .args(["--json", "save", "--dry-run", "--cache"])
-        .arg(w.cache_dir())
+        .on_cache("src", &["--json", "save", "--dry-run"])
         .arg(format!("/gnu/store/{base}"))
         .assert()
         .success();
@@ -243,9 +220,7 @@ fn a_full_or_read_only_cache_aborts_the_save_and_is_no_corruption() {
     };
     let check = |extra: &[&str], cause: &str| {
         let out = w
-            .cmd("src")
-            .args(["save", "--cache"])
-            .arg(w.cache_dir())
+            .on_cache("src", &["save"])
             .args(extra)
             .assert()
             .code(1)
@@ -284,9 +259,7 @@ fn key_pair(w: &World, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
 
 fn save_with(w: &World, extra: &[&std::ffi::OsStr]) -> serde_json::Value {
     let out = w
-        .cmd("src")
-        .args(["--json", "save", "--cache"])
-        .arg(w.cache_dir())
+        .on_cache("src", &["--json", "save"])
         .args(extra)
         .assert()
         .success();
@@ -364,9 +337,7 @@ fn signed_save_restores_with_the_right_key_only() {
     assert!(sig.exists());
     // Another key: refused, naming the snapshot, and nothing is written.
     let out = w
-        .cmd("dst")
-        .args(["restore", "--cache"])
-        .arg(w.cache_dir())
+        .on_cache("dst", &["restore"])
         .arg("--trusted-key")
         .arg(&other)
         .assert()
@@ -389,9 +360,7 @@ fn signed_save_restores_with_the_right_key_only() {
     // The right key, as a file and as key text among others.
     let key_text = std::fs::read_to_string(&public).unwrap();
     let out = w
-        .cmd("dst")
-        .args(["--json", "restore", "--cache"])
-        .arg(w.cache_dir())
+        .on_cache("dst", &["--json", "restore"])
         .arg("--trusted-key")
         .arg(&other)
         .arg("--trusted-key")
@@ -403,24 +372,18 @@ fn signed_save_restores_with_the_right_key_only() {
     assert_eq!(r["signed_by"], "ci-1");
     assert_eq!(r["restored"], 6);
     // ls and verify agree.
-    w.cmd("src")
-        .args(["ls", "--cache"])
-        .arg(w.cache_dir())
+    w.on_cache("src", &["ls"])
         .arg("--trusted-key")
         .arg(&public)
         .assert()
         .success()
         .stdout(predicate::str::contains(&id[..12]).and(predicate::str::contains("ci-1")));
-    w.cmd("src")
-        .args(["verify", "--cache"])
-        .arg(w.cache_dir())
+    w.on_cache("src", &["verify"])
         .arg("--trusted-key")
         .arg(&public)
         .assert()
         .success();
-    w.cmd("src")
-        .args(["verify", "--cache"])
-        .arg(w.cache_dir())
+    w.on_cache("src", &["verify"])
         .arg("--trusted-key")
         .arg(&other)
         .assert()
@@ -446,9 +409,7 @@ fn a_tampered_signature_is_refused() {
     let mut bytes = text.into_bytes();
     bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
     std::fs::write(&sig, &bytes).unwrap();
-    w.cmd("dst")
-        .args(["restore", "--cache"])
-        .arg(w.cache_dir())
+    w.on_cache("dst", &["restore"])
         .arg("--trusted-key")
         .arg(&public)
         .assert()
@@ -458,9 +419,7 @@ fn a_tampered_signature_is_refused() {
         );
     // A signature file that is not one at all.
     std::fs::write(&sig, b"garbage\n").unwrap();
-    w.cmd("dst")
-        .args(["restore", "--cache"])
-        .arg(w.cache_dir())
+    w.on_cache("dst", &["restore"])
         .arg("--trusted-key")
         .arg(&public)
         .assert()
@@ -483,9 +442,7 @@ fn the_newest_unsigned_snapshot_is_passed_over_for_an_older_signed_one() {
     let unsigned = save_with(&w, &[])["snapshot"].as_str().unwrap().to_owned();
     assert_ne!(signed, unsigned);
     let out = w
-        .cmd("dst")
-        .args(["--json", "restore", "--cache"])
-        .arg(w.cache_dir())
+        .on_cache("dst", &["--json", "restore"])
         .arg("--trusted-key")
         .arg(&public)
         .assert()
@@ -505,9 +462,7 @@ fn the_newest_unsigned_snapshot_is_passed_over_for_an_older_signed_one() {
     );
     // Without keys the newest is taken; ls with the key lists only the signed one.
     let out = w
-        .cmd("src")
-        .args(["--json", "ls", "--cache"])
-        .arg(w.cache_dir())
+        .on_cache("src", &["--json", "ls"])
         .arg("--trusted-key")
         .arg(&public)
         .assert()
@@ -521,9 +476,7 @@ fn the_newest_unsigned_snapshot_is_passed_over_for_an_older_signed_one() {
     assert_eq!(again["unchanged"], true);
     assert_eq!(again["snapshot"].as_str().unwrap(), unsigned);
     let out = w
-        .cmd("dst")
-        .args(["--json", "restore", "--dry-run", "--cache"])
-        .arg(w.cache_dir())
+        .on_cache("dst", &["--json", "restore", "--dry-run"])
         .arg("--trusted-key")
         .arg(&public)
         .assert()
@@ -594,9 +547,7 @@ fn an_unsigned_snapshot_is_refused_before_its_body_is_read() {
     let snap = w.cache_dir().join(format!("snapshots/{id}.snap"));
     std::fs::write(&snap, b"not a snapshot at all").unwrap();
     let out = w
-        .cmd("dst")
-        .args(["restore", "--cache"])
-        .arg(w.cache_dir())
+        .on_cache("dst", &["restore"])
         .arg("--trusted-key")
         .arg(&public)
         .assert()
@@ -641,9 +592,7 @@ fn save_gc_roots_takes_the_closure_of_what_the_daemon_would_keep() {
     symlink("/home/alice/result", gcroots.join("auto/k1")).unwrap();
     symlink("/home/alice/gone", gcroots.join("auto/k2")).unwrap();
     let out = w
-        .cmd("src")
-        .args(["--json", "save", "--gc-roots", "--dry-run", "--cache"])
-        .arg(w.cache_dir())
+        .on_cache("src", &["--json", "save", "--gc-roots", "--dry-run"])
         .assert()
         .success();
     let s = json(&out.get_output().stdout);
@@ -662,11 +611,7 @@ fn save_gc_roots_takes_the_closure_of_what_the_daemon_would_keep() {
     );
     // Without any root leading into the store, --gc-roots is a usage error.
     fs::remove_dir_all(&gcroots).unwrap();
-    w.cmd("src")
-        .args(["save", "--gc-roots", "--cache"])
-        .arg(w.cache_dir())
-        .assert()
-        .code(2);
+    w.on_cache("src", &["save", "--gc-roots"]).assert().code(2);
 }
 
 #[test]
@@ -676,9 +621,7 @@ fn diff_between_snapshots_and_the_live_store() {
     sample::build(&src, 1).unwrap();
     let save = || {
         let out = w
-            .cmd("src")
-            .args(["--json", "save", "--key", "k", "--cache"])
-            .arg(w.cache_dir())
+            .on_cache("src", &["--json", "save", "--key", "k"])
             .assert()
             .success();
         json(&out.get_output().stdout)["snapshot"]

@@ -249,9 +249,7 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
         !w.root("dst").exists(),
         "a dry run must not create anything"
     );
-    w.cmd("dst")
-        .args(["restore", "--dry-run", "--cache"])
-        .arg(w.cache_dir())
+    w.on_cache("dst", &["restore", "--dry-run"])
         .assert()
         .success()
         .stdout(
@@ -360,15 +358,10 @@ fn corrupt_blob_skips_its_path_and_referrers_and_restores_the_rest() {
     }
     assert!(entries > 0);
     // The text output names the failure.
-    w.cmd("dst2")
-        .args(["restore", "--cache"])
-        .arg(w.cache_dir())
-        .assert()
-        .code(1)
-        .stderr(
-            predicate::str::contains("failed: /gnu/store/")
-                .and(predicate::str::contains("sample-data")),
-        );
+    w.on_cache("dst2", &["restore"]).assert().code(1).stderr(
+        predicate::str::contains("failed: /gnu/store/")
+            .and(predicate::str::contains("sample-data")),
+    );
     // verify finds it too.
     Command::cargo_bin("storesync")
         .unwrap()
@@ -388,18 +381,12 @@ fn busy_big_lock_exits_3() {
         let dst = w.layout("dst");
         // This process holds the lock as a daemon worker would; the child must see it busy.
         let lock = db::BigLock::acquire(&dst.big_lock_file(), flavor, false).unwrap();
-        w.cmd("dst")
-            .args(["restore", "--cache"])
-            .arg(w.cache_dir())
+        w.on_cache("dst", &["restore"])
             .assert()
             .code(3)
             .stderr(predicate::str::contains("busy").and(predicate::str::contains("big-lock")));
         drop(lock);
-        w.cmd("dst")
-            .args(["restore", "--cache"])
-            .arg(w.cache_dir())
-            .assert()
-            .success();
+        w.on_cache("dst", &["restore"]).assert().success();
     }
 }
 
@@ -438,23 +425,16 @@ fn corrupt_store_fails_save_unless_skip_corrupt() {
     let file = src.real_store_dir().join(greeting.base_name());
     make_writable(&file);
     fs::write(&file, b"tampered\n").unwrap();
-    w.cmd("src")
-        .args(["save", "--cache"])
-        .arg(w.cache_dir())
-        .assert()
-        .code(1)
-        .stderr(
-            predicate::str::contains("greeting.txt")
-                .and(predicate::str::contains("differs from the DB")),
-        );
+    w.on_cache("src", &["save"]).assert().code(1).stderr(
+        predicate::str::contains("greeting.txt")
+            .and(predicate::str::contains("differs from the DB")),
+    );
     assert!(
         w.cache().snapshot_ids().unwrap().is_empty(),
         "no snapshot after a failed save"
     );
     let out = w
-        .cmd("src")
-        .args(["--json", "save", "--skip-corrupt", "--cache"])
-        .arg(w.cache_dir())
+        .on_cache("src", &["--json", "save", "--skip-corrupt"])
         .assert()
         .success();
     let s = json(&out.get_output().stdout);
@@ -480,16 +460,12 @@ fn save_resolves_profile_links_inside_root() {
     .unwrap();
     std::os::unix::fs::symlink("guix-profile-1-link", prof.join("guix-profile")).unwrap();
     let out = w
-        .cmd("src")
-        .args(["--json", "save", "--cache"])
-        .arg(w.cache_dir())
+        .on_cache("src", &["--json", "save"])
         .arg("/var/guix/profiles/per-user/alice/guix-profile")
         .assert()
         .success();
     assert_eq!(json(&out.get_output().stdout)["paths"], 4);
-    w.cmd("src")
-        .args(["save", "--cache"])
-        .arg(w.cache_dir())
+    w.on_cache("src", &["save"])
         .arg("/var/guix/nonexistent")
         .assert()
         .code(2)
@@ -509,15 +485,10 @@ fn damaged_snapshot_and_index_are_reported() {
     let n = b.len();
     b.truncate(n - 5);
     fs::write(&snap, b).unwrap();
-    w.cmd("dst")
-        .args(["restore", "--cache"])
-        .arg(w.cache_dir())
-        .assert()
-        .code(1)
-        .stderr(
-            predicate::str::contains(snap.display().to_string())
-                .and(predicate::str::contains("checksum")),
-        );
+    w.on_cache("dst", &["restore"]).assert().code(1).stderr(
+        predicate::str::contains(snap.display().to_string())
+            .and(predicate::str::contains("checksum")),
+    );
     assert!(!w.root("dst").join("var/guix/db/db.sqlite").exists());
 }
 
@@ -573,22 +544,16 @@ fn ls_lists_snapshots_and_paths() {
         .as_str()
         .unwrap()
         .to_string();
-    w.cmd("src")
-        .args(["ls", "--cache"])
-        .arg(w.cache_dir())
+    w.on_cache("src", &["ls"])
         .assert()
         .success()
         .stdout(predicate::str::contains(&id[..12]).and(predicate::str::contains("6 paths")));
-    w.cmd("src")
-        .args(["ls", "--cache"])
-        .arg(w.cache_dir())
+    w.on_cache("src", &["ls"])
         .args(["--snapshot", &id[..8]])
         .assert()
         .success()
         .stdout(predicate::str::contains("-libsample-1.0"));
-    w.cmd("src")
-        .args(["ls", "--cache"])
-        .arg(w.cache_dir())
+    w.on_cache("src", &["ls"])
         .args(["--snapshot", "ffffffffff"])
         .assert()
         .code(1)
@@ -617,18 +582,14 @@ fn dump_nar_matches_the_db_hash() {
 #[test]
 fn restore_from_a_cache_never_saved_is_a_no_op() {
     let w = World::new(Flavor::Guix);
-    w.cmd("dst")
-        .args(["restore", "--cache"])
-        .arg(w.cache_dir())
+    w.on_cache("dst", &["restore"])
         .assert()
         .success()
         .stderr(predicate::str::contains("holds no snapshot yet"));
     assert!(!w.cache_dir().exists(), "reading must not create the cache");
     assert!(!w.root("dst").exists());
     // An explicit snapshot that does not exist is an error.
-    w.cmd("dst")
-        .args(["restore", "--snapshot", "abc", "--cache"])
-        .arg(w.cache_dir())
+    w.on_cache("dst", &["restore", "--snapshot", "abc"])
         .assert()
         .code(1)
         .stderr(predicate::str::contains("no snapshot matches `abc`"));
@@ -1188,9 +1149,7 @@ fn a_file_where_a_directory_belongs_is_named() {
     save_json(&w, "src");
     fs::create_dir_all(w.root("dst/gnu")).unwrap();
     fs::write(w.root("dst/gnu/store"), b"").unwrap();
-    w.cmd("dst")
-        .args(["restore", "--cache"])
-        .arg(w.cache_dir())
+    w.on_cache("dst", &["restore"])
         .assert()
         .code(1)
         .stderr(predicate::str::contains(format!(

@@ -39,6 +39,13 @@ impl World {
     pub fn cmd(&self, root: &str) -> Command {
         Command::from_std(self.std_cmd(root))
     }
+    /// `storesync ARGS --cache <this world's cache>` with --flavor and --root set.
+    #[allow(dead_code)]
+    pub fn on_cache(&self, root: &str, args: &[&str]) -> Command {
+        let mut c = self.cmd(root);
+        c.args(args).arg("--cache").arg(self.cache_dir());
+        c
+    }
 }
 
 /// hash, registrationTime, deriver, narSize, ultimate, sigs, ca.
