@@ -56,9 +56,13 @@ pub fn register(
         derivation_outputs,
         &LockWait::default(),
     )
+    .map(drop)
 }
 
-/// [`register`], waiting for the write lock another process holds as `wait` says.
+/// [`register`], waiting for the write lock another process holds as `wait` says. Validity
+/// is checked again inside the transaction: a path that became valid meanwhile (the daemon
+/// built, substituted or imported it) keeps its row, is not inserted again, and is returned;
+/// paths referring to it refer to its row.
 ///
 /// # Errors
 /// As [`register`]; [`DbError::Busy`] when the lock stayed held (nothing is registered).
@@ -68,12 +72,13 @@ pub fn register_waiting(
     infos: &[&PathInfo],
     derivation_outputs: &[&DerivationOutput],
     wait: &LockWait<'_>,
-) -> Result<(), DbError> {
+) -> Result<Vec<StorePath>, DbError> {
     let file = layout.db_file();
     let e = sql(&file);
     let store = &layout.store_dir;
     let nix = layout.flavor == Flavor::Nix;
     let tx = WriteTxn::begin(conn, &file, wait)?;
+    let mut already = Vec::new();
     {
         let mut insert_path = if nix {
             conn.prepare(
@@ -97,8 +102,18 @@ pub fn register_waiting(
             .prepare("insert or replace into DerivationOutputs (drv, id, path) values (?1, ?2, ?3)")
             .map_err(&e)?;
         let mut ids: HashMap<&StorePath, i64> = HashMap::new();
+        let mut inserted: HashMap<&StorePath, i64> = HashMap::new();
         for info in infos {
             let full = store.display(&info.path);
+            if let Some(id) = id_of
+                .query_row([&full], |row| row.get::<_, i64>(0))
+                .optional()
+                .map_err(&e)?
+            {
+                ids.insert(&info.path, id);
+                already.push(info.path.clone());
+                continue;
+            }
             let hash = info.nar_hash.to_db();
             let size = info.nar_size as i64;
             if nix {
@@ -127,6 +142,7 @@ pub fn register_waiting(
             .map_err(&e)?;
             let id = conn.last_insert_rowid();
             ids.insert(&info.path, id);
+            inserted.insert(&info.path, id);
             for r in &info.references {
                 let rid = match ids.get(r) {
                     Some(&rid) => rid,
@@ -142,12 +158,13 @@ pub fn register_waiting(
             }
         }
         for o in derivation_outputs {
-            if let Some(&drv) = ids.get(&o.drv) {
+            if let Some(&drv) = inserted.get(&o.drv) {
                 insert_out.execute(params![drv, o.id, o.path]).map_err(&e)?;
             }
         }
     }
-    tx.commit(&file, wait)
+    tx.commit(&file, wait)?;
+    Ok(already)
 }
 
 #[cfg(test)]
