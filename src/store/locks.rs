@@ -95,7 +95,9 @@ pub fn open_lock_file(dir: impl AsFd, name: &OsStr, create: bool) -> io::Result<
     };
     let file = File::from(fd);
     if !file.metadata()?.is_file() {
-        return Err(io::Error::other("not a regular file: refusing to use it as a lock"));
+        return Err(io::Error::other(
+            "not a regular file: refusing to use it as a lock",
+        ));
     }
     Ok(Some(file))
 }

@@ -234,7 +234,8 @@ impl TempRoots {
                 )
                 .map_err(io_at(&self.path))?;
                 let r = (&self.file).write_all(&text);
-                lock(&self.file, Flavor::Guix, LockMode::Shared, true).map_err(io_at(&self.path))?;
+                lock(&self.file, Flavor::Guix, LockMode::Shared, true)
+                    .map_err(io_at(&self.path))?;
                 r.map_err(io_at(&self.path))?;
             }
             Flavor::Nix => self.add_nix(roots, &text, waiting)?,
@@ -386,7 +387,10 @@ mod tests {
             fs::write(&mine, b"/old\0").unwrap();
             let mut t = TempRoots::create(&layout, &|_| {}).unwrap();
             assert_eq!(t.path(), mine);
-            assert!(roots_in(&mine).is_empty(), "a stale file of our pid is replaced");
+            assert!(
+                roots_in(&mine).is_empty(),
+                "a stale file of our pid is replaced"
+            );
             let store = layout.store_dir.as_str();
             let a = format!("{store}/{}-a", "1".repeat(32));
             let b = format!("{store}/{}-b", "2".repeat(32));
