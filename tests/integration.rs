@@ -63,7 +63,8 @@ fn full_round_trip(flavor: Flavor) {
     // No temporary names left in the store.
     for e in fs::read_dir(dst.real_store_dir()).unwrap() {
         let name = e.unwrap().file_name().to_string_lossy().into_owned();
-        assert!(!name.starts_with(".storesync"), "{name}");
+        assert!(storesync::restore::scratch_kind(&name).is_none(), "{name}");
+        assert!(!name.ends_with(".lock"), "{name}");
     }
     // The shared 8 KiB+ file is one inode in .links, as the daemon's deduplication leaves it.
     let lib = fs::read_dir(dst.real_store_dir())

@@ -295,7 +295,7 @@ pub(super) fn plan_locked(
             return Err(Error::Usage(format!(
                 "{} paths are missing, and a restore into a store holds a lock file open for \
                  each until they are registered, but the open-files limit allows about {budget}: \
-                 raise it (ulimit -n) or restore part of the closure at a time (--path)",
+                 raise it (ulimit -n) or restore part of the closure at a time (name the paths to restore)",
                 locked.len() + bases.len()
             )));
         }
