@@ -376,7 +376,8 @@ fn busy_big_lock_exits_3() {
         sample::build(&w.layout("src"), 1).unwrap();
         save_json(&w, "src");
         let dst = w.layout("dst");
-        // This process holds the lock as a daemon worker would; the child must see it busy.
+        // This process holds the lock exclusively, as a daemon upgrading its schema does (daemon
+        // workers hold it shared, which does not block a restore: see tests/live.rs).
         let lock = db::BigLock::acquire(&dst.big_lock_file(), flavor, false).unwrap();
         w.cmd("dst")
             .args(["restore", "--cache"])

@@ -188,6 +188,50 @@ fn a_guix_collector_running_before_the_restore_is_waited_for_then_the_restore_co
         .any(|_| true));
 }
 
+#[test]
+fn a_nix_collector_running_before_the_restore_is_told_every_root_through_its_socket() {
+    let w = saved(Flavor::Nix);
+    let src = db::read(&w.layout("src")).unwrap();
+    let dst = w.layout("dst");
+    let gc = open_state_lock(&dst, "gc.lock");
+    assert!(lock(&gc, Flavor::Nix, LockMode::Exclusive, false).unwrap());
+    let sock = dst.state_dir().join("gc-socket/socket");
+    fs::create_dir_all(sock.parent().unwrap()).unwrap();
+    let roots = Arc::new(Mutex::new(Roots::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = {
+        let (l, roots, stop) = (
+            UnixListener::bind(&sock).unwrap(),
+            roots.clone(),
+            stop.clone(),
+        );
+        std::thread::spawn(move || serve_roots(l, roots, stop))
+    };
+    // Nix clients do not wait for the collector: they tell it.
+    let (code, report, err) = spawn_restore(&w, "dst", &[]).finish();
+    complete(code, &report, &err);
+    stop.store(true, Ordering::Relaxed);
+    server.join().unwrap();
+    let roots = roots.lock().unwrap();
+    for p in &src.paths {
+        assert!(
+            roots.paths.contains(&dst.store_dir.display(&p.path)),
+            "{}",
+            p.path
+        );
+    }
+    let scratch = roots
+        .paths
+        .iter()
+        .filter(|p| p.contains("-storesync-"))
+        .count();
+    assert!(
+        scratch > src.paths.len(),
+        "every scratch name is told: {scratch}"
+    );
+    assert_registered_paths_are_on_disk(&dst);
+}
+
 /// Roots a fake collector knows of: whole paths (Guix) and hash parts (Nix).
 #[derive(Default)]
 struct Roots {
