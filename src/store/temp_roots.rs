@@ -55,6 +55,7 @@ pub struct TempRoots {
     socket_path: PathBuf,
     socket: Option<UnixStream>,
     listed: usize,
+    told: bool,
 }
 
 fn io_at(path: &Path) -> impl Fn(io::Error) -> Error + '_ {
@@ -172,6 +173,7 @@ impl TempRoots {
             socket_path: state.join("gc-socket").join("socket"),
             socket: None,
             listed: 0,
+            told: false,
         })
     }
 
@@ -216,6 +218,15 @@ impl TempRoots {
             text.extend_from_slice(r.as_bytes());
             text.push(0);
         }
+        // Said once per process: a restore adds roots many times while collectors come and go.
+        let already = self.told;
+        let said = std::sync::atomic::AtomicBool::new(false);
+        let once = |m: &str| {
+            if !already && !said.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                waiting(m);
+            }
+        };
+        let waiting: &(dyn Fn(&str) + Sync) = &once;
         match self.flavor {
             Flavor::Guix => {
                 let path = self.path.clone();
@@ -226,8 +237,8 @@ impl TempRoots {
                     waiting,
                     || {
                         format!(
-                            "waiting for the garbage collector to finish (it holds {}); the \
-                             restore goes on when it is done",
+                            "waiting for the garbage collector to finish (it holds a lock on \
+                             {}); the restore goes on when it is done",
                             path.display()
                         )
                     },
@@ -240,6 +251,7 @@ impl TempRoots {
             }
             Flavor::Nix => self.add_nix(roots, &text, waiting)?,
         }
+        self.told |= said.into_inner();
         self.listed += roots.len();
         Ok(())
     }
@@ -264,6 +276,7 @@ impl TempRoots {
         waiting: &(dyn Fn(&str) + Sync),
     ) -> Result<()> {
         let start = Instant::now();
+        let mut told = false;
         loop {
             if lock(gc, Flavor::Nix, LockMode::Shared, false).map_err(io_at(&self.gc_lock))? {
                 // No collector runs, and none starts before the roots are in the file.
@@ -275,7 +288,15 @@ impl TempRoots {
                 Ok(()) => return (&self.file).write_all(text).map_err(io_at(&self.path)),
                 Err(e) if start.elapsed() < SOCKET_PATIENCE => {
                     // Not listening yet, or gone: look at gc.lock again.
-                    let _ = e;
+                    if !told {
+                        waiting(&format!(
+                            "waiting for the garbage collector (it holds {}; its socket {}: \
+                             {e}); the restore goes on when it answers or finishes",
+                            self.gc_lock.display(),
+                            self.socket_path.display()
+                        ));
+                        told = true;
+                    }
                     self.socket = None;
                     std::thread::sleep(Duration::from_millis(50));
                 }
