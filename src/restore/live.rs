@@ -184,7 +184,7 @@ impl<'a> Client<'a> {
 }
 
 /// Remove the scratch entries of interrupted restores: those of older versions, and those
-/// whose process no longer holds its temporary roots file. Best effort per entry: one that
+/// whose process no longer holds its temporary roots file. Call before this run creates any. Best effort per entry: one that
 /// cannot be removed is left to the daemon's collector.
 ///
 /// # Errors
@@ -196,7 +196,8 @@ pub(super) fn remove_leftovers(layout: &Layout, store: &OwnedFd) -> Result<()> {
         let dead = if OLD_PREFIXES.iter().any(|p| name.starts_with(p)) {
             true
         } else if let Some((pid, _)) = parse_scratch(name) {
-            !holds_temp_roots(layout, pid)
+            // This process has created none yet: one with its pid is a dead process's.
+            pid == std::process::id() || !holds_temp_roots(layout, pid)
         } else {
             false
         };
@@ -214,7 +215,7 @@ fn lock_budget() -> usize {
     let cur = lim.current.unwrap_or(1 << 20) as usize;
     // The rest serves the writers (a descriptor per directory level per thread), SQLite, the
     // cache.
-    cur.saturating_sub(1024)
+    cur - (cur / 4).clamp(64.min(cur), 1024)
 }
 
 /// What [`plan_locked`] gives: the plan to execute, the locks on its missing paths, and the

@@ -616,6 +616,9 @@ wait "$GC6"; gc6rc=$?
 runs_at_end=$(grep -c . "$WORK/gcruns6")
 for _ in $(seq 600); do [ "$(grep -c . "$WORK/gcruns6")" -ge $((runs_at_end + 2)) ] && break; sleep 0.1; done
 wait "$SLOW6"; slow6rc=$?
+# save while the collector loops: one read transaction, paths collected meanwhile dropped
+timeout 120 "$STORESYNC" --flavor nix --root "$D6" --no-progress --json save --cache "$WORK/cache-live6" > "$LOGS/livesave6.json" 2> "$LOGS/livesave6.err"; saverc=$?
+"$STORESYNC" --json verify --cache "$WORK/cache-live6" > "$LOGS/liveverify6.json" 2>&1; verifyrc=$?
 touch "$WORK/stop6"; wait "$LOOP6"
 set -e
 n6=$(grep -c . "$WORK/expected-A")
@@ -627,7 +630,11 @@ else fail "live: the GC started first: running at the restore's end: $([ $gc6_ru
 runs6=$(grep -c '^ok' "$WORK/gcruns6"); bad6=$(grep -c '^failed' "$WORK/gcruns6" || true)
 if [ "$runs6" -ge 2 ] && [ "$bad6" = 0 ]; then pass "live: nix-store --gc ran $runs6 times in a loop meanwhile, none failed"
 else fail "live: GC loop: $runs6 ok, $bad6 failed: $(grep -i error "$LOGS/gcloop6.out" | head -2 | tr '\n' ' ')"; fi
-if [ $slow6rc = 0 ] && nixq "$D6" -q --hash "$(cat "$LOGS/slow6.out")" > /dev/null 2>&1; then pass "live: the build through nix-daemon during the restore succeeded, its output valid"
+if [ $saverc = 0 ] && [ $verifyrc = 0 ] && [ "$(jq -r .paths "$LOGS/livesave6.json")" -ge "$n6" ]; then
+    pass "live: save while nix-store --gc loops exits 0 ($(jq -r .paths "$LOGS/livesave6.json") paths, $(jq -r '.vanished | length' "$LOGS/livesave6.json") collected meanwhile and dropped), the cache verifies"
+else fail "live: save during the GC loop: exit $saverc, verify exit $verifyrc: $(tail -2 "$LOGS/livesave6.err" | tr '\n' ' ') $(head -c 300 "$LOGS/liveverify6.json")"; fi
+# (its output has no root: the GC loop may collect it once built)
+if [ $slow6rc = 0 ] && grep -q '^/nix/store/.*-slow6$' "$LOGS/slow6.out"; then pass "live: the build through nix-daemon during the restore succeeded ($(cat "$LOGS/slow6.out"))"
 else fail "live: build through nix-daemon: exit $slow6rc; $(tail -2 "$LOGS/slow6.err" | tr '\n' ' ')"; fi
 if nixq "$D6" --check-validity $(cat "$WORK/expected-A") > "$LOGS/live6.valid" 2>&1; then pass "live: every snapshot path valid per Nix after the GCs"
 else fail "live: paths not valid after the GCs: $(head -c 300 "$LOGS/live6.valid")"; fi
