@@ -604,7 +604,7 @@ fn leftovers(layout: &Layout) -> Vec<String> {
     match fs::read_dir(layout.real_store_dir()) {
         Ok(d) => d
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with(".storesync-tmp-") || n.starts_with(".storesync-trash-"))
+            .filter(|n| storesync::restore::scratch_kind(n).is_some())
             .collect(),
         Err(_) => Vec::new(),
     }

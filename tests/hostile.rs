@@ -516,6 +516,10 @@ fn symlinked_leftovers_are_removed_not_followed() {
     let link = |name: &str| std::os::unix::fs::symlink(&outside, store.join(name)).unwrap();
     link(".storesync-tmp-old");
     link(".storesync-trash-old");
+    // This version's scratch names, of a process that holds no temporary roots (dead).
+    let dead = format!("{}-storesync-4000000", "0".repeat(32));
+    link(&format!("{dead}-tmp-0-x"));
+    link(&format!("{dead}-trash-1-x"));
     link(snap.paths[0].info.path.base_name());
     fs::create_dir_all(store.join(".storesync-tmp-dir/sub")).unwrap();
     std::os::unix::fs::symlink(&outside, store.join(".storesync-tmp-dir/sub/out")).unwrap();
@@ -528,7 +532,7 @@ fn symlinked_leftovers_are_removed_not_followed() {
     let names: Vec<_> = fs::read_dir(&store)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.starts_with(".storesync"))
+        .filter(|n| storesync::restore::scratch_kind(n).is_some() || n.ends_with(".lock"))
         .collect();
     assert!(names.is_empty(), "{names:?}");
 }
@@ -628,7 +632,9 @@ fn directory_swapped_for_a_symlink_during_restore_writes_nothing_outside() {
                     };
                     for e in entries.flatten() {
                         let name = e.file_name().to_string_lossy().into_owned();
-                        if !name.starts_with(".storesync-tmp-") || seen.contains(&name) {
+                        if storesync::restore::scratch_kind(&name) != Some("tmp")
+                            || seen.contains(&name)
+                        {
                             continue;
                         }
                         let d = e.path().join("d");

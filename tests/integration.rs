@@ -63,7 +63,8 @@ fn full_round_trip(flavor: Flavor) {
     // No temporary names left in the store.
     for e in fs::read_dir(dst.real_store_dir()).unwrap() {
         let name = e.unwrap().file_name().to_string_lossy().into_owned();
-        assert!(!name.starts_with(".storesync"), "{name}");
+        assert!(storesync::restore::scratch_kind(&name).is_none(), "{name}");
+        assert!(!name.ends_with(".lock"), "{name}");
     }
     // The shared 8 KiB+ file is one inode in .links, as the daemon's deduplication leaves it.
     let lib = fs::read_dir(dst.real_store_dir())
@@ -379,7 +380,8 @@ fn busy_big_lock_exits_3() {
         sample::build(&w.layout("src"), 1).unwrap();
         save_json(&w, "src");
         let dst = w.layout("dst");
-        // This process holds the lock as a daemon worker would; the child must see it busy.
+        // This process holds the lock exclusively, as a daemon upgrading its schema does (daemon
+        // workers hold it shared, which does not block a restore: see tests/live.rs).
         let lock = db::BigLock::acquire(&dst.big_lock_file(), flavor, false).unwrap();
         w.on_cache("dst", &["restore"])
             .assert()

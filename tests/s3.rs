@@ -624,9 +624,7 @@ fn a_server_stopped_mid_restore_fails_it_in_bounded_time_and_a_rerun_completes()
     let writing = || {
         fs::read_dir(&store).is_ok_and(|d| {
             d.flatten().any(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .starts_with(".storesync-tmp-")
+                storesync::restore::scratch_kind(&e.file_name().to_string_lossy()) == Some("tmp")
             })
         })
     };

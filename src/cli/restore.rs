@@ -25,7 +25,11 @@ Examples:
       /gnu/store/...-hello-2.12
 
 Exit codes: 0 restored (or nothing to do), 1 some paths failed and were not registered (the
-rest were) or an error, 2 usage, 3 the store is busy (see --wait).";
+rest were) or an error, 2 usage, 3 the store is busy (see --wait).
+
+The daemon may keep running: restore is one more client of it (big-lock shared, temporary GC
+roots, the daemon's path locks), waits for a running `guix gc`, and leaves alone what the
+daemon builds meanwhile.";
 
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
@@ -37,7 +41,8 @@ pub struct RestoreArgs {
     /// Print what would be written and change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Wait for the daemon's big-lock instead of exiting with code 3.
+    /// Wait while the daemon's big-lock is held exclusively (a schema upgrade) instead of
+    /// exiting with code 3.
     #[arg(long)]
     pub wait: bool,
     /// Restore the newest snapshot saved under this key (`save --key`), as actions/cache's
@@ -130,6 +135,9 @@ pub fn run(g: &Global, a: &RestoreArgs, progress: &dyn Progress) -> Result<u8> {
         }
         for p in &r.repaired {
             eprintln!("repaired (valid in the DB but missing from disk): {p}");
+        }
+        for p in &r.became_valid {
+            eprintln!("made valid by the daemon meanwhile (left as it is): {p}");
         }
         for p in &r.broken {
             eprintln!(

@@ -1,20 +1,23 @@
-//! The daemon's global lock, `<db>/big-lock`. Every daemon worker holds it shared while it
-//! has the store open; restore holds it exclusively, so no worker can open the store while
-//! paths are written and registered. Guix takes it with fcntl record locks (POSIX), Nix with
-//! flock(2); the two kinds do not conflict with each other, so the flavour decides.
+//! The daemon's global lock, `<db>/big-lock`. Every store client (each daemon worker, the
+//! daemon's own tools) holds it shared while it has the store open; a schema upgrade takes it
+//! exclusively. A restore holds it shared, as a client, and so runs beside a running daemon;
+//! only an exclusive holder makes it wait (or, without `--wait`, fail as busy). Guix takes it
+//! with fcntl record locks (POSIX), Nix with flock(2); the two kinds do not conflict with
+//! each other, so the flavour decides.
 
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{FlockOperation, Mode, OFlags};
+use rustix::fs::{Mode, OFlags};
 
 use crate::store::layout::Flavor;
+use crate::store::locks::{lock, LockMode};
 
 /// Failure to take the lock.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("the store is busy: {0} is held by a running daemon worker or another storesync (stop the daemon or its clients, or pass --wait)")]
+    #[error("the store is busy: {0} is held exclusively (the daemon is upgrading its database, or an older storesync is restoring); pass --wait to wait for it")]
     Busy(PathBuf),
     #[error("locking {0}: {1}")]
     Io(PathBuf, #[source] io::Error),
@@ -29,12 +32,25 @@ pub struct BigLock {
 }
 
 impl BigLock {
-    /// Take `path` exclusively, the way `flavor`'s daemon locks it; create it (mode 0600) if
-    /// absent. With `wait`, block until it is free.
+    /// Take `path` exclusively, the way `flavor`'s daemon locks it for a schema upgrade;
+    /// create it (mode 0600) if absent. With `wait`, block until it is free.
     ///
     /// # Errors
     /// [`LockError::Busy`] when held and `wait` is false; [`LockError::Io`] otherwise.
     pub fn acquire(path: &Path, flavor: Flavor, wait: bool) -> Result<Self, LockError> {
+        Self::take(path, flavor, LockMode::Exclusive, wait)
+    }
+
+    /// Take `path` shared, as every daemon worker and store client does: granted while
+    /// others hold it shared, refused only while someone holds it exclusively.
+    ///
+    /// # Errors
+    /// As [`BigLock::acquire`].
+    pub fn shared(path: &Path, flavor: Flavor, wait: bool) -> Result<Self, LockError> {
+        Self::take(path, flavor, LockMode::Shared, wait)
+    }
+
+    fn take(path: &Path, flavor: Flavor, mode: LockMode, wait: bool) -> Result<Self, LockError> {
         let io = |e: io::Error| LockError::Io(path.to_owned(), e);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
@@ -57,21 +73,10 @@ impl BigLock {
         if !file.metadata().map_err(io)?.is_file() {
             return Err(LockError::NotAFile(path.to_owned()));
         }
-        let op = if wait {
-            FlockOperation::LockExclusive
+        if lock(&file, flavor, mode, wait).map_err(io)? {
+            Ok(BigLock { _file: file })
         } else {
-            FlockOperation::NonBlockingLockExclusive
-        };
-        let r = match flavor {
-            Flavor::Guix => rustix::fs::fcntl_lock(&file, op),
-            Flavor::Nix => rustix::fs::flock(&file, op),
-        };
-        match r {
-            Ok(()) => Ok(BigLock { _file: file }),
-            Err(e) if e == rustix::io::Errno::AGAIN || e == rustix::io::Errno::ACCESS => {
-                Err(LockError::Busy(path.to_owned()))
-            }
-            Err(e) => Err(io(e.into())),
+            Err(LockError::Busy(path.to_owned()))
         }
     }
 }

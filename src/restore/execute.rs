@@ -25,7 +25,8 @@ use crate::store::path::StorePath;
 
 use super::error::PathError;
 use super::extract::{Attempt, Writer};
-use super::{RestorePlan, RestoreReport, ScratchNames, TMP_PREFIX, TRASH_PREFIX, WRITERS_PER_JOB};
+use super::live::{remove_leftovers, Client, TMP, TRASH};
+use super::{RestorePlan, RestoreReport, WRITERS_PER_JOB};
 
 /// A thread that starts writeback of the store's file system every [`Flusher::EVERY`] bytes
 /// written, so that dirty pages reach the disk while later paths are still being written
@@ -76,7 +77,7 @@ impl Drop for Flusher {
 /// Raise the soft limit of open files to the hard one (at most 65536): a path is written
 /// holding a descriptor of each directory from its top to the one being written, on each of
 /// the writer threads.
-fn raise_open_files_limit() {
+pub(super) fn raise_open_files_limit() {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     let lim = getrlimit(Resource::Nofile);
     if let (Some(cur), Some(max)) = (lim.current, lim.maximum) {
@@ -100,8 +101,9 @@ fn links_error(e: LinksError) -> Error {
     }
 }
 
-/// Write, verify and register the planned paths. The caller holds the big-lock and passes the
-/// DB connection opened under it.
+/// Write, verify and register the planned paths. The caller holds the big-lock (shared), the
+/// locks of the missing paths and `client`'s temporary roots (see [`super::live`]), and
+/// passes the DB connection opened under them.
 ///
 /// Everything in the store is done relative to a descriptor of the store directory (opened
 /// without following a symlink) and of each directory made: see [`crate::store::fs`].
@@ -110,11 +112,12 @@ fn links_error(e: LinksError) -> Error {
 /// [`Error::Io`] when the store directory or its `.links` cannot be prepared (a symlink, not
 /// a directory, not writable), [`Error::Db`] when registration fails (then nothing is
 /// registered). Per-path failures are reported, not returned.
-pub fn execute(
+pub(super) fn execute(
     layout: &Layout,
     cache: &Cache,
     plan: &RestorePlan,
     conn: &mut rusqlite::Connection,
+    client: &Client<'_>,
     progress: &dyn Progress,
 ) -> Result<RestoreReport> {
     if plan.missing.is_empty() {
@@ -144,19 +147,26 @@ pub fn execute(
         rustix::process::getegid().as_raw(),
     );
     let chown = (owner != me).then_some(owner);
-    // Leftovers of an interrupted restore: safe to remove, we hold the big-lock.
-    for name in entry_names(&store_fd).map_err(ioe(&store))? {
-        let name = OsStr::from_bytes(name.to_bytes());
-        let s = name.to_string_lossy();
-        if s.starts_with(TMP_PREFIX) || s.starts_with(TRASH_PREFIX) {
-            remove_at(&store_fd, name).map_err(ioe(&store.join(name)))?;
-        }
-    }
-    let names = ScratchNames::new();
+    // Leftovers of interrupted restores whose process is gone.
+    remove_leftovers(layout, &store_fd)?;
+    // Every scratch name is a temporary root before it exists.
+    let staging = client.scratch_name(TMP, "links")?;
+    let tmp_names: Vec<String> = client.scratch_names(
+        TMP,
+        plan.missing
+            .iter()
+            .map(|&i| snap.paths[i].info.path.base_name()),
+    )?;
+    let tmp_of: std::collections::HashMap<usize, &str> = plan
+        .missing
+        .iter()
+        .copied()
+        .zip(tmp_names.iter().map(String::as_str))
+        .collect();
     let links = LinksDir::open(
         store_fd.as_fd(),
         &store,
-        &names.next(TMP_PREFIX, "links"),
+        &staging,
         chown.unwrap_or(me),
         chown.is_some(),
     )
@@ -201,7 +211,7 @@ pub fn execute(
                 }
                 let base = p.info.path.base_name();
                 let shown = store.join(base);
-                let tmp = names.next(TMP_PREFIX, base);
+                let tmp = tmp_of[&i];
                 let r = (|| {
                     let tree = cache
                         .read_tree(&p.tree)
@@ -261,7 +271,9 @@ pub fn execute(
                     writer.linked_files.fetch_add(at.linked, Ordering::Relaxed);
                     let target = PathError::target(&shown);
                     if rustix::fs::statat(&store_fd, base, AtFlags::SYMLINK_NOFOLLOW).is_ok() {
-                        let trash = names.next(TRASH_PREFIX, base);
+                        let trash = client.scratch_name(TRASH, base).map_err(|e| {
+                            target(io::Error::other(crate::error::Chain(&e).to_string()))
+                        })?;
                         rustix::fs::renameat(&store_fd, base, &store_fd, trash.as_str()).map_err(
                             |e| {
                                 target(io::Error::other(format!(
@@ -271,7 +283,7 @@ pub fn execute(
                         )?;
                         leftovers.fetch_add(1, Ordering::Relaxed);
                     }
-                    rustix::fs::renameat(&store_fd, tmp.as_str(), &store_fd, base)
+                    rustix::fs::renameat(&store_fd, tmp, &store_fd, base)
                         .map_err(|e| target(e.into()))
                 })();
                 if let Err(e) = &r {
@@ -353,9 +365,10 @@ pub fn execute(
         } else if written(i) {
             // Written and verified, but it refers to a path that is not valid: take it off disk.
             let base = snap.paths[i].info.path.base_name();
-            let trash = names.next(TRASH_PREFIX, base);
-            if rustix::fs::renameat(&store_fd, base, &store_fd, trash.as_str()).is_ok() {
-                let _ = remove_at(&store_fd, &trash);
+            if let Ok(trash) = client.scratch_name(TRASH, base) {
+                if rustix::fs::renameat(&store_fd, base, &store_fd, trash.as_str()).is_ok() {
+                    let _ = remove_at(&store_fd, &trash);
+                }
             }
             report.skipped.push(path);
         }
@@ -375,16 +388,27 @@ pub fn execute(
         limit: db::DB_LOCK_WAIT,
         waiting: &|m| progress.note(m),
     };
-    db::register_waiting(conn, layout, &infos, &outputs, &wait)?;
-    report.restored = infos.len();
-    report.paths = infos
+    let already: HashSet<StorePath> = db::register_waiting(conn, layout, &infos, &outputs, &wait)?
+        .into_iter()
+        .collect();
+    // Valid by the time the transaction ran (a writer that does not take the path locks):
+    // its row stands, ours was not inserted.
+    report.became_valid = infos
         .iter()
+        .filter(|p| already.contains(&p.path))
         .map(|p| layout.store_dir.display(&p.path))
         .collect();
-    // Old leftovers moved aside: now delete them.
+    report.restored = infos.len() - report.became_valid.len();
+    report.paths = infos
+        .iter()
+        .filter(|p| !already.contains(&p.path))
+        .map(|p| layout.store_dir.display(&p.path))
+        .collect();
+    // Leftovers this run moved aside: now delete them.
     for name in entry_names(&store_fd).map_err(ioe(&store))? {
         let name = OsStr::from_bytes(name.to_bytes());
-        if name.to_string_lossy().starts_with(TRASH_PREFIX) {
+        let name_str = name.to_string_lossy();
+        if client.is_ours(&name_str) && super::scratch_kind(&name_str) == Some(TRASH) {
             let _ = remove_at(&store_fd, name);
         }
     }

@@ -15,10 +15,11 @@
 mod error;
 mod execute;
 mod extract;
+mod live;
 mod plan;
 
 pub use error::PathError;
-pub use execute::execute;
+pub use live::scratch_kind;
 pub use plan::{plan, RestorePlan};
 
 use std::collections::HashMap;
@@ -30,6 +31,7 @@ use crate::db::{self, BigLock};
 use crate::error::Result;
 use crate::progress::Progress;
 use crate::store::fs::check_store_dir;
+use crate::store::fs::open_store_dir;
 use crate::store::layout::Layout;
 use crate::trust::TrustedKeys;
 
@@ -42,7 +44,8 @@ pub struct RestoreOptions {
     pub roots: Vec<String>,
     /// Print the plan, change nothing.
     pub dry_run: bool,
-    /// Block until the big-lock is free instead of failing with "busy".
+    /// Block while the big-lock is held exclusively (a schema upgrade) instead of failing
+    /// with "busy".
     pub wait: bool,
     /// Use only a snapshot signed by one of these keys (checked before the snapshot is
     /// read); none means no signature check.
@@ -100,6 +103,9 @@ pub struct RestoreReport {
     pub repaired: Vec<String>,
     /// Paths the DB calls valid, missing from disk, with a hash other than the snapshot's.
     pub broken: Vec<String>,
+    /// Paths missing when the restore started that the running daemon made valid meanwhile
+    /// (built, substituted, imported): left as the daemon made them, not registered again.
+    pub became_valid: Vec<String>,
     /// With trusted keys: the name of the key whose signature of the snapshot verified.
     pub signed_by: Option<String>,
     /// With trusted keys: snapshots refused while choosing the newest, one message each.
@@ -112,9 +118,6 @@ pub struct RestoreReport {
 
 /// Restore threads per `--jobs` (see [`execute`]).
 pub const WRITERS_PER_JOB: usize = 2;
-
-const TMP_PREFIX: &str = ".storesync-tmp-";
-const TRASH_PREFIX: &str = ".storesync-trash-";
 
 /// Choose the snapshot: by prefix or the newest; with trusted keys, only one whose signature
 /// passes, checked before anything else of it is read.
@@ -174,45 +177,11 @@ fn choose_by_id(
     Ok((s.id, s.snapshot, Some(s.signed_by), s.passed_over))
 }
 
-/// Names of a run's temporary and moved-aside trees in the store directory: unique per run
-/// (a random run id) and per use (a counter), whatever the snapshot holds, and readable (the
-/// store path's base name, cut so that the whole fits the 255-byte limit of a name).
-struct ScratchNames {
-    run: String,
-    counter: std::sync::atomic::AtomicU64,
-}
-
-impl ScratchNames {
-    fn new() -> Self {
-        let mut r = [0u8; 8];
-        let run = match getrandom::fill(&mut r) {
-            Ok(()) => crate::hex::hex(&r),
-            // Unique enough without randomness: nothing else writes these names under the
-            // big-lock, and leftovers are removed first.
-            Err(_) => format!("{}-{}", std::process::id(), crate::clock::now_nanos()),
-        };
-        ScratchNames {
-            run,
-            counter: Default::default(),
-        }
-    }
-
-    /// A fresh name with `prefix` for `base`.
-    fn next(&self, prefix: &str, base: &str) -> String {
-        let n = self
-            .counter
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut name = format!("{prefix}{}-{n}-{base}", self.run);
-        // Base names are ASCII: any cut is at a character boundary.
-        name.truncate(255);
-        name
-    }
-}
-
-/// Open the target, plan, and (unless a dry run) execute under the big-lock.
+/// Open the target, plan, and (unless a dry run) execute as a client of the store (see
+/// [`live`]): big-lock shared, temporary roots, path locks.
 ///
 /// # Errors
-/// [`crate::Error::Lock`] when the store is busy; with trusted keys,
+/// [`crate::Error::Lock`] when the big-lock is held exclusively; with trusted keys,
 /// [`crate::Error::Trust`] for a chosen snapshot that fails the signature check and
 /// [`crate::Error::NoTrustedSnapshot`] when no snapshot passes; and as [`plan`] and
 /// [`execute`].
@@ -281,42 +250,33 @@ fn restore_snapshot(
             ..RestoreReport::default()
         });
     }
-    let _lock = BigLock::acquire(&layout.big_lock_file(), layout.flavor, opts.wait)?;
+    let _lock = BigLock::shared(&layout.big_lock_file(), layout.flavor, opts.wait)?;
     check_store_dir(layout)?; // before a DB is created for it
+    let note = |m: &str| progress.note(m);
     let wait = db::LockWait {
         limit: db::DB_LOCK_WAIT,
-        waiting: &|m| progress.note(m),
+        waiting: &note,
     };
     let mut conn = db::open_or_create_waiting(layout, &wait)?;
-    let valid = db::valid_paths_waiting(&conn, layout, &wait)?;
-    let plan = plan(layout, id, snapshot, &valid, &opts.roots)?;
-    let report = execute(layout, cache, &plan, &mut conn, progress);
+    let client = live::Client::start(layout, &note)?;
+    let store_fd = open_store_dir(layout)?;
+    let locked = live::plan_locked(
+        layout,
+        &conn,
+        &wait,
+        &client,
+        &store_fd,
+        id,
+        snapshot,
+        &opts.roots,
+    )?;
+    let report = execute::execute(layout, cache, &locked.plan, &mut conn, &client, progress);
+    // Registration has committed (or failed): the locks go, then the roots.
+    drop(locked.locks);
+    drop(client);
     drop(conn);
     db::give_to_owner(layout)?;
-    report
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scratch_names_are_unique_per_path_and_per_run() {
-        let base = format!("{}-{}", "0".repeat(32), "n".repeat(211));
-        let (a, b) = (ScratchNames::new(), ScratchNames::new());
-        let names = [
-            a.next(TMP_PREFIX, &base),
-            a.next(TMP_PREFIX, &base),
-            a.next(TRASH_PREFIX, &base),
-            b.next(TMP_PREFIX, &base),
-        ];
-        for (i, n) in names.iter().enumerate() {
-            assert!(n.len() <= 255, "{n}");
-            assert!(n.starts_with(".storesync-"), "{n}");
-            for m in &names[i + 1..] {
-                assert_ne!(n, m);
-            }
-        }
-        assert!(a.next(TMP_PREFIX, "x-y").ends_with("-x-y"));
-    }
+    let mut report = report?;
+    report.became_valid.extend(locked.became_valid);
+    Ok(report)
 }

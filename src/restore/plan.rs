@@ -21,6 +21,8 @@ pub struct RestorePlan {
     pub snapshot: Snapshot,
     /// Paths of the selected closure (indices into `snapshot.paths`).
     pub selected: usize,
+    /// The selected closure itself, references first (indices into `snapshot.paths`).
+    pub closure: Vec<usize>,
     /// Missing paths to write, references first.
     pub missing: Vec<usize>,
     /// Among `missing`, paths the DB calls valid (with the snapshot's hash) but that are absent
@@ -105,7 +107,7 @@ pub fn plan(
     let selected = order.len();
     let store = layout.real_store_dir();
     let (mut missing, mut repair, mut broken) = (Vec::new(), Vec::new(), Vec::new());
-    for i in order {
+    for &i in &order {
         let info = &snapshot.paths[i].info;
         let full = layout.store_dir.display(&info.path);
         match valid.get(&full) {
@@ -127,6 +129,7 @@ pub fn plan(
         snapshot_id,
         already_valid: selected - missing.len() - broken.len(),
         selected,
+        closure: order,
         missing,
         repair,
         broken,

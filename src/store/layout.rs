@@ -132,4 +132,10 @@ impl Layout {
     pub fn big_lock_file(&self) -> PathBuf {
         self.real_db_dir().join("big-lock")
     }
+    /// The daemon's state directory on this machine: the DB directory's parent (`/var/guix`,
+    /// `/nix/var/nix`), which holds `gc.lock`, `temproots/` and (Nix) `gc-socket/`.
+    pub fn state_dir(&self) -> PathBuf {
+        let db = self.real_db_dir();
+        db.parent().map(Path::to_path_buf).unwrap_or(db)
+    }
 }

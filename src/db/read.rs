@@ -1,0 +1,150 @@
+//! Reading a consistent view of the DB: every valid path with its references, and the
+//! `DerivationOutputs` rows, in one read transaction.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::files::checked_db_file;
+use super::{sql, DbError};
+use crate::store::layout::Layout;
+use crate::store::path::StoreDir;
+use crate::store::path_info::{DerivationOutput, NarHash, PathInfo};
+
+/// A consistent read of a store's DB.
+#[derive(Debug, Clone, Default)]
+pub struct DbContents {
+    /// Every valid path, in DB id order.
+    pub paths: Vec<PathInfo>,
+    /// Every `DerivationOutputs` row of a valid `.drv`.
+    pub derivation_outputs: Vec<DerivationOutput>,
+}
+
+/// Read the DB read-only, in one read transaction, so a running daemon's writes are either
+/// wholly seen or not at all (the DB is in WAL mode).
+///
+/// # Errors
+/// [`DbError`] naming the DB file: missing, unreadable, or holding a malformed row.
+pub fn read(layout: &Layout) -> Result<DbContents, DbError> {
+    let file = layout.db_file();
+    if !file.exists() {
+        return Err(DbError::Missing(file, layout.flavor.name()));
+    }
+    let real = checked_db_file(layout)?;
+    let conn = Connection::open_with_flags(
+        &real,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+    )
+    .map_err(sql(&file))?;
+    conn.busy_timeout(Duration::from_secs(60))
+        .map_err(sql(&file))?;
+    conn.execute_batch("begin").map_err(sql(&file))?;
+    let contents = read_in_txn(&conn, &file, &layout.store_dir)?;
+    conn.execute_batch("commit").map_err(sql(&file))?;
+    Ok(contents)
+}
+
+pub(super) fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    let mut st = conn.prepare(&format!("pragma table_info({table})"))?;
+    let names = st.query_map([], |r| r.get::<_, String>(1))?;
+    for n in names {
+        if n?.eq_ignore_ascii_case(column) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn read_in_txn(conn: &Connection, file: &Path, store: &StoreDir) -> Result<DbContents, DbError> {
+    let e = sql(file);
+    let nix_columns = has_column(conn, "ValidPaths", "ca").map_err(&e)?;
+    let query = if nix_columns {
+        "select id, path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca from ValidPaths order by id"
+    } else {
+        "select id, path, hash, registrationTime, deriver, narSize, null, null, null from ValidPaths order by id"
+    };
+    let mut by_id: HashMap<i64, usize> = HashMap::new();
+    let mut paths = Vec::new();
+    let mut st = conn.prepare(query).map_err(&e)?;
+    let mut rows = st.query([]).map_err(&e)?;
+    while let Some(r) = rows.next().map_err(&e)? {
+        let id: i64 = r.get(0).map_err(&e)?;
+        let full: String = r.get(1).map_err(&e)?;
+        let hash: String = r.get(2).map_err(&e)?;
+        let path = store
+            .parse(&full)
+            .map_err(|err| DbError::BadPath(file.to_owned(), full.clone(), err))?;
+        let nar_hash = NarHash::parse_db(&hash)
+            .ok_or_else(|| DbError::BadHash(file.to_owned(), full.clone(), hash.clone()))?;
+        by_id.insert(id, paths.len());
+        paths.push(PathInfo {
+            path,
+            nar_hash,
+            nar_size: r.get::<_, Option<i64>>(5).map_err(&e)?.unwrap_or(0) as u64,
+            registration_time: r.get(3).map_err(&e)?,
+            deriver: r.get(4).map_err(&e)?,
+            references: Vec::new(),
+            ultimate: r.get(6).map_err(&e)?,
+            sigs: r.get(7).map_err(&e)?,
+            ca: r.get(8).map_err(&e)?,
+        });
+    }
+    drop(rows);
+    let mut st = conn
+        .prepare("select referrer, reference from Refs")
+        .map_err(&e)?;
+    let mut rows = st.query([]).map_err(&e)?;
+    while let Some(r) = rows.next().map_err(&e)? {
+        let (a, b): (i64, i64) = (r.get(0).map_err(&e)?, r.get(1).map_err(&e)?);
+        if let (Some(&a), Some(&b)) = (by_id.get(&a), by_id.get(&b)) {
+            let reference = paths[b].path.clone();
+            paths[a].references.push(reference);
+        }
+    }
+    drop(rows);
+    for p in &mut paths {
+        p.references.sort();
+        p.references.dedup();
+    }
+    let mut derivation_outputs = Vec::new();
+    let mut st = conn
+        .prepare("select drv, id, path from DerivationOutputs")
+        .map_err(&e)?;
+    let mut rows = st.query([]).map_err(&e)?;
+    while let Some(r) = rows.next().map_err(&e)? {
+        let drv: i64 = r.get(0).map_err(&e)?;
+        if let Some(&i) = by_id.get(&drv) {
+            derivation_outputs.push(DerivationOutput {
+                drv: paths[i].path.clone(),
+                id: r.get(1).map_err(&e)?,
+                path: r.get(2).map_err(&e)?,
+            });
+        }
+    }
+    derivation_outputs.sort();
+    Ok(DbContents {
+        paths,
+        derivation_outputs,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn db_hash_forms() {
+        let hex = "40c63728a291614086af0f1111ec30c93d6beb395f708a23f9d7ae70670d84f0";
+        let h = NarHash::parse_db(&format!("sha256:{hex}")).unwrap();
+        assert_eq!(h.to_db(), format!("sha256:{hex}"));
+        // The same hash as `nix-store -q --hash` prints it (nix-base32), from real Nix 2.8.
+        let b32 = NarHash::parse_db("sha256:1w441mkp1bnpz4iqlw2z77mnngf963n1248gmy340qcil8l3gij0");
+        assert_eq!(b32, Some(h));
+        assert_eq!(NarHash::parse_db("md5:00"), None);
+        assert_eq!(NarHash::parse_db("sha256:xyz"), None);
+    }
+}

@@ -1,0 +1,210 @@
+//! Registering restored paths: the valid paths of an opened DB, and the rows of a restore
+//! written in one transaction.
+
+use std::collections::HashMap;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::wait::{LockWait, WriteTxn};
+use super::{sql, DbError};
+use crate::store::layout::{Flavor, Layout};
+use crate::store::path::StorePath;
+use crate::store::path_info::{DerivationOutput, PathInfo};
+
+/// The valid paths in an opened DB: full path → `hash` column.
+///
+/// # Errors
+/// [`DbError::Sqlite`].
+pub fn valid_paths(conn: &Connection, layout: &Layout) -> Result<HashMap<String, String>, DbError> {
+    valid_paths_waiting(conn, layout, &LockWait::default())
+}
+
+/// [`valid_paths`], waiting for a lock another process holds as `wait` says.
+///
+/// # Errors
+/// [`DbError::Sqlite`]; [`DbError::Busy`] when the lock stayed held.
+pub fn valid_paths_waiting(
+    conn: &Connection,
+    layout: &Layout,
+    wait: &LockWait<'_>,
+) -> Result<HashMap<String, String>, DbError> {
+    let file = layout.db_file();
+    wait.retry(&file, || {
+        let mut st = conn.prepare("select path, hash from ValidPaths")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<Result<_, _>>()
+    })
+}
+
+/// Register `infos` (in topological order: references first; references outside `infos` must
+/// already be valid) and the `DerivationOutputs` rows of the `.drv`s among them, in one
+/// transaction, with the rows the daemon writes when it imports a path: every column is
+/// copied except Nix's `ultimate`, which is left NULL as `nix copy` leaves it.
+///
+/// # Errors
+/// [`DbError::Sqlite`]; on error nothing is registered.
+pub fn register(
+    conn: &mut Connection,
+    layout: &Layout,
+    infos: &[&PathInfo],
+    derivation_outputs: &[&DerivationOutput],
+) -> Result<(), DbError> {
+    register_waiting(
+        conn,
+        layout,
+        infos,
+        derivation_outputs,
+        &LockWait::default(),
+    )
+    .map(drop)
+}
+
+/// [`register`], waiting for the write lock another process holds as `wait` says. Validity
+/// is checked again inside the transaction: a path that became valid meanwhile (the daemon
+/// built, substituted or imported it) keeps its row, is not inserted again, and is returned;
+/// paths referring to it refer to its row.
+///
+/// # Errors
+/// As [`register`]; [`DbError::Busy`] when the lock stayed held (nothing is registered).
+pub fn register_waiting(
+    conn: &mut Connection,
+    layout: &Layout,
+    infos: &[&PathInfo],
+    derivation_outputs: &[&DerivationOutput],
+    wait: &LockWait<'_>,
+) -> Result<Vec<StorePath>, DbError> {
+    let file = layout.db_file();
+    let e = sql(&file);
+    let store = &layout.store_dir;
+    let nix = layout.flavor == Flavor::Nix;
+    let tx = WriteTxn::begin(conn, &file, wait)?;
+    let mut already = Vec::new();
+    {
+        let mut insert_path = if nix {
+            conn.prepare(
+                "insert into ValidPaths (path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca) \
+                 values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+        } else {
+            conn.prepare(
+                "insert into ValidPaths (path, hash, registrationTime, deriver, narSize) \
+                 values (?1, ?2, ?3, ?4, ?5)",
+            )
+        }
+        .map_err(&e)?;
+        let mut id_of = conn
+            .prepare("select id from ValidPaths where path = ?1")
+            .map_err(&e)?;
+        let mut insert_ref = conn
+            .prepare("insert or replace into Refs (referrer, reference) values (?1, ?2)")
+            .map_err(&e)?;
+        let mut insert_out = conn
+            .prepare("insert or replace into DerivationOutputs (drv, id, path) values (?1, ?2, ?3)")
+            .map_err(&e)?;
+        let mut ids: HashMap<&StorePath, i64> = HashMap::new();
+        let mut inserted: HashMap<&StorePath, i64> = HashMap::new();
+        for info in infos {
+            let full = store.display(&info.path);
+            if let Some(id) = id_of
+                .query_row([&full], |row| row.get::<_, i64>(0))
+                .optional()
+                .map_err(&e)?
+            {
+                ids.insert(&info.path, id);
+                already.push(info.path.clone());
+                continue;
+            }
+            let hash = info.nar_hash.to_db();
+            let size = info.nar_size as i64;
+            if nix {
+                insert_path.execute(params![
+                    full,
+                    hash,
+                    info.registration_time,
+                    info.deriver,
+                    size,
+                    // `ultimate` means "built on this machine": Nix trusts such paths without
+                    // signatures. A restored path was not built here, so, like Nix's own
+                    // copy between stores, it is registered as not ultimate.
+                    None::<i64>,
+                    info.sigs,
+                    info.ca
+                ])
+            } else {
+                insert_path.execute(params![
+                    full,
+                    hash,
+                    info.registration_time,
+                    info.deriver,
+                    size
+                ])
+            }
+            .map_err(&e)?;
+            let id = conn.last_insert_rowid();
+            ids.insert(&info.path, id);
+            inserted.insert(&info.path, id);
+            for r in &info.references {
+                let rid = match ids.get(r) {
+                    Some(&rid) => rid,
+                    None => id_of
+                        .query_row([store.display(r)], |row| row.get(0))
+                        .optional()
+                        .map_err(&e)?
+                        .ok_or_else(|| {
+                            DbError::Sqlite(file.clone(), rusqlite::Error::QueryReturnedNoRows)
+                        })?,
+                };
+                insert_ref.execute(params![id, rid]).map_err(&e)?;
+            }
+        }
+        for o in derivation_outputs {
+            if let Some(&drv) = inserted.get(&o.drv) {
+                insert_out.execute(params![drv, o.id, o.path]).map_err(&e)?;
+            }
+        }
+    }
+    tx.commit(&file, wait)?;
+    Ok(already)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use rusqlite::Connection;
+
+    use super::super::open_or_create;
+    use super::super::open_or_create_waiting;
+    use super::*;
+
+    #[test]
+    fn a_db_locked_by_another_writer_is_waited_for_a_bounded_time_and_said() {
+        let root = tempfile::tempdir().unwrap();
+        let layout = Layout::new(Flavor::Guix, root.path(), None, None).unwrap();
+        drop(open_or_create(&layout).unwrap());
+        let other = Connection::open(layout.db_file()).unwrap();
+        other.execute_batch("begin immediate").unwrap();
+        let said = std::sync::Mutex::new(Vec::new());
+        let note = |m: &str| said.lock().unwrap().push(m.to_owned());
+        let wait = LockWait {
+            limit: Duration::from_secs(1),
+            waiting: &note,
+        };
+        let mut conn = open_or_create_waiting(&layout, &wait).unwrap();
+        let start = Instant::now();
+        let err = register_waiting(&mut conn, &layout, &[], &[], &wait).unwrap_err();
+        let waited = start.elapsed();
+        assert!(matches!(err, DbError::Busy(..)), "{err}");
+        assert!(
+            err.to_string().contains("locked by another process"),
+            "{err}"
+        );
+        assert!(waited >= Duration::from_secs(1), "{waited:?}");
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
+        other.execute_batch("rollback").unwrap();
+        register_waiting(&mut conn, &layout, &[], &[], &wait).unwrap();
+        let said = said.lock().unwrap();
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(said[0].contains("waiting for the DB lock"), "{said:?}");
+    }
+}

@@ -1,0 +1,362 @@
+//! Restoring as a well-behaved client of a store whose daemon may be running (and whose
+//! garbage collector may run), following the daemons' own protocol for adding paths:
+//!
+//! 1. The big-lock is held shared (by the caller), as every daemon worker holds it.
+//! 2. This process's temporary roots file is created ([`TempRoots`]; a Guix collector in
+//!    progress is waited for, with a message).
+//! 3. Every path of the selected closure, valid or not, becomes a temporary root before
+//!    validity is read again: a path valid now stays valid (no collector deletes it), so the
+//!    restored paths' references stay valid until registration.
+//! 4. Each missing path is locked as the daemon locks a path before writing it
+//!    (`<store>/<path>.lock`, in sorted order, waiting with a message while the daemon builds
+//!    or substitutes it), then validity is read once more: what the daemon made valid
+//!    meanwhile is left alone (not written, not registered).
+//! 5. Every name the restore creates in the store (temporary trees, the `.links` staging
+//!    directory, moved-aside leftovers) is shaped as a store path of a random per-run hash
+//!    part, `<hash>-storesync-<pid>-<kind>-<n>-<base>`, and listed as a temporary root before
+//!    it exists: a Nix collector deletes any entry whose name is not a store path, a Guix one
+//!    any invalid entry that is not a root.
+//!
+//! The locks are released (their files deleted) after registration commits, the roots file
+//! removed after that. Leftovers of an interrupted restore are removed by the next restore
+//! when their process (the pid in the name) no longer holds its temporary roots file, and by
+//! the daemon's collector otherwise.
+
+use std::collections::BTreeSet;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::cache::{Snapshot, SnapshotId};
+use crate::db::{self, LockWait};
+use crate::error::{Error, Result};
+use crate::store::fs::{entry_names, remove_at, store_owner};
+use crate::store::layout::Layout;
+use crate::store::locks::PathLocks;
+use crate::store::path::nixbase32_encode;
+use crate::store::temp_roots::{holds_temp_roots, TempRoots};
+
+use super::plan::{plan, RestorePlan};
+
+/// What every scratch name holds after its hash part.
+const MARK: &str = "-storesync-";
+/// Names of scratch entries of versions that held the big-lock exclusively: no such restore
+/// can run beside one holding it shared, so they are always leftovers.
+const OLD_PREFIXES: [&str; 2] = [".storesync-tmp-", ".storesync-trash-"];
+
+/// A temporary tree being written (or the `.links` staging directory).
+pub(super) const TMP: &str = "tmp";
+/// An invalid leftover moved aside, to be deleted.
+pub(super) const TRASH: &str = "trash";
+
+/// The kind (`"tmp"` or `"trash"`) of a scratch entry of a restore (this version's or an
+/// older one's) in the store directory, or `None` for any other name.
+pub fn scratch_kind(name: &str) -> Option<&'static str> {
+    if name.starts_with(OLD_PREFIXES[0]) {
+        return Some(TMP);
+    }
+    if name.starts_with(OLD_PREFIXES[1]) {
+        return Some(TRASH);
+    }
+    let (_, rest) = parse_scratch(name)?;
+    let kind = rest.split('-').next()?;
+    [TMP, TRASH].into_iter().find(|k| *k == kind)
+}
+
+/// The pid and the rest (`<kind>-<n>-<base>`) of a scratch name of this version.
+fn parse_scratch(name: &str) -> Option<(u32, &str)> {
+    let hash = name.get(..32)?;
+    if !hash
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b.is_ascii_lowercase() && !b"eotu".contains(&b)))
+    {
+        return None;
+    }
+    let rest = name[32..].strip_prefix(MARK)?;
+    let (pid, rest) = rest.split_once('-')?;
+    Some((pid.parse().ok()?, rest))
+}
+
+/// Names of a run's scratch entries: unique per run (a random hash part) and per use (a
+/// counter), at most 211 bytes after the hash part as a store path's name must be.
+pub(super) struct ScratchNames {
+    hash: String,
+    counter: AtomicU64,
+}
+
+impl ScratchNames {
+    pub(super) fn new() -> Self {
+        let mut r = [0u8; 20];
+        if getrandom::fill(&mut r).is_err() {
+            // Unique enough without randomness: the pid and the time, hashed.
+            let seed = format!("{}-{}", std::process::id(), crate::clock::now_nanos());
+            r.copy_from_slice(&blake3::hash(seed.as_bytes()).as_bytes()[..20]);
+        }
+        ScratchNames {
+            hash: nixbase32_encode(&r),
+            counter: Default::default(),
+        }
+    }
+
+    /// A fresh name of `kind` for `base`.
+    pub(super) fn next(&self, kind: &str, base: &str) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let mut name = format!(
+            "{}{MARK}{}-{kind}-{n}-{base}",
+            self.hash,
+            std::process::id()
+        );
+        // Store path names are ASCII: any cut is at a character boundary.
+        name.truncate(32 + 1 + 211);
+        name
+    }
+
+    /// Whether `name` is one of this run's.
+    pub(super) fn is_ours(&self, name: &str) -> bool {
+        name.strip_prefix(self.hash.as_str())
+            .is_some_and(|r| r.starts_with(MARK))
+    }
+}
+
+/// A restore's standing as a store client: its temporary roots and scratch names.
+pub(super) struct Client<'a> {
+    roots: Mutex<TempRoots>,
+    note: &'a (dyn Fn(&str) + Sync),
+    store_dir: String,
+    names: ScratchNames,
+}
+
+impl<'a> Client<'a> {
+    /// Create the temporary roots file (see [`TempRoots::create`]).
+    ///
+    /// # Errors
+    /// As [`TempRoots::create`].
+    pub(super) fn start(layout: &Layout, note: &'a (dyn Fn(&str) + Sync)) -> Result<Self> {
+        Ok(Client {
+            roots: Mutex::new(TempRoots::create(layout, note)?),
+            note,
+            store_dir: layout.store_dir.as_str().to_owned(),
+            names: ScratchNames::new(),
+        })
+    }
+
+    /// Make `paths` (full store paths) temporary roots.
+    ///
+    /// # Errors
+    /// As [`TempRoots::add`].
+    pub(super) fn protect(&self, paths: &[String]) -> Result<()> {
+        self.roots.lock().expect("roots").add(paths, self.note)
+    }
+
+    /// Fresh scratch names of `kind`, one per base name, each a temporary root already.
+    ///
+    /// # Errors
+    /// As [`TempRoots::add`].
+    pub(super) fn scratch_names<'b>(
+        &self,
+        kind: &str,
+        bases: impl IntoIterator<Item = &'b str>,
+    ) -> Result<Vec<String>> {
+        let names: Vec<String> = bases
+            .into_iter()
+            .map(|b| self.names.next(kind, b))
+            .collect();
+        let full: Vec<String> = names
+            .iter()
+            .map(|n| format!("{}/{n}", self.store_dir))
+            .collect();
+        self.protect(&full)?;
+        Ok(names)
+    }
+
+    /// One fresh scratch name (see [`Client::scratch_names`]).
+    ///
+    /// # Errors
+    /// As [`TempRoots::add`].
+    pub(super) fn scratch_name(&self, kind: &str, base: &str) -> Result<String> {
+        Ok(self.scratch_names(kind, [base])?.remove(0))
+    }
+
+    /// Whether `name` is one of this run's scratch names.
+    pub(super) fn is_ours(&self, name: &str) -> bool {
+        self.names.is_ours(name)
+    }
+}
+
+/// Remove the scratch entries of interrupted restores: those of older versions, and those
+/// whose process no longer holds its temporary roots file. Call before this run creates any. Best effort per entry: one that
+/// cannot be removed is left to the daemon's collector.
+///
+/// # Errors
+/// [`Error::Io`] when the store directory cannot be read.
+pub(super) fn remove_leftovers(layout: &Layout, store: &OwnedFd) -> Result<()> {
+    let names = entry_names(store).map_err(|e| Error::Io(layout.real_store_dir(), e))?;
+    for name in names {
+        let Ok(name) = name.to_str() else { continue };
+        let dead = if OLD_PREFIXES.iter().any(|p| name.starts_with(p)) {
+            true
+        } else if let Some((pid, _)) = parse_scratch(name) {
+            // This process has created none yet: one with its pid is a dead process's.
+            pid == std::process::id() || !holds_temp_roots(layout, pid)
+        } else {
+            false
+        };
+        if dead {
+            let _ = remove_at(store, name);
+        }
+    }
+    Ok(())
+}
+
+/// The most path locks held at once, whatever the open-files limit: beyond this a restore
+/// into a live store asks to be split.
+fn lock_budget() -> usize {
+    let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    let cur = lim.current.unwrap_or(1 << 20) as usize;
+    // The rest serves the writers (a descriptor per directory level per thread), SQLite, the
+    // cache.
+    cur - (cur / 4).clamp(64.min(cur), 1024)
+}
+
+/// What [`plan_locked`] gives: the plan to execute, the locks on its missing paths, and the
+/// paths that were missing at first but that the daemon made valid meanwhile.
+pub(super) struct Locked {
+    pub plan: RestorePlan,
+    pub locks: PathLocks,
+    pub became_valid: Vec<String>,
+}
+
+/// Plan the restore as a store client (steps 3 and 4 of the module doc): protect the closure,
+/// lock the missing paths, and plan again until every missing path is locked.
+///
+/// # Errors
+/// As [`plan`]; [`Error::Db`] reading validity; [`Error::Io`] taking a path lock or adding
+/// roots; [`Error::Usage`] when more paths are missing than locks can be held (the open-files
+/// limit).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn plan_locked(
+    layout: &Layout,
+    conn: &rusqlite::Connection,
+    wait: &LockWait<'_>,
+    client: &Client<'_>,
+    store: &OwnedFd,
+    id: SnapshotId,
+    snapshot: Snapshot,
+    roots: &[String],
+) -> Result<Locked> {
+    let valid = db::valid_paths_waiting(conn, layout, wait)?;
+    let first = plan(layout, id, snapshot, &valid, roots)?;
+    let display =
+        |p: &RestorePlan, i: usize| layout.store_dir.display(&p.snapshot.paths[i].info.path);
+    let closure: Vec<String> = first.closure.iter().map(|&i| display(&first, i)).collect();
+    client.protect(&closure)?;
+    let owner = store_owner(store).map_err(|e| Error::Io(layout.real_store_dir(), e))?;
+    let me = (
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw(),
+    );
+    let mut locks = PathLocks::new(
+        layout.flavor,
+        store,
+        &layout.real_store_dir(),
+        (owner != me).then_some(owner),
+    )
+    .map_err(|e| Error::Io(layout.real_store_dir(), e))?;
+    super::execute::raise_open_files_limit();
+    let budget = lock_budget();
+    let mut locked: BTreeSet<String> = BTreeSet::new();
+    let mut current = first;
+    let mut missing_at_first: Option<Vec<String>> = None;
+    loop {
+        // Validity read with the closure protected: only the daemon adding paths changes it.
+        let valid = db::valid_paths_waiting(conn, layout, wait)?;
+        let p = plan(layout, id, current.snapshot, &valid, roots)?;
+        let missing: Vec<String> = p.missing.iter().map(|&i| display(&p, i)).collect();
+        let missing_at_first = missing_at_first.get_or_insert_with(|| missing.clone());
+        let bases: BTreeSet<String> = p
+            .missing
+            .iter()
+            .map(|&i| p.snapshot.paths[i].info.path.base_name().to_owned())
+            .filter(|b| !locked.contains(b))
+            .collect();
+        if bases.is_empty() {
+            let now: std::collections::HashSet<&String> = missing.iter().collect();
+            let became_valid = missing_at_first
+                .iter()
+                .filter(|m| !now.contains(m))
+                .cloned()
+                .collect();
+            return Ok(Locked {
+                plan: p,
+                locks,
+                became_valid,
+            });
+        }
+        if locked.len() + bases.len() > budget {
+            return Err(Error::Usage(format!(
+                "{} paths are missing, and a restore into a store holds a lock file open for \
+                 each until they are registered, but the open-files limit allows about {budget}: \
+                 raise it (ulimit -n) or restore part of the closure at a time (name the paths to restore)",
+                locked.len() + bases.len()
+            )));
+        }
+        for b in bases {
+            locks
+                .lock(&b, client.note)
+                .map_err(|e| Error::Io(layout.real_store_dir().join(format!("{b}.lock")), e))?;
+            locked.insert(b);
+        }
+        current = p;
+    }
+}
+
+/// Count of paths per kind of scratch entry, for tests.
+#[cfg(test)]
+fn kinds(names: &[String]) -> std::collections::HashMap<&'static str, usize> {
+    let mut m = std::collections::HashMap::new();
+    for n in names {
+        if let Some(k) = scratch_kind(n) {
+            *m.entry(k).or_default() += 1;
+        }
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::path::StorePath;
+
+    #[test]
+    fn scratch_names_are_store_paths_unique_per_use_and_run_and_recognised() {
+        let base = format!("{}-{}", "0".repeat(32), "n".repeat(211));
+        let (a, b) = (ScratchNames::new(), ScratchNames::new());
+        let names = vec![
+            a.next(TMP, &base),
+            a.next(TMP, &base),
+            a.next(TRASH, &base),
+            b.next(TMP, &base),
+            a.next(TMP, "links"),
+        ];
+        for (i, n) in names.iter().enumerate() {
+            assert!(n.len() <= 244, "{n}");
+            StorePath::from_base_name(n).unwrap_or_else(|e| panic!("{n}: {e}"));
+            assert_eq!(parse_scratch(n).unwrap().0, std::process::id());
+            for m in &names[i + 1..] {
+                assert_ne!(n, m);
+            }
+        }
+        assert!(a.is_ours(&names[0]) && !a.is_ours(&names[3]));
+        assert_eq!(
+            kinds(&names),
+            std::collections::HashMap::from([(TMP, 4), (TRASH, 1)])
+        );
+        assert_eq!(scratch_kind(".storesync-tmp-x"), Some(TMP));
+        assert_eq!(scratch_kind(".storesync-trash-x"), Some(TRASH));
+        assert_eq!(scratch_kind(&base), None);
+        assert_eq!(
+            scratch_kind(&format!("{}-storesync-1-tmp", "e".repeat(32))),
+            None
+        );
+    }
+}
