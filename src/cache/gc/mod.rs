@@ -20,6 +20,14 @@
 //!    deleted, then their lists. A save that started before a collection and reuses objects
 //!    of a retired pack names them in its snapshot, so the next run keeps them; a save that
 //!    runs longer than `grace` is not protected (see docs/FORMAT.md, "Garbage collection").
+//!    Then the live objects are kept from idle eviction ([`Storage::keep_alive`]).
+//!
+//! A backend that cannot list (the GitHub Actions cache's runtime API) is collected through
+//! its [`Storage::listing_view`] (the REST API, one ref's entries); kept snapshots are
+//! rewritten oldest first there, since its lookups take the newest entry written.
+//!
+//! [`Storage::keep_alive`]: super::storage::Storage::keep_alive
+//! [`Storage::listing_view`]: super::storage::Storage::listing_view
 //!
 //! Every step writes before it deletes, and deletes are idempotent: a kill at any instant
 //! leaves a cache whose kept snapshots all restore, and a rerun completes the work.
@@ -96,6 +104,9 @@ pub struct GcReport {
     pub bytes_freed: u64,
     /// Bytes retired by this run and waiting for the grace period.
     pub bytes_pending: u64,
+    /// Live entries touched so that idle eviction does not take them (the GitHub Actions
+    /// cache: entries last used more than 5 days ago).
+    pub entries_touched: usize,
     /// The index file naming every live object, when one was written.
     pub index: Option<String>,
 }
@@ -127,16 +138,22 @@ pub fn gc(
     progress: &dyn Progress,
 ) -> Result<GcReport, CacheError> {
     // A backend that cannot list shows only the newest snapshots: marking from those would
-    // take what older snapshots need for garbage.
+    // take what older snapshots need for garbage. The collection runs on a view that lists
+    // (the GitHub Actions cache's REST API), with an index loaded from every index file.
     if !cache.storage().can_list() {
-        return Err(CacheError::Storage(StorageError(
-            cache.storage().describe(""),
-            std::io::Error::new(
-                std::io::ErrorKind::Unsupported,
-                "gc needs a cache it can list; the GitHub Actions cache evicts entries by \
-                 itself (7 days unused, 10 GB per repository)",
-            ),
-        )));
+        return match cache.storage().listing_view() {
+            Some(view) => {
+                let listed = Cache::open(view.map_err(CacheError::Storage)?);
+                gc(&listed, policy, progress)
+            }
+            None => Err(CacheError::Storage(StorageError(
+                cache.storage().describe(""),
+                std::io::Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    "gc needs a cache it can list",
+                ),
+            ))),
+        };
     }
     let now = crate::clock::now_nanos();
     let mut report = GcReport {

@@ -150,7 +150,9 @@ pub(super) fn publish_and_delete(
     report.index = new_index.map(|i| i.hex());
     let keep_index: HashSet<IndexId> = new_index.into_iter().collect();
     // Kept v2 snapshots name only the new index; old files go once the new ones exist.
-    for ((r, _), kept) in heads.iter().zip(&keep) {
+    // Oldest first: where a lookup takes the newest written entry of a key (the GitHub
+    // Actions cache), the newest snapshot of each key must be written last.
+    for ((r, _), kept) in heads.iter().zip(&keep).rev() {
         if !*kept {
             continue;
         }
@@ -215,5 +217,15 @@ pub(super) fn publish_and_delete(
         }
         cache.storage().delete(&list_key)?;
     }
+    // Keep what stays from idle eviction (the GitHub Actions cache's 7 days): the packs and
+    // index the kept snapshots need, their files and signatures.
+    let mut live: Vec<String> = needed_packs.into_iter().collect();
+    live.extend(keep_index.iter().map(super::super::index_key));
+    for ((r, _), _) in heads.iter().zip(&keep).filter(|(_, k)| **k) {
+        live.push(r.key.clone());
+        live.push(crate::trust::signature_key(&r.id.0));
+    }
+    live.sort();
+    report.entries_touched = cache.storage().keep_alive(&live)?;
     Ok(())
 }

@@ -47,7 +47,15 @@ pub struct RestConfig {
     pub repository: String,
     /// `GITHUB_TOKEN`, with `actions: write` to delete.
     pub token: String,
+    /// The ref whose entries a garbage collection lists and deletes (`refs/heads/main`,
+    /// `refs/pull/7/merge`): `STORESYNC_GHA_REF`, else `GITHUB_REF` (the job's own ref, the
+    /// only scope it writes). [`ALL_REFS`] takes every ref's entries; `None` (no variable)
+    /// makes a collection refuse to start.
+    pub git_ref: Option<String>,
 }
+
+/// [`RestConfig::git_ref`] meaning every ref (`STORESYNC_GHA_REF=*`).
+pub const ALL_REFS: &str = "*";
 
 /// Whether `scope` may name a scope: 1 to 64 bytes of `[A-Za-z0-9._-]`.
 pub fn check_scope(scope: &str) -> bool {
@@ -60,7 +68,8 @@ pub fn check_scope(scope: &str) -> bool {
 impl GhaConfig {
     /// The configuration a runner gives a JavaScript action: `ACTIONS_RESULTS_URL`,
     /// `ACTIONS_RUNTIME_TOKEN`; optionally `STORESYNC_GHA_MAX_WAIT` (seconds), and
-    /// `GITHUB_TOKEN` with `GITHUB_REPOSITORY` (and `GITHUB_API_URL`) for deletes.
+    /// `GITHUB_TOKEN` with `GITHUB_REPOSITORY` (and `GITHUB_API_URL`, `GITHUB_REF` or
+    /// `STORESYNC_GHA_REF`) for listing and deleting.
     ///
     /// # Errors
     /// [`StorageError`] (`InvalidInput`) for a bad scope or a missing variable, saying that
@@ -93,6 +102,7 @@ impl GhaConfig {
                 api_url: var("GITHUB_API_URL").unwrap_or_else(|| "https://api.github.com".into()),
                 repository,
                 token,
+                git_ref: var("STORESYNC_GHA_REF").or_else(|| var("GITHUB_REF")),
             }),
             _ => None,
         };

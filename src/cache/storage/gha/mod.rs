@@ -37,6 +37,7 @@
 
 mod blob;
 mod config;
+mod listing;
 mod rest;
 mod retry;
 mod twirp;
@@ -65,8 +66,11 @@ const X_MS_VERSION: &str = "2024-11-04";
 /// Uploads queued behind the one in progress before `commit` waits (each a spooled file).
 const UPLOAD_QUEUE: usize = 2;
 
-pub use config::{check_scope, escape_user_key, open_gha, version, GhaConfig, RestConfig};
-pub use rest::RestEntry;
+pub use config::{
+    check_scope, escape_user_key, open_gha, version, GhaConfig, RestConfig, ALL_REFS,
+};
+pub use listing::TOUCH_AFTER;
+pub use rest::{RestEntry, MAX_LISTED};
 
 fn invalid(what: &str, why: String) -> StorageError {
     StorageError(
@@ -79,6 +83,8 @@ fn invalid(what: &str, why: String) -> StorageError {
 pub struct GhaStore {
     inner: Arc<Inner>,
     uploader: Mutex<Option<Uploader>>,
+    /// A listing view ([`Storage::listing_view`]): lists through the REST API.
+    listing: bool,
 }
 
 struct Inner {
@@ -93,6 +99,9 @@ struct Inner {
     last_delete: Mutex<Option<Instant>>,
     /// The last stamp of a replacing put (strictly increasing).
     last_stamp: Mutex<u64>,
+    /// Entries a REST listing showed, by entry key (a replacement under the key it
+    /// replaces): what deletes, sizes and touches use instead of another request.
+    listed: Mutex<HashMap<String, Vec<RestEntry>>>,
 }
 
 fn other(what: &str, why: String) -> StorageError {
@@ -162,8 +171,10 @@ impl GhaStore {
                 snapshots: Mutex::default(),
                 last_delete: Mutex::new(None),
                 last_stamp: Mutex::new(0),
+                listed: Mutex::default(),
             }),
             uploader: Mutex::default(),
+            listing: false,
         })
     }
 
@@ -328,11 +339,15 @@ impl Storage for GhaStore {
         }
     }
 
+    /// False through the runtime API; true for a listing view (the REST API).
     fn can_list(&self) -> bool {
-        false
+        self.listing
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        if self.listing {
+            return self.list_entries(prefix);
+        }
         Err(StorageError(
             self.describe(prefix),
             io::Error::new(
@@ -343,25 +358,30 @@ impl Storage for GhaStore {
         ))
     }
 
-    /// Costs a lookup (unless one was made for this object already) and a HEAD of the blob:
-    /// two round trips. An evicted blob counts as absent.
+    /// From a listing when the entry was listed; else a lookup (unless one was made for this
+    /// object already) and a HEAD of the blob: two round trips. An evicted blob counts as
+    /// absent.
     fn size(&self, key: &str) -> Result<Option<u64>, StorageError> {
+        if let Some(size) = self.listed_size(key)? {
+            return Ok(Some(size));
+        }
         self.blob_size(key)
     }
 
-    /// Through the REST API: the entry, and the replacements [`Storage::put`] made of it;
-    /// each delete at least a second after the one before.
+    /// Through the REST API: the entry, and the replacements [`Storage::put`] made of it, in
+    /// the configured ref's scope, by id; each delete at least a second after the one before.
     fn delete(&self, key: &str) -> Result<(), StorageError> {
-        let entry = self.entry(key)?;
-        let what = self.describe(key);
-        self.inner.rest_delete(&what, &entry)?;
-        for e in self.rest_list(&format!("{entry}~"))? {
-            if is_replacement_of(&e.key, &entry) {
-                self.inner.rest_delete(&what, &e.key)?;
-            }
-        }
-        self.inner.forget(&entry);
-        Ok(())
+        self.delete_entries(key)
+    }
+
+    fn listing_view(&self) -> Option<Result<Box<dyn Storage>, StorageError>> {
+        (!self.listing).then(|| self.view())
+    }
+
+    /// Entries last used more than [`TOUCH_AFTER`] ago (as listed) get a lookup and a
+    /// one-byte ranged read.
+    fn keep_alive(&self, keys: &[String]) -> Result<usize, StorageError> {
+        self.touch_stale(keys)
     }
 
     fn describe(&self, key: &str) -> String {

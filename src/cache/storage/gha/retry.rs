@@ -25,14 +25,23 @@ pub(super) const TOKEN_EXPIRED: &str =
     "the runtime token expired or is missing (ACTIONS_RUNTIME_TOKEN): it \
                              lives about 6 hours and only JavaScript actions receive it";
 
-/// Retry-After in seconds, at least one (the service sends seconds; an HTTP date is not
-/// parsed). Never zero: a stream of "429, Retry-After: 0" must still use up the wait allowed.
+/// How long a throttled reply asks to wait, at least one second: `Retry-After` in seconds (an
+/// HTTP date is not parsed), else, as GitHub's REST API says a spent rate limit,
+/// `x-ratelimit-remaining: 0` until `x-ratelimit-reset` (epoch seconds). Never zero: a stream
+/// of "429, Retry-After: 0" must still use up the wait allowed.
 pub(super) fn retry_after(resp: &http::Response<ureq::Body>) -> Option<Duration> {
-    let v = resp.headers().get("retry-after")?.to_str().ok()?;
-    v.trim()
-        .parse::<u64>()
-        .ok()
-        .map(|s| Duration::from_secs(s.max(1)))
+    let header = |name: &str| resp.headers().get(name)?.to_str().ok().map(str::trim);
+    if let Some(s) = header("retry-after").and_then(|v| v.parse::<u64>().ok()) {
+        return Some(Duration::from_secs(s.max(1)));
+    }
+    if header("x-ratelimit-remaining")? != "0" {
+        return None;
+    }
+    let reset: u64 = header("x-ratelimit-reset")?.parse().ok()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    Some(Duration::from_secs(reset.saturating_sub(now).max(1)))
 }
 
 pub(super) fn body_text(resp: http::Response<ureq::Body>) -> String {
@@ -58,9 +67,10 @@ pub(super) fn error_message(status: u16, text: &str) -> String {
 }
 
 impl Inner {
-    /// Send a request built by `make` (again for each try), honouring 429 `Retry-After` within
-    /// the configured total wait and retrying 500/502/503/504 and transport errors; returns
-    /// the first other reply, whatever its status.
+    /// Send a request built by `make` (again for each try), honouring a throttled reply's wait
+    /// ([`retry_after`]: HTTP 429, or the REST API's 403 with rate-limit headers) within the
+    /// configured total wait and retrying 500/502/503/504 and transport errors; returns the
+    /// first other reply, whatever its status.
     pub(super) fn send(
         &self,
         what: &str,
@@ -72,7 +82,11 @@ impl Inner {
         let mut pause = self.cfg.retry_pause;
         loop {
             let why = match make() {
-                Ok(resp) if resp.status().as_u16() == 429 => {
+                Ok(resp)
+                    if resp.status().as_u16() == 429
+                        || (resp.status().as_u16() == 403 && retry_after(&resp).is_some()) =>
+                {
+                    let status = resp.status().as_u16();
                     let wait = retry_after(&resp).unwrap_or_else(|| {
                         let b = backoff;
                         backoff = (backoff * 2).min(Duration::from_secs(60));
@@ -88,8 +102,9 @@ impl Inner {
                                     "the GitHub Actions cache kept throttling ({}): waited {} s, \
                                      the next wait of {} s would pass the limit of {} s \
                                      (STORESYNC_GHA_MAX_WAIT); about 200 uploads a minute are \
-                                     allowed per repository",
-                                    error_message(429, &text),
+                                     allowed per repository, and the REST API allows one \
+                                     deletion a second",
+                                    error_message(status, &text),
                                     throttled.as_secs(),
                                     wait.as_secs(),
                                     self.cfg.max_throttle_wait.as_secs()
@@ -99,7 +114,7 @@ impl Inner {
                     }
                     // Visible on purpose: a wait of minutes must not look like a hang.
                     eprintln!(
-                        "storesync: the GitHub Actions cache is throttling (HTTP 429) {what}; \
+                        "storesync: the GitHub Actions cache is throttling (HTTP {status}) {what}; \
                          waiting {} s as it asks",
                         wait.as_secs_f32()
                     );
