@@ -150,8 +150,7 @@ impl GhaStore {
             let mut byte = [0u8; 1];
             match self.get_range(key, 0, 1) {
                 Ok(mut r) => {
-                    r.read_exact(&mut byte)
-                        .map_err(|e| StorageError(what, e))?;
+                    r.read_exact(&mut byte).map_err(|e| StorageError(what, e))?;
                     touched += 1;
                 }
                 Err(e) if e.is_not_found() || e.1.kind() == io::ErrorKind::UnexpectedEof => {}
@@ -232,14 +231,23 @@ mod tests {
             parse_rfc3339("2026-12-03T14:34:56+02:00"),
             parse_rfc3339("2026-12-03T12:34:56Z")
         );
-        for bad in ["", "2026-12-03", "2026-13-03T00:00:00Z", "2026-12-03T00:00:00", "x".repeat(30).as_str()] {
+        for bad in [
+            "",
+            "2026-12-03",
+            "2026-13-03T00:00:00Z",
+            "2026-12-03T00:00:00",
+            "x".repeat(30).as_str(),
+        ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
     }
 
     #[test]
     fn replacements_list_under_the_entry_they_replace() {
-        assert_eq!(base_entry("s/snapshots/a.sig~0123456789abcdef"), "s/snapshots/a.sig");
+        assert_eq!(
+            base_entry("s/snapshots/a.sig~0123456789abcdef"),
+            "s/snapshots/a.sig"
+        );
         assert_eq!(base_entry("s/packs/a.pack"), "s/packs/a.pack");
         assert_eq!(base_entry("s/x~y"), "s/x~y");
     }

@@ -201,9 +201,7 @@ impl Inner {
             what.to_owned(),
             io::Error::new(
                 kind,
-                format!(
-                    "REST API: {msg} (the GITHUB_TOKEN needs the `actions: write` permission)"
-                ),
+                format!("REST API: {msg} (the GITHUB_TOKEN needs the `actions: write` permission)"),
             ),
         )
     }
