@@ -1032,20 +1032,33 @@ fn cli_gc_and_save_prune_on_gha_need_and_use_a_github_token() {
     let cache = Cache::open(Box::new(store(svc, scope)));
     restores_key(&w, &cache, "ci-a", "dst-a1", 6);
     restores_key(&w, &cache, "ci-b", "dst-b1", 1);
-    // Without a token, save --prune saves, then fails naming the token and permission.
+    // Without a token, save --prune saves (its report says so, and why the prune failed),
+    // then fails naming the token and permission.
     let out = gha_cmd(&w, svc, "src", scope)
         .args([
+            "--json",
             "save",
             "--key",
             "ci-c",
             "--prune",
             "--keep-last",
             "1",
-            "--cache",
-            &loc,
         ])
+        .args(["--cache", &loc])
         .output()
         .unwrap();
+    let r = json(&out.stdout);
+    assert!(r["snapshot"].is_string(), "{r}");
+    assert!(
+        r["prune_error"].as_str().unwrap().contains("GITHUB_TOKEN"),
+        "{r}"
+    );
+    let found = cache
+        .storage()
+        .find_snapshots("ci-c", &[])
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.len(), 1, "the snapshot was saved");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success()

@@ -342,6 +342,7 @@ const SORTS = {
 };
 
 async function rest(req, res, url, cacheId) {
+  const received = Date.now();
   const auth = req.headers.authorization || '';
   const m = auth.match(/^(?:Bearer|token) (\S+)$/);
   if (!m) {
@@ -351,7 +352,7 @@ async function rest(req, res, url, cacheId) {
   const log = restCalls.get(token) || [];
   restCalls.set(token, log);
   const reply = (status, body, headers) => {
-    log.push({ method: req.method, path: url.pathname + url.search, status, at: Date.now() });
+    log.push({ method: req.method, path: url.pathname + url.search, status, at: received });
     return send(res, status, body, headers);
   };
   const f = restFaults.get(token) || {};
@@ -388,7 +389,7 @@ async function rest(req, res, url, cacheId) {
     if (token.startsWith('read-only')) {
       return reply(403, { message: 'Resource not accessible by integration' });
     }
-    const now = Date.now();
+    const now = received;
     if (now - (lastDelete.get(token) ?? 0) < 1000) {
       return reply(429, { message: 'You have exceeded a secondary rate limit.' },
         { 'retry-after': '1' });
