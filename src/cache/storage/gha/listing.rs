@@ -86,13 +86,30 @@ impl GhaStore {
         let mut listed = self.inner.listed.lock().expect("listed");
         listed.retain(|k, _| !entry_prefixes.iter().any(|p| k.starts_with(p.as_str())));
         listed.extend(found);
+        self.inner
+            .listed_dirs
+            .lock()
+            .expect("listed dirs")
+            .insert(prefix.to_owned());
         Ok(keys.into_iter().collect())
     }
 
-    /// The size a listing showed for `key`'s own entry (not a replacement), if listed.
+    /// The size a listing showed for `key`'s own entry (not a replacement), listing its
+    /// directory first if that was not done yet (one REST request per 100 entries rather
+    /// than a lookup and a HEAD per object); `None` when not listed.
     pub(super) fn listed_size(&self, key: &str) -> Result<Option<u64>, StorageError> {
         if !self.listing {
             return Ok(None);
+        }
+        let dir = key.split('/').next().unwrap_or(key);
+        let done = self
+            .inner
+            .listed_dirs
+            .lock()
+            .expect("listed dirs")
+            .contains(dir);
+        if !done {
+            self.list_entries(dir)?;
         }
         let entry = self.entry(key)?;
         let listed = self.inner.listed.lock().expect("listed");

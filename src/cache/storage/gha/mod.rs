@@ -102,6 +102,8 @@ struct Inner {
     /// Entries a REST listing showed, by entry key (a replacement under the key it
     /// replaces): what deletes, sizes and touches use instead of another request.
     listed: Mutex<HashMap<String, Vec<RestEntry>>>,
+    /// The directories (`packs`, `index`, ...) listed so far.
+    listed_dirs: Mutex<std::collections::HashSet<String>>,
 }
 
 fn other(what: &str, why: String) -> StorageError {
@@ -172,6 +174,7 @@ impl GhaStore {
                 last_delete: Mutex::new(None),
                 last_stamp: Mutex::new(0),
                 listed: Mutex::default(),
+                listed_dirs: Mutex::default(),
             }),
             uploader: Mutex::default(),
             listing: false,
