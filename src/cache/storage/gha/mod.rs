@@ -70,7 +70,7 @@ pub use config::{
     check_scope, escape_user_key, open_gha, version, GhaConfig, RestConfig, ALL_REFS,
 };
 pub use listing::TOUCH_AFTER;
-pub use rest::{RestEntry, MAX_LISTED};
+pub use rest::{RestEntry, DELETE_PACE, MAX_LISTED};
 
 fn invalid(what: &str, why: String) -> StorageError {
     StorageError(

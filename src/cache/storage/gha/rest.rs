@@ -49,6 +49,10 @@ struct RestPage {
     actions_caches: Vec<RestEntry>,
 }
 
+/// The pause between two deletes: the service allows one a second; the extra tenth keeps
+/// network jitter from making two paced requests arrive less than a second apart.
+pub const DELETE_PACE: Duration = Duration::from_millis(1100);
+
 /// Entries per page (the API's maximum).
 const PER_PAGE: usize = 100;
 
@@ -177,13 +181,13 @@ impl Inner {
         }
     }
 
-    /// Wait until a second has passed since the previous delete (also before a retry).
+    /// Wait until [`DELETE_PACE`] has passed since the previous delete (also before a retry).
     fn pace_delete(&self) {
         let mut last = self.last_delete.lock().expect("last delete");
         if let Some(t) = *last {
             let since = t.elapsed();
-            if since < Duration::from_secs(1) {
-                std::thread::sleep(Duration::from_secs(1) - since);
+            if since < DELETE_PACE {
+                std::thread::sleep(DELETE_PACE - since);
             }
         }
         *last = Some(Instant::now());
