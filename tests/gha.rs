@@ -1067,3 +1067,38 @@ fn cli_gc_and_save_prune_on_gha_need_and_use_a_github_token() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_listing_view_conforms_and_an_entry_already_gone_counts_as_deleted() {
+    let Some(svc) = service() else { return };
+    // Listing through the REST API, the view passes the suite as a listable backend.
+    let view = store(svc, "listed").listing_view().unwrap().unwrap();
+    assert!(view.can_list());
+    conformance(&*view);
+    // An entry deleted by someone else after the listing showed it: the delete by id
+    // answers 404, which counts as deleted.
+    let s = store(svc, "listed-gone");
+    assert!(s.put_if_absent("packs/g.pack", b"gone soon").unwrap());
+    let view = s.listing_view().unwrap().unwrap();
+    assert_eq!(
+        view.list("packs").unwrap(),
+        vec!["packs/g.pack".to_string()]
+    );
+    assert_eq!(view.size("packs/g.pack").unwrap(), Some(9));
+    let other = GhaStore::new(GhaConfig {
+        rest: Some(RestConfig {
+            token: "gh-someone-else".into(),
+            ..config(svc, "listed-gone").rest.unwrap()
+        }),
+        ..config(svc, "listed-gone")
+    })
+    .unwrap();
+    other.delete("packs/g.pack").unwrap();
+    view.delete("packs/g.pack").unwrap();
+    let calls = rest_calls(svc, "listed-gone");
+    assert!(
+        calls.iter().any(|c| c.0 == "DELETE" && c.1 == 404),
+        "{calls:?}"
+    );
+    assert!(view.list("packs").unwrap().is_empty());
+}
