@@ -17,9 +17,11 @@ use std::process::{Child, Command as StdCommand, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use storesync::cache::gc::GcPolicy;
 use storesync::cache::storage::gha::{GhaConfig, GhaStore, RestConfig};
 use storesync::cache::storage::{conformance, Storage};
 use storesync::cache::{Cache, Snapshot, SnapshotHead, SnapshotId, FORMAT_VERSION};
+use storesync::progress::NoProgress;
 use storesync::sample;
 use storesync::store::layout::Flavor;
 use util::{db_rows, json, World};
@@ -138,7 +140,8 @@ fn config(svc: &Service, scope: &str) -> GhaConfig {
         rest: Some(RestConfig {
             api_url: svc.url.clone(),
             repository: "owner/repo".into(),
-            token: "gh-token".into(),
+            token: format!("gh-{scope}"),
+            git_ref: Some("refs/heads/main".into()),
         }),
     }
 }
@@ -413,6 +416,10 @@ fn gha_cmd(w: &World, svc: &Service, root: &str, scope: &str) -> assert_cmd::Com
     c.env("ACTIONS_RESULTS_URL", &svc.url)
         .env("ACTIONS_RUNTIME_TOKEN", format!("token-{scope}"))
         .env_remove("GITHUB_TOKEN")
+        .env_remove("GITHUB_REPOSITORY")
+        .env_remove("GITHUB_API_URL")
+        .env_remove("GITHUB_REF")
+        .env_remove("STORESYNC_GHA_REF")
         .env_remove("STORESYNC_GHA_MAX_WAIT");
     c
 }
@@ -508,7 +515,7 @@ fn cli_round_trip(flavor: Flavor, scope: &str) {
         );
     }
     assert_eq!(creates(svc), created, "a restore writes nothing");
-    // ls and verify see the newest snapshots; gc refuses a cache it cannot list.
+    // ls and verify see the newest snapshots; gc without a GITHUB_TOKEN says what it needs.
     let run = |args: &[&str]| {
         gha_cmd(&w, svc, "src", scope)
             .args(args)
@@ -533,10 +540,10 @@ fn cli_round_trip(flavor: Flavor, scope: &str) {
     );
     let gc = run(&["gc", "--dry-run"]);
     assert!(!gc.status.success());
+    let stderr = String::from_utf8_lossy(&gc.stderr);
     assert!(
-        String::from_utf8_lossy(&gc.stderr).contains("gc needs a cache it can list"),
-        "{}",
-        String::from_utf8_lossy(&gc.stderr)
+        stderr.contains("GITHUB_TOKEN") && stderr.contains("actions: write"),
+        "{stderr}"
     );
 }
 
@@ -669,4 +676,429 @@ fn without_the_runtime_variables_gha_is_a_clear_error() {
         stderr.contains("ACTIONS_RUNTIME_TOKEN") && stderr.contains("JavaScript"),
         "{stderr}"
     );
+}
+
+// ---- garbage collection on gha:// ---------------------------------------------------------
+
+/// Every finalized entry of the service: (key, ref, size, last used in ms).
+fn entries(svc: &Service) -> Vec<(String, String, u64, u64)> {
+    admin(svc, "entries", None)
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["finalized"].as_bool() == Some(true))
+        .map(|e| {
+            (
+                e["key"].as_str().unwrap().to_owned(),
+                e["ref"].as_str().unwrap().to_owned(),
+                e["size"].as_u64().unwrap(),
+                e["accessed"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The REST calls made with a scope's GITHUB_TOKEN: (method, status, ms).
+fn rest_calls(svc: &Service, scope: &str) -> Vec<(String, u64, u64)> {
+    admin(svc, &format!("rest_calls?token=gh-{scope}"), None)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["method"].as_str().unwrap().to_owned(),
+                c["status"].as_u64().unwrap(),
+                c["at"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn save_lib(w: &World, cache: &Cache, key: &str, roots: Vec<String>) -> String {
+    let opts = storesync::save::SaveOptions {
+        gc_roots: false,
+        key: key.into(),
+        roots,
+        skip_corrupt: false,
+        level: 3,
+    };
+    storesync::save::save(&w.layout("src"), cache, &opts, &NoProgress)
+        .unwrap()
+        .snapshot
+}
+
+/// Restore the newest snapshot of `key` into a fresh root (each path's NAR hash is checked
+/// on disk as it is written) and compare its DB rows with the source's rows of those paths.
+fn restores_key(w: &World, cache: &Cache, key: &str, root: &str, paths: usize) {
+    let layout = w.layout(root);
+    let opts = storesync::restore::RestoreOptions {
+        key: Some(key.into()),
+        ..Default::default()
+    };
+    let r = storesync::restore::restore(&layout, cache, &opts, &NoProgress).unwrap();
+    assert!(r.failed.is_empty(), "{key}: {:?}", r.failures);
+    let got = db_rows(&layout);
+    assert_eq!(got.paths.len(), paths, "{key}");
+    let want = db_rows(&w.layout("src"));
+    for (path, row) in &got.paths {
+        assert_eq!(want.paths[path].0, row.0, "{key}: {path}");
+    }
+}
+
+/// A cache on `scope` with three snapshots: `ci-a` (the sample, 6 paths), then `ci-b` twice,
+/// each holding one 200 KB incompressible path of its own, so that dropping the older `ci-b`
+/// leaves its pack dead. Returns the older `ci-b`'s path.
+fn three_snapshots(svc: &Service, w: &World, scope: &str) -> (GhaStore, String) {
+    let s = store(svc, scope);
+    let cache = Cache::open(Box::new(store(svc, scope)));
+    let src = w.layout("src");
+    let roots: Vec<String> = sample::build(&src, 1)
+        .unwrap()
+        .iter()
+        .map(|p| src.store_dir.display(p))
+        .collect();
+    save_lib(w, &cache, "ci-a", roots);
+    let mut old = String::new();
+    for (i, name) in ["x", "y"].iter().enumerate() {
+        let base = format!("{}-{name}", ["0a", "1b"][i].repeat(16));
+        util::add_files_path(
+            &src,
+            &base,
+            &[("data", &util::noise(i as u64 + 7, 200_000), false)],
+            &[],
+        );
+        save_lib(w, &cache, "ci-b", vec![format!("/gnu/store/{base}")]);
+        if old.is_empty() {
+            old = base;
+        }
+    }
+    (s, old)
+}
+
+#[test]
+fn gc_on_gha_keeps_kept_snapshots_restorable_frees_what_it_reports_and_survives_429s() {
+    let Some(svc) = service() else { return };
+    let scope = "gc-lib";
+    let w = World::new(Flavor::Guix);
+    let (s, _) = three_snapshots(svc, &w, scope);
+    // Another ref's entries under the same scope (a pull request's save): never touched.
+    admin(
+        svc,
+        "faults",
+        Some(serde_json::json!({"token": "token-gc-lib-pr", "ref": "refs/pull/7/merge"})),
+    );
+    let pr = GhaStore::new(GhaConfig {
+        runtime_token: "token-gc-lib-pr".into(),
+        ..config(svc, scope)
+    })
+    .unwrap();
+    assert!(pr.put_if_absent("packs/pr-only.pack", b"pr bytes").unwrap());
+    let ours = |svc: &Service| -> Vec<(String, String, u64, u64)> {
+        entries(svc)
+            .into_iter()
+            .filter(|e| e.0.starts_with("gc-lib/"))
+            .collect()
+    };
+    let before = ours(svc);
+    let policy = GcPolicy {
+        keep_last: Some(1),
+        grace_secs: 0,
+        dry_run: true,
+        ..GcPolicy::default()
+    };
+    // A dry run decides and changes nothing.
+    let cache = Cache::open(Box::new(store(svc, scope)));
+    let dry = storesync::cache::gc::gc(&cache, &policy, &NoProgress).unwrap();
+    assert_eq!(dry.dropped.len(), 1, "{dry:?}");
+    assert_eq!(dry.kept.len(), 2, "{dry:?}");
+    assert!(dry.bytes_pending >= 200_000, "{dry:?}");
+    let kept = |es: &[(String, String, u64, u64)]| -> Vec<(String, String, u64)> {
+        es.iter().map(|e| (e.0.clone(), e.1.clone(), e.2)).collect()
+    };
+    assert_eq!(kept(&ours(svc)), kept(&before), "a dry run changes nothing");
+    assert!(rest_calls(svc, scope).iter().all(|c| c.0 == "GET"));
+    // Entries unused for 6 days are touched; throttled REST calls (a secondary limit's 429,
+    // a spent primary limit's 403) are waited out.
+    admin(
+        svc,
+        "age",
+        Some(serde_json::json!({"prefix": "gc-lib/", "days": 6})),
+    );
+    admin(
+        svc,
+        "rest_faults",
+        Some(serde_json::json!({"token": "gh-gc-lib", "rate_limit": 2, "retry_after": 1})),
+    );
+    let report = storesync::cache::gc::gc(
+        &cache,
+        &GcPolicy {
+            dry_run: false,
+            ..policy.clone()
+        },
+        &NoProgress,
+    )
+    .unwrap();
+    assert_eq!(report.dropped.len(), 1, "{report:?}");
+    assert!(report.files_deleted >= 2, "a pack and an index: {report:?}");
+    assert!(report.entries_touched >= 2, "{report:?}");
+    // What it reports freed is what left the service: the retired packs and index files.
+    let after = ours(svc);
+    let gone: u64 = before
+        .iter()
+        .filter(|e| !after.iter().any(|a| a.0 == e.0))
+        .filter(|e| e.0.contains("/packs/") || e.0.contains("/index/"))
+        .map(|e| e.2)
+        .sum();
+    assert_eq!(report.bytes_freed, gone, "{report:?}");
+    assert!(report.bytes_freed >= 200_000, "{report:?}");
+    // The pull request's entry is still there; every live entry was touched.
+    assert!(after.iter().any(|e| e.0 == "gc-lib/packs/pr-only.pack"));
+    let day_ms = 86_400_000;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    for e in after.iter().filter(|e| e.1 == "refs/heads/main") {
+        if e.0.contains("/packs/") {
+            assert!(now_ms - e.3 < day_ms, "not touched: {e:?}");
+        }
+    }
+    // The throttled calls were made and waited out (more 429s only when network jitter made
+    // two paced deletes arrive less than a second apart); deletes were a second apart.
+    let calls = rest_calls(svc, scope);
+    let throttled = calls.iter().filter(|c| c.1 == 429).count();
+    assert!((2..6).contains(&throttled), "{calls:?}");
+    let deletes: Vec<u64> = calls
+        .iter()
+        .filter(|c| c.0 == "DELETE" && c.1 != 429)
+        .map(|c| c.2)
+        .collect();
+    assert!(deletes.len() >= 3, "{calls:?}");
+    assert!(
+        deletes.windows(2).all(|d| d[1] - d[0] >= 1000),
+        "{deletes:?}"
+    );
+    // Every kept snapshot restores (by key: the newest of each) and the cache verifies,
+    // listed whole.
+    let cache = Cache::open(Box::new(store(svc, scope)));
+    restores_key(&w, &cache, "ci-a", "dst-a", 6);
+    restores_key(&w, &cache, "ci-b", "dst-b", 1);
+    let listed = Cache::open(s.listing_view().unwrap().unwrap());
+    assert_eq!(listed.list_snapshots().unwrap().len(), 2);
+    let v = storesync::verify::verify(&listed, &NoProgress).unwrap();
+    assert!(v.problems.is_empty(), "{v:?}");
+    // A second collection has nothing left to do, and a spent primary rate limit (403 with
+    // x-ratelimit-reset) is waited out too.
+    admin(
+        svc,
+        "rest_faults",
+        Some(
+            serde_json::json!({"token": "gh-gc-lib", "rate_limit": 1, "retry_after": 1,
+                                "style": "403-reset"}),
+        ),
+    );
+    let again = storesync::cache::gc::gc(&cache, &policy, &NoProgress).unwrap();
+    assert!(
+        again.dropped.is_empty() && again.bytes_pending == 0,
+        "{again:?}"
+    );
+    assert!(rest_calls(svc, scope).iter().any(|c| c.1 == 403));
+}
+
+#[test]
+fn the_test_service_limits_deletions_to_one_a_second() {
+    let Some(svc) = service() else { return };
+    let url = format!("{}repos/owner/repo/actions/caches/999999", svc.url);
+    let del = || {
+        agent()
+            .delete(&url)
+            .header("Authorization", "Bearer gh-pace")
+            .call()
+            .unwrap()
+    };
+    assert_eq!(del().status().as_u16(), 404, "absent");
+    let second = del();
+    assert_eq!(second.status().as_u16(), 429, "too fast");
+    assert_eq!(second.headers()["retry-after"], "1");
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(del().status().as_u16(), 404);
+    // A token without `actions: write` cannot delete.
+    let ro = agent()
+        .delete(&url)
+        .header("Authorization", "Bearer read-only-x")
+        .call()
+        .unwrap();
+    assert_eq!(ro.status().as_u16(), 403);
+}
+
+fn gc_cmd(w: &World, svc: &Service, scope: &str, token: &str) -> assert_cmd::Command {
+    let mut c = gha_cmd(w, svc, "src", scope);
+    c.env("GITHUB_TOKEN", token)
+        .env("GITHUB_REPOSITORY", "owner/repo")
+        .env("GITHUB_API_URL", svc.url.trim_end_matches('/'))
+        .env("GITHUB_REF", "refs/heads/main");
+    c
+}
+
+#[test]
+fn cli_gc_and_save_prune_on_gha_need_and_use_a_github_token() {
+    let Some(svc) = service() else { return };
+    let scope = "gc-cli";
+    let w = World::new(Flavor::Guix);
+    three_snapshots(svc, &w, scope);
+    let loc = format!("gha://{scope}");
+    // No ref: refused, naming the variables.
+    let out = gha_cmd(&w, svc, "src", scope)
+        .env("GITHUB_TOKEN", "gh-gc-cli")
+        .env("GITHUB_REPOSITORY", "owner/repo")
+        .env("GITHUB_API_URL", svc.url.trim_end_matches('/'))
+        .args(["gc", "--keep-last", "1", "--cache", &loc])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("GITHUB_REF"),
+        "{stderr}"
+    );
+    // A dry run lists and reports, deleting nothing.
+    let out = gc_cmd(&w, svc, scope, "gh-gc-cli")
+        .args([
+            "--json",
+            "gc",
+            "--keep-last",
+            "1",
+            "--grace",
+            "0",
+            "--dry-run",
+        ])
+        .args(["--cache", &loc])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = json(&out.stdout);
+    assert_eq!(r["dropped"].as_array().unwrap().len(), 1, "{r}");
+    assert!(rest_calls(svc, scope).iter().all(|c| c.0 == "GET"));
+    // A token without `actions: write`: the listing works, the first delete fails, saying
+    // which permission is missing; the kept snapshots still restore.
+    let out = gc_cmd(&w, svc, scope, "read-only-gc-cli")
+        .args(["gc", "--keep-last", "1", "--grace", "0", "--cache", &loc])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("actions: write"),
+        "{stderr}"
+    );
+    let cache = Cache::open(Box::new(store(svc, scope)));
+    restores_key(&w, &cache, "ci-a", "dst-a0", 6);
+    restores_key(&w, &cache, "ci-b", "dst-b0", 1);
+    // save --prune with the token collects right after saving.
+    let src = w.layout("src");
+    let base = format!("{}-z", "2c".repeat(16));
+    util::add_files_path(
+        &src,
+        &base,
+        &[("data", &util::noise(9, 50_000), false)],
+        &[],
+    );
+    let out = gc_cmd(&w, svc, scope, "gh-gc-cli")
+        .args([
+            "--json",
+            "save",
+            "--key",
+            "ci-b",
+            "--prune",
+            "--keep-last",
+            "1",
+        ])
+        .args(["--grace", "0", "--cache", &loc])
+        .arg(format!("/gnu/store/{base}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = json(&out.stdout);
+    let pruned = &r["pruned"];
+    // Both older `ci-b` snapshots go (the failed run deleted nothing), with their packs.
+    assert_eq!(pruned["dropped"].as_array().unwrap().len(), 2, "{r}");
+    assert!(pruned["bytes_freed"].as_u64().unwrap() >= 400_000, "{r}");
+    let cache = Cache::open(Box::new(store(svc, scope)));
+    restores_key(&w, &cache, "ci-a", "dst-a1", 6);
+    restores_key(&w, &cache, "ci-b", "dst-b1", 1);
+    // Without a token, save --prune saves (its report says so, and why the prune failed),
+    // then fails naming the token and permission.
+    let out = gha_cmd(&w, svc, "src", scope)
+        .args([
+            "--json",
+            "save",
+            "--key",
+            "ci-c",
+            "--prune",
+            "--keep-last",
+            "1",
+        ])
+        .args(["--cache", &loc])
+        .output()
+        .unwrap();
+    let r = json(&out.stdout);
+    assert!(r["snapshot"].is_string(), "{r}");
+    assert!(
+        r["prune_error"].as_str().unwrap().contains("GITHUB_TOKEN"),
+        "{r}"
+    );
+    let found = cache
+        .storage()
+        .find_snapshots("ci-c", &[])
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.len(), 1, "the snapshot was saved");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("GITHUB_TOKEN")
+            && stderr.contains("actions: write"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_listing_view_conforms_and_an_entry_already_gone_counts_as_deleted() {
+    let Some(svc) = service() else { return };
+    // Listing through the REST API, the view passes the suite as a listable backend.
+    let view = store(svc, "listed").listing_view().unwrap().unwrap();
+    assert!(view.can_list());
+    conformance(&*view);
+    // An entry deleted by someone else after the listing showed it: the delete by id
+    // answers 404, which counts as deleted.
+    let s = store(svc, "listed-gone");
+    assert!(s.put_if_absent("packs/g.pack", b"gone soon").unwrap());
+    let view = s.listing_view().unwrap().unwrap();
+    assert_eq!(
+        view.list("packs").unwrap(),
+        vec!["packs/g.pack".to_string()]
+    );
+    assert_eq!(view.size("packs/g.pack").unwrap(), Some(9));
+    let other = GhaStore::new(GhaConfig {
+        rest: Some(RestConfig {
+            token: "gh-someone-else".into(),
+            ..config(svc, "listed-gone").rest.unwrap()
+        }),
+        ..config(svc, "listed-gone")
+    })
+    .unwrap();
+    other.delete("packs/g.pack").unwrap();
+    view.delete("packs/g.pack").unwrap();
+    let calls = rest_calls(svc, "listed-gone");
+    assert!(
+        calls.iter().any(|c| c.0 == "DELETE" && c.1 == 404),
+        "{calls:?}"
+    );
+    assert!(view.list("packs").unwrap().is_empty());
 }

@@ -45,9 +45,14 @@ test('save: --prune only with a retention rule, never on a dry run; paths after 
   assert.deepEqual(command.saveArgs(budget), [...g, '--prune', '--keep-last', '2', '--max-size', '4GiB', '--', '/gnu/store/x-a', '-odd']);
   assert.deepEqual(command.saveArgs(budget, { dryRun: true }), [...g, '--dry-run', '--', '/gnu/store/x-a', '-odd']);
   assert.deepEqual(command.saveArgs(base, { gcRoots: true }), [...g, '--gc-roots']);
-  // gha:// cannot be listed, so not collected: GitHub evicts its entries itself.
+  // gha:// is listed and pruned through the REST API: only with a token.
   const gha = { ...budget, cache: 'gha://guix', paths: [] };
-  assert.deepEqual(command.saveArgs(gha), [...g.slice(0, 6), 'gha://guix', '--key', base.key]);
+  const ghaSave = [...g.slice(0, 6), 'gha://guix', '--key', base.key];
+  assert.deepEqual(command.saveArgs(gha), ghaSave);
+  assert.deepEqual(command.saveArgs({ ...gha, token: 'ghs_x' }), [...ghaSave, '--prune', '--keep-last', '2', '--max-size', '4GiB']);
+  assert.equal(command.canPrune('gha://', undefined), false);
+  assert.equal(command.canPrune('gha://', 'ghs_x'), true);
+  assert.equal(command.canPrune('s3://b/p', undefined), true);
 });
 
 test('gc: the retention rules, key prefix, grace and dry run', () => {
@@ -73,6 +78,7 @@ test('as root storesync runs directly; otherwise through sudo -E naming the vari
     STORESYNC_SIGN_KEY: 'x',
     GITHUB_TOKEN: 'g',
     GITHUB_REPOSITORY: 'o/r',
+    GITHUB_REF: 'refs/heads/main',
     EMPTY_ONE: '',
     AWS_SESSION_TOKEN: '',
   };
@@ -84,7 +90,7 @@ test('as root storesync runs directly; otherwise through sudo -E naming the vari
     file: 'sudo',
     args: [
       '-E',
-      '--preserve-env=ACTIONS_CACHE_SERVICE_V2,ACTIONS_RESULTS_URL,ACTIONS_RUNTIME_TOKEN,AWS_ACCESS_KEY_ID,AWS_ENDPOINT,AWS_SECRET_ACCESS_KEY,GITHUB_REPOSITORY,GITHUB_TOKEN,STORESYNC_SIGN_KEY',
+      '--preserve-env=ACTIONS_CACHE_SERVICE_V2,ACTIONS_RESULTS_URL,ACTIONS_RUNTIME_TOKEN,AWS_ACCESS_KEY_ID,AWS_ENDPOINT,AWS_SECRET_ACCESS_KEY,GITHUB_REF,GITHUB_REPOSITORY,GITHUB_TOKEN,STORESYNC_SIGN_KEY',
       '--',
       '/opt/storesync',
       '--json',

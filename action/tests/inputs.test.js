@@ -70,7 +70,7 @@ test('readConfig: bad values are errors naming the input', () => {
 
 test('readConfig: secrets are masked; version without its v; binary and repository', () => {
   const { cfg, lines } = config(
-    { 'sign-key': 'ci-1:c2VjcmV0', token: 'ghs_x', version: 'v0.2.0', binary: 'bin/storesync' },
+    { 'sign-key': 'ci-1:c2VjcmV0', 'github-token': 'ghs_x', version: 'v0.2.0', binary: 'bin/storesync' },
     { GITHUB_ACTION_REPOSITORY: 'someone/storesync' },
   );
   assert.ok(lines.includes('::add-mask::ci-1:c2VjcmV0\n'), lines.join(''));
@@ -88,7 +88,7 @@ test('the defaults in the code are those the action.yml files declare', () => {
     for (const [name, spec] of Object.entries(inputs)) {
       if (spec.required === true && spec.default === undefined) continue;
       if (name in DEFAULTS) assert.equal(String(spec.default), DEFAULTS[name], `${file}: ${name}`);
-      else if (name !== 'token') assert.equal(spec.default ?? '', '', `${file}: ${name} has a default the code lacks`);
+      else if (name !== 'github-token') assert.equal(spec.default ?? '', '', `${file}: ${name} has a default the code lacks`);
     }
   }
 });

@@ -18,10 +18,15 @@ Examples:
   storesync gc --cache s3://team-cache/guix --keep-within 7d --key-prefix guix-
   # what would go, and what it would free, changing nothing:
   storesync gc --cache ~/.cache/storesync --keep-last 1 --dry-run
+  # on the GitHub Actions cache (a workflow job with `permissions: actions: write`):
+  GITHUB_TOKEN=${{ github.token }} storesync gc --cache gha:// --keep-last 2 --max-size 8GiB
 
 The newest snapshot of every key is always kept. Files are deleted only after the grace
 period (--grace, default 1h) since a collection retired them, so that saves and restores
-running meanwhile keep what they use.
+running meanwhile keep what they use. On gha:// the entries are listed and deleted through
+the REST API (GITHUB_TOKEN with `actions: write`, one deletion a second), only those of the
+job's ref (GITHUB_REF; STORESYNC_GHA_REF names another, `*` every ref), and live entries
+unused for 5 days are touched so that the 7-day idle eviction does not take them.
 
 Exit codes: 0 collected, 1 an error (nothing is deleted when a snapshot cannot be read), 2 usage.";
 
@@ -109,7 +114,16 @@ pub fn text(out: &mut dyn Write, r: &GcReport) -> io::Result<()> {
         r.files_deleted,
         human(r.bytes_freed),
         human(r.bytes_pending),
-    )
+    )?;
+    if r.entries_touched > 0 {
+        writeln!(
+            out,
+            "{} live entries touched (unused for 5 days; the GitHub Actions cache evicts \
+             entries unused for 7)",
+            r.entries_touched
+        )?;
+    }
+    Ok(())
 }
 
 /// `7d`, `12h`, `30m`, `90s` or plain seconds, into seconds.

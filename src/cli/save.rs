@@ -127,19 +127,21 @@ pub fn run(g: &Global, a: &SaveArgs, progress: &dyn Progress) -> Result<u8> {
         }
         None => None,
     };
-    let pruned = if a.prune {
-        Some(storesync::cache::gc::gc(
-            &cache,
-            &a.retention.policy(false),
-            progress,
-        )?)
+    // The snapshot is saved whatever the collection does: a failed prune is reported with
+    // the save (`prune_error`), then as the command's error.
+    let (pruned, prune_failure) = if a.prune {
+        match storesync::cache::gc::gc(&cache, &a.retention.policy(false), progress) {
+            Ok(p) => (Some(p), None),
+            Err(e) => (None, Some(e)),
+        }
     } else {
-        None
+        (None, None)
     };
     let saved = Saved {
         report: &r,
         signed_by,
         pruned,
+        prune_error: prune_failure.as_ref().map(|e| error_chain(e)),
     };
     render(g.format(), &saved, |out, s| {
         text(out, s, g.verbose > 0)?;
@@ -148,7 +150,25 @@ pub fn run(g: &Global, a: &SaveArgs, progress: &dyn Progress) -> Result<u8> {
             None => Ok(()),
         }
     })?;
-    Ok(0)
+    match prune_failure {
+        Some(e) => Err(e.into()),
+        None => Ok(0),
+    }
+}
+
+/// An error and its causes, as one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let c_s = c.to_string();
+        if !s.contains(&c_s) {
+            s.push_str(": ");
+            s.push_str(&c_s);
+        }
+        cause = c.source();
+    }
+    s
 }
 
 /// `save --json`: the library's report and who signed the snapshot.
@@ -160,6 +180,9 @@ struct Saved<'a> {
     signed_by: Option<String>,
     /// What `--prune` collected.
     pruned: Option<storesync::cache::gc::GcReport>,
+    /// Why `--prune` failed after the snapshot was saved (the command then exits 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prune_error: Option<String>,
 }
 
 fn text(out: &mut dyn Write, s: &Saved, verbose: bool) -> io::Result<()> {

@@ -8,7 +8,7 @@ const { spawn } = require('node:child_process');
 /**
  * Variables storesync reads that sudo would drop: the GitHub cache service's (only
  * JavaScript actions get ACTIONS_RUNTIME_TOKEN and ACTIONS_RESULTS_URL), the REST API's for
- * deleting entries, the store locations the daemons honour, proxies; and every AWS_* and
+ * listing and deleting entries (GITHUB_REF: the ref whose entries gc collects), the store locations the daemons honour, proxies; and every AWS_* and
  * STORESYNC_* variable (see `passThrough`).
  */
 const PASS_THROUGH = [
@@ -18,6 +18,7 @@ const PASS_THROUGH = [
   'ACTIONS_CACHE_URL',
   'GITHUB_TOKEN',
   'GITHUB_REPOSITORY',
+  'GITHUB_REF',
   'GITHUB_API_URL',
   'GITHUB_SERVER_URL',
   'GUIX_DATABASE_DIRECTORY',
@@ -79,11 +80,12 @@ function retentionArgs(cfg) {
 }
 
 /**
- * Whether `save --prune` can apply the retention inputs to this cache: not to `gha://`,
- * which storesync cannot list (and so cannot collect); GitHub evicts its entries itself.
+ * Whether `save --prune` can apply the retention inputs to this cache: a `gha://` cache is
+ * listed and its entries deleted through the REST API, so only with a token (the
+ * `github-token` input, which needs `actions: write`).
  */
-function canPrune(cache) {
-  return !cache.startsWith('gha://');
+function canPrune(cache, token) {
+  return !cache.startsWith('gha://') || Boolean(token);
 }
 
 /**
@@ -98,7 +100,7 @@ function saveArgs(cfg, { dryRun = false, gcRoots = false } = {}) {
     a.push('--dry-run');
   } else {
     const retention = retentionArgs(cfg);
-    if (retention.length > 0 && canPrune(cfg.cache)) a.push('--prune', ...retention);
+    if (retention.length > 0 && canPrune(cfg.cache, cfg.token)) a.push('--prune', ...retention);
   }
   if (gcRoots) a.push('--gc-roots');
   return [...a, ...pathArgs(cfg.paths)];
@@ -114,7 +116,8 @@ function gcArgs(cfg) {
 
 /**
  * The environment storesync runs in: the step's, less the inputs and state (the runner's
- * copies of secrets), plus `extra` (GITHUB_TOKEN from the `token` input, the signing key).
+ * copies of secrets), plus `extra` (GITHUB_TOKEN from the `github-token` input, the signing
+ * key).
  */
 function childEnv(env, extra = {}) {
   const out = {};

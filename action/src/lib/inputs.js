@@ -71,7 +71,7 @@ function readConfig(actions, { required = [] } = {}) {
   const root = get('root');
   if (!path.isAbsolute(root)) throw new InputError(`input root: \`${root}\` is not an absolute path`);
   const signKey = actions.input('sign-key');
-  const token = actions.input('token');
+  const token = actions.input('github-token');
   if (signKey) actions.mask(signKey);
   if (token) actions.mask(token);
   return {

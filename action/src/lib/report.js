@@ -173,7 +173,8 @@ function saveSummary({ key, json, skipped, message, ms }) {
 function gcLine(g) {
   return (
     `${g.kept.length} snapshots kept, ${g.dropped.length} dropped; ${human(g.live_bytes)} live of ` +
-    `${human(g.pack_bytes_before)}; ${human(g.bytes_freed)} freed, ${human(g.bytes_pending)} waiting for the grace period`
+    `${human(g.pack_bytes_before)}; ${human(g.bytes_freed)} freed, ${human(g.bytes_pending)} waiting for the grace period` +
+    (g.entries_touched ? `; ${g.entries_touched} idle entries touched` : '')
   );
 }
 

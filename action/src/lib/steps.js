@@ -12,7 +12,7 @@ function uid() {
 }
 
 /**
- * Run storesync as root with `args` (a `--json` command line), the `token` input as
+ * Run storesync as root with `args` (a `--json` command line), the `github-token` input as
  * GITHUB_TOKEN, and the extra environment.
  * @returns {Promise<{code: number|null, signal: string|null, stdout: string, json: any, error?: Error}>}
  */
@@ -100,9 +100,9 @@ async function saveStep(actions, cfg, bin, { cacheHit }, deps = {}) {
     }
     if (dry.code === 0 && dry.json) actions.info(`${dry.json.new_paths} new paths since the restore: saving`);
   }
-  if (command.retentionArgs(cfg).length > 0 && !command.canPrune(cfg.cache)) {
-    actions.info(
-      'keep-last/max-size: not pruning a gha:// cache (storesync cannot list it); GitHub evicts its entries itself: unused for 7 days, or least recently used beyond 10 GB',
+  if (command.retentionArgs(cfg).length > 0 && !command.canPrune(cfg.cache, cfg.token)) {
+    actions.warning(
+      'keep-last/max-size: not pruning the gha:// cache: listing and deleting its entries needs the github-token input (a token with `actions: write`); GitHub evicts entries itself: unused for 7 days, or least recently used beyond 10 GB',
     );
   }
   let gcRoots = false;
@@ -116,8 +116,16 @@ async function saveStep(actions, cfg, bin, { cacheHit }, deps = {}) {
       deps,
     }),
   );
-  const ok = r.code === 0 && r.json && r.json.snapshot;
+  // Saved, but the prune after it failed (a token without `actions: write`, say): the
+  // snapshot is in the cache; the prune is a warning (an error with strict).
+  const pruneError = r.code === 1 && r.json && r.json.snapshot && r.json.prune_error;
+  const ok = (r.code === 0 || pruneError) && r.json && r.json.snapshot;
   const how = report.failureMessage(r, 'save');
+  if (pruneError) {
+    const msg = `saved, but pruning the cache failed: ${r.json.prune_error}`;
+    if (cfg.strict) actions.fail(msg);
+    else actions.warning(msg);
+  }
   actions.summary(report.saveSummary({ key: cfg.key, json: ok ? r.json : undefined, message: how, ms: Date.now() - started }));
   actions.setOutput('saved', String(Boolean(ok)));
   if (!ok) {

@@ -148,6 +148,26 @@ pub trait Storage: Send + Sync {
         let _ = (key, restore_keys);
         Ok(None)
     }
+    /// A view of the same objects that can list, for a garbage collection, when this backend
+    /// cannot ([`Storage::can_list`] false): the GitHub Actions cache lists and deletes
+    /// through the REST API. `None` (the default) when there is none; `Some(Err)` when there
+    /// is one but it is not configured (the error says what to set).
+    ///
+    /// # Errors
+    /// [`StorageError`] inside `Some`, as said.
+    fn listing_view(&self) -> Option<Result<Box<dyn Storage>, StorageError>> {
+        None
+    }
+    /// Keep the live objects `keys` from being evicted for lack of use, for a backend that
+    /// evicts idle objects (the GitHub Actions cache: 7 days unused); returns how many were
+    /// touched. Nothing by default.
+    ///
+    /// # Errors
+    /// [`StorageError`].
+    fn keep_alive(&self, keys: &[String]) -> Result<usize, StorageError> {
+        let _ = keys;
+        Ok(0)
+    }
     /// Remove an object; an absent one counts as removed.
     ///
     /// # Errors

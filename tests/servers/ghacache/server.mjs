@@ -11,6 +11,22 @@
 // write-only (sp=cw), download URLs read-only (sp=r); an evicted blob stays in the index and
 // its download is 404 BlobNotFound.
 //
+// Scopes: each entry belongs to a ref (the runtime token's: `refs/heads/main` unless set with
+// POST /_admin/faults {"token": T, "ref": R}); a lookup sees the token's own ref first, then
+// the default branch (refs/heads/main), and a create conflicts only within its own ref.
+//
+// REST (`/repos/{owner}/{repo}/actions/caches`): GET lists by `key` prefix and `ref`, sorted
+// by `sort` (created_at, last_accessed_at, size_in_bytes) and `direction`, `per_page` (at
+// most 100) a page; DELETE by id (`/caches/{id}`, 204, 404 when absent) or by `key` (and
+// `ref`). At most one deletion a second per token: a faster one is 429 with Retry-After. A
+// token named `read-only-*` may list but not delete (403, as a token without actions: write).
+//   POST /_admin/rest_faults {"token": T, "rate_limit": N, "retry_after": S, "style": X}
+//     the next N REST calls with token T are throttled: X "429" (Retry-After: S) or
+//     "403-reset" (403, x-ratelimit-remaining: 0, x-ratelimit-reset: now + S);
+//   POST /_admin/age {"prefix": P, "days": D}  entries whose key starts with P were last
+//     used D days ago;
+//   GET  /_admin/rest_calls?token=T   the REST calls made with T: [{method, path, status, at}].
+//
 // Usage: node server.mjs --azurite DIR/node_modules/.bin/azurite-blob --data DIR [--pid-file F]
 // Prints one JSON line {"url": ..., "blob": ...} on stdout when ready. Exits when its stdin
 // closes (the test process that started it ended) or on SIGTERM, stopping Azurite.
@@ -130,7 +146,8 @@ function sasUrl(blobName, permissions) {
 
 // ---- state ----------------------------------------------------------------------------------
 
-const entries = []; // {id, key, version, created, finalized, size, blob, accessed}
+const entries = []; // {id, key, version, ref, created, finalized, size, blob, accessed}
+const DEFAULT_REF = 'refs/heads/main';
 let nextId = 1;
 let clock = 0; // strictly increasing creation stamps (ms resolution is too coarse for tests)
 const faults = new Map(); // token -> {rate_limit, retry_after, unauthorized, conflict}
@@ -140,12 +157,21 @@ function newest(list) {
   return list.reduce((a, b) => (a === null || b.created > a.created ? b : a), null);
 }
 
-function lookup(key, restoreKeys, version, keyAsPrefix) {
-  const live = entries.filter((e) => e.finalized && e.version === version);
+function lookupIn(live, key, restoreKeys, keyAsPrefix) {
   const exact = newest(live.filter((e) => e.key === key));
   if (exact) return exact;
   for (const prefix of keyAsPrefix ? [key, ...restoreKeys] : restoreKeys) {
     const hit = newest(live.filter((e) => e.key.startsWith(prefix)));
+    if (hit) return hit;
+  }
+  return null;
+}
+
+// The token's own ref first, then the default branch's.
+function lookup(key, restoreKeys, version, keyAsPrefix, ref) {
+  const live = entries.filter((e) => e.finalized && e.version === version);
+  for (const scope of ref === DEFAULT_REF ? [ref] : [ref, DEFAULT_REF]) {
+    const hit = lookupIn(live.filter((e) => e.ref === scope), key, restoreKeys, keyAsPrefix);
     if (hit) return hit;
   }
   return null;
@@ -195,6 +221,7 @@ async function twirp(req, res, method) {
   calls.set(token, log);
   const record = (status) => log.push({ method, key: body.key, status, at: Date.now() });
   const f = faults.get(token) || {};
+  const ref = f.ref || DEFAULT_REF;
   if (!token) {
     record(401);
     return twirpError(res, 401, 'unauthenticated', 'no runtime token');
@@ -224,20 +251,22 @@ async function twirp(req, res, method) {
       record(400);
       return twirpError(res, 400, 'invalid_argument', 'key or version invalid');
     }
-    if (f.conflict > 0 || entries.some((e) => e.key === key && e.version === version)) {
+    if (f.conflict > 0
+      || entries.some((e) => e.key === key && e.version === version && e.ref === ref)) {
       if (f.conflict > 0) f.conflict--;
       record(409);
       return twirpError(res, 409, 'already_exists',
         'cache entry with the same key, version, and scope already exists');
     }
-    const e = { id: nextId++, key, version, created: ++clock, finalized: false, size: 0 };
+    const e = { id: nextId++, key, version, ref, created: ++clock, finalized: false, size: 0 };
     e.blob = `entry-${e.id}`;
     entries.push(e);
     record(200);
     return send(res, 200, { ok: true, signed_upload_url: sasUrl(e.blob, 'cw') });
   }
   if (method === 'FinalizeCacheEntryUpload') {
-    const e = entries.find((x) => x.key === key && x.version === version && !x.finalized);
+    const e = entries.find((x) => x.key === key && x.version === version && x.ref === ref
+      && !x.finalized);
     if (!e) {
       record(404);
       return twirpError(res, 404, 'not_found', 'no reserved cache entry with this key');
@@ -263,6 +292,7 @@ async function twirp(req, res, method) {
     e.finalized = true;
     e.size = size;
     e.accessed = Date.now();
+    e.createdAt = e.accessed;
     record(200);
     return send(res, 200, { ok: true, entry_id: String(e.id) });
   }
@@ -272,7 +302,7 @@ async function twirp(req, res, method) {
       record(400);
       return twirpError(res, 400, 'invalid_argument', 'a key is invalid');
     }
-    const e = lookup(key, restoreKeys, version, !f.exact_key_only);
+    const e = lookup(key, restoreKeys, version, !f.exact_key_only, ref);
     if (!e) {
       record(200);
       return send(res, 200, {}); // the service omits false: `ok` absent means a miss
@@ -289,9 +319,9 @@ async function twirp(req, res, method) {
 
 function restEntry(e) {
   return {
-    id: e.id, ref: 'refs/heads/main', key: e.key, version: e.version,
+    id: e.id, ref: e.ref, key: e.key, version: e.version,
     last_accessed_at: new Date(e.accessed).toISOString(),
-    created_at: new Date(e.accessed).toISOString(), size_in_bytes: e.size,
+    created_at: new Date(e.createdAt).toISOString(), size_in_bytes: e.size,
   };
 }
 
@@ -301,46 +331,108 @@ async function dropEntry(e) {
 }
 
 const restDeletes = [];
+const restFaults = new Map(); // token -> {rate_limit, retry_after, style}
+const restCalls = new Map(); // token -> [{method, path, status, at}]
+const lastDelete = new Map(); // token -> ms of its last deletion
+
+const SORTS = {
+  created_at: (e) => e.created,
+  last_accessed_at: (e) => e.accessed,
+  size_in_bytes: (e) => e.size,
+};
 
 async function rest(req, res, url, cacheId) {
+  const received = Date.now();
   const auth = req.headers.authorization || '';
-  if (!/^(Bearer|token) \S+/.test(auth)) {
+  const m = auth.match(/^(?:Bearer|token) (\S+)$/);
+  if (!m) {
     return send(res, 401, { message: 'Requires authentication' });
   }
+  const token = m[1];
+  const log = restCalls.get(token) || [];
+  restCalls.set(token, log);
+  const reply = (status, body, headers) => {
+    log.push({ method: req.method, path: url.pathname + url.search, status, at: received });
+    return send(res, status, body, headers);
+  };
+  const f = restFaults.get(token) || {};
+  if (f.rate_limit > 0) {
+    f.rate_limit--;
+    const wait = f.retry_after ?? 1;
+    if (f.style === '403-reset') {
+      return reply(403, { message: 'API rate limit exceeded for installation.' }, {
+        'x-ratelimit-limit': '1000', 'x-ratelimit-remaining': '0',
+        'x-ratelimit-reset': String(Math.ceil(Date.now() / 1000) + wait),
+      });
+    }
+    return reply(429, { message: 'You have exceeded a secondary rate limit.' },
+      { 'retry-after': String(wait) });
+  }
   const key = url.searchParams.get('key');
+  const ref = url.searchParams.get('ref');
+  const visible = (e) => e.finalized && (ref === null || e.ref === ref);
   if (req.method === 'GET' && cacheId === undefined) {
     const perPage = Math.min(Number(url.searchParams.get('per_page') || 30), 100);
     const page = Math.max(Number(url.searchParams.get('page') || 1), 1);
+    const by = SORTS[url.searchParams.get('sort') || 'last_accessed_at'];
+    if (!by) return reply(422, { message: 'Validation Failed: sort' });
+    const asc = url.searchParams.get('direction') === 'asc';
     const all = entries
-      .filter((e) => e.finalized && (key === null || e.key.startsWith(key)))
-      .sort((a, b) => b.created - a.created);
-    return send(res, 200, {
+      .filter((e) => visible(e) && (key === null || e.key.startsWith(key)))
+      .sort((a, b) => (asc ? 1 : -1) * (by(a) - by(b) || a.id - b.id));
+    return reply(200, {
       total_count: all.length,
       actions_caches: all.slice((page - 1) * perPage, page * perPage).map(restEntry),
     });
   }
   if (req.method === 'DELETE') {
-    restDeletes.push(Date.now());
+    if (token.startsWith('read-only')) {
+      return reply(403, { message: 'Resource not accessible by integration' });
+    }
+    const now = received;
+    if (now - (lastDelete.get(token) ?? 0) < 1000) {
+      return reply(429, { message: 'You have exceeded a secondary rate limit.' },
+        { 'retry-after': '1' });
+    }
+    lastDelete.set(token, now);
+    restDeletes.push(now);
     const doomed = cacheId !== undefined
       ? entries.filter((e) => e.finalized && e.id === cacheId)
-      : entries.filter((e) => e.finalized && e.key === key);
-    if (doomed.length === 0) return send(res, 404, { message: 'Not Found' });
+      : entries.filter((e) => visible(e) && e.key === key);
+    if (doomed.length === 0) return reply(404, { message: 'Not Found' });
     for (const e of doomed) await dropEntry(e);
-    if (cacheId !== undefined) return send(res, 204);
-    return send(res, 200, { total_count: doomed.length, actions_caches: doomed.map(restEntry) });
+    if (cacheId !== undefined) return reply(204);
+    return reply(200, { total_count: doomed.length, actions_caches: doomed.map(restEntry) });
   }
-  return send(res, 405, { message: 'Method not allowed' });
+  return reply(405, { message: 'Method not allowed' });
 }
 
 async function admin(req, res, url) {
   const body = req.method === 'POST' ? JSON.parse((await readBody(req)) || '{}') : {};
   if (url.pathname === '/_admin/faults') {
     const f = faults.get(body.token) || {};
-    for (const k of ['rate_limit', 'retry_after', 'unauthorized', 'conflict', 'exact_key_only']) {
+    for (const k of ['rate_limit', 'retry_after', 'unauthorized', 'conflict', 'exact_key_only',
+      'ref']) {
       if (body[k] !== undefined) f[k] = body[k];
     }
     faults.set(body.token, f);
     return send(res, 200, f);
+  }
+  if (url.pathname === '/_admin/rest_faults') {
+    const f = restFaults.get(body.token) || {};
+    for (const k of ['rate_limit', 'retry_after', 'style']) {
+      if (body[k] !== undefined) f[k] = body[k];
+    }
+    restFaults.set(body.token, f);
+    return send(res, 200, f);
+  }
+  if (url.pathname === '/_admin/rest_calls') {
+    return send(res, 200, restCalls.get(url.searchParams.get('token')) || []);
+  }
+  if (url.pathname === '/_admin/age') {
+    const hit = entries.filter((e) => e.finalized && e.key.startsWith(body.prefix));
+    for (const e of hit) e.accessed = Date.now() - body.days * 86400 * 1000;
+    return send(res, 200, { aged: hit.map((e) => e.key) });
   }
   if (url.pathname === '/_admin/evict') {
     const hit = entries.filter((e) => e.finalized && e.key.startsWith(body.prefix));

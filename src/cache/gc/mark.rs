@@ -1,0 +1,159 @@
+//! Steps 1 and 2 of a collection: retention from the snapshots' heads, then marking every
+//! tree and blob of the kept snapshots (newest first, so that a size budget drops the oldest).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use super::super::{
+    Cache, CacheError, Location, Node, ObjectId, PackId, SnapshotHead, SnapshotId, SnapshotRef,
+    TreeId,
+};
+use super::{FrameKey, GcPolicy, GcReport};
+use crate::progress::Progress;
+
+/// The live frames of a pack, with the objects in each: (frame length, objects).
+pub(super) type LiveFrames = BTreeMap<FrameKey, (u64, Vec<(ObjectId, Location)>)>;
+
+/// What retention and marking decided.
+pub(super) struct Marked {
+    /// Every snapshot's file and head, newest first.
+    pub heads: Vec<(SnapshotRef, SnapshotHead)>,
+    /// Whether each of `heads` is kept.
+    pub keep: Vec<bool>,
+    /// Other files of a snapshot already in `heads` (deleted with what this run replaces).
+    pub redundant: Vec<String>,
+    /// The frames the kept snapshots need.
+    pub live_frames: LiveFrames,
+    /// The pack table `live_frames` numbers packs in.
+    pub packs: Vec<PackId>,
+}
+
+/// Retention, then mark.
+///
+/// # Errors
+/// [`CacheError`] when a snapshot, tree or the index cannot be read.
+pub(super) fn mark(
+    cache: &Cache,
+    policy: &GcPolicy,
+    now: i64,
+    progress: &dyn Progress,
+    report: &mut GcReport,
+) -> Result<Marked, CacheError> {
+    // 1. Heads, newest first.
+    let mut heads: Vec<(SnapshotRef, SnapshotHead)> = Vec::new();
+    // Several files of one snapshot (a collection killed between writing one and deleting
+    // the other): one is kept, the others deleted with the files this run replaces.
+    let mut redundant: Vec<String> = Vec::new();
+    let mut seen: HashSet<SnapshotId> = HashSet::new();
+    let mut refs = cache.list_snapshots()?;
+    refs.reverse();
+    for r in refs {
+        if !seen.insert(r.id) {
+            redundant.push(r.key);
+            continue;
+        }
+        let h = cache.read_head(&r)?;
+        heads.push((r, h));
+    }
+    heads.sort_by_key(|(r, h)| std::cmp::Reverse((h.created, r.id)));
+    let in_policy = |h: &SnapshotHead| {
+        policy
+            .key_prefix
+            .as_deref()
+            .is_none_or(|p| h.key.starts_with(p))
+    };
+    let mut keep = vec![true; heads.len()];
+    let mut protect = vec![false; heads.len()];
+    let mut seen_per_key: HashMap<&str, usize> = HashMap::new();
+    let within = policy
+        .keep_within_secs
+        .map(|s| now.saturating_sub((s as i64).saturating_mul(1_000_000_000)));
+    for (i, (_, h)) in heads.iter().enumerate() {
+        if !in_policy(h) {
+            protect[i] = true;
+            continue;
+        }
+        let n = seen_per_key.entry(h.key.as_str()).or_default();
+        *n += 1;
+        protect[i] = *n == 1; // the newest of its key
+        let by_count = policy.keep_last.is_some_and(|k| *n <= k);
+        let by_age = within.is_some_and(|t| h.created >= t);
+        let any_rule = policy.keep_last.is_some() || within.is_some();
+        keep[i] = protect[i] || by_count || by_age || !any_rule;
+    }
+    // 2. Mark, newest first, so that a size budget drops the oldest.
+    let objects: HashMap<ObjectId, Location> = cache.objects().into_iter().collect();
+    let packs = cache.packs();
+    let mut live_frames: BTreeMap<FrameKey, (u64, Vec<(ObjectId, Location)>)> = BTreeMap::new();
+    let mut live_objects: HashSet<ObjectId> = HashSet::new();
+    let mut trees_done: HashSet<TreeId> = HashSet::new();
+    let mut live_bytes = 0u64;
+    progress.start("marking", heads.len() as u64);
+    for (i, (r, h)) in heads.iter().enumerate() {
+        progress.advance(1);
+        if !keep[i] {
+            report
+                .dropped
+                .push((r.id.hex(), h.key.clone(), "retention".into()));
+            continue;
+        }
+        let snap = cache.read_snapshot_ref(r)?;
+        let mut added: Vec<FrameKey> = Vec::new();
+        let mut mark = |id: ObjectId, live: &mut HashSet<ObjectId>| -> Result<(), CacheError> {
+            if !live.insert(id) {
+                return Ok(());
+            }
+            let loc = *objects.get(&id).ok_or(CacheError::Missing(id))?;
+            let e = live_frames
+                .entry((loc.pack, loc.frame_offset))
+                .or_insert_with(|| {
+                    added.push((loc.pack, loc.frame_offset));
+                    (loc.frame_len, Vec::new())
+                });
+            e.1.push((id, loc));
+            Ok(())
+        };
+        for p in &snap.paths {
+            if !trees_done.insert(p.tree) {
+                continue;
+            }
+            mark(p.tree.into(), &mut live_objects)?;
+            let mut stack = vec![cache.read_tree(&p.tree)?];
+            while let Some(node) = stack.pop() {
+                match node {
+                    Node::Regular { blob, .. } => mark(blob.into(), &mut live_objects)?,
+                    Node::Symlink { .. } => {}
+                    Node::Directory(entries) => stack.extend(entries.into_iter().map(|e| e.node)),
+                }
+            }
+        }
+        let grew: u64 = added.iter().map(|k| live_frames[k].0).sum();
+        if !protect[i] && policy.max_size.is_some_and(|max| live_bytes + grew > max) {
+            // Over budget: drop this one (and, newest first, it is the oldest so far). Its
+            // frames are unmarked unless an already kept snapshot needs them: those were
+            // added before this one, so only the frames it added go.
+            for k in &added {
+                if let Some((_, objs)) = live_frames.remove(k) {
+                    for (id, _) in objs {
+                        live_objects.remove(&id);
+                    }
+                }
+            }
+            keep[i] = false;
+            report
+                .dropped
+                .push((r.id.hex(), h.key.clone(), "size budget".into()));
+            continue;
+        }
+        live_bytes += grew;
+        report.kept.push((r.id.hex(), h.key.clone()));
+    }
+    progress.finish();
+    report.live_bytes = live_bytes;
+    Ok(Marked {
+        heads,
+        keep,
+        redundant,
+        live_frames,
+        packs,
+    })
+}
