@@ -251,7 +251,7 @@ pub(super) fn execute(
                             }
                         });
                         if verdict.is_err() {
-                            let _ = remove_at(&store_fd, &tmp);
+                            let _ = remove_at(&store_fd, tmp);
                         }
                         (verdict, at)
                     };
@@ -287,7 +287,7 @@ pub(super) fn execute(
                         .map_err(|e| target(e.into()))
                 })();
                 if let Err(e) = &r {
-                    let _ = remove_at(&store_fd, &tmp);
+                    let _ = remove_at(&store_fd, tmp);
                     if e.stops_restore() {
                         stopped.store(true, Ordering::Relaxed);
                     }
