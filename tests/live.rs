@@ -551,7 +551,7 @@ fn a_path_the_daemon_builds_meanwhile_is_waited_for_and_left_as_it_made_it() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|p| p == &full.as_str()));
+            .any(|p| p.as_str() == Some(full.as_str())));
         assert_eq!(
             inode(&store.join(&base)),
             built,
