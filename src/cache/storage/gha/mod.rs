@@ -22,7 +22,9 @@
 //!   [`Storage::put_if_absent`] reports as `false` once a lookup shows the entry is readable
 //!   (an entry reserved by a job that never finished it is an error, not a success);
 //! - the runtime API cannot list: [`Storage::list`] is an error and [`Storage::can_list`]
-//!   false; snapshots are found with [`Storage::find_snapshots`];
+//!   false; snapshots are found with [`Storage::find_snapshots`]. A garbage collection uses
+//!   [`Storage::listing_view`] instead: the same store listing one ref's entries through the
+//!   REST API (`listing`);
 //! - HTTP 429 waits as `Retry-After` says (exponential back-off without it), at most
 //!   [`GhaConfig::max_throttle_wait`] in all for one request, then fails saying so; 500,
 //!   502, 503, 504 and transport errors are retried a few times; 401 is the clear error
@@ -33,7 +35,9 @@
 //!   is uploaded by a background thread after [`ObjectWriter::commit`]; [`Storage::sync`]
 //!   waits for those uploads and reports the first failure;
 //! - deleting needs the REST API (`GITHUB_TOKEN` with `actions: write`, `GITHUB_REPOSITORY`,
-//!   `GITHUB_API_URL`); deletes are at least one second apart.
+//!   `GITHUB_API_URL`, and `GITHUB_REF` or `STORESYNC_GHA_REF` for the ref whose entries go):
+//!   by entry id, at least [`DELETE_PACE`] apart; an entry already gone counts as deleted;
+//!   a throttled REST call (429, or 403 with a spent rate limit) waits as it says.
 
 mod blob;
 mod config;
