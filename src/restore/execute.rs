@@ -228,7 +228,7 @@ pub(super) fn execute(
                         let written = writer.write(
                             &tree,
                             store_fd.as_fd(),
-                            OsStr::new(&tmp),
+                            OsStr::new(tmp),
                             &shown,
                             enc,
                             &mut at,
