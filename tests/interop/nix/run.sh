@@ -579,36 +579,36 @@ if [ $rc = 0 ] && [ $slowrc = 0 ] && nixq "$D5" -q --hash "$P_SIMPLE" >/dev/null
 else fail "busy: restore --wait during nix-build: storesync exit $rc, nix-build exit $slowrc; $(tail -2 "$LOGS/busyw.err" "$LOGS/slow.err" | tr '\n' ' ')"; fi
 
 # ---------------------------------------------------------------- live store (issue 16)
-# nix-daemon (multi-user: clients talk to it through its socket) serves root D6 while a build
+# nix-daemon (multi-user: clients talk to it through its socket) serves root DL while a build
 # runs through it and nix-store --gc runs in a loop; a GC started before the restore is paused
 # after reading its roots (Nix's own test sync point _NIX_TEST_GC_SYNC), holding gc.lock: the
 # restore must tell it its roots through its socket (no wait) and complete, and no collector
 # may delete anything it wrote. The user's GC roots name every snapshot path (effective once
 # valid), so what the restore registered must survive the later GCs.
 echo "== live store: nix-daemon running, a build through it, nix-store --gc in a loop, a GC started first"
-D6=$WORK/dst6; mkdir -p "$D6"
-nixq "$D6" --verify > /dev/null 2>&1
+DL=$WORK/dstlive; mkdir -p "$DL"
+nixq "$DL" --verify > /dev/null 2>&1
 SOCK6=$WORK/d6.sock
 NIX_DAEMON_SOCKET_PATH=$SOCK6 NIX_CONFIG="$NIX_CONFIG
-store = local?root=$D6
+store = local?root=$DL
 build-users-group =" nix-daemon > "$LOGS/daemon6.log" 2>&1 & BGPIDS+=($!); DPID6=$!
 for _ in $(seq 100); do [ -S "$SOCK6" ] && break; sleep 0.1; done
-mkdir -p "$D6/nix/var/nix/gcroots/restored"
-i=0; for p in $SRCP_A; do i=$((i+1)); ln -sfn "$p" "$D6/nix/var/nix/gcroots/restored/r$i"; done
+mkdir -p "$DL/nix/var/nix/gcroots/restored"
+i=0; for p in $SRCP_A; do i=$((i+1)); ln -sfn "$p" "$DL/nix/var/nix/gcroots/restored/r$i"; done
 mkfifo "$WORK/gcsync6"
-_NIX_TEST_GC_SYNC=$WORK/gcsync6 nixq "$D6" --gc > "$LOGS/gc6-first.out" 2>&1 & BGPIDS+=($!); GC6=$!
-for _ in $(seq 100); do [ -S "$D6/nix/var/nix/gc-socket/socket" ] && break; sleep 0.1; done
+_NIX_TEST_GC_SYNC=$WORK/gcsync6 nixq "$DL" --gc > "$LOGS/gc6-first.out" 2>&1 & BGPIDS+=($!); GC6=$!
+for _ in $(seq 100); do [ -S "$DL/nix/var/nix/gc-socket/socket" ] && break; sleep 0.1; done
 cat > "$WORK/in/slow6.nix" <<'EOF2'
 builtins.derivation { name = "slow6"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "sleep 8; echo slow6 > $out" ]; }
 EOF2
 nix-build --store "unix://$SOCK6" "$WORK/in/slow6.nix" --no-out-link > "$LOGS/slow6.out" 2> "$LOGS/slow6.err" & BGPIDS+=($!); SLOW6=$!
 : > "$WORK/gcruns6"
 ( while [ ! -e "$WORK/stop6" ]; do
-      if nixq "$D6" --gc >> "$LOGS/gcloop6.out" 2>&1; then echo ok >> "$WORK/gcruns6"; else echo "failed $?" >> "$WORK/gcruns6"; fi
+      if nixq "$DL" --gc >> "$LOGS/gcloop6.out" 2>&1; then echo ok >> "$WORK/gcruns6"; else echo "failed $?" >> "$WORK/gcruns6"; fi
   done ) & BGPIDS+=($!); LOOP6=$!
 sleep 1
 set +e
-timeout 300 "$STORESYNC" --flavor nix --root "$D6" --no-progress --json restore --cache "$CACHE" > "$LOGS/live6.json" 2> "$LOGS/live6.err"
+timeout 300 "$STORESYNC" --flavor nix --root "$DL" --no-progress --json restore --cache "$CACHE" > "$LOGS/live6.json" 2> "$LOGS/live6.err"
 rc=$?
 kill -0 "$GC6" 2>/dev/null; gc6_running=$?
 echo > "$WORK/gcsync6"
@@ -617,7 +617,7 @@ runs_at_end=$(grep -c . "$WORK/gcruns6")
 for _ in $(seq 600); do [ "$(grep -c . "$WORK/gcruns6")" -ge $((runs_at_end + 2)) ] && break; sleep 0.1; done
 wait "$SLOW6"; slow6rc=$?
 # save while the collector loops: one read transaction, paths collected meanwhile dropped
-timeout 120 "$STORESYNC" --flavor nix --root "$D6" --no-progress --json save --cache "$WORK/cache-live6" > "$LOGS/livesave6.json" 2> "$LOGS/livesave6.err"; saverc=$?
+timeout 120 "$STORESYNC" --flavor nix --root "$DL" --no-progress --json save --cache "$WORK/cache-live6" > "$LOGS/livesave6.json" 2> "$LOGS/livesave6.err"; saverc=$?
 "$STORESYNC" --json verify --cache "$WORK/cache-live6" > "$LOGS/liveverify6.json" 2>&1; verifyrc=$?
 touch "$WORK/stop6"; wait "$LOOP6"
 set -e
@@ -636,23 +636,23 @@ else fail "live: save during the GC loop: exit $saverc, verify exit $verifyrc: $
 # (its output has no root: the GC loop may collect it once built)
 if [ $slow6rc = 0 ] && grep -q '^/nix/store/.*-slow6$' "$LOGS/slow6.out"; then pass "live: the build through nix-daemon during the restore succeeded ($(cat "$LOGS/slow6.out"))"
 else fail "live: build through nix-daemon: exit $slow6rc; $(tail -2 "$LOGS/slow6.err" | tr '\n' ' ')"; fi
-if nixq "$D6" --check-validity $(cat "$WORK/expected-A") > "$LOGS/live6.valid" 2>&1; then pass "live: every snapshot path valid per Nix after the GCs"
+if nixq "$DL" --check-validity $(cat "$WORK/expected-A") > "$LOGS/live6.valid" 2>&1; then pass "live: every snapshot path valid per Nix after the GCs"
 else fail "live: paths not valid after the GCs: $(head -c 300 "$LOGS/live6.valid")"; fi
 bad=(); for p in $(cat "$WORK/expected-A"); do
-    cmp -s <(nixq "$SRC" -q --references "$p" | sort) <(nixq "$D6" -q --references "$p" 2>&1 | sort) || bad+=("$p"); done
+    cmp -s <(nixq "$SRC" -q --references "$p" | sort) <(nixq "$DL" -q --references "$p" 2>&1 | sort) || bad+=("$p"); done
 if [ ${#bad[@]} = 0 ]; then pass "live: references of every restored path identical to the source's"
 else fail "live: references differ for ${#bad[@]} paths: ${bad[*]:0:3}"; fi
-if nixq "$D6" --verify --check-contents > /dev/null 2> "$LOGS/live6.verify" \
+if nixq "$DL" --verify --check-contents > /dev/null 2> "$LOGS/live6.verify" \
     && ! grep -vE '^(reading the Nix store|checking path existence|checking link hashes|checking store hashes)\.\.\.$' "$LOGS/live6.verify" | grep -q .; then
     pass "live: nix-store --verify --check-contents clean"
 else fail "live: verify --check-contents: $(grep -vE '^(reading|checking) ' "$LOGS/live6.verify" | head -3 | tr '\n' ' ')"; fi
 bad=(); for d in $(grep '\.drv$' "$WORK/expected-A"); do
-    nixq "$D6" --realise "$d" --option max-jobs 0 > /dev/null 2>&1 || bad+=("$d"); done
+    nixq "$DL" --realise "$d" --option max-jobs 0 > /dev/null 2>&1 || bad+=("$d"); done
 if [ ${#bad[@]} = 0 ]; then pass "live: nix-store --realise of the restored .drv did no build (max-jobs 0)"
 else fail "live: realise would build: ${bad[*]:0:3}"; fi
-if [ -z "$(ls "$D6/nix/store" | grep -E -- '-storesync-|\.lock$' || true)" ] && ! grep -qs -- '-storesync-' "$D6"/nix/var/nix/temproots/*; then
+if [ -z "$(ls "$DL/nix/store" | grep -E -- '-storesync-|\.lock$' || true)" ] && ! grep -qs -- '-storesync-' "$DL"/nix/var/nix/temproots/*; then
     pass "live: no scratch entry, lock file or storesync temporary roots file left behind"
-else fail "live: left behind: $(ls "$D6/nix/store" | grep -E -- '-storesync-|\.lock$' | head -3 | tr '\n' ' ') $(grep -ls -- '-storesync-' "$D6"/nix/var/nix/temproots/* | tr '\n' ' ')"; fi
+else fail "live: left behind: $(ls "$DL/nix/store" | grep -E -- '-storesync-|\.lock$' | head -3 | tr '\n' ' ') $(grep -ls -- '-storesync-' "$DL"/nix/var/nix/temproots/* | tr '\n' ' ')"; fi
 kill "$DPID6" 2>/dev/null || true; wait "$DPID6" 2>/dev/null || true
 
 # ---------------------------------------------------------------- round trip 3 (incremental)
