@@ -6,6 +6,9 @@
 //!   the depth before it descends and every length against the bytes left before it allocates,
 //!   and validates as it goes (names, order, symlink targets), so a hostile tree costs neither
 //!   stack nor more memory than its own size calls for.
+//! - [`decode_tree_v2`] does the same for v2 trees, and checks their tables of hash parts and
+//!   the (offset, index) lists of rewritten files (sorted, apart, inside the file, naming
+//!   table entries) as it goes.
 //! - [`decompress_bounded`] inflates a snapshot body in a buffer that grows as output arrives
 //!   and stops at a cap ([`snapshot_cap`]).
 //! - [`decode_snapshot`] checks every string length of a snapshot against the bytes left
@@ -21,6 +24,7 @@
 
 use std::io::Read;
 
+use super::rewrite::Rewrite;
 use super::tree::{valid_name, Entry, Node, MAX_DEPTH};
 use super::Snapshot;
 
@@ -238,6 +242,107 @@ fn entry_name(input: &mut Input<'_>, prev: Option<&[u8]>) -> Result<Vec<u8>, Str
 /// # Errors
 /// A message naming the byte offset of the fault.
 pub fn decode_tree_v1(bytes: &[u8]) -> Result<Node, String> {
+    decode_tree(bytes, false)
+}
+
+/// Decode and validate a tree, format v2: the table of hash parts (each 32 nix-base32
+/// characters, strictly sorted, every one named by some file), then nodes as v1 has them
+/// plus kind 3, a rewritten file, whose list of (offset, table index) is not empty, sorted,
+/// without overlaps, inside the file, and names table entries only. Bounded as
+/// [`decode_tree_v1`] is.
+///
+/// # Errors
+/// A message naming the byte offset of the fault.
+pub fn decode_tree_v2(bytes: &[u8]) -> Result<Node, String> {
+    decode_tree(bytes, true)
+}
+
+/// The hash parts of a v2 tree's table, and which of them a file named.
+struct Table {
+    parts: Vec<[u8; 32]>,
+    used: Vec<bool>,
+}
+
+impl Table {
+    fn read(input: &mut Input<'_>) -> Result<Table, String> {
+        let at_count = input.pos;
+        let n = input.len("hash part count")?;
+        if n > input.left() / 32 {
+            return Err(at(
+                at_count,
+                format!("{n} hash parts claimed, {} bytes left", input.left()),
+            ));
+        }
+        let mut parts: Vec<[u8; 32]> = Vec::with_capacity(n);
+        for _ in 0..n {
+            let start = input.pos;
+            let h = input.array32("hash part")?;
+            if !super::rewrite::is_hash_part(&h) {
+                return Err(at(
+                    start,
+                    "a hash part that is not 32 nix-base32 characters",
+                ));
+            }
+            if parts.last().is_some_and(|p| *p >= h) {
+                return Err(at(start, "hash parts are not strictly sorted"));
+            }
+            parts.push(h);
+        }
+        Ok(Table {
+            used: vec![false; n],
+            parts,
+        })
+    }
+
+    /// A rewritten file's list of replacements, checked against its size and the table.
+    fn rewrites(&mut self, input: &mut Input<'_>, size: u64) -> Result<Vec<Rewrite>, String> {
+        let at_count = input.pos;
+        let n = input.len("rewrite count")?;
+        if n == 0 {
+            return Err(at(at_count, "a rewritten file without rewrites"));
+        }
+        if n > input.left() / 2 {
+            return Err(at(
+                at_count,
+                format!("{n} rewrites claimed, {} bytes left", input.left()),
+            ));
+        }
+        let mut out = Vec::with_capacity(n.min(PREALLOC_ENTRIES));
+        let mut free_from = 0u64;
+        for _ in 0..n {
+            let start = input.pos;
+            let offset = input.u64("rewrite offset")?;
+            let index = input.u32("hash part index")? as usize;
+            if offset < free_from {
+                return Err(at(
+                    start,
+                    format!("rewrite at byte {offset} overlaps or precedes the one before"),
+                ));
+            }
+            if offset.checked_add(32).is_none_or(|end| end > size) {
+                return Err(at(
+                    start,
+                    format!("rewrite at byte {offset} lies beyond the file's {size} bytes"),
+                ));
+            }
+            let Some(&hash_part) = self.parts.get(index) else {
+                return Err(at(
+                    start,
+                    format!(
+                        "hash part index {index} beyond the table's {}",
+                        self.parts.len()
+                    ),
+                ));
+            };
+            self.used[index] = true;
+            free_from = offset + 32;
+            out.push(Rewrite { offset, hash_part });
+        }
+        Ok(out)
+    }
+}
+
+fn decode_tree(bytes: &[u8], v2: bool) -> Result<Node, String> {
     /// A directory being decoded: entries so far, how many are to come, the next one's name.
     struct Open {
         entries: Vec<Entry>,
@@ -245,6 +350,11 @@ pub fn decode_tree_v1(bytes: &[u8]) -> Result<Node, String> {
         name: Vec<u8>,
     }
     let mut input = Input::new(bytes);
+    let mut table = if v2 {
+        Some(Table::read(&mut input)?)
+    } else {
+        None
+    };
     // Directories whose entries are being decoded, outermost first; `open.len()` is the depth
     // of the node decoded next.
     let mut open: Vec<Open> = Vec::new();
@@ -293,6 +403,20 @@ pub fn decode_tree_v1(bytes: &[u8]) -> Result<Node, String> {
                 }
                 Node::Directory(Vec::new())
             }
+            3 if table.is_some() => {
+                let executable = input.bool("executable bit")?;
+                let size = input.u64("file size")?;
+                let blob = super::BlobId(input.array32("blob id")?);
+                let file_nar_hash = input.array32("file NAR hash")?;
+                let table = table.as_mut().expect("v2");
+                Node::Rewritten {
+                    executable,
+                    size,
+                    blob,
+                    file_nar_hash,
+                    rewrites: table.rewrites(&mut input, size)?,
+                }
+            }
             k => return Err(at(start, format!("unknown node kind {k}"))),
         };
         // `node` is whole: it is the next entry of the innermost open directory, which may
@@ -301,6 +425,11 @@ pub fn decode_tree_v1(bytes: &[u8]) -> Result<Node, String> {
             let Some(dir) = open.last_mut() else {
                 if input.left() != 0 {
                     return Err(at(input.pos, "trailing bytes after the tree"));
+                }
+                if let Some(unused) = table.and_then(|t| t.used.iter().position(|u| !u)) {
+                    return Err(format!(
+                        "hash part {unused} of the table is named by no file"
+                    ));
                 }
                 return Ok(node);
             };
