@@ -727,6 +727,168 @@ mod tests {
 
     }
 
+    /// A valid rewritten file: up to 4 rewrites of hash parts from a pool of 3, apart.
+    fn arb_rewritten() -> BoxedStrategy<Node> {
+        let part = proptest::sample::select(vec![
+            *b"0123456789abcdfghijklmnpqrsvwxyz",
+            *b"zyxwvsrqpnmlkjihgfdcba9876543210",
+            *b"00000000000000000000000000000000",
+        ]);
+        (
+            any::<bool>(),
+            proptest::collection::vec((0u64..300, part), 1..5),
+            0u64..100,
+            any::<[u8; 32]>(),
+        )
+            .prop_map(|(executable, gaps, tail, b)| {
+                let mut rewrites = Vec::new();
+                let mut at = 0;
+                for (gap, hash_part) in gaps {
+                    rewrites.push(Rewrite {
+                        offset: at + gap,
+                        hash_part,
+                    });
+                    at += gap + 32;
+                }
+                Node::Rewritten {
+                    executable,
+                    size: at + tail,
+                    blob: crate::cache::BlobId(b),
+                    file_nar_hash: b,
+                    rewrites,
+                }
+            })
+            .boxed()
+    }
+
+    /// Trees with plain and rewritten files.
+    fn arb_v2_node() -> impl Strategy<Value = Node> {
+        prop_oneof![arb_leaf(true), arb_rewritten()].prop_recursive(4, 60, 8, |inner| {
+            proptest::collection::btree_map(proptest::collection::vec(1u8..=255, 1..6), inner, 0..8)
+                .prop_map(|m| {
+                    Node::Directory(
+                        m.into_iter()
+                            .filter(|(k, _)| valid_name(k))
+                            .map(|(name, node)| Entry { name, node })
+                            .collect(),
+                    )
+                })
+        })
+    }
+
+    /// What a v2 tree the decoder accepted must satisfy.
+    fn valid_v2(node: &Node) -> Result<(), TestCaseError> {
+        node.for_each_file(&mut |f| {
+            let mut end = 0;
+            for r in f.rewrites {
+                assert!(r.offset >= end && r.offset + 32 <= f.size, "{f:?}");
+                assert!(super::super::rewrite::is_hash_part(&r.hash_part));
+                end = r.offset + 32;
+            }
+        });
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config(512))]
+
+        #[test]
+        fn v2_tree_round_trips(node in arb_v2_node()) {
+            let bytes = super::super::tree_v2::encode(&node);
+            prop_assert_eq!(decode_tree_v2(&bytes).unwrap(), node);
+        }
+
+        /// Mutated v2 trees: never a panic, and whatever is accepted is valid and encodes to
+        /// a tree that decodes to itself.
+        #[test]
+        fn v2_tree_decoder_survives_mutation(
+            node in arb_v2_node(),
+            ms in proptest::collection::vec(arb_mutation(), 1..4),
+        ) {
+            let mut bytes = super::super::tree_v2::encode(&node);
+            mutate(&mut bytes, &ms);
+            if let Ok(n) = decode_tree_v2(&bytes) {
+                valid_v2(&n)?;
+                let again = super::super::tree_v2::encode(&n);
+                prop_assert_eq!(decode_tree_v2(&again).unwrap(), n);
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config(4096))]
+
+        #[test]
+        fn v2_tree_decoder_takes_any_bytes(bytes in arb_bytes(200)) {
+            if let Ok(n) = decode_tree_v2(&bytes) {
+                valid_v2(&n)?;
+            }
+        }
+    }
+
+    /// Hostile rewrite lists are refused at decode, each with its reason and offset.
+    #[test]
+    fn hostile_rewrites_are_refused_at_decode() {
+        const H: [u8; 32] = *b"0123456789abcdfghijklmnpqrsvwxyz";
+        const H2: [u8; 32] = *b"1123456789abcdfghijklmnpqrsvwxyz";
+        /// A v2 tree of one rewritten file of `size` bytes, table `table`, list `list`.
+        fn tree(table: &[[u8; 32]], size: u64, list: &[(u64, u64)]) -> Vec<u8> {
+            use super::super::tree_v2::varint;
+            let mut b = Vec::new();
+            varint(&mut b, table.len() as u64);
+            for h in table {
+                b.extend_from_slice(h);
+            }
+            varint(&mut b, 3);
+            b.push(0);
+            varint(&mut b, size);
+            b.extend_from_slice(&[7; 64]);
+            varint(&mut b, list.len() as u64);
+            for &(o, i) in list {
+                varint(&mut b, o);
+                varint(&mut b, i);
+            }
+            b
+        }
+        assert!(decode_tree_v2(&tree(&[H], 100, &[(0, 0), (40, 0)])).is_ok());
+        assert!(decode_tree_v2(&tree(&[H, H2], 64, &[(0, 1), (32, 0)])).is_ok());
+        for (bytes, why) in [
+            (tree(&[H], 100, &[(70, 0)]), "beyond the file"),
+            (tree(&[H], 100, &[(u64::MAX - 3, 0)]), "beyond the file"),
+            (tree(&[H], 100, &[(0, 0), (31, 0)]), "overlaps"),
+            (tree(&[H], 100, &[(40, 0), (0, 0)]), "overlaps or precedes"),
+            (tree(&[H], 100, &[(0, 1)]), "index 1 beyond the table's 1"),
+            (tree(&[H], 100, &[(0, 4_000_000_000)]), "beyond the table"),
+            (tree(&[H], 100, &[]), "without rewrites"),
+            (tree(&[H, H2], 100, &[(0, 0)]), "named by no file"),
+            (
+                tree(&[H2, H], 100, &[(0, 0), (40, 1)]),
+                "not strictly sorted",
+            ),
+            (
+                tree(&[H, H], 100, &[(0, 0), (40, 1)]),
+                "not strictly sorted",
+            ),
+            (
+                tree(&[*b"0123456789abcdefghijklmnpqrsvwxy"], 100, &[(0, 0)]),
+                "nix-base32",
+            ),
+            (tree(&[], 100, &[(0, 0)]), "beyond the table's 0"),
+        ] {
+            let e = decode_tree_v2(&bytes).unwrap_err();
+            assert!(e.contains(why), "{e} (wanted {why})");
+        }
+        // A count claiming more than the bytes left is refused before any allocation.
+        let mut b = tree(&[H], 100, &[(0, 0)]);
+        b.truncate(b.len() - 3);
+        b.extend_from_slice(&[253, 255, 255, 255, 255, 255, 255, 255, 127]);
+        assert!(decode_tree_v2(&b).unwrap_err().contains("claimed"));
+        // Kind 3 does not exist in v1.
+        assert!(decode_tree_v1(&tree(&[H], 100, &[(0, 0)])[33..])
+            .unwrap_err()
+            .contains("unknown node kind 3"));
+    }
+
     /// Every string of up to 7 bytes made of those that make small trees (kinds, counts, names,
     /// a varint tag): 335923 of them.
     #[test]

@@ -359,6 +359,50 @@ mod tests {
         }
     }
 
+    /// A tree's id names its encoding: v1 bytes under a v1 id, v2 bytes under a v2 id, and
+    /// neither under the other's id.
+    #[test]
+    fn the_id_names_the_encoding() {
+        let node = Node::Directory(vec![Entry {
+            name: b"f".to_vec(),
+            node: Node::Regular {
+                executable: false,
+                size: 3,
+                blob: BlobId([1; 32]),
+                file_nar_hash: [0; 32],
+            },
+        }]);
+        let (id1, v1) = node.encode_v1().unwrap();
+        let (id2, v2) = node.encode();
+        assert_ne!(id1, id2);
+        assert_eq!(Node::decode(&id1, &v1).unwrap(), node);
+        assert_eq!(Node::decode(&id2, &v2).unwrap(), node);
+        assert!(Node::decode(&id1, &v2).is_err());
+        assert!(Node::decode(&id2, &v1).is_err());
+        let rewritten = Node::regular(
+            true,
+            40,
+            BlobId([2; 32]),
+            [3; 32],
+            vec![Rewrite {
+                offset: 8,
+                hash_part: *b"0123456789abcdfghijklmnpqrsvwxyz",
+            }],
+        );
+        assert!(rewritten.encode_v1().is_none());
+        let (id, bytes) = rewritten.encode();
+        assert_eq!(Node::decode(&id, &bytes).unwrap(), rewritten);
+        assert_eq!(
+            Node::regular(true, 40, BlobId([2; 32]), [3; 32], vec![]),
+            Node::Regular {
+                executable: true,
+                size: 40,
+                blob: BlobId([2; 32]),
+                file_nar_hash: [3; 32]
+            }
+        );
+    }
+
     #[test]
     fn malformed_trees_are_rejected() {
         let leaf = Node::Symlink {
