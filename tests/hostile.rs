@@ -67,7 +67,7 @@ fn nar_as_declared(node: &Node, blobs: &Blobs) -> Vec<u8> {
                 out.extend_from_slice(&blobs[blob]);
                 out.extend(std::iter::repeat_n(0u8, ((8 - size % 8) % 8) as usize));
             }
-            Node::Symlink { .. } => unreachable!(),
+            Node::Symlink { .. } | Node::Rewritten { .. } => unreachable!(),
             Node::Directory(entries) => {
                 nar_str(out, b"directory");
                 for e in entries {
