@@ -789,7 +789,8 @@ fn incremental_save_reuses_links_hashes_of_cached_contents_exactly() {
         assert_eq!(*k, loc.kind, "a frame holds blobs and trees");
     }
     let known = cache.links_hashes();
-    let key = storesync::cache::tree::content_key(&storesync::cache::BlobId::of(&large), false, &[]);
+    let key =
+        storesync::cache::tree::content_key(&storesync::cache::BlobId::of(&large), false, &[]);
     assert!(known.contains_key(&key));
     drop(cache);
     let v2 = save_json(&w, "src");
