@@ -134,7 +134,7 @@ fn issue_14_files_differing_only_in_reference_hash_parts_share_blobs() {
     add_path(
         &src,
         DEP2,
-        &[("lib/libdep.so", noise(11, 20_000), false)],
+        &[("lib/libdep.so", noise(12, 20_000), false)],
         &[],
     );
     add_path(&src, PKG2, &package(DEP2, PKG2), &[DEP2, PKG2]);
