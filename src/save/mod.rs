@@ -7,6 +7,7 @@
 //! in packs, the structure a tree, and the NAR SHA-256 computed on the way must equal the DB's
 //! hash, else the path is corrupt. The snapshot is written last.
 
+mod file;
 mod known;
 mod paths;
 mod plan;
