@@ -24,7 +24,6 @@
 
 use std::io::Read;
 
-use super::rewrite::Rewrite;
 use super::tree::{valid_name, Entry, Node, MAX_DEPTH};
 use super::Snapshot;
 
@@ -51,7 +50,7 @@ pub const MAX_TREE_BYTES: u64 = 256 << 20;
 /// What an output buffer starts at before it grows with the output.
 const INITIAL_OUTPUT: usize = 64 << 10;
 /// Entries reserved up front for a directory, whatever count it claims; more grow as they come.
-const PREALLOC_ENTRIES: usize = 64;
+pub(super) const PREALLOC_ENTRIES: usize = 64;
 /// Fewest bytes a valid directory entry takes: a name (length, at least one byte) and a node
 /// (a kind and at least one byte: an empty directory's count).
 const MIN_ENTRY_BYTES: usize = 4;
@@ -105,27 +104,27 @@ pub fn decompress_bounded(frame: &[u8], cap: usize) -> Result<Vec<u8>, String> {
 }
 
 /// An error at a byte offset of the input.
-fn at(offset: usize, msg: impl std::fmt::Display) -> String {
+pub(super) fn at(offset: usize, msg: impl std::fmt::Display) -> String {
     format!("at byte {offset}: {msg}")
 }
 
 /// A cursor over bincode 2 `config::standard()` data (docs/FORMAT.md, "Encodings").
-struct Input<'a> {
+pub(super) struct Input<'a> {
     bytes: &'a [u8],
-    pos: usize,
+    pub(super) pos: usize,
 }
 
 impl<'a> Input<'a> {
-    fn new(bytes: &'a [u8]) -> Self {
+    pub(super) fn new(bytes: &'a [u8]) -> Self {
         Input { bytes, pos: 0 }
     }
 
-    fn left(&self) -> usize {
+    pub(super) fn left(&self) -> usize {
         self.bytes.len() - self.pos
     }
 
     /// The next `n` bytes; checked against what is left before anything is allocated.
-    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], String> {
+    pub(super) fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], String> {
         if n > self.left() {
             return Err(at(
                 self.pos,
@@ -137,13 +136,13 @@ impl<'a> Input<'a> {
         Ok(s)
     }
 
-    fn byte(&mut self, what: &str) -> Result<u8, String> {
+    pub(super) fn byte(&mut self, what: &str) -> Result<u8, String> {
         Ok(self.take(1, what)?[0])
     }
 
     /// A varint whose widest form has tag `widest` (251: u16, 252: u32, 253: u64). As bincode
     /// does, a value in a wider form than it needs (`[251, 5, 0]` for 5) is accepted.
-    fn varint(&mut self, widest: u8, what: &str) -> Result<u64, String> {
+    pub(super) fn varint(&mut self, widest: u8, what: &str) -> Result<u64, String> {
         let start = self.pos;
         let tag = self.byte(what)?;
         let width = match tag {
@@ -161,23 +160,23 @@ impl<'a> Input<'a> {
         Ok(u64::from_le_bytes(le))
     }
 
-    fn u32(&mut self, what: &str) -> Result<u32, String> {
+    pub(super) fn u32(&mut self, what: &str) -> Result<u32, String> {
         // At most 4 bytes of value after a tag of 252 or less.
         Ok(self.varint(252, what)? as u32)
     }
 
-    fn u64(&mut self, what: &str) -> Result<u64, String> {
+    pub(super) fn u64(&mut self, what: &str) -> Result<u64, String> {
         self.varint(253, what)
     }
 
     /// A sequence length (bincode decodes it as a `usize`).
-    fn len(&mut self, what: &str) -> Result<usize, String> {
+    pub(super) fn len(&mut self, what: &str) -> Result<usize, String> {
         let start = self.pos;
         let n = self.varint(253, what)?;
         usize::try_from(n).map_err(|_| at(start, format!("{what}: {n} does not fit in usize")))
     }
 
-    fn bool(&mut self, what: &str) -> Result<bool, String> {
+    pub(super) fn bool(&mut self, what: &str) -> Result<bool, String> {
         let start = self.pos;
         match self.byte(what)? {
             0 => Ok(false),
@@ -186,18 +185,18 @@ impl<'a> Input<'a> {
         }
     }
 
-    fn array32(&mut self, what: &str) -> Result<[u8; 32], String> {
+    pub(super) fn array32(&mut self, what: &str) -> Result<[u8; 32], String> {
         Ok(self.take(32, what)?.try_into().expect("32 bytes"))
     }
 
     /// A byte vector (or string): its length, then its bytes.
-    fn bytes(&mut self, what: &str) -> Result<&'a [u8], String> {
+    pub(super) fn bytes(&mut self, what: &str) -> Result<&'a [u8], String> {
         let n = self.len(what)?;
         self.take(n, what)
     }
 
     /// `Option`: a byte 0 (None) or 1 then the value.
-    fn option<T>(
+    pub(super) fn option<T>(
         &mut self,
         what: &str,
         value: impl FnOnce(&mut Self) -> Result<T, String>,
@@ -257,91 +256,6 @@ pub fn decode_tree_v2(bytes: &[u8]) -> Result<Node, String> {
     decode_tree(bytes, true)
 }
 
-/// The hash parts of a v2 tree's table, and which of them a file named.
-struct Table {
-    parts: Vec<[u8; 32]>,
-    used: Vec<bool>,
-}
-
-impl Table {
-    fn read(input: &mut Input<'_>) -> Result<Table, String> {
-        let at_count = input.pos;
-        let n = input.len("hash part count")?;
-        if n > input.left() / 32 {
-            return Err(at(
-                at_count,
-                format!("{n} hash parts claimed, {} bytes left", input.left()),
-            ));
-        }
-        let mut parts: Vec<[u8; 32]> = Vec::with_capacity(n);
-        for _ in 0..n {
-            let start = input.pos;
-            let h = input.array32("hash part")?;
-            if !super::rewrite::is_hash_part(&h) {
-                return Err(at(
-                    start,
-                    "a hash part that is not 32 nix-base32 characters",
-                ));
-            }
-            if parts.last().is_some_and(|p| *p >= h) {
-                return Err(at(start, "hash parts are not strictly sorted"));
-            }
-            parts.push(h);
-        }
-        Ok(Table {
-            used: vec![false; n],
-            parts,
-        })
-    }
-
-    /// A rewritten file's list of replacements, checked against its size and the table.
-    fn rewrites(&mut self, input: &mut Input<'_>, size: u64) -> Result<Vec<Rewrite>, String> {
-        let at_count = input.pos;
-        let n = input.len("rewrite count")?;
-        if n == 0 {
-            return Err(at(at_count, "a rewritten file without rewrites"));
-        }
-        if n > input.left() / 2 {
-            return Err(at(
-                at_count,
-                format!("{n} rewrites claimed, {} bytes left", input.left()),
-            ));
-        }
-        let mut out = Vec::with_capacity(n.min(PREALLOC_ENTRIES));
-        let mut free_from = 0u64;
-        for _ in 0..n {
-            let start = input.pos;
-            let offset = input.u64("rewrite offset")?;
-            let index = input.u32("hash part index")? as usize;
-            if offset < free_from {
-                return Err(at(
-                    start,
-                    format!("rewrite at byte {offset} overlaps or precedes the one before"),
-                ));
-            }
-            if offset.checked_add(32).is_none_or(|end| end > size) {
-                return Err(at(
-                    start,
-                    format!("rewrite at byte {offset} lies beyond the file's {size} bytes"),
-                ));
-            }
-            let Some(&hash_part) = self.parts.get(index) else {
-                return Err(at(
-                    start,
-                    format!(
-                        "hash part index {index} beyond the table's {}",
-                        self.parts.len()
-                    ),
-                ));
-            };
-            self.used[index] = true;
-            free_from = offset + 32;
-            out.push(Rewrite { offset, hash_part });
-        }
-        Ok(out)
-    }
-}
-
 fn decode_tree(bytes: &[u8], v2: bool) -> Result<Node, String> {
     /// A directory being decoded: entries so far, how many are to come, the next one's name.
     struct Open {
@@ -351,7 +265,7 @@ fn decode_tree(bytes: &[u8], v2: bool) -> Result<Node, String> {
     }
     let mut input = Input::new(bytes);
     let mut table = if v2 {
-        Some(Table::read(&mut input)?)
+        Some(super::tree_v2::Table::read(&mut input)?)
     } else {
         None
     };
@@ -530,6 +444,7 @@ pub fn decode_manifest_v2(
 mod tests {
     use super::*;
     use crate::cache::format::{decode_bincode, encode_bincode, seal, INDEX_MAGIC, SNAPSHOT_MAGIC};
+    use crate::cache::Rewrite;
     use crate::cache::{
         snapshot_key, Cache, IndexFile, Location, ObjectId, ObjectKind, SnapshotId, SnapshotPath,
     };

@@ -2,10 +2,11 @@
 //! `config::standard()` layout: the table of hash parts the tree's rewritten files name,
 //! strictly sorted, then the nodes of v1 plus kind 3, a regular file with its
 //! (offset, table index) list. Decoding, bounded and validating, is
-//! [`super::decode::decode_tree_v2`].
+//! [`super::decode::decode_tree_v2`], which reads the table and rewrite lists with [`Table`].
 
 use std::collections::BTreeMap;
 
+use super::decode::{at, Input, PREALLOC_ENTRIES};
 use super::rewrite::Rewrite;
 use super::tree::Node;
 
@@ -105,6 +106,95 @@ fn node(out: &mut Vec<u8>, n: &Node, table: &BTreeMap<[u8; 32], u32>) {
                 node(out, &e.node, table);
             }
         }
+    }
+}
+
+/// The hash parts of a v2 tree's table, and which of them a file named.
+pub(super) struct Table {
+    parts: Vec<[u8; 32]>,
+    pub(super) used: Vec<bool>,
+}
+
+impl Table {
+    pub(super) fn read(input: &mut Input<'_>) -> Result<Table, String> {
+        let at_count = input.pos;
+        let n = input.len("hash part count")?;
+        if n > input.left() / 32 {
+            return Err(at(
+                at_count,
+                format!("{n} hash parts claimed, {} bytes left", input.left()),
+            ));
+        }
+        let mut parts: Vec<[u8; 32]> = Vec::with_capacity(n);
+        for _ in 0..n {
+            let start = input.pos;
+            let h = input.array32("hash part")?;
+            if !super::rewrite::is_hash_part(&h) {
+                return Err(at(
+                    start,
+                    "a hash part that is not 32 nix-base32 characters",
+                ));
+            }
+            if parts.last().is_some_and(|p| *p >= h) {
+                return Err(at(start, "hash parts are not strictly sorted"));
+            }
+            parts.push(h);
+        }
+        Ok(Table {
+            used: vec![false; n],
+            parts,
+        })
+    }
+
+    /// A rewritten file's list of replacements, checked against its size and the table.
+    pub(super) fn rewrites(
+        &mut self,
+        input: &mut Input<'_>,
+        size: u64,
+    ) -> Result<Vec<Rewrite>, String> {
+        let at_count = input.pos;
+        let n = input.len("rewrite count")?;
+        if n == 0 {
+            return Err(at(at_count, "a rewritten file without rewrites"));
+        }
+        if n > input.left() / 2 {
+            return Err(at(
+                at_count,
+                format!("{n} rewrites claimed, {} bytes left", input.left()),
+            ));
+        }
+        let mut out = Vec::with_capacity(n.min(PREALLOC_ENTRIES));
+        let mut free_from = 0u64;
+        for _ in 0..n {
+            let start = input.pos;
+            let offset = input.u64("rewrite offset")?;
+            let index = input.u32("hash part index")? as usize;
+            if offset < free_from {
+                return Err(at(
+                    start,
+                    format!("rewrite at byte {offset} overlaps or precedes the one before"),
+                ));
+            }
+            if offset.checked_add(32).is_none_or(|end| end > size) {
+                return Err(at(
+                    start,
+                    format!("rewrite at byte {offset} lies beyond the file's {size} bytes"),
+                ));
+            }
+            let Some(&hash_part) = self.parts.get(index) else {
+                return Err(at(
+                    start,
+                    format!(
+                        "hash part index {index} beyond the table's {}",
+                        self.parts.len()
+                    ),
+                ));
+            };
+            self.used[index] = true;
+            free_from = offset + 32;
+            out.push(Rewrite { offset, hash_part });
+        }
+        Ok(out)
     }
 }
 
