@@ -499,7 +499,7 @@ check_root rt1 "$D1" "$WORK/srcq-A" "$WORK/expected-A" "$P_CHAIN"
 # replaced by the placeholder (32 x e), and the restore put the real hash part back: the file
 # is the source's byte for byte and Nix's --check-contents (above, and here) accepts the path.
 P_REFSIMPLE=$(byname refsimple); P_SIMPLE=$(byname simple)
-for pk in "$CACHE"/packs/*.pack; do tail -c +17 "$pk" | zstd -dcq 2>/dev/null || true; done > "$WORK/packs.raw"
+find "$CACHE/packs" -name '*.pack' -exec sh -c 'tail -c +17 "$1" | zstd -dcq' _ {} \; > "$WORK/packs.raw" 2>/dev/null || true
 if grep -aqF "/nix/store/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-simple" "$WORK/packs.raw" \
     && cmp -s "$SRC$P_REFSIMPLE" "$D1$P_REFSIMPLE" \
     && grep -qF "$P_SIMPLE" "$D1$P_REFSIMPLE" \
