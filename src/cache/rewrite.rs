@@ -102,18 +102,25 @@ pub fn naive_rewrite(data: &mut [u8], parts: &HashParts) -> Vec<Rewrite> {
 
 /// Rewrite every window of `data` that starts before `data.len() - 31` (all that can be
 /// checked), recording offsets plus `base`. Only runs of 32 or more nix-base32 characters can
-/// hold a match; the placeholder, written in place, ends a run.
+/// hold a match; the placeholder, written in place, ends a run. The scan looks at the last
+/// byte of the next possible window first: when it is not nix-base32, no window starting
+/// before it can match, and 32 bytes are skipped at once (most of a binary file).
 fn scan(data: &mut [u8], base: u64, parts: &HashParts, out: &mut Vec<Rewrite>) {
     let n = data.len();
     let mut i = 0;
     while i + HASH_PART_LEN <= n {
-        // Skip to the start of a run.
-        if !BASE32[data[i] as usize] {
-            i += 1;
+        let last = i + HASH_PART_LEN - 1;
+        if !BASE32[data[last] as usize] {
+            i = last + 1;
             continue;
         }
-        let start = i;
-        let mut end = i;
+        // The run holding `last`, from no earlier than `i` (windows starting before `i` were
+        // ruled out already).
+        let mut start = last;
+        while start > i && BASE32[data[start - 1] as usize] {
+            start -= 1;
+        }
+        let mut end = last + 1;
         while end < n && BASE32[data[end] as usize] {
             end += 1;
         }
@@ -130,7 +137,7 @@ fn scan(data: &mut [u8], base: u64, parts: &HashParts, out: &mut Vec<Rewrite>) {
                 s += 1;
             }
         }
-        i = end.max(start + 1);
+        i = end;
     }
 }
 
