@@ -137,3 +137,50 @@ impl<'c> KnownFiles<'c> {
         .then(|| f.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::{Entry, Node, ObjectKind, Packer};
+
+    #[test]
+    fn files_are_found_by_their_whole_links_name_size_and_executable_bit() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open_dir(dir.path()).unwrap();
+        let packer = Packer::new(&cache, 1);
+        let contents = vec![7u8; 9000];
+        let blob = BlobId::of(&contents);
+        assert!(packer.claim(blob));
+        packer.add(ObjectKind::Blob, blob, &contents).unwrap();
+        let name = [5u8; 32];
+        // Same first 8 bytes, another name: must not be taken for it.
+        let mut twin = name;
+        twin[31] = 6;
+        let rewrites = vec![Rewrite {
+            offset: 10,
+            hash_part: *b"0123456789abcdfghijklmnpqrsvwxyz",
+        }];
+        let tree = Node::Directory(vec![
+            Entry {
+                name: b"a".to_vec(),
+                node: Node::regular(true, 9000, blob, name, rewrites.clone()),
+            },
+            Entry {
+                name: b"small".to_vec(),
+                node: Node::regular(false, 10, blob, [0; 32], vec![]),
+            },
+        ]);
+        let (id, bytes) = tree.encode();
+        assert!(packer.claim(id));
+        packer.add(ObjectKind::Tree, id, &bytes).unwrap();
+        packer.finish().unwrap();
+        let known = KnownFiles::build(&cache, [id, id, TreeId([9; 32])]);
+        assert_eq!(known.entries.len(), 1);
+        let f = known.get(&name, true, 9000).unwrap();
+        assert_eq!((f.blob, f.rewrites), (blob, rewrites));
+        assert!(known.get(&twin, true, 9000).is_none());
+        assert!(known.get(&name, false, 9000).is_none());
+        assert!(known.get(&name, true, 9001).is_none());
+        assert!(known.get(&[0; 32], false, 10).is_none());
+    }
+}
