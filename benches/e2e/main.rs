@@ -423,8 +423,13 @@ fn machine(cfg: &Cfg) -> String {
             "HEAD",
         ],
     );
+    // The commit is the bench's; a binary given by STORESYNC_BIN may come from elsewhere.
+    let which = match env("STORESYNC_BIN") {
+        Some(b) => format!("binary {b} (STORESYNC_BIN; the bench at commit {commit})"),
+        None => format!("at commit {commit}"),
+    };
     format!(
-        "{} CPUs ({cpu}), {mem} RAM, kernel {}, work dir {} on {fs_type}; {}; {}; {}; storesync {} at commit {commit}",
+        "{} CPUs ({cpu}), {mem} RAM, kernel {}, work dir {} on {fs_type}; {}; {}; {}; storesync {} {which}",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         out("uname", &["-r"]),
         cfg.dir.display(),
