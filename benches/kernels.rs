@@ -326,6 +326,7 @@ fn save_restore(c: &mut Criterion) {
         roots: Vec::new(),
         skip_corrupt: false,
         level: 3,
+        verify_source: false,
     };
     let nar_size: u64 = db::read(&layout).unwrap().paths[0].nar_size;
     let mut g = c.benchmark_group("store path");

@@ -146,7 +146,9 @@ pub fn diff(layout: &Layout, cache: &Cache, from: &Side, to: &Side) -> Result<Di
             let mut stack = vec![cache.read_tree(&p.tree)?];
             while let Some(n) = stack.pop() {
                 match n {
-                    Node::Regular { blob, .. } => count(blob.into())?,
+                    Node::Regular { blob, .. } | Node::Rewritten { blob, .. } => {
+                        count(blob.into())?
+                    }
                     Node::Symlink { .. } => {}
                     Node::Directory(es) => stack.extend(es.into_iter().map(|e| e.node)),
                 }

@@ -47,6 +47,7 @@ fn save_roots(w: &World, key: &str, roots: Vec<String>) -> String {
         roots,
         skip_corrupt: false,
         level: 3,
+        verify_source: false,
     };
     save::save(&w.layout("src"), &cache, &opts, &NoProgress)
         .unwrap()
@@ -224,6 +225,7 @@ fn a_save_that_started_before_a_collection_keeps_what_its_snapshot_needs() {
         roots: Vec::new(),
         skip_corrupt: false,
         level: 3,
+        verify_source: false,
     };
     let planned = save::plan(&src, &cache, &opts).unwrap();
     let policy = GcPolicy {

@@ -721,6 +721,7 @@ fn save_lib(w: &World, cache: &Cache, key: &str, roots: Vec<String>) -> String {
         roots,
         skip_corrupt: false,
         level: 3,
+        verify_source: false,
     };
     storesync::save::save(&w.layout("src"), cache, &opts, &NoProgress)
         .unwrap()

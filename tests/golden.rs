@@ -14,7 +14,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use storesync::cache::{
-    BlobId, Cache, Entry, IndexId, Node, ObjectKind, Packer, Snapshot, SnapshotPath, FORMAT_VERSION,
+    BlobId, Cache, Entry, IndexId, Node, ObjectKind, Packer, Rewrite, Snapshot, SnapshotPath,
+    FORMAT_VERSION,
 };
 use storesync::nar;
 use storesync::store::path_info::NarHash;
@@ -120,9 +121,55 @@ fn entry(name: &str, node: Node) -> Entry {
     }
 }
 
+/// B's only file, in v2: its blob holds the placeholder where it names A, and its node says
+/// where A's hash part goes back (built by hand, not by the save code).
+fn b_rewritten(data: &[u8], exec: bool) -> (Node, Vec<u8>) {
+    let at = "#!/gnu/store/".len();
+    assert_eq!(&data[at..at + 32], &A.as_bytes()[..32]);
+    let mut blob = data.to_vec();
+    blob[at..at + 32].copy_from_slice(&[b'e'; 32]);
+    let node = Node::Rewritten {
+        executable: exec,
+        size: data.len() as u64,
+        blob: BlobId::of(&blob),
+        file_nar_hash: file_nar_hash(data, exec),
+        rewrites: vec![Rewrite {
+            offset: at as u64,
+            hash_part: A.as_bytes()[..32].try_into().unwrap(),
+        }],
+    };
+    (node, blob)
+}
+
+/// The blobs of the golden cache of `version`: file contents, B's rewritten from v2 on.
+fn blobs(version: u32) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for (base, its) in items() {
+        for it in its {
+            if let Item::File(_, data, exec) = it {
+                out.push(if base == B && version >= 2 {
+                    b_rewritten(&data, exec).1
+                } else {
+                    data
+                });
+            }
+        }
+    }
+    out
+}
+
+/// A tree's id in the encoding of `version`.
+fn tree_id(node: &Node, version: u32) -> storesync::cache::TreeId {
+    if version >= 2 {
+        node.encode().0
+    } else {
+        node.encode_v1().unwrap().0
+    }
+}
+
 /// The trees of the golden paths, built by hand (not by walking a store) so that they pin
 /// the tree encoding independently of the save code.
-fn trees() -> BTreeMap<&'static str, Node> {
+fn trees(version: u32) -> BTreeMap<&'static str, Node> {
     let a = Node::Directory(vec![
         entry("big", file(&big(), false)),
         entry(
@@ -148,7 +195,11 @@ fn trees() -> BTreeMap<&'static str, Node> {
         let Item::File(_, data, exec) = &its[0] else {
             unreachable!()
         };
-        out.insert(base, file(data, *exec));
+        if base == B && version >= 2 {
+            out.insert(base, b_rewritten(data, *exec).0);
+        } else {
+            out.insert(base, file(data, *exec));
+        }
     }
     out
 }
@@ -160,7 +211,7 @@ fn sp(base: &str) -> StorePath {
 /// The snapshot the golden cache of `version` holds; NAR hashes are those of the laid-out
 /// store; `indexes` are the index files a v2 snapshot names.
 fn snapshot(store: &Path, version: u32, indexes: Vec<IndexId>) -> Snapshot {
-    let trees = trees();
+    let trees = trees(version);
     let info = |base: &str, refs: &[&str], deriver: Option<&str>| {
         let (nar_hash, nar_size) = nar::hash_path(&store.join(base)).unwrap();
         SnapshotPath {
@@ -175,7 +226,7 @@ fn snapshot(store: &Path, version: u32, indexes: Vec<IndexId>) -> Snapshot {
                 sigs: None,
                 ca: None,
             },
-            tree: trees[base].encode().0,
+            tree: tree_id(&trees[base], version),
         }
     };
     Snapshot {
@@ -209,17 +260,13 @@ fn snapshot(store: &Path, version: u32, indexes: Vec<IndexId>) -> Snapshot {
 fn write_cache(dir: &Path, store: &Path) -> storesync::cache::SnapshotId {
     let cache = Cache::open_dir(dir).unwrap();
     let packer = Packer::new(&cache, 3);
-    for (_, its) in items() {
-        for it in its {
-            if let Item::File(_, data, _) = it {
-                let id = BlobId::of(&data);
-                if packer.claim(id) {
-                    packer.add(ObjectKind::Blob, id, &data).unwrap();
-                }
-            }
+    for data in blobs(FORMAT_VERSION) {
+        let id = BlobId::of(&data);
+        if packer.claim(id) {
+            packer.add(ObjectKind::Blob, id, &data).unwrap();
         }
     }
-    for node in trees().values() {
+    for node in trees(FORMAT_VERSION).values() {
         let (id, bytes) = node.encode();
         if packer.claim(id) {
             packer.add(ObjectKind::Tree, id, &bytes).unwrap();
@@ -321,7 +368,7 @@ fn golden_cache_reads_to_known_values(version: u32) {
         snapshot(&store, version, indexes),
         "v{version} snapshot {id}"
     );
-    for (base, tree) in trees() {
+    for (base, tree) in trees(version) {
         let p = snap.paths.iter().find(|p| p.info.path == sp(base)).unwrap();
         assert_eq!(
             cache.read_tree(&p.tree).unwrap(),
@@ -329,13 +376,9 @@ fn golden_cache_reads_to_known_values(version: u32) {
             "v{version} tree of {base}"
         );
     }
-    for (_, its) in items() {
-        for it in its {
-            if let Item::File(rel, data, _) = it {
-                let got = cache.read_small(BlobId::of(&data)).unwrap();
-                assert!(got == data, "v{version} blob of {rel}");
-            }
-        }
+    for data in blobs(version) {
+        let got = cache.read_small(BlobId::of(&data)).unwrap();
+        assert!(got == data, "v{version} blob {}", BlobId::of(&data));
     }
     let report = storesync::verify::verify(&cache, &storesync::progress::NoProgress).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);

@@ -1,4 +1,4 @@
-//! Restores from hostile caches and into hostile targets. Every cache here is valid format-v1
+//! Restores from hostile caches and into hostile targets. Every cache here is valid format-v2
 //! (ids, envelopes and index entries all correct, see `util::write_cache`): only the content
 //! lies, as it can in a cache anyone with the repository token may have written. Each test
 //! names the check it holds; docs/SECURITY.md lists them.
@@ -67,7 +67,7 @@ fn nar_as_declared(node: &Node, blobs: &Blobs) -> Vec<u8> {
                 out.extend_from_slice(&blobs[blob]);
                 out.extend(std::iter::repeat_n(0u8, ((8 - size % 8) % 8) as usize));
             }
-            Node::Symlink { .. } => unreachable!(),
+            Node::Symlink { .. } | Node::Rewritten { .. } => unreachable!(),
             Node::Directory(entries) => {
                 nar_str(out, b"directory");
                 for e in entries {
@@ -836,4 +836,159 @@ fn db_locked_by_another_writer_is_reported_within_seconds() {
         .unwrap_or_else(|| panic!("no note about the lock: {notes:?}"));
     assert!(waiting.0 < held, "{notes:?}");
     assert_eq!(db_rows(&dst).paths.len(), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rewritten files (issue 14): hash parts put back only where a sound tree says, the result
+// checked like any other file.
+
+const H: [u8; 32] = *b"0123456789abcdfghijklmnpqrsvwxyz";
+const H2: [u8; 32] = *b"zyxwvsrqpnmlkjihgfdcba9876543210";
+
+/// A genuine file of 20 KB naming `H` at byte 100 and 10000, and its rewritten blob.
+fn naming_h() -> (Vec<u8>, Vec<u8>) {
+    let mut genuine = noise(9, 20_000);
+    let mut blob = genuine.clone();
+    for at in [100, 10_000] {
+        genuine[at..at + 32].copy_from_slice(&H);
+        blob[at..at + 32].copy_from_slice(&[b'e'; 32]);
+    }
+    (genuine, blob)
+}
+
+fn rewritten(
+    blob: &[u8],
+    genuine: &[u8],
+    rewrites: Vec<storesync::cache::Rewrite>,
+    blobs: &mut Blobs,
+) -> Node {
+    let id = BlobId::of(blob);
+    blobs.insert(id, blob.to_vec());
+    Node::Rewritten {
+        executable: false,
+        size: genuine.len() as u64,
+        blob: id,
+        file_nar_hash: file_nar_hash(false, genuine),
+        rewrites,
+    }
+}
+
+fn rw(offset: u64, hash_part: [u8; 32]) -> storesync::cache::Rewrite {
+    storesync::cache::Rewrite { offset, hash_part }
+}
+
+/// Restore a cache of one path `base` whose DB row vouches for `genuine` (one file `f`) and
+/// whose tree is `hostile`; returns the failures' messages. Nothing may be registered.
+fn restore_hostile(
+    w: &World,
+    base: &str,
+    genuine: &[u8],
+    hostile: Node,
+    blobs: &Blobs,
+) -> Vec<String> {
+    let mut gb = Blobs::new();
+    let row = row_for(
+        base,
+        &nar_of(
+            &dir_node(vec![("f", file_node(&mut gb, false, genuine))]),
+            &gb,
+        ),
+    );
+    write_cache(
+        &w.cache_dir(),
+        w.flavor,
+        &[(row, dir_node(vec![("f", hostile)]))],
+        blobs,
+        vec![],
+    );
+    let dst = w.layout("dst");
+    let r = restore(&dst, &w.cache_dir()).unwrap();
+    assert_eq!(r.restored, 0, "{r:?}");
+    assert_registered_paths_are_on_disk(&dst);
+    assert!(db_rows(&dst).paths.is_empty());
+    assert!(!dst.real_store_dir().join(base).exists());
+    r.failures.iter().map(|f| f.error.clone()).collect()
+}
+
+#[test]
+fn a_sound_rewritten_tree_restores_the_genuine_bytes() {
+    let w = World::new(Flavor::Guix);
+    let (genuine, blob) = naming_h();
+    let mut blobs = Blobs::new();
+    let node = dir_node(vec![(
+        "f",
+        rewritten(&blob, &genuine, vec![rw(100, H), rw(10_000, H)], &mut blobs),
+    )]);
+    let base = base_name(20, "rewritten");
+    let mut gb = Blobs::new();
+    let row = row_for(
+        &base,
+        &nar_of(
+            &dir_node(vec![("f", file_node(&mut gb, false, &genuine))]),
+            &gb,
+        ),
+    );
+    write_cache(&w.cache_dir(), w.flavor, &[(row, node)], &blobs, vec![]);
+    let dst = w.layout("dst");
+    let r = restore(&dst, &w.cache_dir()).unwrap();
+    assert_eq!(r.restored, 1, "{r:?}");
+    assert!(fs::read(dst.real_store_dir().join(&base).join("f")).unwrap() == genuine);
+    assert_links_entries_are_sound(&dst.real_store_dir());
+}
+
+#[test]
+fn a_rewrite_where_the_blob_holds_no_placeholder_fails_its_path() {
+    let w = World::new(Flavor::Guix);
+    let (genuine, _) = naming_h();
+    let mut blobs = Blobs::new();
+    // The blob is the genuine bytes: the tree's positions hold H, not the placeholder.
+    let hostile = rewritten(&genuine, &genuine, vec![rw(100, H)], &mut blobs);
+    let errors = restore_hostile(
+        &w,
+        &base_name(21, "no-placeholder"),
+        &genuine,
+        hostile,
+        &blobs,
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("no placeholder at byte 100")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn a_rewrite_naming_another_hash_part_is_not_registered() {
+    let w = World::new(Flavor::Guix);
+    let (genuine, blob) = naming_h();
+    let mut blobs = Blobs::new();
+    let hostile = rewritten(
+        &blob,
+        &genuine,
+        vec![rw(100, H), rw(10_000, H2)],
+        &mut blobs,
+    );
+    let errors = restore_hostile(&w, &base_name(22, "other-hash"), &genuine, hostile, &blobs);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+}
+
+#[test]
+fn rewrites_out_of_range_overlapping_or_unsorted_are_refused_at_decode() {
+    let (genuine, blob) = naming_h();
+    for (n, rewrites, why) in [
+        (23, vec![rw(19_990, H)], "beyond the file"),
+        (24, vec![rw(100, H), rw(120, H)], "overlaps"),
+        (25, vec![rw(10_000, H), rw(100, H)], "overlaps or precedes"),
+        (26, vec![], "without rewrites"),
+    ] {
+        let w = World::new(Flavor::Guix);
+        let mut blobs = Blobs::new();
+        let hostile = rewritten(&blob, &genuine, rewrites, &mut blobs);
+        let errors = restore_hostile(&w, &base_name(n, "bad-rewrites"), &genuine, hostile, &blobs);
+        assert!(
+            errors.iter().any(|e| e.contains("tree") && e.contains(why)),
+            "{why}: {errors:?}"
+        );
+    }
 }

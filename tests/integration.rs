@@ -669,6 +669,7 @@ fn path_collected_during_save_is_dropped_not_corrupt() {
         roots: vec![],
         skip_corrupt: false,
         level: 3,
+        verify_source: false,
     };
     let plan = storesync::save::plan(&src, &cache, &opts).unwrap();
     // "GC" the tool between plan and execute: off disk and out of the DB.
@@ -708,12 +709,10 @@ fn snapshot_files(
         let mut stack = vec![(top, cache.read_tree(&p.tree).unwrap())];
         while let Some((at, node)) = stack.pop() {
             match node {
-                Node::Regular {
-                    executable,
-                    size,
-                    file_nar_hash,
-                    ..
-                } => out.push((at, executable, size, file_nar_hash)),
+                Node::Regular { .. } | Node::Rewritten { .. } => {
+                    let f = node.file().unwrap();
+                    out.push((at, f.executable, f.size, f.file_nar_hash))
+                }
                 Node::Directory(entries) => stack.extend(
                     entries
                         .into_iter()
@@ -790,7 +789,9 @@ fn incremental_save_reuses_links_hashes_of_cached_contents_exactly() {
         assert_eq!(*k, loc.kind, "a frame holds blobs and trees");
     }
     let known = cache.links_hashes();
-    assert!(known.contains_key(&(storesync::cache::BlobId::of(&large), false)));
+    let key =
+        storesync::cache::tree::content_key(&storesync::cache::BlobId::of(&large), false, &[]);
+    assert!(known.contains_key(&key));
     drop(cache);
     let v2 = save_json(&w, "src");
     assert_eq!(v2["new_paths"], 1, "{v2}");

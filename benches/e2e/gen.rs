@@ -19,13 +19,24 @@
 //! * metadata canonical (mtime 1, 0444/0555), NAR hashes computed with `storesync::nar`,
 //!   registered with `storesync::db::register`.
 //!
-//! Generation 2 ("v2") changes one package: new version, every regular file altered (8 bytes
-//! at the middle), so it and all its dependents get new paths. Dependents' files are copied
-//! again and are identical to v1's except those naming changed paths (references file, patched
-//! `#!` lines). Paths that did not change are hard links of v1's files.
+//! Two models ([`Model`]), each in its own generation directory:
 //!
-//! Not modelled: ELF `RUNPATH`s naming store paths (in a real Guix upgrade of a core library,
-//! every dependent ELF file changes a few bytes); here only text files name store paths.
+//! * `text` (the original, `gen-<MB>mb/`, unchanged so that old numbers stay comparable): v2
+//!   changes one package: new version (`<version>-bench2`), every regular file altered (8 bytes
+//!   at the middle), so it and all its dependents get new paths. Dependents' files are copied
+//!   again and are identical to v1's except those naming changed paths (references file,
+//!   patched `#!` lines). Only text files name store paths; no v3.
+//! * `upgrade` (`gen-<MB>mb-upgrade/`): a Guix upgrade of a core input. The same packages and
+//!   store paths as `text`'s v1, but every ELF file carries a RUNPATH naming its own output,
+//!   the core packages it depends on (directly or not: they are then references too, as
+//!   glibc is for every Guix binary) and its direct dependencies (see `refs.rs` for where the
+//!   bytes go), and pkg-config files' `prefix=` names the output. v2 rebuilds one core package
+//!   with the same name and version (a patch or a graft: only its hash changes, and its files
+//!   are altered as in `text`); v3 does the same to a second core package on top of v2. Every
+//!   dependent's ELF files, scripts and text files differ from the previous generation's
+//!   exactly in the hash parts of the store paths they name.
+//!
+//! Paths that did not change are hard links of the previous generation's files.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs;
@@ -38,6 +49,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::refs;
 use storesync::db;
 use storesync::nar::{self, FileNarHasher};
 use storesync::sample::canonicalise;
@@ -46,8 +58,10 @@ use storesync::store::path::{compress_hash, nixbase32_encode, StorePath};
 use storesync::store::path_info::NarHash;
 use storesync::store::{DerivationOutput, PathInfo};
 
-/// Bump when the generator's output changes, so stale work dirs are rebuilt.
+/// Bump when the `text` model's output changes, so stale work dirs are rebuilt.
 pub const GEN_VERSION: u32 = 1;
+/// The same for the `upgrade` model.
+pub const UPGRADE_GEN_VERSION: u32 = 1;
 const STORE: &str = "/gnu/store";
 const REGISTRATION_TIME: i64 = 1_700_000_000;
 const SOURCE_INPUT_CAP: u64 = 4 << 20;
@@ -85,10 +99,56 @@ struct Pkg {
     bytes: u64,
 }
 
+/// Which upgrade the generations model (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Model {
+    /// Only text files name store paths; v2 bumps a version; no v3.
+    Text,
+    /// ELF files name store paths; v2 and v3 rebuild core packages under the same name.
+    Upgrade,
+}
+
+impl Model {
+    /// `text` or `upgrade`.
+    pub fn parse(s: &str) -> Res<Model> {
+        match s {
+            "text" => Ok(Model::Text),
+            "upgrade" => Ok(Model::Upgrade),
+            _ => Err(format!("unknown model {s:?} (text or upgrade)")),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Model::Text => "text",
+            Model::Upgrade => "upgrade",
+        }
+    }
+    /// The generation directory's name for `mb` MiB (the `text` model keeps the old name).
+    pub fn dir_name(self, mb: u64) -> String {
+        match self {
+            Model::Text => format!("gen-{mb}mb"),
+            Model::Upgrade => format!("gen-{mb}mb-upgrade"),
+        }
+    }
+    fn gen_version(self) -> u32 {
+        match self {
+            Model::Text => GEN_VERSION,
+            Model::Upgrade => UPGRADE_GEN_VERSION,
+        }
+    }
+}
+
+fn text_model() -> String {
+    "text".into()
+}
+
 /// What was generated; written to `info.json` in the generation directory.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct GenInfo {
     pub gen_version: u32,
+    /// `text` or `upgrade` (absent in the `text` model's older `info.json`).
+    #[serde(default = "text_model")]
+    pub model: String,
     pub budget_mb: u64,
     pub packages: usize,
     pub changed_package: String,
@@ -99,6 +159,28 @@ pub struct GenInfo {
     pub v2_new_paths: usize,
     /// NAR bytes of those.
     pub v2_new_nar_bytes: u64,
+    /// v3's core package (`upgrade` model only), and its dependents (itself included).
+    #[serde(default)]
+    pub changed_package3: Option<String>,
+    #[serde(default)]
+    pub changed_packages3: usize,
+    #[serde(default)]
+    pub v3: Option<StoreStats>,
+    /// v3 paths not in v2, and their NAR bytes.
+    #[serde(default)]
+    pub v3_new_paths: usize,
+    #[serde(default)]
+    pub v3_new_nar_bytes: u64,
+    /// ELF files of v1 whose RUNPATH went into `.dynstr`, and into the appended region.
+    #[serde(default)]
+    pub elf_dynstr: u64,
+    #[serde(default)]
+    pub elf_appended: u64,
+    /// ELF files in v2 paths not in v1, and their bytes.
+    #[serde(default)]
+    pub v2_new_elf_files: u64,
+    #[serde(default)]
+    pub v2_new_elf_bytes: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -423,19 +505,32 @@ struct Names {
     drv_text: String,
 }
 
-fn names(pkgs: &[Pkg], changed: Option<usize>) -> Vec<Names> {
+/// One generation: the model, each package's revision (0: as installed; more: rebuilt that
+/// many times) and, for the `upgrade` model, the core packages whose paths every dependent's
+/// ELF files name.
+struct Plan {
+    model: Model,
+    rev: Vec<u32>,
+    cores: Vec<usize>,
+}
+
+fn names(pkgs: &[Pkg], plan: &Plan) -> Vec<Names> {
     let mut v: Vec<Names> = Vec::with_capacity(pkgs.len());
     for (i, p) in pkgs.iter().enumerate() {
-        let version = if Some(i) == changed {
+        let rev = plan.rev[i];
+        let version = if rev > 0 && plan.model == Model::Text {
             format!("{}-bench2", p.version)
         } else {
             p.version.clone()
         };
         let nv = format!("{}-{}", p.name, version);
-        let src = sp(
-            &path_hash(&["src", &p.name, &version]),
-            &format!("{nv}.tar.gz"),
-        );
+        let rev_tag = format!("rev{rev}");
+        let mut src_parts = vec!["src", &p.name, &version];
+        if rev > 0 && plan.model == Model::Upgrade {
+            // Same name and version, another source (a patch): another hash.
+            src_parts.push(&rev_tag);
+        }
+        let src = sp(&path_hash(&src_parts), &format!("{nv}.tar.gz"));
         let mut parts: Vec<String> = vec!["out".into(), p.name.clone(), version.clone()];
         parts.push(src.base_name().to_owned());
         for &d in &p.deps {
@@ -503,11 +598,29 @@ fn patch_shebang(data: &[u8], interp_dir: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Write one package's output tree (fresh, from this machine's files).
-fn write_out(p: &Pkg, nm: &Names, dep_outs: &[String], top: &Path, altered: bool) -> Res<()> {
+/// How the RUNPATHs of one package's ELF files were placed (see `refs.rs`).
+#[derive(Debug, Default, Clone, Copy)]
+struct Embedded {
+    dynstr: u64,
+    appended: u64,
+    /// Size of those ELF files.
+    bytes: u64,
+}
+
+/// Write one package's output tree (fresh, from this machine's files). `runpath`: the
+/// `upgrade` model's RUNPATH for its ELF files (and its pkg-config files name the output).
+fn write_out(
+    p: &Pkg,
+    nm: &Names,
+    dep_outs: &[String],
+    top: &Path,
+    altered: bool,
+    runpath: Option<&str>,
+) -> Res<Embedded> {
     fs::create_dir(top).map_err(ioerr(top))?;
     let me = format!("{STORE}/{}", nm.out.base_name());
     let interp_dir = dep_outs.first().cloned().unwrap_or_else(|| me.clone());
+    let mut embedded = Embedded::default();
     for e in &p.entries {
         let dest = top.join(&e.rel);
         if let Some(parent) = dest.parent() {
@@ -523,13 +636,16 @@ fn write_out(p: &Pkg, nm: &Names, dep_outs: &[String], top: &Path, altered: bool
             Kind::File { exec } => {
                 let mode = if *exec { 0o755 } else { 0o644 };
                 let mut patched = None;
-                if *exec {
-                    let mut f = fs::File::open(&e.src).map_err(ioerr(&e.src))?;
-                    let mut head = [0u8; 2];
-                    if f.read_exact(&mut head).is_ok() && &head == b"#!" {
-                        let data = fs::read(&e.src).map_err(ioerr(&e.src))?;
-                        patched = patch_shebang(&data, &interp_dir);
-                    }
+                let mut head = [0u8; 4];
+                let n = fs::File::open(&e.src)
+                    .and_then(|mut f| f.read(&mut head))
+                    .map_err(ioerr(&e.src))?;
+                if *exec && head[..n].starts_with(b"#!") {
+                    let data = fs::read(&e.src).map_err(ioerr(&e.src))?;
+                    patched = patch_shebang(&data, &interp_dir);
+                } else if runpath.is_some() && e.rel.extension().is_some_and(|x| x == "pc") {
+                    let data = fs::read(&e.src).map_err(ioerr(&e.src))?;
+                    patched = refs::pkgconfig_with_prefix(&data, &me);
                 }
                 match patched {
                     Some(data) => fs::write(&dest, data).map_err(ioerr(&dest))?,
@@ -539,6 +655,13 @@ fn write_out(p: &Pkg, nm: &Names, dep_outs: &[String], top: &Path, altered: bool
                 }
                 fs::set_permissions(&dest, fs::Permissions::from_mode(mode))
                     .map_err(ioerr(&dest))?;
+                if let Some(rp) = runpath.filter(|_| head[..n] == *b"\x7fELF") {
+                    embedded.bytes += fs::metadata(&dest).map_err(ioerr(&dest))?.len();
+                    match refs::embed_runpath(&dest, rp)? {
+                        refs::Placed::Dynstr(_) => embedded.dynstr += 1,
+                        refs::Placed::Appended => embedded.appended += 1,
+                    }
+                }
                 if altered {
                     let f = fs::OpenOptions::new()
                         .write(true)
@@ -553,13 +676,13 @@ fn write_out(p: &Pkg, nm: &Names, dep_outs: &[String], top: &Path, altered: bool
     }
     let ns = top.join("nix-support");
     fs::create_dir_all(&ns).map_err(ioerr(&ns))?;
-    let mut refs = format!("{me}\n");
+    let mut list = format!("{me}\n");
     for d in dep_outs {
-        refs.push_str(d);
-        refs.push('\n');
+        list.push_str(d);
+        list.push('\n');
     }
-    fs::write(ns.join("references"), refs).map_err(ioerr(&ns))?;
-    Ok(())
+    fs::write(ns.join("references"), list).map_err(ioerr(&ns))?;
+    Ok(embedded)
 }
 
 fn is_compressed(head: &[u8], name: &Path) -> bool {
@@ -729,21 +852,35 @@ fn stats_of(store: &Path, paths: &[(StorePath, u64)]) -> Res<StoreStats> {
     Ok(s)
 }
 
-/// Build generation `g` (1 or 2) at `root`. For g = 2, `donor` is v1's root: paths that did
-/// not change are hard-link copies of it.
+/// Build the generation `plan` describes at `root`. `donor` is the previous generation's root:
+/// paths that did not change are hard-link copies of it. Returns every path with its NAR size,
+/// and how the ELF files written fresh had their RUNPATH placed.
 fn materialise(
     pkgs: &[Pkg],
-    changed: Option<usize>,
+    plan: &Plan,
     root: &Path,
     donor: Option<&Path>,
-) -> Res<Vec<(StorePath, u64)>> {
+) -> Res<(Vec<(StorePath, u64)>, Embedded)> {
     let layout = Layout::new(Flavor::Guix, root, None, None)?;
     let store = layout.real_store_dir();
     fs::create_dir_all(&store).map_err(ioerr(&store))?;
     let tmp = root.join("tmp-gen");
     fs::create_dir_all(&tmp).map_err(ioerr(&tmp))?;
-    let nm = names(pkgs, changed);
+    let nm = names(pkgs, plan);
     let full = |s: &StorePath| format!("{STORE}/{}", s.base_name());
+    // The core packages each package depends on, directly or not (not itself).
+    let core_sets: Vec<(usize, Vec<bool>)> = plan
+        .cores
+        .iter()
+        .map(|&c| (c, changed_set(pkgs, c)))
+        .collect();
+    let cores_of = |i: usize| -> Vec<usize> {
+        core_sets
+            .iter()
+            .filter(|(c, set)| *c != i && set[i])
+            .map(|(c, _)| *c)
+            .collect()
+    };
     let donor_store = donor.map(|d| d.join("gnu/store"));
     let have = |s: &StorePath| {
         donor_store
@@ -751,9 +888,10 @@ fn materialise(
             .is_some_and(|d| d.join(s.base_name()).exists())
     };
     // Outputs, then sources (made from outputs), then .drvs.
-    (0..pkgs.len())
+    let embedded: Vec<Embedded> = (0..pkgs.len())
         .into_par_iter()
-        .map(|i| -> Res<()> {
+        .map(|i| -> Res<Embedded> {
+            let mut embedded = Embedded::default();
             let (p, n) = (&pkgs[i], &nm[i]);
             let out_top = store.join(n.out.base_name());
             if have(&n.out) {
@@ -763,7 +901,24 @@ fn materialise(
                 )?;
             } else {
                 let dep_outs: Vec<String> = p.deps.iter().map(|&d| full(&nm[d].out)).collect();
-                write_out(p, n, &dep_outs, &out_top, Some(i) == changed)?;
+                let runpath = (plan.model == Model::Upgrade).then(|| {
+                    let mut dirs = vec![full(&n.out)];
+                    for d in cores_of(i).into_iter().chain(p.deps.iter().copied()) {
+                        let dir = full(&nm[d].out);
+                        if !dirs.contains(&dir) {
+                            dirs.push(dir);
+                        }
+                    }
+                    refs::runpath(&dirs)
+                });
+                embedded = write_out(
+                    p,
+                    n,
+                    &dep_outs,
+                    &out_top,
+                    plan.rev[i] > 0,
+                    runpath.as_deref(),
+                )?;
             }
             let src_top = store.join(n.src.base_name());
             if have(&n.src) {
@@ -783,9 +938,14 @@ fn materialise(
             } else {
                 fs::write(&drv_top, &n.drv_text).map_err(ioerr(&drv_top))?;
             }
-            Ok(())
+            Ok(embedded)
         })
-        .collect::<Res<()>>()?;
+        .collect::<Res<_>>()?;
+    let embedded = embedded.iter().fold(Embedded::default(), |a, e| Embedded {
+        dynstr: a.dynstr + e.dynstr,
+        appended: a.appended + e.appended,
+        bytes: a.bytes + e.bytes,
+    });
     let _ = fs::remove_dir_all(&tmp);
     // All paths go through .links (mirrored ones get their v2 .links entries too).
     let all_tops: Vec<PathBuf> = nm
@@ -806,6 +966,7 @@ fn materialise(
             let mut out_refs: Vec<StorePath> =
                 pkgs[i].deps.iter().map(|&d| nm[d].out.clone()).collect();
             out_refs.push(n.out.clone());
+            out_refs.extend(cores_of(i).into_iter().map(|c| nm[c].out.clone()));
             let mut drv_refs: Vec<StorePath> =
                 pkgs[i].deps.iter().map(|&d| nm[d].drv.clone()).collect();
             drv_refs.push(n.src.clone());
@@ -858,25 +1019,62 @@ fn materialise(
         conn.execute_batch("pragma wal_checkpoint(TRUNCATE)")
             .map_err(|e| e.to_string())?;
     }
-    Ok(infos.iter().map(|i| (i.path.clone(), i.nar_size)).collect())
+    Ok((
+        infos.iter().map(|i| (i.path.clone(), i.nar_size)).collect(),
+        embedded,
+    ))
 }
 
-/// Generate (or reuse) v1 and v2 under `dir`. Returns the info and the two roots.
+/// The generated roots (`<dir>/v1`, `v2`, and `v3` for the `upgrade` model) and what they hold.
+pub struct Stores {
+    pub info: GenInfo,
+    pub v1: PathBuf,
+    pub v2: PathBuf,
+    pub v3: Option<PathBuf>,
+}
+
+/// The package whose dependents (itself included) are closest to `share` of the store, other
+/// than `not`; ties broken by name.
+fn core_package(pkgs: &[Pkg], deps: &[usize], share: f64, not: Option<usize>) -> Option<usize> {
+    let want = pkgs.len() as f64 * share;
+    (0..pkgs.len())
+        .filter(|&i| Some(i) != not)
+        .min_by(|&a, &b| {
+            let da = (deps[a] as f64 - want).abs();
+            let db = (deps[b] as f64 - want).abs();
+            da.total_cmp(&db).then(pkgs[a].name.cmp(&pkgs[b].name))
+        })
+}
+
+fn by_name(pkgs: &[Pkg], name: &str) -> Res<usize> {
+    pkgs.iter()
+        .position(|p| p.name == sanitize(name))
+        .ok_or_else(|| format!("package {name} is not among the chosen packages"))
+}
+
+/// Generate (or reuse) the generations of `model` under `dir`. `change`: v2's package (default:
+/// the one depended on by about a quarter of the store); `change3`: v3's (`upgrade` only;
+/// default: another one, depended on by about a third of the store).
 pub fn ensure(
     dir: &Path,
     budget_mb: u64,
+    model: Model,
     change: Option<&str>,
-) -> Res<(GenInfo, PathBuf, PathBuf)> {
+    change3: Option<&str>,
+) -> Res<Stores> {
     let v1 = dir.join("v1");
     let v2 = dir.join("v2");
+    let v3 = (model == Model::Upgrade).then(|| dir.join("v3"));
     let info_file = dir.join("info.json");
     if let Ok(text) = fs::read_to_string(&info_file) {
         if let Ok(info) = serde_json::from_str::<GenInfo>(&text) {
-            if info.gen_version == GEN_VERSION
+            if info.gen_version == model.gen_version()
+                && info.model == model.name()
                 && info.budget_mb == budget_mb
-                && change.is_none_or(|c| c == info.changed_package)
+                && change.is_none_or(|c| sanitize(c) == info.changed_package)
+                && change3.is_none_or(|c| Some(sanitize(c)) == info.changed_package3)
             {
-                return Ok((info, v1, v2));
+                return Ok(Stores { info, v1, v2, v3 });
             }
         }
     }
@@ -893,51 +1091,78 @@ pub fn ensure(
     }
     let deps = dependents(&pkgs);
     let changed = match change {
-        Some(name) => pkgs
-            .iter()
-            .position(|p| p.name == sanitize(name))
-            .ok_or_else(|| format!("package {name} is not among the chosen packages"))?,
-        None => {
-            // A core package: the one whose dependents are closest to a quarter of the store.
-            let want = pkgs.len() as f64 / 4.0;
-            (0..pkgs.len())
-                .min_by(|&a, &b| {
-                    let da = (deps[a] as f64 - want).abs();
-                    let db = (deps[b] as f64 - want).abs();
-                    da.total_cmp(&db).then(pkgs[a].name.cmp(&pkgs[b].name))
-                })
-                .expect("non-empty")
-        }
+        Some(name) => by_name(&pkgs, name)?,
+        None => core_package(&pkgs, &deps, 0.25, None).expect("non-empty"),
+    };
+    let changed3 = match (model, change3) {
+        (Model::Text, _) => None,
+        (Model::Upgrade, Some(name)) => Some(by_name(&pkgs, name)?),
+        (Model::Upgrade, None) => core_package(&pkgs, &deps, 1.0 / 3.0, Some(changed)),
     };
     let total: u64 = pkgs.iter().map(|p| p.bytes).sum();
     eprintln!(
-        "generator: {} packages, {:.0} MiB of files; v2 changes {} ({} dependent packages)",
+        "generator ({} model): {} packages, {:.0} MiB of files; v2 changes {} ({} dependent packages){}",
+        model.name(),
         pkgs.len(),
         total as f64 / 1048576.0,
         pkgs[changed].name,
-        deps[changed]
+        deps[changed],
+        changed3
+            .map(|c| format!("; v3 changes {} ({} dependent packages)", pkgs[c].name, deps[c]))
+            .unwrap_or_default()
     );
-    let p1 = materialise(&pkgs, None, &v1, None)?;
+    let cores: Vec<usize> = match model {
+        Model::Text => Vec::new(),
+        Model::Upgrade => [Some(changed), changed3].into_iter().flatten().collect(),
+    };
+    let mut plan = Plan {
+        model,
+        rev: vec![0; pkgs.len()],
+        cores,
+    };
+    let (p1, e1) = materialise(&pkgs, &plan, &v1, None)?;
     eprintln!("generator: v1 done in {:.0?}", t0.elapsed());
-    let p2 = materialise(&pkgs, Some(changed), &v2, Some(&v1))?;
+    plan.rev[changed] += 1;
+    let (p2, e2) = materialise(&pkgs, &plan, &v2, Some(&v1))?;
     eprintln!("generator: v2 done in {:.0?}", t0.elapsed());
-    let in_v1: BTreeSet<&StorePath> = p1.iter().map(|p| &p.0).collect();
-    let new: Vec<&(StorePath, u64)> = p2.iter().filter(|p| !in_v1.contains(&p.0)).collect();
-    let info = GenInfo {
-        gen_version: GEN_VERSION,
+    let new_of = |old: &[(StorePath, u64)], new: &[(StorePath, u64)]| -> (usize, u64) {
+        let old: BTreeSet<&StorePath> = old.iter().map(|p| &p.0).collect();
+        let fresh = new.iter().filter(|p| !old.contains(&p.0));
+        fresh.fold((0, 0), |(n, b), p| (n + 1, b + p.1))
+    };
+    let (v2_new_paths, v2_new_nar_bytes) = new_of(&p1, &p2);
+    let mut info = GenInfo {
+        gen_version: model.gen_version(),
+        model: model.name().into(),
         budget_mb,
         packages: pkgs.len(),
         changed_package: pkgs[changed].name.clone(),
         changed_packages: deps[changed],
         v1: stats_of(&v1.join("gnu/store"), &p1)?,
         v2: stats_of(&v2.join("gnu/store"), &p2)?,
-        v2_new_paths: new.len(),
-        v2_new_nar_bytes: new.iter().map(|p| p.1).sum(),
+        v2_new_paths,
+        v2_new_nar_bytes,
+        elf_dynstr: e1.dynstr,
+        elf_appended: e1.appended,
+        v2_new_elf_files: e2.dynstr + e2.appended,
+        v2_new_elf_bytes: e2.bytes,
+        ..GenInfo::default()
     };
+    if let (Some(c3), Some(v3)) = (changed3, &v3) {
+        plan.rev[c3] += 1;
+        let (p3, _) = materialise(&pkgs, &plan, v3, Some(&v2))?;
+        eprintln!("generator: v3 done in {:.0?}", t0.elapsed());
+        let (n, b) = new_of(&p2, &p3);
+        info.changed_package3 = Some(pkgs[c3].name.clone());
+        info.changed_packages3 = deps[c3];
+        info.v3 = Some(stats_of(&v3.join("gnu/store"), &p3)?);
+        info.v3_new_paths = n;
+        info.v3_new_nar_bytes = b;
+    }
     fs::write(
         &info_file,
         serde_json::to_string_pretty(&info).expect("json"),
     )
     .map_err(ioerr(&info_file))?;
-    Ok((info, v1, v2))
+    Ok(Stores { info, v1, v2, v3 })
 }

@@ -11,8 +11,13 @@
 //!   kept in `gen-<MB>mb/` and reused;
 //! * `STORESYNC_BENCH_MB`    size of package files to put in the store, MiB [1024];
 //! * `STORESYNC_BENCH_RUNS`  runs per scenario and tool, the median is reported [3];
+//! * `STORESYNC_BENCH_MODEL` `upgrade` (ELF files name store paths; v2 and v3 rebuild core
+//!   packages, `gen-<MB>mb-upgrade/`) or `text` (the original model: only text files name store
+//!   paths, no v3, `gen-<MB>mb/`) [upgrade]; see `gen.rs`;
 //! * `STORESYNC_BENCH_CHANGE` the Debian package changed in v2 [a package depended on by about a
 //!   quarter of the store];
+//! * `STORESYNC_BENCH_CHANGE3` the package changed in v3 (`upgrade` model) [another one,
+//!   depended on by about a third of the store];
 //! * `STORESYNC_BENCH_COLD=1` drop the page cache (`sync; echo 3 > /proc/sys/vm/drop_caches`)
 //!   before every timed run; otherwise runs are warm-cache: after a `sync`, the run's inputs
 //!   (source store, cache, tarball, target root) are read once so that they are in the page
@@ -26,6 +31,7 @@
 //! summed over the processes of a pipeline (they run at the same time).
 
 mod gen;
+mod refs;
 
 use std::fmt::Write as _;
 use std::fs;
@@ -46,7 +52,9 @@ struct Cfg {
     dir: PathBuf,
     mb: u64,
     runs: usize,
+    model: gen::Model,
     change: Option<String>,
+    change3: Option<String>,
     bin: PathBuf,
     cold: bool,
 }
@@ -415,8 +423,13 @@ fn machine(cfg: &Cfg) -> String {
             "HEAD",
         ],
     );
+    // The commit is the bench's; a binary given by STORESYNC_BIN may come from elsewhere.
+    let which = match env("STORESYNC_BIN") {
+        Some(b) => format!("binary {b} (STORESYNC_BIN; the bench at commit {commit})"),
+        None => format!("at commit {commit}"),
+    };
     format!(
-        "{} CPUs ({cpu}), {mem} RAM, kernel {}, work dir {} on {fs_type}; {}; {}; {}; storesync {} at commit {commit}",
+        "{} CPUs ({cpu}), {mem} RAM, kernel {}, work dir {} on {fs_type}; {}; {}; {}; storesync {} {which}",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         out("uname", &["-r"]),
         cfg.dir.display(),
@@ -449,7 +462,10 @@ fn main() {
             })
             .unwrap_or(3)
             .max(1),
+        model: gen::Model::parse(&env("STORESYNC_BENCH_MODEL").unwrap_or("upgrade".into()))
+            .unwrap_or_else(|e| die(format!("STORESYNC_BENCH_MODEL: {e}"))),
         change: env("STORESYNC_BENCH_CHANGE"),
+        change3: env("STORESYNC_BENCH_CHANGE3"),
         bin: env("STORESYNC_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_storesync"))),
@@ -472,22 +488,17 @@ fn main() {
             cfg.bin.display()
         ));
     }
-    let gen_dir = cfg.dir.join(format!("gen-{}mb", cfg.mb));
+    let gen_dir = cfg.dir.join(cfg.model.dir_name(cfg.mb));
     let t0 = Instant::now();
-    let (info, v1, v2) = gen::ensure(&gen_dir, cfg.mb, cfg.change.as_deref())
-        .unwrap_or_else(|e| die(format!("generating the stores: {e}")));
-    eprintln!(
-        "stores ready in {:.0?}: {} packages; v1 {} paths, {:.0} MiB NAR, {} files; v2 changes {} ({} packages), {} new paths, {:.0} MiB NAR",
-        t0.elapsed(),
-        info.packages,
-        info.v1.paths,
-        info.v1.nar_bytes as f64 / 1048576.0,
-        info.v1.regular_files,
-        info.changed_package,
-        info.changed_packages,
-        info.v2_new_paths,
-        info.v2_new_nar_bytes as f64 / 1048576.0
-    );
+    let gen::Stores { info, v1, v2, v3 } = gen::ensure(
+        &gen_dir,
+        cfg.mb,
+        cfg.model,
+        cfg.change.as_deref(),
+        cfg.change3.as_deref(),
+    )
+    .unwrap_or_else(|e| die(format!("generating the stores: {e}")));
+    eprintln!("stores ready in {:.0?}: {}", t0.elapsed(), describe(&info));
     let machine = machine(&cfg);
     let work = cfg.dir.join("run");
     let trash = Trash {
@@ -503,8 +514,10 @@ fn main() {
     let cache = work.join("cache");
     let cache_v1 = work.join("cache-v1");
     let cache_v12 = work.join("cache-v12");
+    let cache_v123 = work.join("cache-v123");
     let tar_v1 = work.join("v1.tar.zst");
     let tar_v2 = work.join("v2.tar.zst");
+    let tar_v3 = work.join("v3.tar.zst");
     let tar_tmp = work.join("out.tar.zst");
     let root = work.join("root");
     let xroot = work.join("xroot");
@@ -569,7 +582,42 @@ fn main() {
         base_synced: Vec::new(),
         target: Target::Ratio(0.15),
     });
-    fs::write(work.join("ids.txt"), format!("v1 {v1_id}\nv2 {v2_id}\n")).unwrap_or_else(|e| die(e));
+
+    // 5b. Incremental save of v3 into the cache holding v1 and v2 (`upgrade` model).
+    let mut v3_id = String::new();
+    if let Some(v3) = &v3 {
+        eprintln!("incremental save of v3 into the cache holding v1 and v2");
+        let (a, b) = alternate(
+            cfg.runs,
+            |_| {
+                trash.put(&cache);
+                sh(&format!("cp -a {} {}", q(&cache_v12), q(&cache)));
+                settle(&cfg, &[v3, &cache]);
+                let (s, j) = ss.run(v3, &["save", "--cache", &cache.display().to_string()]);
+                v3_id = j["snapshot"].as_str().unwrap_or_default().to_owned();
+                s
+            },
+            |_| {
+                let _ = fs::remove_file(&tar_tmp);
+                settle(&cfg, &[v3]);
+                run(vec![tar_c(v3), zstd_c()], Out::File(tar_tmp.clone())).0
+            },
+        );
+        fs::rename(&cache, &cache_v123).unwrap_or_else(|e| die(e));
+        fs::rename(&tar_tmp, &tar_v3).unwrap_or_else(|e| die(e));
+        rows.push(Row {
+            name: "5b. incremental save of v3 (cache holds v1+v2)",
+            ss: a,
+            base: b,
+            base_synced: Vec::new(),
+            target: Target::Ratio(0.15),
+        });
+    }
+    fs::write(
+        work.join("ids.txt"),
+        format!("v1 {v1_id}\nv2 {v2_id}\nv3 {v3_id}\n"),
+    )
+    .unwrap_or_else(|e| die(e));
 
     // 1. Cold restore: empty root <- snapshot v1.
     eprintln!("cold restore: empty root <- v1");
@@ -677,13 +725,17 @@ fn main() {
     });
 
     // 6. Sizes.
-    let c1 = dir_bytes(&cache_v1);
-    let c12 = dir_bytes(&cache_v12);
-    let t1 = dir_bytes(&tar_v1);
-    let t2 = dir_bytes(&tar_v2);
+    let sizes = Sizes {
+        c1: dir_bytes(&cache_v1),
+        c12: dir_bytes(&cache_v12),
+        c123: v3.as_ref().map(|_| dir_bytes(&cache_v123)),
+        t1: dir_bytes(&tar_v1),
+        t2: dir_bytes(&tar_v2),
+        t3: v3.as_ref().map(|_| dir_bytes(&tar_v3)),
+    };
 
     rows.sort_by_key(|r| r.name);
-    let md = report(&cfg, &info, &machine, &rows, (c1, c12, t1, t2));
+    let md = report(&cfg, &info, &machine, &rows, &sizes);
     println!("{md}");
     let file = cfg.dir.join("results.md");
     fs::write(&file, &md).unwrap_or_else(|e| die(e));
@@ -709,19 +761,25 @@ fn mb(kb: u64) -> f64 {
     kb as f64 / 1024.0
 }
 
-fn report(
-    cfg: &Cfg,
-    info: &gen::GenInfo,
-    machine: &str,
-    rows: &[Row],
-    (c1, c12, t1, t2): (u64, u64, u64, u64),
-) -> String {
-    let mib = |b: u64| b as f64 / 1048576.0;
-    let mut s = String::new();
-    let _ = writeln!(s, "Machine: {machine}.\n");
-    let _ = writeln!(
-        s,
-        "Store: {} Debian packages ({} MiB budget), v1 {} paths / {:.0} MiB NAR / {} files ({} symlinks, {:.0} MiB in {} distinct inodes after .links); v2 changes `{}` ({} dependent packages): {} new paths, {:.0} MiB NAR.\n",
+/// Bytes of the caches after v1, v1+v2 (and v1+v2+v3), and of the tarballs of each version.
+struct Sizes {
+    c1: u64,
+    c12: u64,
+    c123: Option<u64>,
+    t1: u64,
+    t2: u64,
+    t3: Option<u64>,
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / 1048576.0
+}
+
+/// The generated store in one sentence.
+fn describe(info: &gen::GenInfo) -> String {
+    let mut s = format!(
+        "`{}` model: {} Debian packages ({} MiB budget), v1 {} paths / {:.0} MiB NAR / {} files ({} symlinks, {:.0} MiB in {} distinct inodes after .links); v2 changes `{}` ({} dependent packages): {} new paths, {:.0} MiB NAR",
+        info.model,
         info.packages,
         info.budget_mb,
         info.v1.paths,
@@ -735,6 +793,32 @@ fn report(
         info.v2_new_paths,
         mib(info.v2_new_nar_bytes),
     );
+    if info.model == "upgrade" {
+        let _ = write!(
+            s,
+            ", {} ELF files ({:.0} MiB) among them; RUNPATHs of v1's ELF files in `.dynstr`: {}, appended: {}",
+            info.v2_new_elf_files,
+            mib(info.v2_new_elf_bytes),
+            info.elf_dynstr,
+            info.elf_appended,
+        );
+    }
+    if let Some(c3) = &info.changed_package3 {
+        let _ = write!(
+            s,
+            "; v3 then changes `{c3}` ({} dependent packages): {} new paths, {:.0} MiB NAR",
+            info.changed_packages3,
+            info.v3_new_paths,
+            mib(info.v3_new_nar_bytes),
+        );
+    }
+    s
+}
+
+fn report(cfg: &Cfg, info: &gen::GenInfo, machine: &str, rows: &[Row], sz: &Sizes) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "Machine: {machine}.\n");
+    let _ = writeln!(s, "Store: {}.\n", describe(info));
     let _ = writeln!(
         s,
         "Median of {} alternating runs. Wall seconds; ratio = storesync median / baseline median \
@@ -781,27 +865,33 @@ fn report(
             mb(b.rss_kb),
         );
     }
+    let mut size_row = |name: &str, cache: u64, limit: f64| {
+        let ratio = cache as f64 / sz.t1 as f64;
+        let _ = writeln!(
+            s,
+            "| {name} vs v1.tar.zst | {:.1} MiB | {:.1} MiB | {ratio:.3} | ≤ {limit}× | {} | | | | |",
+            mib(cache),
+            mib(sz.t1),
+            if ratio <= limit { "yes" } else { "**no**" }
+        );
+    };
+    size_row("6a. cache after v1", sz.c1, 1.0);
+    size_row("6b. cache after v1+v2", sz.c12, 1.15);
+    if let Some(c123) = sz.c123 {
+        size_row("6c. cache after v1+v2+v3", c123, 1.3);
+    }
+    let _ = write!(s, "\n(v2.tar.zst: {:.1} MiB", mib(sz.t2));
+    if let Some(t3) = sz.t3 {
+        let _ = write!(s, "; v3.tar.zst: {:.1} MiB", mib(t3));
+    }
     let _ = writeln!(
         s,
-        "| 6a. cache after v1 vs v1.tar.zst | {:.1} MiB | {:.1} MiB | {:.3} | ≤ 1.0× | {} | | | | |",
-        mib(c1),
-        mib(t1),
-        c1 as f64 / t1 as f64,
-        if c1 <= t1 { "yes" } else { "**no**" }
+        "; the cache grew by {:.1} MiB for v2{}.)\n",
+        mib(sz.c12.saturating_sub(sz.c1)),
+        sz.c123
+            .map(|c| format!(" and {:.1} MiB for v3", mib(c.saturating_sub(sz.c12))))
+            .unwrap_or_default()
     );
-    let _ = writeln!(
-        s,
-        "| 6b. cache after v1+v2 vs v1.tar.zst | {:.1} MiB | {:.1} MiB | {:.3} | ≤ 1.15× | {} | | | | |",
-        mib(c12),
-        mib(t1),
-        c12 as f64 / t1 as f64,
-        if c12 as f64 <= 1.15 * t1 as f64 {
-            "yes"
-        } else {
-            "**no**"
-        }
-    );
-    let _ = writeln!(s, "\n(v2.tar.zst: {:.1} MiB.)\n", mib(t2));
     for r in rows.iter().filter(|r| !r.base_synced.is_empty()) {
         let synced = med(r.base_synced.clone());
         let _ = writeln!(

@@ -6,6 +6,9 @@
 //!   the depth before it descends and every length against the bytes left before it allocates,
 //!   and validates as it goes (names, order, symlink targets), so a hostile tree costs neither
 //!   stack nor more memory than its own size calls for.
+//! - [`decode_tree_v2`] does the same for v2 trees, and checks their tables of hash parts and
+//!   the (offset, index) lists of rewritten files (sorted, apart, inside the file, naming
+//!   table entries) as it goes.
 //! - [`decompress_bounded`] inflates a snapshot body in a buffer that grows as output arrives
 //!   and stops at a cap ([`snapshot_cap`]).
 //! - [`decode_snapshot`] checks every string length of a snapshot against the bytes left
@@ -47,7 +50,7 @@ pub const MAX_TREE_BYTES: u64 = 256 << 20;
 /// What an output buffer starts at before it grows with the output.
 const INITIAL_OUTPUT: usize = 64 << 10;
 /// Entries reserved up front for a directory, whatever count it claims; more grow as they come.
-const PREALLOC_ENTRIES: usize = 64;
+pub(super) const PREALLOC_ENTRIES: usize = 64;
 /// Fewest bytes a valid directory entry takes: a name (length, at least one byte) and a node
 /// (a kind and at least one byte: an empty directory's count).
 const MIN_ENTRY_BYTES: usize = 4;
@@ -101,27 +104,27 @@ pub fn decompress_bounded(frame: &[u8], cap: usize) -> Result<Vec<u8>, String> {
 }
 
 /// An error at a byte offset of the input.
-fn at(offset: usize, msg: impl std::fmt::Display) -> String {
+pub(super) fn at(offset: usize, msg: impl std::fmt::Display) -> String {
     format!("at byte {offset}: {msg}")
 }
 
 /// A cursor over bincode 2 `config::standard()` data (docs/FORMAT.md, "Encodings").
-struct Input<'a> {
+pub(super) struct Input<'a> {
     bytes: &'a [u8],
-    pos: usize,
+    pub(super) pos: usize,
 }
 
 impl<'a> Input<'a> {
-    fn new(bytes: &'a [u8]) -> Self {
+    pub(super) fn new(bytes: &'a [u8]) -> Self {
         Input { bytes, pos: 0 }
     }
 
-    fn left(&self) -> usize {
+    pub(super) fn left(&self) -> usize {
         self.bytes.len() - self.pos
     }
 
     /// The next `n` bytes; checked against what is left before anything is allocated.
-    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], String> {
+    pub(super) fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], String> {
         if n > self.left() {
             return Err(at(
                 self.pos,
@@ -133,13 +136,13 @@ impl<'a> Input<'a> {
         Ok(s)
     }
 
-    fn byte(&mut self, what: &str) -> Result<u8, String> {
+    pub(super) fn byte(&mut self, what: &str) -> Result<u8, String> {
         Ok(self.take(1, what)?[0])
     }
 
     /// A varint whose widest form has tag `widest` (251: u16, 252: u32, 253: u64). As bincode
     /// does, a value in a wider form than it needs (`[251, 5, 0]` for 5) is accepted.
-    fn varint(&mut self, widest: u8, what: &str) -> Result<u64, String> {
+    pub(super) fn varint(&mut self, widest: u8, what: &str) -> Result<u64, String> {
         let start = self.pos;
         let tag = self.byte(what)?;
         let width = match tag {
@@ -157,23 +160,23 @@ impl<'a> Input<'a> {
         Ok(u64::from_le_bytes(le))
     }
 
-    fn u32(&mut self, what: &str) -> Result<u32, String> {
+    pub(super) fn u32(&mut self, what: &str) -> Result<u32, String> {
         // At most 4 bytes of value after a tag of 252 or less.
         Ok(self.varint(252, what)? as u32)
     }
 
-    fn u64(&mut self, what: &str) -> Result<u64, String> {
+    pub(super) fn u64(&mut self, what: &str) -> Result<u64, String> {
         self.varint(253, what)
     }
 
     /// A sequence length (bincode decodes it as a `usize`).
-    fn len(&mut self, what: &str) -> Result<usize, String> {
+    pub(super) fn len(&mut self, what: &str) -> Result<usize, String> {
         let start = self.pos;
         let n = self.varint(253, what)?;
         usize::try_from(n).map_err(|_| at(start, format!("{what}: {n} does not fit in usize")))
     }
 
-    fn bool(&mut self, what: &str) -> Result<bool, String> {
+    pub(super) fn bool(&mut self, what: &str) -> Result<bool, String> {
         let start = self.pos;
         match self.byte(what)? {
             0 => Ok(false),
@@ -182,18 +185,18 @@ impl<'a> Input<'a> {
         }
     }
 
-    fn array32(&mut self, what: &str) -> Result<[u8; 32], String> {
+    pub(super) fn array32(&mut self, what: &str) -> Result<[u8; 32], String> {
         Ok(self.take(32, what)?.try_into().expect("32 bytes"))
     }
 
     /// A byte vector (or string): its length, then its bytes.
-    fn bytes(&mut self, what: &str) -> Result<&'a [u8], String> {
+    pub(super) fn bytes(&mut self, what: &str) -> Result<&'a [u8], String> {
         let n = self.len(what)?;
         self.take(n, what)
     }
 
     /// `Option`: a byte 0 (None) or 1 then the value.
-    fn option<T>(
+    pub(super) fn option<T>(
         &mut self,
         what: &str,
         value: impl FnOnce(&mut Self) -> Result<T, String>,
@@ -238,6 +241,22 @@ fn entry_name(input: &mut Input<'_>, prev: Option<&[u8]>) -> Result<Vec<u8>, Str
 /// # Errors
 /// A message naming the byte offset of the fault.
 pub fn decode_tree_v1(bytes: &[u8]) -> Result<Node, String> {
+    decode_tree(bytes, false)
+}
+
+/// Decode and validate a tree, format v2: the table of hash parts (each 32 nix-base32
+/// characters, strictly sorted, every one named by some file), then nodes as v1 has them
+/// plus kind 3, a rewritten file, whose list of (offset, table index) is not empty, sorted,
+/// without overlaps, inside the file, and names table entries only. Bounded as
+/// [`decode_tree_v1`] is.
+///
+/// # Errors
+/// A message naming the byte offset of the fault.
+pub fn decode_tree_v2(bytes: &[u8]) -> Result<Node, String> {
+    decode_tree(bytes, true)
+}
+
+fn decode_tree(bytes: &[u8], v2: bool) -> Result<Node, String> {
     /// A directory being decoded: entries so far, how many are to come, the next one's name.
     struct Open {
         entries: Vec<Entry>,
@@ -245,6 +264,11 @@ pub fn decode_tree_v1(bytes: &[u8]) -> Result<Node, String> {
         name: Vec<u8>,
     }
     let mut input = Input::new(bytes);
+    let mut table = if v2 {
+        Some(super::tree_v2::Table::read(&mut input)?)
+    } else {
+        None
+    };
     // Directories whose entries are being decoded, outermost first; `open.len()` is the depth
     // of the node decoded next.
     let mut open: Vec<Open> = Vec::new();
@@ -293,6 +317,20 @@ pub fn decode_tree_v1(bytes: &[u8]) -> Result<Node, String> {
                 }
                 Node::Directory(Vec::new())
             }
+            3 if table.is_some() => {
+                let executable = input.bool("executable bit")?;
+                let size = input.u64("file size")?;
+                let blob = super::BlobId(input.array32("blob id")?);
+                let file_nar_hash = input.array32("file NAR hash")?;
+                let table = table.as_mut().expect("v2");
+                Node::Rewritten {
+                    executable,
+                    size,
+                    blob,
+                    file_nar_hash,
+                    rewrites: table.rewrites(&mut input, size)?,
+                }
+            }
             k => return Err(at(start, format!("unknown node kind {k}"))),
         };
         // `node` is whole: it is the next entry of the innermost open directory, which may
@@ -301,6 +339,11 @@ pub fn decode_tree_v1(bytes: &[u8]) -> Result<Node, String> {
             let Some(dir) = open.last_mut() else {
                 if input.left() != 0 {
                     return Err(at(input.pos, "trailing bytes after the tree"));
+                }
+                if let Some(unused) = table.and_then(|t| t.used.iter().position(|u| !u)) {
+                    return Err(format!(
+                        "hash part {unused} of the table is named by no file"
+                    ));
                 }
                 return Ok(node);
             };
@@ -401,6 +444,7 @@ pub fn decode_manifest_v2(
 mod tests {
     use super::*;
     use crate::cache::format::{decode_bincode, encode_bincode, seal, INDEX_MAGIC, SNAPSHOT_MAGIC};
+    use crate::cache::Rewrite;
     use crate::cache::{
         snapshot_key, Cache, IndexFile, Location, ObjectId, ObjectKind, SnapshotId, SnapshotPath,
     };
@@ -596,6 +640,168 @@ mod tests {
             agree(&bytes)?;
         }
 
+    }
+
+    /// A valid rewritten file: up to 4 rewrites of hash parts from a pool of 3, apart.
+    fn arb_rewritten() -> BoxedStrategy<Node> {
+        let part = proptest::sample::select(vec![
+            *b"0123456789abcdfghijklmnpqrsvwxyz",
+            *b"zyxwvsrqpnmlkjihgfdcba9876543210",
+            *b"00000000000000000000000000000000",
+        ]);
+        (
+            any::<bool>(),
+            proptest::collection::vec((0u64..300, part), 1..5),
+            0u64..100,
+            any::<[u8; 32]>(),
+        )
+            .prop_map(|(executable, gaps, tail, b)| {
+                let mut rewrites = Vec::new();
+                let mut at = 0;
+                for (gap, hash_part) in gaps {
+                    rewrites.push(Rewrite {
+                        offset: at + gap,
+                        hash_part,
+                    });
+                    at += gap + 32;
+                }
+                Node::Rewritten {
+                    executable,
+                    size: at + tail,
+                    blob: crate::cache::BlobId(b),
+                    file_nar_hash: b,
+                    rewrites,
+                }
+            })
+            .boxed()
+    }
+
+    /// Trees with plain and rewritten files.
+    fn arb_v2_node() -> impl Strategy<Value = Node> {
+        prop_oneof![arb_leaf(true), arb_rewritten()].prop_recursive(4, 60, 8, |inner| {
+            proptest::collection::btree_map(proptest::collection::vec(1u8..=255, 1..6), inner, 0..8)
+                .prop_map(|m| {
+                    Node::Directory(
+                        m.into_iter()
+                            .filter(|(k, _)| valid_name(k))
+                            .map(|(name, node)| Entry { name, node })
+                            .collect(),
+                    )
+                })
+        })
+    }
+
+    /// What a v2 tree the decoder accepted must satisfy.
+    fn valid_v2(node: &Node) -> Result<(), TestCaseError> {
+        node.for_each_file(&mut |f| {
+            let mut end = 0;
+            for r in f.rewrites {
+                assert!(r.offset >= end && r.offset + 32 <= f.size, "{f:?}");
+                assert!(super::super::rewrite::is_hash_part(&r.hash_part));
+                end = r.offset + 32;
+            }
+        });
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config(512))]
+
+        #[test]
+        fn v2_tree_round_trips(node in arb_v2_node()) {
+            let bytes = super::super::tree_v2::encode(&node);
+            prop_assert_eq!(decode_tree_v2(&bytes).unwrap(), node);
+        }
+
+        /// Mutated v2 trees: never a panic, and whatever is accepted is valid and encodes to
+        /// a tree that decodes to itself.
+        #[test]
+        fn v2_tree_decoder_survives_mutation(
+            node in arb_v2_node(),
+            ms in proptest::collection::vec(arb_mutation(), 1..4),
+        ) {
+            let mut bytes = super::super::tree_v2::encode(&node);
+            mutate(&mut bytes, &ms);
+            if let Ok(n) = decode_tree_v2(&bytes) {
+                valid_v2(&n)?;
+                let again = super::super::tree_v2::encode(&n);
+                prop_assert_eq!(decode_tree_v2(&again).unwrap(), n);
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config(4096))]
+
+        #[test]
+        fn v2_tree_decoder_takes_any_bytes(bytes in arb_bytes(200)) {
+            if let Ok(n) = decode_tree_v2(&bytes) {
+                valid_v2(&n)?;
+            }
+        }
+    }
+
+    /// Hostile rewrite lists are refused at decode, each with its reason and offset.
+    #[test]
+    fn hostile_rewrites_are_refused_at_decode() {
+        const H: [u8; 32] = *b"0123456789abcdfghijklmnpqrsvwxyz";
+        const H2: [u8; 32] = *b"1123456789abcdfghijklmnpqrsvwxyz";
+        /// A v2 tree of one rewritten file of `size` bytes, table `table`, list `list`.
+        fn tree(table: &[[u8; 32]], size: u64, list: &[(u64, u64)]) -> Vec<u8> {
+            use super::super::tree_v2::varint;
+            let mut b = Vec::new();
+            varint(&mut b, table.len() as u64);
+            for h in table {
+                b.extend_from_slice(h);
+            }
+            varint(&mut b, 3);
+            b.push(0);
+            varint(&mut b, size);
+            b.extend_from_slice(&[7; 64]);
+            varint(&mut b, list.len() as u64);
+            for &(o, i) in list {
+                varint(&mut b, o);
+                varint(&mut b, i);
+            }
+            b
+        }
+        assert!(decode_tree_v2(&tree(&[H], 100, &[(0, 0), (40, 0)])).is_ok());
+        assert!(decode_tree_v2(&tree(&[H, H2], 64, &[(0, 1), (32, 0)])).is_ok());
+        for (bytes, why) in [
+            (tree(&[H], 100, &[(70, 0)]), "beyond the file"),
+            (tree(&[H], 100, &[(u64::MAX - 3, 0)]), "beyond the file"),
+            (tree(&[H], 100, &[(0, 0), (31, 0)]), "overlaps"),
+            (tree(&[H], 100, &[(40, 0), (0, 0)]), "overlaps or precedes"),
+            (tree(&[H], 100, &[(0, 1)]), "index 1 beyond the table's 1"),
+            (tree(&[H], 100, &[(0, 4_000_000_000)]), "beyond the table"),
+            (tree(&[H], 100, &[]), "without rewrites"),
+            (tree(&[H, H2], 100, &[(0, 0)]), "named by no file"),
+            (
+                tree(&[H2, H], 100, &[(0, 0), (40, 1)]),
+                "not strictly sorted",
+            ),
+            (
+                tree(&[H, H], 100, &[(0, 0), (40, 1)]),
+                "not strictly sorted",
+            ),
+            (
+                tree(&[*b"0123456789abcdefghijklmnpqrsvwxy"], 100, &[(0, 0)]),
+                "nix-base32",
+            ),
+            (tree(&[], 100, &[(0, 0)]), "beyond the table's 0"),
+        ] {
+            let e = decode_tree_v2(&bytes).unwrap_err();
+            assert!(e.contains(why), "{e} (wanted {why})");
+        }
+        // A count claiming more than the bytes left is refused before any allocation.
+        let mut b = tree(&[H], 100, &[(0, 0)]);
+        b.truncate(b.len() - 3);
+        b.extend_from_slice(&[253, 255, 255, 255, 255, 255, 255, 255, 127]);
+        assert!(decode_tree_v2(&b).unwrap_err().contains("claimed"));
+        // Kind 3 does not exist in v1.
+        assert!(decode_tree_v1(&tree(&[H], 100, &[(0, 0)])[33..])
+            .unwrap_err()
+            .contains("unknown node kind 3"));
     }
 
     /// Every string of up to 7 bytes made of those that make small trees (kinds, counts, names,

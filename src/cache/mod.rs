@@ -16,10 +16,12 @@ pub mod index;
 pub mod location;
 mod lookup;
 mod packer;
+pub mod rewrite;
 mod signatures;
 pub mod snapshot;
 pub mod storage;
 pub mod tree;
+mod tree_v2;
 
 use std::path::Path;
 use std::sync::{Mutex, OnceLock, RwLock};
@@ -33,9 +35,10 @@ pub use id::{BlobId, IndexId, ObjectId, PackId, SnapshotId, TreeId};
 use index::Objects;
 pub use index::{IndexFile, Location};
 pub use packer::{PackStats, Packer, PathFrames};
+pub use rewrite::Rewrite;
 pub use snapshot::{Snapshot, SnapshotPath, SnapshotRef};
 pub use storage::{LocalDir, ObjectWriter, Storage, StorageError};
-pub use tree::{Entry, Node};
+pub use tree::{Entry, File, Node};
 
 /// Objects this large or larger get zstd frames of their own.
 pub const SOLO_THRESHOLD: u64 = 256 * 1024;

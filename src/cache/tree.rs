@@ -2,12 +2,17 @@
 //! content-addressed (BLAKE3 of their encoding under a domain key, so a tree never shares an
 //! id with a blob) and validated on decode: entry names are non-empty, free of `/` and NUL,
 //! not `.` or `..`, strictly sorted (hence unique); nesting is bounded.
+//!
+//! Two encodings (docs/FORMAT.md, "Objects"): v1 (bincode of [`Node`] without
+//! [`Node::Rewritten`]; read only) and v2 (a table of hash parts, then the nodes, files whose
+//! references were replaced by a placeholder naming table entries). Each has its own
+//! derive-key context, so a tree's id says which encoding it is in: a reader never guesses.
 
 use serde::{Deserialize, Serialize};
 
 use std::collections::HashMap;
 
-use super::format::encode_bincode;
+use super::rewrite::Rewrite;
 use super::{BlobId, Cache, CacheError, ObjectKind, TreeId};
 
 /// Deepest directory nesting accepted in a tree.
@@ -35,6 +40,38 @@ pub enum Node {
     },
     /// A directory, entries sorted by name bytes.
     Directory(Vec<Entry>),
+    /// A regular file whose blob holds its contents with the hash parts of store paths
+    /// replaced by [`PLACEHOLDER`](super::rewrite::PLACEHOLDER) (v2 trees only; see
+    /// [`super::rewrite`]). `rewrites` is not empty, sorted by offset, without overlaps, each
+    /// inside the file.
+    Rewritten {
+        /// The executable bit (NAR `executable`).
+        executable: bool,
+        /// Length in bytes.
+        size: u64,
+        /// BLAKE3 of the rewritten contents.
+        blob: BlobId,
+        /// SHA-256 of the file's own NAR with its REAL contents (its `.links` name), or zeros
+        /// under 8192 bytes.
+        file_nar_hash: [u8; 32],
+        /// Where the hash parts go back.
+        rewrites: Vec<Rewrite>,
+    },
+}
+
+/// A regular file of a tree, whichever node holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct File<'a> {
+    /// The executable bit.
+    pub executable: bool,
+    /// Length in bytes.
+    pub size: u64,
+    /// The blob (rewritten contents when `rewrites` is not empty).
+    pub blob: BlobId,
+    /// Its `.links` name (zeros under 8192 bytes).
+    pub file_nar_hash: [u8; 32],
+    /// Hash parts to put back, by offset; empty for a plain file.
+    pub rewrites: &'a [Rewrite],
 }
 
 /// A named directory entry.
@@ -47,24 +84,114 @@ pub struct Entry {
 }
 
 impl Node {
-    /// Encode for storage; returns (id, bytes).
+    /// Encode for storage in the v2 encoding (the one written); returns (id, bytes).
     pub fn encode(&self) -> (TreeId, Vec<u8>) {
-        let bytes = encode_bincode(self);
-        (tree_id(&bytes), bytes)
+        let bytes = super::tree_v2::encode(self);
+        (tree_id(TREE_V2, &bytes), bytes)
     }
 
-    /// Decode and validate a tree read from the cache under `id`.
+    /// Encode in the v1 encoding (read only since v2; for tests and fixtures). A
+    /// [`Node::Rewritten`] has no v1 form: `None`.
+    pub fn encode_v1(&self) -> Option<(TreeId, Vec<u8>)> {
+        let mut rewritten = false;
+        self.for_each_file(&mut |f| rewritten |= !f.rewrites.is_empty());
+        if rewritten {
+            return None;
+        }
+        let bytes = super::format::encode_bincode(self);
+        Some((tree_id(TREE_V1, &bytes), bytes))
+    }
+
+    /// Decode and validate a tree read from the cache under `id`, in the encoding its id
+    /// names.
     ///
     /// # Errors
     /// [`CacheError::Corrupt`] when the bytes do not hash to `id` or the tree is malformed.
     pub fn decode(id: &TreeId, bytes: &[u8]) -> Result<Node, CacheError> {
-        if tree_id(bytes) != *id {
+        let decoded = if tree_id(TREE_V2, bytes) == *id {
+            super::decode::decode_tree_v2(bytes)
+        } else if tree_id(TREE_V1, bytes) == *id {
+            super::decode::decode_tree_v1(bytes)
+        } else {
             return Err(CacheError::Corrupt(format!(
                 "tree {id}: content does not match its id"
             )));
+        };
+        decoded.map_err(|e| CacheError::Corrupt(format!("tree {id}: {e}")))
+    }
+
+    /// The regular file this node is, if it is one.
+    pub fn file(&self) -> Option<File<'_>> {
+        match self {
+            Node::Regular {
+                executable,
+                size,
+                blob,
+                file_nar_hash,
+            } => Some(File {
+                executable: *executable,
+                size: *size,
+                blob: *blob,
+                file_nar_hash: *file_nar_hash,
+                rewrites: &[],
+            }),
+            Node::Rewritten {
+                executable,
+                size,
+                blob,
+                file_nar_hash,
+                rewrites,
+            } => Some(File {
+                executable: *executable,
+                size: *size,
+                blob: *blob,
+                file_nar_hash: *file_nar_hash,
+                rewrites,
+            }),
+            _ => None,
         }
-        super::decode::decode_tree_v1(bytes)
-            .map_err(|e| CacheError::Corrupt(format!("tree {id}: {e}")))
+    }
+
+    /// A regular file node: [`Node::Regular`] when `rewrites` is empty, else
+    /// [`Node::Rewritten`].
+    pub fn regular(
+        executable: bool,
+        size: u64,
+        blob: BlobId,
+        file_nar_hash: [u8; 32],
+        rewrites: Vec<Rewrite>,
+    ) -> Node {
+        if rewrites.is_empty() {
+            Node::Regular {
+                executable,
+                size,
+                blob,
+                file_nar_hash,
+            }
+        } else {
+            Node::Rewritten {
+                executable,
+                size,
+                blob,
+                file_nar_hash,
+                rewrites,
+            }
+        }
+    }
+
+    /// Visit every regular file, in NAR order, without recursion.
+    pub fn for_each_file<'a>(&'a self, f: &mut impl FnMut(File<'a>)) {
+        let mut stack = vec![self];
+        while let Some(n) = stack.pop() {
+            match n {
+                Node::Directory(entries) => stack.extend(entries.iter().rev().map(|e| &e.node)),
+                n => {
+                    if let Some(file) = n.file() {
+                        f(file);
+                    }
+                }
+            }
+        }
     }
 
     /// The validation `decode` did after bincode before it validated as it decoded; the
@@ -73,6 +200,7 @@ impl Node {
     pub(super) fn validate(&self, depth: usize) -> Result<(), String> {
         match self {
             Node::Regular { .. } => Ok(()),
+            Node::Rewritten { .. } => Err("a rewritten file in a v1 tree".into()),
             Node::Symlink { target } => {
                 if target.is_empty() || target.contains(&0) {
                     Err("symlink target is empty or holds NUL".into())
@@ -103,11 +231,7 @@ impl Node {
 
     /// Visit every regular file's blob.
     pub fn for_each_blob(&self, f: &mut impl FnMut(&BlobId, u64)) {
-        match self {
-            Node::Regular { blob, size, .. } => f(blob, *size),
-            Node::Symlink { .. } => {}
-            Node::Directory(entries) => entries.iter().for_each(|e| e.node.for_each_blob(f)),
-        }
+        self.for_each_file(&mut |file| f(&file.blob, file.size));
     }
 }
 
@@ -116,22 +240,28 @@ pub fn valid_name(name: &[u8]) -> bool {
     !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
 }
 
-fn tree_id(bytes: &[u8]) -> TreeId {
-    let mut h = blake3::Hasher::new_derive_key("storesync 2026-11 tree v1");
+/// Derive-key context of v1 tree ids.
+const TREE_V1: &str = "storesync 2026-11 tree v1";
+/// Derive-key context of v2 tree ids.
+const TREE_V2: &str = "storesync 2026-12 tree v2";
+
+fn tree_id(context: &str, bytes: &[u8]) -> TreeId {
+    let mut h = blake3::Hasher::new_derive_key(context);
     h.update(bytes);
     TreeId(*h.finalize().as_bytes())
 }
 
 impl Cache {
-    /// The `.links` name (file NAR SHA-256) of every (blob, executable) pair that some tree in
-    /// the cache records, for files of [`crate::store::links::LINKS_MIN_SIZE`] bytes or more.
+    /// The `.links` name (file NAR SHA-256) of every file some tree in the cache records, for
+    /// files of [`crate::store::links::LINKS_MIN_SIZE`] bytes or more, by
+    /// [`File::content_key`].
     ///
     /// A save uses it to skip the second SHA-256 pass over contents the cache already holds:
-    /// the file NAR hash is a function of the contents (named by the blob id) and the
-    /// executable bit. Only frames holding nothing but trees are read (caches written since
+    /// the file NAR hash is a function of the real contents (named by the blob id and the
+    /// hash parts put back) and the executable bit. Only frames holding nothing but trees are read (caches written since
     /// trees got frames of their own), so this never decompresses file contents; trees that
     /// cannot be read are skipped: the caller hashes those files itself.
-    pub fn links_hashes(&self) -> HashMap<(BlobId, bool), [u8; 32]> {
+    pub fn links_hashes(&self) -> HashMap<[u8; 32], [u8; 32]> {
         let mut frames: HashMap<(u32, u64), Vec<super::ObjectId>> = HashMap::new();
         let mut mixed = std::collections::HashSet::new();
         for (id, loc) in self.objects() {
@@ -144,7 +274,6 @@ impl Cache {
             }
         }
         let mut map = HashMap::new();
-        let mut stack = Vec::new();
         for (key, trees) in frames {
             if mixed.contains(&key) {
                 continue;
@@ -153,27 +282,35 @@ impl Cache {
                 let Ok(node) = self.read_tree(&TreeId(id.0)) else {
                     continue;
                 };
-                stack.push(node);
-                while let Some(node) = stack.pop() {
-                    match node {
-                        Node::Regular {
-                            executable,
-                            size,
-                            blob,
-                            file_nar_hash,
-                        } if size >= crate::store::links::LINKS_MIN_SIZE => {
-                            map.insert((blob, executable), file_nar_hash);
-                        }
-                        Node::Directory(entries) => {
-                            stack.extend(entries.into_iter().map(|e| e.node));
-                        }
-                        _ => {}
+                node.for_each_file(&mut |f| {
+                    if f.size >= crate::store::links::LINKS_MIN_SIZE {
+                        map.insert(f.content_key(), f.file_nar_hash);
                     }
-                }
+                });
             }
         }
         map
     }
+}
+
+impl File<'_> {
+    /// A digest of what determines the file's real bytes and NAR: the blob, the
+    /// executable bit and the hash parts put back.
+    pub fn content_key(&self) -> [u8; 32] {
+        content_key(&self.blob, self.executable, self.rewrites)
+    }
+}
+
+/// The [`File::content_key`] of a file of blob `blob`, executable or not, with `rewrites`.
+pub fn content_key(blob: &BlobId, executable: bool, rewrites: &[Rewrite]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("storesync 2026-12 file content key");
+    h.update(&blob.0);
+    h.update(&[u8::from(executable)]);
+    for r in rewrites {
+        h.update(&r.offset.to_le_bytes());
+        h.update(&r.hash_part);
+    }
+    *h.finalize().as_bytes()
 }
 
 #[cfg(test)]
@@ -220,6 +357,50 @@ mod tests {
             let (id, bytes) = node.encode();
             prop_assert_eq!(Node::decode(&id, &bytes).unwrap(), node);
         }
+    }
+
+    /// A tree's id names its encoding: v1 bytes under a v1 id, v2 bytes under a v2 id, and
+    /// neither under the other's id.
+    #[test]
+    fn the_id_names_the_encoding() {
+        let node = Node::Directory(vec![Entry {
+            name: b"f".to_vec(),
+            node: Node::Regular {
+                executable: false,
+                size: 3,
+                blob: BlobId([1; 32]),
+                file_nar_hash: [0; 32],
+            },
+        }]);
+        let (id1, v1) = node.encode_v1().unwrap();
+        let (id2, v2) = node.encode();
+        assert_ne!(id1, id2);
+        assert_eq!(Node::decode(&id1, &v1).unwrap(), node);
+        assert_eq!(Node::decode(&id2, &v2).unwrap(), node);
+        assert!(Node::decode(&id1, &v2).is_err());
+        assert!(Node::decode(&id2, &v1).is_err());
+        let rewritten = Node::regular(
+            true,
+            40,
+            BlobId([2; 32]),
+            [3; 32],
+            vec![Rewrite {
+                offset: 8,
+                hash_part: *b"0123456789abcdfghijklmnpqrsvwxyz",
+            }],
+        );
+        assert!(rewritten.encode_v1().is_none());
+        let (id, bytes) = rewritten.encode();
+        assert_eq!(Node::decode(&id, &bytes).unwrap(), rewritten);
+        assert_eq!(
+            Node::regular(true, 40, BlobId([2; 32]), [3; 32], vec![]),
+            Node::Regular {
+                executable: true,
+                size: 40,
+                blob: BlobId([2; 32]),
+                file_nar_hash: [3; 32]
+            }
+        );
     }
 
     #[test]

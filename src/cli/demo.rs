@@ -68,6 +68,7 @@ pub fn run(g: &Global, a: &DemoArgs, progress: &dyn Progress) -> Result<u8> {
         roots: vec![],
         skip_corrupt: false,
         level: 3,
+        verify_source: false,
     };
     let r = save::save(&source, &cache, &opts, progress)?;
     say!(

@@ -73,6 +73,12 @@ pub struct SaveArgs {
     /// /nix/var/nix/gcroots, and the profiles they link to), i.e. what `guix gc` would keep.
     #[arg(long)]
     pub gc_roots: bool,
+    /// Read and hash every file of the new paths, and check each path's NAR hash against the
+    /// DB. Without it, a file hard-linked to a `.links` entry whose name the base snapshot
+    /// knows is not read (its contents are in the cache already): such a path's NAR size,
+    /// structure and `.links` names are checked instead (restore checks every NAR hash).
+    #[arg(long)]
+    pub verify_source: bool,
     /// Store paths, or links to them (profiles, GC roots), resolved inside --root.
     pub paths: Vec<String>,
 }
@@ -92,6 +98,7 @@ pub fn run(g: &Global, a: &SaveArgs, progress: &dyn Progress) -> Result<u8> {
         roots: a.paths.clone(),
         skip_corrupt: a.skip_corrupt,
         level: a.level,
+        verify_source: a.verify_source,
     };
     if a.dry_run {
         let cache = a.cache.open_read_only()?;
@@ -204,6 +211,15 @@ fn text(out: &mut dyn Write, s: &Saved, verbose: bool) -> io::Result<()> {
         r.new_objects,
         human(r.packed_bytes)
     )?;
+    if r.bytes_known > 0 {
+        writeln!(
+            out,
+            "{} of files not read (known to the cache by their .links names); {} paths' NAR \
+             hashes not recomputed (--verify-source reads everything)",
+            human(r.bytes_known),
+            r.unverified_paths
+        )?;
+    }
     if let Some(name) = &s.signed_by {
         writeln!(out, "signed by `{name}`")?;
     }

@@ -6,7 +6,9 @@
 //! a directory swapped for a symlink meanwhile is never written through, and one swapped at
 //! all fails the path. The NAR hashed is that of the bytes as they are written: each chunk
 //! goes to the path's [`FileWriter`] (which refuses bytes beyond the declared size) before
-//! it goes to the disk, and the size on disk is checked after.
+//! it goes to the disk, and the size on disk is checked after. A rewritten file gets the hash
+//! parts its tree records put back as its blob streams by (`cache::rewrite::Substituter`):
+//! what is hashed and written are the real bytes.
 
 use std::ffi::OsStr;
 use std::fs;
@@ -21,8 +23,8 @@ use filetime::FileTime;
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 
 use super::error::PathError;
-use crate::cache::BlobId;
-use crate::cache::{Cache, Node};
+use crate::cache::rewrite::Substituter;
+use crate::cache::{BlobId, Cache, Node, Rewrite};
 use crate::nar::{FileNarHasher, FileWriter, NarEncoder, NarHasher};
 use crate::store::fs::open_dir_at;
 use crate::store::links::{LinkSource, LinksDir, LINKS_MIN_SIZE};
@@ -139,12 +141,14 @@ impl Writer<'_> {
                 }
                 Ok(())
             }
-            Node::Regular {
-                executable,
-                size,
-                blob,
-                file_nar_hash,
-            } => {
+            Node::Regular { .. } | Node::Rewritten { .. } => {
+                let file = node.file().expect("a regular file");
+                let (executable, size, blob, file_nar_hash) = (
+                    &file.executable,
+                    &file.size,
+                    &file.blob,
+                    &file.file_nar_hash,
+                );
                 let mut fw = enc.regular(*executable, *size).map_err(malformed(shown))?;
                 let big = *size >= LINKS_MIN_SIZE;
                 let _guard = big.then(|| self.links.lock(file_nar_hash));
@@ -175,7 +179,7 @@ impl Writer<'_> {
                     shown,
                     *executable,
                     *size,
-                    blob,
+                    (blob, file.rewrites),
                     &mut fw,
                     at.check_blobs,
                 )?;
@@ -237,9 +241,10 @@ impl Writer<'_> {
         }
     }
 
-    /// Write the file `name` in `dir` from the blob, through `fw`. Returns the file's own
-    /// `.links` name (the SHA-256 of its NAR, computed from the bytes written) for files of
-    /// [`LINKS_MIN_SIZE`] bytes or more.
+    /// Write the file `name` in `dir` from the blob, with the hash parts of `rewrites` put
+    /// back as it streams, through `fw`. Returns the file's own `.links` name (the SHA-256 of
+    /// its NAR, computed from the bytes written) for files of [`LINKS_MIN_SIZE`] bytes or
+    /// more.
     #[allow(clippy::too_many_arguments)]
     fn write_file(
         &self,
@@ -248,7 +253,7 @@ impl Writer<'_> {
         shown: &Path,
         executable: bool,
         size: u64,
-        blob: &BlobId,
+        (blob, rewrites): (&BlobId, &[Rewrite]),
         fw: &mut FileWriter<'_, NarHasher>,
         check_blob: bool,
     ) -> Result<Option<[u8; 32]>, PathError> {
@@ -268,7 +273,18 @@ impl Writer<'_> {
         // the disk (a tiny cache declaring a 10-byte file cannot fill it). The sink's own
         // error is kept: the cache would report it as one of its storage.
         let mut refused = None;
+        let mut substituter = Substituter::new(rewrites);
         let mut sink = |chunk: &[u8]| {
+            let chunk = match substituter.apply(chunk) {
+                Ok(c) => c,
+                Err(e) => {
+                    refused = Some(PathError::Content(format!(
+                        "{}: blob {blob}: {e}",
+                        shown.display()
+                    )));
+                    return Err(io::Error::other("refused"));
+                }
+            };
             if fw.write(chunk).is_err() {
                 refused = Some(too_long(shown, blob, size));
                 return Err(io::Error::other("refused"));

@@ -7,29 +7,25 @@
 //! in packs, the structure a tree, and the NAR SHA-256 computed on the way must equal the DB's
 //! hash, else the path is corrupt. The snapshot is written last.
 
+mod file;
+mod known;
+mod paths;
 mod plan;
 mod walk;
 
+use paths::{naming_any, walk_paths, PathError, WalkWith, Walked};
 pub use plan::{plan, resolve_root, SavePlan, SavePlanSummary};
-use walk::Walker;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
 
-use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::cache::{
-    Cache, CacheError, ObjectId, ObjectKind, PackStats, Packer, Snapshot, SnapshotPath, TreeId,
-};
+use crate::cache::{Cache, ObjectId, PackStats, Packer, Snapshot, SnapshotPath, TreeId};
 use crate::db;
 use crate::error::{Error, Result};
-use crate::nar::NarError;
 use crate::progress::Progress;
 use crate::store::layout::Layout;
 use crate::store::path::StorePath;
-use crate::store::path_info::PathInfo;
 
 /// Options of a save.
 #[derive(Debug, Clone)]
@@ -44,6 +40,9 @@ pub struct SaveOptions {
     pub key: String,
     /// Also save the closure of the daemon's GC roots (what `guix gc` would keep).
     pub gc_roots: bool,
+    /// Read and hash every file of every new path, even those the base snapshot knows by
+    /// their `.links` entry: each new path's NAR hash is then recomputed and compared.
+    pub verify_source: bool,
 }
 
 /// What a save did.
@@ -63,6 +62,12 @@ pub struct SaveReport {
     pub nar_bytes: u64,
     /// Bytes of file contents read from the store.
     pub bytes_read: u64,
+    /// Bytes of file contents not read: hard links to `.links` entries whose names the base
+    /// snapshot's trees map to blobs.
+    pub bytes_known: u64,
+    /// New paths whose NAR hash was not recomputed (some file was not read); their NAR
+    /// size, structure, and the `.links` names of the files not read were checked instead.
+    pub unverified_paths: usize,
     /// New objects written.
     pub new_objects: u64,
     /// Compressed bytes appended to packs.
@@ -128,7 +133,13 @@ fn execute_with(
     let mut new = new;
     new.sort_by_key(|&i| std::cmp::Reverse(db.paths[i].nar_size));
     let mut outcomes: HashMap<usize, Walked> = HashMap::new();
-    let (mut bytes_read, mut stats) = (0, PackStats::default());
+    let (mut bytes_read, mut bytes_known, mut stats) = (0, 0, PackStats::default());
+    let base_trees: Option<Vec<TreeId>> = (!opts.verify_source)
+        .then(|| {
+            base.as_ref()
+                .map(|(_, b)| b.paths.iter().map(|p| p.tree).collect())
+        })
+        .flatten();
     // Walk the new paths in parallel. A large blob is claimed by the first walk that meets it
     // and streamed into a pack; a walk meeting it meanwhile names it in its tree, trusting
     // the claim. When the claimant gives the claim up (its path changed or vanished), the
@@ -147,13 +158,20 @@ fn execute_with(
                 todo.iter().map(|&i| db.paths[i].nar_size).sum(),
             );
         }
-        let walked = walk_paths(layout, &db, &packer, &todo, parallel, progress);
+        let with = WalkWith {
+            layout,
+            db: &db,
+            packer: &packer,
+            base_trees: base_trees.as_deref(),
+        };
+        let walked = walk_paths(&with, &todo, parallel, progress);
         if parallel {
             progress.finish();
             seam(Stage::AfterWalk, &packer);
         }
-        let (results, read) = walked.map_err(Error::CacheWrite)?;
-        bytes_read += read;
+        let (results, bytes) = walked.map_err(Error::CacheWrite)?;
+        bytes_read += bytes.read;
+        bytes_known += bytes.known;
         let given_up = packer.given_up();
         let s = packer.finish().map_err(Error::CacheWrite)?;
         stats.objects += s.objects;
@@ -178,7 +196,7 @@ fn execute_with(
             )));
         }
     }
-    let mut walked: HashMap<usize, (TreeId, u64)> = HashMap::new();
+    let mut walked: HashMap<usize, paths::Saved> = HashMap::new();
     // Paths that could not be saved, and why (content or source errors).
     let mut failed = Vec::new();
     for (i, r) in outcomes {
@@ -196,6 +214,8 @@ fn execute_with(
             .map(|&i| layout.store_dir.display(&db.paths[i].path))
             .collect(),
         bytes_read,
+        bytes_known,
+        unverified_paths: walked.values().filter(|w| !w.verified).count(),
         new_objects: stats.objects,
         packed_bytes: stats.packed_bytes,
         ..SaveReport::default()
@@ -244,7 +264,7 @@ fn execute_with(
     for &i in selected.iter().filter(|&&i| keep[i]) {
         let mut info = db.paths[i].clone();
         let (tree, size) = match walked.get(&i) {
-            Some(&t) => t,
+            Some(t) => (t.tree, t.nar_size),
             None => {
                 let k = known[&info.path];
                 (k.2, k.1)
@@ -289,142 +309,6 @@ fn execute_with(
         .map_err(Error::CacheWrite)?
         .hex();
     Ok(report)
-}
-
-/// Why one path could not be saved. A failure to write the cache is none of these: it
-/// aborts the whole save (see [`walk_one`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum PathError {
-    /// The content differs from what the DB records (NAR hash or size), a file changed while
-    /// it was read, or a file is of a type a store cannot hold: the store is corrupt.
-    Corrupt(String),
-    /// The path is no longer valid: the daemon deleted it while the save ran.
-    Vanished,
-    /// The store could not be read (permissions, an I/O error), with the error.
-    Source(String),
-}
-
-/// One path's outcome: its tree and NAR size, or why it could not be saved.
-type Walked = std::result::Result<(TreeId, u64), PathError>;
-
-/// Sort an error of a walk: the cache's (returned as the error) or the path's.
-fn classify(e: Error) -> std::result::Result<PathError, CacheError> {
-    match e {
-        Error::Cache(e) | Error::CacheWrite(e) => Err(e),
-        Error::Nar(e @ (NarError::Changed(..) | NarError::FileType(_))) => {
-            Ok(PathError::Corrupt(e.to_string()))
-        }
-        e => Ok(PathError::Source(crate::error::Chain(&e).to_string())),
-    }
-}
-
-/// Walk one new path, check it against the DB, and pack its tree.
-///
-/// # Errors
-/// [`CacheError`] when the cache cannot be written; the path's own failures are in the
-/// [`Walked`].
-fn walk_one(
-    walker: &Walker,
-    store: &std::path::Path,
-    info: &PathInfo,
-) -> std::result::Result<Walked, CacheError> {
-    let (node, hash, size) = match walker.walk(&store.join(info.path.base_name())) {
-        Ok(w) => w,
-        Err(e) => return classify(e).map(Err),
-    };
-    if hash != info.nar_hash {
-        return Ok(Err(PathError::Corrupt(format!(
-            "NAR hash {} differs from the DB's {}",
-            hash,
-            info.nar_hash.to_db()
-        ))));
-    }
-    if info.nar_size != 0 && info.nar_size != size {
-        return Ok(Err(PathError::Corrupt(format!(
-            "NAR size {size} differs from the DB's {}",
-            info.nar_size
-        ))));
-    }
-    let (id, bytes) = node.encode();
-    if walker.packer.claim(id) {
-        walker.packer.add(ObjectKind::Tree, id, &bytes)?;
-    }
-    Ok(Ok((id, size)))
-}
-
-/// Walk `paths` with a fresh [`Walker`] on `packer`, all at once or one after the other.
-/// Returns each path's outcome and the bytes of file contents read.
-///
-/// # Errors
-/// [`CacheError`] when the cache cannot be written (the walks stop).
-fn walk_paths(
-    layout: &Layout,
-    db: &db::DbContents,
-    packer: &Packer,
-    paths: &[usize],
-    parallel: bool,
-    progress: &dyn Progress,
-) -> std::result::Result<(Vec<(usize, Walked)>, u64), CacheError> {
-    let walker = Walker {
-        packer,
-        inodes: Mutex::new(HashMap::new()),
-        bytes_read: AtomicU64::new(0),
-        cached_links: OnceLock::new(),
-        new_links: Mutex::new(HashMap::new()),
-        links_dir: layout.real_store_dir().join(".links"),
-        source_links: OnceLock::new(),
-    };
-    let store = layout.real_store_dir();
-    let one = |&i: &usize| {
-        let info = &db.paths[i];
-        let r = walk_one(&walker, &store, info);
-        if parallel {
-            progress.advance(info.nar_size);
-        }
-        r.map(|w| (i, w))
-    };
-    let results = if parallel {
-        paths
-            .par_iter()
-            // One path per task: paths differ in size by orders of magnitude, so rayon's
-            // default splitting into contiguous halves left one thread doing most of the work.
-            .with_max_len(1)
-            .map(one)
-            .collect::<std::result::Result<Vec<_>, _>>()?
-    } else {
-        paths
-            .iter()
-            .map(one)
-            .collect::<std::result::Result<Vec<_>, _>>()?
-    };
-    Ok((results, walker.bytes_read.load(Ordering::Relaxed)))
-}
-
-/// The paths walked successfully whose tree names one of `missing`.
-///
-/// # Errors
-/// [`CacheError`] when a tree just written cannot be read back.
-fn naming_any(
-    cache: &Cache,
-    results: &[(usize, Walked)],
-    missing: &HashSet<ObjectId>,
-) -> std::result::Result<Vec<usize>, CacheError> {
-    let mut out = Vec::new();
-    if missing.is_empty() {
-        return Ok(out);
-    }
-    for (i, r) in results {
-        let Ok((tree, _)) = r else { continue };
-        let mut names = false;
-        cache
-            .read_tree(tree)?
-            .for_each_blob(&mut |b, _| names |= missing.contains(&ObjectId::from(*b)));
-        if names {
-            out.push(*i);
-        }
-    }
-    out.sort_unstable();
-    Ok(out)
 }
 
 /// The error of a save that found corrupt or unreadable paths without `skip_corrupt`.
@@ -474,10 +358,14 @@ pub fn save(
 
 #[cfg(test)]
 mod tests {
+    use super::paths::classify;
     use super::*;
+    use crate::cache::CacheError;
     use crate::cache::{LocalDir, ObjectWriter, Storage, StorageError};
+    use crate::nar::NarError;
     use crate::progress::NoProgress;
     use crate::store::layout::Flavor;
+    use crate::store::path_info::PathInfo;
     use std::io::{self, Read, Write};
 
     /// A cache directory on a nearly full disk: an object larger than `room` bytes does not
@@ -582,6 +470,7 @@ mod tests {
                 roots: vec![],
                 skip_corrupt,
                 level: 3,
+                verify_source: false,
             };
             let e = save(&layout, &cache, &opts, &NoProgress).unwrap_err();
             assert!(matches!(e, Error::CacheWrite(_)), "{e:?}");
@@ -651,6 +540,7 @@ mod tests {
             roots: vec![],
             skip_corrupt: true,
             level: 1,
+            verify_source: false,
         };
         let p = plan(&layout, &cache, &opts).unwrap();
         let r = execute_with(

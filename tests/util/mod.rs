@@ -266,21 +266,22 @@ pub fn nar_of(node: &storesync::cache::Node, blobs: &Blobs) -> Vec<u8> {
         nar_str(out, b"(");
         nar_str(out, b"type");
         match n {
-            Node::Regular {
-                executable,
-                size,
-                blob,
-                ..
-            } => {
+            Node::Regular { .. } | Node::Rewritten { .. } => {
+                let f = n.file().unwrap();
                 nar_str(out, b"regular");
-                if *executable {
+                if f.executable {
                     nar_str(out, b"executable");
                     nar_str(out, b"");
                 }
                 nar_str(out, b"contents");
-                let c = &blobs[blob];
-                assert_eq!(c.len() as u64, *size, "nar_of wants a genuine tree");
-                nar_str(out, c);
+                let mut c = blobs[&f.blob].clone();
+                assert_eq!(c.len() as u64, f.size, "nar_of wants a genuine tree");
+                // Hash parts put back where the tree says, independently of the library.
+                for r in f.rewrites {
+                    let at = r.offset as usize;
+                    c[at..at + 32].copy_from_slice(&r.hash_part);
+                }
+                nar_str(out, &c);
             }
             Node::Symlink { target } => {
                 nar_str(out, b"symlink");

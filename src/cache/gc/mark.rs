@@ -120,7 +120,9 @@ pub(super) fn mark(
             let mut stack = vec![cache.read_tree(&p.tree)?];
             while let Some(node) = stack.pop() {
                 match node {
-                    Node::Regular { blob, .. } => mark(blob.into(), &mut live_objects)?,
+                    Node::Regular { blob, .. } | Node::Rewritten { blob, .. } => {
+                        mark(blob.into(), &mut live_objects)?
+                    }
                     Node::Symlink { .. } => {}
                     Node::Directory(entries) => stack.extend(entries.into_iter().map(|e| e.node)),
                 }

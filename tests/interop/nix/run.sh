@@ -23,6 +23,7 @@
 #       rt3 incremental: snapshot A, add items, snapshot B; restore A, nix-store --optimise,
 #           restore B: only the new paths written, old files (inodes) and DB rows untouched
 #       rt4 closure: restore only the closure of one output
+#     rt1 also checks a file whose reference was stored as a placeholder and put back;
 #     and: restore over junk left in the store; save of a store with a tampered file (exit 1,
 #     --skip-corrupt drops it and its referrers); save of one closure; restore from a cache
 #     with damaged packs (failures not registered, closure kept); busy store (a simulated GC
@@ -492,6 +493,20 @@ sm=$(stat -c '%a %U:%G' "$D1/nix/store" 2>&1 || true)
 [ "$sm" = "1775 root:nixbld" ] && pass "rt1: new store dir created 1775 root:nixbld like Nix" \
     || note "rt1: storesync created the store dir as '$sm'; Nix creates 1775 root:nixbld (and fixes it when it next opens the store)"
 check_root rt1 "$D1" "$WORK/srcq-A" "$WORK/expected-A" "$P_CHAIN"
+
+# ---------------------------------------------------------------- references substituted back
+# refsimple's only file names simple's path; the cache stores it with simple's hash part
+# replaced by the placeholder (32 x e), and the restore put the real hash part back: the file
+# is the source's byte for byte and Nix's --check-contents (above, and here) accepts the path.
+P_REFSIMPLE=$(byname refsimple); P_SIMPLE=$(byname simple)
+find "$CACHE/packs" -name '*.pack' -exec sh -c 'tail -c +17 "$1" | zstd -dcq' _ {} \; > "$WORK/packs.raw" 2>/dev/null || true
+if grep -aqF "/nix/store/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-simple" "$WORK/packs.raw" \
+    && cmp -s "$SRC$P_REFSIMPLE" "$D1$P_REFSIMPLE" \
+    && grep -qF "$P_SIMPLE" "$D1$P_REFSIMPLE" \
+    && nixq "$D1" --verify-path "$P_REFSIMPLE" 2> "$LOGS/rewrite-verify.err"; then
+    pass "rt1: refsimple's reference to simple was a placeholder in the cache, restored as the source's bytes; nix-store --verify-path accepts it"
+else fail "rt1: reference substitution: placeholder in packs: $(grep -acF 'eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-simple' "$WORK/packs.raw"); $(cat "$LOGS/rewrite-verify.err" | head -2 | tr '\n' ' ')"; fi
+rm -f "$WORK/packs.raw"
 
 # ---------------------------------------------------------------- round trip 2
 echo "== round trip 2: restore into a root whose empty DB was created by nix-store"

@@ -10,15 +10,18 @@
 //! serialised. [`Packer::finish`] closes the last pack and writes one index file naming
 //! everything this packer wrote; only then may a snapshot refer to those objects.
 
+mod pack;
+
 use std::collections::HashSet;
-use std::io::{self, Read, Write};
+use std::io;
 use std::sync::Mutex;
+
+use pack::{compress, compress_chunked, OpenPack};
 
 use super::format::{encode_bincode, header, seal};
 use super::{
     index_key, pack_key, Cache, CacheError, IndexFile, IndexId, Location, ObjectId, ObjectKind,
-    PackId, StorageError, CHUNK, FRAME_TARGET, INDEX_MAGIC, PACK_MAGIC, PACK_TARGET,
-    SOLO_THRESHOLD,
+    PackId, StorageError, FRAME_TARGET, INDEX_MAGIC, PACK_MAGIC, PACK_TARGET, SOLO_THRESHOLD,
 };
 
 /// What a packer wrote.
@@ -36,36 +39,11 @@ pub struct PackStats {
     pub index: Option<IndexId>,
 }
 
-thread_local! {
-    /// Each thread's compression context, kept between frames: a fresh one per frame costs
-    /// its allocation and the kernel's zeroing of its pages every time.
-    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
-        const { std::cell::RefCell::new(None) };
-}
-
 fn broken(why: &str) -> CacheError {
     CacheError::Storage(StorageError(
         "pack".into(),
         io::Error::other(format!("an earlier write failed: {why}")),
     ))
-}
-
-/// Compress `data` as one zstd frame at `level` with this thread's context.
-fn compress(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
-    COMPRESSOR.with(|c| {
-        let mut c = c.borrow_mut();
-        if !matches!(&*c, Some((l, _)) if *l == level) {
-            *c = Some((level, zstd::bulk::Compressor::new(level)?));
-        }
-        let (_, z) = c.as_mut().expect("set above");
-        z.compress(data)
-    })
-}
-
-/// Compress `data` as consecutive zstd frames of [`CHUNK`] bytes of content each, in parallel.
-fn compress_chunked(data: &[u8], level: i32) -> io::Result<Vec<Vec<u8>>> {
-    use rayon::prelude::*;
-    data.par_chunks(CHUNK).map(|c| compress(c, level)).collect()
 }
 
 #[derive(Default)]
@@ -80,46 +58,6 @@ struct FrameBuilder {
 /// [`Packer::finish_path`], whatever happened to the walk.
 #[derive(Default)]
 pub struct PathFrames(FrameBuilder);
-
-struct OpenPack<'c> {
-    file: Box<dyn super::ObjectWriter + 'c>,
-    hasher: blake3::Hasher,
-    len: u64,
-    entries: Vec<(ObjectId, Location)>,
-}
-
-impl OpenPack<'_> {
-    fn write(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
-        self.file
-            .write_all(bytes)
-            .map_err(|e| StorageError(format!("new pack {}", self.file.describe()), e))?;
-        self.hasher.update(bytes);
-        self.len += bytes.len() as u64;
-        Ok(())
-    }
-
-    fn push_entry(
-        &mut self,
-        id: ObjectId,
-        kind: ObjectKind,
-        frame_offset: u64,
-        frame_len: u64,
-        offset: u64,
-        len: u64,
-    ) {
-        self.entries.push((
-            id,
-            Location {
-                kind,
-                pack: 0,
-                frame_offset,
-                frame_len,
-                offset,
-                len,
-            },
-        ));
-    }
-}
 
 #[derive(Default)]
 struct State<'c> {
@@ -279,66 +217,6 @@ impl<'c> Packer<'c> {
         };
         pool.lock().expect("builders").push(b);
         r
-    }
-
-    /// Add a claimed object of `len` bytes read from `r` (streamed, not held in memory), in a
-    /// pack of its own: its frames are written once, straight into that pack, while other
-    /// threads go on appending to the shared pack. Returns false, adding nothing, when a blob
-    /// read from `r` does not hash to `id` (the file changed since it was hashed).
-    ///
-    /// # Errors
-    /// [`CacheError::Storage`] when reading `r` or writing the pack fails, or when `r` does not
-    /// yield exactly `len` bytes.
-    pub fn add_reader(
-        &self,
-        kind: ObjectKind,
-        id: impl Into<ObjectId>,
-        len: u64,
-        r: &mut dyn Read,
-    ) -> Result<bool, CacheError> {
-        let id = id.into();
-        let err = |e: io::Error| CacheError::Storage(StorageError(format!("object {id}"), e));
-        let mut pack = self.new_pack()?;
-        let frame_offset = pack.len;
-        // A few chunks at a time: bounded memory, and the chunks compress in parallel.
-        let batch = CHUNK * rayon::current_num_threads().clamp(1, 4);
-        let mut buf = Vec::with_capacity(batch.min(len as usize));
-        let mut copied = 0u64;
-        let mut hasher = blake3::Hasher::new();
-        loop {
-            buf.clear();
-            let n = r.take(batch as u64).read_to_end(&mut buf).map_err(err)?;
-            if n == 0 {
-                break;
-            }
-            copied += n as u64;
-            if copied > len {
-                break;
-            }
-            if kind == ObjectKind::Blob {
-                hasher.update(&buf);
-            }
-            for frame in compress_chunked(&buf, self.level).map_err(err)? {
-                pack.write(&frame)?;
-            }
-        }
-        if copied != len {
-            return Err(err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("file changed size while being saved ({copied} bytes, expected {len})"),
-            )));
-        }
-        if kind == ObjectKind::Blob && ObjectId(*hasher.finalize().as_bytes()) != id {
-            return Ok(false);
-        }
-        let frame_len = pack.len - frame_offset;
-        pack.push_entry(id, kind, frame_offset, frame_len, 0, len);
-        let mut st = self.state.lock().expect("pack state");
-        st.stats.objects += 1;
-        st.stats.raw_bytes += len;
-        st.stats.packed_bytes += frame_len;
-        self.commit_pack(&mut st, pack)?;
-        Ok(true)
     }
 
     /// A new pack in a scratch file, its header written.

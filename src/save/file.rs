@@ -1,0 +1,232 @@
+//! Reading one regular file of a path being saved: its NAR (real bytes), its blob (the bytes
+//! with references replaced by the placeholder, `cache::rewrite`), packed if new, and its
+//! `.links` name found or computed. Files under 4 MiB are read whole; larger ones stream in
+//! 1 MiB reads, then again (the blob id and rewrites must come out the same) to be packed or
+//! to compute the `.links` name: memory stays bounded whatever the size.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use super::walk::{Ctx, Enc, Walker};
+use crate::cache::rewrite::{rewrite_in_place, Rewriter, RewritingReader, Substituter};
+use crate::cache::tree::content_key;
+use crate::cache::{BlobId, Node, ObjectKind, Rewrite};
+use crate::error::{Error, Result};
+use crate::nar::{FileNarHasher, NarError};
+
+/// Files at least this large stream through in chunks instead of being read whole (memory
+/// stays bounded: one such buffer per worker thread).
+const STREAM_THRESHOLD: u64 = 4 * 1024 * 1024;
+
+impl Walker<'_, '_> {
+    /// Read a file: its NAR, its rewritten contents hashed into a blob (packed if new), its
+    /// `.links` name found or computed.
+    pub(super) fn read_file(
+        &self,
+        path: &Path,
+        meta: &fs::Metadata,
+        executable: bool,
+        seen: Option<(BlobId, [u8; 32], Vec<Rewrite>)>,
+        enc: Enc<'_, '_>,
+        ctx: &mut Ctx<'_, '_>,
+    ) -> Result<Node> {
+        let io = |e| Error::Nar(NarError::Io(path.to_owned(), e));
+        let size = meta.len();
+        let inode = (meta.dev(), meta.ino());
+        let mut enc = enc.regular(executable, size).map_err(io)?;
+        let mut f = fs::File::open(path).map_err(io)?;
+        let mut blake = blake3::Hasher::new();
+        let mut small = crate::scratch::Scratch::empty();
+        let mut rewrites = Vec::new();
+        let mut total = 0u64;
+        if size < STREAM_THRESHOLD {
+            // Read whole (one more byte to notice growth), hash, rewrite, keep for the packer.
+            small.reserve(size as usize + 1);
+            total = (&mut f)
+                .take(size + 1)
+                .read_to_end(&mut small)
+                .map_err(io)? as u64;
+            if total == size {
+                enc.write_all(&small).map_err(io)?;
+                if seen.is_none() {
+                    rewrites = rewrite_in_place(&mut small, ctx.parts);
+                    blake.update(&small);
+                }
+            }
+        } else {
+            let mut buf = crate::scratch::Scratch::with_len(1 << 20);
+            let mut rw = Rewriter::new(ctx.parts);
+            let mut hash = |b: &[u8]| -> io::Result<()> {
+                blake.update(b);
+                Ok(())
+            };
+            loop {
+                let n = f.read(&mut buf).map_err(io)?;
+                if n == 0 {
+                    break;
+                }
+                total += n as u64;
+                if total > size {
+                    break;
+                }
+                enc.write_all(&buf[..n]).map_err(io)?;
+                if seen.is_none() {
+                    rw.feed(&buf[..n], &mut hash).map_err(io)?;
+                }
+            }
+            rewrites = rw.finish(&mut hash).map_err(io)?;
+        }
+        if total != size {
+            return Err(NarError::Changed(path.to_owned(), size).into());
+        }
+        enc.finish().map_err(io)?;
+        self.bytes_read.fetch_add(size, Ordering::Relaxed);
+        if let Some((blob, file_nar_hash, rewrites)) = seen {
+            // Another name of an inode already walked: its contents are packed or claimed.
+            return Ok(Node::regular(
+                executable,
+                size,
+                blob,
+                file_nar_hash,
+                rewrites,
+            ));
+        }
+        let blob = BlobId(*blake.finalize().as_bytes());
+        let key = content_key(&blob, executable, &rewrites);
+        // The `.links` name is only needed for files the daemon deduplicates; it is known
+        // already when the source store's `.links` has this inode, or when some tree of the
+        // cache (or a file this save walked) records these contents.
+        let known = (size >= crate::store::links::LINKS_MIN_SIZE)
+            .then(|| {
+                self.source_links_hash(meta)
+                    .or_else(|| self.known_links_hash(&blob, &key))
+            })
+            .flatten();
+        let mut links = (size >= crate::store::links::LINKS_MIN_SIZE && known.is_none())
+            .then(|| FileNarHasher::new(executable, size));
+        let claimed = self.packer.claim(blob);
+        if size < STREAM_THRESHOLD {
+            if let Some(fh) = links.as_mut() {
+                // The real bytes: the rewritten ones with the hash parts put back.
+                let mut sub = Substituter::new(&rewrites);
+                for chunk in small.chunks(1 << 16) {
+                    fh.update(sub.apply(chunk).map_err(|e| io(io::Error::other(e)))?);
+                }
+            }
+            if claimed {
+                self.packer
+                    .add_to(ctx.frames, ObjectKind::Blob, blob, &small)
+                    .inspect_err(|_| self.packer.unclaim(blob))?;
+            }
+        } else if claimed || links.is_some() {
+            // Second pass over a large file, to pack it or to compute its `.links` hash;
+            // it must still hash to the same id and give the same rewrites (the packer
+            // checks what it packs).
+            let second = (|| -> Result<()> {
+                let f = fs::File::open(path).map_err(io)?;
+                let r = HashingReader {
+                    inner: f,
+                    links: links.as_mut(),
+                    read: 0,
+                    eof: false,
+                    error: None,
+                };
+                let mut r = RewritingReader::new(r, ctx.parts);
+                if claimed {
+                    match self.packer.add_reader(ObjectKind::Blob, blob, size, &mut r) {
+                        Ok(true) => {}
+                        Ok(false) => return Err(NarError::Changed(path.to_owned(), size).into()),
+                        // The packer reports its reader's failures as its own: those are the
+                        // store's (unreadable, or changed size), the rest the cache's.
+                        Err(e) => {
+                            let inner = r.inner_mut();
+                            return Err(match inner.error.take() {
+                                Some(io) => NarError::Io(path.to_owned(), io).into(),
+                                None if inner.changed(size) => {
+                                    NarError::Changed(path.to_owned(), size).into()
+                                }
+                                None => e.into(),
+                            });
+                        }
+                    }
+                } else {
+                    let mut h = blake3::Hasher::new();
+                    io::copy(&mut (&mut r).take(size + 1), &mut h).map_err(io)?;
+                    if BlobId(*h.finalize().as_bytes()) != blob {
+                        return Err(NarError::Changed(path.to_owned(), size).into());
+                    }
+                }
+                if r.rewrites() != rewrites.as_slice() {
+                    return Err(NarError::Changed(path.to_owned(), size).into());
+                }
+                Ok(())
+            })();
+            if second.is_err() && claimed {
+                self.packer.unclaim(blob);
+            }
+            second?;
+        }
+        let file_nar_hash = match (known, links) {
+            (Some(h), _) => h,
+            (None, Some(fh)) => {
+                let h = fh.finish();
+                self.new_links.lock().expect("new links").insert(key, h);
+                h
+            }
+            (None, None) => [0; 32],
+        };
+        if meta.nlink() > 1 {
+            self.inodes
+                .lock()
+                .expect("inodes")
+                .insert(inode, (blob, file_nar_hash, rewrites.clone()));
+        }
+        Ok(Node::regular(
+            executable,
+            size,
+            blob,
+            file_nar_hash,
+            rewrites,
+        ))
+    }
+}
+
+struct HashingReader<'h, R> {
+    inner: R,
+    links: Option<&'h mut FileNarHasher>,
+    /// Bytes read, whether the end was reached, and the first read error: they tell a
+    /// failure of the store's file from one of the cache.
+    read: u64,
+    eof: bool,
+    error: Option<io::Error>,
+}
+
+impl<R> HashingReader<'_, R> {
+    /// Whether the file turned out to have another size than `size`.
+    fn changed(&self, size: u64) -> bool {
+        self.read > size || (self.eof && self.read != size)
+    }
+}
+
+impl<R: Read> Read for HashingReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = match self.inner.read(buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+            Err(e) => {
+                let told = io::Error::new(e.kind(), e.to_string());
+                self.error.get_or_insert(e);
+                return Err(told);
+            }
+        };
+        self.read += n as u64;
+        self.eof |= n == 0 && !buf.is_empty();
+        if let Some(fh) = self.links.as_mut() {
+            fh.update(&buf[..n]);
+        }
+        Ok(n)
+    }
+}
