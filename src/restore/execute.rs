@@ -132,16 +132,6 @@ pub(super) fn execute(
         });
     }
     let snap = &plan.snapshot;
-    if plan.missing.is_empty() {
-        // Nothing to write: the store is not touched at all (not even its directory's mtime).
-        return Ok(RestoreReport {
-            snapshot: plan.snapshot_id.hex(),
-            selected: plan.selected,
-            already_valid: plan.already_valid,
-            broken: plan.broken.clone(),
-            ..RestoreReport::default()
-        });
-    }
     let store = layout.real_store_dir();
     // Files and directories are created with their final modes, which a umask must not trim.
     let _umask = Umask::set(0o022);
