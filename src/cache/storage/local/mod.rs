@@ -11,11 +11,13 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Mutex;
 
+mod objects;
+
+use self::objects::{LocalWriter, PackSyncer, RangeReader};
 use super::{check_key, ObjectWriter, Storage, StorageError};
 
 /// The subdirectories of a cache directory.
@@ -27,46 +29,6 @@ pub struct LocalDir {
     root: PathBuf,
     /// Committed files being made durable in the background (see [`ObjectWriter::commit`]).
     syncer: Mutex<Option<PackSyncer>>,
-}
-
-/// A thread that `fdatasync`s committed files one after the other, so that a save's packs
-/// reach the disk while later ones are being compressed, instead of all at once in the final
-/// [`Storage::sync`]. Its first error is reported by that `sync`.
-#[derive(Debug)]
-struct PackSyncer {
-    files: mpsc::Sender<(File, String)>,
-    thread: JoinHandle<Result<(), StorageError>>,
-}
-
-impl PackSyncer {
-    fn start() -> io::Result<Self> {
-        let (files, rx) = mpsc::channel::<(File, String)>();
-        let thread = std::thread::Builder::new()
-            .name("pack-syncer".into())
-            .spawn(move || {
-                let mut first_error = Ok(());
-                for (f, name) in rx {
-                    if let Err(e) = f.sync_data() {
-                        if first_error.is_ok() {
-                            first_error = Err(StorageError(name, e));
-                        }
-                    }
-                }
-                first_error
-            })?;
-        Ok(PackSyncer { files, thread })
-    }
-
-    /// Wait until every file sent is durable.
-    fn finish(self) -> Result<(), StorageError> {
-        drop(self.files);
-        self.thread.join().unwrap_or_else(|_| {
-            Err(StorageError(
-                "pack syncer".into(),
-                io::Error::other("the thread panicked"),
-            ))
-        })
-    }
 }
 
 impl Drop for LocalDir {
@@ -202,42 +164,6 @@ fn process_alive(pid: i32) -> bool {
 
 /// Scratch older than this is a leftover whatever its name says.
 const SCRATCH_MAX_AGE_SECS: i64 = 7 * 24 * 3600;
-
-struct LocalWriter<'a> {
-    dir: &'a LocalDir,
-    file: tempfile::NamedTempFile,
-}
-
-impl Write for LocalWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file.write(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
-    }
-}
-
-impl ObjectWriter for LocalWriter<'_> {
-    fn describe(&self) -> String {
-        self.file.path().display().to_string()
-    }
-    fn commit(self: Box<Self>, key: &str) -> Result<(), StorageError> {
-        let dest = self.dir.path(key)?;
-        let file = self
-            .file
-            .persist(&dest)
-            .map_err(|e| StorageError(self.dir.describe(key), e.error))?;
-        // Start making it durable now; without the thread, `sync` does it all.
-        let mut syncer = self.dir.syncer.lock().expect("syncer");
-        if syncer.is_none() {
-            *syncer = PackSyncer::start().ok();
-        }
-        if let Some(f) = syncer.as_ref() {
-            let _ = f.files.send((file, self.dir.describe(key)));
-        }
-        Ok(())
-    }
-}
 
 impl Storage for LocalDir {
     fn get(&self, key: &str, max: u64) -> Result<Vec<u8>, StorageError> {
@@ -392,30 +318,6 @@ impl Storage for LocalDir {
         }
         out.sort();
         out
-    }
-}
-
-struct RangeReader {
-    f: File,
-    pos: u64,
-    end: u64,
-}
-
-impl Read for RangeReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let want = buf.len().min((self.end - self.pos) as usize);
-        if want == 0 {
-            return Ok(0);
-        }
-        let n = self.f.read_at(&mut buf[..want], self.pos)?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "file shrank while being read",
-            ));
-        }
-        self.pos += n as u64;
-        Ok(n)
     }
 }
 
