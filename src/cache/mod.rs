@@ -7,6 +7,7 @@
 //! objects are durable (packs and index fsynced and renamed into place) before a snapshot
 //! naming them is written; nothing is ever modified in place.
 
+pub mod copy;
 mod decode;
 pub mod format;
 mod frames;

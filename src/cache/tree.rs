@@ -116,7 +116,8 @@ pub fn valid_name(name: &[u8]) -> bool {
     !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
 }
 
-fn tree_id(bytes: &[u8]) -> TreeId {
+/// The id of the tree encoded as `bytes`.
+pub(crate) fn tree_id(bytes: &[u8]) -> TreeId {
     let mut h = blake3::Hasher::new_derive_key("storesync 2026-11 tree v1");
     h.update(bytes);
     TreeId(*h.finalize().as_bytes())
