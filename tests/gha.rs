@@ -670,3 +670,81 @@ fn without_the_runtime_variables_gha_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn copy_from_a_directory_into_gha_and_back() {
+    let Some(svc) = service() else { return };
+    let scope = "copy-dir";
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    sample::build(&src, 1).unwrap();
+    let dir = w.cache_dir().to_str().unwrap().to_string();
+    let run = |args: &[&str]| {
+        let out = gha_cmd(&w, svc, "src", scope)
+            .arg("--json")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        json(&out.stdout)
+    };
+    run(&["save", "--cache", &dir, "--key", "guix-1"]);
+    let gha = format!("gha://{scope}");
+    // dir -> gha.
+    let r = run(&["copy", "--from", &dir, "--to", &gha]);
+    assert_eq!(r["snapshots"][0]["status"], "copied", "{r}");
+    let written = r["snapshots"][0]["packs_written"].as_u64().unwrap();
+    assert!(written > 0);
+    // Again: found by its key, nothing created.
+    let creates = || {
+        calls(svc, scope)
+            .iter()
+            .filter(|c| c.0 == "CreateCacheEntry")
+            .count()
+    };
+    let created = creates();
+    let r = run(&["copy", "--from", &dir, "--to", &gha]);
+    assert_eq!(r["snapshots"][0]["status"], "present", "{r}");
+    assert_eq!(creates(), created);
+    // A newer generation: the packs gha holds are not sent again.
+    sample::build(&src, 2).unwrap();
+    run(&["save", "--cache", &dir, "--key", "guix-2"]);
+    let r = run(&["copy", "--from", &dir, "--to", &gha, "--key", "guix-2"]);
+    let s = &r["snapshots"][0];
+    assert_eq!(s["status"], "copied", "{r}");
+    assert!(s["objects_present"].as_u64().unwrap() > 0, "{r}");
+    // gha -> dir, by restore-key prefix; a restore from that directory.
+    let back = w.root("back");
+    let back_s = back.to_str().unwrap();
+    let r = run(&[
+        "copy",
+        "--from",
+        &gha,
+        "--to",
+        back_s,
+        "--key",
+        "guix-9",
+        "--restore-key",
+        "guix-",
+    ]);
+    assert_eq!(r["snapshots"][0]["key"], "guix-2", "{r}");
+    let out = gha_cmd(&w, svc, "dst", scope)
+        .args(["--json", "restore", "--cache", back_s])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json(&out.stdout)["restored"], 8);
+    let mut want = db_rows(&src);
+    for row in want.paths.values_mut() {
+        row.4 = None;
+    }
+    assert_eq!(want, db_rows(&w.layout("dst")));
+}

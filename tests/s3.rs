@@ -684,3 +684,104 @@ fn a_server_stopped_mid_restore_fails_it_in_bounded_time_and_a_rerun_completes()
         assert_eq!(fs::symlink_metadata(&b).unwrap().mtime(), 1);
     }
 }
+
+/// `storesync --json copy --from FROM --to TO ARGS...`, which must succeed.
+fn copy(srv: &Server, w: &World, from: &str, to: &str, args: &[&str]) -> serde_json::Value {
+    let out = srv
+        .cmd(w, "src")
+        .args(["--json", "copy", "--from", from, "--to", to])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "copy {from} -> {to}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json(&out.stdout)
+}
+
+fn names(map: &BTreeMap<String, String>) -> Vec<String> {
+    map.keys()
+        .map(|k| k.rsplit('/').next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn copy_between_a_directory_and_s3_prefixes_sends_only_what_is_missing() {
+    let Some(srv) = shared() else {
+        return skip("copy_between_a_directory_and_s3_prefixes_sends_only_what_is_missing");
+    };
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    sample::build(&src, 1).unwrap();
+    let dir = w.cache_dir().to_str().unwrap().to_string();
+    let first = save(srv, &w, "src", &dir)["snapshot"].clone();
+    // dir -> s3: the packs travel whole, under their names.
+    let (p1, p2) = (unique("copy-a"), unique("copy-b"));
+    let (l1, l2) = (srv.location(&p1), srv.location(&p2));
+    let r = copy(srv, &w, &dir, &l1, &[]);
+    let s = &r["snapshots"][0];
+    assert_eq!((&s["status"], &s["id"]), (&"copied".into(), &first), "{r}");
+    let mut local: Vec<String> = fs::read_dir(w.cache_dir().join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    local.sort();
+    assert_eq!(names(&srv.objects(&p1, "packs")), local);
+    // Again: the target has it, nothing is uploaded.
+    let before = srv.objects(&p1, "");
+    let again = copy(srv, &w, &dir, &l1, &[]);
+    assert_eq!(again["snapshots"][0]["status"], "present");
+    assert_eq!(srv.objects(&p1, ""), before);
+    // s3 -> s3 (another prefix of the same bucket).
+    let r = copy(srv, &w, &l1, &l2, &[]);
+    assert_eq!(r["snapshots"][0]["status"], "copied", "{r}");
+    assert_eq!(names(&srv.objects(&p2, "packs")), local);
+    // A newer generation: only its new objects go up; nothing already there is rewritten.
+    sample::build(&src, 2).unwrap();
+    let second = save(srv, &w, "src", &dir)["snapshot"].clone();
+    let packs_before = srv.objects(&p1, "packs");
+    std::thread::sleep(Duration::from_millis(1100));
+    let r = copy(srv, &w, &dir, &l1, &[]);
+    let s = &r["snapshots"][0];
+    assert_eq!((&s["status"], &s["id"]), (&"copied".into(), &second), "{r}");
+    assert!(s["objects_present"].as_u64().unwrap() > 0, "{r}");
+    let packs_after = srv.objects(&p1, "packs");
+    for (k, meta) in &packs_before {
+        assert_eq!(packs_after.get(k), Some(meta), "{k} was uploaded again");
+    }
+    // s3 -> dir, every snapshot; then a restore from that directory.
+    let back = w.root("back-cache");
+    let back_s = back.to_str().unwrap();
+    let r = copy(srv, &w, &l1, back_s, &["--all"]);
+    let ids: Vec<&serde_json::Value> = r["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| &s["id"])
+        .collect();
+    assert_eq!(ids, vec![&first, &second], "{r}");
+    let out = srv
+        .cmd(&w, "dst")
+        .args(["--json", "restore", "--cache", back_s])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json(&out.stdout)["restored"], 8);
+    assert_eq!(restored_rows(&src), db_rows(&w.layout("dst")));
+    let out = srv
+        .cmd(&w, "dst")
+        .args(["verify", "--cache", back_s])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
