@@ -361,7 +361,13 @@ fn throttling_is_waited_out_as_retry_after_says() {
     assert!(waited < Duration::from_secs(20), "{waited:?}");
     let c = calls(svc, "throttle");
     assert_eq!(c.iter().filter(|c| c.1 == 429).count(), 2, "{c:?}");
+    // The transfer figures count each attempt, and the two throttled ones as retries.
+    let t = s.transfer().unwrap().figures();
+    assert_eq!(t.retries, 2, "{t:?}");
+    assert!(t.requests >= c.len() as u64, "{t:?} {c:?}");
+    assert_eq!(t.bytes_uploaded, 5, "{t:?}");
     assert_eq!(s.get("index/i.idx", 100).unwrap(), b"index");
+    assert_eq!(s.transfer().unwrap().figures().bytes_downloaded, 5);
     // Past the total wait allowed, it gives up, and says so.
     let impatient = GhaStore::new(GhaConfig {
         max_throttle_wait: Duration::from_secs(2),
@@ -709,6 +715,8 @@ fn copy_from_a_directory_into_gha_and_back() {
     let created = creates();
     let r = run(&["copy", "--from", &dir, "--to", &gha]);
     assert_eq!(r["snapshots"][0]["status"], "present", "{r}");
+    assert_eq!(r["transfer_to"]["bytes_uploaded"], 0, "{r}");
+    assert!(r["transfer_to"]["requests"].as_u64().unwrap() > 0, "{r}");
     assert_eq!(creates(), created);
     // A newer generation: the packs gha holds are not sent again.
     sample::build(&src, 2).unwrap();

@@ -395,6 +395,11 @@ fn round_trip(flavor: Flavor) {
     let (r, code, err) = restore(srv, &w, "dst", &loc);
     assert_eq!(code, 0, "{r} {err}");
     assert_eq!(r["restored"], 6);
+    let down = r["transfer"]["bytes_downloaded"].as_u64().unwrap();
+    assert!(
+        down > 0 && r["transfer"]["requests"].as_u64().unwrap() > 0,
+        "{r}"
+    );
     let dst = w.layout("dst");
     assert_eq!(restored_rows(&src), db_rows(&dst));
     for p in db::read(&src).unwrap().paths {
@@ -729,10 +734,17 @@ fn copy_between_a_directory_and_s3_prefixes_sends_only_what_is_missing() {
         .collect();
     local.sort();
     assert_eq!(names(&srv.objects(&p1, "packs")), local);
+    // Transfer figures: at least the packs went up, with a request each at least.
+    let up = &r["transfer_to"];
+    let packs = s["packs_written"].as_u64().unwrap();
+    assert!(up["bytes_uploaded"].as_u64().unwrap() >= s["bytes_written"].as_u64().unwrap());
+    assert!(up["requests"].as_u64().unwrap() >= packs + 2, "{r}");
+    assert_eq!(up["retries"], 0, "{r}");
     // Again: the target has it, nothing is uploaded.
     let before = srv.objects(&p1, "");
     let again = copy(srv, &w, &dir, &l1, &[]);
     assert_eq!(again["snapshots"][0]["status"], "present");
+    assert_eq!(again["transfer_to"]["bytes_uploaded"], 0, "{again}");
     assert_eq!(srv.objects(&p1, ""), before);
     // s3 -> s3 (another prefix of the same bucket).
     let r = copy(srv, &w, &l1, &l2, &[]);

@@ -212,6 +212,14 @@ impl Cache {
         self.storage.as_ref()
     }
 
+    /// The backend's transfer figures so far (zeros for a backend that counts nothing).
+    pub fn transfer(&self) -> storage::TransferFigures {
+        self.storage
+            .transfer()
+            .map(|t| t.figures())
+            .unwrap_or_default()
+    }
+
     /// Whether an object is in the index.
     pub fn contains(&self, id: impl Into<ObjectId>) -> bool {
         self.objs()

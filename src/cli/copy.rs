@@ -8,7 +8,10 @@ use storesync::cache::location::Location;
 use storesync::error::{Error, Result};
 use storesync::progress::Progress;
 
-use super::output::{human, render, short, warn};
+use serde::Serialize;
+use storesync::cache::storage::TransferFigures;
+
+use super::output::{human, render, short, transfer_line, warn};
 use super::{print_warnings, Global};
 
 pub const EXAMPLES: &str = "\
@@ -84,8 +87,31 @@ pub fn run(g: &Global, a: &CopyArgs, progress: &dyn Progress) -> Result<u8> {
             ));
         }
     }
-    render(g.format(), &r, text)?;
+    let copied = Copied {
+        report: &r,
+        transfer_from: source.transfer(),
+        transfer_to: target.transfer(),
+    };
+    render(g.format(), &copied, |out, c| {
+        text(out, c.report)?;
+        if a.from.is_remote() {
+            transfer_line(out, &format!("transfer from {}", a.from), &c.transfer_from)?;
+        }
+        if a.to.is_remote() {
+            transfer_line(out, &format!("transfer to {}", a.to), &c.transfer_to)?;
+        }
+        Ok(())
+    })?;
     Ok(0)
+}
+
+/// `copy --json`: the library's report and the transfer figures of both caches.
+#[derive(Serialize)]
+struct Copied<'a> {
+    #[serde(flatten)]
+    report: &'a CopyReport,
+    transfer_from: TransferFigures,
+    transfer_to: TransferFigures,
 }
 
 fn text(out: &mut dyn Write, r: &CopyReport) -> io::Result<()> {

@@ -140,13 +140,17 @@ pub fn run(g: &Global, a: &SaveArgs, progress: &dyn Progress) -> Result<u8> {
         report: &r,
         signed_by,
         pruned,
+        transfer: cache.transfer(),
     };
     render(g.format(), &saved, |out, s| {
         text(out, s, g.verbose > 0)?;
-        match &s.pruned {
-            Some(p) => super::gc::text(out, p),
-            None => Ok(()),
+        if let Some(p) = &s.pruned {
+            super::gc::text(out, p)?;
         }
+        if a.cache.cache.is_remote() {
+            super::output::transfer_line(out, "transfer", &s.transfer)?;
+        }
+        Ok(())
     })?;
     Ok(0)
 }
@@ -160,6 +164,8 @@ struct Saved<'a> {
     signed_by: Option<String>,
     /// What `--prune` collected.
     pruned: Option<storesync::cache::gc::GcReport>,
+    /// Bytes, requests and retries of the cache's backend.
+    transfer: storesync::cache::storage::TransferFigures,
 }
 
 fn text(out: &mut dyn Write, s: &Saved, verbose: bool) -> io::Result<()> {

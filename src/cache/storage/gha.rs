@@ -218,6 +218,8 @@ struct Inner {
     last_delete: Mutex<Option<Instant>>,
     /// The last stamp of a replacing put (strictly increasing).
     last_stamp: Mutex<u64>,
+    /// Transfer figures: each attempt of [`Inner::send`], blob bytes.
+    transfer: super::Transfer,
 }
 
 /// What the control plane said to a create.
@@ -332,6 +334,7 @@ impl Inner {
         let mut failures = 0u32;
         let mut pause = self.cfg.retry_pause;
         loop {
+            self.transfer.request();
             let why = match make() {
                 Ok(resp) if resp.status().as_u16() == 429 => {
                     let wait = retry_after(&resp).unwrap_or_else(|| {
@@ -366,6 +369,7 @@ impl Inner {
                     );
                     std::thread::sleep(wait);
                     throttled += wait;
+                    self.transfer.retry();
                     continue;
                 }
                 Ok(resp) if [500, 502, 503, 504].contains(&resp.status().as_u16()) => {
@@ -376,6 +380,7 @@ impl Inner {
                         // Azure's 503 ServerBusy says how long to wait, like a 429.
                         std::thread::sleep(w);
                         throttled += w;
+                        self.transfer.retry();
                         continue;
                     }
                     msg
@@ -384,6 +389,7 @@ impl Inner {
                 Err(e) => format!("{e}"),
             };
             failures += 1;
+            self.transfer.retry();
             if failures >= self.cfg.tries {
                 return Err(other(what, format!("{why} (after {failures} tries)")));
             }
@@ -640,6 +646,7 @@ impl Inner {
             if blob {
                 r = r.header("x-ms-blob-type", "BlockBlob");
             }
+            self.transfer.uploaded(data.len() as u64);
             r.send(data)
         })?;
         let status = resp.status().as_u16();
@@ -890,6 +897,7 @@ impl GhaStore {
                 snapshots: Mutex::default(),
                 last_delete: Mutex::new(None),
                 last_stamp: Mutex::new(0),
+                transfer: super::Transfer::default(),
             }),
             uploader: Mutex::default(),
         })
@@ -1015,12 +1023,13 @@ impl ObjectWriter for GhaWriter<'_> {
 }
 
 /// A reader of exactly `left` bytes of a response body.
-struct ExactReader {
+struct ExactReader<'t> {
     body: ureq::BodyReader<'static>,
     left: u64,
+    transfer: &'t super::Transfer,
 }
 
-impl Read for ExactReader {
+impl Read for ExactReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.left == 0 {
             return Ok(0);
@@ -1034,6 +1043,7 @@ impl Read for ExactReader {
             ));
         }
         self.left -= n as u64;
+        self.transfer.downloaded(n as u64);
         Ok(n)
     }
 }
@@ -1067,6 +1077,7 @@ impl Storage for GhaStore {
             .take(max + 1)
             .read_to_end(&mut out)
             .map_err(|e| StorageError(what.clone(), e))?;
+        self.inner.transfer.downloaded(out.len() as u64);
         if out.len() as u64 > max {
             return Err(StorageError(
                 what,
@@ -1115,6 +1126,7 @@ impl Storage for GhaStore {
         Ok(Box::new(ExactReader {
             body: resp.into_body().into_reader(),
             left: len,
+            transfer: &self.inner.transfer,
         }))
     }
 
@@ -1222,6 +1234,10 @@ impl Storage for GhaStore {
             Some(u) => u.finish(),
             None => Ok(()),
         }
+    }
+
+    fn transfer(&self) -> Option<&super::Transfer> {
+        Some(&self.inner.transfer)
     }
 
     fn can_list(&self) -> bool {

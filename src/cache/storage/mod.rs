@@ -18,12 +18,14 @@
 pub mod gha;
 mod local;
 mod s3;
+pub mod transfer;
 
 use std::io::{self, Read, Write};
 
 pub use gha::GhaStore;
 pub use local::LocalDir;
 pub use s3::S3Store;
+pub use transfer::{Transfer, TransferFigures};
 
 /// An error of a storage backend, naming the key (or file) it failed on.
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +157,10 @@ pub trait Storage: Send + Sync {
     fn delete(&self, key: &str) -> Result<(), StorageError>;
     /// A human-readable location for messages.
     fn describe(&self, key: &str) -> String;
+    /// The backend's transfer counters (see [`transfer`]); `None` for one that keeps none.
+    fn transfer(&self) -> Option<&Transfer> {
+        None
+    }
     /// Scratch left behind by writers that were killed (a local backend's `tmp/` files of
     /// dead processes), for `verify` to report. Nothing by default.
     fn leftovers(&self) -> Vec<String> {

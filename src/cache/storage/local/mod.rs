@@ -18,7 +18,8 @@ use std::sync::Mutex;
 mod objects;
 
 use self::objects::{LocalWriter, PackSyncer, RangeReader};
-use super::{check_key, ObjectWriter, Storage, StorageError};
+use super::transfer::Counted;
+use super::{check_key, ObjectWriter, Storage, StorageError, Transfer};
 
 /// The subdirectories of a cache directory.
 const SUBDIRS: [&str; 5] = ["packs", "index", "snapshots", "tmp", "gc"];
@@ -29,6 +30,8 @@ pub struct LocalDir {
     root: PathBuf,
     /// Committed files being made durable in the background (see [`ObjectWriter::commit`]).
     syncer: Mutex<Option<PackSyncer>>,
+    /// Operations and bytes read and written (see [`Transfer`]).
+    transfer: Transfer,
 }
 
 impl Drop for LocalDir {
@@ -63,6 +66,7 @@ impl LocalDir {
         LocalDir {
             root: root.to_owned(),
             syncer: Mutex::default(),
+            transfer: Transfer::default(),
         }
     }
 
@@ -97,6 +101,7 @@ impl LocalDir {
         let dir = LocalDir {
             root: root.to_owned(),
             syncer: Mutex::default(),
+            transfer: Transfer::default(),
         };
         for name in dir.leftovers() {
             let _ = fs::remove_file(dir.root.join(name));
@@ -167,6 +172,7 @@ const SCRATCH_MAX_AGE_SECS: i64 = 7 * 24 * 3600;
 
 impl Storage for LocalDir {
     fn get(&self, key: &str, max: u64) -> Result<Vec<u8>, StorageError> {
+        self.transfer.request();
         let (mut f, size) = self.open_regular(key)?;
         if size > max {
             return Err(StorageError(
@@ -188,6 +194,7 @@ impl Storage for LocalDir {
                 io::Error::new(io::ErrorKind::InvalidData, "grew while being read"),
             ));
         }
+        self.transfer.downloaded(out.len() as u64);
         Ok(out)
     }
 
@@ -197,6 +204,7 @@ impl Storage for LocalDir {
         offset: u64,
         len: u64,
     ) -> Result<Box<dyn Read + Send + '_>, StorageError> {
+        self.transfer.request();
         let (f, size) = self.open_regular(key)?;
         if offset.checked_add(len).is_none_or(|end| end > size) {
             return Err(StorageError(
@@ -209,15 +217,20 @@ impl Storage for LocalDir {
                 ),
             ));
         }
-        Ok(Box::new(RangeReader {
-            f,
-            pos: offset,
-            end: offset + len,
+        Ok(Box::new(Counted {
+            inner: RangeReader {
+                f,
+                pos: offset,
+                end: offset + len,
+            },
+            transfer: &self.transfer,
         }))
     }
 
     fn put_if_absent(&self, key: &str, data: &[u8]) -> Result<bool, StorageError> {
         let dest = self.path(key)?;
+        self.transfer.request();
+        self.transfer.uploaded(data.len() as u64);
         let mut tmp = self.scratch()?;
         tmp.write_all(data).map_err(self.err(key))?;
         tmp.as_file().sync_all().map_err(self.err(key))?;
@@ -232,6 +245,8 @@ impl Storage for LocalDir {
 
     fn put(&self, key: &str, data: &[u8]) -> Result<(), StorageError> {
         let dest = self.path(key)?;
+        self.transfer.request();
+        self.transfer.uploaded(data.len() as u64);
         let mut tmp = self.scratch()?;
         tmp.write_all(data).map_err(self.err(key))?;
         tmp.as_file().sync_all().map_err(self.err(key))?;
@@ -259,6 +274,7 @@ impl Storage for LocalDir {
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        self.transfer.request();
         let dir = self.path(prefix)?;
         let mut out = Vec::new();
         let entries = match fs::read_dir(&dir) {
@@ -280,6 +296,7 @@ impl Storage for LocalDir {
     }
 
     fn size(&self, key: &str) -> Result<Option<u64>, StorageError> {
+        self.transfer.request();
         match fs::symlink_metadata(self.path(key)?) {
             Ok(m) => Ok(Some(m.len())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -288,6 +305,7 @@ impl Storage for LocalDir {
     }
 
     fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.transfer.request();
         match fs::remove_file(self.path(key)?) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -297,6 +315,10 @@ impl Storage for LocalDir {
 
     fn describe(&self, key: &str) -> String {
         self.root.join(key).display().to_string()
+    }
+
+    fn transfer(&self) -> Option<&Transfer> {
+        Some(&self.transfer)
     }
 
     fn leftovers(&self) -> Vec<String> {

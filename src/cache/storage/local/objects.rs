@@ -58,7 +58,9 @@ pub(super) struct LocalWriter<'a> {
 
 impl Write for LocalWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file.write(buf)
+        let n = self.file.write(buf)?;
+        self.dir.transfer.uploaded(n as u64);
+        Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.file.flush()
@@ -71,6 +73,7 @@ impl ObjectWriter for LocalWriter<'_> {
     }
     fn commit(self: Box<Self>, key: &str) -> Result<(), StorageError> {
         let dest = self.dir.path(key)?;
+        self.dir.transfer.request();
         let file = self
             .file
             .persist(&dest)

@@ -3,19 +3,24 @@
 //! `object_store` errors to [`StorageError`]s that name the object and say what to do.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io;
-use std::sync::Mutex;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::client::{
+    HttpClient, HttpConnector, HttpError, HttpRequest, HttpResponse, HttpService, ReqwestConnector,
+};
 use object_store::path::Path;
 use object_store::{
     BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, RetryConfig,
 };
 
 use super::{RETRIES, RETRY_TIMEOUT};
-use crate::cache::storage::{check_key, StorageError};
+use crate::cache::storage::{check_key, StorageError, Transfer};
 
 /// What background tasks share with the store.
 pub(super) struct Inner {
@@ -27,6 +32,57 @@ pub(super) struct Inner {
     pub(super) endpoint: String,
     /// Set once a request failed for want of an answer: later requests fail at once.
     down: Mutex<Option<String>>,
+    /// Transfer figures (requests and retries counted by [`Counting`]).
+    pub(super) transfer: Arc<Transfer>,
+}
+
+/// The HTTP client under `object_store`'s retry loop, counting each attempt, its body, and
+/// the attempts that will be retried (5xx, 429, 408, no answer).
+#[derive(Debug)]
+struct Counting {
+    inner: HttpClient,
+    transfer: Arc<Transfer>,
+}
+
+impl HttpService for Counting {
+    fn call<'a, 'b>(
+        &'a self,
+        req: HttpRequest,
+    ) -> Pin<Box<dyn Future<Output = Result<HttpResponse, HttpError>> + Send + 'b>>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        Box::pin(async move {
+            self.transfer.request();
+            self.transfer.uploaded(req.body().content_length() as u64);
+            let r = self.inner.execute(req).await;
+            let transient = match &r {
+                Ok(resp) => {
+                    let s = resp.status().as_u16();
+                    s >= 500 || s == 429 || s == 408
+                }
+                Err(_) => true,
+            };
+            if transient {
+                self.transfer.retry();
+            }
+            r
+        })
+    }
+}
+
+/// Builds [`Counting`] clients over `object_store`'s own (reqwest) client.
+#[derive(Debug)]
+struct CountingConnector(Arc<Transfer>);
+
+impl HttpConnector for CountingConnector {
+    fn connect(&self, options: &ClientOptions) -> object_store::Result<HttpClient> {
+        Ok(HttpClient::new(Counting {
+            inner: ReqwestConnector::default().connect(options)?,
+            transfer: self.0.clone(),
+        }))
+    }
 }
 
 fn truthy(v: &str) -> bool {
@@ -114,7 +170,9 @@ impl Inner {
                 }
             }
         }
+        let transfer = Arc::new(Transfer::default());
         let store = b
+            .with_http_connector(CountingConnector(transfer.clone()))
             .build()
             .map_err(|e| invalid(format!("S3 configuration: {e}")))?;
         Ok(Inner {
@@ -123,6 +181,7 @@ impl Inner {
             prefix,
             endpoint: endpoint.unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com")),
             down: Mutex::default(),
+            transfer,
         })
     }
 }
@@ -323,6 +382,7 @@ impl Inner {
             return Err(self.too_short(key, range.start, want, size));
         }
         let bytes = r.bytes().await.map_err(|e| self.err(key, e))?;
+        self.transfer.downloaded(bytes.len() as u64);
         if bytes.len() as u64 != want {
             return Err(StorageError(
                 self.describe(key),

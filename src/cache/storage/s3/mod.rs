@@ -53,7 +53,7 @@ use futures_util::StreamExt;
 use object_store::{GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutPayload};
 use tokio::task::JoinHandle;
 
-use super::{check_key, ObjectWriter, Storage, StorageError};
+use super::{check_key, ObjectWriter, Storage, StorageError, Transfer};
 use client::Inner;
 use range::S3Range;
 use upload::S3Writer;
@@ -182,6 +182,7 @@ impl Storage for S3Store {
             let mut body = r.into_stream();
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(|e| inner.err(key, e))?;
+                inner.transfer.downloaded(chunk.len() as u64);
                 if (out.len() + chunk.len()) as u64 > size {
                     return Err(refuse("longer than its length said".into()));
                 }
@@ -337,6 +338,10 @@ impl Storage for S3Store {
 
     fn describe(&self, key: &str) -> String {
         self.inner.describe(key)
+    }
+
+    fn transfer(&self) -> Option<&Transfer> {
+        Some(&self.inner.transfer)
     }
 }
 
