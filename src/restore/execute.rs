@@ -173,7 +173,7 @@ pub fn execute(
     // Set by the first failure that will fail every path (a full or read-only store): no
     // path starts after it.
     let stopped = std::sync::atomic::AtomicBool::new(false);
-    progress.start("restoring paths", plan.bytes());
+    progress.start_bytes("restoring paths", plan.bytes());
     // Largest first, so one big path does not start last and run alone. (Registration keeps
     // the plan's order: references first.)
     let mut by_size = plan.missing.clone();

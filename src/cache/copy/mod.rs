@@ -375,7 +375,7 @@ fn execute_one(
     work: Work,
     progress: &dyn Progress,
 ) -> Result<(), CacheError> {
-    progress.start(&format!("copying {}", &sc.id[..12]), sc.bytes);
+    progress.start_bytes(&format!("copying {}", &sc.id[..12]), sc.bytes);
     let mut index = work.present;
     for g in &work.groups {
         let w = packs::copy_group(source, target, g, &mut index, progress)?;
