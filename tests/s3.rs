@@ -797,3 +797,41 @@ fn copy_between_a_directory_and_s3_prefixes_sends_only_what_is_missing() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[test]
+fn a_restore_reads_frames_with_requests_bounded_by_the_packs_touched() {
+    let Some(srv) = shared() else {
+        return skip("a_restore_reads_frames_with_requests_bounded_by_the_packs_touched");
+    };
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    sample::build(&src, 1).unwrap();
+    // 40 paths of one 300 KiB file each (frames of their own), 40 of one small file each.
+    for i in 0..40u64 {
+        add_big_item(&src, &format!("big-{i}"), 100 + i, 300 << 10);
+        add_big_item(&src, &format!("small-{i}"), 200 + i, 3000);
+    }
+    let prefix = unique("coalesced");
+    let loc = srv.location(&prefix);
+    let s = save(srv, &w, "src", &loc);
+    assert_eq!(s["paths"], 86);
+    let packs = srv.objects(&prefix, "packs").len() as u64;
+    let (r, code, err) = restore(srv, &w, "dst", &loc);
+    assert_eq!(code, 0, "{r} {err}");
+    assert_eq!(r["restored"], 86);
+    assert_eq!(restored_rows(&src), db_rows(&w.layout("dst")));
+    let requests = r["transfer"]["requests"].as_u64().unwrap();
+    eprintln!("restore of 86 paths in {packs} packs: {requests} requests");
+    // A listing, the snapshot, its index; per pack: a HEAD, its tree frames and at most
+    // 32 MiB / 8 MiB coalesced runs. One request per frame would be more than 80.
+    assert!(
+        requests <= 4 + packs * 6,
+        "{requests} requests for {packs} packs"
+    );
+    let down = r["transfer"]["bytes_downloaded"].as_u64().unwrap();
+    let packed = s["packed_bytes"].as_u64().unwrap();
+    assert!(
+        down < packed + (packed >> 4) + (64 << 10),
+        "{down} for {packed}"
+    );
+}

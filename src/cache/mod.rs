@@ -17,6 +17,7 @@ pub mod index;
 pub mod location;
 mod lookup;
 mod packer;
+mod prefetch;
 mod signatures;
 pub mod snapshot;
 pub mod storage;
@@ -82,6 +83,8 @@ pub struct Cache {
     storage: Box<dyn Storage>,
     objects: OnceLock<RwLock<Objects>>,
     frames: Mutex<FrameCache>,
+    /// Coalesced reads planned by a restore (remote caches).
+    prefetch: prefetch::Prefetch,
     /// Warnings found outside the index (snapshots passed over).
     extra_warnings: Mutex<Vec<String>>,
 }
@@ -106,6 +109,7 @@ impl Cache {
             storage,
             objects: OnceLock::new(),
             frames: Mutex::new(FrameCache::new()),
+            prefetch: prefetch::Prefetch::default(),
             extra_warnings: Mutex::default(),
         }
     }

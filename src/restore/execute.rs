@@ -173,6 +173,7 @@ pub fn execute(
     // Set by the first failure that will fail every path (a full or read-only store): no
     // path starts after it.
     let stopped = std::sync::atomic::AtomicBool::new(false);
+    plan_reads(cache, snap, &plan.missing);
     progress.start_bytes("restoring paths", plan.bytes());
     // Largest first, so one big path does not start last and run alone. (Registration keeps
     // the plan's order: references first.)
@@ -389,4 +390,24 @@ pub fn execute(
         }
     }
     Ok(report)
+}
+
+/// On a remote cache, plan coalesced reads of the frames the missing paths' files are in
+/// ([`Cache::plan_reads`]). A tree that cannot be read is left out here: its path fails
+/// later, with the error.
+fn plan_reads(cache: &Cache, snap: &crate::cache::Snapshot, missing: &[usize]) {
+    if !cache.storage().remote() {
+        return;
+    }
+    let mut locations = Vec::new();
+    for &i in missing {
+        if let Ok(tree) = cache.read_tree(&snap.paths[i].tree) {
+            tree.for_each_blob(&mut |b, _| {
+                if let Some(l) = cache.location(*b) {
+                    locations.push(l);
+                }
+            });
+        }
+    }
+    cache.plan_reads(&locations);
 }

@@ -1236,6 +1236,10 @@ impl Storage for GhaStore {
         }
     }
 
+    fn remote(&self) -> bool {
+        true
+    }
+
     fn transfer(&self) -> Option<&super::Transfer> {
         Some(&self.inner.transfer)
     }

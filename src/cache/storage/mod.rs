@@ -157,6 +157,11 @@ pub trait Storage: Send + Sync {
     fn delete(&self, key: &str) -> Result<(), StorageError>;
     /// A human-readable location for messages.
     fn describe(&self, key: &str) -> String;
+    /// Whether a request costs a network round trip (reads are then planned and coalesced,
+    /// see [`crate::cache::Cache::plan_reads`]). False by default.
+    fn remote(&self) -> bool {
+        false
+    }
     /// The backend's transfer counters (see [`transfer`]); `None` for one that keeps none.
     fn transfer(&self) -> Option<&Transfer> {
         None

@@ -340,6 +340,10 @@ impl Storage for S3Store {
         self.inner.describe(key)
     }
 
+    fn remote(&self) -> bool {
+        true
+    }
+
     fn transfer(&self) -> Option<&Transfer> {
         Some(&self.inner.transfer)
     }
