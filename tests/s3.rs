@@ -835,3 +835,99 @@ fn a_restore_reads_frames_with_requests_bounded_by_the_packs_touched() {
         "{down} for {packed}"
     );
 }
+
+/// An S3 target whose index writes fail: a copy is cut off after its packs landed.
+struct CutBeforeIndex(S3Store);
+
+impl Storage for CutBeforeIndex {
+    fn get(&self, key: &str, max: u64) -> Result<Vec<u8>, storesync::cache::StorageError> {
+        self.0.get(key, max)
+    }
+    fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Box<dyn Read + Send + '_>, storesync::cache::StorageError> {
+        self.0.get_range(key, offset, len)
+    }
+    fn put_if_absent(
+        &self,
+        key: &str,
+        data: &[u8],
+    ) -> Result<bool, storesync::cache::StorageError> {
+        if key.starts_with("index/") {
+            return Err(storesync::cache::StorageError(
+                key.into(),
+                std::io::Error::other("cut off"),
+            ));
+        }
+        self.0.put_if_absent(key, data)
+    }
+    fn put(&self, key: &str, data: &[u8]) -> Result<(), storesync::cache::StorageError> {
+        self.0.put(key, data)
+    }
+    fn writer(
+        &self,
+    ) -> Result<Box<dyn storesync::cache::ObjectWriter + '_>, storesync::cache::StorageError> {
+        self.0.writer()
+    }
+    fn sync(&self) -> Result<(), storesync::cache::StorageError> {
+        self.0.sync()
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<String>, storesync::cache::StorageError> {
+        self.0.list(prefix)
+    }
+    fn size(&self, key: &str) -> Result<Option<u64>, storesync::cache::StorageError> {
+        self.0.size(key)
+    }
+    fn delete(&self, key: &str) -> Result<(), storesync::cache::StorageError> {
+        self.0.delete(key)
+    }
+    fn describe(&self, key: &str) -> String {
+        self.0.describe(key)
+    }
+    fn remote(&self) -> bool {
+        true
+    }
+}
+
+#[test]
+fn an_interrupted_copy_into_s3_resumes_without_sending_what_landed() {
+    use storesync::cache::copy::{copy, Select};
+    use storesync::cache::Cache;
+    use storesync::progress::NoProgress;
+    let Some(srv) = shared() else {
+        return skip("an_interrupted_copy_into_s3_resumes_without_sending_what_landed");
+    };
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    sample::build(&src, 1).unwrap();
+    for i in 0..3u64 {
+        add_big_item(&src, &format!("big-{i}"), 300 + i, 5 << 20); // packs of their own
+    }
+    let dir = w.cache_dir().to_str().unwrap().to_string();
+    save(srv, &w, "src", &dir);
+    let from = w.cache();
+    let prefix = unique("resume");
+    let cut = Cache::open(Box::new(CutBeforeIndex(srv.store(&prefix))));
+    let e = copy(&from, &cut, &Select::Newest, false, &NoProgress)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cut off"), "{e}");
+    drop(cut);
+    let landed = srv.objects(&prefix, "packs");
+    assert!(landed.len() >= 4, "{landed:?}");
+    assert!(srv.objects(&prefix, "snapshots").is_empty());
+    std::thread::sleep(Duration::from_millis(1100));
+    let to = Cache::open(Box::new(srv.store(&prefix)));
+    let r = copy(&from, &to, &Select::Newest, false, &NoProgress).unwrap();
+    let s = &r.snapshots[0];
+    assert_eq!((s.status, s.packs_written), ("copied", 0), "{s:?}");
+    assert_eq!(s.packs_present as usize, landed.len());
+    // Nothing but the index and the snapshot went up; no pack was rewritten.
+    let up = to.transfer().bytes_uploaded;
+    assert!(up < 64 << 10, "{up} bytes uploaded");
+    assert_eq!(srv.objects(&prefix, "packs"), landed);
+    assert_eq!(srv.objects(&prefix, "snapshots").len(), 1);
+}
