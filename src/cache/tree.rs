@@ -101,6 +101,20 @@ impl Node {
         }
     }
 
+    /// Visit every regular file: its blob, size and `.links` name (zeros below 8 KiB).
+    pub fn for_each_file(&self, f: &mut impl FnMut(&BlobId, u64, &[u8; 32])) {
+        match self {
+            Node::Regular {
+                blob,
+                size,
+                file_nar_hash,
+                ..
+            } => f(blob, *size, file_nar_hash),
+            Node::Symlink { .. } => {}
+            Node::Directory(entries) => entries.iter().for_each(|e| e.node.for_each_file(f)),
+        }
+    }
+
     /// Visit every regular file's blob.
     pub fn for_each_blob(&self, f: &mut impl FnMut(&BlobId, u64)) {
         match self {

@@ -173,7 +173,7 @@ pub fn execute(
     // Set by the first failure that will fail every path (a full or read-only store): no
     // path starts after it.
     let stopped = std::sync::atomic::AtomicBool::new(false);
-    plan_reads(cache, snap, &plan.missing);
+    plan_reads(cache, snap, &plan.missing, &links);
     progress.start_bytes("restoring paths", plan.bytes());
     // Largest first, so one big path does not start last and run alone. (Registration keeps
     // the plan's order: references first.)
@@ -393,16 +393,19 @@ pub fn execute(
 }
 
 /// On a remote cache, plan coalesced reads of the frames the missing paths' files are in
-/// ([`Cache::plan_reads`]). A tree that cannot be read is left out here: its path fails
-/// later, with the error.
-fn plan_reads(cache: &Cache, snap: &crate::cache::Snapshot, missing: &[usize]) {
+/// ([`Cache::plan_reads`]), leaving out files `.links` holds (they are linked, not read). A
+/// tree that cannot be read is left out here: its path fails later, with the error.
+fn plan_reads(cache: &Cache, snap: &crate::cache::Snapshot, missing: &[usize], links: &LinksDir) {
     if !cache.storage().remote() {
         return;
     }
     let mut locations = Vec::new();
     for &i in missing {
         if let Ok(tree) = cache.read_tree(&snap.paths[i].tree) {
-            tree.for_each_blob(&mut |b, _| {
+            tree.for_each_file(&mut |b, size, links_name| {
+                if size >= crate::store::links::LINKS_MIN_SIZE && links.has_entry(links_name) {
+                    return;
+                }
                 if let Some(l) = cache.location(*b) {
                     locations.push(l);
                 }
