@@ -57,8 +57,9 @@ struct Kept {
 impl Kept {
     fn insert(&mut self, key: (u32, u64), bytes: Vec<u8>) {
         self.bytes += bytes.len();
-        if self.frames.insert(key, bytes).is_none() {
-            self.order.push_back(key);
+        match self.frames.insert(key, bytes) {
+            Some(old) => self.bytes -= old.len(),
+            None => self.order.push_back(key),
         }
         while self.bytes > MAX_KEPT {
             let Some(old) = self.order.pop_front() else {
@@ -221,5 +222,20 @@ mod tests {
         let runs = runs_of(many);
         assert!(runs[&0].iter().all(|r| r.end - r.start <= MAX_RUN));
         assert_eq!(runs[&0].len(), 100usize.div_ceil((MAX_RUN / mb) as usize));
+    }
+
+    #[test]
+    fn kept_frames_stay_within_their_budget_oldest_first() {
+        let mut k = Kept::default();
+        let frame = 3 << 20;
+        for i in 0..40u64 {
+            k.insert((0, i), vec![0; frame]);
+            assert!(k.bytes <= MAX_KEPT);
+        }
+        let kept = MAX_KEPT / frame;
+        assert_eq!(k.frames.len(), kept);
+        assert!(k.take((0, 0)).is_none(), "the oldest went first");
+        assert_eq!(k.take((0, 39)).map(|f| f.len()), Some(frame));
+        assert_eq!(k.bytes, (kept - 1) * frame);
     }
 }
