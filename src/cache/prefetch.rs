@@ -69,6 +69,11 @@ impl Kept {
                 self.bytes -= f.len();
             }
         }
+        // Keys of frames taken since linger in `order`: dropped now and then.
+        if self.order.len() > 2 * self.frames.len() + 1024 {
+            let frames = &self.frames;
+            self.order.retain(|k| frames.contains_key(k));
+        }
     }
 
     fn take(&mut self, key: (u32, u64)) -> Option<Vec<u8>> {
