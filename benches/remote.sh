@@ -17,6 +17,8 @@
 #   RUNS            runs per scenario and tool [3]
 #   WORK            work directory [/var/tmp/storesync-remote-bench]
 #   STORESYNC_WEED  the weed binary (else as tests/servers/seaweed.sh finds it)
+#   THROTTLE_MBPS   limit the link to this many MB/s each way (benches/throttle.py, a proxy
+#                   both tools go through; `tc` on lo would slow everything else on the host)
 # The table goes to stdout (markdown rows), every run's numbers to stderr. The server is
 # started on free loopback ports and stopped at the end.
 set -euo pipefail
@@ -41,6 +43,17 @@ set -a
 . "$work/weed/env"
 set +a
 export AWS_ALLOW_HTTP=true AWS_REGION=us-east-1
+link="loopback, unthrottled"
+if [ -n "${THROTTLE_MBPS:-}" ]; then
+  # Both tools through one rate-limited proxy (benches/throttle.py): a CI-like link.
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  python3 "$here/benches/throttle.py" "$port" "${AWS_ENDPOINT_URL#http://}" "$THROTTLE_MBPS" >"$work/throttle.out" &
+  throttle_pid=$!
+  trap 'kill "$throttle_pid" 2>/dev/null || true; bash "$here/tests/servers/seaweed.sh" stop "$work/weed" || true' EXIT
+  for _ in $(seq 1 50); do grep -q ready "$work/throttle.out" 2>/dev/null && break; sleep 0.1; done
+  export AWS_ENDPOINT_URL="http://127.0.0.1:$port"
+  link="loopback through a proxy limited to $THROTTLE_MBPS MB/s each way"
+fi
 sign=(--aws-sigv4 "aws:amz:us-east-1:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY")
 url="$AWS_ENDPOINT_URL/$BUCKET"
 # The bucket appears a little after the server answers.
@@ -128,7 +141,7 @@ row() { # name storesync-times baseline-times bytes-text rss
 mib() { python3 -c "print(f'{$1 / 1048576:.1f} MiB')"; }
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg); $runs alternating runs, median; $(nproc) CPUs"
 echo
-echo "| scenario (S3, SeaweedFS on loopback) | storesync | tarball baseline | ratio | bytes | storesync peak RSS |"
+echo "| scenario (S3, SeaweedFS; $link) | storesync | tarball baseline | ratio | bytes | storesync peak RSS |"
 echo "|---|---|---|---|---|---|"
 row "cold restore of v1" cold_s cold_b "down $(mib "$cold_down") in $cold_req requests (tarball $(mib "$size1"))" $((cold_rss / 1024))
 row "warm restore of v2 over v1" warm_s warm_b "down $(mib "$warm_down"); v2's new packed content $(mib "$new2") (tarball $(mib "$size2"))" $((warm_rss / 1024))
