@@ -5,6 +5,10 @@
 pub trait Progress: Sync {
     /// A phase starts, with `total` units (paths or bytes) when known.
     fn start(&self, _phase: &str, _total: u64) {}
+    /// A phase counted in bytes starts (shown with a rate and the time left).
+    fn start_bytes(&self, phase: &str, total: u64) {
+        self.start(phase, total);
+    }
     /// `n` more units done in the current phase.
     fn advance(&self, _n: u64) {}
     /// The current phase is over.

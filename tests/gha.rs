@@ -364,7 +364,13 @@ fn throttling_is_waited_out_as_retry_after_says() {
     assert!(waited < Duration::from_secs(20), "{waited:?}");
     let c = calls(svc, "throttle");
     assert_eq!(c.iter().filter(|c| c.1 == 429).count(), 2, "{c:?}");
+    // The transfer figures count each attempt, and the two throttled ones as retries.
+    let t = s.transfer().unwrap().figures();
+    assert_eq!(t.retries, 2, "{t:?}");
+    assert!(t.requests >= c.len() as u64, "{t:?} {c:?}");
+    assert_eq!(t.bytes_uploaded, 5, "{t:?}");
     assert_eq!(s.get("index/i.idx", 100).unwrap(), b"index");
+    assert_eq!(s.transfer().unwrap().figures().bytes_downloaded, 5);
     // Past the total wait allowed, it gives up, and says so.
     let impatient = GhaStore::new(GhaConfig {
         max_throttle_wait: Duration::from_secs(2),
@@ -1102,4 +1108,84 @@ fn the_listing_view_conforms_and_an_entry_already_gone_counts_as_deleted() {
         "{calls:?}"
     );
     assert!(view.list("packs").unwrap().is_empty());
+}
+
+#[test]
+fn copy_from_a_directory_into_gha_and_back() {
+    let Some(svc) = service() else { return };
+    let scope = "copy-dir";
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    sample::build(&src, 1).unwrap();
+    let dir = w.cache_dir().to_str().unwrap().to_string();
+    let run = |args: &[&str]| {
+        let out = gha_cmd(&w, svc, "src", scope)
+            .arg("--json")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        json(&out.stdout)
+    };
+    run(&["save", "--cache", &dir, "--key", "guix-1"]);
+    let gha = format!("gha://{scope}");
+    // dir -> gha.
+    let r = run(&["copy", "--from", &dir, "--to", &gha]);
+    assert_eq!(r["snapshots"][0]["status"], "copied", "{r}");
+    let written = r["snapshots"][0]["packs_written"].as_u64().unwrap();
+    assert!(written > 0);
+    // Again: found by its key, nothing created.
+    let creates = || {
+        calls(svc, scope)
+            .iter()
+            .filter(|c| c.0 == "CreateCacheEntry")
+            .count()
+    };
+    let created = creates();
+    let r = run(&["copy", "--from", &dir, "--to", &gha]);
+    assert_eq!(r["snapshots"][0]["status"], "present", "{r}");
+    assert_eq!(r["transfer_to"]["bytes_uploaded"], 0, "{r}");
+    assert!(r["transfer_to"]["requests"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(creates(), created);
+    // A newer generation: the packs gha holds are not sent again.
+    sample::build(&src, 2).unwrap();
+    run(&["save", "--cache", &dir, "--key", "guix-2"]);
+    let r = run(&["copy", "--from", &dir, "--to", &gha, "--key", "guix-2"]);
+    let s = &r["snapshots"][0];
+    assert_eq!(s["status"], "copied", "{r}");
+    assert!(s["objects_present"].as_u64().unwrap() > 0, "{r}");
+    // gha -> dir, by restore-key prefix; a restore from that directory.
+    let back = w.root("back");
+    let back_s = back.to_str().unwrap();
+    let r = run(&[
+        "copy",
+        "--from",
+        &gha,
+        "--to",
+        back_s,
+        "--key",
+        "guix-9",
+        "--restore-key",
+        "guix-",
+    ]);
+    assert_eq!(r["snapshots"][0]["key"], "guix-2", "{r}");
+    let out = gha_cmd(&w, svc, "dst", scope)
+        .args(["--json", "restore", "--cache", back_s])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json(&out.stdout)["restored"], 8);
+    let mut want = db_rows(&src);
+    for row in want.paths.values_mut() {
+        row.4 = None;
+    }
+    assert_eq!(want, db_rows(&w.layout("dst")));
 }

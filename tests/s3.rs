@@ -395,6 +395,11 @@ fn round_trip(flavor: Flavor) {
     let (r, code, err) = restore(srv, &w, "dst", &loc);
     assert_eq!(code, 0, "{r} {err}");
     assert_eq!(r["restored"], 6);
+    let down = r["transfer"]["bytes_downloaded"].as_u64().unwrap();
+    assert!(
+        down > 0 && r["transfer"]["requests"].as_u64().unwrap() > 0,
+        "{r}"
+    );
     let dst = w.layout("dst");
     assert_eq!(restored_rows(&src), db_rows(&dst));
     for p in db::read(&src).unwrap().paths {
@@ -681,4 +686,246 @@ fn a_server_stopped_mid_restore_fails_it_in_bounded_time_and_a_rerun_completes()
         assert_eq!(nar::hash_path(&b).unwrap().0, p.nar_hash, "{}", p.path);
         assert_eq!(fs::symlink_metadata(&b).unwrap().mtime(), 1);
     }
+}
+
+/// `storesync --json copy --from FROM --to TO ARGS...`, which must succeed.
+fn copy(srv: &Server, w: &World, from: &str, to: &str, args: &[&str]) -> serde_json::Value {
+    let out = srv
+        .cmd(w, "src")
+        .args(["--json", "copy", "--from", from, "--to", to])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "copy {from} -> {to}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json(&out.stdout)
+}
+
+fn names(map: &BTreeMap<String, String>) -> Vec<String> {
+    map.keys()
+        .map(|k| k.rsplit('/').next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn copy_between_a_directory_and_s3_prefixes_sends_only_what_is_missing() {
+    let Some(srv) = shared() else {
+        return skip("copy_between_a_directory_and_s3_prefixes_sends_only_what_is_missing");
+    };
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    sample::build(&src, 1).unwrap();
+    let dir = w.cache_dir().to_str().unwrap().to_string();
+    let first = save(srv, &w, "src", &dir)["snapshot"].clone();
+    // dir -> s3: the packs travel whole, under their names.
+    let (p1, p2) = (unique("copy-a"), unique("copy-b"));
+    let (l1, l2) = (srv.location(&p1), srv.location(&p2));
+    let r = copy(srv, &w, &dir, &l1, &[]);
+    let s = &r["snapshots"][0];
+    assert_eq!((&s["status"], &s["id"]), (&"copied".into(), &first), "{r}");
+    let mut local: Vec<String> = fs::read_dir(w.cache_dir().join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    local.sort();
+    assert_eq!(names(&srv.objects(&p1, "packs")), local);
+    // Transfer figures: at least the packs went up, with a request each at least.
+    let up = &r["transfer_to"];
+    let packs = s["packs_written"].as_u64().unwrap();
+    assert!(up["bytes_uploaded"].as_u64().unwrap() >= s["bytes_written"].as_u64().unwrap());
+    assert!(up["requests"].as_u64().unwrap() >= packs + 2, "{r}");
+    assert_eq!(up["retries"], 0, "{r}");
+    // Again: the target has it, nothing is uploaded.
+    let before = srv.objects(&p1, "");
+    let again = copy(srv, &w, &dir, &l1, &[]);
+    assert_eq!(again["snapshots"][0]["status"], "present");
+    assert_eq!(again["transfer_to"]["bytes_uploaded"], 0, "{again}");
+    assert_eq!(srv.objects(&p1, ""), before);
+    // s3 -> s3 (another prefix of the same bucket).
+    let r = copy(srv, &w, &l1, &l2, &[]);
+    assert_eq!(r["snapshots"][0]["status"], "copied", "{r}");
+    assert_eq!(names(&srv.objects(&p2, "packs")), local);
+    // A newer generation: only its new objects go up; nothing already there is rewritten.
+    sample::build(&src, 2).unwrap();
+    let second = save(srv, &w, "src", &dir)["snapshot"].clone();
+    let packs_before = srv.objects(&p1, "packs");
+    std::thread::sleep(Duration::from_millis(1100));
+    let r = copy(srv, &w, &dir, &l1, &[]);
+    let s = &r["snapshots"][0];
+    assert_eq!((&s["status"], &s["id"]), (&"copied".into(), &second), "{r}");
+    assert!(s["objects_present"].as_u64().unwrap() > 0, "{r}");
+    let packs_after = srv.objects(&p1, "packs");
+    for (k, meta) in &packs_before {
+        assert_eq!(packs_after.get(k), Some(meta), "{k} was uploaded again");
+    }
+    // s3 -> dir, every snapshot; then a restore from that directory.
+    let back = w.root("back-cache");
+    let back_s = back.to_str().unwrap();
+    let r = copy(srv, &w, &l1, back_s, &["--all"]);
+    let ids: Vec<&serde_json::Value> = r["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| &s["id"])
+        .collect();
+    assert_eq!(ids, vec![&first, &second], "{r}");
+    let out = srv
+        .cmd(&w, "dst")
+        .args(["--json", "restore", "--cache", back_s])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json(&out.stdout)["restored"], 8);
+    assert_eq!(restored_rows(&src), db_rows(&w.layout("dst")));
+    let out = srv
+        .cmd(&w, "dst")
+        .args(["verify", "--cache", back_s])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn a_restore_reads_frames_with_requests_bounded_by_the_packs_touched() {
+    let Some(srv) = shared() else {
+        return skip("a_restore_reads_frames_with_requests_bounded_by_the_packs_touched");
+    };
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    sample::build(&src, 1).unwrap();
+    // 40 paths of one 300 KiB file each (frames of their own), 40 of one small file each.
+    for i in 0..40u64 {
+        add_big_item(&src, &format!("big-{i}"), 100 + i, 300 << 10);
+        add_big_item(&src, &format!("small-{i}"), 200 + i, 3000);
+    }
+    let prefix = unique("coalesced");
+    let loc = srv.location(&prefix);
+    let s = save(srv, &w, "src", &loc);
+    assert_eq!(s["paths"], 86);
+    let packs = srv.objects(&prefix, "packs").len() as u64;
+    let (r, code, err) = restore(srv, &w, "dst", &loc);
+    assert_eq!(code, 0, "{r} {err}");
+    assert_eq!(r["restored"], 86);
+    assert_eq!(restored_rows(&src), db_rows(&w.layout("dst")));
+    let requests = r["transfer"]["requests"].as_u64().unwrap();
+    eprintln!("restore of 86 paths in {packs} packs: {requests} requests");
+    // A listing, the snapshot, its index; per pack: a HEAD, its tree frames and at most
+    // 32 MiB / 8 MiB coalesced runs. One request per frame would be more than 80.
+    assert!(
+        requests <= 4 + packs * 6,
+        "{requests} requests for {packs} packs"
+    );
+    let down = r["transfer"]["bytes_downloaded"].as_u64().unwrap();
+    let packed = s["packed_bytes"].as_u64().unwrap();
+    assert!(
+        down < packed + (packed >> 4) + (64 << 10),
+        "{down} for {packed}"
+    );
+}
+
+/// An S3 target whose index writes fail: a copy is cut off after its packs landed.
+struct CutBeforeIndex(S3Store);
+
+impl Storage for CutBeforeIndex {
+    fn get(&self, key: &str, max: u64) -> Result<Vec<u8>, storesync::cache::StorageError> {
+        self.0.get(key, max)
+    }
+    fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Box<dyn Read + Send + '_>, storesync::cache::StorageError> {
+        self.0.get_range(key, offset, len)
+    }
+    fn put_if_absent(
+        &self,
+        key: &str,
+        data: &[u8],
+    ) -> Result<bool, storesync::cache::StorageError> {
+        if key.starts_with("index/") {
+            return Err(storesync::cache::StorageError(
+                key.into(),
+                std::io::Error::other("cut off"),
+            ));
+        }
+        self.0.put_if_absent(key, data)
+    }
+    fn put(&self, key: &str, data: &[u8]) -> Result<(), storesync::cache::StorageError> {
+        self.0.put(key, data)
+    }
+    fn writer(
+        &self,
+    ) -> Result<Box<dyn storesync::cache::ObjectWriter + '_>, storesync::cache::StorageError> {
+        self.0.writer()
+    }
+    fn sync(&self) -> Result<(), storesync::cache::StorageError> {
+        self.0.sync()
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<String>, storesync::cache::StorageError> {
+        self.0.list(prefix)
+    }
+    fn size(&self, key: &str) -> Result<Option<u64>, storesync::cache::StorageError> {
+        self.0.size(key)
+    }
+    fn delete(&self, key: &str) -> Result<(), storesync::cache::StorageError> {
+        self.0.delete(key)
+    }
+    fn describe(&self, key: &str) -> String {
+        self.0.describe(key)
+    }
+    fn remote(&self) -> bool {
+        true
+    }
+}
+
+#[test]
+fn an_interrupted_copy_into_s3_resumes_without_sending_what_landed() {
+    use storesync::cache::copy::{copy, Select};
+    use storesync::cache::Cache;
+    use storesync::progress::NoProgress;
+    let Some(srv) = shared() else {
+        return skip("an_interrupted_copy_into_s3_resumes_without_sending_what_landed");
+    };
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    sample::build(&src, 1).unwrap();
+    for i in 0..3u64 {
+        add_big_item(&src, &format!("big-{i}"), 300 + i, 5 << 20); // packs of their own
+    }
+    let dir = w.cache_dir().to_str().unwrap().to_string();
+    save(srv, &w, "src", &dir);
+    let from = w.cache();
+    let prefix = unique("resume");
+    let cut = Cache::open(Box::new(CutBeforeIndex(srv.store(&prefix))));
+    let e = copy(&from, &cut, &Select::Newest, false, &NoProgress)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cut off"), "{e}");
+    drop(cut);
+    let landed = srv.objects(&prefix, "packs");
+    assert!(landed.len() >= 4, "{landed:?}");
+    assert!(srv.objects(&prefix, "snapshots").is_empty());
+    std::thread::sleep(Duration::from_millis(1100));
+    let to = Cache::open(Box::new(srv.store(&prefix)));
+    let r = copy(&from, &to, &Select::Newest, false, &NoProgress).unwrap();
+    let s = &r.snapshots[0];
+    assert_eq!((s.status, s.packs_written), ("copied", 0), "{s:?}");
+    assert_eq!(s.packs_present as usize, landed.len());
+    // Nothing but the index and the snapshot went up; no pack was rewritten.
+    let up = to.transfer().bytes_uploaded;
+    assert!(up < 64 << 10, "{up} bytes uploaded");
+    assert_eq!(srv.objects(&prefix, "packs"), landed);
+    assert_eq!(srv.objects(&prefix, "snapshots").len(), 1);
 }

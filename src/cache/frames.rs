@@ -67,10 +67,15 @@ impl Cache {
         }
         let pack = pack_key(&self.pack_id(loc.pack));
         let mut compressed = crate::scratch::Scratch::empty();
-        self.storage
-            .get_range(&pack, loc.frame_offset, loc.frame_len)?
-            .read_to_end(&mut compressed)
-            .map_err(|e| StorageError(self.storage.describe(&pack), e))?;
+        match self.prefetched(loc)? {
+            Some(frame) => compressed.extend_from_slice(&frame),
+            None => {
+                self.storage
+                    .get_range(&pack, loc.frame_offset, loc.frame_len)?
+                    .read_to_end(&mut compressed)
+                    .map_err(|e| StorageError(self.storage.describe(&pack), e))?;
+            }
+        }
         // Into a buffer of an evicted frame if there is one: no fresh pages to fault in.
         let mut data = self
             .frames
@@ -183,9 +188,12 @@ impl Cache {
             return sink(bytes).map_err(|e| sink_err(e).into());
         }
         let pack = pack_key(&self.pack_id(loc.pack));
-        let raw = self
-            .storage
-            .get_range(&pack, loc.frame_offset, loc.frame_len)?;
+        let raw: Box<dyn Read + Send + '_> = match self.prefetched(&loc)? {
+            Some(frames) => Box::new(io::Cursor::new(frames)),
+            None => self
+                .storage
+                .get_range(&pack, loc.frame_offset, loc.frame_len)?,
+        };
         // One or more frames (see CHUNK); the decoder reads across frame boundaries.
         let mut dec = zstd::stream::read::Decoder::new(raw)
             .map_err(|e| StorageError(self.storage.describe(&pack), e))?;

@@ -116,6 +116,13 @@ fn valid_bucket(b: &str) -> bool {
     (3..=63).contains(&b.len()) && !b.contains('/') && check_key(b)
 }
 
+impl Location {
+    /// Whether the cache is reached over the network (`s3://`, `gha://`).
+    pub fn is_remote(&self) -> bool {
+        !matches!(self, Location::Dir(_))
+    }
+}
+
 impl std::str::FromStr for Location {
     type Err = LocationError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

@@ -7,6 +7,7 @@
 //! objects are durable (packs and index fsynced and renamed into place) before a snapshot
 //! naming them is written; nothing is ever modified in place.
 
+pub mod copy;
 mod decode;
 pub mod format;
 mod frames;
@@ -16,6 +17,7 @@ pub mod index;
 pub mod location;
 mod lookup;
 mod packer;
+mod prefetch;
 pub mod rewrite;
 mod signatures;
 pub mod snapshot;
@@ -84,6 +86,8 @@ pub struct Cache {
     storage: Box<dyn Storage>,
     objects: OnceLock<RwLock<Objects>>,
     frames: Mutex<FrameCache>,
+    /// Coalesced reads planned by a restore (remote caches).
+    prefetch: prefetch::Prefetch,
     /// Warnings found outside the index (snapshots passed over).
     extra_warnings: Mutex<Vec<String>>,
 }
@@ -108,6 +112,7 @@ impl Cache {
             storage,
             objects: OnceLock::new(),
             frames: Mutex::new(FrameCache::new()),
+            prefetch: prefetch::Prefetch::default(),
             extra_warnings: Mutex::default(),
         }
     }
@@ -212,6 +217,14 @@ impl Cache {
     /// The storage backend.
     pub fn storage(&self) -> &dyn Storage {
         self.storage.as_ref()
+    }
+
+    /// The backend's transfer figures so far (zeros for a backend that counts nothing).
+    pub fn transfer(&self) -> storage::TransferFigures {
+        self.storage
+            .transfer()
+            .map(|t| t.figures())
+            .unwrap_or_default()
     }
 
     /// Whether an object is in the index.

@@ -245,6 +245,12 @@ const TREE_V1: &str = "storesync 2026-11 tree v1";
 /// Derive-key context of v2 tree ids.
 const TREE_V2: &str = "storesync 2026-12 tree v2";
 
+/// Whether `bytes` are the tree `id` names, in either encoding (a check of bytes copied
+/// without decoding them).
+pub(crate) fn is_tree(id: &TreeId, bytes: &[u8]) -> bool {
+    tree_id(TREE_V2, bytes) == *id || tree_id(TREE_V1, bytes) == *id
+}
+
 fn tree_id(context: &str, bytes: &[u8]) -> TreeId {
     let mut h = blake3::Hasher::new_derive_key(context);
     h.update(bytes);

@@ -7,7 +7,7 @@ use storesync::cache::gc::{self, GcPolicy, GcReport};
 use storesync::error::{Error, Result};
 use storesync::progress::Progress;
 
-use super::output::{human, render, short};
+use super::output::{human, render, short, transfer_line, WithTransfer};
 use super::{print_warnings, CacheArg, Global};
 
 pub const EXAMPLES: &str = "\
@@ -89,7 +89,17 @@ pub fn run(g: &Global, a: &GcArgs, progress: &dyn Progress) -> Result<u8> {
     };
     let r = gc::gc(&cache, &a.retention.policy(a.dry_run), progress);
     print_warnings(&cache);
-    render(g.format(), &r?, text)?;
+    let with = WithTransfer {
+        report: &r?,
+        transfer: cache.transfer(),
+    };
+    render(g.format(), &with, |out, w| {
+        text(out, w.report)?;
+        if a.cache.cache.is_remote() {
+            transfer_line(out, "transfer", &w.transfer)?;
+        }
+        Ok(())
+    })?;
     Ok(0)
 }
 

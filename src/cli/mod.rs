@@ -3,6 +3,7 @@
 //! `--help` examples and how its result is printed; [`output`] prints.
 
 mod completions;
+mod copy;
 mod demo;
 mod diff;
 mod dump_nar;
@@ -164,6 +165,10 @@ pub enum Command {
     /// a size budget.
     #[command(after_help = gc::EXAMPLES)]
     Gc(gc::GcArgs),
+    /// Copy snapshots from one cache location to another (directory, s3://, gha://),
+    /// sending only the objects the target lacks.
+    #[command(after_help = copy::EXAMPLES)]
+    Copy(copy::CopyArgs),
     /// Make the Ed25519 keys that sign snapshots (`save --sign-key`) and check them
     /// (`restore --trusted-key`).
     #[command(after_help = key::EXAMPLES)]
@@ -259,6 +264,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Gc(a) => gc::run(g, a, &bars),
         Command::Diff(a) => diff::run(g, a),
         Command::Key(a) => key::run(g, a),
+        Command::Copy(a) => copy::run(g, a, &bars),
         Command::Completions(a) => completions::completions(g, a),
         Command::Man(a) => completions::man(g, a),
     }

@@ -6,6 +6,7 @@
 use std::io::{self, Write};
 
 use serde::Serialize;
+use storesync::cache::storage::TransferFigures;
 use storesync::error::{find_io, Chain, Error, Result};
 
 /// How results are printed.
@@ -48,6 +49,30 @@ pub fn render<T: Serialize>(
 /// As [`render`].
 pub fn print_json<T: Serialize>(value: &T) -> Result<()> {
     render(Format::Json, value, |_, _| Ok(()))
+}
+
+/// A library report with the transfer figures of the cache it used (`--json`: the report's
+/// fields and `transfer`).
+#[derive(Serialize)]
+pub struct WithTransfer<'a, T: Serialize> {
+    #[serde(flatten)]
+    pub report: &'a T,
+    pub transfer: TransferFigures,
+}
+
+/// The text summary's line of transfer figures, for a remote cache (`what` names it).
+///
+/// # Errors
+/// A failed write.
+pub fn transfer_line(out: &mut dyn Write, what: &str, t: &TransferFigures) -> io::Result<()> {
+    writeln!(
+        out,
+        "{what}: {} downloaded, {} uploaded, {} requests, {} retries",
+        human(t.bytes_downloaded),
+        human(t.bytes_uploaded),
+        t.requests,
+        t.retries
+    )
 }
 
 /// A warning on stderr.

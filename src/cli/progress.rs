@@ -20,20 +20,34 @@ impl Bars {
     }
 }
 
-impl Progress for Bars {
-    fn start(&self, phase: &str, total: u64) {
+impl Bars {
+    fn begin(&self, phase: &str, total: u64, template: &str) {
         if !self.enabled {
             return;
         }
         let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
         bar.set_style(
-            ProgressStyle::with_template("{msg:20} [{bar:30}] {percent:>3}% {elapsed}")
+            ProgressStyle::with_template(template)
                 .expect("valid template")
                 .progress_chars("=> "),
         );
         bar.set_message(phase.to_string());
         bar.enable_steady_tick(Duration::from_millis(200));
         *self.bar.lock().expect("bar") = Some(bar);
+    }
+}
+
+impl Progress for Bars {
+    fn start(&self, phase: &str, total: u64) {
+        self.begin(phase, total, "{msg:20} [{bar:30}] {percent:>3}% {elapsed}");
+    }
+    fn start_bytes(&self, phase: &str, total: u64) {
+        self.begin(
+            phase,
+            total,
+            "{msg:20} [{bar:30}] {binary_bytes}/{binary_total_bytes} \
+             {binary_bytes_per_sec} ETA {eta}",
+        );
     }
     fn advance(&self, n: u64) {
         if let Some(b) = &*self.bar.lock().expect("bar") {

@@ -7,7 +7,7 @@ use storesync::error::Result;
 use storesync::progress::Progress;
 use storesync::restore::{self, RestoreOptions, RestoreReport};
 
-use super::output::{human, note, render, short};
+use super::output::{human, note, render, short, transfer_line, WithTransfer};
 use super::{print_warnings, CacheArg, Global, TrustArgs};
 
 pub const EXAMPLES: &str = "\
@@ -146,7 +146,17 @@ pub fn run(g: &Global, a: &RestoreArgs, progress: &dyn Progress) -> Result<u8> {
             );
         }
     }
-    render(g.format(), &r, |out, r| text(out, r, g.verbose > 0))?;
+    let with = WithTransfer {
+        report: &r,
+        transfer: cache.transfer(),
+    };
+    render(g.format(), &with, |out, w| {
+        text(out, w.report, g.verbose > 0)?;
+        if a.cache.cache.is_remote() {
+            transfer_line(out, "transfer", &w.transfer)?;
+        }
+        Ok(())
+    })?;
     Ok(if r.failed.is_empty() { 0 } else { 1 })
 }
 

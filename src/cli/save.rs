@@ -149,13 +149,17 @@ pub fn run(g: &Global, a: &SaveArgs, progress: &dyn Progress) -> Result<u8> {
         signed_by,
         pruned,
         prune_error: prune_failure.as_ref().map(|e| error_chain(e)),
+        transfer: cache.transfer(),
     };
     render(g.format(), &saved, |out, s| {
         text(out, s, g.verbose > 0)?;
-        match &s.pruned {
-            Some(p) => super::gc::text(out, p),
-            None => Ok(()),
+        if let Some(p) = &s.pruned {
+            super::gc::text(out, p)?;
         }
+        if a.cache.cache.is_remote() {
+            super::output::transfer_line(out, "transfer", &s.transfer)?;
+        }
+        Ok(())
     })?;
     match prune_failure {
         Some(e) => Err(e.into()),
@@ -190,6 +194,8 @@ struct Saved<'a> {
     /// Why `--prune` failed after the snapshot was saved (the command then exits 1).
     #[serde(skip_serializing_if = "Option::is_none")]
     prune_error: Option<String>,
+    /// Bytes, requests and retries of the cache's backend.
+    transfer: storesync::cache::storage::TransferFigures,
 }
 
 fn text(out: &mut dyn Write, s: &Saved, verbose: bool) -> io::Result<()> {

@@ -183,7 +183,8 @@ pub(super) fn execute(
     // Set by the first failure that will fail every path (a full or read-only store): no
     // path starts after it.
     let stopped = std::sync::atomic::AtomicBool::new(false);
-    progress.start("restoring paths", plan.bytes());
+    plan_reads(cache, snap, &plan.missing, &links);
+    progress.start_bytes("restoring paths", plan.bytes());
     // Largest first, so one big path does not start last and run alone. (Registration keeps
     // the plan's order: references first.)
     let mut by_size = plan.missing.clone();
@@ -413,4 +414,29 @@ pub(super) fn execute(
         }
     }
     Ok(report)
+}
+
+/// On a remote cache, plan coalesced reads of the frames the missing paths' files are in
+/// ([`Cache::plan_reads`]), leaving out files `.links` holds (they are linked, not read). A
+/// tree that cannot be read is left out here: its path fails later, with the error.
+fn plan_reads(cache: &Cache, snap: &crate::cache::Snapshot, missing: &[usize], links: &LinksDir) {
+    if !cache.storage().remote() {
+        return;
+    }
+    let mut locations = Vec::new();
+    for &i in missing {
+        if let Ok(tree) = cache.read_tree(&snap.paths[i].tree) {
+            tree.for_each_file(&mut |f| {
+                if f.size >= crate::store::links::LINKS_MIN_SIZE
+                    && links.has_entry(&f.file_nar_hash)
+                {
+                    return;
+                }
+                if let Some(l) = cache.location(f.blob) {
+                    locations.push(l);
+                }
+            });
+        }
+    }
+    cache.plan_reads(&locations);
 }

@@ -153,7 +153,7 @@ fn execute_with(
         let parallel = round == 0;
         if parallel {
             seam(Stage::BeforeWalk, &packer);
-            progress.start(
+            progress.start_bytes(
                 "reading new paths",
                 todo.iter().map(|&i| db.paths[i].nar_size).sum(),
             );

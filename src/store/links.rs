@@ -308,6 +308,12 @@ impl LinksDir {
         Ok(None)
     }
 
+    /// Whether `.links` had an entry named `hash` when it was opened (a file with those
+    /// contents will likely be linked from it, not read from the cache).
+    pub fn has_entry(&self, hash: &[u8; 32]) -> bool {
+        self.known.lock().expect("known").contains(hash)
+    }
+
     /// Stage the file `name` in `dir`, just written, whose own bytes give the `.links` name
     /// `hash`: files of other paths with these contents may link to it, and once a path
     /// holding it is verified it gets its entry ([`LinksDir::add`]).

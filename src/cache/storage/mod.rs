@@ -18,12 +18,14 @@
 pub mod gha;
 mod local;
 mod s3;
+pub mod transfer;
 
 use std::io::{self, Read, Write};
 
 pub use gha::GhaStore;
 pub use local::LocalDir;
 pub use s3::S3Store;
+pub use transfer::{Transfer, TransferFigures};
 
 /// An error of a storage backend, naming the key (or file) it failed on.
 #[derive(Debug, thiserror::Error)]
@@ -175,6 +177,15 @@ pub trait Storage: Send + Sync {
     fn delete(&self, key: &str) -> Result<(), StorageError>;
     /// A human-readable location for messages.
     fn describe(&self, key: &str) -> String;
+    /// Whether a request costs a network round trip (reads are then planned and coalesced,
+    /// see [`crate::cache::Cache::plan_reads`]). False by default.
+    fn remote(&self) -> bool {
+        false
+    }
+    /// The backend's transfer counters (see [`transfer`]); `None` for one that keeps none.
+    fn transfer(&self) -> Option<&Transfer> {
+        None
+    }
     /// Scratch left behind by writers that were killed (a local backend's `tmp/` files of
     /// dead processes), for `verify` to report. Nothing by default.
     fn leftovers(&self) -> Vec<String> {

@@ -83,6 +83,7 @@ impl Inner {
             if blob {
                 r = r.header("x-ms-blob-type", "BlockBlob");
             }
+            self.transfer.uploaded(data.len() as u64);
             r.send(data)
         })?;
         let status = resp.status().as_u16();
@@ -244,12 +245,13 @@ impl ObjectWriter for GhaWriter<'_> {
 }
 
 /// A reader of exactly `left` bytes of a response body.
-pub(super) struct ExactReader {
+pub(super) struct ExactReader<'t> {
     body: ureq::BodyReader<'static>,
     left: u64,
+    transfer: &'t super::super::Transfer,
 }
 
-impl Read for ExactReader {
+impl Read for ExactReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.left == 0 {
             return Ok(0);
@@ -263,6 +265,7 @@ impl Read for ExactReader {
             ));
         }
         self.left -= n as u64;
+        self.transfer.downloaded(n as u64);
         Ok(n)
     }
 }
@@ -296,6 +299,7 @@ impl GhaStore {
             .take(max + 1)
             .read_to_end(&mut out)
             .map_err(|e| StorageError(what.clone(), e))?;
+        self.inner.transfer.downloaded(out.len() as u64);
         if out.len() as u64 > max {
             return Err(StorageError(
                 what,
@@ -344,6 +348,7 @@ impl GhaStore {
         Ok(Box::new(ExactReader {
             body: resp.into_body().into_reader(),
             left: len,
+            transfer: &self.inner.transfer,
         }))
     }
 

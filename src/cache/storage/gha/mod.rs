@@ -103,6 +103,8 @@ struct Inner {
     last_delete: Mutex<Option<Instant>>,
     /// The last stamp of a replacing put (strictly increasing).
     last_stamp: Mutex<u64>,
+    /// Transfer figures: each attempt of [`Inner::send`], blob bytes.
+    transfer: super::Transfer,
     /// Entries a REST listing showed, by entry key (a replacement under the key it
     /// replaces): what deletes, sizes and touches use instead of another request.
     listed: Mutex<HashMap<String, Vec<RestEntry>>>,
@@ -177,6 +179,7 @@ impl GhaStore {
                 snapshots: Mutex::default(),
                 last_delete: Mutex::new(None),
                 last_stamp: Mutex::new(0),
+                transfer: super::Transfer::default(),
                 listed: Mutex::default(),
                 listed_dirs: Mutex::default(),
             }),
@@ -344,6 +347,14 @@ impl Storage for GhaStore {
             Some(u) => u.finish(),
             None => Ok(()),
         }
+    }
+
+    fn remote(&self) -> bool {
+        true
+    }
+
+    fn transfer(&self) -> Option<&super::Transfer> {
+        Some(&self.inner.transfer)
     }
 
     /// False through the runtime API; true for a listing view (the REST API).

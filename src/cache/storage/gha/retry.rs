@@ -81,6 +81,7 @@ impl Inner {
         let mut failures = 0u32;
         let mut pause = self.cfg.retry_pause;
         loop {
+            self.transfer.request();
             let why = match make() {
                 Ok(resp)
                     if resp.status().as_u16() == 429
@@ -120,6 +121,7 @@ impl Inner {
                     );
                     std::thread::sleep(wait);
                     throttled += wait;
+                    self.transfer.retry();
                     continue;
                 }
                 Ok(resp) if [500, 502, 503, 504].contains(&resp.status().as_u16()) => {
@@ -130,6 +132,7 @@ impl Inner {
                         // Azure's 503 ServerBusy says how long to wait, like a 429.
                         std::thread::sleep(w);
                         throttled += w;
+                        self.transfer.retry();
                         continue;
                     }
                     msg
@@ -138,6 +141,7 @@ impl Inner {
                 Err(e) => format!("{e}"),
             };
             failures += 1;
+            self.transfer.retry();
             if failures >= self.cfg.tries {
                 return Err(other(what, format!("{why} (after {failures} tries)")));
             }

@@ -11,12 +11,15 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Mutex;
 
-use super::{check_key, ObjectWriter, Storage, StorageError};
+mod objects;
+
+use self::objects::{LocalWriter, PackSyncer, RangeReader};
+use super::transfer::Counted;
+use super::{check_key, ObjectWriter, Storage, StorageError, Transfer};
 
 /// The subdirectories of a cache directory.
 const SUBDIRS: [&str; 5] = ["packs", "index", "snapshots", "tmp", "gc"];
@@ -27,46 +30,8 @@ pub struct LocalDir {
     root: PathBuf,
     /// Committed files being made durable in the background (see [`ObjectWriter::commit`]).
     syncer: Mutex<Option<PackSyncer>>,
-}
-
-/// A thread that `fdatasync`s committed files one after the other, so that a save's packs
-/// reach the disk while later ones are being compressed, instead of all at once in the final
-/// [`Storage::sync`]. Its first error is reported by that `sync`.
-#[derive(Debug)]
-struct PackSyncer {
-    files: mpsc::Sender<(File, String)>,
-    thread: JoinHandle<Result<(), StorageError>>,
-}
-
-impl PackSyncer {
-    fn start() -> io::Result<Self> {
-        let (files, rx) = mpsc::channel::<(File, String)>();
-        let thread = std::thread::Builder::new()
-            .name("pack-syncer".into())
-            .spawn(move || {
-                let mut first_error = Ok(());
-                for (f, name) in rx {
-                    if let Err(e) = f.sync_data() {
-                        if first_error.is_ok() {
-                            first_error = Err(StorageError(name, e));
-                        }
-                    }
-                }
-                first_error
-            })?;
-        Ok(PackSyncer { files, thread })
-    }
-
-    /// Wait until every file sent is durable.
-    fn finish(self) -> Result<(), StorageError> {
-        drop(self.files);
-        self.thread.join().unwrap_or_else(|_| {
-            Err(StorageError(
-                "pack syncer".into(),
-                io::Error::other("the thread panicked"),
-            ))
-        })
-    }
+    /// Operations and bytes read and written (see [`Transfer`]).
+    transfer: Transfer,
 }
 
 impl Drop for LocalDir {
@@ -101,6 +66,7 @@ impl LocalDir {
         LocalDir {
             root: root.to_owned(),
             syncer: Mutex::default(),
+            transfer: Transfer::default(),
         }
     }
 
@@ -135,6 +101,7 @@ impl LocalDir {
         let dir = LocalDir {
             root: root.to_owned(),
             syncer: Mutex::default(),
+            transfer: Transfer::default(),
         };
         for name in dir.leftovers() {
             let _ = fs::remove_file(dir.root.join(name));
@@ -203,44 +170,9 @@ fn process_alive(pid: i32) -> bool {
 /// Scratch older than this is a leftover whatever its name says.
 const SCRATCH_MAX_AGE_SECS: i64 = 7 * 24 * 3600;
 
-struct LocalWriter<'a> {
-    dir: &'a LocalDir,
-    file: tempfile::NamedTempFile,
-}
-
-impl Write for LocalWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file.write(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
-    }
-}
-
-impl ObjectWriter for LocalWriter<'_> {
-    fn describe(&self) -> String {
-        self.file.path().display().to_string()
-    }
-    fn commit(self: Box<Self>, key: &str) -> Result<(), StorageError> {
-        let dest = self.dir.path(key)?;
-        let file = self
-            .file
-            .persist(&dest)
-            .map_err(|e| StorageError(self.dir.describe(key), e.error))?;
-        // Start making it durable now; without the thread, `sync` does it all.
-        let mut syncer = self.dir.syncer.lock().expect("syncer");
-        if syncer.is_none() {
-            *syncer = PackSyncer::start().ok();
-        }
-        if let Some(f) = syncer.as_ref() {
-            let _ = f.files.send((file, self.dir.describe(key)));
-        }
-        Ok(())
-    }
-}
-
 impl Storage for LocalDir {
     fn get(&self, key: &str, max: u64) -> Result<Vec<u8>, StorageError> {
+        self.transfer.request();
         let (mut f, size) = self.open_regular(key)?;
         if size > max {
             return Err(StorageError(
@@ -262,6 +194,7 @@ impl Storage for LocalDir {
                 io::Error::new(io::ErrorKind::InvalidData, "grew while being read"),
             ));
         }
+        self.transfer.downloaded(out.len() as u64);
         Ok(out)
     }
 
@@ -271,6 +204,7 @@ impl Storage for LocalDir {
         offset: u64,
         len: u64,
     ) -> Result<Box<dyn Read + Send + '_>, StorageError> {
+        self.transfer.request();
         let (f, size) = self.open_regular(key)?;
         if offset.checked_add(len).is_none_or(|end| end > size) {
             return Err(StorageError(
@@ -283,15 +217,20 @@ impl Storage for LocalDir {
                 ),
             ));
         }
-        Ok(Box::new(RangeReader {
-            f,
-            pos: offset,
-            end: offset + len,
+        Ok(Box::new(Counted {
+            inner: RangeReader {
+                f,
+                pos: offset,
+                end: offset + len,
+            },
+            transfer: &self.transfer,
         }))
     }
 
     fn put_if_absent(&self, key: &str, data: &[u8]) -> Result<bool, StorageError> {
         let dest = self.path(key)?;
+        self.transfer.request();
+        self.transfer.uploaded(data.len() as u64);
         let mut tmp = self.scratch()?;
         tmp.write_all(data).map_err(self.err(key))?;
         tmp.as_file().sync_all().map_err(self.err(key))?;
@@ -306,6 +245,8 @@ impl Storage for LocalDir {
 
     fn put(&self, key: &str, data: &[u8]) -> Result<(), StorageError> {
         let dest = self.path(key)?;
+        self.transfer.request();
+        self.transfer.uploaded(data.len() as u64);
         let mut tmp = self.scratch()?;
         tmp.write_all(data).map_err(self.err(key))?;
         tmp.as_file().sync_all().map_err(self.err(key))?;
@@ -333,6 +274,7 @@ impl Storage for LocalDir {
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        self.transfer.request();
         let dir = self.path(prefix)?;
         let mut out = Vec::new();
         let entries = match fs::read_dir(&dir) {
@@ -354,6 +296,7 @@ impl Storage for LocalDir {
     }
 
     fn size(&self, key: &str) -> Result<Option<u64>, StorageError> {
+        self.transfer.request();
         match fs::symlink_metadata(self.path(key)?) {
             Ok(m) => Ok(Some(m.len())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -362,6 +305,7 @@ impl Storage for LocalDir {
     }
 
     fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.transfer.request();
         match fs::remove_file(self.path(key)?) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -371,6 +315,10 @@ impl Storage for LocalDir {
 
     fn describe(&self, key: &str) -> String {
         self.root.join(key).display().to_string()
+    }
+
+    fn transfer(&self) -> Option<&Transfer> {
+        Some(&self.transfer)
     }
 
     fn leftovers(&self) -> Vec<String> {
@@ -392,30 +340,6 @@ impl Storage for LocalDir {
         }
         out.sort();
         out
-    }
-}
-
-struct RangeReader {
-    f: File,
-    pos: u64,
-    end: u64,
-}
-
-impl Read for RangeReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let want = buf.len().min((self.end - self.pos) as usize);
-        if want == 0 {
-            return Ok(0);
-        }
-        let n = self.f.read_at(&mut buf[..want], self.pos)?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "file shrank while being read",
-            ));
-        }
-        self.pos += n as u64;
-        Ok(n)
     }
 }
 

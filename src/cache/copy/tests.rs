@@ -1,0 +1,236 @@
+//! Copies between local cache directories: round trips, incremental copies, a damaged source,
+//! an interrupted copy run again, signatures.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::path::Path;
+
+use super::*;
+use crate::cache::ObjectKind;
+use crate::cache::{LocalDir, ObjectWriter, Storage, StorageError};
+use crate::progress::NoProgress;
+use crate::save::{self, SaveOptions};
+use crate::store::layout::{Flavor, Layout};
+
+fn save_into(root: &Path, cache: &Cache, generation: u32, key: &str) -> String {
+    let layout = Layout::new(Flavor::Guix, root, None, None).unwrap();
+    crate::sample::build(&layout, generation).unwrap();
+    let opts = SaveOptions {
+        roots: Vec::new(),
+        skip_corrupt: false,
+        level: 3,
+        key: key.into(),
+        gc_roots: false,
+    };
+    save::save(&layout, cache, &opts, &NoProgress)
+        .unwrap()
+        .snapshot
+}
+
+fn names(dir: &Path, sub: &str) -> BTreeSet<String> {
+    match std::fs::read_dir(dir.join(sub)) {
+        Ok(rd) => rd
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect(),
+        Err(_) => BTreeSet::new(),
+    }
+}
+
+fn verified(cache: &Cache) {
+    let r = crate::verify::verify(cache, &NoProgress).unwrap();
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+}
+
+fn run(from: &Cache, to: &Cache, select: &Select) -> Result<CopyReport, CacheError> {
+    copy(from, to, select, false, &NoProgress)
+}
+
+#[test]
+fn a_copy_reads_back_identically_and_sends_only_what_the_target_lacks() {
+    let t = tempfile::tempdir().unwrap();
+    let a_dir = t.path().join("a");
+    let a = Cache::open_dir(&a_dir).unwrap();
+    let first = save_into(&t.path().join("root"), &a, 1, "guix-1");
+    let b_dir = t.path().join("b");
+    let b = Cache::open_dir(&b_dir).unwrap();
+    // A dry run writes nothing.
+    let dry = copy(&a, &b, &Select::Newest, true, &NoProgress).unwrap();
+    assert_eq!(dry.snapshots[0].status, "copy");
+    assert!(names(&b_dir, "packs").is_empty() && names(&b_dir, "snapshots").is_empty());
+    let r = run(&a, &b, &Select::Newest).unwrap();
+    let s = &r.snapshots[0];
+    assert_eq!((s.status, s.id.as_str()), ("copied", first.as_str()));
+    assert_eq!(s.target_id, s.id, "a v2 snapshot keeps its id");
+    assert_eq!(s.objects_present, 0);
+    assert!(s.packs_written > 0 && s.bytes_written > 0);
+    // Packs needed whole are copied byte for byte (same names).
+    assert_eq!(s.packs_whole, s.packs_written);
+    assert_eq!(names(&b_dir, "packs"), names(&a_dir, "packs"));
+    let b = Cache::open_dir(&b_dir).unwrap();
+    verified(&b);
+    let (id, snap) = b.find_snapshot(None).unwrap();
+    assert_eq!(id.hex(), first);
+    assert_eq!(snap.paths, a.find_snapshot(None).unwrap().1.paths);
+    // Again: the target has it.
+    let again = run(&a, &b, &Select::Newest).unwrap();
+    assert_eq!(again.snapshots[0].status, "present");
+    // A newer generation: only its new objects travel.
+    let second = save_into(&t.path().join("root"), &a, 2, "guix-2");
+    let a = Cache::open_dir(&a_dir).unwrap();
+    let r = run(&a, &b, &Select::Id(second[..10].into())).unwrap();
+    let s = &r.snapshots[0];
+    assert_eq!(s.status, "copied");
+    assert!(s.objects_present > 0, "{s:?}");
+    assert!(s.objects_present < s.objects, "{s:?}");
+    let b = Cache::open_dir(&b_dir).unwrap();
+    verified(&b);
+    assert_eq!(b.snapshot_ids().unwrap().len(), 2);
+    // The copied snapshot names one index, which locates every object it needs.
+    let snap = b.find_snapshot(Some(&second)).unwrap().1;
+    assert_eq!(snap.indexes.len(), 1);
+}
+
+#[test]
+fn every_snapshot_and_its_signatures_travel_with_all() {
+    let t = tempfile::tempdir().unwrap();
+    let a = Cache::open_dir(&t.path().join("a")).unwrap();
+    let one = save_into(&t.path().join("root"), &a, 1, "k-1");
+    let two = save_into(&t.path().join("root"), &a, 2, "k-2");
+    let (secret, public) = crate::trust::generate("ci-1").unwrap();
+    let two_id = SnapshotId::parse(&two).unwrap();
+    a.add_signature(&two_id, secret.sign_snapshot(&two_id.0))
+        .unwrap();
+    let b = Cache::open_dir(&t.path().join("b")).unwrap();
+    let r = run(&a, &b, &Select::All).unwrap();
+    let ids: Vec<&str> = r.snapshots.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, vec![one.as_str(), two.as_str()], "oldest first");
+    assert_eq!(r.snapshots[1].signatures, 1);
+    // The second reused what the first brought.
+    assert!(r.snapshots[1].objects_present > 0);
+    let mut keys = crate::trust::TrustedKeys::new();
+    keys.add(public);
+    assert_eq!(b.check_signature(&two_id, &keys).unwrap(), "ci-1");
+    assert!(b
+        .check_signature(&SnapshotId::parse(&one).unwrap(), &keys)
+        .is_err());
+    // By key: the restore-key prefix finds the newest.
+    let c = Cache::open_dir(&t.path().join("c")).unwrap();
+    let select = Select::Key {
+        key: "nope".into(),
+        restore_keys: vec!["k-".into()],
+    };
+    assert_eq!(run(&a, &c, &select).unwrap().snapshots[0].id, two);
+}
+
+#[test]
+fn a_damaged_source_object_is_refused_and_nothing_names_it() {
+    let t = tempfile::tempdir().unwrap();
+    let a_dir = t.path().join("a");
+    let a = Cache::open_dir(&a_dir).unwrap();
+    save_into(&t.path().join("root"), &a, 1, "");
+    // Flip a byte in the middle of a frame of file contents (trees stay sound, so the
+    // damage is met while frames are copied).
+    let packs = a.packs();
+    let (_, loc) = a
+        .objects()
+        .into_iter()
+        .find(|(_, l)| l.kind == ObjectKind::Blob && l.frame_len > 64)
+        .unwrap();
+    let p = a_dir
+        .join("packs")
+        .join(format!("{}.pack", packs[loc.pack as usize].hex()));
+    let mut bytes = std::fs::read(&p).unwrap();
+    bytes[(loc.frame_offset + loc.frame_len / 2) as usize] ^= 0x40;
+    std::fs::write(&p, bytes).unwrap();
+    let b_dir = t.path().join("b");
+    let b = Cache::open_dir(&b_dir).unwrap();
+    let e = run(&Cache::open_dir(&a_dir).unwrap(), &b, &Select::Newest)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("cache is damaged") && e.contains("/packs/"),
+        "{e}"
+    );
+    assert!(names(&b_dir, "snapshots").is_empty());
+    assert!(names(&b_dir, "index").is_empty());
+}
+
+/// A target whose index writes fail: a copy is interrupted after its packs landed.
+struct NoIndex(LocalDir);
+
+impl Storage for NoIndex {
+    fn get(&self, key: &str, max: u64) -> Result<Vec<u8>, StorageError> {
+        self.0.get(key, max)
+    }
+    fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Box<dyn io::Read + Send + '_>, StorageError> {
+        self.0.get_range(key, offset, len)
+    }
+    fn put_if_absent(&self, key: &str, data: &[u8]) -> Result<bool, StorageError> {
+        if key.starts_with("index/") {
+            return Err(StorageError(key.into(), io::Error::other("interrupted")));
+        }
+        self.0.put_if_absent(key, data)
+    }
+    fn put(&self, key: &str, data: &[u8]) -> Result<(), StorageError> {
+        self.0.put(key, data)
+    }
+    fn writer(&self) -> Result<Box<dyn ObjectWriter + '_>, StorageError> {
+        self.0.writer()
+    }
+    fn sync(&self) -> Result<(), StorageError> {
+        self.0.sync()
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        self.0.list(prefix)
+    }
+    fn size(&self, key: &str) -> Result<Option<u64>, StorageError> {
+        self.0.size(key)
+    }
+    fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.0.delete(key)
+    }
+    fn describe(&self, key: &str) -> String {
+        self.0.describe(key)
+    }
+}
+
+#[test]
+fn an_interrupted_copy_run_again_sends_no_pack_that_landed() {
+    use std::os::unix::fs::MetadataExt;
+    let t = tempfile::tempdir().unwrap();
+    let a_dir = t.path().join("a");
+    let a = Cache::open_dir(&a_dir).unwrap();
+    save_into(&t.path().join("root"), &a, 1, "");
+    save_into(&t.path().join("root"), &a, 2, "");
+    let b_dir = t.path().join("b");
+    let broken = Cache::open(Box::new(NoIndex(LocalDir::open(&b_dir).unwrap())));
+    let e = run(&a, &broken, &Select::Newest).unwrap_err().to_string();
+    assert!(e.contains("interrupted"), "{e}");
+    drop(broken);
+    let landed = names(&b_dir, "packs");
+    assert!(!landed.is_empty());
+    assert!(
+        names(&b_dir, "snapshots").is_empty(),
+        "no snapshot without its index"
+    );
+    let inode = |n: &str| {
+        std::fs::metadata(b_dir.join("packs").join(n))
+            .unwrap()
+            .ino()
+    };
+    let before: Vec<u64> = landed.iter().map(|n| inode(n)).collect();
+    let b = Cache::open_dir(&b_dir).unwrap();
+    let r = run(&a, &b, &Select::Newest).unwrap();
+    let s = &r.snapshots[0];
+    assert_eq!(s.status, "copied");
+    assert_eq!((s.packs_written, s.bytes_written), (0, 0), "{s:?}");
+    assert_eq!(s.packs_present as usize, landed.len());
+    let after: Vec<u64> = landed.iter().map(|n| inode(n)).collect();
+    assert_eq!(before, after, "no pack written again");
+    verified(&Cache::open_dir(&b_dir).unwrap());
+}
