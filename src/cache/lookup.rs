@@ -54,7 +54,7 @@ impl Cache {
 
     /// Read one of `refs`, files of one snapshot (several after a collection killed between
     /// writing a snapshot's new file and deleting the old one): the newest that reads.
-    pub(super) fn read_any(&self, refs: &[SnapshotRef]) -> Result<Snapshot, CacheError> {
+    pub(crate) fn read_any(&self, refs: &[SnapshotRef]) -> Result<Snapshot, CacheError> {
         let mut last = None;
         for r in refs.iter().rev() {
             match self.read_snapshot_ref(r) {
@@ -90,7 +90,7 @@ impl Cache {
     }
 
     /// Every snapshot file, grouped by snapshot (in the order of [`Cache::list_snapshots`]).
-    pub(super) fn snapshot_groups(
+    pub(crate) fn snapshot_groups(
         &self,
     ) -> Result<Vec<(SnapshotId, Vec<SnapshotRef>)>, CacheError> {
         let mut groups: Vec<(SnapshotId, Vec<SnapshotRef>)> = Vec::new();
@@ -195,8 +195,9 @@ impl Cache {
     ///
     /// "Newest" is the largest `created` not beyond now plus [`FUTURE_MARGIN_NANOS`]: a
     /// snapshot dated in the future (a wrong clock, or a writer trying to pin "newest") is
-    /// passed over, with a warning in [`Cache::loaded_warnings`]. Snapshots are read one at a
-    /// time and only the best so far is kept.
+    /// passed over, with a warning in [`Cache::loaded_warnings`]. Only heads are read to choose
+    /// (newest first); the first whose whole file reads and checks is returned, so the cost
+    /// is one snapshot body whatever the number of snapshots.
     ///
     /// # Errors
     /// [`CacheError::NoSnapshot`], [`CacheError::AmbiguousSnapshot`], [`CacheError::Empty`],
@@ -210,28 +211,35 @@ impl Cache {
             return Ok((id, self.read_any(&refs)?));
         }
         let limit = crate::clock::now_nanos().saturating_add(FUTURE_MARGIN_NANOS);
-        let mut best: Option<(SnapshotId, Snapshot)> = None;
+        // Heads only (two ranged reads each), newest first; then the first that reads whole
+        // and checks. Cost: one snapshot body, whatever the number of snapshots.
+        let mut heads = Vec::new();
         let mut last_err = None;
         for r in self.list_snapshots()? {
-            let id = r.id;
-            match self.read_snapshot_ref(&r) {
-                Ok(s) if s.created > limit => self.warn(format!(
+            match self.read_head(&r) {
+                Ok(h) if h.created > limit => self.warn(format!(
                     "snapshot {} is dated in the future ({} ns); not taken as the newest",
-                    id.short(),
-                    s.created
+                    r.id.short(),
+                    h.created
                 )),
-                Ok(s) => {
-                    if best
-                        .as_ref()
-                        .is_none_or(|(bid, b)| (s.created, id) > (b.created, *bid))
-                    {
-                        best = Some((id, s));
-                    }
+                Ok(h) => heads.push((r, h.created)),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        heads.sort_by_key(|(r, created)| std::cmp::Reverse((*created, r.id)));
+        for (r, created) in heads {
+            match self.read_snapshot_ref(&r) {
+                Ok(s) if s.created == created => return Ok((r.id, s)),
+                Ok(_) => {
+                    last_err = Some(CacheError::Corrupt(format!(
+                        "{}: its head differs from its checked contents",
+                        self.storage.describe(&r.key)
+                    )))
                 }
                 Err(e) => last_err = Some(e),
             }
         }
-        best.ok_or(last_err.unwrap_or(CacheError::Empty))
+        Err(last_err.unwrap_or(CacheError::Empty))
     }
 
     /// Choose a snapshot as actions/cache chooses an entry: the newest whose key equals `key`;

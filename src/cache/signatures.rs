@@ -107,49 +107,55 @@ impl Cache {
             });
         }
         let limit = crate::clock::now_nanos().saturating_add(FUTURE_MARGIN_NANOS);
-        // One listing; each snapshot's signature checked, then one of its files read.
+        // One listing; each snapshot's signature checked and its head read (small reads);
+        // then, newest first, bodies read until one reads and checks: one body, whatever the
+        // number of snapshots.
         let groups = self.snapshot_groups()?;
         if groups.is_empty() {
             return Err(CacheError::Empty.into());
         }
-        let mut best: Option<SignedSnapshot> = None;
         let mut passed_over = Vec::new();
+        let mut candidates = Vec::new();
         for (id, refs) in groups {
-            let checked = self
-                .check_signature(&id, keys)
-                .and_then(|signer| Ok((signer, self.read_any(&refs)?)));
+            let checked = self.check_signature(&id, keys).and_then(|signer| {
+                let newest = refs.last().expect("a group has a file");
+                Ok((signer, self.read_head(newest)?.created))
+            });
             match checked {
                 Err(e) => passed_over.push(match e {
                     // Trust errors name the snapshot; others name its file.
                     crate::Error::Trust(_) => crate::error::Chain(&e).to_string(),
                     e => format!("snapshot {}: {}", id.short(), crate::error::Chain(&e)),
                 }),
-                Ok((_, s)) if s.created > limit => passed_over.push(format!(
-                    "snapshot {} is dated in the future ({} ns); not taken as the newest",
+                Ok((_, created)) if created > limit => passed_over.push(format!(
+                    "snapshot {} is dated in the future ({created} ns); not taken as the newest",
                     id.short(),
-                    s.created
                 )),
-                Ok((signed_by, snapshot)) => {
-                    let newer = best
-                        .as_ref()
-                        .is_none_or(|b| (snapshot.created, id) > (b.snapshot.created, b.id));
-                    if newer {
-                        best = Some(SignedSnapshot {
-                            id,
-                            snapshot,
-                            signed_by,
-                            passed_over: Vec::new(),
-                        });
-                    }
+                Ok((signed_by, created)) => candidates.push((created, id, refs, signed_by)),
+            }
+        }
+        candidates.sort_by_key(|(created, id, _, _)| std::cmp::Reverse((*created, *id)));
+        for (created, id, refs, signed_by) in candidates {
+            match self.read_any(&refs) {
+                Ok(snapshot) if snapshot.created == created => {
+                    return Ok(SignedSnapshot {
+                        id,
+                        snapshot,
+                        signed_by,
+                        passed_over,
+                    })
                 }
+                Ok(_) => passed_over.push(format!(
+                    "snapshot {}: its head differs from its checked contents",
+                    id.short()
+                )),
+                Err(e) => passed_over.push(format!(
+                    "snapshot {}: {}",
+                    id.short(),
+                    crate::error::Chain(&crate::Error::from(e))
+                )),
             }
         }
-        match best {
-            Some(mut b) => {
-                b.passed_over = passed_over;
-                Ok(b)
-            }
-            None => Err(crate::Error::NoTrustedSnapshot(passed_over)),
-        }
+        Err(crate::Error::NoTrustedSnapshot(passed_over))
     }
 }
