@@ -3,7 +3,7 @@
 //! index and snapshot against its checksum, and that every tree and blob a snapshot needs is
 //! present. Problems are collected, not fatal, so one run lists them all.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 
 use rayon::prelude::*;
@@ -32,6 +32,14 @@ pub struct VerifyReport {
     pub garbage_files: usize,
     /// Their bytes.
     pub garbage_bytes: u64,
+}
+
+/// A problem found by the object pass.
+enum Found {
+    /// An object that cannot be read or does not match its id (a tree: which one).
+    Damaged(Option<TreeId>, String),
+    /// A sound tree naming blobs the index lacks: a problem of the snapshots naming it.
+    MissingBlobs(TreeId, String),
 }
 
 /// Check the whole cache.
@@ -87,20 +95,40 @@ pub fn verify(cache: &Cache, progress: &dyn Progress) -> Result<VerifyReport> {
     report.packs = cache.packs().len();
     report.problems.extend(pack_problems);
 
+    // Objects in pack order, so that each frame is decompressed about once; a tree's blobs
+    // are looked up in the index as it is checked, so the snapshots need no tree read again.
+    // Only damaged trees are remembered (with their problem), for the snapshots that name them.
     let mut objects = cache.objects();
-    objects.sort_by_key(|(_, l)| (l.pack, l.frame_offset, l.offset));
+    objects.sort_unstable_by_key(|(_, l)| (l.pack, l.frame_offset, l.offset));
     progress.start("checking objects", objects.len() as u64);
-    let object_problems: Vec<String> = objects
+    let checked: Vec<Found> = objects
         .par_chunks(256)
         .flat_map_iter(|chunk| {
-            let out: Vec<String> = chunk
+            let out: Vec<Found> = chunk
                 .iter()
-                .filter_map(|(id, loc)| {
-                    let r = match loc.kind {
-                        ObjectKind::Blob => cache.stream(&BlobId(id.0), &mut |_| Ok(())),
-                        ObjectKind::Tree => cache.read_tree(&TreeId(id.0)).map(|_| ()),
-                    };
-                    r.err().map(|e| e.to_string())
+                .filter_map(|(id, loc)| match loc.kind {
+                    ObjectKind::Blob => cache
+                        .stream(&BlobId(id.0), &mut |_| Ok(()))
+                        .err()
+                        .map(|e| Found::Damaged(None, e.to_string())),
+                    ObjectKind::Tree => {
+                        let tree = TreeId(id.0);
+                        match cache.read_tree(&tree) {
+                            Ok(node) => {
+                                let mut missing = Vec::new();
+                                Node::for_each_blob(&node, &mut |b, _| {
+                                    if !cache.contains(*b) {
+                                        missing.push(b.to_string());
+                                    }
+                                });
+                                (!missing.is_empty()).then(|| {
+                                    let blobs = missing.join(", ");
+                                    Found::MissingBlobs(tree, format!("blob {blobs} is missing"))
+                                })
+                            }
+                            Err(e) => Some(Found::Damaged(Some(tree), e.to_string())),
+                        }
+                    }
                 })
                 .collect();
             progress.advance(chunk.len() as u64);
@@ -109,13 +137,28 @@ pub fn verify(cache: &Cache, progress: &dyn Progress) -> Result<VerifyReport> {
         .collect();
     progress.finish();
     report.objects = objects.len();
-    report.problems.extend(object_problems);
+    drop(objects);
+    let mut bad_trees: HashMap<TreeId, String> = HashMap::new();
+    for found in checked {
+        match found {
+            Found::MissingBlobs(t, problem) => {
+                bad_trees.insert(t, problem);
+            }
+            Found::Damaged(tree, problem) => {
+                if let Some(t) = tree {
+                    bad_trees.insert(t, problem.clone());
+                }
+                report.problems.push(problem);
+            }
+        }
+    }
 
-    let snaps = cache.snapshots()?;
-    report.snapshots = snaps.len();
-    let mut trees_checked = HashSet::new();
-    for (id, snap) in snaps {
-        let snap = match snap {
+    // Snapshots one at a time: each path's tree must be indexed and sound. A damaged tree
+    // is reported once, with the first snapshot path that names it.
+    let mut reported: HashSet<TreeId> = HashSet::new();
+    for (id, refs) in cache.snapshot_groups()? {
+        report.snapshots += 1;
+        let snap = match cache.read_any(&refs) {
             Ok(s) => s,
             Err(e) => {
                 report.problems.push(format!("snapshot {id}: {e}"));
@@ -123,30 +166,19 @@ pub fn verify(cache: &Cache, progress: &dyn Progress) -> Result<VerifyReport> {
             }
         };
         for p in &snap.paths {
-            if !trees_checked.insert(p.tree) {
+            let problem = if !cache.contains(p.tree) {
+                crate::cache::CacheError::Missing(p.tree.into()).to_string()
+            } else if let Some(e) = bad_trees.get(&p.tree) {
+                e.clone()
+            } else {
                 continue;
-            }
-            match cache.read_tree(&p.tree) {
-                Ok(node) => {
-                    let mut missing = Vec::new();
-                    Node::for_each_blob(&node, &mut |b, _| {
-                        if !cache.contains(*b) {
-                            missing.push(*b);
-                        }
-                    });
-                    for b in missing {
-                        report.problems.push(format!(
-                            "snapshot {}: {}: blob {b} is missing",
-                            &id.hex()[..12],
-                            p.info.path
-                        ));
-                    }
-                }
-                Err(e) => report.problems.push(format!(
-                    "snapshot {}: {}: {e}",
+            };
+            if reported.insert(p.tree) {
+                report.problems.push(format!(
+                    "snapshot {}: {}: {problem}",
                     &id.hex()[..12],
                     p.info.path
-                )),
+                ));
             }
         }
     }
