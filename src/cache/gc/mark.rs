@@ -112,12 +112,22 @@ pub(super) fn mark(
             e.1.push((id, loc));
             Ok(())
         };
+        // Trees not marked yet, read in pack order: each tree frame is then decompressed
+        // about once, however the trees outgrow the frame cache.
+        let mut trees: Vec<(FrameKey, u64, TreeId)> = Vec::new();
         for p in &snap.paths {
-            if !trees_done.insert(p.tree) {
-                continue;
+            if trees_done.insert(p.tree) {
+                let loc = *objects
+                    .get(&p.tree.into())
+                    .ok_or(CacheError::Missing(p.tree.into()))?;
+                trees.push(((loc.pack, loc.frame_offset), loc.offset, p.tree));
             }
-            mark(p.tree.into(), &mut live_objects)?;
-            let mut stack = vec![cache.read_tree(&p.tree)?];
+        }
+        drop(snap);
+        trees.sort_unstable();
+        for (_, _, tree) in trees {
+            mark(tree.into(), &mut live_objects)?;
+            let mut stack = vec![cache.read_tree(&tree)?];
             while let Some(node) = stack.pop() {
                 match node {
                     Node::Regular { blob, .. } | Node::Rewritten { blob, .. } => {
