@@ -93,6 +93,8 @@ impl Cache {
                 loc.frame_offset
             ))
         })?;
+        self.frames_decompressed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let data = Arc::new(data);
         let mut fc = self.frames.lock().expect("frame cache");
         if fc.frames.insert(key, data.clone()).is_none() {

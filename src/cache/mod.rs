@@ -90,6 +90,8 @@ pub struct Cache {
     prefetch: prefetch::Prefetch,
     /// Warnings found outside the index (snapshots passed over).
     extra_warnings: Mutex<Vec<String>>,
+    /// Batch frames decompressed (frame cache misses): a work counter for tests and benches.
+    frames_decompressed: std::sync::atomic::AtomicU64,
 }
 
 impl Cache {
@@ -114,7 +116,15 @@ impl Cache {
             frames: Mutex::new(FrameCache::new()),
             prefetch: prefetch::Prefetch::default(),
             extra_warnings: Mutex::default(),
+            frames_decompressed: Default::default(),
         }
+    }
+
+    /// How many batch frames were decompressed so far (misses of the frame cache): a work
+    /// counter, so a test can tell that reading N paths costs O(N) decompressions.
+    pub fn frames_decompressed(&self) -> u64 {
+        self.frames_decompressed
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn objs(&self) -> &RwLock<Objects> {

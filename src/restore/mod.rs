@@ -280,3 +280,6 @@ fn restore_snapshot(
     report.became_valid.extend(locked.became_valid);
     Ok(report)
 }
+
+#[cfg(test)]
+mod scale_tests;
