@@ -145,8 +145,22 @@ fn store_path(i: usize, version: u32) -> StorePath {
 /// Text of `len` bytes: words from a small vocabulary (compresses like documentation does).
 fn text(r: &mut Rng, len: usize) -> Vec<u8> {
     const WORDS: [&str; 16] = [
-        "the", "store", "path", "closure", "reference", "daemon", "build", "output", "derivation",
-        "profile", "garbage", "collector", "substitute", "narinfo", "hash", "generation",
+        "the",
+        "store",
+        "path",
+        "closure",
+        "reference",
+        "daemon",
+        "build",
+        "output",
+        "derivation",
+        "profile",
+        "garbage",
+        "collector",
+        "substitute",
+        "narinfo",
+        "hash",
+        "generation",
     ];
     let mut v = Vec::with_capacity(len + 16);
     while v.len() < len {
@@ -194,7 +208,12 @@ fn write_path(store: &Path, links: &Path, n: usize, i: usize, ver: u32) -> Res<(
     let top = store.join(me.base_name());
     let refs: Vec<String> = references(n, i)
         .into_iter()
-        .map(|j| format!("/gnu/store/{}", store_path(j, version_of_ref(n, j)).base_name()))
+        .map(|j| {
+            format!(
+                "/gnu/store/{}",
+                store_path(j, version_of_ref(n, j)).base_name()
+            )
+        })
         .collect();
     let mut r = Rng::new(&[i as u64, ver as u64, 2]);
     let one = filetime::FileTime::from_unix_time(1, 0);
@@ -324,8 +343,8 @@ fn add_paths(root: &Path, n: usize, which: &[(usize, u32)]) -> Res<()> {
             })
         })
         .collect::<Res<_>>()?;
-    let _lock = db::BigLock::acquire(&lay.big_lock_file(), lay.flavor, true)
-        .map_err(|e| e.to_string())?;
+    let _lock =
+        db::BigLock::acquire(&lay.big_lock_file(), lay.flavor, true).map_err(|e| e.to_string())?;
     let mut conn = db::open_or_create(&lay).map_err(|e| e.to_string())?;
     let refs: Vec<&PathInfo> = infos.iter().collect();
     db::register(&mut conn, &lay, &refs, &[]).map_err(|e| e.to_string())?;
@@ -337,8 +356,8 @@ fn add_paths(root: &Path, n: usize, which: &[(usize, u32)]) -> Res<()> {
 fn remove_paths(root: &Path, which: &[StorePath]) -> Res<()> {
     let lay = layout(root);
     let store = lay.real_store_dir();
-    let _lock = db::BigLock::acquire(&lay.big_lock_file(), lay.flavor, true)
-        .map_err(|e| e.to_string())?;
+    let _lock =
+        db::BigLock::acquire(&lay.big_lock_file(), lay.flavor, true).map_err(|e| e.to_string())?;
     let mut conn = db::open_or_create(&lay).map_err(|e| e.to_string())?;
     let file = lay.db_file();
     let e = |e: rusqlite::Error| format!("{}: {e}", file.display());

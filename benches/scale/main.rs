@@ -141,7 +141,8 @@ impl Bench {
 }
 
 fn str(p: &Path) -> &str {
-    p.to_str().unwrap_or_else(|| die(format!("{} is not UTF-8", p.display())))
+    p.to_str()
+        .unwrap_or_else(|| die(format!("{} is not UTF-8", p.display())))
 }
 
 fn newest_and_oldest(bin: &Path, cache: &str) -> (String, String) {
@@ -172,21 +173,43 @@ fn bench_size(b: &mut Bench, work: &Path, n: usize, snapshots: u32) {
     rm_rf(&cache);
     rm_rf(&target);
     let (s, c, t) = (str(&store), str(&cache), str(&target));
-    let save = ["--root", s, "save", "--cache", c, "--key", "scale", "--no-progress"];
+    let save = [
+        "--root",
+        s,
+        "save",
+        "--cache",
+        c,
+        "--key",
+        "scale",
+        "--no-progress",
+    ];
     let restore = ["--root", t, "restore", "--cache", c, "--no-progress"];
     b.time("save, full", n, &save, false);
     b.time("save, no-op", n, &save, true);
     b.time("restore, cold", n, &restore, false);
     b.time("restore, no-op", n, &restore, true);
     b.time("verify", n, &["verify", "--cache", c], true);
-    b.time("gc, keeping all", n, &["gc", "--cache", c, "--keep-last", "100"], true);
+    b.time(
+        "gc, keeping all",
+        n,
+        &["gc", "--cache", c, "--keep-last", "100"],
+        true,
+    );
     b.time("ls", n, &["ls", "--cache", c], true);
-    b.time("diff, snapshot vs live", n, &["--root", s, "diff", "--cache", c, "key:scale"], true);
+    b.time(
+        "diff, snapshot vs live",
+        n,
+        &["--root", s, "diff", "--cache", c, "key:scale"],
+        true,
+    );
     // More snapshots: each generation upgrades ~3% of the paths.
     let mut changing = Vec::new();
     for g in 1..snapshots {
         let st = gen::ensure(&store, n, g).unwrap_or_else(|e| die(e));
-        eprintln!("  generation {g}: {} paths changed ({st})", gen::changed_in(n, g));
+        eprintln!(
+            "  generation {g}: {} paths changed ({st})",
+            gen::changed_in(n, g)
+        );
         sync();
         changing.push(run(&b.bin, &save));
     }
@@ -195,7 +218,11 @@ fn bench_size(b: &mut Bench, work: &Path, n: usize, snapshots: u32) {
         let name = "save, 3% changed (median)";
         let r = b.row(name);
         b.results.insert((r, n), s);
-        eprintln!("  {n:>7} paths  {name:<32} {:>8.2} s {:>7.1} MB", s.wall, s.rss_kb as f64 / 1024.0);
+        eprintln!(
+            "  {n:>7} paths  {name:<32} {:>8.2} s {:>7.1} MB",
+            s.wall,
+            s.rss_kb as f64 / 1024.0
+        );
     }
     let k = snapshots;
     let (newest, oldest) = newest_and_oldest(&b.bin, c);
@@ -203,11 +230,40 @@ fn bench_size(b: &mut Bench, work: &Path, n: usize, snapshots: u32) {
     rm_rf(&target);
     b.time(&format!("{k} snaps: restore, cold"), n, &restore, false);
     b.time(&format!("{k} snaps: restore, no-op"), n, &restore, true);
-    b.time(&format!("{k} snaps: verify"), n, &["verify", "--cache", c], true);
-    b.time(&format!("{k} snaps: gc, keeping all"), n, &["gc", "--cache", c, "--keep-last", "100"], true);
+    b.time(
+        &format!("{k} snaps: verify"),
+        n,
+        &["verify", "--cache", c],
+        true,
+    );
+    b.time(
+        &format!("{k} snaps: gc, keeping all"),
+        n,
+        &["gc", "--cache", c, "--keep-last", "100"],
+        true,
+    );
     b.time(&format!("{k} snaps: ls"), n, &["ls", "--cache", c], true);
-    b.time(&format!("{k} snaps: diff, oldest vs newest"), n, &["diff", "--cache", c, &oldest, &newest], true);
-    b.time(&format!("{k} snaps: gc --keep-last 1"), n, &["gc", "--cache", c, "--keep-last", "1"], false);
+    b.time(
+        &format!("{k} snaps: diff, oldest vs newest"),
+        n,
+        &["diff", "--cache", c, &oldest, &newest],
+        true,
+    );
+    // On a copy (hard links: gc never modifies a file), so the cache of 20 snapshots stays
+    // for profiling.
+    let copy = work.join(format!("cache-{n}-gc"));
+    rm_rf(&copy);
+    let st = Command::new("cp").args(["-al", c, str(&copy)]).status();
+    if !st.is_ok_and(|s| s.success()) {
+        die(format!("cp -al {c} {}", copy.display()));
+    }
+    b.time(
+        &format!("{k} snaps: gc --keep-last 1"),
+        n,
+        &["gc", "--cache", str(&copy), "--keep-last", "1"],
+        false,
+    );
+    rm_rf(&copy);
     rm_rf(&target);
 }
 
@@ -243,8 +299,7 @@ fn table(b: &Bench, sizes: &[usize]) -> String {
         match (b.results.get(&(r, lo)), b.results.get(&(r, hi))) {
             (Some(a), Some(z)) if hi > lo => {
                 let (pa, pz) = (a.wall / lo as f64 * 1e6, z.wall / hi as f64 * 1e6);
-                let growth =
-                    (z.rss_kb as f64 - a.rss_kb as f64) * 1024.0 / (hi - lo) as f64;
+                let growth = (z.rss_kb as f64 - a.rss_kb as f64) * 1024.0 / (hi - lo) as f64;
                 let _ = writeln!(o, " {pa:.1} / {pz:.1} | {:.2} | {growth:.0} |", pz / pa);
             }
             _ => {
@@ -256,28 +311,40 @@ fn table(b: &Bench, sizes: &[usize]) -> String {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     if args.first().map(String::as_str) == Some("gen") {
-        let dir = args.get(1).unwrap_or_else(|| die("gen DIR PATHS [GENERATION]"));
+        let dir = args
+            .get(1)
+            .unwrap_or_else(|| die("gen DIR PATHS [GENERATION]"));
         let n: usize = args
             .get(2)
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| die("gen DIR PATHS [GENERATION]: PATHS must be a number"));
         let g: u32 = args.get(3).map_or(0, |s| {
-            s.parse().unwrap_or_else(|_| die("GENERATION must be a number"))
+            s.parse()
+                .unwrap_or_else(|_| die("GENERATION must be a number"))
         });
         let st = gen::ensure(Path::new(dir), n, g).unwrap_or_else(|e| die(e));
         eprintln!("{dir}: {n} paths, generation {g}: {st}");
         return;
     }
-    let work = PathBuf::from(env("STORESYNC_SCALE_DIR").unwrap_or("/var/tmp/storesync-scale".into()));
+    let work =
+        PathBuf::from(env("STORESYNC_SCALE_DIR").unwrap_or("/var/tmp/storesync-scale".into()));
     let sizes: Vec<usize> = env("STORESYNC_SCALE_SIZES")
         .unwrap_or("1000,10000,100000".into())
         .split(',')
-        .map(|s| s.trim().parse().unwrap_or_else(|_| die(format!("bad size {s}"))))
+        .map(|s| {
+            s.trim()
+                .parse()
+                .unwrap_or_else(|_| die(format!("bad size {s}")))
+        })
         .collect();
     let snapshots: u32 = env("STORESYNC_SCALE_SNAPSHOTS").map_or(20, |s| {
-        s.parse().unwrap_or_else(|_| die("STORESYNC_SCALE_SNAPSHOTS"))
+        s.parse()
+            .unwrap_or_else(|_| die("STORESYNC_SCALE_SNAPSHOTS"))
     });
     let runs: usize = env("STORESYNC_SCALE_RUNS").map_or(3, |s| {
         s.parse().unwrap_or_else(|_| die("STORESYNC_SCALE_RUNS"))
@@ -291,7 +358,10 @@ fn main() {
             .unwrap_or_else(|| die("cannot find the storesync binary; set STORESYNC_BIN"))
     });
     if !bin.exists() {
-        die(format!("{} does not exist: cargo build --release, or set STORESYNC_BIN", bin.display()));
+        die(format!(
+            "{} does not exist: cargo build --release, or set STORESYNC_BIN",
+            bin.display()
+        ));
     }
     fs::create_dir_all(&work).unwrap_or_else(|e| die(format!("{}: {e}", work.display())));
     let mut b = Bench {
