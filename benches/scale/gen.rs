@@ -396,8 +396,8 @@ fn write_state(dir: &Path, s: State) -> Res<()> {
 }
 
 /// Make `dir` hold the store of `paths` paths at `generation` (its root is `dir` itself):
-/// reused when it already is, advanced in place when it is at an earlier generation,
-/// rebuilt otherwise. Returns what was done, for the log.
+/// reused when it already is, moved in place when it is of the same size at another
+/// generation, rebuilt otherwise. Returns what was done, for the log.
 pub fn ensure(dir: &Path, paths: usize, generation: u32) -> Res<String> {
     let want = State {
         gen_version: GEN_VERSION,
@@ -407,28 +407,22 @@ pub fn ensure(dir: &Path, paths: usize, generation: u32) -> Res<String> {
     let t0 = std::time::Instant::now();
     match read_state(dir) {
         Some(s) if s == want => return Ok("reused".into()),
-        Some(s)
-            if s.gen_version == GEN_VERSION && s.paths == paths && s.generation < generation =>
-        {
-            for g in s.generation + 1..=generation {
-                let (old, new): (Vec<StorePath>, Vec<(usize, u32)>) = (first_leaf(paths)..paths)
-                    .filter_map(|i| {
-                        let (a, b) = (version(paths, i, g - 1), version(paths, i, g));
-                        (a != b).then(|| (store_path(i, a), (i, b)))
-                    })
-                    .unzip();
-                remove_paths(dir, &old)?;
-                add_paths(dir, paths, &new)?;
-                write_state(
-                    dir,
-                    State {
-                        generation: g,
-                        ..want
-                    },
-                )?;
-            }
+        Some(s) if s.gen_version == GEN_VERSION && s.paths == paths => {
+            // Forwards or backwards in one step: the leaves whose version differs.
+            let (old, new): (Vec<StorePath>, Vec<(usize, u32)>) = (first_leaf(paths)..paths)
+                .filter_map(|i| {
+                    let (a, b) = (
+                        version(paths, i, s.generation),
+                        version(paths, i, generation),
+                    );
+                    (a != b).then(|| (store_path(i, a), (i, b)))
+                })
+                .unzip();
+            remove_paths(dir, &old)?;
+            add_paths(dir, paths, &new)?;
+            write_state(dir, want)?;
             return Ok(format!(
-                "advanced from generation {} in {:.1?}",
+                "moved from generation {} in {:.1?}",
                 s.generation,
                 t0.elapsed()
             ));
