@@ -71,14 +71,15 @@ impl Snapshot {
     /// A message saying what is inconsistent, naming the path and the value.
     pub fn validate(&self) -> Result<(), String> {
         let store = StoreDir::new(&self.store_dir)?;
-        let mut seen: HashMap<&StorePath, usize> = HashMap::new();
-        let mut hash_parts: HashMap<&str, &StorePath> = HashMap::new();
-        for (i, p) in self.paths.iter().enumerate() {
+        // One map, by hash part (32 bytes): a path appearing twice shares its hash part with
+        // itself, and a reference is in the snapshot when its hash part maps to it.
+        let mut hash_parts: HashMap<&str, &StorePath> = HashMap::with_capacity(self.paths.len());
+        for p in &self.paths {
             let path = &p.info.path;
-            if seen.insert(path, i).is_some() {
-                return Err(format!("path {path} appears twice"));
-            }
             if let Some(other) = hash_parts.insert(path.hash_part(), path) {
+                if other == path {
+                    return Err(format!("path {path} appears twice"));
+                }
                 return Err(format!(
                     "paths {other} and {path} share the hash part {}",
                     path.hash_part()
@@ -91,8 +92,9 @@ impl Snapshot {
                 })?;
             }
         }
+        let seen = |r: &StorePath| hash_parts.get(r.hash_part()) == Some(&r);
         for p in &self.paths {
-            if let Some(r) = p.info.references.iter().find(|r| !seen.contains_key(r)) {
+            if let Some(r) = p.info.references.iter().find(|r| !seen(r)) {
                 return Err(format!(
                     "{} refers to {r}, which is not in the snapshot",
                     p.info.path
@@ -100,7 +102,7 @@ impl Snapshot {
             }
         }
         for o in &self.derivation_outputs {
-            if !seen.contains_key(&o.drv) {
+            if !seen(&o.drv) {
                 return Err(format!(
                     "derivation output row for {}, which is not in the snapshot",
                     o.drv
