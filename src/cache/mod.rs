@@ -85,6 +85,8 @@ pub enum ObjectKind {
 pub struct Cache {
     storage: Box<dyn Storage>,
     objects: OnceLock<RwLock<Objects>>,
+    /// The index files [`Cache::use_indexes`] chose, loaded on first use of the index.
+    chosen_indexes: Mutex<Option<Vec<IndexId>>>,
     frames: Mutex<FrameCache>,
     /// Coalesced reads planned by a restore (remote caches).
     prefetch: prefetch::Prefetch,
@@ -113,6 +115,7 @@ impl Cache {
         Cache {
             storage,
             objects: OnceLock::new(),
+            chosen_indexes: Mutex::new(None),
             frames: Mutex::new(FrameCache::new()),
             prefetch: prefetch::Prefetch::default(),
             extra_warnings: Mutex::default(),
@@ -128,7 +131,13 @@ impl Cache {
     }
 
     fn objs(&self) -> &RwLock<Objects> {
-        self.objects.get_or_init(|| RwLock::new(self.load_index()))
+        self.objects.get_or_init(|| {
+            let chosen = self.chosen_indexes.lock().expect("chosen indexes").take();
+            RwLock::new(match chosen {
+                Some(ids) => self.objects_of(&ids),
+                None => self.load_index(),
+            })
+        })
     }
 
     /// Merge every index file. Damaged index files are skipped with a warning (their objects
@@ -298,15 +307,18 @@ impl Cache {
 
     /// Read only the index files `ids` (those a v2 snapshot names) from now on, instead of
     /// every index file of the cache: a restore then never lists nor downloads the others.
+    /// Nothing is read until the index is first needed (a no-op restore never reads it).
     /// Missing or damaged ones are warnings; their objects count as absent.
     pub fn use_indexes(&self, ids: &[IndexId]) {
-        let objects = self.objects_of(ids);
         match self.objects.get() {
-            Some(o) => *o.write().expect("objects") = objects,
-            None => {
-                let _ = self.objects.set(RwLock::new(objects));
-            }
+            Some(o) => *o.write().expect("objects") = self.objects_of(ids),
+            None => *self.chosen_indexes.lock().expect("chosen indexes") = Some(ids.to_vec()),
         }
+    }
+
+    /// Whether the index was read (or chosen files of it, see [`Cache::use_indexes`]).
+    pub fn index_loaded(&self) -> bool {
+        self.objects.get().is_some()
     }
 
     /// The objects of the index files `ids`; missing or damaged ones are warnings.
