@@ -251,35 +251,74 @@ fn execute_with(
     if store_failed && !opts.skip_corrupt {
         return Err(refusal(&report));
     }
-    let drop = graph.referrers_closure(failed.iter().map(|(i, _)| *i));
+    let dropped = graph.referrers_closure(failed.iter().map(|(i, _)| *i));
+    // A set, not a scan per path: a store that lost its files fails every path.
+    let failed_set: HashSet<usize> = failed.iter().map(|(i, _)| *i).collect();
     for &i in &selected {
-        if drop[i] {
+        if dropped[i] {
             keep[i] = false;
-            if !failed.iter().any(|(f, _)| *f == i) {
+            if !failed_set.contains(&i) {
                 report.dropped_referrers.push(name(i));
             }
         }
     }
-    let mut paths = Vec::new();
-    for &i in selected.iter().filter(|&&i| keep[i]) {
-        let mut info = db.paths[i].clone();
+    // The rows as the snapshot records them: the NAR size read (or the base's).
+    let kept_paths: Vec<usize> = selected.iter().copied().filter(|&i| keep[i]).collect();
+    let mut db = db;
+    for &i in &kept_paths {
         let (tree, size) = match walked.get(&i) {
             Some(t) => (t.tree, t.nar_size),
             None => {
-                let k = known[&info.path];
+                let k = known[i].expect("a path not read is known from the base");
                 (k.2, k.1)
             }
         };
-        info.nar_size = size;
-        paths.push(SnapshotPath { info, tree });
+        db.paths[i].nar_size = size;
+        walked.insert(i, (tree, size));
     }
-    let kept: HashSet<&StorePath> = paths.iter().map(|p| &p.info.path).collect();
-    let derivation_outputs = db
-        .derivation_outputs
-        .iter()
-        .filter(|o| kept.contains(&o.drv))
-        .cloned()
+    let (roots, derivation_outputs) = {
+        let kept: HashSet<&StorePath> = kept_paths.iter().map(|&i| &db.paths[i].path).collect();
+        let outputs: Vec<_> = db
+            .derivation_outputs
+            .iter()
+            .filter(|o| kept.contains(&o.drv))
+            .cloned()
+            .collect();
+        let roots: Vec<StorePath> = roots.into_iter().filter(|r| kept.contains(r)).collect();
+        (roots, outputs)
+    };
+    report.paths = kept_paths.len();
+    report.nar_bytes = kept_paths.iter().map(|&i| db.paths[i].nar_size).sum();
+    // Unchanged: compared with the base row by row, without building a second snapshot.
+    if let Some((id, base)) = &base {
+        let same = base.key == opts.key
+            && base.flavor == layout.flavor
+            && base.store_dir == layout.store_dir.as_str()
+            && base.roots == roots
+            && base.derivation_outputs == derivation_outputs
+            && base.paths.len() == kept_paths.len()
+            && base.paths.iter().zip(&kept_paths).all(|(b, &i)| {
+                b.tree == walked[&i].0 && b.info == db.paths[i]
+            });
+        if same {
+            report.snapshot = id.hex();
+            report.unchanged = true;
+            return Ok(report);
+        }
+    }
+    // The DB's rows are moved into the snapshot, not copied.
+    let mut rows: Vec<Option<PathInfo>> = std::mem::take(&mut db.paths)
+        .into_iter()
+        .map(Some)
         .collect();
+    let paths: Vec<SnapshotPath> = kept_paths
+        .iter()
+        .map(|&i| SnapshotPath {
+            info: rows[i].take().expect("each path once"),
+            tree: walked[&i].0,
+        })
+        .collect();
+    drop(rows);
     let snapshot = Snapshot {
         version: crate::cache::FORMAT_VERSION,
         key: opts.key.clone(),
@@ -288,22 +327,17 @@ fn execute_with(
         created: crate::clock::now_nanos(),
         tool: format!("storesync {}", env!("CARGO_PKG_VERSION")),
         // The base snapshot's index files (the only ones read, see `plan::base_snapshot`)
-        // and the one this save wrote: together they locate every object named.
-        indexes: cache.index_files(),
+        // and the one this save wrote: together they locate every object named. When no
+        // object was looked up or written, the index was never read: the base's files.
+        indexes: match (&base, cache.index_loaded()) {
+            (Some((_, b)), false) => b.indexes.clone(),
+            _ => cache.index_files(),
+        },
         parent: base.as_ref().map(|(id, _)| *id),
-        roots: roots.into_iter().filter(|r| kept.contains(r)).collect(),
+        roots,
         paths,
         derivation_outputs,
     };
-    report.paths = snapshot.paths.len();
-    report.nar_bytes = snapshot.nar_bytes();
-    if let Some((id, base)) = base {
-        if base.same_contents(&snapshot) {
-            report.snapshot = id.hex();
-            report.unchanged = true;
-            return Ok(report);
-        }
-    }
     report.snapshot = cache
         .write_snapshot(&snapshot)
         .map_err(Error::CacheWrite)?

@@ -26,7 +26,7 @@ pub struct SavePlan {
     pub selected: Vec<usize>,
     /// The subset that must be read (not in the cache with the same NAR hash).
     pub new: Vec<usize>,
-    pub(super) known: HashMap<StorePath, (NarHash, u64, TreeId)>,
+    pub(super) known: Vec<Option<(NarHash, u64, TreeId)>>,
     pub(super) graph: Graph,
     /// The snapshot this save builds on (see [`base_snapshot`]), whose paths need no read.
     pub base: Option<(SnapshotId, Snapshot)>,
@@ -283,23 +283,29 @@ pub fn plan(layout: &Layout, cache: &Cache, opts: &SaveOptions) -> Result<SavePl
             cache.use_indexes(&b.indexes);
         }
     }
-    let mut known = HashMap::new();
+    // A v2 base whose index files are all there vouches for its trees (a snapshot is written
+    // only after every object it names is durable): the index is then read only if a path
+    // is new, and an unchanged save reads none of it. Otherwise each tree is looked up, so a
+    // path whose objects are gone is read again.
+    let vouched = base.as_ref().is_some_and(|(_, b)| {
+        b.version >= 2
+            && b.indexes.iter().all(|id| {
+                matches!(cache.storage().size(&crate::cache::index_key(id)), Ok(Some(_)))
+            })
+    });
+    let mut known: Vec<Option<(NarHash, u64, TreeId)>> = vec![None; db.paths.len()];
     for p in base.iter().flat_map(|(_, b)| &b.paths) {
-        if cache.contains(p.tree) {
-            known.insert(
-                p.info.path.clone(),
-                (p.info.nar_hash, p.info.nar_size, p.tree),
-            );
+        if let Some(&i) = index.get(&p.info.path) {
+            if vouched || cache.contains(p.tree) {
+                known[i] = Some((p.info.nar_hash, p.info.nar_size, p.tree));
+            }
         }
     }
+    drop(index);
     let new = selected
         .iter()
         .copied()
-        .filter(|&i| {
-            known
-                .get(&db.paths[i].path)
-                .is_none_or(|k| k.0 != db.paths[i].nar_hash)
-        })
+        .filter(|&i| known[i].is_none_or(|k| k.0 != db.paths[i].nar_hash))
         .collect();
     Ok(SavePlan {
         db,
