@@ -122,6 +122,7 @@ impl Cache {
             }
             let raw = decode::decompress_bounded(body, decode::snapshot_cap(body.len()))
                 .map_err(corrupt)?;
+            drop(bytes); // the file is not needed while the paths are decoded
             decode::decode_snapshot(&raw).map_err(corrupt)?
         } else {
             let (head, frame) = format::split_v2(body).map_err(corrupt)?;
@@ -137,6 +138,7 @@ impl Cache {
             }
             let raw = decode::decompress_bounded(frame, decode::snapshot_cap(frame.len()))
                 .map_err(corrupt)?;
+            drop(bytes); // the file is not needed while the paths are decoded
             decode::decode_manifest_v2(head, &raw).map_err(corrupt)?
         };
         snap.validate().map_err(corrupt)?;
