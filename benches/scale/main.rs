@@ -1,7 +1,7 @@
 //! Scale benchmark: storesync's commands on generated stores of 1,000 to 100,000 small paths
 //! (see `gen.rs`), with one snapshot in the cache and then with 20. Not a timed test: run it
-//! by hand; it prints a Markdown table (wall time, peak RSS, per-path costs, and the ratio of
-//! the per-path cost at the largest size to that at the smallest).
+//! by hand; it prints a Markdown table (wall time, CPU time, peak RSS, per-path CPU costs, and
+//! the ratio of the per-path cost at the largest size to that at the smallest).
 //!
 //! ```text
 //! cargo bench --bench scale                                  # 1,000, 10,000, 100,000 paths
@@ -19,7 +19,8 @@
 //! * `STORESYNC_BIN`             the binary to measure [the one cargo built with this bench].
 //!
 //! Every timed run is preceded by `sync`; runs are warm-cache. Wall time is the process's;
-//! peak RSS is its `ru_maxrss` from `wait4`.
+//! CPU time (user + system) and peak RSS are its `ru_utime`, `ru_stime` and `ru_maxrss` from
+//! `wait4`. Per-path costs use CPU time, which other processes on the machine disturb less.
 
 mod gen;
 
@@ -32,6 +33,8 @@ use std::time::Instant;
 #[derive(Clone, Copy, Debug)]
 struct Sample {
     wall: f64,
+    /// User + system CPU seconds: steadier than wall time on a loaded machine.
+    cpu: f64,
     rss_kb: u64,
 }
 
@@ -44,7 +47,7 @@ fn env(k: &str) -> Option<String> {
     std::env::var(k).ok().filter(|v| !v.is_empty())
 }
 
-/// Run `bin` with `args`; its wall time and peak RSS. Dies when it fails.
+/// Run `bin` with `args`; its wall time, CPU time and peak RSS. Dies when it fails.
 fn run(bin: &Path, args: &[&str]) -> Sample {
     let t0 = Instant::now();
     let mut c = Command::new(bin);
@@ -72,8 +75,10 @@ fn run(bin: &Path, args: &[&str]) -> Sample {
     if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
         die(format!("{desc} failed (status {status:#x}): {err}"));
     }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     Sample {
         wall: t0.elapsed().as_secs_f64(),
+        cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
         rss_kb: ru.ru_maxrss as u64,
     }
 }
@@ -94,8 +99,11 @@ fn rm_rf(p: &Path) {
 fn median(mut v: Vec<Sample>) -> Sample {
     v.sort_by(|a, b| a.wall.total_cmp(&b.wall));
     let rss = v.iter().map(|s| s.rss_kb).max().unwrap_or(0);
+    let mut cpu: Vec<f64> = v.iter().map(|s| s.cpu).collect();
+    cpu.sort_by(f64::total_cmp);
     Sample {
         wall: v[v.len() / 2].wall,
+        cpu: cpu[cpu.len() / 2],
         rss_kb: rss,
     }
 }
@@ -130,8 +138,9 @@ impl Bench {
             .collect();
         let s = median(samples);
         eprintln!(
-            "  {n:>7} paths  {name:<32} {:>8.2} s {:>7.1} MB",
+            "  {n:>7} paths  {name:<32} {:>8.2} s {:>7.2} s CPU {:>7.1} MB",
             s.wall,
+            s.cpu,
             s.rss_kb as f64 / 1024.0
         );
         let r = self.row(name);
@@ -227,8 +236,9 @@ fn bench_size(b: &mut Bench, work: &Path, n: usize, snapshots: u32) {
         let r = b.row(name);
         b.results.insert((r, n), s);
         eprintln!(
-            "  {n:>7} paths  {name:<32} {:>8.2} s {:>7.1} MB",
+            "  {n:>7} paths  {name:<32} {:>8.2} s {:>7.2} s CPU {:>7.1} MB",
             s.wall,
+            s.cpu,
             s.rss_kb as f64 / 1024.0
         );
     }
@@ -281,11 +291,11 @@ fn table(b: &Bench, sizes: &[usize]) -> String {
     let (lo, hi) = (sizes[0], sizes[sizes.len() - 1]);
     let _ = write!(o, "| command |");
     for n in sizes {
-        let _ = write!(o, " {n} paths: s / MB |");
+        let _ = write!(o, " {n} paths: wall s / CPU s / MB |");
     }
     let _ = writeln!(
         o,
-        " µs per path at {lo} / {hi} | ratio | RSS growth, bytes per path |"
+        " CPU µs per path at {lo} / {hi} | ratio | RSS growth, bytes per path |"
     );
     let _ = write!(o, "|---|");
     for _ in sizes {
@@ -297,7 +307,8 @@ fn table(b: &Bench, sizes: &[usize]) -> String {
         for &n in sizes {
             match b.results.get(&(r, n)) {
                 Some(s) => {
-                    let _ = write!(o, " {:.2} / {:.0} |", s.wall, s.rss_kb as f64 / 1024.0);
+                    let mb = s.rss_kb as f64 / 1024.0;
+                    let _ = write!(o, " {:.2} / {:.2} / {mb:.0} |", s.wall, s.cpu);
                 }
                 None => {
                     let _ = write!(o, " - |");
@@ -306,7 +317,7 @@ fn table(b: &Bench, sizes: &[usize]) -> String {
         }
         match (b.results.get(&(r, lo)), b.results.get(&(r, hi))) {
             (Some(a), Some(z)) if hi > lo => {
-                let (pa, pz) = (a.wall / lo as f64 * 1e6, z.wall / hi as f64 * 1e6);
+                let (pa, pz) = (a.cpu / lo as f64 * 1e6, z.cpu / hi as f64 * 1e6);
                 let growth = (z.rss_kb as f64 - a.rss_kb as f64) * 1024.0 / (hi - lo) as f64;
                 let _ = writeln!(o, " {pa:.1} / {pz:.1} | {:.2} | {growth:.0} |", pz / pa);
             }
