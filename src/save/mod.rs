@@ -297,9 +297,11 @@ fn execute_with(
             && base.roots == roots
             && base.derivation_outputs == derivation_outputs
             && base.paths.len() == kept_paths.len()
-            && base.paths.iter().zip(&kept_paths).all(|(b, &i)| {
-                b.tree == walked[&i].0 && b.info == db.paths[i]
-            });
+            && base
+                .paths
+                .iter()
+                .zip(&kept_paths)
+                .all(|(b, &i)| b.tree == walked[&i].0 && b.info == db.paths[i]);
         if same {
             report.snapshot = id.hex();
             report.unchanged = true;

@@ -290,7 +290,10 @@ pub fn plan(layout: &Layout, cache: &Cache, opts: &SaveOptions) -> Result<SavePl
     let vouched = base.as_ref().is_some_and(|(_, b)| {
         b.version >= 2
             && b.indexes.iter().all(|id| {
-                matches!(cache.storage().size(&crate::cache::index_key(id)), Ok(Some(_)))
+                matches!(
+                    cache.storage().size(&crate::cache::index_key(id)),
+                    Ok(Some(_))
+                )
             })
     });
     let mut known: Vec<Option<(NarHash, u64, TreeId)>> = vec![None; db.paths.len()];
