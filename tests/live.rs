@@ -566,3 +566,78 @@ fn a_path_the_daemon_builds_meanwhile_is_waited_for_and_left_as_it_made_it() {
         );
     }
 }
+
+/// Whether this process may raise its hard limit of open files (root with
+/// `CAP_SYS_RESOURCE`); a child restore may then raise its own instead of being bound by it.
+fn can_raise_hard_nofile() -> bool {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let lim = getrlimit(Resource::Nofile);
+    match lim.maximum {
+        None => true,
+        Some(max) => {
+            let mut up = lim;
+            up.maximum = Some(max + 1);
+            setrlimit(Resource::Nofile, up).is_ok()
+        }
+    }
+}
+
+#[test]
+fn more_missing_paths_than_path_locks_take_the_big_lock_exclusively_when_no_client_runs() {
+    // 300 one-file paths, restored with 256 descriptors: more than can be locked one by one.
+    let n = 300;
+    for flavor in [Flavor::Guix, Flavor::Nix] {
+        let w = World::new(flavor);
+        let src = w.layout("src");
+        for i in 0..n {
+            let base = util::base_name(i, &format!("p{i}"));
+            util::add_files_path(&src, &base, &[("f", format!("{i}").as_bytes(), false)], &[]);
+        }
+        w.cmd("src")
+            .args(["save", "--cache"])
+            .arg(w.cache_dir())
+            .assert()
+            .success();
+        let capped = |root: &str| {
+            let mut c = w.std_cmd(root);
+            c.args(["--json", "restore", "--cache"]).arg(w.cache_dir());
+            // SAFETY: only an async-signal-safe system call between fork and exec.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut c, || {
+                    let lim = rustix::process::Rlimit {
+                        current: Some(256),
+                        maximum: Some(256),
+                    };
+                    rustix::process::setrlimit(rustix::process::Resource::Nofile, lim)
+                        .map_err(std::io::Error::from)
+                });
+            }
+            c.output().unwrap()
+        };
+        let bounded = !can_raise_hard_nofile();
+        // No other store client: the big-lock is taken exclusively, everything restored.
+        let out = capped("dst");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert_eq!(json(&out.stdout)["restored"], n, "{err}");
+        if bounded {
+            assert!(err.contains("held exclusively instead"), "{err}");
+        }
+        assert_registered_paths_are_on_disk(&w.layout("dst"));
+        // A worker holds it shared: the restore cannot lock every path, says so and what to
+        // do, and changes nothing.
+        if bounded {
+            let dst2 = w.layout("dst2");
+            let worker = BigLock::shared(&dst2.big_lock_file(), flavor, false).unwrap();
+            let out = capped("dst2");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{err}");
+            assert!(
+                err.contains("ulimit -n") && err.contains("clients are running"),
+                "{err}"
+            );
+            drop(worker);
+            assert!(db::read(&dst2).map(|c| c.paths.is_empty()).unwrap_or(true));
+        }
+    }
+}

@@ -28,7 +28,8 @@ pub enum LockError {
 /// The held big-lock; released on drop.
 #[derive(Debug)]
 pub struct BigLock {
-    _file: File,
+    file: File,
+    flavor: Flavor,
 }
 
 impl BigLock {
@@ -48,6 +49,21 @@ impl BigLock {
     /// As [`BigLock::acquire`].
     pub fn shared(path: &Path, flavor: Flavor, wait: bool) -> Result<Self, LockError> {
         Self::take(path, flavor, LockMode::Shared, wait)
+    }
+
+    /// Try to hold the lock exclusively instead of shared, without waiting: true when no
+    /// one else holds it (no daemon worker, no other store client is running, and none can
+    /// start until it is released). When refused, the lock is held shared again (a `flock`
+    /// conversion is not atomic), waiting meanwhile for an exclusive holder to finish.
+    ///
+    /// # Errors
+    /// Errors of `fcntl` / `flock` other than "held by another".
+    pub fn try_exclusive(&self) -> io::Result<bool> {
+        if lock(&self.file, self.flavor, LockMode::Exclusive, false)? {
+            return Ok(true);
+        }
+        lock(&self.file, self.flavor, LockMode::Shared, true)?;
+        Ok(false)
     }
 
     fn take(path: &Path, flavor: Flavor, mode: LockMode, wait: bool) -> Result<Self, LockError> {
@@ -74,7 +90,7 @@ impl BigLock {
             return Err(LockError::NotAFile(path.to_owned()));
         }
         if lock(&file, flavor, mode, wait).map_err(io)? {
-            Ok(BigLock { _file: file })
+            Ok(BigLock { file, flavor })
         } else {
             Err(LockError::Busy(path.to_owned()))
         }

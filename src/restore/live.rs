@@ -232,12 +232,13 @@ pub(super) struct Locked {
 /// # Errors
 /// As [`plan`]; [`Error::Db`] reading validity; [`Error::Io`] taking a path lock or adding
 /// roots; [`Error::Usage`] when more paths are missing than locks can be held (the open-files
-/// limit).
+/// limit) while other store clients run (alone, the big-lock is taken exclusively instead).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn plan_locked(
     layout: &Layout,
     conn: &rusqlite::Connection,
     wait: &LockWait<'_>,
+    big_lock: &crate::db::BigLock,
     client: &Client<'_>,
     store: &OwnedFd,
     id: SnapshotId,
@@ -262,11 +263,13 @@ pub(super) fn plan_locked(
         (owner != me).then_some(owner),
     )
     .map_err(|e| Error::Io(layout.real_store_dir(), e))?;
-    super::execute::raise_open_files_limit();
+    // A lock file per missing path, plus the writers' descriptors (see [`lock_budget`]).
+    super::execute::raise_open_files_limit(first.missing.len() as u64 * 4 / 3 + 1024);
     let budget = lock_budget();
     let mut locked: BTreeSet<String> = BTreeSet::new();
     let mut current = first;
     let mut missing_at_first: Option<Vec<String>> = None;
+    let mut alone = false;
     loop {
         // Validity read with the closure protected: only the daemon adding paths changes it.
         let valid = db::valid_paths_waiting(conn, layout, wait)?;
@@ -279,7 +282,7 @@ pub(super) fn plan_locked(
             .map(|&i| p.snapshot.paths[i].info.path.base_name().to_owned())
             .filter(|b| !locked.contains(b))
             .collect();
-        if bases.is_empty() {
+        if bases.is_empty() || alone {
             let now: std::collections::HashSet<&String> = missing.iter().collect();
             let became_valid = missing_at_first
                 .iter()
@@ -293,10 +296,29 @@ pub(super) fn plan_locked(
             });
         }
         if locked.len() + bases.len() > budget {
+            // Every store client holds the big-lock shared: held exclusively, no one else can
+            // add or delete a path until the restore is done, and path locks are not needed.
+            // Validity is read again under it.
+            if big_lock
+                .try_exclusive()
+                .map_err(|e| Error::Io(layout.big_lock_file(), e))?
+            {
+                (client.note)(&format!(
+                    "{} paths are missing, more than the open-files limit lets a restore lock \
+                     one by one ({budget}): the store's big-lock is held exclusively instead \
+                     (the daemon's clients wait until the restore is done)",
+                    locked.len() + bases.len()
+                ));
+                alone = true;
+                current = p;
+                continue;
+            }
             return Err(Error::Usage(format!(
                 "{} paths are missing, and a restore into a store holds a lock file open for \
-                 each until they are registered, but the open-files limit allows about {budget}: \
-                 raise it (ulimit -n) or restore part of the closure at a time (name the paths to restore)",
+                 each until they are registered, but the open-files limit allows about {budget} \
+                 and the daemon's clients are running: raise the limit (ulimit -n), restore \
+                 part of the closure at a time (name the paths to restore), or restore while \
+                 no build or other store client runs",
                 locked.len() + bases.len()
             )));
         }

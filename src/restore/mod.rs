@@ -250,7 +250,7 @@ fn restore_snapshot(
             ..RestoreReport::default()
         });
     }
-    let _lock = BigLock::shared(&layout.big_lock_file(), layout.flavor, opts.wait)?;
+    let big_lock = BigLock::shared(&layout.big_lock_file(), layout.flavor, opts.wait)?;
     check_store_dir(layout)?; // before a DB is created for it
     let note = |m: &str| progress.note(m);
     let wait = db::LockWait {
@@ -264,6 +264,7 @@ fn restore_snapshot(
         layout,
         &conn,
         &wait,
+        &big_lock,
         &client,
         &store_fd,
         id,

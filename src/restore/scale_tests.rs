@@ -68,6 +68,7 @@ fn repair_all(n: usize) -> u64 {
         level: 1,
         key: String::new(),
         gc_roots: false,
+        verify_source: false,
     };
     let saved = save(
         &source,

@@ -265,6 +265,7 @@ fn execute_with(
     // The rows as the snapshot records them: the NAR size read (or the base's).
     let kept_paths: Vec<usize> = selected.iter().copied().filter(|&i| keep[i]).collect();
     let mut db = db;
+    let mut trees: HashMap<usize, TreeId> = HashMap::with_capacity(kept_paths.len());
     for &i in &kept_paths {
         let (tree, size) = match walked.get(&i) {
             Some(t) => (t.tree, t.nar_size),
@@ -274,7 +275,7 @@ fn execute_with(
             }
         };
         db.paths[i].nar_size = size;
-        walked.insert(i, (tree, size));
+        trees.insert(i, tree);
     }
     let (roots, derivation_outputs) = {
         let kept: HashSet<&StorePath> = kept_paths.iter().map(|&i| &db.paths[i].path).collect();
@@ -301,7 +302,7 @@ fn execute_with(
                 .paths
                 .iter()
                 .zip(&kept_paths)
-                .all(|(b, &i)| b.tree == walked[&i].0 && b.info == db.paths[i]);
+                .all(|(b, &i)| b.tree == trees[&i] && b.info == db.paths[i]);
         if same {
             report.snapshot = id.hex();
             report.unchanged = true;
@@ -309,7 +310,7 @@ fn execute_with(
         }
     }
     // The DB's rows are moved into the snapshot, not copied.
-    let mut rows: Vec<Option<PathInfo>> = std::mem::take(&mut db.paths)
+    let mut rows: Vec<Option<crate::store::path_info::PathInfo>> = std::mem::take(&mut db.paths)
         .into_iter()
         .map(Some)
         .collect();
@@ -317,7 +318,7 @@ fn execute_with(
         .iter()
         .map(|&i| SnapshotPath {
             info: rows[i].take().expect("each path once"),
-            tree: walked[&i].0,
+            tree: trees[&i],
         })
         .collect();
     drop(rows);

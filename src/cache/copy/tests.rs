@@ -21,6 +21,7 @@ fn save_into(root: &Path, cache: &Cache, generation: u32, key: &str) -> String {
         level: 3,
         key: key.into(),
         gc_roots: false,
+        verify_source: false,
     };
     save::save(&layout, cache, &opts, &NoProgress)
         .unwrap()
