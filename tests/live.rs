@@ -426,8 +426,8 @@ fn collectors_running_in_a_loop_delete_nothing_a_restore_protects() {
         let stop = Arc::new(AtomicBool::new(false));
         let runs = AtomicUsize::new(0);
         let deleted = Mutex::new(Vec::new());
-        let mut r = spawn_restore(&w, "dst", &[]);
-        std::thread::scope(|s| {
+        // The collector loops from before the restore starts until after it ends.
+        let r = std::thread::scope(|s| {
             s.spawn(|| {
                 while !stop.load(Ordering::Relaxed) {
                     let gc = open_state_lock(&dst, "gc.lock");
@@ -453,13 +453,22 @@ fn collectors_running_in_a_loop_delete_nothing_a_restore_protects() {
                     }
                     drop(gc);
                     runs.fetch_add(1, Ordering::Relaxed);
-                    std::thread::sleep(Duration::from_millis(20));
+                    std::thread::sleep(Duration::from_millis(2));
                 }
             });
+            while runs.load(Ordering::Relaxed) == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let mut r = spawn_restore(&w, "dst", &[]);
             while r.running() {
                 std::thread::sleep(Duration::from_millis(5));
             }
+            let after = runs.load(Ordering::Relaxed);
+            while runs.load(Ordering::Relaxed) == after {
+                std::thread::sleep(Duration::from_millis(1));
+            }
             stop.store(true, Ordering::Relaxed);
+            r
         });
         let (code, report, err) = r.finish();
         complete(code, &report, &err);
