@@ -180,8 +180,11 @@ impl Cache {
         objects
     }
 
+    /// False only when the backend says the pack does not exist: a pack it could not tell
+    /// about (a timeout, a server that stopped answering) stays, so reading from it fails
+    /// later with that error instead of calling its objects absent.
     fn pack_present(&self, p: &PackId) -> bool {
-        matches!(self.storage.size(&pack_key(p)), Ok(Some(_)))
+        !matches!(self.storage.size(&pack_key(p)), Ok(None))
     }
 
     /// Problems found while loading the index (damaged index files, missing packs).
