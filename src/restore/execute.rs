@@ -3,9 +3,9 @@
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
-use std::fs;
+
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,97 +27,6 @@ use super::error::PathError;
 use super::extract::{Attempt, Writer};
 use super::live::{remove_leftovers, Client, TMP, TRASH};
 use super::{RestorePlan, RestoreReport, WRITERS_PER_JOB};
-
-/// A thread that starts writeback of the store's file system every [`Flusher::EVERY`] bytes
-/// written, so that dirty pages reach the disk while later paths are still being written
-/// instead of all at once in the final `syncfs`. Stops when dropped.
-struct Flusher {
-    stop: Option<std::sync::mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Flusher {
-    const EVERY: u64 = 64 * 1024 * 1024;
-
-    fn start(store: &OwnedFd, written: &std::sync::Arc<AtomicU64>) -> Self {
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let written = written.clone();
-        let dir = store.try_clone().ok().map(fs::File::from);
-        let thread = dir.map(|dir| {
-            std::thread::spawn(move || {
-                let mut synced = 0;
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                    stopped.recv_timeout(std::time::Duration::from_millis(50))
-                {
-                    let now = written.load(Ordering::Relaxed);
-                    if now - synced >= Self::EVERY {
-                        synced = now;
-                        // Best effort: the final `syncfs` reports errors.
-                        let _ = rustix::fs::syncfs(&dir);
-                    }
-                }
-            })
-        });
-        Flusher {
-            stop: Some(stop),
-            thread,
-        }
-    }
-}
-
-impl Drop for Flusher {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Raise the soft limit of open files to at least `need` (and 65536), within the hard limit,
-/// which root raises too when `need` passes it (up to the kernel's `nr_open`): a path is
-/// written holding a descriptor of each directory from its top to the one being written, on
-/// each of the writer threads, and a restore into a store holds a lock file per missing path
-/// until registration. Never lowers a limit.
-pub(super) fn raise_open_files_limit(need: u64) {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let lim = getrlimit(Resource::Nofile);
-    let (Some(cur), Some(max)) = (lim.current, lim.maximum) else {
-        return; // unlimited
-    };
-    let want = need.max(1 << 16);
-    if cur >= want {
-        return;
-    }
-    // Root (CAP_SYS_RESOURCE) may raise the hard limit too, up to the kernel's `nr_open`: a
-    // restore of 100,000 missing paths into a store holds as many path locks.
-    if want > max {
-        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .unwrap_or(1 << 20);
-        let high = want.min(nr_open).max(max);
-        if high > max
-            && setrlimit(
-                Resource::Nofile,
-                Rlimit {
-                    current: Some(high),
-                    maximum: Some(high),
-                },
-            )
-            .is_ok()
-        {
-            return;
-        }
-    }
-    let _ = setrlimit(
-        Resource::Nofile,
-        Rlimit {
-            current: Some(want.min(max)),
-            maximum: Some(max),
-        },
-    );
-}
 
 fn links_error(e: LinksError) -> Error {
     match e {
@@ -160,7 +69,7 @@ pub(super) fn execute(
     let store = layout.real_store_dir();
     // Files and directories are created with their final modes, which a umask must not trim.
     let _umask = Umask::set(0o022);
-    raise_open_files_limit(0);
+    super::resources::raise_open_files_limit(0);
     let ioe = |p: &Path| {
         let p = p.to_owned();
         move |e| Error::Io(p, e)
@@ -208,7 +117,7 @@ pub(super) fn execute(
     // Set by the first failure that will fail every path (a full or read-only store): no
     // path starts after it.
     let stopped = std::sync::atomic::AtomicBool::new(false);
-    plan_reads(cache, snap, &plan.missing, &links);
+    super::plan::plan_reads(cache, snap, &plan.missing, &links);
     progress.start_bytes("restoring paths", plan.bytes());
     // Largest first, so one big path does not start last and run alone. (Registration keeps
     // the plan's order: references first.)
@@ -216,7 +125,7 @@ pub(super) fn execute(
     by_size.sort_by_key(|&i| std::cmp::Reverse(snap.paths[i].info.nar_size));
     // Writeback runs alongside the writes (see `Flusher`), so the `syncfs` that makes the
     // content durable before registration has little left to wait for.
-    let flusher = Flusher::start(&store_fd, &writer.bytes_written);
+    let flusher = super::resources::Flusher::start(&store_fd, &writer.bytes_written);
     // Writers spend much of their time asleep in the file system (reading inode and block
     // bitmaps of a cold file system, behind writeback in the disk queue): twice as many
     // threads as jobs keep the cores busy meanwhile.
@@ -439,29 +348,4 @@ pub(super) fn execute(
         }
     }
     Ok(report)
-}
-
-/// On a remote cache, plan coalesced reads of the frames the missing paths' files are in
-/// ([`Cache::plan_reads`]), leaving out files `.links` holds (they are linked, not read). A
-/// tree that cannot be read is left out here: its path fails later, with the error.
-fn plan_reads(cache: &Cache, snap: &crate::cache::Snapshot, missing: &[usize], links: &LinksDir) {
-    if !cache.storage().remote() {
-        return;
-    }
-    let mut locations = Vec::new();
-    for &i in missing {
-        if let Ok(tree) = cache.read_tree(&snap.paths[i].tree) {
-            tree.for_each_file(&mut |f| {
-                if f.size >= crate::store::links::LINKS_MIN_SIZE
-                    && links.has_entry(&f.file_nar_hash)
-                {
-                    return;
-                }
-                if let Some(l) = cache.location(f.blob) {
-                    locations.push(l);
-                }
-            });
-        }
-    }
-    cache.plan_reads(&locations);
 }

@@ -208,16 +208,6 @@ pub(super) fn remove_leftovers(layout: &Layout, store: &OwnedFd) -> Result<()> {
     Ok(())
 }
 
-/// The most path locks held at once, whatever the open-files limit: beyond this a restore
-/// into a live store asks to be split.
-fn lock_budget() -> usize {
-    let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
-    let cur = lim.current.unwrap_or(1 << 20) as usize;
-    // The rest serves the writers (a descriptor per directory level per thread), SQLite, the
-    // cache.
-    cur - (cur / 4).clamp(64.min(cur), 1024)
-}
-
 /// What [`plan_locked`] gives: the plan to execute, the locks on its missing paths, and the
 /// paths that were missing at first but that the daemon made valid meanwhile.
 pub(super) struct Locked {
@@ -263,9 +253,9 @@ pub(super) fn plan_locked(
         (owner != me).then_some(owner),
     )
     .map_err(|e| Error::Io(layout.real_store_dir(), e))?;
-    // A lock file per missing path, plus the writers' descriptors (see [`lock_budget`]).
-    super::execute::raise_open_files_limit(first.missing.len() as u64 * 4 / 3 + 1024);
-    let budget = lock_budget();
+    // A lock file per missing path, plus the writers' descriptors (see [`super::resources::lock_budget`]).
+    super::resources::raise_open_files_limit(first.missing.len() as u64 * 4 / 3 + 1024);
+    let budget = super::resources::lock_budget();
     let mut locked: BTreeSet<String> = BTreeSet::new();
     let mut current = first;
     let mut missing_at_first: Option<Vec<String>> = None;

@@ -17,6 +17,7 @@ mod execute;
 mod extract;
 mod live;
 mod plan;
+mod resources;
 
 pub use error::PathError;
 pub use live::scratch_kind;

@@ -137,3 +137,33 @@ pub fn plan(
         snapshot,
     })
 }
+
+/// On a remote cache, plan coalesced reads of the frames the missing paths' files are in
+/// ([`Cache::plan_reads`]), leaving out files `.links` holds (they are linked, not read). A
+/// tree that cannot be read is left out here: its path fails later, with the error.
+pub(super) fn plan_reads(
+    cache: &crate::cache::Cache,
+    snap: &crate::cache::Snapshot,
+    missing: &[usize],
+    links: &crate::store::links::LinksDir,
+) {
+    if !cache.storage().remote() {
+        return;
+    }
+    let mut locations = Vec::new();
+    for &i in missing {
+        if let Ok(tree) = cache.read_tree(&snap.paths[i].tree) {
+            tree.for_each_file(&mut |f| {
+                if f.size >= crate::store::links::LINKS_MIN_SIZE
+                    && links.has_entry(&f.file_nar_hash)
+                {
+                    return;
+                }
+                if let Some(l) = cache.location(f.blob) {
+                    locations.push(l);
+                }
+            });
+        }
+    }
+    cache.plan_reads(&locations);
+}
