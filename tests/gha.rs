@@ -1189,3 +1189,46 @@ fn copy_from_a_directory_into_gha_and_back() {
     }
     assert_eq!(want, db_rows(&w.layout("dst")));
 }
+
+#[test]
+fn ls_and_verify_on_gha_list_every_snapshot_with_a_github_token() {
+    let Some(svc) = service() else { return };
+    let scope = "ls-listed";
+    let w = World::new(Flavor::Guix);
+    three_snapshots(svc, &w, scope);
+    let loc = format!("gha://{scope}");
+    let ls = |mut c: assert_cmd::Command| {
+        let out = c.args(["--json", "ls", "--cache", &loc]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v = json(&out.stdout);
+        let mut keys: Vec<String> = v
+            .as_array()
+            .unwrap_or_else(|| v["snapshots"].as_array().unwrap())
+            .iter()
+            .map(|s| s["key"].as_str().unwrap().to_owned())
+            .collect();
+        keys.sort();
+        keys
+    };
+    // Without a token: only what a lookup by key finds (the newest of all).
+    let plain = ls(gha_cmd(&w, svc, "src", scope));
+    assert!(plain.len() < 3, "{plain:?}");
+    // With one: the REST listing shows all three, older ones included.
+    let listed = ls(gc_cmd(&w, svc, scope, "gh-ls-listed"));
+    assert_eq!(listed, ["ci-a", "ci-b", "ci-b"]);
+    let out = gc_cmd(&w, svc, scope, "gh-ls-listed")
+        .args(["--json", "verify", "--cache", &loc])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let r = json(&out.stdout);
+    assert_eq!(r["snapshots"], 3, "{r}");
+}

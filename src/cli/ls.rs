@@ -57,7 +57,7 @@ struct PathLine {
 
 pub fn run(g: &Global, a: &LsArgs) -> Result<u8> {
     let keys = a.trust.keys()?;
-    let cache = a.cache.open_read_only()?;
+    let cache = a.cache.open_listed()?;
     match &a.snapshot {
         None => {
             let mut lines = Vec::new();

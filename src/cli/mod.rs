@@ -225,6 +225,24 @@ impl CacheArg {
         Ok(self.cache.open(false)?)
     }
 
+    /// [`CacheArg::open_read_only`], through a view that lists every snapshot when the
+    /// backend cannot list but has such a view configured (the GitHub Actions cache with a
+    /// `GITHUB_TOKEN`: its REST API lists the ref's entries). Without one, the backend as is
+    /// (on `gha://`, only the newest snapshots a lookup by key finds).
+    ///
+    /// # Errors
+    /// As [`CacheArg::open_read_only`], and a listing view that cannot be made.
+    pub fn open_listed(&self) -> Result<Cache> {
+        let cache = self.open_read_only()?;
+        if cache.storage().can_list() {
+            return Ok(cache);
+        }
+        match cache.storage().listing_view() {
+            Some(Ok(view)) => Ok(Cache::open(view)),
+            Some(Err(_)) | None => Ok(cache),
+        }
+    }
+
     /// Open (creating if needed) the cache for writing.
     ///
     /// # Errors

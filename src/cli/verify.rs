@@ -30,7 +30,7 @@ pub struct VerifyArgs {
 
 pub fn run(g: &Global, a: &VerifyArgs, progress: &dyn Progress) -> Result<u8> {
     let keys = a.trust.keys()?;
-    let cache = a.cache.open_read_only()?;
+    let cache = a.cache.open_listed()?;
     let mut r = verify::verify(&cache, progress)?;
     if !keys.is_empty() {
         for id in cache.snapshot_ids()? {
