@@ -239,8 +239,12 @@ pub(super) fn plan_locked(
     let first = plan(layout, id, snapshot, &valid, roots)?;
     let display =
         |p: &RestorePlan, i: usize| layout.store_dir.display(&p.snapshot.paths[i].info.path);
-    let closure: Vec<String> = first.closure.iter().map(|&i| display(&first, i)).collect();
-    client.protect(&closure)?;
+    // Nothing missing: nothing will be written, so nothing needs protecting or locking (a
+    // no-op restore of 100,000 paths would write them all as temporary roots).
+    if !first.missing.is_empty() {
+        let closure: Vec<String> = first.closure.iter().map(|&i| display(&first, i)).collect();
+        client.protect(&closure)?;
+    }
     let owner = store_owner(store).map_err(|e| Error::Io(layout.real_store_dir(), e))?;
     let me = (
         rustix::process::geteuid().as_raw(),
@@ -257,6 +261,13 @@ pub(super) fn plan_locked(
     super::resources::raise_open_files_limit(first.missing.len() as u64 * 4 / 3 + 1024);
     let budget = super::resources::lock_budget();
     let mut locked: BTreeSet<String> = BTreeSet::new();
+    if first.missing.is_empty() {
+        return Ok(Locked {
+            plan: first,
+            locks,
+            became_valid: Vec::new(),
+        });
+    }
     let mut current = first;
     let mut missing_at_first: Option<Vec<String>> = None;
     let mut alone = false;

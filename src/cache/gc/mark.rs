@@ -81,7 +81,7 @@ pub(super) fn mark(
         keep[i] = protect[i] || by_count || by_age || !any_rule;
     }
     // 2. Mark, newest first, so that a size budget drops the oldest.
-    let objects: HashMap<ObjectId, Location> = cache.objects().into_iter().collect();
+    // Looked up in the cache's own index (a copy of it would double the largest table).
     let packs = cache.packs();
     let mut live_frames: BTreeMap<FrameKey, (u64, Vec<(ObjectId, Location)>)> = BTreeMap::new();
     let mut live_objects: HashSet<ObjectId> = HashSet::new();
@@ -102,7 +102,7 @@ pub(super) fn mark(
             if !live.insert(id) {
                 return Ok(());
             }
-            let loc = *objects.get(&id).ok_or(CacheError::Missing(id))?;
+            let loc = cache.location(id).ok_or(CacheError::Missing(id))?;
             let e = live_frames
                 .entry((loc.pack, loc.frame_offset))
                 .or_insert_with(|| {
@@ -117,8 +117,8 @@ pub(super) fn mark(
         let mut trees: Vec<(FrameKey, u64, TreeId)> = Vec::new();
         for p in &snap.paths {
             if trees_done.insert(p.tree) {
-                let loc = *objects
-                    .get(&p.tree.into())
+                let loc = cache
+                    .location(p.tree)
                     .ok_or(CacheError::Missing(p.tree.into()))?;
                 trees.push(((loc.pack, loc.frame_offset), loc.offset, p.tree));
             }
