@@ -64,13 +64,26 @@ impl<'c> KnownFiles<'c> {
     /// Index the files of `trees` (each read once; trees that cannot be read are left out:
     /// their files are read from the store).
     pub(super) fn build(cache: &'c Cache, trees: impl IntoIterator<Item = TreeId>) -> Self {
-        let mut seen = std::collections::HashSet::new();
+        // Read in pack order, each tree once: a snapshot lists paths by name, and after many
+        // saves its trees lie in many packs; read in that order, each read could decompress a
+        // whole frame again once the trees outgrow the frame cache (measured: 10.7 GB
+        // decompressed by a save of 3% new paths of 100,000 with 20 snapshots in the cache).
+        let mut ids: Vec<TreeId> = trees.into_iter().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut located: Vec<((u32, u64, u64), TreeId)> = ids
+            .into_iter()
+            .map(|id| {
+                let at = cache
+                    .location(id)
+                    .map_or((u32::MAX, 0, 0), |l| (l.pack, l.frame_offset, l.offset));
+                (at, id)
+            })
+            .collect();
+        located.sort_unstable();
         let mut kept = Vec::new();
         let mut entries = Vec::new();
-        for id in trees {
-            if !seen.insert(id) {
-                continue;
-            }
+        for (_, id) in located {
             let Ok(node) = cache.read_tree(&id) else {
                 continue;
             };
