@@ -532,6 +532,15 @@ fn a_path_the_daemon_builds_meanwhile_is_waited_for_and_left_as_it_made_it() {
         let mut r = spawn_restore(&w, "dst", &[]);
         r.wait_for_stderr("waiting for the lock on");
         assert!(r.running());
+        // Guix: while the restore runs it holds gc.lock shared, so no collector can start
+        // (seen with guix-daemon: one that did deleted paths the restore then registered).
+        if flavor == Flavor::Guix {
+            let gc = open_state_lock(&dst, "gc.lock");
+            assert!(
+                !lock(&gc, flavor, LockMode::Exclusive, false).unwrap(),
+                "a collector could start during the restore"
+            );
+        }
         // It finishes: the output on disk, then registered, then the lock released.
         let status = std::process::Command::new("cp")
             .arg("-a")

@@ -10,7 +10,10 @@
 //! - Guix: the file is created while holding `gc.lock` shared (so a collector in progress is
 //!   waited for), then held shared; adding a root upgrades it to exclusive for the append,
 //!   which waits while a collector holds the file shared (it does from reading the roots to
-//!   its end), then downgrades. Locks are POSIX record locks. Roots are compared as whole
+//!   its end), then downgrades. Locks are POSIX record locks. Unlike the daemon's own clients,
+//!   storesync keeps `gc.lock` shared for its whole life, so a collector waits for the restore
+//!   instead of running beside it (one that did was seen to delete paths the restore then
+//!   wrote and registered). Roots are compared as whole
 //!   strings, so every name this process creates in the store is listed.
 //! - Nix 2.4 and later: the file is held exclusively (`flock`) for the process's life. To add
 //!   roots, the client tries `gc.lock` shared without blocking: granted, no collector runs and
@@ -127,7 +130,7 @@ impl TempRoots {
                 gc_lock.display()
             )
         };
-        let file = loop {
+        let (file, guix_gc) = loop {
             let gc = match layout.flavor {
                 Flavor::Guix => {
                     let gc = open_gc()?;
@@ -146,7 +149,6 @@ impl TempRoots {
                 .map_err(io_at(&path))?
                 .expect("created");
             give(&file, owner).map_err(io_at(&path))?;
-            drop(gc);
             let mode = match layout.flavor {
                 Flavor::Guix => LockMode::Shared,
                 Flavor::Nix => LockMode::Exclusive,
@@ -155,12 +157,18 @@ impl TempRoots {
             // A collector that found the file unlocked in between took it for a dead
             // process's and marked it deleted: start again.
             if file.metadata().map_err(io_at(&path))?.len() == 0 {
-                break file;
+                break (file, gc);
             }
+            drop(gc);
         };
+        // Guix: `gc.lock` stays held shared while this process lives, so no collector starts
+        // until the restore is done. Seen with guix-daemon: a collector that started while
+        // this process waited for `gc.lock` deleted paths the restore then wrote and
+        // registered (its temporary roots notwithstanding); held shared, a collector waits
+        // ("waiting for the big garbage collector lock...") instead of running beside it.
         let gc_file = match layout.flavor {
             Flavor::Nix => Some(open_gc()?),
-            Flavor::Guix => None,
+            Flavor::Guix => guix_gc,
         };
         Ok(TempRoots {
             flavor: layout.flavor,
