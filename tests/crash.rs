@@ -872,7 +872,8 @@ fn restore_killed(flavor: Flavor, onto_older: bool) {
         assert_eq!(
             leftovers(&dst),
             Vec::<String>::new(),
-            "{ctx}: left after the second restore"
+            "{ctx}: left after the second restore: {}",
+            r.stderr
         );
         check_clean(&dst, &rows, &ctx);
         if let Some((old_rows, old_inodes)) = &before {

@@ -55,8 +55,11 @@ pub(super) fn execute(
     progress: &dyn Progress,
 ) -> Result<RestoreReport> {
     if plan.missing.is_empty() {
-        // Nothing to write: the store directory is not touched at all (no staging directory,
-        // no leftover sweep), so a no-op restore changes nothing, not even an mtime.
+        // Nothing to write: no staging directory, nothing created, so a no-op restore changes
+        // nothing, not even the store directory's mtime. Only leftovers of a killed restore
+        // (one killed after its registration, before it removed its scratch entries) are
+        // removed, as a restore that writes removes them.
+        remove_leftovers(layout, &open_store_dir(layout)?, &|_| false)?;
         return Ok(RestoreReport {
             snapshot: plan.snapshot_id.hex(),
             selected: plan.selected,
@@ -82,7 +85,12 @@ pub(super) fn execute(
     );
     let chown = (owner != me).then_some(owner);
     // Leftovers of interrupted restores whose process is gone.
-    remove_leftovers(layout, &store_fd)?;
+    let missing: std::collections::HashSet<&str> = plan
+        .missing
+        .iter()
+        .map(|&i| snap.paths[i].info.path.base_name())
+        .collect();
+    remove_leftovers(layout, &store_fd, &|base| missing.contains(base))?;
     // Every scratch name is a temporary root before it exists.
     let staging = client.scratch_name(TMP, "links")?;
     let tmp_names: Vec<String> = client.scratch_names(

@@ -189,10 +189,25 @@ impl<'a> Client<'a> {
 ///
 /// # Errors
 /// [`Error::Io`] when the store directory cannot be read.
-pub(super) fn remove_leftovers(layout: &Layout, store: &OwnedFd) -> Result<()> {
+///
+/// Path locks (`<path>.lock`) a killed process left are removed too, when they can be taken
+/// without waiting, as their holder would have removed them (unlinked, then marked deleted so
+/// that a process that opened one meanwhile opens it again). `held` names the paths whose locks
+/// this process holds (POSIX locks never conflict within a process): those are left alone.
+pub(super) fn remove_leftovers(
+    layout: &Layout,
+    store: &OwnedFd,
+    held: &dyn Fn(&str) -> bool,
+) -> Result<()> {
     let names = entry_names(store).map_err(|e| Error::Io(layout.real_store_dir(), e))?;
     for name in names {
         let Ok(name) = name.to_str() else { continue };
+        if let Some(base) = name.strip_suffix(".lock") {
+            if !held(base) && crate::store::path::StorePath::from_base_name(base).is_ok() {
+                remove_stale_lock(layout, store, name);
+            }
+            continue;
+        }
         let dead = if OLD_PREFIXES.iter().any(|p| name.starts_with(p)) {
             true
         } else if let Some((pid, _)) = parse_scratch(name) {
@@ -206,6 +221,17 @@ pub(super) fn remove_leftovers(layout: &Layout, store: &OwnedFd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Remove the path lock `name` if no one holds it (best effort, as the daemons do).
+fn remove_stale_lock(layout: &Layout, store: &OwnedFd, name: &str) {
+    use crate::store::locks::{delete_lock_file, lock, open_lock_file, LockMode};
+    let name = std::ffi::OsStr::new(name);
+    if let Ok(Some(f)) = open_lock_file(store, name, false) {
+        if lock(&f, layout.flavor, LockMode::Exclusive, false).unwrap_or(false) {
+            delete_lock_file(store, name, &f);
+        }
+    }
 }
 
 /// What [`plan_locked`] gives: the plan to execute, the locks on its missing paths, and the
