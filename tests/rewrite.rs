@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use storesync::nar;
-use storesync::store::{Flavor, Layout, PathInfo, StorePath};
+use storesync::store::{Flavor, Layout};
 use util::{json, noise, World};
 
 const DEP1: &str = "11111111111111111111111111111111-dep-1";
@@ -22,32 +22,11 @@ const PKG2: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-pkg-1";
 
 /// Lay out and register a store path of `files` (relative path, contents, executable).
 fn add_path(layout: &Layout, base: &str, files: &[(&str, Vec<u8>, bool)], refs: &[&str]) {
-    let top = layout.real_store_dir().join(base);
-    for (rel, contents, x) in files {
-        let p = top.join(rel);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(&p, contents).unwrap();
-        let mode = if *x { 0o555 } else { 0o444 };
-        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
-    }
-    storesync::sample::canonicalise(&top).unwrap();
-    let (nar_hash, nar_size) = nar::hash_path(&top).unwrap();
-    let info = PathInfo {
-        path: StorePath::from_base_name(base).unwrap(),
-        nar_hash,
-        nar_size,
-        registration_time: 1,
-        deriver: None,
-        references: refs
-            .iter()
-            .map(|r| StorePath::from_base_name(r).unwrap())
-            .collect(),
-        ultimate: None,
-        sigs: None,
-        ca: None,
-    };
-    let mut conn = storesync::db::open_or_create(layout).unwrap();
-    storesync::db::register(&mut conn, layout, &[&info], &[]).unwrap();
+    let files: Vec<(&str, &[u8], bool)> = files
+        .iter()
+        .map(|(rel, contents, x)| (*rel, contents.as_slice(), *x))
+        .collect();
+    util::add_files_path(layout, base, &files, refs);
 }
 
 /// `data` with `text` written over it at each of `offsets`.

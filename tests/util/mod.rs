@@ -196,7 +196,8 @@ pub fn snapshot_file(cache: &Path, id: &str) -> PathBuf {
 }
 
 /// Write and register (in `layout`'s DB, created if needed) a store path of regular files
-/// `(name, contents, executable)`, with references `refs` (base names).
+/// `(relative path, contents, executable)` (parent directories made as needed), with
+/// references `refs` (base names).
 pub fn add_files_path(layout: &Layout, base: &str, files: &[(&str, &[u8], bool)], refs: &[&str]) {
     use std::os::unix::fs::PermissionsExt;
     use storesync::store::path::StorePath;
@@ -205,6 +206,7 @@ pub fn add_files_path(layout: &Layout, base: &str, files: &[(&str, &[u8], bool)]
     fs::create_dir_all(&top).unwrap();
     for (name, contents, x) in files {
         let p = top.join(name);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
         fs::write(&p, contents).unwrap();
         fs::set_permissions(
             &p,
