@@ -21,6 +21,7 @@ use crate::progress::Progress;
 use crate::store::fs::{entry_names, open_store_dir, remove_at, store_owner, Umask};
 use crate::store::layout::Layout;
 use crate::store::links::{LinksDir, LinksError};
+use crate::store::locks::PathLocks;
 use crate::store::path::StorePath;
 
 use super::error::PathError;
@@ -36,7 +37,7 @@ fn links_error(e: LinksError) -> Error {
 }
 
 /// Write, verify and register the planned paths. The caller holds the big-lock (shared), the
-/// locks of the missing paths and `client`'s temporary roots (see [`super::live`]), and
+/// locks of the missing paths (`locks`) and `client`'s temporary roots (see [`super::live`]), and
 /// passes the DB connection opened under them.
 ///
 /// Everything in the store is done relative to a descriptor of the store directory (opened
@@ -52,6 +53,7 @@ pub(super) fn execute(
     plan: &RestorePlan,
     conn: &mut rusqlite::Connection,
     client: &Client<'_>,
+    locks: &PathLocks,
     progress: &dyn Progress,
 ) -> Result<RestoreReport> {
     if plan.missing.is_empty() {
@@ -59,7 +61,10 @@ pub(super) fn execute(
         // nothing, not even the store directory's mtime. Only leftovers of a killed restore
         // (one killed after its registration, before it removed its scratch entries) are
         // removed, as a restore that writes removes them.
-        remove_leftovers(layout, &open_store_dir(layout)?, &|_| false)?;
+        let held = locks.bases();
+        remove_leftovers(layout, &open_store_dir(layout)?, &|base| {
+            held.contains(base)
+        })?;
         return Ok(RestoreReport {
             snapshot: plan.snapshot_id.hex(),
             selected: plan.selected,
@@ -85,12 +90,8 @@ pub(super) fn execute(
     );
     let chown = (owner != me).then_some(owner);
     // Leftovers of interrupted restores whose process is gone.
-    let missing: std::collections::HashSet<&str> = plan
-        .missing
-        .iter()
-        .map(|&i| snap.paths[i].info.path.base_name())
-        .collect();
-    remove_leftovers(layout, &store_fd, &|base| missing.contains(base))?;
+    let held = locks.bases();
+    remove_leftovers(layout, &store_fd, &|base| held.contains(base))?;
     // Every scratch name is a temporary root before it exists.
     let staging = client.scratch_name(TMP, "links")?;
     let tmp_names: Vec<String> = client.scratch_names(

@@ -193,7 +193,8 @@ impl<'a> Client<'a> {
 /// Path locks (`<path>.lock`) a killed process left are removed too, when they can be taken
 /// without waiting, as their holder would have removed them (unlinked, then marked deleted so
 /// that a process that opened one meanwhile opens it again). `held` names the paths whose locks
-/// this process holds (POSIX locks never conflict within a process): those are left alone.
+/// this process holds ([`PathLocks::bases`]; POSIX locks never conflict within a process):
+/// those are left alone.
 pub(super) fn remove_leftovers(
     layout: &Layout,
     store: &OwnedFd,

@@ -272,7 +272,15 @@ fn restore_snapshot(
         snapshot,
         &opts.roots,
     )?;
-    let report = execute::execute(layout, cache, &locked.plan, &mut conn, &client, progress);
+    let report = execute::execute(
+        layout,
+        cache,
+        &locked.plan,
+        &mut conn,
+        &client,
+        &locked.locks,
+        progress,
+    );
     // Registration has committed (or failed): the locks go, then the roots.
     drop(locked.locks);
     drop(client);

@@ -153,6 +153,14 @@ impl PathLocks {
         self.held.is_empty()
     }
 
+    /// Base names of the store paths whose locks are held here.
+    pub fn bases(&self) -> std::collections::HashSet<&str> {
+        self.held
+            .iter()
+            .filter_map(|(_, name)| name.strip_suffix(".lock"))
+            .collect()
+    }
+
     /// Lock the store path whose base name is `base`: without blocking when possible; else
     /// tell `waiting` (the daemon holds it while it builds or substitutes that path) and
     /// block. Callers lock in sorted order, as the daemon does, so two lockers of overlapping
