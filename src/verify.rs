@@ -98,14 +98,14 @@ pub fn verify(cache: &Cache, progress: &dyn Progress) -> Result<VerifyReport> {
     // Objects in pack order, so that each frame is decompressed about once; a tree's blobs
     // are looked up in the index as it is checked, so the snapshots need no tree read again.
     // Only damaged trees are remembered (with their problem), for the snapshots that name them.
-    let mut objects = cache.objects();
-    objects.sort_unstable_by_key(|(_, l)| (l.pack, l.frame_offset, l.offset));
+    let objects = cache.positions_in_pack_order();
     progress.start("checking objects", objects.len() as u64);
     let checked: Vec<Found> = objects
         .par_chunks(256)
         .flat_map_iter(|chunk| {
             let out: Vec<Found> = chunk
                 .iter()
+                .map(|&pos| cache.object_at(pos as usize))
                 .filter_map(|(id, loc)| match loc.kind {
                     ObjectKind::Blob => cache
                         .stream(&BlobId(id.0), &mut |_| Ok(()))

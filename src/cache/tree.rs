@@ -270,15 +270,15 @@ impl Cache {
     pub fn links_hashes(&self) -> HashMap<[u8; 32], [u8; 32]> {
         let mut frames: HashMap<(u32, u64), Vec<super::ObjectId>> = HashMap::new();
         let mut mixed = std::collections::HashSet::new();
-        for (id, loc) in self.objects() {
+        self.for_each_object(&mut |id, loc| {
             let key = (loc.pack, loc.frame_offset);
             match loc.kind {
-                ObjectKind::Tree => frames.entry(key).or_default().push(id),
+                ObjectKind::Tree => frames.entry(key).or_default().push(*id),
                 ObjectKind::Blob => {
                     mixed.insert(key);
                 }
             }
-        }
+        });
         let mut map = HashMap::new();
         for (key, trees) in frames {
             if mixed.contains(&key) {

@@ -289,9 +289,9 @@ impl SnapshotCopy {
         // Objects per source pack, to tell packs needed whole.
         let mut per_pack: HashMap<PackId, u64> = HashMap::new();
         let packs = source.packs();
-        for (_, loc) in source.objects() {
+        source.for_each_object(&mut |_, loc| {
             *per_pack.entry(packs[loc.pack as usize]).or_default() += 1;
-        }
+        });
         let mut groups: Vec<Vec<Frame>> = Vec::new();
         let mut partial: Vec<Frame> = Vec::new();
         let mut partial_len = 0u64;

@@ -4,14 +4,35 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::super::{
-    Cache, CacheError, Location, Node, ObjectId, PackId, SnapshotHead, SnapshotId, SnapshotRef,
-    TreeId,
+    Cache, CacheError, Node, ObjectId, PackId, SnapshotHead, SnapshotId, SnapshotRef, TreeId,
 };
 use super::{FrameKey, GcPolicy, GcReport};
 use crate::progress::Progress;
 
-/// The live frames of a pack, with the objects in each: (frame length, objects).
-pub(super) type LiveFrames = BTreeMap<FrameKey, (u64, Vec<(ObjectId, Location)>)>;
+/// The live frames of a pack, with the objects in each: (frame length, positions of the
+/// objects in the cache's index, see [`Cache::object_at`]; valid until the index changes).
+pub(super) type LiveFrames = BTreeMap<FrameKey, (u64, Vec<u32>)>;
+
+/// A set of index positions: one bit per indexed object.
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn new(n: usize) -> Self {
+        Bits(vec![0; n.div_ceil(64)])
+    }
+
+    /// Set bit `i`; false when it was set already.
+    fn insert(&mut self, i: usize) -> bool {
+        let (w, b) = (i / 64, 1u64 << (i % 64));
+        let was = self.0[w] & b != 0;
+        self.0[w] |= b;
+        !was
+    }
+
+    fn remove(&mut self, i: usize) {
+        self.0[i / 64] &= !(1u64 << (i % 64));
+    }
+}
 
 /// What retention and marking decided.
 pub(super) struct Marked {
@@ -83,9 +104,10 @@ pub(super) fn mark(
     // 2. Mark, newest first, so that a size budget drops the oldest.
     // Looked up in the cache's own index (a copy of it would double the largest table).
     let packs = cache.packs();
-    let mut live_frames: BTreeMap<FrameKey, (u64, Vec<(ObjectId, Location)>)> = BTreeMap::new();
-    let mut live_objects: HashSet<ObjectId> = HashSet::new();
-    let mut trees_done: HashSet<TreeId> = HashSet::new();
+    // Sets of index positions, a bit per object, not sets of ids (32 bytes and more each).
+    let mut live_frames: LiveFrames = BTreeMap::new();
+    let mut live_objects = Bits::new(cache.object_count());
+    let mut trees_done = Bits::new(cache.object_count());
     let mut live_bytes = 0u64;
     progress.start("marking", heads.len() as u64);
     for (i, (r, h)) in heads.iter().enumerate() {
@@ -98,28 +120,30 @@ pub(super) fn mark(
         }
         let snap = cache.read_snapshot_ref(r)?;
         let mut added: Vec<FrameKey> = Vec::new();
-        let mut mark = |id: ObjectId, live: &mut HashSet<ObjectId>| -> Result<(), CacheError> {
-            if !live.insert(id) {
+        let mut mark = |id: ObjectId, live: &mut Bits| -> Result<(), CacheError> {
+            let pos = cache.object_position(id).ok_or(CacheError::Missing(id))?;
+            if !live.insert(pos) {
                 return Ok(());
             }
-            let loc = cache.location(id).ok_or(CacheError::Missing(id))?;
+            let (_, loc) = cache.object_at(pos);
             let e = live_frames
                 .entry((loc.pack, loc.frame_offset))
                 .or_insert_with(|| {
                     added.push((loc.pack, loc.frame_offset));
                     (loc.frame_len, Vec::new())
                 });
-            e.1.push((id, loc));
+            e.1.push(pos as u32);
             Ok(())
         };
         // Trees not marked yet, read in pack order: each tree frame is then decompressed
         // about once, however the trees outgrow the frame cache.
         let mut trees: Vec<(FrameKey, u64, TreeId)> = Vec::new();
         for p in &snap.paths {
-            if trees_done.insert(p.tree) {
-                let loc = cache
-                    .location(p.tree)
-                    .ok_or(CacheError::Missing(p.tree.into()))?;
+            let pos = cache
+                .object_position(p.tree)
+                .ok_or(CacheError::Missing(p.tree.into()))?;
+            if trees_done.insert(pos) {
+                let (_, loc) = cache.object_at(pos);
                 trees.push(((loc.pack, loc.frame_offset), loc.offset, p.tree));
             }
         }
@@ -145,8 +169,8 @@ pub(super) fn mark(
             // added before this one, so only the frames it added go.
             for k in &added {
                 if let Some((_, objs)) = live_frames.remove(k) {
-                    for (id, _) in objs {
-                        live_objects.remove(&id);
+                    for pos in objs {
+                        live_objects.remove(pos as usize);
                     }
                 }
             }

@@ -131,7 +131,10 @@ pub(super) fn publish_and_delete(
                 .map_err(|e| StorageError(cache.storage().describe(&key), e))?;
             let entries: Vec<(ObjectId, ObjectKind, u64, u64)> = objs
                 .iter()
-                .map(|(id, l)| (*id, l.kind, l.offset, l.len))
+                .map(|&pos| {
+                    let (id, l) = cache.object_at(pos as usize);
+                    (id, l.kind, l.offset, l.len)
+                })
                 .collect();
             packer.copy_frame(&buf, &entries)?;
         } else {
@@ -139,10 +142,10 @@ pub(super) fn publish_and_delete(
                 extra.packs.push(packs[*pack as usize]);
                 extra.packs.len() as u32 - 1
             });
-            extra.entries.extend(
-                objs.iter()
-                    .map(|(id, l)| (*id, Location { pack: no, ..*l })),
-            );
+            extra.entries.extend(objs.iter().map(|&pos| {
+                let (id, l) = cache.object_at(pos as usize);
+                (id, Location { pack: no, ..l })
+            }));
         }
     }
     let stats = packer.finish_with(extra)?;
