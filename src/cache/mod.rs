@@ -87,6 +87,10 @@ pub struct Cache {
     objects: OnceLock<RwLock<Objects>>,
     /// The index files [`Cache::use_indexes`] chose, loaded on first use of the index.
     chosen_indexes: Mutex<Option<Vec<IndexId>>>,
+    /// Index files written by this process ([`Cache::index_written`]), read back and merged
+    /// on the next use of the index.
+    pending_indexes: Mutex<Vec<IndexId>>,
+    has_pending: std::sync::atomic::AtomicBool,
     frames: Mutex<FrameCache>,
     /// Coalesced reads planned by a restore (remote caches).
     prefetch: prefetch::Prefetch,
@@ -116,6 +120,8 @@ impl Cache {
             storage,
             objects: OnceLock::new(),
             chosen_indexes: Mutex::new(None),
+            pending_indexes: Mutex::default(),
+            has_pending: Default::default(),
             frames: Mutex::new(FrameCache::new()),
             prefetch: prefetch::Prefetch::default(),
             extra_warnings: Mutex::default(),
@@ -131,13 +137,50 @@ impl Cache {
     }
 
     fn objs(&self) -> &RwLock<Objects> {
-        self.objects.get_or_init(|| {
+        let objects = self.objects.get_or_init(|| {
             let chosen = self.chosen_indexes.lock().expect("chosen indexes").take();
             RwLock::new(match chosen {
                 Some(ids) => self.objects_of(&ids),
                 None => self.load_index(),
             })
-        })
+        });
+        if self.has_pending.load(std::sync::atomic::Ordering::Acquire) {
+            self.merge_pending(objects);
+        }
+        objects
+    }
+
+    /// Merge the index files [`Cache::index_written`] recorded and that are not merged yet.
+    fn merge_pending(&self, objects: &RwLock<Objects>) {
+        let mut pending = self.pending_indexes.lock().expect("pending indexes");
+        // Cleared under the lock `index_written` takes: none recorded meanwhile is lost.
+        self.has_pending
+            .store(false, std::sync::atomic::Ordering::Release);
+        let mut objs = objects.write().expect("objects");
+        let mut files = Vec::new();
+        for id in pending.drain(..) {
+            if objs.files.contains(&id) {
+                continue;
+            }
+            let key = index_key(&id);
+            match self.read_index_file(&key) {
+                Ok(file) => files.push((id, file)),
+                Err(e) => objs.warnings.push(format!("index {key}: {e}")),
+            }
+        }
+        objs.extend(files, &mut |p| self.pack_present(p));
+    }
+
+    /// An index file this process has just written: its objects are found from the next use
+    /// of the index on, read back from the cache then. Until then the caller's copy of it is
+    /// not kept, so a save holds no second index while it writes its snapshot.
+    pub(crate) fn index_written(&self, id: IndexId) {
+        self.pending_indexes
+            .lock()
+            .expect("pending indexes")
+            .push(id);
+        self.has_pending
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Merge every index file. Damaged index files are skipped with a warning (their objects
@@ -227,7 +270,7 @@ impl Cache {
         decode_bincode(body).map_err(|e| CacheError::Corrupt(format!("{what}: {e}")))
     }
 
-    /// Make the objects of an index file just written by a [`Packer`] readable.
+    /// Make the objects of an index file just written readable now, from the caller's copy.
     pub(crate) fn merge_index(&self, id: IndexId, file: IndexFile) {
         let mut objs = self.objs().write().expect("objects");
         objs.extend(vec![(id, file)], &mut |p| self.pack_present(p));

@@ -374,8 +374,8 @@ impl<'c> Packer<'c> {
             self.cache
                 .storage()
                 .put_if_absent(&index_key(&IndexId(sum)), &bytes)?;
-            self.cache
-                .merge_index(IndexId(sum), std::mem::take(&mut st.done));
+            st.done = IndexFile::default();
+            self.cache.index_written(IndexId(sum));
             st.stats.index = Some(IndexId(sum));
         }
         Ok(st.stats)
