@@ -65,7 +65,8 @@ pub fn snapshot_cap(compressed: usize) -> usize {
 
 /// Decompress zstd data (one frame, or several back to back as `zstd::bulk` accepts) into a
 /// buffer that grows (doubling) as output arrives, failing as soon as the output would exceed
-/// `cap` bytes. Nothing larger than min(`cap`, 64 KiB) is reserved up front; memory stays
+/// `cap` bytes. Nothing larger than min(`cap`, 64 KiB) is reserved up front, except the size a
+/// frame declares, when within `cap` (a lie makes the frame fail); memory stays
 /// below 1.5 × `cap` (while the buffer moves) plus 64 KiB plus zstd's window, itself held to
 /// the smallest power of two ≥ `cap` (at most the 128 MiB zstd allows by default): a frame
 /// declaring a larger window is refused.
@@ -79,6 +80,14 @@ pub fn decompress_bounded(frame: &[u8], cap: usize) -> Result<Vec<u8>, String> {
     dec.window_log_max(window_log)
         .map_err(|e| format!("zstd: {e}"))?;
     let mut out: Vec<u8> = Vec::new();
+    // A frame that declares its size (ours do) gets exactly that much at once, within the
+    // cap: doubling up to it would hold 1.5 times as much while the buffer moves.
+    if let Ok(Some(n)) = zstd::zstd_safe::get_frame_content_size(frame) {
+        if n <= cap as u64 {
+            out.try_reserve_exact(n as usize)
+                .map_err(|e| format!("cannot allocate {n} bytes: {e}"))?;
+        }
+    }
     let mut chunk = vec![0u8; INITIAL_OUTPUT.min(cap.saturating_add(1))];
     loop {
         let n = match dec.read(&mut chunk) {
@@ -434,9 +443,9 @@ pub fn decode_head_v2(raw: &[u8]) -> Result<super::format::SnapshotHead, String>
 /// A message for malformed data, or a manifest that is not the one the head names.
 pub fn decode_manifest_v2(
     head: super::format::SnapshotHead,
-    raw: &[u8],
+    raw: Vec<u8>,
 ) -> Result<Snapshot, String> {
-    check_manifest(&mut Input::new(raw))?;
+    check_manifest(&mut Input::new(&raw))?;
     super::format::decode_manifest_v2(head, raw)
 }
 

@@ -149,6 +149,126 @@ struct DerivationOutputV1 {
     path: String,
 }
 
+/// A snapshot's manifest (v2) or paths (v1) serialised straight from the [`Snapshot`],
+/// field for field as the wire structs above (bincode writes no names): the same bytes
+/// without a second copy of every path and string (at 100,000 paths, about 45 MB).
+struct ManifestView<'a>(&'a Snapshot);
+
+/// A sequence of store paths, as `Vec<String>`.
+struct PathNames<'a>(&'a [StorePath]);
+
+/// The paths, as `Vec<SnapshotPathV1>`.
+struct PathsView<'a>(&'a [SnapshotPath]);
+
+/// The derivation outputs, as `Vec<DerivationOutputV1>`.
+struct OutputsView<'a>(&'a [DerivationOutput]);
+
+#[derive(Serialize)]
+struct SnapshotPathV1Ref<'a> {
+    info: PathInfoV1Ref<'a>,
+    tree: &'a [u8; 32],
+}
+
+#[derive(Serialize)]
+struct PathInfoV1Ref<'a> {
+    path: &'a str,
+    nar_hash: &'a [u8; 32],
+    nar_size: u64,
+    registration_time: i64,
+    deriver: Option<&'a str>,
+    references: PathNames<'a>,
+    ultimate: Option<i64>,
+    sigs: Option<&'a str>,
+    ca: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct DerivationOutputV1Ref<'a> {
+    drv: &'a str,
+    id: &'a str,
+    path: &'a str,
+}
+
+impl Serialize for PathNames<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(StorePath::base_name))
+    }
+}
+
+impl Serialize for PathsView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|p| SnapshotPathV1Ref {
+            info: PathInfoV1Ref {
+                path: p.info.path.base_name(),
+                nar_hash: &p.info.nar_hash.0,
+                nar_size: p.info.nar_size,
+                registration_time: p.info.registration_time,
+                deriver: p.info.deriver.as_deref(),
+                references: PathNames(&p.info.references),
+                ultimate: p.info.ultimate,
+                sigs: p.info.sigs.as_deref(),
+                ca: p.info.ca.as_deref(),
+            },
+            tree: &p.tree.0,
+        }))
+    }
+}
+
+impl Serialize for OutputsView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|o| DerivationOutputV1Ref {
+            drv: o.drv.base_name(),
+            id: &o.id,
+            path: &o.path,
+        }))
+    }
+}
+
+impl Serialize for ManifestView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("ManifestV2", 3)?;
+        st.serialize_field("roots", &PathNames(&self.0.roots))?;
+        st.serialize_field("paths", &PathsView(&self.0.paths))?;
+        st.serialize_field(
+            "derivation_outputs",
+            &OutputsView(&self.0.derivation_outputs),
+        )?;
+        st.end()
+    }
+}
+
+/// A bincode writer feeding a BLAKE3 hasher.
+struct HashWriter(blake3::Hasher);
+
+impl bincode::enc::write::Writer for HashWriter {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        self.0.update(bytes);
+        Ok(())
+    }
+}
+
+/// The bincode of a snapshot's manifest, in a vector of exactly its size (measured by a
+/// first pass: growing it by doubling would hold up to twice as much).
+fn encode_manifest(s: &Snapshot) -> Vec<u8> {
+    let cfg = bincode::config::standard();
+    let mut size = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(ManifestView(s), &mut size, cfg).expect("counting");
+    let mut out = vec![0u8; size.bytes_written];
+    let n = bincode::serde::encode_into_slice(ManifestView(s), &mut out, cfg)
+        .expect("in-memory encoding");
+    debug_assert_eq!(n, out.len());
+    out
+}
+
+/// [`manifest_id`] of a snapshot's manifest, hashed as it is serialised (no buffer).
+fn manifest_id_of(s: &Snapshot) -> [u8; 32] {
+    let mut h = HashWriter(blake3::Hasher::new_derive_key(MANIFEST_CONTEXT));
+    bincode::serde::encode_into_writer(ManifestView(s), &mut h, bincode::config::standard())
+        .expect("hashing");
+    *h.0.finalize().as_bytes()
+}
+
 fn store_path(s: String) -> Result<StorePath, String> {
     StorePath::from_base_name(&s).map_err(|e| e.to_string())
 }
@@ -171,6 +291,7 @@ fn flavor_from_wire(f: FlavorV1) -> Flavor {
     }
 }
 
+#[cfg(test)]
 fn paths_to_wire(s: &Snapshot) -> (Vec<String>, Vec<SnapshotPathV1>, Vec<DerivationOutputV1>) {
     let roots = s.roots.iter().map(|r| r.to_string()).collect();
     let paths = s
@@ -387,12 +508,7 @@ fn manifest_id(raw: &[u8]) -> [u8; 32] {
 /// Layout after the 16-byte header: the head's length (u32 LE), the head (bincode), the
 /// manifest (one zstd frame of its bincode), and the BLAKE3 of everything before it.
 pub(crate) fn encode_snapshot_v2(s: &Snapshot, level: i32) -> (SnapshotId, String, Vec<u8>) {
-    let (roots, paths, derivation_outputs) = paths_to_wire(s);
-    let raw = encode_bincode(&ManifestV2 {
-        roots,
-        paths,
-        derivation_outputs,
-    });
+    let raw = encode_manifest(s);
     let manifest = manifest_id(&raw);
     let head = encode_bincode(&SnapshotHeadV2 {
         key: s.key.clone(),
@@ -407,13 +523,17 @@ pub(crate) fn encode_snapshot_v2(s: &Snapshot, level: i32) -> (SnapshotId, Strin
         parent: s.parent.map(|p| p.0),
     });
     let frame = zstd::bulk::compress(&raw, level).expect("in-memory compression");
+    drop(raw);
     let mut body = Vec::with_capacity(4 + head.len() + frame.len());
     body.extend_from_slice(&(head.len() as u32).to_le_bytes());
     body.extend_from_slice(&head);
     body.extend_from_slice(&frame);
+    drop(frame);
     let (sum, bytes) = seal(SNAPSHOT_MAGIC, 2, &body);
-    let mut head = head_of(s);
-    head.manifest = manifest;
+    let head = SnapshotHead {
+        manifest,
+        ..head_of_v1(s)
+    };
     let id = head.id(&sum);
     (id, snapshot_key_v2(s.created, &id, &sum), bytes)
 }
@@ -450,11 +570,13 @@ pub(crate) fn decode_head_v2(raw: &[u8]) -> Result<SnapshotHead, String> {
 }
 
 /// Decode a v2 manifest (decompressed; strings checked by the caller) under its head.
-pub(crate) fn decode_manifest_v2(head: SnapshotHead, raw: &[u8]) -> Result<Snapshot, String> {
-    if manifest_id(raw) != head.manifest {
+pub(crate) fn decode_manifest_v2(head: SnapshotHead, raw: Vec<u8>) -> Result<Snapshot, String> {
+    if manifest_id(&raw) != head.manifest {
         return Err("manifest does not match the head's digest".into());
     }
-    let m: ManifestV2 = decode_bincode(raw)?;
+    let m: ManifestV2 = decode_bincode(&raw)?;
+    drop(raw); // not needed while the paths are converted
+
     if m.paths.len() as u64 != head.paths {
         return Err(format!(
             "head says {} paths, manifest holds {}",
@@ -486,6 +608,18 @@ pub(crate) fn decode_manifest_v2(head: SnapshotHead, raw: &[u8]) -> Result<Snaps
 /// The head of a snapshot already decoded whole (v1 files carry no separate head).
 pub fn head_of(s: &Snapshot) -> SnapshotHead {
     SnapshotHead {
+        manifest: if s.version >= 2 {
+            manifest_id_of(s)
+        } else {
+            [0; 32]
+        },
+        ..head_of_v1(s)
+    }
+}
+
+/// [`head_of`] without the manifest's digest (zeros).
+fn head_of_v1(s: &Snapshot) -> SnapshotHead {
+    SnapshotHead {
         version: s.version,
         key: s.key.clone(),
         created: s.created,
@@ -496,16 +630,7 @@ pub fn head_of(s: &Snapshot) -> SnapshotHead {
         nar_bytes: s.nar_bytes(),
         indexes: s.indexes.clone(),
         parent: s.parent,
-        manifest: if s.version >= 2 {
-            let (roots, paths, derivation_outputs) = paths_to_wire(s);
-            manifest_id(&encode_bincode(&ManifestV2 {
-                roots,
-                paths,
-                derivation_outputs,
-            }))
-        } else {
-            [0; 32]
-        },
+        manifest: [0; 32],
     }
 }
 
@@ -586,5 +711,63 @@ mod tests {
         v2[8] = 3;
         let err = unseal(INDEX_MAGIC, &v2, "t").unwrap_err().to_string();
         assert!(err.contains("format version 3"), "{err}");
+    }
+
+    fn sample(optional: bool) -> Snapshot {
+        let p = |s: &str| StorePath::from_base_name(s).unwrap();
+        let a = p("0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a-a");
+        let b = p("1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b-b.drv");
+        let info = |path: StorePath, refs: Vec<StorePath>| PathInfo {
+            path,
+            nar_hash: NarHash([7; 32]),
+            nar_size: 1234567,
+            registration_time: -5,
+            deriver: optional.then(|| "/gnu/store/1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b-b.drv".into()),
+            references: refs,
+            ultimate: optional.then_some(1),
+            sigs: optional.then(|| "k:sig".into()),
+            ca: optional.then(|| "fixed:sha256:x".into()),
+        };
+        Snapshot {
+            version: 2,
+            key: "k".into(),
+            flavor: Flavor::Guix,
+            store_dir: "/gnu/store".into(),
+            created: 1,
+            tool: "t".into(),
+            indexes: vec![],
+            parent: None,
+            roots: vec![a.clone()],
+            paths: vec![
+                SnapshotPath {
+                    info: info(b.clone(), vec![]),
+                    tree: TreeId([1; 32]),
+                },
+                SnapshotPath {
+                    info: info(a.clone(), vec![a.clone(), b.clone()]),
+                    tree: TreeId([2; 32]),
+                },
+            ],
+            derivation_outputs: vec![DerivationOutput {
+                drv: b,
+                id: "out".into(),
+                path: "/gnu/store/0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a-a".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn the_manifest_view_encodes_exactly_as_the_wire_structs() {
+        for optional in [false, true] {
+            let s = sample(optional);
+            let (roots, paths, derivation_outputs) = paths_to_wire(&s);
+            let wire = encode_bincode(&ManifestV2 {
+                roots,
+                paths,
+                derivation_outputs,
+            });
+            assert_eq!(encode_manifest(&s), wire, "optional fields: {optional}");
+            assert_eq!(manifest_id_of(&s), manifest_id(&wire));
+        }
     }
 }

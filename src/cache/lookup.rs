@@ -139,7 +139,7 @@ impl Cache {
             let raw = decode::decompress_bounded(frame, decode::snapshot_cap(frame.len()))
                 .map_err(corrupt)?;
             drop(bytes); // the file is not needed while the paths are decoded
-            decode::decode_manifest_v2(head, &raw).map_err(corrupt)?
+            decode::decode_manifest_v2(head, raw).map_err(corrupt)?
         };
         snap.validate().map_err(corrupt)?;
         Ok(snap)
