@@ -41,6 +41,10 @@ pub struct IndexFile {
     pub entries: Vec<(ObjectId, Location)>,
 }
 
+/// The fewest bytes one entry of an index file takes in bincode: the id (32), the kind (1)
+/// and five integers (a varint byte at least each).
+pub(super) const MIN_ENTRY_BYTES: u64 = 32 + 1 + 5;
+
 /// The merged table of every index file read.
 #[derive(Default)]
 pub(super) struct Objects {
@@ -54,44 +58,50 @@ pub(super) struct Objects {
 }
 
 impl Objects {
-    /// The merged table of `files` (in order: an object in several takes its location in
-    /// the earliest merged pack); `present` says whether a pack exists. Returns the table and
-    /// the problems found (packs named but missing).
-    pub(super) fn build(
-        files: Vec<(IndexId, IndexFile)>,
-        present: &mut dyn FnMut(&PackId) -> bool,
-    ) -> Self {
-        let mut objects = Objects::default();
-        objects.extend(files, present);
-        objects
+    /// Reserve room for `n` more objects. Pages of a reservation are touched only as entries
+    /// arrive, so an upper bound costs address space, not memory.
+    pub(super) fn reserve(&mut self, n: usize) {
+        self.table.reserve_exact(n);
     }
 
-    /// Merge more index files (see [`Objects::build`]). Positions of objects change.
-    pub(super) fn extend(
+    /// Merge one index file (in merge order: an object already merged keeps its location);
+    /// `present` says whether a pack exists. Positions of objects change.
+    ///
+    /// The file's entries go to the end of the table, are sorted there and stripped of ids
+    /// the table holds, then the two sorted runs are merged by a stable sort, which finds
+    /// the runs and merges them with a buffer of the shorter one.
+    pub(super) fn add(
         &mut self,
-        files: Vec<(IndexId, IndexFile)>,
+        id: IndexId,
+        file: IndexFile,
         present: &mut dyn FnMut(&PackId) -> bool,
     ) {
-        let total: usize = files.iter().map(|(_, f)| f.entries.len()).sum();
-        // Reserved at the final size once (the pages are touched only as entries arrive,
-        // while each file's own vector is freed after its entries are moved).
-        self.table.reserve_exact(total);
-        for (id, file) in files {
-            let local = self.number_packs(&file.packs, present);
-            for (obj, mut loc) in file.entries {
-                if let Some(Some(no)) = local.get(loc.pack as usize) {
-                    loc.pack = *no;
-                    self.table.push((obj, loc));
-                }
+        let local = self.number_packs(&file.packs, present);
+        let old = self.table.len();
+        self.table.reserve(file.entries.len());
+        for (obj, mut loc) in file.entries {
+            if let Some(Some(no)) = local.get(loc.pack as usize) {
+                loc.pack = *no;
+                self.table.push((obj, loc));
             }
-            self.files.push(id);
         }
-        // Packs are numbered in merge order, so sorting by (id, pack) and keeping the first
-        // of each id keeps the earliest merged location; in place, no second table.
-        self.table
-            .sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.pack.cmp(&b.1.pack)));
-        self.table.dedup_by(|later, first| later.0 == first.0);
-        self.table.shrink_to_fit();
+        // Within the file, the lowest pack number (the earliest merged pack) wins.
+        self.table[old..].sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.pack.cmp(&b.1.pack)));
+        let mut keep = old;
+        for i in old..self.table.len() {
+            let e = self.table[i];
+            let dup_in_file = keep > old && self.table[keep - 1].0 == e.0;
+            let dup_before = merged_contains(&self.table[..old], &e.0);
+            if !dup_in_file && !dup_before {
+                self.table[keep] = e;
+                keep += 1;
+            }
+        }
+        self.table.truncate(keep);
+        if keep > old && old > 0 {
+            self.table.sort_by_key(|e| e.0);
+        }
+        self.files.push(id);
     }
 
     /// Map an index file's pack table onto the merged one; packs that do not exist map to
@@ -146,6 +156,10 @@ impl Objects {
     }
 }
 
+fn merged_contains(sorted: &[(ObjectId, Location)], id: &ObjectId) -> bool {
+    sorted.binary_search_by(|(o, _)| o.cmp(id)).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,10 +189,9 @@ mod tests {
             packs: vec![p1, p2],
             entries: vec![(b, loc(0, 7)), (a, loc(1, 9))],
         };
-        let o = Objects::build(
-            vec![(IndexId([1; 32]), f1), (IndexId([2; 32]), f2)],
-            &mut |p| *p != gone,
-        );
+        let mut o = Objects::default();
+        o.add(IndexId([1; 32]), f1, &mut |p| *p != gone);
+        o.add(IndexId([2; 32]), f2, &mut |p| *p != gone);
         assert_eq!(o.len(), 2);
         assert_eq!(o.packs, vec![p2, p1]);
         // b: in p2 (merged first, number 0) at 100, not in p1 at 7.
@@ -189,5 +202,53 @@ mod tests {
         let pos = o.position(&a).unwrap();
         assert_eq!(o.at(pos), (a, loc(0, 9)));
         assert!(o.entries().windows(2).all(|w| w[0].0 < w[1].0));
+    }
+
+    #[test]
+    fn files_merged_one_at_a_time_give_the_table_of_all_at_once() {
+        // Random files with overlapping ids and packs: the table is sorted, unique, and each
+        // id has the location of its earliest merged pack.
+        let mut seed = 7u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let packs: Vec<PackId> = (0..6u8).map(|i| PackId([i; 32])).collect();
+        let mut o = Objects::default();
+        let mut want: HashMap<ObjectId, (PackId, u64)> = HashMap::new();
+        for f in 0..8u8 {
+            let fp: Vec<PackId> = (0..3).map(|_| packs[next() as usize % 6]).collect();
+            let mut file = IndexFile {
+                packs: fp.clone(),
+                entries: Vec::new(),
+            };
+            for _ in 0..200 {
+                let id = ObjectId([(next() % 97) as u8; 32]);
+                let p = (next() % 3) as u32;
+                file.entries.push((id, loc(p, next() % 1000)));
+            }
+            // By hand: an id merged before keeps its pack; else, within this file, the pack
+            // numbered first in the merged table.
+            o.add(IndexId([f; 32]), file.clone(), &mut |_| true);
+            let rank = |p: &PackId| o.packs.iter().position(|q| q == p).unwrap();
+            let mut this: HashMap<ObjectId, PackId> = HashMap::new();
+            for (id, l) in &file.entries {
+                let p = fp[l.pack as usize];
+                let e = this.entry(*id).or_insert(p);
+                if rank(&p) < rank(e) {
+                    *e = p;
+                }
+            }
+            for (id, p) in this {
+                want.entry(id).or_insert((p, 0));
+            }
+        }
+        assert!(o.entries().windows(2).all(|w| w[0].0 < w[1].0));
+        assert_eq!(o.len(), want.len());
+        for (id, l) in o.entries() {
+            assert_eq!(o.packs[l.pack as usize], want[id].0, "{id:?}");
+        }
     }
 }

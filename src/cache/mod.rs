@@ -157,18 +157,16 @@ impl Cache {
         self.has_pending
             .store(false, std::sync::atomic::Ordering::Release);
         let mut objs = objects.write().expect("objects");
-        let mut files = Vec::new();
         for id in pending.drain(..) {
             if objs.files.contains(&id) {
                 continue;
             }
             let key = index_key(&id);
             match self.read_index_file(&key) {
-                Ok(file) => files.push((id, file)),
+                Ok(file) => objs.add(id, file, &mut |p| self.pack_present(p)),
                 Err(e) => objs.warnings.push(format!("index {key}: {e}")),
             }
         }
-        objs.extend(files, &mut |p| self.pack_present(p));
     }
 
     /// An index file this process has just written: its objects are found from the next use
@@ -206,20 +204,33 @@ impl Cache {
                 Vec::new()
             }
         };
-        let mut files = Vec::new();
+        let mut objects = Objects::default();
+        if !self.storage.remote() {
+            objects.reserve(self.entries_bound(&keys));
+        }
         for key in keys {
             match self.read_index_file(&key) {
                 Ok(file) => match format::parse_index_key(&key) {
-                    Some(id) => files.push((id, file)),
+                    Some(id) => objects.add(id, file, &mut |p| self.pack_present(p)),
                     None => warnings.push(format!("skipping index {key}: not an index name")),
                 },
                 Err(e) => warnings.push(format!("skipping index {key}: {e}")),
             }
         }
-        let mut objects = Objects::build(files, &mut |p| self.pack_present(p));
         warnings.append(&mut objects.warnings);
         objects.warnings = warnings;
         objects
+    }
+
+    /// An upper bound of the entries of the index files `keys` hold, from their sizes (an
+    /// entry takes at least [`index::MIN_ENTRY_BYTES`]); files whose size the backend cannot
+    /// tell count for nothing (the table grows for them). Local caches only: a remote one
+    /// would pay a request per file.
+    fn entries_bound(&self, keys: &[String]) -> usize {
+        keys.iter()
+            .filter_map(|k| self.storage.size(k).ok().flatten())
+            .map(|n| (n / index::MIN_ENTRY_BYTES) as usize)
+            .sum()
     }
 
     /// False only when the backend says the pack does not exist: a pack it could not tell
@@ -273,7 +284,7 @@ impl Cache {
     /// Make the objects of an index file just written readable now, from the caller's copy.
     pub(crate) fn merge_index(&self, id: IndexId, file: IndexFile) {
         let mut objs = self.objs().write().expect("objects");
-        objs.extend(vec![(id, file)], &mut |p| self.pack_present(p));
+        objs.add(id, file, &mut |p| self.pack_present(p));
     }
 
     /// The storage backend.
@@ -391,15 +402,17 @@ impl Cache {
     /// The objects of the index files `ids`; missing or damaged ones are warnings.
     fn objects_of(&self, ids: &[IndexId]) -> Objects {
         let mut warnings = Vec::new();
-        let mut files = Vec::new();
-        for id in ids {
-            let key = index_key(id);
-            match self.read_index_file(&key) {
-                Ok(file) => files.push((*id, file)),
+        let mut objects = Objects::default();
+        let keys: Vec<String> = ids.iter().map(index_key).collect();
+        if !self.storage.remote() {
+            objects.reserve(self.entries_bound(&keys));
+        }
+        for (id, key) in ids.iter().zip(&keys) {
+            match self.read_index_file(key) {
+                Ok(file) => objects.add(*id, file, &mut |p| self.pack_present(p)),
                 Err(e) => warnings.push(format!("index {key}: {e}")),
             }
         }
-        let mut objects = Objects::build(files, &mut |p| self.pack_present(p));
         warnings.append(&mut objects.warnings);
         objects.warnings = warnings;
         objects
