@@ -270,7 +270,7 @@ fn manifest_id_of(s: &Snapshot) -> [u8; 32] {
 }
 
 fn store_path(s: String) -> Result<StorePath, String> {
-    StorePath::from_base_name(&s).map_err(|e| e.to_string())
+    StorePath::from_string(s).map_err(|e| e.to_string())
 }
 
 fn store_paths(v: Vec<String>) -> Result<Vec<StorePath>, String> {
@@ -332,32 +332,38 @@ fn paths_from_wire(
     wire_paths: Vec<SnapshotPathV1>,
     wire_outputs: Vec<DerivationOutputV1>,
 ) -> Result<Manifest, String> {
-    let mut paths = Vec::with_capacity(wire_paths.len());
-    for p in wire_paths {
-        let i = p.info;
-        paths.push(SnapshotPath {
-            info: PathInfo {
-                path: store_path(i.path)?,
-                nar_hash: NarHash(i.nar_hash),
-                nar_size: i.nar_size,
-                registration_time: i.registration_time,
-                deriver: i.deriver,
-                references: store_paths(i.references)?,
-                ultimate: i.ultimate,
-                sigs: i.sigs,
-                ca: i.ca,
-            },
-            tree: TreeId(p.tree),
-        });
-    }
-    let mut outputs = Vec::with_capacity(wire_outputs.len());
-    for o in wire_outputs {
-        outputs.push(DerivationOutput {
-            drv: store_path(o.drv)?,
-            id: o.id,
-            path: o.path,
-        });
-    }
+    // `into_iter().map().collect()` between types of one size reuses the vector and each
+    // string in place: no second copy of the paths while they are converted.
+    let paths = wire_paths
+        .into_iter()
+        .map(|p| {
+            let i = p.info;
+            Ok(SnapshotPath {
+                info: PathInfo {
+                    path: store_path(i.path)?,
+                    nar_hash: NarHash(i.nar_hash),
+                    nar_size: i.nar_size,
+                    registration_time: i.registration_time,
+                    deriver: i.deriver,
+                    references: store_paths(i.references)?,
+                    ultimate: i.ultimate,
+                    sigs: i.sigs,
+                    ca: i.ca,
+                },
+                tree: TreeId(p.tree),
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let outputs = wire_outputs
+        .into_iter()
+        .map(|o| {
+            Ok(DerivationOutput {
+                drv: store_path(o.drv)?,
+                id: o.id,
+                path: o.path,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     Ok((store_paths(roots)?, paths, outputs))
 }
 
@@ -754,6 +760,20 @@ mod tests {
                 path: "/gnu/store/0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a-a".into(),
             }],
         }
+    }
+
+    #[test]
+    fn paths_are_converted_from_the_wire_in_place() {
+        let s = sample(true);
+        let (roots, paths, outputs) = paths_to_wire(&s);
+        let at = paths.as_ptr() as usize;
+        let (_, converted, _) = paths_from_wire(roots, paths, outputs).unwrap();
+        assert_eq!(
+            converted.as_ptr() as usize,
+            at,
+            "a second vector was allocated"
+        );
+        assert_eq!(converted, s.paths);
     }
 
     #[test]

@@ -106,6 +106,20 @@ impl StorePath {
     /// # Errors
     /// [`StorePathError::BadHash`] or [`StorePathError::BadName`].
     pub fn from_base_name(s: &str) -> Result<Self, StorePathError> {
+        Self::check(s)?;
+        Ok(StorePath(s.to_owned()))
+    }
+
+    /// [`StorePath::from_base_name`] keeping the string's allocation.
+    ///
+    /// # Errors
+    /// As [`StorePath::from_base_name`].
+    pub fn from_string(s: String) -> Result<Self, StorePathError> {
+        Self::check(&s)?;
+        Ok(StorePath(s))
+    }
+
+    fn check(s: &str) -> Result<(), StorePathError> {
         let bytes = s.as_bytes();
         if bytes.len() < HASH_PART_LEN + 2
             || bytes[HASH_PART_LEN] != b'-'
@@ -124,7 +138,7 @@ impl StorePath {
         if !name_ok {
             return Err(StorePathError::BadName(s.to_owned()));
         }
-        Ok(StorePath(s.to_owned()))
+        Ok(())
     }
 
     /// The `<hash>-<name>` base name.
@@ -148,7 +162,7 @@ impl StorePath {
 impl TryFrom<String> for StorePath {
     type Error = StorePathError;
     fn try_from(s: String) -> Result<Self, Self::Error> {
-        StorePath::from_base_name(&s)
+        StorePath::from_string(s)
     }
 }
 
