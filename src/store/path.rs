@@ -84,9 +84,11 @@ pub enum StorePathError {
 }
 
 /// A validated store path base name, `<hash>-<name>`, independent of the store directory.
+/// Clones share the string (an `Arc<str>`): the references a DB read or a snapshot decode
+/// gives share the strings of the paths they name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct StorePath(String);
+pub struct StorePath(std::sync::Arc<str>);
 
 /// Which bytes are nix-base32 digits: a table, since every path of every snapshot read is
 /// checked (a scan of the alphabet per character was a third of `verify`'s CPU time).
@@ -107,7 +109,7 @@ impl StorePath {
     /// [`StorePathError::BadHash`] or [`StorePathError::BadName`].
     pub fn from_base_name(s: &str) -> Result<Self, StorePathError> {
         Self::check(s)?;
-        Ok(StorePath(s.to_owned()))
+        Ok(StorePath(s.into()))
     }
 
     /// [`StorePath::from_base_name`] keeping the string's allocation.
@@ -116,7 +118,7 @@ impl StorePath {
     /// As [`StorePath::from_base_name`].
     pub fn from_string(s: String) -> Result<Self, StorePathError> {
         Self::check(&s)?;
-        Ok(StorePath(s))
+        Ok(StorePath(s.into()))
     }
 
     fn check(s: &str) -> Result<(), StorePathError> {
@@ -168,7 +170,7 @@ impl TryFrom<String> for StorePath {
 
 impl From<StorePath> for String {
     fn from(p: StorePath) -> String {
-        p.0
+        p.0.to_string()
     }
 }
 
