@@ -117,7 +117,7 @@ pub(super) fn execute(
     // Older builds of the missing paths' packages in the store, as sources of their files'
     // blobs (protected from collection first, as the closure is), found before the remote
     // prefetch is planned so that their blobs are never downloaded.
-    let sources = if super::siblings::worth_looking(cache) && !plan.siblings.is_empty() {
+    let sources = if !plan.siblings.is_empty() {
         let mut candidates: Vec<String> = plan
             .siblings
             .values()

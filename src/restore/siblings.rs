@@ -28,6 +28,11 @@
 //!
 //! Nothing read from a sibling is trusted: it is used only when its masked bytes are the
 //! blob's, and the path's NAR hash is checked before registration as for every path.
+//!
+//! Local-directory caches use it too: a copy (the source read twice, BLAKE3, the copy read
+//! back) costs no more than decompressing the blob. The e2e bench's warm restore (v2 over v1,
+//! 200 MiB `upgrade` model, 28.3 MiB copied from v1's files) measured 0.75 s wall, 0.41 s CPU,
+//! 31 MiB peak RSS against 0.82 s, 0.46 s and 61 MiB without (medians of 3, load 2.6 to 3.4).
 
 use std::collections::HashMap;
 use std::fs;
@@ -48,11 +53,6 @@ pub const MAX_SIBLINGS: usize = 3;
 
 /// Bytes read from a source at a time.
 const CHUNK: usize = 256 << 10;
-
-/// Whether a restore from `cache` looks for sources in siblings.
-pub fn worth_looking(_cache: &Cache) -> bool {
-    true
-}
 
 /// The siblings of each missing path (indices into `snapshot.paths`) that has any: base names
 /// of paths valid in the target (`valid`, keyed by full path) with the same name after the
@@ -459,6 +459,75 @@ mod tests {
         assert!(open_file(fd.as_fd(), "g", &rel, 10).is_some());
         fs::write(dir.path().join("h"), b"0123456789").unwrap();
         assert!(open_file(fd.as_fd(), "h", &[], 10).is_some());
+    }
+
+    #[test]
+    fn siblings_are_valid_paths_of_the_same_name_and_another_hash_at_most_three_sorted() {
+        use crate::cache::SnapshotPath;
+        use crate::store::path::StorePath;
+        let h = |c: char| c.to_string().repeat(32);
+        let path = |base: &str| SnapshotPath {
+            info: crate::store::PathInfo {
+                path: StorePath::from_base_name(base).unwrap(),
+                nar_hash: crate::store::path_info::NarHash([0; 32]),
+                nar_size: 0,
+                registration_time: 0,
+                deriver: None,
+                references: Vec::new(),
+                ultimate: None,
+                sigs: None,
+                ca: None,
+            },
+            tree: crate::cache::TreeId([0; 32]),
+        };
+        let snapshot = Snapshot {
+            version: 2,
+            key: String::new(),
+            flavor: crate::store::Flavor::Guix,
+            store_dir: "/gnu/store".into(),
+            created: 0,
+            tool: String::new(),
+            indexes: Vec::new(),
+            parent: None,
+            roots: Vec::new(),
+            paths: vec![
+                path(&format!("{}-hello-2.12", h('a'))),
+                path(&format!("{}-hello-2.12-doc", h('b'))),
+                path(&format!("{}-alone-1", h('c'))),
+            ],
+            derivation_outputs: Vec::new(),
+        };
+        let valid: HashMap<String, String> = [
+            format!("/gnu/store/{}-hello-2.12", h('z')),
+            format!("/gnu/store/{}-hello-2.12", h('1')),
+            format!("/gnu/store/{}-hello-2.12", h('9')),
+            format!("/gnu/store/{}-hello-2.12", h('5')),
+            format!("/gnu/store/{}-hello-2.13", h('2')),
+            format!("/gnu/store/{}-hello-2.12-doc", h('3')),
+            format!("/nix/store/{}-alone-1", h('4')),
+            format!("/gnu/store/{}-alone-1/x", h('6')),
+            "/gnu/store/short-alone-1".into(),
+        ]
+        .into_iter()
+        .map(|p| (p, String::new()))
+        .collect();
+        let store = StoreDir::new("/gnu/store").unwrap();
+        let got = siblings_of(&snapshot, &[0, 1, 2], &valid, &store);
+        let want = |cs: &[char], name: &str| -> Vec<String> {
+            cs.iter().map(|&c| format!("{}-{name}", h(c))).collect()
+        };
+        assert_eq!(got[&0], want(&['1', '5', '9'], "hello-2.12"));
+        assert_eq!(got[&1], want(&['3'], "hello-2.12-doc"));
+        assert!(!got.contains_key(&2), "{got:?}");
+        // A valid path is not its own sibling; only missing paths have siblings.
+        let mut valid = valid;
+        valid.insert(
+            format!("/gnu/store/{}-hello-2.12-doc", h('b')),
+            String::new(),
+        );
+        let got = siblings_of(&snapshot, &[1], &valid, &store);
+        assert_eq!(got[&1], want(&['3'], "hello-2.12-doc"));
+        assert_eq!(got.len(), 1);
     }
 
     #[test]
