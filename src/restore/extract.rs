@@ -203,11 +203,12 @@ impl Writer<'_> {
                         return Ok(());
                     }
                 }
-                let rel: Vec<&[u8]> = at.rel.iter().map(Vec::as_slice).collect();
-                let source = at
-                    .local
-                    .and_then(|l| l.of(number))
-                    .map(|sibling| (sibling, &rel[..]));
+                let sibling = at.local.and_then(|l| l.of(number));
+                let rel: Vec<&[u8]> = match sibling {
+                    Some(_) => at.rel.iter().map(Vec::as_slice).collect(),
+                    None => Vec::new(),
+                };
+                let source = sibling.map(|sibling| (sibling, &rel[..]));
                 let own = self.write_file(
                     dir,
                     name,
