@@ -10,61 +10,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use storesync::nar;
-use storesync::store::{Flavor, Layout};
-use util::{json, noise, World};
-
-const DEP1: &str = "11111111111111111111111111111111-dep-1";
-/// A rebuild of the dependency: same name, another hash (the bytes that differ in what
-/// names it are the hash part only, the case placeholders cover).
-const DEP2: &str = "22222222222222222222222222222222-dep-1";
-const PKG1: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-pkg-1";
-const PKG2: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-pkg-1";
-
-/// Lay out and register a store path of `files` (relative path, contents, executable).
-fn add_path(layout: &Layout, base: &str, files: &[(&str, Vec<u8>, bool)], refs: &[&str]) {
-    let files: Vec<(&str, &[u8], bool)> = files
-        .iter()
-        .map(|(rel, contents, x)| (*rel, contents.as_slice(), *x))
-        .collect();
-    util::add_files_path(layout, base, &files, refs);
-}
-
-/// `data` with `text` written over it at each of `offsets`.
-fn with_at(mut data: Vec<u8>, text: &str, offsets: &[usize]) -> Vec<u8> {
-    for &o in offsets {
-        data[o..o + text.len()].copy_from_slice(text.as_bytes());
-    }
-    data
-}
-
-/// The files of a package built against `dep`, installed as `me`: an "ELF" whose RUNPATH
-/// names the dependency, a 6 MiB library (streamed in 1 MiB reads at save) naming it across
-/// a read boundary and naming itself, a script, and a file holding the placeholder bytes and
-/// a hash part of no reference literally.
-fn package(dep: &str, me: &str) -> Vec<(&'static str, Vec<u8>, bool)> {
-    let runpath = format!("/gnu/store/{dep}/lib");
-    let own = format!("/gnu/store/{me}/share");
-    let elf = with_at(noise(1, 300_000), &runpath, &[1000, 150_000, 299_000]);
-    let big = with_at(
-        noise(2, 6 << 20),
-        &runpath,
-        &[(1 << 20) - 20, 3 << 20, (1 << 20) + 4096],
-    );
-    let big = with_at(big, &own, &[(5 << 20) + 7]);
-    let script = format!("#!/gnu/store/{dep}/bin/sh\nexec /gnu/store/{me}/bin/prog \"$@\"\n");
-    let odd = format!(
-        "{}/gnu/store/{}-unrelated {}\n",
-        "e".repeat(40),
-        "3".repeat(32),
-        "e".repeat(32)
-    );
-    vec![
-        ("bin/prog", elf, true),
-        ("bin/run", script.into_bytes(), true),
-        ("lib/libpkg.so", big, false),
-        ("share/odd", odd.into_bytes(), false),
-    ]
-}
+use storesync::store::path_info::NarHash;
+use storesync::store::Flavor;
+use util::{
+    add_path, edit, json, noise, package, ChangeWhenWriting, World, DEP1, DEP2, PKG1, PKG2,
+};
 
 fn save(w: &World, root: &str, extra: &[&str]) -> serde_json::Value {
     let out = w
@@ -223,4 +173,209 @@ fn issue_14_incremental_save_reads_no_file_the_cache_knows_by_its_links_entry() 
     let dst = w.layout("dst");
     let got = fs::read(dst.real_store_dir().join(PKG2).join("bin/prog")).unwrap();
     assert!(got == genuine);
+}
+
+/// A cache holding issue 14's generation 1, then 2 (`util::add_generation`, saved from one
+/// source store): their snapshot ids.
+fn two_generations(w: &World) -> (String, String) {
+    let src = w.layout("src");
+    util::add_generation(&src, 1);
+    let id1 = save(w, "src", &[])["snapshot"].as_str().unwrap().to_owned();
+    util::add_generation(&src, 2);
+    let id2 = save(w, "src", &[])["snapshot"].as_str().unwrap().to_owned();
+    (id1, id2)
+}
+
+fn restore_id(w: &World, root: &str, id: &str) -> serde_json::Value {
+    let out = w
+        .cmd(root)
+        .args(["--json", "restore", "--snapshot", id, "--cache"])
+        .arg(w.cache_dir())
+        .assert()
+        .success();
+    json(&out.get_output().stdout)
+}
+
+/// `PKG2`'s files are in `root` as built, and both of generation 2's paths were restored.
+fn assert_generation_2(w: &World, root: &str, r: &serde_json::Value) {
+    assert_eq!(r["restored"], 2, "{r}");
+    assert_eq!(r["failed"].as_array().unwrap().len(), 0, "{r}");
+    let store = w.layout(root).real_store_dir();
+    for (rel, contents, _) in package(DEP2, PKG2) {
+        let got = fs::read(store.join(PKG2).join(rel)).unwrap();
+        assert!(got == contents, "{PKG2}/{rel} differs");
+    }
+    // Registered with their NAR hashes (the restore checks them; checked again here).
+    let rows = util::db_rows(&w.layout(root));
+    for base in [DEP2, PKG2] {
+        let (hash, _) = nar::hash_path(&store.join(base)).unwrap();
+        let row = &rows.paths[&format!("/gnu/store/{base}")];
+        assert_eq!(Some(hash), NarHash::parse_db(&row.0), "{base}");
+    }
+}
+
+/// Bytes of `PKG2`'s files, all but those named in `but`.
+fn pkg2_bytes(but: &[&str]) -> u64 {
+    package(DEP2, PKG2)
+        .iter()
+        .filter(|f| !but.contains(&f.0))
+        .map(|f| f.1.len() as u64)
+        .sum()
+}
+
+#[test]
+fn issue_13_a_warm_restore_copies_files_differing_only_in_hash_parts_from_the_older_build() {
+    let w = World::new(Flavor::Guix);
+    let (id1, id2) = two_generations(&w);
+    let r = restore_id(&w, "dst", &id1);
+    assert_eq!(
+        (&r["restored"], &r["local_files"]),
+        (&2.into(), &0.into()),
+        "{r}"
+    );
+    // Generation 2 over 1: `PKG1` (valid, same name) holds every blob of `PKG2`'s four files
+    // (three with references in them, one without); `DEP1` is a sibling of `DEP2` but its
+    // file (same size, other bytes) is not `DEP2`'s blob.
+    let r = restore_id(&w, "dst", &id2);
+    assert_generation_2(&w, "dst", &r);
+    assert_eq!(r["local_files"], 4, "{r}");
+    assert_eq!(r["local_bytes"], pkg2_bytes(&[]), "{r}");
+    // From the cache: DEP2's 20,000 bytes only.
+    assert_eq!(r["bytes_written"], 20_000, "{r}");
+}
+
+/// Watches directories for opens and reads of what they hold, and of themselves (inotify).
+struct Watch(std::os::fd::OwnedFd);
+
+impl Watch {
+    fn new(dirs: &[&Path]) -> Self {
+        use rustix::fs::inotify;
+        let fd =
+            inotify::init(inotify::CreateFlags::NONBLOCK | inotify::CreateFlags::CLOEXEC).unwrap();
+        for d in dirs {
+            inotify::add_watch(
+                &fd,
+                *d,
+                inotify::WatchFlags::OPEN | inotify::WatchFlags::ACCESS,
+            )
+            .unwrap();
+        }
+        Watch(fd)
+    }
+
+    /// The events since the last call, as `(flags, name)`.
+    fn events(&self) -> Vec<String> {
+        let mut buf = [std::mem::MaybeUninit::uninit(); 4096];
+        let mut r = rustix::fs::inotify::Reader::new(&self.0, &mut buf);
+        let mut out = Vec::new();
+        while let Ok(e) = r.next() {
+            out.push(format!("{:?} {:?}", e.events(), e.file_name()));
+        }
+        out
+    }
+}
+
+#[test]
+fn issue_13_a_tampered_or_symlinked_older_build_is_not_used_and_nothing_outside_is_read() {
+    let w = World::new(Flavor::Guix);
+    let (id1, id2) = two_generations(&w);
+    // Outside the store: PKG1's genuine files, which a symlink in the store points at.
+    let outside = w.root("outside");
+    fs::create_dir_all(outside.join("bin")).unwrap();
+    for (rel, contents, _) in package(DEP1, PKG1) {
+        let p = outside.join(rel.replace("lib/", ""));
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, contents).unwrap();
+    }
+    let watch = Watch::new(&[&outside, &outside.join("bin")]);
+    // (root, what is done to PKG1, its files not to be taken, their bytes copied)
+    type Harm = Box<dyn Fn(&Path)>;
+    let outside_lib = outside.join("libpkg.so");
+    let outside_bin = outside.join("bin");
+    let cases: Vec<(&str, Harm, Vec<&str>)> = vec![
+        (
+            "changed",
+            Box::new(|pkg: &Path| {
+                edit(&pkg.join("bin/prog"), |p| {
+                    let mut b = fs::read(p).unwrap();
+                    b[5] ^= 1; // not where a reference is
+                    fs::write(p, b).unwrap();
+                })
+            }),
+            vec!["bin/prog"],
+        ),
+        (
+            "longer",
+            Box::new(|pkg: &Path| {
+                edit(&pkg.join("share/odd"), |p| {
+                    let mut b = fs::read(p).unwrap();
+                    b.push(b'\n');
+                    fs::write(p, b).unwrap();
+                })
+            }),
+            vec!["share/odd"],
+        ),
+        (
+            "file-symlink",
+            Box::new(move |pkg: &Path| {
+                edit(&pkg.join("lib/libpkg.so"), |p| {
+                    fs::remove_file(p).unwrap();
+                    std::os::unix::fs::symlink(&outside_lib, p).unwrap();
+                })
+            }),
+            vec!["lib/libpkg.so"],
+        ),
+        (
+            "dir-symlink",
+            Box::new(move |pkg: &Path| {
+                edit(&pkg.join("bin"), |p| {
+                    for f in ["prog", "run"] {
+                        edit(&p.join(f), |f| fs::remove_file(f).unwrap());
+                    }
+                    fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
+                    fs::remove_dir(p).unwrap();
+                    std::os::unix::fs::symlink(&outside_bin, p).unwrap();
+                })
+            }),
+            vec!["bin/prog", "bin/run"],
+        ),
+    ];
+    for (root, harm, not_taken) in &cases {
+        let r = restore_id(&w, root, &id1);
+        assert_eq!(r["restored"], 2, "{root}: {r}");
+        harm(&w.layout(root).real_store_dir().join(PKG1));
+        assert!(watch.events().is_empty());
+        let r = restore_id(&w, root, &id2);
+        assert_generation_2(&w, root, &r);
+        assert_eq!(r["local_files"], 4 - not_taken.len(), "{root}: {r}");
+        assert_eq!(r["local_bytes"], pkg2_bytes(not_taken), "{root}: {r}");
+        let from_cache = 20_000 + pkg2_bytes(&[]) - pkg2_bytes(not_taken);
+        assert_eq!(r["bytes_written"], from_cache, "{root}: {r}");
+        let events = watch.events();
+        assert!(
+            events.is_empty(),
+            "{root}: files outside the store were opened or read: {events:?}"
+        );
+    }
+}
+
+#[test]
+fn issue_13_an_older_build_changed_between_plan_and_write_is_not_used() {
+    let w = World::new(Flavor::Guix);
+    let (id1, id2) = two_generations(&w);
+    restore_id(&w, "dst", &id1);
+    let dst = w.layout("dst");
+    let progress = ChangeWhenWriting(dst.real_store_dir().join(PKG1));
+    let opts = storesync::restore::RestoreOptions {
+        snapshot: Some(id2),
+        ..Default::default()
+    };
+    let r = storesync::restore::restore(&dst, &w.cache(), &opts, &progress).unwrap();
+    let r = serde_json::to_value(&r).unwrap();
+    assert_generation_2(&w, "dst", &r);
+    let changed = ["bin/prog", "lib/libpkg.so"];
+    assert_eq!(r["local_files"], 2, "{r}");
+    assert_eq!(r["local_bytes"], pkg2_bytes(&changed), "{r}");
+    let from_cache = 20_000 + pkg2_bytes(&[]) - pkg2_bytes(&changed);
+    assert_eq!(r["bytes_written"], from_cache, "{r}");
 }

@@ -930,3 +930,132 @@ fn an_interrupted_copy_into_s3_resumes_without_sending_what_landed() {
     assert_eq!(srv.objects(&prefix, "packs"), landed);
     assert_eq!(srv.objects(&prefix, "snapshots").len(), 1);
 }
+
+fn restore_id(srv: &Server, w: &World, root: &str, loc: &str, id: &str) -> serde_json::Value {
+    let out = srv
+        .cmd(w, root)
+        .args(["--json", "restore", "--snapshot", id, "--cache", loc])
+        .assert()
+        .success();
+    json(&out.get_output().stdout)
+}
+
+/// A path new in generation 2 (no older build of it) holding a file of `PKG1`'s whose blob
+/// the cache holds: its blob is read from the cache, in `PKG1`'s frames.
+const EXTRA: &str = "cccccccccccccccccccccccccccccccc-extra-1";
+
+/// A cache at `loc` holding issue 14's generations 1 then 2 (`util::add_generation`; with
+/// `extra`, [`EXTRA`] in 2 as well), and `roots` of `w` holding generation 1 restored from
+/// it: the two snapshot ids.
+fn two_generations(
+    srv: &Server,
+    w: &World,
+    loc: &str,
+    roots: &[&str],
+    extra: bool,
+) -> (String, String) {
+    let src = w.layout("src");
+    util::add_generation(&src, 1);
+    let id1 = save(srv, w, "src", loc)["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    util::add_generation(&src, 2);
+    if extra {
+        let odd = util::package(util::DEP1, util::PKG1).remove(3);
+        assert_eq!(odd.0, "share/odd");
+        util::add_path(&src, EXTRA, &[("share/odd", odd.1, false)], &[]);
+    }
+    let id2 = save(srv, w, "src", loc)["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for root in roots {
+        let r = restore_id(srv, w, root, loc, &id1);
+        assert_eq!(r["restored"], 2, "{r}");
+    }
+    (id1, id2)
+}
+
+/// Generation 2's paths restored into `root`, byte for byte, registered with their hashes.
+fn assert_generation_2(w: &World, root: &str, r: &serde_json::Value) {
+    assert_eq!(r["failed"].as_array().unwrap().len(), 0, "{r}");
+    let store = w.layout(root).real_store_dir();
+    for (rel, contents, _) in util::package(util::DEP2, util::PKG2) {
+        let got = fs::read(store.join(util::PKG2).join(rel)).unwrap();
+        assert!(got == contents, "{rel} differs");
+    }
+    let rows = db_rows(&w.layout(root));
+    for base in [util::DEP2, util::PKG2] {
+        let (hash, _) = nar::hash_path(&store.join(base)).unwrap();
+        let row = &rows.paths[&format!("/gnu/store/{base}")];
+        assert_eq!(Some(hash), NarHash::parse_db(&row.0), "{base}");
+    }
+}
+
+#[test]
+fn issue_13_a_warm_restore_downloads_no_blob_an_older_build_in_the_store_holds() {
+    let Some(srv) = shared() else {
+        return skip("issue_13_a_warm_restore_downloads_no_blob_an_older_build_in_the_store_holds");
+    };
+    let w = World::new(Flavor::Guix);
+    let loc = srv.location(&unique("siblings"));
+    let (_, id2) = two_generations(srv, &w, &loc, &["warm", "gone"], true);
+    // The same store but for PKG1's files, gone from disk (its DB row stays): no older build
+    // to copy from, so every blob of PKG2 comes from the cache, as before issue 13.
+    let gone = w.layout("gone").real_store_dir().join(util::PKG1);
+    storesync::store::fs::remove_tree(&gone).unwrap();
+    let without = restore_id(srv, &w, "gone", &loc, &id2);
+    assert_eq!(without["restored"], 3, "{without}");
+    assert_generation_2(&w, "gone", &without);
+    assert_eq!(without["local_files"], 0, "{without}");
+    let with = restore_id(srv, &w, "warm", &loc, &id2);
+    assert_eq!(with["restored"], 3, "{with}");
+    assert_generation_2(&w, "warm", &with);
+    assert_eq!(with["local_files"], 4, "{with}");
+    let down = |r: &serde_json::Value| r["transfer"]["bytes_downloaded"].as_u64().unwrap();
+    let (with_down, without_down) = (down(&with), down(&without));
+    eprintln!("downloaded: {with_down} bytes copying from PKG1, {without_down} without");
+    // Without: PKG2's 6.6 MB of incompressible files. With: DEP2's 20 KB, EXTRA's file (in
+    // PKG1's frame of small files, which is next to the frame of PKG1's 300 KB `bin/prog`:
+    // that one is not planned, so not fetched with its neighbour), the trees, the snapshot
+    // and the index.
+    assert!(without_down > 6_000_000, "{without}");
+    assert!(with_down < 100_000, "{with}");
+}
+
+#[test]
+fn issue_13_an_older_build_changed_between_plan_and_write_falls_back_to_the_remote_cache() {
+    let Some(srv) = shared() else {
+        return skip(
+            "issue_13_an_older_build_changed_between_plan_and_write_falls_back_to_the_remote_cache",
+        );
+    };
+    let w = World::new(Flavor::Guix);
+    let prefix = unique("siblings-changed");
+    let (_, id2) = two_generations(srv, &w, &srv.location(&prefix), &["dst"], false);
+    let dst = w.layout("dst");
+    let progress = util::ChangeWhenWriting(dst.real_store_dir().join(util::PKG1));
+    let opts = storesync::restore::RestoreOptions {
+        snapshot: Some(id2),
+        ..Default::default()
+    };
+    let cache = storesync::cache::Cache::open(Box::new(srv.store(&prefix)));
+    let r = storesync::restore::restore(&dst, &cache, &opts, &progress).unwrap();
+    let mut r = serde_json::to_value(&r).unwrap();
+    r["transfer"] = serde_json::to_value(cache.transfer()).unwrap();
+    assert_generation_2(&w, "dst", &r);
+    // bin/prog and lib/libpkg.so changed after the plan chose them: read from the cache
+    // (alone: they were not in the planned reads); bin/run and share/odd copied.
+    assert_eq!(r["local_files"], 2, "{r}");
+    let changed: u64 = util::package(util::DEP2, util::PKG2)
+        .iter()
+        .filter(|f| ["bin/prog", "lib/libpkg.so"].contains(&f.0))
+        .map(|f| f.1.len() as u64)
+        .sum();
+    assert_eq!(r["bytes_written"], 20_000 + changed, "{r}");
+    assert!(
+        r["transfer"]["bytes_downloaded"].as_u64().unwrap() > changed,
+        "{r}"
+    );
+}

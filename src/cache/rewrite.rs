@@ -6,7 +6,9 @@
 //! references, or of the path itself, in a regular file is replaced by [`PLACEHOLDER`]; the
 //! blob is the rewritten content and the tree records each replacement as a [`Rewrite`]
 //! (offset, hash part). At restore, a [`Substituter`] puts the hash parts back as the blob
-//! streams by. Matches are found leftmost first and never overlap: scanning from offset 0, a
+//! streams by; a [`Masker`] does the reverse for a file at hand (the placeholder at the
+//! recorded offsets, whatever is there), so that an older build's file can be checked
+//! against the blob wanted. Matches are found leftmost first and never overlap: scanning from offset 0, a
 //! window of 32 bytes equal to one of the hash parts is replaced and the scan resumes after
 //! it, otherwise the scan moves one byte on ([`naive_rewrite`] is this definition, the
 //! reference the tests compare with).
@@ -280,8 +282,8 @@ impl<R: Read> Read for RewritingReader<'_, R> {
     }
 }
 
-/// Puts hash parts back into a rewritten file's bytes as they stream by, in order.
-pub struct Substituter<'r> {
+/// The recorded windows of a file, visited chunk by chunk as its bytes stream by, in order.
+struct Windows<'r> {
     rewrites: &'r [Rewrite],
     /// The first rewrite not yet wholly behind `pos`.
     next: usize,
@@ -289,11 +291,9 @@ pub struct Substituter<'r> {
     buf: Vec<u8>,
 }
 
-impl<'r> Substituter<'r> {
-    /// A substituter for `rewrites`, sorted by offset and not overlapping (as a tree holds
-    /// them).
-    pub fn new(rewrites: &'r [Rewrite]) -> Self {
-        Substituter {
+impl<'r> Windows<'r> {
+    fn new(rewrites: &'r [Rewrite]) -> Self {
+        Windows {
             rewrites,
             next: 0,
             pos: 0,
@@ -301,12 +301,14 @@ impl<'r> Substituter<'r> {
         }
     }
 
-    /// The real bytes of the next `chunk` of the blob.
-    ///
-    /// # Errors
-    /// A message when a recorded position does not hold the placeholder: the blob is not
-    /// the one the tree was made with.
-    pub fn apply<'a>(&'a mut self, chunk: &'a [u8]) -> Result<&'a [u8], String> {
+    /// The next `chunk` with `each` applied to every part of a recorded window inside it:
+    /// `each(bytes, rewrite, from)` gets the window's bytes in the chunk (a copy, changed in
+    /// place) and their offset inside the window.
+    fn apply<'a>(
+        &'a mut self,
+        chunk: &'a [u8],
+        each: &mut impl FnMut(&mut [u8], &Rewrite, usize) -> Result<(), String>,
+    ) -> Result<&'a [u8], String> {
         let start = self.pos;
         let end = start + chunk.len() as u64;
         self.pos = end;
@@ -324,20 +326,67 @@ impl<'r> Substituter<'r> {
             let from = r.offset.max(start);
             let to = (r.offset + len).min(end);
             let (a, b) = ((from - start) as usize, (to - start) as usize);
-            let (pa, pb) = ((from - r.offset) as usize, (to - r.offset) as usize);
-            if self.buf[a..b] != PLACEHOLDER[pa..pb] {
-                return Err(format!(
-                    "no placeholder at byte {} where the tree records a reference",
-                    r.offset
-                ));
-            }
-            self.buf[a..b].copy_from_slice(&r.hash_part[pa..pb]);
+            each(&mut self.buf[a..b], r, (from - r.offset) as usize)?;
             if r.offset + len > end {
                 break;
             }
             self.next += 1;
         }
         Ok(&self.buf)
+    }
+}
+
+/// Puts hash parts back into a rewritten file's bytes as they stream by, in order.
+pub struct Substituter<'r>(Windows<'r>);
+
+impl<'r> Substituter<'r> {
+    /// A substituter for `rewrites`, sorted by offset and not overlapping (as a tree holds
+    /// them).
+    pub fn new(rewrites: &'r [Rewrite]) -> Self {
+        Substituter(Windows::new(rewrites))
+    }
+
+    /// The real bytes of the next `chunk` of the blob.
+    ///
+    /// # Errors
+    /// A message when a recorded position does not hold the placeholder: the blob is not
+    /// the one the tree was made with.
+    pub fn apply<'a>(&'a mut self, chunk: &'a [u8]) -> Result<&'a [u8], String> {
+        self.0.apply(chunk, &mut |bytes, r, pa| {
+            if bytes != &PLACEHOLDER[pa..pa + bytes.len()] {
+                return Err(format!(
+                    "no placeholder at byte {} where the tree records a reference",
+                    r.offset
+                ));
+            }
+            bytes.copy_from_slice(&r.hash_part[pa..pa + bytes.len()]);
+            Ok(())
+        })
+    }
+}
+
+/// Puts the placeholder at the recorded offsets of a file's bytes as they stream by, in
+/// order, whatever those bytes are: the blob a file would be stored as, were its references
+/// at those offsets. A restore uses it on a file of an older build of the same package (its
+/// own hash parts at the places where the file wanted has others) to tell whether it holds
+/// the wanted file's blob (`restore::siblings`).
+pub struct Masker<'r>(Windows<'r>);
+
+impl<'r> Masker<'r> {
+    /// A masker for the offsets of `rewrites`, sorted and not overlapping (as a tree holds
+    /// them); their hash parts are not used.
+    pub fn new(rewrites: &'r [Rewrite]) -> Self {
+        Masker(Windows::new(rewrites))
+    }
+
+    /// The next `chunk` with the placeholder in place of the recorded windows.
+    pub fn apply<'a>(&'a mut self, chunk: &'a [u8]) -> &'a [u8] {
+        self.0
+            .apply(chunk, &mut |bytes, _, pa| {
+                bytes.copy_from_slice(&PLACEHOLDER[pa..pa + bytes.len()]);
+                Ok(())
+            })
+            .expect("masking cannot fail")
     }
 }
 
@@ -369,6 +418,18 @@ mod tests {
         r.feed(&data[at..], &mut push).unwrap();
         let found = r.finish(&mut push).unwrap();
         (out, found)
+    }
+
+    fn mask(data: &[u8], rewrites: &[Rewrite], cuts: &[usize]) -> Vec<u8> {
+        let mut m = Masker::new(rewrites);
+        let mut out = Vec::new();
+        let mut at = 0;
+        for &c in cuts.iter().chain([&data.len()]) {
+            let c = c.min(data.len()).max(at);
+            out.extend_from_slice(m.apply(&data[at..c]));
+            at = c;
+        }
+        out
     }
 
     fn substitute(blob: &[u8], rewrites: &[Rewrite], cuts: &[usize]) -> Result<Vec<u8>, String> {
@@ -483,7 +544,16 @@ mod tests {
             reader.read_to_end(&mut read).unwrap();
             prop_assert_eq!(&read, &naive);
             prop_assert_eq!(reader.rewrites(), &want[..]);
-            prop_assert_eq!(substitute(&blob, &found, &cuts).unwrap(), data);
+            prop_assert_eq!(&substitute(&blob, &found, &cuts).unwrap(), &data);
+            // Masking the file gives its blob back, and so does masking a file that differs
+            // from it at the recorded offsets only (another build's hash parts there).
+            prop_assert_eq!(&mask(&data, &found, &cuts), &blob);
+            let mut other = data.clone();
+            for r in &found {
+                let o = r.offset as usize;
+                other[o..o + HASH_PART_LEN].copy_from_slice(B.as_bytes());
+            }
+            prop_assert_eq!(&mask(&other, &found, &cuts), &blob);
             for r in &found {
                 prop_assert!(!ps.is_empty() && parts.get(&r.hash_part).is_some());
             }

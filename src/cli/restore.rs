@@ -187,10 +187,19 @@ fn text(out: &mut dyn Write, r: &RestoreReport, verbose: bool) -> io::Result<()>
             writeln!(out, "restored {p}")?;
         }
     }
+    let local = if r.local_files > 0 {
+        format!(
+            ", {} files ({}) copied from older builds in the store",
+            r.local_files,
+            human(r.local_bytes)
+        )
+    } else {
+        String::new()
+    };
     writeln!(
         out,
         "snapshot {}: {} paths selected, {} already valid, {} restored ({} written, {} files \
-         linked), {} failed, {} skipped",
+         linked{local}), {} failed, {} skipped",
         short(&r.snapshot),
         r.selected,
         r.already_valid,

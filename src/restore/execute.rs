@@ -114,19 +114,40 @@ pub(super) fn execute(
         chown.is_some(),
     )
     .map_err(links_error)?;
+    // Older builds of the missing paths' packages in the store, as sources of their files'
+    // blobs (protected from collection first, as the closure is), found before the remote
+    // prefetch is planned so that their blobs are never downloaded.
+    let sources = if !plan.siblings.is_empty() {
+        let mut candidates: Vec<String> = plan
+            .siblings
+            .values()
+            .flatten()
+            .map(|b| format!("{}/{b}", layout.store_dir.as_str()))
+            .collect();
+        candidates.sort_unstable();
+        candidates.dedup();
+        client.protect(&candidates)?;
+        super::siblings::find(cache, snap, store_fd.as_fd(), &plan.siblings, &links)
+    } else {
+        super::siblings::Sources::default()
+    };
     let writer = Writer {
         cache,
         links: &links,
+        store: store_fd.as_fd(),
         chown,
-        bytes_written: std::sync::Arc::new(AtomicU64::new(0)),
+        bytes_written: AtomicU64::new(0),
+        disk_bytes: std::sync::Arc::new(AtomicU64::new(0)),
         linked_files: AtomicU64::new(0),
+        local_files: AtomicU64::new(0),
+        local_bytes: AtomicU64::new(0),
         privileged: me.0 == 0,
     };
     let leftovers = AtomicU64::new(0);
     // Set by the first failure that will fail every path (a full or read-only store): no
     // path starts after it.
     let stopped = std::sync::atomic::AtomicBool::new(false);
-    super::plan::plan_reads(cache, snap, &plan.missing, &links);
+    super::plan::plan_reads(cache, snap, &plan.missing, &links, &sources);
     progress.start_bytes("restoring paths", plan.bytes());
     // Largest first, so one big path does not start last and run alone. (Registration keeps
     // the plan's order: references first.)
@@ -134,7 +155,7 @@ pub(super) fn execute(
     by_size.sort_by_key(|&i| std::cmp::Reverse(snap.paths[i].info.nar_size));
     // Writeback runs alongside the writes (see `Flusher`), so the `syncfs` that makes the
     // content durable before registration has little left to wait for.
-    let flusher = super::resources::Flusher::start(&store_fd, &writer.bytes_written);
+    let flusher = super::resources::Flusher::start(&store_fd, &writer.disk_bytes);
     // Writers spend much of their time asleep in the file system (reading inode and block
     // bitmaps of a cold file system, behind writeback in the disk queue): twice as many
     // threads as jobs keep the cores busy meanwhile.
@@ -165,6 +186,9 @@ pub(super) fn execute(
                         let enc = NarEncoder::new(&mut hasher).expect("hashing cannot fail");
                         let mut at = Attempt {
                             links: first,
+                            local: if first { sources.of_path(i) } else { None },
+                            files: 0,
+                            rel: Vec::new(),
                             check_blobs: !first,
                             linked: 0,
                             new_links: Vec::new(),
@@ -252,6 +276,8 @@ pub(super) fn execute(
         bytes: plan.bytes(),
         bytes_written: writer.bytes_written.load(Ordering::Relaxed),
         linked_files: writer.linked_files.load(Ordering::Relaxed),
+        local_files: writer.local_files.load(Ordering::Relaxed),
+        local_bytes: writer.local_bytes.load(Ordering::Relaxed),
         replaced_leftovers: leftovers.load(Ordering::Relaxed) as usize,
         broken: plan.broken.clone(),
         ..RestoreReport::default()

@@ -9,10 +9,16 @@
 //! it goes to the disk, and the size on disk is checked after. A rewritten file gets the hash
 //! parts its tree records put back as its blob streams by (`cache::rewrite::Substituter`):
 //! what is hashed and written are the real bytes.
+//!
+//! A file whose blob a sibling holds (an older build of the same package in the store, found
+//! at plan time: `super::siblings`) is copied from it instead, the wanted hash parts put in,
+//! the source checked against the blob as it is read; the copy is then read back into the
+//! path's NAR. A source that no longer holds the blob is discarded and the blob streamed from
+//! the cache instead.
 
 use std::ffi::OsStr;
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -23,6 +29,7 @@ use filetime::FileTime;
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 
 use super::error::PathError;
+use super::siblings::{self, Copied, PathSources};
 use crate::cache::rewrite::Substituter;
 use crate::cache::{BlobId, Cache, Node, Rewrite};
 use crate::nar::{FileNarHasher, FileWriter, NarEncoder, NarHasher};
@@ -33,9 +40,18 @@ use crate::store::path::nixbase32_encode;
 pub(super) struct Writer<'a> {
     pub(super) cache: &'a Cache,
     pub(super) links: &'a LinksDir,
+    /// The store directory, which siblings are opened relative to.
+    pub(super) store: BorrowedFd<'a>,
     pub(super) chown: Option<(u32, u32)>,
-    pub(super) bytes_written: Arc<AtomicU64>,
+    /// File bytes written from the cache.
+    pub(super) bytes_written: AtomicU64,
+    /// File bytes written to the disk, whatever their source (copies discarded too): what
+    /// early writeback counts (`super::resources::Flusher`).
+    pub(super) disk_bytes: Arc<AtomicU64>,
     pub(super) linked_files: AtomicU64,
+    /// Files copied from siblings (and used), and their bytes.
+    pub(super) local_files: AtomicU64,
+    pub(super) local_bytes: AtomicU64,
     /// Running as root: permission checks do not apply, so directories are created with their
     /// final mode at once instead of being made writable and then read-only.
     pub(super) privileged: bool,
@@ -44,9 +60,15 @@ pub(super) struct Writer<'a> {
 type Enc<'a> = NarEncoder<'a, NarHasher>;
 
 /// One attempt at writing a path: how, and what it did.
-pub(super) struct Attempt {
+pub(super) struct Attempt<'s> {
     /// Hard-link files from `.links` entries and from files staged by other paths.
     pub(super) links: bool,
+    /// Copy files from the siblings that hold their blobs (see `super::siblings`).
+    pub(super) local: Option<&'s PathSources>,
+    /// Regular files met so far (the next one's number, in NAR order).
+    pub(super) files: usize,
+    /// Where the writer is, relative to the path's top (kept only with `local`).
+    pub(super) rel: Vec<Vec<u8>>,
     /// Check every blob against its id while streaming it (otherwise the path's NAR hash is
     /// the only check).
     pub(super) check_blobs: bool,
@@ -91,7 +113,7 @@ impl Writer<'_> {
         name: &OsStr,
         shown: &Path,
         enc: Enc<'_>,
-        at: &mut Attempt,
+        at: &mut Attempt<'_>,
     ) -> Result<(), PathError> {
         let target = PathError::target(shown);
         match node {
@@ -111,6 +133,9 @@ impl Writer<'_> {
                     let child_enc = d.entry(&e.name).map_err(malformed(shown))?;
                     let child_name = OsStr::from_bytes(&e.name);
                     let child_shown = shown.join(child_name);
+                    if at.local.is_some() {
+                        at.rel.push(e.name.clone());
+                    }
                     self.write(
                         &e.node,
                         sub.as_fd(),
@@ -119,6 +144,9 @@ impl Writer<'_> {
                         child_enc,
                         at,
                     )?;
+                    if at.local.is_some() {
+                        at.rel.pop();
+                    }
                 }
                 d.close().map_err(malformed(shown))?;
                 let sub = fs::File::from(sub);
@@ -150,6 +178,8 @@ impl Writer<'_> {
                     &file.file_nar_hash,
                 );
                 let mut fw = enc.regular(*executable, *size).map_err(malformed(shown))?;
+                let number = at.files;
+                at.files += 1;
                 let big = *size >= LINKS_MIN_SIZE;
                 let _guard = big.then(|| self.links.lock(file_nar_hash));
                 if big && at.links {
@@ -173,6 +203,12 @@ impl Writer<'_> {
                         return Ok(());
                     }
                 }
+                let sibling = at.local.and_then(|l| l.of(number));
+                let rel: Vec<&[u8]> = match sibling {
+                    Some(_) => at.rel.iter().map(Vec::as_slice).collect(),
+                    None => Vec::new(),
+                };
+                let source = sibling.map(|sibling| (sibling, &rel[..]));
                 let own = self.write_file(
                     dir,
                     name,
@@ -182,6 +218,7 @@ impl Writer<'_> {
                     (blob, file.rewrites),
                     &mut fw,
                     at.check_blobs,
+                    source,
                 )?;
                 fw.finish().map_err(malformed(shown))?;
                 if let Some(own) = own {
@@ -242,9 +279,10 @@ impl Writer<'_> {
     }
 
     /// Write the file `name` in `dir` from the blob, with the hash parts of `rewrites` put
-    /// back as it streams, through `fw`. Returns the file's own `.links` name (the SHA-256 of
-    /// its NAR, computed from the bytes written) for files of [`LINKS_MIN_SIZE`] bytes or
-    /// more.
+    /// back as it streams, through `fw`; or, given a `source` (a sibling's base name and the
+    /// file's path in it) that still holds the blob, from that file (see
+    /// [`Writer::copy_source`]). Returns the file's own `.links` name (the SHA-256 of its NAR,
+    /// computed from the bytes written) for files of [`LINKS_MIN_SIZE`] bytes or more.
     #[allow(clippy::too_many_arguments)]
     fn write_file(
         &self,
@@ -256,18 +294,39 @@ impl Writer<'_> {
         (blob, rewrites): (&BlobId, &[Rewrite]),
         fw: &mut FileWriter<'_, NarHasher>,
         check_blob: bool,
+        source: Option<(&str, &[&[u8]])>,
     ) -> Result<Option<[u8; 32]>, PathError> {
         let target = PathError::target(shown);
         // Created with its final mode (the umask is 022 during a restore): the descriptor is
-        // writable whatever the mode, and no chmod is needed afterwards.
+        // writable whatever the mode, and no chmod is needed afterwards. Readable as well when
+        // a copy is to be read back.
+        let access = if source.is_some() {
+            OFlags::RDWR
+        } else {
+            OFlags::WRONLY
+        };
         let fd = rustix::fs::openat(
             dir,
             name,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            access | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(if executable { 0o555 } else { 0o444 }),
         )
         .map_err(|e| target(e.into()))?;
         let mut f = fs::File::from(fd);
+        if let Some(source) = source {
+            if let Some(own) = self.copy_source(
+                &mut f,
+                source,
+                executable,
+                size,
+                (blob, rewrites),
+                fw,
+                shown,
+            )? {
+                self.finish_file(&f, size, shown)?;
+                return Ok(own);
+            }
+        }
         let mut own = (size >= LINKS_MIN_SIZE).then(|| FileNarHasher::new(executable, size));
         // Into the NAR first: it refuses bytes beyond the declared size, so they never reach
         // the disk (a tiny cache declaring a 10-byte file cannot fill it). The sink's own
@@ -299,6 +358,8 @@ impl Writer<'_> {
             }
             self.bytes_written
                 .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            self.disk_bytes
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
             Ok(())
         };
         let streamed = if check_blob {
@@ -317,6 +378,65 @@ impl Writer<'_> {
                 size - fw.remaining()
             )));
         }
+        self.finish_file(&f, size, shown)?;
+        Ok(own.and_then(FileNarHasher::try_finish))
+    }
+
+    /// Copy the file at `rel` in the sibling `sibling` into `f` (new, empty, readable), the
+    /// hash parts of `rewrites` put in, if the sibling's file still holds `blob` once masked
+    /// ([`siblings::copy`]); then read the copy back into `fw` (and the file's own `.links`
+    /// name, returned as by [`Writer::write_file`]). `None` when the source is gone, is no
+    /// longer the blob or cannot be read: `f` is emptied again, `fw` untouched, and the caller
+    /// streams the blob from the cache instead.
+    ///
+    /// # Errors
+    /// [`PathError::Target`] when `f` cannot be written, emptied or read back.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_source(
+        &self,
+        f: &mut fs::File,
+        (sibling, rel): (&str, &[&[u8]]),
+        executable: bool,
+        size: u64,
+        (blob, rewrites): (&BlobId, &[Rewrite]),
+        fw: &mut FileWriter<'_, NarHasher>,
+        shown: &Path,
+    ) -> Result<Option<Option<[u8; 32]>>, PathError> {
+        let target = PathError::target(shown);
+        let Some(src) = siblings::open_file(self.store, sibling, rel, size) else {
+            return Ok(None);
+        };
+        let copied =
+            siblings::copy(src, size, blob, rewrites, &mut |c| f.write_all(c)).map_err(&target)?;
+        self.disk_bytes.fetch_add(size, Ordering::Relaxed);
+        f.seek(SeekFrom::Start(0)).map_err(&target)?;
+        if copied == Copied::Mismatch {
+            f.set_len(0).map_err(&target)?;
+            return Ok(None);
+        }
+        // The bytes are the wanted file's: read back (from the page cache) into the path's
+        // NAR, which the path's verification hashes, and into the file's `.links` name.
+        let mut own = (size >= LINKS_MIN_SIZE).then(|| FileNarHasher::new(executable, size));
+        let mut back = (&mut *f).take(size);
+        let mut buf = crate::scratch::Scratch::with_len(1 << 18);
+        loop {
+            let n = back.read(&mut buf).map_err(&target)?;
+            if n == 0 {
+                break;
+            }
+            fw.write(&buf[..n]).map_err(malformed(shown))?;
+            if let Some(h) = own.as_mut() {
+                h.update(&buf[..n]);
+            }
+        }
+        self.local_files.fetch_add(1, Ordering::Relaxed);
+        self.local_bytes.fetch_add(size, Ordering::Relaxed);
+        Ok(Some(own.and_then(FileNarHasher::try_finish)))
+    }
+
+    /// The end of writing a file: its size on disk checked, its owner and mtime set.
+    fn finish_file(&self, f: &fs::File, size: u64, shown: &Path) -> Result<(), PathError> {
+        let target = PathError::target(shown);
         // The disk holds what the NAR says: as many bytes as declared.
         let on_disk = f.metadata().map_err(&target)?.len();
         if on_disk != size {
@@ -326,9 +446,9 @@ impl Writer<'_> {
         }
         // Metadata through the open descriptor: no more lookups.
         if let Some((u, g)) = self.chown {
-            std::os::unix::fs::fchown(&f, Some(u), Some(g)).map_err(&target)?;
+            std::os::unix::fs::fchown(f, Some(u), Some(g)).map_err(&target)?;
         }
-        filetime::set_file_handle_times(&f, None, Some(mtime_one())).map_err(&target)?;
-        Ok(own.and_then(FileNarHasher::try_finish))
+        filetime::set_file_handle_times(f, None, Some(mtime_one())).map_err(&target)?;
+        Ok(())
     }
 }

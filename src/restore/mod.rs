@@ -18,6 +18,7 @@ mod extract;
 mod live;
 mod plan;
 mod resources;
+mod siblings;
 
 pub use error::PathError;
 pub use live::scratch_kind;
@@ -87,6 +88,12 @@ pub struct RestoreReport {
     pub bytes_written: u64,
     /// Files hard-linked to an identical file already in `.links`.
     pub linked_files: u64,
+    /// Files copied from an older build of the same package in the store (a valid path with
+    /// the same name, whose file at the same place holds the same blob: the same bytes but
+    /// for the hash parts of the store paths it names) instead of read from the cache.
+    pub local_files: u64,
+    /// Their bytes.
+    pub local_bytes: u64,
     /// Invalid leftovers at a missing path's name, moved aside and replaced.
     pub replaced_leftovers: usize,
     /// Paths that failed verification or could not be written.

@@ -35,6 +35,10 @@ pub struct RestorePlan {
     /// Paths valid in the DB, absent from disk, and registered with another hash than the
     /// snapshot's: left alone, reported.
     pub broken: Vec<String>,
+    /// Per missing path that has any, its siblings: base names of paths valid in the target
+    /// with the same name and another hash part (older builds of the same package), where
+    /// its files' blobs may be found (`restore::siblings`).
+    pub siblings: HashMap<usize, Vec<String>>,
 }
 
 impl RestorePlan {
@@ -125,8 +129,10 @@ pub fn plan(
             }
         }
     }
+    let siblings = super::siblings::siblings_of(&snapshot, &missing, valid, &layout.store_dir);
     Ok(RestorePlan {
         snapshot_id,
+        siblings,
         already_valid: selected - missing.len() - broken.len(),
         selected,
         closure: order,
@@ -139,13 +145,16 @@ pub fn plan(
 }
 
 /// On a remote cache, plan coalesced reads of the frames the missing paths' files are in
-/// ([`Cache::plan_reads`]), leaving out files `.links` holds (they are linked, not read). A
-/// tree that cannot be read is left out here: its path fails later, with the error.
+/// ([`Cache::plan_reads`]), leaving out files `.links` holds (they are linked, not read) and
+/// files with a source in the store (`sources`: they are copied from an older build, not
+/// downloaded). A tree that cannot be read is left out here: its path fails later, with the
+/// error.
 pub(super) fn plan_reads(
     cache: &crate::cache::Cache,
     snap: &crate::cache::Snapshot,
     missing: &[usize],
     links: &crate::store::links::LinksDir,
+    sources: &super::siblings::Sources,
 ) {
     if !cache.storage().remote() {
         return;
@@ -153,7 +162,13 @@ pub(super) fn plan_reads(
     let mut locations = Vec::new();
     for &i in missing {
         if let Ok(tree) = cache.read_tree(&snap.paths[i].tree) {
+            let local = sources.of_path(i);
+            let mut n = 0;
             tree.for_each_file(&mut |f| {
+                n += 1;
+                if local.is_some_and(|l| l.of(n - 1).is_some()) {
+                    return;
+                }
                 if f.size >= crate::store::links::LINKS_MIN_SIZE
                     && links.has_entry(&f.file_nar_hash)
                 {

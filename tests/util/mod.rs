@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
@@ -469,5 +469,110 @@ pub fn assert_registered_paths_are_on_disk(layout: &Layout) {
             "{path}: registered hash is not what is on disk"
         );
         assert_eq!(row.3, size as i64, "{path}");
+    }
+}
+
+// Issue 14's two generations (tests/rewrite.rs, tests/s3.rs): a dependency rebuilt under
+// another hash, and a package whose files name it.
+
+pub const DEP1: &str = "11111111111111111111111111111111-dep-1";
+/// A rebuild of the dependency: same name, another hash (the bytes that differ in what
+/// names it are the hash part only, the case placeholders cover).
+pub const DEP2: &str = "22222222222222222222222222222222-dep-1";
+pub const PKG1: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-pkg-1";
+pub const PKG2: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-pkg-1";
+
+/// Lay out and register a store path of `files` (relative path, contents, executable).
+pub fn add_path(layout: &Layout, base: &str, files: &[(&str, Vec<u8>, bool)], refs: &[&str]) {
+    let files: Vec<(&str, &[u8], bool)> = files
+        .iter()
+        .map(|(rel, contents, x)| (*rel, contents.as_slice(), *x))
+        .collect();
+    add_files_path(layout, base, &files, refs);
+}
+
+/// `data` with `text` written over it at each of `offsets`.
+pub fn with_at(mut data: Vec<u8>, text: &str, offsets: &[usize]) -> Vec<u8> {
+    for &o in offsets {
+        data[o..o + text.len()].copy_from_slice(text.as_bytes());
+    }
+    data
+}
+
+/// The files of a package built against `dep`, installed as `me`: an "ELF" whose RUNPATH
+/// names the dependency, a 6 MiB library (streamed in 1 MiB reads at save) naming it across
+/// a read boundary and naming itself, a script, and a file holding the placeholder bytes and
+/// a hash part of no reference literally.
+pub fn package(dep: &str, me: &str) -> Vec<(&'static str, Vec<u8>, bool)> {
+    let runpath = format!("/gnu/store/{dep}/lib");
+    let own = format!("/gnu/store/{me}/share");
+    let elf = with_at(noise(1, 300_000), &runpath, &[1000, 150_000, 299_000]);
+    let big = with_at(
+        noise(2, 6 << 20),
+        &runpath,
+        &[(1 << 20) - 20, 3 << 20, (1 << 20) + 4096],
+    );
+    let big = with_at(big, &own, &[(5 << 20) + 7]);
+    let script = format!("#!/gnu/store/{dep}/bin/sh\nexec /gnu/store/{me}/bin/prog \"$@\"\n");
+    let odd = format!(
+        "{}/gnu/store/{}-unrelated {}\n",
+        "e".repeat(40),
+        "3".repeat(32),
+        "e".repeat(32)
+    );
+    vec![
+        ("bin/prog", elf, true),
+        ("bin/run", script.into_bytes(), true),
+        ("lib/libpkg.so", big, false),
+        ("share/odd", odd.into_bytes(), false),
+    ]
+}
+
+/// Lay out issue 14's generation `n` in `layout`: 1 is `DEP1` and `PKG1` built against it; 2
+/// adds `DEP2` (other contents, same size) and `PKG2`, built against it (its files are
+/// `PKG1`'s but for the hash parts they name).
+pub fn add_generation(layout: &Layout, n: u8) {
+    let (dep, pkg, seed) = match n {
+        1 => (DEP1, PKG1, 10),
+        _ => (DEP2, PKG2, 12),
+    };
+    add_path(
+        layout,
+        dep,
+        &[("lib/libdep.so", noise(seed, 20_000), false)],
+        &[],
+    );
+    add_path(layout, pkg, &package(dep, pkg), &[dep, pkg]);
+}
+
+/// Change `path` (in a restored store: read-only, in a read-only directory) with `f`, its
+/// directory and itself made writable meanwhile.
+pub fn edit(path: &Path, f: impl FnOnce(&Path)) {
+    let parent = path.parent().unwrap();
+    let mode = fs::metadata(parent).unwrap().permissions().mode();
+    fs::set_permissions(parent, fs::Permissions::from_mode(0o755)).unwrap();
+    if fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) {
+        fs::set_permissions(path, fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    f(path);
+    fs::set_permissions(parent, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Changes PKG1's `bin/prog` and `lib/libpkg.so` (at a byte where no reference is) when the
+/// restore starts writing: after the plan found them to hold PKG2's blobs.
+pub struct ChangeWhenWriting(pub std::path::PathBuf);
+
+impl storesync::progress::Progress for ChangeWhenWriting {
+    fn start_bytes(&self, phase: &str, _total: u64) {
+        if phase != "restoring paths" {
+            return;
+        }
+        for rel in ["bin/prog", "lib/libpkg.so"] {
+            edit(&self.0.join(rel), |p| {
+                let mut b = fs::read(p).unwrap();
+                b[5] ^= 1;
+                fs::write(p, b).unwrap();
+            });
+        }
     }
 }
