@@ -53,6 +53,11 @@ pub(super) struct Objects {
     pub(super) pack_no: HashMap<PackId, u32>,
     /// Sorted by id, one entry per id.
     table: Vec<(ObjectId, Location)>,
+    /// `fanout[k]`: the first position whose id's first two bytes are `k` or more (65,537
+    /// entries, 256 KiB): a lookup bisects only the few entries sharing its first two bytes
+    /// (a bisection of the whole table compared 32-byte ids ~19 times, missing the CPU cache
+    /// on most: a third of `verify`'s time at 100,000 paths).
+    fanout: Vec<u32>,
     /// The index files merged.
     pub(super) files: Vec<IndexId>,
 }
@@ -91,7 +96,8 @@ impl Objects {
         for i in old..self.table.len() {
             let e = self.table[i];
             let dup_in_file = keep > old && self.table[keep - 1].0 == e.0;
-            let dup_before = merged_contains(&self.table[..old], &e.0);
+            // The fan-out still describes the table before this file: its first `old`.
+            let dup_before = self.position(&e.0).is_some();
             if !dup_in_file && !dup_before {
                 self.table[keep] = e;
                 keep += 1;
@@ -99,9 +105,44 @@ impl Objects {
         }
         self.table.truncate(keep);
         if keep > old && old > 0 {
-            self.table.sort_by_key(|e| e.0);
+            self.merge_tail(old);
         }
         self.files.push(id);
+        self.index_fanout();
+    }
+
+    /// Merge the sorted run after `old` (ids not in the run before it) into the table, from
+    /// the back: each new entry's place is found by bisection (through the fan-out, which
+    /// still describes the first `old` entries), and the old entries after it move once, by
+    /// block. Comparisons grow with the new entries only, not with the table (a merge that
+    /// compared every old entry, once per index file, was most of `verify`'s CPU time).
+    fn merge_tail(&mut self, old: usize) {
+        let tail: Vec<(ObjectId, Location)> = self.table[old..].to_vec();
+        let mut end = old;
+        for (j, e) in tail.iter().enumerate().rev() {
+            let k = first_two(&e.0);
+            let from = (self.fanout[k] as usize).min(end);
+            let to = (self.fanout[k + 1] as usize).min(end);
+            let p = from + self.table[from..to].partition_point(|x| x.0 < e.0);
+            self.table.copy_within(p..end, p + j + 1);
+            self.table[p + j] = *e;
+            end = p;
+        }
+    }
+
+    fn index_fanout(&mut self) {
+        let mut fanout = std::mem::take(&mut self.fanout);
+        fanout.clear();
+        fanout.reserve_exact(FANOUT + 1);
+        let mut at = 0usize;
+        for k in 0..FANOUT {
+            while at < self.table.len() && first_two(&self.table[at].0) < k {
+                at += 1;
+            }
+            fanout.push(at as u32);
+        }
+        fanout.push(self.table.len() as u32);
+        self.fanout = fanout;
     }
 
     /// Map an index file's pack table onto the merged one; packs that do not exist map to
@@ -132,7 +173,16 @@ impl Objects {
 
     /// The position of `id` in the table.
     pub(super) fn position(&self, id: &ObjectId) -> Option<usize> {
-        self.table.binary_search_by(|(o, _)| o.cmp(id)).ok()
+        // Empty before the first merge; during one, it describes the entries before it.
+        if self.fanout.is_empty() {
+            return None;
+        }
+        let k = first_two(id);
+        let (from, to) = (self.fanout[k] as usize, self.fanout[k + 1] as usize);
+        self.table[from..to]
+            .binary_search_by(|(o, _)| o.cmp(id))
+            .ok()
+            .map(|i| from + i)
     }
 
     /// Where `id` is.
@@ -156,8 +206,11 @@ impl Objects {
     }
 }
 
-fn merged_contains(sorted: &[(ObjectId, Location)], id: &ObjectId) -> bool {
-    sorted.binary_search_by(|(o, _)| o.cmp(id)).is_ok()
+/// Buckets of the fan-out table: ids by their first two bytes.
+const FANOUT: usize = 1 << 16;
+
+fn first_two(id: &ObjectId) -> usize {
+    usize::from(u16::from_be_bytes([id.0[0], id.0[1]]))
 }
 
 #[cfg(test)]
@@ -249,6 +302,14 @@ mod tests {
         assert_eq!(o.len(), want.len());
         for (id, l) in o.entries() {
             assert_eq!(o.packs[l.pack as usize], want[id].0, "{id:?}");
+        }
+        for id in want.keys() {
+            let pos = o.position(id).expect("found through the fan-out");
+            assert_eq!(o.at(pos).0, *id);
+        }
+        for b in [0u8, 97, 200, 255] {
+            let absent = ObjectId([b; 32]);
+            assert_eq!(o.position(&absent).is_some(), want.contains_key(&absent));
         }
     }
 }
