@@ -582,7 +582,6 @@ pub(crate) fn decode_manifest_v2(head: SnapshotHead, raw: Vec<u8>) -> Result<Sna
     }
     let m: ManifestV2 = decode_bincode(&raw)?;
     drop(raw); // not needed while the paths are converted
-
     if m.paths.len() as u64 != head.paths {
         return Err(format!(
             "head says {} paths, manifest holds {}",

@@ -3,11 +3,13 @@
 //! range inside the decompressed frame. Loading the cache merges all index files into one
 //! table ([`Objects`]); the location in the earliest merged pack wins.
 //!
-//! The merged table is a vector sorted by object id, searched by bisection: 72 bytes per
-//! object, allocated once at its final size. (A hash map of the same entries took about 90
-//! bytes per object, and twice that while it grew: at 400,000 objects, a 57 MB peak for a
-//! 29 MB table.) An object's position in the table is stable until the next merge, so a
-//! collection can mark objects in a bit set instead of a set of ids.
+//! The merged table is a vector sorted by object id, searched by bisection within the ids
+//! sharing the first two bytes (a fan-out table): 72 bytes per object, reserved for an upper
+//! bound of the objects to come (address space: pages are touched as entries arrive), index
+//! files merged one at a time. (A hash map of the same entries took about 90 bytes per
+//! object, and twice that while it grew: at 400,000 objects, a 57 MB peak for a 29 MB table.)
+//! An object's position in the table is stable until the next merge, so a collection can
+//! mark objects in a bit set instead of a set of ids.
 
 use std::collections::HashMap;
 
@@ -73,8 +75,7 @@ impl Objects {
     /// `present` says whether a pack exists. Positions of objects change.
     ///
     /// The file's entries go to the end of the table, are sorted there and stripped of ids
-    /// the table holds, then the two sorted runs are merged by a stable sort, which finds
-    /// the runs and merges them with a buffer of the shorter one.
+    /// the table holds, then merged into it ([`Objects::merge_tail`]).
     pub(super) fn add(
         &mut self,
         id: IndexId,

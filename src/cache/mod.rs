@@ -157,16 +157,12 @@ impl Cache {
         self.has_pending
             .store(false, std::sync::atomic::Ordering::Release);
         let mut objs = objects.write().expect("objects");
-        for id in pending.drain(..) {
-            if objs.files.contains(&id) {
-                continue;
-            }
-            let key = index_key(&id);
-            match self.read_index_file(&key) {
-                Ok(file) => objs.add(id, file, &mut |p| self.pack_present(p)),
-                Err(e) => objs.warnings.push(format!("index {key}: {e}")),
-            }
-        }
+        let files: Vec<(IndexId, String)> = pending
+            .drain(..)
+            .filter(|id| !objs.files.contains(id))
+            .map(|id| (id, index_key(&id)))
+            .collect();
+        self.add_index_files(&mut objs, &files, "index");
     }
 
     /// An index file this process has just written: its objects are found from the next use
@@ -196,39 +192,48 @@ impl Cache {
                 Err(e) => warned(format!("cannot find the newest snapshot: {e}")),
             };
         }
-        let mut warnings = Vec::new();
-        let keys = match self.storage.list("index") {
-            Ok(k) => k,
-            Err(e) => {
-                warnings.push(format!("cannot list index files: {e}"));
-                Vec::new()
-            }
-        };
         let mut objects = Objects::default();
-        if !self.storage.remote() {
-            objects.reserve(self.entries_bound(&keys));
-        }
+        let keys = self.storage.list("index").unwrap_or_else(|e| {
+            objects
+                .warnings
+                .push(format!("cannot list index files: {e}"));
+            Vec::new()
+        });
+        let mut files = Vec::with_capacity(keys.len());
         for key in keys {
-            match self.read_index_file(&key) {
-                Ok(file) => match format::parse_index_key(&key) {
-                    Some(id) => objects.add(id, file, &mut |p| self.pack_present(p)),
-                    None => warnings.push(format!("skipping index {key}: not an index name")),
-                },
-                Err(e) => warnings.push(format!("skipping index {key}: {e}")),
+            match format::parse_index_key(&key) {
+                Some(id) => files.push((id, key)),
+                None => objects
+                    .warnings
+                    .push(format!("skipping index {key}: not an index name")),
             }
         }
-        warnings.append(&mut objects.warnings);
-        objects.warnings = warnings;
+        self.add_index_files(&mut objects, &files, "skipping index");
         objects
+    }
+
+    /// Read the index files `files` (id, key) and merge them into `objects`, in order, with
+    /// the room for them reserved first (local caches); one that cannot be read is a warning
+    /// `"{what} {key}: {error}"`, its objects absent.
+    fn add_index_files(&self, objects: &mut Objects, files: &[(IndexId, String)], what: &str) {
+        if !self.storage.remote() {
+            let keys = files.iter().map(|(_, k)| k);
+            objects.reserve(self.entries_bound(keys));
+        }
+        for (id, key) in files {
+            match self.read_index_file(key) {
+                Ok(file) => objects.add(*id, file, &mut |p| self.pack_present(p)),
+                Err(e) => objects.warnings.push(format!("{what} {key}: {e}")),
+            }
+        }
     }
 
     /// An upper bound of the entries of the index files `keys` hold, from their sizes (an
     /// entry takes at least [`index::MIN_ENTRY_BYTES`]); files whose size the backend cannot
     /// tell count for nothing (the table grows for them). Local caches only: a remote one
     /// would pay a request per file.
-    fn entries_bound(&self, keys: &[String]) -> usize {
-        keys.iter()
-            .filter_map(|k| self.storage.size(k).ok().flatten())
+    fn entries_bound<'k>(&self, keys: impl Iterator<Item = &'k String>) -> usize {
+        keys.filter_map(|k| self.storage.size(k).ok().flatten())
             .map(|n| (n / index::MIN_ENTRY_BYTES) as usize)
             .sum()
     }
@@ -341,12 +346,13 @@ impl Cache {
     }
 
     /// The position of an object in the index, stable until the index next changes (a save
-    /// or collection merging what it wrote): a key for bit sets of objects.
-    pub fn object_position(&self, id: impl Into<ObjectId>) -> Option<usize> {
-        self.objs().read().expect("objects").position(&id.into())
+    /// or collection merging what it wrote): a key for bit sets of objects; and its location.
+    pub fn locate(&self, id: impl Into<ObjectId>) -> Option<(usize, Location)> {
+        let objs = self.objs().read().expect("objects");
+        objs.position(&id.into()).map(|pos| (pos, objs.at(pos).1))
     }
 
-    /// The object at a position (see [`Cache::object_position`]).
+    /// The object at a position (see [`Cache::locate`]).
     ///
     /// # Panics
     /// When `pos` is not below [`Cache::object_count`].
@@ -401,20 +407,9 @@ impl Cache {
 
     /// The objects of the index files `ids`; missing or damaged ones are warnings.
     fn objects_of(&self, ids: &[IndexId]) -> Objects {
-        let mut warnings = Vec::new();
         let mut objects = Objects::default();
-        let keys: Vec<String> = ids.iter().map(index_key).collect();
-        if !self.storage.remote() {
-            objects.reserve(self.entries_bound(&keys));
-        }
-        for (id, key) in ids.iter().zip(&keys) {
-            match self.read_index_file(key) {
-                Ok(file) => objects.add(*id, file, &mut |p| self.pack_present(p)),
-                Err(e) => warnings.push(format!("index {key}: {e}")),
-            }
-        }
-        warnings.append(&mut objects.warnings);
-        objects.warnings = warnings;
+        let files: Vec<(IndexId, String)> = ids.iter().map(|id| (*id, index_key(id))).collect();
+        self.add_index_files(&mut objects, &files, "index");
         objects
     }
 

@@ -121,11 +121,10 @@ pub(super) fn mark(
         let snap = cache.read_snapshot_ref(r)?;
         let mut added: Vec<FrameKey> = Vec::new();
         let mut mark = |id: ObjectId, live: &mut Bits| -> Result<(), CacheError> {
-            let pos = cache.object_position(id).ok_or(CacheError::Missing(id))?;
+            let (pos, loc) = cache.locate(id).ok_or(CacheError::Missing(id))?;
             if !live.insert(pos) {
                 return Ok(());
             }
-            let (_, loc) = cache.object_at(pos);
             let e = live_frames
                 .entry((loc.pack, loc.frame_offset))
                 .or_insert_with(|| {
@@ -139,11 +138,10 @@ pub(super) fn mark(
         // about once, however the trees outgrow the frame cache.
         let mut trees: Vec<(FrameKey, u64, TreeId)> = Vec::new();
         for p in &snap.paths {
-            let pos = cache
-                .object_position(p.tree)
+            let (pos, loc) = cache
+                .locate(p.tree)
                 .ok_or(CacheError::Missing(p.tree.into()))?;
             if trees_done.insert(pos) {
-                let (_, loc) = cache.object_at(pos);
                 trees.push(((loc.pack, loc.frame_offset), loc.offset, p.tree));
             }
         }
