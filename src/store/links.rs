@@ -342,21 +342,28 @@ impl LinksDir {
     }
 
     /// Give the staged file named `hash` its `.links` entry: call only once a path holding
-    /// it (written or linked from the staged file) is verified. Best effort: an entry that
-    /// exists already stays as it is.
+    /// it (written or linked from the staged file) is verified. The staged name is moved
+    /// into `.links` (one directory operation, and none left for the end of the run: the
+    /// entry is where later files link from). Best effort: an entry that exists already
+    /// stays as it is (and the staged name with it).
     pub fn add(&self, hash: &[u8; 32]) {
-        if !self.staged.lock().expect("staged").contains(hash) {
+        let mut staged = self.staged.lock().expect("staged");
+        if !staged.contains(hash) {
             return;
         }
         let name = nixbase32_encode(hash);
-        match rustix::fs::linkat(
+        match rustix::fs::renameat_with(
             &self.staging,
             name.as_str(),
             &self.dir,
             name.as_str(),
-            AtFlags::empty(),
+            rustix::fs::RenameFlags::NOREPLACE,
         ) {
-            Ok(()) | Err(Errno::EXIST) => {
+            Ok(()) => {
+                staged.remove(hash);
+                self.known.lock().expect("known").insert(*hash);
+            }
+            Err(Errno::EXIST) => {
                 self.known.lock().expect("known").insert(*hash);
             }
             Err(_) => {}
@@ -425,14 +432,26 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(source, LinkSource::Links);
-        // An entry that became a symlink is passed over for the staged file.
+        // The staged name was moved into `.links`, not copied: nothing is left to remove.
+        assert!(fs::symlink_metadata(store.join(".storesync-tmp-t-links").join(&name)).is_err());
+        // An entry that became a symlink is not linked through.
         fs::remove_file(store.join(".links").join(&name)).unwrap();
         std::os::unix::fs::symlink(store.join("a"), store.join(".links").join(&name)).unwrap();
-        let (_, source) = links
+        assert!(links
             .link_to(&h, size, false, fd.as_fd(), OsStr::new("e"))
             .unwrap()
-            .unwrap();
-        assert_eq!(source, LinkSource::Staged);
+            .is_none());
+        assert!(fs::symlink_metadata(store.join("e")).is_err());
+        // A second file with those contents, staged and added while `.links` has the entry:
+        // the entry stays as it is.
+        fs::write(store.join("f"), &contents).unwrap();
+        fs::set_permissions(store.join("f"), fs::Permissions::from_mode(0o444)).unwrap();
+        links.stage(&h, fd.as_fd(), OsStr::new("f")).unwrap();
+        links.add(&h);
+        assert!(fs::symlink_metadata(store.join(".links").join(&name))
+            .unwrap()
+            .file_type()
+            .is_symlink());
         drop(links);
         assert!(fs::symlink_metadata(store.join(".storesync-tmp-t-links")).is_err());
     }
