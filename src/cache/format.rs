@@ -250,6 +250,7 @@ impl bincode::enc::write::Writer for HashWriter {
 
 /// The bincode of a snapshot's manifest, in a vector of exactly its size (measured by a
 /// first pass: growing it by doubling would hold up to twice as much).
+#[cfg(test)]
 fn encode_manifest(s: &Snapshot) -> Vec<u8> {
     let cfg = bincode::config::standard();
     let mut size = bincode::enc::write::SizeWriter::default();
@@ -509,33 +510,83 @@ fn manifest_id(raw: &[u8]) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
+/// Append to `out` one zstd frame (declaring its size) of the bincode of `s`'s manifest,
+/// serialised and compressed as it goes; returns the manifest's id ([`manifest_id`] of that
+/// bincode) and `out`.
+fn compress_manifest(s: &Snapshot, level: i32, out: Vec<u8>) -> ([u8; 32], Vec<u8>) {
+    /// Hashes what goes through on its way to the encoder.
+    struct Tee<W: std::io::Write> {
+        hash: blake3::Hasher,
+        enc: zstd::stream::write::Encoder<'static, W>,
+    }
+    impl<W: std::io::Write> std::io::Write for Tee<W> {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.enc.write_all(b)?;
+            self.hash.update(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.enc.flush()
+        }
+    }
+    let cfg = bincode::config::standard();
+    let mut size = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(ManifestView(s), &mut size, cfg).expect("counting");
+    let mut enc = zstd::stream::write::Encoder::new(out, level).expect("a zstd context");
+    enc.include_contentsize(true).expect("a zstd parameter");
+    enc.set_pledged_src_size(Some(size.bytes_written as u64))
+        .expect("a zstd parameter");
+    let tee = Tee {
+        hash: blake3::Hasher::new_derive_key(MANIFEST_CONTEXT),
+        enc,
+    };
+    let mut w = std::io::BufWriter::with_capacity(1 << 16, tee);
+    bincode::serde::encode_into_std_write(ManifestView(s), &mut w, cfg)
+        .expect("in-memory encoding");
+    let tee = w
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .expect("in memory");
+    let out = tee.enc.finish().expect("in-memory compression");
+    (*tee.hash.finalize().as_bytes(), out)
+}
+
 /// Encode a whole v2 snapshot file. Returns (id, key under `snapshots/`, bytes).
 ///
 /// Layout after the 16-byte header: the head's length (u32 LE), the head (bincode), the
 /// manifest (one zstd frame of its bincode), and the BLAKE3 of everything before it.
 pub(crate) fn encode_snapshot_v2(s: &Snapshot, level: i32) -> (SnapshotId, String, Vec<u8>) {
-    let raw = encode_manifest(s);
-    let manifest = manifest_id(&raw);
-    let head = encode_bincode(&SnapshotHeadV2 {
-        key: s.key.clone(),
-        created: s.created,
-        tool: s.tool.clone(),
-        flavor: flavor_to_wire(s.flavor),
-        store_dir: s.store_dir.clone(),
-        paths: s.paths.len() as u64,
-        nar_bytes: s.nar_bytes(),
-        manifest,
-        indexes: s.indexes.iter().map(|i| i.0).collect(),
-        parent: s.parent.map(|p| p.0),
-    });
-    let frame = zstd::bulk::compress(&raw, level).expect("in-memory compression");
-    drop(raw);
-    let mut body = Vec::with_capacity(4 + head.len() + frame.len());
-    body.extend_from_slice(&(head.len() as u32).to_le_bytes());
-    body.extend_from_slice(&head);
-    body.extend_from_slice(&frame);
-    drop(frame);
-    let (sum, bytes) = seal(SNAPSHOT_MAGIC, 2, &body);
+    let head_of = |manifest: [u8; 32]| {
+        encode_bincode(&SnapshotHeadV2 {
+            key: s.key.clone(),
+            created: s.created,
+            tool: s.tool.clone(),
+            flavor: flavor_to_wire(s.flavor),
+            store_dir: s.store_dir.clone(),
+            paths: s.paths.len() as u64,
+            nar_bytes: s.nar_bytes(),
+            manifest,
+            indexes: s.indexes.iter().map(|i| i.0).collect(),
+            parent: s.parent.map(|p| p.0),
+        })
+    };
+    // The manifest is serialised straight into its zstd frame, in place in the file, and
+    // hashed on the way (no buffer of its bincode, no copy of the frame): the head that
+    // names it is written first with a placeholder of the same length (the id is a fixed
+    // 32 bytes) and overwritten once the frame is done.
+    let placeholder = head_of([0; 32]);
+    let mut out = Vec::new();
+    out.extend_from_slice(&header_of(SNAPSHOT_MAGIC, 2));
+    out.extend_from_slice(&(placeholder.len() as u32).to_le_bytes());
+    let head_at = out.len();
+    out.extend_from_slice(&placeholder);
+    let (manifest, mut out) = compress_manifest(s, level, out);
+    let head = head_of(manifest);
+    assert_eq!(head.len(), placeholder.len(), "a fixed-length manifest id");
+    out[head_at..head_at + head.len()].copy_from_slice(&head);
+    let sum = *blake3::hash(&out).as_bytes();
+    out.extend_from_slice(&sum);
+    let bytes = out;
     let head = SnapshotHead {
         manifest,
         ..head_of_v1(s)
@@ -759,6 +810,39 @@ mod tests {
                 path: "/gnu/store/0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a-a".into(),
             }],
         }
+    }
+
+    #[test]
+    fn a_large_manifest_is_compressed_as_it_is_serialised() {
+        // Many zstd blocks (the manifest is several MiB): the frame written in place must
+        // hold the manifest's bincode, declare its size, and the head the id of those bytes.
+        let mut s = sample(true);
+        let template = s.paths[1].clone();
+        for i in 0..20_000u32 {
+            let mut p = template.clone();
+            p.info.path = StorePath::from_base_name(&format!(
+                "{}-p{i}",
+                crate::store::path::nixbase32_encode(&[i as u8; 20])
+            ))
+            .unwrap();
+            p.info.nar_size = u64::from(i) * 77;
+            p.tree = TreeId(*blake3::hash(&i.to_le_bytes()).as_bytes());
+            s.paths.push(p);
+        }
+        let raw = encode_manifest(&s);
+        assert!(raw.len() > 4 << 20, "{}", raw.len());
+        let (_, _, bytes) = encode_snapshot_v2(&s, 3);
+        let (_, version, body) = unseal(SNAPSHOT_MAGIC, &bytes, "t").unwrap();
+        assert_eq!(version, 2);
+        let (head, frame) = split_v2(body).unwrap();
+        let head = decode_head_v2(head).unwrap();
+        assert_eq!(head.manifest, manifest_id(&raw));
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(frame).unwrap(),
+            Some(raw.len() as u64)
+        );
+        assert_eq!(zstd::decode_all(frame).unwrap(), raw);
+        assert_eq!(decode_manifest_v2(head, raw).unwrap(), s);
     }
 
     #[test]

@@ -60,6 +60,12 @@ impl FrameCache {
 }
 
 impl Cache {
+    /// Let go of every decompressed frame kept for reuse (a command done reading objects,
+    /// before it builds something large).
+    pub fn drop_frames(&self) {
+        *self.frames.lock().expect("frame cache") = FrameCache::new();
+    }
+
     fn frame(&self, loc: &Location) -> Result<Arc<Vec<u8>>, CacheError> {
         let key = (loc.pack, loc.frame_offset);
         if let Some(f) = self.frames.lock().expect("frame cache").frames.get(&key) {
@@ -76,16 +82,28 @@ impl Cache {
                     .map_err(|e| StorageError(self.storage.describe(&pack), e))?;
             }
         }
-        // Into a buffer of an evicted frame if there is one: no fresh pages to fault in.
-        let mut data = self
-            .frames
-            .lock()
-            .expect("frame cache")
-            .spare
-            .pop()
-            .unwrap_or_default();
+        // The size the frame declares (ours do), within the bound of a batch frame: a small
+        // frame (the last of a save, a few trees) does not hold a full frame's memory.
+        let declared = zstd::zstd_safe::get_frame_content_size(&compressed)
+            .ok()
+            .flatten()
+            .filter(|&n| n <= MAX_BATCH_FRAME)
+            .unwrap_or(MAX_BATCH_FRAME) as usize;
+        // Into a buffer of an evicted frame if one fits it without wasting more than half:
+        // no fresh pages to fault in.
+        let mut data = {
+            let mut fc = self.frames.lock().expect("frame cache");
+            match fc
+                .spare
+                .iter()
+                .position(|v| v.capacity() >= declared && v.capacity() / 2 <= declared)
+            {
+                Some(i) => fc.spare.swap_remove(i),
+                None => Vec::new(),
+            }
+        };
         data.clear();
-        data.reserve(MAX_BATCH_FRAME as usize);
+        data.reserve_exact(declared);
         decompress_into(&compressed, &mut data).map_err(|e| {
             CacheError::Corrupt(format!(
                 "{}: frame at offset {}: {e}",
@@ -99,13 +117,15 @@ impl Cache {
         let mut fc = self.frames.lock().expect("frame cache");
         if fc.frames.insert(key, data.clone()).is_none() {
             fc.order.push_back(key);
-            fc.bytes += data.len();
+            // Counted by what the frame holds, not by its length: a reused buffer can be
+            // larger than its frame.
+            fc.bytes += data.capacity();
             while fc.bytes > FRAME_CACHE_BYTES {
                 let Some(old) = fc.order.pop_front() else {
                     break;
                 };
                 if let Some(f) = fc.frames.remove(&old) {
-                    fc.bytes -= f.len();
+                    fc.bytes -= f.capacity();
                     // Kept for the next frame unless a reader still holds it.
                     if let Ok(v) = Arc::try_unwrap(f) {
                         if fc.spare.len() < SPARE_FRAMES {

@@ -309,6 +309,11 @@ fn execute_with(
             return Ok(report);
         }
     }
+    // Of the base, only its id and index files are needed from here: its paths and the
+    // frames its trees were read from go before the new snapshot is built and written.
+    let base = base.map(|(id, b)| (id, b.indexes));
+    let parent = base.as_ref().map(|(id, _)| *id);
+    cache.drop_frames();
     // The DB's rows are moved into the snapshot, not copied.
     let mut rows: Vec<Option<crate::store::path_info::PathInfo>> = std::mem::take(&mut db.paths)
         .into_iter()
@@ -332,11 +337,11 @@ fn execute_with(
         // The base snapshot's index files (the only ones read, see `plan::base_snapshot`)
         // and the one this save wrote: together they locate every object named. When no
         // object was looked up or written, the index was never read: the base's files.
-        indexes: match (&base, cache.index_loaded()) {
-            (Some((_, b)), false) => b.indexes.clone(),
+        indexes: match (base, cache.index_loaded()) {
+            (Some((_, indexes)), false) => indexes,
             _ => cache.index_files(),
         },
-        parent: base.as_ref().map(|(id, _)| *id),
+        parent,
         roots,
         paths,
         derivation_outputs,
