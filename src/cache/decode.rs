@@ -1323,14 +1323,33 @@ mod tests {
             .prop_map(|(packs, entries)| IndexFile { packs, entries })
     }
 
-    /// Read an index file holding `body` through [`Cache::read_index_file`].
+    /// Read an index file holding `body` through [`Cache::read_index_file`], and check that
+    /// the decoder loading the cache ([`Objects::add_encoded`]) agrees: the same error or
+    /// success, and then the same table as the file decoded whole gives.
     fn read_index(body: &[u8]) -> Result<IndexFile, String> {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open_dir(dir.path()).unwrap();
         let (id, bytes) = seal(INDEX_MAGIC, 1, body);
         let key = crate::cache::index_key(&crate::cache::IndexId(id));
         cache.storage().put_if_absent(&key, &bytes).unwrap();
-        cache.read_index_file(&key).map_err(|e| e.to_string())
+        let whole = cache.read_index_file(&key).map_err(|e| e.to_string());
+        let id = crate::cache::IndexId(id);
+        let mut streamed = crate::cache::index::Objects::default();
+        let added = streamed.add_encoded(id, body, &mut |_| true);
+        match &whole {
+            Ok(file) => {
+                assert!(added.is_ok(), "{added:?}");
+                let mut merged = crate::cache::index::Objects::default();
+                merged.add(id, file.clone(), &mut |_| true);
+                assert_eq!(streamed.entries(), merged.entries());
+                assert_eq!(streamed.packs, merged.packs);
+            }
+            Err(_) => {
+                assert!(added.is_err());
+                assert!(streamed.entries().is_empty());
+            }
+        }
+        whole
     }
 
     proptest! {
@@ -1364,6 +1383,14 @@ mod tests {
         body
     }
 
+    /// An index body with no packs whose entry table claims `len` entries.
+    fn lying_entries(len: u64) -> Vec<u8> {
+        let mut body = vec![0, 253];
+        body.extend_from_slice(&len.to_le_bytes());
+        body.extend_from_slice(&[0; 40]);
+        body
+    }
+
     /// Everything a hostile cache can hand a reader here, decoded as a reader would. Each
     /// must fail without allocating what the input claims: the test below runs this in a
     /// child process limited to 1 GiB of address space, where any of those claims would abort.
@@ -1379,6 +1406,7 @@ mod tests {
         let err = cache.read_snapshot(&id).unwrap_err().to_string();
         assert!(err.contains("store directory"), "{err}");
         assert!(read_index(&lying_index(u64::MAX >> 8)).is_err());
+        assert!(read_index(&lying_entries(u64::MAX >> 8)).is_err());
         assert!(decode_tree_v1(&deep_tree()).is_err());
     }
 

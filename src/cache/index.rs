@@ -82,15 +82,76 @@ impl Objects {
         file: IndexFile,
         present: &mut dyn FnMut(&PackId) -> bool,
     ) {
-        let local = self.number_packs(&file.packs, present);
         let old = self.table.len();
         self.table.reserve(file.entries.len());
-        for (obj, mut loc) in file.entries {
-            if let Some(Some(no)) = local.get(loc.pack as usize) {
-                loc.pack = *no;
-                self.table.push((obj, loc));
+        self.table.extend(file.entries);
+        self.merge_pushed(id, old, &file.packs, present);
+    }
+
+    /// [`Objects::add`] of an index file's body (bincode of an [`IndexFile`]), its entries
+    /// decoded one at a time straight into the table: no vector of the file's entries beside
+    /// the table (33 MB for a file of 400,000 objects).
+    ///
+    /// # Errors
+    /// A message for a malformed body; then nothing of it is merged.
+    pub(super) fn add_encoded(
+        &mut self,
+        id: IndexId,
+        body: &[u8],
+        present: &mut dyn FnMut(&PackId) -> bool,
+    ) -> Result<(), String> {
+        let cfg = bincode::config::standard().with_limit::<{ super::format::MAX_DECODED }>();
+        let err = |e: bincode::error::DecodeError| e.to_string();
+        let (packs, mut at): (Vec<PackId>, usize) =
+            bincode::serde::decode_from_slice(body, cfg).map_err(err)?;
+        let (count, n): (u64, usize) =
+            bincode::serde::decode_from_slice(&body[at..], cfg).map_err(err)?;
+        at += n;
+        // No more than the bytes left can hold, whatever the count claims.
+        let room = ((body.len() - at) as u64 / MIN_ENTRY_BYTES).min(count);
+        let old = self.table.len();
+        self.table.reserve(room as usize);
+        for _ in 0..count {
+            match bincode::serde::decode_from_slice::<(ObjectId, Location), _>(&body[at..], cfg) {
+                Ok((e, n)) => {
+                    self.table.push(e);
+                    at += n;
+                }
+                Err(e) => {
+                    self.table.truncate(old);
+                    return Err(e.to_string());
+                }
             }
         }
+        if at != body.len() {
+            self.table.truncate(old);
+            return Err("trailing bytes after the encoded value".into());
+        }
+        self.merge_pushed(id, old, &packs, present);
+        Ok(())
+    }
+
+    /// The end of a merge: the entries after `old`, as the index file `id` (whose pack table
+    /// is `packs`) gives them, get merged pack numbers (those of missing packs go), then are
+    /// merged into the table.
+    fn merge_pushed(
+        &mut self,
+        id: IndexId,
+        old: usize,
+        packs: &[PackId],
+        present: &mut dyn FnMut(&PackId) -> bool,
+    ) {
+        let local = self.number_packs(packs, present);
+        let mut keep = old;
+        for i in old..self.table.len() {
+            let (obj, mut loc) = self.table[i];
+            if let Some(Some(no)) = local.get(loc.pack as usize) {
+                loc.pack = *no;
+                self.table[keep] = (obj, loc);
+                keep += 1;
+            }
+        }
+        self.table.truncate(keep);
         // Within the file, the lowest pack number (the earliest merged pack) wins.
         self.table[old..].sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.pack.cmp(&b.1.pack)));
         let mut keep = old;

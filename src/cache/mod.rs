@@ -30,7 +30,9 @@ use std::sync::{Mutex, OnceLock, RwLock};
 
 use serde::{Deserialize, Serialize};
 
-use format::{decode_bincode, unseal, INDEX_MAGIC, MAX_INDEX_FILE};
+#[cfg(test)]
+use format::decode_bincode;
+use format::{unseal, INDEX_MAGIC, MAX_INDEX_FILE};
 pub use format::{index_key, pack_key, snapshot_key, SnapshotHead, FORMAT_VERSION, PACK_MAGIC};
 use frames::FrameCache;
 pub use id::{BlobId, IndexId, ObjectId, PackId, SnapshotId, TreeId};
@@ -221,9 +223,15 @@ impl Cache {
             objects.reserve(self.entries_bound(keys));
         }
         for (id, key) in files {
-            match self.read_index_file(key) {
-                Ok(file) => objects.add(*id, file, &mut |p| self.pack_present(p)),
-                Err(e) => objects.warnings.push(format!("{what} {key}: {e}")),
+            let added = self.read_index_bytes(key).and_then(|(bytes, body)| {
+                objects
+                    .add_encoded(*id, &bytes[body], &mut |p| self.pack_present(p))
+                    .map_err(|e| {
+                        CacheError::Corrupt(format!("{}: {e}", self.storage.describe(key)))
+                    })
+            });
+            if let Err(e) = added {
+                objects.warnings.push(format!("{what} {key}: {e}"));
             }
         }
     }
@@ -274,7 +282,18 @@ impl Cache {
         w
     }
 
+    #[cfg(test)]
     fn read_index_file(&self, key: &str) -> Result<IndexFile, CacheError> {
+        let (bytes, body) = self.read_index_bytes(key)?;
+        decode_bincode(&bytes[body])
+            .map_err(|e| CacheError::Corrupt(format!("{}: {e}", self.storage.describe(key))))
+    }
+
+    /// An index file's bytes, checked against its name, and where its body is in them.
+    fn read_index_bytes(
+        &self,
+        key: &str,
+    ) -> Result<(Vec<u8>, std::ops::Range<usize>), CacheError> {
         let bytes = self.storage.get(key, MAX_INDEX_FILE)?;
         let what = self.storage.describe(key);
         let (sum, _version, body) = unseal(INDEX_MAGIC, &bytes, &what)?;
@@ -283,7 +302,9 @@ impl Cache {
                 "{what}: name does not match its checksum"
             )));
         }
-        decode_bincode(body).map_err(|e| CacheError::Corrupt(format!("{what}: {e}")))
+        let start = body.as_ptr() as usize - bytes.as_ptr() as usize;
+        let range = start..start + body.len();
+        Ok((bytes, range))
     }
 
     /// Make the objects of an index file just written readable now, from the caller's copy.
