@@ -32,8 +32,8 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(test)]
 use format::decode_bincode;
-use format::{unseal, INDEX_MAGIC, MAX_INDEX_FILE};
 pub use format::{index_key, pack_key, snapshot_key, SnapshotHead, FORMAT_VERSION, PACK_MAGIC};
+use format::{unseal, INDEX_MAGIC, MAX_INDEX_FILE};
 use frames::FrameCache;
 pub use id::{BlobId, IndexId, ObjectId, PackId, SnapshotId, TreeId};
 use index::Objects;
@@ -290,10 +290,7 @@ impl Cache {
     }
 
     /// An index file's bytes, checked against its name, and where its body is in them.
-    fn read_index_bytes(
-        &self,
-        key: &str,
-    ) -> Result<(Vec<u8>, std::ops::Range<usize>), CacheError> {
+    fn read_index_bytes(&self, key: &str) -> Result<(Vec<u8>, std::ops::Range<usize>), CacheError> {
         let bytes = self.storage.get(key, MAX_INDEX_FILE)?;
         let what = self.storage.describe(key);
         let (sum, _version, body) = unseal(INDEX_MAGIC, &bytes, &what)?;

@@ -189,6 +189,7 @@ pub(super) fn execute(
                             local: if first { sources.of_path(i) } else { None },
                             files: 0,
                             rel: Vec::new(),
+                            dirs: Default::default(),
                             check_blobs: !first,
                             linked: 0,
                             new_links: Vec::new(),

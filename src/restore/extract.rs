@@ -69,6 +69,8 @@ pub(super) struct Attempt<'s> {
     pub(super) files: usize,
     /// Where the writer is, relative to the path's top (kept only with `local`).
     pub(super) rel: Vec<Vec<u8>>,
+    /// The directories of the sibling last copied from, kept open for the next file.
+    pub(super) dirs: siblings::DirCursor,
     /// Check every blob against its id while streaming it (otherwise the path's NAR hash is
     /// the only check).
     pub(super) check_blobs: bool,
@@ -208,7 +210,7 @@ impl Writer<'_> {
                     Some(_) => at.rel.iter().map(Vec::as_slice).collect(),
                     None => Vec::new(),
                 };
-                let source = sibling.map(|sibling| (sibling, &rel[..]));
+                let source = sibling.map(|sibling| (sibling, &rel[..], &mut at.dirs));
                 let own = self.write_file(
                     dir,
                     name,
@@ -294,7 +296,7 @@ impl Writer<'_> {
         (blob, rewrites): (&BlobId, &[Rewrite]),
         fw: &mut FileWriter<'_, NarHasher>,
         check_blob: bool,
-        source: Option<(&str, &[&[u8]])>,
+        source: Option<(&str, &[&[u8]], &mut siblings::DirCursor)>,
     ) -> Result<Option<[u8; 32]>, PathError> {
         let target = PathError::target(shown);
         // Created with its final mode (the umask is 022 during a restore): the descriptor is
@@ -395,7 +397,7 @@ impl Writer<'_> {
     fn copy_source(
         &self,
         f: &mut fs::File,
-        (sibling, rel): (&str, &[&[u8]]),
+        (sibling, rel, dirs): (&str, &[&[u8]], &mut siblings::DirCursor),
         executable: bool,
         size: u64,
         (blob, rewrites): (&BlobId, &[Rewrite]),
@@ -403,7 +405,7 @@ impl Writer<'_> {
         shown: &Path,
     ) -> Result<Option<Option<[u8; 32]>>, PathError> {
         let target = PathError::target(shown);
-        let Some(src) = siblings::open_file(self.store, sibling, rel, size) else {
+        let Some(src) = siblings::open_file_via(dirs, self.store, sibling, rel, size) else {
             return Ok(None);
         };
         let copied =
