@@ -30,7 +30,7 @@ use storesync::store::fs::remove_tree;
 use storesync::store::layout::{Flavor, Layout};
 use storesync::store::path::{nixbase32_encode, StorePath};
 use storesync::store::PathInfo;
-use util::{db_rows, DbRows, World};
+use util::{check_clean, db_rows, leftovers, DbRows, Tmpfs, World};
 
 // ---------------------------------------------------------------------------------------------
 // Seeded randomness and configuration.
@@ -599,43 +599,6 @@ fn check_dump_nar(w: &World, logs: &Logs, root: &str, rows: &DbRows, pick: u64, 
     );
 }
 
-/// Names in the store directory left by an interrupted restore.
-fn leftovers(layout: &Layout) -> Vec<String> {
-    match fs::read_dir(layout.real_store_dir()) {
-        Ok(d) => d
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| storesync::restore::scratch_kind(n).is_some())
-            .collect(),
-        Err(_) => Vec::new(),
-    }
-}
-
-/// After a completed restore: the store holds exactly the registered paths (and `.links`),
-/// no temporary or trash entry, and every `.links` entry holds what its name says.
-fn check_clean(layout: &Layout, rows: &DbRows, ctx: &str) {
-    let store = layout.real_store_dir();
-    for e in fs::read_dir(&store).unwrap() {
-        let name = e.unwrap().file_name().to_string_lossy().into_owned();
-        if name == ".links" || name == "lost+found" {
-            continue;
-        }
-        assert!(
-            rows.paths
-                .contains_key(&format!("{}/{name}", layout.store_dir.as_str())),
-            "{ctx}: {name} is in the store but not registered"
-        );
-    }
-    for e in fs::read_dir(store.join(".links")).unwrap() {
-        let e = e.unwrap();
-        let hash = nar::hash_path(&e.path()).unwrap().0;
-        assert_eq!(
-            nixbase32_encode(&hash.0),
-            e.file_name().to_string_lossy(),
-            "{ctx}: a .links entry does not hold what its name says"
-        );
-    }
-}
-
 fn count_entries(dir: &Path) -> usize {
     fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
@@ -946,60 +909,6 @@ fn restore_killed_while_creating_the_db_recovers() {
 
 // ---------------------------------------------------------------------------------------------
 // 3. Out of space.
-
-/// A size-limited tmpfs mounted for the guard's lifetime.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    /// Mount, or `None` (with the reason printed) when this process may not mount (not root).
-    fn mount(dir: &Path, kib: u64) -> Option<Tmpfs> {
-        fs::create_dir_all(dir).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
-            .arg(dir)
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Some(Tmpfs(dir.to_owned())),
-            Ok(o) => {
-                eprintln!(
-                    "cannot mount a tmpfs on {} (needs root): {}",
-                    dir.display(),
-                    String::from_utf8_lossy(&o.stderr).trim()
-                );
-                None
-            }
-            Err(e) => {
-                eprintln!("cannot run mount: {e}");
-                None
-            }
-        }
-    }
-
-    fn resize(&self, kib: u64) {
-        let st = Command::new("mount")
-            .args(["-o", &format!("remount,size={kib}k")])
-            .arg(&self.0)
-            .status()
-            .unwrap();
-        assert!(
-            st.success(),
-            "remounting {} with {kib} KiB",
-            self.0.display()
-        );
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.0)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-}
 
 /// Bytes a tree takes on a tmpfs: each inode once, rounded up to pages.
 fn pages_used(dir: &Path) -> u64 {

@@ -199,6 +199,12 @@ fn restore_id(w: &World, root: &str, id: &str) -> serde_json::Value {
 /// `PKG2`'s files are in `root` as built, and both of generation 2's paths were restored.
 fn assert_generation_2(w: &World, root: &str, r: &serde_json::Value) {
     assert_eq!(r["restored"], 2, "{r}");
+    assert_generation_2_files(w, root, r);
+}
+
+/// `PKG2`'s files are in `root` as built, and generation 2's paths are registered with their
+/// NAR hashes; nothing failed.
+fn assert_generation_2_files(w: &World, root: &str, r: &serde_json::Value) {
     assert_eq!(r["failed"].as_array().unwrap().len(), 0, "{r}");
     let store = w.layout(root).real_store_dir();
     for (rel, contents, _) in package(DEP2, PKG2) {
@@ -378,4 +384,58 @@ fn issue_13_an_older_build_changed_between_plan_and_write_is_not_used() {
     assert_eq!(r["local_bytes"], pkg2_bytes(&changed), "{r}");
     let from_cache = 20_000 + pkg2_bytes(&[]) - pkg2_bytes(&changed);
     assert_eq!(r["bytes_written"], from_cache, "{r}");
+}
+
+/// A store that fills up while a file is copied from the older build: the restore fails
+/// saying so, registers nothing it did not verify, leaves no scratch entry, and a restore with
+/// room completes the store, copying from the older build again.
+#[test]
+fn issue_13_a_store_full_during_a_copy_from_the_older_build_registers_nothing_unverified() {
+    let w = World::new(Flavor::Guix);
+    let (id1, id2) = two_generations(&w);
+    let dst = w.layout("dst");
+    let Some(tmpfs) = util::Tmpfs::mount(&dst.real_store_dir(), 64 << 10) else {
+        eprintln!("skipped: no tmpfs");
+        return;
+    };
+    restore_id(&w, "dst", &id1);
+    let gen1 = util::db_rows(&dst);
+    // Room for DEP2 (20,000 bytes from the cache) and about half of PKG2's files.
+    let st = rustix::fs::statvfs(dst.real_store_dir()).unwrap();
+    let used = (st.f_blocks - st.f_bfree) * st.f_frsize;
+    let kib = (used + 20_000 + pkg2_bytes(&[]) / 2) / 1024 + 4;
+    tmpfs.resize(kib);
+    let out = w
+        .cmd("dst")
+        .args(["--json", "restore", "--snapshot", &id2, "--cache"])
+        .arg(w.cache_dir())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("No space left on device") && err.contains(PKG2),
+        "{err}"
+    );
+    let rows = util::db_rows(&dst);
+    assert!(
+        !rows.paths.contains_key(&format!("/gnu/store/{PKG2}")),
+        "registered while its files did not fit: {err}"
+    );
+    for (p, row) in &gen1.paths {
+        assert_eq!(rows.paths.get(p), Some(row), "{p}");
+    }
+    assert_eq!(util::leftovers(&dst), Vec::<String>::new(), "left behind");
+    util::check_clean(&dst, &rows, "after the full store");
+    tmpfs.resize(64 << 10);
+    let r = restore_id(&w, "dst", &id2);
+    assert_eq!(
+        r["paths"],
+        serde_json::json!([format!("/gnu/store/{PKG2}")]),
+        "{r}"
+    );
+    assert_generation_2_files(&w, "dst", &r);
+    assert_eq!(r["local_files"], 4, "{r}");
+    util::check_clean(&dst, &util::db_rows(&dst), "with room");
+    drop(tmpfs);
 }

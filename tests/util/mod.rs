@@ -576,3 +576,97 @@ impl storesync::progress::Progress for ChangeWhenWriting {
         }
     }
 }
+
+/// A size-limited tmpfs mounted for the guard's lifetime.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mount, or `None` (with the reason printed) when this process may not mount (not root).
+    pub fn mount(dir: &Path, kib: u64) -> Option<Tmpfs> {
+        fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+            .arg(dir)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs(dir.to_owned())),
+            Ok(o) => {
+                eprintln!(
+                    "cannot mount a tmpfs on {} (needs root): {}",
+                    dir.display(),
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("cannot run mount: {e}");
+                None
+            }
+        }
+    }
+
+    pub fn resize(&self, kib: u64) {
+        let st = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={kib}k")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "remounting {} with {kib} KiB",
+            self.0.display()
+        );
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = std::process::Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+}
+
+/// Names in the store directory left by an interrupted restore.
+pub fn leftovers(layout: &Layout) -> Vec<String> {
+    match fs::read_dir(layout.real_store_dir()) {
+        Ok(d) => d
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| storesync::restore::scratch_kind(n).is_some())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// After a completed restore: the store holds exactly the registered paths (and `.links`),
+/// no temporary or trash entry, and every `.links` entry holds what its name says.
+pub fn check_clean(layout: &Layout, rows: &DbRows, ctx: &str) {
+    let store = layout.real_store_dir();
+    for e in fs::read_dir(&store).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        if name == ".links" || name == "lost+found" {
+            continue;
+        }
+        assert!(
+            rows.paths
+                .contains_key(&format!("{}/{name}", layout.store_dir.as_str())),
+            "{ctx}: {name} is in the store but not registered"
+        );
+    }
+    for e in fs::read_dir(store.join(".links")).unwrap() {
+        let e = e.unwrap();
+        let hash = storesync::nar::hash_path(&e.path()).unwrap().0;
+        assert_eq!(
+            storesync::store::path::nixbase32_encode(&hash.0),
+            e.file_name().to_string_lossy(),
+            "{ctx}: a .links entry does not hold what its name says"
+        );
+    }
+}
