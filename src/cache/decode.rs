@@ -380,11 +380,11 @@ fn check_snapshot_strings(raw: &[u8]) -> Result<(), String> {
     i.bytes("store directory")?;
     i.u64("creation time")?;
     i.bytes("tool")?;
-    check_manifest(&mut i)
+    check_manifest(&mut i, &mut |_| {})
 }
 
 /// The roots, paths and derivation outputs, as v1 bodies end and v2 manifests are.
-fn check_manifest(i: &mut Input<'_>) -> Result<(), String> {
+fn check_manifest(i: &mut Input<'_>, tree: &mut dyn FnMut(&[u8])) -> Result<(), String> {
     for _ in 0..i.len("root count")? {
         i.bytes("root")?;
     }
@@ -401,7 +401,7 @@ fn check_manifest(i: &mut Input<'_>) -> Result<(), String> {
         i.option("ultimate", |i| i.u64("ultimate").map(drop))?;
         i.option("sigs", |i| i.bytes("sigs").map(drop))?;
         i.option("ca", |i| i.bytes("ca").map(drop))?;
-        i.take(32, "tree id")?;
+        tree(i.take(32, "tree id")?);
     }
     for _ in 0..i.len("derivation output count")? {
         i.bytes("derivation")?;
@@ -445,8 +445,42 @@ pub fn decode_manifest_v2(
     head: super::format::SnapshotHead,
     raw: Vec<u8>,
 ) -> Result<Snapshot, String> {
-    check_manifest(&mut Input::new(&raw))?;
+    check_manifest(&mut Input::new(&raw), &mut |_| {})?;
     super::format::decode_manifest_v2(head, raw)
+}
+
+/// The tree ids of the decompressed manifest of a v2 snapshot under its head, in path order,
+/// read without decoding anything else (no string is allocated): what a collection needs of
+/// a snapshot. The manifest must be the one the head names, hold the paths the head counts
+/// and nothing after them.
+///
+/// # Errors
+/// A message for malformed data, or a manifest that is not the one the head names.
+pub fn manifest_trees_v2(
+    head: &super::format::SnapshotHead,
+    raw: &[u8],
+) -> Result<Vec<super::TreeId>, String> {
+    if super::format::manifest_id(raw) != head.manifest {
+        return Err("manifest does not match the head's digest".into());
+    }
+    // A path takes at least 32 + 32 bytes (its tree id and NAR hash), whatever the count says.
+    let room = (raw.len() / 64).min(usize::try_from(head.paths).unwrap_or(usize::MAX));
+    let mut trees = Vec::with_capacity(room);
+    let mut i = Input::new(raw);
+    check_manifest(&mut i, &mut |t| {
+        trees.push(super::TreeId(t.try_into().expect("32 bytes")))
+    })?;
+    if i.left() != 0 {
+        return Err("trailing bytes after the encoded value".into());
+    }
+    if trees.len() as u64 != head.paths {
+        return Err(format!(
+            "head says {} paths, manifest holds {}",
+            head.paths,
+            trees.len()
+        ));
+    }
+    Ok(trees)
 }
 
 #[cfg(test)]
@@ -1267,6 +1301,38 @@ mod tests {
             let mut body = zstd::bulk::compress(&crate::cache::format::encode_snapshot_v1(&snap), 3).unwrap();
             mutate(&mut body, &ms);
             agree_on_snapshot(&body)?;
+        }
+
+        #[test]
+        fn tree_ids_read_alone_are_those_of_the_decoded_manifest(
+            snap in arb_snapshot(),
+            ms in proptest::collection::vec(arb_mutation(), 0..4),
+        ) {
+            let (_, _, bytes) = crate::cache::format::encode_snapshot_v2(&snap, 3);
+            let (_, _, body) =
+                crate::cache::format::unseal(crate::cache::format::SNAPSHOT_MAGIC, &bytes, "t")
+                    .unwrap();
+            let (head, frame) = crate::cache::format::split_v2(body).unwrap();
+            let mut head = decode_head_v2(head).unwrap();
+            let mut raw = zstd::decode_all(frame).unwrap();
+            if !ms.is_empty() {
+                // Mutated under a head that names it: the structure is what is tested.
+                mutate(&mut raw, &ms);
+                head.manifest = crate::cache::format::manifest_id(&raw);
+            }
+            let trees = manifest_trees_v2(&head, &raw);
+            match decode_manifest_v2(head.clone(), raw.clone()) {
+                Ok(s) => prop_assert_eq!(
+                    trees.unwrap(),
+                    s.paths.iter().map(|p| p.tree).collect::<Vec<_>>()
+                ),
+                // Where the whole decoder refuses, reading trees alone may still succeed (it
+                // does not check strings), never panic.
+                Err(_) => prop_assert!(!ms.is_empty()),
+            }
+            let mut other = head.clone();
+            other.manifest[0] ^= 1;
+            prop_assert!(manifest_trees_v2(&other, &raw).is_err());
         }
 
         #[test]

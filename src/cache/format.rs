@@ -504,7 +504,7 @@ impl SnapshotHead {
     }
 }
 
-fn manifest_id(raw: &[u8]) -> [u8; 32] {
+pub(crate) fn manifest_id(raw: &[u8]) -> [u8; 32] {
     let mut h = blake3::Hasher::new_derive_key(MANIFEST_CONTEXT);
     h.update(raw);
     *h.finalize().as_bytes()

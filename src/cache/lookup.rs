@@ -112,18 +112,50 @@ impl Cache {
     /// # Errors
     /// [`CacheError`] naming the snapshot file.
     pub fn read_snapshot_ref(&self, r: &SnapshotRef) -> Result<Snapshot, CacheError> {
+        let corrupt =
+            |e: String| CacheError::Corrupt(format!("{}: {e}", self.storage.describe(&r.key)));
+        let snap = match self.snapshot_manifest(r)? {
+            Manifest::V1(raw) => decode::decode_snapshot(&raw).map_err(corrupt)?,
+            Manifest::V2(head, raw) => decode::decode_manifest_v2(head, raw).map_err(corrupt)?,
+        };
+        snap.validate().map_err(corrupt)?;
+        Ok(snap)
+    }
+
+    /// The tree ids of the snapshot file `r`, in path order, checked as
+    /// [`Cache::read_snapshot_ref`] checks the file, but without decoding the paths' strings
+    /// of a v2 file (nor validating them): what a collection marks from.
+    ///
+    /// # Errors
+    /// [`CacheError`] naming the snapshot file.
+    pub fn read_snapshot_trees(&self, r: &SnapshotRef) -> Result<Vec<super::TreeId>, CacheError> {
+        let corrupt =
+            |e: String| CacheError::Corrupt(format!("{}: {e}", self.storage.describe(&r.key)));
+        match self.snapshot_manifest(r)? {
+            Manifest::V1(_) => Ok(self
+                .read_snapshot_ref(r)?
+                .paths
+                .iter()
+                .map(|p| p.tree)
+                .collect()),
+            Manifest::V2(head, raw) => decode::manifest_trees_v2(&head, &raw).map_err(corrupt),
+        }
+    }
+
+    /// The snapshot file `r` read, its name checked against its contents, and its manifest
+    /// decompressed (the file's bytes let go before it is decoded).
+    fn snapshot_manifest(&self, r: &SnapshotRef) -> Result<Manifest, CacheError> {
         let what = self.storage.describe(&r.key);
         let corrupt = |e: String| CacheError::Corrupt(format!("{what}: {e}"));
         let bytes = self.storage.get(&r.key, MAX_SNAPSHOT_FILE)?;
         let (sum, version, body) = unseal(SNAPSHOT_MAGIC, &bytes, &what)?;
-        let snap = if version == 1 {
+        if version == 1 {
             if r.created.is_some() || sum != r.id.0 {
                 return Err(corrupt("name does not match its checksum".into()));
             }
             let raw = decode::decompress_bounded(body, decode::snapshot_cap(body.len()))
                 .map_err(corrupt)?;
-            drop(bytes); // the file is not needed while the paths are decoded
-            decode::decode_snapshot(&raw).map_err(corrupt)?
+            Ok(Manifest::V1(raw))
         } else {
             let (head, frame) = format::split_v2(body).map_err(corrupt)?;
             let head = decode::decode_head_v2(head).map_err(corrupt)?;
@@ -138,11 +170,8 @@ impl Cache {
             }
             let raw = decode::decompress_bounded(frame, decode::snapshot_cap(frame.len()))
                 .map_err(corrupt)?;
-            drop(bytes); // the file is not needed while the paths are decoded
-            decode::decode_manifest_v2(head, raw).map_err(corrupt)?
-        };
-        snap.validate().map_err(corrupt)?;
-        Ok(snap)
+            Ok(Manifest::V2(head, raw))
+        }
     }
 
     /// The head of the snapshot file `r`: key, date, flavour, counts, index files. For a v2
@@ -479,4 +508,11 @@ mod tests {
     fn fs_rename(a: &Path, b: &Path) {
         std::fs::rename(a, b).unwrap();
     }
+}
+
+/// A snapshot file's decompressed manifest, checked against the file's name: a v1 body, or a
+/// v2 head and manifest.
+enum Manifest {
+    V1(Vec<u8>),
+    V2(format::SnapshotHead, Vec<u8>),
 }

@@ -118,7 +118,8 @@ pub(super) fn mark(
                 .push((r.id.hex(), h.key.clone(), "retention".into()));
             continue;
         }
-        let snap = cache.read_snapshot_ref(r)?;
+        // Only its tree ids: none of its paths' strings are decoded.
+        let snap_trees = cache.read_snapshot_trees(r)?;
         let mut added: Vec<FrameKey> = Vec::new();
         let mut mark = |id: ObjectId, live: &mut Bits| -> Result<(), CacheError> {
             let (pos, loc) = cache.locate(id).ok_or(CacheError::Missing(id))?;
@@ -137,15 +138,12 @@ pub(super) fn mark(
         // Trees not marked yet, read in pack order: each tree frame is then decompressed
         // about once, however the trees outgrow the frame cache.
         let mut trees: Vec<(FrameKey, u64, TreeId)> = Vec::new();
-        for p in &snap.paths {
-            let (pos, loc) = cache
-                .locate(p.tree)
-                .ok_or(CacheError::Missing(p.tree.into()))?;
+        for tree in snap_trees {
+            let (pos, loc) = cache.locate(tree).ok_or(CacheError::Missing(tree.into()))?;
             if trees_done.insert(pos) {
-                trees.push(((loc.pack, loc.frame_offset), loc.offset, p.tree));
+                trees.push(((loc.pack, loc.frame_offset), loc.offset, tree));
             }
         }
-        drop(snap);
         trees.sort_unstable();
         for (_, _, tree) in trees {
             mark(tree.into(), &mut live_objects)?;
