@@ -411,6 +411,13 @@ pub struct KeyMatch {
     pub passed_over: Vec<String>,
 }
 
+/// A snapshot file's decompressed manifest, checked against the file's name: a v1 body, or a
+/// v2 head and manifest.
+enum Manifest {
+    V1(Vec<u8>),
+    V2(format::SnapshotHead, Vec<u8>),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -508,11 +515,4 @@ mod tests {
     fn fs_rename(a: &Path, b: &Path) {
         std::fs::rename(a, b).unwrap();
     }
-}
-
-/// A snapshot file's decompressed manifest, checked against the file's name: a v1 body, or a
-/// v2 head and manifest.
-enum Manifest {
-    V1(Vec<u8>),
-    V2(format::SnapshotHead, Vec<u8>),
 }
