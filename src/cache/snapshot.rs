@@ -131,7 +131,11 @@ impl Snapshot {
 
     /// Total NAR size of all paths.
     pub fn nar_bytes(&self) -> u64 {
-        self.paths.iter().map(|p| p.info.nar_size).sum()
+        // Wrapping, as the heads written so far have it: sizes come from a DB or a cache, and
+        // a hostile one must not make a reader panic.
+        self.paths
+            .iter()
+            .fold(0u64, |sum, p| sum.wrapping_add(p.info.nar_size))
     }
 }
 

@@ -47,7 +47,7 @@ impl RestorePlan {
         self.missing
             .iter()
             .map(|&i| self.snapshot.paths[i].info.nar_size)
-            .sum()
+            .fold(0u64, u64::saturating_add) // sizes a cache gives: no overflow
     }
 }
 

@@ -155,7 +155,9 @@ fn execute_with(
             seam(Stage::BeforeWalk, &packer);
             progress.start_bytes(
                 "reading new paths",
-                todo.iter().map(|&i| db.paths[i].nar_size).sum(),
+                todo.iter()
+                    .map(|&i| db.paths[i].nar_size)
+                    .fold(0u64, u64::saturating_add),
             );
         }
         let with = WalkWith {
@@ -289,7 +291,10 @@ fn execute_with(
         (roots, outputs)
     };
     report.paths = kept_paths.len();
-    report.nar_bytes = kept_paths.iter().map(|&i| db.paths[i].nar_size).sum();
+    report.nar_bytes = kept_paths
+        .iter()
+        .map(|&i| db.paths[i].nar_size)
+        .fold(0u64, u64::saturating_add);
     // Unchanged: compared with the base row by row, without building a second snapshot.
     if let Some((id, base)) = &base {
         let same = base.key == opts.key

@@ -94,11 +94,11 @@ impl SavePlan {
                 .map(|r| layout.store_dir.display(r))
                 .collect(),
             paths: self.selected.len(),
-            nar_bytes: self.selected.iter().map(size).sum(),
+            nar_bytes: self.selected.iter().map(size).fold(0, u64::saturating_add),
             cached_paths: self.selected.len() - self.new.len(),
             new_paths: self.new.len(),
             new_path_names: self.new.iter().map(name).collect(),
-            nar_bytes_to_read: self.new.iter().map(size).sum(),
+            nar_bytes_to_read: self.new.iter().map(size).fold(0, u64::saturating_add),
         }
     }
 }
