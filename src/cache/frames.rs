@@ -35,8 +35,12 @@ fn decompress_into(frame: &[u8], out: &mut Vec<u8>) -> io::Result<usize> {
 /// Largest window (log2) of a solo frame's decoder: 8 MiB, twice [`super::CHUNK`].
 const SOLO_WINDOW_LOG: u32 = 23;
 
-/// Decompressed frames kept for reuse.
+/// Decompressed frames kept for reuse (a few in unit tests, so that tests of the order of
+/// reads need no more than a few MiB of objects).
+#[cfg(not(test))]
 const FRAME_CACHE_BYTES: usize = 24 * 1024 * 1024;
+#[cfg(test)]
+const FRAME_CACHE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Buffers of evicted frames kept for reuse.
 const SPARE_FRAMES: usize = 4;

@@ -36,6 +36,9 @@ fn links_error(e: LinksError) -> Error {
     }
 }
 
+/// Paths of this many NAR bytes or more are written first, largest first.
+const LARGE_PATH: u64 = 16 << 20;
+
 /// Write, verify and register the planned paths. The caller holds the big-lock (shared), the
 /// locks of the missing paths (`locks`) and `client`'s temporary roots (see [`super::live`]), and
 /// passes the DB connection opened under them.
@@ -149,10 +152,24 @@ pub(super) fn execute(
     let stopped = std::sync::atomic::AtomicBool::new(false);
     super::plan::plan_reads(cache, snap, &plan.missing, &links, &sources);
     progress.start_bytes("restoring paths", plan.bytes());
-    // Largest first, so one big path does not start last and run alone. (Registration keeps
-    // the plan's order: references first.)
+    // Large paths first, largest first, so that one does not start last and run alone; the
+    // others in the order their trees are in the packs: a save writes a path's tree and its
+    // small files' blobs in the order it walks the paths, so neighbours there share frames,
+    // and the frame cache serves runs of paths instead of thrashing once a snapshot's paths
+    // come from many saves (the newest of 20 snapshots of 100,000 paths took 3.5 times the
+    // CPU of the first, in size order). (Registration keeps the plan's order: references
+    // first.)
     let mut by_size = plan.missing.clone();
-    by_size.sort_by_key(|&i| std::cmp::Reverse(snap.paths[i].info.nar_size));
+    by_size.sort_by_cached_key(|&i| {
+        let p = &snap.paths[i];
+        if p.info.nar_size >= LARGE_PATH {
+            return (0, std::cmp::Reverse(p.info.nar_size), 0, 0, 0);
+        }
+        let at = cache
+            .location(p.tree)
+            .map_or((u32::MAX, 0, 0), |l| (l.pack, l.frame_offset, l.offset));
+        (1, std::cmp::Reverse(0), at.0, at.1, at.2)
+    });
     // Writeback runs alongside the writes (see `Flusher`), so the `syncfs` that makes the
     // content durable before registration has little left to wait for.
     let flusher = super::resources::Flusher::start(&store_fd, &writer.disk_bytes);
