@@ -1107,26 +1107,7 @@ fn random_damage_to_the_cache_never_registers_unverified_content(flavor: Flavor)
             assert!(rows.paths.contains_key(a) && rows.paths.contains_key(b));
         }
         if store.exists() {
-            for e in fs::read_dir(&store).unwrap() {
-                let name = e.unwrap().file_name().to_string_lossy().into_owned();
-                if name == ".links" {
-                    continue;
-                }
-                assert!(
-                    rows.paths
-                        .contains_key(&format!("{}/{name}", dst.store_dir.as_str())),
-                    "{case_name}: {name} on disk, not registered"
-                );
-            }
-            for e in fs::read_dir(store.join(".links")).unwrap() {
-                let e = e.unwrap();
-                let hash = nar::hash_path(&e.path()).unwrap().0;
-                assert_eq!(
-                    storesync::store::path::nixbase32_encode(&hash.0),
-                    e.file_name().to_str().unwrap(),
-                    "{case_name}"
-                );
-            }
+            util::check_clean(&dst, &rows, &case_name);
         }
     }
     eprintln!("{failed} restores failed, {succeeded} succeeded");

@@ -651,7 +651,7 @@ pub fn check_clean(layout: &Layout, rows: &DbRows, ctx: &str) {
     let store = layout.real_store_dir();
     for e in fs::read_dir(&store).unwrap() {
         let name = e.unwrap().file_name().to_string_lossy().into_owned();
-        if name == ".links" || name == "lost+found" {
+        if name == ".links" {
             continue;
         }
         assert!(
