@@ -112,34 +112,41 @@ impl Cache {
     /// # Errors
     /// [`CacheError`] naming the snapshot file.
     pub fn read_snapshot_ref(&self, r: &SnapshotRef) -> Result<Snapshot, CacheError> {
+        let manifest = self.snapshot_manifest(r)?;
+        self.decode_snapshot(r, manifest)
+    }
+
+    /// The tree ids of the snapshot file `r`, in path order, checked as
+    /// [`Cache::read_snapshot_ref`] checks the file, but without decoding the paths' strings
+    /// of a v2 file (nor validating them): what a collection marks from. A v1 file is decoded
+    /// and validated whole.
+    ///
+    /// # Errors
+    /// [`CacheError`] naming the snapshot file.
+    pub fn read_snapshot_trees(&self, r: &SnapshotRef) -> Result<Vec<super::TreeId>, CacheError> {
+        match self.snapshot_manifest(r)? {
+            Manifest::V2(head, raw) => decode::manifest_trees_v2(&head, &raw).map_err(|e| {
+                CacheError::Corrupt(format!("{}: {e}", self.storage.describe(&r.key)))
+            }),
+            v1 => Ok(self
+                .decode_snapshot(r, v1)?
+                .paths
+                .iter()
+                .map(|p| p.tree)
+                .collect()),
+        }
+    }
+
+    /// The snapshot the manifest of the file `r` holds, decoded and validated.
+    fn decode_snapshot(&self, r: &SnapshotRef, manifest: Manifest) -> Result<Snapshot, CacheError> {
         let corrupt =
             |e: String| CacheError::Corrupt(format!("{}: {e}", self.storage.describe(&r.key)));
-        let snap = match self.snapshot_manifest(r)? {
+        let snap = match manifest {
             Manifest::V1(raw) => decode::decode_snapshot(&raw).map_err(corrupt)?,
             Manifest::V2(head, raw) => decode::decode_manifest_v2(head, raw).map_err(corrupt)?,
         };
         snap.validate().map_err(corrupt)?;
         Ok(snap)
-    }
-
-    /// The tree ids of the snapshot file `r`, in path order, checked as
-    /// [`Cache::read_snapshot_ref`] checks the file, but without decoding the paths' strings
-    /// of a v2 file (nor validating them): what a collection marks from.
-    ///
-    /// # Errors
-    /// [`CacheError`] naming the snapshot file.
-    pub fn read_snapshot_trees(&self, r: &SnapshotRef) -> Result<Vec<super::TreeId>, CacheError> {
-        let corrupt =
-            |e: String| CacheError::Corrupt(format!("{}: {e}", self.storage.describe(&r.key)));
-        match self.snapshot_manifest(r)? {
-            Manifest::V1(_) => Ok(self
-                .read_snapshot_ref(r)?
-                .paths
-                .iter()
-                .map(|p| p.tree)
-                .collect()),
-            Manifest::V2(head, raw) => decode::manifest_trees_v2(&head, &raw).map_err(corrupt),
-        }
     }
 
     /// The snapshot file `r` read, its name checked against its contents, and its manifest
