@@ -382,6 +382,24 @@ fn golden_cache_reads_to_known_values(version: u32) {
     }
     let report = storesync::verify::verify(&cache, &storesync::progress::NoProgress).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
+    // A collection marks from the snapshot's trees (read alone from a v2 file, from the
+    // decoded snapshot of a v1 file): everything is live, every snapshot kept.
+    let policy = storesync::cache::gc::GcPolicy {
+        dry_run: true,
+        ..Default::default()
+    };
+    let g = storesync::cache::gc::gc(&cache, &policy, &storesync::progress::NoProgress).unwrap();
+    assert_eq!(
+        (
+            g.kept.len(),
+            g.dropped.len(),
+            g.packs_retired,
+            g.bytes_pending
+        ),
+        (1, 0, 0, 0),
+        "v{version}: {g:?}"
+    );
+    assert!(g.live_bytes > 0, "v{version}: {g:?}");
 }
 
 #[test]
