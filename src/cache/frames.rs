@@ -77,14 +77,16 @@ impl Cache {
         }
         let pack = pack_key(&self.pack_id(loc.pack));
         let mut compressed = crate::scratch::Scratch::empty();
-        match self.prefetched(loc)? {
-            Some(frame) => compressed.extend_from_slice(&frame),
-            None => {
-                self.storage
-                    .get_range(&pack, loc.frame_offset, loc.frame_len)?
-                    .read_to_end(&mut compressed)
-                    .map_err(|e| StorageError(self.storage.describe(&pack), e))?;
+        if !self.prefetched_into(loc, &mut compressed)? {
+            // Another thread may have had it from its run and cached it meanwhile: it lets
+            // go of the compressed frame only once the decompressed one is cached.
+            if let Some(f) = self.frames.lock().expect("frame cache").frames.get(&key) {
+                return Ok(f.clone());
             }
+            self.storage
+                .get_range(&pack, loc.frame_offset, loc.frame_len)?
+                .read_to_end(&mut compressed)
+                .map_err(|e| StorageError(self.storage.describe(&pack), e))?;
         }
         // The size the frame declares (ours do), within the bound of a batch frame: a small
         // frame (the last of a save, a few trees) does not hold a full frame's memory.
@@ -108,7 +110,11 @@ impl Cache {
         };
         data.clear();
         data.reserve_exact(declared);
-        decompress_into(&compressed, &mut data).map_err(|e| {
+        let decompressed = decompress_into(&compressed, &mut data);
+        if decompressed.is_err() {
+            self.release_prefetched(loc);
+        }
+        decompressed.map_err(|e| {
             CacheError::Corrupt(format!(
                 "{}: frame at offset {}: {e}",
                 self.storage.describe(&pack),
@@ -139,6 +145,8 @@ impl Cache {
                 }
             }
         }
+        drop(fc);
+        self.release_prefetched(loc);
         Ok(data)
     }
 

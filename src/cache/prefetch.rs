@@ -137,11 +137,43 @@ impl Cache {
         *self.prefetch.runs.write().expect("runs") = runs_of(frames);
     }
 
-    /// The compressed frame at `loc` if a planned run holds it: fetched with its run the
-    /// first time. `None`: read it alone.
+    /// The compressed frame at `loc` if a planned run holds it, taken: fetched with its run
+    /// the first time. `None`: read it alone.
     pub(super) fn prefetched(&self, loc: &Location) -> Result<Option<Vec<u8>>, CacheError> {
+        self.from_run(loc, |kept, key| kept.take(key))
+    }
+
+    /// Copy the compressed frame at `loc` to `out` if a planned run holds it (see
+    /// [`Cache::prefetched`]), and leave it kept: several objects share a small frame, and
+    /// threads writing them at once must not each read it alone. Its reader lets go of it
+    /// with [`Cache::release_prefetched`] once it is in the frame cache. `false`: not kept.
+    pub(super) fn prefetched_into(
+        &self,
+        loc: &Location,
+        out: &mut Vec<u8>,
+    ) -> Result<bool, CacheError> {
+        let copied = self.from_run(loc, |kept, key| {
+            kept.frames.get(&key).map(|f| out.extend_from_slice(f))
+        })?;
+        Ok(copied.is_some())
+    }
+
+    /// Drop the compressed frame at `loc` (decompressed and cached by its reader).
+    pub(super) fn release_prefetched(&self, loc: &Location) {
+        if self.storage.remote() {
+            let key = (loc.pack, loc.frame_offset);
+            self.prefetch.kept.lock().expect("kept").take(key);
+        }
+    }
+
+    /// `get` applied to the kept frames, after the run holding `loc` (if one does) is fetched.
+    fn from_run<T>(
+        &self,
+        loc: &Location,
+        mut get: impl FnMut(&mut Kept, (u32, u64)) -> Option<T>,
+    ) -> Result<Option<T>, CacheError> {
         let key = (loc.pack, loc.frame_offset);
-        if let Some(f) = self.prefetch.kept.lock().expect("kept").take(key) {
+        if let Some(f) = get(&mut self.prefetch.kept.lock().expect("kept"), key) {
             return Ok(Some(f));
         }
         let run = {
@@ -165,7 +197,7 @@ impl Cache {
         run.fetched.get_or_init(|| {
             let _ = self.fetch_run(loc.pack, &run);
         });
-        Ok(self.prefetch.kept.lock().expect("kept").take(key))
+        Ok(get(&mut self.prefetch.kept.lock().expect("kept"), key))
     }
 
     /// One ranged read of `run`, its frames kept.
@@ -200,7 +232,97 @@ impl Cache {
 
 #[cfg(test)]
 mod tests {
+    use super::super::{BlobId, LocalDir, ObjectKind, ObjectWriter, Packer, Storage};
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A local directory posing as a remote backend whose ranged reads are counted and slow
+    /// (so that threads reading at once overlap).
+    struct Remote(LocalDir, Arc<AtomicUsize>);
+
+    impl Storage for Remote {
+        fn get(&self, key: &str, max: u64) -> Result<Vec<u8>, StorageError> {
+            self.0.get(key, max)
+        }
+        fn get_range(
+            &self,
+            key: &str,
+            offset: u64,
+            len: u64,
+        ) -> Result<Box<dyn Read + Send + '_>, StorageError> {
+            self.1.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            self.0.get_range(key, offset, len)
+        }
+        fn put_if_absent(&self, key: &str, data: &[u8]) -> Result<bool, StorageError> {
+            self.0.put_if_absent(key, data)
+        }
+        fn writer(&self) -> Result<Box<dyn ObjectWriter + '_>, StorageError> {
+            self.0.writer()
+        }
+        fn sync(&self) -> Result<(), StorageError> {
+            self.0.sync()
+        }
+        fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+            self.0.list(prefix)
+        }
+        fn size(&self, key: &str) -> Result<Option<u64>, StorageError> {
+            self.0.size(key)
+        }
+        fn delete(&self, key: &str) -> Result<(), StorageError> {
+            self.0.delete(key)
+        }
+        fn describe(&self, key: &str) -> String {
+            self.0.describe(key)
+        }
+        fn remote(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn threads_reading_objects_of_one_frame_at_once_share_its_planned_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs: Vec<Vec<u8>> = (0..32u32)
+            .map(|i| (0..2000u32).map(|j| (i * 7 + j) as u8).collect())
+            .collect();
+        {
+            let cache = Cache::open_dir(dir.path()).unwrap();
+            let packer = Packer::new(&cache, 1);
+            for b in &blobs {
+                assert!(packer.claim(BlobId::of(b)));
+                packer.add(ObjectKind::Blob, BlobId::of(b), b).unwrap();
+            }
+            packer.finish().unwrap();
+        }
+        let counter = Arc::new(AtomicUsize::new(0));
+        let cache = Cache::open(Box::new(Remote(
+            LocalDir::open(dir.path()).unwrap(),
+            counter.clone(),
+        )));
+        let ids: Vec<BlobId> = blobs.iter().map(|b| BlobId::of(b)).collect();
+        let locations: Vec<Location> = ids.iter().map(|&id| cache.location(id).unwrap()).collect();
+        let frames: std::collections::HashSet<(u32, u64)> =
+            locations.iter().map(|l| (l.pack, l.frame_offset)).collect();
+        assert_eq!(frames.len(), 1, "small blobs of one batch share a frame");
+        let requests = || counter.load(Ordering::SeqCst);
+        let before = requests();
+        cache.plan_reads(&locations);
+        let barrier = std::sync::Barrier::new(8);
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let (cache, ids, blobs, barrier) = (&cache, &ids, &blobs, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    let i = t * 4;
+                    assert_eq!(cache.read_small(ids[i]).unwrap(), blobs[i]);
+                });
+            }
+        });
+        assert_eq!(requests() - before, 1, "one read of the run, none alone");
+        // Once cached, its compressed copy is let go.
+        assert!(cache.prefetch.kept.lock().unwrap().frames.is_empty());
+    }
 
     #[test]
     fn frames_are_grouped_into_bounded_runs_of_near_neighbours() {
