@@ -140,7 +140,7 @@ impl Cache {
     /// The compressed frame at `loc` if a planned run holds it, taken: fetched with its run
     /// the first time. `None`: read it alone.
     pub(super) fn prefetched(&self, loc: &Location) -> Result<Option<Vec<u8>>, CacheError> {
-        self.from_run(loc, |kept, key| kept.take(key))
+        self.with_run(loc, |kept, key| kept.take(key))
     }
 
     /// Copy the compressed frame at `loc` to `out` if a planned run holds it (see
@@ -152,7 +152,7 @@ impl Cache {
         loc: &Location,
         out: &mut Vec<u8>,
     ) -> Result<bool, CacheError> {
-        let copied = self.from_run(loc, |kept, key| {
+        let copied = self.with_run(loc, |kept, key| {
             kept.frames.get(&key).map(|f| out.extend_from_slice(f))
         })?;
         Ok(copied.is_some())
@@ -167,7 +167,7 @@ impl Cache {
     }
 
     /// `get` applied to the kept frames, after the run holding `loc` (if one does) is fetched.
-    fn from_run<T>(
+    fn with_run<T>(
         &self,
         loc: &Location,
         mut get: impl FnMut(&mut Kept, (u32, u64)) -> Option<T>,
