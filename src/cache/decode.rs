@@ -11,10 +11,11 @@
 //!   table entries) as it goes.
 //! - [`decompress_bounded`] inflates a snapshot body in a buffer that grows as output arrives
 //!   and stops at a cap ([`snapshot_cap`]).
-//! - [`decode_snapshot`] checks every string length of a snapshot against the bytes left
-//!   before bincode sees it: bincode's serde path allocates a `String`'s claimed length (zero
-//!   filled) before reading it, bounded only by its limit, which is a compile-time constant
-//!   counting decoded sizes (8 per varint), so it cannot be "the body length".
+//! - [`decode_snapshot`] and [`super::manifest`] decode snapshots with their own decoder
+//!   over a [`Source`], which checks every length against the bytes left before it
+//!   allocates: bincode's serde path allocates a `String`'s claimed length (zero filled)
+//!   before reading it, bounded only by its limit, which is a compile-time constant counting
+//!   decoded sizes (8 per varint), so it cannot be "the body length".
 //!
 //! Index files need nothing of their own: [`super::IndexFile`] holds no string, and serde
 //! preallocates a sequence for at most 1 MiB whatever its length prefix claims
@@ -117,7 +118,107 @@ pub(super) fn at(offset: usize, msg: impl std::fmt::Display) -> String {
     format!("at byte {offset}: {msg}")
 }
 
-/// A cursor over bincode 2 `config::standard()` data (docs/FORMAT.md, "Encodings").
+/// A source of bincode 2 `config::standard()` data (docs/FORMAT.md, "Encodings"): a slice
+/// ([`Input`]) or a stream ([`super::manifest::Stream`]). Every length is checked against
+/// what is left before anything is allocated.
+pub(super) trait Source {
+    /// The next `n` bytes; an error when fewer are left.
+    fn next(&mut self, n: usize, what: &str) -> Result<&[u8], String>;
+
+    /// Bytes consumed so far (where an error is).
+    fn offset(&self) -> usize;
+
+    fn byte(&mut self, what: &str) -> Result<u8, String> {
+        Ok(self.next(1, what)?[0])
+    }
+
+    /// A varint whose widest form has tag `widest` (251: u16, 252: u32, 253: u64). As bincode
+    /// does, a value in a wider form than it needs (`[251, 5, 0]` for 5) is accepted.
+    fn varint(&mut self, widest: u8, what: &str) -> Result<u64, String> {
+        let start = self.offset();
+        let tag = self.byte(what)?;
+        let width = match tag {
+            0..=250 => return Ok(u64::from(tag)),
+            251 => 2,
+            252 => 4,
+            253 => 8,
+            _ => 0,
+        };
+        if width == 0 || tag > widest {
+            return Err(at(start, format!("{what}: bad integer tag {tag}")));
+        }
+        let mut le = [0u8; 8];
+        le[..width].copy_from_slice(self.next(width, what)?);
+        Ok(u64::from_le_bytes(le))
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32, String> {
+        // At most 4 bytes of value after a tag of 252 or less.
+        Ok(self.varint(252, what)? as u32)
+    }
+
+    fn u64(&mut self, what: &str) -> Result<u64, String> {
+        self.varint(253, what)
+    }
+
+    /// An `i64`: zigzag-encoded, then a varint.
+    fn i64(&mut self, what: &str) -> Result<i64, String> {
+        let n = self.u64(what)?;
+        Ok((n >> 1) as i64 ^ -((n & 1) as i64))
+    }
+
+    /// A sequence length (bincode decodes it as a `usize`).
+    fn len(&mut self, what: &str) -> Result<usize, String> {
+        let start = self.offset();
+        let n = self.varint(253, what)?;
+        usize::try_from(n).map_err(|_| at(start, format!("{what}: {n} does not fit in usize")))
+    }
+
+    fn bool(&mut self, what: &str) -> Result<bool, String> {
+        let start = self.offset();
+        match self.byte(what)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            b => Err(at(start, format!("{what}: {b} is not a boolean"))),
+        }
+    }
+
+    fn array32(&mut self, what: &str) -> Result<[u8; 32], String> {
+        Ok(self.next(32, what)?.try_into().expect("32 bytes"))
+    }
+
+    /// A byte vector (or string), skipped: its length, then its bytes.
+    fn skip_bytes(&mut self, what: &str) -> Result<(), String> {
+        let n = self.len(what)?;
+        self.next(n, what).map(drop)
+    }
+
+    /// A string: its length, then its bytes, which must be UTF-8.
+    fn str(&mut self, what: &str) -> Result<&str, String> {
+        let n = self.len(what)?;
+        let start = self.offset();
+        std::str::from_utf8(self.next(n, what)?).map_err(|e| at(start, format!("{what}: {e}")))
+    }
+
+    /// `Option`: a byte 0 (None) or 1 then the value.
+    fn option<T>(
+        &mut self,
+        what: &str,
+        value: impl FnOnce(&mut Self) -> Result<T, String>,
+    ) -> Result<Option<T>, String>
+    where
+        Self: Sized,
+    {
+        let start = self.offset();
+        match self.byte(what)? {
+            0 => Ok(None),
+            1 => value(self).map(Some),
+            b => Err(at(start, format!("{what}: option tag {b}"))),
+        }
+    }
+}
+
+/// A cursor over a slice of bincode data.
 pub(super) struct Input<'a> {
     bytes: &'a [u8],
     pub(super) pos: usize,
@@ -145,77 +246,20 @@ impl<'a> Input<'a> {
         Ok(s)
     }
 
-    pub(super) fn byte(&mut self, what: &str) -> Result<u8, String> {
-        Ok(self.take(1, what)?[0])
-    }
-
-    /// A varint whose widest form has tag `widest` (251: u16, 252: u32, 253: u64). As bincode
-    /// does, a value in a wider form than it needs (`[251, 5, 0]` for 5) is accepted.
-    pub(super) fn varint(&mut self, widest: u8, what: &str) -> Result<u64, String> {
-        let start = self.pos;
-        let tag = self.byte(what)?;
-        let width = match tag {
-            0..=250 => return Ok(u64::from(tag)),
-            251 => 2,
-            252 => 4,
-            253 => 8,
-            _ => 0,
-        };
-        if width == 0 || tag > widest {
-            return Err(at(start, format!("{what}: bad integer tag {tag}")));
-        }
-        let mut le = [0u8; 8];
-        le[..width].copy_from_slice(self.take(width, what)?);
-        Ok(u64::from_le_bytes(le))
-    }
-
-    pub(super) fn u32(&mut self, what: &str) -> Result<u32, String> {
-        // At most 4 bytes of value after a tag of 252 or less.
-        Ok(self.varint(252, what)? as u32)
-    }
-
-    pub(super) fn u64(&mut self, what: &str) -> Result<u64, String> {
-        self.varint(253, what)
-    }
-
-    /// A sequence length (bincode decodes it as a `usize`).
-    pub(super) fn len(&mut self, what: &str) -> Result<usize, String> {
-        let start = self.pos;
-        let n = self.varint(253, what)?;
-        usize::try_from(n).map_err(|_| at(start, format!("{what}: {n} does not fit in usize")))
-    }
-
-    pub(super) fn bool(&mut self, what: &str) -> Result<bool, String> {
-        let start = self.pos;
-        match self.byte(what)? {
-            0 => Ok(false),
-            1 => Ok(true),
-            b => Err(at(start, format!("{what}: {b} is not a boolean"))),
-        }
-    }
-
-    pub(super) fn array32(&mut self, what: &str) -> Result<[u8; 32], String> {
-        Ok(self.take(32, what)?.try_into().expect("32 bytes"))
-    }
-
     /// A byte vector (or string): its length, then its bytes.
     pub(super) fn bytes(&mut self, what: &str) -> Result<&'a [u8], String> {
         let n = self.len(what)?;
         self.take(n, what)
     }
+}
 
-    /// `Option`: a byte 0 (None) or 1 then the value.
-    pub(super) fn option<T>(
-        &mut self,
-        what: &str,
-        value: impl FnOnce(&mut Self) -> Result<T, String>,
-    ) -> Result<Option<T>, String> {
-        let start = self.pos;
-        match self.byte(what)? {
-            0 => Ok(None),
-            1 => value(self).map(Some),
-            b => Err(at(start, format!("{what}: option tag {b}"))),
-        }
+impl Source for Input<'_> {
+    fn next(&mut self, n: usize, what: &str) -> Result<&[u8], String> {
+        self.take(n, what)
+    }
+
+    fn offset(&self) -> usize {
+        self.pos
     }
 }
 
@@ -369,58 +413,44 @@ fn decode_tree(bytes: &[u8], v2: bool) -> Result<Node, String> {
     }
 }
 
-/// Check that every string of an encoded [`Snapshot`] fits in the bytes after its length, so
-/// that bincode, which allocates a string's claimed length before reading it, allocates no
-/// more than the input holds. Walks the layout of docs/FORMAT.md ("Snapshots") without
-/// allocating; anything it rejects bincode would reject too. Trailing bytes are left to
-/// bincode.
-fn check_snapshot_strings(raw: &[u8]) -> Result<(), String> {
-    let mut i = Input::new(raw);
-    i.u32("flavor")?;
-    i.bytes("store directory")?;
-    i.u64("creation time")?;
-    i.bytes("tool")?;
-    check_manifest(&mut i, &mut |_| {})
-}
-
 /// The roots, paths and derivation outputs, as v1 bodies end and v2 manifests are.
-fn check_manifest(i: &mut Input<'_>, tree: &mut dyn FnMut(&[u8])) -> Result<(), String> {
+pub(super) fn check_manifest<S: Source>(
+    i: &mut S,
+    tree: &mut dyn FnMut(&[u8]),
+) -> Result<(), String> {
     for _ in 0..i.len("root count")? {
-        i.bytes("root")?;
+        i.skip_bytes("root")?;
     }
     // Every round consumes at least one byte or fails, so no count can make a loop long.
     for _ in 0..i.len("path count")? {
-        i.bytes("store path")?;
-        i.take(32, "NAR hash")?;
+        i.skip_bytes("store path")?;
+        i.next(32, "NAR hash")?;
         i.u64("NAR size")?;
         i.u64("registration time")?;
-        i.option("deriver", |i| i.bytes("deriver").map(drop))?;
+        i.option("deriver", |i| i.skip_bytes("deriver"))?;
         for _ in 0..i.len("reference count")? {
-            i.bytes("reference")?;
+            i.skip_bytes("reference")?;
         }
         i.option("ultimate", |i| i.u64("ultimate").map(drop))?;
-        i.option("sigs", |i| i.bytes("sigs").map(drop))?;
-        i.option("ca", |i| i.bytes("ca").map(drop))?;
-        tree(i.take(32, "tree id")?);
+        i.option("sigs", |i| i.skip_bytes("sigs"))?;
+        i.option("ca", |i| i.skip_bytes("ca"))?;
+        tree(i.next(32, "tree id")?);
     }
     for _ in 0..i.len("derivation output count")? {
-        i.bytes("derivation")?;
-        i.bytes("output name")?;
-        i.bytes("output path")?;
+        i.skip_bytes("derivation")?;
+        i.skip_bytes("output name")?;
+        i.skip_bytes("output path")?;
     }
     Ok(())
 }
 
-/// Decode a decompressed v1 snapshot body (not yet [`Snapshot::validate`]d). Allocates no
-/// more than a small multiple of `raw.len()`: the types are flat (no recursion in serde),
-/// strings are checked by [`check_snapshot_strings`] first, and sequences are preallocated
-/// for at most 1 MiB each (see the module documentation).
+/// Decode a decompressed v1 snapshot body (not yet [`Snapshot::validate`]d), with
+/// [`super::manifest::decode_v1`]: memory bounded by a small multiple of `raw.len()`.
 ///
 /// # Errors
 /// A message for malformed data.
 pub fn decode_snapshot(raw: &[u8]) -> Result<Snapshot, String> {
-    check_snapshot_strings(raw)?;
-    super::format::decode_snapshot_v1(raw)
+    super::manifest::decode_v1(raw)
 }
 
 /// Decode the head of a v2 snapshot, its strings checked against the bytes left first.
@@ -437,18 +467,7 @@ pub fn decode_head_v2(raw: &[u8]) -> Result<super::format::SnapshotHead, String>
     super::format::decode_head_v2(raw)
 }
 
-/// Decode the decompressed manifest of a v2 snapshot under its head, strings checked first.
-///
-/// # Errors
-/// A message for malformed data, or a manifest that is not the one the head names.
-pub fn decode_manifest_v2(
-    head: super::format::SnapshotHead,
-    raw: Vec<u8>,
-) -> Result<Snapshot, String> {
-    check_manifest(&mut Input::new(&raw), &mut |_| {})?;
-    super::format::decode_manifest_v2(head, raw)
-}
-
+#[cfg(test)]
 /// The tree ids of the decompressed manifest of a v2 snapshot under its head, in path order,
 /// read without decoding anything else (no string is allocated): what a collection needs of
 /// a snapshot. The manifest must be the one the head names, hold the paths the head counts
@@ -1321,7 +1340,7 @@ mod tests {
                 head.manifest = crate::cache::format::manifest_id(&raw);
             }
             let trees = manifest_trees_v2(&head, &raw);
-            match decode_manifest_v2(head.clone(), raw.clone()) {
+            match super::super::manifest::decode_v2(head.clone(), &raw) {
                 Ok(s) => prop_assert_eq!(
                     trees.unwrap(),
                     s.paths.iter().map(|p| p.tree).collect::<Vec<_>>()
@@ -1335,11 +1354,121 @@ mod tests {
             prop_assert!(manifest_trees_v2(&other, &raw).is_err());
         }
 
+        // The v2 manifest decoded as it is decompressed agrees with decompressing it whole
+        // and decoding it with bincode (the reader before it), on mutated manifests under a
+        // head that names them, and the tree ids read alone from the stream with those read
+        // from the whole manifest.
+        #[test]
+        fn streamed_manifests_decode_as_whole_ones(
+            snap in arb_snapshot(),
+            ms in proptest::collection::vec(arb_mutation(), 0..4),
+        ) {
+            use super::super::manifest::{decode_v2_frame, trees_v2_frame};
+            let snap = Snapshot { version: 2, ..snap };
+            let (mut head, mut raw) = v2_manifest(&snap);
+            if !ms.is_empty() {
+                mutate(&mut raw, &ms);
+                head.manifest = crate::cache::format::manifest_id(&raw);
+            }
+            let frame = zstd::bulk::compress(&raw, 3).unwrap();
+            let cap = snapshot_cap(frame.len());
+            let old = crate::cache::format::decode_manifest_v2(head.clone(), raw.clone());
+            let new = decode_v2_frame(head.clone(), &frame, cap);
+            prop_assert_eq!(new.as_ref().ok(), old.as_ref().ok(), "{:?} {:?}", new.as_ref().err(), old.as_ref().err());
+            prop_assert_eq!(
+                trees_v2_frame(&head, &frame, cap).ok(),
+                manifest_trees_v2(&head, &raw).ok()
+            );
+            if ms.is_empty() {
+                prop_assert_eq!(new.unwrap(), snap);
+            }
+        }
+
+        // A frame that is damaged (not the manifest under it) fails as whole decompression
+        // fails, and a manifest the head does not name is reported as such.
+        #[test]
+        fn damaged_manifest_frames_are_refused(
+            snap in arb_snapshot(),
+            ms in proptest::collection::vec(arb_mutation(), 1..4),
+        ) {
+            use super::super::manifest::{decode_v2_frame, trees_v2_frame};
+            let snap = Snapshot { version: 2, ..snap };
+            let (head, raw) = v2_manifest(&snap);
+            let mut frame = zstd::bulk::compress(&raw, 3).unwrap();
+            mutate(&mut frame, &ms);
+            let cap = snapshot_cap(frame.len());
+            let whole = decompress_bounded(&frame, cap);
+            let new = decode_v2_frame(head.clone(), &frame, cap);
+            match &whole {
+                Ok(w) if *w == raw => prop_assert_eq!(new.unwrap(), snap),
+                Ok(_) => prop_assert_eq!(
+                    new.unwrap_err(),
+                    "manifest does not match the head's digest"
+                ),
+                Err(_) => prop_assert!(new.is_err()),
+            }
+            prop_assert_eq!(
+                trees_v2_frame(&head, &frame, cap).is_ok(),
+                whole.is_ok_and(|w| w == raw)
+            );
+        }
+
         #[test]
         fn snapshot_decoder_takes_any_bytes(raw in arb_bytes(400)) {
             let old = crate::cache::format::decode_snapshot_v1(&raw);
             prop_assert_eq!(decode_snapshot(&raw).ok(), old.ok());
         }
+    }
+
+    /// The head and decompressed manifest of `snap` written as a v2 file.
+    fn v2_manifest(snap: &Snapshot) -> (crate::cache::format::SnapshotHead, Vec<u8>) {
+        let (_, _, bytes) = crate::cache::format::encode_snapshot_v2(snap, 3);
+        let (_, _, body) =
+            crate::cache::format::unseal(crate::cache::format::SNAPSHOT_MAGIC, &bytes, "t")
+                .unwrap();
+        let (head, frame) = crate::cache::format::split_v2(body).unwrap();
+        (
+            decode_head_v2(head).unwrap(),
+            zstd::decode_all(frame).unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_streamed_string_claiming_more_than_arrives_costs_only_what_arrives() {
+        use super::super::manifest::decode_v2_frame;
+        let snap = Snapshot {
+            version: 2,
+            key: String::new(),
+            flavor: crate::store::layout::Flavor::Guix,
+            store_dir: "/gnu/store".into(),
+            created: 1,
+            tool: "t".into(),
+            indexes: Vec::new(),
+            parent: None,
+            roots: Vec::new(),
+            paths: Vec::new(),
+            derivation_outputs: Vec::new(),
+        };
+        let (mut head, _) = v2_manifest(&snap);
+        // One root whose name claims 60 MiB (within the 64 MiB a small frame may inflate to),
+        // then 100 bytes: refused at the end of the input, having held 100 bytes.
+        let mut raw = vec![1, 253];
+        raw.extend_from_slice(&(60u64 << 20).to_le_bytes());
+        raw.extend_from_slice(&[b'a'; 100]);
+        head.manifest = crate::cache::format::manifest_id(&raw);
+        let frame = zstd::bulk::compress(&raw, 3).unwrap();
+        let err = decode_v2_frame(head.clone(), &frame, snapshot_cap(frame.len())).unwrap_err();
+        assert_eq!(err, "at byte 10: root: 62914560 bytes needed, 100 left");
+        // Beyond the cap: refused before reading.
+        let mut raw = vec![1, 253];
+        raw.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        head.manifest = crate::cache::format::manifest_id(&raw);
+        let frame = zstd::bulk::compress(&raw, 3).unwrap();
+        let err = decode_v2_frame(head, &frame, snapshot_cap(frame.len())).unwrap_err();
+        assert_eq!(
+            err,
+            "at byte 10: root: 1099511627776 bytes needed, at most 67108854 left"
+        );
     }
 
     /// Snapshot content whose store directory claims `len` bytes.

@@ -9,12 +9,16 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::id::{IndexId, SnapshotId, TreeId};
+#[cfg(test)]
+use super::id::TreeId;
+use super::id::{IndexId, SnapshotId};
 use super::snapshot::{Snapshot, SnapshotPath};
 use super::CacheError;
 use crate::store::layout::Flavor;
 use crate::store::path::StorePath;
-use crate::store::path_info::{DerivationOutput, NarHash, PathInfo};
+use crate::store::path_info::DerivationOutput;
+#[cfg(test)]
+use crate::store::path_info::{NarHash, PathInfo};
 
 /// Version of the cache format this tool writes; written in every file header.
 pub const FORMAT_VERSION: u32 = 2;
@@ -105,6 +109,7 @@ pub(crate) fn unseal<'a>(
     Ok((computed, version, &content[HEADER_LEN..]))
 }
 
+#[cfg(test)]
 /// Snapshot body, format version 1.
 #[derive(Serialize, Deserialize)]
 struct SnapshotV1 {
@@ -123,12 +128,14 @@ enum FlavorV1 {
     Nix,
 }
 
+#[cfg(test)]
 #[derive(Serialize, Deserialize)]
 struct SnapshotPathV1 {
     info: PathInfoV1,
     tree: [u8; 32],
 }
 
+#[cfg(test)]
 #[derive(Serialize, Deserialize)]
 struct PathInfoV1 {
     path: String,
@@ -142,6 +149,7 @@ struct PathInfoV1 {
     ca: Option<String>,
 }
 
+#[cfg(test)]
 #[derive(Serialize, Deserialize)]
 struct DerivationOutputV1 {
     drv: String,
@@ -270,10 +278,12 @@ fn manifest_id_of(s: &Snapshot) -> [u8; 32] {
     *h.0.finalize().as_bytes()
 }
 
+#[cfg(test)]
 fn store_path(s: String) -> Result<StorePath, String> {
     StorePath::from_string(s).map_err(|e| e.to_string())
 }
 
+#[cfg(test)]
 fn store_paths(v: Vec<String>) -> Result<Vec<StorePath>, String> {
     v.into_iter().map(store_path).collect()
 }
@@ -325,9 +335,11 @@ fn paths_to_wire(s: &Snapshot) -> (Vec<String>, Vec<SnapshotPathV1>, Vec<Derivat
     (roots, paths, outputs)
 }
 
+#[cfg(test)]
 /// The store paths, rows and trees of a snapshot, as both versions carry them.
 type Manifest = (Vec<StorePath>, Vec<SnapshotPath>, Vec<DerivationOutput>);
 
+#[cfg(test)]
 fn paths_from_wire(
     roots: Vec<String>,
     wire_paths: Vec<SnapshotPathV1>,
@@ -383,6 +395,7 @@ pub(crate) fn encode_snapshot_v1(s: &Snapshot) -> Vec<u8> {
     })
 }
 
+#[cfg(test)]
 /// Decode a snapshot body of format v1 (after decompression). Store path names are validated
 /// here; the snapshot's consistency by [`Snapshot::validate`].
 ///
@@ -422,6 +435,7 @@ struct SnapshotHeadV2 {
     parent: Option<[u8; 32]>,
 }
 
+#[cfg(test)]
 /// The manifest of a v2 snapshot: the paths, their rows and trees.
 #[derive(Serialize, Deserialize)]
 struct ManifestV2 {
@@ -504,10 +518,16 @@ impl SnapshotHead {
     }
 }
 
+#[cfg(test)]
 pub(crate) fn manifest_id(raw: &[u8]) -> [u8; 32] {
-    let mut h = blake3::Hasher::new_derive_key(MANIFEST_CONTEXT);
+    let mut h = manifest_hasher();
     h.update(raw);
     *h.finalize().as_bytes()
+}
+
+/// The hasher of a manifest's digest ([`manifest_id`]), for a reader that hashes as it goes.
+pub(crate) fn manifest_hasher() -> blake3::Hasher {
+    blake3::Hasher::new_derive_key(MANIFEST_CONTEXT)
 }
 
 /// Append to `out` one zstd frame (declaring its size) of the bincode of `s`'s manifest,
@@ -626,6 +646,7 @@ pub(crate) fn decode_head_v2(raw: &[u8]) -> Result<SnapshotHead, String> {
     })
 }
 
+#[cfg(test)]
 /// Decode a v2 manifest (decompressed; strings checked by the caller) under its head.
 pub(crate) fn decode_manifest_v2(head: SnapshotHead, raw: Vec<u8>) -> Result<Snapshot, String> {
     if manifest_id(&raw) != head.manifest {

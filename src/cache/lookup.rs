@@ -5,7 +5,8 @@
 
 use super::format::{self, unseal, SnapshotHead, MAX_SNAPSHOT_FILE, SNAPSHOT_MAGIC};
 use super::{
-    decode, Cache, CacheError, Snapshot, SnapshotId, SnapshotRef, StorageError, FUTURE_MARGIN_NANOS,
+    decode, manifest, Cache, CacheError, Snapshot, SnapshotId, SnapshotRef, StorageError,
+    FUTURE_MARGIN_NANOS,
 };
 
 impl Cache {
@@ -125,9 +126,12 @@ impl Cache {
     /// [`CacheError`] naming the snapshot file.
     pub fn read_snapshot_trees(&self, r: &SnapshotRef) -> Result<Vec<super::TreeId>, CacheError> {
         match self.snapshot_manifest(r)? {
-            Manifest::V2(head, raw) => decode::manifest_trees_v2(&head, &raw).map_err(|e| {
-                CacheError::Corrupt(format!("{}: {e}", self.storage.describe(&r.key)))
-            }),
+            Manifest::V2 { head, file, frame } => {
+                let frame = &file[frame];
+                manifest::trees_v2_frame(&head, frame, decode::snapshot_cap(frame.len())).map_err(
+                    |e| CacheError::Corrupt(format!("{}: {e}", self.storage.describe(&r.key))),
+                )
+            }
             v1 => Ok(self
                 .decode_snapshot(r, v1)?
                 .paths
@@ -143,14 +147,18 @@ impl Cache {
             |e: String| CacheError::Corrupt(format!("{}: {e}", self.storage.describe(&r.key)));
         let snap = match manifest {
             Manifest::V1(raw) => decode::decode_snapshot(&raw).map_err(corrupt)?,
-            Manifest::V2(head, raw) => decode::decode_manifest_v2(head, raw).map_err(corrupt)?,
+            Manifest::V2 { head, file, frame } => {
+                let frame = &file[frame];
+                manifest::decode_v2_frame(*head, frame, decode::snapshot_cap(frame.len()))
+                    .map_err(corrupt)?
+            }
         };
         snap.validate().map_err(corrupt)?;
         Ok(snap)
     }
 
-    /// The snapshot file `r` read, its name checked against its contents, and its manifest
-    /// decompressed (the file's bytes let go before it is decoded).
+    /// The snapshot file `r` read, its name checked against its contents; a v1 body
+    /// decompressed (the file's bytes let go before it is decoded), a v2 file kept whole.
     fn snapshot_manifest(&self, r: &SnapshotRef) -> Result<Manifest, CacheError> {
         let what = self.storage.describe(&r.key);
         let corrupt = |e: String| CacheError::Corrupt(format!("{what}: {e}"));
@@ -175,9 +183,13 @@ impl Cache {
             if head.id(&sum) != r.id {
                 return Err(corrupt("name does not match its contents' id".into()));
             }
-            let raw = decode::decompress_bounded(frame, decode::snapshot_cap(frame.len()))
-                .map_err(corrupt)?;
-            Ok(Manifest::V2(head, raw))
+            let start = frame.as_ptr() as usize - bytes.as_ptr() as usize;
+            let frame = start..start + frame.len();
+            Ok(Manifest::V2 {
+                head: Box::new(head),
+                file: bytes,
+                frame,
+            })
         }
     }
 
@@ -418,11 +430,16 @@ pub struct KeyMatch {
     pub passed_over: Vec<String>,
 }
 
-/// A snapshot file's decompressed manifest, checked against the file's name: a v1 body, or a
-/// v2 head and manifest.
+/// A snapshot file's manifest, checked against the file's name: a v1 body (decompressed), or
+/// a v2 head and the file holding the manifest's zstd frame at `frame` (decoded as it is
+/// decompressed, see [`manifest`]).
 enum Manifest {
     V1(Vec<u8>),
-    V2(format::SnapshotHead, Vec<u8>),
+    V2 {
+        head: Box<format::SnapshotHead>,
+        file: Vec<u8>,
+        frame: std::ops::Range<usize>,
+    },
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub mod id;
 pub mod index;
 pub mod location;
 mod lookup;
+mod manifest;
 mod packer;
 mod prefetch;
 pub mod rewrite;

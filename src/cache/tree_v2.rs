@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use super::decode::{at, Input, PREALLOC_ENTRIES};
+use super::decode::{at, Input, Source, PREALLOC_ENTRIES};
 use super::rewrite::Rewrite;
 use super::tree::Node;
 
