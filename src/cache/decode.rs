@@ -1380,7 +1380,20 @@ mod tests {
                 manifest_trees_v2(&head, &raw).ok()
             );
             if ms.is_empty() {
-                prop_assert_eq!(new.unwrap(), snap);
+                let new = new.unwrap();
+                // A reference to a path before it (or itself) shares that path's string.
+                for (i, p) in new.paths.iter().enumerate() {
+                    for r in &p.info.references {
+                        let named = new.paths[..=i].iter().find(|q| q.info.path == *r);
+                        if let Some(q) = named {
+                            prop_assert!(std::ptr::eq(
+                                q.info.path.base_name().as_ptr(),
+                                r.base_name().as_ptr()
+                            ));
+                        }
+                    }
+                }
+                prop_assert_eq!(new, snap);
             }
         }
 

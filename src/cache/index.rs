@@ -114,7 +114,12 @@ impl Objects {
         for _ in 0..count {
             match bincode::serde::decode_from_slice::<(ObjectId, Location), _>(&body[at..], cfg) {
                 Ok((e, n)) => {
-                    self.table.push(e);
+                    // An id the table holds keeps its location (as in `merge_pushed`): not
+                    // pushed, so that the table's tail holds new objects only (a file
+                    // listing every object of a cache would touch twice the table's pages).
+                    if self.position(&e.0).is_none() {
+                        self.table.push(e);
+                    }
                     at += n;
                 }
                 Err(e) => {

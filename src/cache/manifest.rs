@@ -3,7 +3,8 @@
 //! [`super::format`], about 35 MB at 100,000 paths besides the result), and, for a v2 file,
 //! no decompressed manifest either (25 MB at 100,000 paths): the manifest is decoded as it
 //! leaves the zstd decoder ([`Stream`]), its digest computed on the way and checked before
-//! the snapshot is handed out.
+//! the snapshot is handed out. A reference shares the string of the path it names (decoded
+//! before it), as a DB read's references do: 17 MB less at 100,000 paths of 2.6 references.
 //!
 //! It accepts exactly what bincode's serde decoding followed by the conversion of the wire
 //! structs accepted (the tests of `decode` compare both on round-tripped, mutated and random
@@ -11,6 +12,7 @@
 //! before anything is allocated, a string grows with the bytes that arrive, and sequences are
 //! reserved for no more entries than the input can hold.
 
+use std::collections::HashMap;
 use std::io::Read;
 
 use super::decode::{at, Input, Source};
@@ -160,6 +162,13 @@ fn store_path<S: Source>(s: &mut S, what: &str) -> Result<StorePath, String> {
     StorePath::from_base_name(s.str(what)?).map_err(|e| e.to_string())
 }
 
+/// The first 8 bytes of a base name (random characters of its hash part), as a map key.
+fn prefix(name: &str) -> u64 {
+    name.as_bytes()
+        .get(..8)
+        .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+}
+
 /// A `Vec` for `count` entries of at least `min_bytes` each, reserved for no more than the
 /// bytes left can hold (`None`: unknown, then at most [`PREALLOC_ROWS`]).
 fn reserve<T>(count: usize, left: Option<usize>, min_bytes: usize) -> Vec<T> {
@@ -184,18 +193,31 @@ fn read_paths<S: Source>(
         roots.push(store_path(s, "root")?);
     }
     let n = s.len("path count")?;
-    let mut paths = reserve(n.min(max_paths), left, MIN_PATH_BYTES);
+    let mut paths: Vec<SnapshotPath> = reserve(n.min(max_paths), left, MIN_PATH_BYTES);
+    // Position of each path decoded so far, by the first 8 characters of its hash part.
+    let mut known: HashMap<u64, usize> = HashMap::with_capacity(paths.capacity());
     for _ in 0..n {
         let path = store_path(s, "store path")?;
         let nar_hash = NarHash(s.array32("NAR hash")?);
         let nar_size = s.u64("NAR size")?;
         let registration_time = s.i64("registration time")?;
         let deriver = s.option("deriver", |s| s.str("deriver").map(str::to_owned))?;
+        known.entry(prefix(path.base_name())).or_insert(paths.len());
         let k = s.len("reference count")?;
         // Each reference takes at least a byte; past a few, the vector grows as they come.
         let mut references = Vec::with_capacity(k.min(16));
         for _ in 0..k {
-            references.push(store_path(s, "reference")?);
+            let r = s.str("reference")?;
+            // The string of the path it names when decoded already (a reference names a
+            // path before it, or itself): one string per path, not one per reference.
+            let named = known.get(&prefix(r)).map(|&i| match paths.get(i) {
+                Some(p) => &p.info.path,
+                None => &path,
+            });
+            references.push(match named.filter(|p| p.base_name() == r) {
+                Some(p) => p.clone(),
+                None => StorePath::from_base_name(r).map_err(|e| e.to_string())?,
+            });
         }
         let ultimate = s.option("ultimate", |s| s.i64("ultimate"))?;
         let sigs = s.option("sigs", |s| s.str("sigs").map(str::to_owned))?;
