@@ -416,3 +416,56 @@ fn save_prune_keeps_a_cache_within_its_budget_and_gc_killed_anywhere_leaves_it_w
     assert!(out.status.success());
     assert_eq!(w.cache().list_snapshots().unwrap().len(), 1);
 }
+
+#[test]
+fn kept_snapshots_name_the_new_index_and_a_second_collection_rewrites_none() {
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    sample::build(&src, 1).unwrap();
+    save(&w, "k");
+    for g in 4..6 {
+        let p = format!("{}-p{g}", hash_part(g));
+        util::add_files_path(&src, &p, &[("f", &noise(g, 50_000), false)], &[]);
+        save(&w, "k");
+    }
+    let heads = || {
+        let cache = w.cache();
+        let mut v: Vec<(String, Vec<String>)> = cache
+            .list_snapshots()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let h = cache.read_head(r).unwrap();
+                (r.key.clone(), h.indexes.iter().map(|i| i.hex()).collect())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    // A save on top of another names its base's index files and its own.
+    assert!(heads().iter().any(|(_, i)| i.len() > 1));
+    let policy = GcPolicy {
+        keep_last: Some(10),
+        ..GcPolicy::default()
+    };
+    let report = gc(&w.cache(), &policy, &NoProgress).unwrap();
+    let index = report.index.clone().unwrap();
+    let after = heads();
+    assert_eq!(after.len(), 3);
+    assert!(
+        after.iter().all(|(_, i)| *i == [index.clone()]),
+        "{after:?}"
+    );
+    // Nothing to change: the same files, none rewritten, and every one restores.
+    let listing = util::tree_listing(&w.cache_dir().join("snapshots"));
+    let report = gc(&w.cache(), &policy, &NoProgress).unwrap();
+    assert_eq!(report.index, Some(index));
+    assert_eq!(heads(), after);
+    assert_eq!(
+        util::tree_listing(&w.cache_dir().join("snapshots")),
+        listing
+    );
+    for (n, r) in w.cache().list_snapshots().unwrap().iter().enumerate() {
+        restores(&w, &r.id.hex(), &format!("dst{n}"));
+    }
+}

@@ -155,14 +155,16 @@ pub(super) fn publish_and_delete(
     // Kept v2 snapshots name only the new index; old files go once the new ones exist.
     // Oldest first: where a lookup takes the newest written entry of a key (the GitHub
     // Actions cache), the newest snapshot of each key must be written last.
-    for ((r, _), kept) in heads.iter().zip(&keep).rev() {
-        if !*kept {
+    let want: Vec<IndexId> = new_index.into_iter().collect();
+    for ((r, head), kept) in heads.iter().zip(&keep).rev() {
+        // A v1 file names no index; a v2 file whose head (read from the file that marking
+        // checked whole) names the new index already is left as it is, not decoded.
+        if !*kept || head.version < 2 || head.indexes == want {
             continue;
         }
         let mut snap = cache.read_snapshot_ref(r)?;
-        let want: Vec<IndexId> = new_index.into_iter().collect();
         if snap.version >= 2 && snap.indexes != want {
-            snap.indexes = want;
+            snap.indexes = want.clone();
             let written = cache.write_snapshot_file(&snap)?;
             if written != r.key {
                 cache.storage().delete(&r.key)?;
