@@ -313,6 +313,35 @@ mod tests {
     }
 
     #[test]
+    fn ids_sharing_their_first_bytes_are_told_apart() {
+        // Ids equal in their first 8 bytes (the bisected key), or 2 (the fan-out), and not.
+        let id = |head: u8, tail: u8| {
+            let mut b = [head; 32];
+            b[8..].fill(tail);
+            ObjectId(b)
+        };
+        let mut ids = vec![id(5, 1), id(5, 3), id(5, 9), id(6, 0), id(0, 7)];
+        let mut other = id(5, 1);
+        other.0[2] = 0;
+        ids.push(other);
+        let p = PackId([1; 32]);
+        let mut o = Objects::default();
+        for (n, chunk) in ids.chunks(2).enumerate() {
+            let f = IndexFile {
+                packs: vec![p],
+                entries: chunk.iter().map(|&i| (i, loc(0, i.0[9].into()))).collect(),
+            };
+            o.add(IndexId([n as u8; 32]), f, &mut |_| true);
+        }
+        for i in &ids {
+            assert_eq!(o.get(i), Some(loc(0, i.0[9].into())), "{i:?}");
+        }
+        for absent in [id(5, 2), id(5, 10), id(5, 0), id(6, 1), id(7, 7), id(0, 0)] {
+            assert_eq!(o.get(&absent), None, "{absent:?}");
+        }
+    }
+
+    #[test]
     fn the_earliest_merged_location_wins_and_missing_packs_drop_their_objects() {
         let (p1, p2, gone) = (PackId([1; 32]), PackId([2; 32]), PackId([3; 32]));
         let a = ObjectId([0xa; 32]);
