@@ -498,6 +498,46 @@ mod tests {
     /// names the cache file and the cause, and never suggests --skip-corrupt, which must not
     /// turn a full disk into a snapshot without the paths that did not fit.
     #[test]
+    fn a_save_is_unchanged_only_when_key_rows_trees_and_outputs_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(Flavor::Guix, &dir.path().join("src"), None, None).unwrap();
+        crate::sample::build(&layout, 1).unwrap();
+        let cache = Cache::open_dir(&dir.path().join("cache")).unwrap();
+        let saved = |key: &str| {
+            let opts = SaveOptions {
+                gc_roots: false,
+                key: key.into(),
+                roots: vec![],
+                skip_corrupt: false,
+                level: 3,
+                verify_source: false,
+            };
+            let cache = Cache::open_dir(&dir.path().join("cache")).unwrap();
+            let r = save(&layout, &cache, &opts, &NoProgress).unwrap();
+            (r.unchanged, r.snapshot)
+        };
+        let (unchanged, first) = saved("k");
+        assert!(!unchanged);
+        assert_eq!(saved("k"), (true, first.clone()));
+        // Another key: a snapshot of its own (its base is the newest of the store).
+        let (unchanged, other) = saved("other");
+        assert!(!unchanged && other != first);
+        // A row that differs in one column only (the registration time) is a change.
+        let db = rusqlite::Connection::open(layout.db_file()).unwrap();
+        db.execute(
+            "UPDATE ValidPaths SET registrationTime = registrationTime + 1 \
+             WHERE id = (SELECT MIN(id) FROM ValidPaths)",
+            [],
+        )
+        .unwrap();
+        drop(db);
+        let (unchanged, third) = saved("k");
+        assert!(!unchanged && third != first && third != other);
+        assert_eq!(saved("k"), (true, third));
+        assert_eq!(cache.snapshot_ids().unwrap().len(), 3);
+    }
+
+    #[test]
     fn a_cache_write_error_aborts_the_save_and_is_not_called_corruption() {
         let dir = tempfile::tempdir().unwrap();
         let layout = Layout::new(Flavor::Guix, &dir.path().join("src"), None, None).unwrap();
