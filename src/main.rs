@@ -9,12 +9,6 @@ use clap::Parser;
 
 /// glibc's allocator returns large buffers to the kernel on every free; with worker threads
 /// that means page faults and TLB shootdowns for each file's buffers. mimalloc keeps them.
-/// Version 2 of mimalloc (Cargo feature `v2`), not 3: 3 returns freed pages after 1 s, 2
-/// after 10 ms, so a command that builds and drops large structures in turn (a save's DB
-/// rows, base snapshot and trees, then its walk) does not hold them all at once. At 100,000
-/// paths and 20 snapshots: a save of 3% new paths 225-235 -> 183-187 MB peak RSS, verify
-/// 173-179 -> 148-156 MB (+0.5 s of system time), the e2e bench unchanged. (Setting
-/// mimalloc 3's purge delay from `main` changed nothing measurable: it is read at start.)
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
