@@ -50,15 +50,22 @@ pub(super) struct FrameCache {
     order: VecDeque<(u32, u64)>,
     bytes: usize,
     spare: Vec<Vec<u8>>,
+    /// Bytes of frames kept (more while readers hold evicted ones).
+    budget: usize,
 }
 
 impl FrameCache {
     pub(super) fn new() -> Self {
+        Self::with_budget(FRAME_CACHE_BYTES)
+    }
+
+    fn with_budget(budget: usize) -> Self {
         FrameCache {
             frames: HashMap::new(),
             order: VecDeque::new(),
             bytes: 0,
             spare: Vec::new(),
+            budget,
         }
     }
 }
@@ -67,7 +74,15 @@ impl Cache {
     /// Let go of every decompressed frame kept for reuse (a command done reading objects,
     /// before it builds something large).
     pub fn drop_frames(&self) {
-        *self.frames.lock().expect("frame cache") = FrameCache::new();
+        let mut fc = self.frames.lock().expect("frame cache");
+        *fc = FrameCache::with_budget(fc.budget);
+    }
+
+    /// Keep at most `bytes` of decompressed frames from now on (the default suits reading
+    /// many paths' objects in any order): a command that reads frames once each, in pack
+    /// order, needs only a few. Frames kept now go.
+    pub fn limit_frames(&self, bytes: usize) {
+        *self.frames.lock().expect("frame cache") = FrameCache::with_budget(bytes);
     }
 
     fn frame(&self, loc: &Location) -> Result<Arc<Vec<u8>>, CacheError> {
@@ -130,7 +145,7 @@ impl Cache {
             // Counted by what the frame holds, not by its length: a reused buffer can be
             // larger than its frame.
             fc.bytes += data.capacity();
-            while fc.bytes > FRAME_CACHE_BYTES {
+            while fc.bytes > fc.budget {
                 let Some(old) = fc.order.pop_front() else {
                     break;
                 };

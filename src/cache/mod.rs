@@ -537,6 +537,39 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_limited_frame_cache_keeps_fewer_frames_and_keeps_its_limit_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open_dir(dir.path()).unwrap();
+        let packer = Packer::new(&cache, 1);
+        let mut ids = Vec::new();
+        for i in 0..300u32 {
+            let mut v = vec![7u8; 10_000];
+            v[..4].copy_from_slice(&i.to_le_bytes());
+            packer.add(ObjectKind::Blob, BlobId::of(&v), &v).unwrap();
+            ids.push(BlobId::of(&v));
+        }
+        packer.finish().unwrap();
+        let cache = Cache::open_dir(dir.path()).unwrap();
+        let pass = || {
+            let before = cache.frames_decompressed();
+            for id in &ids {
+                assert_eq!(BlobId::of(&cache.read_small(*id).unwrap()), *id);
+            }
+            cache.frames_decompressed() - before
+        };
+        // 3 MB of objects: three frames, all kept by the default budget.
+        assert_eq!(pass(), 3);
+        assert_eq!(pass(), 0);
+        // Room for one frame: a second pass in the same order decompresses them again.
+        cache.limit_frames(3 << 19);
+        assert_eq!(pass(), 3);
+        assert_eq!(pass(), 3);
+        cache.drop_frames();
+        assert_eq!(pass(), 3);
+        assert_eq!(pass(), 3, "drop_frames restored the default budget");
+    }
+
     /// A local directory whose new objects cannot be written (as on a full disk).
     struct Unwritable(LocalDir);
 
