@@ -48,8 +48,21 @@ fn broken(why: &str) -> CacheError {
 
 #[derive(Default)]
 struct FrameBuilder {
-    buf: Vec<u8>,
+    /// Borrowed from the thread's spares (a path's frames): a buffer grown afresh for each
+    /// path is pages faulted in, and copied at each doubling, for every path.
+    buf: crate::scratch::Scratch,
     entries: Vec<(ObjectId, ObjectKind, u64, u64)>,
+}
+
+impl FrameBuilder {
+    /// The buffer, with room for a whole frame (borrowed when first needed).
+    fn buf(&mut self) -> &mut Vec<u8> {
+        if self.buf.capacity() == 0 {
+            self.buf =
+                crate::scratch::Scratch::with_capacity(crate::cache::MAX_BATCH_FRAME as usize);
+        }
+        &mut self.buf
+    }
 }
 
 /// The small objects of one store path, gathered into frames of their own while the path is
@@ -150,7 +163,7 @@ impl<'c> Packer<'c> {
         let b = &mut frames.0;
         b.entries
             .push((id, kind, b.buf.len() as u64, data.len() as u64));
-        b.buf.extend_from_slice(data);
+        b.buf().extend_from_slice(data);
         if b.buf.len() as u64 >= FRAME_TARGET {
             self.flush_builder(b)?;
         }
@@ -174,7 +187,7 @@ impl<'c> Packer<'c> {
             r = self.flush_builder(&mut b);
         }
         let base = b.buf.len() as u64;
-        b.buf.extend_from_slice(&tail.buf);
+        b.buf().extend_from_slice(&tail.buf);
         b.entries.extend(
             tail.entries
                 .into_iter()
@@ -199,9 +212,14 @@ impl<'c> Packer<'c> {
     ) -> Result<(), CacheError> {
         let id = id.into();
         if data.len() as u64 >= SOLO_THRESHOLD {
-            let compressed = compress_chunked(data, self.level)
-                .map_err(|e| CacheError::Storage(StorageError(format!("object {id}"), e)))?
-                .concat();
+            let frames = compress_chunked(data, self.level)
+                .map_err(|e| CacheError::Storage(StorageError(format!("object {id}"), e)))?;
+            let mut compressed =
+                crate::scratch::Scratch::with_capacity(frames.iter().map(|f| f.len()).sum());
+            for f in &frames {
+                compressed.extend_from_slice(f);
+            }
+            drop(frames);
             let entry = [(id, kind, 0, data.len() as u64)];
             return self.append(&compressed, &entry);
         }
@@ -209,7 +227,7 @@ impl<'c> Packer<'c> {
         let mut b = pool.lock().expect("builders").pop().unwrap_or_default();
         b.entries
             .push((id, kind, b.buf.len() as u64, data.len() as u64));
-        b.buf.extend_from_slice(data);
+        b.buf().extend_from_slice(data);
         let r = if b.buf.len() as u64 >= FRAME_TARGET {
             self.flush_builder(&mut b)
         } else {

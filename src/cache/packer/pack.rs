@@ -6,6 +6,7 @@ use std::io::{self, Read, Write};
 
 use super::Packer;
 use crate::cache::{CacheError, Location, ObjectId, ObjectKind, ObjectWriter, StorageError, CHUNK};
+use crate::scratch::Scratch;
 
 thread_local! {
     /// Each thread's compression context, kept between frames: a fresh one per frame costs
@@ -14,20 +15,23 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-/// Compress `data` as one zstd frame at `level` with this thread's context.
-pub(super) fn compress(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
+/// Compress `data` as one zstd frame at `level` with this thread's context, into a buffer
+/// borrowed from this thread's spares (a fresh one per frame is pages to fault in each time).
+pub(super) fn compress(data: &[u8], level: i32) -> io::Result<Scratch> {
     COMPRESSOR.with(|c| {
         let mut c = c.borrow_mut();
         if !matches!(&*c, Some((l, _)) if *l == level) {
             *c = Some((level, zstd::bulk::Compressor::new(level)?));
         }
         let (_, z) = c.as_mut().expect("set above");
-        z.compress(data)
+        let mut out = Scratch::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
+        z.compress_to_buffer(data, &mut *out)?;
+        Ok(out)
     })
 }
 
 /// Compress `data` as consecutive zstd frames of [`CHUNK`] bytes of content each, in parallel.
-pub(super) fn compress_chunked(data: &[u8], level: i32) -> io::Result<Vec<Vec<u8>>> {
+pub(super) fn compress_chunked(data: &[u8], level: i32) -> io::Result<Vec<Scratch>> {
     use rayon::prelude::*;
     data.par_chunks(CHUNK).map(|c| compress(c, level)).collect()
 }
@@ -94,12 +98,12 @@ impl Packer<'_> {
         let frame_offset = pack.len;
         // A few chunks at a time: bounded memory, and the chunks compress in parallel.
         let batch = CHUNK * rayon::current_num_threads().clamp(1, 4);
-        let mut buf = Vec::with_capacity(batch.min(len as usize));
+        let mut buf = Scratch::with_capacity(batch.min(len as usize));
         let mut copied = 0u64;
         let mut hasher = blake3::Hasher::new();
         loop {
             buf.clear();
-            let n = r.take(batch as u64).read_to_end(&mut buf).map_err(err)?;
+            let n = r.take(batch as u64).read_to_end(&mut *buf).map_err(err)?;
             if n == 0 {
                 break;
             }
