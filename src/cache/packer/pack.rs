@@ -103,7 +103,7 @@ impl Packer<'_> {
         let mut hasher = blake3::Hasher::new();
         loop {
             buf.clear();
-            let n = r.take(batch as u64).read_to_end(&mut *buf).map_err(err)?;
+            let n = r.take(batch as u64).read_to_end(&mut buf).map_err(err)?;
             if n == 0 {
                 break;
             }
