@@ -9,6 +9,9 @@ use super::super::{
 use super::{FrameKey, GcPolicy, GcReport};
 use crate::progress::Progress;
 
+/// Decompressed frames marking keeps for reuse (the default budget held 24 MiB for nothing).
+const FRAME_CACHE_BYTES: usize = 4 << 20;
+
 /// The live frames of a pack, with the objects in each: (frame length, positions of the
 /// objects in the cache's index, see [`Cache::object_at`]; valid until the index changes).
 pub(super) type LiveFrames = BTreeMap<FrameKey, (u64, Vec<u32>)>;
@@ -103,6 +106,8 @@ pub(super) fn mark(
     }
     // 2. Mark, newest first, so that a size budget drops the oldest.
     // Looked up in the cache's own index (a copy of it would double the largest table).
+    // Trees are read in pack order, each frame about once: a few frames kept suffice.
+    cache.limit_frames(FRAME_CACHE_BYTES);
     let packs = cache.packs();
     // Sets of index positions, a bit per object, not sets of ids (32 bytes and more each).
     let mut live_frames: LiveFrames = BTreeMap::new();
