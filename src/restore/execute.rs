@@ -97,18 +97,18 @@ pub(super) fn execute(
     remove_leftovers(layout, &store_fd, &|base| held.contains(base))?;
     // Every scratch name is a temporary root before it exists.
     let staging = client.scratch_name(TMP, "links")?;
-    let tmp_names: Vec<String> = client.scratch_names(
+    let tmp_names = client.scratch_batch(
         TMP,
         plan.missing
             .iter()
             .map(|&i| snap.paths[i].info.path.base_name()),
+        plan.missing.len(),
     )?;
-    let tmp_of: std::collections::HashMap<usize, &str> = plan
-        .missing
-        .iter()
-        .copied()
-        .zip(tmp_names.iter().map(String::as_str))
-        .collect();
+    // Each missing path's position in `plan.missing`: its scratch name's number.
+    let mut tmp_of = vec![usize::MAX; snap.paths.len()];
+    for (j, &i) in plan.missing.iter().enumerate() {
+        tmp_of[i] = j;
+    }
     let links = LinksDir::open(
         store_fd.as_fd(),
         &store,
@@ -193,7 +193,8 @@ pub(super) fn execute(
                 }
                 let base = p.info.path.base_name();
                 let shown = store.join(base);
-                let tmp = tmp_of[&i];
+                let tmp = client.batch_name(&tmp_names, tmp_of[i], base);
+                let tmp = tmp.as_str();
                 let r = (|| {
                     let tree = cache
                         .read_tree(&p.tree)
