@@ -98,12 +98,6 @@ impl ScratchNames {
         }
     }
 
-    /// A fresh name of `kind` for `base`.
-    pub(super) fn next(&self, kind: &str, base: &str) -> String {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        self.name(n, kind, base)
-    }
-
     /// Reserve `count` uses: the names numbered `first..first + count` (see
     /// [`ScratchNames::name`]) are given to no other use. Returns `first`.
     pub(super) fn reserve(&self, count: u64) -> u64 {
@@ -166,27 +160,6 @@ impl<'a> Client<'a> {
         self.roots.lock().expect("roots").add(paths, self.note)
     }
 
-    /// Fresh scratch names of `kind`, one per base name, each a temporary root already.
-    ///
-    /// # Errors
-    /// As [`TempRoots::add`].
-    pub(super) fn scratch_names<'b>(
-        &self,
-        kind: &str,
-        bases: impl IntoIterator<Item = &'b str>,
-    ) -> Result<Vec<String>> {
-        let names: Vec<String> = bases
-            .into_iter()
-            .map(|b| self.names.next(kind, b))
-            .collect();
-        let full: Vec<String> = names
-            .iter()
-            .map(|n| format!("{}/{n}", self.store_dir))
-            .collect();
-        self.protect(&full)?;
-        Ok(names)
-    }
-
     /// Scratch names of `kind` for `bases` (`count` of them), each a temporary root already,
     /// not kept: the `j`th is [`Client::batch_name`]`(&batch, j, base)`, made again when
     /// needed (at 100,000 missing paths the names kept took 15 MB). Rooted in chunks, so
@@ -228,12 +201,13 @@ impl<'a> Client<'a> {
         self.names.name(batch.first + j as u64, batch.kind, base)
     }
 
-    /// One fresh scratch name (see [`Client::scratch_names`]).
+    /// One fresh scratch name, a temporary root already (see [`Client::scratch_batch`]).
     ///
     /// # Errors
     /// As [`TempRoots::add`].
-    pub(super) fn scratch_name(&self, kind: &str, base: &str) -> Result<String> {
-        Ok(self.scratch_names(kind, [base])?.remove(0))
+    pub(super) fn scratch_name(&self, kind: &'static str, base: &str) -> Result<String> {
+        let batch = self.scratch_batch(kind, std::iter::once(base), 1)?;
+        Ok(self.batch_name(&batch, 0, base))
     }
 
     /// Whether `name` is one of this run's scratch names.
@@ -436,6 +410,11 @@ mod tests {
     use super::*;
     use crate::store::path::StorePath;
 
+    /// A fresh name of `kind` for `base`, as a one-name batch gets.
+    fn next(names: &ScratchNames, kind: &str, base: &str) -> String {
+        names.name(names.reserve(1), kind, base)
+    }
+
     #[test]
     fn a_batch_of_scratch_names_is_rooted_whole_across_chunks() {
         for flavor in [
@@ -472,10 +451,10 @@ mod tests {
     #[test]
     fn reserved_scratch_names_are_unique_and_never_handed_out_again() {
         let a = ScratchNames::new();
-        let before = a.next(TMP, "x");
+        let before = next(&a, TMP, "x");
         let first = a.reserve(3);
         let batch: Vec<String> = (0..3).map(|j| a.name(first + j, TMP, "x")).collect();
-        let after = a.next(TMP, "x");
+        let after = next(&a, TMP, "x");
         let mut all = batch.clone();
         all.push(before);
         all.push(after);
@@ -491,11 +470,11 @@ mod tests {
         let base = format!("{}-{}", "0".repeat(32), "n".repeat(211));
         let (a, b) = (ScratchNames::new(), ScratchNames::new());
         let names = vec![
-            a.next(TMP, &base),
-            a.next(TMP, &base),
-            a.next(TRASH, &base),
-            b.next(TMP, &base),
-            a.next(TMP, "links"),
+            next(&a, TMP, &base),
+            next(&a, TMP, &base),
+            next(&a, TRASH, &base),
+            next(&b, TMP, &base),
+            next(&a, TMP, "links"),
         ];
         for (i, n) in names.iter().enumerate() {
             assert!(n.len() <= 244, "{n}");
