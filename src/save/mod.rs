@@ -441,6 +441,18 @@ mod tests {
     use crate::store::path_info::PathInfo;
     use std::io::{self, Read, Write};
 
+    /// Options of the tests' saves: every valid path, no GC roots, sources not re-read.
+    fn options(key: &str, skip_corrupt: bool, level: i32) -> SaveOptions {
+        SaveOptions {
+            gc_roots: false,
+            key: key.into(),
+            roots: vec![],
+            skip_corrupt,
+            level,
+            verify_source: false,
+        }
+    }
+
     /// A cache directory on a nearly full disk: an object larger than `room` bytes does not
     /// fit (its scratch file is created, as it would be, but the write fails with ENOSPC).
     struct Full {
@@ -530,14 +542,7 @@ mod tests {
         crate::sample::build(&layout, 1).unwrap();
         let cache = Cache::open_dir(&dir.path().join("cache")).unwrap();
         let saved = |key: &str| {
-            let opts = SaveOptions {
-                gc_roots: false,
-                key: key.into(),
-                roots: vec![],
-                skip_corrupt: false,
-                level: 3,
-                verify_source: false,
-            };
+            let opts = options(key, false, 3);
             let cache = Cache::open_dir(&dir.path().join("cache")).unwrap();
             let r = save(&layout, &cache, &opts, &NoProgress).unwrap();
             (r.unchanged, r.snapshot)
@@ -571,14 +576,7 @@ mod tests {
         let layout = Layout::new(Flavor::Guix, &dir.path().join("src"), None, None).unwrap();
         crate::sample::build(&layout, 1).unwrap();
         let cache = Cache::open_dir(&dir.path().join("cache")).unwrap();
-        let opts = SaveOptions {
-            gc_roots: false,
-            key: "k".into(),
-            roots: vec![],
-            skip_corrupt: true,
-            level: 3,
-            verify_source: false,
-        };
+        let opts = options("k", true, 3);
         let first = save(&layout, &cache, &opts, &NoProgress).unwrap();
         add_path(&layout, "bad", &[("f", 100)]);
         let f = layout
@@ -612,14 +610,7 @@ mod tests {
         for (room, skip_corrupt) in [(0, false), (0, true), (1 << 20, false), (1 << 20, true)] {
             let dir = LocalDir::open(&cache_dir).unwrap();
             let cache = Cache::open(Box::new(Full { dir, room }));
-            let opts = SaveOptions {
-                gc_roots: false,
-                key: String::new(),
-                roots: vec![],
-                skip_corrupt,
-                level: 3,
-                verify_source: false,
-            };
+            let opts = options("", skip_corrupt, 3);
             let e = save(&layout, &cache, &opts, &NoProgress).unwrap_err();
             assert!(matches!(e, Error::CacheWrite(_)), "{e:?}");
             let msg = crate::error::Chain(&e).to_string();
@@ -682,14 +673,7 @@ mod tests {
             .join("0123456789abcdfghijklmnpqrsvwxyz-b/shared");
         let blob = crate::cache::BlobId::of(&std::fs::read(b).unwrap());
         let cache = Cache::open_dir(&dir.path().join("cache")).unwrap();
-        let opts = SaveOptions {
-            gc_roots: false,
-            key: String::new(),
-            roots: vec![],
-            skip_corrupt: true,
-            level: 1,
-            verify_source: false,
-        };
+        let opts = options("", true, 1);
         let p = plan(&layout, &cache, &opts).unwrap();
         let r = execute_with(
             &layout,
