@@ -44,6 +44,26 @@ pub(crate) fn encode_bincode<T: Serialize>(v: &T) -> Vec<u8> {
     bincode::serde::encode_to_vec(v, bincode::config::standard()).expect("in-memory encoding")
 }
 
+/// [`seal`] of the bincode of `v`, encoded straight into the file's buffer, sized exactly
+/// by a first encoding that only counts: no body beside the file, and no buffer growing by
+/// doubling (an index file of 260,000 objects took 17 MB encoded, 13 MB sealed, at once).
+pub(crate) fn seal_encoded<T: Serialize>(
+    magic: &[u8; 8],
+    version: u32,
+    v: &T,
+) -> ([u8; 32], Vec<u8>) {
+    let cfg = bincode::config::standard();
+    let mut size = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(v, &mut size, cfg).expect("in-memory encoding");
+    let mut out = Vec::with_capacity(HEADER_LEN + size.bytes_written + 32);
+    out.extend_from_slice(&header_of(magic, version));
+    bincode::serde::encode_into_std_write(v, &mut out, cfg).expect("in-memory encoding");
+    debug_assert_eq!(out.len(), HEADER_LEN + size.bytes_written);
+    let sum = *blake3::hash(&out).as_bytes();
+    out.extend_from_slice(&sum);
+    (sum, out)
+}
+
 /// Decode a whole body: no trailing bytes, and no allocation beyond the body's own length
 /// (every encoded item takes at least one byte, so no honest value claims more).
 pub(crate) fn decode_bincode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
@@ -68,7 +88,9 @@ fn header_of(magic: &[u8; 8], version: u32) -> [u8; HEADER_LEN] {
 }
 
 /// Wrap a body in the envelope of index and snapshot files: header (of `version`), body,
-/// BLAKE3 of all that. Returns (checksum, bytes); the checksum names the file.
+/// BLAKE3 of all that. Returns (checksum, bytes); the checksum names the file. (Files are
+/// written with [`seal_encoded`]; tests seal bodies made by hand.)
+#[cfg(test)]
 pub(crate) fn seal(magic: &[u8; 8], version: u32, body: &[u8]) -> ([u8; 32], Vec<u8>) {
     let mut out = Vec::with_capacity(body.len() + HEADER_LEN + 32);
     out.extend_from_slice(&header_of(magic, version));

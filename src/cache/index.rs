@@ -43,6 +43,32 @@ pub struct IndexFile {
     pub entries: Vec<(ObjectId, Location)>,
 }
 
+/// An index file's body whose entries are held in several vectors (a packer's, one per
+/// pack): it encodes as the [`IndexFile`] of their concatenation, byte for byte, without
+/// concatenating them.
+#[derive(Serialize)]
+pub(crate) struct IndexBody<'a> {
+    /// As [`IndexFile::packs`].
+    pub packs: &'a [PackId],
+    /// As [`IndexFile::entries`], in pieces.
+    pub entries: Pieces<'a>,
+}
+
+/// Entries in pieces, encoded as one sequence.
+pub(crate) struct Pieces<'a>(pub &'a [Vec<(ObjectId, Location)>]);
+
+impl Serialize for Pieces<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let n = self.0.iter().map(Vec::len).sum();
+        let mut seq = s.serialize_seq(Some(n))?;
+        for e in self.0.iter().flatten() {
+            seq.serialize_element(e)?;
+        }
+        seq.end()
+    }
+}
+
 /// The fewest bytes one entry of an index file takes in bincode: the id (32), the kind (1)
 /// and five integers (a varint byte at least each).
 pub(super) const MIN_ENTRY_BYTES: u64 = 32 + 1 + 5;
@@ -300,6 +326,38 @@ fn first_eight(id: &ObjectId) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_index_body_in_pieces_seals_as_the_index_file_of_their_concatenation() {
+        use crate::cache::format::{encode_bincode, seal, seal_encoded, INDEX_MAGIC};
+        let id = |n: u8| ObjectId([n; 32]);
+        let pieces = vec![
+            vec![(id(1), loc(0, 300)), (id(9), loc(0, 16))],
+            vec![],
+            // Large values take longer varints.
+            vec![(id(4), loc(1, u64::MAX)), (id(2), loc(7, 1 << 40))],
+        ];
+        let packs = [PackId([7; 32]), PackId([8; 32])];
+        let whole = IndexFile {
+            packs: packs.to_vec(),
+            entries: pieces.iter().flatten().copied().collect(),
+        };
+        let body = IndexBody {
+            packs: &packs,
+            entries: Pieces(&pieces),
+        };
+        let sealed = seal_encoded(INDEX_MAGIC, 2, &body);
+        assert_eq!(sealed, seal(INDEX_MAGIC, 2, &encode_bincode(&whole)));
+        assert_eq!(sealed.1.capacity(), sealed.1.len(), "sized exactly");
+        let empty = IndexBody {
+            packs: &[],
+            entries: Pieces(&[]),
+        };
+        assert_eq!(
+            seal_encoded(INDEX_MAGIC, 2, &empty),
+            seal(INDEX_MAGIC, 2, &encode_bincode(&IndexFile::default()))
+        );
+    }
 
     fn loc(pack: u32, frame_offset: u64) -> Location {
         Location {

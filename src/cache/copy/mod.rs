@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 
-use super::format::{encode_bincode, encode_snapshot_v2, parse_snapshot_key, seal};
+use super::format::{encode_snapshot_v2, parse_snapshot_key, seal_encoded};
 use super::{
     index_key, Cache, CacheError, IndexFile, IndexId, Location, ObjectId, PackId, Snapshot,
     SnapshotId, FORMAT_VERSION, INDEX_MAGIC, PACK_TARGET,
@@ -386,7 +386,7 @@ fn execute_one(
     progress.finish();
     // Every pack durable before the index naming them; the index before the snapshot.
     target.storage().sync()?;
-    let (sum, bytes) = seal(INDEX_MAGIC, FORMAT_VERSION, &encode_bincode(&index));
+    let (sum, bytes) = seal_encoded(INDEX_MAGIC, FORMAT_VERSION, &index);
     let index_id = IndexId(sum);
     target
         .storage()

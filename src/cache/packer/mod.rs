@@ -18,7 +18,8 @@ use std::sync::Mutex;
 
 use pack::{compress, compress_chunked, OpenPack};
 
-use super::format::{encode_bincode, header, seal};
+use super::format::{header, seal_encoded};
+use super::index::{IndexBody, Pieces};
 use super::{
     index_key, pack_key, Cache, CacheError, IndexFile, IndexId, Location, ObjectId, ObjectKind,
     PackId, StorageError, FRAME_TARGET, INDEX_MAGIC, PACK_MAGIC, PACK_TARGET, SOLO_THRESHOLD,
@@ -77,7 +78,11 @@ struct State<'c> {
     open: Option<OpenPack<'c>>,
     /// Why an append failed, if one did.
     broken: Option<String>,
-    done: IndexFile,
+    /// Packs committed, and the objects of each, one vector per pack (its own, exactly
+    /// sized): no table of every new object growing by doubling (at 260,000 objects, 19 MB
+    /// copied into 38 MB mid-walk).
+    done_packs: Vec<PackId>,
+    done_entries: Vec<Vec<(ObjectId, Location)>>,
     stats: PackStats,
 }
 
@@ -328,13 +333,14 @@ impl<'c> Packer<'c> {
             .map_err(|e| StorageError(format!("new pack {}", pack.file.describe()), e))?;
         let id = PackId(*pack.hasher.finalize().as_bytes());
         pack.file.commit(&pack_key(&id))?;
-        let no = st.done.packs.len() as u32;
-        st.done.packs.push(id);
-        st.done.entries.extend(
-            pack.entries
-                .into_iter()
-                .map(|(id, loc)| (id, Location { pack: no, ..loc })),
-        );
+        let no = st.done_packs.len() as u32;
+        st.done_packs.push(id);
+        let mut entries = pack.entries;
+        for (_, loc) in &mut entries {
+            loc.pack = no;
+        }
+        entries.shrink_to_fit();
+        st.done_entries.push(entries);
         st.stats.packs += 1;
         Ok(())
     }
@@ -355,6 +361,9 @@ impl<'c> Packer<'c> {
     /// # Errors
     /// [`CacheError::Storage`].
     pub fn finish_with(self, extra: IndexFile) -> Result<PackStats, CacheError> {
+        // No object is claimed from here: the claims (33 bytes a new object) go before the
+        // index file is encoded.
+        drop(std::mem::take(&mut *self.claimed.lock().expect("claims")));
         for pool in &self.builders {
             let builders = std::mem::take(&mut *pool.lock().expect("builders"));
             for mut b in builders {
@@ -368,31 +377,29 @@ impl<'c> Packer<'c> {
         if let Some(open) = st.open.take() {
             self.commit_pack(&mut st, open)?;
         }
-        let base = st.done.packs.len() as u32;
-        st.done.packs.extend(extra.packs);
-        st.done
-            .entries
-            .extend(extra.entries.into_iter().map(|(id, loc)| {
-                (
-                    id,
-                    Location {
-                        pack: base + loc.pack,
-                        ..loc
-                    },
-                )
-            }));
-        if !st.done.entries.is_empty() {
+        let base = st.done_packs.len() as u32;
+        st.done_packs.extend(extra.packs);
+        let mut extra = extra.entries;
+        for (_, loc) in &mut extra {
+            loc.pack += base;
+        }
+        st.done_entries.push(extra);
+        if st.done_entries.iter().any(|e| !e.is_empty()) {
             // One sync makes every pack durable before the index that names them.
             self.cache.storage().sync()?;
-            let (sum, bytes) = seal(
+            let (sum, bytes) = seal_encoded(
                 INDEX_MAGIC,
                 super::FORMAT_VERSION,
-                &encode_bincode(&st.done),
+                &IndexBody {
+                    packs: &st.done_packs,
+                    entries: Pieces(&st.done_entries),
+                },
             );
+            st.done_packs = Vec::new();
+            st.done_entries = Vec::new();
             self.cache
                 .storage()
                 .put_if_absent(&index_key(&IndexId(sum)), &bytes)?;
-            st.done = IndexFile::default();
             self.cache.index_written(IndexId(sum));
             st.stats.index = Some(IndexId(sum));
         }
