@@ -1,7 +1,6 @@
 //! Reading a consistent view of the DB: every valid path with its references, and the
 //! `DerivationOutputs` rows, in one read transaction.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -12,6 +11,9 @@ use super::{sql, DbError};
 use crate::store::layout::Layout;
 use crate::store::path::StoreDir;
 use crate::store::path_info::{DerivationOutput, NarHash, PathInfo};
+
+/// The most rows reserved up front, whatever the count says (the vectors grow past it).
+const MAX_RESERVED_ROWS: usize = 1 << 22;
 
 /// A consistent read of a store's DB.
 #[derive(Debug, Clone, Default)]
@@ -67,8 +69,15 @@ fn read_in_txn(conn: &Connection, file: &Path, store: &StoreDir) -> Result<DbCon
     } else {
         "select id, path, hash, registrationTime, deriver, narSize, null, null, null from ValidPaths order by id"
     };
-    let mut by_id: HashMap<i64, usize> = HashMap::new();
-    let mut paths = Vec::new();
+    // Sized from a count in the same transaction: a vector doubling as rows arrive held up
+    // to twice the rows (at 100,000 paths, 23 MB for 17.6 MB of rows). Ids come in order,
+    // so a row is found by bisecting them (no map of ids beside the rows).
+    let count: i64 = conn
+        .query_row("select count(*) from ValidPaths", [], |r| r.get(0))
+        .map_err(&e)?;
+    let room = usize::try_from(count).unwrap_or(0).min(MAX_RESERVED_ROWS);
+    let mut ids: Vec<i64> = Vec::with_capacity(room);
+    let mut paths = Vec::with_capacity(room);
     let mut st = conn.prepare(query).map_err(&e)?;
     let mut rows = st.query([]).map_err(&e)?;
     while let Some(r) = rows.next().map_err(&e)? {
@@ -80,7 +89,8 @@ fn read_in_txn(conn: &Connection, file: &Path, store: &StoreDir) -> Result<DbCon
             .map_err(|err| DbError::BadPath(file.to_owned(), full.clone(), err))?;
         let nar_hash = NarHash::parse_db(&hash)
             .ok_or_else(|| DbError::BadHash(file.to_owned(), full.clone(), hash.clone()))?;
-        by_id.insert(id, paths.len());
+        // In order: the query sorts by id (the table's primary key).
+        ids.push(id);
         paths.push(PathInfo {
             path,
             nar_hash,
@@ -94,13 +104,14 @@ fn read_in_txn(conn: &Connection, file: &Path, store: &StoreDir) -> Result<DbCon
         });
     }
     drop(rows);
+    let by_id = |id: i64| ids.binary_search(&id).ok();
     let mut st = conn
         .prepare("select referrer, reference from Refs")
         .map_err(&e)?;
     let mut rows = st.query([]).map_err(&e)?;
     while let Some(r) = rows.next().map_err(&e)? {
         let (a, b): (i64, i64) = (r.get(0).map_err(&e)?, r.get(1).map_err(&e)?);
-        if let (Some(&a), Some(&b)) = (by_id.get(&a), by_id.get(&b)) {
+        if let (Some(a), Some(b)) = (by_id(a), by_id(b)) {
             let reference = paths[b].path.clone();
             paths[a].references.push(reference);
         }
@@ -109,6 +120,8 @@ fn read_in_txn(conn: &Connection, file: &Path, store: &StoreDir) -> Result<DbCon
     for p in &mut paths {
         p.references.sort();
         p.references.dedup();
+        // Pushed one at a time, the vector has room for up to twice its references.
+        p.references.shrink_to_fit();
     }
     let mut derivation_outputs = Vec::new();
     let mut st = conn
@@ -117,7 +130,7 @@ fn read_in_txn(conn: &Connection, file: &Path, store: &StoreDir) -> Result<DbCon
     let mut rows = st.query([]).map_err(&e)?;
     while let Some(r) = rows.next().map_err(&e)? {
         let drv: i64 = r.get(0).map_err(&e)?;
-        if let Some(&i) = by_id.get(&drv) {
+        if let Some(i) = by_id(drv) {
             derivation_outputs.push(DerivationOutput {
                 drv: paths[i].path.clone(),
                 id: r.get(1).map_err(&e)?,
