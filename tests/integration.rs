@@ -444,6 +444,17 @@ fn corrupt_store_fails_save_unless_skip_corrupt() {
     // hello and hello.drv refer to the greeting.
     assert_eq!(s["dropped_referrers"].as_array().unwrap().len(), 2, "{s}");
     assert_eq!(s["paths"], 3);
+    // Every path was new: the names of those saved and of those dropped, each once.
+    let mut names: Vec<String> = s["new_path_names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    let mut all: Vec<String> = paths.iter().map(|p| format!("/gnu/store/{p}")).collect();
+    all.sort();
+    assert_eq!(names, all);
 }
 
 #[test]
