@@ -18,6 +18,17 @@ thread_local! {
     static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Let go of the spares of this thread and of every thread of rayon's pool: for a command
+/// whose borrowing is over (a save's walk), so that what follows does not hold them (up to
+/// [`SPARES`] buffers of up to [`MAX_KEPT`] bytes a thread).
+pub fn release_spares() {
+    let release = || {
+        let _ = SPARE.try_with(|s| s.borrow_mut().clear());
+    };
+    rayon::broadcast(|_| release());
+    release();
+}
+
 /// The spare of the smallest capacity of at least `want`, else the largest, else a new one.
 fn take(want: usize) -> Vec<u8> {
     if want > MAX_KEPT && want != usize::MAX {
@@ -113,6 +124,17 @@ impl Drop for Scratch {
 #[cfg(test)]
 mod tests {
     use super::Scratch;
+
+    #[test]
+    fn released_spares_are_not_handed_out_again() {
+        let a = Scratch::with_len(1000);
+        let p = a.as_ptr();
+        drop(a);
+        super::release_spares();
+        let b = Scratch::with_capacity(10);
+        assert_ne!(b.as_ptr(), p, "a fresh buffer");
+        assert!(b.capacity() < 1000);
+    }
 
     #[test]
     fn buffers_are_reused_and_never_shared() {

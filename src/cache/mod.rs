@@ -437,6 +437,25 @@ impl Cache {
         self.objs().read().expect("objects").files.clone()
     }
 
+    /// The index files merged so far (none when the index was not read) and those this
+    /// process wrote since ([`Cache::index_written`]): what a snapshot written now names.
+    /// Unlike [`Cache::index_files`], the new files are not read back and merged (at the
+    /// end of a full save of 100,000 paths, a table of 260,000 objects made only to list
+    /// one file).
+    pub fn index_files_and_written(&self) -> Vec<IndexId> {
+        let mut files = self
+            .objects
+            .get()
+            .map(|o| o.read().expect("objects").files.clone())
+            .unwrap_or_default();
+        for id in self.pending_indexes.lock().expect("pending indexes").iter() {
+            if !files.contains(id) {
+                files.push(*id);
+            }
+        }
+        files
+    }
+
     fn warn(&self, w: String) {
         self.extra_warnings.lock().expect("warnings").push(w);
     }

@@ -229,6 +229,8 @@ fn execute_with(
     outcomes.reverse();
     outcomes.sort_by_key(|(i, _)| *i);
     outcomes.dedup_by_key(|(i, _)| *i);
+    // The walk's buffers (file reads, frames) are not needed past this point.
+    crate::scratch::release_spares();
     let mut walked: Vec<(usize, paths::Saved)> = Vec::with_capacity(outcomes.len());
     // Paths that could not be saved, and why (content or source errors).
     let mut failed = Vec::new();
@@ -316,6 +318,7 @@ fn execute_with(
         db.paths[i].nar_size = size;
         trees.push(tree);
     }
+    drop(known);
     let (roots, derivation_outputs) = {
         let kept: HashSet<&StorePath> = kept_paths.iter().map(|&i| &db.paths[i].path).collect();
         let outputs: Vec<_> = db
@@ -404,7 +407,7 @@ fn execute_with(
         // object was looked up or written, the index was never read: the base's files.
         indexes: match (base, cache.index_loaded()) {
             (Some((_, indexes)), false) => indexes,
-            _ => cache.index_files(),
+            _ => cache.index_files_and_written(),
         },
         parent,
         roots,
