@@ -339,9 +339,12 @@ pub(super) fn execute(
         not_attempted.iter().copied().collect();
     let repair_set: std::collections::HashSet<usize> = plan.repair.iter().copied().collect();
     let written = |i: usize| !failed_set.contains(&i) && !not_attempted_set.contains(&i);
-    let bad = plan
-        .graph
-        .referrers_closure(failed.iter().chain(&not_attempted).copied());
+    let bad = if failed.is_empty() && not_attempted.is_empty() {
+        vec![false; snap.paths.len()]
+    } else {
+        super::plan::reference_graph(snap)
+            .referrers_closure(failed.iter().chain(&not_attempted).copied())
+    };
     let mut register = Vec::new();
     for &i in &plan.missing {
         let path = layout.store_dir.display(&snap.paths[i].info.path);
@@ -362,6 +365,8 @@ pub(super) fn execute(
             report.skipped.push(path);
         }
     }
+    // Every path is written: the frames go before the rows are registered and reported.
+    cache.drop_frames();
     // Content first, durably; then the rows that vouch for it.
     if !register.is_empty() {
         rustix::fs::syncfs(&store_fd).map_err(|e| Error::Io(store.clone(), e.into()))?;

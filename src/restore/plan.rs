@@ -30,8 +30,6 @@ pub struct RestorePlan {
     pub repair: Vec<usize>,
     /// Selected paths already valid in the target and present on disk.
     pub already_valid: usize,
-    /// The snapshot's reference graph (node `i` = `snapshot.paths[i]`).
-    pub graph: Graph,
     /// Paths valid in the DB, absent from disk, and registered with another hash than the
     /// snapshot's: left alone, reported.
     pub broken: Vec<String>,
@@ -79,12 +77,7 @@ pub fn plan(
         .enumerate()
         .map(|(i, p)| (&p.info.path, i))
         .collect();
-    let graph = Graph::of_keys(
-        snapshot
-            .paths
-            .iter()
-            .map(|p| (&p.info.path, &p.info.references)),
-    );
+    let graph = reference_graph(&snapshot);
     let mask = if roots.is_empty() {
         vec![true; snapshot.paths.len()]
     } else {
@@ -139,7 +132,6 @@ pub fn plan(
         missing,
         repair,
         broken,
-        graph,
         snapshot,
     })
 }
@@ -181,4 +173,16 @@ pub(super) fn plan_reads(
         }
     }
     cache.plan_reads(&locations);
+}
+
+/// The snapshot's reference graph (node `i` = `snapshot.paths[i]`). Not kept in the plan:
+/// a restore needs it again only when some path fails, to leave out what refers to it (at
+/// 100,000 paths, 10 MB held through the writes otherwise).
+pub fn reference_graph(snapshot: &crate::cache::Snapshot) -> Graph {
+    Graph::of_keys(
+        snapshot
+            .paths
+            .iter()
+            .map(|p| (&p.info.path, &p.info.references)),
+    )
 }
