@@ -21,7 +21,6 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 
 use crate::cache::{Cache, ObjectId, PackStats, Packer, Snapshot, SnapshotPath, TreeId};
-use crate::closure::Graph;
 use crate::db;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
@@ -130,7 +129,6 @@ fn execute_with(
         selected,
         new,
         known,
-        graph,
         base,
     } = plan;
     // A save reads frames only for the base's trees: once each, in pack order, to index the
@@ -154,9 +152,6 @@ fn execute_with(
     // differ from the base unless every new path fails and is dropped. The base's paths (a
     // second copy of the DB's rows) go before the walk then, and are read again only in that
     // case, to compare (at 100,000 paths, 30 MB less held through the walk).
-    // The closure graph serves only to drop the referrers of paths that fail: it is made
-    // again then (at 100,000 paths, 11 MB less held through the walk).
-    drop(graph);
     let mut base = base;
     let base_paths_dropped = match &mut base {
         Some((_, b)) if !new.is_empty() => {
@@ -289,8 +284,7 @@ fn execute_with(
     let dropped = if failed.is_empty() {
         vec![false; db.paths.len()]
     } else {
-        Graph::of_keys(db.paths.iter().map(|p| (&p.path, &p.references)))
-            .referrers_closure(failed.iter().map(|(i, _)| *i))
+        plan::reference_graph(&db).referrers_closure(failed.iter().map(|(i, _)| *i))
     };
     // A set, not a scan per path: a store that lost its files fails every path.
     let failed_set: HashSet<usize> = failed.iter().map(|(i, _)| *i).collect();
