@@ -166,9 +166,8 @@ pub fn diff(layout: &Layout, cache: &Cache, from: &Side, to: &Side) -> Result<Di
         r.removed.push(full(&a, row));
         r.removed_nar_bytes += row.nar_size;
     }
-    // Sorted by base name, the lists are sorted as full paths of one store directory.
-    r.added.sort();
-    r.removed.sort();
+    // Rows sorted by base name under one store directory a side: the lists are sorted.
+    debug_assert!(r.added.is_sorted() && r.removed.is_sorted());
     if let Some(indexes) = &b.indexes {
         cache.use_indexes(indexes);
     }
