@@ -469,3 +469,52 @@ fn kept_snapshots_name_the_new_index_and_a_second_collection_rewrites_none() {
         restores(&w, &r.id.hex(), &format!("dst{n}"));
     }
 }
+
+#[test]
+fn verify_counts_the_packs_no_snapshot_needs_and_those_no_index_names() {
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    sample::build(&src, 1).unwrap();
+    let first = save(&w, "k");
+    let packs = |dir: &Path| -> std::collections::BTreeMap<String, u64> {
+        fs::read_dir(dir.join("packs"))
+            .unwrap()
+            .map(|e| e.unwrap())
+            .map(|e| {
+                (
+                    e.file_name().into_string().unwrap(),
+                    e.metadata().unwrap().len(),
+                )
+            })
+            .collect()
+    };
+    let of_first = packs(&w.cache_dir());
+    // The second snapshot holds only y, whose objects are all new (in packs of its own).
+    let y = format!("{}-y", hash_part(3));
+    util::add_files_path(&src, &y, &[("f", &noise(3, 100_000), false)], &[]);
+    save_roots(&w, "k", vec![format!("/gnu/store/{y}")]);
+    let verify = || storesync::verify::verify(&w.cache(), &NoProgress).unwrap();
+    let v = verify();
+    assert!(v.problems.is_empty(), "{v:?}");
+    assert_eq!(
+        (v.garbage_files, v.garbage_bytes),
+        (0, 0),
+        "both snapshots need theirs"
+    );
+    // Without the first snapshot, no snapshot needs its packs.
+    fs::remove_file(util::snapshot_file(&w.cache_dir(), &first)).unwrap();
+    let v = verify();
+    assert!(v.problems.is_empty(), "{v:?}");
+    assert_eq!(
+        (v.garbage_files, v.garbage_bytes),
+        (of_first.len(), of_first.values().sum::<u64>())
+    );
+    // A pack no index names (a killed save's) is garbage too.
+    let stray = format!("packs/{}.pack", "ab".repeat(32));
+    fs::write(w.cache_dir().join(&stray), b"0123456789").unwrap();
+    let v = verify();
+    assert_eq!(
+        (v.garbage_files, v.garbage_bytes),
+        (of_first.len() + 1, of_first.values().sum::<u64>() + 10)
+    );
+}

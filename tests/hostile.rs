@@ -997,3 +997,56 @@ fn rewrites_out_of_range_overlapping_or_unsorted_are_refused_at_decode() {
         );
     }
 }
+
+#[test]
+fn verify_names_each_unsound_tree_once_with_the_first_snapshot_path_naming_it() {
+    // Snapshot 1: a path whose tree names a blob no index has, and a sound one. Snapshot 2
+    // (written after) names the same unsound tree, and a tree no index has.
+    let w = World::new(Flavor::Guix);
+    let dir = w.cache_dir();
+    let mut blobs = Blobs::new();
+    let lost = file_node(&mut blobs, false, b"no index has me");
+    let Node::Regular {
+        blob: lost_blob, ..
+    } = lost
+    else {
+        unreachable!()
+    };
+    blobs.remove(&lost_blob);
+    let sound = file_node(&mut blobs, false, b"sound");
+    let (a, b) = (base_name(1, "a"), base_name(2, "b"));
+    let paths = vec![
+        (row_for(&a, b"-"), dir_node(vec![("f", lost)])),
+        (row_for(&b, b"-"), sound),
+    ];
+    write_cache(&dir, Flavor::Guix, &paths, &blobs, Vec::new());
+    let cache = Cache::open_dir(&dir).unwrap();
+    let first_id = cache.list_snapshots().unwrap()[0].id;
+    let first = first_id.hex();
+    let mut snap = cache.read_snapshot(&first_id).unwrap();
+    snap.created += 1;
+    let c = base_name(3, "c");
+    snap.paths.push(storesync::cache::SnapshotPath {
+        info: row_for(&c, b"-"),
+        tree: storesync::cache::TreeId([9; 32]),
+    });
+    let second = cache.write_snapshot(&snap).unwrap().hex();
+    let cache = Cache::open_dir(&dir).unwrap();
+    let v = storesync::verify::verify(&cache, &NoProgress).unwrap();
+    assert_eq!(v.snapshots, 2);
+    let lost_tree: Vec<&String> = v
+        .problems
+        .iter()
+        .filter(|p| p.contains(&lost_blob.to_string()))
+        .collect();
+    assert_eq!(lost_tree.len(), 1, "{:#?}", v.problems);
+    assert!(
+        lost_tree[0].starts_with(&format!("snapshot {}: {a}: ", &first[..12])),
+        "{lost_tree:?}"
+    );
+    let missing: Vec<&String> = v.problems.iter().filter(|p| p.contains(&c)).collect();
+    assert_eq!(missing.len(), 1, "{:#?}", v.problems);
+    assert!(missing[0].starts_with(&format!("snapshot {}: ", &second[..12])));
+    assert_eq!(v.problems.len(), 2, "{:#?}", v.problems);
+    assert_eq!(v.garbage_files, 0, "not counted on a damaged cache");
+}
