@@ -195,7 +195,8 @@ fn read_paths<S: Source>(
     let n = s.len("path count")?;
     let mut paths: Vec<SnapshotPath> = reserve(n.min(max_paths), left, MIN_PATH_BYTES);
     // Position of each path decoded so far, by the first 8 characters of its hash part.
-    let mut known: HashMap<u64, usize> = HashMap::with_capacity(paths.capacity());
+    let mut known: HashMap<u64, usize, foldhash::fast::RandomState> =
+        HashMap::with_capacity_and_hasher(paths.capacity(), Default::default());
     for _ in 0..n {
         let path = store_path(s, "store path")?;
         let nar_hash = NarHash(s.array32("NAR hash")?);
