@@ -518,3 +518,36 @@ fn verify_counts_the_packs_no_snapshot_needs_and_those_no_index_names() {
         (of_first.len() + 1, of_first.values().sum::<u64>() + 10)
     );
 }
+
+#[test]
+fn a_snapshot_dropped_for_the_budget_takes_nothing_an_older_kept_one_shares_with_it() {
+    // Newest first: c (protected) fits, b (p, t and a big path) does not and is dropped, a
+    // (p and t only, written by a's save) fits. b was the first to meet p's and t's trees:
+    // dropping b must not leave them unmarked for a.
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    let path = |g: u64, len: usize| {
+        let name = format!("{}-p{g}", hash_part(g));
+        util::add_files_path(&src, &name, &[("data", &noise(g, len), false)], &[]);
+        format!("/gnu/store/{name}")
+    };
+    let (p, t) = (path(1, 100_000), path(2, 100_000));
+    let a = save_roots(&w, "k", vec![p.clone(), t.clone()]);
+    let big = path(3, 1_000_000);
+    save_roots(&w, "k", vec![p, t, big]);
+    let q = path(4, 10_000);
+    let c = save_roots(&w, "k", vec![q]);
+    let policy = GcPolicy {
+        max_size: Some(400_000),
+        grace_secs: 0,
+        ..GcPolicy::default()
+    };
+    let report = gc(&w.cache(), &policy, &NoProgress).unwrap();
+    let kept: Vec<&str> = report.kept.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(kept, [c.as_str(), a.as_str()], "{report:?}");
+    let verify = storesync::verify::verify(&w.cache(), &NoProgress).unwrap();
+    assert!(verify.problems.is_empty(), "{verify:?}");
+    restores(&w, &a, "dst-a");
+    restores(&w, &c, "dst-c");
+    assert!(pack_bytes(&w.cache_dir()) <= 400_000);
+}

@@ -143,10 +143,15 @@ pub(super) fn mark(
         // Trees not marked yet, read in pack order: each tree frame is then decompressed
         // about once, however the trees outgrow the frame cache.
         let mut trees: Vec<(FrameKey, u64, TreeId)> = Vec::new();
+        // The trees this snapshot is the first to mark: if it is dropped for the budget,
+        // they are unmarked with its frames, so that an older snapshot naming them marks
+        // them again (else it would be kept without them).
+        let mut first_here: Vec<usize> = Vec::new();
         for tree in snap_trees {
             let (pos, loc) = cache.locate(tree).ok_or(CacheError::Missing(tree.into()))?;
             if trees_done.insert(pos) {
                 trees.push(((loc.pack, loc.frame_offset), loc.offset, tree));
+                first_here.push(pos);
             }
         }
         trees.sort_unstable();
@@ -174,6 +179,9 @@ pub(super) fn mark(
                         live_objects.remove(pos as usize);
                     }
                 }
+            }
+            for pos in first_here {
+                trees_done.remove(pos);
             }
             keep[i] = false;
             report
