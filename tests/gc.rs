@@ -551,3 +551,33 @@ fn a_snapshot_dropped_for_the_budget_takes_nothing_an_older_kept_one_shares_with
     restores(&w, &c, "dst-c");
     assert!(pack_bytes(&w.cache_dir()) <= 400_000);
 }
+
+#[test]
+fn a_second_collection_over_budget_keeps_the_cache_whole() {
+    // The newest snapshot of each key alone is over the budget: nothing can be dropped, and
+    // a pack whose frames are all live, repacked, comes out the same, under its old name.
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    let path = |g: u64, len: usize| {
+        let name = format!("{}-p{g}", hash_part(g));
+        util::add_files_path(&src, &name, &[("data", &noise(g, len), false)], &[]);
+        format!("/gnu/store/{name}")
+    };
+    let a = save_roots(&w, "a", vec![path(1, 100_000)]);
+    let b = save_roots(&w, "b", vec![path(2, 100_000)]);
+    let policy = GcPolicy {
+        max_size: Some(50_000),
+        grace_secs: 0,
+        ..GcPolicy::default()
+    };
+    for run in 0..3 {
+        let report = gc(&w.cache(), &policy, &NoProgress).unwrap();
+        let v = storesync::verify::verify(&w.cache(), &NoProgress).unwrap();
+        assert!(v.problems.is_empty(), "after run {run}: {v:?} ({report:?})");
+        if run > 0 {
+            assert_eq!(report.packs_repacked, 0, "nothing to free: {report:?}");
+        }
+    }
+    restores(&w, &a, "dst-a");
+    restores(&w, &b, "dst-b");
+}

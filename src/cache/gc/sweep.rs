@@ -5,6 +5,8 @@
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
 
+use crate::cache::format::HEADER_LEN;
+
 use super::super::{
     pack_key, Cache, CacheError, IndexFile, IndexId, Location, ObjectId, ObjectKind, Packer,
     SnapshotId, StorageError,
@@ -65,8 +67,13 @@ pub(super) fn plan(
                 .sum::<u64>();
         partial.sort_by(|a, b| (a.1 * b.2).cmp(&(b.1 * a.2)));
         for (no, live, size) in partial {
-            if after <= max || live == size {
+            if after <= max {
                 break;
+            }
+            // A pack with no dead frame (its size is its header and its live frames) would
+            // come out of a repack the same: nothing to free.
+            if size.saturating_sub(live) <= HEADER_LEN as u64 {
+                continue;
             }
             after -= size - live;
             repack.insert(no);
@@ -148,7 +155,7 @@ pub(super) fn publish_and_delete(
             }));
         }
     }
-    let stats = packer.finish_with(extra)?;
+    let (stats, named) = packer.finish_with(extra)?;
     let new_index = stats.index;
     report.index = new_index.map(|i| i.hex());
     let keep_index: HashSet<IndexId> = new_index.into_iter().collect();
@@ -180,6 +187,11 @@ pub(super) fn publish_and_delete(
     for id in old_indexes.iter().filter(|i| !keep_index.contains(i)) {
         retire.push(super::super::index_key(id));
     }
+    // Every pack the new index names is needed, whether kept or written by this run: a pack
+    // repacked with all its frames live comes out byte for byte the same, under its old
+    // name, which must then not be deleted as retired.
+    let needed_packs: HashSet<String> = named.iter().map(pack_key).collect();
+    retire.retain(|k| !needed_packs.contains(k));
     // 5. Record what this run retired, then delete what earlier runs retired (and this one's,
     // with no grace period) if it is still not needed.
     retire.sort();
@@ -190,11 +202,6 @@ pub(super) fn publish_and_delete(
             .storage()
             .put_if_absent(&retired_key(now), list.as_bytes())?;
     }
-    let needed_packs: HashSet<String> = live_frames
-        .keys()
-        .filter(|(p, _)| !repack.contains(p))
-        .map(|(p, _)| pack_key(&packs[*p as usize]))
-        .collect();
     let deadline = now.saturating_sub((policy.grace_secs as i64).saturating_mul(1_000_000_000));
     for list_key in cache.storage().list("gc")? {
         let Some(when) = parse_retired_key(&list_key) else {

@@ -351,16 +351,17 @@ impl<'c> Packer<'c> {
     /// # Errors
     /// [`CacheError::Storage`].
     pub fn finish(self) -> Result<PackStats, CacheError> {
-        self.finish_with(IndexFile::default())
+        Ok(self.finish_with(IndexFile::default())?.0)
     }
 
     /// [`Packer::finish`], the index file also naming the objects of `extra` (objects already
     /// in durable packs, as a garbage collection consolidates index files). An index is
-    /// written when either holds anything.
+    /// written when either holds anything. Also returns the packs that index names (those
+    /// written here and those of `extra`), empty when none was written.
     ///
     /// # Errors
     /// [`CacheError::Storage`].
-    pub fn finish_with(self, extra: IndexFile) -> Result<PackStats, CacheError> {
+    pub fn finish_with(self, extra: IndexFile) -> Result<(PackStats, Vec<PackId>), CacheError> {
         // No object is claimed from here: the claims (33 bytes a new object) go before the
         // index file is encoded.
         drop(std::mem::take(&mut *self.claimed.lock().expect("claims")));
@@ -377,6 +378,7 @@ impl<'c> Packer<'c> {
         if let Some(open) = st.open.take() {
             self.commit_pack(&mut st, open)?;
         }
+        let mut named = Vec::new();
         let base = st.done_packs.len() as u32;
         st.done_packs.extend(extra.packs);
         let mut extra = extra.entries;
@@ -395,7 +397,7 @@ impl<'c> Packer<'c> {
                     entries: Pieces(&st.done_entries),
                 },
             );
-            st.done_packs = Vec::new();
+            named = std::mem::take(&mut st.done_packs);
             st.done_entries = Vec::new();
             self.cache
                 .storage()
@@ -403,6 +405,6 @@ impl<'c> Packer<'c> {
             self.cache.index_written(IndexId(sum));
             st.stats.index = Some(IndexId(sum));
         }
-        Ok(st.stats)
+        Ok((st.stats, named))
     }
 }
