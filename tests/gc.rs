@@ -581,3 +581,51 @@ fn a_second_collection_over_budget_keeps_the_cache_whole() {
     restores(&w, &a, "dst-a");
     restores(&w, &b, "dst-b");
 }
+
+#[test]
+fn a_collection_run_again_after_a_kill_between_rewriting_and_deleting_keeps_every_snapshot() {
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    sample::build(&src, 1).unwrap();
+    let mut ids = vec![save(&w, "k")];
+    for g in 4..7 {
+        let p = format!("{}-p{g}", hash_part(g));
+        util::add_files_path(&src, &p, &[("f", &noise(g, 50_000), false)], &[]);
+        ids.push(save(&w, "k"));
+    }
+    let snaps = w.cache_dir().join("snapshots");
+    let before: Vec<(std::path::PathBuf, Vec<u8>)> = fs::read_dir(&snaps)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            let b = fs::read(&p).unwrap();
+            (p, b)
+        })
+        .collect();
+    let policy = GcPolicy {
+        keep_last: Some(10),
+        ..GcPolicy::default()
+    };
+    gc(&w.cache(), &policy, &NoProgress).unwrap();
+    // As if that run was killed after writing each kept snapshot's new file and before
+    // deleting its old one: both files of each snapshot are there, and every index file.
+    for (p, b) in &before {
+        fs::write(p, b).unwrap();
+    }
+    let report = gc(&w.cache(), &policy, &NoProgress).unwrap();
+    let left: std::collections::HashSet<String> = w
+        .cache()
+        .list_snapshots()
+        .unwrap()
+        .iter()
+        .map(|r| r.id.hex())
+        .collect();
+    for id in &ids {
+        assert!(left.contains(id), "snapshot {id} lost: {report:?}");
+    }
+    let v = storesync::verify::verify(&w.cache(), &NoProgress).unwrap();
+    assert!(v.problems.is_empty(), "{v:?}");
+    for id in &ids {
+        restores(&w, id, &format!("dst-{}", &id[..8]));
+    }
+}

@@ -163,6 +163,10 @@ pub(super) fn publish_and_delete(
     // Oldest first: where a lookup takes the newest written entry of a key (the GitHub
     // Actions cache), the newest snapshot of each key must be written last.
     let want: Vec<IndexId> = new_index.into_iter().collect();
+    // The files written here: after a run killed between writing a snapshot's new file and
+    // deleting its old one, rewriting the old one gives the name of the new one, which is
+    // among the redundant files to delete.
+    let mut written_keys: HashSet<String> = HashSet::new();
     for ((r, head), kept) in heads.iter().zip(&keep).rev() {
         // A v1 file names no index; a v2 file whose head (read from the file that marking
         // checked whole) names the new index already is left as it is, not decoded.
@@ -173,15 +177,16 @@ pub(super) fn publish_and_delete(
         if snap.version >= 2 && snap.indexes != want {
             snap.indexes = want.clone();
             let written = cache.write_snapshot_file(&snap)?;
-            if written != r.key {
+            if written != r.key && !written_keys.contains(&r.key) {
                 cache.storage().delete(&r.key)?;
             }
+            written_keys.insert(written);
         }
     }
     for (r, _) in heads.iter().filter(|(r, _)| dropped_ids.contains(&r.id)) {
         cache.storage().delete(&r.key)?;
     }
-    for key in &redundant {
+    for key in redundant.iter().filter(|k| !written_keys.contains(*k)) {
         cache.storage().delete(key)?;
     }
     for id in old_indexes.iter().filter(|i| !keep_index.contains(i)) {
