@@ -629,3 +629,46 @@ fn a_collection_run_again_after_a_kill_between_rewriting_and_deleting_keeps_ever
         restores(&w, id, &format!("dst-{}", &id[..8]));
     }
 }
+
+#[test]
+fn save_prune_marks_from_every_index_file_not_only_those_of_its_base() {
+    // Key b's snapshot names an index file that key a's base does not: `save --key a
+    // --prune` must still see b's objects.
+    let w = World::new(Flavor::Nix);
+    let src = w.layout("src");
+    sample::build(&src, 1).unwrap();
+    let cache = w.cache_dir();
+    let run = |args: &[&str]| {
+        let out = w
+            .cmd("src")
+            .arg("--json")
+            .args(args)
+            .arg("--cache")
+            .arg(&cache)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, out) = run(&["save", "--key", "a"]);
+    assert!(ok, "{out}");
+    let x = format!("{}-x", hash_part(11));
+    util::add_files_path(&src, &x, &[("d", &noise(11, 20_000), false)], &[]);
+    let (ok, out) = run(&["save", "--key", "b", &format!("/nix/store/{x}")]);
+    assert!(ok, "{out}");
+    let y = format!("{}-y", hash_part(12));
+    util::add_files_path(&src, &y, &[("d", &noise(12, 20_000), false)], &[]);
+    let (ok, out) = run(&[
+        "save",
+        "--key",
+        "a",
+        "--prune",
+        "--keep-last",
+        "1",
+        &format!("/nix/store/{y}"),
+    ]);
+    assert!(ok, "save --prune failed: {out}");
+    let v = storesync::verify::verify(&w.cache(), &NoProgress).unwrap();
+    assert!(v.problems.is_empty(), "{v:?}");
+}

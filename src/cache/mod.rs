@@ -419,6 +419,16 @@ impl Cache {
         }
     }
 
+    /// Read every index file of the cache from now on, undoing [`Cache::use_indexes`]: what
+    /// a collection marks from (after a save, which reads only the files its base snapshot
+    /// names, a snapshot of another key may need objects of others).
+    pub fn use_every_index(&self) {
+        match self.objects.get() {
+            Some(o) => *o.write().expect("objects") = self.load_index(),
+            None => *self.chosen_indexes.lock().expect("chosen indexes") = None,
+        }
+    }
+
     /// Whether the index was read (or chosen files of it, see [`Cache::use_indexes`]).
     pub fn index_loaded(&self) -> bool {
         self.objects.get().is_some()

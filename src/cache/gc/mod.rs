@@ -155,6 +155,9 @@ pub fn gc(
             ))),
         };
     }
+    // Marking sees every index file, whatever this cache was narrowed to before (`save
+    // --prune` collects on the cache it saved with).
+    cache.use_every_index();
     let now = crate::clock::now_nanos();
     let mut report = GcReport {
         dry_run: policy.dry_run,
