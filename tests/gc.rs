@@ -672,3 +672,36 @@ fn save_prune_marks_from_every_index_file_not_only_those_of_its_base() {
     let v = storesync::verify::verify(&w.cache(), &NoProgress).unwrap();
     assert!(v.problems.is_empty(), "{v:?}");
 }
+
+#[test]
+fn the_budget_counts_what_must_stay_before_keeping_an_older_snapshot() {
+    // b1 (the newest of b, 300 KB) must stay; a2 (the newest of a, 10 KB) too; a1 (100 KB)
+    // fits beside a2 alone but not beside both: it goes, whatever the order of the saves.
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    let path = |g: u64, len: usize| {
+        let name = format!("{}-p{g}", hash_part(g));
+        util::add_files_path(&src, &name, &[("data", &noise(g, len), false)], &[]);
+        format!("/gnu/store/{name}")
+    };
+    let big = path(1, 300_000);
+    let b1 = save_roots(&w, "b", vec![big]);
+    let mid = path(2, 100_000);
+    let a1 = save_roots(&w, "a", vec![mid]);
+    let small = path(3, 10_000);
+    let a2 = save_roots(&w, "a", vec![small]);
+    let policy = GcPolicy {
+        max_size: Some(350_000),
+        grace_secs: 0,
+        ..GcPolicy::default()
+    };
+    let report = gc(&w.cache(), &policy, &NoProgress).unwrap();
+    assert!(report.live_bytes <= 350_000, "{report:?}");
+    let kept: Vec<&str> = report.kept.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(kept, [a2.as_str(), b1.as_str()], "newest first: {report:?}");
+    assert_eq!(report.dropped.len(), 1);
+    assert_eq!(report.dropped[0].0, a1);
+    assert_eq!(report.dropped[0].2, "size budget");
+    restores(&w, &a2, "dst-a2");
+    restores(&w, &b1, "dst-b1");
+}

@@ -104,7 +104,9 @@ pub(super) fn mark(
         let any_rule = policy.keep_last.is_some() || within.is_some();
         keep[i] = protect[i] || by_count || by_age || !any_rule;
     }
-    // 2. Mark, newest first, so that a size budget drops the oldest.
+    // 2. Mark the snapshots that stay whatever the budget (the newest of each key, those
+    // outside the policy), then the others newest first, so that a size budget drops the
+    // oldest and counts what must stay before choosing what else fits.
     // Looked up in the cache's own index (a copy of it would double the largest table).
     // Trees are read in pack order, each frame about once: a few frames kept suffice.
     cache.limit_frames(FRAME_CACHE_BYTES);
@@ -114,13 +116,17 @@ pub(super) fn mark(
     let mut live_objects = Bits::new(cache.object_count());
     let mut trees_done = Bits::new(cache.object_count());
     let mut live_bytes = 0u64;
+    let mut dropped_for: Vec<Option<&str>> = vec![None; heads.len()];
+    let order: Vec<usize> = (0..heads.len())
+        .filter(|&i| protect[i])
+        .chain((0..heads.len()).filter(|&i| !protect[i]))
+        .collect();
     progress.start("marking", heads.len() as u64);
-    for (i, (r, h)) in heads.iter().enumerate() {
+    for i in order {
+        let (r, _) = &heads[i];
         progress.advance(1);
         if !keep[i] {
-            report
-                .dropped
-                .push((r.id.hex(), h.key.clone(), "retention".into()));
+            dropped_for[i] = Some("retention");
             continue;
         }
         // Only its tree ids: none of its paths' strings are decoded.
@@ -184,15 +190,19 @@ pub(super) fn mark(
                 trees_done.remove(pos);
             }
             keep[i] = false;
-            report
-                .dropped
-                .push((r.id.hex(), h.key.clone(), "size budget".into()));
+            dropped_for[i] = Some("size budget");
             continue;
         }
         live_bytes += grew;
-        report.kept.push((r.id.hex(), h.key.clone()));
     }
     progress.finish();
+    // Reported newest first.
+    for (i, (r, h)) in heads.iter().enumerate() {
+        match dropped_for[i] {
+            Some(why) => report.dropped.push((r.id.hex(), h.key.clone(), why.into())),
+            None => report.kept.push((r.id.hex(), h.key.clone())),
+        }
+    }
     report.live_bytes = live_bytes;
     Ok(Marked {
         heads,
