@@ -705,3 +705,40 @@ fn the_budget_counts_what_must_stay_before_keeping_an_older_snapshot() {
     restores(&w, &a2, "dst-a2");
     restores(&w, &b1, "dst-b1");
 }
+
+#[test]
+fn a_dropped_snapshot_takes_its_signatures_with_it() {
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    sample::build(&src, 1).unwrap();
+    let (secret, _) = storesync::trust::generate("ci-1").unwrap();
+    let old = save(&w, "k");
+    let y = format!("{}-y", hash_part(3));
+    util::add_files_path(&src, &y, &[("f", &noise(3, 1000), false)], &[]);
+    let new = save(&w, "k");
+    let cache = w.cache();
+    for id in [&old, &new] {
+        let id = cache
+            .snapshot_ids()
+            .unwrap()
+            .into_iter()
+            .find(|i| i.hex() == *id)
+            .unwrap();
+        cache
+            .add_signature(&id, secret.sign_snapshot(&id.0))
+            .unwrap();
+    }
+    let sig = |id: &str| w.cache_dir().join(format!("snapshots/{id}.sig"));
+    assert!(sig(&old).exists() && sig(&new).exists());
+    let policy = GcPolicy {
+        keep_last: Some(1),
+        ..GcPolicy::default()
+    };
+    let report = gc(&w.cache(), &policy, &NoProgress).unwrap();
+    assert_eq!(report.dropped.len(), 1, "{report:?}");
+    assert!(
+        !sig(&old).exists(),
+        "the dropped snapshot's signatures stay"
+    );
+    assert!(sig(&new).exists());
+}

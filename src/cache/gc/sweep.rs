@@ -186,6 +186,12 @@ pub(super) fn publish_and_delete(
     for (r, _) in heads.iter().filter(|(r, _)| dropped_ids.contains(&r.id)) {
         cache.storage().delete(&r.key)?;
     }
+    // And their signatures (an absent file counts as deleted).
+    for id in &dropped_ids {
+        cache
+            .storage()
+            .delete(&crate::trust::signature_key(&id.0))?;
+    }
     for key in redundant.iter().filter(|k| !written_keys.contains(*k)) {
         cache.storage().delete(key)?;
     }
