@@ -742,3 +742,54 @@ fn a_dropped_snapshot_takes_its_signatures_with_it() {
     );
     assert!(sig(&new).exists());
 }
+
+#[test]
+fn a_later_collection_reads_copied_objects_from_their_new_pack_not_the_retired_one() {
+    // Run 1 repacks a sparse pack and retires it (kept for the grace period, with the index
+    // file naming it). Run 2 finds the copied objects in both: it must read them from the
+    // new pack (else it copies them again, and names the old pack live again until then).
+    // Whichever of the two index files lists first (their names are hashes): several caches.
+    for seed in 0..4u64 {
+        let w = World::new(Flavor::Guix);
+        let src = w.layout("src");
+        let path = |g: u64, len: usize| {
+            let name = format!("{}-p{g}", hash_part(g));
+            util::add_files_path(&src, &name, &[("data", &noise(g, len), false)], &[]);
+            format!("/gnu/store/{name}")
+        };
+        let p = path(10 + seed, 60_000);
+        // Over 256 KiB: frames of its own, dead once the first snapshot goes.
+        let q = path(20 + seed, 300_000);
+        save_roots(&w, "k", vec![p.clone(), q]);
+        save_roots(&w, "k", vec![p]);
+        let policy = GcPolicy {
+            keep_last: Some(1),
+            ..GcPolicy::default()
+        };
+        let first = gc(&w.cache(), &policy, &NoProgress).unwrap();
+        assert_eq!(first.packs_repacked, 1, "seed {seed}: {first:?}");
+        let retired: Vec<String> = fs::read_dir(w.cache_dir().join("gc"))
+            .unwrap()
+            .flat_map(|e| {
+                let text = fs::read_to_string(e.unwrap().path()).unwrap();
+                text.lines().map(str::to_owned).collect::<Vec<_>>()
+            })
+            .collect();
+        let second = gc(&w.cache(), &policy, &NoProgress).unwrap();
+        // Nothing to copy again: the live objects are all in the new pack already.
+        assert_eq!(second.packs_repacked, 0, "seed {seed}: {second:?}");
+        assert_eq!(second.index, first.index, "seed {seed}: {second:?}");
+        let index = second.index.clone().expect("an index");
+        let cache = w.cache();
+        let id = storesync::cache::format::parse_index_key(&format!("index/{index}.idx"));
+        let id = id.unwrap_or_else(|| panic!("index/{index}.idx is not an index key"));
+        cache.use_indexes(&[id]);
+        for pack in cache.packs() {
+            let key = storesync::cache::pack_key(&pack);
+            assert!(
+                !retired.contains(&key),
+                "seed {seed}: {key} named again: {second:?}"
+            );
+        }
+    }
+}

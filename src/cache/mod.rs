@@ -26,6 +26,7 @@ pub mod storage;
 pub mod tree;
 mod tree_v2;
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock, RwLock};
 
@@ -144,7 +145,7 @@ impl Cache {
             let chosen = self.chosen_indexes.lock().expect("chosen indexes").take();
             RwLock::new(match chosen {
                 Some(ids) => self.objects_of(&ids),
-                None => self.load_index(),
+                None => self.load_index(&HashSet::new()),
             })
         });
         if self.has_pending.load(std::sync::atomic::Ordering::Acquire) {
@@ -183,7 +184,7 @@ impl Cache {
     /// Merge every index file. Damaged index files are skipped with a warning (their objects
     /// count as absent), as are entries whose pack is missing. On a backend that cannot list,
     /// the index files the newest snapshot names (those [`Cache::list_snapshots`] finds).
-    fn load_index(&self) -> Objects {
+    fn load_index(&self, last: &HashSet<String>) -> Objects {
         if !self.storage.can_list() {
             let newest = self.list_snapshots().map(|refs| refs.last().cloned());
             return match newest {
@@ -211,6 +212,8 @@ impl Cache {
                     .push(format!("skipping index {key}: not an index name")),
             }
         }
+        // Stable: in listing order, those in `last` after the others.
+        files.sort_by_key(|(_, key)| last.contains(key));
         self.add_index_files(&mut objects, &files, "skipping index");
         objects
     }
@@ -422,10 +425,20 @@ impl Cache {
     /// Read every index file of the cache from now on, undoing [`Cache::use_indexes`]: what
     /// a collection marks from (after a save, which reads only the files its base snapshot
     /// names, a snapshot of another key may need objects of others).
-    pub fn use_every_index(&self) {
+    /// The index files whose keys are in `last` are merged after the others, so that an
+    /// object found in both is located in the others' packs (a collection passes those it
+    /// retired: an object it copied is then read from its new pack, and the old one, not
+    /// named again, is deleted once its grace period is over).
+    pub fn use_every_index(&self, last: &HashSet<String>) {
+        let objects = self.load_index(last);
         match self.objects.get() {
-            Some(o) => *o.write().expect("objects") = self.load_index(),
-            None => *self.chosen_indexes.lock().expect("chosen indexes") = None,
+            Some(o) => *o.write().expect("objects") = objects,
+            None => {
+                if let Err(objects) = self.objects.set(RwLock::new(objects)) {
+                    *self.objects.get().expect("set").write().expect("objects") =
+                        objects.into_inner().expect("objects");
+                }
+            }
         }
     }
 

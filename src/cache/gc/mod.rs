@@ -32,6 +32,8 @@
 //! Every step writes before it deletes, and deletes are idempotent: a kill at any instant
 //! leaves a cache whose kept snapshots all restore, and a rerun completes the work.
 
+use std::collections::HashSet;
+
 use serde::Serialize;
 
 use super::{Cache, CacheError, StorageError};
@@ -116,6 +118,19 @@ fn retired_key(now_nanos: i64) -> String {
     format!("gc/{:016x}.retired", now_nanos.max(0) as u64)
 }
 
+/// The keys every `gc/*.retired` list names.
+fn retired_by_earlier_runs(cache: &Cache) -> Result<HashSet<String>, CacheError> {
+    let mut keys = HashSet::new();
+    for list_key in cache.storage().list("gc")? {
+        if parse_retired_key(&list_key).is_none() {
+            continue;
+        }
+        let list = cache.storage().get(&list_key, 64 << 20)?;
+        keys.extend(String::from_utf8_lossy(&list).lines().map(str::to_owned));
+    }
+    Ok(keys)
+}
+
 fn parse_retired_key(key: &str) -> Option<i64> {
     let t = key.strip_prefix("gc/")?.strip_suffix(".retired")?;
     i64::try_from(u64::from_str_radix(t, 16).ok()?).ok()
@@ -156,8 +171,9 @@ pub fn gc(
         };
     }
     // Marking sees every index file, whatever this cache was narrowed to before (`save
-    // --prune` collects on the cache it saved with).
-    cache.use_every_index();
+    // --prune` collects on the cache it saved with); those earlier runs retired are merged
+    // last, so that what they copied is found in its new pack, not named again in the old.
+    cache.use_every_index(&retired_by_earlier_runs(cache)?);
     let now = crate::clock::now_nanos();
     let mut report = GcReport {
         dry_run: policy.dry_run,
