@@ -1050,3 +1050,55 @@ fn verify_names_each_unsound_tree_once_with_the_first_snapshot_path_naming_it() 
     assert_eq!(v.problems.len(), 2, "{:#?}", v.problems);
     assert_eq!(v.garbage_files, 0, "not counted on a damaged cache");
 }
+
+// ---------------------------------------------------------------------------------------------
+// 8. The target's valid paths: never taken for a restore's own files, never shadowed.
+
+#[test]
+fn a_valid_path_named_like_a_lock_file_is_neither_deleted_nor_written() {
+    // `<hash>-Cargo.lock` is a valid store path whose name ends in `.lock` and whose prefix
+    // is a store path: a restore must not take it for a path lock left by a killed process.
+    // Its bytes are shared through `.links` with `pkg/Cargo.lock`.
+    let w = World::new(Flavor::Guix);
+    let mut blobs = Blobs::new();
+    let contents = noise(77, 9000);
+    let lock_path = base_name(11, "Cargo.lock");
+    let pkg = base_name(12, "pkg");
+    let a = file_node(&mut blobs, false, &contents);
+    let b = dir_node(vec![(
+        "Cargo.lock",
+        file_node(&mut blobs, false, &contents),
+    )]);
+    let rows = vec![
+        (row_for(&lock_path, &nar_of(&a, &blobs)), a),
+        (row_for(&pkg, &nar_of(&b, &blobs)), b),
+    ];
+    write_cache(&w.cache_dir(), w.flavor, &rows, &blobs, vec![]);
+    let dst = w.layout("dst");
+    let r = restore(&dst, &w.cache_dir()).unwrap();
+    assert_eq!(r.restored, 2, "{r:?}");
+    assert_registered_paths_are_on_disk(&dst);
+    // Any later restore: here the same snapshot again, which has nothing to write.
+    let r = restore(&dst, &w.cache_dir()).unwrap();
+    assert_eq!(r.restored, 0, "{r:?}");
+    assert_links_entries_are_sound(&dst.real_store_dir());
+    assert_registered_paths_are_on_disk(&dst);
+}
+
+#[test]
+fn a_valid_path_named_like_a_scratch_entry_is_not_removed() {
+    // Shaped as a scratch entry of a dead process (no pid 999999 holds temporary roots), but
+    // valid: not a leftover.
+    let w = World::new(Flavor::Guix);
+    let mut blobs = Blobs::new();
+    let node = dir_node(vec![("f", file_node(&mut blobs, false, b"hello\n"))]);
+    let base = base_name(13, "storesync-999999-tmp-0-x");
+    one_path_cache(&w, &base, &node, &blobs);
+    let dst = w.layout("dst");
+    let r = restore(&dst, &w.cache_dir()).unwrap();
+    assert_eq!(r.restored, 1, "{r:?}");
+    assert_registered_paths_are_on_disk(&dst);
+    let r = restore(&dst, &w.cache_dir()).unwrap();
+    assert_eq!(r.restored, 0, "{r:?}");
+    assert_registered_paths_are_on_disk(&dst);
+}

@@ -1,7 +1,7 @@
 //! Executing a restore plan: every missing path written in parallel and verified, the
 //! verified ones made durable and registered in one transaction, the rest removed.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 
 use std::io;
@@ -41,7 +41,9 @@ const LARGE_PATH: u64 = 16 << 20;
 
 /// Write, verify and register the planned paths. The caller holds the big-lock (shared), the
 /// locks of the missing paths (`locks`) and `client`'s temporary roots (see [`super::live`]), and
-/// passes the DB connection opened under them.
+/// passes the DB connection opened under them, and `valid`, the validity the plan was made
+/// from (full path to DB hash): valid paths are never taken for leftovers. It is dropped once
+/// leftovers are removed, before the writes.
 ///
 /// Everything in the store is done relative to a descriptor of the store directory (opened
 /// without following a symlink) and of each directory made: see [`crate::store::fs`].
@@ -50,24 +52,31 @@ const LARGE_PATH: u64 = 16 << 20;
 /// [`Error::Io`] when the store directory or its `.links` cannot be prepared (a symlink, not
 /// a directory, not writable), [`Error::Db`] when registration fails (then nothing is
 /// registered). Per-path failures are reported, not returned.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn execute(
     layout: &Layout,
     cache: &Cache,
     plan: &RestorePlan,
+    valid: HashMap<String, String>,
     conn: &mut rusqlite::Connection,
     client: &Client<'_>,
     locks: &PathLocks,
     progress: &dyn Progress,
 ) -> Result<RestoreReport> {
+    let is_valid =
+        |base: &str| valid.contains_key(&format!("{}/{base}", layout.store_dir.as_str()));
     if plan.missing.is_empty() {
         // Nothing to write: no staging directory, nothing created, so a no-op restore changes
         // nothing, not even the store directory's mtime. Only leftovers of a killed restore
         // (one killed after its registration, before it removed its scratch entries) are
         // removed, as a restore that writes removes them.
         let held = locks.bases();
-        remove_leftovers(layout, &open_store_dir(layout)?, &|base| {
-            held.contains(base)
-        })?;
+        remove_leftovers(
+            layout,
+            &open_store_dir(layout)?,
+            &|base| held.contains(base),
+            &is_valid,
+        )?;
         return Ok(RestoreReport {
             snapshot: plan.snapshot_id.hex(),
             selected: plan.selected,
@@ -94,7 +103,8 @@ pub(super) fn execute(
     let chown = (owner != me).then_some(owner);
     // Leftovers of interrupted restores whose process is gone.
     let held = locks.bases();
-    remove_leftovers(layout, &store_fd, &|base| held.contains(base))?;
+    remove_leftovers(layout, &store_fd, &|base| held.contains(base), &is_valid)?;
+    drop(valid);
     // Every scratch name is a temporary root before it exists.
     let staging = client.scratch_name(TMP, "links")?;
     let tmp_names = client.scratch_batch(

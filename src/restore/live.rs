@@ -22,10 +22,12 @@
 //! when their process (the pid in the name) no longer holds its temporary roots file, and by
 //! the daemon's collector otherwise.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+
+use rustix::fs::AtFlags;
 
 use crate::cache::{Snapshot, SnapshotId};
 use crate::db::{self, LockWait};
@@ -217,8 +219,8 @@ impl<'a> Client<'a> {
 }
 
 /// Remove the scratch entries of interrupted restores: those of older versions, and those
-/// whose process no longer holds its temporary roots file. Call before this run creates any. Best effort per entry: one that
-/// cannot be removed is left to the daemon's collector.
+/// whose process no longer holds its temporary roots file. Call before this run creates any.
+/// Best effort per entry: one that cannot be removed is left to the daemon's collector.
 ///
 /// # Errors
 /// [`Error::Io`] when the store directory cannot be read.
@@ -228,16 +230,31 @@ impl<'a> Client<'a> {
 /// that a process that opened one meanwhile opens it again). `held` names the paths whose locks
 /// this process holds ([`PathLocks::bases`]; POSIX locks never conflict within a process):
 /// those are left alone.
+///
+/// Names are only shaped like leftovers: a store path may be named `<hash>-Cargo.lock` or
+/// `<hash>-storesync-1-tmp-0-x`. `valid` says whether a base name is a valid path (of the
+/// validity read for the plan): such a name is never touched, nor is a lock file that is not
+/// one by [`crate::store::locks::is_lock_file`] (a valid path's file shares its inode with
+/// `.links` and every deduplicated copy), nor an entry whose own path lock exists (a path
+/// the daemon is writing, valid only once it is done).
 pub(super) fn remove_leftovers(
     layout: &Layout,
     store: &OwnedFd,
     held: &dyn Fn(&str) -> bool,
+    valid: &dyn Fn(&str) -> bool,
 ) -> Result<()> {
     let names = entry_names(store).map_err(|e| Error::Io(layout.real_store_dir(), e))?;
+    let being_written = |name: &str| {
+        rustix::fs::statat(store, format!("{name}.lock"), AtFlags::SYMLINK_NOFOLLOW).is_ok()
+    };
     for name in names {
         let Ok(name) = name.to_str() else { continue };
         if let Some(base) = name.strip_suffix(".lock") {
-            if !held(base) && crate::store::path::StorePath::from_base_name(base).is_ok() {
+            if !held(base)
+                && crate::store::path::StorePath::from_base_name(base).is_ok()
+                && !valid(name)
+                && !being_written(name)
+            {
                 remove_stale_lock(layout, store, name);
             }
             continue;
@@ -246,7 +263,9 @@ pub(super) fn remove_leftovers(
             true
         } else if let Some((pid, _)) = parse_scratch(name) {
             // This process has created none yet: one with its pid is a dead process's.
-            pid == std::process::id() || !holds_temp_roots(layout, pid)
+            (pid == std::process::id() || !holds_temp_roots(layout, pid))
+                && !valid(name)
+                && !being_written(name)
         } else {
             false
         };
@@ -257,23 +276,26 @@ pub(super) fn remove_leftovers(
     Ok(())
 }
 
-/// Remove the path lock `name` if no one holds it (best effort, as the daemons do).
+/// Remove the path lock `name` if it is a lock file and no one holds it (best effort, as the
+/// daemons do).
 fn remove_stale_lock(layout: &Layout, store: &OwnedFd, name: &str) {
-    use crate::store::locks::{delete_lock_file, lock, open_lock_file, LockMode};
+    use crate::store::locks::{delete_lock_file, lock, open_path_lock, LockMode};
     let name = std::ffi::OsStr::new(name);
-    if let Ok(Some(f)) = open_lock_file(store, name, false) {
+    if let Ok(Some(f)) = open_path_lock(store, name, false) {
         if lock(&f, layout.flavor, LockMode::Exclusive, false).unwrap_or(false) {
             delete_lock_file(store, name, &f);
         }
     }
 }
 
-/// What [`plan_locked`] gives: the plan to execute, the locks on its missing paths, and the
-/// paths that were missing at first but that the daemon made valid meanwhile.
+/// What [`plan_locked`] gives: the plan to execute, the locks on its missing paths, the
+/// paths that were missing at first but that the daemon made valid meanwhile, and the
+/// validity the plan was made from (full path to DB hash), which [`remove_leftovers`] needs.
 pub(super) struct Locked {
     pub plan: RestorePlan,
     pub locks: PathLocks,
     pub became_valid: Vec<String>,
+    pub valid: HashMap<String, String>,
 }
 
 /// Plan the restore as a store client (steps 3 and 4 of the module doc): protect the closure,
@@ -326,6 +348,7 @@ pub(super) fn plan_locked(
             plan: first,
             locks,
             became_valid: Vec::new(),
+            valid,
         });
     }
     let mut current = first;
@@ -354,6 +377,7 @@ pub(super) fn plan_locked(
                 plan: p,
                 locks,
                 became_valid,
+                valid,
             });
         }
         if locked.len() + bases.len() > budget {
@@ -445,6 +469,76 @@ mod tests {
                 assert!(listed.contains(full.as_bytes()), "{full} is not a root");
             }
             assert_eq!(listed.len(), 5000);
+        }
+    }
+
+    #[test]
+    fn only_lock_files_and_scratch_entries_that_are_no_valid_path_are_leftovers() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        // Nix: `flock` locks conflict within a process too, so a held lock can be modelled.
+        let flavor = crate::store::layout::Flavor::Nix;
+        let layout = Layout::new(flavor, root.path(), None, None).unwrap();
+        let store_fd = crate::store::fs::open_store_dir(&layout).unwrap();
+        let store = layout.real_store_dir();
+        let h = |n: u8| format!("{n:032}");
+        let put = |name: &str, mode: u32| {
+            std::fs::write(store.join(name), b"genuine").unwrap();
+            std::fs::set_permissions(store.join(name), PermissionsExt::from_mode(mode)).unwrap();
+        };
+        // Not valid, but a store file, not a lock: canonical modes, or several names.
+        put(&format!("{}-r.lock", h(1)), 0o444);
+        put(&format!("{}-x.lock", h(2)), 0o555);
+        put(&format!("{}-l.lock", h(3)), 0o600);
+        std::fs::hard_link(store.join(format!("{}-l.lock", h(3))), store.join("other")).unwrap();
+        // Valid: a lock file's shape, a dead process's scratch entry's name.
+        let valid_lock = format!("{}-v.lock", h(4));
+        put(&valid_lock, 0o600);
+        let valid_scratch = format!("{}-storesync-999999-tmp-0-x", h(5));
+        put(&valid_scratch, 0o444);
+        // Being written: its own path lock exists (held).
+        let written = format!("{}-storesync-999999-tmp-1-x", h(6));
+        put(&written, 0o444);
+        put(&format!("{written}.lock"), 0o600);
+        let writer = std::fs::File::options()
+            .write(true)
+            .open(store.join(format!("{written}.lock")))
+            .unwrap();
+        use crate::store::locks::{lock, LockMode};
+        assert!(lock(&writer, flavor, LockMode::Exclusive, false).unwrap());
+        // Leftovers.
+        let stale = format!("{}-s.lock", h(7));
+        put(&stale, 0o600);
+        let dead = format!("{}-storesync-999999-tmp-2-x", h(8));
+        put(&dead, 0o444);
+        let valid = [valid_lock.clone(), valid_scratch.clone()];
+        remove_leftovers(&layout, &store_fd, &|_| false, &|b| {
+            valid.iter().any(|v| v == b)
+        })
+        .unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(&store)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        let mut want = vec![
+            format!("{}-r.lock", h(1)),
+            format!("{}-x.lock", h(2)),
+            format!("{}-l.lock", h(3)),
+            "other".to_owned(),
+            valid_lock,
+            valid_scratch,
+            written.clone(),
+            format!("{written}.lock"),
+        ];
+        want.sort();
+        assert_eq!(left, want);
+        for name in &left {
+            assert_eq!(
+                std::fs::read(store.join(name)).unwrap(),
+                b"genuine",
+                "{name}"
+            );
         }
     }
 

@@ -283,6 +283,7 @@ fn restore_snapshot(
         layout,
         cache,
         &locked.plan,
+        locked.valid,
         &mut conn,
         &client,
         &locked.locks,

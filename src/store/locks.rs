@@ -102,6 +102,40 @@ pub fn open_lock_file(dir: impl AsFd, name: &OsStr, create: bool) -> io::Result<
     Ok(Some(file))
 }
 
+/// Whether `st` is that of a path lock file: a regular file with no permission beyond its
+/// owner's read and write (storesync and both daemons create them with `open(…, O_CREAT,
+/// 0600)`, which no umask widens) and at most one name (none once its holder unlinked it).
+/// A store path's files are never that: canonical modes are 0444 and 0555, and `.links`
+/// gives every deduplicated file several names. So a valid path whose name ends in `.lock`
+/// (`<hash>-Cargo.lock`) is never taken for the lock of another (`<hash>-Cargo`), truncated or
+/// marked deleted.
+pub fn is_lock_file(st: &rustix::fs::Stat) -> bool {
+    rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
+        && st.st_mode & 0o7777 & !0o600 == 0
+        && st.st_nlink <= 1
+}
+
+/// [`open_lock_file`] for a path lock (`<store>/<path>.lock`), refusing a file that is not one
+/// by [`is_lock_file`].
+///
+/// # Errors
+/// As [`open_lock_file`]; an "not a lock file" error naming its mode and links.
+pub fn open_path_lock(dir: impl AsFd, name: &OsStr, create: bool) -> io::Result<Option<File>> {
+    let Some(file) = open_lock_file(dir, name, create)? else {
+        return Ok(None);
+    };
+    let st = rustix::fs::fstat(&file)?;
+    if !is_lock_file(&st) {
+        return Err(io::Error::other(format!(
+            "not a lock file (mode {:o}, {} links; a store path of that name?): refusing to \
+             use it as a lock",
+            st.st_mode & 0o7777,
+            st.st_nlink
+        )));
+    }
+    Ok(Some(file))
+}
+
 /// Mark a lock file deleted: unlink it and write a byte into it, so that a process that opened
 /// it before the unlink and is waiting for the lock sees, once granted, a non-empty file and
 /// opens the lock file again (the daemons' `deleteLockFile`).
