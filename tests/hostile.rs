@@ -1102,3 +1102,52 @@ fn a_valid_path_named_like_a_scratch_entry_is_not_removed() {
     assert_eq!(r.restored, 0, "{r:?}");
     assert_registered_paths_are_on_disk(&dst);
 }
+
+#[test]
+fn a_snapshot_path_sharing_a_hash_part_with_a_valid_path_is_not_registered() {
+    // The daemons find a path by its hash part: a second path with a valid path's hash part
+    // would shadow it, or be shadowed.
+    let w = World::new(Flavor::Guix);
+    let mut blobs = Blobs::new();
+    let node = dir_node(vec![("f", file_node(&mut blobs, false, b"evil\n"))]);
+    let user_node = dir_node(vec![("g", file_node(&mut blobs, false, b"user\n"))]);
+    let bash = base_name(31, "bash-5.2");
+    let row = row_for(&bash, &nar_of(&node, &blobs));
+    let user = base_name(32, "user");
+    let mut user_row = row_for(&user, &nar_of(&user_node, &blobs));
+    user_row.references = vec![row.path.clone()];
+    write_cache(
+        &w.cache_dir(),
+        w.flavor,
+        &[(row, node), (user_row, user_node)],
+        &blobs,
+        vec![],
+    );
+    let dst = w.layout("dst");
+    util::add_files_path(
+        &dst,
+        &base_name(31, "glibc-2.39"),
+        &[("g", b"real\n", false)],
+        &[],
+    );
+    let r = restore(&dst, &w.cache_dir()).unwrap();
+    assert_eq!(r.failed.len(), 1, "{r:?}");
+    assert!(
+        r.failures[0].error.contains("glibc-2.39"),
+        "{:?}",
+        r.failures
+    );
+    let rows = db_rows(&dst);
+    let parts: Vec<&str> = rows
+        .paths
+        .keys()
+        .map(|p| &p.rsplit('/').next().unwrap()[..32])
+        .collect();
+    let unique: std::collections::HashSet<&&str> = parts.iter().collect();
+    assert_eq!(unique.len(), parts.len(), "{:?}", rows.paths.keys());
+    assert!(!dst.real_store_dir().join(&bash).exists(), "{bash} on disk");
+    // What refers to it is skipped, as the referrers of any failed path.
+    assert_eq!(r.skipped.len(), 1, "{r:?}");
+    assert!(!dst.real_store_dir().join(&user).exists(), "{user} on disk");
+    assert_registered_paths_are_on_disk(&dst);
+}

@@ -77,11 +77,14 @@ pub(super) fn execute(
             &|base| held.contains(base),
             &is_valid,
         )?;
+        let failures = plan.shadowing_failures(layout);
         return Ok(RestoreReport {
             snapshot: plan.snapshot_id.hex(),
             selected: plan.selected,
             already_valid: plan.already_valid,
             broken: plan.broken.clone(),
+            failed: failures.iter().map(|f| f.path.clone()).collect(),
+            failures,
             ..RestoreReport::default()
         });
     }
@@ -325,6 +328,10 @@ pub(super) fn execute(
         .iter()
         .map(|&i| layout.store_dir.display(&snap.paths[i].info.path))
         .collect();
+    for f in plan.shadowing_failures(layout) {
+        report.failed.push(f.path.clone());
+        report.failures.push(f);
+    }
     let mut told_stop = false;
     for (i, r) in &results {
         if let Some(Err(e)) = r {
@@ -349,11 +356,18 @@ pub(super) fn execute(
         not_attempted.iter().copied().collect();
     let repair_set: std::collections::HashSet<usize> = plan.repair.iter().copied().collect();
     let written = |i: usize| !failed_set.contains(&i) && !not_attempted_set.contains(&i);
-    let bad = if failed.is_empty() && not_attempted.is_empty() {
+    // Paths refused at plan time are not valid either: what refers to them is skipped too.
+    let shadowing = plan.shadowing.iter().map(|(i, _)| *i);
+    let bad = if failed.is_empty() && not_attempted.is_empty() && plan.shadowing.is_empty() {
         vec![false; snap.paths.len()]
     } else {
-        super::plan::reference_graph(snap)
-            .referrers_closure(failed.iter().chain(&not_attempted).copied())
+        super::plan::reference_graph(snap).referrers_closure(
+            failed
+                .iter()
+                .chain(&not_attempted)
+                .copied()
+                .chain(shadowing),
+        )
     };
     let mut register = Vec::new();
     for &i in &plan.missing {

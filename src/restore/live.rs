@@ -367,10 +367,14 @@ pub(super) fn plan_locked(
             .filter(|b| !locked.contains(b))
             .collect();
         if bases.is_empty() || alone {
-            let now: std::collections::HashSet<&String> = missing.iter().collect();
+            // Not valid, but refused since (a valid path took its hash part): failed, not
+            // made valid by the daemon.
+            let shadowed = p.shadowing.iter().map(|&(i, _)| display(&p, i));
+            let now: std::collections::HashSet<String> =
+                missing.iter().cloned().chain(shadowed).collect();
             let became_valid = missing_at_first
                 .iter()
-                .filter(|m| !now.contains(m))
+                .filter(|m| !now.contains(*m))
                 .cloned()
                 .collect();
             return Ok(Locked {

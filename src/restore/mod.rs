@@ -237,9 +237,12 @@ fn restore_snapshot(
             HashMap::new()
         };
         let plan = plan(layout, id, snapshot, &valid, &opts.roots)?;
+        let failures = plan.shadowing_failures(layout);
         return Ok(RestoreReport {
             snapshot: id.hex(),
             dry_run: true,
+            failed: failures.iter().map(|f| f.path.clone()).collect(),
+            failures,
             broken: plan.broken.clone(),
             repaired: plan
                 .repair

@@ -9,7 +9,7 @@ use crate::cache::SnapshotId;
 use crate::closure::Graph;
 use crate::error::{Error, Result};
 use crate::store::layout::Layout;
-use crate::store::path::StorePath;
+use crate::store::path::{StorePath, HASH_PART_LEN};
 use crate::store::path_info::NarHash;
 
 /// What a restore will do.
@@ -33,6 +33,11 @@ pub struct RestorePlan {
     /// Paths valid in the DB, absent from disk, and registered with another hash than the
     /// snapshot's: left alone, reported.
     pub broken: Vec<String>,
+    /// Paths not valid in the target whose hash part is that of a valid path of another name
+    /// (with that path's full name): the daemons find a path by its hash part (docs/SECURITY.md),
+    /// so one would shadow the other. Never locked, written or registered: they fail, and their
+    /// referrers are skipped.
+    pub shadowing: Vec<(usize, String)>,
     /// Per missing path that has any, its siblings: base names of paths valid in the target
     /// with the same name and another hash part (older builds of the same package), where
     /// its files' blobs may be found (`restore::siblings`).
@@ -46,6 +51,23 @@ impl RestorePlan {
             .iter()
             .map(|&i| self.snapshot.paths[i].info.nar_size)
             .fold(0u64, u64::saturating_add) // sizes a cache gives: no overflow
+    }
+
+    /// The failures of the paths of `shadowing`, one message each naming both paths.
+    pub fn shadowing_failures(&self, layout: &Layout) -> Vec<super::Failure> {
+        self.shadowing
+            .iter()
+            .map(|(i, other)| {
+                let path = layout.store_dir.display(&self.snapshot.paths[*i].info.path);
+                super::Failure {
+                    error: format!(
+                        "{path}: its hash part is that of {other}, valid in the target (the \
+                         daemons find a path by its hash part): not restored"
+                    ),
+                    path,
+                }
+            })
+            .collect()
     }
 }
 
@@ -104,11 +126,20 @@ pub fn plan(
     let selected = order.len();
     let store = layout.real_store_dir();
     let (mut missing, mut repair, mut broken) = (Vec::new(), Vec::new(), Vec::new());
+    let mut shadowing = Vec::new();
+    // Made only when some path is not valid (most restores of a warm store write nothing).
+    let mut valid_by_hash: Option<HashMap<&str, &str>> = None;
     for &i in &order {
         let info = &snapshot.paths[i].info;
         let full = layout.store_dir.display(&info.path);
         match valid.get(&full) {
-            None => missing.push(i),
+            None => {
+                let by_hash = valid_by_hash.get_or_insert_with(|| hash_parts(layout, valid));
+                match by_hash.get(info.path.hash_part()) {
+                    Some(other) => shadowing.push((i, (*other).to_owned())),
+                    None => missing.push(i),
+                }
+            }
             Some(hash) => {
                 if fs::symlink_metadata(store.join(info.path.base_name())).is_ok() {
                     continue;
@@ -126,14 +157,27 @@ pub fn plan(
     Ok(RestorePlan {
         snapshot_id,
         siblings,
-        already_valid: selected - missing.len() - broken.len(),
+        already_valid: selected - missing.len() - broken.len() - shadowing.len(),
         selected,
         closure: order,
         missing,
         repair,
         broken,
+        shadowing,
         snapshot,
     })
+}
+
+/// Hash part to full path, of the valid paths (`valid`'s keys) of `layout`'s store.
+fn hash_parts<'a>(
+    layout: &Layout,
+    valid: &'a HashMap<String, String>,
+) -> HashMap<&'a str, &'a str> {
+    let prefix = format!("{}/", layout.store_dir.as_str());
+    valid
+        .keys()
+        .filter_map(|p| Some((p.strip_prefix(&prefix)?.get(..HASH_PART_LEN)?, p.as_str())))
+        .collect()
 }
 
 /// On a remote cache, plan coalesced reads of the frames the missing paths' files are in
