@@ -1151,3 +1151,51 @@ fn a_snapshot_path_sharing_a_hash_part_with_a_valid_path_is_not_registered() {
     assert!(!dst.real_store_dir().join(&user).exists(), "{user} on disk");
     assert_registered_paths_are_on_disk(&dst);
 }
+
+#[test]
+fn a_snapshot_path_whose_lock_name_is_a_valid_path_does_not_truncate_it() {
+    // A hostile snapshot's missing `<h>-Cargo` has the lock file name `<h>-Cargo.lock`, which
+    // is a valid path of the target (its bytes shared through `.links`).
+    let w = World::new(Flavor::Guix);
+    let mut blobs = Blobs::new();
+    let contents = noise(78, 9000);
+    let lock_path = base_name(21, "Cargo.lock");
+    let pkg = base_name(22, "pkg");
+    let a = file_node(&mut blobs, false, &contents);
+    let b = dir_node(vec![(
+        "Cargo.lock",
+        file_node(&mut blobs, false, &contents),
+    )]);
+    let genuine = write_cache(
+        &w.cache_dir(),
+        w.flavor,
+        &[
+            (row_for(&lock_path, &nar_of(&a, &blobs)), a),
+            (row_for(&pkg, &nar_of(&b, &blobs)), b),
+        ],
+        &blobs,
+        vec![],
+    );
+    let dst = w.layout("dst");
+    let r = restore_lib(&dst, &w.cache_dir(), Some(&genuine), &NoProgress).unwrap();
+    assert_eq!(r.restored, 2, "{r:?}");
+    let mut hblobs = Blobs::new();
+    let h = file_node(&mut hblobs, false, b"x");
+    let hostile = write_cache(
+        &w.cache_dir(),
+        w.flavor,
+        &[(row_for(&base_name(21, "Cargo"), &nar_of(&h, &hblobs)), h)],
+        &hblobs,
+        vec![],
+    );
+    let _ = restore_lib(&dst, &w.cache_dir(), Some(&hostile), &NoProgress);
+    let store = dst.real_store_dir();
+    let size = fs::metadata(store.join(&pkg).join("Cargo.lock")).map(|m| m.len());
+    assert_eq!(
+        size.as_ref().ok(),
+        Some(&9000),
+        "{pkg}/Cargo.lock now: {size:?}"
+    );
+    assert_links_entries_are_sound(&store);
+    assert_registered_paths_are_on_disk(&dst);
+}

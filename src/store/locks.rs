@@ -9,7 +9,10 @@
 //!   (a build output, a substitute, an import). Taken exclusively; a lock file found non-empty
 //!   after locking was deleted by its previous holder and is opened again (the daemon's
 //!   staleness rule). On release the files are unlinked and marked stale with a `d`, as the
-//!   daemon's `PathLocks::setDeletion` does, so nothing is left behind.
+//!   daemon's `PathLocks::setDeletion` does, so nothing is left behind. A file at a lock's
+//!   name that is not shaped as a lock file ([`is_lock_file`]: a valid store path may be
+//!   named `<hash>-Cargo.lock`, the lock name of `<hash>-Cargo`) is refused, never truncated
+//!   or written.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -208,7 +211,7 @@ impl PathLocks {
         let err = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", shown.display()));
         let mut told = false;
         loop {
-            let file = open_lock_file(&self.store, OsStr::new(&name), true)
+            let file = open_path_lock(&self.store, OsStr::new(&name), true)
                 .map_err(err)?
                 .expect("created");
             if let Some((uid, gid)) = self.owner {
@@ -300,6 +303,8 @@ mod tests {
         let mut locks = PathLocks::new(Flavor::Nix, &d, dir.path(), None).unwrap();
         // A lock file marked deleted whose unlink failed is taken over, not looped on.
         std::fs::write(dir.path().join("p.lock"), b"d").unwrap();
+        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+        std::fs::set_permissions(dir.path().join("p.lock"), mode).unwrap();
         locks.lock("p", &|_| {}).unwrap();
         assert_eq!(locks.len(), 1);
         assert_eq!(std::fs::read(dir.path().join("p.lock")).unwrap(), b"");
@@ -315,5 +320,36 @@ mod tests {
         let mut locks = PathLocks::new(Flavor::Guix, &d, dir.path(), None).unwrap();
         let err = locks.lock("x", &|_| {}).unwrap_err().to_string();
         assert!(err.contains("x.lock"), "{err}");
+    }
+
+    #[test]
+    fn a_store_file_is_not_a_lock_file() {
+        // A valid `<hash>-x.lock` (0444, or 0555) and a file with several names (`.links`)
+        // are refused, untouched; a lock file as created is taken.
+        let dir = tempfile::tempdir().unwrap();
+        let d = File::open(dir.path()).unwrap();
+        let mut locks = PathLocks::new(Flavor::Guix, &d, dir.path(), None).unwrap();
+        let put = |name: &str, mode: u32| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, b"genuine").unwrap();
+            let mode = std::os::unix::fs::PermissionsExt::from_mode(mode);
+            std::fs::set_permissions(&p, mode).unwrap();
+            p
+        };
+        put("r.lock", 0o444);
+        put("x.lock", 0o555);
+        let l = put("l.lock", 0o600);
+        std::fs::hard_link(&l, dir.path().join("entry")).unwrap();
+        for base in ["r", "x", "l"] {
+            let err = locks.lock(base, &|_| {}).unwrap_err().to_string();
+            assert!(err.contains(&format!("{base}.lock")), "{err}");
+            assert!(err.contains("not a lock file"), "{err}");
+            let name = dir.path().join(format!("{base}.lock"));
+            assert_eq!(std::fs::read(name).unwrap(), b"genuine");
+        }
+        assert!(locks.is_empty());
+        put("p.lock", 0o600);
+        locks.lock("p", &|_| {}).unwrap();
+        assert_eq!(locks.len(), 1);
     }
 }
