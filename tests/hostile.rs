@@ -1199,3 +1199,45 @@ fn a_snapshot_path_whose_lock_name_is_a_valid_path_does_not_truncate_it() {
     assert_links_entries_are_sound(&store);
     assert_registered_paths_are_on_disk(&dst);
 }
+
+#[test]
+fn a_path_referring_to_a_broken_path_is_not_registered() {
+    // `dep` is valid in the DB, with another hash than the snapshot's, and gone from disk:
+    // broken, left alone. `user` refers to it: registered, it would refer to nothing.
+    let w = World::new(Flavor::Guix);
+    let mut blobs = Blobs::new();
+    let dep = base_name(14, "dep");
+    let user = base_name(15, "user");
+    let dep_node = dir_node(vec![("f", file_node(&mut blobs, false, b"dep\n"))]);
+    let user_node = dir_node(vec![("g", file_node(&mut blobs, false, b"user\n"))]);
+    let dep_row = row_for(&dep, &nar_of(&dep_node, &blobs));
+    let mut user_row = row_for(&user, &nar_of(&user_node, &blobs));
+    user_row.references = vec![dep_row.path.clone()];
+    write_cache(
+        &w.cache_dir(),
+        w.flavor,
+        &[(dep_row, dep_node), (user_row, user_node)],
+        &blobs,
+        vec![],
+    );
+    let dst = w.layout("dst");
+    util::add_files_path(&dst, &dep, &[("f", b"other\n", false)], &[]);
+    fs::set_permissions(
+        dst.real_store_dir().join(&dep),
+        fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    fs::remove_dir_all(dst.real_store_dir().join(&dep)).unwrap();
+    let r = restore(&dst, &w.cache_dir()).unwrap();
+    assert_eq!(r.broken.len(), 1, "{r:?}");
+    let rows = db_rows(&dst);
+    for (referrer, reference) in &rows.refs {
+        let on_disk = dst.root.join(reference.trim_start_matches('/'));
+        assert!(
+            fs::symlink_metadata(&on_disk).is_ok() || !r.paths.contains(referrer),
+            "restored {referrer} registered referring to {reference}, which is not on disk: {r:?}"
+        );
+    }
+    assert_eq!(r.skipped.len(), 1, "{r:?}");
+    assert!(!dst.real_store_dir().join(&user).exists(), "{user} on disk");
+}

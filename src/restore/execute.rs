@@ -82,7 +82,7 @@ pub(super) fn execute(
             snapshot: plan.snapshot_id.hex(),
             selected: plan.selected,
             already_valid: plan.already_valid,
-            broken: plan.broken.clone(),
+            broken: plan.broken_paths(layout),
             failed: failures.iter().map(|f| f.path.clone()).collect(),
             failures,
             ..RestoreReport::default()
@@ -311,7 +311,7 @@ pub(super) fn execute(
         local_files: writer.local_files.load(Ordering::Relaxed),
         local_bytes: writer.local_bytes.load(Ordering::Relaxed),
         replaced_leftovers: leftovers.load(Ordering::Relaxed) as usize,
-        broken: plan.broken.clone(),
+        broken: plan.broken_paths(layout),
         ..RestoreReport::default()
     };
     let failed: Vec<usize> = results
@@ -356,15 +356,21 @@ pub(super) fn execute(
         not_attempted.iter().copied().collect();
     let repair_set: std::collections::HashSet<usize> = plan.repair.iter().copied().collect();
     let written = |i: usize| !failed_set.contains(&i) && !not_attempted_set.contains(&i);
-    // Paths refused at plan time are not valid either: what refers to them is skipped too.
+    // Paths refused at plan time are not valid, and broken ones not on disk: what refers to
+    // them is skipped too, as what refers to a failed path.
     let shadowing = plan.shadowing.iter().map(|(i, _)| *i);
-    let bad = if failed.is_empty() && not_attempted.is_empty() && plan.shadowing.is_empty() {
+    let bad = if failed.is_empty()
+        && not_attempted.is_empty()
+        && plan.shadowing.is_empty()
+        && plan.broken.is_empty()
+    {
         vec![false; snap.paths.len()]
     } else {
         super::plan::reference_graph(snap).referrers_closure(
             failed
                 .iter()
                 .chain(&not_attempted)
+                .chain(&plan.broken)
                 .copied()
                 .chain(shadowing),
         )
@@ -379,7 +385,8 @@ pub(super) fn execute(
         } else if !bad[i] {
             register.push(i);
         } else if written(i) {
-            // Written and verified, but it refers to a path that is not valid: take it off disk.
+            // Written and verified, but it refers to a path that is not valid (or not on disk):
+            // take it off disk.
             let base = snap.paths[i].info.path.base_name();
             if let Ok(trash) = client.scratch_name(TRASH, base) {
                 if rustix::fs::renameat(&store_fd, base, &store_fd, trash.as_str()).is_ok() {

@@ -9,8 +9,8 @@
 //!    moved aside first). Files of 8 KiB or more are shared through `<store>/.links` exactly as
 //!    the daemon's deduplication does, so identical contents become hard links of one file.
 //! 3. Every verified path whose references are all valid is registered in one SQLite
-//!    transaction; a path that failed, and everything referring to it, is removed from disk and
-//!    not registered.
+//!    transaction; a path that failed, and everything referring to it (or to a broken path:
+//!    valid, not on disk, of another hash), is removed from disk and not registered.
 
 mod error;
 mod execute;
@@ -100,7 +100,8 @@ pub struct RestoreReport {
     pub failed: Vec<String>,
     /// Why each failed.
     pub failures: Vec<Failure>,
-    /// Paths not registered because something they refer to failed.
+    /// Paths not registered because something they refer to failed, was refused, or is
+    /// broken (valid in the DB but not on disk, with another hash than the snapshot's).
     pub skipped: Vec<String>,
     /// Paths not attempted because the restore stopped at a failure that would fail every
     /// path (a full, read-only or unwritable store; the first such failure is in `failures`).
@@ -243,7 +244,7 @@ fn restore_snapshot(
             dry_run: true,
             failed: failures.iter().map(|f| f.path.clone()).collect(),
             failures,
-            broken: plan.broken.clone(),
+            broken: plan.broken_paths(layout),
             repaired: plan
                 .repair
                 .iter()

@@ -31,8 +31,9 @@ pub struct RestorePlan {
     /// Selected paths already valid in the target and present on disk.
     pub already_valid: usize,
     /// Paths valid in the DB, absent from disk, and registered with another hash than the
-    /// snapshot's: left alone, reported.
-    pub broken: Vec<String>,
+    /// snapshot's (indices into `snapshot.paths`): left alone, reported; what refers to them
+    /// is skipped, as they are not on disk.
+    pub broken: Vec<usize>,
     /// Paths not valid in the target whose hash part is that of a valid path of another name
     /// (with that path's full name): the daemons find a path by its hash part (docs/SECURITY.md),
     /// so one would shadow the other. Never locked, written or registered: they fail, and their
@@ -51,6 +52,14 @@ impl RestorePlan {
             .iter()
             .map(|&i| self.snapshot.paths[i].info.nar_size)
             .fold(0u64, u64::saturating_add) // sizes a cache gives: no overflow
+    }
+
+    /// The full paths of `broken`.
+    pub fn broken_paths(&self, layout: &Layout) -> Vec<String> {
+        self.broken
+            .iter()
+            .map(|&i| layout.store_dir.display(&self.snapshot.paths[i].info.path))
+            .collect()
     }
 
     /// The failures of the paths of `shadowing`, one message each naming both paths.
@@ -148,7 +157,7 @@ pub fn plan(
                     missing.push(i);
                     repair.push(i);
                 } else {
-                    broken.push(full);
+                    broken.push(i);
                 }
             }
         }
@@ -220,8 +229,8 @@ pub(super) fn plan_reads(
 }
 
 /// The snapshot's reference graph (node `i` = `snapshot.paths[i]`). Not kept in the plan:
-/// a restore needs it again only when some path fails, to leave out what refers to it (at
-/// 100,000 paths, 10 MB held through the writes otherwise).
+/// a restore needs it again only when some path fails, is refused or broken, to leave out
+/// what refers to it (at 100,000 paths, 10 MB held through the writes otherwise).
 pub fn reference_graph(snapshot: &crate::cache::Snapshot) -> Graph {
     Graph::of_keys(
         snapshot
