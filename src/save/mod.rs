@@ -337,12 +337,17 @@ fn execute_with(
         }
     }
     if let Some((id, base)) = &base {
+        // The base's own number of paths: its list is empty here when it went before the
+        // walk and was not read back (which a save keeping no path at all must not take
+        // for an empty base).
+        let base_len = base_paths_dropped.unwrap_or(base.paths.len());
         let same = base.key == opts.key
             && base.flavor == layout.flavor
             && base.store_dir == layout.store_dir.as_str()
             && base.roots == roots
             && base.derivation_outputs == derivation_outputs
-            && base.paths.len() == kept_paths.len()
+            && base_len == kept_paths.len()
+            && base.paths.len() == base_len
             && base
                 .paths
                 .iter()
@@ -360,6 +365,12 @@ fn execute_with(
     }
     // Of the base, only its id and index files are needed from here: its paths and the
     // frames its trees were read from go before the new snapshot is built and written.
+    // A snapshot of the base's key is dated after it, whatever this machine's clock says
+    // (another runner's clock may be ahead: the base would stay the newest of the key).
+    let not_before = base
+        .as_ref()
+        .filter(|(_, b)| b.key == opts.key)
+        .map(|(_, b)| b.created.saturating_add(1));
     let base = base.map(|(id, b)| (id, b.indexes));
     let parent = base.as_ref().map(|(id, _)| *id);
     cache.drop_frames();
@@ -394,7 +405,7 @@ fn execute_with(
         key: opts.key.clone(),
         flavor: layout.flavor,
         store_dir: layout.store_dir.as_str().to_owned(),
-        created: crate::clock::now_nanos(),
+        created: crate::clock::now_nanos().max(not_before.unwrap_or(i64::MIN)),
         tool: format!("storesync {}", env!("CARGO_PKG_VERSION")),
         // The base snapshot's index files (the only ones read, see `plan::base_snapshot`)
         // and the one this save wrote: together they locate every object named. When no

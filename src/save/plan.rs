@@ -291,8 +291,8 @@ pub fn plan(layout: &Layout, cache: &Cache, opts: &SaveOptions) -> Result<SavePl
     }
     // A v2 base whose index files are all there vouches for its trees (a snapshot is written
     // only after every object it names is durable): the index is then read only if a path
-    // is new, and an unchanged save reads none of it. Otherwise each tree is looked up, so a
-    // path whose objects are gone is read again.
+    // is new, and an unchanged save reads none of it. Otherwise each tree is read and it
+    // and its blobs looked up, so a path whose objects are gone is read again.
     let vouched = base.as_ref().is_some_and(|(_, b)| {
         b.version >= 2
             && b.indexes.iter().all(|id| {
@@ -305,7 +305,7 @@ pub fn plan(layout: &Layout, cache: &Cache, opts: &SaveOptions) -> Result<SavePl
     let mut known: Vec<Option<(NarHash, u64, TreeId)>> = vec![None; db.paths.len()];
     for p in base.iter().flat_map(|(_, b)| &b.paths) {
         if let Some(&i) = index.get(&p.info.path) {
-            if vouched || cache.contains(p.tree) {
+            if vouched || held_whole(cache, p.tree) {
                 known[i] = Some((p.info.nar_hash, p.info.nar_size, p.tree));
             }
         }
@@ -324,4 +324,15 @@ pub fn plan(layout: &Layout, cache: &Cache, opts: &SaveOptions) -> Result<SavePl
         known,
         base,
     })
+}
+
+/// Whether the tree `tree` and every blob it names are in the cache (a tree that cannot be
+/// read is not).
+fn held_whole(cache: &Cache, tree: TreeId) -> bool {
+    cache.contains(tree)
+        && cache.read_tree(&tree).is_ok_and(|node| {
+            let mut all = true;
+            crate::cache::Node::for_each_blob(&node, &mut |b, _| all &= cache.contains(*b));
+            all
+        })
 }

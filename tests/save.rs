@@ -1,0 +1,115 @@
+//! Saves whose base snapshot no longer matches the store or the cache: what they keep, what
+//! they read again, and how they are dated.
+
+mod util;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use storesync::progress::NoProgress;
+use storesync::save::{save, SaveOptions};
+use storesync::store::layout::Flavor;
+use util::World;
+
+const ONE: &str = "0123456789abcdfghijklmnpqrsvwxyz-one";
+const TWO: &str = "1123456789abcdfghijklmnpqrsvwxyz-two";
+
+fn opts(skip_corrupt: bool) -> SaveOptions {
+    SaveOptions {
+        roots: vec![],
+        skip_corrupt,
+        level: 3,
+        key: "k".into(),
+        gc_roots: false,
+        verify_source: false,
+    }
+}
+
+/// Take `base` out of `layout`'s store and DB, as the daemon's garbage collector would.
+fn collect(layout: &storesync::store::layout::Layout, base: &str) {
+    let conn = rusqlite::Connection::open(layout.db_file()).unwrap();
+    conn.execute(
+        "delete from ValidPaths where path = ?1",
+        [format!("/gnu/store/{base}")],
+    )
+    .unwrap();
+    drop(conn);
+    storesync::store::fs::remove_tree(&layout.real_store_dir().join(base)).unwrap();
+}
+
+#[test]
+fn a_save_keeping_no_path_is_not_its_base_unchanged() {
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    util::add_files_path(&src, ONE, &[("f", b"one\n", false)], &[]);
+    let first = save(&src, &w.cache(), &opts(true), &NoProgress).unwrap();
+    assert_eq!(first.paths, 1);
+    // ONE is collected, TWO built, and TWO's file then damaged: nothing is left to keep.
+    collect(&src, ONE);
+    util::add_files_path(&src, TWO, &[("f", b"two\n", false)], &[]);
+    let f = src.real_store_dir().join(TWO).join("f");
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(&f, b"TWO\n").unwrap();
+    let cache = w.cache();
+    let r = save(&src, &cache, &opts(true), &NoProgress).unwrap();
+    assert_eq!(r.corrupt.len(), 1, "{r:?}");
+    assert_eq!(r.paths, 0, "{r:?}");
+    assert!(!r.unchanged, "{r:?}");
+    let (_, snap) = cache.find_snapshot(Some(&r.snapshot)).unwrap();
+    assert!(snap.paths.is_empty(), "{:?}", snap.paths);
+}
+
+#[test]
+fn a_path_whose_blob_is_gone_is_read_again_not_taken_from_the_base() {
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    let shared: &[u8] = b"the same contents in two paths\n";
+    util::add_files_path(&src, ONE, &[("f", shared, false)], &[]);
+    let s1 = save(&src, &w.cache(), &opts(false), &NoProgress).unwrap();
+    util::add_files_path(&src, TWO, &[("g", shared, false)], &[]);
+    let s2 = save(&src, &w.cache(), &opts(false), &NoProgress).unwrap();
+    assert_eq!(s2.new_paths, 1, "{s2:?}");
+    // ONE is collected from the store; the first save's index file (holding TWO's blob,
+    // which TWO's tree, in the second save's, names) is lost.
+    collect(&src, ONE);
+    let (_, first) = w.cache().find_snapshot(Some(&s1.snapshot)).unwrap();
+    assert_eq!(first.indexes.len(), 1);
+    fs::remove_file(
+        w.cache_dir()
+            .join(storesync::cache::index_key(&first.indexes[0])),
+    )
+    .unwrap();
+    let s3 = save(&src, &w.cache(), &opts(false), &NoProgress).unwrap();
+    assert_eq!((s3.paths, s3.new_paths), (1, 1), "{s3:?}");
+    let cache = w.cache();
+    let (_, snap) = cache.find_snapshot(Some(&s3.snapshot)).unwrap();
+    for sp in &snap.paths {
+        let tree = cache.read_tree(&sp.tree).unwrap();
+        storesync::cache::Node::for_each_blob(&tree, &mut |id, _| {
+            assert!(cache.contains(*id), "{}: blob {id} missing", sp.info.path);
+        });
+    }
+    let v = storesync::verify::verify(&cache, &NoProgress).unwrap();
+    assert!(
+        v.problems.iter().all(|p| !p.contains(&s3.snapshot[..12])),
+        "{v:?}"
+    );
+}
+
+#[test]
+fn a_save_on_a_base_dated_ahead_is_the_newest_of_its_key() {
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    util::add_files_path(&src, ONE, &[("f", b"one\n", false)], &[]);
+    let cache = w.cache();
+    let first = save(&src, &cache, &opts(false), &NoProgress).unwrap();
+    // The same snapshot as a runner whose clock is 10 minutes ahead would have written it.
+    let (_, mut snap) = cache.find_snapshot(Some(&first.snapshot)).unwrap();
+    snap.created += 600 * 1_000_000_000;
+    cache.write_snapshot(&snap).unwrap();
+    util::add_files_path(&src, TWO, &[("f", b"two\n", false)], &[]);
+    let second = save(&src, &w.cache(), &opts(false), &NoProgress).unwrap();
+    assert_eq!(second.new_paths, 1, "{second:?}");
+    let newest = w.cache().find_by_key("k", &[], &|_, _| Ok(())).unwrap();
+    assert_eq!(newest.id.hex(), second.snapshot);
+}
