@@ -47,6 +47,11 @@ pub const MAX_SNAPSHOT_RATIO: usize = 256;
 /// so this is ~3 million files in one store path, over ten times the largest known (TeX Live
 /// trees, ~200000 files); a decoded tree takes up to ~30 times its encoding in memory.
 pub const MAX_TREE_BYTES: u64 = 256 << 20;
+/// The most nodes a tree may have. Decoded, a node takes about 160 bytes (a 128-byte entry
+/// and its name), 30 times its smallest encoding (a 5-byte symlink), and a tree of them
+/// compresses hundreds of times: this, not the bytes, bounds what one tree can make a reader
+/// hold (about 320 MB). The largest store paths hold a few hundred thousand files.
+pub const MAX_TREE_NODES: usize = 1 << 21;
 
 /// What an output buffer starts at before it grows with the output.
 const INITIAL_OUTPUT: usize = 64 << 10;
@@ -325,8 +330,13 @@ fn decode_tree(bytes: &[u8], v2: bool) -> Result<Node, String> {
     // Directories whose entries are being decoded, outermost first; `open.len()` is the depth
     // of the node decoded next.
     let mut open: Vec<Open> = Vec::new();
+    let mut nodes = 0usize;
     'node: loop {
         let start = input.pos;
+        nodes += 1;
+        if nodes > MAX_TREE_NODES {
+            return Err(at(start, format!("more than {MAX_TREE_NODES} nodes")));
+        }
         let mut node = match input.u32("node kind")? {
             0 => Node::Regular {
                 executable: input.bool("executable bit")?,
@@ -514,6 +524,41 @@ mod tests {
     use crate::store::path_info::{DerivationOutput, NarHash, PathInfo};
     use proptest::prelude::*;
     use std::time::{Duration, Instant};
+
+    /// A tree of `dirs` directories, each holding the same 253 one-byte symlinks: about
+    /// 1,270 bytes and 254 nodes a directory, compressing to almost nothing.
+    fn wide_tree(dirs: usize) -> Node {
+        let names: Vec<u8> = (1u8..=255).filter(|&b| b != b'/' && b != b'.').collect();
+        let sub: Vec<Entry> = names
+            .iter()
+            .map(|&b| Entry {
+                name: vec![b],
+                node: Node::Symlink {
+                    target: b"x".to_vec(),
+                },
+            })
+            .collect();
+        Node::Directory(
+            (0..dirs)
+                .map(|i| Entry {
+                    name: format!("{i:06}").into_bytes(),
+                    node: Node::Directory(sub.clone()),
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_tree_of_more_nodes_than_allowed_is_refused() {
+        let (_, bytes) = wide_tree(MAX_TREE_NODES / 254 + 1).encode();
+        let err = decode_tree_v2(&bytes).unwrap_err();
+        assert!(
+            err.contains(&format!("more than {MAX_TREE_NODES} nodes")),
+            "{err}"
+        );
+        let (_, bytes) = wide_tree(MAX_TREE_NODES / 254 - 1).encode();
+        assert!(decode_tree_v2(&bytes).is_ok());
+    }
 
     /// What `Node::decode` did before this module: bincode through serde (recursive), then
     /// the recursive validation.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::{
     pack_key, BlobId, Cache, CacheError, Location, ObjectId, ObjectKind, StorageError,
-    MAX_BATCH_FRAME, SOLO_THRESHOLD,
+    MAX_BATCH_COMPRESSED, MAX_BATCH_FRAME, SOLO_THRESHOLD,
 };
 
 thread_local! {
@@ -89,6 +89,16 @@ impl Cache {
         let key = (loc.pack, loc.frame_offset);
         if let Some(f) = self.frames.lock().expect("frame cache").frames.get(&key) {
             return Ok(f.clone());
+        }
+        // Refused before anything is read: a frame of small objects is never larger (an
+        // index may claim any length, and a sparse pack file may hold it).
+        if loc.frame_len > MAX_BATCH_COMPRESSED {
+            return Err(CacheError::Corrupt(format!(
+                "frame at {} of pack {}: {} bytes, more than a frame of small objects takes",
+                loc.frame_offset,
+                pack_key(&self.pack_id(loc.pack)),
+                loc.frame_len
+            )));
         }
         let pack = pack_key(&self.pack_id(loc.pack));
         let mut compressed = crate::scratch::Scratch::empty();
@@ -171,7 +181,7 @@ impl Cache {
     /// [`CacheError::Missing`], or [`CacheError::Corrupt`] when the bytes do not match.
     pub fn read_small(&self, id: impl Into<ObjectId>) -> Result<Vec<u8>, CacheError> {
         let mut out = Vec::new();
-        self.stream_checking(id.into(), true, &mut |chunk| {
+        self.stream_checking(id.into(), true, None, &mut |chunk| {
             out.extend_from_slice(chunk);
             Ok(())
         })?;
@@ -190,7 +200,7 @@ impl Cache {
         id: &BlobId,
         sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
     ) -> Result<(), CacheError> {
-        self.stream_checking((*id).into(), true, sink)
+        self.stream_checking((*id).into(), true, Some(ObjectKind::Blob), sink)
     }
 
     /// [`Cache::stream`] without the BLAKE3 check of a blob's bytes against its id (lengths
@@ -205,16 +215,20 @@ impl Cache {
         id: &BlobId,
         sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
     ) -> Result<(), CacheError> {
-        self.stream_checking((*id).into(), false, sink)
+        self.stream_checking((*id).into(), false, Some(ObjectKind::Blob), sink)
     }
 
+    /// `want`: the kind the caller asked for, when it asked for one; an object the index
+    /// lists as another kind is damaged (a blob listed as a tree would skip the check).
     fn stream_checking(
         &self,
         id: ObjectId,
         check: bool,
+        want: Option<ObjectKind>,
         sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
     ) -> Result<(), CacheError> {
         let loc = self.location(id).ok_or(CacheError::Missing(id))?;
+        check_kind(id, &loc, want)?;
         let check = check && loc.kind == ObjectKind::Blob;
         let sink_err = |e: io::Error| StorageError(format!("object {id}"), e);
         if loc.len < SOLO_THRESHOLD {
@@ -281,11 +295,109 @@ impl Cache {
     }
 }
 
+/// An object the index lists as another kind than the one asked for is damaged.
+pub(super) fn check_kind(
+    id: ObjectId,
+    loc: &Location,
+    want: Option<ObjectKind>,
+) -> Result<(), CacheError> {
+    match want {
+        Some(kind) if kind != loc.kind => Err(CacheError::Corrupt(format!(
+            "object {id}: the index lists it as a {}, asked for as a {}",
+            kind_name(loc.kind),
+            kind_name(kind)
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn kind_name(kind: ObjectKind) -> &'static str {
+    match kind {
+        ObjectKind::Blob => "blob",
+        ObjectKind::Tree => "tree",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{IndexFile, IndexId, PackId};
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_frame_of_small_objects_longer_than_any_is_refused_before_it_is_read() {
+        // A sparse pack of 512 MiB, 16 bytes on disk, and an index claiming all of it for
+        // one 10-byte object: refused without reading (it took 1 GiB).
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open_dir(dir.path()).unwrap();
+        let pid = PackId([7; 32]);
+        let len: u64 = 512 << 20;
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(dir.path().join(pack_key(&pid))).unwrap();
+            f.write_all(&crate::cache::format::header(crate::cache::PACK_MAGIC))
+                .unwrap();
+            f.set_len(16 + len).unwrap();
+        }
+        let blob = BlobId([9; 32]);
+        let loc = Location {
+            kind: ObjectKind::Blob,
+            pack: 0,
+            frame_offset: 16,
+            frame_len: len,
+            offset: 0,
+            len: 10,
+        };
+        let file = IndexFile {
+            packs: vec![pid],
+            entries: vec![(blob.into(), loc)],
+        };
+        cache.merge_index(IndexId([1; 32]), file);
+        let err = cache.read_small(blob).unwrap_err().to_string();
+        assert!(
+            err.contains("more than a frame of small objects takes"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_object_listed_as_another_kind_than_asked_for_is_damaged() {
+        // Blob b's bytes listed under blob a's id, as a tree: streaming a as a blob must
+        // not skip the check that its bytes are a's.
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open_dir(dir.path()).unwrap();
+        let (wanted, other) = (
+            b"the genuine bytes".to_vec(),
+            b"bytes of an attacker".to_vec(),
+        );
+        let (a, b) = (BlobId::of(&wanted), BlobId::of(&other));
+        let packer = super::super::Packer::new(&cache, 3);
+        assert!(packer.claim(b));
+        packer.add(ObjectKind::Blob, b, &other).unwrap();
+        packer.finish().unwrap();
+        let cache = Cache::open_dir_read_only(dir.path());
+        let loc_b = cache.location(b).unwrap();
+        let pack = cache.packs()[0];
+        for (kind, n) in [(ObjectKind::Blob, 1u8), (ObjectKind::Tree, 2)] {
+            let c = Cache::open_dir_read_only(dir.path());
+            let file = IndexFile {
+                packs: vec![pack],
+                entries: vec![(a.into(), Location { kind, ..loc_b })],
+            };
+            c.merge_index(IndexId([n; 32]), file);
+            let mut got = Vec::new();
+            let r = c.stream(&a, &mut |chunk| {
+                got.extend_from_slice(chunk);
+                Ok(())
+            });
+            assert!(r.is_err(), "{kind:?}: handed out {got:?} as checked");
+            let tree = super::super::TreeId(a.0);
+            if kind == ObjectKind::Blob {
+                let e = c.read_tree(&tree).unwrap_err().to_string();
+                assert!(e.contains("lists it as a blob, asked for as a tree"), "{e}");
+            }
+        }
+    }
 
     proptest! {
         #![proptest_config(crate::fuzz::config(128))]

@@ -58,6 +58,9 @@ pub const FRAME_TARGET: u64 = 1024 * 1024;
 pub const PACK_TARGET: u64 = 32 * 1024 * 1024;
 /// Upper bound of a decompressed frame of small objects.
 pub const MAX_BATCH_FRAME: u64 = FRAME_TARGET + SOLO_THRESHOLD;
+/// The most a frame of small objects may take compressed (zstd's bound for its largest
+/// content, with room to spare): a larger claim is refused before anything is allocated.
+pub const MAX_BATCH_COMPRESSED: u64 = MAX_BATCH_FRAME + (64 << 10);
 /// Errors of the cache; each names the file or object.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -401,7 +404,9 @@ impl Cache {
     /// # Errors
     /// [`CacheError`] when missing or damaged.
     pub fn read_tree(&self, id: &TreeId) -> Result<Node, CacheError> {
-        if let Some(len) = self.location(*id).map(|l| l.len) {
+        if let Some(loc) = self.location(*id) {
+            frames::check_kind((*id).into(), &loc, Some(ObjectKind::Tree))?;
+            let len = loc.len;
             if len > decode::MAX_TREE_BYTES {
                 return Err(CacheError::Corrupt(format!(
                     "tree {id}: {len} bytes, more than a tree may have"

@@ -11,7 +11,7 @@ use super::super::id::TreeId;
 use super::super::tree::is_tree;
 use super::super::{
     pack_key, BlobId, Cache, CacheError, IndexFile, Location, ObjectId, ObjectKind, PackId,
-    StorageError, MAX_BATCH_FRAME, PACK_MAGIC,
+    StorageError, MAX_BATCH_COMPRESSED, MAX_BATCH_FRAME, PACK_MAGIC,
 };
 use crate::progress::Progress;
 
@@ -20,9 +20,6 @@ use crate::progress::Progress;
 pub const MAX_GAP: u64 = 256 << 10;
 /// A ranged read spans at most this many bytes (more frames: another read).
 pub const MAX_RUN: u64 = 64 << 20;
-/// The most a frame of small objects may take compressed (zstd's bound for its largest
-/// content, with room to spare): a larger claim is refused before anything is allocated.
-const MAX_BATCH_COMPRESSED: u64 = MAX_BATCH_FRAME + (64 << 10);
 /// Largest window (log2) of a frame of a large object: 8 MiB, as [`Cache::stream`] allows.
 const SOLO_WINDOW_LOG: u32 = 23;
 
