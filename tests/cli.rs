@@ -662,3 +662,41 @@ fn diff_between_snapshots_and_the_live_store() {
     let d = diff(&["key:k", "@live"], "src");
     assert_eq!(d["added"].as_array().unwrap().len(), 0);
 }
+
+#[test]
+fn by_key_a_snapshot_refused_by_the_signature_check_is_no_cache_miss() {
+    // The only snapshot of key k is unsigned: with a trusted key, that is a refusal (exit 1,
+    // naming it), not a miss (exit 0), as when restoring the newest without a key.
+    let w = World::new(Flavor::Guix);
+    sample::build(&w.layout("src"), 1).unwrap();
+    let (_, public) = key_pair(&w, "ci-1");
+    let id = save_with(&w, &["--key".as_ref(), "k".as_ref()])["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = w
+        .on_cache("dst", &["restore", "--key", "k"])
+        .arg("--trusted-key")
+        .arg(&public)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&id[..12]) && err.contains("not signed"),
+        "{err}"
+    );
+    // A key nothing matches is still a miss.
+    let out = w
+        .on_cache("dst", &["restore", "--key", "other"])
+        .arg("--trusted-key")
+        .arg(&public)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
