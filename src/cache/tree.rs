@@ -247,6 +247,15 @@ const TREE_V2: &str = "storesync 2026-12 tree v2";
 
 /// Whether `bytes` are the tree `id` names, in either encoding (a check of bytes copied
 /// without decoding them).
+/// Hashers of a tree's bytes under each encoding's context: a tree read as a stream is
+/// `id` when either gives it (as [`is_tree`] says of bytes at hand).
+pub(crate) fn tree_id_hashers() -> [blake3::Hasher; 2] {
+    [
+        blake3::Hasher::new_derive_key(TREE_V2),
+        blake3::Hasher::new_derive_key(TREE_V1),
+    ]
+}
+
 pub(crate) fn is_tree(id: &TreeId, bytes: &[u8]) -> bool {
     tree_id(TREE_V2, bytes) == *id || tree_id(TREE_V1, bytes) == *id
 }

@@ -160,9 +160,21 @@ fn copy_frame(
     let werr = |e: io::Error| CacheError::Storage(StorageError("new pack".into(), e));
     if f.solo() {
         let (id, kind, _, len) = f.objects[0];
-        if kind != ObjectKind::Blob {
-            return Err(corrupt(format!("object {id}: a tree of {len} bytes")));
+        // A tree of 256 KiB or more (a path of a few thousand files) has frames of its own
+        // too: hashed under both tree contexts, it is its id when either gives it.
+        let what_kind = match kind {
+            ObjectKind::Blob => "blob",
+            ObjectKind::Tree => "tree",
+        };
+        if kind == ObjectKind::Tree && len > super::super::decode::MAX_TREE_BYTES {
+            return Err(corrupt(format!(
+                "tree {id}: {len} bytes, more than a tree may have"
+            )));
         }
+        let mut hashers: Vec<blake3::Hasher> = match kind {
+            ObjectKind::Blob => vec![blake3::Hasher::new()],
+            ObjectKind::Tree => super::super::tree::tree_id_hashers().to_vec(),
+        };
         // Compressed bytes go to the pack as the decoder pulls them; the content is hashed.
         let mut tee = Tee {
             inner: reader.take(f.len),
@@ -170,7 +182,6 @@ fn copy_frame(
             error: None,
         };
         let mut total = 0u64;
-        let mut hasher = blake3::Hasher::new();
         {
             let mut dec = zstd::stream::read::Decoder::new(&mut tee).map_err(werr)?;
             dec.window_log_max(SOLO_WINDOW_LOG).map_err(werr)?;
@@ -178,7 +189,7 @@ fn copy_frame(
             loop {
                 let n = dec
                     .read(&mut buf)
-                    .map_err(|e| corrupt(format!("blob {id}: {e}")))?;
+                    .map_err(|e| corrupt(format!("{what_kind} {id}: {e}")))?;
                 if n == 0 {
                     break;
                 }
@@ -186,7 +197,9 @@ fn copy_frame(
                 if total > len {
                     break;
                 }
-                hasher.update(&buf[..n]);
+                for h in &mut hashers {
+                    h.update(&buf[..n]);
+                }
             }
         }
         // Whatever the decoder left unread still belongs to the frame's bytes.
@@ -197,8 +210,10 @@ fn copy_frame(
         if tee.inner.limit() != 0 {
             return Err(corrupt("the pack ends inside it".into()));
         }
-        if total != len || *hasher.finalize().as_bytes() != id.0 {
-            return Err(corrupt(format!("blob {id}: content does not match its id")));
+        if total != len || !hashers.iter().any(|h| *h.finalize().as_bytes() == id.0) {
+            return Err(corrupt(format!(
+                "{what_kind} {id}: content does not match its id"
+            )));
         }
         return Ok(());
     }

@@ -235,3 +235,50 @@ fn an_interrupted_copy_run_again_sends_no_pack_that_landed() {
     assert_eq!(before, after, "no pack written again");
     verified(&Cache::open_dir(&b_dir).unwrap());
 }
+
+#[test]
+fn a_snapshot_with_a_tree_in_frames_of_its_own_is_copied() {
+    // A path of 20,000 files has a tree of 1.6 MB: a save gives it frames of its own, and
+    // the copy checks it streamed, under the tree contexts (it refused every such tree).
+    use crate::cache::{BlobId, Entry, Node, Packer, SOLO_THRESHOLD};
+    let t = tempfile::tempdir().unwrap();
+    let a_dir = t.path().join("a");
+    let a = Cache::open_dir(&a_dir).unwrap();
+    save_into(&t.path().join("root"), &a, 1, "");
+    let (_, mut snap) = a.find_snapshot(None).unwrap();
+    let (blob, loc) = a
+        .objects()
+        .into_iter()
+        .find(|(_, l)| l.kind == ObjectKind::Blob)
+        .unwrap();
+    let entries: Vec<Entry> = (0..20_000)
+        .map(|i| Entry {
+            name: format!("file-{i:06}").into_bytes(),
+            node: Node::Regular {
+                executable: false,
+                size: loc.len,
+                blob: BlobId(blob.0),
+                file_nar_hash: [0; 32],
+            },
+        })
+        .collect();
+    let (tree, bytes) = Node::Directory(entries).encode();
+    assert!(bytes.len() as u64 >= SOLO_THRESHOLD, "{}", bytes.len());
+    let p = Packer::new(&a, 3);
+    assert!(p.claim(tree));
+    p.add(ObjectKind::Tree, tree, &bytes).unwrap();
+    p.finish().unwrap();
+    snap.paths[0].tree = tree;
+    snap.indexes = a.index_files_and_written();
+    let id = a.write_snapshot(&snap).unwrap();
+    drop(a);
+    let a = Cache::open_dir(&a_dir).unwrap();
+    let b_dir = t.path().join("b");
+    let b = Cache::open_dir(&b_dir).unwrap();
+    run(&a, &b, &Select::Id(id.hex())).unwrap();
+    let b = Cache::open_dir(&b_dir).unwrap();
+    assert_eq!(
+        b.read_tree(&tree).unwrap(),
+        Node::decode(&tree, &bytes).unwrap()
+    );
+}
