@@ -132,32 +132,16 @@ pub const WRITERS_PER_JOB: usize = 2;
 /// passes, checked before anything else of it is read.
 fn choose(cache: &Cache, opts: &RestoreOptions) -> Result<Chosen> {
     if let Some(key) = &opts.key {
-        // Snapshots matching the key that the signature check refused: when every match is
-        // refused, that is no cache miss (exit 0) but a refusal (exit 1), as without a key.
-        let refused = std::cell::RefCell::new(Vec::new());
-        let accept = |id: &SnapshotId, h: &crate::cache::SnapshotHead| {
+        let accept = |id: &SnapshotId, _: &crate::cache::SnapshotHead| {
             if opts.trusted.is_empty() {
                 return Ok(());
             }
             cache
                 .check_signature(id, &opts.trusted)
                 .map(drop)
-                .map_err(|e| {
-                    let why = crate::error::Chain(&e).to_string();
-                    refused.borrow_mut().push(format!(
-                        "snapshot {} ({}): {why}",
-                        id.short(),
-                        h.key
-                    ));
-                    why
-                })
+                .map_err(|e| crate::error::Chain(&e).to_string())
         };
-        let m = match cache.find_by_key(key, &opts.restore_keys, &accept) {
-            Err(crate::cache::CacheError::NoSnapshot(_)) if !refused.borrow().is_empty() => {
-                return Err(crate::Error::NoTrustedSnapshot(refused.into_inner()));
-            }
-            m => m?,
-        };
+        let m = cache.find_by_key(key, &opts.restore_keys, &accept)?;
         let signed_by = if opts.trusted.is_empty() {
             None
         } else {
