@@ -158,6 +158,20 @@ fn copy_frame(
     let corrupt =
         |why: String| CacheError::Corrupt(format!("{what}: frame at {}: {why}", f.offset));
     let werr = |e: io::Error| CacheError::Storage(StorageError("new pack".into(), e));
+    // A reader reads an object of 256 KiB or more as frames of its own, from their first
+    // byte: one sharing its frame, or not at its start, would be copied, named and unreadable.
+    let large = |o: &(ObjectId, ObjectKind, u64, u64)| o.3 >= super::super::SOLO_THRESHOLD;
+    if f.objects.iter().any(large) && !(f.solo() && f.objects[0].2 == 0) {
+        let (id, ..) = f
+            .objects
+            .iter()
+            .copied()
+            .find(large)
+            .expect("a large object");
+        return Err(corrupt(format!(
+            "object {id}: 256 KiB or more, in a frame shared or not at its start"
+        )));
+    }
     if f.solo() {
         let (id, kind, _, len) = f.objects[0];
         // A tree of 256 KiB or more (a path of a few thousand files) has frames of its own

@@ -282,3 +282,91 @@ fn a_snapshot_with_a_tree_in_frames_of_its_own_is_copied() {
         Node::decode(&tree, &bytes).unwrap()
     );
 }
+
+#[test]
+fn a_large_blob_in_a_shared_frame_is_refused_not_copied_unreadable() {
+    // A hostile source puts a 256 KiB+ blob and a small one in one frame, each at its
+    // offset: both check out as a batch, but a reader reads the large one as frames of its
+    // own from their first byte. The copy must refuse it, not name it in the target.
+    use crate::cache::format::{header, HEADER_LEN};
+    use crate::cache::{pack_key, BlobId, PACK_MAGIC, SOLO_THRESHOLD};
+    let t = tempfile::tempdir().unwrap();
+    let a_dir = t.path().join("a");
+    let a = Cache::open_dir(&a_dir).unwrap();
+    save_into(&t.path().join("root"), &a, 1, "");
+    let (snap_id, snap) = a.find_snapshot(None).unwrap();
+    let objs = a.objects();
+    let (large, _) = *objs
+        .iter()
+        .find(|(_, l)| l.kind == ObjectKind::Blob && l.len >= SOLO_THRESHOLD)
+        .expect("a large blob");
+    let (small, _) = *objs
+        .iter()
+        .find(|(_, l)| l.kind == ObjectKind::Blob && l.len < SOLO_THRESHOLD && l.len > 0)
+        .unwrap();
+    let content = |id: ObjectId| {
+        let mut v = Vec::new();
+        a.stream(&BlobId(id.0), &mut |b| {
+            v.extend_from_slice(b);
+            Ok(())
+        })
+        .unwrap();
+        v
+    };
+    let (lb, sb) = (content(large), content(small));
+    let mut data = lb.clone();
+    data.extend_from_slice(&sb);
+    let frame = zstd::bulk::compress(&data, 3).unwrap();
+    let mut pack = header(PACK_MAGIC).to_vec();
+    pack.extend_from_slice(&frame);
+    let pack_id = PackId(*blake3::hash(&pack).as_bytes());
+    a.storage()
+        .put_if_absent(&pack_key(&pack_id), &pack)
+        .unwrap();
+    let mut index = IndexFile {
+        packs: a.packs(),
+        entries: Vec::new(),
+    };
+    let no = index.packs.len() as u32;
+    index.packs.push(pack_id);
+    for (id, loc) in objs.iter().copied() {
+        let loc = if id == large || id == small {
+            Location {
+                kind: ObjectKind::Blob,
+                pack: no,
+                frame_offset: HEADER_LEN as u64,
+                frame_len: frame.len() as u64,
+                offset: if id == large { 0 } else { lb.len() as u64 },
+                len: if id == large { lb.len() } else { sb.len() } as u64,
+            }
+        } else {
+            loc
+        };
+        index.entries.push((id, loc));
+    }
+    let (sum, bytes) = seal_encoded(INDEX_MAGIC, FORMAT_VERSION, &index);
+    let index_id = IndexId(sum);
+    for n in names(&a_dir, "index") {
+        std::fs::remove_file(a_dir.join("index").join(n)).unwrap();
+    }
+    for n in names(&a_dir, "snapshots") {
+        std::fs::remove_file(a_dir.join("snapshots").join(n)).unwrap();
+    }
+    a.storage()
+        .put_if_absent(&index_key(&index_id), &bytes)
+        .unwrap();
+    let mut snap = snap;
+    snap.indexes = vec![index_id];
+    assert_eq!(a.write_snapshot(&snap).unwrap(), snap_id);
+    drop(a);
+    let a = Cache::open_dir(&a_dir).unwrap();
+    let b_dir = t.path().join("b");
+    let b = Cache::open_dir(&b_dir).unwrap();
+    let err = run(&a, &b, &Select::Newest).unwrap_err().to_string();
+    assert!(
+        err.contains("in a frame shared or not at its start"),
+        "{err}"
+    );
+    let b = Cache::open_dir(&b_dir).unwrap();
+    assert!(!b.contains(large), "the target names the large blob");
+}
