@@ -90,17 +90,15 @@ impl Cache {
         if let Some(f) = self.frames.lock().expect("frame cache").frames.get(&key) {
             return Ok(f.clone());
         }
+        let pack = pack_key(&self.pack_id(loc.pack));
         // Refused before anything is read: a frame of small objects is never larger (an
         // index may claim any length, and a sparse pack file may hold it).
         if loc.frame_len > MAX_BATCH_COMPRESSED {
             return Err(CacheError::Corrupt(format!(
-                "frame at {} of pack {}: {} bytes, more than a frame of small objects takes",
-                loc.frame_offset,
-                pack_key(&self.pack_id(loc.pack)),
-                loc.frame_len
+                "frame at {} of pack {pack}: {} bytes, more than a frame of small objects takes",
+                loc.frame_offset, loc.frame_len
             )));
         }
-        let pack = pack_key(&self.pack_id(loc.pack));
         let mut compressed = crate::scratch::Scratch::empty();
         if !self.prefetched_into(loc, &mut compressed)? {
             // Another thread may have had it from its run and cached it meanwhile: it lets
@@ -304,17 +302,10 @@ pub(super) fn check_kind(
     match want {
         Some(kind) if kind != loc.kind => Err(CacheError::Corrupt(format!(
             "object {id}: the index lists it as a {}, asked for as a {}",
-            kind_name(loc.kind),
-            kind_name(kind)
+            loc.kind.name(),
+            kind.name()
         ))),
         _ => Ok(()),
-    }
-}
-
-fn kind_name(kind: ObjectKind) -> &'static str {
-    match kind {
-        ObjectKind::Blob => "blob",
-        ObjectKind::Tree => "tree",
     }
 }
 

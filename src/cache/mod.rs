@@ -87,6 +87,16 @@ pub enum ObjectKind {
     Tree,
 }
 
+impl ObjectKind {
+    /// `blob` or `tree`, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            ObjectKind::Blob => "blob",
+            ObjectKind::Tree => "tree",
+        }
+    }
+}
+
 /// An opened cache. The index is loaded on first use, so commands that need only snapshots
 /// (a no-op restore, `ls`) never read it.
 pub struct Cache {

@@ -176,10 +176,7 @@ fn copy_frame(
         let (id, kind, _, len) = f.objects[0];
         // A tree of 256 KiB or more (a path of a few thousand files) has frames of its own
         // too: hashed under both tree contexts, it is its id when either gives it.
-        let what_kind = match kind {
-            ObjectKind::Blob => "blob",
-            ObjectKind::Tree => "tree",
-        };
+        let what_kind = kind.name();
         if kind == ObjectKind::Tree && len > super::super::decode::MAX_TREE_BYTES {
             return Err(corrupt(format!(
                 "tree {id}: {len} bytes, more than a tree may have"
