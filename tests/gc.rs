@@ -54,6 +54,14 @@ fn save_roots(w: &World, key: &str, roots: Vec<String>) -> String {
         .snapshot
 }
 
+/// Add to `src` a path of one file of `len` incompressible bytes, different for each `g`;
+/// its full name.
+fn noise_path(src: &storesync::store::layout::Layout, g: u64, len: usize) -> String {
+    let name = format!("{}-p{g}", hash_part(g));
+    util::add_files_path(src, &name, &[("data", &noise(g, len), false)], &[]);
+    format!("/gnu/store/{name}")
+}
+
 fn cache_bytes(dir: &Path) -> u64 {
     ["packs", "index", "snapshots"]
         .iter()
@@ -526,11 +534,7 @@ fn a_snapshot_dropped_for_the_budget_takes_nothing_an_older_kept_one_shares_with
     // dropping b must not leave them unmarked for a.
     let w = World::new(Flavor::Guix);
     let src = w.layout("src");
-    let path = |g: u64, len: usize| {
-        let name = format!("{}-p{g}", hash_part(g));
-        util::add_files_path(&src, &name, &[("data", &noise(g, len), false)], &[]);
-        format!("/gnu/store/{name}")
-    };
+    let path = |g: u64, len: usize| noise_path(&src, g, len);
     let (p, t) = (path(1, 100_000), path(2, 100_000));
     let a = save_roots(&w, "k", vec![p.clone(), t.clone()]);
     let big = path(3, 1_000_000);
@@ -558,11 +562,7 @@ fn a_second_collection_over_budget_keeps_the_cache_whole() {
     // a pack whose frames are all live, repacked, comes out the same, under its old name.
     let w = World::new(Flavor::Guix);
     let src = w.layout("src");
-    let path = |g: u64, len: usize| {
-        let name = format!("{}-p{g}", hash_part(g));
-        util::add_files_path(&src, &name, &[("data", &noise(g, len), false)], &[]);
-        format!("/gnu/store/{name}")
-    };
+    let path = |g: u64, len: usize| noise_path(&src, g, len);
     let a = save_roots(&w, "a", vec![path(1, 100_000)]);
     let b = save_roots(&w, "b", vec![path(2, 100_000)]);
     let policy = GcPolicy {
@@ -679,11 +679,7 @@ fn the_budget_counts_what_must_stay_before_keeping_an_older_snapshot() {
     // fits beside a2 alone but not beside both: it goes, whatever the order of the saves.
     let w = World::new(Flavor::Guix);
     let src = w.layout("src");
-    let path = |g: u64, len: usize| {
-        let name = format!("{}-p{g}", hash_part(g));
-        util::add_files_path(&src, &name, &[("data", &noise(g, len), false)], &[]);
-        format!("/gnu/store/{name}")
-    };
+    let path = |g: u64, len: usize| noise_path(&src, g, len);
     let big = path(1, 300_000);
     let b1 = save_roots(&w, "b", vec![big]);
     let mid = path(2, 100_000);
@@ -752,11 +748,7 @@ fn a_later_collection_reads_copied_objects_from_their_new_pack_not_the_retired_o
     for seed in 0..4u64 {
         let w = World::new(Flavor::Guix);
         let src = w.layout("src");
-        let path = |g: u64, len: usize| {
-            let name = format!("{}-p{g}", hash_part(g));
-            util::add_files_path(&src, &name, &[("data", &noise(g, len), false)], &[]);
-            format!("/gnu/store/{name}")
-        };
+        let path = |g: u64, len: usize| noise_path(&src, g, len);
         let p = path(10 + seed, 60_000);
         // Over 256 KiB: frames of its own, dead once the first snapshot goes.
         let q = path(20 + seed, 300_000);

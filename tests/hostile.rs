@@ -1054,16 +1054,14 @@ fn verify_names_each_unsound_tree_once_with_the_first_snapshot_path_naming_it() 
 // ---------------------------------------------------------------------------------------------
 // 8. The target's valid paths: never taken for a restore's own files, never shadowed.
 
-#[test]
-fn a_valid_path_named_like_a_lock_file_is_neither_deleted_nor_written() {
-    // `<hash>-Cargo.lock` is a valid store path whose name ends in `.lock` and whose prefix
-    // is a store path: a restore must not take it for a path lock left by a killed process.
-    // Its bytes are shared through `.links` with `pkg/Cargo.lock`.
-    let w = World::new(Flavor::Guix);
+/// A cache of two paths sharing one 9,000-byte file (so `.links` holds it): `<n>-Cargo.lock`,
+/// that file itself, and `<n + 1>-pkg` holding it as `Cargo.lock`. Returns the snapshot's id
+/// and `pkg`'s base name.
+fn lock_named_cache(w: &World, n: u64) -> (String, String) {
     let mut blobs = Blobs::new();
-    let contents = noise(77, 9000);
-    let lock_path = base_name(11, "Cargo.lock");
-    let pkg = base_name(12, "pkg");
+    let contents = noise(n, 9000);
+    let lock_path = base_name(n, "Cargo.lock");
+    let pkg = base_name(n + 1, "pkg");
     let a = file_node(&mut blobs, false, &contents);
     let b = dir_node(vec![(
         "Cargo.lock",
@@ -1073,7 +1071,19 @@ fn a_valid_path_named_like_a_lock_file_is_neither_deleted_nor_written() {
         (row_for(&lock_path, &nar_of(&a, &blobs)), a),
         (row_for(&pkg, &nar_of(&b, &blobs)), b),
     ];
-    write_cache(&w.cache_dir(), w.flavor, &rows, &blobs, vec![]);
+    (
+        write_cache(&w.cache_dir(), w.flavor, &rows, &blobs, vec![]),
+        pkg,
+    )
+}
+
+#[test]
+fn a_valid_path_named_like_a_lock_file_is_neither_deleted_nor_written() {
+    // `<hash>-Cargo.lock` is a valid store path whose name ends in `.lock` and whose prefix
+    // is a store path: a restore must not take it for a path lock left by a killed process.
+    // Its bytes are shared through `.links` with `pkg/Cargo.lock`.
+    let w = World::new(Flavor::Guix);
+    lock_named_cache(&w, 11);
     let dst = w.layout("dst");
     let r = restore(&dst, &w.cache_dir()).unwrap();
     assert_eq!(r.restored, 2, "{r:?}");
@@ -1157,25 +1167,7 @@ fn a_snapshot_path_whose_lock_name_is_a_valid_path_does_not_truncate_it() {
     // A hostile snapshot's missing `<h>-Cargo` has the lock file name `<h>-Cargo.lock`, which
     // is a valid path of the target (its bytes shared through `.links`).
     let w = World::new(Flavor::Guix);
-    let mut blobs = Blobs::new();
-    let contents = noise(78, 9000);
-    let lock_path = base_name(21, "Cargo.lock");
-    let pkg = base_name(22, "pkg");
-    let a = file_node(&mut blobs, false, &contents);
-    let b = dir_node(vec![(
-        "Cargo.lock",
-        file_node(&mut blobs, false, &contents),
-    )]);
-    let genuine = write_cache(
-        &w.cache_dir(),
-        w.flavor,
-        &[
-            (row_for(&lock_path, &nar_of(&a, &blobs)), a),
-            (row_for(&pkg, &nar_of(&b, &blobs)), b),
-        ],
-        &blobs,
-        vec![],
-    );
+    let (genuine, pkg) = lock_named_cache(&w, 21);
     let dst = w.layout("dst");
     let r = restore_lib(&dst, &w.cache_dir(), Some(&genuine), &NoProgress).unwrap();
     assert_eq!(r.restored, 2, "{r:?}");
