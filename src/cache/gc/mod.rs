@@ -118,17 +118,32 @@ fn retired_key(now_nanos: i64) -> String {
     format!("gc/{:016x}.retired", now_nanos.max(0) as u64)
 }
 
-/// The keys every `gc/*.retired` list names.
-fn retired_by_earlier_runs(cache: &Cache) -> Result<HashSet<String>, CacheError> {
-    let mut keys = HashSet::new();
-    for list_key in cache.storage().list("gc")? {
-        if parse_retired_key(&list_key).is_none() {
+/// A `gc/*.retired` list: the files a run retired, to delete once the grace period is over.
+pub(super) struct RetiredList {
+    /// Its storage key.
+    pub key: String,
+    /// When it was written (from its name).
+    pub when: i64,
+    /// The keys it names.
+    pub files: Vec<String>,
+}
+
+/// Every `gc/*.retired` list in the cache, read once per run: marking merges the index
+/// files they name last, the sweep deletes what they name.
+fn retired_lists(cache: &Cache) -> Result<Vec<RetiredList>, CacheError> {
+    let mut lists = Vec::new();
+    for key in cache.storage().list("gc")? {
+        let Some(when) = parse_retired_key(&key) else {
             continue;
-        }
-        let list = cache.storage().get(&list_key, 64 << 20)?;
-        keys.extend(String::from_utf8_lossy(&list).lines().map(str::to_owned));
+        };
+        let body = cache.storage().get(&key, 64 << 20)?;
+        let files = String::from_utf8_lossy(&body)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        lists.push(RetiredList { key, when, files });
     }
-    Ok(keys)
+    Ok(lists)
 }
 
 fn parse_retired_key(key: &str) -> Option<i64> {
@@ -173,7 +188,12 @@ pub fn gc(
     // Marking sees every index file, whatever this cache was narrowed to before (`save
     // --prune` collects on the cache it saved with); those earlier runs retired are merged
     // last, so that what they copied is found in its new pack, not named again in the old.
-    cache.use_every_index(&retired_by_earlier_runs(cache)?);
+    let retired = retired_lists(cache)?;
+    let retired_files: HashSet<String> = retired
+        .iter()
+        .flat_map(|l| l.files.iter().cloned())
+        .collect();
+    cache.use_every_index(&retired_files);
     let now = crate::clock::now_nanos();
     let mut report = GcReport {
         dry_run: policy.dry_run,
@@ -187,6 +207,6 @@ pub fn gc(
         }
         return Ok(report);
     }
-    sweep::publish_and_delete(cache, policy, now, marked, plan, &mut report)?;
+    sweep::publish_and_delete(cache, policy, now, marked, plan, retired, &mut report)?;
     Ok(report)
 }

@@ -12,7 +12,7 @@ use super::super::{
     SnapshotId, StorageError,
 };
 use super::mark::Marked;
-use super::{parse_retired_key, retired_key, GcPolicy, GcReport};
+use super::{retired_key, GcPolicy, GcReport, RetiredList};
 
 /// Which packs go.
 pub(super) struct PackPlan {
@@ -105,6 +105,7 @@ pub(super) fn publish_and_delete(
     now: i64,
     marked: Marked,
     plan: PackPlan,
+    mut retired: Vec<RetiredList>,
     report: &mut GcReport,
 ) -> Result<(), CacheError> {
     let Marked {
@@ -208,24 +209,26 @@ pub(super) fn publish_and_delete(
     retire.sort();
     retire.dedup();
     if !retire.is_empty() {
+        let key = retired_key(now);
         let list = retire.join("\n") + "\n";
-        cache
-            .storage()
-            .put_if_absent(&retired_key(now), list.as_bytes())?;
+        cache.storage().put_if_absent(&key, list.as_bytes())?;
+        retired.push(RetiredList {
+            key,
+            when: now,
+            files: retire,
+        });
     }
+    // The lists as this run read them when it started, and its own: a list another run
+    // writes meanwhile waits for the next run.
     let deadline = now.saturating_sub((policy.grace_secs as i64).saturating_mul(1_000_000_000));
-    for list_key in cache.storage().list("gc")? {
-        let Some(when) = parse_retired_key(&list_key) else {
-            continue;
-        };
-        let list = cache.storage().get(&list_key, 64 << 20)?;
-        if when > deadline {
-            for key in String::from_utf8_lossy(&list).lines() {
+    for list in &retired {
+        if list.when > deadline {
+            for key in &list.files {
                 report.bytes_pending += cache.storage().size(key)?.unwrap_or(0);
             }
             continue;
         }
-        for key in String::from_utf8_lossy(&list).lines() {
+        for key in &list.files {
             let is_needed = needed_packs.contains(key)
                 || super::super::format::parse_index_key(key)
                     .is_some_and(|i| keep_index.contains(&i));
@@ -238,7 +241,7 @@ pub(super) fn publish_and_delete(
                 report.bytes_freed += size;
             }
         }
-        cache.storage().delete(&list_key)?;
+        cache.storage().delete(&list.key)?;
     }
     // Keep what stays from idle eviction (the GitHub Actions cache's 7 days): the packs and
     // index the kept snapshots need, their files and signatures.
