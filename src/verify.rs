@@ -11,6 +11,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::cache::storage::StorageError;
+use crate::cache::successive::PreviousTrees;
 use crate::cache::{pack_key, BlobId, Cache, Node, ObjectKind, SnapshotId, TreeId, PACK_MAGIC};
 use crate::error::Result;
 use crate::progress::Progress;
@@ -188,16 +189,25 @@ pub fn verify(cache: &Cache, progress: &dyn Progress) -> Result<VerifyReport> {
     let groups = cache.snapshot_groups()?;
     let mut unreadable: HashSet<SnapshotId> = HashSet::new();
     let mut trees_missing = false;
+    let mut previous = PreviousTrees::default();
     progress.start("checking snapshots", groups.len() as u64);
     for (id, refs) in &groups {
         report.snapshots += 1;
         match cache.read_any(refs) {
             Ok(snap) => {
-                for p in &snap.paths {
-                    match cache.locate(p.tree) {
+                // Only the trees the snapshot checked before lacks are looked up: the others
+                // are marked, or found missing, already.
+                let trees = snap.paths.iter().map(|p| p.tree).collect();
+                drop(snap);
+                let walked = previous.walk(trees, &mut |tree| {
+                    match cache.locate(tree) {
                         Some((pos, _)) => live.insert(pos),
                         None => trees_missing = true,
                     }
+                    Ok::<(), std::convert::Infallible>(())
+                });
+                if let Err(never) = walked {
+                    match never {}
                 }
             }
             Err(e) => {

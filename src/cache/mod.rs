@@ -23,6 +23,7 @@ pub mod rewrite;
 mod signatures;
 pub mod snapshot;
 pub mod storage;
+pub(crate) mod successive;
 pub mod tree;
 mod tree_v2;
 

@@ -7,6 +7,7 @@ use super::super::{
     Cache, CacheError, Node, ObjectId, PackId, SnapshotHead, SnapshotId, SnapshotRef, TreeId,
 };
 use super::{FrameKey, GcPolicy, GcReport};
+use crate::cache::successive::PreviousTrees;
 use crate::progress::Progress;
 
 /// Decompressed frames marking keeps for reuse (the default budget held 24 MiB for nothing).
@@ -121,6 +122,8 @@ pub(super) fn mark(
         .filter(|&i| protect[i])
         .chain((0..heads.len()).filter(|&i| !protect[i]))
         .collect();
+    // The trees of the last snapshot kept (a dropped one's marks are undone).
+    let mut previous = PreviousTrees::default();
     progress.start("marking", heads.len() as u64);
     for i in order {
         let (r, _) = &heads[i];
@@ -153,13 +156,17 @@ pub(super) fn mark(
         // they are unmarked with its frames, so that an older snapshot naming them marks
         // them again (else it would be kept without them).
         let mut first_here: Vec<usize> = Vec::new();
-        for tree in snap_trees {
+        // Only the trees the snapshot marked before lacks are looked up: the others are
+        // marked (most of a generation's, two million lookups at 100,000 paths and 20
+        // snapshots).
+        previous.filter(&snap_trees, &mut |tree| {
             let (pos, loc) = cache.locate(tree).ok_or(CacheError::Missing(tree.into()))?;
             if trees_done.insert(pos) {
                 trees.push(((loc.pack, loc.frame_offset), loc.offset, tree));
                 first_here.push(pos);
             }
-        }
+            Ok::<(), CacheError>(())
+        })?;
         trees.sort_unstable();
         for (_, _, tree) in trees {
             mark(tree.into(), &mut live_objects)?;
@@ -194,6 +201,7 @@ pub(super) fn mark(
             continue;
         }
         live_bytes += grew;
+        previous.set(snap_trees);
     }
     progress.finish();
     // Reported newest first.
