@@ -190,17 +190,23 @@ fn copy_frame(
         let mut tee = Tee {
             inner: reader.take(f.len),
             out,
-            error: None,
+            write_error: None,
+            read_error: None,
         };
         let mut total = 0u64;
+        let mut undecodable = None;
         {
             let mut dec = zstd::stream::read::Decoder::new(&mut tee).map_err(werr)?;
             dec.window_log_max(SOLO_WINDOW_LOG).map_err(werr)?;
             let mut buf = vec![0u8; 256 << 10];
             loop {
-                let n = dec
-                    .read(&mut buf)
-                    .map_err(|e| corrupt(format!("{what_kind} {id}: {e}")))?;
+                let n = match dec.read(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        undecodable = Some(e);
+                        break;
+                    }
+                };
                 if n == 0 {
                     break;
                 }
@@ -214,9 +220,20 @@ fn copy_frame(
             }
         }
         // Whatever the decoder left unread still belongs to the frame's bytes.
-        io::copy(&mut tee, &mut io::sink()).map_err(werr)?;
-        if let Some(e) = tee.error.take() {
+        let drained = match undecodable {
+            None => io::copy(&mut tee, &mut io::sink()).err(),
+            Some(_) => None,
+        };
+        // The decoder sees a failed write to the target, or a failed read of the source, as
+        // a read error: each is said as what it is, not as damage of the source.
+        if let Some(e) = tee.write_error.take() {
             return Err(werr(e));
+        }
+        if let Some(e) = tee.read_error.take() {
+            return Err(CacheError::Storage(StorageError(what.into(), e)));
+        }
+        if let Some(e) = undecodable.or(drained) {
+            return Err(corrupt(format!("{what_kind} {id}: {e}")));
         }
         if tee.inner.limit() != 0 {
             return Err(corrupt("the pack ends inside it".into()));
@@ -282,20 +299,28 @@ impl Write for HashingWriter<'_> {
     }
 }
 
-/// A reader that also writes what it reads to the pack; a failed write is kept for the
-/// caller (the decoder would report it as a read error of the source).
+/// A reader that also writes what it reads to the pack; a failed write, or a failed read
+/// of the source, is kept for the caller (the decoder reports either as its own read error).
 struct Tee<'a, 'b, R> {
     inner: io::Take<R>,
     out: &'a mut HashingWriter<'b>,
-    error: Option<io::Error>,
+    write_error: Option<io::Error>,
+    read_error: Option<io::Error>,
 }
 
 impl<R: Read> Read for Tee<'_, '_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let n = match self.inner.read(buf) {
+            Ok(n) => n,
+            Err(e) => {
+                let seen = io::Error::new(e.kind(), e.to_string());
+                self.read_error = Some(e);
+                return Err(seen);
+            }
+        };
         if let Err(e) = self.out.write_all(&buf[..n]) {
             let msg = e.to_string();
-            self.error = Some(e);
+            self.write_error = Some(e);
             return Err(io::Error::other(format!("writing the new pack: {msg}")));
         }
         Ok(n)

@@ -6,8 +6,8 @@ use std::io;
 use std::path::Path;
 
 use super::*;
-use crate::cache::ObjectKind;
 use crate::cache::{LocalDir, ObjectWriter, Storage, StorageError};
+use crate::cache::{ObjectKind, TreeId};
 use crate::progress::NoProgress;
 use crate::save::{self, SaveOptions};
 use crate::store::layout::{Flavor, Layout};
@@ -156,10 +156,43 @@ fn a_damaged_source_object_is_refused_and_nothing_names_it() {
     assert!(names(&b_dir, "index").is_empty());
 }
 
-/// A target whose index writes fail: a copy is interrupted after its packs landed.
-struct NoIndex(LocalDir);
+/// How a [`Faulty`] target fails.
+enum Fault {
+    /// Its index writes fail: a copy is interrupted after its packs landed.
+    IndexWrites,
+    /// Its disk fills up after this many bytes of a new object.
+    FullAfter(u64),
+}
 
-impl Storage for NoIndex {
+/// A local target that fails as its [`Fault`] says.
+struct Faulty(LocalDir, Fault);
+
+/// A new object's writer that fails past its room, as a full disk does.
+struct FullWriter<'a> {
+    inner: Box<dyn ObjectWriter + 'a>,
+    room: u64,
+}
+
+impl io::Write for FullWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.len() as u64 > self.room {
+            return Err(io::Error::from(io::ErrorKind::StorageFull));
+        }
+        self.room -= buf.len() as u64;
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl ObjectWriter for FullWriter<'_> {
+    fn commit(self: Box<Self>, key: &str) -> Result<(), StorageError> {
+        self.inner.commit(key)
+    }
+}
+
+impl Storage for Faulty {
     fn get(&self, key: &str, max: u64) -> Result<Vec<u8>, StorageError> {
         self.0.get(key, max)
     }
@@ -172,7 +205,7 @@ impl Storage for NoIndex {
         self.0.get_range(key, offset, len)
     }
     fn put_if_absent(&self, key: &str, data: &[u8]) -> Result<bool, StorageError> {
-        if key.starts_with("index/") {
+        if matches!(self.1, Fault::IndexWrites) && key.starts_with("index/") {
             return Err(StorageError(key.into(), io::Error::other("interrupted")));
         }
         self.0.put_if_absent(key, data)
@@ -181,7 +214,11 @@ impl Storage for NoIndex {
         self.0.put(key, data)
     }
     fn writer(&self) -> Result<Box<dyn ObjectWriter + '_>, StorageError> {
-        self.0.writer()
+        let inner = self.0.writer()?;
+        Ok(match self.1 {
+            Fault::FullAfter(room) => Box::new(FullWriter { inner, room }),
+            Fault::IndexWrites => inner,
+        })
     }
     fn sync(&self) -> Result<(), StorageError> {
         self.0.sync()
@@ -209,7 +246,10 @@ fn an_interrupted_copy_run_again_sends_no_pack_that_landed() {
     save_into(&t.path().join("root"), &a, 1, "");
     save_into(&t.path().join("root"), &a, 2, "");
     let b_dir = t.path().join("b");
-    let broken = Cache::open(Box::new(NoIndex(LocalDir::open(&b_dir).unwrap())));
+    let broken = Cache::open(Box::new(Faulty(
+        LocalDir::open(&b_dir).unwrap(),
+        Fault::IndexWrites,
+    )));
     let e = run(&a, &broken, &Select::Newest).unwrap_err().to_string();
     assert!(e.contains("interrupted"), "{e}");
     drop(broken);
@@ -236,15 +276,12 @@ fn an_interrupted_copy_run_again_sends_no_pack_that_landed() {
     verified(&Cache::open_dir(&b_dir).unwrap());
 }
 
-#[test]
-fn a_snapshot_with_a_tree_in_frames_of_its_own_is_copied() {
-    // A path of 20,000 files has a tree of 1.6 MB: a save gives it frames of its own, and
-    // the copy checks it streamed, under the tree contexts (it refused every such tree).
+/// A source cache in `a_dir` whose snapshot has a tree of 1.6 MB (a path of 20,000 files):
+/// a save gives it frames of its own. Returns the snapshot's id, the tree and its bytes.
+fn source_with_a_large_tree(a_dir: &Path, root: &Path) -> (SnapshotId, TreeId, Vec<u8>) {
     use crate::cache::{BlobId, Entry, Node, Packer, SOLO_THRESHOLD};
-    let t = tempfile::tempdir().unwrap();
-    let a_dir = t.path().join("a");
-    let a = Cache::open_dir(&a_dir).unwrap();
-    save_into(&t.path().join("root"), &a, 1, "");
+    let a = Cache::open_dir(a_dir).unwrap();
+    save_into(root, &a, 1, "");
     let (_, mut snap) = a.find_snapshot(None).unwrap();
     let (blob, loc) = a
         .objects()
@@ -270,8 +307,17 @@ fn a_snapshot_with_a_tree_in_frames_of_its_own_is_copied() {
     p.finish().unwrap();
     snap.paths[0].tree = tree;
     snap.indexes = a.index_files_and_written();
-    let id = a.write_snapshot(&snap).unwrap();
-    drop(a);
+    (a.write_snapshot(&snap).unwrap(), tree, bytes)
+}
+
+#[test]
+fn a_snapshot_with_a_tree_in_frames_of_its_own_is_copied() {
+    // The copy checks such a tree streamed, under the tree contexts (it refused every such
+    // tree).
+    use crate::cache::Node;
+    let t = tempfile::tempdir().unwrap();
+    let a_dir = t.path().join("a");
+    let (id, tree, bytes) = source_with_a_large_tree(&a_dir, &t.path().join("root"));
     let a = Cache::open_dir(&a_dir).unwrap();
     let b_dir = t.path().join("b");
     let b = Cache::open_dir(&b_dir).unwrap();
@@ -281,6 +327,28 @@ fn a_snapshot_with_a_tree_in_frames_of_its_own_is_copied() {
         b.read_tree(&tree).unwrap(),
         Node::decode(&tree, &bytes).unwrap()
     );
+}
+
+#[test]
+fn a_full_target_disk_is_said_as_such_not_as_damage_of_the_source() {
+    // The large tree's frames are streamed from the source into the new pack: a write that
+    // fails there reached the decoder as a read error, and was reported as a damaged source.
+    let t = tempfile::tempdir().unwrap();
+    let a_dir = t.path().join("a");
+    let (id, ..) = source_with_a_large_tree(&a_dir, &t.path().join("root"));
+    let a = Cache::open_dir(&a_dir).unwrap();
+    let b_dir = t.path().join("b");
+    let full = Cache::open(Box::new(Faulty(
+        LocalDir::open(&b_dir).unwrap(),
+        Fault::FullAfter(64 << 10),
+    )));
+    let e = run(&a, &full, &Select::Id(id.hex())).unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, CacheError::Storage(_)), "{msg}");
+    assert!(!msg.contains("damaged"), "{msg}");
+    assert!(msg.contains("no storage space"), "{msg}");
+    drop(full);
+    assert!(names(&b_dir, "snapshots").is_empty());
 }
 
 #[test]
