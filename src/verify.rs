@@ -12,7 +12,9 @@ use serde::Serialize;
 
 use crate::cache::storage::StorageError;
 use crate::cache::successive::PreviousTrees;
-use crate::cache::{pack_key, BlobId, Cache, Node, ObjectKind, SnapshotId, TreeId, PACK_MAGIC};
+use crate::cache::{
+    pack_key, BlobId, Cache, Location, Node, ObjectKind, SnapshotId, TreeId, PACK_MAGIC,
+};
 use crate::error::Result;
 use crate::progress::Progress;
 
@@ -66,8 +68,14 @@ impl Live {
 }
 
 /// Read and check one tree; when it is `live`, mark the blobs it names live too.
-fn check_tree(cache: &Cache, tree: TreeId, is_live: bool, live: &Live) -> Option<Found> {
-    let node = match cache.read_tree(&tree) {
+fn check_tree(
+    cache: &Cache,
+    tree: TreeId,
+    loc: Location,
+    is_live: bool,
+    live: &Live,
+) -> Option<Found> {
+    let node = match cache.read_tree_at(&tree, loc) {
         Ok(node) => node,
         Err(e) => return Some(Found::Damaged(Some(tree), e.to_string())),
     };
@@ -237,11 +245,11 @@ pub fn verify(cache: &Cache, progress: &dyn Progress) -> Result<VerifyReport> {
                     let (id, loc) = cache.object_at(pos as usize);
                     match loc.kind {
                         ObjectKind::Blob => cache
-                            .stream(&BlobId(id.0), &mut |_| Ok(()))
+                            .stream_at(&BlobId(id.0), loc, &mut |_| Ok(()))
                             .err()
                             .map(|e| Found::Damaged(None, e.to_string())),
                         ObjectKind::Tree => {
-                            check_tree(cache, TreeId(id.0), live.contains(pos as usize), &live)
+                            check_tree(cache, TreeId(id.0), loc, live.contains(pos as usize), &live)
                         }
                     }
                 })

@@ -226,6 +226,32 @@ impl Cache {
         sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
     ) -> Result<(), CacheError> {
         let loc = self.location(id).ok_or(CacheError::Missing(id))?;
+        self.stream_located(id, loc, check, want, sink)
+    }
+
+    /// [`Cache::stream`] of an object whose location the caller has (from
+    /// [`Cache::object_at`] or [`Cache::locate`]): no second index lookup.
+    ///
+    /// # Errors
+    /// As [`Cache::stream`].
+    pub fn stream_at(
+        &self,
+        id: &BlobId,
+        loc: Location,
+        sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    ) -> Result<(), CacheError> {
+        self.stream_located((*id).into(), loc, true, Some(ObjectKind::Blob), sink)
+    }
+
+    /// The body of [`Cache::stream_checking`], the location found.
+    pub(super) fn stream_located(
+        &self,
+        id: ObjectId,
+        loc: Location,
+        check: bool,
+        want: Option<ObjectKind>,
+        sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    ) -> Result<(), CacheError> {
         check_kind(id, &loc, want)?;
         let check = check && loc.kind == ObjectKind::Blob;
         let sink_err = |e: io::Error| StorageError(format!("object {id}"), e);

@@ -114,7 +114,7 @@ impl Objects {
         let old = self.table.len();
         self.table.reserve(file.entries.len());
         self.table.extend(file.entries);
-        self.merge_pushed(id, old, &file.packs, present);
+        self.merge_pushed(id, old, &file.packs, present, false);
     }
 
     /// [`Objects::add`] of an index file's body (bincode of an [`IndexFile`]), its entries
@@ -161,19 +161,21 @@ impl Objects {
             self.table.truncate(old);
             return Err("trailing bytes after the encoded value".into());
         }
-        self.merge_pushed(id, old, &packs, present);
+        self.merge_pushed(id, old, &packs, present, true);
         Ok(())
     }
 
     /// The end of a merge: the entries after `old`, as the index file `id` (whose pack table
     /// is `packs`) gives them, get merged pack numbers (those of missing packs go), then are
-    /// merged into the table.
+    /// merged into the table. `new_only`: the caller pushed no id the table held (then none
+    /// is looked up again).
     fn merge_pushed(
         &mut self,
         id: IndexId,
         old: usize,
         packs: &[PackId],
         present: &mut dyn FnMut(&PackId) -> bool,
+        new_only: bool,
     ) {
         let local = self.number_packs(packs, present);
         let mut keep = old;
@@ -193,7 +195,7 @@ impl Objects {
             let e = self.table[i];
             let dup_in_file = keep > old && self.table[keep - 1].0 == e.0;
             // The fan-out still describes the table before this file: its first `old`.
-            let dup_before = self.position(&e.0).is_some();
+            let dup_before = !new_only && self.position(&e.0).is_some();
             if !dup_in_file && !dup_before {
                 self.table[keep] = e;
                 keep += 1;

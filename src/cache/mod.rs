@@ -415,16 +415,31 @@ impl Cache {
     /// # Errors
     /// [`CacheError`] when missing or damaged.
     pub fn read_tree(&self, id: &TreeId) -> Result<Node, CacheError> {
-        if let Some(loc) = self.location(*id) {
-            frames::check_kind((*id).into(), &loc, Some(ObjectKind::Tree))?;
-            let len = loc.len;
-            if len > decode::MAX_TREE_BYTES {
-                return Err(CacheError::Corrupt(format!(
-                    "tree {id}: {len} bytes, more than a tree may have"
-                )));
-            }
+        let loc = self
+            .location(*id)
+            .ok_or(CacheError::Missing((*id).into()))?;
+        self.read_tree_at(id, loc)
+    }
+
+    /// [`Cache::read_tree`] of a tree whose location the caller has (from
+    /// [`Cache::object_at`] or [`Cache::locate`]): no second index lookup.
+    ///
+    /// # Errors
+    /// As [`Cache::read_tree`].
+    pub fn read_tree_at(&self, id: &TreeId, loc: Location) -> Result<Node, CacheError> {
+        frames::check_kind((*id).into(), &loc, Some(ObjectKind::Tree))?;
+        let len = loc.len;
+        if len > decode::MAX_TREE_BYTES {
+            return Err(CacheError::Corrupt(format!(
+                "tree {id}: {len} bytes, more than a tree may have"
+            )));
         }
-        Node::decode(id, &self.read_small(*id)?)
+        let mut bytes = Vec::with_capacity(len as usize);
+        self.stream_located((*id).into(), loc, true, None, &mut |chunk| {
+            bytes.extend_from_slice(chunk);
+            Ok(())
+        })?;
+        Node::decode(id, &bytes)
     }
 
     /// Read only the index files `ids` (those a v2 snapshot names) from now on, instead of

@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::super::{
-    Cache, CacheError, Node, ObjectId, PackId, SnapshotHead, SnapshotId, SnapshotRef, TreeId,
+    Cache, CacheError, Location, Node, ObjectId, PackId, SnapshotHead, SnapshotId, SnapshotRef,
+    TreeId,
 };
 use super::{FrameKey, GcPolicy, GcReport};
 use crate::cache::successive::PreviousTrees;
@@ -135,10 +136,10 @@ pub(super) fn mark(
         // Only its tree ids: none of its paths' strings are decoded.
         let snap_trees = cache.read_snapshot_trees(r)?;
         let mut added: Vec<FrameKey> = Vec::new();
-        let mut mark = |id: ObjectId, live: &mut Bits| -> Result<(), CacheError> {
-            let (pos, loc) = cache.locate(id).ok_or(CacheError::Missing(id))?;
+        // An object at its index position, with its location.
+        let mut mark = |(pos, loc): (usize, Location), live: &mut Bits| {
             if !live.insert(pos) {
-                return Ok(());
+                return;
             }
             let e = live_frames
                 .entry((loc.pack, loc.frame_offset))
@@ -147,11 +148,11 @@ pub(super) fn mark(
                     (loc.frame_len, Vec::new())
                 });
             e.1.push(pos as u32);
-            Ok(())
         };
         // Trees not marked yet, read in pack order: each tree frame is then decompressed
         // about once, however the trees outgrow the frame cache.
-        let mut trees: Vec<(FrameKey, u64, TreeId)> = Vec::new();
+        // (frame, offset in it, index position): the id and location are the position's.
+        let mut trees: Vec<(FrameKey, u64, u32)> = Vec::new();
         // The trees this snapshot is the first to mark: if it is dropped for the budget,
         // they are unmarked with its frames, so that an older snapshot naming them marks
         // them again (else it would be kept without them).
@@ -162,19 +163,25 @@ pub(super) fn mark(
         previous.filter(&snap_trees, &mut |tree| {
             let (pos, loc) = cache.locate(tree).ok_or(CacheError::Missing(tree.into()))?;
             if trees_done.insert(pos) {
-                trees.push(((loc.pack, loc.frame_offset), loc.offset, tree));
+                trees.push(((loc.pack, loc.frame_offset), loc.offset, pos as u32));
                 first_here.push(pos);
             }
             Ok::<(), CacheError>(())
         })?;
         trees.sort_unstable();
-        for (_, _, tree) in trees {
-            mark(tree.into(), &mut live_objects)?;
-            let mut stack = vec![cache.read_tree(&tree)?];
+        for (_, _, pos) in trees {
+            let (id, loc) = cache.object_at(pos as usize);
+            let tree = TreeId(id.0);
+            mark((pos as usize, loc), &mut live_objects);
+            let mut stack = vec![cache.read_tree_at(&tree, loc)?];
             while let Some(node) = stack.pop() {
                 match node {
                     Node::Regular { blob, .. } | Node::Rewritten { blob, .. } => {
-                        mark(blob.into(), &mut live_objects)?
+                        let id = ObjectId::from(blob);
+                        mark(
+                            cache.locate(id).ok_or(CacheError::Missing(id))?,
+                            &mut live_objects,
+                        );
                     }
                     Node::Symlink { .. } => {}
                     Node::Directory(entries) => stack.extend(entries.into_iter().map(|e| e.node)),
