@@ -206,7 +206,7 @@ pub fn verify(cache: &Cache, progress: &dyn Progress) -> Result<VerifyReport> {
                 // Only the trees the snapshot checked before lacks are looked up: the others
                 // are marked, or found missing, already.
                 let trees = snap.paths.iter().map(|p| p.tree).collect();
-                drop(snap);
+                crate::cache::recycle_paths(snap.paths);
                 let walked = previous.walk(trees, &mut |tree| {
                     match cache.locate(tree) {
                         Some((pos, _)) => live.insert(pos),
@@ -226,6 +226,7 @@ pub fn verify(cache: &Cache, progress: &dyn Progress) -> Result<VerifyReport> {
         progress.advance(1);
     }
     progress.finish();
+    crate::cache::release_spare_paths();
 
     // Objects in pack order, so that each frame is decompressed about once; a tree's blobs
     // are looked up in the index as it is checked (and marked live when the tree is), so

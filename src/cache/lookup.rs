@@ -512,6 +512,46 @@ mod tests {
     }
 
     #[test]
+    fn a_recycled_path_vector_brings_nothing_of_its_snapshot_into_the_next() {
+        use crate::cache::{recycle_paths, release_spare_paths, SnapshotPath, TreeId};
+        use crate::store::path::StorePath;
+        use crate::store::path_info::{NarHash, PathInfo};
+        let path = |i: usize, seed: u8| SnapshotPath {
+            info: PathInfo {
+                path: StorePath::from_base_name(&format!("{:0>32}-p{seed}", i)).unwrap(),
+                nar_hash: NarHash([seed; 32]),
+                nar_size: i as u64,
+                registration_time: 0,
+                deriver: None,
+                references: vec![],
+                ultimate: None,
+                sigs: None,
+                ca: None,
+            },
+            tree: TreeId([seed; 32]),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open_dir(dir.path()).unwrap();
+        let mut big = snap("big", 1);
+        big.paths = (0..50).map(|i| path(i, 1)).collect();
+        let mut small = snap("small", 2);
+        small.paths = (0..3).map(|i| path(i, 2)).collect();
+        let (big_id, small_id) = (
+            cache.write_snapshot(&big).unwrap(),
+            cache.write_snapshot(&small).unwrap(),
+        );
+        let (_, read) = cache.find_snapshot(Some(&big_id.hex())).unwrap();
+        recycle_paths(read.paths);
+        let (_, read) = cache.find_snapshot(Some(&small_id.hex())).unwrap();
+        assert_eq!(read.paths, small.paths);
+        assert!(read.paths.capacity() >= 50, "the spare vector was used");
+        recycle_paths(read.paths);
+        release_spare_paths();
+        let (_, read) = cache.find_snapshot(Some(&big_id.hex())).unwrap();
+        assert_eq!(read.paths, big.paths);
+    }
+
+    #[test]
     fn a_head_read_alone_matches_the_checked_snapshot() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open_dir(dir.path()).unwrap();

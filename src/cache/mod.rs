@@ -41,6 +41,7 @@ use frames::FrameCache;
 pub use id::{BlobId, IndexId, ObjectId, PackId, SnapshotId, TreeId};
 use index::Objects;
 pub use index::{IndexFile, Location};
+pub use manifest::{recycle_paths, release_spare_paths};
 pub use packer::{PackStats, Packer, PathFrames};
 pub use rewrite::Rewrite;
 pub use snapshot::{Snapshot, SnapshotPath, SnapshotRef};
