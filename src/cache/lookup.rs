@@ -513,22 +513,15 @@ mod tests {
 
     #[test]
     fn a_recycled_path_vector_brings_nothing_of_its_snapshot_into_the_next() {
-        use crate::cache::{recycle_paths, release_spare_paths, SnapshotPath, TreeId};
-        use crate::store::path::StorePath;
-        use crate::store::path_info::{NarHash, PathInfo};
-        let path = |i: usize, seed: u8| SnapshotPath {
-            info: PathInfo {
-                path: StorePath::from_base_name(&format!("{:0>32}-p{seed}", i)).unwrap(),
-                nar_hash: NarHash([seed; 32]),
-                nar_size: i as u64,
-                registration_time: 0,
-                deriver: None,
-                references: vec![],
-                ultimate: None,
-                sigs: None,
-                ca: None,
-            },
-            tree: TreeId([seed; 32]),
+        use crate::cache::snapshot::test_path;
+        use crate::cache::{recycle_paths, release_spare_paths, TreeId};
+        use crate::store::path_info::NarHash;
+        let path = |i: usize, seed: u8| {
+            let mut p = test_path(&format!("{:0>32}-p{seed}", i));
+            p.info.nar_hash = NarHash([seed; 32]);
+            p.info.nar_size = i as u64;
+            p.tree = TreeId([seed; 32]);
+            p
         };
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open_dir(dir.path()).unwrap();

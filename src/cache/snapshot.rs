@@ -143,26 +143,32 @@ impl Snapshot {
     }
 }
 
+/// A path of the snapshot: `base` (a base name), no references, zero hashes.
+#[cfg(test)]
+pub(crate) fn test_path(base: &str) -> SnapshotPath {
+    use crate::store::path_info::NarHash;
+    SnapshotPath {
+        info: PathInfo {
+            path: StorePath::from_base_name(base).unwrap(),
+            nar_hash: NarHash([0; 32]),
+            nar_size: 0,
+            registration_time: 0,
+            deriver: None,
+            references: vec![],
+            ultimate: None,
+            sigs: None,
+            ca: None,
+        },
+        tree: TreeId([0; 32]),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::path_info::NarHash;
 
     fn path(base: &str) -> SnapshotPath {
-        SnapshotPath {
-            info: PathInfo {
-                path: StorePath::from_base_name(base).unwrap(),
-                nar_hash: NarHash([0; 32]),
-                nar_size: 0,
-                registration_time: 0,
-                deriver: None,
-                references: vec![],
-                ultimate: None,
-                sigs: None,
-                ca: None,
-            },
-            tree: TreeId([0; 32]),
-        }
+        test_path(base)
     }
 
     fn snapshot(paths: Vec<SnapshotPath>) -> Snapshot {
