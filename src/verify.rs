@@ -207,16 +207,10 @@ pub fn verify(cache: &Cache, progress: &dyn Progress) -> Result<VerifyReport> {
                 // are marked, or found missing, already.
                 let trees = snap.paths.iter().map(|p| p.tree).collect();
                 crate::cache::recycle_paths(snap.paths);
-                let walked = previous.walk(trees, &mut |tree| {
-                    match cache.locate(tree) {
-                        Some((pos, _)) => live.insert(pos),
-                        None => trees_missing = true,
-                    }
-                    Ok::<(), std::convert::Infallible>(())
+                previous.walk(trees, &mut |tree| match cache.locate(tree) {
+                    Some((pos, _)) => live.insert(pos),
+                    None => trees_missing = true,
                 });
-                if let Err(never) = walked {
-                    match never {}
-                }
             }
             Err(e) => {
                 report.problems.push(format!("snapshot {id}: {e}"));

@@ -178,8 +178,18 @@ impl Cache {
     /// # Errors
     /// [`CacheError::Missing`], or [`CacheError::Corrupt`] when the bytes do not match.
     pub fn read_small(&self, id: impl Into<ObjectId>) -> Result<Vec<u8>, CacheError> {
+        let id = id.into();
+        let loc = self.location(id).ok_or(CacheError::Missing(id))?;
+        self.read_small_at(id, loc)
+    }
+
+    /// [`Cache::read_small`] of an object whose location the caller has.
+    ///
+    /// # Errors
+    /// As [`Cache::read_small`].
+    pub(super) fn read_small_at(&self, id: ObjectId, loc: Location) -> Result<Vec<u8>, CacheError> {
         let mut out = Vec::new();
-        self.stream_checking(id.into(), true, None, &mut |chunk| {
+        self.stream_located(id, loc, true, None, &mut |chunk| {
             out.extend_from_slice(chunk);
             Ok(())
         })?;

@@ -172,8 +172,12 @@ fn prefix(name: &str) -> u64 {
 /// A `Vec` for `count` entries of at least `min_bytes` each, reserved for no more than the
 /// bytes left can hold (`None`: unknown, then at most [`PREALLOC_ROWS`]).
 fn reserve<T>(count: usize, left: Option<usize>, min_bytes: usize) -> Vec<T> {
-    let room = left.map_or(PREALLOC_ROWS, |l| l / min_bytes);
-    Vec::with_capacity(count.min(room))
+    Vec::with_capacity(room(count, left, min_bytes))
+}
+
+/// The entries [`reserve`] reserves room for.
+fn room(count: usize, left: Option<usize>, min_bytes: usize) -> usize {
+    count.min(left.map_or(PREALLOC_ROWS, |l| l / min_bytes))
 }
 
 thread_local! {
@@ -198,17 +202,17 @@ pub fn release_spare_paths() {
     let _ = SPARE_PATHS.try_with(|s| *s.borrow_mut() = Vec::new());
 }
 
-/// The spare path vector when it has room for `fresh`'s capacity (then `fresh`, empty and
-/// never touched, goes), else `fresh`.
-fn spare_paths(fresh: Vec<SnapshotPath>) -> Vec<SnapshotPath> {
+/// The spare path vector when it has room for `room` paths, else a new one reserved for
+/// them.
+fn spare_paths(room: usize) -> Vec<SnapshotPath> {
     SPARE_PATHS
         .try_with(|s| {
             let mut s = s.borrow_mut();
-            (s.capacity() >= fresh.capacity() && s.capacity() > 0).then(|| std::mem::take(&mut *s))
+            (s.capacity() >= room && s.capacity() > 0).then(|| std::mem::take(&mut *s))
         })
         .ok()
         .flatten()
-        .unwrap_or(fresh)
+        .unwrap_or_else(|| Vec::with_capacity(room))
 }
 
 /// What follows a v1 body's header and makes a v2 manifest: roots, paths, derivation outputs.
@@ -228,9 +232,8 @@ fn read_paths<S: Source>(
         roots.push(store_path(s, "root")?);
     }
     let n = s.len("path count")?;
-    let fresh: Vec<SnapshotPath> = reserve(n.min(max_paths), left, MIN_PATH_BYTES);
-    let room = fresh.capacity();
-    let mut paths = spare_paths(fresh);
+    let room = room(n.min(max_paths), left, MIN_PATH_BYTES);
+    let mut paths = spare_paths(room);
     // Position of each path decoded so far, by the first 8 characters of its hash part.
     let mut known: HashMap<u64, usize, foldhash::fast::RandomState> =
         HashMap::with_capacity_and_hasher(room, Default::default());

@@ -435,12 +435,7 @@ impl Cache {
                 "tree {id}: {len} bytes, more than a tree may have"
             )));
         }
-        let mut bytes = Vec::with_capacity(len as usize);
-        self.stream_located((*id).into(), loc, true, None, &mut |chunk| {
-            bytes.extend_from_slice(chunk);
-            Ok(())
-        })?;
-        Node::decode(id, &bytes)
+        Node::decode(id, &self.read_small_at((*id).into(), loc)?)
     }
 
     /// Read only the index files `ids` (those a v2 snapshot names) from now on, instead of

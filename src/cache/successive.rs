@@ -30,20 +30,16 @@ impl PreviousTrees {
     /// Call `unseen` with each tree of `trees` (in order) not found in the previous list,
     /// then make `trees` the previous list. Every tree not passed to `unseen` equals a tree
     /// of the previous list.
-    ///
-    /// # Errors
-    /// The first error of `unseen`; the previous list is then left as it was.
-    pub(crate) fn walk<E>(
-        &mut self,
-        trees: Vec<TreeId>,
-        unseen: &mut dyn FnMut(TreeId) -> Result<(), E>,
-    ) -> Result<(), E> {
-        self.filter(&trees, unseen)?;
+    pub(crate) fn walk(&mut self, trees: Vec<TreeId>, unseen: &mut dyn FnMut(TreeId)) {
+        let Ok(_) = self.filter(&trees, &mut |t| {
+            unseen(t);
+            Ok::<(), std::convert::Infallible>(())
+        });
         self.set(trees);
-        Ok(())
     }
 
-    /// [`PreviousTrees::walk`] without replacing the previous list. Returns the entries the
+    /// [`PreviousTrees::walk`] with a fallible `unseen`, without replacing the previous list
+    /// (the caller sets it when the snapshot is kept). Returns the entries the
     /// scans ahead compared (at most four times the previous list's length, and 1,024).
     ///
     /// # Errors
@@ -104,11 +100,9 @@ mod tests {
 
     fn unseen(prev: &mut PreviousTrees, trees: &[u32]) -> Vec<u32> {
         let mut out = Vec::new();
-        prev.walk::<()>(trees.iter().map(|&i| t(i)).collect(), &mut |x| {
-            out.push(u32::from_be_bytes(x.0[..4].try_into().unwrap()));
-            Ok(())
-        })
-        .unwrap();
+        prev.walk(trees.iter().map(|&i| t(i)).collect(), &mut |x| {
+            out.push(u32::from_be_bytes(x.0[..4].try_into().unwrap()))
+        });
         out
     }
 
@@ -145,7 +139,7 @@ mod tests {
     fn an_error_leaves_the_previous_list() {
         let mut p = PreviousTrees::default();
         unseen(&mut p, &[1, 2]);
-        assert!(p.walk(vec![t(9)], &mut |_| Err::<(), _>("stop")).is_err());
+        assert!(p.filter(&[t(9)], &mut |_| Err::<(), _>("stop")).is_err());
         assert_eq!(unseen(&mut p, &[1, 2]), Vec::<u32>::new());
     }
 
