@@ -281,11 +281,20 @@ impl LinksDir {
         name: &OsStr,
     ) -> io::Result<Option<(fs::File, LinkSource)>> {
         let entry = nixbase32_encode(hash);
-        let in_links = self.known.lock().expect("known").contains(hash);
-        let staged = self.staged.lock().expect("staged").contains(hash);
+        // Both sets read under the staged set's lock, in `add`'s order: `add` moves an entry
+        // from one to the other under it, and reading them one after the other could see it
+        // in neither (then a second copy of the file was written, not linked).
+        let (in_links, staged) = {
+            let staged = self.staged.lock().expect("staged");
+            let known = self.known.lock().expect("known");
+            (known.contains(hash), staged.contains(hash))
+        };
+        // A staged file may be moved into `.links` between this read and its link: then it
+        // is looked for there too.
         let sources = [
             (in_links, &self.dir, LinkSource::Links),
             (staged, &self.staging, LinkSource::Staged),
+            (staged, &self.dir, LinkSource::Links),
         ];
         for (_, from, source) in sources.into_iter().filter(|s| s.0) {
             let Some((file, st)) = self.open_checked(from, &entry, size, executable)? else {
