@@ -5,9 +5,11 @@
 //!
 //! The merged table is a vector sorted by object id, searched by bisection within the ids
 //! sharing the first two bytes (a fan-out table), on a vector of each id's first 8 bytes:
-//! 72 + 8 bytes per object, the table reserved for an upper bound of the objects to come
-//! (address space: pages are touched as entries arrive), index files merged one at a time. (A hash map of the same entries took about 90 bytes per
-//! object, and twice that while it grew: at 400,000 objects, a 57 MB peak for a 29 MB table.)
+//! 60 + 8 bytes per object (an [`Entry`] packs a location in 28 bytes instead of the 40 of a
+//! [`Location`]), the table reserved for an upper bound of the objects to come (address
+//! space: pages are touched as entries arrive), index files merged one at a time. (A hash
+//! map of the same entries took about 90 bytes per object, and twice that while it grew: at
+//! 400,000 objects, a 57 MB peak for a 29 MB table.)
 //! An object's position in the table is stable until the next merge, so a collection can
 //! mark objects in a bit set instead of a set of ids.
 
@@ -73,6 +75,37 @@ impl Serialize for Pieces<'_> {
 /// and five integers (a varint byte at least each).
 pub(super) const MIN_ENTRY_BYTES: u64 = 32 + 1 + 5;
 
+/// One object of the merged table: its id and its location, packed into 4-byte words (60
+/// bytes; `(ObjectId, Location)` takes 72). A frame length of 2^30 or more, or an offset in
+/// the frame of 2^32 or more (never written by a save, but an index file may say anything),
+/// sends the whole location to [`Objects::spill`]: nothing an index says is lost or changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Entry {
+    id: ObjectId,
+    /// The pack number: the index file's own while its entries are merged, then the merged
+    /// table's.
+    pack: u32,
+    /// The frame's length (low 30 bits), [`TREE`], [`SPILLED`].
+    frame_len: u32,
+    /// The offset in the frame; when spilled, the location's position in `spill`.
+    offset: u32,
+    frame_offset: [u32; 2],
+    len: [u32; 2],
+}
+
+/// [`Entry::frame_len`]'s bit for a tree.
+const TREE: u32 = 1 << 31;
+/// [`Entry::frame_len`]'s bit for a location kept whole in [`Objects::spill`].
+const SPILLED: u32 = 1 << 30;
+
+fn split(v: u64) -> [u32; 2] {
+    [v as u32, (v >> 32) as u32]
+}
+
+fn join(v: [u32; 2]) -> u64 {
+    u64::from(v[0]) | u64::from(v[1]) << 32
+}
+
 /// The merged table of every index file read.
 #[derive(Default)]
 pub(super) struct Objects {
@@ -80,7 +113,9 @@ pub(super) struct Objects {
     pub(super) packs: Vec<PackId>,
     pub(super) pack_no: HashMap<PackId, u32>,
     /// Sorted by id, one entry per id.
-    table: Vec<(ObjectId, Location)>,
+    table: Vec<Entry>,
+    /// Locations too large for an [`Entry`], whole.
+    spill: Vec<Location>,
     /// `fanout[k]`: the first position whose id's first two bytes are `k` or more (65,537
     /// entries, 256 KiB): a lookup bisects only the few entries sharing its first two bytes
     /// (a bisection of the whole table compared 32-byte ids ~19 times, missing the CPU cache
@@ -94,6 +129,55 @@ pub(super) struct Objects {
 }
 
 impl Objects {
+    /// `loc` of `id` as an entry of the table (spilling it when it does not fit).
+    fn entry(&mut self, id: ObjectId, loc: Location) -> Entry {
+        let tree = if loc.kind == ObjectKind::Tree {
+            TREE
+        } else {
+            0
+        };
+        let (frame_len, offset) = match (u32::try_from(loc.offset), loc.frame_len) {
+            (Ok(offset), len) if len < u64::from(SPILLED) => (len as u32 | tree, offset),
+            _ => {
+                self.spill.push(loc);
+                (SPILLED | tree, (self.spill.len() - 1) as u32)
+            }
+        };
+        Entry {
+            id,
+            pack: loc.pack,
+            frame_len,
+            offset,
+            frame_offset: split(loc.frame_offset),
+            len: split(loc.len),
+        }
+    }
+
+    /// The location an entry holds.
+    fn location(&self, e: &Entry) -> Location {
+        let kind = if e.frame_len & TREE != 0 {
+            ObjectKind::Tree
+        } else {
+            ObjectKind::Blob
+        };
+        if e.frame_len & SPILLED != 0 {
+            // Spilled locations are never changed afterwards; the pack number is the entry's.
+            return Location {
+                kind,
+                pack: e.pack,
+                ..self.spill[e.offset as usize]
+            };
+        }
+        Location {
+            kind,
+            pack: e.pack,
+            frame_offset: join(e.frame_offset),
+            frame_len: u64::from(e.frame_len & !(TREE | SPILLED)),
+            offset: u64::from(e.offset),
+            len: join(e.len),
+        }
+    }
+
     /// Reserve room for `n` more objects. Pages of a reservation are touched only as entries
     /// arrive, so an upper bound costs address space, not memory.
     pub(super) fn reserve(&mut self, n: usize) {
@@ -113,7 +197,10 @@ impl Objects {
     ) {
         let old = self.table.len();
         self.table.reserve(file.entries.len());
-        self.table.extend(file.entries);
+        for (obj, loc) in file.entries {
+            let e = self.entry(obj, loc);
+            self.table.push(e);
+        }
         self.merge_pushed(id, old, &file.packs, present, false);
     }
 
@@ -147,6 +234,7 @@ impl Objects {
                     // pushed, so that the table's tail holds new objects only (a file
                     // listing every object of a cache would touch twice the table's pages).
                     if self.position(&e.0).is_none() {
+                        let e = self.entry(e.0, e.1);
                         self.table.push(e);
                     }
                     at += n;
@@ -180,22 +268,22 @@ impl Objects {
         let local = self.number_packs(packs, present);
         let mut keep = old;
         for i in old..self.table.len() {
-            let (obj, mut loc) = self.table[i];
-            if let Some(Some(no)) = local.get(loc.pack as usize) {
-                loc.pack = *no;
-                self.table[keep] = (obj, loc);
+            let mut e = self.table[i];
+            if let Some(Some(no)) = local.get(e.pack as usize) {
+                e.pack = *no;
+                self.table[keep] = e;
                 keep += 1;
             }
         }
         self.table.truncate(keep);
         // Within the file, the lowest pack number (the earliest merged pack) wins.
-        self.table[old..].sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.pack.cmp(&b.1.pack)));
+        self.table[old..].sort_unstable_by(|a, b| a.id.cmp(&b.id).then(a.pack.cmp(&b.pack)));
         let mut keep = old;
         for i in old..self.table.len() {
             let e = self.table[i];
-            let dup_in_file = keep > old && self.table[keep - 1].0 == e.0;
+            let dup_in_file = keep > old && self.table[keep - 1].id == e.id;
             // The fan-out still describes the table before this file: its first `old`.
-            let dup_before = !new_only && self.position(&e.0).is_some();
+            let dup_before = !new_only && self.position(&e.id).is_some();
             if !dup_in_file && !dup_before {
                 self.table[keep] = e;
                 keep += 1;
@@ -215,13 +303,13 @@ impl Objects {
     /// block. Comparisons grow with the new entries only, not with the table (a merge that
     /// compared every old entry, once per index file, was most of `verify`'s CPU time).
     fn merge_tail(&mut self, old: usize) {
-        let tail: Vec<(ObjectId, Location)> = self.table[old..].to_vec();
+        let tail: Vec<Entry> = self.table[old..].to_vec();
         let mut end = old;
         for (j, e) in tail.iter().enumerate().rev() {
-            let k = first_two(&e.0);
+            let k = first_two(&e.id);
             let from = (self.fanout[k] as usize).min(end);
             let to = (self.fanout[k + 1] as usize).min(end);
-            let p = from + self.table[from..to].partition_point(|x| x.0 < e.0);
+            let p = from + self.table[from..to].partition_point(|x| x.id < e.id);
             self.table.copy_within(p..end, p + j + 1);
             self.table[p + j] = *e;
             end = p;
@@ -234,7 +322,7 @@ impl Objects {
         fanout.reserve_exact(FANOUT + 1);
         let mut at = 0usize;
         for k in 0..FANOUT {
-            while at < self.table.len() && first_two(&self.table[at].0) < k {
+            while at < self.table.len() && first_two(&self.table[at].id) < k {
                 at += 1;
             }
             fanout.push(at as u32);
@@ -244,7 +332,7 @@ impl Objects {
         self.keys.clear();
         self.keys.reserve_exact(self.table.len());
         self.keys
-            .extend(self.table.iter().map(|e| first_eight(&e.0)));
+            .extend(self.table.iter().map(|e| first_eight(&e.id)));
     }
 
     /// Map an index file's pack table onto the merged one; packs that do not exist map to
@@ -282,29 +370,30 @@ impl Objects {
         let k = first_two(id);
         let (from, to) = (self.fanout[k] as usize, self.fanout[k + 1] as usize);
         // Bisected in `keys` (8 bytes an entry, a few cache lines a bucket), not in the
-        // 72-byte entries: a lookup missed the CPU cache at every step (a fifth of
+        // 60-byte entries: a lookup missed the CPU cache at every step (a fifth of
         // `verify`'s time at 100,000 paths and 20 snapshots).
         let head = first_eight(id);
         let keys = &self.keys[from..to];
         let first = from + keys.partition_point(|&k| k < head);
         (first..to)
             .take_while(|&i| self.keys[i] == head)
-            .find(|&i| self.table[i].0 == *id)
+            .find(|&i| self.table[i].id == *id)
     }
 
     /// Where `id` is.
     pub(super) fn get(&self, id: &ObjectId) -> Option<Location> {
-        self.position(id).map(|i| self.table[i].1)
+        self.position(id).map(|i| self.location(&self.table[i]))
     }
 
     /// The entry at a position (see [`Objects::position`]).
     pub(super) fn at(&self, pos: usize) -> (ObjectId, Location) {
-        self.table[pos]
+        let e = &self.table[pos];
+        (e.id, self.location(e))
     }
 
     /// Every entry, by id.
-    pub(super) fn entries(&self) -> &[(ObjectId, Location)] {
-        &self.table
+    pub(super) fn entries(&self) -> impl ExactSizeIterator<Item = (ObjectId, Location)> + '_ {
+        self.table.iter().map(|e| (e.id, self.location(e)))
     }
 
     /// Number of objects.
@@ -373,6 +462,68 @@ mod tests {
     }
 
     #[test]
+    fn every_location_an_index_may_give_comes_back_whole_from_the_table() {
+        assert_eq!(std::mem::size_of::<Entry>(), 60);
+        let big = |kind, frame_len, offset, len| Location {
+            kind,
+            pack: 1,
+            frame_offset: u64::MAX - 3,
+            frame_len,
+            offset,
+            len,
+        };
+        let locs = [
+            big(ObjectKind::Tree, 10, 5, 3),
+            big(
+                ObjectKind::Blob,
+                u64::from(SPILLED) - 1,
+                u64::from(u32::MAX),
+                u64::MAX,
+            ),
+            big(ObjectKind::Tree, u64::from(SPILLED), 0, 1),
+            big(ObjectKind::Blob, u64::MAX, 1, 1),
+            big(ObjectKind::Tree, 7, u64::from(u32::MAX) + 1, 0),
+            big(ObjectKind::Blob, u64::MAX, u64::MAX, u64::MAX),
+        ];
+        let (p0, p1) = (PackId([1; 32]), PackId([2; 32]));
+        let mut o = Objects::default();
+        // The first file names only p1: its entries' pack 1 becomes the merged table's 0.
+        let first = IndexFile {
+            packs: vec![p0, p1],
+            entries: locs
+                .iter()
+                .enumerate()
+                .map(|(n, l)| (ObjectId([n as u8 * 2; 32]), *l))
+                .collect(),
+        };
+        o.add(IndexId([1; 32]), first, &mut |p| *p == p1);
+        let mut second = Vec::new();
+        for (n, l) in locs.iter().enumerate() {
+            second.extend(crate::cache::format::encode_bincode(&(
+                ObjectId([n as u8 * 2 + 1; 32]),
+                *l,
+            )));
+        }
+        let mut body = crate::cache::format::encode_bincode(&vec![p1, p0]);
+        body.extend(crate::cache::format::encode_bincode(&(locs.len() as u64)));
+        body.extend(second);
+        o.add_encoded(IndexId([2; 32]), &body, &mut |_| true)
+            .unwrap();
+        assert_eq!(o.packs, vec![p1, p0]);
+        for (n, l) in locs.iter().enumerate() {
+            let merged = |pack| Location { pack, ..*l };
+            // Pack 1 of the first file is p1 (0), of the second p0 (1).
+            assert_eq!(o.get(&ObjectId([n as u8 * 2; 32])), Some(merged(0)), "{n}");
+            assert_eq!(
+                o.get(&ObjectId([n as u8 * 2 + 1; 32])),
+                Some(merged(1)),
+                "{n}"
+            );
+        }
+        assert_eq!(o.spill.len(), 8, "only what does not fit is spilled");
+    }
+
+    #[test]
     fn ids_sharing_their_first_bytes_are_told_apart() {
         // Ids equal in their first 8 bytes (the bisected key), or 2 (the fan-out), and not.
         let id = |head: u8, tail: u8| {
@@ -427,7 +578,11 @@ mod tests {
         assert_eq!(o.warnings.len(), 1, "{:?}", o.warnings);
         let pos = o.position(&a).unwrap();
         assert_eq!(o.at(pos), (a, loc(0, 9)));
-        assert!(o.entries().windows(2).all(|w| w[0].0 < w[1].0));
+        assert!(o
+            .entries()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0));
     }
 
     #[test]
@@ -471,10 +626,14 @@ mod tests {
                 want.entry(id).or_insert((p, 0));
             }
         }
-        assert!(o.entries().windows(2).all(|w| w[0].0 < w[1].0));
+        assert!(o
+            .entries()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0));
         assert_eq!(o.len(), want.len());
         for (id, l) in o.entries() {
-            assert_eq!(o.packs[l.pack as usize], want[id].0, "{id:?}");
+            assert_eq!(o.packs[l.pack as usize], want[&id].0, "{id:?}");
         }
         for id in want.keys() {
             let pos = o.position(id).expect("found through the fan-out");

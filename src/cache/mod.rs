@@ -364,7 +364,7 @@ impl Cache {
     /// Call `f` with every indexed object, by id.
     pub fn for_each_object(&self, f: &mut dyn FnMut(&ObjectId, &Location)) {
         for (id, loc) in self.objs().read().expect("objects").entries() {
-            f(id, loc);
+            f(&id, &loc);
         }
     }
 
@@ -373,10 +373,9 @@ impl Cache {
     /// object instead of a copy of the index.
     pub fn positions_in_pack_order(&self) -> Vec<u32> {
         let objs = self.objs().read().expect("objects");
-        let e = objs.entries();
-        let mut pos: Vec<u32> = (0..e.len() as u32).collect();
+        let mut pos: Vec<u32> = (0..objs.len() as u32).collect();
         pos.sort_unstable_by_key(|&i| {
-            let l = &e[i as usize].1;
+            let l = objs.at(i as usize).1;
             (l.pack, l.frame_offset, l.offset)
         });
         pos
@@ -399,7 +398,7 @@ impl Cache {
 
     /// Every indexed object: a copy of the index (72 bytes per object).
     pub fn objects(&self) -> Vec<(ObjectId, Location)> {
-        self.objs().read().expect("objects").entries().to_vec()
+        self.objs().read().expect("objects").entries().collect()
     }
 
     /// Pack ids in the merged table.
