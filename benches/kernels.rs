@@ -171,9 +171,7 @@ fn make_store(root: &Path) -> Layout {
         registration_time: 1,
         deriver: None,
         references: Vec::new(),
-        ultimate: None,
-        sigs: None,
-        ca: None,
+        nix: None,
     };
     db::register(&mut conn, &layout, &[&info], &[]).unwrap();
     layout

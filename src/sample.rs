@@ -255,11 +255,12 @@ pub fn build(layout: &Layout, generation: u32) -> Result<Vec<StorePath>> {
             registration_time: time,
             deriver: item.deriver.as_ref().map(|d| store.display(d)),
             references,
-            ultimate: (layout.flavor == crate::store::layout::Flavor::Nix
-                && item.deriver.is_some())
-            .then_some(1),
-            sigs: None,
-            ca: None,
+            nix: crate::store::path_info::NixColumns::boxed(
+                (layout.flavor == crate::store::layout::Flavor::Nix && item.deriver.is_some())
+                    .then_some(1),
+                None,
+                None,
+            ),
         });
         if path == &drv {
             outputs.push(DerivationOutput {

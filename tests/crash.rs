@@ -196,9 +196,7 @@ fn write_item(layout: &Layout, i: usize) -> PathInfo {
         registration_time: 1_700_000_000 + i as i64,
         deriver: None,
         references,
-        ultimate: None,
-        sigs: None,
-        ca: None,
+        nix: None,
     }
 }
 
@@ -233,9 +231,7 @@ fn add_big_item(layout: &Layout, name: &str, size: usize) {
         registration_time: 1_700_000_000,
         deriver: None,
         references: vec![],
-        ultimate: None,
-        sigs: None,
-        ca: None,
+        nix: None,
     };
     let mut conn = db::open_or_create(layout).unwrap();
     db::register(&mut conn, layout, &[&info], &[]).unwrap();

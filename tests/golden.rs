@@ -222,9 +222,7 @@ fn snapshot(store: &Path, version: u32, indexes: Vec<IndexId>) -> Snapshot {
                 registration_time: 1_764_000_000,
                 deriver: deriver.map(|d| format!("/gnu/store/{d}")),
                 references: refs.iter().map(|r| sp(r)).collect(),
-                ultimate: None,
-                sigs: None,
-                ca: None,
+                nix: None,
             },
             tree: tree_id(&trees[base], version),
         }

@@ -569,9 +569,7 @@ fn add_big_item(layout: &Layout, name: &str, seed: u64, size: usize) {
         registration_time: 1_700_000_000,
         deriver: None,
         references: vec![],
-        ultimate: None,
-        sigs: None,
-        ca: None,
+        nix: None,
     };
     let mut conn = db::open_or_create(layout).unwrap();
     db::register(&mut conn, layout, &[&info], &[]).unwrap();

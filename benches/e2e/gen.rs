@@ -995,9 +995,7 @@ fn materialise(
                 registration_time: REGISTRATION_TIME,
                 deriver: deriver.clone(),
                 references,
-                ultimate: None,
-                sigs: None,
-                ca: None,
+                nix: None,
             }
         })
         .collect();

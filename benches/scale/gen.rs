@@ -337,9 +337,7 @@ fn add_paths(root: &Path, n: usize, which: &[(usize, u32)]) -> Res<()> {
                 registration_time: REGISTRATION_TIME,
                 deriver: None,
                 references: refs,
-                ultimate: None,
-                sigs: None,
-                ca: None,
+                nix: None,
             })
         })
         .collect::<Res<_>>()?;

@@ -1227,9 +1227,7 @@ mod tests {
                             registration_time,
                             deriver,
                             references: Vec::new(),
-                            ultimate,
-                            sigs,
-                            ca,
+                            nix: crate::store::path_info::NixColumns::boxed(ultimate, sigs, ca),
                         },
                         tree: crate::cache::TreeId(tree),
                     };

@@ -18,7 +18,7 @@ use crate::store::layout::Flavor;
 use crate::store::path::StorePath;
 use crate::store::path_info::DerivationOutput;
 #[cfg(test)]
-use crate::store::path_info::{NarHash, PathInfo};
+use crate::store::path_info::{NarHash, NixColumns, PathInfo};
 
 /// Version of the cache format this tool writes; written in every file header.
 pub const FORMAT_VERSION: u32 = 2;
@@ -235,9 +235,9 @@ impl Serialize for PathsView<'_> {
                 registration_time: p.info.registration_time,
                 deriver: p.info.deriver.as_deref(),
                 references: PathNames(&p.info.references),
-                ultimate: p.info.ultimate,
-                sigs: p.info.sigs.as_deref(),
-                ca: p.info.ca.as_deref(),
+                ultimate: p.info.ultimate(),
+                sigs: p.info.sigs(),
+                ca: p.info.ca(),
             },
             tree: &p.tree.0,
         }))
@@ -338,9 +338,9 @@ fn paths_to_wire(s: &Snapshot) -> (Vec<String>, Vec<SnapshotPathV1>, Vec<Derivat
                 registration_time: p.info.registration_time,
                 deriver: p.info.deriver.clone(),
                 references: p.info.references.iter().map(|r| r.to_string()).collect(),
-                ultimate: p.info.ultimate,
-                sigs: p.info.sigs.clone(),
-                ca: p.info.ca.clone(),
+                ultimate: p.info.ultimate(),
+                sigs: p.info.sigs().map(str::to_owned),
+                ca: p.info.ca().map(str::to_owned),
             },
             tree: p.tree.0,
         })
@@ -381,9 +381,7 @@ fn paths_from_wire(
                     registration_time: i.registration_time,
                     deriver: i.deriver,
                     references: store_paths(i.references)?,
-                    ultimate: i.ultimate,
-                    sigs: i.sigs,
-                    ca: i.ca,
+                    nix: NixColumns::boxed(i.ultimate, i.sigs, i.ca),
                 },
                 tree: TreeId(p.tree),
             })
@@ -828,9 +826,11 @@ mod tests {
             registration_time: -5,
             deriver: optional.then(|| "/gnu/store/1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b-b.drv".into()),
             references: refs,
-            ultimate: optional.then_some(1),
-            sigs: optional.then(|| "k:sig".into()),
-            ca: optional.then(|| "fixed:sha256:x".into()),
+            nix: NixColumns::boxed(
+                optional.then_some(1),
+                optional.then(|| "k:sig".into()),
+                optional.then(|| "fixed:sha256:x".into()),
+            ),
         };
         Snapshot {
             version: 2,

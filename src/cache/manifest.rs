@@ -21,7 +21,7 @@ use super::id::TreeId;
 use super::snapshot::{Snapshot, SnapshotPath};
 use crate::store::layout::Flavor;
 use crate::store::path::StorePath;
-use crate::store::path_info::{DerivationOutput, NarHash, PathInfo};
+use crate::store::path_info::{DerivationOutput, NarHash, NixColumns, PathInfo};
 
 /// Fewest bytes one path takes in a manifest: its NAR hash and tree id (32 each) and at
 /// least a byte for each other field. A bound on how many entries the bytes left can hold.
@@ -272,9 +272,7 @@ fn read_paths<S: Source>(
                 registration_time,
                 deriver,
                 references,
-                ultimate,
-                sigs,
-                ca,
+                nix: NixColumns::boxed(ultimate, sigs, ca),
             },
             tree,
         });

@@ -794,9 +794,11 @@ mod tests {
             registration_time: 1_795_818_122,
             deriver: Some("/nix/store/0123456789abcdfghijklmnpqrsvwxyz-x.drv".into()),
             references: refs,
-            ultimate: Some(1),
-            sigs: Some("cache:abc".into()),
-            ca: None,
+            nix: crate::store::path_info::NixColumns::boxed(
+                Some(1),
+                Some("cache:abc".into()),
+                None,
+            ),
         };
         let snap = Snapshot {
             version: 2,

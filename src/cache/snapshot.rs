@@ -155,9 +155,7 @@ pub(crate) fn test_path(base: &str) -> SnapshotPath {
             registration_time: 0,
             deriver: None,
             references: vec![],
-            ultimate: None,
-            sigs: None,
-            ca: None,
+            nix: None,
         },
         tree: TreeId([0; 32]),
     }

@@ -98,9 +98,11 @@ fn read_in_txn(conn: &Connection, file: &Path, store: &StoreDir) -> Result<DbCon
             registration_time: r.get(3).map_err(&e)?,
             deriver: r.get(4).map_err(&e)?,
             references: Vec::new(),
-            ultimate: r.get(6).map_err(&e)?,
-            sigs: r.get(7).map_err(&e)?,
-            ca: r.get(8).map_err(&e)?,
+            nix: crate::store::path_info::NixColumns::boxed(
+                r.get(6).map_err(&e)?,
+                r.get(7).map_err(&e)?,
+                r.get(8).map_err(&e)?,
+            ),
         });
     }
     drop(rows);

@@ -127,8 +127,8 @@ pub fn register_waiting(
                     // signatures. A restored path was not built here, so, like Nix's own
                     // copy between stores, it is registered as not ultimate.
                     None::<i64>,
-                    info.sigs,
-                    info.ca
+                    info.sigs(),
+                    info.ca()
                 ])
             } else {
                 insert_path.execute(params![

@@ -47,9 +47,7 @@ fn make_store_of(
             registration_time: 1_700_000_000,
             deriver: None,
             references,
-            ultimate: None,
-            sigs: None,
-            ca: None,
+            nix: None,
         });
     }
     let mut conn = db::open_or_create(&layout).unwrap();

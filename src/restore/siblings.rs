@@ -576,9 +576,7 @@ mod tests {
                 registration_time: 0,
                 deriver: None,
                 references: Vec::new(),
-                ultimate: None,
-                sigs: None,
-                ca: None,
+                nix: None,
             },
             tree: crate::cache::TreeId([0; 32]),
         };

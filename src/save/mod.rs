@@ -698,9 +698,7 @@ mod tests {
             registration_time: 1,
             deriver: None,
             references: vec![],
-            ultimate: None,
-            sigs: None,
-            ca: None,
+            nix: None,
         };
         let mut conn = db::open_or_create(layout).unwrap();
         db::register(&mut conn, layout, &[&info], &[]).unwrap();

@@ -57,12 +57,50 @@ pub struct PathInfo {
     pub deriver: Option<String>,
     /// Paths it refers to (may include itself), sorted.
     pub references: Vec<StorePath>,
-    /// Nix: built locally (`ultimate`).
+    /// Nix's `ultimate`, `sigs` and `ca` columns; `None` when none is set (always, on
+    /// Guix): boxed, so that a row without them takes 8 bytes for them instead of 64 (a
+    /// decoded snapshot holds one row per path).
+    pub nix: Option<Box<NixColumns>>,
+}
+
+/// The columns of a Nix `ValidPaths` row that Guix's lacks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NixColumns {
+    /// Built locally (`ultimate`).
     pub ultimate: Option<i64>,
-    /// Nix: space-separated signatures.
+    /// Space-separated signatures (`sigs`).
     pub sigs: Option<String>,
-    /// Nix: content-address assertion.
+    /// Content-address assertion (`ca`).
     pub ca: Option<String>,
+}
+
+impl NixColumns {
+    /// The columns as [`PathInfo::nix`] holds them: `None` when none is set.
+    pub fn boxed(
+        ultimate: Option<i64>,
+        sigs: Option<String>,
+        ca: Option<String>,
+    ) -> Option<Box<Self>> {
+        (ultimate.is_some() || sigs.is_some() || ca.is_some())
+            .then(|| Box::new(NixColumns { ultimate, sigs, ca }))
+    }
+}
+
+impl PathInfo {
+    /// Nix's `ultimate` column.
+    pub fn ultimate(&self) -> Option<i64> {
+        self.nix.as_ref().and_then(|n| n.ultimate)
+    }
+
+    /// Nix's `sigs` column.
+    pub fn sigs(&self) -> Option<&str> {
+        self.nix.as_ref().and_then(|n| n.sigs.as_deref())
+    }
+
+    /// Nix's `ca` column.
+    pub fn ca(&self) -> Option<&str> {
+        self.nix.as_ref().and_then(|n| n.ca.as_deref())
+    }
 }
 
 /// One `DerivationOutputs` row.

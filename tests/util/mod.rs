@@ -226,9 +226,7 @@ pub fn add_files_path(layout: &Layout, base: &str, files: &[(&str, &[u8], bool)]
             .iter()
             .map(|r| StorePath::from_base_name(r).unwrap())
             .collect(),
-        ultimate: None,
-        sigs: None,
-        ca: None,
+        nix: None,
     };
     let mut conn = storesync::db::open_or_create(layout).unwrap();
     storesync::db::register(&mut conn, layout, &[&info], &[]).unwrap();
@@ -378,9 +376,7 @@ pub fn row_for(base: &str, nar: &[u8]) -> storesync::store::PathInfo {
         registration_time: 1_700_000_000,
         deriver: None,
         references: Vec::new(),
-        ultimate: None,
-        sigs: None,
-        ca: None,
+        nix: None,
     }
 }
 
