@@ -32,6 +32,75 @@ fn decompress_into(frame: &[u8], out: &mut Vec<u8>) -> io::Result<usize> {
     })
 }
 
+thread_local! {
+    /// Each thread's streaming context for [`decompress_prefix`], kept between frames.
+    static PREFIX_DECOMPRESSOR: std::cell::RefCell<Option<zstd::zstd_safe::DCtx<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Compressed bytes handed to the decoder at a time by [`decompress_prefix`]: it stops within
+/// a block or two of what was asked.
+const PREFIX_STEP: usize = 16 * 1024;
+
+fn zstd_error(code: usize) -> io::Error {
+    io::Error::other(zstd::zstd_safe::get_error_name(code))
+}
+
+/// Decompress the start of one frame into `out` (whose spare capacity holds the size the
+/// frame declares), until it holds `want` bytes or more; whether the whole frame was
+/// decompressed. Bytes after the frame (more frames) send it to [`decompress_into`], so that
+/// what a frame yields never depends on how much of it was asked for.
+fn decompress_prefix(frame: &[u8], out: &mut Vec<u8>, want: usize) -> io::Result<bool> {
+    use zstd::zstd_safe::{DCtx, DParameter, InBuffer, OutBuffer, ResetDirective};
+    let whole = PREFIX_DECOMPRESSOR.with(|d| -> io::Result<Option<bool>> {
+        let mut d = d.borrow_mut();
+        let dctx = match &mut *d {
+            Some(c) => c,
+            None => {
+                let mut c = DCtx::create();
+                // Decoded straight into `out`, which holds the whole frame: no window buffer.
+                c.set_parameter(DParameter::StableOutBuffer(true))
+                    .map_err(zstd_error)?;
+                d.insert(c)
+            }
+        };
+        dctx.reset(ResetDirective::SessionOnly)
+            .map_err(zstd_error)?;
+        out.clear();
+        let mut output = OutBuffer::around(out);
+        let mut fed = 0;
+        loop {
+            let end = (fed + PREFIX_STEP).min(frame.len());
+            let mut input = InBuffer {
+                src: &frame[..end],
+                pos: fed,
+            };
+            let before = (fed, output.pos());
+            let hint = dctx
+                .decompress_stream(&mut output, &mut input)
+                .map_err(zstd_error)?;
+            fed = input.pos;
+            if hint == 0 {
+                // The frame ended: whole, unless more bytes follow it.
+                return Ok((fed == frame.len()).then_some(true));
+            }
+            if output.pos() >= want {
+                return Ok(Some(false));
+            }
+            if fed == frame.len() || (fed, output.pos()) == before {
+                return Err(io::Error::other("truncated frame"));
+            }
+        }
+    })?;
+    match whole {
+        Some(whole) => Ok(whole),
+        None => {
+            out.clear();
+            decompress_into(frame, out).map(|_| true)
+        }
+    }
+}
+
 /// Largest window (log2) of a solo frame's decoder: 8 MiB, twice [`super::CHUNK`].
 const SOLO_WINDOW_LOG: u32 = 23;
 
@@ -46,7 +115,9 @@ const FRAME_CACHE_BYTES: usize = 4 * 1024 * 1024;
 const SPARE_FRAMES: usize = 4;
 
 pub(super) struct FrameCache {
-    frames: HashMap<(u32, u64), Arc<Vec<u8>>>,
+    /// Frames by (pack, offset), and whether each is whole (else its start, as far as an
+    /// object in it was asked for).
+    frames: HashMap<(u32, u64), (Arc<Vec<u8>>, bool)>,
     order: VecDeque<(u32, u64)>,
     bytes: usize,
     spare: Vec<Vec<u8>>,
@@ -57,6 +128,14 @@ pub(super) struct FrameCache {
 impl FrameCache {
     pub(super) fn new() -> Self {
         Self::with_budget(FRAME_CACHE_BYTES)
+    }
+
+    /// The frame `key` if it is kept and decompressed up to `want` at least.
+    fn serving(&self, key: (u32, u64), want: u64) -> Option<Arc<Vec<u8>>> {
+        self.frames
+            .get(&key)
+            .filter(|(f, whole)| *whole || f.len() as u64 >= want)
+            .map(|(f, _)| f.clone())
     }
 
     fn with_budget(budget: usize) -> Self {
@@ -87,9 +166,17 @@ impl Cache {
 
     fn frame(&self, loc: &Location) -> Result<Arc<Vec<u8>>, CacheError> {
         let key = (loc.pack, loc.frame_offset);
-        if let Some(f) = self.frames.lock().expect("frame cache").frames.get(&key) {
-            return Ok(f.clone());
-        }
+        // The end of the object in the frame: a frame decompressed that far serves it.
+        let want = loc.offset.saturating_add(loc.len);
+        // A frame whose start is kept is decompressed whole: objects of one frame are mostly
+        // read in order, and a second start would cost more than the rest of the frame.
+        let extend = {
+            let fc = self.frames.lock().expect("frame cache");
+            if let Some(f) = fc.serving(key, want) {
+                return Ok(f);
+            }
+            fc.frames.contains_key(&key)
+        };
         let pack = pack_key(&self.pack_id(loc.pack));
         // Refused before anything is read: a frame of small objects is never larger (an
         // index may claim any length, and a sparse pack file may hold it).
@@ -103,8 +190,8 @@ impl Cache {
         if !self.prefetched_into(loc, &mut compressed)? {
             // Another thread may have had it from its run and cached it meanwhile: it lets
             // go of the compressed frame only once the decompressed one is cached.
-            if let Some(f) = self.frames.lock().expect("frame cache").frames.get(&key) {
-                return Ok(f.clone());
+            if let Some(f) = self.frames.lock().expect("frame cache").serving(key, want) {
+                return Ok(f);
             }
             self.storage
                 .get_range(&pack, loc.frame_offset, loc.frame_len)?
@@ -113,11 +200,22 @@ impl Cache {
         }
         // The size the frame declares (ours do), within the bound of a batch frame: a small
         // frame (the last of a save, a few trees) does not hold a full frame's memory.
-        let declared = zstd::zstd_safe::get_frame_content_size(&compressed)
+        let known = zstd::zstd_safe::get_frame_content_size(&compressed)
             .ok()
             .flatten()
-            .filter(|&n| n <= MAX_BATCH_FRAME)
-            .unwrap_or(MAX_BATCH_FRAME) as usize;
+            .filter(|&n| n <= MAX_BATCH_FRAME);
+        let declared = known.unwrap_or(MAX_BATCH_FRAME) as usize;
+        // Only the frame's start, up to the object, when the object is past the frame's first
+        // and within its first three quarters: a restore of paths whose files come from many
+        // saves reads one small file from many a frame before the frame cache lets it go,
+        // while a reader starting at the first object reads on (pack order). Not from a
+        // remote cache, whose frames are fetched once (see `prefetch`): an object further in
+        // would fetch the frame again.
+        let prefix = known.is_some()
+            && !extend
+            && !self.storage.remote()
+            && loc.offset > 0
+            && want.saturating_mul(4) <= declared as u64 * 3;
         // Into a buffer of an evicted frame if one fits it without wasting more than half:
         // no fresh pages to fault in.
         let mut data = {
@@ -133,11 +231,15 @@ impl Cache {
         };
         data.clear();
         data.reserve_exact(declared);
-        let decompressed = decompress_into(&compressed, &mut data);
+        let decompressed = if prefix {
+            decompress_prefix(&compressed, &mut data, want as usize)
+        } else {
+            decompress_into(&compressed, &mut data).map(|_| true)
+        };
         if decompressed.is_err() {
             self.release_prefetched(loc);
         }
-        decompressed.map_err(|e| {
+        let whole = decompressed.map_err(|e| {
             CacheError::Corrupt(format!(
                 "{}: frame at offset {}: {e}",
                 self.storage.describe(&pack),
@@ -148,7 +250,20 @@ impl Cache {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let data = Arc::new(data);
         let mut fc = self.frames.lock().expect("frame cache");
-        if fc.frames.insert(key, data.clone()).is_none() {
+        let kept = fc
+            .frames
+            .get(&key)
+            .map(|(f, w)| *w || f.len() >= data.len());
+        if kept == Some(false) {
+            // A start of the frame cached before: this one is longer.
+            let (old, _) = fc
+                .frames
+                .insert(key, (data.clone(), whole))
+                .expect("present");
+            fc.bytes = fc.bytes - old.capacity() + data.capacity();
+        }
+        if kept.is_none() {
+            fc.frames.insert(key, (data.clone(), whole));
             fc.order.push_back(key);
             // Counted by what the frame holds, not by its length: a reused buffer can be
             // larger than its frame.
@@ -157,7 +272,7 @@ impl Cache {
                 let Some(old) = fc.order.pop_front() else {
                     break;
                 };
-                if let Some(f) = fc.frames.remove(&old) {
+                if let Some((f, _)) = fc.frames.remove(&old) {
                     fc.bytes -= f.capacity();
                     // Kept for the next frame unless a reader still holds it.
                     if let Ok(v) = Arc::try_unwrap(f) {
@@ -350,6 +465,102 @@ mod tests {
     use super::super::{IndexFile, IndexId, PackId};
     use super::*;
     use proptest::prelude::*;
+
+    /// 900 KB that compress about 4 to 1, as store files do.
+    fn compressible(len: usize) -> Vec<u8> {
+        let mut x = 0x9e37_79b9_u32;
+        (0..len)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                if i % 4 == 0 {
+                    (x % 251) as u8
+                } else {
+                    b'a' + (i % 7) as u8
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_start_of_a_frame_is_its_prefix_and_anything_else_gives_the_whole_frame_or_an_error() {
+        let data = compressible(900_000);
+        let frame = zstd::bulk::compress(&data, 3).unwrap();
+        let with_room = || Vec::with_capacity(data.len());
+        // The start: at least what was asked, far less than the frame, and its prefix.
+        let mut out = with_room();
+        assert!(!decompress_prefix(&frame, &mut out, 1_000).unwrap());
+        assert!(
+            out.len() >= 1_000 && out.len() < data.len() / 2,
+            "{}",
+            out.len()
+        );
+        assert_eq!(out[..], data[..out.len()]);
+        // Asked for all of it: the whole frame.
+        let mut out = with_room();
+        assert!(decompress_prefix(&frame, &mut out, data.len()).unwrap());
+        assert_eq!(out, data);
+        // Another frame after it: what decompressing the whole gives (here: no room).
+        let mut two = frame.clone();
+        two.extend_from_slice(&frame);
+        let mut out = with_room();
+        let mut whole = with_room();
+        assert_eq!(
+            decompress_prefix(&two, &mut out, data.len()).is_ok(),
+            decompress_into(&two, &mut whole).is_ok()
+        );
+        // Cut short, or damaged: an error, not a short frame.
+        let mut out = with_room();
+        assert!(decompress_prefix(&frame[..frame.len() - 100], &mut out, data.len()).is_err());
+        let mut bad = frame.clone();
+        let n = bad.len();
+        bad[n / 2..n / 2 + 64].fill(0x55);
+        let mut out = with_room();
+        assert!(decompress_prefix(&bad, &mut out, data.len()).is_err());
+    }
+
+    #[test]
+    fn an_object_inside_a_frame_read_first_decompresses_the_frame_only_up_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open_dir(dir.path()).unwrap();
+        let packer = super::super::Packer::new(&cache, 3);
+        let mut path = super::super::PathFrames::default();
+        let data = compressible(900_000);
+        let mut ids = Vec::new();
+        for piece in data.chunks(9_000) {
+            assert!(packer.claim(BlobId::of(piece)));
+            packer
+                .add_to(&mut path, ObjectKind::Blob, BlobId::of(piece), piece)
+                .unwrap();
+            ids.push(BlobId::of(piece));
+        }
+        packer.finish_path(path).unwrap();
+        packer.finish().unwrap();
+        let cache = Cache::open_dir(dir.path()).unwrap();
+        let frame = |id: &BlobId| {
+            let l = cache.location(*id).unwrap();
+            (l.pack, l.frame_offset)
+        };
+        assert!(
+            ids.iter().all(|id| frame(id) == frame(&ids[0])),
+            "one frame"
+        );
+        let read = |i: usize| {
+            assert_eq!(
+                cache.read_small(ids[i]).unwrap(),
+                data.chunks(9_000).nth(i).unwrap()
+            );
+            cache.frames_decompressed()
+        };
+        // A tenth in: its start only; the last object: the whole frame, which then serves all.
+        assert_eq!(read(10), 1);
+        assert_eq!(read(5), 1, "within the start decompressed");
+        assert_eq!(read(99), 2);
+        for i in 0..100 {
+            assert_eq!(read(i), 2);
+        }
+    }
 
     #[test]
     fn a_frame_of_small_objects_longer_than_any_is_refused_before_it_is_read() {

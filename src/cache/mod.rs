@@ -396,7 +396,7 @@ impl Cache {
         self.objs().read().expect("objects").at(pos)
     }
 
-    /// Every indexed object: a copy of the index (72 bytes per object).
+    /// Every indexed object: a copy of the index (72 bytes per object, the index 68).
     pub fn objects(&self) -> Vec<(ObjectId, Location)> {
         self.objs().read().expect("objects").entries().collect()
     }
