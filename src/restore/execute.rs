@@ -193,7 +193,8 @@ pub(super) fn execute(
         .num_threads(WRITERS_PER_JOB * rayon::current_num_threads())
         .build()
         .map_err(|e| Error::Io(store.clone(), io::Error::other(e)))?;
-    // Per path: `None` when not attempted because the restore stopped.
+    // Per path that failed (`Some(Err)`) or was not attempted because the restore stopped
+    // (`None`); paths written are left out (at 100,000 paths, 4.8 MB held through the writes).
     let results: Vec<(usize, Option<std::result::Result<(), PathError>>)> = pool.install(|| {
         by_size
             .par_iter()
@@ -295,6 +296,7 @@ pub(super) fn execute(
                 progress.advance(p.info.nar_size);
                 (i, Some(r))
             })
+            .filter(|(_, r)| !matches!(r, Some(Ok(()))))
             .collect()
     });
     drop(flusher);
