@@ -114,10 +114,13 @@ const FRAME_CACHE_BYTES: usize = 4 * 1024 * 1024;
 /// Buffers of evicted frames kept for reuse.
 const SPARE_FRAMES: usize = 4;
 
+/// A decompressed frame, and whether it is whole (else its start, as far as an object in it
+/// was asked for).
+type Kept = (Arc<Vec<u8>>, bool);
+
 pub(super) struct FrameCache {
-    /// Frames by (pack, offset), and whether each is whole (else its start, as far as an
-    /// object in it was asked for).
-    frames: HashMap<(u32, u64), (Arc<Vec<u8>>, bool)>,
+    /// Frames by (pack, offset).
+    frames: HashMap<(u32, u64), Kept>,
     order: VecDeque<(u32, u64)>,
     bytes: usize,
     spare: Vec<Vec<u8>>,
