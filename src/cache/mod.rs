@@ -427,6 +427,10 @@ impl Cache {
     /// # Errors
     /// As [`Cache::read_tree`].
     pub fn read_tree_at(&self, id: &TreeId, loc: Location) -> Result<Node, CacheError> {
+        Node::decode(id, &self.tree_bytes_at(id, loc)?)
+    }
+
+    fn tree_bytes_at(&self, id: &TreeId, loc: Location) -> Result<Vec<u8>, CacheError> {
         frames::check_kind((*id).into(), &loc, Some(ObjectKind::Tree))?;
         let len = loc.len;
         if len > decode::MAX_TREE_BYTES {
@@ -434,7 +438,20 @@ impl Cache {
                 "tree {id}: {len} bytes, more than a tree may have"
             )));
         }
-        Node::decode(id, &self.read_small_at((*id).into(), loc)?)
+        self.read_small_at((*id).into(), loc)
+    }
+
+    /// The encoded bytes of tree `id`, as [`Node::decode`] takes them: for a reader that holds
+    /// many trees for a while (encoded, a tree takes a fraction of its decoded size). Checked
+    /// against `id` only when decoded.
+    ///
+    /// # Errors
+    /// As [`Cache::read_tree`], but for a tree whose bytes do not match its id.
+    pub fn read_tree_encoded(&self, id: &TreeId) -> Result<Vec<u8>, CacheError> {
+        let loc = self
+            .location(*id)
+            .ok_or(CacheError::Missing((*id).into()))?;
+        self.tree_bytes_at(id, loc)
     }
 
     /// Read only the index files `ids` (those a v2 snapshot names) from now on, instead of

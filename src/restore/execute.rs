@@ -36,9 +36,6 @@ fn links_error(e: LinksError) -> Error {
     }
 }
 
-/// Paths of this many NAR bytes or more are written first, largest first.
-const LARGE_PATH: u64 = 16 << 20;
-
 /// Write, verify and register the planned paths. The caller holds the big-lock (shared), the
 /// locks of the missing paths (`locks`) and `client`'s temporary roots (see [`super::live`]), and
 /// passes the DB connection opened under them, and `valid`, the validity the plan was made
@@ -165,24 +162,9 @@ pub(super) fn execute(
     let stopped = std::sync::atomic::AtomicBool::new(false);
     super::plan::plan_reads(cache, snap, &plan.missing, &links, &sources);
     progress.start_bytes("restoring paths", plan.bytes());
-    // Large paths first, largest first, so that one does not start last and run alone; the
-    // others in the order their trees are in the packs: a save writes a path's tree and its
-    // small files' blobs in the order it walks the paths, so neighbours there share frames,
-    // and the frame cache serves runs of paths instead of thrashing once a snapshot's paths
-    // come from many saves (the newest of 20 snapshots of 100,000 paths took 3.5 times the
-    // CPU of the first, in size order). (Registration keeps the plan's order: references
-    // first.)
-    let mut by_size = plan.missing.clone();
-    by_size.sort_by_cached_key(|&i| {
-        let p = &snap.paths[i];
-        if p.info.nar_size >= LARGE_PATH {
-            return (0, std::cmp::Reverse(p.info.nar_size), 0, 0, 0);
-        }
-        let at = cache
-            .location(p.tree)
-            .map_or((u32::MAX, 0, 0), |l| (l.pack, l.frame_offset, l.offset));
-        (1, std::cmp::Reverse(0), at.0, at.1, at.2)
-    });
+    // Large paths first, the others in batches ordered by the frames of their files (see
+    // [`super::order`]). (Registration keeps the plan's order: references first.)
+    let order = super::order::Order::of(cache, snap, &plan.missing);
     // Writeback runs alongside the writes (see `Flusher`), so the `syncfs` that makes the
     // content durable before registration has little left to wait for.
     let flusher = super::resources::Flusher::start(&store_fd, &writer.disk_bytes);
@@ -195,110 +177,134 @@ pub(super) fn execute(
         .map_err(|e| Error::Io(store.clone(), io::Error::other(e)))?;
     // Per path that failed (`Some(Err)`) or was not attempted because the restore stopped
     // (`None`); paths written are left out (at 100,000 paths, 4.8 MB held through the writes).
-    let results: Vec<(usize, Option<std::result::Result<(), PathError>>)> = pool.install(|| {
-        by_size
-            .par_iter()
-            .with_max_len(1) // one path per task: sizes vary too much for contiguous splits
-            .map(|&i| {
-                let p = &snap.paths[i];
-                if stopped.load(Ordering::Relaxed) {
-                    progress.advance(p.info.nar_size);
-                    return (i, None);
-                }
-                let base = p.info.path.base_name();
-                let shown = store.join(base);
-                let tmp = client.batch_name(&tmp_names, tmp_of[i], base);
-                let tmp = tmp.as_str();
-                let r = (|| {
-                    let tree = cache
-                        .read_tree(&p.tree)
-                        .map_err(|e| PathError::cache(&shown, e))?;
-                    let attempt = |first: bool| {
-                        let mut hasher = NarHasher::new();
-                        let enc = NarEncoder::new(&mut hasher).expect("hashing cannot fail");
-                        let mut at = Attempt {
-                            links: first,
-                            local: if first { sources.of_path(i) } else { None },
-                            files: 0,
-                            rel: Vec::new(),
-                            dirs: Default::default(),
-                            check_blobs: !first,
-                            linked: 0,
-                            new_links: Vec::new(),
-                        };
-                        let written = writer.write(
-                            &tree,
-                            store_fd.as_fd(),
-                            OsStr::new(tmp),
-                            &shown,
-                            enc,
-                            &mut at,
-                        );
-                        let (hash, size) = hasher.finish();
-                        let verdict = written.and_then(|()| {
-                            if hash != p.info.nar_hash {
-                                Err(PathError::Content(format!(
-                                    "restored content hashes to {}, the snapshot says {}",
-                                    hash,
-                                    p.info.nar_hash.to_db()
-                                )))
-                            } else if size != p.info.nar_size {
-                                Err(PathError::Content(format!(
-                                    "restored NAR size {size}, the snapshot says {}",
-                                    p.info.nar_size
-                                )))
-                            } else {
-                                Ok(())
-                            }
-                        });
-                        if verdict.is_err() {
-                            let _ = remove_at(&store_fd, tmp);
-                        }
-                        (verdict, at)
-                    };
-                    // The path's NAR hash is the check of the first attempt. When it fails
-                    // (a damaged blob, or a damaged `.links` entry: a store file modified in
-                    // place), everything again from the cache, every blob checked, so that
-                    // the error names the damaged blob; nothing linked. Not when the cache
-                    // lacks an object, or the store cannot be written at all.
-                    let (mut verdict, mut at) = attempt(true);
-                    if verdict.as_ref().is_err_and(PathError::worth_retrying) {
-                        (verdict, at) = attempt(false);
+    type Outcome = (usize, Option<std::result::Result<(), PathError>>);
+    let outcomes: std::sync::Mutex<Vec<Outcome>> = Default::default();
+    // Write path `i`, from its tree's encoded bytes when the batch holds them.
+    let write_path = |i: usize, held: Option<Vec<u8>>| {
+        let p = &snap.paths[i];
+        if stopped.load(Ordering::Relaxed) {
+            progress.advance(p.info.nar_size);
+            outcomes.lock().expect("outcomes").push((i, None));
+            return;
+        }
+        let base = p.info.path.base_name();
+        let shown = store.join(base);
+        let tmp = client.batch_name(&tmp_names, tmp_of[i], base);
+        let tmp = tmp.as_str();
+        let r = (|| {
+            let tree = match held {
+                Some(bytes) => crate::cache::Node::decode(&p.tree, &bytes),
+                None => cache.read_tree(&p.tree),
+            }
+            .map_err(|e| PathError::cache(&shown, e))?;
+            let attempt = |first: bool| {
+                let mut hasher = NarHasher::new();
+                let enc = NarEncoder::new(&mut hasher).expect("hashing cannot fail");
+                let mut at = Attempt {
+                    links: first,
+                    local: if first { sources.of_path(i) } else { None },
+                    files: 0,
+                    rel: Vec::new(),
+                    dirs: Default::default(),
+                    check_blobs: !first,
+                    linked: 0,
+                    new_links: Vec::new(),
+                };
+                let written = writer.write(
+                    &tree,
+                    store_fd.as_fd(),
+                    OsStr::new(tmp),
+                    &shown,
+                    enc,
+                    &mut at,
+                );
+                let (hash, size) = hasher.finish();
+                let verdict = written.and_then(|()| {
+                    if hash != p.info.nar_hash {
+                        Err(PathError::Content(format!(
+                            "restored content hashes to {}, the snapshot says {}",
+                            hash,
+                            p.info.nar_hash.to_db()
+                        )))
+                    } else if size != p.info.nar_size {
+                        Err(PathError::Content(format!(
+                            "restored NAR size {size}, the snapshot says {}",
+                            p.info.nar_size
+                        )))
+                    } else {
+                        Ok(())
                     }
-                    verdict?;
-                    for h in &at.new_links {
-                        links.add(h);
-                    }
-                    writer.linked_files.fetch_add(at.linked, Ordering::Relaxed);
-                    let target = PathError::target(&shown);
-                    if rustix::fs::statat(&store_fd, base, AtFlags::SYMLINK_NOFOLLOW).is_ok() {
-                        let trash = client.scratch_name(TRASH, base).map_err(|e| {
-                            target(io::Error::other(crate::error::Chain(&e).to_string()))
-                        })?;
-                        rustix::fs::renameat(&store_fd, base, &store_fd, trash.as_str()).map_err(
-                            |e| {
-                                target(io::Error::other(format!(
-                                    "moving an invalid leftover aside: {e}"
-                                )))
-                            },
-                        )?;
-                        leftovers.fetch_add(1, Ordering::Relaxed);
-                    }
-                    rustix::fs::renameat(&store_fd, tmp, &store_fd, base)
-                        .map_err(|e| target(e.into()))
-                })();
-                if let Err(e) = &r {
+                });
+                if verdict.is_err() {
                     let _ = remove_at(&store_fd, tmp);
-                    if e.stops_restore() {
-                        stopped.store(true, Ordering::Relaxed);
-                    }
                 }
-                progress.advance(p.info.nar_size);
-                (i, Some(r))
-            })
-            .filter(|(_, r)| !matches!(r, Some(Ok(()))))
-            .collect()
+                (verdict, at)
+            };
+            // The path's NAR hash is the check of the first attempt. When it fails (a damaged
+            // blob, or a damaged `.links` entry: a store file modified in place), everything
+            // again from the cache, every blob checked, so that the error names the damaged
+            // blob; nothing linked. Not when the cache lacks an object, or the store cannot be
+            // written at all.
+            let (mut verdict, mut at) = attempt(true);
+            if verdict.as_ref().is_err_and(PathError::worth_retrying) {
+                (verdict, at) = attempt(false);
+            }
+            verdict?;
+            for h in &at.new_links {
+                links.add(h);
+            }
+            writer.linked_files.fetch_add(at.linked, Ordering::Relaxed);
+            let target = PathError::target(&shown);
+            if rustix::fs::statat(&store_fd, base, AtFlags::SYMLINK_NOFOLLOW).is_ok() {
+                let trash = client
+                    .scratch_name(TRASH, base)
+                    .map_err(|e| target(io::Error::other(crate::error::Chain(&e).to_string())))?;
+                rustix::fs::renameat(&store_fd, base, &store_fd, trash.as_str()).map_err(|e| {
+                    target(io::Error::other(format!(
+                        "moving an invalid leftover aside: {e}"
+                    )))
+                })?;
+                leftovers.fetch_add(1, Ordering::Relaxed);
+            }
+            rustix::fs::renameat(&store_fd, tmp, &store_fd, base).map_err(|e| target(e.into()))
+        })();
+        if let Err(e) = &r {
+            let _ = remove_at(&store_fd, tmp);
+            if e.stops_restore() {
+                stopped.store(true, Ordering::Relaxed);
+            }
+        }
+        progress.advance(p.info.nar_size);
+        if r.is_err() {
+            outcomes.lock().expect("outcomes").push((i, Some(r)));
+        }
+    };
+    pool.install(|| {
+        rayon::scope(|s| {
+            // One task a large path, taken by idle writers while this one reads and writes
+            // the batches.
+            for &i in &order.large {
+                let write_path = &write_path;
+                s.spawn(move |_| write_path(i, None));
+            }
+            for batch in order.batches() {
+                let held = if stopped.load(Ordering::Relaxed) {
+                    batch
+                        .iter()
+                        .map(|&path| super::order::Held { path, tree: None })
+                        .collect()
+                } else {
+                    super::order::read_batch(cache, snap, batch, &links, &sources)
+                };
+                held.into_par_iter()
+                    .with_max_len(1) // one path per task: sizes vary too much for contiguous splits
+                    .for_each(|h| write_path(h.path, h.tree));
+            }
+        })
     });
+    let mut results = outcomes.into_inner().expect("outcomes");
+    // In the snapshot's order, whatever order the writers finished in.
+    results.sort_unstable_by_key(|(i, _)| *i);
     drop(flusher);
     progress.finish();
 

@@ -16,6 +16,7 @@ mod error;
 mod execute;
 mod extract;
 mod live;
+mod order;
 mod plan;
 mod resources;
 mod siblings;

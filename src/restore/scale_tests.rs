@@ -214,3 +214,106 @@ fn a_snapshot_whose_paths_come_from_many_saves_reads_each_frame_about_once() {
         );
     }
 }
+
+/// A store of `n` paths, each a directory of two files: `same`, about 1,000 bytes that depend
+/// only on the package `k = (i * 7919) % n` the path builds, and `build`, naming generation
+/// `g`. Every path of each generation is a rebuild (a new name) with its `same` unchanged, and
+/// paths are listed (and registered) in an order that generation `g` shuffles.
+fn make_rebuilt_generation(root: &Path, n: usize, g: usize) -> Layout {
+    let layout = Layout::new(Flavor::Guix, root, None, None).unwrap();
+    let store = layout.real_store_dir();
+    fs::create_dir_all(&store).unwrap();
+    let one = filetime::FileTime::from_unix_time(1, 0);
+    let mut infos: Vec<PathInfo> = Vec::with_capacity(n);
+    for i in 0..n {
+        let k = (i * 7919 + g * 104_729) % n;
+        let hash = nixbase32_encode(&compress_hash(
+            &<sha2::Sha256 as sha2::Digest>::digest(format!("gen {g} package {k}")),
+            20,
+        ));
+        let path = StorePath::from_base_name(&format!("{hash}-package{k}")).unwrap();
+        let dir = store.join(path.base_name());
+        fs::create_dir(&dir).unwrap();
+        let noise: String = (0..1000)
+            .map(|j| char::from(b'a' + ((k * 31 + j * 17 + j * j) % 26) as u8))
+            .collect();
+        fs::write(dir.join("same"), format!("package {k}: {noise}\n")).unwrap();
+        fs::write(dir.join("build"), format!("generation {g}\n")).unwrap();
+        for f in ["same", "build"] {
+            filetime::set_file_mtime(dir.join(f), one).unwrap();
+        }
+        filetime::set_file_mtime(&dir, one).unwrap();
+        let (nar_hash, nar_size) = nar::hash_path(&dir).unwrap();
+        infos.push(PathInfo {
+            path,
+            nar_hash,
+            nar_size,
+            registration_time: 1_700_000_000,
+            deriver: None,
+            references: Vec::new(),
+            nix: None,
+        });
+    }
+    let mut conn = db::open_or_create(&layout).unwrap();
+    let refs: Vec<&PathInfo> = infos.iter().collect();
+    db::register(&mut conn, &layout, &refs, &[]).unwrap();
+    layout
+}
+
+#[test]
+fn a_snapshot_whose_trees_name_an_older_saves_blobs_in_another_order_reads_its_frames_in_runs() {
+    // 12,000 paths whose `same` files (12 MB: 12 frames, three times what the frame cache
+    // holds in tests) were saved by generation 0, and whose trees, saved by generation 1,
+    // list them in a shuffled order: the two-dimensional case of a snapshot after upgrades.
+    // Their objects are in 17 frames. In tree order (before `restore::order`) each path's
+    // `same` came from a frame the cache had likely let go: 2,966 decompressions. Written in
+    // batches ordered by the frame of their files: 52, a few per frame and batch.
+    let n = 12_000;
+    let dir = tempfile::tempdir().unwrap();
+    let cache_dir = dir.path().join("cache");
+    for g in 0..2 {
+        let source = make_rebuilt_generation(&dir.path().join(format!("source-{g}")), n, g);
+        let cache = Cache::open_dir(&cache_dir).unwrap();
+        assert_eq!(
+            save(&source, &cache, &save_options(), &NoProgress)
+                .unwrap()
+                .paths,
+            n
+        );
+    }
+    let target = Layout::new(Flavor::Guix, &dir.path().join("target"), None, None).unwrap();
+    let cache = Cache::open_dir(&cache_dir).unwrap();
+    let one_job = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let r = one_job
+        .install(|| restore(&target, &cache, &RestoreOptions::default(), &NoProgress))
+        .unwrap();
+    assert_eq!(r.restored, n);
+    assert!(r.failed.is_empty(), "{:?}", r.failures);
+    let decompressed = cache.frames_decompressed();
+    let snap = cache
+        .read_snapshot(&crate::cache::SnapshotId::parse(&r.snapshot).unwrap())
+        .unwrap();
+    let mut frames = std::collections::HashSet::new();
+    for p in &snap.paths {
+        let frame = |l: crate::cache::Location| (l.pack, l.frame_offset);
+        frames.insert(frame(cache.location(p.tree).unwrap()));
+        cache.read_tree(&p.tree).unwrap().for_each_file(&mut |f| {
+            frames.insert(frame(cache.location(f.blob).unwrap()));
+        });
+    }
+    let batches = n.div_ceil(super::order::BATCH_PATHS) as u64;
+    assert!(frames.len() >= 12, "{} frames", frames.len());
+    assert!(
+        decompressed <= 2 * batches * frames.len() as u64,
+        "{decompressed} frames decompressed for {n} paths whose objects are in {} frames",
+        frames.len()
+    );
+    // And what was written is what was saved.
+    for p in snap.paths.iter().step_by(1009) {
+        let on_disk = target.real_store_dir().join(p.info.path.base_name());
+        assert_eq!(nar::hash_path(&on_disk).unwrap().0, p.info.nar_hash);
+    }
+}

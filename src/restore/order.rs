@@ -1,0 +1,233 @@
+//! The order a restore writes the missing paths in.
+//!
+//! Large paths first, largest first, so that one does not start last and run alone. The
+//! others in batches of consecutive trees in the packs: a batch's trees are read in that order
+//! (each tree frame decompressed about once) and held encoded, and the batch is written in the
+//! order of the frame holding most of each path's small files, then of its tree.
+//!
+//! Why: a save writes a path's tree and its small files' blobs in the order it walks the
+//! paths, so in a cache of one save tree order is blob order. After upgrades it is not: a
+//! rebuilt path's new tree, saved later, names its unchanged files' blobs in the frames of an
+//! older save (placeholders for references make most of them unchanged), and in tree order
+//! those frames come at random, more of them than the frame cache holds. Sorting the whole
+//! snapshot by blob frame would read the trees at random instead; a batch bounds what is held
+//! (at most [`BATCH_PATHS`] trees and [`BATCH_TREE_BYTES`] of them, plus one tree) while
+//! letting the frames of its paths' files be read in runs.
+
+use std::ops::Range;
+
+use crate::cache::{Cache, Node, Snapshot};
+use crate::store::links::{LinksDir, LINKS_MIN_SIZE};
+
+use super::siblings::Sources;
+
+/// Paths of this many NAR bytes or more are written first, largest first.
+pub(super) const LARGE_PATH: u64 = 16 << 20;
+
+/// Most trees in a batch.
+pub(super) const BATCH_PATHS: usize = 4096;
+
+/// Most encoded tree bytes in a batch (unless its first tree alone is larger).
+const BATCH_TREE_BYTES: u64 = 4 << 20;
+
+/// The missing paths (indexes into the snapshot's paths) split for writing.
+#[derive(Debug, Default)]
+pub(super) struct Order {
+    /// Paths of [`LARGE_PATH`] bytes or more, largest first: written with their trees read
+    /// when their turn comes.
+    pub large: Vec<usize>,
+    /// The others, in the order of their trees in the packs (paths whose tree the index
+    /// lacks last, in the plan's order), cut into `batches`.
+    small: Vec<usize>,
+    batches: Vec<Range<usize>>,
+}
+
+/// Cut a run of trees of lengths `lens` into batches of at most `max_trees` trees and
+/// `max_bytes` bytes each (a tree larger than that alone in its batch).
+fn cut(lens: impl Iterator<Item = u64>, max_trees: usize, max_bytes: u64) -> Vec<Range<usize>> {
+    let mut batches = Vec::new();
+    let (mut start, mut bytes, mut n) = (0, 0u64, 0);
+    for len in lens {
+        if n > start && (n - start == max_trees || bytes.saturating_add(len) > max_bytes) {
+            batches.push(start..n);
+            start = n;
+            bytes = 0;
+        }
+        bytes = bytes.saturating_add(len);
+        n += 1;
+    }
+    if start < n {
+        batches.push(start..n);
+    }
+    batches
+}
+
+/// A path of a batch and its tree's encoded bytes (`None` when they could not be read: the
+/// write reads them again and reports why).
+pub(super) struct Held {
+    pub path: usize,
+    pub tree: Option<Vec<u8>>,
+}
+
+impl Order {
+    pub(super) fn of(cache: &Cache, snap: &Snapshot, missing: &[usize]) -> Order {
+        let mut large = Vec::new();
+        // (tree's pack, frame, offset in it), its length, the path: 32 bytes a path.
+        let mut small: Vec<((u32, u64, u64), u32, u32)> = Vec::with_capacity(missing.len());
+        for &i in missing {
+            let p = &snap.paths[i];
+            if p.info.nar_size >= LARGE_PATH {
+                large.push(i);
+                continue;
+            }
+            let (at, len) = cache.location(p.tree).map_or(((u32::MAX, 0, 0), 0), |l| {
+                (
+                    (l.pack, l.frame_offset, l.offset),
+                    u32::try_from(l.len).unwrap_or(u32::MAX),
+                )
+            });
+            // A snapshot in memory holds far fewer than 2^32 paths (each takes 100 bytes).
+            small.push((at, len, u32::try_from(i).expect("path index")));
+        }
+        large.sort_by_key(|&i| std::cmp::Reverse(snap.paths[i].info.nar_size));
+        small.sort_unstable();
+        let lens = small.iter().map(|&(_, len, _)| u64::from(len));
+        let batches = cut(lens, BATCH_PATHS, BATCH_TREE_BYTES);
+        Order {
+            large,
+            small: small.into_iter().map(|(_, _, i)| i as usize).collect(),
+            batches,
+        }
+    }
+
+    /// The batches of small paths, each in tree order.
+    pub(super) fn batches(&self) -> impl Iterator<Item = &[usize]> {
+        self.batches.iter().map(|r| &self.small[r.clone()])
+    }
+}
+
+/// Read the trees of `batch` (paths in tree order), in parallel, and return them in the order
+/// to write them: by the frame holding most of the bytes of the path's small files that will
+/// be read from the cache (not those `.links` or an older build in the store will give), then
+/// by tree.
+pub(super) fn read_batch(
+    cache: &Cache,
+    snap: &Snapshot,
+    batch: &[usize],
+    links: &LinksDir,
+    sources: &Sources,
+) -> Vec<Held> {
+    use rayon::prelude::*;
+    let mut held: Vec<((u32, u64), Held)> = batch
+        .par_iter()
+        .map(|&i| {
+            let id = snap.paths[i].tree;
+            let Ok(bytes) = cache.read_tree_encoded(&id) else {
+                return (
+                    (u32::MAX, u64::MAX),
+                    Held {
+                        path: i,
+                        tree: None,
+                    },
+                );
+            };
+            let Ok(tree) = Node::decode(&id, &bytes) else {
+                return (
+                    (u32::MAX, u64::MAX),
+                    Held {
+                        path: i,
+                        tree: None,
+                    },
+                );
+            };
+            let frame = main_frame(cache, &tree, links, sources.of_path(i));
+            (
+                frame,
+                Held {
+                    path: i,
+                    tree: Some(bytes),
+                },
+            )
+        })
+        .collect();
+    // Stable: within a frame (and for paths with none), tree order.
+    held.sort_by_key(|(frame, _)| *frame);
+    held.into_iter().map(|(_, h)| h).collect()
+}
+
+/// The frame (pack, offset) holding most bytes of `tree`'s small files to read from the cache;
+/// `(u32::MAX, u64::MAX)` when there are none.
+fn main_frame(
+    cache: &Cache,
+    tree: &Node,
+    links: &LinksDir,
+    local: Option<&super::siblings::PathSources>,
+) -> (u32, u64) {
+    // Few frames a path: a short list, not a map.
+    let mut frames: Vec<((u32, u64), u64)> = Vec::new();
+    let mut n = 0;
+    tree.for_each_file(&mut |f| {
+        n += 1;
+        if f.size >= crate::cache::SOLO_THRESHOLD
+            || local.is_some_and(|l| l.of(n - 1).is_some())
+            || (f.size >= LINKS_MIN_SIZE && links.has_entry(&f.file_nar_hash))
+        {
+            return;
+        }
+        let Some(l) = cache.location(f.blob) else {
+            return;
+        };
+        let key = (l.pack, l.frame_offset);
+        if let Some((_, b)) = frames.iter_mut().find(|(k, _)| *k == key) {
+            *b += l.len;
+        } else if frames.len() < 64 {
+            frames.push((key, l.len));
+        }
+    });
+    frames
+        .iter()
+        .max_by_key(|(k, b)| (*b, std::cmp::Reverse(*k)))
+        .map_or((u32::MAX, u64::MAX), |(k, _)| *k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cut;
+    use proptest::prelude::*;
+
+    #[test]
+    fn batches_end_at_the_tree_count_or_before_the_tree_that_would_pass_the_bytes() {
+        assert_eq!(
+            cut([10, 10, 10, 10, 10].into_iter(), 2, 100),
+            [0..2, 2..4, 4..5]
+        );
+        assert_eq!(cut([40, 40, 40].into_iter(), 10, 100), [0..2, 2..3]);
+        // A tree larger than a batch's bytes is a batch of its own.
+        assert_eq!(cut([5, 500, 5].into_iter(), 10, 100), [0..1, 1..2, 2..3]);
+        assert!(cut(std::iter::empty(), 10, 100).is_empty());
+    }
+
+    proptest! {
+        #[test]
+        fn batches_cover_every_tree_once_in_order_within_their_bounds(
+            lens in prop::collection::vec(0u64..300, 0..200),
+            max_trees in 1usize..20,
+            max_bytes in 1u64..1000,
+        ) {
+            let batches = cut(lens.iter().copied(), max_trees, max_bytes);
+            let mut next = 0;
+            for b in &batches {
+                prop_assert_eq!(b.start, next);
+                prop_assert!(b.end > b.start && b.len() <= max_trees);
+                let bytes: u64 = lens[b.clone()].iter().sum();
+                prop_assert!(bytes <= max_bytes || b.len() == 1);
+                // Not cut early: the next tree would have passed a bound.
+                if b.end < lens.len() {
+                    prop_assert!(b.len() == max_trees || bytes + lens[b.end] > max_bytes);
+                }
+                next = b.end;
+            }
+            prop_assert_eq!(next, lens.len());
+        }
+    }
+}
