@@ -28,6 +28,7 @@ pub mod tree;
 mod tree_v2;
 
 use std::collections::HashSet;
+use std::io;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock, RwLock};
 
@@ -431,27 +432,42 @@ impl Cache {
     }
 
     fn tree_bytes_at(&self, id: &TreeId, loc: Location) -> Result<Vec<u8>, CacheError> {
-        frames::check_kind((*id).into(), &loc, Some(ObjectKind::Tree))?;
-        let len = loc.len;
-        if len > decode::MAX_TREE_BYTES {
-            return Err(CacheError::Corrupt(format!(
-                "tree {id}: {len} bytes, more than a tree may have"
-            )));
-        }
+        check_tree_location(id, &loc)?;
         self.read_small_at((*id).into(), loc)
     }
 
-    /// The encoded bytes of tree `id`, as [`Node::decode`] takes them: for a reader that holds
-    /// many trees for a while (encoded, a tree takes a fraction of its decoded size). Checked
-    /// against `id` only when decoded.
+    /// The encoded bytes of the tree `id` at `loc` (from [`Cache::location`]) into `out`, which
+    /// is `loc.len` bytes long: for a reader that holds many trees for a while, encoded (a
+    /// fraction of their decoded size) and in one buffer. Checked against `id` only when
+    /// decoded ([`Node::decode`]).
     ///
     /// # Errors
-    /// As [`Cache::read_tree`], but for a tree whose bytes do not match its id.
-    pub fn read_tree_encoded(&self, id: &TreeId) -> Result<Vec<u8>, CacheError> {
-        let loc = self
-            .location(*id)
-            .ok_or(CacheError::Missing((*id).into()))?;
-        self.tree_bytes_at(id, loc)
+    /// As [`Cache::read_tree`] (but for bytes that do not match the id); `out` of another
+    /// length than the object's is [`CacheError::Corrupt`].
+    pub fn read_tree_into(
+        &self,
+        id: &TreeId,
+        loc: Location,
+        out: &mut [u8],
+    ) -> Result<(), CacheError> {
+        check_tree_location(id, &loc)?;
+        let mut at = 0usize;
+        self.stream_located((*id).into(), loc, true, None, &mut |chunk| {
+            let dst = at
+                .checked_add(chunk.len())
+                .and_then(|end| out.get_mut(at..end))
+                .ok_or_else(|| io::Error::other("more bytes than the index says"))?;
+            dst.copy_from_slice(chunk);
+            at += chunk.len();
+            Ok(())
+        })?;
+        if at != out.len() {
+            return Err(CacheError::Corrupt(format!(
+                "tree {id}: {at} bytes, not the {} the index says",
+                out.len()
+            )));
+        }
+        Ok(())
     }
 
     /// Read only the index files `ids` (those a v2 snapshot names) from now on, instead of
@@ -537,6 +553,18 @@ fn warned(w: String) -> Objects {
 /// How far in the future a snapshot's `created` may be and still count as the newest.
 pub const FUTURE_MARGIN_NANOS: i64 = 24 * 3600 * 1_000_000_000;
 
+/// A tree's location as the index gives it: of a tree, and not larger than a tree may be.
+fn check_tree_location(id: &TreeId, loc: &Location) -> Result<(), CacheError> {
+    frames::check_kind((*id).into(), loc, Some(ObjectKind::Tree))?;
+    if loc.len > decode::MAX_TREE_BYTES {
+        return Err(CacheError::Corrupt(format!(
+            "tree {id}: {} bytes, more than a tree may have",
+            loc.len
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -572,6 +600,47 @@ mod tests {
             }
             prop_assert!(reopened.warnings().is_empty());
         }
+    }
+
+    #[test]
+    fn a_tree_read_into_a_buffer_is_its_encoding_and_a_buffer_of_another_length_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open_dir(dir.path()).unwrap();
+        let packer = Packer::new(&cache, 1);
+        let tree = Node::Symlink {
+            target: b"../some/where".to_vec(),
+        };
+        let (id, bytes) = tree.encode();
+        assert!(packer.claim(ObjectId::from(id)));
+        packer
+            .add(ObjectKind::Tree, ObjectId::from(id), &bytes)
+            .unwrap();
+        packer.finish().unwrap();
+        let cache = Cache::open_dir(dir.path()).unwrap();
+        let loc = cache.location(id).unwrap();
+        let mut out = vec![0; bytes.len()];
+        cache.read_tree_into(&id, loc, &mut out).unwrap();
+        assert_eq!(out, bytes);
+        assert_eq!(Node::decode(&id, &out).unwrap(), tree);
+        for len in [bytes.len() - 1, bytes.len() + 1, 0] {
+            let mut out = vec![0; len];
+            let e = cache.read_tree_into(&id, loc, &mut out).unwrap_err();
+            assert!(
+                matches!(e, CacheError::Corrupt(_) | CacheError::Storage(_)),
+                "{e}"
+            );
+        }
+        // A location of a blob, or of a tree larger than a tree may be, is refused unread.
+        let blob = Location {
+            kind: ObjectKind::Blob,
+            ..loc
+        };
+        assert!(cache.read_tree_into(&id, blob, &mut out).is_err());
+        let huge = Location {
+            len: decode::MAX_TREE_BYTES + 1,
+            ..loc
+        };
+        assert!(cache.read_tree_into(&id, huge, &mut out).is_err());
     }
 
     #[test]

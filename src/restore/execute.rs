@@ -180,7 +180,7 @@ pub(super) fn execute(
     type Outcome = (usize, Option<std::result::Result<(), PathError>>);
     let outcomes: std::sync::Mutex<Vec<Outcome>> = Default::default();
     // Write path `i`, from its tree's encoded bytes when the batch holds them.
-    let write_path = |i: usize, held: Option<Vec<u8>>| {
+    let write_path = |i: usize, held: Option<&[u8]>| {
         let p = &snap.paths[i];
         if stopped.load(Ordering::Relaxed) {
             progress.advance(p.info.nar_size);
@@ -193,7 +193,7 @@ pub(super) fn execute(
         let tmp = tmp.as_str();
         let r = (|| {
             let tree = match held {
-                Some(bytes) => crate::cache::Node::decode(&p.tree, &bytes),
+                Some(bytes) => crate::cache::Node::decode(&p.tree, bytes),
                 None => cache.read_tree(&p.tree),
             }
             .map_err(|e| PathError::cache(&shown, e))?;
@@ -287,18 +287,17 @@ pub(super) fn execute(
                 let write_path = &write_path;
                 s.spawn(move |_| write_path(i, None));
             }
+            // One buffer of trees for every batch in turn.
+            let mut held = super::order::Batch::default();
             for batch in order.batches() {
-                let held = if stopped.load(Ordering::Relaxed) {
-                    batch
-                        .iter()
-                        .map(|&path| super::order::Held { path, tree: None })
-                        .collect()
-                } else {
-                    super::order::read_batch(cache, snap, batch, &links, &sources)
-                };
-                held.into_par_iter()
+                if stopped.load(Ordering::Relaxed) {
+                    batch.par_iter().for_each(|&i| write_path(i, None));
+                    continue;
+                }
+                held.read(cache, snap, batch, &links, &sources);
+                held.paths()
                     .with_max_len(1) // one path per task: sizes vary too much for contiguous splits
-                    .for_each(|h| write_path(h.path, h.tree));
+                    .for_each(|(i, tree)| write_path(i, tree));
             }
         })
     });

@@ -16,7 +16,7 @@
 
 use std::ops::Range;
 
-use crate::cache::{Cache, Node, Snapshot};
+use crate::cache::{Cache, Location, Node, Snapshot, SOLO_THRESHOLD};
 use crate::store::links::{LinksDir, LINKS_MIN_SIZE};
 
 use super::siblings::Sources;
@@ -42,6 +42,13 @@ pub(super) struct Order {
     batches: Vec<Range<usize>>,
 }
 
+/// Whether a batch holds a tree of `len` bytes: one of a frame of small objects, not a
+/// large one (read when its path is written, as a large path's): a batch's buffer is then
+/// at most [`BATCH_TREE_BYTES`] and one such tree, whatever lengths an index claims.
+fn held(len: u64) -> bool {
+    len < SOLO_THRESHOLD
+}
+
 /// Cut a run of trees of lengths `lens` into batches of at most `max_trees` trees and
 /// `max_bytes` bytes each (a tree larger than that alone in its batch).
 fn cut(lens: impl Iterator<Item = u64>, max_trees: usize, max_bytes: u64) -> Vec<Range<usize>> {
@@ -62,13 +69,6 @@ fn cut(lens: impl Iterator<Item = u64>, max_trees: usize, max_bytes: u64) -> Vec
     batches
 }
 
-/// A path of a batch and its tree's encoded bytes (`None` when they could not be read: the
-/// write reads them again and reports why).
-pub(super) struct Held {
-    pub path: usize,
-    pub tree: Option<Vec<u8>>,
-}
-
 impl Order {
     pub(super) fn of(cache: &Cache, snap: &Snapshot, missing: &[usize]) -> Order {
         let mut large = Vec::new();
@@ -81,10 +81,8 @@ impl Order {
                 continue;
             }
             let (at, len) = cache.location(p.tree).map_or(((u32::MAX, 0, 0), 0), |l| {
-                (
-                    (l.pack, l.frame_offset, l.offset),
-                    u32::try_from(l.len).unwrap_or(u32::MAX),
-                )
+                let len = if held(l.len) { l.len as u32 } else { 0 };
+                ((l.pack, l.frame_offset, l.offset), len)
             });
             // A snapshot in memory holds far fewer than 2^32 paths (each takes 100 bytes).
             small.push((at, len, u32::try_from(i).expect("path index")));
@@ -106,53 +104,104 @@ impl Order {
     }
 }
 
-/// Read the trees of `batch` (paths in tree order), in parallel, and return them in the order
-/// to write them: by the frame holding most of the bytes of the path's small files that will
-/// be read from the cache (not those `.links` or an older build in the store will give), then
-/// by tree.
-pub(super) fn read_batch(
-    cache: &Cache,
-    snap: &Snapshot,
-    batch: &[usize],
-    links: &LinksDir,
-    sources: &Sources,
-) -> Vec<Held> {
-    use rayon::prelude::*;
-    let mut held: Vec<((u32, u64), Held)> = batch
-        .par_iter()
-        .map(|&i| {
-            let id = snap.paths[i].tree;
-            let Ok(bytes) = cache.read_tree_encoded(&id) else {
-                return (
-                    (u32::MAX, u64::MAX),
-                    Held {
-                        path: i,
-                        tree: None,
+/// A batch's trees, encoded, in one buffer kept from batch to batch (no allocation a
+/// tree), and its paths in the order to write them.
+#[derive(Default)]
+pub(super) struct Batch {
+    trees: Vec<u8>,
+    paths: Vec<Slot>,
+}
+
+/// A path of a batch (an index into the snapshot's paths) and where its tree is in
+/// [`Batch::trees`]: `None` when it could not be read (the write reads it again and says
+/// why).
+#[derive(Clone, Copy)]
+struct Slot {
+    path: u32,
+    tree: Option<(u32, u32)>,
+}
+
+impl Batch {
+    /// Read the trees of `batch` (paths in tree order), in parallel, and order its paths to
+    /// be written: by the frame holding most of the bytes of the path's small files that
+    /// will be read from the cache (not those `.links` or an older build in the store will
+    /// give), then by tree.
+    pub(super) fn read(
+        &mut self,
+        cache: &Cache,
+        snap: &Snapshot,
+        batch: &[usize],
+        links: &LinksDir,
+        sources: &Sources,
+    ) {
+        use rayon::prelude::*;
+        // Where each tree goes in the buffer, from the lengths the index gives.
+        let mut at = 0usize;
+        let placed: Vec<(usize, Option<(Location, usize)>)> = batch
+            .iter()
+            .map(|&i| {
+                let loc = cache.location(snap.paths[i].tree).filter(|l| held(l.len));
+                let start = at;
+                at += loc.map_or(0, |l| l.len as usize);
+                (i, loc.map(|l| (l, start)))
+            })
+            .collect();
+        self.trees.clear();
+        self.trees.resize(at, 0);
+        let mut rest = &mut self.trees[..];
+        let mut spans = Vec::with_capacity(placed.len());
+        for (_, loc) in &placed {
+            let (span, after) = rest.split_at_mut(loc.map_or(0, |(l, _)| l.len as usize));
+            spans.push(span);
+            rest = after;
+        }
+        let mut slots: Vec<((u32, u64), Slot)> = placed
+            .par_iter()
+            .zip(spans.into_par_iter())
+            .map(|(&(i, loc), span)| {
+                let path = u32::try_from(i).expect("path index");
+                let unread = ((u32::MAX, u64::MAX), Slot { path, tree: None });
+                let Some((loc, start)) = loc else {
+                    return unread;
+                };
+                let id = snap.paths[i].tree;
+                if cache.read_tree_into(&id, loc, span).is_err() {
+                    return unread;
+                }
+                let Ok(tree) = Node::decode(&id, span) else {
+                    return unread;
+                };
+                let frame = main_frame(cache, &tree, links, sources.of_path(i));
+                // Within the buffer, itself under 2^32 bytes (see `held`).
+                let tree = (start as u32, span.len() as u32);
+                (
+                    frame,
+                    Slot {
+                        path,
+                        tree: Some(tree),
                     },
-                );
-            };
-            let Ok(tree) = Node::decode(&id, &bytes) else {
-                return (
-                    (u32::MAX, u64::MAX),
-                    Held {
-                        path: i,
-                        tree: None,
-                    },
-                );
-            };
-            let frame = main_frame(cache, &tree, links, sources.of_path(i));
-            (
-                frame,
-                Held {
-                    path: i,
-                    tree: Some(bytes),
-                },
-            )
+                )
+            })
+            .collect();
+        // Stable: within a frame (and for paths with none), tree order.
+        slots.sort_by_key(|(frame, _)| *frame);
+        self.paths.clear();
+        self.paths.extend(slots.into_iter().map(|(_, s)| s));
+    }
+
+    /// Each path of the batch in the order to write it, with its tree's encoded bytes when
+    /// they were read.
+    pub(super) fn paths(
+        &self,
+    ) -> impl rayon::iter::IndexedParallelIterator<Item = (usize, Option<&[u8]>)> {
+        use rayon::prelude::*;
+        self.paths.par_iter().map(|s| {
+            let tree = s
+                .tree
+                .map(|(start, len)| &self.trees[start as usize..(start + len) as usize]);
+            (s.path as usize, tree)
         })
-        .collect();
-    // Stable: within a frame (and for paths with none), tree order.
-    held.sort_by_key(|(frame, _)| *frame);
-    held.into_iter().map(|(_, h)| h).collect()
+    }
 }
 
 /// The frame (pack, offset) holding most bytes of `tree`'s small files to read from the cache;
@@ -168,7 +217,7 @@ fn main_frame(
     let mut n = 0;
     tree.for_each_file(&mut |f| {
         n += 1;
-        if f.size >= crate::cache::SOLO_THRESHOLD
+        if f.size >= SOLO_THRESHOLD
             || local.is_some_and(|l| l.of(n - 1).is_some())
             || (f.size >= LINKS_MIN_SIZE && links.has_entry(&f.file_nar_hash))
         {
