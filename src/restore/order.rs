@@ -37,7 +37,7 @@ pub(super) struct Order {
     /// when their turn comes.
     pub large: Vec<usize>,
     /// The others, in the order of their trees in the packs (paths whose tree the index
-    /// lacks last, in the plan's order), cut into `batches`.
+    /// lacks last, by position in the snapshot), cut into `batches`.
     small: Vec<usize>,
     batches: Vec<Range<usize>>,
 }
