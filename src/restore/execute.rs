@@ -96,6 +96,9 @@ pub(super) fn execute(
         });
     }
     let snap = &plan.snapshot;
+    // Before any object is read (siblings' trees, the remote prefetch's plan): setting it
+    // lets go of the frames kept, which would then be read again.
+    cache.limit_frames(FRAME_CACHE_BYTES);
     let store = layout.real_store_dir();
     // Files and directories are created with their final modes, which a umask must not trim.
     let _umask = Umask::set(0o022);
@@ -175,7 +178,6 @@ pub(super) fn execute(
     // Large paths first, the others in batches ordered by the frames of their files (see
     // [`super::order`]). (Registration keeps the plan's order: references first.)
     let order = super::order::Order::of(cache, snap, &plan.missing);
-    cache.limit_frames(FRAME_CACHE_BYTES);
     // Writeback runs alongside the writes (see `Flusher`), so the `syncfs` that makes the
     // content durable before registration has little left to wait for.
     let flusher = super::resources::Flusher::start(&store_fd, &writer.disk_bytes);
