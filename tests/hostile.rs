@@ -843,6 +843,56 @@ fn db_locked_by_another_writer_is_reported_within_seconds() {
     assert_eq!(db_rows(&dst).paths.len(), 2);
 }
 
+#[test]
+fn a_registration_that_fails_leaves_nothing_it_wrote_on_disk() {
+    let w = World::new(Flavor::Guix);
+    let (base, node, blobs) = sample_path(22);
+    let first = one_path_cache(&w, &base, &node, &blobs);
+    let (base2, node2, blobs2) = sample_path(23);
+    let mut all = blobs.clone();
+    all.extend(blobs2.clone());
+    write_cache(
+        &w.cache_dir(),
+        w.flavor,
+        &[
+            (row_for(&base, &nar_of(&node, &blobs)), node.clone()),
+            (row_for(&base2, &nar_of(&node2, &blobs2)), node2),
+        ],
+        &all,
+        vec![],
+    );
+    let dst = w.layout("dst");
+    restore_lib(&dst, &w.cache_dir(), Some(&first), &NoProgress).unwrap();
+    // The DB refuses every new row (a full disk, a damaged DB, a daemon's schema check: a
+    // trigger stands for them here), after the paths were written and verified.
+    rusqlite::Connection::open(dst.db_file())
+        .unwrap()
+        .execute_batch(
+            "create trigger refuse before insert on ValidPaths \
+             begin select raise(abort, 'refused by the test'); end;",
+        )
+        .unwrap();
+    let e = restore_lib(&dst, &w.cache_dir(), None, &NoProgress).unwrap_err();
+    assert!(
+        storesync::error::Chain(&e)
+            .to_string()
+            .contains("refused by the test"),
+        "{e}"
+    );
+    assert_eq!(db_rows(&dst).paths.len(), 1, "nothing registered");
+    // What it wrote is gone: no path, no scratch entry; the valid path untouched.
+    let store = dst.real_store_dir();
+    let mut names: Vec<String> = fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != ".links")
+        .collect();
+    names.sort();
+    assert_eq!(names, std::slice::from_ref(&base), "{names:?}");
+    assert!(!store.join(&base2).exists());
+    assert_registered_paths_are_on_disk(&dst);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Rewritten files (issue 14): hash parts put back only where a sound tree says, the result
 // checked like any other file.

@@ -433,9 +433,32 @@ pub(super) fn execute(
         limit: db::DB_LOCK_WAIT,
         waiting: &|m| progress.note(m),
     };
-    let already: HashSet<StorePath> = db::register_waiting(conn, layout, &infos, &outputs, &wait)?
-        .into_iter()
-        .collect();
+    let already: HashSet<StorePath> =
+        match db::register_waiting(conn, layout, &infos, &outputs, &wait) {
+            Ok(already) => already.into_iter().collect(),
+            Err(e) => {
+                // Nothing was registered: the paths written for it go, as a failed path's
+                // referrers do, but for any valid by now (a writer that does not take the
+                // path locks). Left on disk when validity cannot be read: unregistered
+                // garbage, which the daemon's collector removes.
+                if let Ok(now_valid) = db::valid_paths(conn, layout) {
+                    for info in &infos {
+                        if now_valid.contains_key(&layout.store_dir.display(&info.path)) {
+                            continue;
+                        }
+                        let base = info.path.base_name();
+                        if let Ok(trash) = client.scratch_name(TRASH, base) {
+                            if rustix::fs::renameat(&store_fd, base, &store_fd, trash.as_str())
+                                .is_ok()
+                            {
+                                let _ = remove_at(&store_fd, &trash);
+                            }
+                        }
+                    }
+                }
+                return Err(e.into());
+            }
+        };
     // Valid by the time the transaction ran (a writer that does not take the path locks):
     // its row stands, ours was not inserted.
     report.became_valid = infos
