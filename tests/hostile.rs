@@ -798,12 +798,12 @@ impl Progress for Notes {
     }
 }
 
-#[test]
-fn db_locked_by_another_writer_is_reported_within_seconds() {
-    let w = World::new(Flavor::Guix);
-    let (base, node, blobs) = sample_path(20);
-    let first = one_path_cache(&w, &base, &node, &blobs);
-    let (base2, node2, blobs2) = sample_path(21);
+/// A cache of two sample paths (`a`, `b`) whose first snapshot holds `a` only, and a target
+/// `dst` restored from that snapshot. Returns the target and the two base names.
+fn one_path_restored_of_two(w: &World, a: u64, b: u64) -> (Layout, String, String) {
+    let (base, node, blobs) = sample_path(a);
+    let first = one_path_cache(w, &base, &node, &blobs);
+    let (base2, node2, blobs2) = sample_path(b);
     let mut all = blobs.clone();
     all.extend(blobs2.clone());
     write_cache(
@@ -818,6 +818,13 @@ fn db_locked_by_another_writer_is_reported_within_seconds() {
     );
     let dst = w.layout("dst");
     restore_lib(&dst, &w.cache_dir(), Some(&first), &NoProgress).unwrap();
+    (dst, base, base2)
+}
+
+#[test]
+fn db_locked_by_another_writer_is_reported_within_seconds() {
+    let w = World::new(Flavor::Guix);
+    let (dst, _, _) = one_path_restored_of_two(&w, 20, 21);
     // Another process writing the DB: this test's own connection, holding the write lock.
     let other = rusqlite::Connection::open(dst.db_file()).unwrap();
     other.execute_batch("begin immediate").unwrap();
@@ -846,23 +853,7 @@ fn db_locked_by_another_writer_is_reported_within_seconds() {
 #[test]
 fn a_registration_that_fails_leaves_nothing_it_wrote_on_disk() {
     let w = World::new(Flavor::Guix);
-    let (base, node, blobs) = sample_path(22);
-    let first = one_path_cache(&w, &base, &node, &blobs);
-    let (base2, node2, blobs2) = sample_path(23);
-    let mut all = blobs.clone();
-    all.extend(blobs2.clone());
-    write_cache(
-        &w.cache_dir(),
-        w.flavor,
-        &[
-            (row_for(&base, &nar_of(&node, &blobs)), node.clone()),
-            (row_for(&base2, &nar_of(&node2, &blobs2)), node2),
-        ],
-        &all,
-        vec![],
-    );
-    let dst = w.layout("dst");
-    restore_lib(&dst, &w.cache_dir(), Some(&first), &NoProgress).unwrap();
+    let (dst, base, base2) = one_path_restored_of_two(&w, 22, 23);
     // The DB refuses every new row (a full disk, a damaged DB, a daemon's schema check: a
     // trigger stands for them here), after the paths were written and verified.
     rusqlite::Connection::open(dst.db_file())

@@ -39,21 +39,31 @@ fn make_store_of(
         let file = store.join(path.base_name());
         fs::write(&file, contents).unwrap();
         filetime::set_file_mtime(&file, one).unwrap();
-        let (nar_hash, nar_size) = nar::hash_path(&file).unwrap();
-        infos.push(PathInfo {
-            path,
-            nar_hash,
-            nar_size,
-            registration_time: 1_700_000_000,
-            deriver: None,
-            references,
-            nix: None,
-        });
+        infos.push(path_info(path, &file, references));
     }
-    let mut conn = db::open_or_create(&layout).unwrap();
-    let refs: Vec<&PathInfo> = infos.iter().collect();
-    db::register(&mut conn, &layout, &refs, &[]).unwrap();
+    register_all(&layout, &infos);
     layout
+}
+
+/// The row of `path`, whose contents are at `on_disk`.
+fn path_info(path: StorePath, on_disk: &Path, references: Vec<StorePath>) -> PathInfo {
+    let (nar_hash, nar_size) = nar::hash_path(on_disk).unwrap();
+    PathInfo {
+        path,
+        nar_hash,
+        nar_size,
+        registration_time: 1_700_000_000,
+        deriver: None,
+        references,
+        nix: None,
+    }
+}
+
+/// Register `infos` in one transaction.
+fn register_all(layout: &Layout, infos: &[PathInfo]) {
+    let mut conn = db::open_or_create(layout).unwrap();
+    let refs: Vec<&PathInfo> = infos.iter().collect();
+    db::register(&mut conn, layout, &refs, &[]).unwrap();
 }
 
 /// A store of `n` one-file paths, each referring to one earlier path (a long chain mixed with
@@ -158,13 +168,18 @@ fn make_generation(root: &Path, n: usize, g: usize) -> Layout {
 }
 
 /// Frames decompressed by a cold restore of generation `gens - 1` from a cache holding the
-/// snapshots of generations 0 to `gens - 1`, and the frames its trees and blobs are in.
-fn cold_restore_of_the_last_generation(n: usize, gens: usize) -> (u64, usize) {
+/// snapshots of generations 0 to `gens - 1` (`make(root, n, g)` makes generation `g`'s store
+/// of `n` paths), and the frames its trees and blobs are in. Some paths' contents are checked.
+fn cold_restore_of_the_newest(
+    n: usize,
+    gens: usize,
+    make: fn(&Path, usize, usize) -> Layout,
+) -> (u64, usize) {
     let dir = tempfile::tempdir().unwrap();
     let cache_dir = dir.path().join("cache");
     let opts = save_options();
     for g in 0..gens {
-        let source = make_generation(&dir.path().join(format!("source-{g}")), n, g);
+        let source = make(&dir.path().join(format!("source-{g}")), n, g);
         let cache = Cache::open_dir(&cache_dir).unwrap();
         assert_eq!(save(&source, &cache, &opts, &NoProgress).unwrap().paths, n);
     }
@@ -181,6 +196,7 @@ fn cold_restore_of_the_last_generation(n: usize, gens: usize) -> (u64, usize) {
         .unwrap();
     assert_eq!(r.restored, n);
     assert!(r.failed.is_empty(), "{:?}", r.failures);
+    let decompressed = cache.frames_decompressed();
     let snap = cache
         .read_snapshot(&crate::cache::SnapshotId::parse(&r.snapshot).unwrap())
         .unwrap();
@@ -192,7 +208,11 @@ fn cold_restore_of_the_last_generation(n: usize, gens: usize) -> (u64, usize) {
             frames.insert(frame(cache.location(f.blob).unwrap()));
         });
     }
-    (cache.frames_decompressed(), frames.len())
+    for p in snap.paths.iter().step_by(1009) {
+        let on_disk = target.real_store_dir().join(p.info.path.base_name());
+        assert_eq!(nar::hash_path(&on_disk).unwrap().0, p.info.nar_hash);
+    }
+    (decompressed, frames.len())
 }
 
 #[test]
@@ -205,7 +225,7 @@ fn a_snapshot_whose_paths_come_from_many_saves_reads_each_frame_about_once() {
     // the four saves' frames: 69 for 15.
     let n = 4_000;
     for gens in [1, 4] {
-        let (decompressed, frames) = cold_restore_of_the_last_generation(n, gens);
+        let (decompressed, frames) = cold_restore_of_the_newest(n, gens, make_generation);
         assert!(frames > 0);
         assert!(
             decompressed <= 2 * frames as u64,
@@ -243,20 +263,9 @@ fn make_rebuilt_generation(root: &Path, n: usize, g: usize) -> Layout {
             filetime::set_file_mtime(dir.join(f), one).unwrap();
         }
         filetime::set_file_mtime(&dir, one).unwrap();
-        let (nar_hash, nar_size) = nar::hash_path(&dir).unwrap();
-        infos.push(PathInfo {
-            path,
-            nar_hash,
-            nar_size,
-            registration_time: 1_700_000_000,
-            deriver: None,
-            references: Vec::new(),
-            nix: None,
-        });
+        infos.push(path_info(path, &dir, Vec::new()));
     }
-    let mut conn = db::open_or_create(&layout).unwrap();
-    let refs: Vec<&PathInfo> = infos.iter().collect();
-    db::register(&mut conn, &layout, &refs, &[]).unwrap();
+    register_all(&layout, &infos);
     layout
 }
 
@@ -269,51 +278,11 @@ fn a_snapshot_whose_trees_name_an_older_saves_blobs_in_another_order_reads_its_f
     // `same` came from a frame the cache had likely let go: 2,966 decompressions. Written in
     // batches ordered by the frame of their files: 52, a few per frame and batch.
     let n = 12_000;
-    let dir = tempfile::tempdir().unwrap();
-    let cache_dir = dir.path().join("cache");
-    for g in 0..2 {
-        let source = make_rebuilt_generation(&dir.path().join(format!("source-{g}")), n, g);
-        let cache = Cache::open_dir(&cache_dir).unwrap();
-        assert_eq!(
-            save(&source, &cache, &save_options(), &NoProgress)
-                .unwrap()
-                .paths,
-            n
-        );
-    }
-    let target = Layout::new(Flavor::Guix, &dir.path().join("target"), None, None).unwrap();
-    let cache = Cache::open_dir(&cache_dir).unwrap();
-    let one_job = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap();
-    let r = one_job
-        .install(|| restore(&target, &cache, &RestoreOptions::default(), &NoProgress))
-        .unwrap();
-    assert_eq!(r.restored, n);
-    assert!(r.failed.is_empty(), "{:?}", r.failures);
-    let decompressed = cache.frames_decompressed();
-    let snap = cache
-        .read_snapshot(&crate::cache::SnapshotId::parse(&r.snapshot).unwrap())
-        .unwrap();
-    let mut frames = std::collections::HashSet::new();
-    for p in &snap.paths {
-        let frame = |l: crate::cache::Location| (l.pack, l.frame_offset);
-        frames.insert(frame(cache.location(p.tree).unwrap()));
-        cache.read_tree(&p.tree).unwrap().for_each_file(&mut |f| {
-            frames.insert(frame(cache.location(f.blob).unwrap()));
-        });
-    }
+    let (decompressed, frames) = cold_restore_of_the_newest(n, 2, make_rebuilt_generation);
     let batches = n.div_ceil(super::order::BATCH_PATHS) as u64;
-    assert!(frames.len() >= 12, "{} frames", frames.len());
+    assert!(frames >= 12, "{frames} frames");
     assert!(
-        decompressed <= 2 * batches * frames.len() as u64,
-        "{decompressed} frames decompressed for {n} paths whose objects are in {} frames",
-        frames.len()
+        decompressed <= 2 * batches * frames as u64,
+        "{decompressed} frames decompressed for {n} paths whose objects are in {frames} frames"
     );
-    // And what was written is what was saved.
-    for p in snap.paths.iter().step_by(1009) {
-        let on_disk = target.real_store_dir().join(p.info.path.base_name());
-        assert_eq!(nar::hash_path(&on_disk).unwrap().0, p.info.nar_hash);
-    }
 }
