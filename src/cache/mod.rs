@@ -428,12 +428,8 @@ impl Cache {
     /// # Errors
     /// As [`Cache::read_tree`].
     pub fn read_tree_at(&self, id: &TreeId, loc: Location) -> Result<Node, CacheError> {
-        Node::decode(id, &self.tree_bytes_at(id, loc)?)
-    }
-
-    fn tree_bytes_at(&self, id: &TreeId, loc: Location) -> Result<Vec<u8>, CacheError> {
         check_tree_location(id, &loc)?;
-        self.read_small_at((*id).into(), loc)
+        Node::decode(id, &self.read_small_at((*id).into(), loc)?)
     }
 
     /// The encoded bytes of the tree `id` at `loc` (from [`Cache::location`]) into `out`, which
