@@ -395,6 +395,14 @@ pub(super) fn execute(
                 .chain(shadowing),
         )
     };
+    // A path written and renamed into place, taken off disk: moved aside, then removed.
+    let take_off_disk = |base: &str| {
+        if let Ok(trash) = client.scratch_name(TRASH, base) {
+            if rustix::fs::renameat(&store_fd, base, &store_fd, trash.as_str()).is_ok() {
+                let _ = remove_at(&store_fd, &trash);
+            }
+        }
+    };
     let mut register = Vec::new();
     for &i in &plan.missing {
         let path = layout.store_dir.display(&snap.paths[i].info.path);
@@ -405,14 +413,8 @@ pub(super) fn execute(
         } else if !bad[i] {
             register.push(i);
         } else if written(i) {
-            // Written and verified, but it refers to a path that is not valid (or not on disk):
-            // take it off disk.
-            let base = snap.paths[i].info.path.base_name();
-            if let Ok(trash) = client.scratch_name(TRASH, base) {
-                if rustix::fs::renameat(&store_fd, base, &store_fd, trash.as_str()).is_ok() {
-                    let _ = remove_at(&store_fd, &trash);
-                }
-            }
+            // Written and verified, but it refers to a path that is not valid (or not on disk).
+            take_off_disk(snap.paths[i].info.path.base_name());
             report.skipped.push(path);
         }
     }
@@ -443,16 +445,8 @@ pub(super) fn execute(
                 // garbage, which the daemon's collector removes.
                 if let Ok(now_valid) = db::valid_paths(conn, layout) {
                     for info in &infos {
-                        if now_valid.contains_key(&layout.store_dir.display(&info.path)) {
-                            continue;
-                        }
-                        let base = info.path.base_name();
-                        if let Ok(trash) = client.scratch_name(TRASH, base) {
-                            if rustix::fs::renameat(&store_fd, base, &store_fd, trash.as_str())
-                                .is_ok()
-                            {
-                                let _ = remove_at(&store_fd, &trash);
-                            }
+                        if !now_valid.contains_key(&layout.store_dir.display(&info.path)) {
+                            take_off_disk(info.path.base_name());
                         }
                     }
                 }
