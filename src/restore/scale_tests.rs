@@ -16,13 +16,19 @@ use crate::store::layout::{Flavor, Layout};
 use crate::store::path::{compress_hash, nixbase32_encode, StorePath};
 use crate::store::path_info::PathInfo;
 
-/// A store of `n` one-file paths registered in one transaction: `item(i, earlier)` gives path
-/// `i`'s hash seed (its name is `<hash of the seed>-item<i>`), its file's contents, and its
-/// references among the `earlier` paths.
-fn make_store_of(
+/// What a test path holds: one file, or a directory of files (name, contents).
+enum Contents {
+    File(String),
+    Directory(Vec<(&'static str, String)>),
+}
+
+/// A store of `n` paths registered in one transaction: `item(i, earlier)` gives path `i`'s
+/// hash seed and name (it is `<hash of the seed>-<name>`), its contents, and its references
+/// among the `earlier` paths. Every file has mtime 1, as in a store.
+fn make_store_with(
     root: &Path,
     n: usize,
-    item: impl Fn(usize, &[PathInfo]) -> (String, String, Vec<StorePath>),
+    item: impl Fn(usize, &[PathInfo]) -> (String, String, Contents, Vec<StorePath>),
 ) -> Layout {
     let layout = Layout::new(Flavor::Guix, root, None, None).unwrap();
     let store = layout.real_store_dir();
@@ -30,40 +36,57 @@ fn make_store_of(
     let one = filetime::FileTime::from_unix_time(1, 0);
     let mut infos: Vec<PathInfo> = Vec::with_capacity(n);
     for i in 0..n {
-        let (seed, contents, references) = item(i, &infos);
+        let (seed, name, contents, references) = item(i, &infos);
         let hash = nixbase32_encode(&compress_hash(
             &<sha2::Sha256 as sha2::Digest>::digest(seed),
             20,
         ));
-        let path = StorePath::from_base_name(&format!("{hash}-item{i}")).unwrap();
-        let file = store.join(path.base_name());
-        fs::write(&file, contents).unwrap();
-        filetime::set_file_mtime(&file, one).unwrap();
-        infos.push(path_info(path, &file, references));
+        let path = StorePath::from_base_name(&format!("{hash}-{name}")).unwrap();
+        let top = store.join(path.base_name());
+        match contents {
+            Contents::File(contents) => fs::write(&top, contents).unwrap(),
+            Contents::Directory(files) => {
+                fs::create_dir(&top).unwrap();
+                for (name, contents) in files {
+                    fs::write(top.join(name), contents).unwrap();
+                    filetime::set_file_mtime(top.join(name), one).unwrap();
+                }
+            }
+        }
+        filetime::set_file_mtime(&top, one).unwrap();
+        let (nar_hash, nar_size) = nar::hash_path(&top).unwrap();
+        infos.push(PathInfo {
+            path,
+            nar_hash,
+            nar_size,
+            registration_time: 1_700_000_000,
+            deriver: None,
+            references,
+            nix: None,
+        });
     }
-    register_all(&layout, &infos);
+    let mut conn = db::open_or_create(&layout).unwrap();
+    let refs: Vec<&PathInfo> = infos.iter().collect();
+    db::register(&mut conn, &layout, &refs, &[]).unwrap();
     layout
 }
 
-/// The row of `path`, whose contents are at `on_disk`.
-fn path_info(path: StorePath, on_disk: &Path, references: Vec<StorePath>) -> PathInfo {
-    let (nar_hash, nar_size) = nar::hash_path(on_disk).unwrap();
-    PathInfo {
-        path,
-        nar_hash,
-        nar_size,
-        registration_time: 1_700_000_000,
-        deriver: None,
-        references,
-        nix: None,
-    }
-}
-
-/// Register `infos` in one transaction.
-fn register_all(layout: &Layout, infos: &[PathInfo]) {
-    let mut conn = db::open_or_create(layout).unwrap();
-    let refs: Vec<&PathInfo> = infos.iter().collect();
-    db::register(&mut conn, layout, &refs, &[]).unwrap();
+/// A store of `n` one-file paths named `<hash>-item<i>`: `item(i, earlier)` gives path `i`'s
+/// hash seed, its file's contents, and its references among the `earlier` paths.
+fn make_store_of(
+    root: &Path,
+    n: usize,
+    item: impl Fn(usize, &[PathInfo]) -> (String, String, Vec<StorePath>),
+) -> Layout {
+    make_store_with(root, n, |i, earlier| {
+        let (seed, contents, references) = item(i, earlier);
+        (
+            seed,
+            format!("item{i}"),
+            Contents::File(contents),
+            references,
+        )
+    })
 }
 
 /// A store of `n` one-file paths, each referring to one earlier path (a long chain mixed with
@@ -240,33 +263,21 @@ fn a_snapshot_whose_paths_come_from_many_saves_reads_each_frame_about_once() {
 /// `g`. Every path of each generation is a rebuild (a new name) with its `same` unchanged, and
 /// paths are listed (and registered) in an order that generation `g` shuffles.
 fn make_rebuilt_generation(root: &Path, n: usize, g: usize) -> Layout {
-    let layout = Layout::new(Flavor::Guix, root, None, None).unwrap();
-    let store = layout.real_store_dir();
-    fs::create_dir_all(&store).unwrap();
-    let one = filetime::FileTime::from_unix_time(1, 0);
-    let mut infos: Vec<PathInfo> = Vec::with_capacity(n);
-    for i in 0..n {
+    make_store_with(root, n, |i, _| {
         let k = (i * 7919 + g * 104_729) % n;
-        let hash = nixbase32_encode(&compress_hash(
-            &<sha2::Sha256 as sha2::Digest>::digest(format!("gen {g} package {k}")),
-            20,
-        ));
-        let path = StorePath::from_base_name(&format!("{hash}-package{k}")).unwrap();
-        let dir = store.join(path.base_name());
-        fs::create_dir(&dir).unwrap();
         let noise: String = (0..1000)
             .map(|j| char::from(b'a' + ((k * 31 + j * 17 + j * j) % 26) as u8))
             .collect();
-        fs::write(dir.join("same"), format!("package {k}: {noise}\n")).unwrap();
-        fs::write(dir.join("build"), format!("generation {g}\n")).unwrap();
-        for f in ["same", "build"] {
-            filetime::set_file_mtime(dir.join(f), one).unwrap();
-        }
-        filetime::set_file_mtime(&dir, one).unwrap();
-        infos.push(path_info(path, &dir, Vec::new()));
-    }
-    register_all(&layout, &infos);
-    layout
+        (
+            format!("gen {g} package {k}"),
+            format!("package{k}"),
+            Contents::Directory(vec![
+                ("build", format!("generation {g}\n")),
+                ("same", format!("package {k}: {noise}\n")),
+            ]),
+            Vec::new(),
+        )
+    })
 }
 
 #[test]
