@@ -785,3 +785,64 @@ fn a_later_collection_reads_copied_objects_from_their_new_pack_not_the_retired_o
         }
     }
 }
+
+#[test]
+fn a_defragmenting_collection_killed_anywhere_leaves_every_snapshot_whole() {
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    sample::build(&src, 1).unwrap();
+    let cache = w.cache_dir();
+    let mut ids = vec![save(&w, "defrag")];
+    // Generations of paths of many small files: objects of four saves, to lay out again.
+    for g in 0..3u64 {
+        let files: Vec<(String, Vec<u8>)> = (0..300)
+            .map(|f| (format!("f{f}"), noise(1000 * g + f, 3000)))
+            .collect();
+        let files: Vec<(&str, &[u8], bool)> = files
+            .iter()
+            .map(|(n, d)| (n.as_str(), d.as_slice(), false))
+            .collect();
+        util::add_files_path(
+            &src,
+            &format!("{}-small{g}", hash_part(60 + g)),
+            &files,
+            &[],
+        );
+        ids.push(save(&w, "defrag"));
+    }
+    let newest = ids.last().unwrap().clone();
+    let gc_cmd = |w: &World| {
+        let mut c = w.std_cmd("src");
+        c.args(["gc", "--defragment", "always", "--grace", "0s", "--cache"])
+            .arg(&cache);
+        c
+    };
+    // Killed at increasing instants: the cache always verifies and the newest snapshot
+    // restores.
+    for (i, delay_ms) in [0u64, 3, 8, 15, 30, 60, 120].into_iter().enumerate() {
+        let mut child = gc_cmd(&w)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        let v = storesync::verify::verify(&Cache::open_dir_read_only(&cache), &NoProgress).unwrap();
+        assert!(v.problems.is_empty(), "kill after {delay_ms} ms: {v:?}");
+        restores(&w, &newest, &format!("dst-kill-{i}"));
+    }
+    // A run to the end: every snapshot kept, each restores; the text says what was done.
+    let out = gc_cmd(&w).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("defragmented: "), "{text}");
+    assert_eq!(w.cache().list_snapshots().unwrap().len(), ids.len());
+    for (n, id) in ids.iter().enumerate() {
+        restores(&w, id, &format!("dst{n}"));
+    }
+}

@@ -3,7 +3,7 @@
 use std::io::{self, Write};
 
 use clap::Args;
-use storesync::cache::gc::{self, GcPolicy, GcReport};
+use storesync::cache::gc::{self, Defragment, GcPolicy, GcReport};
 use storesync::error::{Error, Result};
 use storesync::progress::Progress;
 
@@ -16,6 +16,8 @@ Examples:
   storesync gc --cache ~/.cache/storesync --keep-last 2 --max-size 8GiB
   # everything younger than a week, only among keys starting with guix-:
   storesync gc --cache s3://team-cache/guix --keep-within 7d --key-prefix guix-
+  # lay the live data out again for the newest snapshot (by default only when scattered):
+  storesync gc --cache ~/.cache/storesync --keep-last 2 --defragment always
   # what would go, and what it would free, changing nothing:
   storesync gc --cache ~/.cache/storesync --keep-last 1 --dry-run
   # on the GitHub Actions cache (a workflow job with `permissions: actions: write`):
@@ -48,6 +50,19 @@ pub struct RetentionArgs {
     /// Delete retired files only this long after a collection retired them.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1h")]
     pub grace: u64,
+    /// Write the live small objects again, newest snapshot first, so that its restore reads
+    /// each frame about once: `auto` when a restore of it would read its frames more than
+    /// twice each on average (and 256 times more than once), `always`, or `never`.
+    #[arg(long, value_name = "WHEN", value_enum, default_value_t = DefragmentArg::Auto)]
+    pub defragment: DefragmentArg,
+}
+
+/// `--defragment`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefragmentArg {
+    Auto,
+    Always,
+    Never,
 }
 
 impl RetentionArgs {
@@ -59,6 +74,11 @@ impl RetentionArgs {
             max_size: self.max_size,
             key_prefix: self.key_prefix.clone(),
             grace_secs: self.grace,
+            defragment: match self.defragment {
+                DefragmentArg::Auto => Defragment::Auto,
+                DefragmentArg::Always => Defragment::Always,
+                DefragmentArg::Never => Defragment::Never,
+            },
             dry_run,
             ..GcPolicy::default()
         }
@@ -125,6 +145,28 @@ pub fn text(out: &mut dyn Write, r: &GcReport) -> io::Result<()> {
         human(r.bytes_freed),
         human(r.bytes_pending),
     )?;
+    if r.defragmented {
+        write!(
+            out,
+            "{}: a restore of the newest snapshot reads its {} frames {} times",
+            if r.dry_run {
+                "would defragment"
+            } else {
+                "defragmented"
+            },
+            r.newest_frames,
+            r.newest_frame_reads,
+        )?;
+        if !r.dry_run {
+            write!(
+                out,
+                "; {} objects ({}) written again in its order",
+                r.objects_reframed,
+                human(r.bytes_reframed)
+            )?;
+        }
+        writeln!(out)?;
+    }
     if r.entries_touched > 0 {
         writeln!(
             out,

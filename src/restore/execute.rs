@@ -42,9 +42,9 @@ fn links_error(e: LinksError) -> Error {
 /// CPU, 110-111 MB peak RSS with 16 MiB; 6,900-6,976, 7.8-8.2 s, 118-120 MB with 24 MiB
 /// (2 runs each, alternated). (A few MiB in unit tests, as the default.)
 #[cfg(not(test))]
-const FRAME_CACHE_BYTES: usize = 16 << 20;
+pub(crate) const FRAME_CACHE_BYTES: usize = 16 << 20;
 #[cfg(test)]
-const FRAME_CACHE_BYTES: usize = 4 << 20;
+pub(crate) const FRAME_CACHE_BYTES: usize = 4 << 20;
 
 /// Write, verify and register the planned paths. The caller holds the big-lock (shared), the
 /// locks of the missing paths (`locks`) and `client`'s temporary roots (see [`super::live`]), and

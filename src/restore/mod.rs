@@ -22,6 +22,7 @@ mod resources;
 mod siblings;
 
 pub use error::PathError;
+pub(crate) use execute::FRAME_CACHE_BYTES;
 pub use live::scratch_kind;
 pub use plan::{plan, RestorePlan};
 

@@ -7,6 +7,7 @@ use super::super::{
     Cache, CacheError, Location, Node, ObjectId, PackId, SnapshotHead, SnapshotId, SnapshotRef,
     TreeId,
 };
+use super::defragment::Scatter;
 use super::{FrameKey, GcPolicy, GcReport};
 use crate::cache::successive::PreviousTrees;
 use crate::progress::Progress;
@@ -19,15 +20,19 @@ const FRAME_CACHE_BYTES: usize = 4 << 20;
 pub(super) type LiveFrames = BTreeMap<FrameKey, (u64, Vec<u32>)>;
 
 /// A set of index positions: one bit per indexed object.
-struct Bits(Vec<u64>);
+pub(super) struct Bits(Vec<u64>);
 
 impl Bits {
-    fn new(n: usize) -> Self {
+    pub(super) fn new(n: usize) -> Self {
         Bits(vec![0; n.div_ceil(64)])
     }
 
+    pub(super) fn contains(&self, i: usize) -> bool {
+        self.0[i / 64] & (1u64 << (i % 64)) != 0
+    }
+
     /// Set bit `i`; false when it was set already.
-    fn insert(&mut self, i: usize) -> bool {
+    pub(super) fn insert(&mut self, i: usize) -> bool {
         let (w, b) = (i / 64, 1u64 << (i % 64));
         let was = self.0[w] & b != 0;
         self.0[w] |= b;
@@ -51,6 +56,8 @@ pub(super) struct Marked {
     pub live_frames: LiveFrames,
     /// The pack table `live_frames` numbers packs in.
     pub packs: Vec<PackId>,
+    /// The frame reads a restore of the newest snapshot would make.
+    pub scatter: Scatter,
 }
 
 /// Retention, then mark.
@@ -125,6 +132,7 @@ pub(super) fn mark(
         .collect();
     // The trees of the last snapshot kept (a dropped one's marks are undone).
     let mut previous = PreviousTrees::default();
+    let mut scatter = Scatter::default();
     progress.start("marking", heads.len() as u64);
     for i in order {
         let (r, _) = &heads[i];
@@ -172,16 +180,24 @@ pub(super) fn mark(
         for (_, _, pos) in trees {
             let (id, loc) = cache.object_at(pos as usize);
             let tree = TreeId(id.0);
+            if i == 0 {
+                scatter.visit(&loc);
+            }
             mark((pos as usize, loc), &mut live_objects);
             let mut stack = vec![cache.read_tree_at(&tree, loc)?];
             while let Some(node) = stack.pop() {
                 match node {
                     Node::Regular { blob, .. } | Node::Rewritten { blob, .. } => {
                         let id = ObjectId::from(blob);
-                        mark(
-                            cache.locate(id).ok_or(CacheError::Missing(id))?,
-                            &mut live_objects,
-                        );
+                        let (pos, loc) = cache.locate(id).ok_or(CacheError::Missing(id))?;
+                        // The newest snapshot (first in `order`), in the order a restore
+                        // writes it (trees in pack order), each object once: where a
+                        // restore reads one twice (files under 8 KiB have no `.links`
+                        // entry), no layout would help.
+                        if i == 0 && !live_objects.contains(pos) {
+                            scatter.visit(&loc);
+                        }
+                        mark((pos, loc), &mut live_objects);
                     }
                     Node::Symlink { .. } => {}
                     Node::Directory(entries) => stack.extend(entries.into_iter().map(|e| e.node)),
@@ -225,5 +241,6 @@ pub(super) fn mark(
         redundant,
         live_frames,
         packs,
+        scatter,
     })
 }

@@ -11,6 +11,10 @@
 //! 3. **Repack**: packs without a live frame are retired; packs whose live fraction is below
 //!    `repack_below` have their live frames copied, compressed bytes unchanged, into new packs
 //!    and are retired too.
+//!    When the newest snapshot's small objects lie scattered over many saves' frames (or when
+//!    asked), every live small object is written again in new frames, kept snapshots newest
+//!    first, each in its paths' order (see [`defragment`]); every pack holding one is then
+//!    repacked.
 //! 4. **Publish**: one index file naming every live object (in the packs kept and the new
 //!    ones) is written after the new packs are durable; kept v2 snapshots are rewritten to
 //!    name only it (their signing ids do not cover the index list, so signatures stay valid),
@@ -54,6 +58,8 @@ pub struct GcPolicy {
     pub grace_secs: u64,
     /// Repack packs whose live fraction is below this.
     pub repack_below: f64,
+    /// Whether to write the live small objects again in the kept snapshots' order.
+    pub defragment: Defragment,
     /// Decide and report; change nothing.
     pub dry_run: bool,
 }
@@ -76,6 +82,7 @@ impl Default for GcPolicy {
             key_prefix: None,
             grace_secs: DEFAULT_GRACE_SECS,
             repack_below: DEFAULT_REPACK_BELOW,
+            defragment: Defragment::Auto,
             dry_run: false,
         }
     }
@@ -111,6 +118,16 @@ pub struct GcReport {
     pub entries_touched: usize,
     /// The index file naming every live object, when one was written.
     pub index: Option<String>,
+    /// Distinct frames holding the newest snapshot's small objects.
+    pub newest_frames: u64,
+    /// Frame reads a restore of the newest snapshot would make (see [`defragment`]).
+    pub newest_frame_reads: u64,
+    /// Whether the live small objects were (or, for a dry run, would be) written again.
+    pub defragmented: bool,
+    /// Objects written again by defragmenting.
+    pub objects_reframed: u64,
+    /// Their bytes, uncompressed.
+    pub bytes_reframed: u64,
 }
 
 /// The key of this run's list of retired files.
@@ -151,8 +168,11 @@ fn parse_retired_key(key: &str) -> Option<i64> {
     i64::try_from(u64::from_str_radix(t, 16).ok()?).ok()
 }
 
+pub mod defragment;
 mod mark;
 mod sweep;
+
+pub use defragment::Defragment;
 
 /// A frame of a pack: (pack number in the merged table, offset).
 type FrameKey = (u32, u64);
@@ -200,6 +220,12 @@ pub fn gc(
         ..GcReport::default()
     };
     let marked = mark::mark(cache, policy, now, progress, &mut report)?;
+    (report.newest_frames, report.newest_frame_reads) = marked.scatter.figures();
+    report.defragmented = defragment::wanted(
+        policy.defragment,
+        report.newest_frames,
+        report.newest_frame_reads,
+    );
     let plan = sweep::plan(cache, policy, &marked, &mut report)?;
     if policy.dry_run {
         for key in &plan.retire {

@@ -11,6 +11,7 @@ use super::super::{
     pack_key, Cache, CacheError, IndexFile, IndexId, Location, ObjectId, ObjectKind, Packer,
     SnapshotId, StorageError,
 };
+use super::defragment;
 use super::mark::Marked;
 use super::{retired_key, GcPolicy, GcReport, RetiredList};
 
@@ -37,8 +38,17 @@ pub(super) fn plan(
     } = marked;
     let live_bytes = report.live_bytes;
     let mut live_per_pack: HashMap<u32, u64> = HashMap::new();
-    for ((pack, _), (len, _)) in live_frames {
+    // Packs holding a live object a defragmenting run writes again.
+    let mut reframed: HashSet<u32> = HashSet::new();
+    for ((pack, _), (len, objs)) in live_frames {
         *live_per_pack.entry(*pack).or_default() += len;
+        if report.defragmented
+            && objs
+                .iter()
+                .any(|&pos| defragment::moves(&cache.object_at(pos as usize).1))
+        {
+            reframed.insert(*pack);
+        }
     }
     let mut retire: Vec<String> = Vec::new();
     let mut repack: HashSet<u32> = HashSet::new();
@@ -51,7 +61,9 @@ pub(super) fn plan(
         if live == 0 {
             report.packs_retired += 1;
             retire.push(key);
-        } else if (live as f64) < policy.repack_below * size as f64 {
+        } else if reframed.contains(&(no as u32))
+            || (live as f64) < policy.repack_below * size as f64
+        {
             repack.insert(no as u32);
         } else {
             partial.push((no as u32, live, size));
@@ -108,14 +120,22 @@ pub(super) fn publish_and_delete(
     mut retired: Vec<RetiredList>,
     report: &mut GcReport,
 ) -> Result<(), CacheError> {
+    let PackPlan { mut retire, repack } = plan;
+    // 3b. Defragment: the live small objects first, in the kept snapshots' order.
+    let packer = Packer::new(cache, 3);
+    let moved = if report.defragmented {
+        Some(defragment::reframe(cache, &packer, &marked, report)?)
+    } else {
+        None
+    };
     let Marked {
         heads,
         keep,
         redundant,
         live_frames,
         packs,
+        ..
     } = marked;
-    let PackPlan { mut retire, repack } = plan;
     let dropped_ids: HashSet<SnapshotId> = heads
         .iter()
         .zip(&keep)
@@ -124,11 +144,21 @@ pub(super) fn publish_and_delete(
         .collect();
     // 4. Repack and publish one index of every live object.
     let old_indexes = cache.index_files();
-    let packer = Packer::new(cache, 3);
     let mut extra = IndexFile::default();
     let mut extra_pack_no: HashMap<u32, u32> = HashMap::new();
     let mut buf = Vec::new();
     for ((pack, offset), (len, objs)) in &live_frames {
+        if let Some(moved) = moved.as_ref().filter(|_| repack.contains(pack)) {
+            // A frame some of whose objects were written again: the others (none, unless
+            // a tree named nothing a kept snapshot reaches) are written again alone.
+            if objs.iter().any(|&pos| moved.contains(pos as usize)) {
+                for &pos in objs.iter().filter(|&&pos| !moved.contains(pos as usize)) {
+                    let (id, l) = cache.object_at(pos as usize);
+                    packer.add(l.kind, id, &defragment::read_checked(cache, id, l)?)?;
+                }
+                continue;
+            }
+        }
         if repack.contains(pack) {
             let key = pack_key(&packs[*pack as usize]);
             buf.clear();
