@@ -210,10 +210,12 @@ fn bench_size(b: &mut Bench, work: &Path, n: usize, snapshots: u32) {
     b.time("restore, cold", n, &restore, false);
     b.time("restore, no-op", n, &restore, true);
     b.time("verify", n, &["verify", "--cache", c], true);
+    // Marking and publishing; defragmenting is measured apart below.
+    let keep_all = ["--keep-last", "100", "--defragment", "never"];
     b.time(
         "gc, keeping all",
         n,
-        &["gc", "--cache", c, "--keep-last", "100"],
+        &[&["gc", "--cache", c][..], &keep_all].concat(),
         true,
     );
     b.time("ls", n, &["ls", "--cache", c], true);
@@ -257,7 +259,7 @@ fn bench_size(b: &mut Bench, work: &Path, n: usize, snapshots: u32) {
     b.time(
         &format!("{k} snaps: gc, keeping all"),
         n,
-        &["gc", "--cache", c, "--keep-last", "100"],
+        &[&["gc", "--cache", c][..], &keep_all].concat(),
         true,
     );
     b.time(&format!("{k} snaps: ls"), n, &["ls", "--cache", c], true);
@@ -267,18 +269,64 @@ fn bench_size(b: &mut Bench, work: &Path, n: usize, snapshots: u32) {
         &["diff", "--cache", c, &oldest, &newest],
         true,
     );
-    // On a copy (hard links: gc never modifies a file), so the cache of 20 snapshots stays
-    // for profiling.
+    // On copies (hard links: gc never modifies a file), so the cache of 20 snapshots stays
+    // for profiling. The newest snapshot restored from the cache left with it alone (its
+    // objects where 20 saves put them), then from all 20 defragmented.
     let copy = work.join(format!("cache-{n}-gc"));
-    rm_rf(&copy);
-    let st = Command::new("cp").args(["-al", c, str(&copy)]).status();
-    if !st.is_ok_and(|s| s.success()) {
-        die(format!("cp -al {c} {}", copy.display()));
-    }
+    let copy_of = |copy: &Path| {
+        rm_rf(copy);
+        let st = Command::new("cp").args(["-al", c, str(copy)]).status();
+        if !st.is_ok_and(|s| s.success()) {
+            die(format!("cp -al {c} {}", copy.display()));
+        }
+    };
+    let restore_copy = [
+        "--root",
+        t,
+        "restore",
+        "--cache",
+        str(&copy),
+        "--no-progress",
+    ];
+    copy_of(&copy);
     b.time(
         &format!("{k} snaps: gc --keep-last 1"),
         n,
-        &["gc", "--cache", str(&copy), "--keep-last", "1"],
+        &[
+            "gc",
+            "--cache",
+            str(&copy),
+            "--keep-last",
+            "1",
+            "--defragment",
+            "never",
+        ],
+        false,
+    );
+    rm_rf(&target);
+    b.time(
+        &format!("{k} snaps, newest kept: restore, cold"),
+        n,
+        &restore_copy,
+        false,
+    );
+    copy_of(&copy);
+    b.time(
+        &format!("{k} snaps: gc, defragmenting"),
+        n,
+        &[
+            &["gc", "--cache", str(&copy)][..],
+            &keep_all[..2],
+            &["--defragment", "always"],
+        ]
+        .concat(),
+        false,
+    );
+    rm_rf(&target);
+    b.time(
+        &format!("{k} snaps, defragmented: restore, cold"),
+        n,
+        &restore_copy,
         false,
     );
     rm_rf(&copy);

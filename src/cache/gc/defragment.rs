@@ -47,7 +47,7 @@ pub const DEFRAGMENT_ABOVE: f64 = 2.0;
 pub const DEFRAGMENT_MIN_EXTRA: u64 = 256;
 
 /// Bytes of objects read before they are written again.
-const WINDOW_BYTES: u64 = 32 << 20;
+const WINDOW_BYTES: u64 = 16 << 20;
 
 /// Whether a collection defragments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
