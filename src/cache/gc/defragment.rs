@@ -212,13 +212,13 @@ pub(super) fn reframe(
     marked: &Marked,
     report: &mut GcReport,
 ) -> Result<Bits, CacheError> {
-    let order = layout(cache, marked)?;
-    if order.len() >= PATH_START as usize {
+    if cache.object_count() >= PATH_START as usize {
         return Err(CacheError::Corrupt(format!(
-            "{} objects to defragment: more than a collection handles",
-            order.len()
+            "{} objects indexed: more than a defragmenting collection handles",
+            cache.object_count()
         )));
     }
+    let order = layout(cache, marked)?;
     let mut moved = Bits::new(cache.object_count());
     let mut held: Vec<u8> = Vec::new();
     let mut spans: Vec<(usize, usize)> = Vec::new();
