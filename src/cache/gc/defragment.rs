@@ -18,17 +18,20 @@
 //! object under [`SOLO_THRESHOLD`] is written again into new frames, kept snapshots newest
 //! first, each in its paths' order (a path's tree, then its small blobs in NAR order, in
 //! frames of their own as a save writes them), each object once. Large objects keep their
-//! frames (copied whole, as any repack does). The objects are read in windows of
-//! [`WINDOW_BYTES`], each window in pack order, so each source frame is decompressed about
-//! once per window, and memory stays bounded. Every object read is checked against its id
-//! before it is written under it. Publishing and deleting then go as for any repack: the new
+//! frames (copied whole, as any repack does). The objects are read once, in pack order (each
+//! source frame decompressed once), checked against their ids, and written at their place in
+//! the new order into a spill file (an anonymous temporary file, as large as the small
+//! objects are uncompressed), which is then read front to back into the new frames: work
+//! linear in the objects, memory 16 bytes an object. Publishing and deleting then go as for any repack: the new
 //! index names the new frames before anything is retired.
 
 use std::collections::{HashSet, VecDeque};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
 
 use super::super::{
-    Cache, CacheError, Location, Node, ObjectId, ObjectKind, Packer, PathFrames, TreeId,
-    FRAME_TARGET, SOLO_THRESHOLD,
+    Cache, CacheError, Location, Node, ObjectId, ObjectKind, Packer, PathFrames, StorageError,
+    TreeId, FRAME_TARGET, SOLO_THRESHOLD,
 };
 use super::mark::{Bits, Marked};
 use super::{FrameKey, GcReport};
@@ -45,9 +48,6 @@ pub const DEFRAGMENT_ABOVE: f64 = 2.0;
 /// ...and at least this many times more than once (a frame read again costs about a
 /// millisecond of CPU; rewriting a small cache saves nothing worth its transfer).
 pub const DEFRAGMENT_MIN_EXTRA: u64 = 256;
-
-/// Bytes of objects read before they are written again.
-const WINDOW_BYTES: u64 = 16 << 20;
 
 /// Whether a collection defragments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -205,7 +205,7 @@ fn layout(cache: &Cache, marked: &Marked) -> Result<Vec<u32>, CacheError> {
 ///
 /// # Errors
 /// [`CacheError`] when a snapshot, tree or object cannot be read or does not match its id,
-/// or the packer fails.
+/// the spill file cannot be written, or the packer fails.
 pub(super) fn reframe(
     cache: &Cache,
     packer: &Packer<'_>,
@@ -219,54 +219,53 @@ pub(super) fn reframe(
         )));
     }
     let order = layout(cache, marked)?;
+    let at = |i: usize| cache.object_at((order[i] & !PATH_START) as usize);
+    // Where each object goes in the spill file: the objects in layout order, end to end.
+    let mut offsets: Vec<u64> = Vec::with_capacity(order.len() + 1);
+    let mut total = 0u64;
+    for i in 0..order.len() {
+        offsets.push(total);
+        total += at(i).1.len;
+    }
+    offsets.push(total);
+    // 1. Read in pack order (each frame decompressed once), checked, written in place.
+    let spill_err = |e: std::io::Error| {
+        CacheError::Storage(StorageError("defragmenting: the spill file".into(), e))
+    };
+    let spill = tempfile::tempfile().map_err(spill_err)?;
+    let mut by_place: Vec<u32> = (0..order.len() as u32).collect();
+    by_place.sort_unstable_by_key(|&i| {
+        let l = at(i as usize).1;
+        (l.pack, l.frame_offset, l.offset)
+    });
+    for &i in &by_place {
+        let (id, loc) = at(i as usize);
+        let bytes = read_checked(cache, id, loc)?;
+        spill
+            .write_all_at(&bytes, offsets[i as usize])
+            .map_err(spill_err)?;
+    }
+    drop(by_place);
+    // 2. Read back in layout order, into new frames.
     let mut moved = Bits::new(cache.object_count());
-    let mut held: Vec<u8> = Vec::new();
-    let mut spans: Vec<(usize, usize)> = Vec::new();
-    let mut by_place: Vec<usize> = Vec::new();
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, &spill);
+    let mut data: Vec<u8> = Vec::new();
     let mut frames = PathFrames::default();
-    let mut start = 0usize;
-    while start < order.len() {
-        // The window: objects in layout order up to WINDOW_BYTES (at least one).
-        let mut end = start;
-        let mut bytes = 0u64;
-        while end < order.len() && (end == start || bytes < WINDOW_BYTES) {
-            bytes += cache.object_at((order[end] & !PATH_START) as usize).1.len;
-            end += 1;
+    for (i, &entry) in order.iter().enumerate() {
+        let pos = (entry & !PATH_START) as usize;
+        if entry & PATH_START != 0 {
+            packer.finish_path(std::mem::take(&mut frames))?;
         }
-        // Read in pack order, each checked against its id.
-        by_place.clear();
-        by_place.extend(start..end);
-        by_place.sort_unstable_by_key(|&i| {
-            let l = cache.object_at((order[i] & !PATH_START) as usize).1;
-            (l.pack, l.frame_offset, l.offset)
-        });
-        held.clear();
-        spans.clear();
-        spans.resize(end - start, (0, 0));
-        for &i in &by_place {
-            let (id, loc) = cache.object_at((order[i] & !PATH_START) as usize);
-            let bytes = read_checked(cache, id, loc)?;
-            spans[i - start] = (held.len(), bytes.len());
-            held.extend_from_slice(&bytes);
+        let (id, loc) = cache.object_at(pos);
+        data.resize((offsets[i + 1] - offsets[i]) as usize, 0);
+        reader.read_exact(&mut data).map_err(spill_err)?;
+        match loc.kind {
+            ObjectKind::Tree => packer.add(ObjectKind::Tree, id, &data)?,
+            ObjectKind::Blob => packer.add_to(&mut frames, ObjectKind::Blob, id, &data)?,
         }
-        // Written in layout order.
-        for i in start..end {
-            let pos = (order[i] & !PATH_START) as usize;
-            if order[i] & PATH_START != 0 {
-                packer.finish_path(std::mem::take(&mut frames))?;
-            }
-            let (id, loc) = cache.object_at(pos);
-            let (at, len) = spans[i - start];
-            let data = &held[at..at + len];
-            match loc.kind {
-                ObjectKind::Tree => packer.add(ObjectKind::Tree, id, data)?,
-                ObjectKind::Blob => packer.add_to(&mut frames, ObjectKind::Blob, id, data)?,
-            }
-            moved.insert(pos);
-            report.objects_reframed += 1;
-            report.bytes_reframed += len as u64;
-        }
-        start = end;
+        moved.insert(pos);
+        report.objects_reframed += 1;
+        report.bytes_reframed += data.len() as u64;
     }
     packer.finish_path(frames)?;
     Ok(moved)
