@@ -270,6 +270,27 @@ fn a_save_that_started_before_a_collection_keeps_what_its_snapshot_needs() {
     }
 }
 
+/// Run `gc ARGS --grace 0s` on `w`'s cache, kill it after `delay_ms`, then check that the
+/// cache verifies and that snapshot `id` restores (into root `dst`).
+fn gc_killed_after(w: &World, args: &[&str], delay_ms: u64, id: &str, dst: &str) {
+    let cache = w.cache_dir();
+    let mut child = w
+        .std_cmd("src")
+        .args(["gc", "--grace", "0s", "--cache"])
+        .arg(&cache)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+    let _ = child.kill();
+    let _ = child.wait();
+    let v = storesync::verify::verify(&Cache::open_dir_read_only(&cache), &NoProgress).unwrap();
+    assert!(v.problems.is_empty(), "kill after {delay_ms} ms: {v:?}");
+    restores(w, id, dst);
+}
+
 fn json_of(out: &std::process::Output) -> serde_json::Value {
     util::json(&out.stdout)
 }
@@ -400,20 +421,13 @@ fn save_prune_keeps_a_cache_within_its_budget_and_gc_killed_anywhere_leaves_it_w
             .output()
             .unwrap();
         let id = json_of(&out)["snapshot"].as_str().unwrap().to_string();
-        let mut child = w
-            .std_cmd("src")
-            .args(["gc", "--keep-last", "1", "--grace", "0s", "--cache"])
-            .arg(&cache)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        let _ = child.kill();
-        let _ = child.wait();
-        let v = storesync::verify::verify(&Cache::open_dir_read_only(&cache), &NoProgress).unwrap();
-        assert!(v.problems.is_empty(), "kill after {delay_ms} ms: {v:?}");
-        restores(&w, &id, &format!("dst-kill-{i}"));
+        gc_killed_after(
+            &w,
+            &["--keep-last", "1"],
+            delay_ms,
+            &id,
+            &format!("dst-kill-{i}"),
+        );
     }
     let out = w
         .cmd("src")
@@ -811,29 +825,20 @@ fn a_defragmenting_collection_killed_anywhere_leaves_every_snapshot_whole() {
         ids.push(save(&w, "defrag"));
     }
     let newest = ids.last().unwrap().clone();
-    let gc_cmd = |w: &World| {
-        let mut c = w.std_cmd("src");
-        c.args(["gc", "--defragment", "always", "--grace", "0s", "--cache"])
-            .arg(&cache);
-        c
-    };
+    let defragment = ["--defragment", "always"];
     // Killed at increasing instants: the cache always verifies and the newest snapshot
     // restores.
     for (i, delay_ms) in [0u64, 3, 8, 15, 30, 60, 120].into_iter().enumerate() {
-        let mut child = gc_cmd(&w)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        let _ = child.kill();
-        let _ = child.wait();
-        let v = storesync::verify::verify(&Cache::open_dir_read_only(&cache), &NoProgress).unwrap();
-        assert!(v.problems.is_empty(), "kill after {delay_ms} ms: {v:?}");
-        restores(&w, &newest, &format!("dst-kill-{i}"));
+        gc_killed_after(&w, &defragment, delay_ms, &newest, &format!("dst-kill-{i}"));
     }
     // A run to the end: every snapshot kept, each restores; the text says what was done.
-    let out = gc_cmd(&w).output().unwrap();
+    let out = w
+        .std_cmd("src")
+        .args(["gc", "--grace", "0s", "--cache"])
+        .arg(&cache)
+        .args(defragment)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
