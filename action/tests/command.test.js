@@ -63,6 +63,13 @@ test('gc: the retention rules, key prefix, grace and dry run', () => {
       '--keep-last', '1', '--keep-within', '7d', '--max-size', '8GiB', '--key-prefix', 'guix-', '--grace', '1h', '--dry-run',
     ],
   );
+  // On gc, and on save when it prunes.
+  assert.deepEqual(
+    command.gcArgs({ ...base, defragment: 'always' }).slice(-4),
+    ['--defragment', 'always', '--grace', '1h'],
+  );
+  assert.ok(command.saveArgs({ ...base, keepLast: 2, defragment: 'never' }).join(' ').includes('--prune --keep-last 2 --defragment never'));
+  assert.ok(!command.saveArgs({ ...base, defragment: 'never' }).includes('--defragment'));
 });
 
 test('as root storesync runs directly; otherwise through sudo -E naming the variables the backends need', () => {

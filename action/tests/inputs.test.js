@@ -64,6 +64,9 @@ test('readConfig: bad values are errors naming the input', () => {
   assert.throws(() => config({ 'keep-last': '0' }), /input keep-last: `0` is not a positive integer/);
   assert.throws(() => config({ 'keep-last': 'two' }), /input keep-last/);
   assert.throws(() => config({ root: 'relative' }), /input root: `relative` is not an absolute path/);
+  assert.throws(() => config({ defragment: 'sometimes' }), /input defragment: `sometimes` is none of auto, always, never/);
+  assert.equal(config({ defragment: 'never' }).cfg.defragment, 'never');
+  assert.equal(config({}).cfg.defragment, undefined);
   assert.throws(() => config({ strict: 'yes' }), /input strict: `yes` is not a boolean/);
   assert.throws(() => config({}, {}, { required: ['key'] }), /input required and not supplied: key/);
 });

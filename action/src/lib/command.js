@@ -79,6 +79,11 @@ function retentionArgs(cfg) {
   return a;
 }
 
+/** `--defragment` of a collection, when the input says. */
+function defragmentArgs(cfg) {
+  return cfg.defragment ? ['--defragment', cfg.defragment] : [];
+}
+
 /**
  * Whether `save --prune` can apply the retention inputs to this cache: a `gha://` cache is
  * listed and its entries deleted through the REST API, so only with a token (the
@@ -100,14 +105,23 @@ function saveArgs(cfg, { dryRun = false, gcRoots = false } = {}) {
     a.push('--dry-run');
   } else {
     const retention = retentionArgs(cfg);
-    if (retention.length > 0 && canPrune(cfg.cache, cfg.token)) a.push('--prune', ...retention);
+    if (retention.length > 0 && canPrune(cfg.cache, cfg.token)) {
+      a.push('--prune', ...retention, ...defragmentArgs(cfg));
+    }
   }
   if (gcRoots) a.push('--gc-roots');
   return [...a, ...pathArgs(cfg.paths)];
 }
 
 function gcArgs(cfg) {
-  const a = [...globalArgs(cfg), 'gc', '--cache', cfg.cache, ...retentionArgs(cfg)];
+  const a = [
+    ...globalArgs(cfg),
+    'gc',
+    '--cache',
+    cfg.cache,
+    ...retentionArgs(cfg),
+    ...defragmentArgs(cfg),
+  ];
   if (cfg.keyPrefix) a.push('--key-prefix', cfg.keyPrefix);
   if (cfg.grace) a.push('--grace', cfg.grace);
   if (cfg.dryRun) a.push('--dry-run');

@@ -48,6 +48,15 @@ function count(actions, name) {
   return Number(v);
 }
 
+/** The defragment input: '' (storesync's default, auto), auto, always or never. */
+function defragment(actions) {
+  const v = actions.input('defragment');
+  if (!['', 'auto', 'always', 'never'].includes(v)) {
+    throw new InputError(`input defragment: \`${v}\` is none of auto, always, never`);
+  }
+  return v || undefined;
+}
+
 /**
  * Every input of every entry point (each reads what it needs). `required` names the inputs
  * this entry point cannot do without.
@@ -88,6 +97,7 @@ function readConfig(actions, { required = [] } = {}) {
     keyPrefix: actions.input('key-prefix') || undefined,
     grace: get('grace'),
     dryRun: bool('dry-run'),
+    defragment: defragment(actions),
     trustedKeys: actions.multiline('trusted-keys'),
     signKey: signKey || undefined,
     failOnMiss: bool('fail-on-miss'),
