@@ -233,6 +233,19 @@ pub(super) fn reframe(
         CacheError::Storage(StorageError("defragmenting: the spill file".into(), e))
     };
     let spill = tempfile::tempfile().map_err(spill_err)?;
+    // Refused at once, rather than a full disk part of the way through.
+    let free = rustix::fs::fstatvfs(&spill)
+        .map(|v| v.f_bavail.saturating_mul(v.f_frsize))
+        .map_err(|e| spill_err(e.into()))?;
+    if total > free {
+        return Err(spill_err(std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            format!(
+                "defragmenting needs {total} bytes of temporary space (TMPDIR), {free} are \
+                 free"
+            ),
+        )));
+    }
     let mut by_place: Vec<u32> = (0..order.len() as u32).collect();
     by_place.sort_unstable_by_key(|&i| {
         let l = at(i as usize).1;
