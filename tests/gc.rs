@@ -851,3 +851,43 @@ fn a_defragmenting_collection_killed_anywhere_leaves_every_snapshot_whole() {
         restores(&w, id, &format!("dst{n}"));
     }
 }
+
+#[test]
+fn a_defragmenting_collection_refuses_an_object_whose_bytes_are_not_its_id_and_changes_nothing() {
+    // A hostile or damaged cache: a path's two small files, the second stored under its id
+    // with other bytes. Copying frames whole (a plain repack) would carry the lie along;
+    // defragmenting reads every object, so it must refuse, name the blob, and leave the
+    // cache as it was.
+    let w = World::new(Flavor::Guix);
+    let mut blobs = util::Blobs::new();
+    let good = util::file_node(&mut blobs, false, b"the first file\n");
+    let lied = util::file_node(&mut blobs, false, b"the second file\n");
+    let node = util::dir_node(vec![("a", good), ("b", lied.clone())]);
+    let base = util::base_name(1, "pkg");
+    let row = util::row_for(&base, &util::nar_of(&node, &blobs));
+    let storesync::cache::Node::Regular { blob, .. } = lied else {
+        unreachable!()
+    };
+    blobs.insert(blob, b"something else!\n".to_vec());
+    util::write_cache(
+        &w.cache_dir(),
+        Flavor::Guix,
+        &[(row, node)],
+        &blobs,
+        Vec::new(),
+    );
+    let before = util::dir_state(&w.cache_dir());
+    let out = w
+        .std_cmd("src")
+        .args(["gc", "--defragment", "always", "--grace", "0s", "--cache"])
+        .arg(w.cache_dir())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&blob.to_string()) && err.contains("does not match its id"),
+        "{err}"
+    );
+    assert_eq!(util::dir_state(&w.cache_dir()), before);
+}
