@@ -135,69 +135,74 @@ const PATH_START: u32 = 1 << 31;
 
 /// The live small objects of the kept snapshots in the order they are written again (index
 /// positions, [`PATH_START`] marking each path's first).
+///
+/// Every tree is read once, all snapshots' together in pack order (tree frames decompressed
+/// once each: snapshot by snapshot, the newer ones' trees scattered over many saves' frames
+/// made that 1,413 decompressions at 100,000 paths and 20 snapshots), its small blobs
+/// recorded; then the paths are laid out snapshot by snapshot, each in its order.
 fn layout(cache: &Cache, marked: &Marked) -> Result<Vec<u32>, CacheError> {
-    let mut placed = Bits::new(cache.object_count());
-    let mut out: Vec<u32> = Vec::new();
+    // (tree frame, offset in it, snapshot, rank in its path order, index position): each
+    // tree once, for the newest snapshot naming it that the walk of successive lists
+    // passes it to.
+    let mut trees: Vec<(FrameKey, u64, u32, u32, u32)> = Vec::new();
+    let mut queued = Bits::new(cache.object_count());
     let mut previous = PreviousTrees::default();
-    // Per snapshot: its trees not placed yet, read in pack order; each one's blobs (index
-    // positions) recorded in `blobs`, the span of each tree in `spans` by its rank in the
-    // snapshot's path order.
-    let mut trees: Vec<(FrameKey, u64, u32, u32)> = Vec::new();
-    let mut spans: Vec<(u32, u32, u32, u32)> = Vec::new(); // (rank, tree pos, start, end)
-    let mut blobs: Vec<u32> = Vec::new();
-    for ((r, _), kept) in marked.heads.iter().zip(&marked.keep) {
-        if !*kept {
-            continue;
-        }
+    let kept = marked.heads.iter().zip(&marked.keep).filter(|(_, k)| **k);
+    for (snap, ((r, _), _)) in kept.enumerate() {
         let snap_trees = cache.read_snapshot_trees(r)?;
-        trees.clear();
         let mut rank = 0u32;
         previous.filter(&snap_trees, &mut |tree| {
             let (pos, loc) = cache.locate(tree).ok_or(CacheError::Missing(tree.into()))?;
-            trees.push(((loc.pack, loc.frame_offset), loc.offset, rank, pos as u32));
+            if queued.insert(pos) {
+                let at = ((loc.pack, loc.frame_offset), loc.offset);
+                trees.push((at.0, at.1, snap as u32, rank, pos as u32));
+            }
             rank += 1;
             Ok::<(), CacheError>(())
         })?;
-        trees.sort_unstable();
-        spans.clear();
-        blobs.clear();
-        for &(_, _, rank, pos) in &trees {
-            if placed.contains(pos as usize) {
+        previous.set(snap_trees);
+    }
+    drop(queued);
+    trees.sort_unstable();
+    // Each tree's small blobs (index positions, NAR order) in `blobs`; its span there by
+    // (snapshot, rank) in `spans`.
+    let mut blobs: Vec<u32> = Vec::new();
+    let mut spans: Vec<(u32, u32, u32, u32, u32)> = Vec::with_capacity(trees.len());
+    for &(_, _, snap, rank, pos) in &trees {
+        let (id, loc) = cache.object_at(pos as usize);
+        let start = blobs.len() as u32;
+        // NAR order: a directory's entries by name, depth first.
+        let mut stack = vec![cache.read_tree_at(&TreeId(id.0), loc)?];
+        while let Some(node) = stack.pop() {
+            match node {
+                Node::Regular { blob, .. } | Node::Rewritten { blob, .. } => {
+                    let id = ObjectId::from(blob);
+                    let (bpos, _) = cache.locate(id).ok_or(CacheError::Missing(id))?;
+                    blobs.push(bpos as u32);
+                }
+                Node::Symlink { .. } => {}
+                Node::Directory(entries) => {
+                    stack.extend(entries.into_iter().rev().map(|e| e.node));
+                }
+            }
+        }
+        spans.push((snap, rank, pos, start, blobs.len() as u32));
+    }
+    drop(trees);
+    spans.sort_unstable();
+    let mut placed = Bits::new(cache.object_count());
+    let mut out: Vec<u32> = Vec::new();
+    for &(_, _, tree, start, end) in &spans {
+        let mut first = true;
+        let objects =
+            std::iter::once(tree).chain(blobs[start as usize..end as usize].iter().copied());
+        for pos in objects {
+            if !placed.insert(pos as usize) || !moves(&cache.object_at(pos as usize).1) {
                 continue;
             }
-            let (id, loc) = cache.object_at(pos as usize);
-            let start = blobs.len() as u32;
-            // NAR order: a directory's entries by name, depth first.
-            let mut stack = vec![cache.read_tree_at(&TreeId(id.0), loc)?];
-            while let Some(node) = stack.pop() {
-                match node {
-                    Node::Regular { blob, .. } | Node::Rewritten { blob, .. } => {
-                        let id = ObjectId::from(blob);
-                        let (bpos, _) = cache.locate(id).ok_or(CacheError::Missing(id))?;
-                        blobs.push(bpos as u32);
-                    }
-                    Node::Symlink { .. } => {}
-                    Node::Directory(entries) => {
-                        stack.extend(entries.into_iter().rev().map(|e| e.node));
-                    }
-                }
-            }
-            spans.push((rank, pos, start, blobs.len() as u32));
+            out.push(if first { pos | PATH_START } else { pos });
+            first = false;
         }
-        spans.sort_unstable();
-        for &(_, tree, start, end) in &spans {
-            let mut first = true;
-            for pos in
-                std::iter::once(tree).chain(blobs[start as usize..end as usize].iter().copied())
-            {
-                if !placed.insert(pos as usize) || !moves(&cache.object_at(pos as usize).1) {
-                    continue;
-                }
-                out.push(if first { pos | PATH_START } else { pos });
-                first = false;
-            }
-        }
-        previous.set(snap_trees);
     }
     Ok(out)
 }
