@@ -1057,3 +1057,39 @@ fn issue_13_an_older_build_changed_between_plan_and_write_falls_back_to_the_remo
         "{r}"
     );
 }
+
+#[test]
+fn a_defragmenting_collection_on_s3_keeps_both_generations_whole() {
+    let Some(srv) = shared() else {
+        return skip("a_defragmenting_collection_on_s3_keeps_both_generations_whole");
+    };
+    let w = World::new(Flavor::Guix);
+    let loc = srv.location(&unique("defragment"));
+    let (id1, id2) = two_generations(srv, &w, &loc, &[], true);
+    let out = srv
+        .cmd(&w, "src")
+        .args(["--json", "gc", "--defragment", "always", "--grace", "0s"])
+        .args(["--cache", &loc])
+        .assert()
+        .success();
+    let r = json(&out.get_output().stdout);
+    assert_eq!(r["defragmented"], true, "{r}");
+    assert_eq!(r["kept"].as_array().unwrap().len(), 2, "{r}");
+    assert!(r["objects_reframed"].as_u64().unwrap() > 0, "{r}");
+    assert!(
+        r["files_deleted"].as_u64().unwrap() > 0,
+        "the old packs: {r}"
+    );
+    // The cache reads back whole, and both generations restore from the new packs.
+    let out = srv
+        .cmd(&w, "src")
+        .args(["verify", "--cache", &loc])
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(text.contains("all good"), "{text}");
+    let r = restore_id(srv, &w, "dst2", &loc, &id2);
+    assert_generation_2(&w, "dst2", &r);
+    let r = restore_id(srv, &w, "dst1", &loc, &id1);
+    assert_eq!(r["failed"].as_array().unwrap().len(), 0, "{r}");
+}
