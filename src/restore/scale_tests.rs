@@ -337,15 +337,11 @@ fn a_collection_defragments_a_scattered_cache_and_the_newest_snapshot_then_reads
         ..GcPolicy::default()
     };
     let report = gc(&cache, &policy, &NoProgress).unwrap();
-    // Found scattered (a restore reading its frames in order, each held while the next are
-    // read, would read each once; by default a collection defragments from 256 reads more
-    // than frames, more than this small cache can show), and laid out again: every object of
-    // the two snapshots.
+    // Laid out again: every object of the two snapshots. (How scattered the newest snapshot
+    // was depends on how the two saves' threads interleaved its paths, 14 to 19 reads of 10
+    // frames in runs so far: too little for the default, which waits for 256 reads more than
+    // frames, and not asserted; the count is measured at scale in docs/BENCHMARKS.md.)
     assert!(report.defragmented, "{report:?}");
-    assert!(
-        report.newest_frame_reads > report.newest_frames + report.newest_frames / 2,
-        "{report:?}"
-    );
     assert!(report.objects_reframed >= 3 * n as u64, "{report:?}");
     assert_eq!(report.kept.len(), 2);
     // (Restore's batches keep this small case near two reads a frame even before: the gain
