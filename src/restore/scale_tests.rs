@@ -281,12 +281,11 @@ fn a_snapshot_whose_paths_come_from_many_saves_reads_each_frame_about_once() {
 }
 
 /// A store of `n` paths, each a directory of two files: `same`, about 1,000 bytes that depend
-/// only on the package `k = (i * 7919) % n` the path builds, and `build`, naming generation
-/// `g`. Every path of each generation is a rebuild (a new name) with its `same` unchanged, and
-/// paths are listed (and registered) in an order that generation `g` shuffles.
-fn make_rebuilt_generation(root: &Path, n: usize, g: usize) -> Layout {
+/// only on the package `k = package(i)` path `i` builds, and `build`, naming generation `g`.
+/// Every path of each generation is a rebuild (a new name) with its `same` unchanged.
+fn rebuilt_generation(root: &Path, n: usize, g: usize, package: impl Fn(usize) -> usize) -> Layout {
     make_store_with(root, n, |i, _| {
-        let k = (i * 7919 + g * 104_729) % n;
+        let k = package(i);
         let noise: String = (0..1000)
             .map(|j| char::from(b'a' + ((k * 31 + j * 17 + j * j) % 26) as u8))
             .collect();
@@ -300,6 +299,21 @@ fn make_rebuilt_generation(root: &Path, n: usize, g: usize) -> Layout {
             Vec::new(),
         )
     })
+}
+
+/// [`rebuilt_generation`] with path `i` building package `(i * 7919 + g * 104,729) % n`: each
+/// generation lists the packages in the order of the one before, rotated.
+fn make_rebuilt_generation(root: &Path, n: usize, g: usize) -> Layout {
+    rebuilt_generation(root, n, g, |i| (i * 7919 + g * 104_729) % n)
+}
+
+/// [`rebuilt_generation`] with path `i` building package `(i * 7919 * 31^g) % n` (`n` prime
+/// to 7919 and 31): generation `g + 1` lists the packages of generation `g`'s paths 0, 31, 62,
+/// ..., wrapping 31 times: a walk in its order passes over the older save's frames again and
+/// again.
+fn make_strided_generation(root: &Path, n: usize, g: usize) -> Layout {
+    let stride = (0..g).fold(7919 % n, |m, _| m * 31 % n);
+    rebuilt_generation(root, n, g, |i| i * stride % n)
 }
 
 #[test]
@@ -323,12 +337,12 @@ fn a_snapshot_whose_trees_name_an_older_saves_blobs_in_another_order_reads_its_f
 #[test]
 fn a_collection_defragments_a_scattered_cache_and_the_newest_snapshot_then_reads_each_frame_once() {
     use crate::cache::gc::{gc, Defragment, GcPolicy};
-    // Two generations of 6,000 rebuilt paths (see the test above): the newest snapshot's
-    // `same` files (6 MB, more than the frames a restore holds in tests) are generation 0's,
-    // listed by its trees in another order.
+    // Two generations of 6,000 rebuilt paths: the newest snapshot's `same` files (6 MB, more
+    // than the frames a restore holds in tests) are generation 0's, which its trees list with
+    // a stride of 31.
     let n = 6_000;
     let dir = tempfile::tempdir().unwrap();
-    let cache_dir = save_generations(dir.path(), n, 2, make_rebuilt_generation);
+    let cache_dir = save_generations(dir.path(), n, 2, make_strided_generation);
     let cache = Cache::open_dir(&cache_dir).unwrap();
     let oldest = cache.list_snapshots().unwrap()[0].id.hex();
     let policy = GcPolicy {
@@ -337,11 +351,14 @@ fn a_collection_defragments_a_scattered_cache_and_the_newest_snapshot_then_reads
         ..GcPolicy::default()
     };
     let report = gc(&cache, &policy, &NoProgress).unwrap();
-    // Laid out again: every object of the two snapshots. (How scattered the newest snapshot
-    // was depends on how the two saves' threads interleaved its paths, 14 to 19 reads of 10
-    // frames in runs so far: too little for the default, which waits for 256 reads more than
-    // frames, and not asserted; the count is measured at scale in docs/BENCHMARKS.md.)
+    // Found scattered: a restore in tree order would pass over the 6 frames of `same` files
+    // about 31 times (the default also waits for 256 reads more than frames, more than
+    // this small cache shows); and laid out again: every object of the two snapshots.
     assert!(report.defragmented, "{report:?}");
+    assert!(
+        report.newest_frame_reads > 8 * report.newest_frames,
+        "{report:?}"
+    );
     assert!(report.objects_reframed >= 3 * n as u64, "{report:?}");
     assert_eq!(report.kept.len(), 2);
     // (Restore's batches keep this small case near two reads a frame even before: the gain
