@@ -30,8 +30,8 @@ use std::io::Read;
 use std::os::unix::fs::FileExt;
 
 use super::super::{
-    Cache, CacheError, Location, Node, ObjectId, ObjectKind, Packer, PathFrames, StorageError,
-    TreeId, FRAME_TARGET, SOLO_THRESHOLD,
+    Cache, CacheError, Location, ObjectId, ObjectKind, Packer, PathFrames, StorageError, TreeId,
+    FRAME_TARGET, SOLO_THRESHOLD,
 };
 use super::mark::{Bits, Marked};
 use super::{FrameKey, GcReport};
@@ -74,7 +74,7 @@ pub(super) struct Scatter {
 impl Scatter {
     /// An object the restore reads next.
     pub(super) fn visit(&mut self, loc: &Location) {
-        if loc.len >= SOLO_THRESHOLD {
+        if !moves(loc) {
             return; // streamed from frames of its own, each read once
         }
         let key = (loc.pack, loc.frame_offset);
@@ -164,27 +164,22 @@ fn layout(cache: &Cache, marked: &Marked) -> Result<Vec<u32>, CacheError> {
     }
     drop(queued);
     trees.sort_unstable();
-    // Each tree's small blobs (index positions, NAR order) in `blobs`; its span there by
+    // Each tree's blobs (index positions, NAR order) in `blobs`; its span there by
     // (snapshot, rank) in `spans`.
     let mut blobs: Vec<u32> = Vec::new();
     let mut spans: Vec<(u32, u32, u32, u32, u32)> = Vec::with_capacity(trees.len());
     for &(_, _, snap, rank, pos) in &trees {
         let (id, loc) = cache.object_at(pos as usize);
         let start = blobs.len() as u32;
-        // NAR order: a directory's entries by name, depth first.
-        let mut stack = vec![cache.read_tree_at(&TreeId(id.0), loc)?];
-        while let Some(node) = stack.pop() {
-            match node {
-                Node::Regular { blob, .. } | Node::Rewritten { blob, .. } => {
-                    let id = ObjectId::from(blob);
-                    let (bpos, _) = cache.locate(id).ok_or(CacheError::Missing(id))?;
-                    blobs.push(bpos as u32);
-                }
-                Node::Symlink { .. } => {}
-                Node::Directory(entries) => {
-                    stack.extend(entries.into_iter().rev().map(|e| e.node));
-                }
-            }
+        let mut missing = None;
+        cache.read_tree_at(&TreeId(id.0), loc)?.for_each_file(
+            &mut |f| match cache.locate(f.blob) {
+                Some((bpos, _)) => blobs.push(bpos as u32),
+                None => missing = missing.or(Some(ObjectId::from(f.blob))),
+            },
+        );
+        if let Some(id) = missing {
+            return Err(CacheError::Missing(id));
         }
         spans.push((snap, rank, pos, start, blobs.len() as u32));
     }
