@@ -57,12 +57,25 @@ pub struct RetentionArgs {
     pub defragment: DefragmentArg,
 }
 
-/// `--defragment`.
+/// `--defragment`: the library's [`Defragment`], spelled for the command line.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DefragmentArg {
+    /// When a restore of the newest snapshot would read its frames more than twice each.
     Auto,
+    /// Always.
     Always,
+    /// Never.
     Never,
+}
+
+impl From<DefragmentArg> for Defragment {
+    fn from(d: DefragmentArg) -> Self {
+        match d {
+            DefragmentArg::Auto => Defragment::Auto,
+            DefragmentArg::Always => Defragment::Always,
+            DefragmentArg::Never => Defragment::Never,
+        }
+    }
 }
 
 impl RetentionArgs {
@@ -74,11 +87,7 @@ impl RetentionArgs {
             max_size: self.max_size,
             key_prefix: self.key_prefix.clone(),
             grace_secs: self.grace,
-            defragment: match self.defragment {
-                DefragmentArg::Auto => Defragment::Auto,
-                DefragmentArg::Always => Defragment::Always,
-                DefragmentArg::Never => Defragment::Never,
-            },
+            defragment: self.defragment.into(),
             dry_run,
             ..GcPolicy::default()
         }
