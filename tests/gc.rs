@@ -800,14 +800,13 @@ fn a_later_collection_reads_copied_objects_from_their_new_pack_not_the_retired_o
     }
 }
 
-#[test]
-fn a_defragmenting_collection_killed_anywhere_leaves_every_snapshot_whole() {
-    let w = World::new(Flavor::Guix);
+/// The sample saved, then three generations each adding a path of 300 small files (900 KB of
+/// incompressible bytes) and saved: objects of four saves, to lay out again. The snapshot ids,
+/// oldest first.
+fn four_saves_of_small_files(w: &World) -> Vec<String> {
     let src = w.layout("src");
     sample::build(&src, 1).unwrap();
-    let cache = w.cache_dir();
-    let mut ids = vec![save(&w, "defrag")];
-    // Generations of paths of many small files: objects of four saves, to lay out again.
+    let mut ids = vec![save(w, "defrag")];
     for g in 0..3u64 {
         let files: Vec<(String, Vec<u8>)> = (0..300)
             .map(|f| (format!("f{f}"), noise(1000 * g + f, 3000)))
@@ -822,8 +821,16 @@ fn a_defragmenting_collection_killed_anywhere_leaves_every_snapshot_whole() {
             &files,
             &[],
         );
-        ids.push(save(&w, "defrag"));
+        ids.push(save(w, "defrag"));
     }
+    ids
+}
+
+#[test]
+fn a_defragmenting_collection_killed_anywhere_leaves_every_snapshot_whole() {
+    let w = World::new(Flavor::Guix);
+    let cache = w.cache_dir();
+    let ids = four_saves_of_small_files(&w);
     let newest = ids.last().unwrap().clone();
     let defragment = ["--defragment", "always"];
     // Killed at increasing instants: the cache always verifies and the newest snapshot
@@ -890,4 +897,45 @@ fn a_defragmenting_collection_refuses_an_object_whose_bytes_are_not_its_id_and_c
         "{err}"
     );
     assert_eq!(util::dir_state(&w.cache_dir()), before);
+}
+
+#[test]
+fn a_defragmenting_collection_without_room_for_its_spill_file_says_so_and_changes_nothing() {
+    let w = World::new(Flavor::Guix);
+    let ids = four_saves_of_small_files(&w);
+    // 2.7 MB of small objects to lay out; TMPDIR holds 256 KiB.
+    let tmp = w.root("tmp");
+    let Some(tmpfs) = util::Tmpfs::mount(&tmp, 256) else {
+        eprintln!("skipped: no tmpfs");
+        return;
+    };
+    let gc = || {
+        w.std_cmd("src")
+            .env("TMPDIR", &tmp)
+            .args(["gc", "--defragment", "always", "--grace", "0s", "--cache"])
+            .arg(w.cache_dir())
+            .output()
+            .unwrap()
+    };
+    let before = util::dir_state(&w.cache_dir());
+    let out = gc();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("bytes of temporary space (TMPDIR)") && err.contains("262144 are free"),
+        "{err}"
+    );
+    assert_eq!(util::dir_state(&w.cache_dir()), before);
+    // With room, it completes, and every snapshot restores.
+    tmpfs.resize(16 << 10);
+    let out = gc();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(tmpfs);
+    for (n, id) in ids.iter().enumerate() {
+        restores(&w, id, &format!("dst{n}"));
+    }
 }
