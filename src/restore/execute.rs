@@ -153,7 +153,14 @@ pub(super) fn execute(
         candidates.sort_unstable();
         candidates.dedup();
         client.protect(&candidates)?;
-        super::siblings::find(cache, snap, store_fd.as_fd(), &plan.siblings, &links)
+        super::siblings::find(
+            cache,
+            snap,
+            store_fd.as_fd(),
+            &plan.siblings,
+            &links,
+            cache.storage().remote(),
+        )
     } else {
         super::siblings::Sources::default()
     };
@@ -308,9 +315,17 @@ pub(super) fn execute(
                     continue;
                 }
                 held.read(cache, snap, batch, &links, &sources);
-                held.paths()
-                    .with_max_len(1) // one path per task: sizes vary too much for contiguous splits
-                    .for_each(|(i, tree)| write_path(i, tree));
+                // The batch's paths with no frame to wait for, largest first, taken by
+                // writers as they come free; this one starts on the others.
+                rayon::scope(|s| {
+                    for (i, tree) in held.unframed_paths() {
+                        let write_path = &write_path;
+                        s.spawn(move |_| write_path(i, tree));
+                    }
+                    held.framed_paths()
+                        .with_max_len(1) // one path per task: sizes vary too much for contiguous splits
+                        .for_each(|(i, tree)| write_path(i, tree));
+                });
             }
         })
     });

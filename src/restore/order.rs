@@ -3,7 +3,11 @@
 //! Large paths first, largest first, so that one does not start last and run alone. The
 //! others in batches of consecutive trees in the packs: a batch's trees are read in that order
 //! (each tree frame decompressed about once) and held encoded, and the batch is written in the
-//! order of the frame holding most of each path's small files, then of its tree.
+//! order of the frame holding most of each path's small files, then of its tree; but a path
+//! with no small file to read from the cache (its files linked from `.links`, copied from an
+//! older build, or large) has no frame to wait for, and goes first, largest first, as large
+//! paths do (a warm restore's paths copied from older builds came last, and the largest of
+//! them ran alone at the end).
 //!
 //! Why: a save writes a path's tree and its small files' blobs in the order it walks the
 //! paths, so in a cache of one save tree order is blob order. After upgrades it is not: a
@@ -110,6 +114,40 @@ impl Order {
 pub(super) struct Batch {
     trees: Vec<u8>,
     paths: Vec<Slot>,
+    /// How many of `paths`, at the front, have no small file to read from the cache.
+    unframed: usize,
+}
+
+/// Where a path of a batch goes in the order of writing (smaller first): paths with no small
+/// file to read from the cache first, largest first; then by the frame holding most of those
+/// files; a path whose tree could not be read last.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct WriteKey {
+    framed: bool,
+    /// The frame (pack, offset), or (0, the size's complement) for an unframed path.
+    at: (u32, u64),
+}
+
+impl WriteKey {
+    const UNREAD: WriteKey = WriteKey {
+        framed: true,
+        at: (u32::MAX, u64::MAX),
+    };
+
+    /// The key of a path whose small files to read are mostly in `frame`, of `nar_size`.
+    fn new(frame: Option<(u32, u64)>, nar_size: u64) -> WriteKey {
+        match frame {
+            Some(at) => WriteKey { framed: true, at },
+            None => WriteKey {
+                framed: false,
+                at: (0, u64::MAX - nar_size),
+            },
+        }
+    }
+
+    fn framed(self) -> bool {
+        self.framed
+    }
 }
 
 /// A path of a batch (an index into the snapshot's paths) and where its tree is in
@@ -123,9 +161,9 @@ struct Slot {
 
 impl Batch {
     /// Read the trees of `batch` (paths in tree order), in parallel, and order its paths to
-    /// be written: by the frame holding most of the bytes of the path's small files that
-    /// will be read from the cache (not those `.links` or an older build in the store will
-    /// give), then by tree.
+    /// be written: those with no small file to read from the cache (not counting those
+    /// `.links` or an older build in the store will give) first, largest first; then the
+    /// others by the frame holding most of the bytes of those files, then by tree.
     pub(super) fn read(
         &mut self,
         cache: &Cache,
@@ -155,12 +193,13 @@ impl Batch {
             spans.push(span);
             rest = after;
         }
-        let mut slots: Vec<((u32, u64), Slot)> = placed
+        let mut slots: Vec<(WriteKey, Slot)> = placed
             .par_iter()
             .zip(spans.into_par_iter())
             .map(|(&(i, loc), span)| {
                 let path = u32::try_from(i).expect("path index");
-                let unread = ((u32::MAX, u64::MAX), Slot { path, tree: None });
+                // Last: its write reads the tree again and says why it cannot.
+                let unread = (WriteKey::UNREAD, Slot { path, tree: None });
                 let Some((loc, start)) = loc else {
                     return unread;
                 };
@@ -171,11 +210,14 @@ impl Batch {
                 let Ok(tree) = Node::decode(&id, span) else {
                     return unread;
                 };
-                let frame = main_frame(cache, &tree, links, sources.of_path(i));
+                let key = WriteKey::new(
+                    main_frame(cache, &tree, links, sources.of_path(i)),
+                    snap.paths[i].info.nar_size,
+                );
                 // Within the buffer, itself under 2^32 bytes (see `held`).
                 let tree = (start as u32, span.len() as u32);
                 (
-                    frame,
+                    key,
                     Slot {
                         path,
                         tree: Some(tree),
@@ -183,35 +225,49 @@ impl Batch {
                 )
             })
             .collect();
-        // Stable: within a frame (and for paths with none), tree order.
-        slots.sort_by_key(|(frame, _)| *frame);
+        // Stable: within a frame (and for paths of one size), tree order.
+        slots.sort_by_key(|(key, _)| *key);
+        self.unframed = slots.iter().take_while(|(key, _)| !key.framed()).count();
         self.paths.clear();
         self.paths.extend(slots.into_iter().map(|(_, s)| s));
     }
 
-    /// Each path of the batch in the order to write it, with its tree's encoded bytes when
-    /// they were read.
-    pub(super) fn paths(
+    /// The path of `slot`, with its tree's encoded bytes when they were read.
+    fn with_tree(&self, s: &Slot) -> (usize, Option<&[u8]>) {
+        let tree = s
+            .tree
+            .map(|(start, len)| &self.trees[start as usize..(start + len) as usize]);
+        (s.path as usize, tree)
+    }
+
+    /// The paths of the batch with no small file to read from the cache, largest first, to be
+    /// taken one at a time by whichever writer is free; with their trees' encoded bytes.
+    pub(super) fn unframed_paths(&self) -> impl Iterator<Item = (usize, Option<&[u8]>)> {
+        self.paths[..self.unframed]
+            .iter()
+            .map(|s| self.with_tree(s))
+    }
+
+    /// The other paths of the batch in the order to write them, with their trees' encoded
+    /// bytes when they were read.
+    pub(super) fn framed_paths(
         &self,
     ) -> impl rayon::iter::IndexedParallelIterator<Item = (usize, Option<&[u8]>)> {
         use rayon::prelude::*;
-        self.paths.par_iter().map(|s| {
-            let tree = s
-                .tree
-                .map(|(start, len)| &self.trees[start as usize..(start + len) as usize]);
-            (s.path as usize, tree)
-        })
+        self.paths[self.unframed..]
+            .par_iter()
+            .map(|s| self.with_tree(s))
     }
 }
 
 /// The frame (pack, offset) holding most bytes of `tree`'s small files to read from the cache;
-/// `(u32::MAX, u64::MAX)` when there are none.
+/// `None` when there are none.
 fn main_frame(
     cache: &Cache,
     tree: &Node,
     links: &LinksDir,
     local: Option<&super::siblings::PathSources>,
-) -> (u32, u64) {
+) -> Option<(u32, u64)> {
     // Few frames a path: a short list, not a map.
     let mut frames: Vec<((u32, u64), u64)> = Vec::new();
     let mut n = 0;
@@ -236,13 +292,41 @@ fn main_frame(
     frames
         .iter()
         .max_by_key(|(k, b)| (*b, std::cmp::Reverse(*k)))
-        .map_or((u32::MAX, u64::MAX), |(k, _)| *k)
+        .map(|(k, _)| *k)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::cut;
+    use super::{cut, WriteKey};
     use proptest::prelude::*;
+
+    #[test]
+    fn paths_without_a_frame_come_first_largest_first_then_by_frame_and_unread_trees_last() {
+        let mut keys = [
+            ("framed (1, 0)", WriteKey::new(Some((1, 0)), 10 << 20)),
+            ("unread", WriteKey::UNREAD),
+            ("unframed 1 MiB", WriteKey::new(None, 1 << 20)),
+            ("framed (0, 5)", WriteKey::new(Some((0, 5)), 1)),
+            ("unframed 9 MiB", WriteKey::new(None, 9 << 20)),
+            ("framed (0, 2)", WriteKey::new(Some((0, 2)), 100)),
+            ("unframed empty", WriteKey::new(None, 0)),
+        ];
+        keys.sort_by_key(|(_, k)| *k);
+        let order: Vec<&str> = keys.iter().map(|(name, _)| *name).collect();
+        assert_eq!(
+            order,
+            [
+                "unframed 9 MiB",
+                "unframed 1 MiB",
+                "unframed empty",
+                "framed (0, 2)",
+                "framed (0, 5)",
+                "framed (1, 0)",
+                "unread"
+            ]
+        );
+        assert_eq!(keys.iter().take_while(|(_, k)| !k.framed()).count(), 3);
+    }
 
     #[test]
     fn batches_end_at_the_tree_count_or_before_the_tree_that_would_pass_the_bytes() {

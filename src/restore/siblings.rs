@@ -15,11 +15,15 @@
 //! 2. [`find`], before the remote prefetch is planned: each regular file of a missing path
 //!    that `.links` does not hold is looked for at the same relative path in each sibling
 //!    ([`open_file`]: every component opened relative to a descriptor of its directory,
-//!    never following a symlink; a regular file of exactly the size wanted). Its bytes, with
-//!    the placeholder put at the offsets the wanted file's tree records ([`Masker`]), must
-//!    hash (BLAKE3, the blob id) to the wanted file's blob. The first sibling that passes is
-//!    the file's source ([`Sources`]), and the file's blob is left out of the prefetch: it is
-//!    never downloaded.
+//!    never following a symlink; a regular file of exactly the size wanted). From a remote
+//!    cache, its bytes, with the placeholder put at the offsets the wanted file's tree records
+//!    ([`Masker`]), must also hash (BLAKE3, the blob id) to the wanted file's blob: the first
+//!    sibling that passes is the file's source ([`Sources`]), and the file's blob is left out
+//!    of the prefetch: it is never downloaded. From a local cache the first sibling holding
+//!    such a file is the source, unread: the copy below checks the same hash anyway, and a
+//!    miss costs reading the blob from the local cache, which a check here would cost every
+//!    file (the warm restore's sources were read twice, and hashed twice, before the writers
+//!    could start).
 //! 3. [`copy`], when the file is written (`restore::extract`): the source is opened and read
 //!    again in bounded chunks, masked and hashed again while the wanted hash parts are put in
 //!    at those offsets (`Substituter`) and the bytes go to the new file. A source changed
@@ -155,15 +159,17 @@ pub fn for_each_file_at<'a>(
 }
 
 /// Find a source for each regular file of the missing paths that have siblings (see the
-/// module documentation), in parallel. A file `.links` holds (it will be linked) is not looked
-/// for; nor are the files of a path whose tree cannot be read (it fails later, with the
-/// error).
+/// module documentation), in parallel: a sibling's file of the same size at the same place,
+/// whose masked bytes are the file's blob when `check` (a remote cache, whose blobs found here
+/// are not downloaded). A file `.links` holds (it will be linked) is not looked for; nor are
+/// the files of a path whose tree cannot be read (it fails later, with the error).
 pub fn find(
     cache: &Cache,
     snap: &Snapshot,
     store: BorrowedFd<'_>,
     siblings: &HashMap<usize, Vec<String>>,
     links: &LinksDir,
+    check: bool,
 ) -> Sources {
     let mut work: Vec<(&usize, &Vec<String>)> = siblings.iter().collect();
     work.sort_unstable();
@@ -180,6 +186,9 @@ pub fn find(
                 let source = (!linked)
                     .then(|| {
                         sibs.iter().zip(&mut dirs).position(|(s, dirs)| {
+                            if !check {
+                                return looked_at(dirs, store, s, rel, file.size).is_some();
+                            }
                             open_file_via(dirs, store, s, rel, file.size).is_some_and(|src| {
                                 masked_id(src, file.size, file.rewrites) == Some(file.blob)
                             })
@@ -270,17 +279,7 @@ pub fn open_file_via(
     rel: &[&[u8]],
     size: u64,
 ) -> Option<fs::File> {
-    let (last, at) = match rel.split_last() {
-        Some((last, parents)) => (*last, dirs.dir(store, base, parents)?),
-        None => (base.as_bytes(), store),
-    };
-    let wanted = |st: &rustix::fs::Stat| {
-        FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && st.st_size as u64 == size
-    };
-    let st = rustix::fs::statat(at, last, AtFlags::SYMLINK_NOFOLLOW).ok()?;
-    if !wanted(&st) {
-        return None;
-    }
+    let (at, last, st) = looked_at(dirs, store, base, rel, size)?;
     let fd = rustix::fs::openat(
         at,
         last,
@@ -289,7 +288,31 @@ pub fn open_file_via(
     )
     .ok()?;
     let now = rustix::fs::fstat(&fd).ok()?;
-    (wanted(&now) && (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)).then(|| fs::File::from(fd))
+    (is_file_of(&now, size) && (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino))
+        .then(|| fs::File::from(fd))
+}
+
+/// The directory holding the entry at `rel` inside the store path `base` (opened as
+/// [`open_file_via`] opens it), the entry's name and its status, if it is a regular file of
+/// exactly `size` bytes; nothing opened or read of the entry itself.
+fn looked_at<'d, 'r>(
+    dirs: &'d mut DirCursor,
+    store: BorrowedFd<'d>,
+    base: &'r str,
+    rel: &[&'r [u8]],
+    size: u64,
+) -> Option<(BorrowedFd<'d>, &'r [u8], rustix::fs::Stat)> {
+    let (last, at) = match rel.split_last() {
+        Some((last, parents)) => (*last, dirs.dir(store, base, parents)?),
+        None => (base.as_bytes(), store),
+    };
+    let st = rustix::fs::statat(at, last, AtFlags::SYMLINK_NOFOLLOW).ok()?;
+    is_file_of(&st, size).then_some((at, last, st))
+}
+
+/// Whether `st` is a regular file's of `size` bytes.
+fn is_file_of(st: &rustix::fs::Stat, size: u64) -> bool {
+    FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && st.st_size as u64 == size
 }
 
 /// The blob id `src` would have as a file of `size` bytes with references at the offsets of
