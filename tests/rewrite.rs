@@ -365,6 +365,31 @@ fn issue_13_a_tampered_or_symlinked_older_build_is_not_used_and_nothing_outside_
     }
 }
 
+/// From a local cache an older build's file is read once, as it is copied: the copy checks
+/// its bytes against the blob, so it is not also read and hashed when the restore is planned
+/// (a remote cache does that, to leave the blob out of its prefetch: tests/s3.rs).
+#[test]
+fn issue_13_from_a_local_cache_each_older_file_is_opened_once_and_copied() {
+    let w = World::new(Flavor::Guix);
+    let (id1, id2) = two_generations(&w);
+    restore_id(&w, "dst", &id1);
+    let pkg1 = w.layout("dst").real_store_dir().join(PKG1);
+    let dirs = ["bin", "lib", "share"].map(|d| pkg1.join(d));
+    let watch = Watch::new(&dirs.iter().map(|d| d.as_path()).collect::<Vec<_>>());
+    let r = restore_id(&w, "dst", &id2);
+    assert_generation_2(&w, "dst", &r);
+    assert_eq!(r["local_files"], 4, "{r}");
+    let events = watch.events();
+    for (rel, _, _) in package(DEP2, PKG2) {
+        let name = rel.rsplit('/').next().unwrap();
+        let opens = events
+            .iter()
+            .filter(|e| e.contains("OPEN") && e.ends_with(&format!("{name:?})")))
+            .count();
+        assert_eq!(opens, 1, "{rel} opened {opens} times: {events:?}");
+    }
+}
+
 #[test]
 fn issue_13_an_older_build_changed_between_plan_and_write_is_not_used() {
     let w = World::new(Flavor::Guix);
