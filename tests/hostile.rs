@@ -1274,3 +1274,56 @@ fn a_path_referring_to_a_broken_path_is_not_registered() {
     assert_eq!(r.skipped.len(), 1, "{r:?}");
     assert!(!dst.real_store_dir().join(&user).exists(), "{user} on disk");
 }
+
+/// A v2 head's list of index files is not covered by the snapshot's id (nor by a signature):
+/// one naming the same large index file 400,000 times (12.8 MB of head) had the file's size
+/// counted, and room for its entries reserved, each time (678 TB: the process aborted). Such a
+/// head is refused, saying why, and nothing is restored.
+#[test]
+fn a_head_naming_one_index_file_many_times_is_refused() {
+    use storesync::cache::{IndexId, ObjectKind, Packer, Snapshot, SnapshotPath};
+    let w = World::new(Flavor::Guix);
+    let cache = Cache::open_dir(&w.cache_dir()).unwrap();
+    let mut blobs = Blobs::new();
+    let node = dir_node(vec![("f", file_node(&mut blobs, false, b"hello\n"))]);
+    let base = base_name(2, "small");
+    let info = row_for(&base, &nar_of(&node, &blobs));
+    let packer = Packer::new(&cache, 3);
+    for (id, bytes) in &blobs {
+        packer.add(ObjectKind::Blob, *id, bytes).unwrap();
+    }
+    let (tree, bytes) = node.encode();
+    packer.add(ObjectKind::Tree, tree, &bytes).unwrap();
+    packer.finish().unwrap();
+    // A sparse file of the largest size an index file may have (1 GiB).
+    let bogus = IndexId([0xab; 32]);
+    fs::File::create(w.cache_dir().join(storesync::cache::index_key(&bogus)))
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let mut indexes = cache.index_files();
+    indexes.extend(std::iter::repeat_n(bogus, 400_000));
+    let snap = Snapshot {
+        version: storesync::cache::FORMAT_VERSION,
+        key: String::new(),
+        indexes,
+        parent: None,
+        flavor: w.flavor,
+        store_dir: w.flavor.default_store_dir().to_string(),
+        created: storesync::clock::now_nanos(),
+        tool: "hostile".into(),
+        roots: Vec::new(),
+        paths: vec![SnapshotPath { info, tree }],
+        derivation_outputs: vec![],
+    };
+    cache.write_snapshot(&snap).unwrap();
+    let out = w.on_cache("dst", &["restore"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{:?}: {stderr}", out.status);
+    assert!(
+        stderr.contains("names index file abababab") && stderr.contains("more than once"),
+        "{stderr}"
+    );
+    let store = w.layout("dst").real_store_dir();
+    assert!(!store.join(&base).exists());
+}

@@ -656,6 +656,16 @@ pub(crate) fn split_v2(body: &[u8]) -> Result<(&[u8], &[u8]), String> {
 pub(crate) fn decode_head_v2(raw: &[u8]) -> Result<SnapshotHead, String> {
     let h: SnapshotHeadV2 = decode_bincode(raw)?;
     check_key(&h.key)?;
+    // Each index file once: the list is not covered by the snapshot's id (a hostile head
+    // naming one large file 400,000 times had its size counted, and room reserved for its
+    // entries, as many times).
+    let mut seen = std::collections::HashSet::with_capacity(h.indexes.len());
+    if let Some(twice) = h.indexes.iter().find(|i| !seen.insert(*i)) {
+        return Err(format!(
+            "the head names index file {} more than once",
+            crate::hex::hex(twice)
+        ));
+    }
     Ok(SnapshotHead {
         version: 2,
         key: h.key,

@@ -179,9 +179,11 @@ impl Objects {
     }
 
     /// Reserve room for `n` more objects. Pages of a reservation are touched only as entries
-    /// arrive, so an upper bound costs address space, not memory.
+    /// arrive, so an upper bound costs address space, not memory; a bound beyond what the
+    /// address space or the allocator grants (index files claiming terabytes) reserves
+    /// nothing, and the table grows as entries arrive.
     pub(super) fn reserve(&mut self, n: usize) {
-        self.table.reserve_exact(n);
+        let _ = self.table.try_reserve_exact(n);
     }
 
     /// Merge one index file (in merge order: an object already merged keeps its location);

@@ -257,13 +257,14 @@ impl Cache {
     }
 
     /// An upper bound of the entries of the index files `keys` hold, from their sizes (an
-    /// entry takes at least [`index::MIN_ENTRY_BYTES`]); files whose size the backend cannot
-    /// tell count for nothing (the table grows for them). Local caches only: a remote one
-    /// would pay a request per file.
+    /// entry takes at least [`index::MIN_ENTRY_BYTES`]; a file larger than
+    /// [`MAX_INDEX_FILE`] is refused when read, and counts as that much); files whose size
+    /// the backend cannot tell count for nothing (the table grows for them). Local caches
+    /// only: a remote one would pay a request per file.
     fn entries_bound<'k>(&self, keys: impl Iterator<Item = &'k String>) -> usize {
         keys.filter_map(|k| self.storage.size(k).ok().flatten())
-            .map(|n| (n / index::MIN_ENTRY_BYTES) as usize)
-            .sum()
+            .map(|n| (n.min(MAX_INDEX_FILE) / index::MIN_ENTRY_BYTES) as usize)
+            .fold(0, usize::saturating_add)
     }
 
     /// False only when the backend says the pack does not exist: a pack it could not tell
@@ -502,10 +503,16 @@ impl Cache {
         self.objects.get().is_some()
     }
 
-    /// The objects of the index files `ids`; missing or damaged ones are warnings.
+    /// The objects of the index files `ids` (each read once, however often it is named);
+    /// missing or damaged ones are warnings.
     fn objects_of(&self, ids: &[IndexId]) -> Objects {
         let mut objects = Objects::default();
-        let files: Vec<(IndexId, String)> = ids.iter().map(|id| (*id, index_key(id))).collect();
+        let mut seen = HashSet::with_capacity(ids.len());
+        let files: Vec<(IndexId, String)> = ids
+            .iter()
+            .filter(|id| seen.insert(**id))
+            .map(|id| (*id, index_key(id)))
+            .collect();
         self.add_index_files(&mut objects, &files, "index");
         objects
     }
