@@ -1327,3 +1327,65 @@ fn a_head_naming_one_index_file_many_times_is_refused() {
     let store = w.layout("dst").real_store_dir();
     assert!(!store.join(&base).exists());
 }
+
+/// A snapshot path may be named like the path lock of another (`<hash>-x.lock`): while a
+/// store client (the daemon) builds `<hash>-x` it holds that lock file, and unlinks it by name
+/// when done. The restore moved the held lock aside as a leftover and deleted it; the
+/// holder's unlink then removed the restored path the DB listed. Now that path fails, saying
+/// whose lock is in the way, and the lock stays its holder's.
+#[test]
+fn a_path_named_like_a_held_path_lock_is_not_written_over_it() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let w = World::new(Flavor::Guix);
+    let mut blobs = Blobs::new();
+    let node = file_node(&mut blobs, false, b"restored contents\n");
+    let building = base_name(3, "x");
+    let base = format!("{building}.lock");
+    let row = row_for(&base, &nar_of(&node, &blobs));
+    write_cache(&w.cache_dir(), w.flavor, &[(row, node)], &blobs, vec![]);
+    let dst = w.layout("dst");
+    let store = dst.real_store_dir();
+    fs::create_dir_all(&store).unwrap();
+    // The daemon's lock of `<hash>-x`, as it makes it (0600), held.
+    let lock_path = store.join(&base);
+    let lock = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .unwrap();
+    storesync::store::locks::lock(
+        &lock,
+        w.flavor,
+        storesync::store::locks::LockMode::Exclusive,
+        false,
+    )
+    .unwrap();
+    // Another process: POSIX record locks do not conflict within one.
+    let out = w.on_cache("dst", &["--json", "restore"]).output().unwrap();
+    let r = util::json(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{r}");
+    assert_eq!(r["restored"], 0, "{r}");
+    assert!(
+        r["failures"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("held by another process"),
+        "{r}"
+    );
+    let held = lock.metadata().unwrap();
+    assert_eq!(held.nlink(), 1, "the held lock was unlinked");
+    assert_eq!(fs::symlink_metadata(&lock_path).unwrap().ino(), held.ino());
+    // Its holder is done: it unlinks its lock. Nothing registered is lost.
+    fs::remove_file(&lock_path).unwrap();
+    drop(lock);
+    assert_registered_paths_are_on_disk(&dst);
+    // With no one holding the lock, a stale lock file is no obstacle.
+    fs::write(&lock_path, b"").unwrap();
+    fs::set_permissions(&lock_path, fs::Permissions::from_mode(0o600)).unwrap();
+    let r = restore(&dst, &w.cache_dir()).unwrap();
+    assert_eq!(r.restored, 1, "{r:?}");
+    assert_eq!(fs::read(&lock_path).unwrap(), b"restored contents\n");
+    assert_registered_paths_are_on_disk(&dst);
+}

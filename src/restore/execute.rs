@@ -275,6 +275,13 @@ pub(super) fn execute(
             }
             writer.linked_files.fetch_add(at.linked, Ordering::Relaxed);
             let target = PathError::target(&shown);
+            if super::live::held_lock_in_the_way(layout, &store_fd, base) {
+                return Err(target(io::Error::other(format!(
+                    "{base} in the store is the path lock of {}, held by another process \
+                     (the path is named like that lock): not written",
+                    &base[..base.len() - ".lock".len()]
+                ))));
+            }
             if rustix::fs::statat(&store_fd, base, AtFlags::SYMLINK_NOFOLLOW).is_ok() {
                 let trash = client
                     .scratch_name(TRASH, base)

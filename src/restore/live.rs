@@ -288,6 +288,40 @@ fn remove_stale_lock(layout: &Layout, store: &OwnedFd, name: &str) {
     }
 }
 
+/// Whether the entry `base` of the store, in the way of a path about to be renamed there, is
+/// the path lock of another store path that a process holds: a path may be named
+/// `<path>.lock` (`<hash>-x.lock`), and while the daemon builds `<hash>-x` it holds a lock
+/// file of that name, which it unlinks by name when done. Moved aside, the lock would be lost
+/// to its holder, and its unlink would then remove the restored path the DB lists. A lock
+/// file no process holds is deleted as its holder would have (marked deleted), and is not in
+/// the way any more.
+pub(super) fn held_lock_in_the_way(layout: &Layout, store: &OwnedFd, base: &str) -> bool {
+    use crate::store::locks::{delete_lock_file, is_lock_file, lock, open_path_lock, LockMode};
+    let Some(locked) = base.strip_suffix(".lock") else {
+        return false;
+    };
+    if crate::store::path::StorePath::from_base_name(locked).is_err() {
+        return false;
+    }
+    match rustix::fs::statat(store, base, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if is_lock_file(&st) => {}
+        _ => return false,
+    }
+    let name = std::ffi::OsStr::new(base);
+    match open_path_lock(store, name, false) {
+        Ok(Some(f)) => {
+            if lock(&f, layout.flavor, LockMode::Exclusive, false).unwrap_or(false) {
+                delete_lock_file(store, name, &f);
+                false
+            } else {
+                true
+            }
+        }
+        // Gone meanwhile, or no longer a lock file: an ordinary leftover then.
+        _ => false,
+    }
+}
+
 /// What [`plan_locked`] gives: the plan to execute, the locks on its missing paths, the
 /// paths that were missing at first but that the daemon made valid meanwhile, and the
 /// validity the plan was made from (full path to DB hash), which [`remove_leftovers`] needs.
