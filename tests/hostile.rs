@@ -1352,6 +1352,7 @@ fn a_path_named_like_a_held_path_lock_is_not_written_over_it() {
         .read(true)
         .write(true)
         .create(true)
+        .truncate(false)
         .mode(0o600)
         .open(&lock_path)
         .unwrap();
