@@ -47,10 +47,12 @@ pub const MAX_SNAPSHOT_RATIO: usize = 256;
 /// so this is ~3 million files in one store path, over ten times the largest known (TeX Live
 /// trees, ~200000 files); a decoded tree takes up to ~30 times its encoding in memory.
 pub const MAX_TREE_BYTES: u64 = 256 << 20;
-/// The most nodes a tree may have. Decoded, a node takes about 160 bytes (a 128-byte entry
-/// and its name), 30 times its smallest encoding (a 5-byte symlink), and a tree of them
-/// compresses hundreds of times: this, not the bytes, bounds what one tree can make a reader
-/// hold (about 320 MB). The largest store paths hold a few hundred thousand files.
+/// The most nodes a tree may have, a v2 tree's rewrites counted as nodes. Decoded, a node
+/// takes about 160 bytes (a 128-byte entry and its name), 30 times its smallest encoding (a
+/// 5-byte symlink), a rewrite 40 (80 while its list doubles), 20 times its smallest, and a
+/// tree of them compresses hundreds of times: this, not the bytes, bounds what one tree can
+/// make a reader hold (about 320 MB). The largest store paths hold a few hundred thousand
+/// files.
 pub const MAX_TREE_NODES: usize = 1 << 21;
 
 /// What an output buffer starts at before it grows with the output.
@@ -386,12 +388,16 @@ fn decode_tree(bytes: &[u8], v2: bool) -> Result<Node, String> {
                 let blob = super::BlobId(input.array32("blob id")?);
                 let file_nar_hash = input.array32("file NAR hash")?;
                 let table = table.as_mut().expect("v2");
+                // Each rewrite counts as a node: decoded it takes 40 bytes (its hash part
+                // copied), encoded as little as 2.
+                let rewrites = table.rewrites(&mut input, size, MAX_TREE_NODES - nodes)?;
+                nodes += rewrites.len();
                 Node::Rewritten {
                     executable,
                     size,
                     blob,
                     file_nar_hash,
-                    rewrites: table.rewrites(&mut input, size)?,
+                    rewrites,
                 }
             }
             k => return Err(at(start, format!("unknown node kind {k}"))),
@@ -558,6 +564,40 @@ mod tests {
         );
         let (_, bytes) = wide_tree(MAX_TREE_NODES / 254 - 1).encode();
         assert!(decode_tree_v2(&bytes).is_ok());
+    }
+
+    /// A v2 tree of one rewritten file with `n` rewrites, back to back (6 bytes each).
+    fn rewrites_tree(n: u32) -> Vec<u8> {
+        let mut t = Vec::with_capacity(100 + 6 * n as usize);
+        t.push(1); // a table of one hash part
+        t.extend_from_slice(b"0123456789abcdfghijklmnpqrsvwxyz");
+        t.extend_from_slice(&[3, 0]); // a rewritten file, not executable
+        t.push(253); // its size, u64
+        t.extend_from_slice(&(u64::from(n) * 32).to_le_bytes());
+        t.extend_from_slice(&[7; 32]); // blob
+        t.extend_from_slice(&[0; 32]); // file NAR hash
+        t.push(252); // the count, u32
+        t.extend_from_slice(&n.to_le_bytes());
+        for k in 0..n {
+            t.push(252);
+            t.extend_from_slice(&(k * 32).to_le_bytes());
+            t.push(0);
+        }
+        t
+    }
+
+    /// A rewrite decodes to 40 bytes from as few as 2: a file of 8 million of them (48 MB of
+    /// tree) took 335 MB decoded, 10 times the 320 MB a tree is allowed (found by review).
+    #[test]
+    fn a_tree_of_more_rewrites_than_nodes_allowed_is_refused() {
+        let max = u32::try_from(MAX_TREE_NODES).unwrap();
+        let err = decode_tree_v2(&rewrites_tree(max)).unwrap_err();
+        assert!(err.contains("rewrites claimed: more than"), "{err}");
+        // The file is a node too.
+        match decode_tree_v2(&rewrites_tree(max - 1)).unwrap() {
+            Node::Rewritten { rewrites, .. } => assert_eq!(rewrites.len(), MAX_TREE_NODES - 1),
+            n => panic!("{n:?}"),
+        }
     }
 
     /// What `Node::decode` did before this module: bincode through serde (recursive), then

@@ -146,16 +146,27 @@ impl Table {
         })
     }
 
-    /// A rewritten file's list of replacements, checked against its size and the table.
+    /// A rewritten file's list of replacements, checked against its size and the table; at
+    /// most `budget` of them (the nodes left of the tree's bound).
     pub(super) fn rewrites(
         &mut self,
         input: &mut Input<'_>,
         size: u64,
+        budget: usize,
     ) -> Result<Vec<Rewrite>, String> {
         let at_count = input.pos;
         let n = input.len("rewrite count")?;
         if n == 0 {
             return Err(at(at_count, "a rewritten file without rewrites"));
+        }
+        if n > budget {
+            return Err(at(
+                at_count,
+                format!(
+                    "{n} rewrites claimed: more than the {budget} nodes left of a tree's {}",
+                    super::decode::MAX_TREE_NODES
+                ),
+            ));
         }
         if n > input.left() / 2 {
             return Err(at(
