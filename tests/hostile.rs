@@ -1390,3 +1390,37 @@ fn a_path_named_like_a_held_path_lock_is_not_written_over_it() {
     assert_eq!(fs::read(&lock_path).unwrap(), b"restored contents\n");
     assert_registered_paths_are_on_disk(&dst);
 }
+
+/// No symlink below the cache directory is followed: `packs/`, `index/` and `snapshots/`
+/// swapped for symlinks to directories elsewhere were read through by `restore --cache DIR`
+/// (its files were opened `O_NOFOLLOW`, which covers the last component only; found by
+/// review). Refused, naming the directory; nothing restored.
+#[test]
+fn a_symlinked_cache_subdirectory_is_not_followed() {
+    let w = World::new(Flavor::Guix);
+    let mut blobs = Blobs::new();
+    let node = dir_node(vec![("f", file_node(&mut blobs, false, b"hello\n"))]);
+    let row = row_for(&base_name(5, "small"), &nar_of(&node, &blobs));
+    write_cache(&w.cache_dir(), w.flavor, &[(row, node)], &blobs, vec![]);
+    assert!(w
+        .on_cache("ok", &["restore"])
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let elsewhere = w.root("elsewhere");
+    fs::create_dir_all(&elsewhere).unwrap();
+    for sub in ["packs", "index", "snapshots"] {
+        fs::rename(w.cache_dir().join(sub), elsewhere.join(sub)).unwrap();
+        std::os::unix::fs::symlink(elsewhere.join(sub), w.cache_dir().join(sub)).unwrap();
+    }
+    let out = w.on_cache("dst", &["restore"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("symlink"), "{stderr}");
+    assert!(!w
+        .layout("dst")
+        .real_store_dir()
+        .join(base_name(5, "small"))
+        .exists());
+}

@@ -3,17 +3,22 @@
 //! writers in progress, named `<pid>.<random>.tmp` so a later save can tell a killed writer's
 //! leftovers from a live one's).
 //!
-//! Reading never follows a symlink and never opens anything but a regular file (a key
-//! pointing at `/dev/zero` or a FIFO is an error, not a hang). Publishing is a rename of a
+//! Reading never follows a symlink below the cache's directory, in the file's name or in the
+//! subdirectory holding it (`packs/` swapped for a symlink to elsewhere is refused, not read
+//! through), and never opens anything but a regular file (a key pointing at `/dev/zero` or
+//! a FIFO is an error, not a hang). Publishing is a rename of a
 //! fully written scratch file (or a hard link for create-only puts), so readers see whole
 //! files; committed packs are `fdatasync`ed by a background thread so a save's final
 //! [`Storage::sync`] has little left to wait for.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use rustix::fs::{AtFlags, Mode, OFlags};
 
 mod objects;
 
@@ -32,6 +37,9 @@ pub struct LocalDir {
     syncer: Mutex<Option<PackSyncer>>,
     /// Operations and bytes read and written (see [`Transfer`]).
     transfer: Transfer,
+    /// Descriptors of the directories below `root` files were read from (`packs`, ...),
+    /// each opened without following a symlink: opened once, not per read.
+    dirs: Mutex<Vec<(String, Arc<OwnedFd>)>>,
 }
 
 impl Drop for LocalDir {
@@ -49,14 +57,15 @@ fn not_dir(path: &Path, why: &str) -> StorageError {
     )
 }
 
-/// Open flags for reading cache files: no symlink followed, no blocking on a FIFO.
-fn read_only_nofollow() -> OpenOptions {
-    let mut o = OpenOptions::new();
-    o.read(true).custom_flags(
-        (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::CLOEXEC)
-            .bits() as i32,
-    );
-    o
+/// `e`, or, for `ELOOP` (a symlink met where `O_NOFOLLOW` forbids it), an error saying so.
+fn symlink_said(e: io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(code) if code == rustix::io::Errno::LOOP.raw_os_error() => io::Error::new(
+            io::ErrorKind::InvalidData,
+            "is a symlink, or below one; refusing to follow it",
+        ),
+        _ => e,
+    }
 }
 
 impl LocalDir {
@@ -67,6 +76,7 @@ impl LocalDir {
             root: root.to_owned(),
             syncer: Mutex::default(),
             transfer: Transfer::default(),
+            dirs: Mutex::default(),
         }
     }
 
@@ -102,6 +112,7 @@ impl LocalDir {
             root: root.to_owned(),
             syncer: Mutex::default(),
             transfer: Transfer::default(),
+            dirs: Mutex::default(),
         };
         for name in dir.leftovers() {
             let _ = fs::remove_file(dir.root.join(name));
@@ -124,18 +135,71 @@ impl LocalDir {
         move |e| StorageError(d.clone(), e)
     }
 
+    /// A descriptor of the directory `rel` (components separated by `/`) below the root, each
+    /// component opened relative to the one above without following a symlink (the root
+    /// itself is where the user said, symlinks and all).
+    ///
+    /// # Errors
+    /// Those of `openat`, a symlink where a directory belongs said so.
+    fn dir(&self, rel: &str) -> io::Result<Arc<OwnedFd>> {
+        if let Some((_, fd)) = self
+            .dirs
+            .lock()
+            .expect("dirs")
+            .iter()
+            .find(|(d, _)| d == rel)
+        {
+            return Ok(fd.clone());
+        }
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let mut fd = rustix::fs::open(&self.root, flags, Mode::empty())?;
+        for c in rel.split('/') {
+            fd = rustix::fs::openat(&fd, c, flags | OFlags::NOFOLLOW, Mode::empty()).map_err(
+                |e| match e {
+                    // What `O_DIRECTORY | O_NOFOLLOW` gives for a symlink, as for a file.
+                    rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP => io::Error::new(
+                        io::ErrorKind::NotADirectory,
+                        format!(
+                            "{c} is not a directory (a symlink or file where a cache \
+                             directory belongs); refusing to follow it"
+                        ),
+                    ),
+                    e => e.into(),
+                },
+            )?;
+        }
+        let fd = Arc::new(fd);
+        self.dirs
+            .lock()
+            .expect("dirs")
+            .push((rel.to_owned(), fd.clone()));
+        Ok(fd)
+    }
+
+    /// The directory holding `key` (see [`LocalDir::dir`]) and the key's last component.
+    fn parent<'k>(&self, key: &'k str) -> Result<(Arc<OwnedFd>, &'k str), StorageError> {
+        self.path(key)?; // the key is checked
+        let (dir, name) = key.rsplit_once('/').ok_or_else(|| {
+            StorageError(
+                key.to_owned(),
+                io::Error::new(io::ErrorKind::InvalidInput, "not a key of a cache file"),
+            )
+        })?;
+        Ok((self.dir(dir).map_err(self.err(key))?, name))
+    }
+
     /// Open a cache file for reading: a regular file, reached without following a symlink.
     fn open_regular(&self, key: &str) -> Result<(File, u64), StorageError> {
-        let f = read_only_nofollow()
-            .open(self.path(key)?)
-            .map_err(|e| match e.raw_os_error() {
-                Some(code) if code == rustix::io::Errno::LOOP.raw_os_error() => io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "is a symlink; refusing to follow it",
-                ),
-                _ => e,
-            })
-            .map_err(self.err(key))?;
+        let (dir, name) = self.parent(key)?;
+        let f = rustix::fs::openat(
+            &*dir,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map(File::from)
+        .map_err(|e| symlink_said(e.into()))
+        .map_err(self.err(key))?;
         let m = f.metadata().map_err(self.err(key))?;
         if !m.is_file() {
             return Err(StorageError(
@@ -275,16 +339,16 @@ impl Storage for LocalDir {
 
     fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
         self.transfer.request();
-        let dir = self.path(prefix)?;
+        self.path(prefix)?;
         let mut out = Vec::new();
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
+        let dir = match self.dir(prefix) {
+            Ok(d) => d,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
             Err(e) => return Err(self.err(prefix)(e)),
         };
-        for e in entries {
-            let e = e.map_err(self.err(prefix))?;
-            if let Some(name) = e.file_name().to_str() {
+        let names = crate::store::fs::entry_names(&*dir).map_err(self.err(prefix))?;
+        for name in names {
+            if let Ok(name) = name.to_str() {
                 let key = format!("{prefix}/{name}");
                 if check_key(&key) {
                     out.push(key);
@@ -297,10 +361,15 @@ impl Storage for LocalDir {
 
     fn size(&self, key: &str) -> Result<Option<u64>, StorageError> {
         self.transfer.request();
-        match fs::symlink_metadata(self.path(key)?) {
-            Ok(m) => Ok(Some(m.len())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(self.err(key)(e)),
+        let (dir, name) = match self.parent(key) {
+            Ok(p) => p,
+            Err(StorageError(_, e)) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match rustix::fs::statat(&*dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(Some(st.st_size as u64)),
+            Err(rustix::io::Errno::NOENT) => Ok(None),
+            Err(e) => Err(self.err(key)(e.into())),
         }
     }
 
@@ -388,6 +457,37 @@ mod tests {
         std::os::unix::fs::symlink(elsewhere.path(), d.path().join("c/packs")).unwrap();
         let e = LocalDir::open(&d.path().join("c")).unwrap_err().to_string();
         assert!(e.contains("packs") && e.contains("symlink"), "{e}");
+    }
+
+    /// Found by review: `open_existing` (what `restore --cache DIR` uses) read through a
+    /// `packs/` swapped for a symlink to a directory elsewhere (`O_NOFOLLOW` covers the last
+    /// component only).
+    #[test]
+    fn a_symlinked_subdirectory_is_not_read_through() {
+        let d = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let s = LocalDir::open(d.path()).unwrap();
+        s.put("packs/a.pack", b"abc").unwrap();
+        s.put("index/b.idx", b"de").unwrap();
+        fs::rename(d.path().join("packs"), elsewhere.path().join("packs")).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path().join("packs"), d.path().join("packs")).unwrap();
+        let s = LocalDir::open_existing(d.path());
+        for e in [
+            s.get("packs/a.pack", 10).unwrap_err(),
+            s.get_range("packs/a.pack", 0, 1).map(|_| ()).unwrap_err(),
+            s.list("packs").unwrap_err(),
+            s.size("packs/a.pack").unwrap_err(),
+        ] {
+            let e = e.to_string();
+            assert!(e.contains("packs") && e.contains("symlink"), "{e}");
+        }
+        // The rest of the cache reads as before; an absent directory is an empty one.
+        assert_eq!(s.get("index/b.idx", 10).unwrap(), b"de");
+        assert_eq!(s.size("index/b.idx").unwrap(), Some(2));
+        assert_eq!(s.list("index").unwrap(), ["index/b.idx"]);
+        let absent = LocalDir::open_existing(&d.path().join("none"));
+        assert!(absent.list("packs").unwrap().is_empty());
+        assert_eq!(absent.size("packs/a.pack").unwrap(), None);
     }
 
     #[test]
