@@ -49,6 +49,8 @@ pub enum DbError {
     Busy(PathBuf, u64),
     #[error("{0} is a symlink or of the wrong type: refusing to use it (the DB directory and the daemon's files in it must not be links elsewhere)")]
     NotAFile(PathBuf),
+    #[error("database {0}: `{1}` has the hash part of `{2}`, made valid by another process since the restore was planned (the daemons find paths by hash part): nothing registered")]
+    HashPartTaken(PathBuf, String, String),
 }
 
 fn sql(db: &std::path::Path) -> impl Fn(rusqlite::Error) -> DbError + '_ {

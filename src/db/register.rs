@@ -92,6 +92,12 @@ pub fn register_waiting(
             )
         }
         .map_err(&e)?;
+        // The valid paths with a hash part (`<store>/<hash>-` up to `<store>/<hash>.`): the
+        // path itself, valid by now, or another that shares it (another process made it
+        // valid since the plan, which refused any then).
+        let mut by_hash_part = conn
+            .prepare("select id, path from ValidPaths where path >= ?1 and path < ?2")
+            .map_err(&e)?;
         let mut id_of = conn
             .prepare("select id from ValidPaths where path = ?1")
             .map_err(&e)?;
@@ -105,11 +111,17 @@ pub fn register_waiting(
         let mut inserted: HashMap<&StorePath, i64> = HashMap::new();
         for info in infos {
             let full = store.display(&info.path);
-            if let Some(id) = id_of
-                .query_row([&full], |row| row.get::<_, i64>(0))
-                .optional()
-                .map_err(&e)?
-            {
+            let part = format!("{}/{}", store.as_str(), info.path.hash_part());
+            let sharing: Vec<(i64, String)> = by_hash_part
+                .query_map([format!("{part}-"), format!("{part}.")], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .and_then(Iterator::collect)
+                .map_err(&e)?;
+            if let Some((_, other)) = sharing.iter().find(|(_, p)| *p != full) {
+                return Err(DbError::HashPartTaken(file.clone(), full, other.clone()));
+            }
+            if let Some(&(id, _)) = sharing.first() {
                 ids.insert(&info.path, id);
                 already.push(info.path.clone());
                 continue;
@@ -176,6 +188,59 @@ mod tests {
     use super::super::open_or_create;
     use super::super::open_or_create_waiting;
     use super::*;
+
+    fn row(base: &str) -> PathInfo {
+        PathInfo {
+            path: StorePath::from_base_name(base).unwrap(),
+            nar_hash: crate::store::path_info::NarHash([7; 32]),
+            nar_size: 120,
+            registration_time: 1,
+            deriver: None,
+            references: Vec::new(),
+            nix: None,
+        }
+    }
+
+    /// Found by review: validity was checked again in the transaction by full path only, so a
+    /// path whose hash part another process made valid since the plan (which refuses it then)
+    /// was registered next to it. Now nothing is registered; a path valid by now under its own
+    /// name is returned as before.
+    #[test]
+    fn a_hash_part_made_valid_under_another_name_since_the_plan_registers_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let layout = Layout::new(Flavor::Guix, root.path(), None, None).unwrap();
+        let mut conn = open_or_create(&layout).unwrap();
+        let hash = "0123456789abcdfghijklmnpqrsvwxyz";
+        let theirs = row(&format!("{hash}-theirs"));
+        // Names sorting before and after `theirs`, and a neighbour whose hash part shares
+        // all but the last character (not a conflict).
+        let before = row(&format!("{hash}-a"));
+        let after = row(&format!("{hash}-z"));
+        let neighbour = row("0123456789abcdfghijklmnpqrsvwxy0-n");
+        register(&mut conn, &layout, &[&theirs], &[]).unwrap();
+        for mine in [&before, &after] {
+            let err = register(&mut conn, &layout, &[&neighbour, mine], &[]).unwrap_err();
+            assert!(
+                matches!(&err, DbError::HashPartTaken(..))
+                    && err
+                        .to_string()
+                        .contains(&format!("/gnu/store/{hash}-theirs")),
+                "{err}"
+            );
+            let valid = valid_paths(&conn, &layout).unwrap();
+            assert_eq!(valid.len(), 1, "{valid:?}");
+        }
+        let already = register_waiting(
+            &mut conn,
+            &layout,
+            &[&neighbour, &theirs],
+            &[],
+            &LockWait::default(),
+        )
+        .unwrap();
+        assert_eq!(already, [theirs.path.clone()]);
+        assert_eq!(valid_paths(&conn, &layout).unwrap().len(), 2);
+    }
 
     #[test]
     fn a_db_locked_by_another_writer_is_waited_for_a_bounded_time_and_said() {
