@@ -238,7 +238,7 @@ mod tests {
             &LockWait::default(),
         )
         .unwrap();
-        assert_eq!(already, [theirs.path.clone()]);
+        assert_eq!(already, std::slice::from_ref(&theirs.path));
         assert_eq!(valid_paths(&conn, &layout).unwrap().len(), 2);
     }
 
