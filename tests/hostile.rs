@@ -1424,3 +1424,34 @@ fn a_symlinked_cache_subdirectory_is_not_followed() {
         .join(base_name(5, "small"))
         .exists());
 }
+
+/// A path's writes are bounded by the NAR size its row declares: a tree describing a larger
+/// NAR (here a 64 MiB file of zeros, a blob that compresses to almost nothing, under a row
+/// declaring a 6-byte file) fails before anything is written. Before, the file was written
+/// whole and the path failed only at its hash: a terabyte file would have filled the disk.
+#[test]
+fn a_tree_larger_than_its_row_declares_writes_nothing() {
+    let w = World::new(Flavor::Guix);
+    let mut blobs = Blobs::new();
+    let big = dir_node(vec![(
+        "f",
+        file_node(&mut blobs, false, &vec![0; 64 << 20]),
+    )]);
+    let mut small_blobs = Blobs::new();
+    let small = dir_node(vec![("f", file_node(&mut small_blobs, false, b"hello\n"))]);
+    let base = base_name(6, "bounded");
+    let row = row_for(&base, &nar_of(&small, &small_blobs));
+    let big_nar = nar_of(&big, &blobs).len();
+    write_cache(&w.cache_dir(), w.flavor, &[(row, big)], &blobs, vec![]);
+    let dst = w.layout("dst");
+    let r = restore(&dst, &w.cache_dir()).unwrap();
+    assert_eq!(r.restored, 0, "{r:?}");
+    assert_eq!(r.bytes_written, 0, "{r:?}");
+    assert!(
+        r.failures[0].error.contains(&format!(
+            "its tree describes a NAR of {big_nar} bytes, the snapshot says 288"
+        )),
+        "{r:?}"
+    );
+    assert_registered_paths_are_on_disk(&dst);
+}

@@ -179,6 +179,49 @@ impl Node {
         }
     }
 
+    /// The size of the NAR this tree describes (a function of its structure: names, sizes
+    /// and targets, not of the blobs' bytes), without recursion; saturating at `u64::MAX`
+    /// for sizes no file system holds. A restore compares it with the snapshot's `narSize`
+    /// before writing, so that a path's writes are bounded by the size its row declares.
+    pub fn nar_size(&self) -> u64 {
+        /// A NAR string of `n` bytes: its length (8 bytes), then itself padded to 8.
+        fn s(n: u64) -> u64 {
+            n.div_ceil(8).saturating_mul(8).saturating_add(8)
+        }
+        // "nix-archive-1", then the root node.
+        let mut total = s(13);
+        let mut stack = vec![self];
+        while let Some(n) = stack.pop() {
+            // "(", "type", ..., ")"
+            let node = s(1) + s(4) + s(1);
+            let more = match n {
+                Node::Regular {
+                    executable, size, ..
+                }
+                | Node::Rewritten {
+                    executable, size, ..
+                } => {
+                    let flag = if *executable { s(10) + s(0) } else { 0 };
+                    // "regular", ["executable", ""], "contents", the contents
+                    (s(7) + flag + s(8)).saturating_add(s(*size))
+                }
+                // "symlink", "target", the target
+                Node::Symlink { target } => s(7) + s(6) + s(target.len() as u64),
+                Node::Directory(entries) => {
+                    stack.extend(entries.iter().map(|e| &e.node));
+                    // "directory"; per entry "entry", "(", "name", the name, "node", ")"
+                    entries.iter().fold(s(9), |sum, e| {
+                        sum.saturating_add(
+                            s(5) + s(1) + s(4) + s(e.name.len() as u64) + s(4) + s(1),
+                        )
+                    })
+                }
+            };
+            total = total.saturating_add(node).saturating_add(more);
+        }
+        total
+    }
+
     /// Visit every regular file, in NAR order, without recursion.
     pub fn for_each_file<'a>(&'a self, f: &mut impl FnMut(File<'a>)) {
         let mut stack = vec![self];
@@ -366,7 +409,51 @@ mod tests {
         })
     }
 
+    /// Lay `node` out at `at`: files of zeros of their sizes, symlinks, directories.
+    fn lay_out(node: &Node, at: &std::path::Path) {
+        use std::os::unix::fs::PermissionsExt;
+        match node {
+            Node::Directory(entries) => {
+                std::fs::create_dir(at).unwrap();
+                for e in entries {
+                    lay_out(&e.node, &at.join(std::str::from_utf8(&e.name).unwrap()));
+                }
+            }
+            Node::Symlink { target } => {
+                std::os::unix::fs::symlink(std::str::from_utf8(target).unwrap(), at).unwrap()
+            }
+            n => {
+                let f = n.file().unwrap();
+                std::fs::write(at, vec![0; f.size as usize]).unwrap();
+                let mode = if f.executable { 0o555 } else { 0o444 };
+                std::fs::set_permissions(at, std::fs::Permissions::from_mode(mode)).unwrap();
+            }
+        }
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// What a restore compares with the snapshot's `narSize` before writing: the NAR's
+        /// size, as the dump of the tree laid out on disk has it.
+        #[test]
+        fn nar_size_is_the_size_of_the_nar_the_tree_describes(node in arb_node()) {
+            let mut node = node;
+            // Files of at most 3,000 bytes: sizes of every padding.
+            let mut stack = vec![&mut node];
+            while let Some(n) = stack.pop() {
+                match n {
+                    Node::Directory(entries) => stack.extend(entries.iter_mut().map(|e| &mut e.node)),
+                    Node::Regular { size, .. } => *size %= 3000,
+                    _ => {}
+                }
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let at = dir.path().join("p");
+            lay_out(&node, &at);
+            let (_, size) = crate::nar::hash_path(&at).unwrap();
+            prop_assert_eq!(node.nar_size(), size);
+        }
+
         #[test]
         fn tree_round_trip(node in arb_node()) {
             let (id, bytes) = node.encode();

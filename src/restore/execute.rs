@@ -217,6 +217,17 @@ pub(super) fn execute(
                 None => cache.read_tree(&p.tree),
             }
             .map_err(|e| PathError::cache(&shown, e))?;
+            // Nothing is written for a tree that cannot be the row's NAR: what a path writes
+            // is then bounded by the size its row declares (a tree declaring a terabyte
+            // file, fed by a small blob of zeros, would fill the disk before its hash fails).
+            let described = tree.nar_size();
+            if described != p.info.nar_size {
+                return Err(PathError::Content(format!(
+                    "its tree describes a NAR of {described} bytes, the snapshot says {}: \
+                     nothing written",
+                    p.info.nar_size
+                )));
+            }
             let attempt = |first: bool| {
                 let mut hasher = NarHasher::new();
                 let enc = NarEncoder::new(&mut hasher).expect("hashing cannot fail");
