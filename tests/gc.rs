@@ -939,3 +939,40 @@ fn a_defragmenting_collection_without_room_for_its_spill_file_says_so_and_change
         restores(&w, id, &format!("dst{n}"));
     }
 }
+
+/// A `gc/*.retired` list is only ever acted on for what a collection retires (packs and index
+/// files): one planted by anyone who can write the cache (S3 `PutObject` without
+/// `DeleteObject`), dated 1970 and naming the kept snapshot, its signature and another list,
+/// made the next collection delete the snapshot (found by review).
+#[test]
+fn a_planted_retired_list_deletes_nothing_but_packs_and_index_files() {
+    let w = World::new(Flavor::Guix);
+    sample::build(&w.layout("src"), 1).unwrap();
+    let id = save(&w, "main");
+    gc(&w.cache(), &GcPolicy::default(), &NoProgress).unwrap();
+    let snap = util::snapshot_file(&w.cache_dir(), &id[..16]);
+    let snap_key = format!("snapshots/{}", snap.file_name().unwrap().to_string_lossy());
+    fs::write(w.cache_dir().join(format!("snapshots/{id}.sig")), "k:x\n").unwrap();
+    fs::write(
+        w.cache_dir().join("gc/00000000000000ff.retired"),
+        "index/nothing.idx\n",
+    )
+    .unwrap();
+    fs::write(
+        w.cache_dir().join("gc/0000000000000001.retired"),
+        format!("{snap_key}\nsnapshots/{id}.sig\ngc/00000000000000ff.retired\n"),
+    )
+    .unwrap();
+    gc(&w.cache(), &GcPolicy::default(), &NoProgress).unwrap();
+    assert!(snap.exists(), "the kept snapshot was deleted");
+    assert!(w.cache_dir().join(format!("snapshots/{id}.sig")).exists());
+    let r = restore::restore(
+        &w.layout("dst"),
+        &w.cache(),
+        &RestoreOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    assert_eq!(r.snapshot, id);
+    assert!(r.failed.is_empty(), "{r:?}");
+}

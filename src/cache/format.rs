@@ -770,6 +770,11 @@ pub fn snapshot_key_v2(created: i64, id: &SnapshotId, file_sum: &[u8; 32]) -> St
     )
 }
 
+/// Parse a key under `packs/`.
+pub fn parse_pack_key(key: &str) -> Option<super::PackId> {
+    super::PackId::parse(key.strip_prefix("packs/")?.strip_suffix(".pack")?)
+}
+
 /// Parse a key under `index/`.
 pub fn parse_index_key(key: &str) -> Option<super::IndexId> {
     super::IndexId::parse(key.strip_prefix("index/")?.strip_suffix(".idx")?)

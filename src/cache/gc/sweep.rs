@@ -262,7 +262,12 @@ pub(super) fn publish_and_delete(
             let is_needed = needed_packs.contains(key)
                 || super::super::format::parse_index_key(key)
                     .is_some_and(|i| keep_index.contains(&i));
-            if is_needed || !super::super::storage::check_key(key) {
+            // Only what a collection retires: a pack or an index file. A list anyone who can
+            // write the cache may have planted (dated 1970) could name a kept snapshot, its
+            // signature or another list.
+            let retirable = super::super::format::parse_pack_key(key).is_some()
+                || super::super::format::parse_index_key(key).is_some();
+            if is_needed || !retirable {
                 continue;
             }
             if let Some(size) = cache.storage().size(key)? {
