@@ -976,3 +976,49 @@ fn a_planted_retired_list_deletes_nothing_but_packs_and_index_files() {
     assert_eq!(r.snapshot, id);
     assert!(r.failed.is_empty(), "{r:?}");
 }
+
+/// A snapshot dated beyond now and a day (unsigned: anyone who can write the cache can date
+/// one 2100) is no key's newest: it made every genuine save of its key the second newest,
+/// dropped by `--keep-last 1`, until 2100 (found by review). It now ranks below them.
+#[test]
+fn a_snapshot_dated_in_the_future_does_not_push_genuine_ones_out() {
+    let w = World::new(Flavor::Guix);
+    sample::build(&w.layout("src"), 1).unwrap();
+    let id = save(&w, "main");
+    let cache = w.cache();
+    let r = cache
+        .list_snapshots()
+        .unwrap()
+        .into_iter()
+        .find(|r| r.id.hex() == id)
+        .unwrap();
+    let mut s = cache.read_snapshot_ref(&r).unwrap();
+    s.created = 4_102_444_800_000_000_000; // 2100-01-01
+    let forged = cache.write_snapshot(&s).unwrap().hex();
+    let policy = GcPolicy {
+        keep_last: Some(1),
+        keep_within_secs: None,
+        grace_secs: 0,
+        ..GcPolicy::default()
+    };
+    gc(&w.cache(), &policy, &NoProgress).unwrap();
+    let ids = |w: &World| -> Vec<String> {
+        w.cache()
+            .list_snapshots()
+            .unwrap()
+            .iter()
+            .map(|r| r.id.hex())
+            .collect()
+    };
+    assert_eq!(ids(&w), [id.clone()], "forged {forged}");
+    // A later genuine save is the newest, and a collection keeps it.
+    util::add_files_path(
+        &w.layout("src"),
+        &format!("{}-later", hash_part(3)),
+        &[("f", b"later", false)],
+        &[],
+    );
+    let id2 = save(&w, "main");
+    gc(&w.cache(), &policy, &NoProgress).unwrap();
+    assert_eq!(ids(&w), [id2]);
+}

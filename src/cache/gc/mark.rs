@@ -87,7 +87,12 @@ pub(super) fn mark(
         let h = cache.read_head(&r)?;
         heads.push((r, h));
     }
-    heads.sort_by_key(|(r, h)| std::cmp::Reverse((h.created, r.id)));
+    // A snapshot dated beyond now and the margin restore allows is none's newest: it ranks
+    // below every other (anyone who can write the cache can date one 2100, which would
+    // otherwise stay the newest of its key and push every genuine save out of `--keep-last`).
+    let limit = now.saturating_add(crate::cache::FUTURE_MARGIN_NANOS);
+    let future = |h: &SnapshotHead| h.created > limit;
+    heads.sort_by_key(|(r, h)| std::cmp::Reverse((!future(h), h.created, r.id)));
     let in_policy = |h: &SnapshotHead| {
         policy
             .key_prefix
@@ -109,7 +114,7 @@ pub(super) fn mark(
         *n += 1;
         protect[i] = *n == 1; // the newest of its key
         let by_count = policy.keep_last.is_some_and(|k| *n <= k);
-        let by_age = within.is_some_and(|t| h.created >= t);
+        let by_age = within.is_some_and(|t| h.created >= t) && !future(h);
         let any_rule = policy.keep_last.is_some() || within.is_some();
         keep[i] = protect[i] || by_count || by_age || !any_rule;
     }
