@@ -1010,7 +1010,7 @@ fn a_snapshot_dated_in_the_future_does_not_push_genuine_ones_out() {
             .map(|r| r.id.hex())
             .collect()
     };
-    assert_eq!(ids(&w), [id.clone()], "forged {forged}");
+    assert_eq!(ids(&w), [id], "forged {forged}");
     // A later genuine save is the newest, and a collection keeps it.
     util::add_files_path(
         &w.layout("src"),
