@@ -117,6 +117,7 @@ impl Inner {
         let per_page = PER_PAGE.to_string();
         let mut out = Vec::new();
         let mut seen = HashSet::new();
+        let mut stale = 0;
         for page in 1u32.. {
             let page_s = page.to_string();
             let resp = self.send(what, &|| {
@@ -144,7 +145,25 @@ impl Inner {
                 .map_err(|e| other(what, format!("REST API: unexpected reply: {e}")))?;
             let n = p.actions_caches.len();
             // Entries deleted meanwhile shift the pages: an id seen twice is listed once.
+            let before = out.len();
             out.extend(p.actions_caches.into_iter().filter(|e| seen.insert(e.id)));
+            // Full pages of nothing new: the pages do not advance (a server repeating one page
+            // would be asked for pages for ever, each a request of the rate limit; deletions
+            // meanwhile shift a page or two). Pages are bounded too, whatever their entries.
+            stale = if n == PER_PAGE && out.len() == before {
+                stale + 1
+            } else {
+                0
+            };
+            if stale > 3 || page as usize > MAX_LISTED / PER_PAGE + 10 {
+                return Err(other(
+                    what,
+                    format!(
+                        "the REST API's pages of {prefix} do not advance (page {page}: {stale} \
+                         full pages in a row added nothing new)"
+                    ),
+                ));
+            }
             if out.len() > MAX_LISTED {
                 return Err(other(
                     what,

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::client::{
     HttpClient, HttpConnector, HttpError, HttpRequest, HttpResponse, HttpService, ReqwestConnector,
@@ -381,8 +382,26 @@ impl Inner {
         if range.end > size {
             return Err(self.too_short(key, range.start, want, size));
         }
-        let bytes = r.bytes().await.map_err(|e| self.err(key, e))?;
-        self.transfer.downloaded(bytes.len() as u64);
+        // Streamed, never more than asked for kept: a body longer than its headers say (sent
+        // chunked, or until the connection closes) is refused at the first byte too many,
+        // not held whole first (a 10-byte range answered with 512 MiB held all of it).
+        let mut body = r.into_stream();
+        let mut got = bytes::BytesMut::with_capacity(want as usize);
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| self.err(key, e))?;
+            self.transfer.downloaded(chunk.len() as u64);
+            if (got.len() + chunk.len()) as u64 > want {
+                return Err(StorageError(
+                    self.describe(key),
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("asked for {want} bytes at {}, received more", range.start),
+                    ),
+                ));
+            }
+            got.extend_from_slice(&chunk);
+        }
+        let bytes = got.freeze();
         if bytes.len() as u64 != want {
             return Err(StorageError(
                 self.describe(key),

@@ -154,6 +154,60 @@ impl Drop for S3Store {
     }
 }
 
+/// The most objects a listing returns: beyond, it is an error (a server whose pages never end
+/// would otherwise be listed until memory runs out). A cache of 100,000 paths holds a few
+/// thousand files.
+pub const MAX_LISTED: usize = 1_000_000;
+
+/// The objects directly under `dir` (`ListObjectsV2` with `/` as delimiter), page by page: an
+/// error, not an endless loop, when the server's continuation tokens repeat, its pages stop
+/// bringing anything, or they pass [`MAX_LISTED`] objects.
+async fn list_bounded(
+    store: &object_store::aws::AmazonS3,
+    dir: &object_store::path::Path,
+) -> Result<Vec<object_store::ObjectMeta>, object_store::Error> {
+    use object_store::list::{PaginatedListOptions, PaginatedListStore};
+    let prefix = format!("{dir}/");
+    let refuse = |why: String| object_store::Error::Generic {
+        store: "S3",
+        source: why.into(),
+    };
+    let mut objects = Vec::new();
+    let mut tokens = std::collections::HashSet::new();
+    let mut token = None;
+    let mut empty = 0;
+    loop {
+        let opts = PaginatedListOptions {
+            delimiter: Some("/".into()),
+            page_token: token.take(),
+            ..PaginatedListOptions::default()
+        };
+        let page = store.list_paginated(Some(&prefix), opts).await?;
+        let n = page.result.objects.len() + page.result.common_prefixes.len();
+        objects.extend(page.result.objects);
+        if objects.len() > MAX_LISTED {
+            return Err(refuse(format!(
+                "listing {prefix}: more than {MAX_LISTED} objects"
+            )));
+        }
+        empty = if n == 0 { empty + 1 } else { 0 };
+        match page.page_token {
+            None => return Ok(objects),
+            Some(t) if !tokens.insert(t.clone()) => {
+                return Err(refuse(format!(
+                    "listing {prefix}: the server gave the continuation token {t:?} twice"
+                )))
+            }
+            Some(_) if empty > 3 => {
+                return Err(refuse(format!(
+                    "listing {prefix}: {empty} pages in a row brought nothing, and more are said to follow"
+                )))
+            }
+            Some(t) => token = Some(t),
+        }
+    }
+}
+
 impl Storage for S3Store {
     fn get(&self, key: &str, max: u64) -> Result<Vec<u8>, StorageError> {
         let inner = &self.inner;
@@ -294,7 +348,7 @@ impl Storage for S3Store {
         let path = inner.path(prefix)?;
         inner.check_up(prefix)?;
         let listed = self
-            .block_on(inner.store.list_with_delimiter(Some(&path)))
+            .block_on(list_bounded(&inner.store, &path))
             .map_err(|e| match inner.err(prefix, e) {
                 StorageError(what, e) if e.to_string().contains("NoSuchBucket") => StorageError(
                     what,
@@ -311,7 +365,6 @@ impl Storage for S3Store {
             format!("{}/", inner.prefix)
         };
         let mut out: Vec<String> = listed
-            .objects
             .into_iter()
             .filter_map(|m| {
                 let key = m.location.as_ref().strip_prefix(&root)?.to_string();

@@ -1,0 +1,258 @@
+//! Remote backends against hostile servers: tiny HTTP servers on loopback answering with
+//! what an attacker controlling S3 or the GitHub cache service could send. Each test failed
+//! before its check (found by review); docs/SECURITY.md lists them.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use storesync::cache::storage::gha::{GhaConfig, GhaStore, RestConfig};
+use storesync::cache::storage::{S3Store, Storage};
+
+/// A request head as received: first line and headers (lowercased names).
+struct Req {
+    line: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Req {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Serve on a free loopback port; `handle` writes one response per request (keep-alive
+/// connections carry several). Returns the base URL and a counter of requests.
+fn serve(
+    handle: impl Fn(&Req, &mut TcpStream) -> std::io::Result<()> + Send + Sync + 'static,
+) -> (String, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let count = Arc::new(AtomicUsize::new(0));
+    let handle = Arc::new(handle);
+    let c2 = count.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let handle = handle.clone();
+            let count = c2.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut headers = Vec::new();
+                    loop {
+                        let mut h = String::new();
+                        if r.read_line(&mut h).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let h = h.trim_end();
+                        if h.is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = h.split_once(':') {
+                            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+                        }
+                    }
+                    let req = Req {
+                        line: line.trim_end().to_string(),
+                        headers,
+                    };
+                    if let Some(n) = req
+                        .header("content-length")
+                        .and_then(|v| v.parse::<u64>().ok())
+                    {
+                        std::io::copy(&mut (&mut r).take(n), &mut std::io::sink()).unwrap();
+                    }
+                    count.fetch_add(1, Ordering::SeqCst);
+                    if handle(&req, &mut s).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, count)
+}
+
+fn s3_on(url: &str) -> S3Store {
+    S3Store::with_env(
+        "bkt",
+        "pre",
+        [
+            ("AWS_ENDPOINT_URL", url),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_ACCESS_KEY_ID", "k"),
+            ("AWS_SECRET_ACCESS_KEY", "s"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    )
+    .unwrap()
+}
+
+fn peak_rss_mib() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    let l = s.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
+}
+
+/// A ranged GET of 10 bytes answered with a correct `206`/`Content-Range`/`Content-Length`
+/// but a chunked body of 512 MiB: the whole body is buffered before its length is checked.
+/// Run `f` on a thread; its result if it ends within `limit`, `None` if it still runs.
+fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit).ok()
+}
+
+/// A ranged GET of 10 bytes answered with a correct `206`, `Content-Range` and
+/// `Content-Length`, but a chunked body of 512 MiB: the whole body was held before its
+/// length was checked (521 MiB of peak RSS). It is refused at the first byte too many.
+#[test]
+fn s3_ranged_get_with_a_body_longer_than_asked_is_refused_as_it_comes() {
+    const BODY: usize = 512 << 20;
+    let (url, _) = serve(|req, s| {
+        if !req.line.starts_with("GET ") {
+            write!(s, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")?;
+            return Ok(());
+        }
+        write!(
+            s,
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-9/100\r\nContent-Length: 10\r\n\
+             Last-Modified: Sun, 06 Dec 2026 08:00:00 GMT\r\nETag: \"e\"\r\n\
+             Transfer-Encoding: chunked\r\n\r\n"
+        )?;
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..BODY / chunk.len() {
+            write!(s, "{:x}\r\n", chunk.len())?;
+            s.write_all(&chunk)?;
+            s.write_all(b"\r\n")?;
+        }
+        s.write_all(b"0\r\n\r\n")?;
+        Ok(())
+    });
+    let before = peak_rss_mib();
+    let r = within(Duration::from_secs(60), move || {
+        let store = s3_on(&url);
+        let r = store.get_range("packs/x.pack", 0, 10).map(|mut r| {
+            let mut v = Vec::new();
+            r.read_to_end(&mut v).map(|_| v.len())
+        });
+        r.map_err(|e| e.to_string())
+    })
+    .expect("the ranged GET still runs after 60 s");
+    let after = peak_rss_mib();
+    let err = r.expect_err("a body longer than asked for was taken");
+    assert!(err.contains("received more"), "{err}");
+    assert!(
+        after < before + 128,
+        "a 10-byte ranged GET held {} MiB of the server's body",
+        after - before
+    );
+}
+
+/// `ListObjectsV2` pages that never end (the same `NextContinuationToken` every time, 1,000
+/// keys a page): the listing ran for ever, holding every key (1.2 GB after 20 s). It is an
+/// error at the first repeated token.
+#[test]
+fn s3_listing_whose_continuation_tokens_repeat_is_an_error() {
+    let (url, count) = serve(|req, s| {
+        let n = req.line.len() % 1000;
+        let mut body = String::from(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+             <ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+             <Name>bkt</Name><Prefix>pre/snapshots/</Prefix><KeyCount>1000</KeyCount>\
+             <MaxKeys>1000</MaxKeys><IsTruncated>true</IsTruncated>",
+        );
+        for i in 0..1000 {
+            body.push_str(&format!(
+                "<Contents><Key>pre/snapshots/{n}-{i}.snap</Key>\
+                 <LastModified>2026-12-06T08:00:00.000Z</LastModified><Size>1</Size>\
+                 <ETag>\"e\"</ETag></Contents>"
+            ));
+        }
+        body.push_str("<NextContinuationToken>again</NextContinuationToken></ListBucketResult>");
+        write!(
+            s,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    });
+    let r = within(Duration::from_secs(60), move || {
+        let store = s3_on(&url);
+        let r = store.list("snapshots").map_err(|e| e.to_string());
+        std::mem::forget(store);
+        r
+    });
+    let pages = count.load(Ordering::SeqCst);
+    let r = r.unwrap_or_else(|| panic!("the listing still runs after {pages} pages"));
+    let err = r.expect_err("an endless listing ended without an error");
+    assert!(err.contains("continuation token"), "{err}");
+    assert_eq!(pages, 2);
+}
+
+/// The REST listing of GitHub's cache service answered with the same 100 entries on every
+/// page: each id is listed once, so the count never reached the bound and the pages never
+/// ended, each a request of the rate limit. Full pages of nothing new end it, with an error.
+#[test]
+fn gha_rest_listing_repeating_one_page_is_an_error() {
+    let (url, count) = serve(|_req, s| {
+        let entries: Vec<String> = (1..=100)
+            .map(|i| {
+                format!(
+                    "{{\"id\":{i},\"key\":\"sc/packs/{i}.pack\",\"version\":\"v\",\
+                     \"ref\":\"refs/heads/main\",\"size_in_bytes\":1,\
+                     \"last_accessed_at\":\"2026-12-06T08:00:00Z\"}}"
+                )
+            })
+            .collect();
+        let body = format!(
+            "{{\"total_count\":1000,\"actions_caches\":[{}]}}",
+            entries.join(",")
+        );
+        write!(
+            s,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    });
+    let api = url.clone();
+    let r = within(Duration::from_secs(60), move || {
+        let store = GhaStore::new(GhaConfig {
+            results_url: api.clone(),
+            runtime_token: "t".into(),
+            scope: "sc".into(),
+            max_throttle_wait: Duration::from_secs(5),
+            block_size: 4 << 20,
+            tries: 1,
+            retry_pause: Duration::from_millis(10),
+            rest: Some(RestConfig {
+                api_url: api,
+                repository: "o/r".into(),
+                token: "g".into(),
+                git_ref: Some("refs/heads/main".into()),
+            }),
+        })
+        .unwrap();
+        store
+            .rest_list("sc/")
+            .map(|v| v.len())
+            .map_err(|e| e.to_string())
+    });
+    let pages = count.load(Ordering::SeqCst);
+    let r = r.unwrap_or_else(|| panic!("the REST listing still runs after {pages} pages"));
+    let err = r.expect_err("a listing of repeated pages ended without an error");
+    assert!(err.contains("do not advance"), "{err}");
+    assert!(pages <= 6, "{pages} pages requested");
+}
