@@ -37,7 +37,7 @@ impl Walker<'_, '_> {
         let size = meta.len();
         let inode = (meta.dev(), meta.ino());
         let mut enc = enc.regular(executable, size).map_err(io)?;
-        let mut f = fs::File::open(path).map_err(io)?;
+        let mut f = open_checked(path, inode, size).map_err(io)?;
         let mut blake = blake3::Hasher::new();
         let mut small = crate::scratch::Scratch::empty();
         let mut rewrites = Vec::new();
@@ -126,7 +126,7 @@ impl Walker<'_, '_> {
             // it must still hash to the same id and give the same rewrites (the packer
             // checks what it packs).
             let second = (|| -> Result<()> {
-                let f = fs::File::open(path).map_err(io)?;
+                let f = open_checked(path, inode, size).map_err(io)?;
                 let r = HashingReader {
                     inner: f,
                     links: links.as_mut(),
@@ -228,5 +228,107 @@ impl<R: Read> Read for HashingReader<'_, R> {
             fh.update(&buf[..n]);
         }
         Ok(n)
+    }
+}
+
+/// Open the file at `path` for reading, if it is still the regular file of `size` bytes and
+/// inode `inode` the walk looked at: opened without following a symlink (`O_NOFOLLOW`), nor
+/// blocking on a FIFO swapped in (`O_NONBLOCK`), checked again through its descriptor, and,
+/// where `/proc` tells, reached by `path` itself and no symlink above it. Whoever can write
+/// a store path's directory (a valid path missing on disk, made again by a member of the
+/// build group in a 1775 store) could otherwise swap a file, or a directory above it, for a
+/// symlink between the walk's look and the open, and have a root-only file's bytes packed
+/// into the cache.
+pub(super) fn open_checked(path: &Path, inode: (u64, u64), size: u64) -> io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(
+            (rustix::fs::OFlags::NOFOLLOW
+                | rustix::fs::OFlags::NONBLOCK
+                | rustix::fs::OFlags::NOCTTY
+                | rustix::fs::OFlags::CLOEXEC)
+                .bits() as i32,
+        )
+        .open(path)?;
+    let m = f.metadata()?;
+    if !m.is_file() || (m.dev(), m.ino()) != inode || m.len() != size {
+        return Err(io::Error::other(
+            "changed since the walk looked at it (another file, not a regular file, or \
+             another size): not read",
+        ));
+    }
+    if let Ok(reached) = fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())) {
+        if reached != path {
+            return Err(io::Error::other(format!(
+                "reached through a symlink (the file opened is {}): not read",
+                reached.display()
+            )));
+        }
+    }
+    Ok(f)
+}
+
+#[cfg(test)]
+mod open_tests {
+    use super::open_checked;
+    use std::fs;
+    use std::os::unix::fs::{symlink, MetadataExt};
+
+    fn inode(p: &std::path::Path) -> (u64, u64) {
+        let m = fs::symlink_metadata(p).unwrap();
+        (m.dev(), m.ino())
+    }
+
+    /// What save's walk looked at is what it reads, or nothing: a file swapped for a symlink
+    /// (to a same-sized secret), for another file or a FIFO, or a directory above it swapped
+    /// for a symlink, between the look and the open (found by review: `File::open` followed
+    /// them, and the secret's bytes were packed).
+    #[test]
+    fn a_file_or_directory_swapped_after_the_walk_looked_is_not_read() {
+        let d = tempfile::tempdir().unwrap();
+        let root = fs::canonicalize(d.path()).unwrap();
+        let secret = root.join("secret");
+        fs::write(&secret, b"SECRET").unwrap();
+        let p = root.join("p");
+        fs::create_dir_all(p.join("dir")).unwrap();
+        let f = p.join("dir/f");
+        fs::write(&f, b"plain!").unwrap();
+        let looked = inode(&f);
+        open_checked(&f, looked, 6).unwrap();
+        // The file swapped for a symlink to the secret (the file kept aside, so that its
+        // inode number is not given to the files made next).
+        fs::rename(&f, root.join("aside")).unwrap();
+        symlink(&secret, &f).unwrap();
+        assert!(open_checked(&f, looked, 6).is_err());
+        // For a symlink the walk would look at the target of: still refused by O_NOFOLLOW.
+        assert!(open_checked(&f, inode(&secret), 6).is_err());
+        // For another file of the same size.
+        fs::remove_file(&f).unwrap();
+        fs::write(&f, b"other!").unwrap();
+        let e = open_checked(&f, looked, 6).unwrap_err().to_string();
+        assert!(e.contains("changed since"), "{e}");
+        // For a FIFO: no hang.
+        fs::remove_file(&f).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &f,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        assert!(open_checked(&f, looked, 6).is_err());
+        // The directory above swapped for a symlink to one holding the secret as `f`: the
+        // walk, following it, looked at the secret itself; the open reaches it through the
+        // symlink, which /proc tells.
+        let elsewhere = root.join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        fs::hard_link(&secret, elsewhere.join("f")).unwrap();
+        fs::remove_dir_all(p.join("dir")).unwrap();
+        symlink(&elsewhere, p.join("dir")).unwrap();
+        let e = open_checked(&f, inode(&secret), 6).unwrap_err().to_string();
+        assert!(e.contains("through a symlink"), "{e}");
     }
 }

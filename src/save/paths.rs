@@ -151,7 +151,10 @@ pub(super) fn walk_paths(
         known: base_trees.map(|_| OnceLock::new()),
         base_trees: base_trees.map(<[TreeId]>::to_vec).unwrap_or_default(),
     };
+    // Canonical, so that a file's path as walked is the one the kernel reports for it once
+    // opened (`file::open_checked`), unless something below the store is a symlink.
     let store = layout.real_store_dir();
+    let store = std::fs::canonicalize(&store).unwrap_or(store);
     // Each outcome goes into its own slot of one vector made up front: collecting a parallel
     // iterator of results (not indexed) chained a vector per path and copied them all at
     // the end (at 100,000 paths, 16 MB at once for 6 MB of outcomes).
