@@ -149,11 +149,16 @@ pub(super) struct RetiredList {
 /// files they name last, the sweep deletes what they name.
 fn retired_lists(cache: &Cache) -> Result<Vec<RetiredList>, CacheError> {
     let mut lists = Vec::new();
+    // What all lists may hold together: a run retires a line per pack and index file, and
+    // each run's list is deleted by the next one past the grace period; thousands of lists
+    // planted in `gc/` would otherwise be read, whole, into memory.
+    let mut budget: u64 = MAX_RETIRED_BYTES;
     for key in cache.storage().list("gc")? {
         let Some(when) = parse_retired_key(&key) else {
             continue;
         };
-        let body = cache.storage().get(&key, 64 << 20)?;
+        let body = cache.storage().get(&key, budget.min(64 << 20))?;
+        budget -= body.len() as u64;
         let files = String::from_utf8_lossy(&body)
             .lines()
             .map(str::to_owned)
@@ -162,6 +167,13 @@ fn retired_lists(cache: &Cache) -> Result<Vec<RetiredList>, CacheError> {
     }
     Ok(lists)
 }
+
+/// The most bytes of `gc/*.retired` lists a collection reads, all lists together (1 MiB in
+/// unit tests).
+#[cfg(not(test))]
+const MAX_RETIRED_BYTES: u64 = 256 << 20;
+#[cfg(test)]
+const MAX_RETIRED_BYTES: u64 = 1 << 20;
 
 fn parse_retired_key(key: &str) -> Option<i64> {
     let t = key.strip_prefix("gc/")?.strip_suffix(".retired")?;
@@ -235,4 +247,29 @@ pub fn gc(
     }
     sweep::publish_and_delete(cache, policy, now, marked, plan, retired, &mut report)?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lists planted in `gc/` beyond what all lists may hold together are an error naming
+    /// one, not read whole into memory one after the other (found by review).
+    #[test]
+    fn retired_lists_beyond_their_bound_are_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = Cache::open_dir(d.path()).unwrap();
+        let line = "packs/x.pack\n".repeat(22_000); // 286 KB
+        for t in 1..=3 {
+            let key = format!("gc/{t:016x}.retired");
+            cache.storage().put(&key, line.as_bytes()).unwrap();
+        }
+        assert_eq!(retired_lists(&cache).unwrap().len(), 3);
+        cache
+            .storage()
+            .put("gc/0000000000000004.retired", line.as_bytes())
+            .unwrap();
+        let e = retired_lists(&cache).err().expect("an error").to_string();
+        assert!(e.contains("gc/0000000000000004.retired"), "{e}");
+    }
 }
