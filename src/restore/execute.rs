@@ -290,7 +290,7 @@ pub(super) fn execute(
                 return Err(target(io::Error::other(format!(
                     "{base} in the store is the path lock of {}, held by another process \
                      (the path is named like that lock): not written",
-                    &base[..base.len() - ".lock".len()]
+                    base.strip_suffix(".lock").unwrap_or(base)
                 ))));
             }
             if rustix::fs::statat(&store_fd, base, AtFlags::SYMLINK_NOFOLLOW).is_ok() {

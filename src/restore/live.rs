@@ -255,7 +255,7 @@ pub(super) fn remove_leftovers(
                 && !valid(name)
                 && !being_written(name)
             {
-                remove_stale_lock(layout, store, name);
+                let _ = remove_stale_lock(layout, store, name);
             }
             continue;
         }
@@ -277,14 +277,18 @@ pub(super) fn remove_leftovers(
 }
 
 /// Remove the path lock `name` if it is a lock file and no one holds it (best effort, as the
-/// daemons do).
-fn remove_stale_lock(layout: &Layout, store: &OwnedFd, name: &str) {
+/// daemons do). Whether it is a lock file another process holds (then left alone).
+fn remove_stale_lock(layout: &Layout, store: &OwnedFd, name: &str) -> bool {
     use crate::store::locks::{delete_lock_file, lock, open_path_lock, LockMode};
     let name = std::ffi::OsStr::new(name);
-    if let Ok(Some(f)) = open_path_lock(store, name, false) {
-        if lock(&f, layout.flavor, LockMode::Exclusive, false).unwrap_or(false) {
-            delete_lock_file(store, name, &f);
-        }
+    let Ok(Some(f)) = open_path_lock(store, name, false) else {
+        return false; // absent, or not a lock file
+    };
+    if lock(&f, layout.flavor, LockMode::Exclusive, false).unwrap_or(false) {
+        delete_lock_file(store, name, &f);
+        false
+    } else {
+        true
     }
 }
 
@@ -293,33 +297,12 @@ fn remove_stale_lock(layout: &Layout, store: &OwnedFd, name: &str) {
 /// `<path>.lock` (`<hash>-x.lock`), and while the daemon builds `<hash>-x` it holds a lock
 /// file of that name, which it unlinks by name when done. Moved aside, the lock would be lost
 /// to its holder, and its unlink would then remove the restored path the DB lists. A lock
-/// file no process holds is deleted as its holder would have (marked deleted), and is not in
-/// the way any more.
+/// file no process holds is removed as a stale lock ([`remove_stale_lock`], as leftovers'
+/// are), and is not in the way any more.
 pub(super) fn held_lock_in_the_way(layout: &Layout, store: &OwnedFd, base: &str) -> bool {
-    use crate::store::locks::{delete_lock_file, is_lock_file, lock, open_path_lock, LockMode};
-    let Some(locked) = base.strip_suffix(".lock") else {
-        return false;
-    };
-    if crate::store::path::StorePath::from_base_name(locked).is_err() {
-        return false;
-    }
-    match rustix::fs::statat(store, base, AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(st) if is_lock_file(&st) => {}
-        _ => return false,
-    }
-    let name = std::ffi::OsStr::new(base);
-    match open_path_lock(store, name, false) {
-        Ok(Some(f)) => {
-            if lock(&f, layout.flavor, LockMode::Exclusive, false).unwrap_or(false) {
-                delete_lock_file(store, name, &f);
-                false
-            } else {
-                true
-            }
-        }
-        // Gone meanwhile, or no longer a lock file: an ordinary leftover then.
-        _ => false,
-    }
+    base.strip_suffix(".lock")
+        .is_some_and(|locked| crate::store::path::StorePath::from_base_name(locked).is_ok())
+        && remove_stale_lock(layout, store, base)
 }
 
 /// What [`plan_locked`] gives: the plan to execute, the locks on its missing paths, the
