@@ -352,6 +352,29 @@ impl Inner {
         }
     }
 
+    /// The body of `r` (a response for `key`), streamed, each chunk counted as downloaded:
+    /// `None` at the first byte beyond `limit`. A body longer than its headers say (sent
+    /// chunked, or until the connection closes) is refused as it comes, never held whole (a
+    /// 10-byte range answered with 512 MiB was).
+    pub(super) async fn body_within(
+        &self,
+        key: &str,
+        r: object_store::GetResult,
+        limit: u64,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        let mut out = Vec::with_capacity(limit.min(r.meta.size) as usize);
+        let mut body = r.into_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| self.err(key, e))?;
+            self.transfer.downloaded(chunk.len() as u64);
+            if (out.len() + chunk.len()) as u64 > limit {
+                return Ok(None);
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(Some(out))
+    }
+
     /// Bytes `range` of `key`, all of them; also the object's size.
     pub(super) async fn fetch(
         &self,
@@ -382,26 +405,16 @@ impl Inner {
         if range.end > size {
             return Err(self.too_short(key, range.start, want, size));
         }
-        // Streamed, never more than asked for kept: a body longer than its headers say (sent
-        // chunked, or until the connection closes) is refused at the first byte too many,
-        // not held whole first (a 10-byte range answered with 512 MiB held all of it).
-        let mut body = r.into_stream();
-        let mut got = bytes::BytesMut::with_capacity(want as usize);
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| self.err(key, e))?;
-            self.transfer.downloaded(chunk.len() as u64);
-            if (got.len() + chunk.len()) as u64 > want {
-                return Err(StorageError(
-                    self.describe(key),
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("asked for {want} bytes at {}, received more", range.start),
-                    ),
-                ));
-            }
-            got.extend_from_slice(&chunk);
-        }
-        let bytes = got.freeze();
+        let Some(bytes) = self.body_within(key, r, want).await? else {
+            return Err(StorageError(
+                self.describe(key),
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("asked for {want} bytes at {}, received more", range.start),
+                ),
+            ));
+        };
+        let bytes = Bytes::from(bytes);
         if bytes.len() as u64 != want {
             return Err(StorageError(
                 self.describe(key),

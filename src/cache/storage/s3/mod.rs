@@ -49,7 +49,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use object_store::{GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutPayload};
 use tokio::task::JoinHandle;
 
@@ -232,16 +231,9 @@ impl Storage for S3Store {
                     "{size} bytes, more than the {max} an object of this kind may have"
                 )));
             }
-            let mut out = Vec::with_capacity(size as usize);
-            let mut body = r.into_stream();
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| inner.err(key, e))?;
-                inner.transfer.downloaded(chunk.len() as u64);
-                if (out.len() + chunk.len()) as u64 > size {
-                    return Err(refuse("longer than its length said".into()));
-                }
-                out.extend_from_slice(&chunk);
-            }
+            let Some(out) = inner.body_within(key, r, size).await? else {
+                return Err(refuse("longer than its length said".into()));
+            };
             if out.len() as u64 != size {
                 return Err(refuse(format!(
                     "{} bytes received, its length said {size}",
