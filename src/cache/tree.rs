@@ -184,16 +184,15 @@ impl Node {
     /// for sizes no file system holds. A restore compares it with the snapshot's `narSize`
     /// before writing, so that a path's writes are bounded by the size its row declares.
     pub fn nar_size(&self) -> u64 {
-        /// A NAR string of `n` bytes: its length (8 bytes), then itself padded to 8.
-        fn s(n: u64) -> u64 {
-            n.div_ceil(8).saturating_mul(8).saturating_add(8)
+        use crate::nar::{string_len as s, NAR_MAGIC};
+        /// The NAR strings `tokens` take.
+        fn t(tokens: &[&[u8]]) -> u64 {
+            tokens.iter().map(|k| s(k.len() as u64)).sum()
         }
-        // "nix-archive-1", then the root node.
-        let mut total = s(13);
+        let mut total = s(NAR_MAGIC.len() as u64);
         let mut stack = vec![self];
         while let Some(n) = stack.pop() {
-            // "(", "type", ..., ")"
-            let node = s(1) + s(4) + s(1);
+            let node = t(&[b"(", b"type", b")"]);
             let more = match n {
                 Node::Regular {
                     executable, size, ..
@@ -201,19 +200,18 @@ impl Node {
                 | Node::Rewritten {
                     executable, size, ..
                 } => {
-                    let flag = if *executable { s(10) + s(0) } else { 0 };
-                    // "regular", ["executable", ""], "contents", the contents
-                    (s(7) + flag + s(8)).saturating_add(s(*size))
+                    let flag = if *executable {
+                        t(&[b"executable", b""])
+                    } else {
+                        0
+                    };
+                    (t(&[b"regular", b"contents"]) + flag).saturating_add(s(*size))
                 }
-                // "symlink", "target", the target
-                Node::Symlink { target } => s(7) + s(6) + s(target.len() as u64),
+                Node::Symlink { target } => t(&[b"symlink", b"target", target]),
                 Node::Directory(entries) => {
                     stack.extend(entries.iter().map(|e| &e.node));
-                    // "directory"; per entry "entry", "(", "name", the name, "node", ")"
-                    entries.iter().fold(s(9), |sum, e| {
-                        sum.saturating_add(
-                            s(5) + s(1) + s(4) + s(e.name.len() as u64) + s(4) + s(1),
-                        )
+                    entries.iter().fold(t(&[b"directory"]), |sum, e| {
+                        sum.saturating_add(t(&[b"entry", b"(", b"name", &e.name, b"node", b")"]))
                     })
                 }
             };

@@ -14,7 +14,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub use dump::{dump_path, hash_path, sorted_entries};
-pub use writer::{DirectoryWriter, FileNarHasher, FileWriter, NarEncoder, NarHasher};
+pub use writer::{string_len, DirectoryWriter, FileNarHasher, FileWriter, NarEncoder, NarHasher};
 
 /// The magic string at the start of every NAR.
 pub const NAR_MAGIC: &[u8] = b"nix-archive-1";

@@ -22,6 +22,12 @@ fn padding(len: u64) -> usize {
     ((8 - (len % 8)) % 8) as usize
 }
 
+/// The bytes a NAR string of `len` bytes takes, as [`write_str`] writes it: its length, itself,
+/// its padding (saturating at `u64::MAX` for lengths no file system holds).
+pub fn string_len(len: u64) -> u64 {
+    8u64.saturating_add(len).saturating_add(padding(len) as u64)
+}
+
 fn write_str<W: Write + ?Sized>(w: &mut W, s: &[u8]) -> io::Result<()> {
     w.write_all(&(s.len() as u64).to_le_bytes())?;
     w.write_all(s)?;
