@@ -144,10 +144,6 @@ impl WriteKey {
             },
         }
     }
-
-    fn framed(self) -> bool {
-        self.framed
-    }
 }
 
 /// A path of a batch (an index into the snapshot's paths) and where its tree is in
@@ -227,7 +223,7 @@ impl Batch {
             .collect();
         // Stable: within a frame (and for paths of one size), tree order.
         slots.sort_by_key(|(key, _)| *key);
-        self.unframed = slots.iter().take_while(|(key, _)| !key.framed()).count();
+        self.unframed = slots.iter().take_while(|(key, _)| !key.framed).count();
         self.paths.clear();
         self.paths.extend(slots.into_iter().map(|(_, s)| s));
     }
@@ -325,7 +321,7 @@ mod tests {
                 "unread"
             ]
         );
-        assert_eq!(keys.iter().take_while(|(_, k)| !k.framed()).count(), 3);
+        assert_eq!(keys.iter().take_while(|(_, k)| !k.framed).count(), 3);
     }
 
     #[test]

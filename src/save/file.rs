@@ -240,18 +240,14 @@ impl<R: Read> Read for HashingReader<'_, R> {
 /// symlink between the walk's look and the open, and have a root-only file's bytes packed
 /// into the cache.
 pub(super) fn open_checked(path: &Path, inode: (u64, u64), size: u64) -> io::Result<fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use rustix::fs::{Mode, OFlags};
     use std::os::unix::io::AsRawFd;
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(
-            (rustix::fs::OFlags::NOFOLLOW
-                | rustix::fs::OFlags::NONBLOCK
-                | rustix::fs::OFlags::NOCTTY
-                | rustix::fs::OFlags::CLOEXEC)
-                .bits() as i32,
-        )
-        .open(path)?;
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY;
+    let f = fs::File::from(rustix::fs::open(
+        path,
+        flags | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?);
     let m = f.metadata()?;
     if !m.is_file() || (m.dev(), m.ino()) != inode || m.len() != size {
         return Err(io::Error::other(
