@@ -4,13 +4,14 @@
 //! 1 MiB reads, then again (the blob id and rewrites must come out the same) to be packed or
 //! to compute the `.links` name: memory stays bounded whatever the size.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Read, Write};
+use std::os::fd::BorrowedFd;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use super::walk::{Ctx, Enc, Walker};
+use super::walk::{At, Ctx, Enc, Looked, Walker};
 use crate::cache::rewrite::{rewrite_in_place, Rewriter, RewritingReader, Substituter};
 use crate::cache::tree::content_key;
 use crate::cache::{BlobId, Node, ObjectKind, Rewrite};
@@ -26,18 +27,19 @@ impl Walker<'_, '_> {
     /// `.links` name found or computed.
     pub(super) fn read_file(
         &self,
-        path: &Path,
-        meta: &fs::Metadata,
+        at: At<'_>,
+        meta: &Looked,
         executable: bool,
         seen: Option<(BlobId, [u8; 32], Vec<Rewrite>)>,
         enc: Enc<'_, '_>,
         ctx: &mut Ctx<'_, '_>,
     ) -> Result<Node> {
+        let path = at.path;
         let io = |e| Error::Nar(NarError::Io(path.to_owned(), e));
-        let size = meta.len();
-        let inode = (meta.dev(), meta.ino());
+        let size = meta.size;
+        let inode = (meta.dev, meta.ino);
         let mut enc = enc.regular(executable, size).map_err(io)?;
-        let mut f = open_checked(path, inode, size).map_err(io)?;
+        let mut f = open_checked(at.dir, at.name, inode, size).map_err(io)?;
         let mut blake = blake3::Hasher::new();
         let mut small = crate::scratch::Scratch::empty();
         let mut rewrites = Vec::new();
@@ -126,7 +128,7 @@ impl Walker<'_, '_> {
             // it must still hash to the same id and give the same rewrites (the packer
             // checks what it packs).
             let second = (|| -> Result<()> {
-                let f = open_checked(path, inode, size).map_err(io)?;
+                let f = open_checked(at.dir, at.name, inode, size).map_err(io)?;
                 let r = HashingReader {
                     inner: f,
                     links: links.as_mut(),
@@ -178,7 +180,7 @@ impl Walker<'_, '_> {
             }
             (None, None) => [0; 32],
         };
-        if meta.nlink() > 1 {
+        if meta.nlink > 1 {
             self.inodes
                 .lock()
                 .expect("inodes")
@@ -231,20 +233,26 @@ impl<R: Read> Read for HashingReader<'_, R> {
     }
 }
 
-/// Open the file at `path` for reading, if it is still the regular file of `size` bytes and
-/// inode `inode` the walk looked at: opened without following a symlink (`O_NOFOLLOW`), nor
-/// blocking on a FIFO swapped in (`O_NONBLOCK`), checked again through its descriptor, and,
-/// where `/proc` tells, reached by `path` itself and no symlink above it. Whoever can write
-/// a store path's directory (a valid path missing on disk, made again by a member of the
-/// build group in a 1775 store) could otherwise swap a file, or a directory above it, for a
-/// symlink between the walk's look and the open, and have a root-only file's bytes packed
-/// into the cache.
-pub(super) fn open_checked(path: &Path, inode: (u64, u64), size: u64) -> io::Result<fs::File> {
+/// Open the file `name` in `dir` for reading, if it is still the regular file of `size`
+/// bytes and inode `inode` the walk looked at: opened without following a symlink
+/// (`O_NOFOLLOW`), nor blocking on a FIFO swapped in (`O_NONBLOCK`), and checked again
+/// through its descriptor. `dir` is a descriptor the walk holds (each directory opened
+/// `O_NOFOLLOW` below the store's), so no symlink swapped in above the file is followed
+/// either. Whoever can write a store path's directory (a valid path missing on disk, made
+/// again by a member of the build group in a 1775 store) could otherwise swap a file, or a
+/// directory above it, for a symlink between the walk's look and the open, and have a
+/// root-only file's bytes packed into the cache.
+pub(super) fn open_checked(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    inode: (u64, u64),
+    size: u64,
+) -> io::Result<fs::File> {
     use rustix::fs::{Mode, OFlags};
-    use std::os::unix::io::AsRawFd;
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY;
-    let f = fs::File::from(rustix::fs::open(
-        path,
+    let f = fs::File::from(rustix::fs::openat(
+        dir,
+        name,
         flags | OFlags::CLOEXEC,
         Mode::empty(),
     )?);
@@ -255,21 +263,15 @@ pub(super) fn open_checked(path: &Path, inode: (u64, u64), size: u64) -> io::Res
              another size): not read",
         ));
     }
-    if let Ok(reached) = fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())) {
-        if reached != path {
-            return Err(io::Error::other(format!(
-                "reached through a symlink (the file opened is {}): not read",
-                reached.display()
-            )));
-        }
-    }
     Ok(f)
 }
 
 #[cfg(test)]
 mod open_tests {
     use super::open_checked;
+    use std::ffi::OsStr;
     use std::fs;
+    use std::os::fd::AsFd;
     use std::os::unix::fs::{symlink, MetadataExt};
 
     fn inode(p: &std::path::Path) -> (u64, u64) {
@@ -278,32 +280,34 @@ mod open_tests {
     }
 
     /// What save's walk looked at is what it reads, or nothing: a file swapped for a symlink
-    /// (to a same-sized secret), for another file or a FIFO, or a directory above it swapped
-    /// for a symlink, between the look and the open (found by review: `File::open` followed
-    /// them, and the secret's bytes were packed).
+    /// (to a same-sized secret), for another file or a FIFO between the look and the open
+    /// (found by review: `File::open` followed them, and the secret's bytes were packed).
+    /// Directories above are held open by the walk (`walk::open_dir_looked`'s test).
     #[test]
-    fn a_file_or_directory_swapped_after_the_walk_looked_is_not_read() {
+    fn a_file_swapped_after_the_walk_looked_is_not_read() {
         let d = tempfile::tempdir().unwrap();
-        let root = fs::canonicalize(d.path()).unwrap();
+        let root = d.path();
         let secret = root.join("secret");
         fs::write(&secret, b"SECRET").unwrap();
-        let p = root.join("p");
-        fs::create_dir_all(p.join("dir")).unwrap();
-        let f = p.join("dir/f");
+        let dir = root.join("dir");
+        fs::create_dir(&dir).unwrap();
+        let fd = crate::store::fs::open_dir_at(rustix::fs::CWD, &dir).unwrap();
+        let (fd, name) = (fd.as_fd(), OsStr::new("f"));
+        let f = dir.join("f");
         fs::write(&f, b"plain!").unwrap();
         let looked = inode(&f);
-        open_checked(&f, looked, 6).unwrap();
+        open_checked(fd, name, looked, 6).unwrap();
         // The file swapped for a symlink to the secret (the file kept aside, so that its
         // inode number is not given to the files made next).
         fs::rename(&f, root.join("aside")).unwrap();
         symlink(&secret, &f).unwrap();
-        assert!(open_checked(&f, looked, 6).is_err());
+        assert!(open_checked(fd, name, looked, 6).is_err());
         // For a symlink the walk would look at the target of: still refused by O_NOFOLLOW.
-        assert!(open_checked(&f, inode(&secret), 6).is_err());
+        assert!(open_checked(fd, name, inode(&secret), 6).is_err());
         // For another file of the same size.
         fs::remove_file(&f).unwrap();
         fs::write(&f, b"other!").unwrap();
-        let e = open_checked(&f, looked, 6).unwrap_err().to_string();
+        let e = open_checked(fd, name, looked, 6).unwrap_err().to_string();
         assert!(e.contains("changed since"), "{e}");
         // For a FIFO: no hang.
         fs::remove_file(&f).unwrap();
@@ -315,16 +319,6 @@ mod open_tests {
             0,
         )
         .unwrap();
-        assert!(open_checked(&f, looked, 6).is_err());
-        // The directory above swapped for a symlink to one holding the secret as `f`: the
-        // walk, following it, looked at the secret itself; the open reaches it through the
-        // symlink, which /proc tells.
-        let elsewhere = root.join("elsewhere");
-        fs::create_dir(&elsewhere).unwrap();
-        fs::hard_link(&secret, elsewhere.join("f")).unwrap();
-        fs::remove_dir_all(p.join("dir")).unwrap();
-        symlink(&elsewhere, p.join("dir")).unwrap();
-        let e = open_checked(&f, inode(&secret), 6).unwrap_err().to_string();
-        assert!(e.contains("through a symlink"), "{e}");
+        assert!(open_checked(fd, name, looked, 6).is_err());
     }
 }

@@ -9,19 +9,22 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::fs;
+use std::ffi::{CString, OsStr};
 use std::io::{self, Write};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::fd::BorrowedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
+use rustix::fs::{AtFlags, Dir, FileType, Stat};
+
 use super::known::{KnownFile, KnownFiles};
 use crate::cache::rewrite::HashParts;
+use crate::cache::tree::MAX_DEPTH;
 use crate::cache::{BlobId, Entry, Node, Packer, PathFrames, Rewrite, TreeId};
 use crate::error::{Error, Result};
-use crate::nar::{sorted_entries, NarEncoder, NarError, NarHasher};
+use crate::nar::{NarEncoder, NarError, NarHasher};
 use crate::store::links::SourceLinks;
 use crate::store::path_info::NarHash;
 
@@ -76,11 +79,14 @@ pub(super) type Enc<'e, 'b> = NarEncoder<'e, NarSink<'b>>;
 static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
 
 impl Walker<'_, '_> {
-    /// Walk one store path whose files may name the hash parts `parts`: its tree, NAR
-    /// SHA-256 (None when some file was taken unread from the base snapshot) and NAR size.
-    /// With `read_all`, every file is read.
+    /// Walk the store path `name` in the store directory `store` (`real` names it in errors)
+    /// whose files may name the hash parts `parts`: its tree, NAR SHA-256 (None when some file
+    /// was taken unread from the base snapshot) and NAR size. With `read_all`, every file is
+    /// read.
     pub(super) fn walk(
         &self,
+        store: BorrowedFd<'_>,
+        name: &str,
         real: &Path,
         parts: &HashParts,
         read_all: bool,
@@ -99,7 +105,16 @@ impl Walker<'_, '_> {
             read_all,
             blind: &blind,
         };
-        let node = self.node(real, enc, &mut ctx);
+        let node = self.node(
+            At {
+                dir: store,
+                name: OsStr::new(name),
+                path: real,
+            },
+            enc,
+            &mut ctx,
+            0,
+        );
         // Whatever happened to the walk, the objects claimed so far must reach a pack.
         self.packer.finish_path(frames)?;
         let node = node?;
@@ -107,31 +122,57 @@ impl Walker<'_, '_> {
         Ok((node, (!blind.get()).then_some(hash), sink.len))
     }
 
-    fn node(&self, path: &Path, enc: Enc<'_, '_>, ctx: &mut Ctx<'_, '_>) -> Result<Node> {
-        let io = |e| Error::Nar(NarError::Io(path.to_owned(), e));
-        let meta = fs::symlink_metadata(path).map_err(io)?;
-        let ft = meta.file_type();
-        if ft.is_symlink() {
-            let target = fs::read_link(path).map_err(io)?.into_os_string().into_vec();
-            enc.symlink(&target).map_err(io)?;
-            Ok(Node::Symlink { target })
-        } else if ft.is_dir() {
-            let mut dir = enc.directory().map_err(io)?;
-            let mut entries = Vec::new();
-            for name in sorted_entries(path)? {
-                let entry = dir.entry(name.as_bytes()).map_err(io)?;
-                let node = self.node(&path.join(&name), entry, ctx)?;
-                entries.push(Entry {
-                    name: name.as_bytes().to_vec(),
-                    node,
-                });
+    /// The node of `at`, looked at without following a symlink, at `depth` directories
+    /// below the store path's top.
+    fn node(
+        &self,
+        at: At<'_>,
+        enc: Enc<'_, '_>,
+        ctx: &mut Ctx<'_, '_>,
+        depth: usize,
+    ) -> Result<Node> {
+        let path = at.path;
+        let io = |e: io::Error| Error::Nar(NarError::Io(path.to_owned(), e));
+        let st = rustix::fs::statat(at.dir, at.name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| io(e.into()))?;
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::Symlink => {
+                let target = rustix::fs::readlinkat(at.dir, at.name, Vec::new())
+                    .map_err(|e| io(e.into()))?
+                    .into_bytes();
+                enc.symlink(&target).map_err(io)?;
+                Ok(Node::Symlink { target })
             }
-            dir.close().map_err(io)?;
-            Ok(Node::Directory(entries))
-        } else if ft.is_file() {
-            self.file(path, &meta, enc, ctx)
-        } else {
-            Err(NarError::FileType(path.to_owned()).into())
+            FileType::Directory => {
+                if depth >= MAX_DEPTH {
+                    return Err(io(io::Error::other(format!(
+                        "directories nested deeper than {MAX_DEPTH}"
+                    ))));
+                }
+                let (dir, names) = open_dir_looked(at.dir, at.name, &st).map_err(io)?;
+                let dir = dir.fd().map_err(|e| io(e.into()))?;
+                let mut w = enc.directory().map_err(io)?;
+                let mut entries = Vec::with_capacity(names.len());
+                for name in names {
+                    let name = OsStr::from_bytes(name.to_bytes());
+                    let entry = w.entry(name.as_bytes()).map_err(io)?;
+                    let child = path.join(name);
+                    let at = At {
+                        dir,
+                        name,
+                        path: &child,
+                    };
+                    let node = self.node(at, entry, ctx, depth + 1)?;
+                    entries.push(Entry {
+                        name: name.as_bytes().to_vec(),
+                        node,
+                    });
+                }
+                w.close().map_err(io)?;
+                Ok(Node::Directory(entries))
+            }
+            FileType::RegularFile => self.file(at, &Looked::from(&st), enc, ctx),
+            _ => Err(NarError::FileType(path.to_owned()).into()),
         }
     }
 
@@ -139,18 +180,18 @@ impl Walker<'_, '_> {
     /// it may be taken unread.
     fn lookup_known(
         &self,
-        meta: &fs::Metadata,
+        meta: &Looked,
         executable: bool,
         ctx: &Ctx<'_, '_>,
     ) -> Option<KnownFile> {
         let known = self.known.as_ref()?;
-        if ctx.read_all || meta.len() < crate::store::links::LINKS_MIN_SIZE {
+        if ctx.read_all || meta.size < crate::store::links::LINKS_MIN_SIZE {
             return None;
         }
         let name = self.source_links_hash(meta)?;
         known
             .get_or_init(|| KnownFiles::build(self.packer.cache(), self.base_trees.iter().copied()))
-            .get(&name, executable, meta.len())
+            .get(&name, executable, meta.size)
     }
 
     /// Take `f` as this file's node without reading it: the NAR gets zeros of its length
@@ -158,7 +199,7 @@ impl Walker<'_, '_> {
     fn take_known(
         &self,
         f: KnownFile,
-        meta: &fs::Metadata,
+        meta: &Looked,
         path: &Path,
         enc: Enc<'_, '_>,
         ctx: &mut Ctx<'_, '_>,
@@ -174,9 +215,9 @@ impl Walker<'_, '_> {
         }
         w.finish().map_err(io)?;
         self.bytes_known.fetch_add(f.size, Ordering::Relaxed);
-        if meta.nlink() > 1 {
+        if meta.nlink > 1 {
             self.inodes.lock().expect("inodes").insert(
-                (meta.dev(), meta.ino()),
+                (meta.dev, meta.ino),
                 (f.blob, f.file_nar_hash, f.rewrites.clone()),
             );
         }
@@ -191,38 +232,38 @@ impl Walker<'_, '_> {
 
     fn file(
         &self,
-        path: &Path,
-        meta: &fs::Metadata,
+        at: At<'_>,
+        meta: &Looked,
         enc: Enc<'_, '_>,
         ctx: &mut Ctx<'_, '_>,
     ) -> Result<Node> {
-        let executable = meta.permissions().mode() & 0o100 != 0;
-        let inode = (meta.dev(), meta.ino());
-        let seen = if meta.nlink() > 1 {
+        let executable = meta.executable;
+        let inode = (meta.dev, meta.ino);
+        let seen = if meta.nlink > 1 {
             self.inodes.lock().expect("inodes").get(&inode).cloned()
         } else {
             None
         };
         if seen.is_none() {
             if let Some(f) = self.lookup_known(meta, executable, ctx) {
-                return self.take_known(f, meta, path, enc, ctx);
+                return self.take_known(f, meta, at.path, enc, ctx);
             }
         }
-        self.read_file(path, meta, executable, seen, enc, ctx)
+        self.read_file(at, meta, executable, seen, enc, ctx)
     }
 
     /// The name of the source store's `.links` entry sharing this file's inode, if any: the
     /// daemon named it by the SHA-256 of the file's NAR when it deduplicated the file, and
     /// trusts that name itself whenever it links another file to it.
-    pub(super) fn source_links_hash(&self, meta: &fs::Metadata) -> Option<[u8; 32]> {
-        if meta.nlink() < 2 {
+    pub(super) fn source_links_hash(&self, meta: &Looked) -> Option<[u8; 32]> {
+        if meta.nlink < 2 {
             return None;
         }
         let links = self
             .source_links
             .get_or_init(|| SourceLinks::read(&self.links_dir));
-        (links.dev == meta.dev())
-            .then(|| links.by_inode.get(&meta.ino()).copied())
+        (links.dev == meta.dev)
+            .then(|| links.by_inode.get(&meta.ino).copied())
             .flatten()
     }
 
@@ -241,10 +282,133 @@ impl Walker<'_, '_> {
     }
 }
 
+/// A name in a directory the walk holds open, and its path (for errors).
+#[derive(Clone, Copy)]
+pub(super) struct At<'a> {
+    pub(super) dir: BorrowedFd<'a>,
+    pub(super) name: &'a OsStr,
+    pub(super) path: &'a Path,
+}
+
+/// What the walk's look at a file (`statat`, not following a symlink) found.
+pub(super) struct Looked {
+    pub(super) dev: u64,
+    pub(super) ino: u64,
+    pub(super) nlink: u64,
+    pub(super) size: u64,
+    pub(super) executable: bool,
+}
+
+impl From<&Stat> for Looked {
+    fn from(st: &Stat) -> Self {
+        Looked {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            nlink: st.st_nlink,
+            size: st.st_size as u64,
+            executable: st.st_mode & 0o100 != 0,
+        }
+    }
+}
+
+/// Open the directory `name` in `dir` that the walk looked at as `looked`, and read its
+/// entries' names, sorted as a NAR lists them: never through a symlink (`O_NOFOLLOW`), and
+/// only if it is still the directory looked at. Its files are then opened relative to it,
+/// so that nothing swapped above them after this open is followed either.
+fn open_dir_looked(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    looked: &Stat,
+) -> io::Result<(Dir, Vec<CString>)> {
+    let fd = crate::store::fs::open_dir_at(dir, name)?;
+    let st = rustix::fs::fstat(&fd)?;
+    if (st.st_dev, st.st_ino) != (looked.st_dev, looked.st_ino) {
+        return Err(io::Error::other(
+            "changed since the walk looked at it (another directory): not read",
+        ));
+    }
+    let mut d = Dir::new(fd)?;
+    let mut names = Vec::new();
+    for e in &mut d {
+        let e = e?;
+        let n = e.file_name();
+        if n.to_bytes() != b"." && n.to_bytes() != b".." {
+            names.push(n.to_owned());
+        }
+    }
+    names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    Ok((d, names))
+}
+
 /// What one path's walk carries down its tree.
 pub(super) struct Ctx<'f, 'p> {
     pub(super) frames: &'f mut PathFrames,
     pub(super) parts: &'p HashParts,
     pub(super) read_all: bool,
     pub(super) blind: &'p Cell<bool>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::open_dir_looked;
+    use std::ffi::OsStr;
+    use std::fs;
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::symlink;
+
+    fn look(p: &std::path::Path) -> rustix::fs::Stat {
+        rustix::fs::lstat(p).unwrap()
+    }
+
+    /// A directory of a path being saved swapped for a symlink (to a directory holding a
+    /// root-only file under the same name) is not followed, whether the swap comes between
+    /// the walk's look and its open, or after the open: the walk reads the directory it
+    /// looked at, through the descriptor it holds, or nothing (found by review: the save
+    /// opened files by path, through any directory swapped above them).
+    #[test]
+    fn a_directory_swapped_for_a_symlink_is_not_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        let elsewhere = root.join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        fs::write(elsewhere.join("f"), b"SECRET").unwrap();
+        let p = root.join("p");
+        fs::create_dir_all(p.join("dir")).unwrap();
+        fs::write(p.join("dir/f"), b"plain!").unwrap();
+        let top = crate::store::fs::open_dir_at(rustix::fs::CWD, &p).unwrap();
+        let name = OsStr::new("dir");
+
+        // Looked at, then opened: its entries, sorted.
+        fs::write(p.join("dir/a"), b"").unwrap();
+        let looked = look(&p.join("dir"));
+        let (held, names) = open_dir_looked(top.as_fd(), name, &looked).unwrap();
+        let names: Vec<_> = names.iter().map(|n| n.to_bytes().to_vec()).collect();
+        assert_eq!(names, [b"a".to_vec(), b"f".to_vec()]);
+
+        // Swapped after the open: the held descriptor still reads the directory looked at.
+        fs::rename(p.join("dir"), root.join("aside")).unwrap();
+        symlink(&elsewhere, p.join("dir")).unwrap();
+        let mut f = fs::File::from(
+            rustix::fs::openat(
+                held.fd().unwrap(),
+                "f",
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NOFOLLOW,
+                rustix::fs::Mode::empty(),
+            )
+            .unwrap(),
+        );
+        let mut got = String::new();
+        f.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "plain!");
+
+        // Swapped between the look and the open: not opened (a symlink, or another
+        // directory than the one looked at).
+        assert!(open_dir_looked(top.as_fd(), name, &looked).is_err());
+        assert!(open_dir_looked(top.as_fd(), name, &look(&elsewhere)).is_err());
+        fs::remove_file(p.join("dir")).unwrap();
+        fs::create_dir(p.join("dir")).unwrap();
+        let e = open_dir_looked(top.as_fd(), name, &looked).unwrap_err();
+        assert!(e.to_string().contains("changed since"), "{e}");
+    }
 }
