@@ -652,7 +652,8 @@ fn main() {
         ss: a,
         base: b,
         base_synced: synced.into_inner(),
-        target: Target::Ratio(0.6),
+        // Issue 14: <= 0.65x tar extraction, and <= 0.55x tar extraction + `sync` (below).
+        target: Target::Ratio(0.65),
     });
 
     // 2. Warm restore: root holding v1 <- snapshot v2.
@@ -892,16 +893,20 @@ fn report(cfg: &Cfg, info: &gen::GenInfo, machine: &str, rows: &[Row], sz: &Size
             .map(|c| format!(" and {:.1} MiB for v3", mib(c.saturating_sub(sz.c12))))
             .unwrap_or_default()
     );
+    // Issue 14's cold restore target against the baseline made durable.
+    const SYNCED_TARGET: f64 = 0.55;
     for r in rows.iter().filter(|r| !r.base_synced.is_empty()) {
         let synced = med(r.base_synced.clone());
-        let _ = writeln!(
+        let _ =
+            writeln!(
             s,
             "{}: the baseline followed by `sync` (its writes durable, as storesync's are when it \
-             exits) takes {:.2} s (median); storesync / that = {:.3} (for information; the \
-             target compares with the baseline without `sync`).\n",
+             exits) takes {:.2} s (median); storesync / that = {:.3} (target <= {SYNCED_TARGET}: \
+             {}).\n",
             r.name,
             synced,
-            median(&r.ss).wall / synced
+            median(&r.ss).wall / synced,
+            if median(&r.ss).wall / synced <= SYNCED_TARGET { "met" } else { "**not met**" }
         );
     }
     let _ = writeln!(s, "All runs (wall s / CPU s / RSS MiB):\n");
