@@ -256,3 +256,57 @@ fn gha_rest_listing_repeating_one_page_is_an_error() {
     assert!(err.contains("do not advance"), "{err}");
     assert!(pages <= 6, "{pages} pages requested");
 }
+
+/// A ranged read from GitHub's cache service answered `206` with bytes from another offset
+/// (`Content-Range` says so): they were taken as the bytes asked for, and only the BLAKE3
+/// check of what was decoded from them failed, naming no cause. The answer is refused
+/// naming the range asked for and the range sent.
+#[test]
+fn gha_ranged_read_answered_with_another_range_is_refused() {
+    let (url, _) = serve(|req, s| {
+        if req.line.starts_with("POST") && req.line.contains("GetCacheEntryDownloadURL") {
+            let addr = req.header("host").unwrap_or_default().to_string();
+            let body = format!(
+                "{{\"ok\":true,\"signed_download_url\":\"http://{addr}/blob/x?sig=1\",\
+                 \"matched_key\":\"sc/packs/p.pack\"}}"
+            );
+            return write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
+        // Whatever range is asked for: the first ten bytes.
+        write!(
+            s,
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-9/100\r\n\
+             Content-Length: 10\r\n\r\n0123456789"
+        )
+    });
+    let store = GhaStore::new(GhaConfig {
+        results_url: url,
+        runtime_token: "t".into(),
+        scope: "sc".into(),
+        max_throttle_wait: Duration::from_secs(5),
+        block_size: 4 << 20,
+        tries: 1,
+        retry_pause: Duration::from_millis(10),
+        rest: None,
+    })
+    .unwrap();
+    let err = match store.get_range("packs/p.pack", 50, 10) {
+        Ok(mut r) => {
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).unwrap();
+            panic!(
+                "read {:?} from another range",
+                String::from_utf8_lossy(&got)
+            );
+        }
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("bytes 50-59 asked for") && err.contains("bytes 0-9"),
+        "{err}"
+    );
+}

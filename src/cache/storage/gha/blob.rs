@@ -279,6 +279,15 @@ pub(super) fn content_length(resp: &http::Response<ureq::Body>) -> Option<u64> {
         .ok()
 }
 
+/// The first and last byte of a partial answer's `Content-Range: bytes FIRST-LAST/SIZE`.
+pub(super) fn content_range(resp: &http::Response<ureq::Body>) -> Option<(u64, u64)> {
+    let v = resp.headers().get("content-range")?.to_str().ok()?;
+    let (span, _size) = v.strip_prefix("bytes ")?.split_once('/')?;
+    let (first, last) = span.split_once('-')?;
+    let (first, last) = (first.parse().ok()?, last.parse().ok()?);
+    (first <= last).then_some((first, last))
+}
+
 impl GhaStore {
     pub(super) fn read_whole(&self, key: &str, max: u64) -> Result<Vec<u8>, StorageError> {
         let entry = self.entry(key)?;
@@ -344,6 +353,27 @@ impl GhaStore {
         let whole_from_start = resp.status().as_u16() == 200 && offset == 0;
         if got.is_some_and(|g| g < len) || (resp.status().as_u16() == 200 && !whole_from_start) {
             return Err(beyond());
+        }
+        // A partial answer says which bytes it holds: those asked for, or fewer at the end
+        // of the object; any others are not the object's bytes at this offset.
+        if resp.status().as_u16() == 206 {
+            match content_range(&resp) {
+                Some((first, last)) if first == offset && last == end - 1 => {}
+                Some((first, last)) if first == offset && last < end - 1 => return Err(beyond()),
+                told => {
+                    return Err(other(
+                        &what,
+                        format!(
+                            "bytes {offset}-{} asked for, the blob storage answered with {}",
+                            end - 1,
+                            match told {
+                                Some((a, b)) => format!("bytes {a}-{b}"),
+                                None => "no valid Content-Range".to_owned(),
+                            }
+                        ),
+                    ))
+                }
+            }
         }
         Ok(Box::new(ExactReader {
             body: resp.into_body().into_reader(),
