@@ -6,6 +6,9 @@
 # are left in $OUT, to be deleted by hand (see ab-cold-restore.sh on deletions and ext4).
 #
 #   benches/ab-save.sh BIN_A BIN_B [PAIRS] [ROOT] [OUT]
+#
+# With SAVE_ONLY=1, saves only: each into a fresh cache, the previous one deleted, then `sync`
+# and a second's pause before the save (no restores, so no file creation between saves).
 set -euo pipefail
 a=$1 b=$2 pairs=${3:-5}
 root=${4:-/var/tmp/storesync-bench/gen-200mb-upgrade/v1}
@@ -13,6 +16,17 @@ out=${5:-/var/tmp/storesync-ab-save}
 mkdir -p "$out"
 one() {
     local bin=$1 tag=$2 d load
+    if [ "${SAVE_ONLY:-}" = 1 ]; then
+        rm -rf "$out/cache"
+        sync
+        sleep 1
+        load=$(cut -d' ' -f1 /proc/loadavg)
+        /usr/bin/time -f "%e %U %S" -o "$out/.time" "$bin" --root "$root" --no-progress \
+            --json save --cache "$out/cache" > /dev/null
+        read -r wall user sys < "$out/.time"
+        echo "$tag save: $wall s wall, $user u $sys s CPU, load $load"
+        return
+    fi
     d=$(mktemp -d "$out/$tag-XXXXXX")
     for step in save restore; do
         load=$(cut -d' ' -f1 /proc/loadavg)
