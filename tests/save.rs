@@ -113,3 +113,35 @@ fn a_save_on_a_base_dated_ahead_is_the_newest_of_its_key() {
     let newest = w.cache().find_by_key("k", &[], &|_, _| Ok(())).unwrap();
     assert_eq!(newest.id.hex(), second.snapshot);
 }
+
+/// Save walks each path through a descriptor per directory level: as deep as a tree may nest
+/// (256 levels below the top, `cache::tree::MAX_DEPTH`) is saved and restored byte for byte;
+/// one level more is refused at save, naming the path and the depth, not packed into a tree
+/// restore would refuse.
+#[test]
+fn a_path_as_deep_as_a_tree_may_be_is_saved_and_restored_and_deeper_is_refused() {
+    use storesync::restore::{self, RestoreOptions};
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    let deepest = format!("{}f", "d/".repeat(storesync::cache::tree::MAX_DEPTH - 1));
+    util::add_files_path(&src, ONE, &[(&deepest, b"deep\n", false)], &[]);
+    let r = save(&src, &w.cache(), &opts(false), &NoProgress).unwrap();
+    assert_eq!(r.new_paths, 1, "{r:?}");
+    let dst = w.layout("dst");
+    let opts_r = RestoreOptions {
+        snapshot: Some(r.snapshot.clone()),
+        ..RestoreOptions::default()
+    };
+    let got = restore::restore(&dst, &w.cache(), &opts_r, &NoProgress).unwrap();
+    assert_eq!(got.restored, 1, "{:?}", got.failures);
+    let on_disk = dst.real_store_dir().join(ONE).join(&deepest);
+    assert_eq!(fs::read(on_disk).unwrap(), b"deep\n");
+
+    let deeper = format!("{}f", "d/".repeat(storesync::cache::tree::MAX_DEPTH));
+    util::add_files_path(&src, TWO, &[(&deeper, b"deeper\n", false)], &[]);
+    let r = save(&src, &w.cache(), &opts(true), &NoProgress).unwrap();
+    assert_eq!(r.unreadable.len(), 1, "{r:?}");
+    let (path, why) = &r.unreadable[0];
+    assert!(path.ends_with(TWO), "{path}");
+    assert!(why.contains("nested deeper than 256") && why.contains(TWO), "{why}");
+}

@@ -102,7 +102,7 @@ pub(super) fn execute(
     let store = layout.real_store_dir();
     // Files and directories are created with their final modes, which a umask must not trim.
     let _umask = Umask::set(0o022);
-    super::resources::raise_open_files_limit(0);
+    crate::store::fs::raise_open_files_limit(0);
     let ioe = |p: &Path| {
         let p = p.to_owned();
         move |e| Error::Io(p, e)

@@ -357,7 +357,7 @@ pub(super) fn plan_locked(
     )
     .map_err(|e| Error::Io(layout.real_store_dir(), e))?;
     // A lock file per missing path, plus the writers' descriptors (see [`super::resources::lock_budget`]).
-    super::resources::raise_open_files_limit(first.missing.len() as u64 * 4 / 3 + 1024);
+    crate::store::fs::raise_open_files_limit(first.missing.len() as u64 * 4 / 3 + 1024);
     let budget = super::resources::lock_budget();
     let mut locked: BTreeSet<String> = BTreeSet::new();
     if first.missing.is_empty() {

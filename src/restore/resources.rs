@@ -53,51 +53,6 @@ impl Drop for Flusher {
     }
 }
 
-/// Raise the soft limit of open files to at least `need` (and 65536), within the hard limit,
-/// which root raises too when `need` passes it (up to the kernel's `nr_open`): a path is
-/// written holding a descriptor of each directory from its top to the one being written, on
-/// each of the writer threads, and a restore into a store holds a lock file per missing path
-/// until registration. Never lowers a limit.
-pub(super) fn raise_open_files_limit(need: u64) {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let lim = getrlimit(Resource::Nofile);
-    let (Some(cur), Some(max)) = (lim.current, lim.maximum) else {
-        return; // unlimited
-    };
-    let want = need.max(1 << 16);
-    if cur >= want {
-        return;
-    }
-    // Root (CAP_SYS_RESOURCE) may raise the hard limit too, up to the kernel's `nr_open`: a
-    // restore of 100,000 missing paths into a store holds as many path locks.
-    if want > max {
-        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .unwrap_or(1 << 20);
-        let high = want.min(nr_open).max(max);
-        if high > max
-            && setrlimit(
-                Resource::Nofile,
-                Rlimit {
-                    current: Some(high),
-                    maximum: Some(high),
-                },
-            )
-            .is_ok()
-        {
-            return;
-        }
-    }
-    let _ = setrlimit(
-        Resource::Nofile,
-        Rlimit {
-            current: Some(want.min(max)),
-            maximum: Some(max),
-        },
-    );
-}
-
 /// The most path locks held at once, whatever the open-files limit: beyond this a restore
 /// into a live store asks to be split.
 pub(super) fn lock_budget() -> usize {

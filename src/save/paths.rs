@@ -158,9 +158,10 @@ pub(super) fn walk_paths(
         base_trees: base_trees.map(<[TreeId]>::to_vec).unwrap_or_default(),
     };
     // The store directory, opened once: each path is walked relative to it, each directory
-    // below relative to its parent's descriptor (`Walker::walk`). If it cannot be opened,
-    // every path says why.
+    // below relative to its parent's descriptor (`Walker::walk`), held while its entries are
+    // walked (hence the limit raised). If it cannot be opened, every path says why.
     let store = layout.real_store_dir();
+    crate::store::fs::raise_open_files_limit(0);
     let store_fd = rustix::fs::open(
         &store,
         rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
