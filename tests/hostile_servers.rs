@@ -99,6 +99,21 @@ fn s3_on(url: &str) -> S3Store {
     .unwrap()
 }
 
+/// The GitHub cache service's client on the server at `url` (scope `sc`, one try).
+fn gha_on(url: &str, rest: Option<RestConfig>) -> GhaStore {
+    GhaStore::new(GhaConfig {
+        results_url: url.to_owned(),
+        runtime_token: "t".into(),
+        scope: "sc".into(),
+        max_throttle_wait: Duration::from_secs(5),
+        block_size: 4 << 20,
+        tries: 1,
+        retry_pause: Duration::from_millis(10),
+        rest,
+    })
+    .unwrap()
+}
+
 fn peak_rss_mib() -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap();
     let l = s.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
@@ -229,22 +244,15 @@ fn gha_rest_listing_repeating_one_page_is_an_error() {
     });
     let api = url.clone();
     let r = within(Duration::from_secs(60), move || {
-        let store = GhaStore::new(GhaConfig {
-            results_url: api.clone(),
-            runtime_token: "t".into(),
-            scope: "sc".into(),
-            max_throttle_wait: Duration::from_secs(5),
-            block_size: 4 << 20,
-            tries: 1,
-            retry_pause: Duration::from_millis(10),
-            rest: Some(RestConfig {
-                api_url: api,
+        let store = gha_on(
+            &api,
+            Some(RestConfig {
+                api_url: api.clone(),
                 repository: "o/r".into(),
                 token: "g".into(),
                 git_ref: Some("refs/heads/main".into()),
             }),
-        })
-        .unwrap();
+        );
         store
             .rest_list("sc/")
             .map(|v| v.len())
@@ -283,17 +291,7 @@ fn gha_ranged_read_answered_with_another_range_is_refused() {
              Content-Length: 10\r\n\r\n0123456789"
         )
     });
-    let store = GhaStore::new(GhaConfig {
-        results_url: url,
-        runtime_token: "t".into(),
-        scope: "sc".into(),
-        max_throttle_wait: Duration::from_secs(5),
-        block_size: 4 << 20,
-        tries: 1,
-        retry_pause: Duration::from_millis(10),
-        rest: None,
-    })
-    .unwrap();
+    let store = gha_on(&url, None);
     let err = match store.get_range("packs/p.pack", 50, 10) {
         Ok(mut r) => {
             let mut got = Vec::new();

@@ -143,5 +143,8 @@ fn a_path_as_deep_as_a_tree_may_be_is_saved_and_restored_and_deeper_is_refused()
     assert_eq!(r.unreadable.len(), 1, "{r:?}");
     let (path, why) = &r.unreadable[0];
     assert!(path.ends_with(TWO), "{path}");
-    assert!(why.contains("nested deeper than 256") && why.contains(TWO), "{why}");
+    assert!(
+        why.contains("nested deeper than 256") && why.contains(TWO),
+        "{why}"
+    );
 }
