@@ -149,8 +149,9 @@ impl Walker<'_, '_> {
                         "directories nested deeper than {MAX_DEPTH}"
                     ))));
                 }
-                let (dir, names) = open_dir_looked(at.dir, at.name, &st).map_err(io)?;
-                let dir = dir.fd().map_err(|e| io(e.into()))?;
+                // Held open while its entries are walked: they are reached through it.
+                let (held, names) = open_dir_looked(at.dir, at.name, &st).map_err(io)?;
+                let dir = held.fd().map_err(|e| io(e.into()))?;
                 let mut w = enc.directory().map_err(io)?;
                 let mut entries = Vec::with_capacity(names.len());
                 for name in names {
