@@ -19,7 +19,7 @@
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -243,12 +243,14 @@ impl Writer<'_> {
     /// Owner and mtime of the symlink `name` in `dir` (its mode is always 0777).
     fn finish_symlink(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
         if let Some((u, g)) = self.chown {
-            // No descriptor of a symlink can be chowned; this path reaches it through the
-            // directory's descriptor (/proc's link to it), and lchown does not follow it.
-            let via = Path::new("/proc/self/fd")
-                .join(dir.as_raw_fd().to_string())
-                .join(name);
-            std::os::unix::fs::lchown(via, Some(u), Some(g))?;
+            // Relative to the directory's descriptor, the symlink itself (not its target).
+            rustix::fs::chownat(
+                dir,
+                name,
+                Some(rustix::fs::Uid::from_raw(u)),
+                Some(rustix::fs::Gid::from_raw(g)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )?;
         }
         let one = Timespec {
             tv_sec: 1,
