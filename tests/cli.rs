@@ -662,3 +662,59 @@ fn diff_between_snapshots_and_the_live_store() {
     let d = diff(&["key:k", "@live"], "src");
     assert_eq!(d["added"].as_array().unwrap().len(), 0);
 }
+
+/// Save as a user who may search the store directory but not list it (mode 0311; the old
+/// walk by path needed no more): every path is still saved. Found by review: the store
+/// directory was opened for reading, and every path failed with `Permission denied`. Needs
+/// root (to switch to `nobody` with `setpriv`).
+#[test]
+fn a_store_directory_searchable_but_not_readable_is_saved_by_another_user() {
+    use std::os::unix::fs::PermissionsExt;
+    if !rustix::process::geteuid().is_root() || which("setpriv").is_none() {
+        eprintln!("skipped: needs root and setpriv");
+        return;
+    }
+    let w = World::new(Flavor::Guix);
+    fs::set_permissions(w.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let src = w.layout("src");
+    let base = "0123456789abcdfghijklmnpqrsvwxyz-one";
+    add_files_path(&src, base, &[("bin/tool", b"#!/bin/sh\n", true)], &[]);
+    // The DB (SQLite writes its `-shm` even to read) and the cache are the user's.
+    fs::create_dir(w.cache_dir()).unwrap();
+    let db = src.real_db_dir();
+    for p in std::iter::once(db.clone())
+        .chain(fs::read_dir(&db).unwrap().map(|e| e.unwrap().path()))
+        .chain([w.cache_dir()])
+    {
+        std::os::unix::fs::chown(&p, Some(65534), Some(65534)).unwrap();
+    }
+    fs::set_permissions(src.real_store_dir(), fs::Permissions::from_mode(0o311)).unwrap();
+    // This world's command line, run by `nobody`.
+    let inner = w.std_cmd("src");
+    let mut c = std::process::Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .args(["--json", "save", "--cache"])
+        .arg(w.cache_dir());
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    let out = c.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let v = json(&out.stdout);
+    assert_eq!(v["new_paths"], 1, "{v}\n{err}");
+}
+
+/// The full path of `prog` on `PATH`.
+fn which(prog: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(prog))
+            .find(|f| f.is_file())
+    })
+}

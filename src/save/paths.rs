@@ -162,9 +162,11 @@ pub(super) fn walk_paths(
     // walked (hence the limit raised). If it cannot be opened, every path says why.
     let store = layout.real_store_dir();
     crate::store::fs::raise_open_files_limit(0);
+    // `O_PATH`: only searched, never listed, so a store directory one may search but not
+    // read (mode 0711, 0311) is walked as it was by path.
     let store_fd = rustix::fs::open(
         &store,
-        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
     )
     .map_err(|e| std::io::Error::from(e).to_string());
