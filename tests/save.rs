@@ -148,3 +148,37 @@ fn a_path_as_deep_as_a_tree_may_be_is_saved_and_restored_and_deeper_is_refused()
         "{why}"
     );
 }
+
+/// Save counts a path's nodes as a tree's decoder does, each rewrite as a node: a path of
+/// exactly `MAX_TREE_NODES` is saved and restored byte for byte; one more is refused at save,
+/// naming the path, not packed into a tree restore would refuse (nor walked without bound).
+#[test]
+fn a_path_of_as_many_nodes_as_a_tree_may_hold_is_saved_and_restored_and_more_is_refused() {
+    use storesync::restore::{self, RestoreOptions};
+    let max = storesync::cache::MAX_TREE_NODES;
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    // The top directory and one file made of the path's own hash part over and over: two
+    // nodes and one rewrite per 32 bytes.
+    let full = ONE[..32].repeat(max - 2).into_bytes();
+    util::add_files_path(&src, ONE, &[("f", &full, false)], &[]);
+    let r = save(&src, &w.cache(), &opts(false), &NoProgress).unwrap();
+    assert_eq!(r.new_paths, 1, "{r:?}");
+    let dst = w.layout("dst");
+    let opts_r = RestoreOptions {
+        snapshot: Some(r.snapshot.clone()),
+        ..RestoreOptions::default()
+    };
+    let got = restore::restore(&dst, &w.cache(), &opts_r, &NoProgress).unwrap();
+    assert_eq!(got.restored, 1, "{:?}", got.failures);
+    assert!(fs::read(dst.real_store_dir().join(ONE).join("f")).unwrap() == full);
+    drop(full);
+
+    let over = TWO[..32].repeat(max - 1).into_bytes();
+    util::add_files_path(&src, TWO, &[("f", &over, false)], &[]);
+    let r = save(&src, &w.cache(), &opts(true), &NoProgress).unwrap();
+    assert_eq!(r.unreadable.len(), 1, "{r:?}");
+    let (path, why) = &r.unreadable[0];
+    assert!(path.ends_with(TWO), "{path}");
+    assert!(why.contains(&format!("more than {max} nodes")), "{why}");
+}

@@ -34,6 +34,7 @@ use std::sync::{Mutex, OnceLock, RwLock};
 
 use serde::{Deserialize, Serialize};
 
+pub use decode::MAX_TREE_NODES;
 #[cfg(test)]
 use format::decode_bincode;
 pub use format::{index_key, pack_key, snapshot_key, SnapshotHead, FORMAT_VERSION, PACK_MAGIC};

@@ -22,6 +22,7 @@ use rustix::fs::{AtFlags, Dir, FileType, Stat};
 use super::known::{KnownFile, KnownFiles};
 use crate::cache::rewrite::HashParts;
 use crate::cache::tree::MAX_DEPTH;
+use crate::cache::MAX_TREE_NODES;
 use crate::cache::{BlobId, Entry, Node, Packer, PathFrames, Rewrite, TreeId};
 use crate::error::{Error, Result};
 use crate::nar::{NarEncoder, NarError, NarHasher};
@@ -104,6 +105,7 @@ impl Walker<'_, '_> {
             parts,
             read_all,
             blind: &blind,
+            nodes: 0,
         };
         let node = self.node(
             At {
@@ -133,6 +135,15 @@ impl Walker<'_, '_> {
     ) -> Result<Node> {
         let path = at.path;
         let io = |e: io::Error| Error::Nar(NarError::Io(path.to_owned(), e));
+        let too_many = || {
+            io(io::Error::other(format!(
+                "more than {MAX_TREE_NODES} nodes"
+            )))
+        };
+        ctx.nodes += 1;
+        if ctx.nodes > MAX_TREE_NODES {
+            return Err(too_many());
+        }
         let st = rustix::fs::statat(at.dir, at.name, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| io(e.into()))?;
         match FileType::from_raw_mode(st.st_mode) {
@@ -172,7 +183,16 @@ impl Walker<'_, '_> {
                 w.close().map_err(io)?;
                 Ok(Node::Directory(entries))
             }
-            FileType::RegularFile => self.file(at, &Looked::from(&st), enc, ctx),
+            FileType::RegularFile => {
+                let node = self.file(at, &Looked::from(&st), enc, ctx)?;
+                if let Node::Rewritten { rewrites, .. } = &node {
+                    ctx.nodes += rewrites.len();
+                    if ctx.nodes > MAX_TREE_NODES {
+                        return Err(too_many());
+                    }
+                }
+                Ok(node)
+            }
             _ => Err(NarError::FileType(path.to_owned()).into()),
         }
     }
@@ -347,6 +367,11 @@ pub(super) struct Ctx<'f, 'p> {
     pub(super) parts: &'p HashParts,
     pub(super) read_all: bool,
     pub(super) blind: &'p Cell<bool>,
+    /// Nodes walked so far, each file's rewrites counted as nodes, as a tree's decoder
+    /// counts them: a path beyond [`MAX_TREE_NODES`] is refused, not packed into a tree no
+    /// restore would read (and a walk that a writer of the path inflates, moving directories
+    /// about while it runs, is bounded).
+    pub(super) nodes: usize,
 }
 
 #[cfg(test)]
