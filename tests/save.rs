@@ -182,3 +182,29 @@ fn a_path_of_as_many_nodes_as_a_tree_may_hold_is_saved_and_restored_and_more_is_
     assert!(path.ends_with(TWO), "{path}");
     assert!(why.contains(&format!("more than {max} nodes")), "{why}");
 }
+
+/// A store file not everyone may read is no file the daemons made (they make them 0444 or
+/// 0555): a hard link to a private file, put in a path's directory by whoever can write it
+/// where `fs.protected_hardlinks` is off. Save does not read it (as root it could), and says
+/// which file and why; the rest of the store is saved.
+#[test]
+fn a_store_file_not_everyone_may_read_is_not_read() {
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    util::add_files_path(&src, ONE, &[("f", b"one\n", false)], &[]);
+    util::add_files_path(&src, TWO, &[("secret", b"a private file\n", false)], &[]);
+    let secret = src.real_store_dir().join(TWO).join("secret");
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o400)).unwrap();
+    let r = save(&src, &w.cache(), &opts(true), &NoProgress).unwrap();
+    assert_eq!(r.paths, 1, "{r:?}");
+    assert_eq!(r.unreadable.len(), 1, "{r:?}");
+    let (path, why) = &r.unreadable[0];
+    assert!(path.ends_with(TWO), "{path}");
+    assert!(why.contains(&secret.display().to_string()), "{why}");
+    if rustix::process::geteuid().is_root() {
+        assert!(
+            why.contains("mode 0400 is not readable by everyone"),
+            "{why}"
+        );
+    }
+}

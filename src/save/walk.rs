@@ -258,6 +258,20 @@ impl Walker<'_, '_> {
         enc: Enc<'_, '_>,
         ctx: &mut Ctx<'_, '_>,
     ) -> Result<Node> {
+        if meta.mode & 0o004 == 0 {
+            // The daemons make every store file 0444 or 0555. One that not everyone may read
+            // is none of theirs: a hard link to a private file, made in a path's directory
+            // by whoever can write it (where `fs.protected_hardlinks` is off); save, run as
+            // root, would pack its bytes for every reader of the cache.
+            return Err(Error::Nar(NarError::Io(
+                at.path.to_owned(),
+                io::Error::other(format!(
+                    "mode {:04o} is not readable by everyone, as every store file is \
+                     (0444 or 0555): not read",
+                    meta.mode & 0o7777
+                )),
+            )));
+        }
         let executable = meta.executable;
         let inode = (meta.dev, meta.ino);
         let seen = if meta.nlink > 1 {
@@ -318,6 +332,8 @@ pub(super) struct Looked {
     pub(super) nlink: u64,
     pub(super) size: u64,
     pub(super) executable: bool,
+    /// Permission bits.
+    pub(super) mode: u32,
 }
 
 impl From<&Stat> for Looked {
@@ -328,6 +344,7 @@ impl From<&Stat> for Looked {
             nlink: st.st_nlink,
             size: st.st_size as u64,
             executable: st.st_mode & 0o100 != 0,
+            mode: st.st_mode & 0o7777,
         }
     }
 }
