@@ -114,18 +114,11 @@ fn a_save_on_a_base_dated_ahead_is_the_newest_of_its_key() {
     assert_eq!(newest.id.hex(), second.snapshot);
 }
 
-/// Save walks each path through a descriptor per directory level: as deep as a tree may nest
-/// (256 levels below the top, `cache::tree::MAX_DEPTH`) is saved and restored byte for byte;
-/// one level more is refused at save, naming the path and the depth, not packed into a tree
-/// restore would refuse.
-#[test]
-fn a_path_as_deep_as_a_tree_may_be_is_saved_and_restored_and_deeper_is_refused() {
+/// Save `src`'s one path into `w`'s empty cache, restore that snapshot into a fresh root;
+/// the restored store directory.
+fn saved_and_restored(w: &World, src: &storesync::store::layout::Layout) -> std::path::PathBuf {
     use storesync::restore::{self, RestoreOptions};
-    let w = World::new(Flavor::Guix);
-    let src = w.layout("src");
-    let deepest = format!("{}f", "d/".repeat(storesync::cache::tree::MAX_DEPTH - 1));
-    util::add_files_path(&src, ONE, &[(&deepest, b"deep\n", false)], &[]);
-    let r = save(&src, &w.cache(), &opts(false), &NoProgress).unwrap();
+    let r = save(src, &w.cache(), &opts(false), &NoProgress).unwrap();
     assert_eq!(r.new_paths, 1, "{r:?}");
     let dst = w.layout("dst");
     let opts_r = RestoreOptions {
@@ -134,8 +127,24 @@ fn a_path_as_deep_as_a_tree_may_be_is_saved_and_restored_and_deeper_is_refused()
     };
     let got = restore::restore(&dst, &w.cache(), &opts_r, &NoProgress).unwrap();
     assert_eq!(got.restored, 1, "{:?}", got.failures);
-    let on_disk = dst.real_store_dir().join(ONE).join(&deepest);
-    assert_eq!(fs::read(on_disk).unwrap(), b"deep\n");
+    dst.real_store_dir()
+}
+
+/// Save walks each path through a descriptor per directory level: as deep as a tree may nest
+/// (256 levels below the top, `cache::tree::MAX_DEPTH`) is saved and restored byte for byte;
+/// one level more is refused at save, naming the path and the depth, not packed into a tree
+/// restore would refuse.
+#[test]
+fn a_path_as_deep_as_a_tree_may_be_is_saved_and_restored_and_deeper_is_refused() {
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    let deepest = format!("{}f", "d/".repeat(storesync::cache::tree::MAX_DEPTH - 1));
+    util::add_files_path(&src, ONE, &[(&deepest, b"deep\n", false)], &[]);
+    let restored = saved_and_restored(&w, &src);
+    assert_eq!(
+        fs::read(restored.join(ONE).join(&deepest)).unwrap(),
+        b"deep\n"
+    );
 
     let deeper = format!("{}f", "d/".repeat(storesync::cache::tree::MAX_DEPTH));
     util::add_files_path(&src, TWO, &[(&deeper, b"deeper\n", false)], &[]);
@@ -154,7 +163,6 @@ fn a_path_as_deep_as_a_tree_may_be_is_saved_and_restored_and_deeper_is_refused()
 /// naming the path, not packed into a tree restore would refuse (nor walked without bound).
 #[test]
 fn a_path_of_as_many_nodes_as_a_tree_may_hold_is_saved_and_restored_and_more_is_refused() {
-    use storesync::restore::{self, RestoreOptions};
     let max = storesync::cache::MAX_TREE_NODES;
     let w = World::new(Flavor::Guix);
     let src = w.layout("src");
@@ -162,16 +170,8 @@ fn a_path_of_as_many_nodes_as_a_tree_may_hold_is_saved_and_restored_and_more_is_
     // nodes and one rewrite per 32 bytes.
     let full = ONE[..32].repeat(max - 2).into_bytes();
     util::add_files_path(&src, ONE, &[("f", &full, false)], &[]);
-    let r = save(&src, &w.cache(), &opts(false), &NoProgress).unwrap();
-    assert_eq!(r.new_paths, 1, "{r:?}");
-    let dst = w.layout("dst");
-    let opts_r = RestoreOptions {
-        snapshot: Some(r.snapshot.clone()),
-        ..RestoreOptions::default()
-    };
-    let got = restore::restore(&dst, &w.cache(), &opts_r, &NoProgress).unwrap();
-    assert_eq!(got.restored, 1, "{:?}", got.failures);
-    assert!(fs::read(dst.real_store_dir().join(ONE).join("f")).unwrap() == full);
+    let restored = saved_and_restored(&w, &src);
+    assert!(fs::read(restored.join(ONE).join("f")).unwrap() == full);
     drop(full);
 
     let over = TWO[..32].repeat(max - 1).into_bytes();
