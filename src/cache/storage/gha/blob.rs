@@ -281,10 +281,24 @@ pub(super) fn content_length(resp: &http::Response<ureq::Body>) -> Option<u64> {
 
 /// The first and last byte of a partial answer's `Content-Range: bytes FIRST-LAST/SIZE`.
 pub(super) fn content_range(resp: &http::Response<ureq::Body>) -> Option<(u64, u64)> {
-    let v = resp.headers().get("content-range")?.to_str().ok()?;
-    let (span, _size) = v.strip_prefix("bytes ")?.split_once('/')?;
+    parse_content_range(resp.headers().get("content-range")?.to_str().ok()?)
+}
+
+/// `bytes FIRST-LAST/SIZE` (the unit in any case, as RFC 9110 allows; SIZE may be `*`):
+/// FIRST and LAST, digits only.
+fn parse_content_range(v: &str) -> Option<(u64, u64)> {
+    let (unit, rest) = v.trim().split_once(' ')?;
+    if !unit.eq_ignore_ascii_case("bytes") {
+        return None;
+    }
+    let (span, _size) = rest.trim_start().split_once('/')?;
     let (first, last) = span.split_once('-')?;
-    let (first, last) = (first.parse().ok()?, last.parse().ok()?);
+    let digits = |s: &str| -> Option<u64> {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    let (first, last) = (digits(first)?, digits(last)?);
     (first <= last).then_some((first, last))
 }
 
@@ -421,5 +435,29 @@ impl GhaStore {
             &what,
             "the blob storage refused the signed URL twice".into(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_content_range;
+
+    #[test]
+    fn content_ranges_as_servers_send_them_and_nothing_else() {
+        for (v, want) in [
+            ("bytes 0-9/10", Some((0, 9))),
+            ("bytes 50-59/*", Some((50, 59))),
+            ("Bytes 0-9/10", Some((0, 9))),
+            ("bytes  0-9/10", Some((0, 9))),
+            ("bytes 0-9/10 ", Some((0, 9))),
+            ("bytes +0-+9/10", None),
+            ("bytes 9-0/10", None),
+            ("bytes 0-9", None),
+            ("bytes */10", None),
+            ("items 0-9/10", None),
+            ("bytes 0 - 9/10", None),
+        ] {
+            assert_eq!(parse_content_range(v), want, "{v:?}");
+        }
     }
 }
