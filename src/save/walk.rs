@@ -272,7 +272,7 @@ impl Walker<'_, '_> {
                 )),
             )));
         }
-        let executable = meta.executable;
+        let executable = meta.executable();
         let inode = (meta.dev, meta.ino);
         let seen = if meta.nlink > 1 {
             self.inodes.lock().expect("inodes").get(&inode).cloned()
@@ -331,9 +331,15 @@ pub(super) struct Looked {
     pub(super) ino: u64,
     pub(super) nlink: u64,
     pub(super) size: u64,
-    pub(super) executable: bool,
     /// Permission bits.
     pub(super) mode: u32,
+}
+
+impl Looked {
+    /// The executable bit of the NAR: the owner's.
+    pub(super) fn executable(&self) -> bool {
+        self.mode & 0o100 != 0
+    }
 }
 
 impl From<&Stat> for Looked {
@@ -343,7 +349,6 @@ impl From<&Stat> for Looked {
             ino: st.st_ino,
             nlink: st.st_nlink,
             size: st.st_size as u64,
-            executable: st.st_mode & 0o100 != 0,
             mode: st.st_mode & 0o7777,
         }
     }
@@ -366,14 +371,7 @@ fn open_dir_looked(
         ));
     }
     let mut d = Dir::new(fd)?;
-    let mut names = Vec::new();
-    for e in &mut d {
-        let e = e?;
-        let n = e.file_name();
-        if n.to_bytes() != b"." && n.to_bytes() != b".." {
-            names.push(n.to_owned());
-        }
-    }
+    let mut names = crate::store::fs::entry_names_of(&mut d)?;
     names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
     Ok((d, names))
 }

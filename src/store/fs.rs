@@ -130,8 +130,17 @@ pub fn open_dir_at(dir: impl AsFd, name: impl rustix::path::Arg) -> io::Result<O
 /// # Errors
 /// Errors of reading the directory.
 pub fn entry_names(dir: impl AsFd) -> io::Result<Vec<CString>> {
+    entry_names_of(&mut rustix::fs::Dir::read_from(dir)?)
+}
+
+/// The names `dir` lists (without `.` and `..`), read through the stream itself: for a
+/// directory whose descriptor the caller keeps in the [`rustix::fs::Dir`] (no second open).
+///
+/// # Errors
+/// Errors of reading the directory.
+pub fn entry_names_of(dir: &mut rustix::fs::Dir) -> io::Result<Vec<CString>> {
     let mut names = Vec::new();
-    for e in rustix::fs::Dir::read_from(dir)? {
+    for e in dir {
         let e = e?;
         let name = e.file_name();
         if name.to_bytes() != b"." && name.to_bytes() != b".." {
