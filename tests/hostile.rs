@@ -1233,10 +1233,9 @@ fn a_snapshot_path_whose_lock_name_is_a_valid_path_does_not_truncate_it() {
     assert_registered_paths_are_on_disk(&dst);
 }
 
-#[test]
-fn a_path_referring_to_a_broken_path_is_not_registered() {
-    // `dep` is valid in the DB, with another hash than the snapshot's, and gone from disk:
-    // broken, left alone. `user` refers to it: registered, it would refer to nothing.
+/// A cache of `dep` and `user` (which refers to it), and a target where `dep` is valid in the
+/// DB, with another hash than the snapshot's, and gone from disk: broken, left alone.
+fn world_with_a_broken_dep() -> (World, Layout, String, String) {
     let w = World::new(Flavor::Guix);
     let mut blobs = Blobs::new();
     let dep = base_name(14, "dep");
@@ -1261,6 +1260,13 @@ fn a_path_referring_to_a_broken_path_is_not_registered() {
     )
     .unwrap();
     fs::remove_dir_all(dst.real_store_dir().join(&dep)).unwrap();
+    (w, dst, dep, user)
+}
+
+#[test]
+fn a_path_referring_to_a_broken_path_is_not_registered() {
+    // `user` refers to the broken `dep`: registered, it would refer to nothing.
+    let (w, dst, _, user) = world_with_a_broken_dep();
     let r = restore(&dst, &w.cache_dir()).unwrap();
     assert_eq!(r.broken.len(), 1, "{r:?}");
     let rows = db_rows(&dst);
@@ -1272,6 +1278,31 @@ fn a_path_referring_to_a_broken_path_is_not_registered() {
         );
     }
     assert_eq!(r.skipped.len(), 1, "{r:?}");
+    assert!(!dst.real_store_dir().join(&user).exists(), "{user} on disk");
+}
+
+/// Found by review: a path left unregistered because it refers to a broken path (nothing
+/// failed) exited 0, which says the snapshot's paths were restored: a CI job went on without
+/// them, and the GitHub action called it a hit. Any path not registered is exit 1, and the
+/// message says which path it refers to is broken.
+#[test]
+fn a_path_skipped_for_a_broken_reference_exits_1_naming_it() {
+    let (w, dst, dep, user) = world_with_a_broken_dep();
+    let out = w.on_cache("dst", &["restore"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{:?}: {stderr}", out.status);
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains(&user) && l.contains("not registered")),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains(&dep) && l.contains("missing from disk")),
+        "{stderr}"
+    );
     assert!(!dst.real_store_dir().join(&user).exists(), "{user} on disk");
 }
 

@@ -24,8 +24,8 @@ Examples:
   sudo storesync --root /mnt/image restore --cache /mnt/team-cache --snapshot 3f2a9c \\
       /gnu/store/...-hello-2.12
 
-Exit codes: 0 restored (or nothing to do), 1 some paths failed and were not registered (the
-rest were) or an error, 2 usage, 3 the store is busy (see --wait).
+Exit codes: 0 restored (or nothing to do), 1 some paths failed or refer to a broken path and
+were not registered (the rest were) or an error, 2 usage, 3 the store is busy (see --wait).
 
 The daemon may keep running: restore is one more client of it (big-lock shared, temporary GC
 roots, the daemon's path locks), waits for a running `guix gc`, and leaves alone what the
@@ -131,7 +131,7 @@ pub fn run(g: &Global, a: &RestoreArgs, progress: &dyn Progress) -> Result<u8> {
             eprintln!("failed: {}: {}", f.path, f.error);
         }
         for p in &r.skipped {
-            eprintln!("not registered (refers to a failed path): {p}");
+            eprintln!("not registered (refers to a path that failed or is broken): {p}");
         }
         for p in &r.repaired {
             eprintln!("repaired (valid in the DB but missing from disk): {p}");
@@ -157,7 +157,13 @@ pub fn run(g: &Global, a: &RestoreArgs, progress: &dyn Progress) -> Result<u8> {
         }
         Ok(())
     })?;
-    Ok(if r.failed.is_empty() { 0 } else { 1 })
+    // A path skipped (it refers to a path that failed, or to a broken one: nothing may have
+    // failed) is not registered either: the snapshot's paths were not all restored.
+    Ok(if r.failed.is_empty() && r.skipped.is_empty() {
+        0
+    } else {
+        1
+    })
 }
 
 fn text(out: &mut dyn Write, r: &RestoreReport, verbose: bool) -> io::Result<()> {
