@@ -502,6 +502,66 @@ fn symlinked_db_state_files_are_refused() {
     }
 }
 
+/// Found by review: a root restore gives the DB directory and its files to the owner of the
+/// directory above it (Guix 1.5's unprivileged daemon user owns `/var/guix`), and did so by
+/// path, once the restore was done: that owner, able to rename `db` in its own directory,
+/// swapped it for a symlink meanwhile, and root's `schema` and `big-lock` files in the
+/// directory it pointed to became theirs. The DB directory is now opened without following a
+/// symlink, its files changed relative to it, and the swap is an error naming it.
+#[test]
+fn a_db_dir_swapped_for_a_symlink_during_restore_gives_nothing_outside_away() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root (files given to another user)");
+        return;
+    }
+    struct SwapDbDir {
+        db: std::path::PathBuf,
+        outside: std::path::PathBuf,
+        done: AtomicBool,
+    }
+    impl Progress for SwapDbDir {
+        fn advance(&self, _: u64) {
+            if !self.done.swap(true, Ordering::Relaxed) {
+                fs::rename(&self.db, self.db.with_extension("moved")).unwrap();
+                std::os::unix::fs::symlink(&self.outside, &self.db).unwrap();
+            }
+        }
+    }
+    let (w, dst, outside) = world_with_outside();
+    // The state directory of an unprivileged daemon, owned by its user (here `nobody`).
+    let state = dst.state_dir();
+    fs::create_dir_all(&state).unwrap();
+    std::os::unix::fs::chown(&state, Some(65534), Some(65534)).unwrap();
+    for name in ["schema", "big-lock"] {
+        fs::write(outside.join(name), b"root's").unwrap();
+    }
+    let before = dir_state(&outside);
+    let owners = || {
+        fs::read_dir(&outside)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.file_name(), e.metadata().unwrap().uid())
+            })
+            .collect::<Vec<_>>()
+    };
+    let owners_before = owners();
+    let swap = SwapDbDir {
+        db: dst.real_db_dir(),
+        outside: outside.clone(),
+        done: AtomicBool::new(false),
+    };
+    let r = restore_lib(&dst, &w.cache_dir(), None, &swap);
+    assert!(swap.done.load(Ordering::Relaxed), "never swapped");
+    assert_eq!(owners(), owners_before, "files outside given away: {r:?}");
+    assert_eq!(dir_state(&outside), before, "outside changed: {r:?}");
+    let err = storesync::error::Chain(&r.unwrap_err()).to_string();
+    assert!(
+        err.contains(&dst.real_db_dir().display().to_string()),
+        "{err}"
+    );
+}
+
 #[test]
 fn symlinked_leftovers_are_removed_not_followed() {
     // Leftovers of an interrupted restore, and an invalid leftover at a path's own name, that

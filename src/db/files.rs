@@ -107,24 +107,70 @@ pub(super) fn write_state_file(path: &Path, contents: &[u8]) -> Result<(), DbErr
 /// `guix-daemon` user that owns `/var/guix` and must be able to write what a root restore
 /// created. Call after the connection is closed. Nothing changes when the owners already agree.
 ///
+/// That owner may rename entries of its directory, so the DB directory may have been swapped
+/// for a symlink since the restore checked it: it is opened relative to its parent without
+/// following one, and its files are changed relative to it, never through a symlink (root's
+/// files elsewhere were given away through such a swap). Only directories and regular files
+/// are given.
+///
 /// # Errors
+/// [`DbError::NotAFile`] when the DB directory is now a symlink or not a directory;
 /// [`DbError::Io`] naming the file that could not be chowned.
 pub fn give_to_owner(layout: &Layout) -> Result<(), DbError> {
-    use std::os::unix::fs::MetadataExt;
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
     let dir = layout.real_db_dir();
-    let Some(parent) = dir.parent().and_then(|p| fs::metadata(p).ok()) else {
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
         return Ok(());
     };
-    let owner = (parent.uid(), parent.gid());
-    let mut files = vec![dir.clone()];
-    files.extend(STATE_FILES.iter().map(|name| dir.join(name)));
-    for f in files {
-        let Ok(m) = fs::symlink_metadata(&f) else {
-            continue;
+    let Ok(parent) = rustix::fs::open(
+        parent,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return Ok(());
+    };
+    let io = |p: &Path| {
+        let p = p.to_owned();
+        move |e: rustix::io::Errno| DbError::Io(p, e.into())
+    };
+    let above = rustix::fs::fstat(&parent).map_err(io(&dir))?;
+    let owner = (above.st_uid, above.st_gid);
+    let db = match rustix::fs::openat(
+        &parent,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Ok(()),
+        Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => {
+            return Err(DbError::NotAFile(dir))
+        }
+        Err(e) => return Err(io(&dir)(e)),
+    };
+    let give = |st: &rustix::fs::Stat, at: &str, path: &Path| -> Result<(), DbError> {
+        if (st.st_uid, st.st_gid) == owner {
+            return Ok(());
+        }
+        rustix::fs::chownat(
+            &db,
+            at,
+            Some(rustix::fs::Uid::from_raw(owner.0)),
+            Some(rustix::fs::Gid::from_raw(owner.1)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(io(path))
+    };
+    give(&rustix::fs::fstat(&db).map_err(io(&dir))?, ".", &dir)?;
+    for f in STATE_FILES {
+        let path = dir.join(f);
+        let st = match rustix::fs::statat(&db, f, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(rustix::io::Errno::NOENT) => continue,
+            Err(e) => return Err(io(&path)(e)),
         };
-        if (m.uid(), m.gid()) != owner {
-            std::os::unix::fs::lchown(&f, Some(owner.0), Some(owner.1))
-                .map_err(|e| DbError::Io(f.clone(), e))?;
+        if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile {
+            give(&st, f, &path)?;
         }
     }
     Ok(())
