@@ -562,6 +562,28 @@ fn a_db_dir_swapped_for_a_symlink_during_restore_gives_nothing_outside_away() {
     );
 }
 
+/// A root restore gives the DB's files to the owner of the directory above; where
+/// `fs.protected_hardlinks` is off, that owner can make one of them a hard link to a file of
+/// root's elsewhere (here `big-lock`, which a restore opens and keeps): a file of more than
+/// one name is not given, and the restore says which.
+#[test]
+fn a_db_file_hard_linked_elsewhere_is_not_given_away() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root (files given to another user)");
+        return;
+    }
+    let (w, dst, outside) = world_with_outside();
+    let state = dst.state_dir();
+    fs::create_dir_all(dst.real_db_dir()).unwrap();
+    std::os::unix::fs::chown(&state, Some(65534), Some(65534)).unwrap();
+    let victim = outside.join("precious");
+    fs::hard_link(&victim, dst.real_db_dir().join("big-lock")).unwrap();
+    let r = restore(&dst, &w.cache_dir());
+    assert_eq!(fs::metadata(&victim).unwrap().uid(), 0, "given away: {r:?}");
+    let err = storesync::error::Chain(&r.unwrap_err()).to_string();
+    assert!(err.contains("big-lock") && err.contains("2 names"), "{err}");
+}
+
 #[test]
 fn symlinked_leftovers_are_removed_not_followed() {
     // Leftovers of an interrupted restore, and an invalid leftover at a path's own name, that

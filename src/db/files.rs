@@ -110,8 +110,8 @@ pub(super) fn write_state_file(path: &Path, contents: &[u8]) -> Result<(), DbErr
 /// That owner may rename entries of its directory, so the DB directory may have been swapped
 /// for a symlink since the restore checked it: it is opened relative to its parent without
 /// following one, and its files are changed relative to it, never through a symlink (root's
-/// files elsewhere were given away through such a swap). Only directories and regular files
-/// are given.
+/// files elsewhere were given away through such a swap). Only the directory and its regular
+/// files of one name are given.
 ///
 /// # Errors
 /// [`DbError::NotAFile`] when the DB directory is now a symlink or not a directory;
@@ -169,9 +169,22 @@ pub fn give_to_owner(layout: &Layout) -> Result<(), DbError> {
             Err(rustix::io::Errno::NOENT) => continue,
             Err(e) => return Err(io(&path)(e)),
         };
-        if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile {
-            give(&st, f, &path)?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            continue;
         }
+        // A second name would be a hard link made by that owner to a file of root's
+        // elsewhere (where `fs.protected_hardlinks` is off): the daemon's files have one.
+        if st.st_nlink > 1 && (st.st_uid, st.st_gid) != owner {
+            return Err(DbError::Io(
+                path,
+                std::io::Error::other(format!(
+                    "has {} names (a hard link to a file elsewhere?): not given to the owner \
+                     of the directory above",
+                    st.st_nlink
+                )),
+            ));
+        }
+        give(&st, f, &path)?;
     }
     Ok(())
 }
