@@ -274,7 +274,7 @@ impl Storage for S3Store {
             return Ok(Box::new(io::empty()));
         }
         // The first chunk now: a missing or short object is an error of this call.
-        let first = offset..end.min(offset + CHUNK);
+        let first = offset..end.min(offset.saturating_add(CHUNK));
         let (buf, _size) = self.block_on(inner.fetch(key, first.clone()))?;
         let mut r = S3Range {
             store: self,

@@ -24,7 +24,7 @@ pub(super) struct S3Range<'a> {
 impl S3Range<'_> {
     pub(super) fn prefetch(&mut self) {
         if self.next_off < self.end {
-            let range = self.next_off..self.end.min(self.next_off + CHUNK);
+            let range = self.next_off..self.end.min(self.next_off.saturating_add(CHUNK));
             self.next_off = range.end;
             let inner = self.store.inner.clone();
             let key = self.key.clone();
