@@ -1022,3 +1022,77 @@ fn a_snapshot_dated_in_the_future_does_not_push_genuine_ones_out() {
     gc(&w.cache(), &policy, &NoProgress).unwrap();
     assert_eq!(ids(&w), [id2]);
 }
+
+/// Move every `gc/*.retired` list `secs` into the past, as if the collections that wrote
+/// them had run that long ago.
+fn age_retired_lists(cache: &Path, secs: i64) {
+    for e in fs::read_dir(cache.join("gc")).unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        let Some(hex) = name.strip_suffix(".retired") else {
+            continue;
+        };
+        let when = i64::from_str_radix(hex, 16).unwrap() - secs * 1_000_000_000;
+        fs::rename(
+            cache.join("gc").join(&name),
+            cache.join("gc").join(format!("{when:016x}.retired")),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn a_save_based_on_a_snapshot_naming_a_retired_index_keeps_it_for_a_grace_period() {
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    let sample_roots: Vec<String> = sample::build(&src, 1)
+        .unwrap()
+        .iter()
+        .map(|p| src.store_dir.display(p))
+        .collect();
+    noise_path(&src, 1, 1_500_000);
+    // k1: the sample and a large path, in one pack; k2: the sample alone, naming that pack.
+    save(&w, "k");
+    save_roots(&w, "k", sample_roots.clone());
+    // A save of key z plans on k2 (the newest snapshot) while a collection drops k1: the
+    // pack is repacked (the sample's frames copied), it and its index retired...
+    let cache = w.cache();
+    let opts = |key: &str, roots: Vec<String>| SaveOptions {
+        gc_roots: false,
+        key: key.into(),
+        roots,
+        skip_corrupt: false,
+        level: 3,
+        verify_source: false,
+    };
+    let z_opts = opts("z", sample_roots.clone());
+    let planned = save::plan(&src, &cache, &z_opts).unwrap();
+    let policy = GcPolicy {
+        keep_last: Some(1),
+        ..GcPolicy::default()
+    };
+    let r = gc(&w.cache(), &policy, &NoProgress).unwrap();
+    assert_eq!(r.packs_repacked, 1, "{r:?}");
+    // ...and writes its snapshot, naming the retired index, within the grace period.
+    let z = save::execute(&src, &cache, planned, &z_opts, &NoProgress)
+        .unwrap()
+        .snapshot;
+    restores(&w, &z, "dst-z");
+    // An hour and more later, a save of key z plans on z (its base: the retired index is
+    // the one it loads)...
+    age_retired_lists(&w.cache_dir(), 3601);
+    let y = noise_path(&src, 2, 20_000);
+    let mut roots = sample_roots.clone();
+    roots.push(y);
+    let a_opts = opts("z", roots);
+    let cache = w.cache();
+    let planned = save::plan(&src, &cache, &a_opts).unwrap();
+    // ...a collection runs meanwhile, and the save ends a second later: well within the
+    // grace period of the collection it overlapped, its snapshot must restore.
+    gc(&w.cache(), &policy, &NoProgress).unwrap();
+    let a = save::execute(&src, &cache, planned, &a_opts, &NoProgress)
+        .unwrap()
+        .snapshot;
+    let v = storesync::verify::verify(&w.cache(), &NoProgress).unwrap();
+    assert!(v.problems.is_empty(), "{v:?}");
+    restores(&w, &a, "dst-a");
+}

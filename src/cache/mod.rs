@@ -326,6 +326,24 @@ impl Cache {
         Ok((bytes, range))
     }
 
+    /// The packs the index file `id` names (its entries are not decoded); `None` when it is
+    /// absent.
+    ///
+    /// # Errors
+    /// [`CacheError`] when it cannot be read, or is damaged.
+    pub(crate) fn index_packs(&self, id: &IndexId) -> Result<Option<Vec<PackId>>, CacheError> {
+        let key = index_key(id);
+        let (bytes, body) = match self.read_index_bytes(&key) {
+            Ok(b) => b,
+            Err(CacheError::Storage(e)) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let cfg = bincode::config::standard().with_limit::<{ format::MAX_DECODED }>();
+        bincode::serde::decode_from_slice::<Vec<PackId>, _>(&bytes[body], cfg)
+            .map(|(packs, _)| Some(packs))
+            .map_err(|e| CacheError::Corrupt(format!("{}: {e}", self.storage.describe(&key))))
+    }
+
     /// Make the objects of an index file just written readable now, from the caller's copy.
     pub(crate) fn merge_index(&self, id: IndexId, file: IndexFile) {
         let mut objs = self.objs().write().expect("objects");

@@ -233,7 +233,32 @@ pub(super) fn publish_and_delete(
     // repacked with all its frames live comes out byte for byte the same, under its old
     // name, which must then not be deleted as retired.
     let needed_packs: HashSet<String> = named.iter().map(pack_key).collect();
-    retire.retain(|k| !needed_packs.contains(k));
+    // Index files an earlier run retired that a snapshot still named when this run started:
+    // one written meanwhile by a save that had planned on a snapshot naming them. Any save
+    // since may have taken that snapshot as its base, loaded them and will name them in its
+    // own: they, and the packs they name, wait for the grace period from this run (which
+    // rewrote that snapshot to name the new index), not from the run that retired them.
+    let retired_before: HashSet<&str> = retired
+        .iter()
+        .flat_map(|l| l.files.iter().map(String::as_str))
+        .collect();
+    let mut exposed: HashSet<String> = HashSet::new();
+    for (_, head) in &heads {
+        for id in &head.indexes {
+            let key = super::super::index_key(id);
+            if !retired_before.contains(key.as_str()) || !exposed.insert(key) {
+                continue;
+            }
+            if let Some(packs) = cache.index_packs(id)? {
+                exposed.extend(packs.iter().map(pack_key));
+            }
+        }
+    }
+    retire.extend(exposed.iter().cloned());
+    retire.retain(|k| {
+        !needed_packs.contains(k)
+            && !super::super::format::parse_index_key(k).is_some_and(|i| keep_index.contains(&i))
+    });
     // 5. Record what this run retired, then delete what earlier runs retired (and this one's,
     // with no grace period) if it is still not needed.
     retire.sort();
@@ -267,7 +292,7 @@ pub(super) fn publish_and_delete(
             // signature or another list.
             let retirable = super::super::format::parse_pack_key(key).is_some()
                 || super::super::format::parse_index_key(key).is_some();
-            if is_needed || !retirable {
+            if is_needed || !retirable || exposed.contains(key) {
                 continue;
             }
             if let Some(size) = cache.storage().size(key)? {
