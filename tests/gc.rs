@@ -1096,3 +1096,91 @@ fn a_save_based_on_a_snapshot_naming_a_retired_index_keeps_it_for_a_grace_period
     assert!(v.problems.is_empty(), "{v:?}");
     restores(&w, &a, "dst-a");
 }
+
+/// A local cache that runs `hook` once, just before its first ranged read of a snapshot
+/// file (a lookup by key reading heads): what a collection running at that moment does.
+struct BeforeHead {
+    inner: storesync::cache::LocalDir,
+    hook: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl storesync::cache::Storage for BeforeHead {
+    fn get(&self, key: &str, max: u64) -> Result<Vec<u8>, storesync::cache::StorageError> {
+        self.inner.get(key, max)
+    }
+    fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Box<dyn std::io::Read + Send + '_>, storesync::cache::StorageError> {
+        if key.starts_with("snapshots/") {
+            if let Some(hook) = self.hook.lock().unwrap().take() {
+                hook();
+            }
+        }
+        self.inner.get_range(key, offset, len)
+    }
+    fn put_if_absent(
+        &self,
+        key: &str,
+        data: &[u8],
+    ) -> Result<bool, storesync::cache::StorageError> {
+        self.inner.put_if_absent(key, data)
+    }
+    fn writer(
+        &self,
+    ) -> Result<Box<dyn storesync::cache::ObjectWriter + '_>, storesync::cache::StorageError> {
+        self.inner.writer()
+    }
+    fn sync(&self) -> Result<(), storesync::cache::StorageError> {
+        self.inner.sync()
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<String>, storesync::cache::StorageError> {
+        self.inner.list(prefix)
+    }
+    fn size(&self, key: &str) -> Result<Option<u64>, storesync::cache::StorageError> {
+        self.inner.size(key)
+    }
+    fn delete(&self, key: &str) -> Result<(), storesync::cache::StorageError> {
+        self.inner.delete(key)
+    }
+    fn describe(&self, key: &str) -> String {
+        self.inner.describe(key)
+    }
+}
+
+#[test]
+fn a_restore_finds_its_snapshot_though_a_collection_rewrites_it_meanwhile() {
+    // By key (a miss, else an older snapshot of the key, before the fix), and the newest.
+    for key in [Some("k"), None] {
+        let w = World::new(Flavor::Guix);
+        let src = w.layout("src");
+        sample::build(&src, 1).unwrap();
+        let id = save(&w, "k");
+        let dir = w.cache_dir();
+        // The restore lists the snapshots, then a collection rewrites the one of key k (a
+        // new file, the old one deleted) before the restore reads its head.
+        let hook_dir = dir.clone();
+        let storage = BeforeHead {
+            inner: storesync::cache::LocalDir::open_existing(&dir),
+            hook: std::sync::Mutex::new(Some(Box::new(move || {
+                let policy = GcPolicy {
+                    keep_last: Some(1),
+                    ..GcPolicy::default()
+                };
+                let r = gc(&Cache::open_dir(&hook_dir).unwrap(), &policy, &NoProgress).unwrap();
+                assert!(r.index.is_some(), "{r:?}");
+            }))),
+        };
+        let cache = Cache::open(Box::new(storage));
+        let layout = w.layout("dst");
+        let opts = RestoreOptions {
+            key: key.map(str::to_owned),
+            ..RestoreOptions::default()
+        };
+        let r = restore::restore(&layout, &cache, &opts, &NoProgress).unwrap();
+        assert_eq!(r.snapshot, id, "{key:?}: {r:?}");
+        assert!(r.failed.is_empty() && r.restored > 0, "{key:?}: {r:?}");
+    }
+}

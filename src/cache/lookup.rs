@@ -42,15 +42,20 @@ impl Cache {
     /// # Errors
     /// [`CacheError`] naming the snapshot file; [`CacheError::NoSnapshot`] when absent.
     pub fn read_snapshot(&self, id: &SnapshotId) -> Result<Snapshot, CacheError> {
-        let refs: Vec<SnapshotRef> = self
-            .list_snapshots()?
-            .into_iter()
-            .filter(|r| r.id == *id)
-            .collect();
-        if refs.is_empty() {
-            return Err(CacheError::NoSnapshot(id.hex()));
-        }
-        self.read_any(&refs)
+        relook(|again| {
+            let refs: Vec<SnapshotRef> = self
+                .list_snapshots()?
+                .into_iter()
+                .filter(|r| r.id == *id)
+                .collect();
+            if refs.is_empty() {
+                return Err(CacheError::NoSnapshot(id.hex()));
+            }
+            match self.read_any(&refs) {
+                Err(e) if again && gone(&e) => Ok(None),
+                r => r.map(Some),
+            }
+        })
     }
 
     /// Read one of `refs`, files of one snapshot (several after a collection killed between
@@ -256,9 +261,22 @@ impl Cache {
         &self,
         prefix: Option<&str>,
     ) -> Result<(SnapshotId, Snapshot), CacheError> {
+        relook(|again| self.find_snapshot_once(prefix, again))
+    }
+
+    /// [`Cache::find_snapshot`] from one listing; `Ok(None)` when `again` and a file listed
+    /// was gone when read (see [`relook`]).
+    fn find_snapshot_once(
+        &self,
+        prefix: Option<&str>,
+        again: bool,
+    ) -> Result<Option<(SnapshotId, Snapshot)>, CacheError> {
         if let Some(p) = prefix {
             let (id, refs) = self.refs_of_prefix(p)?;
-            return Ok((id, self.read_any(&refs)?));
+            return match self.read_any(&refs) {
+                Err(e) if again && gone(&e) => Ok(None),
+                r => Ok(Some((id, r?))),
+            };
         }
         let limit = crate::clock::now_nanos().saturating_add(FUTURE_MARGIN_NANOS);
         // Heads only (two ranged reads each), newest first; then the first that reads whole
@@ -273,13 +291,15 @@ impl Cache {
                     h.created
                 )),
                 Ok(h) => heads.push((r, h.created)),
+                Err(e) if again && gone(&e) => return Ok(None),
                 Err(e) => last_err = Some(e),
             }
         }
         heads.sort_by_key(|(r, created)| std::cmp::Reverse((*created, r.id)));
         for (r, created) in heads {
             match self.read_snapshot_ref(&r) {
-                Ok(s) if s.created == created => return Ok((r.id, s)),
+                Ok(s) if s.created == created => return Ok(Some((r.id, s))),
+                Err(e) if again && gone(&e) => return Ok(None),
                 Ok(_) => {
                     last_err = Some(CacheError::Corrupt(format!(
                         "{}: its head differs from its checked contents",
@@ -308,6 +328,18 @@ impl Cache {
         restore_keys: &[String],
         accept: &dyn Fn(&SnapshotId, &SnapshotHead) -> Result<(), String>,
     ) -> Result<KeyMatch, CacheError> {
+        relook(|again| self.find_by_key_once(key, restore_keys, accept, again))
+    }
+
+    /// [`Cache::find_by_key`] from one listing; `Ok(None)` when `again` and a file listed was
+    /// gone when read (see [`relook`]).
+    fn find_by_key_once(
+        &self,
+        key: &str,
+        restore_keys: &[String],
+        accept: &dyn Fn(&SnapshotId, &SnapshotHead) -> Result<(), String>,
+        again: bool,
+    ) -> Result<Option<KeyMatch>, CacheError> {
         let limit = crate::clock::now_nanos().saturating_add(FUTURE_MARGIN_NANOS);
         // A backend that cannot list looks the keys up itself (the newest per key and
         // prefix); the others list every snapshot and read heads.
@@ -326,6 +358,7 @@ impl Cache {
                     h.created
                 )),
                 Ok(h) => heads.push((r, h)),
+                Err(e) if again && gone(&e) => return Ok(None),
                 Err(e) => passed_over.push(format!("snapshot {}: {e}", r.id.short())),
             }
         }
@@ -349,18 +382,19 @@ impl Cache {
                 }
                 match self.read_snapshot_ref(r) {
                     Ok(snapshot) if snapshot.key == h.key && snapshot.created == h.created => {
-                        return Ok(KeyMatch {
+                        return Ok(Some(KeyMatch {
                             id: r.id,
                             snapshot,
                             matched_key: h.key.clone(),
                             exact,
                             passed_over,
-                        });
+                        }));
                     }
                     Ok(_) => passed_over.push(format!(
                         "snapshot {}: its head differs from its checked contents",
                         r.id.short()
                     )),
+                    Err(e) if again && gone(&e) => return Ok(None),
                     Err(e) => passed_over.push(format!("snapshot {}: {e}", r.id.short())),
                 }
             }
@@ -395,6 +429,29 @@ impl Cache {
         self.storage.put_snapshot(&key, &snap.key, &bytes)?;
         Ok(key)
     }
+}
+
+/// How many times a lookup starts again from a new listing when a snapshot file it listed
+/// is gone by the time it reads it.
+const RELOOKS: usize = 3;
+
+/// Run a lookup (`f(again)`) from a new listing while it answers `None`, which it may only do
+/// while `again`: a collection rewrites every kept snapshot (a new file under the same id,
+/// then the old one deleted), so a file listed a moment ago may be gone although its
+/// snapshot is there. Passing it over would take an older snapshot of the key, or call it
+/// a cache miss. After [`RELOOKS`] new listings, `f` is run a last time with `again` false.
+pub(crate) fn relook<T, E>(mut f: impl FnMut(bool) -> Result<Option<T>, E>) -> Result<T, E> {
+    for n in 0..=RELOOKS {
+        if let Some(t) = f(n < RELOOKS)? {
+            return Ok(t);
+        }
+    }
+    unreachable!("a lookup run with `again` false answers")
+}
+
+/// Whether `e` says a file was absent when read.
+pub(crate) fn gone(e: &CacheError) -> bool {
+    matches!(e, CacheError::Storage(s) if s.is_not_found())
 }
 
 /// Snapshot files by name, oldest first as far as names tell; other names are ignored.

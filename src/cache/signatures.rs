@@ -95,16 +95,31 @@ impl Cache {
         keys: &crate::trust::TrustedKeys,
     ) -> Result<SignedSnapshot, crate::Error> {
         assert!(!keys.is_empty(), "find_signed_snapshot without keys");
+        super::lookup::relook(|again| self.find_signed_snapshot_once(prefix, keys, again))
+    }
+
+    /// [`Cache::find_signed_snapshot`] from one listing; `Ok(None)` when `again` and a
+    /// snapshot file listed was gone when read (see [`super::lookup::relook`]).
+    fn find_signed_snapshot_once(
+        &self,
+        prefix: Option<&str>,
+        keys: &crate::trust::TrustedKeys,
+        again: bool,
+    ) -> Result<Option<SignedSnapshot>, crate::Error> {
+        let gone = |e: &CacheError| again && super::lookup::gone(e);
         if let Some(p) = prefix {
             let (id, refs) = self.refs_of_prefix(p)?;
             let signed_by = self.check_signature(&id, keys)?;
-            let snapshot = self.read_any(&refs)?;
-            return Ok(SignedSnapshot {
+            let snapshot = match self.read_any(&refs) {
+                Err(e) if gone(&e) => return Ok(None),
+                r => r?,
+            };
+            return Ok(Some(SignedSnapshot {
                 id,
                 snapshot,
                 signed_by,
                 passed_over: Vec::new(),
-            });
+            }));
         }
         let limit = crate::clock::now_nanos().saturating_add(FUTURE_MARGIN_NANOS);
         // One listing; each snapshot's signature checked and its head read (small reads);
@@ -122,6 +137,7 @@ impl Cache {
                 Ok((signer, self.read_head(newest)?.created))
             });
             match checked {
+                Err(crate::Error::Cache(e)) if gone(&e) => return Ok(None),
                 Err(e) => passed_over.push(match e {
                     // Trust errors name the snapshot; others name its file.
                     crate::Error::Trust(_) => crate::error::Chain(&e).to_string(),
@@ -138,13 +154,14 @@ impl Cache {
         for (created, id, refs, signed_by) in candidates {
             match self.read_any(&refs) {
                 Ok(snapshot) if snapshot.created == created => {
-                    return Ok(SignedSnapshot {
+                    return Ok(Some(SignedSnapshot {
                         id,
                         snapshot,
                         signed_by,
                         passed_over,
-                    })
+                    }))
                 }
+                Err(e) if gone(&e) => return Ok(None),
                 Ok(_) => passed_over.push(format!(
                     "snapshot {}: its head differs from its checked contents",
                     id.short()
