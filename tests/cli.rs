@@ -718,3 +718,23 @@ fn which(prog: &str) -> Option<std::path::PathBuf> {
             .find(|f| f.is_file())
     })
 }
+
+#[test]
+fn a_miss_on_an_empty_cache_prints_its_json_with_or_without_fail_on_miss() {
+    // The first run of a CI job: no cache yet. `--json` prints the (empty) result whether
+    // the miss exits 0 or, with --fail-on-miss, 1, as a miss on a cache with snapshots does.
+    let w = World::new(Flavor::Guix);
+    for (extra, code) in [(&[][..], 0), (&["--fail-on-miss"][..], 1)] {
+        let out = w
+            .cmd("dst")
+            .args(["--json", "restore", "--key", "k", "--cache"])
+            .arg(w.cache_dir())
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(code), "{extra:?}");
+        let r = json(&out.stdout);
+        assert_eq!(r["snapshot"], "", "{extra:?}: {r}");
+        assert_eq!(r["restored"], 0, "{extra:?}: {r}");
+    }
+}
