@@ -1,11 +1,13 @@
 //! `verify`: read every file and object of the cache and check every hash: each pack's BLAKE3
 //! against its name, each object against its id (trees also decoded and validated), each
 //! index and snapshot against its checksum, and that every tree and blob a snapshot needs is
-//! present. Problems are collected, not fatal, so one run lists them all.
+//! present, in an index file the snapshot names (see [`uncovered`]). Problems are collected,
+//! not fatal, so one run lists them all.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -13,7 +15,7 @@ use serde::Serialize;
 use crate::cache::storage::StorageError;
 use crate::cache::successive::PreviousTrees;
 use crate::cache::{
-    pack_key, BlobId, Cache, Location, Node, ObjectKind, SnapshotId, TreeId, PACK_MAGIC,
+    pack_key, BlobId, Cache, IndexId, Location, Node, ObjectKind, SnapshotId, TreeId, PACK_MAGIC,
 };
 use crate::error::Result;
 use crate::progress::Progress;
@@ -67,24 +69,76 @@ impl Live {
     }
 }
 
-/// Read and check one tree; when it is `live`, mark the blobs it names live too.
+/// An index position no object has: a tree no index file locates.
+const NOWHERE: u32 = u32::MAX;
+
+/// The blobs of each live tree, by index position, kept when some snapshot names only some
+/// of the index files (see [`uncovered`]): gathered as pairs while trees are checked, then
+/// laid out as `blobs[start[t]..start[t + 1]]` (4 bytes a blob and a position, where a map
+/// of vectors took over 20 MB more at 100,000 paths).
+struct BlobsOf {
+    start: Vec<u32>,
+    blobs: Vec<u32>,
+}
+
+impl BlobsOf {
+    fn new(objects: usize, mut pairs: Vec<(u32, u32)>) -> Self {
+        pairs.sort_unstable();
+        let mut start = vec![0u32; objects + 1];
+        for &(t, _) in &pairs {
+            start[t as usize + 1] += 1;
+        }
+        for i in 1..start.len() {
+            start[i] += start[i - 1];
+        }
+        BlobsOf {
+            start,
+            blobs: pairs.into_iter().map(|(_, b)| b).collect(),
+        }
+    }
+
+    fn of(&self, tree: u32) -> &[u32] {
+        let t = tree as usize;
+        &self.blobs[self.start[t] as usize..self.start[t + 1] as usize]
+    }
+}
+
+/// A snapshot naming only some of the index files: its place in the groups, the files it
+/// names, and the index position of each of its paths' trees ([`NOWHERE`] when none).
+struct Partial {
+    group: usize,
+    indexes: Vec<IndexId>,
+    trees: Vec<u32>,
+}
+
+/// Read and check one tree; when it is `live`, mark the blobs it names live too (and keep
+/// their positions in `blobs_of`, given one).
 fn check_tree(
     cache: &Cache,
-    tree: TreeId,
+    (tree, pos): (TreeId, u32),
     loc: Location,
     is_live: bool,
     live: &Live,
+    blobs_of: Option<&Mutex<Vec<(u32, u32)>>>,
 ) -> Option<Found> {
     let node = match cache.read_tree_at(&tree, loc) {
         Ok(node) => node,
         Err(e) => return Some(Found::Damaged(Some(tree), e.to_string())),
     };
     let mut missing = Vec::new();
+    let mut blobs = Vec::new();
     Node::for_each_blob(&node, &mut |b, _| match cache.locate(*b) {
-        Some((pos, _)) if is_live => live.insert(pos),
+        Some((pos, _)) if is_live => {
+            live.insert(pos);
+            blobs.push(pos as u32);
+        }
         Some(_) => {}
         None => missing.push(b.to_string()),
     });
+    if let (Some(pairs), true) = (blobs_of, is_live) {
+        let mut pairs = pairs.lock().expect("blobs of trees");
+        pairs.extend(blobs.into_iter().map(|b| (pos, b)));
+    }
     (!missing.is_empty()).then(|| {
         let blobs = missing.join(", ");
         Found::MissingBlobs(tree, format!("blob {blobs} is missing"))
@@ -198,19 +252,48 @@ pub fn verify(cache: &Cache, progress: &dyn Progress) -> Result<VerifyReport> {
     let mut unreadable: HashSet<SnapshotId> = HashSet::new();
     let mut trees_missing = false;
     let mut previous = PreviousTrees::default();
+    // The index position of each tree of the previous list: a tree the walk finds there
+    // takes it from there, unlooked-up.
+    let mut previous_at: Vec<u32> = Vec::new();
+    // Snapshots naming only some of the index files (a restore reads only those: see
+    // `uncovered`).
+    let every_file: HashSet<IndexId> = cache.index_files().into_iter().collect();
+    let mut partial: Vec<Partial> = Vec::new();
     progress.start("checking snapshots", groups.len() as u64);
-    for (id, refs) in &groups {
+    for (n, (id, refs)) in groups.iter().enumerate() {
         report.snapshots += 1;
         match cache.read_any(refs) {
             Ok(snap) => {
+                let names_some =
+                    snap.version >= 2 && !every_file.iter().all(|f| snap.indexes.contains(f));
                 // Only the trees the snapshot checked before lacks are looked up: the others
                 // are marked, or found missing, already.
-                let trees = snap.paths.iter().map(|p| p.tree).collect();
+                let trees: Vec<TreeId> = snap.paths.iter().map(|p| p.tree).collect();
                 crate::cache::recycle_paths(snap.paths);
-                previous.walk(trees, &mut |tree| match cache.locate(tree) {
-                    Some((pos, _)) => live.insert(pos),
-                    None => trees_missing = true,
+                let mut at = vec![NOWHERE; trees.len()];
+                previous.walk_matched(trees, &mut |i, tree, found| {
+                    at[i] = match found {
+                        Some(j) => previous_at[j],
+                        None => match cache.locate(*tree) {
+                            Some((pos, _)) => {
+                                live.insert(pos);
+                                pos as u32
+                            }
+                            None => {
+                                trees_missing = true;
+                                NOWHERE
+                            }
+                        },
+                    };
                 });
+                if names_some {
+                    partial.push(Partial {
+                        group: n,
+                        indexes: snap.indexes,
+                        trees: at.clone(),
+                    });
+                }
+                previous_at = at;
             }
             Err(e) => {
                 report.problems.push(format!("snapshot {id}: {e}"));
@@ -229,6 +312,7 @@ pub fn verify(cache: &Cache, progress: &dyn Progress) -> Result<VerifyReport> {
     // Frames are read in order, each about once, by a few threads side by side: a few
     // suffice (at 100,000 paths the default budget was 16 MB of a 117 MB peak).
     cache.limit_frames(FRAME_CACHE_BYTES);
+    let blobs_of: Option<Mutex<Vec<(u32, u32)>>> = (!partial.is_empty()).then(Default::default);
     let objects = cache.positions_in_pack_order();
     progress.start("checking objects", objects.len() as u64);
     let checked: Vec<Found> = objects
@@ -244,7 +328,9 @@ pub fn verify(cache: &Cache, progress: &dyn Progress) -> Result<VerifyReport> {
                             .err()
                             .map(|e| Found::Damaged(None, e.to_string())),
                         ObjectKind::Tree => {
-                            check_tree(cache, TreeId(id.0), loc, live.contains(pos as usize), &live)
+                            let is_live = live.contains(pos as usize);
+                            let keep = blobs_of.as_ref();
+                            check_tree(cache, (TreeId(id.0), pos), loc, is_live, &live, keep)
                         }
                     }
                 })
@@ -300,6 +386,13 @@ pub fn verify(cache: &Cache, progress: &dyn Progress) -> Result<VerifyReport> {
             }
         }
     }
+    if let Some(pairs) = blobs_of {
+        let pairs = pairs.into_inner().expect("blobs of trees");
+        let blobs_of = BlobsOf::new(cache.object_count(), pairs);
+        report
+            .problems
+            .extend(uncovered(cache, &groups, &partial, &blobs_of));
+    }
     if report.problems.is_empty() {
         // Information only: a listing that fails here leaves it out.
         if let Ok((files, bytes)) = garbage(cache, &live) {
@@ -308,4 +401,71 @@ pub fn verify(cache: &Cache, progress: &dyn Progress) -> Result<VerifyReport> {
         }
     }
     Ok(report)
+}
+
+/// The snapshots of `partial` whose paths need an object none of the index files they name
+/// locates: a restore reads only the index files its snapshot names (format v2), so it
+/// would fail those paths though the cache holds the object elsewhere. One line per such
+/// snapshot: how many paths, and the first one with the object it lacks. `blobs_of`: each
+/// live tree's blobs (a tree that could not be read is reported already, and checked here
+/// by itself).
+fn uncovered(
+    cache: &Cache,
+    groups: &[(SnapshotId, Vec<crate::cache::SnapshotRef>)],
+    partial: &[Partial],
+    blobs_of: &BlobsOf,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut positions: HashMap<IndexId, Vec<u32>> = HashMap::new();
+    let mut covered = Live::new(0);
+    let mut covered_by: Option<&[IndexId]> = None;
+    for p in partial {
+        if covered_by != Some(p.indexes.as_slice()) {
+            covered = Live::new(cache.object_count());
+            for f in &p.indexes {
+                // A damaged or missing index file locates nothing; the index's warnings
+                // say so.
+                let pos = positions
+                    .entry(*f)
+                    .or_insert_with(|| cache.index_file_positions(f).unwrap_or_default());
+                for &o in pos.iter() {
+                    covered.insert(o as usize);
+                }
+            }
+            covered_by = Some(p.indexes.as_slice());
+        }
+        let mut lacking = 0usize;
+        let mut first = None;
+        // A tree no index file locates is reported already.
+        for (i, &tree) in p.trees.iter().enumerate().filter(|(_, &t)| t != NOWHERE) {
+            let mut need = std::iter::once(tree).chain(blobs_of.of(tree).iter().copied());
+            if let Some(lost) = need.find(|&o| !covered.contains(o as usize)) {
+                lacking += 1;
+                first.get_or_insert((i, lost));
+            }
+        }
+        let Some((i, lost)) = first else {
+            continue;
+        };
+        let (id, refs) = &groups[p.group];
+        // Only now the snapshot again, to name the path.
+        let path = cache
+            .read_any(refs)
+            .ok()
+            .and_then(|s| s.paths.get(i).map(|p| p.info.path.to_string()))
+            .unwrap_or_else(|| format!("path {}", i + 1));
+        let (obj, loc) = cache.object_at(lost as usize);
+        let kind = match loc.kind {
+            ObjectKind::Tree => "tree",
+            ObjectKind::Blob => "blob",
+        };
+        problems.push(format!(
+            "snapshot {}: {lacking} paths need objects that none of the {} index files it \
+             names locates (a restore reads only those; the cache holds them in others), \
+             first {path}: {kind} {obj}",
+            &id.hex()[..12],
+            p.indexes.len()
+        ));
+    }
+    problems
 }

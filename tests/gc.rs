@@ -541,6 +541,57 @@ fn verify_counts_the_packs_no_snapshot_needs_and_those_no_index_names() {
     );
 }
 
+/// Found by review: a restore reads only the index files its snapshot names (format v2), but
+/// `verify` looked every object up in all of them, so a snapshot naming too few (a copy under
+/// another key naming only the newest; before 10f12c8, one a collection's race left naming a
+/// deleted file) was called sound while its restore failed every path. `verify` now checks
+/// each such snapshot against the files it names.
+#[test]
+fn verify_reports_a_snapshot_whose_index_files_do_not_locate_what_it_needs() {
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    sample::build(&src, 1).unwrap();
+    let first = save(&w, "k");
+    let y = noise_path(&src, 3, 100_000);
+    let second = save_roots(&w, "k", vec![y]);
+    let cache = w.cache();
+    let snap = |id: &str| {
+        let r = cache.list_snapshots().unwrap();
+        let r = r.iter().find(|r| r.id.hex() == id).unwrap();
+        cache.read_snapshot(&r.id).unwrap()
+    };
+    let (first, second) = (snap(&first), snap(&second));
+    assert_eq!(second.indexes.len(), 2, "the base's index file and its own");
+    let own = *second
+        .indexes
+        .iter()
+        .find(|i| !first.indexes.contains(i))
+        .unwrap();
+    // Sound: each snapshot names every file its objects are in.
+    let v = storesync::verify::verify(&w.cache(), &NoProgress).unwrap();
+    assert!(v.problems.is_empty(), "{v:?}");
+    let mut copy = first.clone();
+    copy.key = "copy".into();
+    copy.indexes = vec![own];
+    let copy_id = cache.write_snapshot(&copy).unwrap();
+    let v = storesync::verify::verify(&w.cache(), &NoProgress).unwrap();
+    assert_eq!(v.problems.len(), 1, "{v:?}");
+    let problem = &v.problems[0];
+    assert!(
+        problem.contains(&copy_id.hex()[..12])
+            && problem.contains(&format!("{} paths need objects", first.paths.len()))
+            && problem.contains("index files it names"),
+        "{problem}"
+    );
+    // What it says is so: the copy's restore fails its paths.
+    let opts = RestoreOptions {
+        snapshot: Some(copy_id.hex()),
+        ..RestoreOptions::default()
+    };
+    let r = restore::restore(&w.layout("dst"), &w.cache(), &opts, &NoProgress).unwrap();
+    assert_eq!(r.failed.len(), first.paths.len(), "{r:?}");
+}
+
 #[test]
 fn a_snapshot_dropped_for_the_budget_takes_nothing_an_older_kept_one_shares_with_it() {
     // Newest first: c (protected) fits, b (p, t and a big path) does not and is dropped, a

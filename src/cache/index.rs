@@ -255,6 +255,33 @@ impl Objects {
         Ok(())
     }
 
+    /// The positions in this table of the objects the encoded index file `body` locates in
+    /// a pack the table holds (a pack found missing when merged is not): what a reader of
+    /// that file alone finds, as [`Objects::add_encoded`] would merge them.
+    pub(super) fn positions_in(&self, body: &[u8]) -> Result<Vec<u32>, String> {
+        let cfg = bincode::config::standard().with_limit::<{ super::format::MAX_DECODED }>();
+        let err = |e: bincode::error::DecodeError| e.to_string();
+        let (packs, mut at): (Vec<PackId>, usize) =
+            bincode::serde::decode_from_slice(body, cfg).map_err(err)?;
+        let (count, n): (u64, usize) =
+            bincode::serde::decode_from_slice(&body[at..], cfg).map_err(err)?;
+        at += n;
+        let room = ((body.len() - at) as u64 / MIN_ENTRY_BYTES).min(count);
+        let mut out = Vec::with_capacity(room as usize);
+        for _ in 0..count {
+            let ((id, loc), n): ((ObjectId, Location), usize) =
+                bincode::serde::decode_from_slice(&body[at..], cfg).map_err(err)?;
+            at += n;
+            let present = packs
+                .get(loc.pack as usize)
+                .is_some_and(|p| self.pack_no.contains_key(p));
+            if let (true, Some(pos)) = (present, self.position(&id)) {
+                out.push(pos as u32);
+            }
+        }
+        Ok(out)
+    }
+
     /// The end of a merge: the entries after `old`, as the index file `id` (whose pack table
     /// is `packs`) gives them, get merged pack numbers (those of missing packs go), then are
     /// merged into the table. `new_only`: the caller pushed no id the table held (then none

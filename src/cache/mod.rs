@@ -344,6 +344,22 @@ impl Cache {
             .map_err(|e| CacheError::Corrupt(format!("{}: {e}", self.storage.describe(&key))))
     }
 
+    /// The positions (see [`Cache::locate`]) of the objects the index file `id` locates in
+    /// a pack that exists: what a restore of a snapshot naming only some index files (see
+    /// [`Cache::use_indexes`]) finds through this one.
+    ///
+    /// # Errors
+    /// [`CacheError`] when it cannot be read, or is damaged.
+    pub fn index_file_positions(&self, id: &IndexId) -> Result<Vec<u32>, CacheError> {
+        let key = index_key(id);
+        let (bytes, body) = self.read_index_bytes(&key)?;
+        self.objs()
+            .read()
+            .expect("objects")
+            .positions_in(&bytes[body])
+            .map_err(|e| CacheError::Corrupt(format!("{}: {e}", self.storage.describe(&key))))
+    }
+
     /// Make the objects of an index file just written readable now, from the caller's copy.
     pub(crate) fn merge_index(&self, id: IndexId, file: IndexFile) {
         let mut objs = self.objs().write().expect("objects");

@@ -22,6 +22,10 @@ const WINDOW: usize = 8;
 /// four times, ...).
 const RESYNC_AFTER: usize = 16;
 
+/// Told, for each tree of a walk (its place in the list walked, and itself), where the
+/// previous list holds it, or `None`.
+type Found<'f, E> = dyn FnMut(usize, &TreeId, Option<usize>) -> Result<(), E> + 'f;
+
 /// The trees of the snapshot handled before (see the module documentation).
 #[derive(Default)]
 pub(crate) struct PreviousTrees(Vec<TreeId>);
@@ -30,6 +34,7 @@ impl PreviousTrees {
     /// Call `unseen` with each tree of `trees` (in order) not found in the previous list,
     /// then make `trees` the previous list. Every tree not passed to `unseen` equals a tree
     /// of the previous list.
+    #[cfg(test)]
     pub(crate) fn walk(&mut self, trees: Vec<TreeId>, unseen: &mut dyn FnMut(TreeId)) {
         let Ok(_) = self.filter(&trees, &mut |t| {
             unseen(t);
@@ -49,6 +54,29 @@ impl PreviousTrees {
         trees: &[TreeId],
         unseen: &mut dyn FnMut(TreeId) -> Result<(), E>,
     ) -> Result<usize, E> {
+        self.scan(trees, &mut |_, t, found| match found {
+            Some(_) => Ok(()),
+            None => unseen(*t),
+        })
+    }
+
+    /// Tell `each`, for every tree of `trees` (its place there, and itself), where the
+    /// previous list holds it (`Some` of its place there), or that it is unseen (`None`), as
+    /// [`PreviousTrees::filter`] finds them; then make `trees` the previous list.
+    pub(crate) fn walk_matched(
+        &mut self,
+        trees: Vec<TreeId>,
+        each: &mut dyn FnMut(usize, &TreeId, Option<usize>),
+    ) {
+        let Ok(_) = self.scan(&trees, &mut |i, t, found| {
+            each(i, t, found);
+            Ok::<(), std::convert::Infallible>(())
+        });
+        self.set(trees);
+    }
+
+    /// The walk of [`PreviousTrees::filter`], telling `each` where each tree was found.
+    fn scan<E>(&self, trees: &[TreeId], each: &mut Found<'_, E>) -> Result<usize, E> {
         let prev = &self.0;
         let mut at = 0usize;
         let mut misses = 0usize;
@@ -57,9 +85,10 @@ impl PreviousTrees {
         // every few paths: past it, misses are passed on without scanning.
         let budget = 4 * prev.len() + 1024;
         let mut scan_budget = budget;
-        for t in trees {
+        for (i, t) in trees.iter().enumerate() {
             let near = &prev[at.min(prev.len())..(at + WINDOW).min(prev.len())];
             if let Some(d) = near.iter().position(|p| p == t) {
+                each(i, t, Some(at + d))?;
                 at += d + 1;
                 misses = 0;
                 continue;
@@ -71,12 +100,13 @@ impl PreviousTrees {
                 let found = rest.iter().position(|p| p == t);
                 scan_budget -= found.map_or(rest.len(), |d| d + 1);
                 if let Some(d) = found {
+                    each(i, t, Some(at + d))?;
                     at += d + 1;
                     misses = 0;
                     continue;
                 }
             }
-            unseen(*t)?;
+            each(i, t, None)?;
         }
         Ok(budget - scan_budget)
     }
@@ -190,6 +220,38 @@ mod tests {
             for x in &got {
                 prop_assert!(b.contains(x));
             }
+        }
+
+        /// `walk_matched` says of each tree where the previous list holds it (and that place
+        /// holds the same tree), or that it is unseen, and the unseen ones are those
+        /// `filter` passes on.
+        #[test]
+        fn walk_matched_finds_each_seen_tree_at_its_place_in_the_previous_list(
+            a in proptest::collection::vec(0u32..64, 0..200),
+            b in proptest::collection::vec(0u32..64, 0..200),
+        ) {
+            let (ta, tb): (Vec<TreeId>, Vec<TreeId>) =
+                (a.iter().map(|&i| t(i)).collect(), b.iter().map(|&i| t(i)).collect());
+            let mut p = PreviousTrees::default();
+            p.set(ta.clone());
+            let mut filtered = Vec::new();
+            p.filter(&tb, &mut |x| {
+                filtered.push(x);
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+            let mut told = vec![false; tb.len()];
+            let mut unseen = Vec::new();
+            p.walk_matched(tb.clone(), &mut |i, x, found| {
+                told[i] = true;
+                assert_eq!(*x, tb[i]);
+                match found {
+                    Some(j) => assert_eq!(ta[j], tb[i]),
+                    None => unseen.push(*x),
+                }
+            });
+            prop_assert!(told.iter().all(|&t| t));
+            prop_assert_eq!(unseen, filtered);
         }
     }
 }
