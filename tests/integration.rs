@@ -1153,3 +1153,30 @@ fn a_file_where_a_directory_belongs_is_named() {
         )));
     assert!(!w.root("dst/var/guix/db/db.sqlite").exists());
 }
+
+/// Nix makes store paths whose names start with a dot (`nix-store --add .envrc` gives
+/// `<hash>-.envrc`; Nix 2.8 checks a name's characters and length only): a store holding one
+/// is saved and restored like any other (found by review: the DB read refused the path as
+/// "not a valid store path", failing the whole save).
+#[test]
+fn a_path_whose_name_starts_with_a_dot_is_saved_and_restored() {
+    let w = World::new(Flavor::Nix);
+    let src = w.layout("src");
+    let dot = "3a359fwfxwks2anf79y4xlzq1i301ngj-.envrc";
+    let user = "0123456789abcdfghijklmnpqrsvwxyz-uses-envrc";
+    util::add_files_path(&src, dot, &[("f", b"use nix\n", false)], &[]);
+    util::add_files_path(
+        &src,
+        user,
+        &[("g", format!("/nix/store/{dot}/f\n").as_bytes(), false)],
+        &[dot],
+    );
+    let s = save_json(&w, "src");
+    assert_eq!(s["paths"], 2, "{s}");
+    let (r, code) = restore_json(&w, "dst", &[]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["restored"], 2, "{r}");
+    let dst = w.layout("dst");
+    assert_eq!(db_rows(&src), db_rows(&dst));
+    util::assert_registered_paths_are_on_disk(&dst);
+}

@@ -2,8 +2,9 @@
 //! nix-base32, the daemon's alphabet for hash parts.
 //!
 //! Invariant: a [`StorePath`] is always a valid base name: a 32-character nix-base32 hash
-//! part, a dash, and a name of at most 211 characters from `[A-Za-z0-9+-._?=]` not starting
-//! with a dot. Nothing built from a `StorePath` can therefore escape the store directory.
+//! part, a dash, and a name of 1 to 211 characters from `[A-Za-z0-9+-._?=]`. Nothing built
+//! from a `StorePath` can therefore escape the store directory: the base name starts with
+//! the hash part, so even a name of `.` or `..` makes an ordinary file name.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -79,7 +80,7 @@ pub enum StorePathError {
     NotInStore(String, String),
     #[error("`{0}` has a bad hash part (want 32 nix-base32 characters then `-`)")]
     BadHash(String),
-    #[error("`{0}` has a bad name (want 1 to 211 characters of [A-Za-z0-9+-._?=], not starting with `.`)")]
+    #[error("`{0}` has a bad name (want 1 to 211 characters of [A-Za-z0-9+-._?=])")]
     BadName(String),
 }
 
@@ -132,8 +133,11 @@ impl StorePath {
             return Err(StorePathError::BadHash(s.to_owned()));
         }
         let name = &bytes[HASH_PART_LEN + 1..];
+        // A leading dot is allowed: Nix accepts it (`nix-store --add .envrc` makes
+        // `<hash>-.envrc`; Nix 2.8 checks only the characters and the length), and refusing
+        // such a valid path failed a whole save. Guix never makes one (its `checkStoreName`
+        // refuses it), so accepting it there changes nothing.
         let name_ok = name.len() <= MAX_NAME_LEN
-            && name[0] != b'.'
             && name.iter().all(|&c| {
                 c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.' | b'_' | b'?' | b'=')
             });
@@ -288,19 +292,26 @@ mod tests {
             .is_derivation());
         for bad in [
             format!("{h}-"),
-            format!("{h}-.hidden"),
             format!("{h}-a/b"),
             format!("{h}-a b"),
             format!("{h}-{}", "a".repeat(212)),
             format!("{h}_name"),
             "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-x".to_string(),
             "short-x".to_string(),
-            format!("{h}-.."),
+            format!("{h}-../x"),
         ] {
             assert!(StorePath::from_base_name(&bad).is_err(), "{bad}");
         }
         assert!(StorePath::from_base_name(&format!("{h}-{}", "a".repeat(211))).is_ok());
         assert!(StorePath::from_base_name(&format!("{h}-a+b-c._?=")).is_ok());
+        // Names Nix 2.8 makes (`nix-store --add .envrc`): a leading dot is no escape, the
+        // base name starts with the hash part.
+        for ok in [".envrc", ".hidden", ".", ".."] {
+            assert!(
+                StorePath::from_base_name(&format!("{h}-{ok}")).is_ok(),
+                "{ok}"
+            );
+        }
     }
 
     #[test]
