@@ -1180,3 +1180,71 @@ fn a_path_whose_name_starts_with_a_dot_is_saved_and_restored() {
     assert_eq!(db_rows(&src), db_rows(&dst));
     util::assert_registered_paths_are_on_disk(&dst);
 }
+
+/// The ACL xattrs of a node (`system.posix_acl_access`, `system.posix_acl_default`).
+fn acl_xattrs(p: &std::path::Path) -> Vec<String> {
+    let mut buf = vec![0u8; 4096];
+    let n = rustix::fs::llistxattr(p, &mut buf[..]).unwrap();
+    buf[..n]
+        .split(|&b| b == 0)
+        .filter(|n| n.starts_with(b"system.posix_acl"))
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .collect()
+}
+
+/// A store directory carrying a default ACL (one inherited from the directory above a new
+/// root, or set by an administrator) gives every entry created in it an ACL that masks the
+/// mode asked for: `u::rwx,g::r-x,o::---` makes a file created 0444 come out 0440 and a
+/// directory 0550, which the umask cannot undo. The daemons reset each node's mode to
+/// 0444/0555 (`canonicaliseTimestampAndPermissions`) and Nix removes ACLs
+/// (`canonicalisePathMetaData`), so restored items must be 0444/0555 with no ACL of their
+/// own, readable by every user (found by review: files came out 0440, directories 0550).
+#[test]
+fn restore_gives_canonical_modes_under_a_default_acl() {
+    for flavor in [Flavor::Guix, Flavor::Nix] {
+        let w = World::new(flavor);
+        let src = w.layout("src");
+        sample::build(&src, 1).unwrap();
+        save_json(&w, "src");
+        let dst = w.layout("dst");
+        fs::create_dir_all(dst.real_store_dir()).unwrap();
+        // Version 2, then (tag, permissions, id): user::rwx, group::r-x, other::---.
+        let mut acl = 2u32.to_le_bytes().to_vec();
+        for (tag, perm) in [(0x01u16, 7u16), (0x04, 5), (0x20, 0)] {
+            acl.extend_from_slice(&tag.to_le_bytes());
+            acl.extend_from_slice(&perm.to_le_bytes());
+            acl.extend_from_slice(&u32::MAX.to_le_bytes());
+        }
+        if let Err(e) = rustix::fs::setxattr(
+            dst.real_store_dir(),
+            "system.posix_acl_default",
+            &acl,
+            rustix::fs::XattrFlags::empty(),
+        ) {
+            eprintln!("skipped: no ACLs here ({e})");
+            return;
+        }
+        let (r, code) = restore_json(&w, "dst", &[]);
+        assert_eq!(code, 0, "{r}");
+        for p in db::read(&src).unwrap().paths {
+            let a = src.real_store_dir().join(p.path.base_name());
+            let b = dst.real_store_dir().join(p.path.base_name());
+            assert_eq!(tree_listing(&a), tree_listing(&b), "{flavor:?} {}", p.path);
+            for (rel, kind, ..) in tree_listing(&b) {
+                if kind != "link" {
+                    let node = if rel.is_empty() {
+                        b.clone()
+                    } else {
+                        b.join(&rel)
+                    };
+                    assert_eq!(
+                        acl_xattrs(&node),
+                        Vec::<String>::new(),
+                        "{}",
+                        node.display()
+                    );
+                }
+            }
+        }
+    }
+}

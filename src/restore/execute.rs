@@ -175,6 +175,7 @@ pub(super) fn execute(
         local_files: AtomicU64::new(0),
         local_bytes: AtomicU64::new(0),
         privileged: me.0 == 0,
+        acl: crate::store::fs::has_default_acl(&store_fd),
     };
     let leftovers = AtomicU64::new(0);
     // Set by the first failure that will fail every path (a full or read-only store): no

@@ -33,7 +33,7 @@ use super::siblings::{self, Copied, PathSources};
 use crate::cache::rewrite::Substituter;
 use crate::cache::{BlobId, Cache, Node, Rewrite};
 use crate::nar::{FileNarHasher, FileWriter, NarEncoder, NarHasher};
-use crate::store::fs::open_dir_at;
+use crate::store::fs::{drop_acls, open_dir_at};
 use crate::store::links::{LinkSource, LinksDir, LINKS_MIN_SIZE};
 use crate::store::path::nixbase32_encode;
 
@@ -55,6 +55,10 @@ pub(super) struct Writer<'a> {
     /// Running as root: permission checks do not apply, so directories are created with their
     /// final mode at once instead of being made writable and then read-only.
     pub(super) privileged: bool,
+    /// The store directory has a default ACL ([`crate::store::fs::has_default_acl`]): the
+    /// mode a node is created with is masked by the ACL it inherits, so each node's ACLs are
+    /// removed and its mode set once created.
+    pub(super) acl: bool,
 }
 
 type Enc<'a> = NarEncoder<'a, NarHasher>;
@@ -129,6 +133,11 @@ impl Writer<'_> {
                 rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(mode))
                     .map_err(|e| target(e.into()))?;
                 let sub = open_dir_at(dir, name).map_err(&target)?;
+                if self.acl {
+                    // Before its entries are created, which would inherit its default ACL;
+                    // its mode as if no ACL had masked it (final when privileged).
+                    drop_acls(&sub, true, mode).map_err(&target)?;
+                }
                 let made = rustix::fs::fstat(&sub).map_err(|e| target(e.into()))?;
                 let mut d = enc.directory().map_err(malformed(shown))?;
                 for e in entries {
@@ -309,13 +318,17 @@ impl Writer<'_> {
         } else {
             OFlags::WRONLY
         };
+        let mode = if executable { 0o555 } else { 0o444 };
         let fd = rustix::fs::openat(
             dir,
             name,
             access | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(if executable { 0o555 } else { 0o444 }),
+            Mode::from_raw_mode(mode),
         )
         .map_err(|e| target(e.into()))?;
+        if self.acl {
+            drop_acls(&fd, false, mode).map_err(&target)?;
+        }
         let mut f = fs::File::from(fd);
         if let Some(source) = source {
             if let Some(own) = self.copy_source(

@@ -111,6 +111,40 @@ pub fn store_owner(store: impl AsFd) -> io::Result<(u32, u32)> {
     })
 }
 
+/// The ACL xattrs a node may carry: its own, and (a directory) the default its entries inherit.
+const ACL_ACCESS: &str = "system.posix_acl_access";
+const ACL_DEFAULT: &str = "system.posix_acl_default";
+
+/// Whether the directory `dir` has a default ACL. Every entry created in it inherits that ACL,
+/// which masks the mode asked for whatever the umask (`o::---` makes a file created 0444 come
+/// out 0440); a directory inherits it as its own default, so it reaches every level below.
+/// False where the file system has no ACLs.
+pub fn has_default_acl(dir: impl AsFd) -> bool {
+    rustix::fs::fgetxattr_query(dir, ACL_DEFAULT).is_ok()
+}
+
+/// Remove the ACLs a node inherited from a directory with a default ACL (its own, and for a
+/// directory the default it would pass on), then give it `mode`: as the daemons leave it
+/// (both reset a store node's mode to 0444/0555, Nix also removes its ACLs), and so that
+/// what is created in a directory afterwards gets the mode asked for.
+///
+/// # Errors
+/// Errors of `fremovexattr` (but for an ACL absent) and `fchmod`.
+pub fn drop_acls(fd: impl AsFd, dir: bool, mode: u32) -> io::Result<()> {
+    let names: &[&str] = if dir {
+        &[ACL_DEFAULT, ACL_ACCESS]
+    } else {
+        &[ACL_ACCESS]
+    };
+    for name in names {
+        match rustix::fs::fremovexattr(&fd, *name) {
+            Ok(()) | Err(Errno::NODATA) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?)
+}
+
 /// Open the directory `name` in `dir` for use as the base of further operations: never
 /// through a symlink (`ELOOP` or `ENOTDIR` if `name` is not a directory).
 ///
