@@ -2,9 +2,9 @@
 //! nix-base32, the daemon's alphabet for hash parts.
 //!
 //! Invariant: a [`StorePath`] is always a valid base name: a 32-character nix-base32 hash
-//! part, a dash, and a name of 1 to 211 characters from `[A-Za-z0-9+-._?=]`. Nothing built
-//! from a `StorePath` can therefore escape the store directory: the base name starts with
-//! the hash part, so even a name of `.` or `..` makes an ordinary file name.
+//! part, a dash, and a name of 1 to 211 characters from `[A-Za-z0-9+-._?=]` whose first
+//! dash-separated component is not `.` or `..` (a leading dot is allowed, as Nix allows it).
+//! Nothing built from a `StorePath` can therefore escape the store directory.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -80,7 +80,7 @@ pub enum StorePathError {
     NotInStore(String, String),
     #[error("`{0}` has a bad hash part (want 32 nix-base32 characters then `-`)")]
     BadHash(String),
-    #[error("`{0}` has a bad name (want 1 to 211 characters of [A-Za-z0-9+-._?=])")]
+    #[error("`{0}` has a bad name (want 1 to 211 characters of [A-Za-z0-9+-._?=], not `.` or `..` before the first `-`)")]
     BadName(String),
 }
 
@@ -136,8 +136,13 @@ impl StorePath {
         // A leading dot is allowed: Nix accepts it (`nix-store --add .envrc` makes
         // `<hash>-.envrc`; Nix 2.8 checks only the characters and the length), and refusing
         // such a valid path failed a whole save. Guix never makes one (its `checkStoreName`
-        // refuses it), so accepting it there changes nothing.
+        // refuses it), so accepting it there changes nothing. Later Nix refuses `.`, `..` and
+        // names whose first dash-separated component is one of them: a path such a Nix could
+        // not parse is never registered.
+        let first = name.split(|&c| c == b'-').next().unwrap_or_default();
         let name_ok = name.len() <= MAX_NAME_LEN
+            && first != b"."
+            && first != b".."
             && name.iter().all(|&c| {
                 c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.' | b'_' | b'?' | b'=')
             });
@@ -298,7 +303,10 @@ mod tests {
             format!("{h}_name"),
             "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-x".to_string(),
             "short-x".to_string(),
-            format!("{h}-../x"),
+            format!("{h}-.."),
+            format!("{h}-."),
+            format!("{h}-..-x"),
+            format!("{h}-.-x"),
         ] {
             assert!(StorePath::from_base_name(&bad).is_err(), "{bad}");
         }
@@ -306,7 +314,7 @@ mod tests {
         assert!(StorePath::from_base_name(&format!("{h}-a+b-c._?=")).is_ok());
         // Names Nix 2.8 makes (`nix-store --add .envrc`): a leading dot is no escape, the
         // base name starts with the hash part.
-        for ok in [".envrc", ".hidden", ".", ".."] {
+        for ok in [".envrc", ".hidden", "...", ".x-1", "x-.."] {
             assert!(
                 StorePath::from_base_name(&format!("{h}-{ok}")).is_ok(),
                 "{ok}"
