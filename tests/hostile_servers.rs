@@ -308,3 +308,68 @@ fn gha_ranged_read_answered_with_another_range_is_refused() {
         "{err}"
     );
 }
+
+/// AWS answers a create-only PUT (`If-None-Match: *`) with `409 ConditionalRequestConflict`
+/// while another conditional write of the key is in progress, or when a delete raced it: the
+/// object may well never exist (that other writer killed, or the delete won). `object_store`
+/// maps 409 to "already exists", so the PUT counted as done and a save went on to write an
+/// index and a snapshot naming an object that was never stored. A 409 or 412 counts as done
+/// only once a HEAD finds the object; otherwise the PUT is tried again, and a conflict that
+/// does not clear is an error naming the object.
+#[test]
+fn s3_create_answered_409_conflict_is_done_only_once_the_object_is_there() {
+    // Every PUT: 409. HEAD: 404 (nothing was ever stored).
+    let (url, puts) = serve(|req, s| {
+        if req.line.starts_with("PUT ") {
+            let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error>\
+                        <Code>ConditionalRequestConflict</Code><Message>A conflicting \
+                        conditional operation is currently in progress against this resource. \
+                        Please try again.</Message></Error>";
+            write!(
+                s,
+                "HTTP/1.1 409 Conflict\r\nContent-Type: application/xml\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        } else {
+            write!(s, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+        }
+    });
+    let store = s3_on(&url);
+    let e = store
+        .put_if_absent("index/a.idx", b"index bytes")
+        .expect_err("a conflicted PUT of an absent object counted as already there");
+    let msg = e.to_string();
+    assert!(msg.contains("s3://bkt/pre/index/a.idx"), "{msg}");
+    assert!(msg.contains("ConditionalRequestConflict"), "{msg}");
+    assert!(
+        puts.load(Ordering::SeqCst) > 2,
+        "the PUT was not tried again"
+    );
+    // A pack: its upload runs in the background, and `sync` must report it.
+    let mut w = store.writer().unwrap();
+    w.write_all(b"pack bytes").unwrap();
+    w.commit("packs/p.pack").unwrap();
+    let e = store
+        .sync()
+        .expect_err("a conflicted pack upload counted as done");
+    assert!(e.to_string().contains("packs/p.pack"), "{e}");
+
+    // The first PUT conflicts, the second lands: written.
+    let tried = Arc::new(AtomicUsize::new(0));
+    let t = tried.clone();
+    let (url, _) = serve(move |req, s| {
+        if req.line.starts_with("PUT ") && t.fetch_add(1, Ordering::SeqCst) == 0 {
+            write!(s, "HTTP/1.1 409 Conflict\r\nContent-Length: 0\r\n\r\n")
+        } else if req.line.starts_with("PUT ") {
+            write!(
+                s,
+                "HTTP/1.1 200 OK\r\nETag: \"e\"\r\nContent-Length: 0\r\n\r\n"
+            )
+        } else {
+            write!(s, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+        }
+    });
+    assert!(s3_on(&url).put_if_absent("index/b.idx", b"x").unwrap());
+    assert_eq!(tried.load(Ordering::SeqCst), 2);
+}

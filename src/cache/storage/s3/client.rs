@@ -17,10 +17,11 @@ use object_store::client::{
 };
 use object_store::path::Path;
 use object_store::{
-    BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, RetryConfig,
+    BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode,
+    PutPayload, RetryConfig,
 };
 
-use super::{RETRIES, RETRY_TIMEOUT};
+use super::{CREATE_TRIES, RETRIES, RETRY_TIMEOUT};
 use crate::cache::storage::{check_key, StorageError, Transfer};
 
 /// What background tasks share with the store.
@@ -349,6 +350,52 @@ impl Inner {
             Ok(m) => Ok(Some(m.size)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.err(key, e)),
+        }
+    }
+
+    /// Publish `data` as `key` unless it exists: a create-only PUT (`If-None-Match: *`), true
+    /// when written. An answer that the key exists (412, or the 409 `ConditionalRequestConflict`
+    /// AWS sends while another conditional write of the key is in progress or a delete raced
+    /// this one; `object_store` reports both alike) counts as done only once a HEAD finds the
+    /// object: that other write may never complete (its writer killed, or the delete won),
+    /// and an index or snapshot must not name an object that was never stored. Otherwise the
+    /// PUT is tried again, [`CREATE_TRIES`] times in all (0.2 s doubling), then it is an error.
+    pub(super) async fn create(&self, key: &str, data: Bytes) -> Result<bool, StorageError> {
+        let path = self.path(key)?;
+        let mut pause = Duration::from_millis(200);
+        let mut attempt = 1;
+        loop {
+            self.check_up(key)?;
+            let payload = PutPayload::from(data.clone());
+            let e = match self
+                .store
+                .put_opts(&path, payload, PutMode::Create.into())
+                .await
+            {
+                Ok(_) => return Ok(true),
+                Err(
+                    e @ (object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. }),
+                ) => e,
+                Err(e) => return Err(self.err(key, e)),
+            };
+            if self.head_size(key).await?.is_some() {
+                return Ok(false);
+            }
+            if attempt >= CREATE_TRIES {
+                return Err(StorageError(
+                    self.describe(key),
+                    io::Error::other(format!(
+                        "the server answered {attempt} create-only PUTs with \"exists\" but holds \
+                         no such object (a conflicting write or delete of it that did not end; \
+                         try again): {}",
+                        brief(&e.to_string())
+                    )),
+                ));
+            }
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+            attempt += 1;
         }
     }
 

@@ -16,7 +16,9 @@
 //!   its body is read;
 //! - [`Storage::get_range`]: ranged GETs of [`CHUNK`] bytes issued as the reader consumes,
 //!   the next one fetched while the current one is read: at most two chunks per reader;
-//! - [`Storage::put_if_absent`]: a create-only PUT (`If-None-Match: *`);
+//! - [`Storage::put_if_absent`]: a create-only PUT (`If-None-Match: *`); an answer that the
+//!   key exists counts only once a HEAD finds the object (AWS's 409 comes for a write in
+//!   progress too, which may never complete);
 //! - [`Storage::writer`]: a multipart upload needs its key when it starts, and a pack's key
 //!   (its hash) is known only at [`ObjectWriter::commit`]: so the first [`PART`] bytes are
 //!   kept in memory and anything beyond is spooled to an unlinked file in `TMPDIR`. Commit
@@ -65,6 +67,9 @@ pub const PART: usize = 8 << 20;
 const PARTS_IN_FLIGHT: usize = 2;
 /// Uploads in flight at once; a further [`ObjectWriter::commit`] waits for the oldest.
 pub const UPLOADS: usize = 2;
+/// Create-only PUTs of one object answered "exists" while a HEAD finds nothing, at most (see
+/// `Inner::create`).
+pub const CREATE_TRIES: u32 = 5;
 /// Retries of a failed request (after the first attempt).
 pub const RETRIES: usize = 5;
 /// No retry starts later than this after a request's first attempt.
@@ -290,16 +295,8 @@ impl Storage for S3Store {
 
     fn put_if_absent(&self, key: &str, data: &[u8]) -> Result<bool, StorageError> {
         let inner = &self.inner;
-        let path = inner.path(key)?;
-        inner.check_up(key)?;
-        let payload = PutPayload::from(Bytes::copy_from_slice(data));
-        let r = self.block_on(inner.store.put_opts(&path, payload, PutMode::Create.into()));
-        match r {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::AlreadyExists { .. })
-            | Err(object_store::Error::Precondition { .. }) => Ok(false),
-            Err(e) => Err(inner.err(key, e)),
-        }
+        inner.path(key)?;
+        self.block_on(inner.create(key, Bytes::copy_from_slice(data)))
     }
 
     fn put(&self, key: &str, data: &[u8]) -> Result<(), StorageError> {

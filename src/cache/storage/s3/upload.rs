@@ -7,7 +7,7 @@ use std::io::{self, Read, Seek, Write};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload, WriteMultipart};
+use object_store::{ObjectStoreExt, WriteMultipart};
 use tokio::task::JoinHandle;
 
 use super::client::Inner;
@@ -67,19 +67,8 @@ async fn upload(inner: Arc<Inner>, key: String, body: Body) -> Result<(), Storag
     inner.check_up(&key)?;
     let path = inner.path(&key)?;
     match body {
-        Body::Memory(data) => {
-            let r = inner
-                .store
-                .put_opts(&path, PutPayload::from(data), PutMode::Create.into())
-                .await;
-            match r {
-                // Content-addressed: an object already there holds these bytes.
-                Ok(_)
-                | Err(object_store::Error::AlreadyExists { .. })
-                | Err(object_store::Error::Precondition { .. }) => Ok(()),
-                Err(e) => Err(inner.err(&key, e)),
-            }
-        }
+        // Content-addressed: an object already there holds these bytes.
+        Body::Memory(data) => inner.create(&key, Bytes::from(data)).await.map(drop),
         Body::File(file, len) => {
             // Content-addressed: an object of this size under this key holds these bytes.
             if inner.head_size(&key).await? == Some(len) {
