@@ -20,8 +20,9 @@
 //! A v2 snapshot keeps its id (the id does not cover the index list), so its signatures stay
 //! valid and travel with it. A v1 snapshot is written as v2 under a new id; its signatures
 //! (over the old id) cannot follow it and are reported as left behind. A snapshot the target
-//! has already is skipped. A copy interrupted before its snapshot leaves packs no snapshot
-//! names; run again, it builds the same packs and skips each one the target holds.
+//! has already is skipped, but for the source's signatures of it that the target lacks (a
+//! snapshot signed after it was copied). A copy interrupted before its snapshot leaves packs
+//! no snapshot names; run again, it builds the same packs and skips each one the target holds.
 
 mod packs;
 
@@ -130,8 +131,10 @@ pub fn copy(
     let mut planned: HashSet<ObjectId> = HashSet::new();
     for (id, snap) in chosen {
         let (mut sc, work) = plan_one(source, target, id, snap, &mut planned)?;
-        if let (Some(work), false) = (work, dry_run) {
-            execute_one(source, target, &mut sc, work, progress)?;
+        match work {
+            Some(work) if !dry_run => execute_one(source, target, &mut sc, work, progress)?,
+            None if !dry_run => carry_signatures(source, target, &id, &mut sc)?,
+            _ => {}
         }
         report.snapshots.push(sc);
     }
@@ -412,20 +415,47 @@ fn execute_one(
     Ok(())
 }
 
-/// Add the signature lines `bytes` to the target's signature file of `id`.
-fn merge_signatures(target: &Cache, id: &SnapshotId, bytes: &[u8]) -> Result<(), CacheError> {
+/// The source's signatures of a snapshot the target holds already, added to the target's:
+/// one signed after it was copied (`save --sign-key` of an unchanged store signs the snapshot
+/// it finds) would otherwise never be trusted in the target, however often it is copied.
+/// `signatures` counts the lines that travelled: none when the target had them all.
+fn carry_signatures(
+    source: &Cache,
+    target: &Cache,
+    id: &SnapshotId,
+    sc: &mut SnapshotCopy,
+) -> Result<(), CacheError> {
+    let v1 = sc.id != sc.target_id;
+    let Some(bytes) = signatures(source, id, v1, sc) else {
+        return Ok(());
+    };
+    let target_id = SnapshotId::parse(&sc.target_id).expect("an id we formatted");
+    if !merge_signatures(target, &target_id, &bytes)? {
+        sc.signatures = 0;
+    }
+    Ok(())
+}
+
+/// Add the signature lines `bytes` to the target's signature file of `id`; false when it held
+/// them all already (then nothing is written: on the GitHub Actions cache each write is an
+/// entry more).
+fn merge_signatures(target: &Cache, id: &SnapshotId, bytes: &[u8]) -> Result<bool, CacheError> {
     let key = crate::trust::signature_key(&id.0);
     let bad = |e: crate::trust::TrustError| {
         CacheError::Corrupt(format!("signatures of snapshot {}: {e}", id.short()))
     };
-    let mut merged = target.read_signatures(id)?;
+    let existing = target.read_signatures(id)?;
+    let mut merged = existing.clone();
     for line in crate::trust::decode_signatures(bytes).map_err(bad)? {
         merged = Some(crate::trust::merge(merged.as_deref(), line).map_err(bad)?);
     }
-    if let Some(m) = merged {
-        target.storage().put(&key, &m)?;
+    match merged {
+        Some(m) if Some(&m) != existing.as_ref() => {
+            target.storage().put(&key, &m)?;
+            Ok(true)
+        }
+        _ => Ok(false),
     }
-    Ok(())
 }
 
 #[cfg(test)]

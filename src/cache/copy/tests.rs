@@ -123,6 +123,39 @@ fn every_snapshot_and_its_signatures_travel_with_all() {
     assert_eq!(run(&a, &c, &select).unwrap().snapshots[0].id, two);
 }
 
+/// A snapshot signed after it was copied (`save --sign-key` of an unchanged store signs the
+/// snapshot it finds; `storesync` has no other way to add one later): copying it again found
+/// the target holding it and skipped it, signatures included, reporting success, so the target
+/// never trusted it and a restore with that key refused it. The new signature travels; a copy
+/// with nothing new to carry writes nothing.
+#[test]
+fn a_signature_added_after_a_copy_travels_when_copied_again() {
+    let t = tempfile::tempdir().unwrap();
+    let a = Cache::open_dir(&t.path().join("a")).unwrap();
+    let id = SnapshotId::parse(&save_into(&t.path().join("root"), &a, 1, "k")).unwrap();
+    let b_dir = t.path().join("b");
+    let b = Cache::open_dir(&b_dir).unwrap();
+    assert_eq!(
+        run(&a, &b, &Select::Newest).unwrap().snapshots[0].status,
+        "copied"
+    );
+    let (secret, public) = crate::trust::generate("ci-1").unwrap();
+    a.add_signature(&id, secret.sign_snapshot(&id.0)).unwrap();
+    let r = run(&a, &b, &Select::Newest).unwrap();
+    assert_eq!(r.snapshots[0].status, "present");
+    assert_eq!(r.snapshots[0].signatures, 1);
+    let mut keys = crate::trust::TrustedKeys::new();
+    keys.add(public);
+    assert_eq!(b.check_signature(&id, &keys).unwrap(), "ci-1");
+    // Nothing new: the target's signature file is not written again.
+    let sig = b_dir.join(crate::trust::signature_key(&id.0));
+    let before = std::fs::metadata(&sig).unwrap().modified().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let r = run(&a, &b, &Select::Newest).unwrap();
+    assert_eq!(r.snapshots[0].signatures, 0);
+    assert_eq!(std::fs::metadata(&sig).unwrap().modified().unwrap(), before);
+}
+
 #[test]
 fn a_damaged_source_object_is_refused_and_nothing_names_it() {
     let t = tempfile::tempdir().unwrap();
