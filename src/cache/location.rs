@@ -3,7 +3,8 @@
 //! - `DIR` or `file://DIR`: a local directory ([`LocalDir`](super::LocalDir));
 //! - `s3://BUCKET/PREFIX`: objects under `PREFIX/` in an S3 bucket ([`S3Store`], configured
 //!   from the `AWS_*` environment; the prefix may be empty);
-//! - `gha://SCOPE`: the GitHub Actions cache (not supported yet).
+//! - `gha://SCOPE`: the GitHub Actions cache, through the runner's `ACTIONS_*` environment
+//!   (docs/REMOTE.md).
 //!
 //! Any other `SCHEME://` is refused rather than taken for a directory name. Parsing checks
 //! the syntax only; [`Location::open`] builds the backend (and, for a directory opened for
@@ -87,8 +88,8 @@ impl Location {
     /// empty cache). An S3 location requests nothing yet.
     ///
     /// # Errors
-    /// [`CacheError::Storage`]: the directory cannot be created, the S3 configuration is
-    /// invalid, or the backend is not supported yet.
+    /// [`CacheError::Storage`]: the directory cannot be created, or the S3 or GitHub cache
+    /// configuration is invalid or missing.
     pub fn open(&self, write: bool) -> Result<Cache, CacheError> {
         match self {
             Location::Dir(dir) if write => Cache::open_dir(dir),
