@@ -865,6 +865,74 @@ fn full_store_stops_the_restore_at_the_first_failure() {
     );
 }
 
+/// Found by review: a path whose writing runs out of descriptors (`EMFILE`, a low `ulimit -n`
+/// and a deeply nested path) was tried again under the same temporary name, which the first
+/// attempt's removal, itself out of descriptors while the writer still held its own, had left:
+/// the error said `File exists` instead of the cause, and the temporary tree stayed in the
+/// store after the restore exited.
+#[test]
+fn a_path_out_of_descriptors_fails_naming_the_cause_and_leaves_no_temporary_tree() {
+    use std::os::unix::process::CommandExt;
+    let w = World::new(Flavor::Guix);
+    let mut blobs = Blobs::new();
+    let mut node = file_node(&mut blobs, false, b"deep\n");
+    for _ in 0..200 {
+        node = dir_node(vec![("d", node)]);
+    }
+    let base = base_name(31, "deep");
+    write_cache(
+        &w.cache_dir(),
+        w.flavor,
+        &[(row_for(&base, &nar_of(&node, &blobs)), node)],
+        &blobs,
+        vec![],
+    );
+    let dst = w.layout("dst");
+    fs::create_dir_all(dst.real_store_dir()).unwrap();
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("storesync"));
+    cmd.args(["--flavor", "guix", "--root"])
+        .arg(&dst.root)
+        .args([
+            "--no-progress",
+            "--jobs",
+            "1",
+            "--json",
+            "restore",
+            "--cache",
+        ])
+        .arg(w.cache_dir())
+        .env_remove("GUIX_DATABASE_DIRECTORY")
+        .env_remove("GUIX_STATE_DIRECTORY")
+        .env_remove("NIX_STORE_DIR");
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: 64,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let r = util::json(&out.stdout);
+    assert_eq!(r["failed"][0], format!("/gnu/store/{base}"), "{r}");
+    let error = r["failures"][0]["error"].as_str().unwrap();
+    assert!(error.contains("Too many open files"), "{error}");
+    assert!(
+        util::leftovers(&dst).is_empty(),
+        "{:?}",
+        util::leftovers(&dst)
+    );
+    assert!(!dst.real_store_dir().join(&base).exists());
+    assert!(db_rows(&dst).paths.is_empty());
+}
+
 /// Notes received, with when.
 struct Notes {
     start: Instant,

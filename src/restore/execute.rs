@@ -267,19 +267,20 @@ pub(super) fn execute(
                         Ok(())
                     }
                 });
-                if verdict.is_err() {
-                    let _ = remove_at(&store_fd, tmp);
-                }
-                (verdict, at)
+                // Whether `tmp` is free again for another attempt.
+                let cleared = verdict.is_err() && remove_at(&store_fd, tmp).is_ok();
+                (verdict, at, cleared)
             };
             // The path's NAR hash is the check of the first attempt. When it fails (a damaged
             // blob, or a damaged `.links` entry: a store file modified in place), everything
             // again from the cache, every blob checked, so that the error names the damaged
             // blob; nothing linked. Not when the cache lacks an object, or the store cannot be
             // written at all.
-            let (mut verdict, mut at) = attempt(true);
-            if verdict.as_ref().is_err_and(PathError::worth_retrying) {
-                (verdict, at) = attempt(false);
+            // Nor when what the first left under `tmp` could not be removed: the second would
+            // meet it (`File exists`) and its error would hide the first's, the cause.
+            let (mut verdict, mut at, cleared) = attempt(true);
+            if cleared && verdict.as_ref().is_err_and(PathError::worth_retrying) {
+                (verdict, at, _) = attempt(false);
             }
             verdict?;
             for h in &at.new_links {

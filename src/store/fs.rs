@@ -206,6 +206,13 @@ fn remove_at_depth(dir: BorrowedFd<'_>, name: &OsStr, depth: usize) -> io::Resul
         Err(Errno::ISDIR) | Err(Errno::PERM) => {}
         Err(e) => return Err(e.into()),
     }
+    // An empty directory goes without a descriptor of its own: a tree whose writing ran out
+    // of descriptors (`EMFILE`) ends in one, and can then still be removed with the
+    // descriptors its writer held.
+    match rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
+        Ok(()) | Err(Errno::NOENT) => return Ok(()),
+        _ => {}
+    }
     if depth >= MAX_REMOVE_DEPTH {
         return Err(io::Error::other(format!(
             "{}: directories nested deeper than {MAX_REMOVE_DEPTH}",
@@ -230,9 +237,12 @@ fn remove_at_depth(dir: BorrowedFd<'_>, name: &OsStr, depth: usize) -> io::Resul
     if st.st_mode & 0o700 != 0o700 {
         rustix::fs::fchmod(&sub, Mode::from_raw_mode(0o755))?;
     }
-    for child in entry_names(&sub)? {
-        remove_at_depth(sub.as_fd(), OsStr::from_bytes(child.to_bytes()), depth + 1)?;
+    // Names read through `sub` itself (no second descriptor per level, see above).
+    let mut sub = rustix::fs::Dir::new(sub)?;
+    for child in entry_names_of(&mut sub)? {
+        remove_at_depth(sub.fd()?, OsStr::from_bytes(child.to_bytes()), depth + 1)?;
     }
+    drop(sub);
     gone(rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR))
 }
 
