@@ -125,6 +125,45 @@ fn json_output_is_one_value_on_stdout() {
     assert_eq!(l[0]["id"], s["snapshot"]);
 }
 
+/// Found by review: a restore took an older snapshot in silence when the newest could not be
+/// read (damaged, or written by a newer storesync in a format this one does not read), exit 0
+/// and nothing on stderr: a CI job then ran on an older store without a word. It is said,
+/// naming the snapshot and why, and a newer format asks for an upgrade.
+#[test]
+fn a_newest_snapshot_that_cannot_be_read_is_named_when_an_older_one_is_restored() {
+    let w = World::new(Flavor::Guix);
+    sample::build(&w.layout("src"), 1).unwrap();
+    let old = json(
+        &w.on_cache("src", &["--json", "save"])
+            .assert()
+            .success()
+            .get_output()
+            .stdout,
+    );
+    sample::build(&w.layout("src"), 2).unwrap();
+    let new = json(
+        &w.on_cache("src", &["--json", "save"])
+            .assert()
+            .success()
+            .get_output()
+            .stdout,
+    );
+    let new_id = new["snapshot"].as_str().unwrap();
+    // As a later storesync would write it: format version 3.
+    let file = util::snapshot_file(&w.cache_dir(), new_id);
+    let mut bytes = fs::read(&file).unwrap();
+    bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
+    fs::write(&file, bytes).unwrap();
+    let out = w.on_cache("dst", &["--json", "restore"]).assert().success();
+    let r = json(&out.get_output().stdout);
+    assert_eq!(r["snapshot"], old["snapshot"]);
+    let err = String::from_utf8_lossy(&out.get_output().stderr);
+    assert!(
+        err.contains(&new_id[..12]) && err.contains("upgrade storesync"),
+        "{err}"
+    );
+}
+
 #[test]
 fn save_dry_run_lists_new_paths_and_writes_nothing() {
     let w = World::new(Flavor::Guix);

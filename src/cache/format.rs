@@ -100,6 +100,20 @@ pub(crate) fn seal(magic: &[u8; 8], version: u32, body: &[u8]) -> ([u8; 32], Vec
     (sum, out)
 }
 
+/// Why a file of format `version` (not one this storesync reads) is refused: one written by a
+/// newer storesync says what to do.
+pub(crate) fn unknown_version(version: u32) -> String {
+    let upgrade = if version > FORMAT_VERSION {
+        " (written by a newer storesync: upgrade storesync to read it)"
+    } else {
+        ""
+    };
+    format!(
+        "format version {version}, this storesync reads {OLDEST_READ_VERSION} to \
+         {FORMAT_VERSION}{upgrade}"
+    )
+}
+
 /// Check and strip the envelope; `what` names the file in errors. Returns (checksum,
 /// version, body).
 ///
@@ -118,10 +132,7 @@ pub(crate) fn unseal<'a>(
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
     if !(OLDEST_READ_VERSION..=FORMAT_VERSION).contains(&version) {
-        return Err(bad(&format!(
-            "format version {version}, this storesync reads {OLDEST_READ_VERSION} to \
-             {FORMAT_VERSION}"
-        )));
+        return Err(bad(&unknown_version(version)));
     }
     let (content, sum) = bytes.split_at(bytes.len() - 32);
     let computed = *blake3::hash(content).as_bytes();

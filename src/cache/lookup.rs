@@ -218,7 +218,14 @@ impl Cache {
             Ok(out)
         };
         let start = read(0, format::HEADER_LEN as u64 + 4)?;
-        if &start[..8] != SNAPSHOT_MAGIC || start[8..12] != 2u32.to_le_bytes() {
+        if &start[..8] != SNAPSHOT_MAGIC {
+            return Err(corrupt("not a v2 snapshot file".into()));
+        }
+        let version = u32::from_le_bytes(start[8..12].try_into().expect("4 bytes"));
+        if version > format::FORMAT_VERSION {
+            return Err(corrupt(format::unknown_version(version)));
+        }
+        if version != 2 {
             return Err(corrupt("not a v2 snapshot file".into()));
         }
         let len = u32::from_le_bytes(start[16..20].try_into().expect("4 bytes"));
@@ -283,6 +290,9 @@ impl Cache {
         // and checks. Cost: one snapshot body, whatever the number of snapshots.
         let mut heads = Vec::new();
         let mut last_err = None;
+        // Snapshots that could not be read, said when an older one is taken instead: a
+        // restore of an older state must not look like one of the newest.
+        let mut unreadable = Vec::new();
         for r in self.list_snapshots()? {
             match self.read_head(&r) {
                 Ok(h) if h.created > limit => self.warn(format!(
@@ -292,21 +302,42 @@ impl Cache {
                 )),
                 Ok(h) => heads.push((r, h.created)),
                 Err(e) if again && gone(&e) => return Ok(None),
-                Err(e) => last_err = Some(e),
+                Err(e) => {
+                    unreadable.push((r.id, r.created, e.to_string()));
+                    last_err = Some(e);
+                }
             }
         }
         heads.sort_by_key(|(r, created)| std::cmp::Reverse((*created, r.id)));
         for (r, created) in heads {
             match self.read_snapshot_ref(&r) {
-                Ok(s) if s.created == created => return Ok(Some((r.id, s))),
+                Ok(s) if s.created == created => {
+                    // Those dated after the one taken by their names (a v1 name has no
+                    // date: said too).
+                    for (id, _, e) in unreadable
+                        .iter()
+                        .filter(|(_, date, _)| date.is_none_or(|d| d > created))
+                    {
+                        self.warn(format!(
+                            "snapshot {} cannot be read, an older one is taken: {e}",
+                            id.short()
+                        ));
+                    }
+                    return Ok(Some((r.id, s)));
+                }
                 Err(e) if again && gone(&e) => return Ok(None),
                 Ok(_) => {
-                    last_err = Some(CacheError::Corrupt(format!(
+                    let e = CacheError::Corrupt(format!(
                         "{}: its head differs from its checked contents",
                         self.storage.describe(&r.key)
-                    )))
+                    ));
+                    unreadable.push((r.id, r.created, e.to_string()));
+                    last_err = Some(e);
                 }
-                Err(e) => last_err = Some(e),
+                Err(e) => {
+                    unreadable.push((r.id, r.created, e.to_string()));
+                    last_err = Some(e);
+                }
             }
         }
         Err(last_err.unwrap_or(CacheError::Empty))
