@@ -88,6 +88,43 @@ fn dump_nar_into_a_closed_pipe_exits_0() {
     assert!(err.is_empty(), "{err}");
 }
 
+/// Found by review: a closed stdout (`storesync verify | head -1`, `| true`) turned a failure
+/// into success: `verify` that found problems exited 0 once its report met the closed pipe.
+/// The reader going away is no failure, and no success either: the command's code stands.
+#[test]
+fn a_closed_stdout_does_not_turn_a_failure_into_success() {
+    let w = World::new(Flavor::Guix);
+    sample::build(&w.layout("src"), 1).unwrap();
+    w.on_cache("src", &["save"]).assert().success();
+    let pack = fs::read_dir(w.cache_dir().join("packs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = fs::read(&pack).unwrap();
+    let last = bytes.len() - 40;
+    bytes[last] ^= 0xff;
+    fs::write(&pack, bytes).unwrap();
+    for json in [false, true] {
+        let mut cmd = w.std_cmd("src");
+        if json {
+            cmd.arg("--json");
+        }
+        let mut child = cmd
+            .arg("verify")
+            .arg("--cache")
+            .arg(w.cache_dir())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // The reader goes away before anything is written.
+        drop(child.stdout.take());
+        assert_eq!(child.wait().unwrap().code(), Some(1), "json {json}");
+    }
+}
+
 #[test]
 fn an_error_prints_each_cause_once() {
     let w = World::new(Flavor::Guix);

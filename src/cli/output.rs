@@ -1,7 +1,8 @@
 //! Everything the commands print: results on stdout as text or (with `--json`) one JSON value,
 //! warnings and notes on stderr, sizes in binary units, and errors as one line holding their
-//! whole chain. Writing stdout can fail (a closed pipe); that error is returned like any
-//! other, so `storesync ls | head -1` ends quietly (see [`is_broken_pipe`]).
+//! whole chain. Writing stdout can fail: a closed pipe ends a result quietly and leaves the
+//! command its exit code ([`render`]); elsewhere (`dump-nar`, `man`) it is returned like any
+//! error, and `storesync dump-nar P | head -c 10` ends quietly too (see [`is_broken_pipe`]).
 
 use std::io::{self, Write};
 
@@ -23,7 +24,9 @@ pub fn stdout_err(e: io::Error) -> Error {
     Error::Io("<stdout>".into(), e)
 }
 
-/// Print a result: `value` as JSON, or the text `text` writes.
+/// Print a result: `value` as JSON, or the text `text` writes. A reader that went away (a
+/// closed pipe: `| head -1`) is no error here: the command goes on to its own exit code, so
+/// that `verify` finding problems, or `restore` paths failing, still exits 1.
 ///
 /// # Errors
 /// [`Error::Io`] on `<stdout>` when stdout cannot be written.
@@ -33,14 +36,21 @@ pub fn render<T: Serialize>(
     text: impl FnOnce(&mut dyn Write, &T) -> io::Result<()>,
 ) -> Result<()> {
     let mut out = io::BufWriter::new(io::stdout().lock());
-    match format {
+    let r = match format {
         Format::Json => serde_json::to_writer_pretty(&mut out, value)
             .map_err(io::Error::from)
             .and_then(|()| writeln!(out)),
         Format::Text => text(&mut out, value),
     }
-    .and_then(|()| out.flush())
-    .map_err(stdout_err)
+    .and_then(|()| out.flush());
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+            // What is still buffered would fail again when dropped: let it go.
+            let _ = out.into_parts();
+            Ok(())
+        }
+        r => r.map_err(stdout_err),
+    }
 }
 
 /// Print `value` as JSON on stdout.
