@@ -787,6 +787,53 @@ fn a_store_directory_searchable_but_not_readable_is_saved_by_another_user() {
 }
 
 /// The full path of `prog` on `PATH`.
+/// Found by review: a save by a user who may not write the DB's directory (the README's
+/// `storesync save` of a profile on a developer machine, without sudo), while no process has
+/// the DB open, failed with SQLite's "attempt to write a readonly database", said of a read.
+/// The error says why and what to do; nothing is read or saved.
+#[test]
+fn a_save_by_a_user_who_cannot_read_the_db_says_why() {
+    use std::os::unix::fs::PermissionsExt;
+    if !rustix::process::geteuid().is_root() || which("setpriv").is_none() {
+        eprintln!("skipped: needs root and setpriv");
+        return;
+    }
+    let w = World::new(Flavor::Guix);
+    fs::set_permissions(w.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let src = w.layout("src");
+    let base = "0123456789abcdfghijklmnpqrsvwxyz-one";
+    add_files_path(&src, base, &[("f", b"one\n", false)], &[]);
+    // The DB stays root's, as the daemon leaves it; the cache is the user's.
+    fs::create_dir(w.cache_dir()).unwrap();
+    std::os::unix::fs::chown(w.cache_dir(), Some(65534), Some(65534)).unwrap();
+    let inner = w.std_cmd("src");
+    let mut c = std::process::Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .args(["--json", "save", "--cache"])
+        .arg(w.cache_dir());
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    let out = c.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(out.stdout.is_empty());
+    let db = src.db_file();
+    assert!(
+        err.contains(&db.display().to_string())
+            && err.contains("cannot be read by this user")
+            && err.contains("sudo")
+            && !err.contains("attempt to write"),
+        "{err}"
+    );
+    assert!(fs::read_dir(w.cache_dir().join("snapshots")).map_or(true, |mut d| d.next().is_none()));
+}
+
 fn which(prog: &str) -> Option<std::path::PathBuf> {
     std::env::var_os("PATH").and_then(|p| {
         std::env::split_paths(&p)

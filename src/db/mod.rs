@@ -51,6 +51,8 @@ pub enum DbError {
     NotAFile(PathBuf),
     #[error("database {0}: `{1}` has the hash part of `{2}`, made valid by another process since the restore was planned (the daemons find paths by hash part): nothing registered")]
     HashPartTaken(PathBuf, String, String),
+    #[error("database {0} cannot be read by this user: SQLite reads a WAL database only beside its -wal and -shm files, which no process holds open now and which this user may not create in its directory (run as root, e.g. with sudo, or as the directory's owner)")]
+    ReadOnlyDirectory(PathBuf),
 }
 
 fn sql(db: &std::path::Path) -> impl Fn(rusqlite::Error) -> DbError + '_ {

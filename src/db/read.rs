@@ -35,19 +35,32 @@ pub fn read(layout: &Layout) -> Result<DbContents, DbError> {
         return Err(DbError::Missing(file, layout.flavor.name()));
     }
     let real = checked_db_file(layout)?;
-    let conn = Connection::open_with_flags(
-        &real,
-        OpenFlags::SQLITE_OPEN_READ_ONLY
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | OpenFlags::SQLITE_OPEN_NOFOLLOW,
-    )
-    .map_err(sql(&file))?;
-    conn.busy_timeout(Duration::from_secs(60))
+    let read = || {
+        let conn = Connection::open_with_flags(
+            &real,
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+        )
         .map_err(sql(&file))?;
-    conn.execute_batch("begin").map_err(sql(&file))?;
-    let contents = read_in_txn(&conn, &file, &layout.store_dir)?;
-    conn.execute_batch("commit").map_err(sql(&file))?;
-    Ok(contents)
+        conn.busy_timeout(Duration::from_secs(60))
+            .map_err(sql(&file))?;
+        conn.execute_batch("begin").map_err(sql(&file))?;
+        let contents = read_in_txn(&conn, &file, &layout.store_dir)?;
+        conn.execute_batch("commit").map_err(sql(&file))?;
+        Ok(contents)
+    };
+    // A user who may not write the DB's directory (a save without sudo of a store the
+    // daemon's user owns, while no process has the DB open) met "attempt to write a readonly
+    // database", said of a read (SQLite's message, not kept: the cause is said instead).
+    read().map_err(|e| match e {
+        DbError::Sqlite(f, e)
+            if e.sqlite_extended_error_code() == Some(rusqlite::ffi::SQLITE_READONLY_DIRECTORY) =>
+        {
+            DbError::ReadOnlyDirectory(f)
+        }
+        e => e,
+    })
 }
 
 pub(super) fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
