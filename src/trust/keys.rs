@@ -296,10 +296,10 @@ fn load_key<K>(
             path: path.to_owned(),
             error: Box::new(error),
         }),
-        // Meant as key text (a name and a colon) and no such file: the parse error helps more.
-        Err(TrustError::KeyFileIo { error, .. })
-            if error.kind() == io::ErrorKind::NotFound && arg.contains(':') =>
-        {
+        // Maybe meant as key text and not a file that could be opened (missing, or its name
+        // part leads through a file): the parse error helps more, and the argument is shown
+        // only as `shown` shows it (for a secret key, not the key).
+        Err(TrustError::KeyFileIo { .. }) if could_be_key_text(arg) => {
             Err(TrustError::NotKeyOrFile {
                 kind,
                 shown: shown(arg),
@@ -308,6 +308,15 @@ fn load_key<K>(
         }
         Err(e) => Err(e),
     }
+}
+
+/// Whether `arg` may be key text rather than a file's path: a name and a colon, or the base64
+/// part alone (a key's length or more, as a name-less secret key would be).
+fn could_be_key_text(arg: &str) -> bool {
+    arg.contains(':')
+        || BASE64
+            .decode(arg.trim())
+            .is_ok_and(|b| Zeroizing::new(b).len() >= PUBLIC_LEN)
 }
 
 /// Load a public key from `arg`: key text `NAME:BASE64`, or else the path of a file holding
@@ -329,7 +338,10 @@ pub fn load_public_key(arg: &str) -> Result<PublicKey, TrustError> {
 /// As [`load_public_key`], with the parse errors of [`SecretKey::parse`].
 pub fn load_secret_key(arg: &str) -> Result<SecretKey, TrustError> {
     load_key("secret key", arg, SecretKey::parse, |a| {
-        let name = a.split(':').next().unwrap_or_default();
-        format!("{}:…", shown_name(name))
+        match a.split_once(':') {
+            Some((name, _)) => format!("{}:…", shown_name(name)),
+            // No name: all of it may be the secret.
+            None => "…".to_owned(),
+        }
     })
 }

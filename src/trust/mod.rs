@@ -456,6 +456,29 @@ mod tests {
         assert!(e.contains("test-1:…") && !e.contains(&bad[8..20]), "{e}");
     }
 
+    /// A secret key argument that is no file is not shown either when it is key text without
+    /// its `NAME:` (the base64 alone), nor when it cannot be opened for another reason than
+    /// ENOENT (here ENOTDIR: a name part that leads through a file). Found by review: both
+    /// were said as a key file's path, the secret in full on stderr (`STORESYNC_SIGN_KEY` too).
+    #[test]
+    fn a_secret_key_argument_that_is_no_file_is_not_shown() {
+        let b64 = SECRET.split_once(':').unwrap().1;
+        let e = load_secret_key(b64).unwrap_err().to_string();
+        assert!(!e.contains(&b64[..20]) && e.contains("neither"), "{e}");
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("f");
+        std::fs::write(&file, "").unwrap();
+        let damaged = format!("{}/{}", file.display(), SECRET.replace('n', "!"));
+        let e = load_secret_key(&damaged).unwrap_err().to_string();
+        assert!(!e.contains(&damaged[damaged.len() - 40..]), "{e}");
+        // A key file that is not there is still named.
+        let missing = d.path().join("ci.sec");
+        let e = load_secret_key(missing.to_str().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ci.sec") && e.contains("No such file"), "{e}");
+    }
+
     #[test]
     fn a_tampered_id_is_refused() {
         let (s, p) = generate("ci").unwrap();
