@@ -208,3 +208,48 @@ fn a_store_file_not_everyone_may_read_is_not_read() {
         );
     }
 }
+
+/// A file holding more references than a tree may hold nodes is refused as it is read, not
+/// once every rewrite is held: anyone who may build can put in the store a file of its own
+/// path's hash part over and over (a self-reference is rewritten like any), and a save run by
+/// root over every valid path held 40 bytes per 32 of it, twice (the read, then the packing
+/// pass): 670 MB for a file of 256 MiB, 1.25 times any size before it was refused. Found by
+/// review. Measured in a run of this test alone (a process's peak is that of all its threads).
+#[test]
+fn a_file_of_more_rewrites_than_a_tree_may_hold_is_refused_in_bounded_memory() {
+    const NAME: &str = "a_file_of_more_rewrites_than_a_tree_may_hold_is_refused_in_bounded_memory";
+    if std::env::var_os("STORESYNC_TEST_ALONE").is_none() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([NAME, "--exact", "--test-threads=1", "--nocapture"])
+            .env("STORESYNC_TEST_ALONE", "1")
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && said.contains("1 passed"), "{said}");
+        return;
+    }
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    let big = ONE[..32].repeat(8 << 20).into_bytes();
+    util::add_files_path(&src, ONE, &[("f", &big, false)], &[]);
+    drop(big);
+    let status = |field: &str| -> u64 {
+        let s = fs::read_to_string("/proc/self/status").unwrap();
+        let l = s.lines().find(|l| l.starts_with(field)).unwrap();
+        l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
+    };
+    // The peak reset to what is resident now.
+    fs::write("/proc/self/clear_refs", "5").unwrap();
+    let before = status("VmRSS:");
+    let r = save(&src, &w.cache(), &opts(true), &NoProgress).unwrap();
+    let grew = status("VmHWM:").saturating_sub(before);
+    let max = storesync::cache::MAX_TREE_NODES;
+    assert_eq!(r.unreadable.len(), 1, "{r:?}");
+    assert!(
+        r.unreadable[0]
+            .1
+            .contains(&format!("more than {max} nodes")),
+        "{r:?}"
+    );
+    assert!(grew < 300, "the save grew by {grew} MiB at its peak: {r:?}");
+}

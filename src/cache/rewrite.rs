@@ -103,11 +103,12 @@ pub fn naive_rewrite(data: &mut [u8], parts: &HashParts) -> Vec<Rewrite> {
 }
 
 /// Rewrite every window of `data` that starts before `data.len() - 31` (all that can be
-/// checked), recording offsets plus `base`. Only runs of 32 or more nix-base32 characters can
+/// checked), recording offsets plus `base`, until `out` holds more than `limit` (then the
+/// rest is left as it is: the caller refuses the file). Only runs of 32 or more nix-base32 characters can
 /// hold a match; the placeholder, written in place, ends a run. The scan looks at the last
 /// byte of the next possible window first: when it is not nix-base32, no window starting
 /// before it can match, and 32 bytes are skipped at once (most of a binary file).
-fn scan(data: &mut [u8], base: u64, parts: &HashParts, out: &mut Vec<Rewrite>) {
+fn scan(data: &mut [u8], base: u64, parts: &HashParts, out: &mut Vec<Rewrite>, limit: usize) {
     let n = data.len();
     let mut i = 0;
     while i + HASH_PART_LEN <= n {
@@ -135,6 +136,9 @@ fn scan(data: &mut [u8], base: u64, parts: &HashParts, out: &mut Vec<Rewrite>) {
                 });
                 data[s..s + HASH_PART_LEN].copy_from_slice(&PLACEHOLDER);
                 s += HASH_PART_LEN;
+                if out.len() > limit {
+                    return;
+                }
             } else {
                 s += 1;
             }
@@ -147,15 +151,17 @@ fn scan(data: &mut [u8], base: u64, parts: &HashParts, out: &mut Vec<Rewrite>) {
 pub fn rewrite_in_place(data: &mut [u8], parts: &HashParts) -> Vec<Rewrite> {
     let mut out = Vec::new();
     if !parts.is_empty() {
-        scan(data, 0, parts, &mut out);
+        scan(data, 0, parts, &mut out, usize::MAX);
     }
     out
 }
 
 /// Rewrites a file given in chunks of any size, exactly as [`rewrite_in_place`] would the
-/// whole: holds back at most the last 31 bytes of a chunk, when they may begin a match.
+/// whole: holds back at most the last 31 bytes of a chunk, when they may begin a match. With
+/// a limit, records at most one replacement more than it (see [`Rewriter::too_many`]).
 pub struct Rewriter<'p> {
     parts: &'p HashParts,
+    limit: usize,
     buf: Vec<u8>,
     /// Bytes held back: the start of a run that may be a match once more bytes come.
     held: usize,
@@ -167,8 +173,16 @@ pub struct Rewriter<'p> {
 impl<'p> Rewriter<'p> {
     /// A rewriter for the hash parts `parts`.
     pub fn new(parts: &'p HashParts) -> Self {
+        Self::with_limit(parts, usize::MAX)
+    }
+
+    /// A rewriter for the hash parts `parts` that stops replacing once it found more than
+    /// `limit`: the replacements of a file are held until its end (40 bytes each, for as
+    /// little as 32 bytes of file), and a save refuses a path of more than a tree may hold.
+    pub fn with_limit(parts: &'p HashParts, limit: usize) -> Self {
         Rewriter {
             parts,
+            limit,
             buf: Vec::new(),
             held: 0,
             pos: 0,
@@ -191,7 +205,18 @@ impl<'p> Rewriter<'p> {
         }
         self.buf.truncate(self.held);
         self.buf.extend_from_slice(chunk);
-        scan(&mut self.buf, self.pos, self.parts, &mut self.found);
+        if self.too_many() {
+            // Past the limit: the bytes pass as they are (as many as came in).
+            self.pos += chunk.len() as u64;
+            return out(chunk);
+        }
+        scan(
+            &mut self.buf,
+            self.pos,
+            self.parts,
+            &mut self.found,
+            self.limit,
+        );
         let run = self
             .buf
             .iter()
@@ -205,6 +230,12 @@ impl<'p> Rewriter<'p> {
         self.held = run;
         self.pos += done as u64;
         Ok(())
+    }
+
+    /// Whether more replacements than the limit were found (the last bytes given were then
+    /// not all rewritten, and the replacements are not all recorded).
+    pub fn too_many(&self) -> bool {
+        self.found.len() > self.limit
     }
 
     /// The end of the file: `out` receives the bytes held back; returns the replacements.
@@ -234,9 +265,15 @@ pub struct RewritingReader<'p, R> {
 impl<'p, R: Read> RewritingReader<'p, R> {
     /// Read `inner` rewritten for `parts`.
     pub fn new(inner: R, parts: &'p HashParts) -> Self {
+        Self::with_limit(inner, parts, usize::MAX)
+    }
+
+    /// Read `inner` rewritten for `parts`, recording at most one replacement more than
+    /// `limit` ([`Rewriter::with_limit`]; what is read past them is not rewritten).
+    pub fn with_limit(inner: R, parts: &'p HashParts, limit: usize) -> Self {
         RewritingReader {
             inner,
-            rewriter: Rewriter::new(parts),
+            rewriter: Rewriter::with_limit(parts, limit),
             chunk: vec![0; 256 << 10],
             ready: Vec::new(),
             at: 0,
@@ -556,6 +593,33 @@ mod tests {
             prop_assert_eq!(&mask(&other, &found, &cuts), &blob);
             for r in &found {
                 prop_assert!(!ps.is_empty() && parts.get(&r.hash_part).is_some());
+            }
+            // With a limit of what the file holds, the same; below it, the rewriter says so,
+            // records one more than the limit, and still passes every byte on.
+            for limit in [want.len(), want.len().saturating_sub(1)] {
+                let mut r = Rewriter::with_limit(&parts, limit);
+                let mut out = Vec::new();
+                let mut push = |b: &[u8]| -> Result<(), ()> {
+                    out.extend_from_slice(b);
+                    Ok(())
+                };
+                let mut at = 0;
+                for &c in cuts.iter().chain([&data.len()]) {
+                    let c = c.min(data.len()).max(at);
+                    r.feed(&data[at..c], &mut push).unwrap();
+                    at = c;
+                }
+                let over = r.too_many();
+                let got = r.finish(&mut push).unwrap();
+                prop_assert_eq!(out.len(), data.len());
+                if limit == want.len() {
+                    prop_assert!(!over);
+                    prop_assert_eq!(&got, &want);
+                    prop_assert_eq!(&out, &naive);
+                } else {
+                    prop_assert!(over);
+                    prop_assert_eq!(&got[..], &want[..=limit]);
+                }
             }
         }
     }

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use super::walk::{At, Ctx, Enc, Looked, Walker};
 use crate::cache::rewrite::{rewrite_in_place, Rewriter, RewritingReader, Substituter};
 use crate::cache::tree::content_key;
-use crate::cache::{BlobId, Node, ObjectKind, Rewrite};
+use crate::cache::{BlobId, Node, ObjectKind, Rewrite, MAX_TREE_NODES};
 use crate::error::{Error, Result};
 use crate::nar::{FileNarHasher, NarError};
 
@@ -60,7 +60,11 @@ impl Walker<'_, '_> {
             }
         } else {
             let mut buf = crate::scratch::Scratch::with_len(1 << 20);
-            let mut rw = Rewriter::new(ctx.parts);
+            // Rewrites are tree nodes (`walk::Ctx::nodes`): a file of more than the path has
+            // room for is refused as soon as they are found, not once all are held (40 bytes
+            // each, for as few as 32 bytes of a file anyone who may build can make).
+            let room = MAX_TREE_NODES.saturating_sub(ctx.nodes);
+            let mut rw = Rewriter::with_limit(ctx.parts, room);
             let mut hash = |b: &[u8]| -> io::Result<()> {
                 blake.update(b);
                 Ok(())
@@ -77,6 +81,11 @@ impl Walker<'_, '_> {
                 enc.write_all(&buf[..n]).map_err(io)?;
                 if seen.is_none() {
                     rw.feed(&buf[..n], &mut hash).map_err(io)?;
+                    if rw.too_many() {
+                        return Err(io(io::Error::other(format!(
+                            "more than {MAX_TREE_NODES} nodes"
+                        ))));
+                    }
                 }
             }
             rewrites = rw.finish(&mut hash).map_err(io)?;
@@ -136,7 +145,8 @@ impl Walker<'_, '_> {
                     eof: false,
                     error: None,
                 };
-                let mut r = RewritingReader::new(r, ctx.parts);
+                // As many rewrites as the first pass found, or one more: then it changed.
+                let mut r = RewritingReader::with_limit(r, ctx.parts, rewrites.len());
                 if claimed {
                     match self.packer.add_reader(ObjectKind::Blob, blob, size, &mut r) {
                         Ok(true) => {}
