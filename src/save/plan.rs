@@ -127,14 +127,20 @@ pub fn resolve_root(layout: &Layout, arg: &str) -> Result<StorePath> {
                 Component::RootDir | Component::CurDir => continue,
                 Component::ParentDir => {
                     done.pop();
-                    continue;
                 }
                 Component::Normal(n) => done.push(n),
                 Component::Prefix(_) => unreachable!("unix"),
             }
             let logical = done.to_string_lossy().into_owned();
-            if let Ok(sp) = layout.store_dir.parse(&logical) {
+            // The store path holding the root, unless a `..` further on leaves it
+            // (`/gnu/store/A-x/../B-y` is B-y, as the kernel resolves it).
+            let leaves = comps[i + 1..].contains(&Component::ParentDir);
+            if let (Ok(sp), false) = (layout.store_dir.parse(&logical), leaves) {
                 return Ok(sp);
+            }
+            if *c == Component::ParentDir {
+                // Back to a directory already looked at.
+                continue;
             }
             let real = crate::store::path::under_root(&layout.root, &logical);
             let meta =
@@ -335,4 +341,31 @@ fn held_whole(cache: &Cache, tree: TreeId) -> bool {
             crate::cache::Node::for_each_blob(&node, &mut |b, _| all &= cache.contains(*b));
             all
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::layout::Flavor;
+
+    /// Found by review: a root with a `..` after the first store path it reached resolved to
+    /// that path, so `/gnu/store/A-x/../B-y` saved the closure of A-x, exit 0.
+    #[test]
+    fn a_root_resolves_as_the_kernel_would_through_dot_dot() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(Flavor::Guix, dir.path(), None, None).unwrap();
+        let (a, b) = (
+            "0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a-a",
+            "1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b-b",
+        );
+        for base in [a, b] {
+            fs::create_dir_all(layout.real_store_dir().join(base).join("bin")).unwrap();
+        }
+        let base = |arg: &str| resolve_root(&layout, arg).unwrap().base_name().to_owned();
+        assert_eq!(base(&format!("/gnu/store/{a}/../{b}")), b);
+        assert_eq!(base(&format!("/gnu/store/{a}/bin/../../{b}/bin")), b);
+        assert_eq!(base(&format!("/gnu/store/{a}/bin/..")), a);
+        assert_eq!(base(&format!("/gnu/store/{a}/bin")), a);
+        assert!(resolve_root(&layout, &format!("/gnu/store/{a}/../..")).is_err());
+    }
 }
