@@ -253,3 +253,31 @@ fn a_file_of_more_rewrites_than_a_tree_may_hold_is_refused_in_bounded_memory() {
     );
     assert!(grew < 300, "the save grew by {grew} MiB at its peak: {r:?}");
 }
+
+/// A file grown far past what the DB says of its path (here a sparse file of 64 GiB where
+/// the path's NAR is a few hundred bytes) is not read further once the path's NAR passes the
+/// DB's size: it was read, hashed and packed whole before the sizes were compared (review
+/// suspicion: terabytes of a sparse file for hours). The path is corrupt, said why.
+#[test]
+fn a_path_larger_than_the_db_says_is_not_read_past_its_size() {
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    util::add_files_path(&src, ONE, &[("f", b"one\n", false)], &[]);
+    let f = src.real_store_dir().join(ONE).join("f");
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(64 << 30)
+        .unwrap();
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o444)).unwrap();
+    let r = save(&src, &w.cache(), &opts(true), &NoProgress).unwrap();
+    assert_eq!(r.corrupt.len(), 1, "{r:?}");
+    let (path, why) = &r.corrupt[0];
+    assert!(path.ends_with(ONE), "{r:?}");
+    assert!(
+        why.contains("larger than the") && why.contains("DB says"),
+        "{why}"
+    );
+}

@@ -28,4 +28,6 @@ pub enum NarError {
     FileType(PathBuf),
     #[error("{0}: file changed size while being read (expected {1} bytes)")]
     Changed(PathBuf, u64),
+    #[error("{0}: its NAR is larger than the {1} bytes the DB says: not read further")]
+    Larger(PathBuf, u64),
 }

@@ -66,7 +66,7 @@ pub(super) struct Bytes {
 pub(super) fn classify(e: Error) -> std::result::Result<PathError, CacheError> {
     match e {
         Error::Cache(e) | Error::CacheWrite(e) => Err(e),
-        Error::Nar(e @ (NarError::Changed(..) | NarError::FileType(_))) => {
+        Error::Nar(e @ (NarError::Changed(..) | NarError::FileType(_) | NarError::Larger(..))) => {
             Ok(PathError::Corrupt(e.to_string()))
         }
         e => Ok(PathError::Source(crate::error::Chain(&e).to_string())),
@@ -97,11 +97,17 @@ fn walk_one(
     // A NAR size of 0 is an unknown one (old DBs): nothing to check a path not read whole
     // against, so such a path is read whole.
     let read_all = info.nar_size == 0;
-    let (node, hash, size) =
-        match walker.walk(store_fd, info.path.base_name(), &real, &parts, read_all) {
-            Ok(w) => w,
-            Err(e) => return classify(e).map(Err),
-        };
+    let (node, hash, size) = match walker.walk(
+        store_fd,
+        info.path.base_name(),
+        &real,
+        &parts,
+        read_all,
+        info.nar_size,
+    ) {
+        Ok(w) => w,
+        Err(e) => return classify(e).map(Err),
+    };
     if let Some(hash) = hash {
         if hash != info.nar_hash {
             return Ok(Err(PathError::Corrupt(format!(

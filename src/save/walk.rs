@@ -59,10 +59,20 @@ pub(super) struct NarSink<'b> {
     hasher: NarHasher,
     len: u64,
     blind: &'b Cell<bool>,
+    /// The NAR size the DB gives (`u64::MAX` when it gives none): a NAR growing past it
+    /// cannot be the path's, and is not read further (a sparse file of terabytes in a path
+    /// of a few bytes would otherwise be read, hashed and packed whole before the sizes are
+    /// compared). `over` says it happened.
+    limit: u64,
+    over: &'b Cell<bool>,
 }
 
 impl Write for NarSink<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.len.saturating_add(buf.len() as u64) > self.limit {
+            self.over.set(true);
+            return Err(io::Error::other("larger than the DB's NAR size"));
+        }
         if !self.blind.get() {
             self.hasher.write_all(buf)?;
         }
@@ -83,7 +93,8 @@ impl Walker<'_, '_> {
     /// Walk the store path `name` in the store directory `store` (`real` names it in errors)
     /// whose files may name the hash parts `parts`: its tree, NAR SHA-256 (None when some file
     /// was taken unread from the base snapshot) and NAR size. With `read_all`, every file is
-    /// read.
+    /// read. `nar_size`: the DB's (0 when unknown); a NAR growing past it is not read further
+    /// ([`NarError::Larger`]).
     pub(super) fn walk(
         &self,
         store: BorrowedFd<'_>,
@@ -91,12 +102,16 @@ impl Walker<'_, '_> {
         real: &Path,
         parts: &HashParts,
         read_all: bool,
+        nar_size: u64,
     ) -> Result<(Node, Option<NarHash>, u64)> {
         let blind = Cell::new(false);
+        let over = Cell::new(false);
         let mut sink = NarSink {
             hasher: NarHasher::new(),
             len: 0,
             blind: &blind,
+            limit: if nar_size == 0 { u64::MAX } else { nar_size },
+            over: &over,
         };
         let enc = NarEncoder::new(&mut sink).expect("hashing cannot fail");
         let mut frames = PathFrames::default();
@@ -119,6 +134,9 @@ impl Walker<'_, '_> {
         );
         // Whatever happened to the walk, the objects claimed so far must reach a pack.
         self.packer.finish_path(frames)?;
+        if over.get() {
+            return Err(Error::Nar(NarError::Larger(real.to_owned(), nar_size)));
+        }
         let node = node?;
         let (hash, _) = sink.hasher.finish();
         Ok((node, (!blind.get()).then_some(hash), sink.len))
