@@ -765,7 +765,16 @@ fn a_store_directory_searchable_but_not_readable_is_saved_by_another_user() {
         std::os::unix::fs::chown(&p, Some(65534), Some(65534)).unwrap();
     }
     fs::set_permissions(src.real_store_dir(), fs::Permissions::from_mode(0o311)).unwrap();
-    // This world's command line, run by `nobody`.
+    let out = save_as_nobody(&w);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let v = json(&out.stdout);
+    assert_eq!(v["new_paths"], 1, "{v}\n{err}");
+}
+
+/// This world's `--json save` of `src` into its cache, run by `nobody` (uid 65534) through
+/// `setpriv`.
+fn save_as_nobody(w: &World) -> std::process::Output {
     let inner = w.std_cmd("src");
     let mut c = std::process::Command::new("setpriv");
     c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
@@ -779,14 +788,9 @@ fn a_store_directory_searchable_but_not_readable_is_saved_by_another_user() {
             None => c.env_remove(k),
         };
     }
-    let out = c.output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
-    let v = json(&out.stdout);
-    assert_eq!(v["new_paths"], 1, "{v}\n{err}");
+    c.output().unwrap()
 }
 
-/// The full path of `prog` on `PATH`.
 /// Found by review: a save by a user who may not write the DB's directory (the README's
 /// `storesync save` of a profile on a developer machine, without sudo), while no process has
 /// the DB open, failed with SQLite's "attempt to write a readonly database", said of a read.
@@ -806,20 +810,7 @@ fn a_save_by_a_user_who_cannot_read_the_db_says_why() {
     // The DB stays root's, as the daemon leaves it; the cache is the user's.
     fs::create_dir(w.cache_dir()).unwrap();
     std::os::unix::fs::chown(w.cache_dir(), Some(65534), Some(65534)).unwrap();
-    let inner = w.std_cmd("src");
-    let mut c = std::process::Command::new("setpriv");
-    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(inner.get_program())
-        .args(inner.get_args())
-        .args(["--json", "save", "--cache"])
-        .arg(w.cache_dir());
-    for (k, v) in inner.get_envs() {
-        match v {
-            Some(v) => c.env(k, v),
-            None => c.env_remove(k),
-        };
-    }
-    let out = c.output().unwrap();
+    let out = save_as_nobody(&w);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(out.stdout.is_empty());
@@ -834,6 +825,7 @@ fn a_save_by_a_user_who_cannot_read_the_db_says_why() {
     assert!(fs::read_dir(w.cache_dir().join("snapshots")).map_or(true, |mut d| d.next().is_none()));
 }
 
+/// The full path of `prog` on `PATH`.
 fn which(prog: &str) -> Option<std::path::PathBuf> {
     std::env::var_os("PATH").and_then(|p| {
         std::env::split_paths(&p)

@@ -106,6 +106,21 @@ fn join(v: [u32; 2]) -> u64 {
     u64::from(v[0]) | u64::from(v[1]) << 32
 }
 
+/// The start of an encoded index file: its pack table, its entry count, where its entries
+/// start, and how many entries its bytes can hold at most (no more, whatever the count
+/// claims: what may be reserved for them).
+fn decode_head(body: &[u8]) -> Result<(Vec<PackId>, u64, usize, u64), String> {
+    let cfg = bincode::config::standard().with_limit::<{ super::format::MAX_DECODED }>();
+    let err = |e: bincode::error::DecodeError| e.to_string();
+    let (packs, at): (Vec<PackId>, usize) =
+        bincode::serde::decode_from_slice(body, cfg).map_err(err)?;
+    let (count, n): (u64, usize) =
+        bincode::serde::decode_from_slice(&body[at..], cfg).map_err(err)?;
+    let at = at + n;
+    let room = ((body.len() - at) as u64 / MIN_ENTRY_BYTES).min(count);
+    Ok((packs, count, at, room))
+}
+
 /// The merged table of every index file read.
 #[derive(Default)]
 pub(super) struct Objects {
@@ -219,14 +234,7 @@ impl Objects {
         present: &mut dyn FnMut(&PackId) -> bool,
     ) -> Result<(), String> {
         let cfg = bincode::config::standard().with_limit::<{ super::format::MAX_DECODED }>();
-        let err = |e: bincode::error::DecodeError| e.to_string();
-        let (packs, mut at): (Vec<PackId>, usize) =
-            bincode::serde::decode_from_slice(body, cfg).map_err(err)?;
-        let (count, n): (u64, usize) =
-            bincode::serde::decode_from_slice(&body[at..], cfg).map_err(err)?;
-        at += n;
-        // No more than the bytes left can hold, whatever the count claims.
-        let room = ((body.len() - at) as u64 / MIN_ENTRY_BYTES).min(count);
+        let (packs, count, mut at, room) = decode_head(body)?;
         let old = self.table.len();
         self.table.reserve(room as usize);
         for _ in 0..count {
@@ -261,12 +269,7 @@ impl Objects {
     pub(super) fn positions_in(&self, body: &[u8]) -> Result<Vec<u32>, String> {
         let cfg = bincode::config::standard().with_limit::<{ super::format::MAX_DECODED }>();
         let err = |e: bincode::error::DecodeError| e.to_string();
-        let (packs, mut at): (Vec<PackId>, usize) =
-            bincode::serde::decode_from_slice(body, cfg).map_err(err)?;
-        let (count, n): (u64, usize) =
-            bincode::serde::decode_from_slice(&body[at..], cfg).map_err(err)?;
-        at += n;
-        let room = ((body.len() - at) as u64 / MIN_ENTRY_BYTES).min(count);
+        let (packs, count, mut at, room) = decode_head(body)?;
         let mut out = Vec::with_capacity(room as usize);
         for _ in 0..count {
             let ((id, loc), n): ((ObjectId, Location), usize) =
