@@ -126,16 +126,20 @@ fn check_tree(
         Err(e) => return Some(Found::Damaged(Some(tree), e.to_string())),
     };
     let mut missing = Vec::new();
+    // Kept only when asked for (no allocation per tree otherwise).
+    let keep = is_live && blobs_of.is_some();
     let mut blobs = Vec::new();
     Node::for_each_blob(&node, &mut |b, _| match cache.locate(*b) {
         Some((pos, _)) if is_live => {
             live.insert(pos);
-            blobs.push(pos as u32);
+            if keep {
+                blobs.push(pos as u32);
+            }
         }
         Some(_) => {}
         None => missing.push(b.to_string()),
     });
-    if let (Some(pairs), true) = (blobs_of, is_live) {
+    if let (Some(pairs), true) = (blobs_of, keep) {
         let mut pairs = pairs.lock().expect("blobs of trees");
         pairs.extend(blobs.into_iter().map(|b| (pos, b)));
     }

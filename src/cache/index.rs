@@ -106,14 +106,19 @@ fn join(v: [u32; 2]) -> u64 {
     u64::from(v[0]) | u64::from(v[1]) << 32
 }
 
+/// The pack table an encoded index file starts with, and where what follows it starts.
+pub(super) fn decode_packs(body: &[u8]) -> Result<(Vec<PackId>, usize), String> {
+    let cfg = bincode::config::standard().with_limit::<{ super::format::MAX_DECODED }>();
+    bincode::serde::decode_from_slice(body, cfg).map_err(|e| e.to_string())
+}
+
 /// The start of an encoded index file: its pack table, its entry count, where its entries
 /// start, and how many entries its bytes can hold at most (no more, whatever the count
 /// claims: what may be reserved for them).
 fn decode_head(body: &[u8]) -> Result<(Vec<PackId>, u64, usize, u64), String> {
     let cfg = bincode::config::standard().with_limit::<{ super::format::MAX_DECODED }>();
     let err = |e: bincode::error::DecodeError| e.to_string();
-    let (packs, at): (Vec<PackId>, usize) =
-        bincode::serde::decode_from_slice(body, cfg).map_err(err)?;
+    let (packs, at) = decode_packs(body)?;
     let (count, n): (u64, usize) =
         bincode::serde::decode_from_slice(&body[at..], cfg).map_err(err)?;
     let at = at + n;

@@ -338,8 +338,7 @@ impl Cache {
             Err(CacheError::Storage(e)) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e),
         };
-        let cfg = bincode::config::standard().with_limit::<{ format::MAX_DECODED }>();
-        bincode::serde::decode_from_slice::<Vec<PackId>, _>(&bytes[body], cfg)
+        index::decode_packs(&bytes[body])
             .map(|(packs, _)| Some(packs))
             .map_err(|e| CacheError::Corrupt(format!("{}: {e}", self.storage.describe(&key))))
     }

@@ -94,15 +94,11 @@ fn walk_one(
             .chain([info.path.hash_part()]),
     );
     let real = store.join(info.path.base_name());
-    // A NAR size of 0 is an unknown one (old DBs): nothing to check a path not read whole
-    // against, so such a path is read whole.
-    let read_all = info.nar_size == 0;
     let (node, hash, size) = match walker.walk(
         store_fd,
         info.path.base_name(),
         &real,
         &parts,
-        read_all,
         info.nar_size,
     ) {
         Ok(w) => w,

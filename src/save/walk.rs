@@ -92,16 +92,15 @@ static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
 impl Walker<'_, '_> {
     /// Walk the store path `name` in the store directory `store` (`real` names it in errors)
     /// whose files may name the hash parts `parts`: its tree, NAR SHA-256 (None when some file
-    /// was taken unread from the base snapshot) and NAR size. With `read_all`, every file is
-    /// read. `nar_size`: the DB's (0 when unknown); a NAR growing past it is not read further
-    /// ([`NarError::Larger`]).
+    /// was taken unread from the base snapshot) and NAR size. `nar_size`: the DB's; a NAR
+    /// growing past it is not read further ([`NarError::Larger`]). 0 is an unknown one (old
+    /// DBs): nothing to check a path not read whole against, so then every file is read.
     pub(super) fn walk(
         &self,
         store: BorrowedFd<'_>,
         name: &str,
         real: &Path,
         parts: &HashParts,
-        read_all: bool,
         nar_size: u64,
     ) -> Result<(Node, Option<NarHash>, u64)> {
         let blind = Cell::new(false);
@@ -118,7 +117,7 @@ impl Walker<'_, '_> {
         let mut ctx = Ctx {
             frames: &mut frames,
             parts,
-            read_all,
+            read_all: nar_size == 0,
             blind: &blind,
             nodes: 0,
         };
