@@ -797,6 +797,52 @@ fn deriver_or_derivation_output_outside_the_store_is_refused() {
     }
 }
 
+/// A Nix snapshot naming a path longer than Nix's 211 characters, as one of its paths, a
+/// deriver or a derivation output, is refused before anything is written, naming it: Nix
+/// could not load the DB row (its `StorePath` throws), and every Nix command reading it would
+/// fail. (A Guix store may hold names of up to 222 characters: tests/save.rs.)
+#[test]
+fn a_nix_snapshot_naming_a_path_longer_than_nix_allows_is_refused() {
+    let long = base_name(14, &"n".repeat(215));
+    for case in ["path", "deriver", "output"] {
+        let w = World::new(Flavor::Nix);
+        let mut blobs = Blobs::new();
+        let drv = file_node(&mut blobs, false, b"Derive()");
+        let out = file_node(&mut blobs, false, b"out");
+        let drv_row = row_for(&base_name(12, "x.drv"), &nar_of(&drv, &blobs));
+        let out_base = match case {
+            "path" => long.clone(),
+            _ => base_name(13, "x"),
+        };
+        let mut out_row = row_for(&out_base, &nar_of(&out, &blobs));
+        let mut outputs = vec![DerivationOutput {
+            drv: drv_row.path.clone(),
+            id: "out".into(),
+            path: format!("/nix/store/{}", out_row.path),
+        }];
+        match case {
+            "deriver" => out_row.deriver = Some(format!("/nix/store/{long}")),
+            "output" => outputs[0].path = format!("/nix/store/{long}"),
+            _ => {}
+        }
+        write_cache(
+            &w.cache_dir(),
+            w.flavor,
+            &[(drv_row, drv), (out_row, out)],
+            &blobs,
+            outputs,
+        );
+        let dst = w.layout("dst");
+        let err = storesync::error::Chain(&restore(&dst, &w.cache_dir()).unwrap_err()).to_string();
+        assert!(
+            err.contains(&long) && err.contains("215 characters") && err.contains("211"),
+            "{case}: {err}"
+        );
+        assert!(!dst.db_file().exists(), "{case}");
+        assert!(!dst.real_store_dir().join(&long).exists(), "{case}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 6. Target failures stop the restore; a locked DB is reported, and waited for a bounded time.
 

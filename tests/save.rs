@@ -281,3 +281,51 @@ fn a_path_larger_than_the_db_says_is_not_read_past_its_size() {
         "{why}"
     );
 }
+
+/// A Guix store may hold names of up to 222 characters (217 here: see LONG_GUIX_NAMES):
+/// `<hash>-<name>` is then 255 bytes, a file name's limit, and guix-daemon's `checkStoreName`
+/// sets no length limit of its own (211 is Nix's). Each is saved and restored byte for byte
+/// and registered under its name; the save refused the store's DB as malformed for any name
+/// of 212 to 222 characters.
+#[test]
+fn a_guix_path_named_as_long_as_a_file_name_may_be_is_saved_and_restored() {
+    for len in LONG_GUIX_NAMES {
+        let w = World::new(Flavor::Guix);
+        let src = w.layout("src");
+        let long = format!("{}-{}", &ONE[..32], "n".repeat(len));
+        // Laid out under a short name, then renamed on disk and in the DB, as the daemon
+        // would have registered it.
+        util::add_files_path(&src, ONE, &[("bin/x", b"long\n", true)], &[]);
+        fs::rename(
+            src.real_store_dir().join(ONE),
+            src.real_store_dir().join(&long),
+        )
+        .unwrap();
+        rusqlite::Connection::open(src.db_file())
+            .unwrap()
+            .execute(
+                "update ValidPaths set path = ?1 where path = ?2",
+                [format!("/gnu/store/{long}"), format!("/gnu/store/{ONE}")],
+            )
+            .unwrap();
+        let restored = saved_and_restored(&w, &src);
+        assert_eq!(
+            fs::read(restored.join(&long).join("bin/x")).unwrap(),
+            b"long\n",
+            "{len}"
+        );
+        let dst = w.layout("dst");
+        let rows = util::db_rows(&dst);
+        assert_eq!(
+            rows.paths.keys().collect::<Vec<_>>(),
+            [&format!("/gnu/store/{long}")],
+            "{len}"
+        );
+        util::assert_registered_paths_are_on_disk(&dst);
+        util::check_clean(&dst, &rows, &format!("{len}-character name"));
+    }
+}
+
+/// Name lengths a Guix store may hold past Nix's 211: the first past it, and the longest
+/// whose `<path>.lock` fits in a 255-byte file name.
+const LONG_GUIX_NAMES: [usize; 2] = [212, 217];

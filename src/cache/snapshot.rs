@@ -64,8 +64,10 @@ pub struct Snapshot {
 impl Snapshot {
     /// Check internal consistency: unique paths, unique hash parts (the daemons find a path
     /// by its hash part, and restore names temporary trees after it), every reference inside
-    /// the snapshot, every derivation output row's `.drv` inside it, and every deriver and
-    /// derivation output a path of the snapshot's store directory (the daemon opens them).
+    /// the snapshot, every derivation output row's `.drv` inside it, every deriver and
+    /// derivation output a path of the snapshot's store directory (the daemon opens them), and
+    /// every path, deriver and output named as the snapshot's flavour allows
+    /// ([`StorePath::check_for`]: Nix cannot load a DB row of a name longer than 211).
     ///
     /// # Errors
     /// A message saying what is inconsistent, naming the path and the value.
@@ -89,11 +91,15 @@ impl Snapshot {
                     path.hash_part()
                 ));
             }
+            path.check_for(self.flavor).map_err(|e| e.to_string())?;
             // An empty deriver is how the daemons spell "unknown" when it is not NULL.
             if let Some(d) = p.info.deriver.as_deref().filter(|d| !d.is_empty()) {
-                store.parse(d).map_err(|e| {
-                    format!("{path}: deriver `{d}` is not a path of the store: {e}")
-                })?;
+                store
+                    .parse(d)
+                    .and_then(|d| d.check_for(self.flavor))
+                    .map_err(|e| {
+                        format!("{path}: deriver `{d}` is not a path of the store: {e}")
+                    })?;
             }
         }
         let seen = |r: &StorePath| hash_parts.get(r.hash_part()) == Some(&r);
@@ -112,12 +118,15 @@ impl Snapshot {
                     o.drv
                 ));
             }
-            store.parse(&o.path).map_err(|e| {
-                format!(
-                    "{}: output `{}` at `{}` is not a path of the store: {e}",
-                    o.drv, o.id, o.path
-                )
-            })?;
+            store
+                .parse(&o.path)
+                .and_then(|p| p.check_for(self.flavor))
+                .map_err(|e| {
+                    format!(
+                        "{}: output `{}` at `{}` is not a path of the store: {e}",
+                        o.drv, o.id, o.path
+                    )
+                })?;
         }
         Ok(())
     }
@@ -236,5 +245,42 @@ mod tests {
         let mut p = path(&drv);
         p.info.deriver = Some(String::new());
         snapshot(vec![p]).validate().unwrap();
+    }
+
+    /// Names as long as a file name may be (222) are a Guix snapshot's; a Nix snapshot
+    /// naming one longer than Nix's 211, as a path, a deriver or a derivation output, is
+    /// refused, naming it: Nix could not load the DB row restore would write.
+    #[test]
+    fn a_nix_snapshot_names_no_path_longer_than_nix_allows() {
+        let drv = format!("{H1}-x.drv");
+        let nix = |mut s: Snapshot| {
+            s.flavor = Flavor::Nix;
+            s.store_dir = "/nix/store".into();
+            s
+        };
+        for n in [212, 222] {
+            let long = format!("{H2}-{}", "n".repeat(n));
+            let guix = snapshot(vec![path(&long)]);
+            guix.validate().unwrap();
+            let err = nix(guix).validate().unwrap_err();
+            assert!(err.contains(&long) && err.contains("211"), "{err}");
+
+            let mut p = path(&drv);
+            p.info.deriver = Some(format!("/nix/store/{long}"));
+            let err = nix(snapshot(vec![p])).validate().unwrap_err();
+            assert!(err.contains(&long) && err.contains(&drv), "{err}");
+
+            let mut s = nix(snapshot(vec![path(&drv)]));
+            s.derivation_outputs.push(DerivationOutput {
+                drv: StorePath::from_base_name(&drv).unwrap(),
+                id: "out".into(),
+                path: format!("/nix/store/{long}"),
+            });
+            let err = s.validate().unwrap_err();
+            assert!(err.contains(&long) && err.contains(&drv), "{err}");
+        }
+        nix(snapshot(vec![path(&format!("{H2}-{}", "n".repeat(211)))]))
+            .validate()
+            .unwrap();
     }
 }

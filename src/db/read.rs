@@ -9,7 +9,6 @@ use rusqlite::{Connection, OpenFlags};
 use super::files::checked_db_file;
 use super::{sql, DbError};
 use crate::store::layout::Layout;
-use crate::store::path::StoreDir;
 use crate::store::path_info::{DerivationOutput, NarHash, PathInfo};
 
 /// The most rows reserved up front, whatever the count says (the vectors grow past it).
@@ -46,7 +45,7 @@ pub fn read(layout: &Layout) -> Result<DbContents, DbError> {
         conn.busy_timeout(Duration::from_secs(60))
             .map_err(sql(&file))?;
         conn.execute_batch("begin").map_err(sql(&file))?;
-        let contents = read_in_txn(&conn, &file, &layout.store_dir)?;
+        let contents = read_in_txn(&conn, &file, layout)?;
         conn.execute_batch("commit").map_err(sql(&file))?;
         Ok(contents)
     };
@@ -74,7 +73,8 @@ pub(super) fn has_column(conn: &Connection, table: &str, column: &str) -> rusqli
     Ok(false)
 }
 
-fn read_in_txn(conn: &Connection, file: &Path, store: &StoreDir) -> Result<DbContents, DbError> {
+fn read_in_txn(conn: &Connection, file: &Path, layout: &Layout) -> Result<DbContents, DbError> {
+    let store = &layout.store_dir;
     let e = sql(file);
     let nix_columns = has_column(conn, "ValidPaths", "ca").map_err(&e)?;
     let query = if nix_columns {
@@ -97,8 +97,11 @@ fn read_in_txn(conn: &Connection, file: &Path, store: &StoreDir) -> Result<DbCon
         let id: i64 = r.get(0).map_err(&e)?;
         let full: String = r.get(1).map_err(&e)?;
         let hash: String = r.get(2).map_err(&e)?;
+        // The flavour's rule too: a Nix DB row of a name longer than Nix's limit (which Nix
+        // itself cannot load) would make a snapshot no Nix restore accepts.
         let path = store
             .parse(&full)
+            .and_then(|p| p.check_for(layout.flavor).map(|()| p))
             .map_err(|err| DbError::BadPath(file.to_owned(), full.clone(), err))?;
         let nar_hash = NarHash::parse_db(&hash)
             .ok_or_else(|| DbError::BadHash(file.to_owned(), full.clone(), hash.clone()))?;

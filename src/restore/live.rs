@@ -80,7 +80,9 @@ fn parse_scratch(name: &str) -> Option<(u32, &str)> {
 }
 
 /// Names of a run's scratch entries: unique per run (a random hash part) and per use (a
-/// counter), at most 211 bytes after the hash part as a store path's name must be.
+/// counter), at most 211 bytes after the hash part as a store path's name must be for Nix
+/// (the base they are named for, up to 222 in a Guix store, is cut: the counter before it
+/// keeps them unique).
 pub(super) struct ScratchNames {
     hash: String,
     counter: AtomicU64,
@@ -114,7 +116,7 @@ impl ScratchNames {
             std::process::id()
         );
         // Store path names are ASCII: any cut is at a character boundary.
-        name.truncate(32 + 1 + 211);
+        name.truncate(32 + 1 + crate::store::path::NIX_MAX_NAME_LEN);
         name
     }
 
@@ -582,7 +584,8 @@ mod tests {
 
     #[test]
     fn scratch_names_are_store_paths_unique_per_use_and_run_and_recognised() {
-        let base = format!("{}-{}", "0".repeat(32), "n".repeat(211));
+        // The longest base name a (Guix) store holds: 255 bytes, a file name's limit.
+        let base = format!("{}-{}", "0".repeat(32), "n".repeat(222));
         let (a, b) = (ScratchNames::new(), ScratchNames::new());
         let names = vec![
             next(&a, TMP, &base),
@@ -593,7 +596,10 @@ mod tests {
         ];
         for (i, n) in names.iter().enumerate() {
             assert!(n.len() <= 244, "{n}");
-            StorePath::from_base_name(n).unwrap_or_else(|e| panic!("{n}: {e}"));
+            // A path of either flavour: Nix's 211 characters at most after the hash part.
+            StorePath::from_base_name(n)
+                .and_then(|p| p.check_for(crate::store::Flavor::Nix))
+                .unwrap_or_else(|e| panic!("{n}: {e}"));
             assert_eq!(parse_scratch(n).unwrap().0, std::process::id());
             for m in &names[i + 1..] {
                 assert_ne!(n, m);

@@ -42,6 +42,15 @@ impl Flavor {
             Flavor::Nix => 10,
         }
     }
+    /// Longest store path name the daemon accepts: Nix's `StorePath` refuses names of more
+    /// than 211 characters; Guix's daemon has no limit of its own, so a file name's (see
+    /// [`crate::store::path::MAX_NAME_LEN`]) is the only one.
+    pub fn max_name_len(self) -> usize {
+        match self {
+            Flavor::Guix => crate::store::path::MAX_NAME_LEN,
+            Flavor::Nix => crate::store::path::NIX_MAX_NAME_LEN,
+        }
+    }
     /// Lower-case name.
     pub fn name(self) -> &'static str {
         match self {

@@ -2,14 +2,21 @@
 //! nix-base32, the daemon's alphabet for hash parts.
 //!
 //! Invariant: a [`StorePath`] is always a valid base name: a 32-character nix-base32 hash
-//! part, a dash, and a name of 1 to 211 characters from `[A-Za-z0-9+-._?=]` whose first
-//! dash-separated component is not `.` or `..` (a leading dot is allowed, as Nix allows it).
-//! Nothing built from a `StorePath` can therefore escape the store directory.
+//! part, a dash, and a name of 1 to 222 characters ([`MAX_NAME_LEN`]: the base name is one
+//! file name, at most 255 bytes) from `[A-Za-z0-9+-._?=]` whose first dash-separated
+//! component is not `.` or `..` (a leading dot is allowed, as Nix allows it). Nothing built
+//! from a `StorePath` can therefore escape the store directory.
+//!
+//! That is the rule of any store, and so of every path a cache may hold. A flavour may be
+//! stricter ([`StorePath::check_for`]): Nix refuses names longer than 211 characters
+//! ([`NIX_MAX_NAME_LEN`]); Guix's daemon sets no length limit of its own.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::store::layout::Flavor;
 
 /// The 32 characters of nix-base32 (no `e`, `o`, `t`, `u`).
 pub const NIXBASE32_ALPHABET: &[u8; 32] = b"0123456789abcdfghijklmnpqrsvwxyz";
@@ -17,8 +24,15 @@ pub const NIXBASE32_ALPHABET: &[u8; 32] = b"0123456789abcdfghijklmnpqrsvwxyz";
 /// Length in characters of a store path's hash part (160 bits in nix-base32).
 pub const HASH_PART_LEN: usize = 32;
 
-/// Longest store path name the daemons accept.
-pub const MAX_NAME_LEN: usize = 211;
+/// Longest store path name any store may hold: `<hash>-<name>` is one file name of the store
+/// directory, at most 255 bytes (`NAME_MAX` of Linux file systems). Guix's daemon sets no
+/// limit of its own (its `checkStoreName` checks the characters and the leading dot only), so
+/// a Guix store may hold names of up to this length.
+pub const MAX_NAME_LEN: usize = 255 - HASH_PART_LEN - 1;
+
+/// Longest store path name Nix accepts: its `StorePath` refuses a longer one, so a DB row
+/// naming one would make every Nix command that loads it fail.
+pub const NIX_MAX_NAME_LEN: usize = 211;
 
 /// Encode bytes in nix-base32, the daemon's order (last character first).
 pub fn nixbase32_encode(bytes: &[u8]) -> String {
@@ -80,8 +94,11 @@ pub enum StorePathError {
     NotInStore(String, String),
     #[error("`{0}` has a bad hash part (want 32 nix-base32 characters then `-`)")]
     BadHash(String),
-    #[error("`{0}` has a bad name (want 1 to 211 characters of [A-Za-z0-9+-._?=], not `.` or `..` before the first `-`)")]
+    #[error("`{0}` has a bad name (want 1 to 222 characters of [A-Za-z0-9+-._?=], not `.` or `..` before the first `-`)")]
     BadName(String),
+    /// A name longer than a flavour's daemon accepts ([`StorePath::check_for`]).
+    #[error("`{0}` has a name of {1} characters, more than the {3} a {2} store allows (its daemon cannot load a DB row naming it)")]
+    TooLongFor(String, usize, &'static str, usize),
 }
 
 /// A validated store path base name, `<hash>-<name>`, independent of the store directory.
@@ -136,7 +153,9 @@ impl StorePath {
         // A leading dot is allowed: Nix accepts it (`nix-store --add .envrc` makes
         // `<hash>-.envrc`; Nix 2.8 checks only the characters and the length), and refusing
         // such a valid path failed a whole save. Guix never makes one (its `checkStoreName`
-        // refuses it), so accepting it there changes nothing. Later Nix refuses `.`, `..` and
+        // refuses it when it makes a path), but its daemon imports one (`importPath` checks
+        // only that it is in the store) and loads its DB row, so a Guix store may hold one
+        // and a Guix restore accepts it too. Later Nix refuses `.`, `..` and
         // names whose first dash-separated component is one of them: a path such a Nix could
         // not parse is never registered.
         let first = name.split(|&c| c == b'-').next().unwrap_or_default();
@@ -148,6 +167,25 @@ impl StorePath {
             });
         if !name_ok {
             return Err(StorePathError::BadName(s.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Check the rule of `flavor`'s daemon beyond that of any store: a name at most
+    /// [`Flavor::max_name_len`] long. A leading dot is no concern of Guix's: its daemon
+    /// refuses one only when it makes a path (`checkStoreName`), and imports and loads one.
+    ///
+    /// # Errors
+    /// [`StorePathError::TooLongFor`].
+    pub fn check_for(&self, flavor: Flavor) -> Result<(), StorePathError> {
+        let (len, max) = (self.name().len(), flavor.max_name_len());
+        if len > max {
+            return Err(StorePathError::TooLongFor(
+                self.0.to_string(),
+                len,
+                flavor.name(),
+                max,
+            ));
         }
         Ok(())
     }
@@ -299,7 +337,7 @@ mod tests {
             format!("{h}-"),
             format!("{h}-a/b"),
             format!("{h}-a b"),
-            format!("{h}-{}", "a".repeat(212)),
+            format!("{h}-{}", "a".repeat(223)),
             format!("{h}_name"),
             "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-x".to_string(),
             "short-x".to_string(),
@@ -310,7 +348,7 @@ mod tests {
         ] {
             assert!(StorePath::from_base_name(&bad).is_err(), "{bad}");
         }
-        assert!(StorePath::from_base_name(&format!("{h}-{}", "a".repeat(211))).is_ok());
+        assert!(StorePath::from_base_name(&format!("{h}-{}", "a".repeat(222))).is_ok());
         assert!(StorePath::from_base_name(&format!("{h}-a+b-c._?=")).is_ok());
         // Names Nix 2.8 makes (`nix-store --add .envrc`): a leading dot is no escape, the
         // base name starts with the hash part.
@@ -319,6 +357,38 @@ mod tests {
                 StorePath::from_base_name(&format!("{h}-{ok}")).is_ok(),
                 "{ok}"
             );
+        }
+    }
+
+    /// Any store holds names of up to 222 characters (255 bytes with the hash part, a file
+    /// name's limit); Guix's daemon sets no other, Nix's refuses more than 211; a leading dot
+    /// is Guix's as much as Nix's.
+    #[test]
+    fn name_length_is_bounded_by_a_file_name_and_by_nix_per_flavour() {
+        let h = "0123456789abcdfghijklmnpqrsvwxyz";
+        let named = |n: usize| StorePath::from_base_name(&format!("{h}-{}", "a".repeat(n)));
+        assert_eq!(HASH_PART_LEN + 1 + MAX_NAME_LEN, 255);
+        let longest = named(222).unwrap();
+        assert_eq!(longest.base_name().len(), 255);
+        assert!(matches!(named(223), Err(StorePathError::BadName(_))));
+        longest.check_for(Flavor::Guix).unwrap();
+        named(211).unwrap().check_for(Flavor::Nix).unwrap();
+        for n in [212, 215, 222] {
+            let err = named(n).unwrap().check_for(Flavor::Nix).unwrap_err();
+            assert!(matches!(err, StorePathError::TooLongFor(..)), "{err}");
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&format!("{h}-{}", "a".repeat(n)))
+                    && msg.contains(&format!("{n} characters"))
+                    && msg.contains("211")
+                    && msg.contains("nix"),
+                "{msg}"
+            );
+        }
+        for name in [".envrc", ".x-1"] {
+            let p = StorePath::from_base_name(&format!("{h}-{name}")).unwrap();
+            p.check_for(Flavor::Guix).unwrap();
+            p.check_for(Flavor::Nix).unwrap();
         }
     }
 
