@@ -659,3 +659,50 @@ fn more_missing_paths_than_path_locks_take_the_big_lock_exclusively_when_no_clie
         }
     }
 }
+
+/// A Guix path of a 222-character name (a 255-byte file name) has no lock file: its
+/// `<path>.lock` would be 260 bytes (`ENAMETOOLONG`), which the daemon cannot take either,
+/// so it cannot write that path. Another restore could: with no other store client the
+/// big-lock is taken exclusively instead, said on stderr, and the path restored; with a
+/// worker holding it shared, the restore fails naming the path and why, and changes nothing.
+#[test]
+fn a_path_too_long_to_lock_takes_the_big_lock_exclusively_when_no_client_runs() {
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    let long = util::base_name(7, &"n".repeat(222));
+    util::add_files_path(&src, &long, &[("f", b"long", false)], &[]);
+    w.cmd("src")
+        .args(["save", "--cache"])
+        .arg(w.cache_dir())
+        .assert()
+        .success();
+    let restore = |root: &str| {
+        w.std_cmd(root)
+            .args(["--json", "restore", "--cache"])
+            .arg(w.cache_dir())
+            .output()
+            .unwrap()
+    };
+    let out = restore("dst");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(json(&out.stdout)["restored"], 1, "{err}");
+    assert!(
+        err.contains(&long) && err.contains("held exclusively instead"),
+        "{err}"
+    );
+    assert_registered_paths_are_on_disk(&w.layout("dst"));
+
+    let dst2 = w.layout("dst2");
+    let worker = BigLock::shared(&dst2.big_lock_file(), Flavor::Guix, false).unwrap();
+    let out = restore("dst2");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("/gnu/store/{long}")) && err.contains("clients are running"),
+        "{err}"
+    );
+    drop(worker);
+    assert!(db::read(&dst2).map(|c| c.paths.is_empty()).unwrap_or(true));
+    assert!(!dst2.real_store_dir().join(&long).exists());
+}

@@ -282,11 +282,10 @@ fn a_path_larger_than_the_db_says_is_not_read_past_its_size() {
     );
 }
 
-/// A Guix store may hold names of up to 222 characters (217 here: see LONG_GUIX_NAMES):
-/// `<hash>-<name>` is then 255 bytes, a file name's limit, and guix-daemon's `checkStoreName`
-/// sets no length limit of its own (211 is Nix's). Each is saved and restored byte for byte
-/// and registered under its name; the save refused the store's DB as malformed for any name
-/// of 212 to 222 characters.
+/// A Guix store may hold names of up to 222 characters: `<hash>-<name>` is then 255 bytes, a
+/// file name's limit, and guix-daemon's `checkStoreName` sets no length limit of its own (211
+/// is Nix's). Each is saved and restored byte for byte and registered under its name; the save
+/// refused the store's DB as malformed for any name of 212 to 222 characters.
 #[test]
 fn a_guix_path_named_as_long_as_a_file_name_may_be_is_saved_and_restored() {
     for len in LONG_GUIX_NAMES {
@@ -326,6 +325,6 @@ fn a_guix_path_named_as_long_as_a_file_name_may_be_is_saved_and_restored() {
     }
 }
 
-/// Name lengths a Guix store may hold past Nix's 211: the first past it, and the longest
-/// whose `<path>.lock` fits in a 255-byte file name.
-const LONG_GUIX_NAMES: [usize; 2] = [212, 217];
+/// Name lengths a Guix store may hold past Nix's 211: the first past it, the longest whose
+/// `<path>.lock` fits in a 255-byte file name, and the longest of a 255-byte base name.
+const LONG_GUIX_NAMES: [usize; 3] = [212, 217, 222];

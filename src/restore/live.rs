@@ -323,7 +323,8 @@ pub(super) struct Locked {
 /// # Errors
 /// As [`plan`]; [`Error::Db`] reading validity; [`Error::Io`] taking a path lock or adding
 /// roots; [`Error::Usage`] when more paths are missing than locks can be held (the open-files
-/// limit) while other store clients run (alone, the big-lock is taken exclusively instead).
+/// limit), or a missing path's lock file's name would be longer than a file name may be,
+/// while other store clients run (alone, the big-lock is taken exclusively instead).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn plan_locked(
     layout: &Layout,
@@ -430,11 +431,40 @@ pub(super) fn plan_locked(
                 locked.len() + bases.len()
             )));
         }
+        let mut unlockable = None;
         for b in bases {
-            locks
+            let held = locks
                 .lock(&b, client.note)
                 .map_err(|e| Error::Io(layout.real_store_dir().join(format!("{b}.lock")), e))?;
+            if !held {
+                unlockable = Some(b);
+                break;
+            }
             locked.insert(b);
+        }
+        if let Some(b) = unlockable {
+            // A name too long for its lock file (a Guix name of 218 to 222 characters): no
+            // daemon can write that path (it fails to lock it too), but another restore
+            // could, so the big-lock is held exclusively instead, as above.
+            let path = format!("{}/{b}", layout.store_dir.as_str());
+            if !big_lock
+                .try_exclusive()
+                .map_err(|e| Error::Io(layout.big_lock_file(), e))?
+            {
+                return Err(Error::Usage(format!(
+                    "{path}: its lock file's name would be longer than a file name may be, so \
+                     it cannot be locked alone (nor can the daemon lock it), and restoring it \
+                     needs the store's big-lock exclusively, but the daemon's clients are \
+                     running: restore while no build or other store client runs, or restore \
+                     the paths that do not need it (name them)"
+                )));
+            }
+            (client.note)(&format!(
+                "{path}: its lock file's name would be longer than a file name may be: the \
+                 store's big-lock is held exclusively instead (the daemon's clients wait until \
+                 the restore is done)"
+            ));
+            alone = true;
         }
         current = p;
     }

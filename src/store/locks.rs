@@ -203,17 +203,27 @@ impl PathLocks {
     /// block. Callers lock in sorted order, as the daemon does, so two lockers of overlapping
     /// sets cannot deadlock.
     ///
+    /// Whether the lock is held: `false`, holding nothing, when `<base>.lock` is longer than
+    /// a file name of the store's file system may be (`ENAMETOOLONG`: a name of more than
+    /// 217 characters, which a Guix store may hold, makes a 256-byte lock name). Such a lock
+    /// exists for no one: the daemon, which opens the same name, fails to lock, so cannot
+    /// write, that path; the caller excludes other restores some other way.
+    ///
     /// # Errors
     /// [`io::Error`] with the lock file's path in its text.
-    pub fn lock(&mut self, base: &str, waiting: &(dyn Fn(&str) + Sync)) -> io::Result<()> {
+    pub fn lock(&mut self, base: &str, waiting: &(dyn Fn(&str) + Sync)) -> io::Result<bool> {
         let name = format!("{base}.lock");
         let shown = self.store_path.join(&name);
         let err = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", shown.display()));
         let mut told = false;
         loop {
-            let file = open_path_lock(&self.store, OsStr::new(&name), true)
-                .map_err(err)?
-                .expect("created");
+            let file = match open_path_lock(&self.store, OsStr::new(&name), true) {
+                Ok(file) => file.expect("created"),
+                Err(e) if e.raw_os_error() == Some(Errno::NAMETOOLONG.raw_os_error()) => {
+                    return Ok(false);
+                }
+                Err(e) => return Err(err(e)),
+            };
             if let Some((uid, gid)) = self.owner {
                 let st = rustix::fs::fstat(&file).map_err(|e| err(e.into()))?;
                 if (st.st_uid, st.st_gid) != (uid, gid) {
@@ -233,7 +243,7 @@ impl PathLocks {
             }
             if file.metadata().map_err(err)?.len() == 0 {
                 self.held.push((file, name));
-                return Ok(());
+                return Ok(true);
             }
             // Marked deleted by its previous holder. Unlinked too (the usual case): open the
             // name again. Still at the name (its unlink failed): ours now, emptied.
@@ -242,7 +252,7 @@ impl PathLocks {
                 Ok(st) if (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino) => {
                     file.set_len(0).map_err(err)?;
                     self.held.push((file, name));
-                    return Ok(());
+                    return Ok(true);
                 }
                 _ => {}
             }
@@ -305,11 +315,31 @@ mod tests {
         std::fs::write(dir.path().join("p.lock"), b"d").unwrap();
         let mode = std::os::unix::fs::PermissionsExt::from_mode(0o600);
         std::fs::set_permissions(dir.path().join("p.lock"), mode).unwrap();
-        locks.lock("p", &|_| {}).unwrap();
+        assert!(locks.lock("p", &|_| {}).unwrap());
         assert_eq!(locks.len(), 1);
         assert_eq!(std::fs::read(dir.path().join("p.lock")).unwrap(), b"");
         drop(locks);
         assert!(!dir.path().join("p.lock").exists());
+    }
+
+    /// A lock name longer than a file name may be (`<hash>-<222 characters>.lock`, 260 bytes)
+    /// is no error and holds nothing: no daemon can take it either. One of 255 bytes is taken.
+    #[test]
+    fn a_lock_name_longer_than_a_file_name_holds_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = File::open(dir.path()).unwrap();
+        for flavor in [Flavor::Guix, Flavor::Nix] {
+            let mut locks = PathLocks::new(flavor, &d, dir.path(), None).unwrap();
+            let hash = "0".repeat(32);
+            assert!(!locks
+                .lock(&format!("{hash}-{}", "n".repeat(222)), &|_| {})
+                .unwrap());
+            assert!(locks.is_empty());
+            assert!(locks
+                .lock(&format!("{hash}-{}", "n".repeat(217)), &|_| {})
+                .unwrap());
+            assert_eq!(locks.len(), 1);
+        }
     }
 
     #[test]
@@ -349,7 +379,7 @@ mod tests {
         }
         assert!(locks.is_empty());
         put("p.lock", 0o600);
-        locks.lock("p", &|_| {}).unwrap();
+        assert!(locks.lock("p", &|_| {}).unwrap());
         assert_eq!(locks.len(), 1);
     }
 }
