@@ -88,6 +88,11 @@
   (define t2 (note "text" (add-text-to-store store (string-append "top-" gen ".txt")
                                              (string-append "I point to " t0 " and " t1 "\n")
                                              (list t0 t1))))
+  ;; a text item whose name is as long as guix-daemon can make one: 217 characters
+  ;; (its `<path>.lock` is then 255 bytes; Nix would refuse any name past 211)
+  (define tlong (note "text" (add-text-to-store store
+                                                (string-append "long-" gen "-" (make-string 210 #\n))
+                                                (string-append "long name of generation " gen "\n"))))
   ;; a text item with the common content (dedups with trees and outputs)
   (define tc (note "text" (add-text-to-store store (string-append "common-" gen ".txt")
                                              common-text)))
