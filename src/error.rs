@@ -46,6 +46,15 @@ pub enum Error {
          already indexed stays usable by the next save)"
     )]
     CacheWrite(#[source] CacheError),
+    /// A save ran out of a resource of the system (open files, memory, room on a device;
+    /// see [`is_exhaustion`]) while reading a path: a limit of the run, not a fault of the
+    /// path, so no `--skip-corrupt` drops it. The source is the error, naming the path.
+    #[error(
+        "the save ran out of a resource of the system (open files, memory or room on a \
+         device), so it was aborted and no snapshot written: this is a limit of the run, not \
+         a fault of the path (raise `ulimit -n`, free memory or room, and run again)"
+    )]
+    Exhausted(#[source] Box<Error>),
     /// An I/O error on a file of the store or the system (not of the cache); displays the
     /// path, the cause is the source.
     #[error("{0}")]
@@ -99,6 +108,29 @@ pub fn find_io<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::
     None
 }
 
+/// Whether `e` says the system ran out of a resource: open files (`EMFILE`, `ENFILE`),
+/// memory (`ENOMEM`, `ENOBUFS`, or Rust's own out-of-memory), room on a device (`ENOSPC`,
+/// `EDQUOT`). Such an error is the run's, whatever file it happened on: the same file reads
+/// fine once the limit is raised or the room freed. `EIO` is not one: a read error of a file
+/// is the file's (its blocks on the disk), and stays that file's.
+pub fn is_exhaustion(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    if e.kind() == std::io::ErrorKind::OutOfMemory {
+        return true;
+    }
+    e.raw_os_error().is_some_and(|code| {
+        [
+            Errno::MFILE,
+            Errno::NFILE,
+            Errno::NOMEM,
+            Errno::NOBUFS,
+            Errno::NOSPC,
+            Errno::DQUOT,
+        ]
+        .contains(&Errno::from_raw_os_error(code))
+    })
+}
+
 /// Shorthand.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -125,5 +157,22 @@ mod tests {
         ));
         assert_eq!(find_io(&e).unwrap().kind(), io::ErrorKind::BrokenPipe);
         assert!(find_io(&Error::Usage("u".into())).is_none());
+    }
+
+    #[test]
+    fn running_out_of_a_resource_is_told_from_other_errors() {
+        for code in [24, 23, 12, 105, 28, 122] {
+            // EMFILE, ENFILE, ENOMEM, ENOBUFS, ENOSPC, EDQUOT
+            assert!(is_exhaustion(&io::Error::from_raw_os_error(code)), "{code}");
+        }
+        assert!(is_exhaustion(&io::Error::from(io::ErrorKind::OutOfMemory)));
+        for code in [13, 5, 2, 30, 40] {
+            // EACCES, EIO, ENOENT, EROFS, ELOOP
+            assert!(
+                !is_exhaustion(&io::Error::from_raw_os_error(code)),
+                "{code}"
+            );
+        }
+        assert!(!is_exhaustion(&io::Error::other("too many open files")));
     }
 }

@@ -328,3 +328,59 @@ fn a_guix_path_named_as_long_as_a_file_name_may_be_is_saved_and_restored() {
 /// Name lengths a Guix store may hold past Nix's 211: the first past it, the longest whose
 /// `<path>.lock` fits in a 255-byte file name, and the longest of a 255-byte base name.
 const LONG_GUIX_NAMES: [usize; 3] = [212, 217, 222];
+
+/// Found by review: a save that ran out of open files (a deep path walked under `ulimit -n
+/// 32`) called the path unreadable, and with `--skip-corrupt` saved a snapshot without it
+/// (exit 0). Running out of a resource of the system is the run's fault, not the path's: the
+/// save fails naming the path and the cause, whatever `--skip-corrupt` says, and writes no
+/// snapshot. Run through `setpriv` without `CAP_SYS_RESOURCE`, so the limit cannot be raised.
+#[test]
+fn a_save_out_of_open_files_fails_naming_the_path_and_drops_nothing() {
+    let have = |p: &str| {
+        std::process::Command::new(p)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !rustix::process::geteuid().is_root() || !have("setpriv") || !have("prlimit") {
+        eprintln!("skipped: needs root, setpriv and prlimit");
+        return;
+    }
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    util::add_files_path(&src, ONE, &[("f", b"one\n", false)], &[]);
+    let deep = format!("{}f", "d/".repeat(64));
+    util::add_files_path(&src, TWO, &[(&deep, b"deep\n", false)], &[]);
+    let inner = w.std_cmd("src");
+    let mut c = std::process::Command::new("setpriv");
+    c.args([
+        "--inh-caps=-sys_resource",
+        "--bounding-set=-sys_resource",
+        "prlimit",
+        "--nofile=32:32",
+    ])
+    .arg(inner.get_program())
+    .args(inner.get_args())
+    .args(["--json", "save", "--skip-corrupt", "--cache"])
+    .arg(w.cache_dir());
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    let out = c.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{err}\n{stdout}");
+    assert!(err.contains(TWO), "{err}");
+    assert!(err.contains("Too many open files"), "{err}");
+    assert!(
+        !err.contains("corrupt") && !err.contains("unreadable"),
+        "{err}"
+    );
+    let snapshots = fs::read_dir(w.cache_dir().join("snapshots"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(snapshots, 0, "a snapshot was written: {stdout}");
+}

@@ -93,8 +93,10 @@ pub struct SaveReport {
 /// # Errors
 /// [`Error::Integrity`] when a path's content does not match the DB or a path cannot be read
 /// from the store (unless `skip_corrupt`); [`Error::CacheWrite`] as soon as the cache cannot
-/// be written (a full disk, a read-only file system, permissions), whatever `skip_corrupt`
-/// says: that is no fault of the store; [`Error::Db`] when the DB cannot be read again. No
+/// be written (a full disk, a read-only file system, permissions), and [`Error::Exhausted`]
+/// as soon as the system runs out of open files, memory or room while a path is read,
+/// whatever `skip_corrupt` says: neither is a fault of the store; [`Error::Db`] when the DB
+/// cannot be read again. No
 /// snapshot is written on error, but objects already indexed stay usable by the next save.
 pub fn execute(
     layout: &Layout,
@@ -192,7 +194,7 @@ fn execute_with(
             progress.finish();
             seam(Stage::AfterWalk, &packer);
         }
-        let (results, bytes) = walked.map_err(Error::CacheWrite)?;
+        let (results, bytes) = walked?;
         bytes_read += bytes.read;
         bytes_known += bytes.known;
         let given_up = packer.given_up();
@@ -778,7 +780,19 @@ mod tests {
                 "c/tmp/x".into(),
                 io(code),
             )));
-            assert!(classify(e).is_err());
+            assert!(matches!(classify(e), Err(Error::CacheWrite(_))));
         }
+        for code in [24, 23, 12] {
+            // EMFILE, ENFILE, ENOMEM reading the store: the run's, not the path's.
+            let e = classify(nar(io(code))).unwrap_err();
+            assert!(matches!(e, Error::Exhausted(_)), "{e:?}");
+            let msg = crate::error::Chain(&e).to_string();
+            assert!(
+                msg.contains("/gnu/store/x") && msg.contains("not a fault"),
+                "{msg}"
+            );
+        }
+        // EIO is the file's (its blocks on the disk).
+        assert!(matches!(classify(nar(io(5))), Ok(PathError::Source(_))));
     }
 }

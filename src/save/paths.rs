@@ -1,7 +1,8 @@
 //! Walking a save's new paths, in parallel or one at a time: each path's tree packed and
 //! checked against the DB (its NAR hash, or when some file was taken unread from the base
 //! snapshot, its NAR size), and each failure sorted into the path's (corrupt, vanished,
-//! unreadable) or the cache's (which stops the save).
+//! unreadable) or the run's (the cache cannot be written, the system ran out of a resource:
+//! either stops the save).
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
@@ -20,8 +21,8 @@ use crate::progress::Progress;
 use crate::store::layout::Layout;
 use crate::store::path_info::PathInfo;
 
-/// Why one path could not be saved. A failure to write the cache is none of these: it
-/// aborts the whole save (see [`walk_one`]).
+/// Why one path could not be saved. A failure to write the cache, or the system running
+/// out of a resource, is none of these: it aborts the whole save (see [`classify`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum PathError {
     /// The content differs from what the DB records (NAR hash or size), a file changed while
@@ -29,7 +30,7 @@ pub(super) enum PathError {
     Corrupt(String),
     /// The path is no longer valid: the daemon deleted it while the save ran.
     Vanished,
-    /// The store could not be read (permissions, an I/O error), with the error.
+    /// The store could not be read (permissions, an I/O error of its disk), with the error.
     Source(String),
 }
 
@@ -62,10 +63,16 @@ pub(super) struct Bytes {
     pub(super) known: u64,
 }
 
-/// Sort an error of a walk: the cache's (returned as the error) or the path's.
-pub(super) fn classify(e: Error) -> std::result::Result<PathError, CacheError> {
+/// Sort an error of a walk: the run's, returned as the error that stops the save
+/// ([`Error::CacheWrite`] when the cache cannot be written, [`Error::Exhausted`] when the
+/// system ran out of open files, memory or room, see [`crate::error::is_exhaustion`]: the
+/// path would read fine in another run, so no `--skip-corrupt` may drop it), or the path's.
+pub(super) fn classify(e: Error) -> std::result::Result<PathError, Error> {
     match e {
-        Error::Cache(e) | Error::CacheWrite(e) => Err(e),
+        Error::Cache(e) | Error::CacheWrite(e) => Err(Error::CacheWrite(e)),
+        e if crate::error::find_io(&e).is_some_and(crate::error::is_exhaustion) => {
+            Err(Error::Exhausted(Box::new(e)))
+        }
         Error::Nar(e @ (NarError::Changed(..) | NarError::FileType(_) | NarError::Larger(..))) => {
             Ok(PathError::Corrupt(e.to_string()))
         }
@@ -76,16 +83,26 @@ pub(super) fn classify(e: Error) -> std::result::Result<PathError, CacheError> {
 /// Walk one new path, check it against the DB, and pack its tree.
 ///
 /// # Errors
-/// [`CacheError`] when the cache cannot be written; the path's own failures are in the
-/// [`Walked`].
+/// As [`classify`] sorts them: the run's (the cache cannot be written, the system ran out of
+/// a resource); the path's own failures are in the [`Walked`].
 fn walk_one(
     walker: &Walker,
-    (store, store_fd): (&std::path::Path, std::result::Result<&OwnedFd, &String>),
+    (store, store_fd): (
+        &std::path::Path,
+        std::result::Result<&OwnedFd, &std::io::Error>,
+    ),
     info: &PathInfo,
-) -> std::result::Result<Walked, CacheError> {
+) -> std::result::Result<Walked, Error> {
     let store_fd = match store_fd {
         Ok(fd) => fd.as_fd(),
-        Err(e) => return Ok(Err(PathError::Source(format!("{}: {e}", store.display())))),
+        Err(e) => {
+            // The error again for each path (an `io::Error` is not `Clone`), errno kept.
+            let e = match e.raw_os_error() {
+                Some(code) => std::io::Error::from_raw_os_error(code),
+                None => std::io::Error::new(e.kind(), e.to_string()),
+            };
+            return classify(Error::Io(store.to_owned(), e)).map(Err);
+        }
     };
     let parts = HashParts::new(
         info.references
@@ -121,7 +138,10 @@ fn walk_one(
     }
     let (id, bytes) = node.encode();
     if walker.packer.claim(id) {
-        walker.packer.add(ObjectKind::Tree, id, &bytes)?;
+        walker
+            .packer
+            .add(ObjectKind::Tree, id, &bytes)
+            .map_err(Error::CacheWrite)?;
     }
     Ok(Ok(Saved {
         tree: id,
@@ -134,13 +154,13 @@ fn walk_one(
 /// Returns each path's outcome and the bytes of file contents read.
 ///
 /// # Errors
-/// [`CacheError`] when the cache cannot be written (the walks stop).
+/// As [`walk_one`]: the walks stop at the first error of the run.
 pub(super) fn walk_paths(
     with: &WalkWith<'_, '_>,
     paths: &[usize],
     parallel: bool,
     progress: &dyn Progress,
-) -> std::result::Result<(Vec<(usize, Walked)>, Bytes), CacheError> {
+) -> std::result::Result<(Vec<(usize, Walked)>, Bytes), Error> {
     let WalkWith {
         layout,
         db,
@@ -171,7 +191,7 @@ pub(super) fn walk_paths(
         rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
     )
-    .map_err(|e| std::io::Error::from(e).to_string());
+    .map_err(std::io::Error::from);
     // Each outcome goes into its own slot of one vector made up front: collecting a parallel
     // iterator of results (not indexed) chained a vector per path and copied them all at
     // the end (at 100,000 paths, 16 MB at once for 6 MB of outcomes).
@@ -183,7 +203,7 @@ pub(super) fn walk_paths(
             progress.advance(info.nar_size);
         }
         *slot = Some(r?);
-        Ok::<(), CacheError>(())
+        Ok::<(), Error>(())
     };
     if parallel {
         slots
