@@ -853,3 +853,111 @@ fn a_miss_on_an_empty_cache_prints_its_json_with_or_without_fail_on_miss() {
         assert_eq!(r["restored"], 0, "{extra:?}: {r}");
     }
 }
+
+/// Fill the file system of `dir` with a file `dir/filler`, leaving about `leave` bytes free.
+fn fill_leaving(dir: &std::path::Path, leave: u64) {
+    use std::io::Write;
+    let filler = dir.join("filler");
+    let _ = fs::remove_file(&filler);
+    let st = rustix::fs::statvfs(dir).unwrap();
+    let avail = st.f_bavail * st.f_frsize;
+    let mut f = fs::File::create(&filler).unwrap();
+    let mut left = avail.saturating_sub(leave);
+    let chunk = vec![0u8; 4096];
+    while left > 0 {
+        let n = left.min(4096) as usize;
+        if f.write_all(&chunk[..n]).is_err() {
+            break;
+        }
+        left -= n as u64;
+    }
+}
+
+/// Found by review: a DB whose directory's device is full gave SQLite's bare "disk I/O error"
+/// (at open: it could not make its -shm file) or "database or disk is full" (when a restore's
+/// rows did not fit its -wal file), and on a read-only file system "unable to open database
+/// file". Save and restore now say which DB, that its device is full (or read-only), and what
+/// to do. A restore whose rows do not fit registers nothing and leaves none of the paths it
+/// wrote on disk, nor any temporary.
+#[test]
+fn a_db_on_a_full_or_read_only_device_says_so_and_registers_nothing() {
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    let one = "0123456789abcdfghijklmnpqrsvwxyz-one";
+    let two = "1123456789abcdfghijklmnpqrsvwxyz-two";
+    add_files_path(&src, one, &[("f", b"one\n", false)], &[]);
+    w.on_cache("src", &["save", "--key", "a"])
+        .assert()
+        .success();
+    add_files_path(&src, two, &[("g", b"two\n", false)], &[one]);
+    w.on_cache("src", &["save", "--key", "b"])
+        .assert()
+        .success();
+    let dst = w.layout("dst");
+    let db_dir = dst.real_db_dir();
+    let Some(mount) = Tmpfs::mount(&db_dir, "size=1m") else {
+        eprintln!("skipped: cannot mount a tmpfs (needs root)");
+        return;
+    };
+    w.on_cache("dst", &["restore", "--key", "a"])
+        .assert()
+        .success();
+    let db = dst.db_file().display().to_string();
+    let first = util::db_rows(&dst);
+    assert_eq!(first.paths.len(), 1);
+    let check = |out: &std::process::Output, ctx: &str, cause: &str| {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{ctx}: {err}");
+        assert!(err.contains(&db), "{ctx}: the DB is not named: {err}");
+        assert!(err.contains(cause), "{ctx}: {err}");
+        assert!(!err.contains("disk I/O error"), "{ctx}: {err}");
+        assert!(!err.contains("unable to open"), "{ctx}: {err}");
+    };
+    let restore_fails = |ctx: &str| {
+        let out = w
+            .on_cache("dst", &["restore", "--key", "b"])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            return false;
+        }
+        check(&out, ctx, "is full");
+        // Room again, for the rows to be read here.
+        fs::remove_file(db_dir.join("filler")).unwrap();
+        assert_eq!(util::db_rows(&dst), first, "{ctx}");
+        assert!(!dst.real_store_dir().join(two).exists(), "{ctx}");
+        assert_eq!(util::leftovers(&dst), Vec::<String>::new(), "{ctx}");
+        true
+    };
+    // Full at open: no room for SQLite's -shm file, needed even to read.
+    fill_leaving(&db_dir, 0);
+    assert!(restore_fails("no room at all"), "a restore succeeded");
+    fill_leaving(&db_dir, 0);
+    let out = w.on_cache("dst", &["save"]).output().unwrap();
+    check(&out, "save, no room", "is full");
+    // Full while the rows are written: room for the -shm file, not for the -wal's growth.
+    let mut failed_with_room = 0;
+    for leave in (36..).step_by(4).map(|k| k << 10) {
+        for f in ["db.sqlite-shm", "db.sqlite-wal"] {
+            let _ = fs::remove_file(db_dir.join(f));
+        }
+        fill_leaving(&db_dir, leave);
+        if !restore_fails(&format!("{leave} bytes free")) {
+            break;
+        }
+        failed_with_room += 1;
+        assert!(leave < 1 << 20, "never restored");
+    }
+    assert!(
+        failed_with_room > 0,
+        "no restore failed for the -wal's room"
+    );
+    assert_eq!(util::db_rows(&dst).paths.len(), 2);
+    // Read-only: the save cannot make the -shm file.
+    for f in ["filler", "db.sqlite-shm", "db.sqlite-wal"] {
+        let _ = fs::remove_file(db_dir.join(f));
+    }
+    mount.remount("ro");
+    let out = w.on_cache("dst", &["save"]).output().unwrap();
+    check(&out, "save, read-only", "read-only file system");
+}

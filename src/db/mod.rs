@@ -51,10 +51,65 @@ pub enum DbError {
     NotAFile(PathBuf),
     #[error("database {0}: `{1}` has the hash part of `{2}`, made valid by another process since the restore was planned (the daemons find paths by hash part): nothing registered")]
     HashPartTaken(PathBuf, String, String),
+    /// SQLite could not write the DB or the files it makes beside it (its `-wal` and `-shm`,
+    /// even to read) and the file system holding them has almost no room left (SQLite says
+    /// "database or disk is full", or a bare "disk I/O error"; its message is not kept, the
+    /// cause is said instead): the DB's directory, the bytes free there.
+    #[error("database {0}: the file system holding {1} is full ({2} bytes free): SQLite needs room there for the DB's -wal and -shm files, even to read it, and for a transaction's rows; nothing was changed in the DB (free some space on that file system, then run again)")]
+    DeviceFull(PathBuf, PathBuf, u64),
+    /// SQLite could not open or write the DB and its directory is on a read-only file system
+    /// (SQLite says "unable to open database file", or that the DB is read-only): the DB's
+    /// directory.
+    #[error("database {0}: {1} is on a read-only file system, where SQLite cannot make the DB's -wal and -shm files it needs beside it, even to read it: nothing was read or changed (remount it read-write, then run again)")]
+    ReadOnlyFileSystem(PathBuf, PathBuf),
     #[error("database {0} cannot be read by this user: SQLite reads a WAL database only beside its -wal and -shm files, which no process holds open now and which this user may not create in its directory (run as root, e.g. with sudo, or as the directory's owner)")]
     ReadOnlyDirectory(PathBuf),
 }
 
+/// Bytes free under which a file system is taken for full when SQLite fails to write beside
+/// the DB: SQLite's "disk I/O error" does not say why, and a -shm file alone takes 32 KiB.
+const NEARLY_FULL: u64 = 1 << 20;
+
 fn sql(db: &std::path::Path) -> impl Fn(rusqlite::Error) -> DbError + '_ {
-    move |e| DbError::Sqlite(db.to_owned(), e)
+    move |e| explained(db, e)
+}
+
+/// SQLite's error `e` on the DB `db`, told as what it is when it comes of the file system
+/// holding the DB's directory rather than of the DB: a full one ([`DbError::DeviceFull`]:
+/// SQLite's "database or disk is full", or an I/O error with less than [`NEARLY_FULL`] free
+/// there) or a read-only one ([`DbError::ReadOnlyFileSystem`]). Any other stays
+/// [`DbError::Sqlite`].
+fn explained(db: &std::path::Path, e: rusqlite::Error) -> DbError {
+    use rusqlite::ErrorCode;
+    use rustix::fs::StatVfsMountFlags;
+    let code = e.sqlite_error_code();
+    let of_files = matches!(
+        code,
+        Some(
+            ErrorCode::DiskFull
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::CannotOpen
+                | ErrorCode::ReadOnly
+        )
+    );
+    let dir = db.parent().unwrap_or(std::path::Path::new("/"));
+    let Some(st) = of_files.then(|| rustix::fs::statvfs(dir).ok()).flatten() else {
+        return DbError::Sqlite(db.to_owned(), e);
+    };
+    // Root may write the blocks a file system reserves (ext4's 5 %).
+    let blocks = if rustix::process::geteuid().is_root() {
+        st.f_bfree
+    } else {
+        st.f_bavail
+    };
+    let free = blocks.saturating_mul(st.f_frsize);
+    let full = code == Some(ErrorCode::DiskFull)
+        || (code == Some(ErrorCode::SystemIoFailure) && free < NEARLY_FULL);
+    if full {
+        DbError::DeviceFull(db.to_owned(), dir.to_owned(), free)
+    } else if st.f_flag.contains(StatVfsMountFlags::RDONLY) {
+        DbError::ReadOnlyFileSystem(db.to_owned(), dir.to_owned())
+    } else {
+        DbError::Sqlite(db.to_owned(), e)
+    }
 }
