@@ -17,6 +17,17 @@ pub fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
+/// Parse lower-case hexadecimal of exactly `N` bytes: the only spelling of the cache's object
+/// names. An upper-case one is no object's: a name is compared as text wherever a listing
+/// meets the names the tool writes (what a collection keeps, what it deletes), and on a
+/// backend that ignores case it reaches the same file as the lower-case one.
+pub fn parse_lower_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    parse_hex(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -28,5 +39,8 @@ mod tests {
         assert_eq!(parse_hex::<4>("0001ABff"), Some(b));
         assert_eq!(parse_hex::<4>("0001ab"), None);
         assert_eq!(parse_hex::<2>("zz00"), None);
+        assert_eq!(parse_lower_hex::<4>("0001abff"), Some(b));
+        assert_eq!(parse_lower_hex::<4>("0001ABff"), None);
+        assert_eq!(parse_lower_hex::<2>("+1ab"), None);
     }
 }

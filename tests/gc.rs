@@ -1235,3 +1235,115 @@ fn a_restore_finds_its_snapshot_though_a_collection_rewrites_it_meanwhile() {
         assert!(r.failed.is_empty() && r.restored > 0, "{key:?}: {r:?}");
     }
 }
+
+/// A cache on a file system that ignores case (macOS's by default), modelled: every access
+/// folds its key to lower case; a listing shows each name as it was written.
+struct Folded(storesync::cache::LocalDir);
+
+impl storesync::cache::Storage for Folded {
+    fn get(&self, key: &str, max: u64) -> Result<Vec<u8>, storesync::cache::StorageError> {
+        self.0.get(&key.to_lowercase(), max)
+    }
+    fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Box<dyn std::io::Read + Send + '_>, storesync::cache::StorageError> {
+        self.0.get_range(&key.to_lowercase(), offset, len)
+    }
+    fn put_if_absent(
+        &self,
+        key: &str,
+        data: &[u8],
+    ) -> Result<bool, storesync::cache::StorageError> {
+        self.0.put_if_absent(&key.to_lowercase(), data)
+    }
+    fn writer(
+        &self,
+    ) -> Result<Box<dyn storesync::cache::ObjectWriter + '_>, storesync::cache::StorageError> {
+        self.0.writer()
+    }
+    fn sync(&self) -> Result<(), storesync::cache::StorageError> {
+        self.0.sync()
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<String>, storesync::cache::StorageError> {
+        self.0.list(prefix)
+    }
+    fn size(&self, key: &str) -> Result<Option<u64>, storesync::cache::StorageError> {
+        self.0.size(&key.to_lowercase())
+    }
+    fn delete(&self, key: &str) -> Result<(), storesync::cache::StorageError> {
+        self.0.delete(&key.to_lowercase())
+    }
+    fn describe(&self, key: &str) -> String {
+        self.0.describe(key)
+    }
+}
+
+/// Object names are lower-case hex (docs/FORMAT.md); an upper-case spelling of a live pack's
+/// name was read as the same pack. A `gc/*.retired` list planted by anyone who can write the
+/// cache, naming a live pack in upper case, passed the check that a list deletes only packs no
+/// snapshot needs (the needed ones are known by their lower-case names), and on a file system
+/// that ignores case the collection deleted the live pack (found by review). Such a name is
+/// now no pack's.
+#[test]
+fn a_retired_list_naming_a_live_pack_in_upper_case_deletes_nothing() {
+    let w = World::new(Flavor::Guix);
+    sample::build(&w.layout("src"), 1).unwrap();
+    let id = save(&w, "main");
+    let folded = || {
+        Cache::open(Box::new(Folded(
+            storesync::cache::LocalDir::open(&w.cache_dir()).unwrap(),
+        )))
+    };
+    gc(&folded(), &GcPolicy::default(), &NoProgress).unwrap();
+    let packs: Vec<String> = fs::read_dir(w.cache_dir().join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!packs.is_empty());
+    let list: String = packs
+        .iter()
+        .map(|p| {
+            format!(
+                "packs/{}.pack\n",
+                p.trim_end_matches(".pack").to_uppercase()
+            )
+        })
+        .collect();
+    fs::write(w.cache_dir().join("gc/0000000000000001.retired"), list).unwrap();
+    gc(&folded(), &GcPolicy::default(), &NoProgress).unwrap();
+    for p in &packs {
+        assert!(
+            w.cache_dir().join("packs").join(p).exists(),
+            "the live pack {p} was deleted"
+        );
+    }
+    let r = restore::restore(
+        &w.layout("dst"),
+        &folded(),
+        &RestoreOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    assert_eq!(r.snapshot, id);
+    assert!(r.failed.is_empty(), "{r:?}");
+}
+
+/// A snapshot file copied under the upper-case spelling of its name was listed as a second
+/// snapshot of the same id (`ls` showed it twice; found by review). Only the lower-case
+/// name is the snapshot's.
+#[test]
+fn an_upper_case_name_is_not_a_second_snapshot() {
+    let w = World::new(Flavor::Guix);
+    sample::build(&w.layout("src"), 1).unwrap();
+    let id = save(&w, "main");
+    let snap = util::snapshot_file(&w.cache_dir(), &id);
+    let name = snap.file_name().unwrap().to_string_lossy().into_owned();
+    let upper = format!("{}.snap", name.trim_end_matches(".snap").to_uppercase());
+    fs::copy(&snap, snap.with_file_name(upper)).unwrap();
+    let refs = w.cache().list_snapshots().unwrap();
+    assert_eq!(refs.len(), 1, "{refs:?}");
+    assert_eq!(refs[0].id.hex(), id);
+}

@@ -813,9 +813,11 @@ pub fn parse_snapshot_key(key: &str) -> Option<SnapshotName> {
             file_sum: None,
         }),
         [t, id, sum] if t.len() == 16 && sum.len() == 16 => Some(SnapshotName {
-            created: Some(i64::try_from(u64::from_str_radix(t, 16).ok()?).ok()?),
+            created: Some(
+                i64::try_from(u64::from_be_bytes(crate::hex::parse_lower_hex::<8>(t)?)).ok()?,
+            ),
             id: SnapshotId::parse(id)?,
-            file_sum: Some(crate::hex::parse_hex::<8>(sum)?),
+            file_sum: Some(crate::hex::parse_lower_hex::<8>(sum)?),
         }),
         _ => None,
     }

@@ -19,9 +19,10 @@ macro_rules! digest_id {
             pub fn hex(&self) -> String {
                 crate::hex::hex(&self.0)
             }
-            /// Parse 64 hex digits.
+            /// Parse 64 lower-case hex digits, as names in the cache spell ids (an
+            /// upper-case spelling is none: see [`crate::hex::parse_lower_hex`]).
             pub fn parse(s: &str) -> Option<Self> {
-                crate::hex::parse_hex::<32>(s).map($name)
+                crate::hex::parse_lower_hex::<32>(s).map($name)
             }
             /// The first 12 hex digits, as messages print ids.
             pub fn short(&self) -> String {
