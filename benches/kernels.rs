@@ -325,6 +325,7 @@ fn save_restore(c: &mut Criterion) {
         skip_corrupt: false,
         level: 3,
         verify_source: false,
+        base_keys: Default::default(),
     };
     let nar_size: u64 = db::read(&layout).unwrap().paths[0].nar_size;
     let mut g = c.benchmark_group("store path");

@@ -48,6 +48,7 @@ fn save_roots(w: &World, key: &str, roots: Vec<String>) -> String {
         skip_corrupt: false,
         level: 3,
         verify_source: false,
+        base_keys: Default::default(),
     };
     save::save(&w.layout("src"), &cache, &opts, &NoProgress)
         .unwrap()
@@ -234,6 +235,7 @@ fn a_save_that_started_before_a_collection_keeps_what_its_snapshot_needs() {
         skip_corrupt: false,
         level: 3,
         verify_source: false,
+        base_keys: Default::default(),
     };
     let planned = save::plan(&src, &cache, &opts).unwrap();
     let policy = GcPolicy {
@@ -1114,6 +1116,7 @@ fn a_save_based_on_a_snapshot_naming_a_retired_index_keeps_it_for_a_grace_period
         skip_corrupt: false,
         level: 3,
         verify_source: false,
+        base_keys: Default::default(),
     };
     let z_opts = opts("z", sample_roots.clone());
     let planned = save::plan(&src, &cache, &z_opts).unwrap();

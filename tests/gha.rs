@@ -728,6 +728,7 @@ fn save_lib(w: &World, cache: &Cache, key: &str, roots: Vec<String>) -> String {
         skip_corrupt: false,
         level: 3,
         verify_source: false,
+        base_keys: Default::default(),
     };
     storesync::save::save(&w.layout("src"), cache, &opts, &NoProgress)
         .unwrap()

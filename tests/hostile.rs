@@ -1682,3 +1682,94 @@ fn a_tree_larger_than_its_row_declares_writes_nothing() {
     );
     assert_registered_paths_are_on_disk(&dst);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Signed saves: what a save signs must be what its signer read or signed before.
+
+/// A key pair written by `storesync key generate` under `w`'s directory: (secret, public).
+fn key_pair(w: &World, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (sec, public) = (
+        w.dir.path().join(format!("{name}.sec")),
+        w.dir.path().join(format!("{name}.pub")),
+    );
+    let (s, _) = storesync::trust::generate(name).unwrap();
+    s.write_key_files(&sec, &public).unwrap();
+    (sec, public)
+}
+
+/// `storesync --json save --sign-key SEC` of the store `src`: its report.
+fn signed_save(w: &World, sec: &Path) -> serde_json::Value {
+    let out = w
+        .on_cache("src", &["--json", "save"])
+        .arg("--sign-key")
+        .arg(sec)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    util::json(&out.stdout)
+}
+
+/// A save signing its snapshot chose its base (the snapshot whose paths it does not read
+/// again, and whose trees it names as they are) as the newest of its key, signed or not. A
+/// cache writer holding no key added a newer unsigned snapshot listing a path with the row
+/// the DB has (same NAR hash and size) but a tree of other bytes: the signed save took that
+/// tree without reading the path, so its signed snapshot named bytes its signer never read,
+/// and the path failed on every restore of it (and of every later signed save, each taking
+/// the last as its base); with the store unchanged, the save even signed the hostile snapshot
+/// itself. Now a signing save builds only on a snapshot that key signed (else reads every
+/// path): the hostile snapshot is passed over and the restores succeed.
+#[test]
+fn a_signed_save_does_not_build_on_a_snapshot_its_key_did_not_sign() {
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    let genuine = noise(7, 10_000);
+    let p = base_name(1, "p");
+    util::add_files_path(&src, &p, &[("f", &genuine, false)], &[]);
+    let (sec, public) = key_pair(&w, "ci-1");
+    let first = signed_save(&w, &sec)["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The hostile writer's snapshot: the DB's row of `p`, a tree of as many other bytes.
+    let row = storesync::db::read(&src)
+        .unwrap()
+        .paths
+        .into_iter()
+        .find(|r| r.path.base_name() == p)
+        .unwrap();
+    let mut blobs = Blobs::new();
+    let evil = dir_node(vec![("f", file_node(&mut blobs, false, &noise(8, 10_000)))]);
+    let hostile = write_cache(&w.cache_dir(), w.flavor, &[(row, evil)], &blobs, vec![]);
+    assert_ne!(hostile, first);
+    // The store unchanged: the signed save finds the snapshot its key signed unchanged.
+    let again = signed_save(&w, &sec);
+    assert_eq!(again["snapshot"].as_str().unwrap(), first, "{again}");
+    assert_eq!(again["unchanged"], true, "{again}");
+    let keys =
+        storesync::trust::TrustedKeys::from_args(&[public.to_str().unwrap().into()]).unwrap();
+    let hostile_id = storesync::cache::SnapshotId::parse(&hostile).unwrap();
+    assert!(w.cache().check_signature(&hostile_id, &keys).is_err());
+    // A new path: the new signed snapshot takes `p` from the signed base, and restores whole.
+    let q = base_name(2, "q");
+    util::add_files_path(&src, &q, &[("g", b"q\n", false)], &[]);
+    let third = signed_save(&w, &sec);
+    assert_eq!(third["new_paths"], 1, "{third}");
+    let out = w
+        .on_cache("dst", &["--json", "restore"])
+        .arg("--trusted-key")
+        .arg(&public)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let r = util::json(&out.stdout);
+    assert_eq!(r["snapshot"], third["snapshot"], "{r}");
+    assert_eq!(r["restored"], 2, "{r}");
+    let store = w.layout("dst").real_store_dir();
+    assert_eq!(fs::read(store.join(&p).join("f")).unwrap(), genuine);
+    assert_registered_paths_are_on_disk(&w.layout("dst"));
+}

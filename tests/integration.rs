@@ -681,6 +681,7 @@ fn path_collected_during_save_is_dropped_not_corrupt() {
         skip_corrupt: false,
         level: 3,
         verify_source: false,
+        base_keys: Default::default(),
     };
     let plan = storesync::save::plan(&src, &cache, &opts).unwrap();
     // "GC" the tool between plan and execute: off disk and out of the DB.

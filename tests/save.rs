@@ -22,6 +22,7 @@ fn opts(skip_corrupt: bool) -> SaveOptions {
         key: "k".into(),
         gc_roots: false,
         verify_source: false,
+        base_keys: Default::default(),
     }
 }
 

@@ -69,6 +69,7 @@ pub fn run(g: &Global, a: &DemoArgs, progress: &dyn Progress) -> Result<u8> {
         skip_corrupt: false,
         level: 3,
         verify_source: false,
+        base_keys: Default::default(),
     };
     let r = save::save(&source, &cache, &opts, progress)?;
     say!(

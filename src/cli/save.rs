@@ -47,7 +47,8 @@ pub struct SaveArgs {
     pub dry_run: bool,
     /// Sign the snapshot with this secret key (key text NAME:BASE64 or, better, the path of
     /// a key file; see `storesync key generate`): writes snapshots/<id>.sig next to it. An
-    /// unchanged snapshot is signed too.
+    /// unchanged snapshot is signed too. The save builds only on a snapshot this key signed (the
+    /// paths of that one are not read again); with none, every path is read.
     #[arg(
         long,
         value_name = "FILE|KEY",
@@ -92,6 +93,11 @@ pub fn run(g: &Global, a: &SaveArgs, progress: &dyn Progress) -> Result<u8> {
         .as_deref()
         .map(trust::load_secret_key)
         .transpose()?;
+    // A signed snapshot builds only on one this key signed (see `SaveOptions::base_keys`).
+    let mut base_keys = trust::TrustedKeys::new();
+    if let Some(k) = &key {
+        base_keys.add(k.public());
+    }
     let opts = SaveOptions {
         gc_roots: a.gc_roots,
         key: a.key.clone().unwrap_or_default(),
@@ -99,6 +105,7 @@ pub fn run(g: &Global, a: &SaveArgs, progress: &dyn Progress) -> Result<u8> {
         skip_corrupt: a.skip_corrupt,
         level: a.level,
         verify_source: a.verify_source,
+        base_keys,
     };
     if a.dry_run {
         let cache = a.cache.open_read_only()?;

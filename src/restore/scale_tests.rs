@@ -116,6 +116,7 @@ fn save_options() -> SaveOptions {
         key: String::new(),
         gc_roots: false,
         verify_source: false,
+        base_keys: Default::default(),
     }
 }
 

@@ -46,6 +46,12 @@ pub struct SaveOptions {
     /// Read and hash every file of every new path, even those the base snapshot knows by
     /// their `.links` entry: each new path's NAR hash is then recomputed and compared.
     pub verify_source: bool,
+    /// When not empty, the base snapshot (whose paths are not read again and whose trees the
+    /// new snapshot names as they are) is chosen only among snapshots signed by one of these
+    /// keys, its signature checked before it is read; with none signed, every path is read. A
+    /// save that signs passes its own public key: otherwise its signature would vouch for
+    /// trees that a cache writer without the key chose (see [`plan::base_snapshot`]).
+    pub base_keys: crate::trust::TrustedKeys,
 }
 
 /// What a save did.
@@ -501,6 +507,7 @@ mod tests {
             skip_corrupt,
             level,
             verify_source: false,
+            base_keys: Default::default(),
         }
     }
 

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::store::layout::Layout;
 use crate::store::path::StorePath;
 use crate::store::path_info::NarHash;
+use crate::trust::TrustedKeys;
 
 /// What a save will do. [`SavePlan::summary`] is the printable part (`save --dry-run`).
 pub struct SavePlan {
@@ -32,10 +33,13 @@ pub struct SavePlan {
 }
 
 /// The snapshot a save builds on: the newest saved under the same key, else the newest of
-/// the same store. Only its head and body are read (heads of the others), so a save costs the
-/// same whatever the number of snapshots; its paths are the ones not read again, and (for v2)
-/// its index files the only ones loaded, so the new snapshot names exactly those plus the
-/// one this save writes.
+/// the same store; with `keys`, the newest of those signed by one of them (each snapshot's
+/// signature checked before anything of it is read; a cache writer without the key can add
+/// a newer snapshot naming, under the DB's NAR hash, a tree of other bytes, which a signing
+/// save would otherwise name without reading the path, or sign whole when unchanged). Only its
+/// head and body are read (heads of the others), so a save costs the same whatever the number
+/// of snapshots; its paths are the ones not read again, and (for v2) its index files the only
+/// ones loaded, so the new snapshot names exactly those plus the one this save writes.
 ///
 /// # Errors
 /// [`Error::Cache`] when the snapshots cannot be listed.
@@ -43,15 +47,21 @@ pub fn base_snapshot(
     layout: &Layout,
     cache: &Cache,
     key: &str,
+    keys: &TrustedKeys,
 ) -> Result<Option<(SnapshotId, Snapshot)>> {
-    let same_store = |_: &SnapshotId, h: &crate::cache::SnapshotHead| {
-        if h.flavor == layout.flavor && h.store_dir == layout.store_dir.as_str() {
-            Ok(())
-        } else {
-            Err("another store".to_string())
+    let accept = |id: &SnapshotId, h: &crate::cache::SnapshotHead| {
+        if h.flavor != layout.flavor || h.store_dir != layout.store_dir.as_str() {
+            return Err("another store".to_string());
         }
+        if keys.is_empty() {
+            return Ok(());
+        }
+        cache
+            .check_signature(id, keys)
+            .map(drop)
+            .map_err(|e| crate::error::Chain(&e).to_string())
     };
-    match cache.find_by_key(key, &[String::new()], &same_store) {
+    match cache.find_by_key(key, &[String::new()], &accept) {
         Ok(m) => Ok(Some((m.id, m.snapshot))),
         Err(crate::cache::CacheError::NoSnapshot(_)) => Ok(None),
         Err(e) => Err(e.into()),
@@ -289,7 +299,7 @@ pub fn plan(layout: &Layout, cache: &Cache, opts: &SaveOptions) -> Result<SavePl
     let selected = graph
         .topo_order(&mask)
         .map_err(|c| Error::Integrity(format!("reference cycle through {}", db.paths[c.0].path)))?;
-    let base = base_snapshot(layout, cache, &opts.key)?;
+    let base = base_snapshot(layout, cache, &opts.key, &opts.base_keys)?;
     if let Some((_, b)) = &base {
         if b.version >= 2 {
             cache.use_indexes(&b.indexes);

@@ -416,8 +416,8 @@ fn execute_one(
 }
 
 /// The source's signatures of a snapshot the target holds already, added to the target's:
-/// one signed after it was copied (`save --sign-key` of an unchanged store signs the snapshot
-/// it finds) would otherwise never be trusted in the target, however often it is copied.
+/// one signed after it was copied (by another key, [`Cache::add_signature`]) would otherwise
+/// never be trusted in the target, however often it is copied.
 /// `signatures` counts the lines that travelled: none when the target had them all.
 fn carry_signatures(
     source: &Cache,

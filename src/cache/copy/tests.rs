@@ -22,6 +22,7 @@ fn save_into(root: &Path, cache: &Cache, generation: u32, key: &str) -> String {
         key: key.into(),
         gc_roots: false,
         verify_source: false,
+        base_keys: Default::default(),
     };
     save::save(&layout, cache, &opts, &NoProgress)
         .unwrap()
