@@ -15,7 +15,8 @@
 //!    under a wrong id into the target), see [`packs`];
 //! 4. the commit order of a save: packs, `sync`, ONE index file locating every object of
 //!    the snapshot (new ones and those the target had), the signature file (merged with the
-//!    target's), and the snapshot LAST, create-only, naming only that index.
+//!    target's, whose line of a key name is kept), and the snapshot LAST, create-only, naming
+//!    only that index.
 //!
 //! A v2 snapshot keeps its id (the id does not cover the index list), so its signatures stay
 //! valid and travel with it. A v1 snapshot is written as v2 under a new id; its signatures
@@ -400,7 +401,7 @@ fn execute_one(
     snap.indexes = vec![index_id];
     let target_id = SnapshotId::parse(&sc.target_id).expect("an id we formatted");
     if let Some(bytes) = work.signatures {
-        merge_signatures(target, &target_id, &bytes)?;
+        sc.signatures = merge_signatures(target, &target_id, &bytes)?;
     }
     let written = target.write_snapshot(&snap)?;
     if written != target_id {
@@ -418,7 +419,7 @@ fn execute_one(
 /// The source's signatures of a snapshot the target holds already, added to the target's:
 /// one signed after it was copied (by another key, [`Cache::add_signature`]) would otherwise
 /// never be trusted in the target, however often it is copied.
-/// `signatures` counts the lines that travelled: none when the target had them all.
+/// `signatures` counts the lines that travelled: none when the target had a line by each name.
 fn carry_signatures(
     source: &Cache,
     target: &Cache,
@@ -430,32 +431,44 @@ fn carry_signatures(
         return Ok(());
     };
     let target_id = SnapshotId::parse(&sc.target_id).expect("an id we formatted");
-    if !merge_signatures(target, &target_id, &bytes)? {
-        sc.signatures = 0;
-    }
+    sc.signatures = merge_signatures(target, &target_id, &bytes)?;
     Ok(())
 }
 
-/// Add the signature lines `bytes` to the target's signature file of `id`; false when it held
-/// them all already (then nothing is written: on the GitHub Actions cache each write is an
-/// entry more).
-fn merge_signatures(target: &Cache, id: &SnapshotId, bytes: &[u8]) -> Result<bool, CacheError> {
+/// Add to the target's signature file of `id` the signature lines of `bytes` by key names it
+/// holds no line of; returns how many were added (none: nothing is written, as on the GitHub
+/// Actions cache each write is an entry more). A line by a name the target holds is kept as
+/// the target has it: a copy checks no signature, and a source written by someone without
+/// the key (or signed by a retired key of the same name) must not replace a signature that
+/// verifies by one that does not.
+fn merge_signatures(target: &Cache, id: &SnapshotId, bytes: &[u8]) -> Result<usize, CacheError> {
     let key = crate::trust::signature_key(&id.0);
     let bad = |e: crate::trust::TrustError| {
         CacheError::Corrupt(format!("signatures of snapshot {}: {e}", id.short()))
     };
     let existing = target.read_signatures(id)?;
-    let mut merged = existing.clone();
+    let held: HashSet<String> = match &existing {
+        Some(b) => crate::trust::decode_signatures(b)
+            .map_err(bad)?
+            .into_iter()
+            .map(|l| l.name().to_owned())
+            .collect(),
+        None => HashSet::new(),
+    };
+    let mut merged = existing;
+    let mut added = 0;
     for line in crate::trust::decode_signatures(bytes).map_err(bad)? {
-        merged = Some(crate::trust::merge(merged.as_deref(), line).map_err(bad)?);
-    }
-    match merged {
-        Some(m) if Some(&m) != existing.as_ref() => {
-            target.storage().put(&key, &m)?;
-            Ok(true)
+        if !held.contains(line.name()) {
+            merged = Some(crate::trust::merge(merged.as_deref(), line).map_err(bad)?);
+            added += 1;
         }
-        _ => Ok(false),
     }
+    if added > 0 {
+        target
+            .storage()
+            .put(&key, merged.as_deref().expect("a line was added"))?;
+    }
+    Ok(added)
 }
 
 #[cfg(test)]

@@ -472,3 +472,47 @@ fn a_large_blob_in_a_shared_frame_is_refused_not_copied_unreadable() {
     let b = Cache::open_dir(&b_dir).unwrap();
     assert!(!b.contains(large), "the target names the large blob");
 }
+
+/// A source's signature by a key name the target's signature file holds replaced the target's
+/// line: a source written by someone without the key (or one signed by a retired key of the
+/// same name) turned a snapshot the target trusted into one whose signature does not verify,
+/// refused by every restore with the key. The target's line of a name is kept; only names it
+/// lacks are added.
+#[test]
+fn a_source_signature_never_replaces_the_targets_by_the_same_name() {
+    let t = tempfile::tempdir().unwrap();
+    let a = Cache::open_dir(&t.path().join("a")).unwrap();
+    let id = SnapshotId::parse(&save_into(&t.path().join("root"), &a, 1, "k")).unwrap();
+    let (secret, public) = crate::trust::generate("ci-1").unwrap();
+    a.add_signature(&id, secret.sign_snapshot(&id.0)).unwrap();
+    let b = Cache::open_dir(&t.path().join("b")).unwrap();
+    assert_eq!(
+        run(&a, &b, &Select::Newest).unwrap().snapshots[0].signatures,
+        1
+    );
+    let mut keys = crate::trust::TrustedKeys::new();
+    keys.add(public);
+    assert_eq!(b.check_signature(&id, &keys).unwrap(), "ci-1");
+    // The source's file now holds another key's signature under the same name, and one by a
+    // name the target lacks.
+    let (mallory, _) = crate::trust::generate("ci-1").unwrap();
+    let (other, _) = crate::trust::generate("ci-2").unwrap();
+    a.storage()
+        .put(
+            &crate::trust::signature_key(&id.0),
+            &crate::trust::encode_signatures(&[
+                mallory.sign_snapshot(&id.0),
+                other.sign_snapshot(&id.0),
+            ]),
+        )
+        .unwrap();
+    let r = run(&a, &b, &Select::Newest).unwrap();
+    assert_eq!(r.snapshots[0].status, "present");
+    assert_eq!(r.snapshots[0].signatures, 1, "{:?}", r.snapshots[0]);
+    assert_eq!(b.check_signature(&id, &keys).unwrap(), "ci-1");
+    let lines = crate::trust::decode_signatures(&b.read_signatures(&id).unwrap().unwrap()).unwrap();
+    assert_eq!(
+        lines,
+        vec![secret.sign_snapshot(&id.0), other.sign_snapshot(&id.0)]
+    );
+}
