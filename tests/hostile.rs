@@ -1773,3 +1773,49 @@ fn a_signed_save_does_not_build_on_a_snapshot_its_key_did_not_sign() {
     assert_eq!(fs::read(store.join(&p).join("f")).unwrap(), genuine);
     assert_registered_paths_are_on_disk(&w.layout("dst"));
 }
+
+/// With trusted keys, a snapshot chosen by key had every listed file's head read before its
+/// signature was checked, and the head of a v1 file (whose name gives no date) is the whole
+/// file: an unsigned v1 file planted by a cache writer (up to 256 MiB, inflating to 1 GiB)
+/// was read, inflated and decoded by every restore `--key` and every signed save, refused
+/// only afterwards. Now a v1 file's signature is checked before it is read: it is passed over
+/// as unsigned, unread.
+#[test]
+fn an_unsigned_v1_snapshot_is_not_read_when_choosing_by_key_with_trusted_keys() {
+    let w = World::new(Flavor::Guix);
+    let mut blobs = Blobs::new();
+    let node = dir_node(vec![("f", file_node(&mut blobs, false, b"hello\n"))]);
+    let base = base_name(3, "signed");
+    let info = row_for(&base, &nar_of(&node, &blobs));
+    let id = write_cache(&w.cache_dir(), w.flavor, &[(info, node)], &blobs, vec![]);
+    let (secret, public) = storesync::trust::generate("ci-1").unwrap();
+    let id = storesync::cache::SnapshotId::parse(&id).unwrap();
+    let cache = w.cache();
+    cache
+        .add_signature(&id, secret.sign_snapshot(&id.0))
+        .unwrap();
+    // A v1 file name, bytes that are no snapshot: reading it would say so.
+    let planted = "ab".repeat(32);
+    fs::write(
+        w.cache_dir().join(format!("snapshots/{planted}.snap")),
+        noise(9, 4096),
+    )
+    .unwrap();
+    let mut trusted = storesync::trust::TrustedKeys::new();
+    trusted.add(public);
+    let opts = RestoreOptions {
+        key: Some(String::new()),
+        trusted,
+        dry_run: true,
+        ..RestoreOptions::default()
+    };
+    let dst = w.layout("dst");
+    let r = storesync::restore::restore(&dst, &cache, &opts, &NoProgress).unwrap();
+    assert_eq!(r.snapshot, id.hex());
+    assert_eq!(r.passed_over.len(), 1, "{:?}", r.passed_over);
+    assert!(
+        r.passed_over[0].contains(&planted[..12]) && r.passed_over[0].contains("not signed"),
+        "{:?}",
+        r.passed_over
+    );
+}

@@ -359,15 +359,34 @@ impl Cache {
         restore_keys: &[String],
         accept: &dyn Fn(&SnapshotId, &SnapshotHead) -> Result<(), String>,
     ) -> Result<KeyMatch, CacheError> {
-        relook(|again| self.find_by_key_once(key, restore_keys, accept, again))
+        self.find_by_key_admitting(key, restore_keys, &|_| Ok(()), accept)
     }
 
-    /// [`Cache::find_by_key`] from one listing; `Ok(None)` when `again` and a file listed was
-    /// gone when read (see [`relook`]).
+    /// [`Cache::find_by_key`], with `admit` asked about a v1 file before its head is read: a
+    /// v1 file's head is the whole file (up to 256 MiB, inflated to at most 1 GiB), so a
+    /// signature check belongs there too, or an unsigned file planted by a cache writer is
+    /// read whole before `accept` refuses it. A file `admit` refuses is passed over unread,
+    /// with its reason as given (which names the snapshot).
+    ///
+    /// # Errors
+    /// As [`Cache::find_by_key`].
+    pub fn find_by_key_admitting(
+        &self,
+        key: &str,
+        restore_keys: &[String],
+        admit: &dyn Fn(&SnapshotId) -> Result<(), String>,
+        accept: &dyn Fn(&SnapshotId, &SnapshotHead) -> Result<(), String>,
+    ) -> Result<KeyMatch, CacheError> {
+        relook(|again| self.find_by_key_once(key, restore_keys, admit, accept, again))
+    }
+
+    /// [`Cache::find_by_key_admitting`] from one listing; `Ok(None)` when `again` and a file
+    /// listed was gone when read (see [`relook`]).
     fn find_by_key_once(
         &self,
         key: &str,
         restore_keys: &[String],
+        admit: &dyn Fn(&SnapshotId) -> Result<(), String>,
         accept: &dyn Fn(&SnapshotId, &SnapshotHead) -> Result<(), String>,
         again: bool,
     ) -> Result<Option<KeyMatch>, CacheError> {
@@ -382,6 +401,12 @@ impl Cache {
         let mut heads = Vec::new();
         let mut passed_over = Vec::new();
         for r in refs {
+            if r.created.is_none() {
+                if let Err(why) = admit(&r.id) {
+                    passed_over.push(why);
+                    continue;
+                }
+            }
             match self.read_head(&r) {
                 Ok(h) if h.created > limit => passed_over.push(format!(
                     "snapshot {}: dated in the future ({} ns)",

@@ -134,7 +134,7 @@ pub const WRITERS_PER_JOB: usize = 2;
 /// passes, checked before anything else of it is read.
 fn choose(cache: &Cache, opts: &RestoreOptions) -> Result<Chosen> {
     if let Some(key) = &opts.key {
-        let accept = |id: &SnapshotId, _: &crate::cache::SnapshotHead| {
+        let signed = |id: &SnapshotId| {
             if opts.trusted.is_empty() {
                 return Ok(());
             }
@@ -143,7 +143,10 @@ fn choose(cache: &Cache, opts: &RestoreOptions) -> Result<Chosen> {
                 .map(drop)
                 .map_err(|e| crate::error::Chain(&e).to_string())
         };
-        let m = cache.find_by_key(key, &opts.restore_keys, &accept)?;
+        // A v1 file is checked before its head (the whole file) is read, a v2 file after its
+        // head says its key matches.
+        let accept = |id: &SnapshotId, _: &crate::cache::SnapshotHead| signed(id);
+        let m = cache.find_by_key_admitting(key, &opts.restore_keys, &signed, &accept)?;
         let signed_by = if opts.trusted.is_empty() {
             None
         } else {

@@ -49,10 +49,7 @@ pub fn base_snapshot(
     key: &str,
     keys: &TrustedKeys,
 ) -> Result<Option<(SnapshotId, Snapshot)>> {
-    let accept = |id: &SnapshotId, h: &crate::cache::SnapshotHead| {
-        if h.flavor != layout.flavor || h.store_dir != layout.store_dir.as_str() {
-            return Err("another store".to_string());
-        }
+    let signed = |id: &SnapshotId| {
         if keys.is_empty() {
             return Ok(());
         }
@@ -61,7 +58,13 @@ pub fn base_snapshot(
             .map(drop)
             .map_err(|e| crate::error::Chain(&e).to_string())
     };
-    match cache.find_by_key(key, &[String::new()], &accept) {
+    let accept = |id: &SnapshotId, h: &crate::cache::SnapshotHead| {
+        if h.flavor != layout.flavor || h.store_dir != layout.store_dir.as_str() {
+            return Err("another store".to_string());
+        }
+        signed(id)
+    };
+    match cache.find_by_key_admitting(key, &[String::new()], &signed, &accept) {
         Ok(m) => Ok(Some((m.id, m.snapshot))),
         Err(crate::cache::CacheError::NoSnapshot(_)) => Ok(None),
         Err(e) => Err(e.into()),
