@@ -1819,3 +1819,55 @@ fn an_unsigned_v1_snapshot_is_not_read_when_choosing_by_key_with_trusted_keys() 
         r.passed_over
     );
 }
+
+/// With trusted keys, the newest signed snapshot was passed over when another file was named
+/// after it (its id, a later date) holding another snapshot: the head read to choose (that
+/// file's, unchecked) gave the later date, the file that checks the real one, and "its head
+/// differs from its checked contents" dropped the snapshot. A cache writer who can only add
+/// files (no deletion, no key) thus rolled every restore back to an older signed snapshot.
+/// Now the snapshot is ranked again at its checked date, and taken when still the newest.
+#[test]
+fn a_file_named_after_the_newest_signed_snapshot_does_not_roll_restores_back() {
+    let w = World::new(Flavor::Guix);
+    let mut blobs = Blobs::new();
+    let node = dir_node(vec![("f", file_node(&mut blobs, false, b"hello\n"))]);
+    let snapshot_of = |n: u64| {
+        let base = base_name(n, "p");
+        let info = row_for(&base, &nar_of(&node, &blobs));
+        write_cache(
+            &w.cache_dir(),
+            w.flavor,
+            &[(info, node.clone())],
+            &blobs,
+            vec![],
+        )
+    };
+    let (old, new, third) = (snapshot_of(4), snapshot_of(5), snapshot_of(6));
+    let (secret, public) = storesync::trust::generate("ci-1").unwrap();
+    let cache = w.cache();
+    for id in [&old, &new] {
+        let id = storesync::cache::SnapshotId::parse(id).unwrap();
+        cache
+            .add_signature(&id, secret.sign_snapshot(&id.0))
+            .unwrap();
+    }
+    // The third snapshot's file, renamed after the newest signed one.
+    let third_file = util::snapshot_file(&w.cache_dir(), &third);
+    let fake = third_file
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .replace(&third, &new);
+    fs::rename(&third_file, third_file.with_file_name(fake)).unwrap();
+    let mut trusted = storesync::trust::TrustedKeys::new();
+    trusted.add(public);
+    let opts = RestoreOptions {
+        trusted,
+        dry_run: true,
+        ..RestoreOptions::default()
+    };
+    let cache = w.cache();
+    let r = storesync::restore::restore(&w.layout("dst"), &cache, &opts, &NoProgress).unwrap();
+    assert_eq!(r.snapshot, new, "{:?}", r.passed_over);
+}

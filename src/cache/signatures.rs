@@ -151,7 +151,10 @@ impl Cache {
             }
         }
         candidates.sort_by_key(|(created, id, _, _)| std::cmp::Reverse((*created, *id)));
-        for (created, id, refs, signed_by) in candidates {
+        let mut candidates = std::collections::VecDeque::from(candidates);
+        // Each snapshot ranked again at most once, at the date of the file that checks.
+        let mut ranked_again = std::collections::HashSet::new();
+        while let Some((created, id, refs, signed_by)) = candidates.pop_front() {
             match self.read_any(&refs) {
                 Ok(snapshot) if snapshot.created == created => {
                     return Ok(Some(SignedSnapshot {
@@ -162,6 +165,16 @@ impl Cache {
                     }))
                 }
                 Err(e) if gone(&e) => return Ok(None),
+                // The head read to choose was another file's of the group (a file named after
+                // this snapshot, with a later date, holding something else): the snapshot is
+                // ranked again at its checked date, not passed over (a writer who can only add
+                // files would otherwise roll restores back to an older signed snapshot). It is
+                // read again when its turn comes: one decoded snapshot at a time.
+                Ok(snapshot) if snapshot.created <= limit && ranked_again.insert(id) => {
+                    let at = candidates
+                        .partition_point(|(c, i, _, _)| (*c, *i) > (snapshot.created, id));
+                    candidates.insert(at, (snapshot.created, id, refs, signed_by));
+                }
                 Ok(_) => passed_over.push(format!(
                     "snapshot {}: its head differs from its checked contents",
                     id.short()
