@@ -1870,4 +1870,29 @@ fn a_file_named_after_the_newest_signed_snapshot_does_not_roll_restores_back() {
     let cache = w.cache();
     let r = storesync::restore::restore(&w.layout("dst"), &cache, &opts, &NoProgress).unwrap();
     assert_eq!(r.snapshot, new, "{:?}", r.passed_over);
+    // The same with a file dated ten days ahead: its head is not taken for the snapshot's.
+    let mut future = cache.find_snapshot(Some(&old)).unwrap().1;
+    future.created += 10 * 86_400 * 1_000_000_000;
+    let future_id = cache.write_snapshot(&future).unwrap().hex();
+    let future_file = util::snapshot_file(&w.cache_dir(), &future_id);
+    let fake = future_file
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .replace(&future_id, &new);
+    fs::rename(&future_file, future_file.with_file_name(fake)).unwrap();
+    let cache = w.cache();
+    let r = storesync::restore::restore(&w.layout("dst"), &cache, &opts, &NoProgress).unwrap();
+    assert_eq!(r.snapshot, new, "{:?}", r.passed_over);
+    // And with a file that is no snapshot at all, named after it with the latest date.
+    fs::write(
+        w.cache_dir()
+            .join(format!("snapshots/7fffffffffffffff-{new}-0123456789abcdef.snap")),
+        noise(3, 100),
+    )
+    .unwrap();
+    let cache = w.cache();
+    let r = storesync::restore::restore(&w.layout("dst"), &cache, &opts, &NoProgress).unwrap();
+    assert_eq!(r.snapshot, new, "{:?}", r.passed_over);
 }

@@ -3,7 +3,7 @@
 //! replaces the file with [`super::Storage::put`]. With trusted keys, a snapshot's signature is
 //! checked before anything of the snapshot itself is read.
 
-use super::{Cache, CacheError, Snapshot, SnapshotId, FUTURE_MARGIN_NANOS};
+use super::{Cache, CacheError, Snapshot, SnapshotId, SnapshotRef, FUTURE_MARGIN_NANOS};
 
 /// A snapshot whose signature passed the check, as [`Cache::find_signed_snapshot`] chose it.
 #[derive(Debug, Clone)]
@@ -20,6 +20,28 @@ pub struct SignedSnapshot {
 }
 
 impl Cache {
+    /// The date a snapshot of files `refs` (one id) is ranked by when choosing the newest: the
+    /// head of its newest file (by name) not dated beyond `limit`; else the earliest date past
+    /// it; else the error reading the last. Heads are read unchecked, and any cache writer
+    /// can add a file named after a snapshot: one dated in the future, or not a snapshot at
+    /// all, does not make the snapshot passed over (the file that checks is read later).
+    fn group_date(&self, refs: &[SnapshotRef], limit: i64, again: bool) -> Result<i64, CacheError> {
+        let mut future: Option<i64> = None;
+        let mut last_err = None;
+        for r in refs.iter().rev() {
+            match self.read_head(r) {
+                Ok(h) if h.created <= limit => return Ok(h.created),
+                Ok(h) => future = Some(future.map_or(h.created, |f| f.min(h.created))),
+                Err(e) if again && super::lookup::gone(&e) => return Err(e),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        match future {
+            Some(f) => Ok(f),
+            None => Err(last_err.expect("a group has a file")),
+        }
+    }
+
     /// The signature file of snapshot `id`, or `None` when it has none.
     ///
     /// # Errors
@@ -132,10 +154,9 @@ impl Cache {
         let mut passed_over = Vec::new();
         let mut candidates = Vec::new();
         for (id, refs) in groups {
-            let checked = self.check_signature(&id, keys).and_then(|signer| {
-                let newest = refs.last().expect("a group has a file");
-                Ok((signer, self.read_head(newest)?.created))
-            });
+            let checked = self
+                .check_signature(&id, keys)
+                .and_then(|signer| Ok((signer, self.group_date(&refs, limit, again)?)));
             match checked {
                 Err(crate::Error::Cache(e)) if gone(&e) => return Ok(None),
                 Err(e) => passed_over.push(match e {
