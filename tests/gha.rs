@@ -137,6 +137,7 @@ fn config(svc: &Service, scope: &str) -> GhaConfig {
         block_size: 64 * 1024,
         tries: 3,
         retry_pause: Duration::from_millis(100),
+        timeout: Duration::from_secs(30),
         rest: Some(RestConfig {
             api_url: svc.url.clone(),
             repository: "owner/repo".into(),

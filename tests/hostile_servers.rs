@@ -109,6 +109,7 @@ fn gha_on(url: &str, rest: Option<RestConfig>) -> GhaStore {
         block_size: 4 << 20,
         tries: 1,
         retry_pause: Duration::from_millis(10),
+        timeout: Duration::from_secs(2),
         rest,
     })
     .unwrap()
@@ -372,4 +373,139 @@ fn s3_create_answered_409_conflict_is_done_only_once_the_object_is_there() {
     });
     assert!(s3_on(&url).put_if_absent("index/b.idx", b"x").unwrap());
     assert_eq!(tried.load(Ordering::SeqCst), 2);
+}
+
+/// A GitHub cache service whose control plane accepts connections and never answers: each
+/// request waited its timeout on every try, and every later request (one per object of a
+/// restore) as long again. After one request got no answer, later ones fail at once, saying
+/// so.
+#[test]
+fn gha_service_that_never_answers_fails_later_requests_at_once() {
+    let (url, _) = serve(|_req, _s| {
+        std::thread::sleep(Duration::from_secs(3600));
+        Ok(())
+    });
+    let r = within(Duration::from_secs(60), move || {
+        let mut store = gha_on(&url, None);
+        let first = std::time::Instant::now();
+        let e1 = store.get("index/a.idx", 100).unwrap_err().to_string();
+        let first = first.elapsed();
+        let later = std::time::Instant::now();
+        let e2 = store.get("index/b.idx", 100).unwrap_err().to_string();
+        let e3 = store
+            .get_range("packs/c.pack", 0, 10)
+            .err()
+            .map(|e| e.to_string());
+        let later = later.elapsed();
+        std::mem::forget(std::mem::replace(
+            &mut store,
+            gha_on("http://127.0.0.1:9", None),
+        ));
+        (e1, first, e2, e3, later)
+    })
+    .expect("requests to a silent service still wait after 60 s");
+    let (e1, first, e2, e3, later) = r;
+    assert!(e1.contains("index/a.idx"), "{e1}");
+    assert!(
+        first < Duration::from_secs(20),
+        "the first request took {first:?}"
+    );
+    assert!(
+        e2.contains("index/b.idx") && e2.contains("stopped answering"),
+        "{e2}"
+    );
+    assert!(e3.is_some_and(|e| e.contains("stopped answering")));
+    assert!(
+        later < Duration::from_millis(500),
+        "later requests took {later:?}"
+    );
+}
+
+/// The answer to a GitHub cache request whose body trickles in (a byte every 200 ms, so
+/// that no single read waits long): nothing bounded the whole body, and a 64 KiB read of a
+/// pack would have taken 3.6 hours, a restore hanging with no word. A body is now refused
+/// once it takes longer than the timeout plus a second per 64 KiB.
+#[test]
+fn gha_answers_trickling_in_are_cut_off() {
+    fn trickle(s: &mut TcpStream, head: &str, body: &[u8]) -> std::io::Result<()> {
+        s.write_all(head.as_bytes())?;
+        for b in body {
+            s.write_all(&[*b])?;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(())
+    }
+    // The blob storage trickles a ranged read.
+    let (url, _) = serve(|req, s| {
+        if req.line.starts_with("POST") {
+            let addr = req.header("host").unwrap_or_default().to_string();
+            let body = format!(
+                "{{\"ok\":true,\"signed_download_url\":\"http://{addr}/blob/x?sig=1\",\
+                 \"matched_key\":\"sc/packs/p.pack\"}}"
+            );
+            return write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
+        let len = 64 << 10;
+        trickle(
+            s,
+            &format!(
+                "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-{}/{len}\r\n\
+                 Content-Length: {len}\r\n\r\n",
+                len - 1
+            ),
+            &vec![b'x'; len],
+        )
+    });
+    let t = std::time::Instant::now();
+    let r = within(Duration::from_secs(60), move || {
+        let store = gha_on(&url, None);
+        let r = store.get_range("packs/p.pack", 0, 64 << 10).map(|mut r| {
+            let mut v = Vec::new();
+            r.read_to_end(&mut v).map(|_| v.len())
+        });
+        std::mem::forget(store);
+        match r {
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .expect("a trickled download still runs after 60 s");
+    let err = r.expect_err("a trickled download was taken");
+    assert!(err.contains("too slow"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+
+    // The control plane trickles its JSON reply.
+    let (url, _) = serve(|_req, s| {
+        let body = format!("{{\"ok\":false,\"pad\":\"{}\"}}", "x".repeat(1000));
+        trickle(
+            s,
+            &format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            ),
+            body.as_bytes(),
+        )
+    });
+    let t = std::time::Instant::now();
+    let r = within(Duration::from_secs(60), move || {
+        let store = gha_on(&url, None);
+        let r = store
+            .get("index/i.idx", 100)
+            .map(drop)
+            .map_err(|e| e.to_string());
+        std::mem::forget(store);
+        r
+    })
+    .expect("a trickled reply still runs after 60 s");
+    let err = r.expect_err("a trickled reply was taken");
+    assert!(
+        err.contains("index/i.idx") && err.contains("reading the reply"),
+        "{err}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
 }

@@ -17,7 +17,8 @@ use ureq::http;
 use super::super::Storage as _;
 use super::retry::{body_text, error_message};
 use super::{
-    not_found, other, GhaStore, Inner, ObjectWriter, StorageError, UPLOAD_QUEUE, X_MS_VERSION,
+    body_time, not_found, other, GhaStore, Inner, ObjectWriter, StorageError, UPLOAD_QUEUE,
+    X_MS_VERSION,
 };
 
 impl Inner {
@@ -78,8 +79,14 @@ impl Inner {
         data: &[u8],
         blob: bool,
     ) -> Result<(), StorageError> {
-        let resp = self.send(what, &|| {
-            let mut r = self.agent.put(url).header("x-ms-version", X_MS_VERSION);
+        let resp = self.send(what, url, &|| {
+            let mut r = self
+                .agent
+                .put(url)
+                .config()
+                .timeout_send_body(Some(body_time(self.cfg.timeout, data.len() as u64)))
+                .build()
+                .header("x-ms-version", X_MS_VERSION);
             if blob {
                 r = r.header("x-ms-blob-type", "BlockBlob");
             }
@@ -111,8 +118,15 @@ impl Inner {
             let Some(url) = self.url_of(what, entry)? else {
                 return Err(not_found(what));
             };
-            let resp = self.send(what, &|| {
-                let mut r = self.agent.get(&url).header("x-ms-version", X_MS_VERSION);
+            let resp = self.send(what, &url, &|| {
+                // The body's time is bounded by its reader (see `Paced`), from its length.
+                let mut r = self
+                    .agent
+                    .get(&url)
+                    .config()
+                    .timeout_recv_body(None)
+                    .build()
+                    .header("x-ms-version", X_MS_VERSION);
                 if let Some((offset, len)) = range {
                     r = r.header("Range", &format!("bytes={offset}-{}", offset + len - 1));
                 }
@@ -244,9 +258,60 @@ impl ObjectWriter for GhaWriter<'_> {
     }
 }
 
+/// A response body that must arrive within [`body_time`] of its length (from when its
+/// reading starts): an error once it takes longer, or a read waits longer than the timeout.
+pub(super) struct Paced {
+    body: ureq::BodyReader<'static>,
+    bytes: u64,
+    allowed: std::time::Duration,
+    deadline: std::time::Instant,
+}
+
+impl Paced {
+    fn new(store: &GhaStore, resp: http::Response<ureq::Body>, bytes: u64) -> Self {
+        let allowed = body_time(store.inner.cfg.timeout, bytes);
+        Paced {
+            body: resp.into_body().into_reader(),
+            bytes,
+            allowed,
+            deadline: std::time::Instant::now() + allowed,
+        }
+    }
+}
+
+impl Read for Paced {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let too_slow = || {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the download is too slow: {} bytes not received within {} s (at least \
+                     {} KiB/s after the first {} s are expected)",
+                    self.bytes,
+                    self.allowed.as_secs(),
+                    super::MIN_RATE >> 10,
+                    self.allowed.as_secs() - self.bytes / super::MIN_RATE,
+                ),
+            )
+        };
+        if std::time::Instant::now() > self.deadline {
+            return Err(too_slow());
+        }
+        match self.body.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the download stopped: {e}"),
+            )),
+            Err(e) => Err(e),
+            Ok(n) if n > 0 && std::time::Instant::now() > self.deadline => Err(too_slow()),
+            Ok(n) => Ok(n),
+        }
+    }
+}
+
 /// A reader of exactly `left` bytes of a response body.
 pub(super) struct ExactReader<'t> {
-    body: ureq::BodyReader<'static>,
+    body: Paced,
     left: u64,
     transfer: &'t super::super::Transfer,
 }
@@ -316,9 +381,9 @@ impl GhaStore {
                 ),
             ));
         }
+        let expect = content_length(&resp).unwrap_or(max);
         let mut out = Vec::new();
-        resp.into_body()
-            .into_reader()
+        Paced::new(self, resp, expect)
             .take(max + 1)
             .read_to_end(&mut out)
             .map_err(|e| StorageError(what.clone(), e))?;
@@ -390,7 +455,7 @@ impl GhaStore {
             }
         }
         Ok(Box::new(ExactReader {
-            body: resp.into_body().into_reader(),
+            body: Paced::new(self, resp, len),
             left: len,
             transfer: &self.inner.transfer,
         }))
@@ -405,7 +470,7 @@ impl GhaStore {
             let Some(url) = self.inner.url_of(&what, &entry)? else {
                 return Ok(None);
             };
-            let resp = self.inner.send(&what, &|| {
+            let resp = self.inner.send(&what, &url, &|| {
                 self.inner
                     .agent
                     .head(&url)

@@ -8,6 +8,7 @@ use sha2::Digest as _;
 
 use super::{
     invalid, GhaStore, StorageError, DEFAULT_BLOCK_SIZE, DEFAULT_MAX_THROTTLE_WAIT, DEFAULT_SCOPE,
+    DEFAULT_TIMEOUT,
 };
 
 /// The `version` of every entry: hex SHA-256 of `storesync-v2` (actions/cache puts a hash of
@@ -34,6 +35,10 @@ pub struct GhaConfig {
     pub tries: u32,
     /// First pause between those tries (doubled each time).
     pub retry_pause: Duration,
+    /// How long a request may wait for a connection and for the head of an answer, and may
+    /// be tried again after getting none; a body may take this plus a second per
+    /// [`super::MIN_RATE`] bytes ([`DEFAULT_TIMEOUT`]).
+    pub timeout: Duration,
     /// The REST API, for deleting (and listing) entries, when a token is given.
     pub rest: Option<RestConfig>,
 }
@@ -114,6 +119,7 @@ impl GhaConfig {
             block_size: DEFAULT_BLOCK_SIZE,
             tries: 5,
             retry_pause: Duration::from_millis(500),
+            timeout: DEFAULT_TIMEOUT,
             rest,
         })
     }

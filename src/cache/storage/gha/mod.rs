@@ -29,6 +29,9 @@
 //!   [`GhaConfig::max_throttle_wait`] in all for one request, then fails saying so; 500,
 //!   502, 503, 504 and transport errors are retried a few times; 401 is the clear error
 //!   "the runtime token expired or is missing";
+//! - time is bounded: [`GhaConfig::timeout`] for a connection and an answer's head (a
+//!   request that got none is retried only within it, and later requests to that host then
+//!   fail at once), and a body may take that plus a second per [`MIN_RATE`] bytes;
 //! - an evicted object (its entry still found, its blob 404) reads as not found
 //!   ([`StorageError::is_not_found`]), so a restore skips what needs it;
 //! - a writer spools to an anonymous temporary file (memory stays bounded by one block) and
@@ -61,6 +64,14 @@ pub const DEFAULT_SCOPE: &str = "storesync";
 pub const MAX_ENTRY_KEY: usize = 512;
 /// Default of [`GhaConfig::max_throttle_wait`].
 pub const DEFAULT_MAX_THROTTLE_WAIT: Duration = Duration::from_secs(600);
+/// Default of [`GhaConfig::timeout`].
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+/// The slowest transfer accepted, in bytes a second: a body may take
+/// [`GhaConfig::timeout`] plus one second per this many bytes (a server trickling a byte at a
+/// time, each read answered before the timeout, would otherwise hold a restore for ever).
+pub const MIN_RATE: u64 = 64 << 10;
+/// The most a control-plane reply is read (`retry::body_text`), for its time bound.
+const CONTROL_BODY: u64 = 64 << 10;
 /// Default of [`GhaConfig::block_size`].
 pub const DEFAULT_BLOCK_SIZE: usize = 4 << 20;
 /// The twirp service path under `ACTIONS_RESULTS_URL`.
@@ -75,6 +86,12 @@ pub use config::{
 };
 pub use listing::TOUCH_AFTER;
 pub use rest::{RestEntry, DELETE_PACE, MAX_LISTED};
+
+/// How long a body of `bytes` may take to send or receive: `timeout`, plus a second per
+/// [`MIN_RATE`] bytes.
+fn body_time(timeout: Duration, bytes: u64) -> Duration {
+    timeout.saturating_add(Duration::from_secs(bytes / MIN_RATE))
+}
 
 fn invalid(what: &str, why: String) -> StorageError {
     StorageError(
@@ -110,6 +127,9 @@ struct Inner {
     listed: Mutex<HashMap<String, Vec<RestEntry>>>,
     /// The directories (`packs`, `index`, ...) listed so far.
     listed_dirs: Mutex<std::collections::HashSet<String>>,
+    /// Hosts a request got no answer from (after its tries), with the cause: later requests
+    /// to them fail at once.
+    down: Mutex<HashMap<String, String>>,
 }
 
 fn other(what: &str, why: String) -> StorageError {
@@ -163,10 +183,11 @@ impl GhaStore {
         }
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(30)))
-            .timeout_recv_response(Some(Duration::from_secs(300)))
-            .timeout_per_read(Some(Duration::from_secs(120)))
-            .timeout_per_write(Some(Duration::from_secs(120)))
+            .timeout_connect(Some(cfg.timeout.min(Duration::from_secs(30))))
+            .timeout_recv_response(Some(cfg.timeout))
+            .timeout_recv_body(Some(body_time(cfg.timeout, CONTROL_BODY)))
+            .timeout_per_read(Some(cfg.timeout))
+            .timeout_per_write(Some(cfg.timeout))
             .user_agent(concat!("storesync/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
@@ -182,6 +203,7 @@ impl GhaStore {
                 transfer: super::Transfer::default(),
                 listed: Mutex::default(),
                 listed_dirs: Mutex::default(),
+                down: Mutex::default(),
             }),
             uploader: Mutex::default(),
             listing: false,
@@ -456,6 +478,7 @@ mod tests {
             block_size: 4,
             tries: 1,
             retry_pause: Duration::ZERO,
+            timeout: DEFAULT_TIMEOUT,
             rest: None,
         })
         .unwrap();

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use ureq::http;
 
 use super::retry::{body_text, error_message};
-use super::{other, GhaStore, Inner, RestConfig, StorageError, ALL_REFS};
+use super::{body_time, other, GhaStore, Inner, RestConfig, StorageError, ALL_REFS};
 
 /// Most entries one listing returns (the service's 10 GB per repository holds far fewer of
 /// ours); a listing beyond it is an error rather than unbounded memory.
@@ -120,10 +120,13 @@ impl Inner {
         let mut stale = 0;
         for page in 1u32.. {
             let page_s = page.to_string();
-            let resp = self.send(what, &|| {
+            let resp = self.send(what, &url, &|| {
                 let mut r = self
                     .agent
                     .get(&url)
+                    .config()
+                    .timeout_recv_body(Some(body_time(self.cfg.timeout, REST_BODY)))
+                    .build()
                     .header("Authorization", &format!("Bearer {}", rest.token))
                     .header("Accept", "application/vnd.github+json")
                     .header("X-GitHub-Api-Version", "2022-11-28")
@@ -185,7 +188,7 @@ impl Inner {
     pub(super) fn rest_delete_id(&self, what: &str, id: u64) -> Result<(), StorageError> {
         let rest = self.rest(what)?;
         let url = format!("{}/{id}", Self::caches_url(rest));
-        let resp = self.send(what, &|| {
+        let resp = self.send(what, &url, &|| {
             self.pace_delete();
             self.agent
                 .delete(&url)
@@ -230,11 +233,14 @@ impl Inner {
     }
 }
 
-/// A page of 100 entries is about 30 KB; 4 MiB leaves room and bounds memory.
+/// The most a REST page is read: a page of 100 entries is about 30 KB; 4 MiB leaves room and
+/// bounds memory (and the time it may take, see [`body_time`]).
+const REST_BODY: u64 = 4 << 20;
+
 fn body_text_limited(resp: http::Response<ureq::Body>) -> String {
     resp.into_body()
         .with_config()
-        .limit(4 << 20)
+        .limit(REST_BODY)
         .read_to_string()
         .unwrap_or_default()
 }

@@ -66,16 +66,65 @@ pub(super) fn error_message(status: u16, text: &str) -> String {
     }
 }
 
+/// The host (and port) of `url`, for messages and to remember a host that stopped
+/// answering.
+pub(super) fn host_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    authority.rsplit_once('@').map_or(authority, |(_, h)| h)
+}
+
+/// Whether the request got no answer: no connection, or none in time.
+fn no_answer(e: &ureq::Error) -> bool {
+    matches!(
+        e,
+        ureq::Error::Timeout(_)
+            | ureq::Error::Io(_)
+            | ureq::Error::ConnectionFailed
+            | ureq::Error::HostNotFound
+    )
+}
+
 impl Inner {
+    /// Fail at once when an earlier request to `host` got no answer.
+    fn check_up(&self, what: &str, host: &str) -> Result<(), StorageError> {
+        match self.down.lock().expect("down").get(host) {
+            Some(cause) => Err(StorageError(
+                what.to_owned(),
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "not tried: {host} stopped answering earlier ({cause}); run again once \
+                         it answers"
+                    ),
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Send a request built by `make` (again for each try), honouring a throttled reply's wait
     /// ([`retry_after`]: HTTP 429, or the REST API's 403 with rate-limit headers) within the
     /// configured total wait and retrying 500/502/503/504 and transport errors; returns the
     /// first other reply, whatever its status.
+    ///
+    /// A request to `url`'s host that got no answer (no connection, or none within
+    /// [`GhaConfig::timeout`]) is tried again only while less than that timeout has passed
+    /// since its first try; once it gives up, every later request to that host fails at
+    /// once, saying so, instead of waiting as long again (a restore from a silent service
+    /// would wait once per object).
+    ///
+    /// [`GhaConfig::timeout`]: super::GhaConfig::timeout
     pub(super) fn send(
         &self,
         what: &str,
+        url: &str,
         make: &dyn Fn() -> Result<http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<http::Response<ureq::Body>, StorageError> {
+        let host = host_of(url);
+        self.check_up(what, host)?;
+        let started = std::time::Instant::now();
         let mut throttled = Duration::ZERO;
         let mut backoff = Duration::from_secs(1);
         let mut failures = 0u32;
@@ -138,6 +187,28 @@ impl Inner {
                     msg
                 }
                 Ok(resp) => return Ok(resp),
+                Err(e) if no_answer(&e) => {
+                    failures += 1;
+                    self.transfer.retry();
+                    if failures >= self.cfg.tries || started.elapsed() >= self.cfg.timeout {
+                        let why = format!("{e} (after {failures} tries)");
+                        self.down
+                            .lock()
+                            .expect("down")
+                            .entry(host.to_owned())
+                            .or_insert_with(|| format!("{what}: {why}"));
+                        return Err(StorageError(
+                            what.to_owned(),
+                            io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                format!("no answer from {host}: {why}"),
+                            ),
+                        ));
+                    }
+                    std::thread::sleep(pause);
+                    pause *= 2;
+                    continue;
+                }
                 Err(e) => format!("{e}"),
             };
             failures += 1;

@@ -53,7 +53,7 @@ impl Inner {
     ) -> Result<Option<T>, StorageError> {
         let url = self.twirp_url(method);
         let payload = serde_json::to_vec(body).expect("JSON of a JSON value");
-        let resp = self.send(what, &|| {
+        let resp = self.send(what, &url, &|| {
             self.agent
                 .post(&url)
                 .header(
@@ -66,7 +66,12 @@ impl Inner {
         let status = resp.status().as_u16();
         match status {
             200 => {
-                let text = body_text(resp);
+                let text = resp
+                    .into_body()
+                    .with_config()
+                    .limit(super::CONTROL_BODY)
+                    .read_to_string()
+                    .map_err(|e| other(what, format!("{method}: reading the reply: {e}")))?;
                 let reply = serde_json::from_str(&text).map_err(|e| {
                     other(
                         what,
