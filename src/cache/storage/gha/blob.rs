@@ -16,6 +16,7 @@ use ureq::http;
 
 use super::super::Storage as _;
 use super::retry::{body_text, error_message};
+use super::twirp::Stuck;
 use super::{
     body_time, not_found, other, GhaStore, Inner, ObjectWriter, StorageError, UPLOAD_QUEUE,
     X_MS_VERSION,
@@ -204,7 +205,9 @@ impl Uploader {
                     let r = file
                         .rewind()
                         .map_err(|e| StorageError(what.clone(), e))
-                        .and_then(|()| inner.publish(&what, &entry, size, &mut file));
+                        .and_then(|()| {
+                            inner.publish(&what, &entry, size, &mut file, Stuck::Replace)
+                        });
                     if let Err(e) = r {
                         first_error = Err(e);
                     }

@@ -19,8 +19,10 @@
 //!
 //! Invariants and limits:
 //! - entries are immutable: a create of an existing entry is HTTP 409, which
-//!   [`Storage::put_if_absent`] reports as `false` once a lookup shows the entry is readable
-//!   (an entry reserved by a job that never finished it is an error, not a success);
+//!   [`Storage::put_if_absent`] reports as `false` once a lookup shows the entry is readable;
+//!   an entry reserved by a job that never finished it (which the service may never free)
+//!   is not a success: the object is written as a replacement entry `{entry}~{stamp}`
+//!   instead, which reads find (a snapshot's entry cannot be replaced: an error);
 //! - the runtime API cannot list: [`Storage::list`] is an error and [`Storage::can_list`]
 //!   false; snapshots are found with [`Storage::find_snapshots`]. A garbage collection uses
 //!   [`Storage::listing_view`] instead: the same store listing one ref's entries through the
@@ -55,6 +57,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use blob::{GhaWriter, Uploader};
+use twirp::Stuck;
 
 use super::{check_key, ObjectWriter, Storage, StorageError};
 
@@ -272,6 +275,7 @@ impl Storage for GhaStore {
             &entry,
             data.len() as u64,
             &mut &data[..],
+            Stuck::Replace,
         )
     }
 
@@ -280,11 +284,7 @@ impl Storage for GhaStore {
     /// new one. The old entries stay until deleted (or evicted).
     fn put(&self, key: &str, data: &[u8]) -> Result<(), StorageError> {
         let entry = self.entry(key)?;
-        let stamp = {
-            let mut last = self.inner.last_stamp.lock().expect("stamp");
-            *last = (crate::clock::now_nanos().max(0) as u64).max(*last + 1);
-            *last
-        };
+        let stamp = self.inner.next_stamp();
         let what = self.describe(key);
         self.inner.forget(&entry);
         self.inner.publish(
@@ -292,6 +292,7 @@ impl Storage for GhaStore {
             &format!("{entry}~{stamp:016x}"),
             data.len() as u64,
             &mut &data[..],
+            Stuck::Fail,
         )?;
         self.inner.forget(&entry);
         Ok(())
@@ -307,6 +308,7 @@ impl Storage for GhaStore {
             &entry,
             data.len() as u64,
             &mut &data[..],
+            Stuck::Fail,
         )?;
         self.inner
             .snapshots

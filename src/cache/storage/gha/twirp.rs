@@ -9,6 +9,15 @@ use serde::Deserialize;
 use super::retry::{body_text, error_message, TOKEN_EXPIRED};
 use super::{invalid, is_replacement_of, other, Inner, StorageError, MAX_ENTRY_KEY, SERVICE};
 
+/// What [`Inner::publish`] does with an entry reserved by a job that never finished it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stuck {
+    /// Write the object as a replacement entry (content-addressed objects).
+    Replace,
+    /// An error.
+    Fail,
+}
+
 /// What the control plane said to a create.
 pub(super) enum Created {
     Url(String),
@@ -152,18 +161,34 @@ impl Inner {
         Ok(found)
     }
 
+    /// A stamp for a replacement entry: the time in nanoseconds, strictly increasing.
+    pub(super) fn next_stamp(&self) -> u64 {
+        let mut last = self.last_stamp.lock().expect("stamp");
+        *last = (crate::clock::now_nanos().max(0) as u64).max(*last + 1);
+        *last
+    }
+
     pub(super) fn forget(&self, entry: &str) {
         self.urls.lock().expect("urls").remove(entry);
     }
 
     /// Create the entry, upload `size` bytes from `source`, finalize. False when the entry
     /// exists already and is readable.
+    ///
+    /// An entry that exists but does not become readable was reserved by a job that never
+    /// finished it (a save killed between create and finalize): the service refuses every
+    /// create of it for a day or for ever. With `stuck`, [`Stuck::Replace`], the object is
+    /// then written as a replacement `{entry}~{stamp}`, which reads take for the object (see
+    /// [`Inner::url_of`]): sound for a content-addressed object (any copy holds the same
+    /// bytes; a job that was really uploading it meanwhile only costs a duplicate). A
+    /// snapshot's entry ([`Stuck::Fail`]) cannot be replaced that way: an error.
     pub(super) fn publish(
         &self,
         what: &str,
         entry: &str,
         size: u64,
         source: &mut dyn Read,
+        stuck: Stuck,
     ) -> Result<bool, StorageError> {
         if entry.len() > MAX_ENTRY_KEY {
             return Err(invalid(
@@ -203,6 +228,16 @@ impl Inner {
                         std::thread::sleep(pause);
                         pause *= 2;
                     }
+                }
+                if stuck == Stuck::Replace {
+                    let replacement = format!("{entry}~{:016x}", self.next_stamp());
+                    eprintln!(
+                        "storesync: {what}: its cache entry was reserved but never finished (a \
+                         save killed before the end?); writing it as {replacement}"
+                    );
+                    self.publish(what, &replacement, size, source, Stuck::Fail)?;
+                    self.forget(entry);
+                    return Ok(true);
                 }
                 return Err(StorageError(
                     what.to_owned(),
