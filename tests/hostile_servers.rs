@@ -509,3 +509,75 @@ fn gha_answers_trickling_in_are_cut_off() {
     );
     assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
 }
+
+/// A `ListObjectsV2` page (or an error reply) whose body never ends: `object_store` reads a
+/// listing page, and the body of an error reply, whole into memory before parsing it, so a
+/// chunked page of 512 MiB (endless, but for the machine running the test) was held whole
+/// until it ended. A reply that is not an object's bytes is refused at its first
+/// `MAX_REPLY` bytes.
+#[test]
+fn s3_listing_page_or_error_reply_that_never_ends_is_refused_early() {
+    fn endless(s: &mut TcpStream, status: &str, head: &str) -> std::io::Result<()> {
+        write!(
+            s,
+            "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\n\
+             Transfer-Encoding: chunked\r\n\r\n"
+        )?;
+        let mut chunk = String::from(head);
+        while chunk.len() < 1 << 20 {
+            chunk.push_str("<Contents><Key>pre/snapshots/x.snap</Key><Size>1</Size></Contents>");
+        }
+        for _ in 0..512 {
+            write!(s, "{:x}\r\n", chunk.len())?;
+            s.write_all(chunk.as_bytes())?;
+            s.write_all(b"\r\n")?;
+            chunk.truncate(0);
+            while chunk.len() < 1 << 20 {
+                chunk
+                    .push_str("<Contents><Key>pre/snapshots/x.snap</Key><Size>1</Size></Contents>");
+            }
+        }
+        // The connection closes without the last chunk.
+        Err(std::io::Error::other("end"))
+    }
+    let before = peak_rss_mib();
+    let (url, _) = serve(|req, s| {
+        if req.line.contains("list-type=2") {
+            endless(
+                s,
+                "200 OK",
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult>",
+            )
+        } else {
+            endless(
+                s,
+                "400 Bad Request",
+                "<?xml version=\"1.0\"?><Error><Code>X</Code>",
+            )
+        }
+    });
+    let r = within(Duration::from_secs(60), move || {
+        let store = s3_on(&url);
+        let listed = store
+            .list("snapshots")
+            .map(|v| v.len())
+            .map_err(|e| e.to_string());
+        let got = store
+            .get("index/i.idx", 100)
+            .map(|v| v.len())
+            .map_err(|e| e.to_string());
+        std::mem::forget(store);
+        (listed, got)
+    })
+    .expect("reading endless replies still runs after 60 s");
+    let after = peak_rss_mib();
+    assert!(
+        after < before + 128,
+        "endless replies held {} MiB ({r:?})",
+        after - before
+    );
+    let listed = r.0.expect_err("an endless listing page was taken");
+    assert!(listed.contains("more than"), "{listed}");
+    let got = r.1.expect_err("an endless error reply was taken");
+    assert!(got.contains("more than"), "{got}");
+}

@@ -13,7 +13,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::client::{
-    HttpClient, HttpConnector, HttpError, HttpRequest, HttpResponse, HttpService, ReqwestConnector,
+    HttpClient, HttpConnector, HttpError, HttpRequest, HttpResponse, HttpResponseBody, HttpService,
+    ReqwestConnector,
 };
 use object_store::path::Path;
 use object_store::{
@@ -58,7 +59,21 @@ impl HttpService for Counting {
         Box::pin(async move {
             self.transfer.request();
             self.transfer.uploaded(req.body().content_length() as u64);
-            let r = self.inner.execute(req).await;
+            let capped = !(req.method().as_str() == "GET" && req.uri().query().is_none());
+            let r = self.inner.execute(req).await.map(|resp| {
+                // Not an object's bytes (a listing page, an error reply, ...): `object_store`
+                // reads those whole into memory.
+                if capped || !resp.status().is_success() {
+                    resp.map(|body| {
+                        HttpResponseBody::new(Capped {
+                            body,
+                            left: MAX_REPLY,
+                        })
+                    })
+                } else {
+                    resp
+                }
+            });
             let transient = match &r {
                 Ok(resp) => {
                     let s = resp.status().as_u16();
@@ -71,6 +86,61 @@ impl HttpService for Counting {
             }
             r
         })
+    }
+}
+
+/// The most bytes of a reply that is not an object's contents (a listing page, an error
+/// reply, a multipart upload's answers) that are read: `object_store` reads those whole into
+/// memory before parsing them, so a server sending an endless one (chunked) would be read
+/// until memory runs out. A page of 1,000 keys is about 300 KB.
+pub const MAX_REPLY: u64 = 16 << 20;
+
+/// A response body refused at its first byte beyond `left`.
+struct Capped {
+    body: HttpResponseBody,
+    left: u64,
+}
+
+impl http_body::Body for Capped {
+    type Data = Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, HttpError>>> {
+        use std::task::Poll;
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+            if n > self.left {
+                self.left = 0;
+                return Poll::Ready(Some(Err(HttpError::new(
+                    object_store::client::HttpErrorKind::Decode,
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "the server's reply is more than {MAX_REPLY} bytes (not an object's \
+                             contents: a listing page or an error)"
+                        ),
+                    ),
+                ))));
+            }
+            self.left -= n;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        // A declared length beyond the cap is not room to reserve.
+        let mut h = http_body::SizeHint::new();
+        h.set_upper(self.left);
+        h.set_lower(self.body.size_hint().lower().min(self.left));
+        h
     }
 }
 

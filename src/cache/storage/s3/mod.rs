@@ -26,7 +26,9 @@
 //!   [`PART`]-byte parts, two in flight) and returns; at most [`UPLOADS`] uploads run at once
 //!   (a further commit waits), and [`Storage::sync`] waits for all of them and reports the
 //!   first failure. A failed multipart upload is aborted;
-//! - [`Storage::list`]: `ListObjectsV2` with a delimiter, every page.
+//! - [`Storage::list`]: `ListObjectsV2` with a delimiter, every page;
+//! - any reply that is not an object's bytes (a listing page, an error reply), which
+//!   `object_store` reads whole before parsing, is refused beyond `client::MAX_REPLY` bytes.
 //!
 //! Transient failures (5xx, 429, connection errors, timeouts of safe requests) are retried by
 //! `object_store` with exponential backoff, at most [`RETRIES`] times within
