@@ -581,3 +581,22 @@ fn s3_listing_page_or_error_reply_that_never_ends_is_refused_early() {
     let got = r.1.expect_err("an endless error reply was taken");
     assert!(got.contains("more than"), "{got}");
 }
+
+/// A control plane answering a lookup with a download URL of another scheme (`file:`): it is
+/// not read (ureq speaks only HTTP), the read is an error naming the object
+/// (docs/REMOTE.md, "Whom storesync trusts here").
+#[test]
+fn gha_download_url_of_another_scheme_is_not_followed() {
+    let (url, _) = serve(|_req, s| {
+        let body = "{\"ok\":true,\"signed_download_url\":\"file:///etc/hostname\",\
+                    \"matched_key\":\"sc/index/i.idx\"}";
+        write!(
+            s,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    });
+    let store = gha_on(&url, None);
+    let e = store.get("index/i.idx", 1 << 20).unwrap_err().to_string();
+    assert!(e.contains("index/i.idx"), "{e}");
+}
