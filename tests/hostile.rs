@@ -1887,8 +1887,9 @@ fn a_file_named_after_the_newest_signed_snapshot_does_not_roll_restores_back() {
     assert_eq!(r.snapshot, new, "{:?}", r.passed_over);
     // And with a file that is no snapshot at all, named after it with the latest date.
     fs::write(
-        w.cache_dir()
-            .join(format!("snapshots/7fffffffffffffff-{new}-0123456789abcdef.snap")),
+        w.cache_dir().join(format!(
+            "snapshots/7fffffffffffffff-{new}-0123456789abcdef.snap"
+        )),
         noise(3, 100),
     )
     .unwrap();
