@@ -1897,3 +1897,59 @@ fn a_file_named_after_the_newest_signed_snapshot_does_not_roll_restores_back() {
     let r = storesync::restore::restore(&w.layout("dst"), &cache, &opts, &NoProgress).unwrap();
     assert_eq!(r.snapshot, new, "{:?}", r.passed_over);
 }
+
+/// Found by review: `ls` took a file named after another snapshot (anyone who can add a file
+/// can name one so) for that snapshot: the id was listed twice, once with the planted file's
+/// date, and with `--trusted-key` both lines said "signed". A v2 head must give the id its
+/// file's name gives (the id commits to the key, date, flavour and store directory).
+#[test]
+fn a_file_named_after_another_snapshot_is_not_listed_as_it() {
+    let w = World::new(Flavor::Guix);
+    let mut blobs = Blobs::new();
+    let node = dir_node(vec![("f", file_node(&mut blobs, false, b"hello\n"))]);
+    let snapshot_of = |n: u64| {
+        let info = row_for(&base_name(n, "p"), &nar_of(&node, &blobs));
+        write_cache(
+            &w.cache_dir(),
+            w.flavor,
+            &[(info, node.clone())],
+            &blobs,
+            vec![],
+        )
+    };
+    let (signed, planted) = (snapshot_of(4), snapshot_of(5));
+    let (sec, public) = key_pair(&w, "ci-1");
+    let secret = storesync::trust::load_secret_key(sec.to_str().unwrap()).unwrap();
+    let id = storesync::cache::SnapshotId::parse(&signed).unwrap();
+    w.cache()
+        .add_signature(&id, secret.sign_snapshot(&id.0))
+        .unwrap();
+    let file = util::snapshot_file(&w.cache_dir(), &planted);
+    let fake = file
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .replace(&planted, &signed);
+    fs::rename(&file, file.with_file_name(fake)).unwrap();
+    let real_created = w.cache().find_snapshot(Some(&signed)).unwrap().1.created / 1_000_000_000;
+    for trusted in [false, true] {
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("storesync"));
+        cmd.args(["--json", "ls", "--cache"]).arg(w.cache_dir());
+        if trusted {
+            cmd.arg("--trusted-key").arg(&public);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let lines: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let lines = lines.as_array().unwrap();
+        assert_eq!(lines.len(), 1, "trusted {trusted}: {lines:?}");
+        assert_eq!(lines[0]["id"], signed.as_str());
+        assert_eq!(
+            lines[0]["created"], real_created,
+            "trusted {trusted}: {lines:?}"
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("is not that of snapshot"), "{stderr}");
+    }
+}

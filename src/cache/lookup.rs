@@ -199,9 +199,10 @@ impl Cache {
     }
 
     /// The head of the snapshot file `r`: key, date, flavour, counts, index files. For a v2
-    /// file this reads only the head (two ranged reads), UNCHECKED: use it to choose, then
-    /// read the chosen snapshot whole with [`Cache::read_snapshot_ref`], which checks it. A
-    /// v1 file is read and checked whole.
+    /// file this reads only the head (two ranged reads), checked only against the id its name
+    /// gives (which covers the key, date, flavour and store directory, not the counts or index
+    /// files): use it to choose, then read the chosen snapshot whole with
+    /// [`Cache::read_snapshot_ref`], which checks it. A v1 file is read and checked whole.
     ///
     /// # Errors
     /// [`CacheError`] naming the snapshot file.
@@ -233,7 +234,18 @@ impl Cache {
             return Err(corrupt(format!("head of {len} bytes")));
         }
         let head = read(format::HEADER_LEN as u64 + 4, u64::from(len))?;
-        decode::decode_head_v2(&head).map_err(corrupt)
+        let head = decode::decode_head_v2(&head).map_err(corrupt)?;
+        // The name's id commits to the head's key, date, flavour and store directory: a file
+        // named after another snapshot (anyone who can add a file can name one so) is not
+        // taken for that snapshot's head when choosing or listing.
+        if head.id(&[0; 32]) != r.id {
+            return Err(corrupt(format!(
+                "its head is not that of snapshot {} its name gives (its key, date, flavour \
+                 or store directory differ)",
+                r.id.short()
+            )));
+        }
+        Ok(head)
     }
 
     /// All readable snapshots, oldest first; unreadable ones are returned as errors in place.
