@@ -210,3 +210,25 @@ test('gc keeps the newest snapshot of each key and reports what it dropped', asy
   assert.deepEqual(store.snapshots(cache).map((x) => [x.key, x.paths]), [['guix-a', 8], ['guix-b', 8]]);
   assert.match(fs.readFileSync(s.env.GITHUB_STEP_SUMMARY, 'utf8'), /### storesync gc\n/);
 });
+
+test('a key or restore-key that starts with a dash is a key to storesync, not an option', async (t) => {
+  const dir = tmpdir(t, 'steps-');
+  const root = path.join(dir, 'source');
+  store.restoreGeneration(root, 2);
+  const cache = path.join(dir, 'cache');
+  const first = stepEnv(dir, { key: '-guix-1', cache, root });
+  const saved1 = await steps.saveStep(first.actions, readConfig(first.actions), store.storesyncBin(), { cacheHit: false }, { uid: 0 });
+  assert.equal(saved1.saved, true, first.text());
+  // The exact key, then a prefix of it.
+  for (const [key, restoreKeys, status] of [['-guix-1', '', 'hit'], ['-guix-2', '-guix-', 'prefix']]) {
+    const s = stepEnv(dir, { key, 'restore-keys': restoreKeys, cache, root: path.join(dir, `t${status}`) });
+    const r = await steps.restoreStep(s.actions, readConfig(s.actions), store.storesyncBin(), { uid: 0 });
+    assert.equal(r.status, status, s.text());
+    assert.equal(s.outputs()['matched-key'], '-guix-1');
+    assert.equal(s.actions.failed, false);
+  }
+  const save = stepEnv(dir, { key: '-guix-2', cache, root: path.join(dir, 'thit') });
+  const saved = await steps.saveStep(save.actions, readConfig(save.actions), store.storesyncBin(), { cacheHit: false }, { uid: 0 });
+  assert.equal(saved.saved, true, save.text());
+  assert.deepEqual(store.snapshots(cache).map((x) => x.key).sort(), ['-guix-1', '-guix-2']);
+});

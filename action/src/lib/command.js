@@ -46,10 +46,20 @@ function passThrough(env) {
 
 /** Options every command takes, before the command name. */
 function globalArgs(cfg) {
-  const a = ['--flavor', cfg.flavor];
-  if (cfg.root && cfg.root !== '/') a.push('--root', cfg.root);
+  const a = opt('--flavor', cfg.flavor);
+  if (cfg.root && cfg.root !== '/') a.push(...opt('--root', cfg.root));
   a.push('--json', '--no-progress');
   return a;
+}
+
+/**
+ * Option `name` with `value`: two arguments, or one (`--name=value`) when the value starts
+ * with a dash, which storesync's parser would otherwise take for an option of its own (a
+ * key `-guix-1`, say) and refuse.
+ */
+function opt(name, value) {
+  const v = String(value);
+  return v.startsWith('-') ? [`${name}=${v}`] : [name, v];
 }
 
 /** Paths as trailing arguments, after `--` so that none is taken for a flag. */
@@ -61,27 +71,25 @@ function restoreArgs(cfg) {
   return [
     ...globalArgs(cfg),
     'restore',
-    '--cache',
-    cfg.cache,
-    '--key',
-    cfg.key,
-    ...cfg.restoreKeys.flatMap((k) => ['--restore-key', k]),
-    ...cfg.trustedKeys.flatMap((k) => ['--trusted-key', k]),
+    ...opt('--cache', cfg.cache),
+    ...opt('--key', cfg.key),
+    ...cfg.restoreKeys.flatMap((k) => opt('--restore-key', k)),
+    ...cfg.trustedKeys.flatMap((k) => opt('--trusted-key', k)),
   ];
 }
 
 /** Retention flags of `gc` and `save --prune`. */
 function retentionArgs(cfg) {
   const a = [];
-  if (cfg.keepLast !== undefined) a.push('--keep-last', String(cfg.keepLast));
-  if (cfg.keepWithin) a.push('--keep-within', cfg.keepWithin);
-  if (cfg.maxSize) a.push('--max-size', cfg.maxSize);
+  if (cfg.keepLast !== undefined) a.push(...opt('--keep-last', cfg.keepLast));
+  if (cfg.keepWithin) a.push(...opt('--keep-within', cfg.keepWithin));
+  if (cfg.maxSize) a.push(...opt('--max-size', cfg.maxSize));
   return a;
 }
 
 /** `--defragment` of a collection, when the input says. */
 function defragmentArgs(cfg) {
-  return cfg.defragment ? ['--defragment', cfg.defragment] : [];
+  return cfg.defragment ? opt('--defragment', cfg.defragment) : [];
 }
 
 /**
@@ -100,7 +108,7 @@ function canPrune(cache, token) {
  * environment, never the command line.
  */
 function saveArgs(cfg, { dryRun = false, gcRoots = false } = {}) {
-  const a = [...globalArgs(cfg), 'save', '--cache', cfg.cache, '--key', cfg.key];
+  const a = [...globalArgs(cfg), 'save', ...opt('--cache', cfg.cache), ...opt('--key', cfg.key)];
   if (dryRun) {
     a.push('--dry-run');
   } else {
@@ -117,13 +125,12 @@ function gcArgs(cfg) {
   const a = [
     ...globalArgs(cfg),
     'gc',
-    '--cache',
-    cfg.cache,
+    ...opt('--cache', cfg.cache),
     ...retentionArgs(cfg),
     ...defragmentArgs(cfg),
   ];
-  if (cfg.keyPrefix) a.push('--key-prefix', cfg.keyPrefix);
-  if (cfg.grace) a.push('--grace', cfg.grace);
+  if (cfg.keyPrefix) a.push(...opt('--key-prefix', cfg.keyPrefix));
+  if (cfg.grace) a.push(...opt('--grace', cfg.grace));
   if (cfg.dryRun) a.push('--dry-run');
   return a;
 }
@@ -201,6 +208,7 @@ function parseJson(stdout) {
 
 module.exports = {
   PASS_THROUGH,
+  opt,
   passThrough,
   globalArgs,
   restoreArgs,
