@@ -232,3 +232,30 @@ test('a key or restore-key that starts with a dash is a key to storesync, not an
   assert.equal(saved.saved, true, save.text());
   assert.deepEqual(store.snapshots(cache).map((x) => x.key).sort(), ['-guix-1', '-guix-2']);
 });
+
+test('an exact hit with gc-roots: the "anything new?" question counts the GC roots\' closure as the save would', async (t) => {
+  const dir = tmpdir(t, 'steps-');
+  const root = path.join(dir, 'source');
+  store.restoreGeneration(root, 2);
+  const all = store.validPaths(root);
+  const greeting = all.find((p) => p.endsWith('-greeting.txt'));
+  const data = all.find((p) => p.endsWith('-sample-data'));
+  const lib = all.find((p) => p.endsWith('-libsample-1.0'));
+  const cache = path.join(dir, 'cache');
+  const gcroots = path.join(root, 'var', 'guix', 'gcroots');
+  fs.mkdirSync(gcroots, { recursive: true });
+  fs.symlinkSync(lib, path.join(gcroots, 'root-1'));
+  const inputs = { key: 'k', cache, root, paths: greeting, 'gc-roots': 'true' };
+  const first = stepEnv(dir, inputs);
+  const r1 = await steps.saveStep(first.actions, readConfig(first.actions), store.storesyncBin(), { cacheHit: false }, { uid: 0 });
+  assert.equal(r1.saved, true, first.text());
+  assert.equal(r1.json.paths, 2, first.text());
+  // The job adds a GC root outside the closure of `paths`; the restore was an exact hit.
+  fs.symlinkSync(data, path.join(gcroots, 'root-2'));
+  const post = stepEnv(dir, inputs);
+  const r2 = await steps.saveStep(post.actions, readConfig(post.actions), store.storesyncBin(), { cacheHit: true }, { uid: 0 });
+  assert.equal(r2.saved, true, post.text());
+  assert.equal(r2.json.paths, 3, post.text());
+  assert.equal(r2.json.new_paths, 1, post.text());
+  assert.match(post.text(), /\[command\][^\n]* save [^\n]*--dry-run --gc-roots/);
+});

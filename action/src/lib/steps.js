@@ -87,9 +87,15 @@ async function offersGcRoots(bin, deps) {
  */
 async function saveStep(actions, cfg, bin, { cacheHit }, deps = {}) {
   const started = Date.now();
+  // Known before the dry run, which must ask about the same closure as the save.
+  let gcRoots = false;
+  if (cfg.gcRoots) {
+    gcRoots = await offersGcRoots(bin, deps);
+    if (!gcRoots) actions.warning('gc-roots: this storesync has no `save --gc-roots`; saving every valid path');
+  }
   if (cacheHit) {
     const dry = await actions.group('storesync save --dry-run (anything new?)', () =>
-      storesync(actions, cfg, bin, command.saveArgs(cfg, { dryRun: true }), { deps }),
+      storesync(actions, cfg, bin, command.saveArgs(cfg, { dryRun: true, gcRoots }), { deps }),
     );
     if (dry.code === 0 && dry.json && dry.json.new_paths === 0) {
       const why = `the exact key \`${cfg.key}\` was restored and the store holds no path the cache lacks (${dry.json.paths} paths)`;
@@ -104,11 +110,6 @@ async function saveStep(actions, cfg, bin, { cacheHit }, deps = {}) {
     actions.warning(
       'keep-last/max-size: not pruning the gha:// cache: listing and deleting its entries needs the github-token input (a token with `actions: write`); GitHub evicts entries itself: unused for 7 days, or least recently used beyond 10 GB',
     );
-  }
-  let gcRoots = false;
-  if (cfg.gcRoots) {
-    gcRoots = await offersGcRoots(bin, deps);
-    if (!gcRoots) actions.warning('gc-roots: this storesync has no `save --gc-roots`; saving every valid path');
   }
   const r = await actions.group(`storesync save ${cfg.key}`, () =>
     storesync(actions, cfg, bin, command.saveArgs(cfg, { gcRoots }), {
