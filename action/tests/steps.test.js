@@ -12,6 +12,7 @@ const test = require('node:test');
 const { Actions, parseFileCommands } = require('../src/lib/core');
 const { readConfig } = require('../src/lib/inputs');
 const steps = require('../src/lib/steps');
+const { commands } = require('./support/commands');
 const store = require('./support/store');
 
 const { tmpdir } = store;
@@ -258,4 +259,28 @@ test('an exact hit with gc-roots: the "anything new?" question counts the GC roo
   assert.equal(r2.json.paths, 3, post.text());
   assert.equal(r2.json.new_paths, 1, post.text());
   assert.match(post.text(), /\[command\][^\n]* save [^\n]*--dry-run --gc-roots/);
+});
+
+test('what storesync prints and what keys say never becomes a workflow command: only the action\'s own reach the runner', async (t) => {
+  const dir = tmpdir(t, 'steps-');
+  const root = path.join(dir, 'source');
+  store.restoreGeneration(root, 1);
+  const cache = path.join(dir, 'cache');
+  // A key (legal: no control characters) holding the runner's legacy command syntax, which
+  // it reads anywhere in a line; storesync prints matched keys, and so does the action.
+  const planted = 'k-##[set-output name=matched-key;]forged ##[warning]from a key';
+  store.storesync(['--root', root, 'save', '--cache', cache, '--key', planted]);
+  const s = stepEnv(dir, { key: 'k-new', 'restore-keys': 'k-', cache, root: path.join(dir, 't') });
+  const r = await steps.restoreStep(s.actions, readConfig(s.actions), store.storesyncBin(), { uid: 0 });
+  assert.equal(r.status, 'prefix', s.text());
+  assert.equal(s.outputs()['matched-key'], planted);
+  assert.deepEqual(commands(s.text()).map((c) => c.name), ['group', 'endgroup'], s.text());
+
+  // A key input with a newline and a command on the next line (no snapshot has such a
+  // key: a miss): the line is shown, not obeyed.
+  const bad = stepEnv(dir, { key: 'k\n::warning::from an input', cache, root: path.join(dir, 't2') });
+  const rb = await steps.restoreStep(bad.actions, readConfig(bad.actions), store.storesyncBin(), { uid: 0 });
+  assert.equal(rb.status, 'miss', bad.text());
+  assert.deepEqual(commands(bad.text()).map((c) => c.name), ['group', 'endgroup'], bad.text());
+  assert.match(bad.text(), /::warning::from an input/);
 });

@@ -26,6 +26,11 @@ function escapeProperty(s) {
   return escapeData(s).replace(/:/g, '%3A').replace(/,/g, '%2C');
 }
 
+/** Whether the runner would find a workflow command in `text` (see `Actions.info`). */
+function looksLikeCommand(text) {
+  return /(^|\n)\s*::/.test(text) || text.includes('##[');
+}
+
 /**
  * The file-command form of `name=value` (`name<<DELIM`, the value, `DELIM`), with a
  * delimiter that appears in neither.
@@ -73,8 +78,13 @@ class Actions {
    */
   constructor({ env = process.env, write = (s) => process.stdout.write(s) } = {}) {
     this.env = env;
-    this.write = write;
     this.failed = false;
+    this.atLineStart = true;
+    this.write = (s) => {
+      const text = String(s);
+      if (text !== '') this.atLineStart = text.endsWith('\n');
+      write(text);
+    };
   }
 
   /** Input `name`, trimmed; '' when unset. */
@@ -140,8 +150,52 @@ class Actions {
     this.write(`::${name}${p ? ` ${p}` : ''}::${escapeData(message)}${os.EOL}`);
   }
 
+  /**
+   * A line of the log. One that the runner would read as a workflow command (a line that
+   * starts with `::`, or `##[` anywhere: a key from the cache, say) is written between
+   * `::stop-commands::` and its token, shown and not obeyed.
+   */
   info(message) {
-    this.write(`${message}${os.EOL}`);
+    const text = `${message}${os.EOL}`;
+    if (looksLikeCommand(text)) this.verbatimSync(() => this.write(text));
+    else this.write(text);
+  }
+
+  /**
+   * Run `fn`, whose writes (a child's output, which may print what it read from a cache)
+   * the runner shows without reading workflow commands in them: between
+   * `::stop-commands::TOKEN` and `::TOKEN::`, TOKEN random so that nothing inside can
+   * resume processing.
+   */
+  async verbatim(fn) {
+    const token = this.stopCommands();
+    try {
+      return await fn();
+    } finally {
+      this.resumeCommands(token);
+    }
+  }
+
+  /** `verbatim` for a function that does not wait. */
+  verbatimSync(fn) {
+    const token = this.stopCommands();
+    try {
+      return fn();
+    } finally {
+      this.resumeCommands(token);
+    }
+  }
+
+  stopCommands() {
+    if (!this.atLineStart) this.write(os.EOL);
+    const token = `storesync-${crypto.randomUUID()}`;
+    this.write(`::stop-commands::${token}${os.EOL}`);
+    return token;
+  }
+
+  resumeCommands(token) {
+    if (!this.atLineStart) this.write(os.EOL);
+    this.write(`::${token}::${os.EOL}`);
   }
 
   debug(message) {
@@ -192,4 +246,5 @@ module.exports = {
   escapeProperty,
   fileCommand,
   parseFileCommands,
+  looksLikeCommand,
 };

@@ -19,7 +19,11 @@ function uid() {
 async function storesync(actions, cfg, bin, args, { extraEnv = {}, deps = {} } = {}) {
   const env = command.childEnv(actions.env, { GITHUB_TOKEN: cfg.token, ...extraEnv });
   const p = command.privileged(bin, args, { uid: deps.uid ?? uid(), env });
-  const r = await (deps.exec || command.run)(p.file, p.args, { env, log: (s) => actions.write(s) });
+  // What storesync prints (keys and file names it read from the cache, servers' replies)
+  // is shown in the log, never read as workflow commands.
+  const r = await actions.verbatim(() =>
+    (deps.exec || command.run)(p.file, p.args, { env, log: (s) => actions.write(s) }),
+  );
   return { ...r, json: command.parseJson(r.stdout) };
 }
 
