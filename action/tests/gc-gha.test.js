@@ -92,6 +92,14 @@ test('gc on gha://: github-token lists and deletes this ref\'s entries; without 
   assert.match(bare.out, /GITHUB_TOKEN/);
   assert.match(bare.out, /actions: write/);
 
+  // A token without `actions: write` (the job's token when the workflow grants only
+  // `contents: read`): the step fails, and its error annotation, which the run's summary
+  // shows without the collapsed log, says which permission is missing.
+  const ro = job({ token: 'read-only-act-gc' }).uses(path.join(REPO, 'gc'), inputs);
+  assert.equal(ro.status, 1, ro.out);
+  const annotation = ro.out.split('\n').find((l) => l.startsWith('::error::'));
+  assert.match(annotation || '', /HTTP 403.*actions: write/, ro.out);
+
   // The job's token (the input's default): the older snapshot goes, with what only it
   // needed (its index, replaced by one naming every live object).
   const j = job({ token: 'gh-act-gc' });

@@ -62,6 +62,12 @@ test('restore results: hit, prefix, miss, partial, busy, usage, error', () => {
     message: 'storesync restore failed (exit 1); see its message above',
   });
   assert.match(report.interpretRestore({ code: null, signal: 'SIGKILL' }).message, /killed by SIGKILL/);
+  // The last error storesync printed is in the message (the step's annotation).
+  const stderr = 'storesync: note\nstoresync: error: first\nstoresync: error: cache storage s3://b/p: HTTP 403\n';
+  assert.equal(
+    report.interpretRestore({ code: 1, json: undefined, stderr }).message,
+    'storesync restore failed (exit 1): cache storage s3://b/p: HTTP 403',
+  );
   assert.match(report.interpretRestore({ code: null, error: new Error('spawn sudo ENOENT') }).message, /could not start: spawn sudo ENOENT/);
 });
 

@@ -169,11 +169,15 @@ function showCommand(file, args) {
   return [file, ...args].map(q).join(' ');
 }
 
+/** How much of a command's stderr `run` keeps (its end) for the step's messages. */
+const STDERR_TAIL = 64 << 10;
+
 /**
- * Run a command; its stderr goes to the log as it comes, its stdout is returned. Resolves
- * (never rejects) with the exit code, or `error` when it could not start.
+ * Run a command; its stderr goes to the log as it comes (and its last STDERR_TAIL bytes are
+ * returned), its stdout is returned. Resolves (never rejects) with the exit code, or `error`
+ * when it could not start.
  *
- * @returns {Promise<{code: number|null, signal: string|null, stdout: string, error?: Error}>}
+ * @returns {Promise<{code: number|null, signal: string|null, stdout: string, stderr: string, error?: Error}>}
  */
 function run(file, args, { env, cwd, log = (s) => process.stdout.write(s), spawnFn = spawn } = {}) {
   log(`[command]${showCommand(file, args)}\n`);
@@ -182,15 +186,20 @@ function run(file, args, { env, cwd, log = (s) => process.stdout.write(s), spawn
     try {
       child = spawnFn(file, args, { env, cwd, stdio: ['ignore', 'pipe', 'pipe'] });
     } catch (error) {
-      resolve({ code: null, signal: null, stdout: '', error });
+      resolve({ code: null, signal: null, stdout: '', stderr: '', error });
       return;
     }
     const out = [];
+    let err = '';
     child.stdout.on('data', (d) => out.push(d));
-    child.stderr.on('data', (d) => log(d.toString()));
-    child.on('error', (error) => resolve({ code: null, signal: null, stdout: '', error }));
+    child.stderr.on('data', (d) => {
+      const s = d.toString();
+      log(s);
+      err = (err + s).slice(-STDERR_TAIL);
+    });
+    child.on('error', (error) => resolve({ code: null, signal: null, stdout: '', stderr: err, error }));
     child.on('close', (code, signal) =>
-      resolve({ code, signal, stdout: Buffer.concat(out).toString('utf8') }),
+      resolve({ code, signal, stdout: Buffer.concat(out).toString('utf8'), stderr: err }),
     );
   });
 }

@@ -45,11 +45,26 @@ function details(summary, lines) {
   return `\n<details><summary>${summary}</summary>\n\n${items}\n\n</details>\n`;
 }
 
-/** Why a storesync run gave no result: it did not start, was killed, or exited non-zero. */
+/** The last `storesync: error: ...` line of a run's stderr (without that prefix), or ''. */
+function errorLine(stderr) {
+  const lines = String(stderr || '').split(/\r?\n/);
+  for (let i = lines.length - 1; i >= 0; i--) {
+    const m = /^storesync: error: (.+)$/.exec(lines[i]);
+    if (m) return m[1].trim();
+  }
+  return '';
+}
+
+/**
+ * Why a storesync run gave no result: it did not start, was killed, or exited non-zero;
+ * with the error storesync printed last, which the step's annotation (shown in the run's
+ * summary, away from the collapsed log) then says too.
+ */
 function failureMessage(r, what) {
   if (r.error) return `storesync could not start: ${r.error.message}`;
   const how = r.signal ? `killed by ${r.signal}` : `exit ${r.code}`;
-  return `storesync ${what} failed (${how}); see its message above`;
+  const why = errorLine(r.stderr);
+  return `storesync ${what} failed (${how})${why ? `: ${why}` : '; see its message above'}`;
 }
 
 /**
@@ -64,7 +79,10 @@ function failureMessage(r, what) {
 function interpretRestore(r) {
   const j = r.json;
   if (r.error) return { status: 'error', message: failureMessage(r, 'restore') };
-  if (r.code === 2) return { status: 'usage', message: 'storesync rejected its arguments (exit 2)' };
+  if (r.code === 2) {
+    const why = errorLine(r.stderr);
+    return { status: 'usage', message: `storesync rejected its arguments (exit 2)${why ? `: ${why}` : ''}` };
+  }
   if (r.code === 3) {
     return {
       status: 'busy',
@@ -194,6 +212,7 @@ function gcSummary({ cache, json, message, ms }) {
 }
 
 module.exports = {
+  errorLine,
   failureMessage,
   human,
   duration,
