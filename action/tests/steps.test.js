@@ -284,3 +284,18 @@ test('what storesync prints and what keys say never becomes a workflow command: 
   assert.deepEqual(commands(bad.text()).map((c) => c.name), ['group', 'endgroup'], bad.text());
   assert.match(bad.text(), /::warning::from an input/);
 });
+
+test('paths: ~ is the runner\'s home, as in the cache input (a profile link ~/.guix-profile)', async (t) => {
+  const dir = tmpdir(t, 'steps-');
+  const root = path.join(dir, 'source');
+  store.restoreGeneration(root, 2);
+  const greeting = store.validPaths(root).find((p) => p.endsWith('-greeting.txt'));
+  // The runner user's profile link, inside the root storesync treats as /.
+  fs.mkdirSync(path.join(root, 'home', 'runner'), { recursive: true });
+  fs.symlinkSync(greeting, path.join(root, 'home', 'runner', '.guix-profile'));
+  const s = stepEnv(dir, { key: 'k', cache: path.join(dir, 'cache'), root, paths: '~/.guix-profile' }, { HOME: '/home/runner' });
+  const r = await steps.saveStep(s.actions, readConfig(s.actions), store.storesyncBin(), { cacheHit: false }, { uid: 0 });
+  assert.equal(r.saved, true, s.text());
+  assert.deepEqual(r.json.paths, 1, s.text());
+  assert.match(s.text(), /\[command\][^\n]* -- \/home\/runner\/\.guix-profile\n/);
+});

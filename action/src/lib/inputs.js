@@ -40,6 +40,16 @@ function resolveCache(value, { home = os.homedir(), workspace = process.cwd() } 
   return path.resolve(workspace, value);
 }
 
+/**
+ * A root of the `paths` input: `~` and `~/...` are the runner user's home (storesync runs
+ * under sudo, whose HOME differs, and no shell expands them); anything else as given.
+ */
+function resolvePath(value, home) {
+  if (value === '~') return home;
+  if (value.startsWith('~/')) return path.join(home, value.slice(2));
+  return value;
+}
+
 /** A count input: '' (unset) or a positive integer. */
 function count(actions, name) {
   const v = actions.input(name);
@@ -89,7 +99,7 @@ function readConfig(actions, { required = [] } = {}) {
     cache: resolveCache(get('cache'), { home, workspace }),
     flavor,
     root,
-    paths: actions.multiline('paths'),
+    paths: actions.multiline('paths').map((p) => resolvePath(p, home)),
     gcRoots: bool('gc-roots'),
     maxSize: actions.input('max-size') || undefined,
     keepLast: count(actions, 'keep-last'),
@@ -112,4 +122,4 @@ function readConfig(actions, { required = [] } = {}) {
   };
 }
 
-module.exports = { readConfig, resolveCache, DEFAULTS, FLAVORS };
+module.exports = { readConfig, resolveCache, resolvePath, DEFAULTS, FLAVORS };
