@@ -132,16 +132,20 @@ test('without a release, cargo install builds it, and the GitHub cache keeps the
   const svc = await cacheService();
   t.after(() => svc.close());
   const cargoCalls = [];
+  const cargoEnvs = [];
   const exec = async (file, args, opts) => {
     if (file !== 'cargo') return command.run(file, args, { ...opts, log: () => {} });
     cargoCalls.push(args);
+    cargoEnvs.push(opts.env);
     const root = args[args.indexOf('--root') + 1];
     fs.mkdirSync(path.join(root, 'bin'), { recursive: true });
     fs.writeFileSync(path.join(root, 'bin', 'storesync'), fakeStoresync('0.3.1'), { mode: 0o755 });
     return { code: 0, stdout: '' };
   };
   const ghaCache = () => new GhaCache({ resultsUrl: `${svc.url}/`, token: svc.token, version: binary.BINARY_CACHE_VERSION });
-  const runEnv = { ...env, GITHUB_SERVER_URL: host.url };
+  // The step's secrets: the inputs' copies and the cache service's token.
+  const secrets = { 'INPUT_SIGN-KEY': 'ci-1:c2VjcmV0', 'INPUT_GITHUB-TOKEN': 'ghs_x', ACTIONS_RUNTIME_TOKEN: 'rt' };
+  const runEnv = { ...env, ...secrets, PATH: process.env.PATH, GITHUB_SERVER_URL: host.url };
   const { actions, log } = actionsFor(runEnv);
   const deps = { fetchFn: fetch, exec, platform: 'linux', arch: 'x64', checksums: {}, ghaCache: ghaCache() };
   const got = await binary.resolveBinary(actions, cfg, deps);
@@ -150,6 +154,9 @@ test('without a release, cargo install builds it, and the GitHub cache keeps the
   const args = cargoCalls[0];
   assert.deepEqual(args.slice(0, 6), ['install', '--locked', '--git', `${host.url}/owner/storesync`, '--tag', 'v0.3.1']);
   assert.equal(args[args.length - 1], 'storesync');
+  // cargo runs the build scripts of storesync's dependencies: none of the step's secrets.
+  for (const k of Object.keys(secrets)) assert.equal(cargoEnvs[0][k], undefined, k);
+  assert.equal(cargoEnvs[0].PATH, process.env.PATH);
   assert.match(log.join(''), /::warning::storesync 0.3.1: no release to download \(.*HTTP 404\); building it from source/);
   assert.match(log.join(''), /::group::cargo install storesync v0.3.1/);
   assert.deepEqual(svc.entries.map((e) => [e.key, e.done]), [['storesync-bin-0.3.1-x86_64-linux', true]]);

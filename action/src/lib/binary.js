@@ -98,6 +98,20 @@ async function downloadRelease({ server, repo, version, arch, fetchFn, checksums
   return { data: extractFile(tgz, 'storesync'), source: `release v${version}, SHA-256 verified against ${how}` };
 }
 
+/** Variables of the step that cargo's build is not given: the runner's tokens. */
+const NOT_FOR_BUILDS = ['ACTIONS_RUNTIME_TOKEN', 'ACTIONS_ID_TOKEN_REQUEST_TOKEN', 'ACTIONS_ID_TOKEN_REQUEST_URL'];
+
+/**
+ * The environment of `cargo install`, which runs the build scripts and procedural macros of
+ * every dependency: the step's, less the inputs' copies of secrets (`command.childEnv`)
+ * and the runner's tokens (writing the cache, requesting OIDC tokens).
+ */
+function buildEnv(env) {
+  const out = command.childEnv(env);
+  for (const k of NOT_FOR_BUILDS) delete out[k];
+  return out;
+}
+
 /**
  * The binary built by `cargo install` from the tag `vVERSION`, or the one an earlier run
  * built and kept in the GitHub Actions cache.
@@ -114,7 +128,7 @@ async function buildFromSource({ server, repo, version, arch, exec, ghaCache, en
   }
   const root = path.join(env.RUNNER_TEMP || os.tmpdir(), `storesync-cargo-${version}-${process.pid}`);
   const args = ['install', '--locked', '--git', `${server}/${repo}`, '--tag', `v${version}`, '--root', root, 'storesync'];
-  const r = await actions.group(`cargo install storesync v${version}`, () => exec('cargo', args, { env }));
+  const r = await actions.group(`cargo install storesync v${version}`, () => exec('cargo', args, { env: buildEnv(env) }));
   if (r.error) {
     throw new Error(
       `cannot build storesync: cargo did not start (${r.error.message}); install a Rust toolchain first, or set the binary input`,
@@ -227,6 +241,7 @@ module.exports = {
   parseSha256,
   downloadRelease,
   buildFromSource,
+  buildEnv,
   install,
   checkVersion,
   resolveBinary,
