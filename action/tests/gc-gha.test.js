@@ -122,3 +122,69 @@ test('gc on gha://: github-token lists and deletes this ref\'s entries; without 
   assert.equal(restored.restored, 8, JSON.stringify(restored));
   assert.deepEqual(store.validPaths(dst), store.validPaths(src));
 });
+
+/**
+ * A gha:// cache holding generation 2 of the sample under key `k`, its packs then evicted
+ * (as GitHub evicts entries idle for 7 days, or least recently used above 10 GB), and a
+ * job whose storesync step restores from it into `dst` (partly: every path fails).
+ */
+async function evictedCacheJob(t, prefix) {
+  const tmp = tmpdir(t, prefix);
+  const svc = await ghaService(t, path.join(tmp, 'azurite'));
+  if (svc.missing) {
+    assert.notEqual(process.env.STORESYNC_GHA_REQUIRED, '1', svc.missing);
+    t.skip(svc.missing);
+    return undefined;
+  }
+  const scope = `act-partial-${crypto.randomBytes(4).toString('hex')}`;
+  const cache = `gha://${scope}`;
+  const env = {
+    ACTIONS_RESULTS_URL: svc.url,
+    ACTIONS_RUNTIME_TOKEN: `token-${scope}`,
+    ACTIONS_CACHE_SERVICE_V2: 'true',
+  };
+  const src = path.join(tmp, 'src');
+  store.restoreGeneration(src, 2);
+  store.storesync(['--root', src, '--json', 'save', '--cache', cache, '--key', 'k'], { env: { ...process.env, ...env } });
+  const r = await fetch(`${svc.url}_admin/evict`, { method: 'POST', body: JSON.stringify({ prefix: `${scope}/packs/` }) });
+  assert.ok((await r.json()).evicted.length > 0);
+  const workspace = path.join(tmp, 'ws');
+  fs.mkdirSync(workspace);
+  const dst = path.join(tmp, 'dst');
+  const job = new Job({ workspace, env, tmp: fs.mkdtempSync(path.join(tmp, 'job-')) });
+  const main = job.uses(REPO, { key: 'k', cache, root: dst, binary: store.storesyncBin() });
+  return { tmp, env, cache, dst, job, main };
+}
+
+test('an exact hit that restored only partly (an evicted pack) is no cache-hit: the post step saves, not skipping after a dry run', async (t) => {
+  const w = await evictedCacheJob(t, 'partial-gha-');
+  if (!w) return;
+  const { dst, job, main } = w;
+  assert.equal(main.status, 0, main.out);
+  assert.match(main.out, /::warning::8 paths failed verification/);
+  // The exact key matched, but the snapshot was not restored whole: no hit.
+  assert.equal(main.outputs['cache-hit'], 'false', main.out);
+  assert.equal(main.outputs['matched-key'], 'k', main.out);
+  // The daemon substitutes or builds what was not restored.
+  store.restoreGeneration(dst, 2);
+  const [post] = job.finish();
+  assert.equal(post.status, 0, post.out);
+  assert.doesNotMatch(post.out, /--dry-run|not saving/, post.out);
+  assert.match(post.out, /\[command\][^\n]* save --cache [^\n]* --key k\n/);
+  assert.equal(post.outputs.saved, 'true', post.out);
+});
+
+// storesync's save decides what the cache holds from its index, without probing for
+// evicted packs, so the save above reports the snapshot unchanged and uploads nothing;
+// docs/REMOTE.md says the next save saves those paths again. Not the action's to fix.
+test('after that save, the next run restores every path', { todo: 'save does not notice an evicted pack (src/save)' }, async (t) => {
+  const w = await evictedCacheJob(t, 'partial-gha-mend-');
+  if (!w) return;
+  const { tmp, env, cache, dst, job } = w;
+  store.restoreGeneration(dst, 2);
+  job.finish();
+  const again = JSON.parse(store.storesync(['--root', path.join(tmp, 'dst2'), '--json', 'restore', '--cache', cache, '--key', 'k'], {
+    env: { ...process.env, ...env },
+  }));
+  assert.deepEqual([again.restored, again.failed.length], [8, 0], JSON.stringify(again));
+});

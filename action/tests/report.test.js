@@ -79,6 +79,7 @@ test('outputs: cache-hit only for the exact key; matched-key empty on a miss', (
     bytes: '344053',
   });
   assert.equal(report.restoreOutputs({ ...HIT, exact_match: false }, 'prefix')['cache-hit'], 'false');
+  assert.equal(report.restoreOutputs({ ...HIT, failed: ['/gnu/store/a-x'] }, 'partial')['cache-hit'], 'false');
   assert.deepEqual(report.restoreOutputs(EMPTY, 'miss'), {
     'cache-hit': 'false',
     'matched-key': '',

@@ -103,12 +103,16 @@ function interpretRestore(r) {
   return { status: 'error', message: failureMessage(r, 'restore') };
 }
 
-/** The step outputs of a restore. */
+/**
+ * The step outputs of a restore. `cache-hit` only when the exact key's snapshot was
+ * restored whole: after a partial restore the cache lacks data the store now has again
+ * (an evicted pack), and a save that `cache-hit` skips would leave it so.
+ */
 function restoreOutputs(json, status) {
   const j = json || {};
   const matched = status !== 'miss' && Boolean(j.matched_key);
   return {
-    'cache-hit': String(matched && j.exact_match === true),
+    'cache-hit': String(status === 'hit' && matched && j.exact_match === true),
     'matched-key': matched ? j.matched_key : '',
     'restored-paths': String(j.restored || 0),
     bytes: String(j.bytes_written || 0),
