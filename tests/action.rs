@@ -137,3 +137,68 @@ fn completions_and_man_pages() {
         assert!(dir.path().join(page).is_file(), "{page}");
     }
 }
+
+#[test]
+fn option_values_that_start_with_a_dash_and_errors_as_the_action_reads_them() {
+    // action/src/lib/command.js passes a value that starts with a dash as `--name=value`;
+    // action/src/lib/report.js quotes the last `storesync: error: ` line of stderr in the
+    // step's annotation; steps.js asks `save --dry-run --gc-roots` after an exact hit.
+    let w = World::new(Flavor::Guix);
+    sample::build(&w.layout("src"), 1).unwrap();
+    let cache = w.cache_dir();
+    let cache_arg = format!("--cache={}", cache.display());
+    let saved = w
+        .cmd("src")
+        .args(["--json", "save", &cache_arg, "--key=-guix-1"])
+        .output()
+        .unwrap();
+    assert_eq!(saved.status.code(), Some(0), "{saved:?}");
+    let hit = w
+        .cmd("t0")
+        .args([
+            "--json",
+            "restore",
+            &cache_arg,
+            "--key=-guix-2",
+            "--restore-key=-guix-",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(hit.status.code(), Some(0), "{hit:?}");
+    assert_eq!(json(&hit.stdout)["matched_key"], "-guix-1");
+
+    let dry = w
+        .cmd("src")
+        .args([
+            "--json",
+            "save",
+            &cache_arg,
+            "--key=k",
+            "--dry-run",
+            "--gc-roots",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&dry.stderr);
+    assert!(
+        dry.status.code() == Some(0) || stderr.contains("storesync: error: --gc-roots"),
+        "{dry:?}"
+    );
+
+    let blocked = w.dir.path().join("not-a-dir");
+    std::fs::write(&blocked, "").unwrap();
+    let failed = w
+        .cmd("src")
+        .args(["--json", "save", "--key", "k", "--cache"])
+        .arg(blocked.join("cache"))
+        .output()
+        .unwrap();
+    assert_eq!(failed.status.code(), Some(1), "{failed:?}");
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("storesync: error: ") && l.contains("not-a-dir")),
+        "{stderr}"
+    );
+}
