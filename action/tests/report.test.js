@@ -215,3 +215,14 @@ test('sizes and durations as people read them', () => {
   assert.equal(report.duration(125_000), '2 min 5 s');
   assert.equal(report.code('a`b'), '`` a`b ``');
 });
+
+test('a failure message in a summary table keeps its row: storesync\'s error text may hold | and newlines', () => {
+  const message = report.failureMessage({ code: 1, stderr: 'storesync: error: cache storage s3://b/p: reply a|b\n' }, 'gc');
+  const md = report.gcSummary({ cache: 's3://b/p', message, ms: 5 });
+  const row = md.split('\n').find((l) => l.startsWith('| result |'));
+  assert.equal(row, '| result | failed: storesync gc failed (exit 1): cache storage s3://b/p: reply a\\|b |');
+  const r = report.restoreSummary({ key: 'k', status: 'error', message: 'x|y\nz', ms: 5 });
+  assert.ok(r.includes('| matched | not restored: x\\|y z |'), r);
+  const s = report.saveSummary({ key: 'k', message: 'x|y', ms: 5 });
+  assert.ok(s.includes('| result | failed: x\\|y |'), s);
+});

@@ -28,6 +28,11 @@ function code(s) {
   return t.includes('`') ? `\`\` ${t} \`\`` : `\`${t}\``;
 }
 
+/** Text as a table cell: `|` escaped (GFM reads `\|` as `|`), line breaks as spaces. */
+function cell(s) {
+  return String(s).replace(/\|/g, '\\|').replace(/\r?\n/g, ' ');
+}
+
 /** The first 12 hex digits of a snapshot id. */
 function short(id) {
   return String(id || '').slice(0, 12);
@@ -130,7 +135,7 @@ function restoreSummary({ key, json, status, message, ms }) {
   }[status];
   const rows = [
     ['key', code(key)],
-    ['matched', matched ? matched() : `not restored: ${message}`],
+    ['matched', matched ? matched() : `not restored: ${cell(message)}`],
   ];
   if (j.snapshot) {
     rows.push(['snapshot', code(short(j.snapshot))]);
@@ -166,9 +171,9 @@ function saveSummary({ key, json, skipped, message, ms }) {
   const rows = [['key', code(key)]];
   const j = json || {};
   if (skipped) {
-    rows.push(['result', `not saved: ${skipped}`]);
+    rows.push(['result', `not saved: ${cell(skipped)}`]);
   } else if (!json) {
-    rows.push(['result', `failed: ${message}`]);
+    rows.push(['result', `failed: ${cell(message)}`]);
   } else {
     rows.push([
       'result',
@@ -206,7 +211,7 @@ function gcSummary({ cache, json, message, ms }) {
   if (json) {
     rows.push([json.dry_run ? 'would' : 'result', gcLine(json)]);
   } else {
-    rows.push(['result', `failed: ${message}`]);
+    rows.push(['result', `failed: ${cell(message)}`]);
   }
   rows.push(['time', duration(ms)]);
   const dropped = ((json && json.dropped) || []).map(
