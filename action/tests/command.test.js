@@ -72,7 +72,7 @@ test('gc: the retention rules, key prefix, grace and dry run', () => {
   assert.ok(!command.saveArgs({ ...base, defragment: 'never' }).includes('--defragment'));
 });
 
-test('as root storesync runs directly; otherwise through sudo -E naming the variables the backends need', () => {
+test('as root storesync runs directly; otherwise through sudo -n -E naming the variables the backends need', () => {
   const env = {
     PATH: '/usr/bin',
     HOME: '/home/runner',
@@ -96,6 +96,7 @@ test('as root storesync runs directly; otherwise through sudo -E naming the vari
   assert.deepEqual(command.privileged('/opt/storesync', ['--json', 'restore'], { uid: 1001, env }), {
     file: 'sudo',
     args: [
+      '-n',
       '-E',
       '--preserve-env=ACTIONS_CACHE_SERVICE_V2,ACTIONS_RESULTS_URL,ACTIONS_RUNTIME_TOKEN,AWS_ACCESS_KEY_ID,AWS_ENDPOINT,AWS_SECRET_ACCESS_KEY,GITHUB_REF,GITHUB_REPOSITORY,GITHUB_TOKEN,STORESYNC_SIGN_KEY',
       '--',
@@ -104,7 +105,7 @@ test('as root storesync runs directly; otherwise through sudo -E naming the vari
       'restore',
     ],
   });
-  assert.deepEqual(command.privileged('/s', ['x'], { uid: 1001, env: { PATH: '/bin' } }).args, ['-E', '--', '/s', 'x']);
+  assert.deepEqual(command.privileged('/s', ['x'], { uid: 1001, env: { PATH: '/bin' } }).args, ['-n', '-E', '--', '/s', 'x']);
 });
 
 test("the child's environment: no INPUT_* or STATE_* (the runner's copies of secrets), extras added", () => {

@@ -40,7 +40,7 @@ function savedCache(dir, key) {
   return { root, cache };
 }
 
-test('not root: storesync runs through sudo -E, the cache service variables named in --preserve-env', async (t) => {
+test('not root: storesync runs through sudo -n -E, the cache service variables named in --preserve-env', async (t) => {
   const dir = tmpdir(t, 'steps-');
   const { cache } = savedCache(dir, 'k');
   const fake = path.join(dir, 'fakebin');
@@ -65,13 +65,14 @@ test('not root: storesync runs through sudo -E, the cache service variables name
   assert.equal(r.status, 'hit', s.text());
   assert.equal(s.outputs()['restored-paths'], '8');
   const args = fs.readFileSync(sudoLog, 'utf8').split('\n');
-  assert.deepEqual(args.slice(0, 4), [
+  assert.deepEqual(args.slice(0, 5), [
+    '-n',
     '-E',
     '--preserve-env=ACTIONS_RESULTS_URL,ACTIONS_RUNTIME_TOKEN,AWS_REGION',
     '--',
     store.storesyncBin(),
   ]);
-  assert.match(s.text(), /\[command\]sudo -E --preserve-env=ACTIONS_RESULTS_URL,ACTIONS_RUNTIME_TOKEN,AWS_REGION -- /);
+  assert.match(s.text(), /\[command\]sudo -n -E --preserve-env=ACTIONS_RESULTS_URL,ACTIONS_RUNTIME_TOKEN,AWS_REGION -- /);
 });
 
 test('a partial restore (damaged cache) is a warning, or with strict a failure; outputs and summary say what failed', async (t) => {

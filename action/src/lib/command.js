@@ -151,6 +151,8 @@ function childEnv(env, extra = {}) {
 
 /**
  * The process to start for `binary args` as root: itself when `uid` is 0, else sudo,
+ * never asking for a password (-n: on a self-hosted runner whose sudo wants one, the step
+ * fails at once saying so, instead of waiting on a terminal until the job's timeout),
  * keeping the environment (-E) and naming the variables the backends need
  * (--preserve-env=LIST), which a sudoers policy restricting -E still lets through.
  */
@@ -159,7 +161,7 @@ function privileged(binary, args, { uid, env }) {
   const keep = passThrough(env);
   return {
     file: 'sudo',
-    args: ['-E', ...(keep.length > 0 ? [`--preserve-env=${keep.join(',')}`] : []), '--', binary, ...args],
+    args: ['-n', '-E', ...(keep.length > 0 ? [`--preserve-env=${keep.join(',')}`] : []), '--', binary, ...args],
   };
 }
 
