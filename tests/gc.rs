@@ -177,6 +177,71 @@ fn the_newest_snapshot_of_each_key_is_kept_and_other_keys_are_untouched() {
     }
 }
 
+/// Found by review: a `--max-size` that the snapshots always kept (the newest of each key)
+/// exceed was exceeded in silence, exit 0: a CI job kept growing a cache past its budget (on
+/// the GitHub cache, past 10 GB, where eviction then takes live packs). The report, its
+/// JSON (`over_budget`) and stderr now say so; a budget that fits says nothing.
+#[test]
+fn a_budget_the_kept_snapshots_exceed_is_said_to_be_exceeded() {
+    let w = World::new(Flavor::Guix);
+    sample::build(&w.layout("src"), 1).unwrap();
+    save(&w, "guix-a");
+    let run = |args: &[&str]| {
+        w.std_cmd("src")
+            .args(["gc", "--grace", "0s", "--cache"])
+            .arg(w.cache_dir())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--max-size", "1"]);
+    assert!(out.status.success(), "{out:?}");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    for text in [&stdout, &stderr] {
+        assert!(
+            text.contains("over budget") && text.contains("more than --max-size 1 B"),
+            "{stdout}\n{stderr}"
+        );
+    }
+    let out = run(&["--max-size", "1", "--dry-run"]);
+    let j = json_of(
+        &w.std_cmd("src")
+            .args(["--json", "gc", "--max-size", "1", "--cache"])
+            .arg(w.cache_dir())
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(j["over_budget"], 1, "{j}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("over budget"));
+    let out = run(&["--max-size", "1GiB"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("over budget"));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("over budget"));
+    let j = json_of(
+        &w.std_cmd("src")
+            .args(["--json", "gc", "--max-size", "1GiB", "--cache"])
+            .arg(w.cache_dir())
+            .output()
+            .unwrap(),
+    );
+    assert!(j["over_budget"].is_null(), "{j}");
+    // The same from `save --prune`.
+    let out = w
+        .std_cmd("src")
+        .args(["save", "--prune", "--max-size", "1", "--cache"])
+        .arg(w.cache_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("over budget"),
+        "{out:?}"
+    );
+}
+
 #[test]
 fn a_dry_run_changes_nothing_and_a_grace_period_defers_deletion() {
     let w = World::new(Flavor::Guix);

@@ -118,6 +118,9 @@ pub fn run(g: &Global, a: &GcArgs, progress: &dyn Progress) -> Result<u8> {
     };
     let r = gc::gc(&cache, &a.retention.policy(a.dry_run), progress);
     print_warnings(&cache);
+    if let Ok(r) = &r {
+        warn_over_budget(r);
+    }
     let with = WithTransfer {
         report: &r?,
         transfer: cache.transfer(),
@@ -176,6 +179,9 @@ pub fn text(out: &mut dyn Write, r: &GcReport) -> io::Result<()> {
         }
         writeln!(out)?;
     }
+    if let Some(max) = r.over_budget {
+        writeln!(out, "{}", over_budget(r.live_bytes, max))?;
+    }
     if r.entries_touched > 0 {
         writeln!(
             out,
@@ -185,6 +191,27 @@ pub fn text(out: &mut dyn Write, r: &GcReport) -> io::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// What a collection that could not bring the cache within `--max-size` says (in its report,
+/// and on stderr through [`warn_over_budget`]).
+fn over_budget(live: u64, max: u64) -> String {
+    format!(
+        "over budget: the snapshots kept whatever the budget (the newest of each key, and \
+         those --keep-last or --keep-within keep) hold {} of live data, more than --max-size {}: \
+         raise the budget, save under fewer keys (--key-prefix limits a collection to some), or \
+         keep fewer",
+        human(live),
+        human(max)
+    )
+}
+
+/// A warning on stderr when a collection left the cache over its budget: the report on
+/// stdout may be JSON or unread, and a CI log should show it.
+pub fn warn_over_budget(r: &GcReport) {
+    if let Some(max) = r.over_budget {
+        super::output::warn(over_budget(r.live_bytes, max));
+    }
 }
 
 /// `7d`, `12h`, `30m`, `90s` or plain seconds, into seconds.

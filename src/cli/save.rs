@@ -145,7 +145,10 @@ pub fn run(g: &Global, a: &SaveArgs, progress: &dyn Progress) -> Result<u8> {
     // the save (`prune_error`), then as the command's error.
     let (pruned, prune_failure) = if a.prune {
         match storesync::cache::gc::gc(&cache, &a.retention.policy(false), progress) {
-            Ok(p) => (Some(p), None),
+            Ok(p) => {
+                super::gc::warn_over_budget(&p);
+                (Some(p), None)
+            }
             Err(e) => (None, Some(e)),
         }
     } else {

@@ -240,6 +240,7 @@ pub(super) fn mark(
         }
     }
     report.live_bytes = live_bytes;
+    report.over_budget = policy.max_size.filter(|&max| live_bytes > max);
     Ok(Marked {
         heads,
         keep,

@@ -128,6 +128,10 @@ pub struct GcReport {
     pub objects_reframed: u64,
     /// Their bytes, uncompressed.
     pub bytes_reframed: u64,
+    /// The budget (`max_size`) when the snapshots always kept (the newest of each key, and
+    /// those `keep_last`/`keep_within` keep) hold more live data than it: the cache stays
+    /// over its budget, which only fewer keys or a larger budget can change.
+    pub over_budget: Option<u64>,
 }
 
 /// The key of this run's list of retired files.
