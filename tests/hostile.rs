@@ -1898,6 +1898,70 @@ fn a_file_named_after_the_newest_signed_snapshot_does_not_roll_restores_back() {
     assert_eq!(r.snapshot, new, "{:?}", r.passed_over);
 }
 
+/// A file named after the newest signed snapshot with the latest name, whose (unchecked)
+/// head is dated before an older signed snapshot: the newest was ranked by that head alone,
+/// below the older one, which was read, checked and taken first, so a cache writer who can
+/// only add files still rolled restores back. A snapshot is ranked by the latest date of its
+/// files' heads (then again at its checked date when that is earlier).
+#[test]
+fn a_file_named_after_the_newest_signed_snapshot_dated_earlier_does_not_roll_restores_back() {
+    let w = World::new(Flavor::Guix);
+    let mut blobs = Blobs::new();
+    let node = dir_node(vec![("f", file_node(&mut blobs, false, b"hello\n"))]);
+    let snapshot_of = |n: u64| {
+        let base = base_name(n, "p");
+        let info = row_for(&base, &nar_of(&node, &blobs));
+        write_cache(
+            &w.cache_dir(),
+            w.flavor,
+            &[(info, node.clone())],
+            &blobs,
+            vec![],
+        )
+    };
+    let (old, new) = (snapshot_of(4), snapshot_of(5));
+    let (secret, public) = storesync::trust::generate("ci-1").unwrap();
+    let cache = w.cache();
+    for id in [&old, &new] {
+        let id = storesync::cache::SnapshotId::parse(id).unwrap();
+        cache
+            .add_signature(&id, secret.sign_snapshot(&id.0))
+            .unwrap();
+    }
+    // A snapshot dated a day before the older signed one, its file renamed after the newest
+    // with the latest name a v2 file may have.
+    let mut early = cache.find_snapshot(Some(&old)).unwrap().1;
+    early.created -= 86_400 * 1_000_000_000;
+    let early_id = cache.write_snapshot(&early).unwrap().hex();
+    let early_file = util::snapshot_file(&w.cache_dir(), &early_id);
+    let sum = early_file
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_end_matches(".snap")
+        .rsplit('-')
+        .next()
+        .unwrap()
+        .to_owned();
+    fs::rename(
+        &early_file,
+        w.cache_dir()
+            .join(format!("snapshots/7fffffffffffffff-{new}-{sum}.snap")),
+    )
+    .unwrap();
+    let mut trusted = storesync::trust::TrustedKeys::new();
+    trusted.add(public);
+    let opts = RestoreOptions {
+        trusted,
+        dry_run: true,
+        ..RestoreOptions::default()
+    };
+    let cache = w.cache();
+    let r = storesync::restore::restore(&w.layout("dst"), &cache, &opts, &NoProgress).unwrap();
+    assert_eq!(r.snapshot, new, "{:?}", r.passed_over);
+}
+
 /// Found by review: `ls` took a file named after another snapshot (anyone who can add a file
 /// can name one so) for that snapshot: the id was listed twice, once with the planted file's
 /// date, and with `--trusted-key` both lines said "signed". A v2 head must give the id its

@@ -21,24 +21,29 @@ pub struct SignedSnapshot {
 
 impl Cache {
     /// The date a snapshot of files `refs` (one id) is ranked by when choosing the newest: the
-    /// head of its newest file (by name) not dated beyond `limit`; else the earliest date past
-    /// it; else the error reading the last. Heads are read unchecked, and any cache writer
-    /// can add a file named after a snapshot: one dated in the future, or not a snapshot at
-    /// all, does not make the snapshot passed over (the file that checks is read later).
+    /// latest head of its files not dated beyond `limit`; else the earliest date past it; else
+    /// the error reading the last. Heads are read unchecked, and any cache writer can add a
+    /// file named after a snapshot: one dated in the future, or not a snapshot at all, does not
+    /// make the snapshot passed over, and one dated earlier does not rank it below an older
+    /// snapshot (taken first): the rank is never below the date of the file that checks, which
+    /// is read later, and the snapshot ranked again at that date.
     fn group_date(&self, refs: &[SnapshotRef], limit: i64, again: bool) -> Result<i64, CacheError> {
+        let mut latest: Option<i64> = None;
         let mut future: Option<i64> = None;
         let mut last_err = None;
         for r in refs.iter().rev() {
             match self.read_head(r) {
-                Ok(h) if h.created <= limit => return Ok(h.created),
+                Ok(h) if h.created <= limit => {
+                    latest = Some(latest.map_or(h.created, |l| l.max(h.created)));
+                }
                 Ok(h) => future = Some(future.map_or(h.created, |f| f.min(h.created))),
                 Err(e) if again && super::lookup::gone(&e) => return Err(e),
                 Err(e) => last_err = Some(e),
             }
         }
-        match future {
-            Some(f) => Ok(f),
-            None => Err(last_err.expect("a group has a file")),
+        match (latest, future) {
+            (Some(d), _) | (None, Some(d)) => Ok(d),
+            (None, None) => Err(last_err.expect("a group has a file")),
         }
     }
 
