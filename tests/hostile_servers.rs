@@ -600,3 +600,52 @@ fn gha_download_url_of_another_scheme_is_not_followed() {
     let e = store.get("index/i.idx", 1 << 20).unwrap_err().to_string();
     assert!(e.contains("index/i.idx"), "{e}");
 }
+
+/// A GitHub cache request throttled (HTTP 429, waited as asked) for longer than the timeout,
+/// then met by one dropped connection: the time waiting on answers counted as time without
+/// one, so the drop was not tried again and the host was taken for one that stopped
+/// answering (every later request failing at once). Only time without any answer counts.
+#[test]
+fn gha_request_throttled_longer_than_the_timeout_is_still_tried_again_after_a_drop() {
+    let (url, count) = serve(|_req, s| {
+        static SEEN: AtomicUsize = AtomicUsize::new(0);
+        match SEEN.fetch_add(1, Ordering::SeqCst) {
+            0 => write!(
+                s,
+                "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 3\r\nContent-Length: 0\r\n\r\n"
+            ),
+            // Dropped without an answer.
+            1 => Err(std::io::Error::other("dropped")),
+            _ => {
+                let body = "{\"ok\":false}";
+                write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\
+                     \r\n\r\n{body}",
+                    body.len()
+                )
+            }
+        }
+    });
+    let r = within(Duration::from_secs(60), move || {
+        let store = GhaStore::new(GhaConfig {
+            results_url: url,
+            runtime_token: "t".into(),
+            scope: "sc".into(),
+            max_throttle_wait: Duration::from_secs(10),
+            block_size: 4 << 20,
+            tries: 3,
+            retry_pause: Duration::from_millis(10),
+            timeout: Duration::from_secs(2),
+            rest: None,
+        })
+        .unwrap();
+        let r = store.get("index/a.idx", 100).map(drop);
+        std::mem::forget(store);
+        r
+    })
+    .expect("the request still runs after 60 s");
+    let e = r.expect_err("nothing is there to read");
+    assert!(e.is_not_found(), "{e}");
+    assert!(count.load(Ordering::SeqCst) >= 3);
+}

@@ -111,7 +111,8 @@ impl Inner {
     ///
     /// A request to `url`'s host that got no answer (no connection, or none within
     /// [`GhaConfig::timeout`]) is tried again only while less than that timeout has passed
-    /// since its first try; once it gives up, every later request to that host fails at
+    /// since the first of its tries that got none in a row (time spent on answers, a throttled
+    /// wait or a 5xx, is not time without an answer); once it gives up, every later request to that host fails at
     /// once, saying so, instead of waiting as long again (a restore from a silent service
     /// would wait once per object).
     ///
@@ -124,14 +125,20 @@ impl Inner {
     ) -> Result<http::Response<ureq::Body>, StorageError> {
         let host = host_of(url);
         self.check_up(what, host)?;
-        let started = std::time::Instant::now();
+        // When the tries without an answer in a row began.
+        let mut unanswered: Option<std::time::Instant> = None;
         let mut throttled = Duration::ZERO;
         let mut backoff = Duration::from_secs(1);
         let mut failures = 0u32;
         let mut pause = self.cfg.retry_pause;
         loop {
             self.transfer.request();
-            let why = match make() {
+            let tried = std::time::Instant::now();
+            let made = make();
+            if made.as_ref().is_ok() {
+                unanswered = None;
+            }
+            let why = match made {
                 Ok(resp)
                     if resp.status().as_u16() == 429
                         || (resp.status().as_u16() == 403 && retry_after(&resp).is_some()) =>
@@ -190,7 +197,8 @@ impl Inner {
                 Err(e) if no_answer(&e) => {
                     failures += 1;
                     self.transfer.retry();
-                    if failures >= self.cfg.tries || started.elapsed() >= self.cfg.timeout {
+                    let since = *unanswered.get_or_insert(tried);
+                    if failures >= self.cfg.tries || since.elapsed() >= self.cfg.timeout {
                         let why = format!("{e} (after {failures} tries)");
                         self.down
                             .lock()
