@@ -649,3 +649,48 @@ fn gha_request_throttled_longer_than_the_timeout_is_still_tried_again_after_a_dr
     assert!(e.is_not_found(), "{e}");
     assert!(count.load(Ordering::SeqCst) >= 3);
 }
+
+/// The blob storage answering a download with an error (404, 500) whose body trickles in (a
+/// byte every 200 ms): a download's body is bounded by its reader, not by the request, so the
+/// error's text, read for the message, had no bound (1,000 bytes took 200 s; 64 KiB would
+/// take 3.6 hours). It is cut off as any other body is.
+#[test]
+fn gha_error_reply_to_a_download_trickling_in_is_cut_off() {
+    for status in ["404 Not Found", "500 Internal Server Error"] {
+        let (url, _) = serve(move |req, s| {
+            if req.line.starts_with("POST") {
+                let addr = req.header("host").unwrap_or_default().to_string();
+                let body = format!(
+                    "{{\"ok\":true,\"signed_download_url\":\"http://{addr}/blob/x?sig=1\",\
+                     \"matched_key\":\"sc/packs/p.pack\"}}"
+                );
+                return write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\
+                     \r\n\r\n{body}",
+                    body.len()
+                );
+            }
+            write!(s, "HTTP/1.1 {status}\r\nContent-Length: 1000\r\n\r\n")?;
+            for _ in 0..1000 {
+                s.write_all(b"x")?;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Ok(())
+        });
+        let t = std::time::Instant::now();
+        let r = within(Duration::from_secs(60), move || {
+            let store = gha_on(&url, None);
+            let r = store
+                .get_range("packs/p.pack", 0, 10)
+                .map(drop)
+                .map_err(|e| e.to_string());
+            std::mem::forget(store);
+            r
+        })
+        .unwrap_or_else(|| panic!("{status}: a trickled error reply still runs after 60 s"));
+        let err = r.expect_err("an error reply was taken");
+        assert!(err.contains("packs/p.pack"), "{status}: {err}");
+        assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    }
+}

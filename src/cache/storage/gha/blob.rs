@@ -102,7 +102,7 @@ impl Inner {
             what,
             format!(
                 "{op} to the cache's blob storage: {}",
-                error_message(status, &body_text(resp))
+                error_message(status, &body_text(resp, self.cfg.timeout))
             ),
         ))
     }
@@ -144,7 +144,7 @@ impl Inner {
                             io::ErrorKind::NotFound,
                             format!(
                                 "evicted from the GitHub Actions cache ({})",
-                                error_message(status, &body_text(resp))
+                                error_message(status, &body_text(resp, self.cfg.timeout))
                             ),
                         ),
                     ));
@@ -167,7 +167,7 @@ impl Inner {
                         what,
                         format!(
                             "download from the cache's blob storage: {}",
-                            error_message(status, &body_text(resp))
+                            error_message(status, &body_text(resp, self.cfg.timeout))
                         ),
                     ))
                 }
@@ -271,8 +271,13 @@ pub(super) struct Paced {
 }
 
 impl Paced {
-    fn new(store: &GhaStore, resp: http::Response<ureq::Body>, bytes: u64) -> Self {
-        let allowed = body_time(store.inner.cfg.timeout, bytes);
+    /// `resp`'s body, of `bytes`, allowed [`body_time`] of `timeout`.
+    pub(super) fn new(
+        timeout: std::time::Duration,
+        resp: http::Response<ureq::Body>,
+        bytes: u64,
+    ) -> Self {
+        let allowed = body_time(timeout, bytes);
         Paced {
             body: resp.into_body().into_reader(),
             bytes,
@@ -386,7 +391,7 @@ impl GhaStore {
         }
         let expect = content_length(&resp).unwrap_or(max);
         let mut out = Vec::new();
-        Paced::new(self, resp, expect)
+        Paced::new(self.inner.cfg.timeout, resp, expect)
             .take(max + 1)
             .read_to_end(&mut out)
             .map_err(|e| StorageError(what.clone(), e))?;
@@ -458,7 +463,7 @@ impl GhaStore {
             }
         }
         Ok(Box::new(ExactReader {
-            body: Paced::new(self, resp, len),
+            body: Paced::new(self.inner.cfg.timeout, resp, len),
             left: len,
             transfer: &self.inner.transfer,
         }))
@@ -494,7 +499,10 @@ impl GhaStore {
                 s => {
                     return Err(other(
                         &what,
-                        format!("HEAD of the blob: {}", error_message(s, &body_text(resp))),
+                        format!(
+                            "HEAD of the blob: {}",
+                            error_message(s, &body_text(resp, self.inner.cfg.timeout))
+                        ),
                     ))
                 }
             }

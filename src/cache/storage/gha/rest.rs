@@ -217,7 +217,7 @@ impl Inner {
 
     pub(super) fn rest_status(&self, what: &str, resp: http::Response<ureq::Body>) -> StorageError {
         let status = resp.status().as_u16();
-        let msg = error_message(status, &body_text(resp));
+        let msg = error_message(status, &body_text(resp, self.cfg.timeout));
         let kind = if status == 401 || status == 403 {
             io::ErrorKind::PermissionDenied
         } else {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use ureq::http;
 
+use super::blob::Paced;
 use super::{other, Inner, StorageError};
 
 #[derive(Deserialize, Default)]
@@ -44,12 +45,20 @@ pub(super) fn retry_after(resp: &http::Response<ureq::Body>) -> Option<Duration>
     Some(Duration::from_secs(reset.saturating_sub(now).max(1)))
 }
 
-pub(super) fn body_text(resp: http::Response<ureq::Body>) -> String {
-    resp.into_body()
-        .with_config()
-        .limit(64 * 1024)
-        .read_to_string()
-        .unwrap_or_default()
+/// The text of an error reply, for its message: empty when longer than 64 KiB
+/// ([`super::CONTROL_BODY`]), not UTF-8, or not read within the time a body of 64 KiB may take
+/// ([`Paced`], of `timeout`): a download's request bounds no body's time itself (its reader
+/// does), and an error reply trickling in was read for hours.
+pub(super) fn body_text(resp: http::Response<ureq::Body>, timeout: Duration) -> String {
+    use io::Read as _;
+    let mut out = Vec::new();
+    match Paced::new(timeout, resp, super::CONTROL_BODY)
+        .take(super::CONTROL_BODY + 1)
+        .read_to_end(&mut out)
+    {
+        Ok(n) if n as u64 <= super::CONTROL_BODY => String::from_utf8(out).unwrap_or_default(),
+        _ => String::new(),
+    }
 }
 
 /// The message of an error reply: a twirp `{code, msg}`, else the first line of the body.
@@ -149,7 +158,7 @@ impl Inner {
                         backoff = (backoff * 2).min(Duration::from_secs(60));
                         b
                     });
-                    let text = body_text(resp);
+                    let text = body_text(resp, self.cfg.timeout);
                     if throttled + wait > self.cfg.max_throttle_wait {
                         return Err(StorageError(
                             what.to_owned(),
@@ -183,7 +192,7 @@ impl Inner {
                 Ok(resp) if [500, 502, 503, 504].contains(&resp.status().as_u16()) => {
                     let status = resp.status().as_u16();
                     let wait = retry_after(&resp);
-                    let msg = error_message(status, &body_text(resp));
+                    let msg = error_message(status, &body_text(resp, self.cfg.timeout));
                     if let Some(w) = wait.filter(|w| throttled + *w <= self.cfg.max_throttle_wait) {
                         // Azure's 503 ServerBusy says how long to wait, like a 429.
                         std::thread::sleep(w);

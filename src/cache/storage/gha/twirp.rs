@@ -100,13 +100,16 @@ impl Inner {
                     io::ErrorKind::PermissionDenied,
                     format!(
                         "{method} refused: {}",
-                        error_message(status, &body_text(resp))
+                        error_message(status, &body_text(resp, self.cfg.timeout))
                     ),
                 ),
             )),
             _ => Err(other(
                 what,
-                format!("{method}: {}", error_message(status, &body_text(resp))),
+                format!(
+                    "{method}: {}",
+                    error_message(status, &body_text(resp, self.cfg.timeout))
+                ),
             )),
         }
     }
