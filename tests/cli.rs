@@ -968,3 +968,58 @@ fn a_db_on_a_full_or_read_only_device_says_so_and_registers_nothing() {
     let out = w.on_cache("dst", &["save"]).output().unwrap();
     check(&out, "save, read-only", "read-only file system");
 }
+
+/// A DB whose file system has room but no inode left (a store of many small files on the
+/// same file system can use them all): SQLite cannot make its -shm file, even to read the DB,
+/// and said only "unable to open database file", naming no cause. Save and restore now say
+/// which DB, that its file system has no inode left, and what to do; nothing is registered.
+#[test]
+fn a_db_on_a_file_system_out_of_inodes_says_so() {
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    let one = "0123456789abcdfghijklmnpqrsvwxyz-one";
+    let two = "1123456789abcdfghijklmnpqrsvwxyz-two";
+    add_files_path(&src, one, &[("f", b"one\n", false)], &[]);
+    w.on_cache("src", &["save", "--key", "a"])
+        .assert()
+        .success();
+    add_files_path(&src, two, &[("g", b"two\n", false)], &[one]);
+    w.on_cache("src", &["save", "--key", "b"])
+        .assert()
+        .success();
+    let dst = w.layout("dst");
+    let db_dir = dst.real_db_dir();
+    let Some(_mount) = Tmpfs::mount(&db_dir, "size=8m,nr_inodes=64") else {
+        eprintln!("skipped: cannot mount a tmpfs (needs root)");
+        return;
+    };
+    w.on_cache("dst", &["restore", "--key", "a"])
+        .assert()
+        .success();
+    let first = util::db_rows(&dst);
+    for f in ["db.sqlite-shm", "db.sqlite-wal"] {
+        let _ = fs::remove_file(db_dir.join(f));
+    }
+    let mut made = 0;
+    while fs::File::create(db_dir.join(format!("filler{made}"))).is_ok() {
+        made += 1;
+    }
+    assert!(made > 0);
+    let db = dst.db_file().display().to_string();
+    for (ctx, args) in [
+        ("save", vec!["save"]),
+        ("restore", vec!["restore", "--key", "b"]),
+    ] {
+        let out = w.on_cache("dst", &args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{ctx}: {err}");
+        assert!(err.contains(&db), "{ctx}: the DB is not named: {err}");
+        assert!(err.contains("no inode left"), "{ctx}: {err}");
+        assert!(!err.contains("unable to open"), "{ctx}: {err}");
+    }
+    for i in 0..made {
+        fs::remove_file(db_dir.join(format!("filler{i}"))).unwrap();
+    }
+    assert_eq!(util::db_rows(&dst), first);
+    assert!(!dst.real_store_dir().join(two).exists());
+}

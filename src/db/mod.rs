@@ -60,6 +60,11 @@ pub enum DbError {
     /// SQLite could not open or write the DB and its directory is on a read-only file system
     /// (SQLite says "unable to open database file", or that the DB is read-only): the DB's
     /// directory.
+    /// SQLite could not make a file beside the DB (its `-wal` or `-shm`, even to read; SQLite
+    /// says "unable to open database file" or "disk I/O error") and the file system holding
+    /// them has no inode left, whatever room it has: the DB's directory.
+    #[error("database {0}: the file system holding {1} has no inode left (no new file can be made there, whatever room it has): SQLite needs to make the DB's -wal and -shm files there, even to read it; nothing was changed in the DB (delete files on that file system, then run again)")]
+    NoInodes(PathBuf, PathBuf),
     #[error("database {0}: {1} is on a read-only file system, where SQLite cannot make the DB's -wal and -shm files it needs beside it, even to read it: nothing was read or changed (remount it read-write, then run again)")]
     ReadOnlyFileSystem(PathBuf, PathBuf),
     #[error("database {0} cannot be read by this user: SQLite reads a WAL database only beside its -wal and -shm files, which no process holds open now and which this user may not create in its directory (run as root, e.g. with sudo, or as the directory's owner)")]
@@ -77,7 +82,8 @@ fn sql(db: &std::path::Path) -> impl Fn(rusqlite::Error) -> DbError + '_ {
 /// SQLite's error `e` on the DB `db`, told as what it is when it comes of the file system
 /// holding the DB's directory rather than of the DB: a full one ([`DbError::DeviceFull`]:
 /// SQLite's "database or disk is full", or an I/O error with less than [`NEARLY_FULL`] free
-/// there) or a read-only one ([`DbError::ReadOnlyFileSystem`]). Any other stays
+/// there), a read-only one ([`DbError::ReadOnlyFileSystem`]), or one with no inode left
+/// ([`DbError::NoInodes`]: SQLite could not make a file there). Any other stays
 /// [`DbError::Sqlite`].
 fn explained(db: &std::path::Path, e: rusqlite::Error) -> DbError {
     use rusqlite::ErrorCode;
@@ -103,12 +109,25 @@ fn explained(db: &std::path::Path, e: rusqlite::Error) -> DbError {
         st.f_bavail
     };
     let free = blocks.saturating_mul(st.f_frsize);
+    let inodes = if rustix::process::geteuid().is_root() {
+        st.f_ffree
+    } else {
+        st.f_favail
+    };
     let full = code == Some(ErrorCode::DiskFull)
         || (code == Some(ErrorCode::SystemIoFailure) && free < NEARLY_FULL);
     if full {
         DbError::DeviceFull(db.to_owned(), dir.to_owned(), free)
     } else if st.f_flag.contains(StatVfsMountFlags::RDONLY) {
         DbError::ReadOnlyFileSystem(db.to_owned(), dir.to_owned())
+    } else if matches!(
+        code,
+        Some(ErrorCode::CannotOpen | ErrorCode::SystemIoFailure)
+    ) && st.f_files > 0
+        && inodes == 0
+    {
+        // A file system that counts no inodes (btrfs) says 0 of 0.
+        DbError::NoInodes(db.to_owned(), dir.to_owned())
     } else {
         DbError::Sqlite(db.to_owned(), e)
     }
