@@ -385,3 +385,94 @@ fn a_save_out_of_open_files_fails_naming_the_path_and_drops_nothing() {
         .unwrap_or(0);
     assert_eq!(snapshots, 0, "a snapshot was written: {stdout}");
 }
+
+/// Found by review (an evicted `gha://` entry, an S3 lifecycle rule, a pack deleted from a
+/// shared directory): a save on an unchanged store built on the newest snapshot, whose index
+/// files were all there, took every path as cached though a pack they name was gone, said
+/// "unchanged" and wrote nothing, so the cache stayed broken under that key. Whichever pack
+/// goes (the one of a large file, whose tree survives in another; the one of the trees), the
+/// save finds it missing, reads again the paths needing its objects, writes a new snapshot,
+/// and that snapshot restores every path into an empty root.
+#[test]
+fn a_save_writes_again_what_a_deleted_pack_held_and_its_snapshot_restores_whole() {
+    let big = util::noise(7, 5 << 20);
+    let packs_of = |w: &World| -> Vec<std::path::PathBuf> {
+        let mut p: Vec<_> = fs::read_dir(w.cache_dir().join("packs"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        p.sort();
+        p
+    };
+    let count = {
+        let w = World::new(Flavor::Guix);
+        let src = w.layout("src");
+        util::add_files_path(&src, ONE, &[("f", b"one\n", false)], &[]);
+        util::add_files_path(&src, TWO, &[("big", &big, false)], &[ONE]);
+        w.on_cache("src", &["save", "--key", "k"])
+            .assert()
+            .success();
+        packs_of(&w).len()
+    };
+    assert!(count >= 2, "the large file has a pack of its own");
+    for gone in 0..count {
+        let w = World::new(Flavor::Guix);
+        let src = w.layout("src");
+        util::add_files_path(&src, ONE, &[("f", b"one\n", false)], &[]);
+        util::add_files_path(&src, TWO, &[("big", &big, false)], &[ONE]);
+        let first = util::json(
+            &w.on_cache("src", &["--json", "save", "--key", "k"])
+                .assert()
+                .success()
+                .get_output()
+                .stdout,
+        );
+        let deleted = packs_of(&w)[gone].clone();
+        fs::remove_file(&deleted).unwrap();
+        let out = w
+            .on_cache("src", &["--json", "save", "--key", "k"])
+            .assert()
+            .success();
+        let second = util::json(&out.get_output().stdout);
+        let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+        assert_eq!(second["unchanged"], false, "pack {gone}: {second}");
+        assert_ne!(second["snapshot"], first["snapshot"], "{second}");
+        assert_eq!(second["missing_packs"], 1, "{second}");
+        let reread = second["reread_paths"].as_u64().unwrap();
+        assert!(reread >= 1, "{second}");
+        assert_eq!(second["new_paths"].as_u64().unwrap(), reread, "{second}");
+        assert!(
+            stderr.contains("1 pack") && stderr.contains(&format!("{reread} path")),
+            "{stderr}"
+        );
+        assert!(second["new_objects"].as_u64().unwrap() >= 1, "{second}");
+        // The new snapshot restores whole into an empty root.
+        let snapshot = second["snapshot"].as_str().unwrap();
+        w.on_cache("dst", &["restore", "--snapshot", snapshot])
+            .assert()
+            .success();
+        let dst = w.layout("dst");
+        assert_eq!(
+            fs::read(dst.real_store_dir().join(TWO).join("big")).unwrap(),
+            big
+        );
+        assert_eq!(util::db_rows(&dst), util::db_rows(&src));
+        assert_eq!(first["missing_packs"], 0, "{first}");
+        // verify finds nothing wrong but the missing pack, which the old index files (named
+        // by the new snapshot too) may still name (unless the pack written again has the
+        // same contents, so the same name); a third save has nothing to read nor write.
+        let name = deleted.file_name().unwrap().to_string_lossy().into_owned();
+        let v = storesync::verify::verify(&w.cache(), &NoProgress).unwrap();
+        assert!(v.problems.iter().all(|p| p.contains(&name)), "{v:?}");
+        let third = util::json(
+            &w.on_cache("src", &["--json", "save", "--key", "k"])
+                .assert()
+                .success()
+                .get_output()
+                .stdout,
+        );
+        assert_eq!(third["unchanged"], true, "{third}");
+        assert_eq!(third["reread_paths"], 0, "{third}");
+        assert_eq!(third["new_objects"], 0, "{third}");
+    }
+}

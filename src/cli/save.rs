@@ -112,6 +112,9 @@ pub fn run(g: &Global, a: &SaveArgs, progress: &dyn Progress) -> Result<u8> {
         let plan = save::plan(&layout, &cache, &opts);
         print_warnings(&cache);
         let summary = plan?.summary(&layout);
+        if summary.missing_packs > 0 {
+            super::output::note(missing_packs(summary.missing_packs, summary.reread_paths));
+        }
         render(g.format(), &summary, dry_run_text)?;
         return Ok(0);
     }
@@ -119,6 +122,9 @@ pub fn run(g: &Global, a: &SaveArgs, progress: &dyn Progress) -> Result<u8> {
     let r = save::save(&layout, &cache, &opts, progress);
     print_warnings(&cache);
     let r = r?;
+    if r.missing_packs > 0 {
+        super::output::note(missing_packs(r.missing_packs, r.reread_paths));
+    }
     for (p, why) in &r.corrupt {
         eprintln!("corrupt, skipped: {p}: {why}");
     }
@@ -175,6 +181,19 @@ pub fn run(g: &Global, a: &SaveArgs, progress: &dyn Progress) -> Result<u8> {
         Some(e) => Err(e.into()),
         None => Ok(0),
     }
+}
+
+/// The note of a save whose base snapshot's index files name packs the cache lacks.
+fn missing_packs(missing: usize, reread: usize) -> String {
+    let s = |n: usize| if n == 1 { "" } else { "s" };
+    format!(
+        "{missing} pack{} named by the base snapshot's index files {} missing from the cache \
+         (evicted, expired or deleted); {reread} path{} whose objects were only there read \
+         again from the store and their objects written again",
+        s(missing),
+        if missing == 1 { "is" } else { "are" },
+        s(reread)
+    )
 }
 
 /// An error and its causes, as one line.

@@ -88,6 +88,12 @@ pub struct SaveReport {
     /// Paths that could not be read from the store (with --skip-corrupt: dropped), with the
     /// error: permissions, I/O errors.
     pub unreadable: Vec<(String, String)>,
+    /// Packs the base snapshot's index files name that the cache no longer holds (evicted,
+    /// expired, deleted); 0 for a storage that cannot list (`gha://` without a listing).
+    pub missing_packs: usize,
+    /// Paths of the base read again (counted in `new_paths`) because an object they need
+    /// was only in a missing pack; their objects are written again.
+    pub reread_paths: usize,
     /// Paths dropped because they refer to a path not saved (corrupt, unreadable, vanished).
     pub dropped_referrers: Vec<String>,
     /// Paths deleted (garbage-collected) while the save ran, dropped with their referrers.
@@ -138,6 +144,8 @@ fn execute_with(
         new,
         known,
         base,
+        missing_packs,
+        reread_paths,
     } = plan;
     // A save reads frames only for the base's trees: once each, in pack order, to index the
     // files they know (`known::KnownFiles::build`), then a few again for lookups. A few
@@ -256,6 +264,8 @@ fn execute_with(
         unverified_paths: walked.iter().filter(|(_, w)| !w.verified).count(),
         new_objects: stats.objects,
         packed_bytes: stats.packed_bytes,
+        missing_packs,
+        reread_paths,
         ..SaveReport::default()
     };
     let mut keep = vec![false; db.paths.len()];

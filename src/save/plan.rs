@@ -1,7 +1,7 @@
 //! Save's plan: the DB read in one transaction, the requested roots resolved, their
 //! closure, and which of its paths the cache lacks (only those are read).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Component, Path, PathBuf};
 
@@ -30,6 +30,12 @@ pub struct SavePlan {
     pub(super) known: Vec<Option<(NarHash, u64, TreeId)>>,
     /// The snapshot this save builds on (see [`base_snapshot`]), whose paths need no read.
     pub base: Option<(SnapshotId, Snapshot)>,
+    /// Packs the base snapshot's index files name that the storage no longer lists (evicted,
+    /// expired, deleted); 0 for a storage that cannot list.
+    pub missing_packs: usize,
+    /// Paths of the base (and of the closure, with the same NAR hash) read again because an
+    /// object they need is absent from the cache.
+    pub reread_paths: usize,
 }
 
 /// The snapshot a save builds on: the newest saved under the same key, else the newest of
@@ -91,6 +97,10 @@ pub struct SavePlanSummary {
     pub new_path_names: Vec<String>,
     /// Their NAR bytes, as the DB records them: what the save would read.
     pub nar_bytes_to_read: u64,
+    /// Packs the base snapshot's index files name that the cache no longer holds.
+    pub missing_packs: usize,
+    /// Paths of the base that would be read again, because an object they need is absent.
+    pub reread_paths: usize,
 }
 
 impl SavePlan {
@@ -111,6 +121,8 @@ impl SavePlan {
             new_paths: self.new.len(),
             new_path_names: self.new.iter().map(name).collect(),
             nar_bytes_to_read: self.new.iter().map(size).fold(0, u64::saturating_add),
+            missing_packs: self.missing_packs,
+            reread_paths: self.reread_paths,
         }
     }
 }
@@ -308,24 +320,28 @@ pub fn plan(layout: &Layout, cache: &Cache, opts: &SaveOptions) -> Result<SavePl
             cache.use_indexes(&b.indexes);
         }
     }
-    // A v2 base whose index files are all there vouches for its trees (a snapshot is written
-    // only after every object it names is durable): the index is then read only if a path
-    // is new, and an unchanged save reads none of it. Otherwise each tree is read and it
-    // and its blobs looked up, so a path whose objects are gone is read again.
-    let vouched = base.as_ref().is_some_and(|(_, b)| {
-        b.version >= 2
-            && b.indexes.iter().all(|id| {
-                matches!(
-                    cache.storage().size(&crate::cache::index_key(id)),
-                    Ok(Some(_))
-                )
-            })
-    });
+    // A v2 base whose index files are all there, and whose packs the storage all lists,
+    // vouches for its trees (a snapshot is written only after every object it names is
+    // durable): the index is then read only if a path is new, and an unchanged save reads
+    // none of its entries. Otherwise each tree is read and it and its blobs looked up (an
+    // object whose only pack is missing is absent), so a path whose objects are gone is
+    // read again and its objects written again.
+    let packs = match &base {
+        Some((_, b)) if b.version >= 2 => Some(base_packs(cache, &b.indexes)?),
+        _ => None,
+    };
+    let vouched = packs
+        .as_ref()
+        .is_some_and(|p| p.indexes_whole && p.missing.is_empty());
+    let missing_packs = packs.map_or(0, |p| p.missing.len());
     let mut known: Vec<Option<(NarHash, u64, TreeId)>> = vec![None; db.paths.len()];
+    let mut reread = 0;
     for p in base.iter().flat_map(|(_, b)| &b.paths) {
         if let Some(&i) = index.get(&p.info.path) {
             if vouched || held_whole(cache, p.tree) {
                 known[i] = Some((p.info.nar_hash, p.info.nar_size, p.tree));
+            } else if mask[i] && p.info.nar_hash == db.paths[i].nar_hash {
+                reread += 1;
             }
         }
     }
@@ -342,6 +358,64 @@ pub fn plan(layout: &Layout, cache: &Cache, opts: &SaveOptions) -> Result<SavePl
         new,
         known,
         base,
+        missing_packs,
+        reread_paths: reread,
+    })
+}
+
+/// What [`base_packs`] found of a base snapshot's index files and packs.
+struct BasePacks {
+    /// Every index file is there and readable (for a storage that cannot list: there).
+    indexes_whole: bool,
+    /// The packs those index files name that the storage's listing of `packs` lacks.
+    missing: Vec<crate::cache::PackId>,
+}
+
+/// Check the index files `indexes` of a base snapshot and the packs they name: one listing
+/// of `packs`, and each index file read once for its pack table (instead of asking its size,
+/// as a storage that cannot list still is: there the packs are not checked, and a missing
+/// one is found only when a path new to the save looks it up).
+///
+/// # Errors
+/// [`Error::Cache`] when the packs cannot be listed.
+fn base_packs(cache: &Cache, indexes: &[crate::cache::IndexId]) -> Result<BasePacks> {
+    let storage = cache.storage();
+    if !storage.can_list() {
+        let indexes_whole = indexes
+            .iter()
+            .all(|id| matches!(storage.size(&crate::cache::index_key(id)), Ok(Some(_))));
+        return Ok(BasePacks {
+            indexes_whole,
+            missing: Vec::new(),
+        });
+    }
+    let listed: HashSet<String> = storage
+        .list("packs")
+        .map_err(|e| Error::Cache(crate::cache::CacheError::Storage(e)))?
+        .into_iter()
+        .collect();
+    let mut indexes_whole = true;
+    let mut missing = Vec::new();
+    let mut seen = HashSet::new();
+    for id in indexes {
+        if !seen.insert(*id) {
+            continue;
+        }
+        match cache.index_packs(id) {
+            Ok(Some(packs)) => missing.extend(
+                packs
+                    .into_iter()
+                    .filter(|p| !listed.contains(&crate::cache::pack_key(p))),
+            ),
+            // Absent or damaged: its objects are absent when the index is loaded.
+            Ok(None) | Err(_) => indexes_whole = false,
+        }
+    }
+    missing.sort_unstable();
+    missing.dedup();
+    Ok(BasePacks {
+        indexes_whole,
+        missing,
     })
 }
 
