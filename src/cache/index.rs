@@ -130,6 +130,8 @@ fn decode_head(body: &[u8]) -> Result<(Vec<PackId>, u64, usize, u64), String> {
 #[derive(Default)]
 pub(super) struct Objects {
     pub(super) warnings: Vec<String>,
+    /// Packs an index file merged names that the backend says do not exist.
+    pub(super) missing: Vec<PackId>,
     pub(super) packs: Vec<PackId>,
     pub(super) pack_no: HashMap<PackId, u32>,
     /// Sorted by id, one entry per id.
@@ -388,6 +390,9 @@ impl Objects {
                 if !present(p) {
                     self.warnings
                         .push(format!("pack {} named by an index is missing", pack_key(p)));
+                    if !self.missing.contains(p) {
+                        self.missing.push(*p);
+                    }
                     return None;
                 }
                 self.packs.push(*p);

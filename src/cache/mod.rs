@@ -437,6 +437,12 @@ impl Cache {
         self.objs().read().expect("objects").entries().collect()
     }
 
+    /// The packs the index files merged name that the backend said do not exist (their
+    /// objects are absent); reads the index if it was not read.
+    pub fn missing_packs(&self) -> Vec<PackId> {
+        self.objs().read().expect("objects").missing.clone()
+    }
+
     /// Pack ids in the merged table.
     pub fn packs(&self) -> Vec<PackId> {
         self.objs().read().expect("objects").packs.clone()

@@ -333,24 +333,38 @@ pub fn plan(layout: &Layout, cache: &Cache, opts: &SaveOptions) -> Result<SavePl
     let vouched = packs
         .as_ref()
         .is_some_and(|p| p.indexes_whole && p.missing.is_empty());
-    let missing_packs = packs.map_or(0, |p| p.missing.len());
-    let mut known: Vec<Option<(NarHash, u64, TreeId)>> = vec![None; db.paths.len()];
-    let mut reread = 0;
-    for p in base.iter().flat_map(|(_, b)| &b.paths) {
-        if let Some(&i) = index.get(&p.info.path) {
-            if vouched || held_whole(cache, p.tree) {
-                known[i] = Some((p.info.nar_hash, p.info.nar_size, p.tree));
-            } else if mask[i] && p.info.nar_hash == db.paths[i].nar_hash {
-                reread += 1;
+    let mut missing_packs = packs.map_or(0, |p| p.missing.len());
+    let known_of = |vouched: bool| {
+        let mut known: Vec<Option<(NarHash, u64, TreeId)>> = vec![None; db.paths.len()];
+        let mut reread = 0;
+        for p in base.iter().flat_map(|(_, b)| &b.paths) {
+            if let Some(&i) = index.get(&p.info.path) {
+                if vouched || held_whole(cache, p.tree) {
+                    known[i] = Some((p.info.nar_hash, p.info.nar_size, p.tree));
+                } else if mask[i] && p.info.nar_hash == db.paths[i].nar_hash {
+                    reread += 1;
+                }
             }
+        }
+        let new: Vec<usize> = selected
+            .iter()
+            .copied()
+            .filter(|&i| known[i].is_none_or(|k| k.0 != db.paths[i].nar_hash))
+            .collect();
+        (known, reread, new)
+    };
+    let (mut known, mut reread, mut new) = known_of(vouched);
+    // A storage that cannot list (`gha://`): when a path is new, the save reads the base's
+    // index anyway (its objects are looked up), asking whether each pack it names exists;
+    // read now, a missing pack makes the base's paths looked up as above.
+    if vouched && !new.is_empty() && !cache.storage().can_list() {
+        let missing = cache.missing_packs();
+        if !missing.is_empty() {
+            missing_packs = missing.len();
+            (known, reread, new) = known_of(false);
         }
     }
     drop(index);
-    let new = selected
-        .iter()
-        .copied()
-        .filter(|&i| known[i].is_none_or(|k| k.0 != db.paths[i].nar_hash))
-        .collect();
     Ok(SavePlan {
         db,
         roots,
@@ -373,8 +387,8 @@ struct BasePacks {
 
 /// Check the index files `indexes` of a base snapshot and the packs they name: one listing
 /// of `packs`, and each index file read once for its pack table (instead of asking its size,
-/// as a storage that cannot list still is: there the packs are not checked, and a missing
-/// one is found only when a path new to the save looks it up).
+/// as a storage that cannot list still is: there the packs are not checked here; [`plan`]
+/// asks the loaded index when a path is new).
 ///
 /// # Errors
 /// [`Error::Cache`] when the packs cannot be listed.
