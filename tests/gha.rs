@@ -658,6 +658,40 @@ fn an_evicted_pack_fails_only_the_paths_needing_it() {
     assert!(stderr.contains("hello-2.2"), "{stderr}");
 }
 
+/// Found by review: a save with a new path, built on a snapshot one of whose packs was
+/// evicted, took every path of that snapshot as cached, so the cache stayed without what
+/// the pack held. It finds the pack missing when it reads the index, reads those paths
+/// again and uploads their objects: the new snapshot restores whole. (A save with no new
+/// path does not notice: the runtime API cannot list; docs/REMOTE.md.)
+#[test]
+fn a_save_with_a_new_path_uploads_again_what_an_evicted_pack_held() {
+    let Some(svc) = service() else { return };
+    let scope = "evicted-mend";
+    let w = World::new(Flavor::Guix);
+    let src = w.layout("src");
+    sample::build(&src, 1).unwrap();
+    save_gha(&w, svc, scope, &["--key", "k"]);
+    let evicted = admin(
+        svc,
+        "evict",
+        Some(serde_json::json!({"prefix": format!("{scope}/packs/")})),
+    );
+    assert!(!evicted["evicted"].as_array().unwrap().is_empty());
+    let unchanged = save_gha(&w, svc, scope, &["--key", "k"]);
+    assert_eq!(unchanged["unchanged"], true, "{unchanged}");
+    sample::build(&src, 2).unwrap();
+    let s = save_gha(&w, svc, scope, &["--key", "k"]);
+    assert!(s["missing_packs"].as_u64().unwrap() >= 1, "{s}");
+    assert_eq!(s["reread_paths"], 6, "{s}");
+    let (r, code, err) = restore_gha(&w, svc, "dst", scope, &["--key", "k"]);
+    assert_eq!(code, 0, "{r} {err}");
+    assert_eq!(r["failed"].as_array().unwrap().len(), 0, "{r}");
+    assert_eq!(
+        db_rows(&w.layout("dst")).paths.len(),
+        s["paths"].as_u64().unwrap() as usize
+    );
+}
+
 #[test]
 fn an_evicted_blob_reads_as_not_found() {
     let Some(svc) = service() else { return };
