@@ -1820,6 +1820,23 @@ fn an_unsigned_v1_snapshot_is_not_read_when_choosing_by_key_with_trusted_keys() 
     );
 }
 
+/// A writer of snapshots of one path `<hash n>-p` holding the file `f` ("hello"), each in
+/// a cache of its own save: `snapshot_of(n)` returns the new snapshot's id.
+fn one_file_snapshots(w: &World) -> impl Fn(u64) -> String + '_ {
+    let mut blobs = Blobs::new();
+    let node = dir_node(vec![("f", file_node(&mut blobs, false, b"hello\n"))]);
+    move |n| {
+        let info = row_for(&base_name(n, "p"), &nar_of(&node, &blobs));
+        write_cache(
+            &w.cache_dir(),
+            w.flavor,
+            &[(info, node.clone())],
+            &blobs,
+            vec![],
+        )
+    }
+}
+
 /// With trusted keys, the newest signed snapshot was passed over when another file was named
 /// after it (its id, a later date) holding another snapshot: the head read to choose (that
 /// file's, unchecked) gave the later date, the file that checks the real one, and "its head
@@ -1829,19 +1846,7 @@ fn an_unsigned_v1_snapshot_is_not_read_when_choosing_by_key_with_trusted_keys() 
 #[test]
 fn a_file_named_after_the_newest_signed_snapshot_does_not_roll_restores_back() {
     let w = World::new(Flavor::Guix);
-    let mut blobs = Blobs::new();
-    let node = dir_node(vec![("f", file_node(&mut blobs, false, b"hello\n"))]);
-    let snapshot_of = |n: u64| {
-        let base = base_name(n, "p");
-        let info = row_for(&base, &nar_of(&node, &blobs));
-        write_cache(
-            &w.cache_dir(),
-            w.flavor,
-            &[(info, node.clone())],
-            &blobs,
-            vec![],
-        )
-    };
+    let snapshot_of = one_file_snapshots(&w);
     let (old, new, third) = (snapshot_of(4), snapshot_of(5), snapshot_of(6));
     let (secret, public) = storesync::trust::generate("ci-1").unwrap();
     let cache = w.cache();
@@ -1906,19 +1911,7 @@ fn a_file_named_after_the_newest_signed_snapshot_does_not_roll_restores_back() {
 #[test]
 fn a_file_named_after_the_newest_signed_snapshot_dated_earlier_does_not_roll_restores_back() {
     let w = World::new(Flavor::Guix);
-    let mut blobs = Blobs::new();
-    let node = dir_node(vec![("f", file_node(&mut blobs, false, b"hello\n"))]);
-    let snapshot_of = |n: u64| {
-        let base = base_name(n, "p");
-        let info = row_for(&base, &nar_of(&node, &blobs));
-        write_cache(
-            &w.cache_dir(),
-            w.flavor,
-            &[(info, node.clone())],
-            &blobs,
-            vec![],
-        )
-    };
+    let snapshot_of = one_file_snapshots(&w);
     let (old, new) = (snapshot_of(4), snapshot_of(5));
     let (secret, public) = storesync::trust::generate("ci-1").unwrap();
     let cache = w.cache();
@@ -1969,18 +1962,7 @@ fn a_file_named_after_the_newest_signed_snapshot_dated_earlier_does_not_roll_res
 #[test]
 fn a_file_named_after_another_snapshot_is_not_listed_as_it() {
     let w = World::new(Flavor::Guix);
-    let mut blobs = Blobs::new();
-    let node = dir_node(vec![("f", file_node(&mut blobs, false, b"hello\n"))]);
-    let snapshot_of = |n: u64| {
-        let info = row_for(&base_name(n, "p"), &nar_of(&node, &blobs));
-        write_cache(
-            &w.cache_dir(),
-            w.flavor,
-            &[(info, node.clone())],
-            &blobs,
-            vec![],
-        )
-    };
+    let snapshot_of = one_file_snapshots(&w);
     let (signed, planted) = (snapshot_of(4), snapshot_of(5));
     let (sec, public) = key_pair(&w, "ci-1");
     let secret = storesync::trust::load_secret_key(sec.to_str().unwrap()).unwrap();
