@@ -343,6 +343,39 @@ impl Cache {
             .map_err(|e| CacheError::Corrupt(format!("{}: {e}", self.storage.describe(&key))))
     }
 
+    /// The packs the index file `id` names, read from the start of the file only (ranged
+    /// reads of 64 KiB, more only for a table that does not fit), NOT checked against the
+    /// file's checksum: for a save that only asks which packs its base needs, where an index
+    /// file of 100,000 paths' objects (tens of MB) would otherwise be downloaded whole. A
+    /// wrong table makes the save read paths again, or miss a lost pack as before the check
+    /// existed; nothing read through it is trusted. `None` when the file is absent.
+    ///
+    /// # Errors
+    /// [`CacheError`] when it cannot be read, or its start is no index file's.
+    pub(crate) fn index_pack_table(&self, id: &IndexId) -> Result<Option<Vec<PackId>>, CacheError> {
+        let key = index_key(id);
+        let what = self.storage.describe(&key);
+        let Some(size) = self.storage.size(&key)? else {
+            return Ok(None);
+        };
+        let mut len = (64u64 << 10).min(size);
+        loop {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut self.storage.get_range(&key, 0, len)?, &mut bytes)
+                .map_err(|e| CacheError::Storage(StorageError(what.clone(), e)))?;
+            if bytes.len() < format::HEADER_LEN || &bytes[..8] != INDEX_MAGIC {
+                return Err(CacheError::Corrupt(format!(
+                    "{what}: not an index file (bad magic or truncated)"
+                )));
+            }
+            match index::decode_packs(&bytes[format::HEADER_LEN..]) {
+                Ok((packs, _)) => return Ok(Some(packs)),
+                Err(_) if len < size => len = len.saturating_mul(4).min(size),
+                Err(e) => return Err(CacheError::Corrupt(format!("{what}: {e}"))),
+            }
+        }
+    }
+
     /// The positions (see [`Cache::locate`]) of the objects the index file `id` locates in
     /// a pack that exists: what a restore of a snapshot naming only some index files (see
     /// [`Cache::use_indexes`]) finds through this one.

@@ -386,9 +386,10 @@ struct BasePacks {
 }
 
 /// Check the index files `indexes` of a base snapshot and the packs they name: one listing
-/// of `packs`, and each index file read once for its pack table (instead of asking its size,
-/// as a storage that cannot list still is: there the packs are not checked here; [`plan`]
-/// asks the loaded index when a path is new).
+/// of `packs`, and the start of each index file read for its pack table
+/// ([`Cache::index_pack_table`]: 64 KiB, not the whole file, which holds tens of MB at
+/// 100,000 paths), instead of asking its size, as a storage that cannot list still is:
+/// there the packs are not checked here; [`plan`] asks the loaded index when a path is new.
 ///
 /// # Errors
 /// [`Error::Cache`] when the packs cannot be listed.
@@ -415,7 +416,7 @@ fn base_packs(cache: &Cache, indexes: &[crate::cache::IndexId]) -> Result<BasePa
         if !seen.insert(*id) {
             continue;
         }
-        match cache.index_packs(id) {
+        match cache.index_pack_table(id) {
             Ok(Some(packs)) => missing.extend(
                 packs
                     .into_iter()
