@@ -20,31 +20,23 @@ pub struct SignedSnapshot {
 }
 
 impl Cache {
-    /// The date a snapshot of files `refs` (one id) is ranked by when choosing the newest: the
-    /// latest head of its files not dated beyond `limit`; else the earliest date past it; else
-    /// the error reading the last. Heads are read unchecked, and any cache writer can add a
-    /// file named after a snapshot: one dated in the future, or not a snapshot at all, does not
-    /// make the snapshot passed over, and one dated earlier does not rank it below an older
-    /// snapshot (taken first): the rank is never below the date of the file that checks, which
-    /// is read later, and the snapshot ranked again at that date.
-    fn group_date(&self, refs: &[SnapshotRef], limit: i64, again: bool) -> Result<i64, CacheError> {
-        let mut latest: Option<i64> = None;
-        let mut future: Option<i64> = None;
+    /// The date a snapshot of files `refs` (one id) is ranked by when choosing the newest:
+    /// that of the first of its files, newest name first, whose head reads; else the error
+    /// reading the last. Every head that reads gives the same date, the id committing to it
+    /// ([`Cache::read_head`] checks a head against its name's id): a file named after the
+    /// snapshot holding anything else (any cache writer can add one, dated later, earlier,
+    /// in the future, or no snapshot at all) is not read as its head, so neither passes the
+    /// snapshot over nor ranks it below an older one.
+    fn group_date(&self, refs: &[SnapshotRef], again: bool) -> Result<i64, CacheError> {
         let mut last_err = None;
         for r in refs.iter().rev() {
             match self.read_head(r) {
-                Ok(h) if h.created <= limit => {
-                    latest = Some(latest.map_or(h.created, |l| l.max(h.created)));
-                }
-                Ok(h) => future = Some(future.map_or(h.created, |f| f.min(h.created))),
+                Ok(h) => return Ok(h.created),
                 Err(e) if again && super::lookup::gone(&e) => return Err(e),
                 Err(e) => last_err = Some(e),
             }
         }
-        match (latest, future) {
-            (Some(d), _) | (None, Some(d)) => Ok(d),
-            (None, None) => Err(last_err.expect("a group has a file")),
-        }
+        Err(last_err.expect("a group has a file"))
     }
 
     /// The signature file of snapshot `id`, or `None` when it has none.
@@ -161,7 +153,7 @@ impl Cache {
         for (id, refs) in groups {
             let checked = self
                 .check_signature(&id, keys)
-                .and_then(|signer| Ok((signer, self.group_date(&refs, limit, again)?)));
+                .and_then(|signer| Ok((signer, self.group_date(&refs, again)?)));
             match checked {
                 Err(crate::Error::Cache(e)) if gone(&e) => return Ok(None),
                 Err(e) => passed_over.push(match e {
@@ -177,10 +169,7 @@ impl Cache {
             }
         }
         candidates.sort_by_key(|(created, id, _, _)| std::cmp::Reverse((*created, *id)));
-        let mut candidates = std::collections::VecDeque::from(candidates);
-        // Each snapshot ranked again at most once, at the date of the file that checks.
-        let mut ranked_again = std::collections::HashSet::new();
-        while let Some((created, id, refs, signed_by)) = candidates.pop_front() {
+        for (created, id, refs, signed_by) in candidates {
             match self.read_any(&refs) {
                 Ok(snapshot) if snapshot.created == created => {
                     return Ok(Some(SignedSnapshot {
@@ -191,16 +180,6 @@ impl Cache {
                     }))
                 }
                 Err(e) if gone(&e) => return Ok(None),
-                // The head read to choose was another file's of the group (a file named after
-                // this snapshot, with a later date, holding something else): the snapshot is
-                // ranked again at its checked date, not passed over (a writer who can only add
-                // files would otherwise roll restores back to an older signed snapshot). It is
-                // read again when its turn comes: one decoded snapshot at a time.
-                Ok(snapshot) if snapshot.created <= limit && ranked_again.insert(id) => {
-                    let at = candidates
-                        .partition_point(|(c, i, _, _)| (*c, *i) > (snapshot.created, id));
-                    candidates.insert(at, (snapshot.created, id, refs, signed_by));
-                }
                 Ok(_) => passed_over.push(format!(
                     "snapshot {}: its head differs from its checked contents",
                     id.short()

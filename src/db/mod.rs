@@ -57,14 +57,14 @@ pub enum DbError {
     /// cause is said instead): the DB's directory, the bytes free there.
     #[error("database {0}: the file system holding {1} is full ({2} bytes free): SQLite needs room there for the DB's -wal and -shm files, even to read it, and for a transaction's rows; nothing was changed in the DB (free some space on that file system, then run again)")]
     DeviceFull(PathBuf, PathBuf, u64),
-    /// SQLite could not open or write the DB and its directory is on a read-only file system
-    /// (SQLite says "unable to open database file", or that the DB is read-only): the DB's
-    /// directory.
     /// SQLite could not make a file beside the DB (its `-wal` or `-shm`, even to read; SQLite
     /// says "unable to open database file" or "disk I/O error") and the file system holding
     /// them has no inode left, whatever room it has: the DB's directory.
     #[error("database {0}: the file system holding {1} has no inode left (no new file can be made there, whatever room it has): SQLite needs to make the DB's -wal and -shm files there, even to read it; nothing was changed in the DB (delete files on that file system, then run again)")]
     NoInodes(PathBuf, PathBuf),
+    /// SQLite could not open or write the DB and its directory is on a read-only file system
+    /// (SQLite says "unable to open database file", or that the DB is read-only): the DB's
+    /// directory.
     #[error("database {0}: {1} is on a read-only file system, where SQLite cannot make the DB's -wal and -shm files it needs beside it, even to read it: nothing was read or changed (remount it read-write, then run again)")]
     ReadOnlyFileSystem(PathBuf, PathBuf),
     #[error("database {0} cannot be read by this user: SQLite reads a WAL database only beside its -wal and -shm files, which no process holds open now and which this user may not create in its directory (run as root, e.g. with sudo, or as the directory's owner)")]
@@ -102,18 +102,13 @@ fn explained(db: &std::path::Path, e: rusqlite::Error) -> DbError {
     let Some(st) = of_files.then(|| rustix::fs::statvfs(dir).ok()).flatten() else {
         return DbError::Sqlite(db.to_owned(), e);
     };
-    // Root may write the blocks a file system reserves (ext4's 5 %).
-    let blocks = if rustix::process::geteuid().is_root() {
-        st.f_bfree
+    // Root may use the blocks and inodes a file system reserves (ext4's 5 %).
+    let (blocks, inodes) = if rustix::process::geteuid().is_root() {
+        (st.f_bfree, st.f_ffree)
     } else {
-        st.f_bavail
+        (st.f_bavail, st.f_favail)
     };
     let free = blocks.saturating_mul(st.f_frsize);
-    let inodes = if rustix::process::geteuid().is_root() {
-        st.f_ffree
-    } else {
-        st.f_favail
-    };
     let full = code == Some(ErrorCode::DiskFull)
         || (code == Some(ErrorCode::SystemIoFailure) && free < NEARLY_FULL);
     if full {
